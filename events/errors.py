@@ -1,0 +1,135 @@
+"""The project's exceptions, under a single root.
+
+Every error i3lani raises on purpose derives from :class:`I3laniError`, so a caller
+(the CLI, the supervisor, a test) can catch "ours" without catching bugs. Driver
+errors (asyncpg, httpx) are translated once, at the boundary that meets them, with
+``raise ... from``.
+
+    I3laniError
+    ├── ConfigError                 the environment is missing or malformed
+    ├── EventError                  an event cannot be built, encoded or decoded
+    │   ├── InvalidEvent            a payload fails validation (names type and field)
+    │   ├── UnknownEventType        a stored type tag no registered class claims
+    │   ├── UpcastError             an old stored version cannot be brought up to date
+    │   └── EventRegistrationError  a class cannot be registered (no explicit tag, clash)
+    └── StoreError                  the event store refused or failed an operation
+        ├── ConcurrencyConflict     expected stream version did not hold
+        ├── EventIdReused           an event id was appended before with other content
+        ├── AppendOnlyViolation     something tried to change or delete stored events
+        ├── CheckpointConflict      a subscriber's checkpoint moved under it
+        ├── StoreUnavailable        PostgreSQL cannot be reached (retry later)
+        └── MigrationError          the schema cannot be brought up to date
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "I3laniError",
+    "ConfigError",
+    "EventError",
+    "InvalidEvent",
+    "UnknownEventType",
+    "UpcastError",
+    "EventRegistrationError",
+    "StoreError",
+    "ConcurrencyConflict",
+    "EventIdReused",
+    "AppendOnlyViolation",
+    "CheckpointConflict",
+    "StoreUnavailable",
+    "MigrationError",
+]
+
+
+class I3laniError(Exception):
+    """Root of every error i3lani raises on purpose."""
+
+
+class ConfigError(I3laniError):
+    """The environment is missing a setting or holds a malformed one."""
+
+
+class EventError(I3laniError):
+    """An event cannot be built, encoded or decoded."""
+
+
+class InvalidEvent(EventError):
+    """A payload failed validation; nothing was written."""
+
+    def __init__(self, event_type: str, field: str, reason: str) -> None:
+        self.event_type = event_type
+        self.field = field
+        self.reason = reason
+        super().__init__(f"invalid {event_type}: field {field!r}: {reason}")
+
+
+class UnknownEventType(EventError):
+    """A stored event carries a type tag that no registered class claims."""
+
+    def __init__(self, tag: str, position: int | None = None) -> None:
+        self.tag = tag
+        self.position = position
+        where = f" at global position {position}" if position is not None else ""
+        super().__init__(
+            f"unknown event type {tag!r}{where}: written by a newer version of i3lani, "
+            "or its class is not registered; upgrade, register it, or read with skip_unknown=True"
+        )
+
+
+class UpcastError(EventError):
+    """An older stored schema version cannot be brought up to the current one."""
+
+
+class EventRegistrationError(EventError):
+    """An event class cannot be registered."""
+
+
+class StoreError(I3laniError):
+    """The event store refused or failed an operation."""
+
+
+class ConcurrencyConflict(StoreError):
+    """The stream was not at the version the writer expected; nothing was written."""
+
+    def __init__(self, stream: str, expected: object, actual: int | None) -> None:
+        self.stream = stream
+        self.expected = expected
+        self.actual = actual
+        now = (
+            f"actual version {actual}"
+            if actual is not None
+            else "another writer appended first inside this transaction"
+        )
+        super().__init__(f"concurrency conflict on stream {stream!r}: expected {expected}, {now}")
+
+
+class EventIdReused(StoreError):
+    """An event id was appended before with different content (or to another stream)."""
+
+    def __init__(self, event_id: object, detail: str) -> None:
+        self.event_id = event_id
+        super().__init__(f"event id {event_id} was already used for different content: {detail}")
+
+
+class AppendOnlyViolation(StoreError):
+    """PostgreSQL refused an UPDATE, DELETE or TRUNCATE of the event log."""
+
+
+class CheckpointConflict(StoreError):
+    """A subscriber's stored checkpoint is not the one it read: another consumer moved it."""
+
+    def __init__(self, name: str, expected: object, actual: object) -> None:
+        self.name = name
+        self.expected = expected
+        self.actual = actual
+        super().__init__(
+            f"checkpoint {name!r} moved under this subscriber: expected {expected}, found {actual}"
+        )
+
+
+class StoreUnavailable(StoreError):
+    """PostgreSQL cannot be reached right now; the operation may be retried."""
+
+
+class MigrationError(StoreError):
+    """The database schema cannot be brought up to date."""

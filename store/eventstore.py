@@ -1,0 +1,898 @@
+"""The event store: an append-only log of typed events in PostgreSQL.
+
+    async with EventStore.open(dsn) as store:
+        result = await store.append("payment-42", [PaymentCreated(...)], expected_version=NO_STREAM)
+        async for recorded in store.read_all(after=START):
+            ...
+
+Guarantees (each one tested in ``tests/store/``):
+
+* **Optimistic concurrency.** ``expected_version`` is ``ANY``, ``NO_STREAM``, ``STREAM_EXISTS`` or
+  an exact version; a failed check raises :class:`ConcurrencyConflict` naming the stream, the
+  expectation and the actual version, and writes nothing.
+* **Validation first.** Every event is validated against its Struct before any I/O; a bad
+  payload raises :class:`InvalidEvent` naming the type and the field.
+* **Idempotent appends.** Appending the same event ids again (a retry after a lost connection)
+  returns the original result and writes nothing; the same id with other content raises
+  :class:`EventIdReused`.
+* **Append-only**, enforced by triggers in PostgreSQL itself.
+* **Gap-free reading order** without serialising writers: see ``read_all`` in
+  ``sql/queries.sql``.
+* **Group commit.** While one append is on the wire, concurrent appends from other tasks are
+  queued and written together in one statement (one transaction, one WAL flush), each with its
+  own version check, so eight writers are not eight times the round trips.
+
+The store knows nothing of payments or actors; it stores whatever the registry can encode.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import uuid
+from collections import deque
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Self, TypeVar
+
+import anyio
+import asyncpg
+import msgspec
+from anyio.abc import TaskGroup
+
+from events import DEFAULT_REGISTRY, Event, EventMetadata, EventRegistry
+from events.errors import (
+    AppendOnlyViolation,
+    CheckpointConflict,
+    ConcurrencyConflict,
+    EventIdReused,
+    StoreError,
+    StoreUnavailable,
+    UnknownEventType,
+)
+from store.database import redact_dsn
+from store.queries import query
+from store.records import (
+    ANY,
+    NO_STREAM,
+    START,
+    STREAM_EXISTS,
+    AppendResult,
+    Cursor,
+    Expected,
+    RecordedEvent,
+)
+
+if TYPE_CHECKING:
+    from store.subscription import Subscription
+
+__all__ = ["EventStore", "Page", "NewEvent", "Transaction", "derived_id", "NOTIFY_CHANNEL"]
+
+logger = logging.getLogger(__name__)
+
+NOTIFY_CHANNEL = "i3lani_events"
+"""LISTEN channel woken after appends commit; its payload lists the categories written."""
+
+MAX_EVENTS_PER_APPEND = 10_000
+_MAX_COMBINED_EVENTS = 1_000  # group commit: events per combined statement, at most
+_ANY_RETRIES = 20  # an ANY append that keeps losing races this often gives up loudly
+
+S = TypeVar("S", bound=msgspec.Struct)
+
+_CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+)
+
+
+def derived_id(cause: uuid.UUID, purpose: str) -> uuid.UUID:
+    """A deterministic event id for an effect of ``cause``: the same cause gives the same id,
+    so re-running the handler after a crash appends nothing new."""
+    return uuid.uuid5(cause, purpose)
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One page read from the log: the decoded events, the cursor after the last row read
+    (unknown events skipped on request still move it), and how many rows were read."""
+
+    events: list[RecordedEvent]
+    cursor: Cursor
+    fetched: int
+
+
+class NewEvent(msgspec.Struct, frozen=True, kw_only=True):
+    """An event to append with a chosen id (for idempotent retries) and/or its own metadata."""
+
+    event: Event
+    event_id: uuid.UUID = msgspec.field(default_factory=uuid.uuid4)
+    metadata: EventMetadata | None = None
+
+
+def _is_connection_error(exc: BaseException) -> bool:
+    return isinstance(exc, _CONNECTION_ERRORS)
+
+
+def _unavailable(exc: BaseException) -> StoreUnavailable:
+    return StoreUnavailable(f"PostgreSQL is unreachable: {type(exc).__name__}: {exc}")
+
+
+def _check_stream(stream: str) -> None:
+    if not isinstance(stream, str) or not 1 <= len(stream) <= 200:
+        raise ValueError(f"a stream name is 1 to 200 characters, got {stream!r}")
+
+
+def _expectation(expected: Expected) -> tuple[int | None, bool]:
+    """(exact version or None, must exist) for the SQL."""
+    if expected is ANY:
+        return None, False
+    if expected is NO_STREAM:
+        return 0, False
+    if expected is STREAM_EXISTS:
+        return None, True
+    if isinstance(expected, int) and not isinstance(expected, bool) and expected >= 0:
+        return expected, False
+    raise ValueError(
+        f"expected_version must be ANY, NO_STREAM, STREAM_EXISTS or a version >= 0, "
+        f"got {expected!r}"
+    )
+
+
+@dataclass(slots=True)
+class _Row:
+    event_id: uuid.UUID
+    type: str
+    schema_version: int
+    payload: bytes
+    metadata: bytes
+
+
+@dataclass(slots=True)
+class _Request:
+    stream: str
+    expected: Expected
+    exact: int | None
+    must_exist: bool
+    rows: list[_Row]
+    done: anyio.Event = field(default_factory=anyio.Event)
+    result: AppendResult | None = None
+    error: BaseException | None = None
+
+    def outcome(self) -> AppendResult:
+        if self.error is not None:
+            raise self.error
+        assert self.result is not None
+        return self.result
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    # jsonb in binary format is a version byte followed by the JSON text: msgspec's bytes go
+    # straight through in both directions, with no str round trip.
+    await conn.set_type_codec(
+        "jsonb",
+        schema="pg_catalog",
+        encoder=lambda data: b"\x01" + data,
+        decoder=lambda data: data[1:],
+        format="binary",
+    )
+
+
+class EventStore:
+    """The event log. Open with ``async with EventStore.open(dsn) as store``."""
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        registry: EventRegistry = DEFAULT_REGISTRY,
+        node: str | None = None,
+        min_connections: int = 2,
+        max_connections: int = 10,
+        group_commit: bool = True,
+    ) -> None:
+        self.dsn = dsn
+        self.registry = registry
+        self.node = node
+        self._min = min_connections
+        self._max = max_connections
+        self._group_commit = group_commit
+        self._pool: asyncpg.Pool | None = None
+        self._tg: TaskGroup | None = None
+        self._metadata_encoder = msgspec.json.Encoder()
+        self._metadata_decoder = msgspec.json.Decoder(EventMetadata)
+        self._empty_metadata = b"{}"
+        # group commit
+        self._direct_in_flight = 0
+        self._queue: deque[_Request] = deque()
+        self._queued = anyio.Event()
+        # notifications
+        self._dirty_categories: set[str] = set()
+        self._dirty = anyio.Event()
+        self._closed = False
+
+    @classmethod
+    def open(cls, dsn: str, **options: Any) -> Self:
+        """An unopened store for ``async with``: ``async with EventStore.open(dsn) as store``."""
+        return cls(dsn, **options)
+
+    # -- lifecycle --------------------------------------------------------------------------
+    async def __aenter__(self) -> Self:
+        try:
+            self._pool = await asyncpg.create_pool(
+                self.dsn,
+                min_size=self._min,
+                max_size=self._max,
+                init=_init_connection,
+            )
+        except _CONNECTION_ERRORS as exc:
+            raise StoreUnavailable(
+                f"cannot connect to {redact_dsn(self.dsn)}: {type(exc).__name__}: {exc}"
+            ) from exc
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        self._tg.start_soon(self._notifier)
+        if self._group_commit:
+            self._tg.start_soon(self._flusher)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._tg is not None:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+                # Let queued appends finish and the last notification go out.
+                while self._queue or self._direct_in_flight:
+                    await anyio.sleep(0.005)
+                await self._send_notifications()
+            self._tg.cancel_scope.cancel()
+            await self._tg.__aexit__(None, None, None)
+        if self._pool is not None:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(5) as scope:
+                await self._pool.close()
+            if scope.cancelled_caught:
+                self._pool.terminate()
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise StoreError("the event store is not open: use `async with EventStore.open(dsn)`")
+        return self._pool
+
+    # -- appending ----------------------------------------------------------------------------
+    def _prepare(
+        self,
+        stream: str,
+        events: Sequence[Event | NewEvent],
+        expected: Expected,
+        metadata: EventMetadata | None,
+    ) -> _Request:
+        """Validate and encode everything before any I/O."""
+        _check_stream(stream)
+        exact, must_exist = _expectation(expected)
+        if not events:
+            raise ValueError("append needs at least one event")
+        if len(events) > MAX_EVENTS_PER_APPEND:
+            raise ValueError(f"at most {MAX_EVENTS_PER_APPEND} events per append")
+        rows: list[_Row] = []
+        seen: set[uuid.UUID] = set()
+        for item in events:
+            if isinstance(item, NewEvent):
+                event, event_id, meta = item.event, item.event_id, item.metadata or metadata
+            else:
+                event, event_id, meta = item, uuid.uuid4(), metadata
+            if event_id in seen:
+                raise ValueError(f"event id {event_id} appears twice in one append")
+            seen.add(event_id)
+            tag, version, payload = self.registry.encode(event)
+            rows.append(_Row(event_id, tag, version, payload, self._encode_metadata(meta)))
+        return _Request(stream, expected, exact, must_exist, rows)
+
+    def _encode_metadata(self, meta: EventMetadata | None) -> bytes:
+        if meta is None:
+            if self.node is None:
+                return self._empty_metadata
+            meta = EventMetadata(node=self.node)
+        elif meta.node is None and self.node is not None:
+            meta = msgspec.structs.replace(meta, node=self.node)
+        return self._metadata_encoder.encode(meta)
+
+    async def append(
+        self,
+        stream: str,
+        events: Sequence[Event | NewEvent],
+        *,
+        expected_version: Expected = ANY,
+        metadata: EventMetadata | None = None,
+    ) -> AppendResult:
+        """Append ``events`` to ``stream`` atomically, if ``expected_version`` holds."""
+        request = self._prepare(stream, events, expected_version, metadata)
+        pool = self.pool
+        if self._group_commit and self._direct_in_flight > 0:
+            # Someone is on the wire: queue up and go out with the next combined statement.
+            self._queue.append(request)
+            self._queued.set()
+            await request.done.wait()
+            return request.outcome()
+        self._direct_in_flight += 1
+        try:
+            result = await self._append_with_retries(pool, request)
+        finally:
+            self._direct_in_flight -= 1
+        self._touch(stream)
+        return result
+
+    async def _append_with_retries(self, pool: asyncpg.Pool, request: _Request) -> AppendResult:
+        for _ in range(_ANY_RETRIES):
+            try:
+                async with pool.acquire() as conn:
+                    return await self._append_on(conn, request, in_transaction=False)
+            except _RetryAppend:
+                continue
+            except _CONNECTION_ERRORS as exc:
+                raise _unavailable(exc) from exc
+        raise StoreError(
+            f"gave up appending to {request.stream!r}: lost {_ANY_RETRIES} races in a row"
+        )
+
+    async def _append_on(
+        self, conn: asyncpg.Connection, request: _Request, *, in_transaction: bool
+    ) -> AppendResult:
+        """One attempt on ``conn``; raises _RetryAppend when an ANY-append lost a race."""
+        rows = request.rows
+        try:
+            if len(rows) == 1:
+                row = rows[0]
+                record = await conn.fetchrow(
+                    query("append_one"),
+                    request.stream,
+                    request.exact,
+                    request.must_exist,
+                    row.event_id,
+                    row.type,
+                    row.schema_version,
+                    row.payload,
+                    row.metadata,
+                )
+                assert record is not None
+                version, position, txid, recorded_at = record
+                if position is None:
+                    return await self._check_failed(conn, request, version)
+                return AppendResult(
+                    stream=request.stream,
+                    first_version=version + 1,
+                    last_version=version + 1,
+                    first_position=position,
+                    last_position=position,
+                    transaction_id=txid,
+                    recorded_at=recorded_at,
+                )
+            results = await self._append_many_on(conn, [request])
+            outcome = results[0]
+            if isinstance(outcome, int):
+                return await self._check_failed(conn, request, outcome)
+            return outcome
+        except asyncpg.UniqueViolationError as exc:
+            return await self._on_unique_violation(conn, request, exc, in_transaction)
+
+    async def _append_many_on(
+        self, conn: asyncpg.Connection, requests: Sequence[_Request]
+    ) -> list[AppendResult | int]:
+        """Requests to distinct streams in one statement: a result, or the current version
+        where the request's check failed."""
+        streams, exacts, musts = [], [], []
+        req_idx, numbers, ids, types, versions, payloads, metas = [], [], [], [], [], [], []
+        for i, request in enumerate(requests, start=1):
+            streams.append(request.stream)
+            exacts.append(request.exact)
+            musts.append(request.must_exist)
+            for n, row in enumerate(request.rows, start=1):
+                req_idx.append(i)
+                numbers.append(n)
+                ids.append(row.event_id)
+                types.append(row.type)
+                versions.append(row.schema_version)
+                payloads.append(row.payload)
+                metas.append(row.metadata)
+        records = await conn.fetch(
+            query("append_many"),
+            streams,
+            exacts,
+            musts,
+            req_idx,
+            numbers,
+            ids,
+            types,
+            versions,
+            payloads,
+            metas,
+        )
+        out: list[AppendResult | int] = []
+        for request, record in zip(requests, records, strict=True):
+            _, version, first, last, txid, recorded_at = record
+            if first is None:
+                out.append(version)
+                continue
+            out.append(
+                AppendResult(
+                    stream=request.stream,
+                    first_version=version + 1,
+                    last_version=version + len(request.rows),
+                    first_position=first,
+                    last_position=last,
+                    transaction_id=txid,
+                    recorded_at=recorded_at,
+                )
+            )
+        return out
+
+    async def _check_failed(
+        self, conn: asyncpg.Connection, request: _Request, actual: int
+    ) -> AppendResult:
+        """The version check refused the append: a retry of a stored append, or a conflict."""
+        original = await self._original_append(conn, request)
+        if original is not None:
+            return original
+        raise ConcurrencyConflict(request.stream, request.expected, actual)
+
+    async def _on_unique_violation(
+        self,
+        conn: asyncpg.Connection,
+        request: _Request,
+        exc: asyncpg.UniqueViolationError,
+        in_transaction: bool,
+    ) -> AppendResult:
+        constraint = getattr(exc, "constraint_name", None)
+        if in_transaction:
+            # The transaction is aborted: nothing more can be asked on it.
+            if constraint == "events_event_id_key":
+                raise EventIdReused(
+                    request.rows[0].event_id,
+                    "an event id of this append is already stored; inside a transaction the "
+                    "store cannot tell a retry from a reuse (append outside it to find out)",
+                ) from exc
+            raise ConcurrencyConflict(request.stream, request.expected, None) from exc
+        if constraint == "events_event_id_key":
+            original = await self._original_append(conn, request)
+            if original is not None:
+                return original
+            raise EventIdReused(request.rows[0].event_id, "the stored event differs") from exc
+        # events_stream_version_key: another writer took the version between our check and
+        # our insert. An exact expectation has failed; ANY / STREAM_EXISTS simply retry.
+        if request.exact is None:
+            raise _RetryAppend from exc
+        actual = await conn.fetchval(query("stream_version"), request.stream)
+        original = await self._original_append(conn, request)
+        if original is not None:
+            return original
+        raise ConcurrencyConflict(request.stream, request.expected, actual) from exc
+
+    async def _original_append(
+        self, conn: asyncpg.Connection, request: _Request
+    ) -> AppendResult | None:
+        """If every event of ``request`` is already stored, identically and in order, the
+        result of that earlier append; None if none is stored; EventIdReused otherwise."""
+        ids = [row.event_id for row in request.rows]
+        stored = await conn.fetch(query("events_by_id"), ids)
+        if not stored:
+            return None
+        by_id = {record["event_id"]: record for record in stored}
+        if len(by_id) != len(ids):
+            raise EventIdReused(
+                next(i for i in ids if i in by_id),
+                f"only {len(by_id)} of the {len(ids)} events of this append are stored",
+            )
+        records = [by_id[event_id] for event_id in ids]
+        for row, record in zip(request.rows, records, strict=True):
+            if record["stream"] != request.stream:
+                raise EventIdReused(row.event_id, f"it is stored in stream {record['stream']!r}")
+            if record["type"] != row.type or msgspec.json.decode(
+                record["payload"]
+            ) != msgspec.json.decode(row.payload):
+                raise EventIdReused(row.event_id, f"stored as another {record['type']}")
+        versions = [record["stream_version"] for record in records]
+        if versions != list(range(versions[0], versions[0] + len(versions))):
+            raise EventIdReused(records[0]["event_id"], "stored in another order")
+        return AppendResult(
+            stream=request.stream,
+            first_version=versions[0],
+            last_version=versions[-1],
+            first_position=records[0]["global_position"],
+            last_position=records[-1]["global_position"],
+            transaction_id=records[0]["transaction_id"],
+            recorded_at=records[0]["recorded_at"],
+            duplicate=True,
+        )
+
+    # -- group commit -------------------------------------------------------------------------
+    def _take_batch(self) -> list[_Request]:
+        """Queued requests for one combined statement: one per stream (the rest keep their
+        order and wait for the next batch), at most _MAX_COMBINED_EVENTS events."""
+        batch: list[_Request] = []
+        streams: set[str] = set()
+        later: deque[_Request] = deque()
+        events = 0
+        while self._queue:
+            request = self._queue.popleft()
+            if request.stream in streams or (
+                batch and events + len(request.rows) > _MAX_COMBINED_EVENTS
+            ):
+                later.append(request)
+                continue
+            batch.append(request)
+            streams.add(request.stream)
+            events += len(request.rows)
+        later.extend(self._queue)
+        self._queue = later
+        return batch
+
+    async def _flusher(self) -> None:
+        pool = self.pool
+        while True:
+            await self._queued.wait()
+            self._queued = anyio.Event()
+            while self._queue:
+                batch = self._take_batch()
+                await self._flush(pool, batch)
+
+    async def _flush(self, pool: asyncpg.Pool, batch: list[_Request]) -> None:
+        try:
+            if len(batch) == 1:
+                batch[0].result = await self._append_with_retries(pool, batch[0])
+            else:
+                try:
+                    async with pool.acquire() as conn:
+                        outcomes = await self._append_many_on(conn, batch)
+                        for request, outcome in zip(batch, outcomes, strict=True):
+                            try:
+                                if isinstance(outcome, int):
+                                    request.result = await self._check_failed(
+                                        conn, request, outcome
+                                    )
+                                else:
+                                    request.result = outcome
+                            except StoreError as exc:
+                                request.error = exc
+                except asyncpg.UniqueViolationError:
+                    # A race with another process, or a retried event id: the statement wrote
+                    # nothing. Let each request sort itself out on its own.
+                    for request in batch:
+                        try:
+                            request.result = await self._append_with_retries(pool, request)
+                        except StoreError as exc:
+                            request.error = exc
+        except _CONNECTION_ERRORS as exc:
+            for request in batch:
+                if request.result is None and request.error is None:
+                    request.error = _unavailable(exc)
+        except StoreError as exc:
+            for request in batch:
+                if request.result is None and request.error is None:
+                    request.error = exc
+        except BaseException as exc:
+            for request in batch:
+                if request.result is None and request.error is None:
+                    request.error = StoreError(f"append aborted: {type(exc).__name__}")
+            raise
+        finally:
+            for request in batch:
+                if request.result is not None:
+                    self._touch(request.stream)
+                request.done.set()
+
+    # -- notifications ------------------------------------------------------------------------
+    def _touch(self, stream: str) -> None:
+        self._dirty_categories.add(stream.split("-", 1)[0])
+        self._dirty.set()
+
+    async def _notifier(self) -> None:
+        """Wake subscribers after commits. Runs beside the appends, not inside them: a NOTIFY
+        in the appending transaction would take PostgreSQL's global notify lock at every commit
+        and serialise all writers. Bursts coalesce into one notification."""
+        while True:
+            await self._dirty.wait()
+            await self._send_notifications()
+
+    async def _send_notifications(self) -> None:
+        if not self._dirty_categories:
+            return
+        self._dirty = anyio.Event()
+        categories = ",".join(sorted(self._dirty_categories))[:7000]
+        self._dirty_categories = set()
+        try:
+            await self.pool.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, categories)
+        except _CONNECTION_ERRORS as exc:
+            # Subscribers also poll: a lost notification only delays them.
+            logger.warning(
+                "could not notify subscribers: %s", exc, extra={"action": "notify_failed"}
+            )
+
+    # -- reading ------------------------------------------------------------------------------
+    def _decode(self, record: asyncpg.Record, skip_unknown: bool) -> RecordedEvent | None:
+        position, txid, event_id, stream, version, tag, schema_version, payload, meta, at = record
+        try:
+            event = self.registry.decode(tag, schema_version, payload, position=position)
+        except UnknownEventType:
+            if skip_unknown:
+                return None
+            raise
+        return RecordedEvent(
+            position=position,
+            transaction_id=txid,
+            event_id=event_id,
+            stream=stream,
+            version=version,
+            type=tag,
+            schema_version=schema_version,
+            event=event,
+            metadata=self._metadata_decoder.decode(meta),
+            recorded_at=at,
+        )
+
+    def _decode_all(
+        self, records: Sequence[asyncpg.Record], skip_unknown: bool
+    ) -> list[RecordedEvent]:
+        decoded = [self._decode(record, skip_unknown) for record in records]
+        return [item for item in decoded if item is not None]
+
+    async def stream_version(self, stream: str) -> int:
+        """The stream's current version (0 for a stream with no events)."""
+        try:
+            version: int = await self.pool.fetchval(query("stream_version"), stream)
+        except _CONNECTION_ERRORS as exc:
+            raise _unavailable(exc) from exc
+        return version
+
+    async def read_stream(
+        self,
+        stream: str,
+        *,
+        after_version: int = 0,
+        limit: int | None = None,
+        skip_unknown: bool = False,
+    ) -> list[RecordedEvent]:
+        """The stream's events with version > ``after_version``, in version order."""
+        _check_stream(stream)
+        try:
+            records = await self.pool.fetch(
+                query("read_stream"), stream, after_version, limit if limit is not None else None
+            )
+        except _CONNECTION_ERRORS as exc:
+            raise _unavailable(exc) from exc
+        return self._decode_all(records, skip_unknown)
+
+    async def cursor_at(self, position: int) -> Cursor:
+        """The reading cursor just after the event at global ``position`` (0: the start)."""
+        if position == 0:
+            return START
+        record = await self.pool.fetchrow(query("position_cursor"), position)
+        if record is None:
+            raise ValueError(f"no event at global position {position}")
+        return Cursor(record["transaction_id"], record["global_position"])
+
+    async def read_page(
+        self,
+        after: Cursor,
+        *,
+        category: str | None = None,
+        limit: int = 1000,
+        skip_unknown: bool = False,
+    ) -> Page:
+        """One page of the log after ``after``, in reading order, up to the present."""
+        try:
+            if category is None:
+                records = await self.pool.fetch(
+                    query("read_all"), after.transaction_id, after.position, limit
+                )
+            else:
+                records = await self.pool.fetch(
+                    query("read_category"), after.transaction_id, after.position, limit, category
+                )
+        except _CONNECTION_ERRORS as exc:
+            raise _unavailable(exc) from exc
+        if not records:
+            return Page([], after, 0)
+        last = records[-1]
+        return Page(self._decode_all(records, skip_unknown), Cursor(last[1], last[0]), len(records))
+
+    async def held_back(self, after: Cursor, category: str | None = None) -> bool:
+        """Whether committed events past ``after`` are held back by an older open transaction
+        (they become readable when it ends)."""
+        try:
+            held: bool = await self.pool.fetchval(
+                query("held_back"), after.transaction_id, after.position, category
+            )
+        except _CONNECTION_ERRORS as exc:
+            raise _unavailable(exc) from exc
+        return held
+
+    async def read_all(
+        self,
+        *,
+        after: Cursor | int = START,
+        category: str | None = None,
+        batch_size: int = 1000,
+        limit: int | None = None,
+        skip_unknown: bool = False,
+    ) -> AsyncIterator[RecordedEvent]:
+        """Every event after ``after`` (a cursor, or a global position), in reading order,
+        up to the present; ``category`` restricts to streams named ``<category>-...``."""
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        cursor = after if isinstance(after, Cursor) else await self.cursor_at(after)
+        remaining = math.inf if limit is None else limit
+        while remaining > 0:
+            size = int(min(batch_size, remaining))
+            page = await self.read_page(
+                cursor, category=category, limit=size, skip_unknown=skip_unknown
+            )
+            for recorded in page.events:
+                yield recorded
+            remaining -= len(page.events)
+            cursor = page.cursor
+            if page.fetched < size:
+                return
+
+    def subscribe(
+        self,
+        name: str | None = None,
+        *,
+        category: str | None = None,
+        after: Cursor | None = None,
+        poll_interval: float = 1.0,
+        batch_size: int = 500,
+        skip_unknown: bool = False,
+    ) -> Subscription:
+        """Follow the log: catch up from ``after`` (or checkpoint ``name``, or the start),
+        then follow live. Use as ``async with store.subscribe(...) as sub: async for e in sub``."""
+        from store.subscription import Subscription
+
+        return Subscription(
+            self,
+            name,
+            category=category,
+            after=after,
+            poll_interval=poll_interval,
+            batch_size=batch_size,
+            skip_unknown=skip_unknown,
+        )
+
+    # -- transactions and checkpoints ---------------------------------------------------------
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Transaction]:
+        """A unit of work: appends, the caller's own SQL and checkpoints commit together."""
+        try:
+            conn_cm = self.pool.acquire()
+            conn = await conn_cm.__aenter__()
+        except _CONNECTION_ERRORS as exc:
+            raise _unavailable(exc) from exc
+        try:
+            tx = Transaction(self, conn)
+            try:
+                async with conn.transaction():
+                    yield tx
+            except _CONNECTION_ERRORS as exc:
+                raise _unavailable(exc) from exc
+            for stream in tx.streams:
+                self._touch(stream)
+        finally:
+            await conn_cm.__aexit__(None, None, None)
+
+    async def load_checkpoint(self, name: str) -> Cursor | None:
+        try:
+            record = await self.pool.fetchrow(query("load_checkpoint"), name)
+        except _CONNECTION_ERRORS as exc:
+            raise _unavailable(exc) from exc
+        return None if record is None else Cursor(record[0], record[1])
+
+    async def save_checkpoint(
+        self,
+        name: str,
+        cursor: Cursor,
+        *,
+        expected: Cursor | None,
+        connection: asyncpg.Connection | None = None,
+    ) -> None:
+        """Move checkpoint ``name`` from ``expected`` (None: it must not exist) to ``cursor``;
+        CheckpointConflict if someone else moved it."""
+        conn: Any = connection if connection is not None else self.pool
+        stored = await conn.fetchval(
+            query("save_checkpoint"),
+            name,
+            cursor.transaction_id,
+            cursor.position,
+            None if expected is None else expected.transaction_id,
+            None if expected is None else expected.position,
+        )
+        if stored is None:
+            actual = await conn.fetchrow(query("load_checkpoint"), name)
+            raise CheckpointConflict(
+                name, expected, None if actual is None else Cursor(actual[0], actual[1])
+            )
+
+    # -- snapshots ----------------------------------------------------------------------------
+    async def save_snapshot(self, stream: str, version: int, state: msgspec.Struct) -> None:
+        """Keep ``state`` as of ``version`` of ``stream`` (derived data: safe to lose)."""
+        state_type = _state_type(type(state))
+        await self.pool.execute(
+            query("save_snapshot"), stream, version, state_type, msgspec.json.encode(state)
+        )
+
+    async def load_snapshot(self, stream: str, state_cls: type[S]) -> tuple[int, S] | None:
+        """(version, state) if a snapshot of ``stream`` of this exact type exists."""
+        record = await self.pool.fetchrow(query("load_snapshot"), stream)
+        if record is None or record["state_type"] != _state_type(state_cls):
+            return None
+        try:
+            state = msgspec.json.decode(record["state"], type=state_cls)
+        except msgspec.ValidationError:
+            logger.warning(
+                "ignoring snapshot of %s that no longer decodes", stream,
+                extra={"action": "snapshot_ignored"},
+            )
+            return None
+        return record["stream_version"], state
+
+    # -- maintenance guard --------------------------------------------------------------------
+    async def execute_sql(self, sql: str, *args: Any) -> str:
+        """Run raw SQL (operators, tests); refusals of the append-only rule are translated."""
+        try:
+            result: str = await self.pool.execute(sql, *args)
+        except asyncpg.PostgresError as exc:
+            if getattr(exc, "sqlstate", None) == "I3AO1":
+                raise AppendOnlyViolation(str(exc)) from exc
+            raise
+        return result
+
+
+class _RetryAppend(Exception):
+    """Internal: an ANY / STREAM_EXISTS append lost a race for a version; try again."""
+
+
+def _state_type(cls: type[msgspec.Struct]) -> str:
+    version = getattr(cls, "schema_version", 1)
+    return f"{cls.__module__}.{cls.__qualname__}@v{version}"
+
+
+class Transaction:
+    """Appends and checkpoints on one connection, committed together (or not at all)."""
+
+    def __init__(self, store: EventStore, connection: asyncpg.Connection) -> None:
+        self.store = store
+        self.connection = connection
+        self.streams: set[str] = set()
+
+    async def append(
+        self,
+        stream: str,
+        events: Sequence[Event | NewEvent],
+        *,
+        expected_version: Expected = ANY,
+        metadata: EventMetadata | None = None,
+    ) -> AppendResult:
+        request = self.store._prepare(stream, events, expected_version, metadata)
+        try:
+            result = await self.store._append_on(self.connection, request, in_transaction=True)
+        except _RetryAppend as exc:
+            raise ConcurrencyConflict(stream, expected_version, None) from exc
+        self.streams.add(stream)
+        return result
+
+    async def save_checkpoint(self, name: str, cursor: Cursor, *, expected: Cursor | None) -> None:
+        await self.store.save_checkpoint(
+            name, cursor, expected=expected, connection=self.connection
+        )
