@@ -6,7 +6,7 @@ event type the same way the project does::
     from events import DEFAULT_REGISTRY, Event
 
     @DEFAULT_REGISTRY.register
-    class CouponRedeemed(Event, tag="CouponRedeemed"):
+    class CouponRedeemed(Event, frozen=True, tag="CouponRedeemed"):
         code: str
 
 This package does no I/O.

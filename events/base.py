@@ -2,7 +2,7 @@
 
 An event is a frozen msgspec Struct with an explicit tag, the name it is stored under:
 
-    class PaymentExpired(Event, tag="PaymentExpired"):
+    class PaymentExpired(Event, frozen=True, tag="PaymentExpired"):
         payment_id: PaymentId
         expired_at: UtcDateTime
 

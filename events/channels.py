@@ -20,7 +20,7 @@ ChannelRef = Annotated[str, msgspec.Meta(pattern=r"^(@[A-Za-z][A-Za-z0-9_]{3,31}
 Count = Annotated[int, msgspec.Meta(ge=0)]
 
 
-class ChannelAdded(Event, tag="ChannelAdded"):
+class ChannelAdded(Event, frozen=True, tag="ChannelAdded"):
     """A user registered a channel for advertising."""
 
     channel: ChannelRef
@@ -28,7 +28,7 @@ class ChannelAdded(Event, tag="ChannelAdded"):
     added_at: UtcDateTime
 
 
-class ChannelStatsUpdated(Event, tag="ChannelStatsUpdated"):
+class ChannelStatsUpdated(Event, frozen=True, tag="ChannelStatsUpdated"):
     """A fresh subscriber count and the active share derived from it."""
 
     channel: ChannelRef
@@ -37,7 +37,7 @@ class ChannelStatsUpdated(Event, tag="ChannelStatsUpdated"):
     measured_at: UtcDateTime
 
 
-class ChannelPriceChanged(Event, tag="ChannelPriceChanged"):
+class ChannelPriceChanged(Event, frozen=True, tag="ChannelPriceChanged"):
     """The advertising price moved with the audience (only emitted on an actual change)."""
 
     channel: ChannelRef

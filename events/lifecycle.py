@@ -23,7 +23,7 @@ Generation = Annotated[int, msgspec.Meta(ge=1)]
 RestartCause = Literal["crash", "operator", "failover"]
 
 
-class ActorStarted(Event, tag="ActorStarted"):
+class ActorStarted(Event, frozen=True, tag="ActorStarted"):
     """The actor recovered its state, caught up, and runs on ``node``."""
 
     actor: ActorName
@@ -32,7 +32,7 @@ class ActorStarted(Event, tag="ActorStarted"):
     started_at: UtcDateTime
 
 
-class ActorCrashed(Event, tag="ActorCrashed"):
+class ActorCrashed(Event, frozen=True, tag="ActorCrashed"):
     """The actor raised; ``traceback_digest`` groups identical crashes."""
 
     actor: ActorName
@@ -45,7 +45,7 @@ class ActorCrashed(Event, tag="ActorCrashed"):
     crashed_at: UtcDateTime
 
 
-class ActorRestarted(Event, tag="ActorRestarted"):
+class ActorRestarted(Event, frozen=True, tag="ActorRestarted"):
     """The actor is being started again, after ``delay_seconds`` of backoff."""
 
     actor: ActorName
@@ -57,7 +57,7 @@ class ActorRestarted(Event, tag="ActorRestarted"):
     reason: str | None = None
 
 
-class ActorParked(Event, tag="ActorParked"):
+class ActorParked(Event, frozen=True, tag="ActorParked"):
     """Restart intensity was exceeded: the actor stays stopped until an operator starts it."""
 
     actor: ActorName
@@ -67,7 +67,7 @@ class ActorParked(Event, tag="ActorParked"):
     parked_at: UtcDateTime
 
 
-class ActorStopped(Event, tag="ActorStopped"):
+class ActorStopped(Event, frozen=True, tag="ActorStopped"):
     """The actor stopped (shutdown, operator stop, or hand-over to another node)."""
 
     actor: ActorName

@@ -11,7 +11,7 @@ from events.base import Event, NonEmptyStr, UtcDateTime
 __all__ = ["CleanupCompleted", "HealthCheck", "HealthChecked"]
 
 
-class CleanupCompleted(Event, tag="CleanupCompleted"):
+class CleanupCompleted(Event, frozen=True, tag="CleanupCompleted"):
     """A cleanup pass finished; ``removed`` counts pruned rows per kind of derived data."""
 
     removed: dict[str, Annotated[int, msgspec.Meta(ge=0)]]
@@ -28,7 +28,7 @@ class HealthCheck(msgspec.Struct, frozen=True, kw_only=True):
     latency_ms: Annotated[float, msgspec.Meta(ge=0)] | None = None
 
 
-class HealthChecked(Event, tag="HealthChecked"):
+class HealthChecked(Event, frozen=True, tag="HealthChecked"):
     """The HealthChecker's verdict and each check behind it."""
 
     healthy: bool

@@ -11,8 +11,8 @@ import msgspec
 
 from events.base import (
     Event,
-    NonEmptyStr,
     Nanotons,
+    NonEmptyStr,
     PaymentId,
     PositiveNanotons,
     TelegramId,
@@ -35,7 +35,7 @@ TxHash = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")]
 Lt = Annotated[int, msgspec.Meta(ge=0)]
 
 
-class PaymentCreated(Event, tag="PaymentCreated"):
+class PaymentCreated(Event, frozen=True, tag="PaymentCreated"):
     """A user asked to pay for a plan; we now wait for a transfer with this memo."""
 
     payment_id: PaymentId
@@ -48,7 +48,7 @@ class PaymentCreated(Event, tag="PaymentCreated"):
     expires_at: UtcDateTime
 
 
-class PaymentConfirmed(Event, tag="PaymentConfirmed"):
+class PaymentConfirmed(Event, frozen=True, tag="PaymentConfirmed"):
     """A transaction paid at least the expected amount before expiry."""
 
     payment_id: PaymentId
@@ -60,7 +60,7 @@ class PaymentConfirmed(Event, tag="PaymentConfirmed"):
     overpaid_nanotons: Nanotons = 0
 
 
-class PaymentUnderpaid(Event, tag="PaymentUnderpaid"):
+class PaymentUnderpaid(Event, frozen=True, tag="PaymentUnderpaid"):
     """A matching transaction carried less than expected: recorded, not confirmed."""
 
     payment_id: PaymentId
@@ -72,14 +72,14 @@ class PaymentUnderpaid(Event, tag="PaymentUnderpaid"):
     detected_at: UtcDateTime
 
 
-class PaymentExpired(Event, tag="PaymentExpired"):
+class PaymentExpired(Event, frozen=True, tag="PaymentExpired"):
     """No sufficient transfer arrived within the payment window."""
 
     payment_id: PaymentId
     expired_at: UtcDateTime
 
 
-class LatePaymentReceived(Event, tag="LatePaymentReceived"):
+class LatePaymentReceived(Event, frozen=True, tag="LatePaymentReceived"):
     """A matching transfer arrived after expiry: kept for manual review, never dropped."""
 
     payment_id: PaymentId
@@ -90,7 +90,7 @@ class LatePaymentReceived(Event, tag="LatePaymentReceived"):
     detected_at: UtcDateTime
 
 
-class SubscriptionActivated(Event, tag="SubscriptionActivated"):
+class SubscriptionActivated(Event, frozen=True, tag="SubscriptionActivated"):
     """The plan a confirmed payment bought is now active."""
 
     payment_id: PaymentId

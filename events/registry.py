@@ -35,7 +35,9 @@ Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
 _FIELD_AT = re.compile(r"^(?P<reason>.*?)(?: - at `\$\.?(?P<path>[^`]*)`)?$", re.DOTALL)
 
 
-def _split_validation_error(error: msgspec.ValidationError | msgspec.DecodeError) -> tuple[str, str]:
+def _split_validation_error(
+    error: msgspec.ValidationError | msgspec.DecodeError,
+) -> tuple[str, str]:
     """('amount_nanotons', 'Expected `int` >= 1') from msgspec's message."""
     match = _FIELD_AT.match(str(error))
     if match is None:  # pragma: no cover - the pattern matches every string
@@ -177,7 +179,9 @@ class EventRegistry:
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
             field, reason = _split_validation_error(exc)
             where = f" at global position {position}" if position is not None else ""
-            raise UpcastError(f"stored {tag}{where} does not decode: field {field!r}: {reason}") from exc
+            raise UpcastError(
+                f"stored {tag}{where} does not decode: field {field!r}: {reason}"
+            ) from exc
 
     def _entry_for_tag(self, tag: str, position: int | None) -> _Entry:
         entry = self._by_tag.get(tag)

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import msgspec
 
-from events.base import Event, NonEmptyStr, Nanotons, PositiveNanotons, TelegramId, UtcDateTime
+from events.base import Event, Nanotons, NonEmptyStr, PositiveNanotons, TelegramId, UtcDateTime
 
 __all__ = ["RewardReason", "RewardEarned", "RewardCredited", "RewardFailed"]
 
@@ -18,7 +18,7 @@ RewardReason = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
 """Why a reward was earned, e.g. ``referral`` or ``channel_addition``."""
 
 
-class RewardEarned(Event, tag="RewardEarned"):
+class RewardEarned(Event, frozen=True, tag="RewardEarned"):
     """A user earned a reward; it waits for the RewardProcessor to credit it."""
 
     reward_id: uuid.UUID
@@ -29,7 +29,7 @@ class RewardEarned(Event, tag="RewardEarned"):
     earned_at: UtcDateTime
 
 
-class RewardCredited(Event, tag="RewardCredited"):
+class RewardCredited(Event, frozen=True, tag="RewardCredited"):
     """A reward was added to the user's TON balance. At most one per ``reward_id``."""
 
     reward_id: uuid.UUID
@@ -39,7 +39,7 @@ class RewardCredited(Event, tag="RewardCredited"):
     credited_at: UtcDateTime
 
 
-class RewardFailed(Event, tag="RewardFailed"):
+class RewardFailed(Event, frozen=True, tag="RewardFailed"):
     """Crediting failed after every retry; left for an operator."""
 
     reward_id: uuid.UUID

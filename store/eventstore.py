@@ -35,12 +35,13 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TypeAlias, TypeVar
 
 import anyio
 import asyncpg
 import msgspec
 from anyio.abc import TaskGroup
+from asyncpg.pool import PoolConnectionProxy
 
 from events import DEFAULT_REGISTRY, Event, EventMetadata, EventRegistry
 from events.errors import (
@@ -89,6 +90,10 @@ _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.AdminShutdownError,
     asyncpg.exceptions.CrashShutdownError,
 )
+
+
+Connection: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
+"""A connection of our own or one lent by the pool: the store's SQL runs on either."""
 
 
 def derived_id(cause: uuid.UUID, purpose: str) -> uuid.UUID:
@@ -255,12 +260,13 @@ class EventStore:
         self._closed = True
         if self._tg is not None:
             with anyio.CancelScope(shield=True), anyio.move_on_after(5):
-                # Let queued appends finish and the last notification go out.
-                while self._queue or self._direct_in_flight:
-                    await anyio.sleep(0.005)
-                await self._send_notifications()
+                await self._send_notifications()  # the last commits' wake-up goes out
             self._tg.cancel_scope.cancel()
             await self._tg.__aexit__(None, None, None)
+            while self._queue:  # appends still queued when the store closes never ran
+                request = self._queue.popleft()
+                request.error = StoreError("the event store was closed before this append ran")
+                request.done.set()
         if self._pool is not None:
             with anyio.CancelScope(shield=True), anyio.move_on_after(5) as scope:
                 await self._pool.close()
@@ -341,7 +347,7 @@ class EventStore:
             try:
                 async with pool.acquire() as conn:
                     return await self._append_on(conn, request, in_transaction=False)
-            except _RetryAppend:
+            except _RetryAppendError:
                 continue
             except _CONNECTION_ERRORS as exc:
                 raise _unavailable(exc) from exc
@@ -350,9 +356,9 @@ class EventStore:
         )
 
     async def _append_on(
-        self, conn: asyncpg.Connection, request: _Request, *, in_transaction: bool
+        self, conn: Connection, request: _Request, *, in_transaction: bool
     ) -> AppendResult:
-        """One attempt on ``conn``; raises _RetryAppend when an ANY-append lost a race."""
+        """One attempt on ``conn``; raises _RetryAppendError when an ANY-append lost a race."""
         rows = request.rows
         try:
             if len(rows) == 1:
@@ -390,7 +396,7 @@ class EventStore:
             return await self._on_unique_violation(conn, request, exc, in_transaction)
 
     async def _append_many_on(
-        self, conn: asyncpg.Connection, requests: Sequence[_Request]
+        self, conn: Connection, requests: Sequence[_Request]
     ) -> list[AppendResult | int]:
         """Requests to distinct streams in one statement: a result, or the current version
         where the request's check failed."""
@@ -440,9 +446,7 @@ class EventStore:
             )
         return out
 
-    async def _check_failed(
-        self, conn: asyncpg.Connection, request: _Request, actual: int
-    ) -> AppendResult:
+    async def _check_failed(self, conn: Connection, request: _Request, actual: int) -> AppendResult:
         """The version check refused the append: a retry of a stored append, or a conflict."""
         original = await self._original_append(conn, request)
         if original is not None:
@@ -451,7 +455,7 @@ class EventStore:
 
     async def _on_unique_violation(
         self,
-        conn: asyncpg.Connection,
+        conn: Connection,
         request: _Request,
         exc: asyncpg.UniqueViolationError,
         in_transaction: bool,
@@ -474,16 +478,14 @@ class EventStore:
         # events_stream_version_key: another writer took the version between our check and
         # our insert. An exact expectation has failed; ANY / STREAM_EXISTS simply retry.
         if request.exact is None:
-            raise _RetryAppend from exc
+            raise _RetryAppendError from exc
         actual = await conn.fetchval(query("stream_version"), request.stream)
         original = await self._original_append(conn, request)
         if original is not None:
             return original
         raise ConcurrencyConflict(request.stream, request.expected, actual) from exc
 
-    async def _original_append(
-        self, conn: asyncpg.Connection, request: _Request
-    ) -> AppendResult | None:
+    async def _original_append(self, conn: Connection, request: _Request) -> AppendResult | None:
         """If every event of ``request`` is already stored, identically and in order, the
         result of that earlier append; None if none is stored; EventIdReused otherwise."""
         ids = [row.event_id for row in request.rows]
@@ -805,7 +807,7 @@ class EventStore:
         cursor: Cursor,
         *,
         expected: Cursor | None,
-        connection: asyncpg.Connection | None = None,
+        connection: Connection | None = None,
     ) -> None:
         """Move checkpoint ``name`` from ``expected`` (None: it must not exist) to ``cursor``;
         CheckpointConflict if someone else moved it."""
@@ -841,7 +843,8 @@ class EventStore:
             state = msgspec.json.decode(record["state"], type=state_cls)
         except msgspec.ValidationError:
             logger.warning(
-                "ignoring snapshot of %s that no longer decodes", stream,
+                "ignoring snapshot of %s that no longer decodes",
+                stream,
                 extra={"action": "snapshot_ignored"},
             )
             return None
@@ -859,7 +862,7 @@ class EventStore:
         return result
 
 
-class _RetryAppend(Exception):
+class _RetryAppendError(Exception):
     """Internal: an ANY / STREAM_EXISTS append lost a race for a version; try again."""
 
 
@@ -871,7 +874,7 @@ def _state_type(cls: type[msgspec.Struct]) -> str:
 class Transaction:
     """Appends and checkpoints on one connection, committed together (or not at all)."""
 
-    def __init__(self, store: EventStore, connection: asyncpg.Connection) -> None:
+    def __init__(self, store: EventStore, connection: Connection) -> None:
         self.store = store
         self.connection = connection
         self.streams: set[str] = set()
@@ -887,7 +890,7 @@ class Transaction:
         request = self.store._prepare(stream, events, expected_version, metadata)
         try:
             result = await self.store._append_on(self.connection, request, in_transaction=True)
-        except _RetryAppend as exc:
+        except _RetryAppendError as exc:
             raise ConcurrencyConflict(stream, expected_version, None) from exc
         self.streams.add(stream)
         return result

@@ -29,7 +29,9 @@ def _queries() -> dict[str, str]:
         end = following.start() if following is not None else len(text)
         body = text[match.end() : end]
         statement = "\n".join(
-            line for line in body.splitlines() if line.strip() and not line.lstrip().startswith("--")
+            line
+            for line in body.splitlines()
+            if line.strip() and not line.lstrip().startswith("--")
         ).strip()
         found[match.group("name")] = statement.rstrip(";")
     return found

@@ -165,8 +165,10 @@ class Subscription:
         writes. A compare-and-set against the checkpoint this subscriber last stored."""
         if self.name is None:
             raise ValueError("an anonymous subscription has no checkpoint: give it a name")
-        cursor = self.position if upto is None else (
-            upto.cursor if isinstance(upto, RecordedEvent) else upto
+        cursor = (
+            self.position
+            if upto is None
+            else (upto.cursor if isinstance(upto, RecordedEvent) else upto)
         )
         if transaction is not None:
             await transaction.save_checkpoint(self.name, cursor, expected=self.checkpoint)
@@ -176,9 +178,7 @@ class Subscription:
         # If the caller's transaction rolls back, the CAS on the next save reports it.
 
     # -- notifications ----------------------------------------------------------------------
-    def _on_notify(
-        self, connection: object, pid: int, channel: str, payload: object
-    ) -> None:
+    def _on_notify(self, connection: object, pid: int, channel: str, payload: object) -> None:
         if self.category is None or self.category in str(payload).split(","):
             self.notifications += 1
             self._wake.set()

@@ -1,0 +1,1 @@
+"""Operator-facing tools: the ``i3lani`` command line (later: admin HTTP API, dashboard)."""

@@ -1,0 +1,89 @@
+"""Test harness: a real PostgreSQL, one fresh database per test cloned from a migrated template.
+
+``DATABASE_URL`` set: tests use that server (its credentials must allow CREATE DATABASE).
+Unset: the embedded PostgreSQL is started under ``$I3LANI_HOME/test-pgdata``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+
+from store import EventStore, migrate
+from store.database import embedded_postgres, i3lani_home, with_database
+from tests.pg import fresh_database
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Every coroutine test runs on anyio's pytest plugin (asyncio backend).
+    for item in items:
+        if isinstance(item, pytest.Function) and inspect.iscoroutinefunction(item.obj):
+            item.add_marker(pytest.mark.anyio)
+
+
+@pytest.fixture(scope="session")
+def anyio_backend() -> tuple[str, dict[str, object]]:
+    # asyncpg needs asyncio; debug mode reports never-awaited coroutines and slow callbacks.
+    return "asyncio", {"debug": True}
+
+
+@pytest.fixture(scope="session")
+async def server_dsn(anyio_backend: object) -> AsyncIterator[str]:
+    configured = os.environ.get("DATABASE_URL", "").strip()
+    if configured:
+        yield configured
+        return
+    async with embedded_postgres(i3lani_home() / "test-pgdata") as dsn:
+        yield dsn
+
+
+async def _admin(server_dsn: str) -> asyncpg.Connection:
+    return await asyncpg.connect(with_database(server_dsn, "postgres"))
+
+
+@pytest.fixture(scope="session")
+async def template_database(server_dsn: str) -> AsyncIterator[str]:
+    """A database with every migration applied, cloned for each test."""
+    name = f"i3lani_tpl_{os.getpid()}"
+    admin = await _admin(server_dsn)
+    try:
+        await admin.execute(f"DROP DATABASE IF EXISTS {name}")
+        await admin.execute(f"CREATE DATABASE {name}")
+        await migrate(with_database(server_dsn, name))
+        yield name
+    finally:
+        await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        await admin.close()
+
+
+@pytest.fixture
+async def dsn(server_dsn: str, template_database: str) -> AsyncIterator[str]:
+    """The DSN of this test's own, freshly migrated database."""
+    async with fresh_database(server_dsn, template=template_database) as test_dsn:
+        yield test_dsn
+
+
+@pytest.fixture
+async def store(dsn: str) -> AsyncIterator[EventStore]:
+    async with EventStore.open(dsn, node="test-node") as opened:
+        yield opened
+
+
+@pytest.fixture
+async def raw(dsn: str) -> AsyncIterator[asyncpg.Connection]:
+    """A plain asyncpg connection to the test database, outside the store."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+def clean_env() -> dict[str, str]:
+    """The environment without DATABASE_URL, for subprocess tests that set their own."""
+    return {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
