@@ -25,8 +25,22 @@ from events.base import (
     utcnow,
 )
 from events.channels import ChannelAdded, ChannelPriceChanged, ChannelStatsUpdated
-from events.lifecycle import ActorCrashed, ActorParked, ActorRestarted, ActorStarted, ActorStopped
-from events.operations import CleanupCompleted, HealthCheck, HealthChecked
+from events.lifecycle import (
+    ActorBackoffScheduled,
+    ActorCrashed,
+    ActorParked,
+    ActorRestarted,
+    ActorStarted,
+    ActorStopped,
+    ActorTicked,
+)
+from events.operations import (
+    AlertRaised,
+    CleanupCompleted,
+    HealthCheck,
+    HealthChecked,
+    OperatorCommandIssued,
+)
 from events.payments import (
     LatePaymentReceived,
     PaymentConfirmed,
@@ -69,12 +83,16 @@ __all__ = [
     "CleanupCompleted",
     "HealthCheck",
     "HealthChecked",
+    "OperatorCommandIssued",
+    "AlertRaised",
     # actor lifecycle
     "ActorStarted",
     "ActorCrashed",
     "ActorRestarted",
     "ActorParked",
     "ActorStopped",
+    "ActorBackoffScheduled",
+    "ActorTicked",
 ]
 
 

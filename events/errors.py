@@ -17,6 +17,7 @@ errors (asyncpg, httpx) are translated once, at the boundary that meets them, wi
         ├── EventIdReused           an event id was appended before with other content
         ├── AppendOnlyViolation     something tried to change or delete stored events
         ├── CheckpointConflict      a subscriber's checkpoint moved under it
+        ├── StaleGeneration         a fenced append from a lease generation since replaced
         ├── StoreUnavailable        PostgreSQL cannot be reached (retry later)
         └── MigrationError          the schema cannot be brought up to date
 """
@@ -36,6 +37,7 @@ __all__ = [
     "EventIdReused",
     "AppendOnlyViolation",
     "CheckpointConflict",
+    "StaleGeneration",
     "StoreUnavailable",
     "MigrationError",
 ]
@@ -124,6 +126,21 @@ class CheckpointConflict(StoreError):
         self.actual = actual
         super().__init__(
             f"checkpoint {name!r} moved under this subscriber: expected {expected}, found {actual}"
+        )
+
+
+class StaleGeneration(StoreError):
+    """A fenced append carried a lease generation that is no longer current; nothing written.
+
+    The writer was running an actor whose lease another node (or a newer incarnation on this
+    node) has since been granted: it must stop.
+    """
+
+    def __init__(self, lease: str, generation: int) -> None:
+        self.lease = lease
+        self.generation = generation
+        super().__init__(
+            f"append refused: lease {lease!r} is no longer held at generation {generation}"
         )
 
 

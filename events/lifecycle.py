@@ -16,6 +16,8 @@ __all__ = [
     "ActorRestarted",
     "ActorParked",
     "ActorStopped",
+    "ActorBackoffScheduled",
+    "ActorTicked",
 ]
 
 ActorName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z][A-Za-z0-9_]{0,63}$")]
@@ -75,3 +77,21 @@ class ActorStopped(Event, frozen=True, tag="ActorStopped"):
     generation: Generation
     reason: NonEmptyStr
     stopped_at: UtcDateTime
+
+
+class ActorBackoffScheduled(Event, frozen=True, tag="ActorBackoffScheduled"):
+    """After a crash the actor waits ``delay_seconds`` (attempt ``attempt``) before restarting."""
+
+    actor: ActorName
+    attempt: Annotated[int, msgspec.Meta(ge=1)]
+    delay_seconds: Annotated[float, msgspec.Meta(ge=0)]
+    until: UtcDateTime
+    scheduled_at: UtcDateTime
+
+
+class ActorTicked(Event, frozen=True, tag="ActorTicked"):
+    """A periodic tick ran (stream ``tick-<actor>``): the schedule resumes from ``due_at``."""
+
+    actor: ActorName
+    due_at: UtcDateTime
+    ticked_at: UtcDateTime

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import uuid
+from typing import Annotated, Literal
 
 import msgspec
 
 from events.base import Event, NonEmptyStr, UtcDateTime
 
-__all__ = ["CleanupCompleted", "HealthCheck", "HealthChecked"]
+__all__ = [
+    "CleanupCompleted",
+    "HealthCheck",
+    "HealthChecked",
+    "OperatorCommandIssued",
+    "AlertRaised",
+]
 
 
 class CleanupCompleted(Event, frozen=True, tag="CleanupCompleted"):
@@ -34,3 +41,24 @@ class HealthChecked(Event, frozen=True, tag="HealthChecked"):
     healthy: bool
     checks: list[HealthCheck]
     checked_at: UtcDateTime
+
+
+class OperatorCommandIssued(Event, frozen=True, tag="OperatorCommandIssued"):
+    """An operator asked for an actor to be restarted, stopped or started (``ops-commands``)."""
+
+    command_id: uuid.UUID
+    action: Literal["restart", "stop", "start"]
+    actor: NonEmptyStr
+    requested_by: NonEmptyStr
+    requested_at: UtcDateTime
+    reason: str = ""
+
+
+class AlertRaised(Event, frozen=True, tag="AlertRaised"):
+    """Something needs an administrator (stream ``ops-alerts``): delivered to ``ADMIN_IDS``."""
+
+    alert_id: uuid.UUID
+    kind: NonEmptyStr
+    subject: NonEmptyStr
+    message: NonEmptyStr
+    raised_at: UtcDateTime

@@ -3,6 +3,9 @@
     i3lani migrate                  bring the database schema up to date
     i3lani summary                  what the event log holds
     i3lani events [--stream S | --category C] [--after N] [--follow] [--json]
+    i3lani run [--actors A,B]       supervise the actors on this node until SIGTERM/SIGINT
+    i3lani status [--json]          each actor's state, node, generation, restarts, errors
+    i3lani restart|stop|start ACTOR [--reason TEXT]
 
 ``DATABASE_URL`` selects the database; unset, an embedded PostgreSQL is started under
 ``$I3LANI_HOME`` (default ``./.i3lani``). Errors are one line on stderr and a non-zero exit.
@@ -11,20 +14,27 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import logging
 import os
 import signal
 import socket
 import sys
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
 from typing import TextIO
 
 import anyio
+import msgspec
 
+from actors.catalog import ACTOR_NAMES, DEFAULT_ACTORS, UnknownActor, child_specs
+from events import EventMetadata, OperatorCommandIssued
 from events.errors import I3laniError
 from ops.format import event_json, event_line, format_time
 from store import EventStore, RecordedEvent, database_url, migrate, migrations, redact_dsn
 from store.queries import query
+from supervisor import Supervisor, actor_status
 
 __all__ = ["main", "build_parser"]
 
@@ -86,7 +96,44 @@ def build_parser() -> argparse.ArgumentParser:
     )
     events.add_argument("--follow", action="store_true", help="keep printing new events")
     events.add_argument("--json", action="store_true", help="one JSON object per line")
+
+    run = commands.add_parser("run", help="run the supervisor and its actors on this node")
+    run.add_argument(
+        "--actors",
+        type=_actor_list,
+        default=None,
+        metavar="A,B",
+        help=f"actors to supervise (default: {','.join(DEFAULT_ACTORS)}; "
+        f"known: {','.join(ACTOR_NAMES)})",
+    )
+
+    status = commands.add_parser("status", help="show each actor's status")
+    status.add_argument("--json", action="store_true", help="one JSON document")
+
+    for action, text in (
+        ("restart", "restart an actor (does not count toward its restart intensity)"),
+        ("stop", "stop an actor; it stays stopped, across restarts, until started"),
+        ("start", "start a stopped or parked actor"),
+    ):
+        command = commands.add_parser(action, help=text)
+        command.add_argument("actor", help=f"one of {', '.join(ACTOR_NAMES)}")
+        command.add_argument("--reason", default="", help="why (recorded with the command)")
+        command.add_argument(
+            "--no-wait", action="store_true", help="do not wait to see a node act on it"
+        )
     return parser
+
+
+def _actor_list(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("expected actor names separated by commas")
+    for name in names:
+        if name not in ACTOR_NAMES:
+            raise argparse.ArgumentTypeError(
+                f"unknown actor {name!r}; valid names: {', '.join(ACTOR_NAMES)}"
+            )
+    return names
 
 
 async def cmd_migrate(dsn: str, args: argparse.Namespace, out: TextIO) -> int:
@@ -155,13 +202,30 @@ async def cmd_events(dsn: str, args: argparse.Namespace, out: TextIO) -> int:
         start = await store.cursor_at(args.after)
         if not args.follow:
             printed = 0
-            async for recorded in store.read_all(after=start, category=category):
-                if wanted(recorded):
-                    show(recorded)
-                    printed += 1
-                    if args.limit is not None and printed >= args.limit:
-                        break
-            if printed == 0 and not args.json:
+            cursor = start
+            patience = anyio.current_time() + 2.0  # for events held back by an open writer
+            while args.limit != 0:
+                async for recorded in store.read_all(after=cursor, category=category):
+                    cursor = recorded.cursor
+                    if wanted(recorded):
+                        show(recorded)
+                        printed += 1
+                        if args.limit is not None and printed >= args.limit:
+                            break
+                limited = args.limit is not None and printed >= args.limit
+                if limited or anyio.current_time() > patience:
+                    break
+                if not await store.held_back(cursor, category):
+                    break
+                await anyio.sleep(0.05)
+            limited = args.limit is not None and printed >= args.limit
+            if not limited and await store.held_back(cursor, category):
+                print(
+                    "note: more events are committed but held back behind a write transaction "
+                    "that is still open; run again (or use --follow) once it ends",
+                    file=sys.stderr,
+                )
+            elif printed == 0 and not args.json:
                 print("no events", file=sys.stderr)
             return EXIT_OK
 
@@ -194,10 +258,133 @@ async def run_until_signalled(job: Callable[[], Awaitable[None]]) -> None:
         tg.start_soon(run_job)
 
 
+async def cmd_run(dsn: str, args: argparse.Namespace, out: TextIO) -> int:
+    await migrate(dsn)
+    node = node_name()
+    specs = child_specs(args.actors)
+    async with EventStore.open(dsn, node=node) as store:
+        supervisor = Supervisor(store, specs, node=node)
+        print(
+            f"i3lani worker {node}: supervising {', '.join(s.name for s in specs)} "
+            f"(SIGTERM or Ctrl-C stops it)",
+            file=out,
+            flush=True,
+        )
+
+        async def supervise() -> None:
+            await supervisor.run()
+
+        await run_until_signalled(supervise)
+    print(f"i3lani worker {node}: stopped", file=out, flush=True)
+    return EXIT_OK
+
+
+def _ago(moment: datetime | None, now: datetime) -> str:
+    if moment is None:
+        return "-"
+    seconds = (now - moment).total_seconds()
+    if seconds < 0:
+        return f"in {_span(-seconds)}"
+    return f"{_span(seconds)} ago"
+
+
+def _span(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f}s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f}m"
+    if seconds < 48 * 3600:
+        return f"{seconds / 3600:.0f}h"
+    return f"{seconds / 86400:.0f}d"
+
+
+async def cmd_status(dsn: str, args: argparse.Namespace, out: TextIO) -> int:
+    await migrate(dsn)
+    now = datetime.now(UTC)
+    async with EventStore.open(dsn, min_connections=1, max_connections=2) as store:
+        statuses = [await actor_status(store, name, now) for name in ACTOR_NAMES]
+    if args.json:
+        print(msgspec.json.encode(statuses).decode(), file=out)
+        return EXIT_OK
+    header = f"{'ACTOR':<14} {'STATE':<26} {'NODE':<24} {'GEN':>4} {'RESTARTS/1h':>11}  "
+    print(header + f"{'LAST TICK':<10} LAST ERROR", file=out)
+    for status in statuses:
+        state: str = status.state
+        if status.state == "backing off" and status.backing_off_until is not None:
+            if status.backing_off_until > now:
+                state = f"backing off ({_ago(status.backing_off_until, now)})"
+            else:
+                state = "backing off (restart due)"
+        elif status.state == "running" and status.lease_live is False:
+            state = "running? (lease expired)"
+        elif status.state == "stopped" and status.desired == "running":
+            state = "stopped (will start)"
+        error = "-"
+        if status.last_error:
+            error = f"{status.last_error[:60]} ({_ago(status.last_error_at, now)})"
+        print(
+            f"{status.actor:<14} {state:<26} {status.node or '-':<24} "
+            f"{status.generation or '-':>4} {status.restarts_last_hour:>11}  "
+            f"{_ago(status.last_tick, now):<10} {error}",
+            file=out,
+        )
+        if status.state in ("parked", "stopped") and status.stop_reason:
+            print(f"{'':<14} why: {status.stop_reason}", file=out)
+    return EXIT_OK
+
+
+async def cmd_control(dsn: str, args: argparse.Namespace, out: TextIO) -> int:
+    if args.actor not in ACTOR_NAMES:
+        raise UnknownActor(args.actor)
+    await migrate(dsn)
+    who = f"cli:{getpass.getuser()}@{socket.gethostname()}"
+    command = OperatorCommandIssued(
+        command_id=uuid.uuid4(),
+        action=args.command,
+        actor=args.actor,
+        requested_by=who,
+        requested_at=datetime.now(UTC),
+        reason=args.reason,
+    )
+    async with EventStore.open(dsn, min_connections=1, max_connections=2) as store:
+        result = await store.append(
+            "ops-commands", [command], metadata=EventMetadata(caused_by=who)
+        )
+        print(f"{args.command} {args.actor}: requested (command #{result.last_position})", file=out)
+        if args.no_wait:
+            return EXIT_OK
+        acted = await _wait_for_lifecycle(store, args.actor, after=result.last_position)
+    if acted is None:
+        print(
+            f"no node acted within 5s: is `i3lani run` running with {args.actor}? "
+            "The command stays in the log and applies when it starts.",
+            file=out,
+        )
+    else:
+        print(f"{args.actor}: {acted}", file=out)
+    return EXIT_OK
+
+
+async def _wait_for_lifecycle(store: EventStore, actor: str, *, after: int) -> str | None:
+    """The first lifecycle step recorded for ``actor`` after position ``after`` (5 s at most)."""
+    cursor = await store.cursor_at(after)
+    with anyio.move_on_after(5):
+        async with store.subscribe(category="actor", after=cursor, poll_interval=0.5) as sub:
+            async for recorded in sub:
+                if recorded.stream == f"actor-{actor}":
+                    return event_line(recorded).split("  ", 3)[-1]
+    return None
+
+
 COMMANDS: dict[str, Callable[[str, argparse.Namespace, TextIO], Awaitable[int]]] = {
     "migrate": cmd_migrate,
     "summary": cmd_summary,
     "events": cmd_events,
+    "run": cmd_run,
+    "status": cmd_status,
+    "restart": cmd_control,
+    "stop": cmd_control,
+    "start": cmd_control,
 }
 
 
@@ -210,8 +397,11 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     """Entry point of the ``i3lani`` console script; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    level = args.log_level
+    if args.command == "run" and "--log-level" not in (argv or sys.argv):
+        level = os.environ.get("I3LANI_LOG_LEVEL", "INFO")  # a worker says what it does
     logging.basicConfig(
-        level=args.log_level,
+        level=level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )

@@ -30,6 +30,8 @@ def format_time(moment: datetime) -> str:
 def _value(name: str, value: Any) -> str:
     if isinstance(value, int) and not isinstance(value, bool) and name.endswith("_nanotons"):
         return format_ton(value)
+    if isinstance(value, float):
+        return f"{value:.3f}".rstrip("0").rstrip(".") if value != int(value) else f"{value:.0f}"
     if isinstance(value, datetime):
         return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     if isinstance(value, uuid.UUID):
@@ -45,7 +47,9 @@ def event_line(recorded: RecordedEvent) -> str:
     """``#12  2026-11-29 10:15:55Z  payment-42 v2  PaymentExpired  payment_id=42 ...``"""
     fields = msgspec.structs.asdict(recorded.event)
     body = " ".join(
-        f"{name.removesuffix('_nanotons')}={_value(name, value)}" for name, value in fields.items()
+        f"{name.removesuffix('_nanotons')}={_value(name, value)}"
+        for name, value in fields.items()
+        if value is not None
     )
     who = f"  [{recorded.metadata.caused_by}]" if recorded.metadata.caused_by else ""
     return (

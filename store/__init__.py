@@ -11,7 +11,15 @@ behind its ordering and locking. This package knows nothing of payments or actor
 from __future__ import annotations
 
 from store.database import database_url, redact_dsn
-from store.eventstore import NOTIFY_CHANNEL, EventStore, NewEvent, Page, Transaction, derived_id
+from store.eventstore import (
+    NOTIFY_CHANNEL,
+    EventStore,
+    Fence,
+    NewEvent,
+    Page,
+    Transaction,
+    derived_id,
+)
 from store.migrate import migrate, migrations
 from store.records import (
     ANY,
@@ -31,6 +39,7 @@ __all__ = [
     "Transaction",
     "Subscription",
     "NewEvent",
+    "Fence",
     "Page",
     "derived_id",
     "NOTIFY_CHANNEL",

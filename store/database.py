@@ -70,6 +70,18 @@ def _check_dsn(dsn: str) -> str:
         raise ConfigError(
             f"DATABASE_URL must start with postgresql:// or postgres:// (got {redact_dsn(dsn)!r})"
         )
+    hosts = parts.netloc.rpartition("@")[2]
+    for host in hosts.split(","):  # libpq allows host1:port1,host2:port2
+        _, colon, port = host.rpartition(":")
+        if (
+            colon
+            and not host.endswith("]")
+            and port
+            and not (port.isdigit() and 1 <= int(port) <= 65535)
+        ):
+            raise ConfigError(
+                f"DATABASE_URL has an invalid port {port!r} (1-65535): {redact_dsn(dsn)!r}"
+            )
     return dsn
 
 

@@ -49,6 +49,7 @@ from events.errors import (
     CheckpointConflict,
     ConcurrencyConflict,
     EventIdReused,
+    StaleGeneration,
     StoreError,
     StoreUnavailable,
     UnknownEventType,
@@ -69,7 +70,7 @@ from store.records import (
 if TYPE_CHECKING:
     from store.subscription import Subscription
 
-__all__ = ["EventStore", "Page", "NewEvent", "Transaction", "derived_id", "NOTIFY_CHANNEL"]
+__all__ = ["EventStore", "Fence", "Page", "NewEvent", "Transaction", "derived_id", "NOTIFY_CHANNEL"]
 
 logger = logging.getLogger(__name__)
 
@@ -89,11 +90,17 @@ _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.CannotConnectNowError,
     asyncpg.exceptions.AdminShutdownError,
     asyncpg.exceptions.CrashShutdownError,
+    # asyncpg may notice a connection the server closed only mid-protocol, and say so with
+    # this error rather than a closed-connection one (asyncpg issue #1069).
+    asyncpg.exceptions.InternalClientError,
 )
 
 
 Connection: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
 """A connection of our own or one lent by the pool: the store's SQL runs on either."""
+
+
+_CONNECT_ERRORS: tuple[type[BaseException], ...] = (*_CONNECTION_ERRORS, asyncpg.PostgresError)
 
 
 def derived_id(cause: uuid.UUID, purpose: str) -> uuid.UUID:
@@ -110,6 +117,13 @@ class Page:
     events: list[RecordedEvent]
     cursor: Cursor
     fetched: int
+
+
+class Fence(msgspec.Struct, frozen=True):
+    """The lease an append is made under: refused once ``generation`` is no longer current."""
+
+    lease: str
+    generation: int
 
 
 class NewEvent(msgspec.Struct, frozen=True, kw_only=True):
@@ -165,6 +179,7 @@ class _Request:
     exact: int | None
     must_exist: bool
     rows: list[_Row]
+    fence: Fence | None
     done: anyio.Event = field(default_factory=anyio.Event)
     result: AppendResult | None = None
     error: BaseException | None = None
@@ -235,7 +250,8 @@ class EventStore:
                 max_size=self._max,
                 init=_init_connection,
             )
-        except _CONNECTION_ERRORS as exc:
+        except _CONNECT_ERRORS as exc:
+            # Unreachable, or the server refused us (no such database, bad password): one line.
             raise StoreUnavailable(
                 f"cannot connect to {redact_dsn(self.dsn)}: {type(exc).__name__}: {exc}"
             ) from exc
@@ -286,6 +302,7 @@ class EventStore:
         events: Sequence[Event | NewEvent],
         expected: Expected,
         metadata: EventMetadata | None,
+        fence: Fence | None = None,
     ) -> _Request:
         """Validate and encode everything before any I/O."""
         _check_stream(stream)
@@ -306,7 +323,7 @@ class EventStore:
             seen.add(event_id)
             tag, version, payload = self.registry.encode(event)
             rows.append(_Row(event_id, tag, version, payload, self._encode_metadata(meta)))
-        return _Request(stream, expected, exact, must_exist, rows)
+        return _Request(stream, expected, exact, must_exist, rows, fence)
 
     def _encode_metadata(self, meta: EventMetadata | None) -> bytes:
         if meta is None:
@@ -324,9 +341,11 @@ class EventStore:
         *,
         expected_version: Expected = ANY,
         metadata: EventMetadata | None = None,
+        fence: Fence | None = None,
     ) -> AppendResult:
-        """Append ``events`` to ``stream`` atomically, if ``expected_version`` holds."""
-        request = self._prepare(stream, events, expected_version, metadata)
+        """Append ``events`` to ``stream`` atomically, if ``expected_version`` holds (and,
+        with ``fence``, only while that lease generation is current)."""
+        request = self._prepare(stream, events, expected_version, metadata, fence)
         pool = self.pool
         if self._group_commit and self._direct_in_flight > 0:
             # Someone is on the wire: queue up and go out with the next combined statement.
@@ -373,9 +392,14 @@ class EventStore:
                     row.schema_version,
                     row.payload,
                     row.metadata,
+                    request.fence.lease if request.fence else None,
+                    request.fence.generation if request.fence else None,
                 )
                 assert record is not None
-                version, position, txid, recorded_at = record
+                version, position, txid, recorded_at, fence_ok = record
+                if not fence_ok:
+                    assert request.fence is not None
+                    raise StaleGeneration(request.fence.lease, request.fence.generation)
                 if position is None:
                     return await self._check_failed(conn, request, version)
                 return AppendResult(
@@ -389,6 +413,8 @@ class EventStore:
                 )
             results = await self._append_many_on(conn, [request])
             outcome = results[0]
+            if isinstance(outcome, StaleGeneration):
+                raise outcome
             if isinstance(outcome, int):
                 return await self._check_failed(conn, request, outcome)
             return outcome
@@ -397,15 +423,19 @@ class EventStore:
 
     async def _append_many_on(
         self, conn: Connection, requests: Sequence[_Request]
-    ) -> list[AppendResult | int]:
-        """Requests to distinct streams in one statement: a result, or the current version
-        where the request's check failed."""
+    ) -> list[AppendResult | int | StaleGeneration]:
+        """Requests to distinct streams in one statement: a result, the current version where
+        the request's version check failed, or the refusal where its fence did not hold."""
         streams, exacts, musts = [], [], []
+        fence_names: list[str | None] = []
+        fence_generations: list[int | None] = []
         req_idx, numbers, ids, types, versions, payloads, metas = [], [], [], [], [], [], []
         for i, request in enumerate(requests, start=1):
             streams.append(request.stream)
             exacts.append(request.exact)
             musts.append(request.must_exist)
+            fence_names.append(request.fence.lease if request.fence else None)
+            fence_generations.append(request.fence.generation if request.fence else None)
             for n, row in enumerate(request.rows, start=1):
                 req_idx.append(i)
                 numbers.append(n)
@@ -426,10 +456,16 @@ class EventStore:
             versions,
             payloads,
             metas,
+            fence_names,
+            fence_generations,
         )
-        out: list[AppendResult | int] = []
+        out: list[AppendResult | int | StaleGeneration] = []
         for request, record in zip(requests, records, strict=True):
-            _, version, first, last, txid, recorded_at = record
+            _, version, first, last, txid, recorded_at, fence_ok = record
+            if not fence_ok:
+                assert request.fence is not None
+                out.append(StaleGeneration(request.fence.lease, request.fence.generation))
+                continue
             if first is None:
                 out.append(version)
                 continue
@@ -561,7 +597,9 @@ class EventStore:
                         outcomes = await self._append_many_on(conn, batch)
                         for request, outcome in zip(batch, outcomes, strict=True):
                             try:
-                                if isinstance(outcome, int):
+                                if isinstance(outcome, StaleGeneration):
+                                    request.error = outcome
+                                elif isinstance(outcome, int):
                                     request.result = await self._check_failed(
                                         conn, request, outcome
                                     )
@@ -677,6 +715,25 @@ class EventStore:
             raise _unavailable(exc) from exc
         return self._decode_all(records, skip_unknown)
 
+    async def last_event(self, stream: str, *, skip_unknown: bool = False) -> RecordedEvent | None:
+        """The newest event of ``stream``, or None for an empty stream."""
+        _check_stream(stream)
+        try:
+            records = await self.pool.fetch(query("last_event"), stream)
+        except _CONNECTION_ERRORS as exc:
+            raise _unavailable(exc) from exc
+        decoded = self._decode_all(records, skip_unknown)
+        return decoded[0] if decoded else None
+
+    async def head(self) -> Cursor:
+        """The cursor of the newest readable event (START for an empty log): subscribing
+        ``after=await store.head()`` follows only what is appended from now on."""
+        try:
+            record = await self.pool.fetchrow(query("head"))
+        except _CONNECTION_ERRORS as exc:
+            raise _unavailable(exc) from exc
+        return START if record is None else Cursor(record[0], record[1])
+
     async def cursor_at(self, position: int) -> Cursor:
         """The reading cursor just after the event at global ``position`` (0: the start)."""
         if position == 0:
@@ -712,8 +769,8 @@ class EventStore:
         return Page(self._decode_all(records, skip_unknown), Cursor(last[1], last[0]), len(records))
 
     async def held_back(self, after: Cursor, category: str | None = None) -> bool:
-        """Whether committed events past ``after`` are held back by an older open transaction
-        (they become readable when it ends)."""
+        """Whether committed events past ``after`` exist that a read has not returned: held
+        back by an older open transaction (readable when it ends), or committed since."""
         try:
             held: bool = await self.pool.fetchval(
                 query("held_back"), after.transaction_id, after.position, category
@@ -886,8 +943,9 @@ class Transaction:
         *,
         expected_version: Expected = ANY,
         metadata: EventMetadata | None = None,
+        fence: Fence | None = None,
     ) -> AppendResult:
-        request = self.store._prepare(stream, events, expected_version, metadata)
+        request = self.store._prepare(stream, events, expected_version, metadata, fence)
         try:
             result = await self.store._append_on(self.connection, request, in_transaction=True)
         except _RetryAppendError as exc:
@@ -899,3 +957,8 @@ class Transaction:
         await self.store.save_checkpoint(
             name, cursor, expected=expected, connection=self.connection
         )
+
+    async def stored_ids(self, event_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+        """Which of these event ids are already in the log (as seen by this transaction)."""
+        records = await self.connection.fetch(query("events_by_id"), list(event_ids))
+        return {record["event_id"] for record in records}

@@ -72,3 +72,13 @@ CREATE TABLE i3lani.snapshots (
     taken_at       timestamptz NOT NULL DEFAULT now(),
     CONSTRAINT snapshots_stream_version_check CHECK (stream_version >= 1)
 );
+
+CREATE TABLE i3lani.leases (
+    name        text        PRIMARY KEY,
+    node        text,
+    generation  bigint      NOT NULL,
+    acquired_at timestamptz NOT NULL DEFAULT now(),
+    renewed_at  timestamptz NOT NULL DEFAULT now(),
+    expires_at  timestamptz NOT NULL,
+    CONSTRAINT leases_generation_check CHECK (generation >= 1)
+);

@@ -1,0 +1,438 @@
+"""The ``i3lani`` console script, run as a real subprocess against a real database."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from subprocess import CompletedProcess
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import anyio
+import asyncpg
+import pytest
+from anyio.abc import ByteReceiveStream, Process
+
+from events import EventMetadata, PaymentCreated, PaymentExpired, RewardEarned
+from store import AppendResult, Cursor, EventStore, migrations
+from store.database import with_database
+
+I3LANI = str(Path(sys.executable).parent / "i3lani")
+NOW = datetime(2026, 11, 29, 10, 0, tzinfo=UTC)
+WALLET = "0:408da3b28b6c065a593e10391269baaa9c5f8caebc0c69d9f0aabbab2a99256b"
+SECRET = "s3cret"
+
+
+# -- events ---------------------------------------------------------------------------------
+def payment_created(payment_id: int, amount_nanotons: int = 5_440_000_000) -> PaymentCreated:
+    return PaymentCreated(
+        payment_id=payment_id,
+        user_id=42,
+        plan="basic",
+        amount_nanotons=amount_nanotons,
+        wallet=WALLET,
+        memo=f"i3lani_{payment_id}",
+        created_at=NOW,
+        expires_at=NOW,
+    )
+
+
+def payment_expired(payment_id: int) -> PaymentExpired:
+    return PaymentExpired(payment_id=payment_id, expired_at=NOW)
+
+
+def reward(user_id: int, amount_nanotons: int = 1_500_000_000) -> RewardEarned:
+    return RewardEarned(
+        reward_id=uuid.uuid4(),
+        user_id=user_id,
+        amount_nanotons=amount_nanotons,
+        reason="referral",
+        source="test",
+        earned_at=NOW,
+    )
+
+
+# -- running the command ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class Cli:
+    """The console script with DATABASE_URL set to this test's database."""
+
+    database_url: str
+    env: dict[str, str]
+
+    def environment(self, database_url: str | None = None) -> dict[str, str]:
+        return {**self.env, "DATABASE_URL": database_url or self.database_url}
+
+    async def __call__(
+        self, *args: str, database_url: str | None = None
+    ) -> CompletedProcess[bytes]:
+        with anyio.fail_after(40):
+            return await anyio.run_process(
+                [I3LANI, *args], env=self.environment(database_url), check=False
+            )
+
+
+@pytest.fixture
+def cli(dsn: str, clean_env: dict[str, str]) -> Cli:
+    return Cli(dsn, clean_env)
+
+
+def lines(output: bytes) -> list[str]:
+    return output.decode().splitlines()
+
+
+def with_password(dsn: str, password: str) -> str:
+    """``dsn`` with ``password`` in its user info (the test servers trust local users, so a
+    password is accepted and ignored: it only has to stay out of the output)."""
+    parts = urlsplit(dsn)
+    userinfo, at, host = parts.netloc.rpartition("@")
+    user = userinfo.split(":", 1)[0] if at else "postgres"
+    netloc = f"{user}:{password}@{host}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+@pytest.fixture
+async def empty_dsn(server_dsn: str) -> AsyncIterator[str]:
+    """A database with no schema at all (the ``dsn`` fixture is already migrated)."""
+    name = f"i3lani_e_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(with_database(server_dsn, "postgres"))
+    try:
+        await admin.execute(f"CREATE DATABASE {name}")
+        yield with_database(server_dsn, name)
+    finally:
+        await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        await admin.close()
+
+
+async def fill(store: EventStore) -> list[AppendResult]:
+    """payment-1 v1, v2; user-42 v1; payment-10 v1 (a stream whose name extends payment-1)."""
+    return [
+        await store.append("payment-1", [payment_created(1)]),
+        await store.append("payment-1", [payment_expired(1)]),
+        await store.append(
+            "user-42",
+            [reward(42)],
+            metadata=EventMetadata(caused_by="actor:ReferralTracker"),
+        ),
+        await store.append("payment-10", [payment_created(10, 2_000_000_001)]),
+    ]
+
+
+# -- migrate ----------------------------------------------------------------------------------
+async def test_migrate_applies_once_then_reports_up_to_date(
+    empty_dsn: str, clean_env: dict[str, str]
+) -> None:
+    cli = Cli(empty_dsn, clean_env)
+    known = migrations()
+
+    first = await cli("migrate")
+    assert first.returncode == 0, first.stderr
+    out = lines(first.stdout)
+    assert out[: len(known)] == [f"applied {m.version:04d}_{m.name}" for m in known]
+    assert out[-1] == f"schema is up to date ({len(known)} migrations)"
+
+    second = await cli("migrate")
+    assert second.returncode == 0, second.stderr
+    assert lines(second.stdout) == [f"schema is up to date ({len(known)} migrations)"]
+    assert second.stderr == b""
+
+    conn = await asyncpg.connect(empty_dsn)
+    try:
+        versions = await conn.fetch("SELECT version FROM i3lani.schema_migrations ORDER BY 1")
+    finally:
+        await conn.close()
+    assert [row["version"] for row in versions] == [m.version for m in known]
+
+
+# -- summary ----------------------------------------------------------------------------------
+async def test_summary_of_an_empty_log(cli: Cli) -> None:
+    result = await cli("summary")
+    assert result.returncode == 0, result.stderr
+    text = result.stdout.decode()
+    assert "empty: 0 events" in text
+    assert "no subscriber has stored a checkpoint yet" in text
+    assert result.stderr == b""
+
+
+async def test_summary_counts_events_per_type(cli: Cli, store: EventStore) -> None:
+    appended = await fill(store)
+    checkpoint = Cursor(appended[1].transaction_id, appended[1].last_position)
+    await store.save_checkpoint("cli-test-subscriber", checkpoint, expected=None)
+
+    result = await cli("summary")
+    assert result.returncode == 0, result.stderr
+    text = result.stdout.decode()
+    last = appended[-1].last_position
+    assert f"4 events in 3 streams, last global position {last}" in text
+    assert re.search(r"^\s+payment\s+PaymentCreated\s+2\s", text, re.MULTILINE), text
+    assert re.search(r"^\s+payment\s+PaymentExpired\s+1\s", text, re.MULTILINE), text
+    assert re.search(r"^\s+user\s+RewardEarned\s+1\s", text, re.MULTILINE), text
+    # The subscriber is two events behind: user-42 and payment-10.
+    at = appended[1].last_position
+    assert re.search(rf"^\s+cli-test-subscriber\s+{at}\s+2\s", text, re.MULTILINE), text
+
+
+async def test_summary_does_not_print_the_password(cli: Cli, store: EventStore) -> None:
+    await fill(store)
+    result = await cli("summary", database_url=with_password(cli.database_url, SECRET))
+    assert result.returncode == 0, result.stderr
+    assert SECRET.encode() not in result.stdout + result.stderr
+    assert b"***" in result.stdout
+    assert b"4 events" in result.stdout
+
+
+# -- events -----------------------------------------------------------------------------------
+async def test_events_prints_one_readable_line_per_event(cli: Cli, store: EventStore) -> None:
+    appended = await fill(store)
+    result = await cli("events")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == b""
+    out = lines(result.stdout)
+    assert len(out) == 4
+
+    expected = [
+        ("payment-1 v1", "PaymentCreated", ["payment_id=1", "amount=5.44 TON", "plan=basic"]),
+        ("payment-1 v2", "PaymentExpired", ["payment_id=1", "expired_at=2026-11-29T10:00:00Z"]),
+        ("user-42 v1", "RewardEarned", ["amount=1.5 TON", "reason=referral"]),
+        ("payment-10 v1", "PaymentCreated", ["payment_id=10", "amount=2.000000001 TON"]),
+    ]
+    for line, result_, (where, type_, fields) in zip(out, appended, expected, strict=True):
+        assert line.startswith(f"#{result_.first_position} "), line
+        assert f"  {where}  {type_}  " in line, line
+        for field in fields:
+            assert f" {field}" in line, line
+        assert "_nanotons" not in line, line
+        assert "5440000000" not in line, line
+    assert out[2].endswith("[actor:ReferralTracker]")
+
+
+async def test_events_json_is_one_object_per_line(cli: Cli, store: EventStore) -> None:
+    appended = await fill(store)
+    result = await cli("events", "--json")
+    assert result.returncode == 0, result.stderr
+    objects: list[dict[str, Any]] = [json.loads(line) for line in lines(result.stdout)]
+    assert [o["position"] for o in objects] == [r.first_position for r in appended]
+    assert [o["stream"] for o in objects] == ["payment-1", "payment-1", "user-42", "payment-10"]
+    assert [o["version"] for o in objects] == [1, 2, 1, 1]
+    assert [o["type"] for o in objects] == [
+        "PaymentCreated",
+        "PaymentExpired",
+        "RewardEarned",
+        "PaymentCreated",
+    ]
+    assert objects[0]["payload"]["amount_nanotons"] == 5_440_000_000
+    assert objects[0]["payload"]["memo"] == "i3lani_1"
+    assert objects[1]["payload"]["payment_id"] == 1
+    assert objects[1]["payload"]["expired_at"] == "2026-11-29T10:00:00Z"
+    assert objects[2]["metadata"]["caused_by"] == "actor:ReferralTracker"
+    assert all(uuid.UUID(o["event_id"]) for o in objects)
+
+
+async def test_events_of_one_stream(cli: Cli, store: EventStore) -> None:
+    await fill(store)
+    result = await cli("events", "--stream", "payment-1", "--json")
+    assert result.returncode == 0, result.stderr
+    objects = [json.loads(line) for line in lines(result.stdout)]
+    assert [(o["stream"], o["version"]) for o in objects] == [("payment-1", 1), ("payment-1", 2)]
+
+
+async def test_events_of_one_category(cli: Cli, store: EventStore) -> None:
+    await fill(store)
+    payments = await cli("events", "--category", "payment")
+    assert payments.returncode == 0, payments.stderr
+    streams = [line.split()[3] for line in lines(payments.stdout)]
+    assert streams == ["payment-1", "payment-1", "payment-10"]
+
+    users = await cli("events", "--category", "user")
+    assert users.returncode == 0, users.stderr
+    assert [line.split()[3] for line in lines(users.stdout)] == ["user-42"]
+
+    nothing = await cli("events", "--category", "channel")
+    assert nothing.returncode == 0
+    assert nothing.stdout == b""
+    assert lines(nothing.stderr) == ["no events"]
+
+
+async def test_events_after_a_position(cli: Cli, store: EventStore) -> None:
+    appended = await fill(store)
+    after = appended[1].last_position
+    result = await cli("events", "--after", str(after), "--json")
+    assert result.returncode == 0, result.stderr
+    positions = [json.loads(line)["position"] for line in lines(result.stdout)]
+    assert positions == [r.first_position for r in appended[2:]]
+
+    from_start = await cli("events", "--after", "0", "--json")
+    assert len(lines(from_start.stdout)) == 4
+
+
+async def test_events_limit(cli: Cli, store: EventStore) -> None:
+    appended = await fill(store)
+    two = await cli("events", "--limit", "2", "--json")
+    assert two.returncode == 0, two.stderr
+    positions = [json.loads(line)["position"] for line in lines(two.stdout)]
+    assert positions == [r.first_position for r in appended[:2]]
+
+    # "print at most 0 events" prints none.
+    zero = await cli("events", "--limit", "0", "--json")
+    assert zero.returncode == 0, zero.stderr
+    assert zero.stdout == b""
+
+
+async def test_events_after_a_position_that_does_not_exist(cli: Cli, store: EventStore) -> None:
+    await fill(store)
+    result = await cli("events", "--after", "999999")
+    assert result.returncode == 2
+    assert result.stdout == b""
+    [message] = lines(result.stderr)
+    assert message.startswith("i3lani events: ")
+    assert "999999" in message
+
+
+async def test_events_does_not_silently_omit_events_behind_an_open_transaction(
+    cli: Cli, store: EventStore, raw: asyncpg.Connection[Any]
+) -> None:
+    """A one-shot ``events`` must show a committed event, or say why it cannot yet: an open
+    write transaction elsewhere (here on ``raw``; it could be in any database of the server)
+    is no reason to print the log as if the event did not exist."""
+    first = await store.append("payment-1", [payment_created(1)])
+    results: list[CompletedProcess[bytes]] = []
+    finished = anyio.Event()
+
+    async def run() -> None:
+        results.append(await cli("events"))
+        finished.set()
+
+    other = raw.transaction()
+    await other.start()
+    try:
+        await raw.fetchval("SELECT pg_current_xact_id()")  # an open writer, like any other
+        second = await store.append("payment-1", [payment_expired(1)])
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run)
+            with anyio.move_on_after(3):  # waiting for it is one acceptable answer
+                await finished.wait()
+            await other.commit()
+    except BaseException:
+        if raw.is_in_transaction():
+            await other.rollback()
+        raise
+    [result] = results
+    assert result.returncode == 0, result.stderr
+    stdout, stderr = result.stdout.decode(), result.stderr.decode().lower()
+    assert f"#{first.first_position} " in stdout
+    shown = f"#{second.first_position} " in stdout
+    explained = "held back" in stderr or "open transaction" in stderr
+    assert shown or explained, (stdout, stderr)
+
+
+# -- errors -----------------------------------------------------------------------------------
+def _bad_urls(server_dsn: str) -> dict[str, str]:
+    return {
+        "not postgresql": "mysql://x",
+        "connection refused": f"postgresql://user:{SECRET}@127.0.0.1:1/nope",
+        "port out of range": f"postgresql://user:{SECRET}@127.0.0.1:99999/nope",
+        "no such database": with_password(with_database(server_dsn, "i3lani_no_such_db"), SECRET),
+    }
+
+
+@pytest.mark.parametrize("command", ["migrate", "summary", "events"])
+@pytest.mark.parametrize(
+    "case", ["not postgresql", "connection refused", "port out of range", "no such database"]
+)
+async def test_a_bad_database_url_is_one_line_without_the_password(
+    server_dsn: str, clean_env: dict[str, str], command: str, case: str
+) -> None:
+    url = _bad_urls(server_dsn)[case]
+    result = await Cli(url, clean_env)(command)
+    assert result.returncode != 0
+    assert result.stdout == b""
+    stderr = result.stderr.decode()
+    assert SECRET not in stderr
+    assert len(stderr.splitlines()) == 1, stderr
+    assert stderr.startswith(f"i3lani {command}: "), stderr
+
+
+async def test_an_unknown_subcommand_is_a_usage_error(cli: Cli) -> None:
+    result = await cli("frobnicate")
+    assert result.returncode == 2
+    assert result.stdout == b""
+    assert b"invalid choice: 'frobnicate'" in result.stderr
+
+
+async def test_no_subcommand_is_a_usage_error(cli: Cli) -> None:
+    result = await cli()
+    assert result.returncode == 2
+    assert b"usage: i3lani" in result.stderr
+
+
+# -- events --follow ------------------------------------------------------------------------
+class LineReader:
+    def __init__(self, stream: ByteReceiveStream) -> None:
+        self.stream = stream
+        self.buffer = b""
+        self.seen: list[str] = []
+
+    async def until(self, needle: str) -> str:
+        """Read lines until one contains ``needle``; return it."""
+        while True:
+            while b"\n" in self.buffer:
+                raw, self.buffer = self.buffer.split(b"\n", 1)
+                line = raw.decode()
+                self.seen.append(line)
+                if needle in line:
+                    return line
+            self.buffer += await self.stream.receive()
+
+
+async def drain(stream: ByteReceiveStream | None) -> bytes:
+    data = b""
+    if stream is None:
+        return data
+    try:
+        while True:
+            data += await stream.receive()
+    except (anyio.EndOfStream, anyio.ClosedResourceError):
+        return data
+
+
+async def test_events_follow_prints_new_events_until_interrupted(
+    cli: Cli, store: EventStore
+) -> None:
+    await store.append("payment-1", [payment_created(1)])
+    process: Process = await anyio.open_process(
+        [I3LANI, "events", "--follow"], env=cli.environment()
+    )
+    try:
+        assert process.stdout is not None
+        reader = LineReader(process.stdout)
+        with anyio.fail_after(20):
+            first = await reader.until("payment-1 v1")
+        assert "PaymentCreated" in first
+        assert "amount=5.44 TON" in first
+
+        appended = await store.append("payment-1", [payment_expired(1)])
+        with anyio.fail_after(20):
+            live = await reader.until("payment-1 v2")
+        assert live.startswith(f"#{appended.first_position} ")
+        assert "PaymentExpired" in live
+
+        process.send_signal(signal.SIGINT)
+        with anyio.fail_after(10):
+            code = await process.wait()
+            stderr = await drain(process.stderr)
+        assert code in (0, 130)
+        assert b"Traceback" not in stderr, stderr.decode()
+        assert len(reader.seen) == 2
+    finally:
+        if process.returncode is None:
+            process.kill()
+            with anyio.move_on_after(5):
+                await process.wait()
+        await process.aclose()
