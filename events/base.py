@@ -56,8 +56,12 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-class Event(msgspec.Struct, frozen=True, kw_only=True):
-    """Base of every event. Subclasses must pass ``tag="StoredName"`` explicitly."""
+class Event(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """Base of every event. Subclasses must pass ``tag="StoredName"`` explicitly.
+
+    Events are immutable values decoded from JSON, so they never form reference cycles:
+    ``gc=False`` keeps the garbage collector from tracking them (it matters in long replays).
+    """
 
     schema_version: ClassVar[int] = 1
 

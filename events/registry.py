@@ -111,6 +111,11 @@ class EventRegistry:
     def __contains__(self, tag: object) -> bool:
         return tag in self._by_tag
 
+    def current_decoders(self) -> dict[str, tuple[int, Callable[[bytes | str], Event]]]:
+        """tag -> (current schema version, payload decoder): the fast path for readers, used
+        when the stored version is the current one (else go through :meth:`decode`)."""
+        return {tag: (entry.version, entry.decoder.decode) for tag, entry in self._by_tag.items()}
+
     def tags(self) -> list[str]:
         return sorted(self._by_tag)
 

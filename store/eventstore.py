@@ -80,6 +80,7 @@ NOTIFY_CHANNEL = "i3lani_events"
 MAX_EVENTS_PER_APPEND = 10_000
 _MAX_COMBINED_EVENTS = 1_000  # group commit: events per combined statement, at most
 _ANY_RETRIES = 20  # an ANY append that keeps losing races this often gives up loudly
+_NOTIFY_INTERVAL = 0.003  # seconds between two notifications, at the most often
 
 S = TypeVar("S", bound=msgspec.Struct)
 
@@ -101,6 +102,9 @@ Connection: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProx
 
 
 _CONNECT_ERRORS: tuple[type[BaseException], ...] = (*_CONNECTION_ERRORS, asyncpg.PostgresError)
+
+
+_NO_METADATA = EventMetadata()
 
 
 def derived_id(cause: uuid.UUID, purpose: str) -> uuid.UUID:
@@ -191,6 +195,47 @@ class _Request:
         return self.result
 
 
+async def _no_reset(conn: asyncpg.Connection) -> None:
+    """Pool connections go back without asyncpg's reset query (one more round trip per use):
+    the store's own statements change no session state, and asyncpg still rolls back any open
+    transaction. Code given ``Transaction.connection`` must not change session state either."""
+
+
+class _Dedicated:
+    """A connection of the store's own, for one job at a time (direct appends, combined
+    appends, notifications): no pool round trips. Reconnects on next use after a failure."""
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        self._conn: asyncpg.Connection | None = None
+
+    async def get(self) -> asyncpg.Connection:
+        if self._conn is None or self._conn.is_closed():
+            self._conn = None
+            conn = await asyncpg.connect(self.dsn)
+            try:
+                await _init_connection(conn)
+            except BaseException:
+                conn.terminate()
+                raise
+            self._conn = conn
+        return self._conn
+
+    def discard(self) -> None:
+        """Drop the connection (after an error or a cancellation mid-statement)."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.terminate()
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None and not conn.is_closed():
+            with anyio.move_on_after(2):
+                await conn.close()
+            if not conn.is_closed():
+                conn.terminate()
+
+
 async def _init_connection(conn: asyncpg.Connection) -> None:
     # jsonb in binary format is a version byte followed by the JSON text: msgspec's bytes go
     # straight through in both directions, with no str round trip.
@@ -235,6 +280,9 @@ class EventStore:
         self._dirty_categories: set[str] = set()
         self._dirty = anyio.Event()
         self._closed = False
+        self._writer = _Dedicated(dsn)
+        self._batcher = _Dedicated(dsn)
+        self._notifier_conn = _Dedicated(dsn)
 
     @classmethod
     def open(cls, dsn: str, **options: Any) -> Self:
@@ -249,6 +297,7 @@ class EventStore:
                 min_size=self._min,
                 max_size=self._max,
                 init=_init_connection,
+                reset=_no_reset,
             )
         except _CONNECT_ERRORS as exc:
             # Unreachable, or the server refused us (no such database, bad password): one line.
@@ -283,6 +332,9 @@ class EventStore:
                 request = self._queue.popleft()
                 request.error = StoreError("the event store was closed before this append ran")
                 request.done.set()
+        with anyio.CancelScope(shield=True):
+            for dedicated in (self._writer, self._batcher, self._notifier_conn):
+                await dedicated.close()
         if self._pool is not None:
             with anyio.CancelScope(shield=True), anyio.move_on_after(5) as scope:
                 await self._pool.close()
@@ -346,26 +398,34 @@ class EventStore:
         """Append ``events`` to ``stream`` atomically, if ``expected_version`` holds (and,
         with ``fence``, only while that lease generation is current)."""
         request = self._prepare(stream, events, expected_version, metadata, fence)
-        pool = self.pool
+        if self._pool is None:
+            raise StoreError("the event store is not open: use `async with EventStore.open(dsn)`")
         if self._group_commit and self._direct_in_flight > 0:
             # Someone is on the wire: queue up and go out with the next combined statement.
             self._queue.append(request)
             self._queued.set()
             await request.done.wait()
             return request.outcome()
+        # The only append on the wire uses the store's own writer connection; further ones
+        # (group commit off) borrow from the pool.
+        dedicated = self._writer if self._direct_in_flight == 0 else None
         self._direct_in_flight += 1
         try:
-            result = await self._append_with_retries(pool, request)
+            result = await self._append_with_retries(request, dedicated)
         finally:
             self._direct_in_flight -= 1
         self._touch(stream)
         return result
 
-    async def _append_with_retries(self, pool: asyncpg.Pool, request: _Request) -> AppendResult:
+    async def _append_with_retries(
+        self, request: _Request, dedicated: _Dedicated | None
+    ) -> AppendResult:
         for _ in range(_ANY_RETRIES):
             try:
-                async with pool.acquire() as conn:
-                    return await self._append_on(conn, request, in_transaction=False)
+                if dedicated is None:
+                    async with self.pool.acquire() as conn:
+                        return await self._append_on(conn, request, in_transaction=False)
+                return await self._on_dedicated(dedicated, request)
             except _RetryAppendError:
                 continue
             except _CONNECTION_ERRORS as exc:
@@ -374,12 +434,48 @@ class EventStore:
             f"gave up appending to {request.stream!r}: lost {_ANY_RETRIES} races in a row"
         )
 
+    async def _on_dedicated(self, dedicated: _Dedicated, request: _Request) -> AppendResult:
+        conn = await dedicated.get()
+        try:
+            return await self._append_on(conn, request, in_transaction=False)
+        except (StoreError, _RetryAppendError, asyncpg.PostgresError):
+            raise  # the connection is fine
+        except BaseException:
+            # Lost, or cancelled mid-statement: do not trust its protocol state.
+            dedicated.discard()
+            raise
+
     async def _append_on(
         self, conn: Connection, request: _Request, *, in_transaction: bool
     ) -> AppendResult:
         """One attempt on ``conn``; raises _RetryAppendError when an ANY-append lost a race."""
         rows = request.rows
         try:
+            if len(rows) == 1 and request.exact is not None and request.fence is None:
+                row = rows[0]
+                exact = await conn.fetchrow(
+                    query("append_exact"),
+                    request.stream,
+                    request.exact,
+                    row.event_id,
+                    row.type,
+                    row.schema_version,
+                    row.payload,
+                    row.metadata,
+                )
+                if exact is None:
+                    actual = await conn.fetchval(query("stream_version"), request.stream)
+                    return await self._check_failed(conn, request, actual)
+                position, txid, recorded_at = exact
+                return AppendResult(
+                    stream=request.stream,
+                    first_version=request.exact + 1,
+                    last_version=request.exact + 1,
+                    first_position=position,
+                    last_position=position,
+                    transaction_id=txid,
+                    recorded_at=recorded_at,
+                )
             if len(rows) == 1:
                 row = rows[0]
                 record = await conn.fetchrow(
@@ -579,21 +675,22 @@ class EventStore:
         return batch
 
     async def _flusher(self) -> None:
-        pool = self.pool
         while True:
             await self._queued.wait()
             self._queued = anyio.Event()
             while self._queue:
                 batch = self._take_batch()
-                await self._flush(pool, batch)
+                await self._flush(batch)
 
-    async def _flush(self, pool: asyncpg.Pool, batch: list[_Request]) -> None:
+    async def _flush(self, batch: list[_Request]) -> None:
+        dedicated = self._batcher
         try:
             if len(batch) == 1:
-                batch[0].result = await self._append_with_retries(pool, batch[0])
+                batch[0].result = await self._append_with_retries(batch[0], dedicated)
             else:
                 try:
-                    async with pool.acquire() as conn:
+                    conn = await dedicated.get()
+                    try:
                         outcomes = await self._append_many_on(conn, batch)
                         for request, outcome in zip(batch, outcomes, strict=True):
                             try:
@@ -607,12 +704,17 @@ class EventStore:
                                     request.result = outcome
                             except StoreError as exc:
                                 request.error = exc
+                    except (StoreError, asyncpg.PostgresError):
+                        raise
+                    except BaseException:
+                        dedicated.discard()
+                        raise
                 except asyncpg.UniqueViolationError:
                     # A race with another process, or a retried event id: the statement wrote
                     # nothing. Let each request sort itself out on its own.
                     for request in batch:
                         try:
-                            request.result = await self._append_with_retries(pool, request)
+                            request.result = await self._append_with_retries(request, dedicated)
                         except StoreError as exc:
                             request.error = exc
         except _CONNECTION_ERRORS as exc:
@@ -642,10 +744,13 @@ class EventStore:
     async def _notifier(self) -> None:
         """Wake subscribers after commits. Runs beside the appends, not inside them: a NOTIFY
         in the appending transaction would take PostgreSQL's global notify lock at every commit
-        and serialise all writers. Bursts coalesce into one notification."""
+        and serialise all writers. The first commit after a quiet spell is announced at once;
+        under load, notifications go out at most every _NOTIFY_INTERVAL, each covering every
+        commit since the last."""
         while True:
             await self._dirty.wait()
             await self._send_notifications()
+            await anyio.sleep(_NOTIFY_INTERVAL)
 
     async def _send_notifications(self) -> None:
         if not self._dirty_categories:
@@ -654,7 +759,12 @@ class EventStore:
         categories = ",".join(sorted(self._dirty_categories))[:7000]
         self._dirty_categories = set()
         try:
-            await self.pool.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, categories)
+            conn = await self._notifier_conn.get()
+            try:
+                await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, categories)
+            except BaseException:
+                self._notifier_conn.discard()
+                raise
         except _CONNECTION_ERRORS as exc:
             # Subscribers also poll: a lost notification only delays them.
             logger.warning(
@@ -662,32 +772,43 @@ class EventStore:
             )
 
     # -- reading ------------------------------------------------------------------------------
-    def _decode(self, record: asyncpg.Record, skip_unknown: bool) -> RecordedEvent | None:
-        position, txid, event_id, stream, version, tag, schema_version, payload, meta, at = record
-        try:
-            event = self.registry.decode(tag, schema_version, payload, position=position)
-        except UnknownEventType:
-            if skip_unknown:
-                return None
-            raise
-        return RecordedEvent(
-            position=position,
-            transaction_id=txid,
-            event_id=event_id,
-            stream=stream,
-            version=version,
-            type=tag,
-            schema_version=schema_version,
-            event=event,
-            metadata=self._metadata_decoder.decode(meta),
-            recorded_at=at,
-        )
-
     def _decode_all(
         self, records: Sequence[asyncpg.Record], skip_unknown: bool
     ) -> list[RecordedEvent]:
-        decoded = [self._decode(record, skip_unknown) for record in records]
-        return [item for item in decoded if item is not None]
+        """Rows to typed events: the hot path of every read, so the common case (current
+        schema version, empty metadata) goes straight to the class's own decoder."""
+        fast = self.registry.current_decoders()
+        decode_slow = self.registry.decode
+        decode_metadata = self._metadata_decoder.decode
+        empty, no_metadata = self._empty_metadata, _NO_METADATA
+        out: list[RecordedEvent] = []
+        append = out.append
+        for position, txid, event_id, stream, version, tag, schema, payload, meta, at in records:
+            entry = fast.get(tag)
+            if entry is not None and schema >= entry[0]:
+                event = entry[1](payload)
+            else:
+                try:
+                    event = decode_slow(tag, schema, payload, position=position)
+                except UnknownEventType:
+                    if skip_unknown:
+                        continue
+                    raise
+            append(
+                RecordedEvent(
+                    position,
+                    txid,
+                    event_id,
+                    stream,
+                    version,
+                    tag,
+                    schema,
+                    event,
+                    no_metadata if meta is None or meta == empty else decode_metadata(meta),
+                    at,
+                )
+            )
+        return out
 
     async def stream_version(self, stream: str) -> int:
         """The stream's current version (0 for a stream with no events)."""
@@ -779,6 +900,32 @@ class EventStore:
             raise _unavailable(exc) from exc
         return held
 
+    async def read_batches(
+        self,
+        *,
+        after: Cursor | int = START,
+        category: str | None = None,
+        batch_size: int = 1000,
+        limit: int | None = None,
+        skip_unknown: bool = False,
+    ) -> AsyncIterator[list[RecordedEvent]]:
+        """:meth:`read_all` a page at a time: the fastest way through a long log (audits)."""
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        cursor = after if isinstance(after, Cursor) else await self.cursor_at(after)
+        remaining = math.inf if limit is None else limit
+        while remaining > 0:
+            size = int(min(batch_size, remaining))
+            page = await self.read_page(
+                cursor, category=category, limit=size, skip_unknown=skip_unknown
+            )
+            if page.events:
+                yield page.events
+            remaining -= len(page.events)
+            cursor = page.cursor
+            if page.fetched < size:
+                return
+
     async def read_all(
         self,
         *,
@@ -790,21 +937,15 @@ class EventStore:
     ) -> AsyncIterator[RecordedEvent]:
         """Every event after ``after`` (a cursor, or a global position), in reading order,
         up to the present; ``category`` restricts to streams named ``<category>-...``."""
-        if batch_size < 1:
-            raise ValueError("batch_size must be at least 1")
-        cursor = after if isinstance(after, Cursor) else await self.cursor_at(after)
-        remaining = math.inf if limit is None else limit
-        while remaining > 0:
-            size = int(min(batch_size, remaining))
-            page = await self.read_page(
-                cursor, category=category, limit=size, skip_unknown=skip_unknown
-            )
-            for recorded in page.events:
+        async for batch in self.read_batches(
+            after=after,
+            category=category,
+            batch_size=batch_size,
+            limit=limit,
+            skip_unknown=skip_unknown,
+        ):
+            for recorded in batch:
                 yield recorded
-            remaining -= len(page.events)
-            cursor = page.cursor
-            if page.fetched < size:
-                return
 
     def subscribe(
         self,

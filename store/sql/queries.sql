@@ -36,6 +36,18 @@ SELECT c.version, i.global_position, i.transaction_id, i.recorded_at, c.fence_ok
 FROM current_version c
 LEFT JOIN inserted i ON true;
 
+-- name: append_exact
+-- The common case of append_one, leaner: one event, an exact expected version ($2; 0 for a
+-- new stream), no fence. The row goes in as version $2 + 1 only if version $2 exists (or $2 is
+-- 0); the unique (stream, stream_version) index refuses it if $2 + 1 exists already. So the
+-- check costs one index probe and no aggregate. No row back means the check failed.
+INSERT INTO i3lani.events
+    (event_id, stream, stream_version, type, schema_version, payload, metadata)
+SELECT $3, $1, $2::bigint + 1, $4, $5, $6, $7
+WHERE $2::bigint = 0
+   OR EXISTS (SELECT 1 FROM i3lani.events WHERE stream = $1 AND stream_version = $2::bigint)
+RETURNING global_position, transaction_id, recorded_at;
+
 -- name: append_many
 -- Several appends, to distinct streams, in one statement (and so one transaction): how a batch
 -- of events to one stream is written, and how the store combines concurrent appends ("group
@@ -120,7 +132,7 @@ LIMIT $3;
 -- delay is that statement's duration. (A serialising lock or a single sequencer would give
 -- commit-ordered positions at the cost of one writer at a time; we keep writers parallel.)
 SELECT global_position, transaction_id, event_id, stream, stream_version, type, schema_version,
-       payload, metadata, recorded_at
+       payload, nullif(metadata, '{}'::jsonb), recorded_at
 FROM i3lani.events
 WHERE (transaction_id, global_position) > ($1::xid8, $2::bigint)
   AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
@@ -131,7 +143,7 @@ LIMIT $3;
 -- read_all restricted to one category; same ordering argument, served by
 -- events_category_commit_order_idx.
 SELECT global_position, transaction_id, event_id, stream, stream_version, type, schema_version,
-       payload, metadata, recorded_at
+       payload, nullif(metadata, '{}'::jsonb), recorded_at
 FROM i3lani.events
 WHERE category = $4
   AND (transaction_id, global_position) > ($1::xid8, $2::bigint)

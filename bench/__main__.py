@@ -1,0 +1,276 @@
+"""``python -m bench``: run the benchmarks on a fresh database and print the table.
+
+    python -m bench                  # the full run, about 5 s per measurement
+    python -m bench --quick          # a smoke run, under a minute
+    python -m bench --seconds 10 --json results.json
+
+The server is ``DATABASE_URL`` when set, else the embedded PostgreSQL. A database named
+``i3lani_bench`` is dropped if it exists, created, migrated, used for every figure, and dropped
+at the end (``--keep-database`` keeps it for a look). Progress goes to stderr, the table to
+stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import shlex
+import shutil
+import sys
+import textwrap
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from importlib import metadata
+from typing import Any
+
+import anyio
+import asyncpg
+
+from bench import actors, eventstore
+from bench.measure import BenchContext
+from bench.peers import find_pgbench
+from bench.report import Row, Verdict, render_table, row_to_json
+from store.database import database_url, redact_dsn, with_database
+from store.migrate import migrate
+
+
+@dataclass(frozen=True, slots=True)
+class Suite:
+    """A group of figures: ``run`` measures them, ``notes`` say what the references are."""
+
+    run: Callable[[BenchContext], Awaitable[list[Row]]]
+    notes: Sequence[str] = ()
+
+
+SUITES: dict[str, Suite] = {
+    "eventstore": Suite(eventstore.run, eventstore.NOTES),
+    "actors": Suite(actors.run, actors.NOTES),
+    # later: "taskqueue"
+}
+
+DATABASE = "i3lani_bench"
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="Benchmark i3lani against raw asyncpg, pgbench and the eventsourcing peer.",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="a short smoke run (under a minute in all)"
+    )
+    parser.add_argument(
+        "--seconds",
+        type=float,
+        default=None,
+        metavar="N",
+        help="seconds per measurement of each contender (default 5, --quick 1.5)",
+    )
+    parser.add_argument("--json", metavar="FILE", help="also write the results to FILE as JSON")
+    parser.add_argument(
+        "--read-events",
+        type=int,
+        default=None,
+        metavar="N",
+        help="log size for the read figures (default 200000, --quick 100000)",
+    )
+    parser.add_argument(
+        "--suite",
+        action="append",
+        choices=sorted(SUITES),
+        help="run only this suite (repeatable; default: all)",
+    )
+    parser.add_argument(
+        "--keep-database", action="store_true", help=f"do not drop {DATABASE} at the end"
+    )
+    args = parser.parse_args(argv)
+    if args.seconds is not None and args.seconds <= 0:
+        parser.error("--seconds must be positive")
+    if args.read_events is not None and args.read_events < 1:
+        parser.error("--read-events must be at least 1")
+    return args
+
+
+async def _admin(dsn: str, sql: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+async def _server_info(dsn: str) -> dict[str, str]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        names = ("server_version", "fsync", "synchronous_commit", "shared_buffers")
+        return {name: str(await conn.fetchval(f"SHOW {name}")) for name in names}
+    finally:
+        await conn.close()
+
+
+_OTHERS = """
+SELECT count(*) FROM pg_stat_activity
+WHERE backend_type = 'client backend' AND state <> 'idle' AND datname IS DISTINCT FROM $1
+"""
+
+
+async def _watch_others(dsn: str, samples: list[int]) -> None:
+    """Once a second, how many client sessions of other databases are busy on the server: a
+    benchmark sharing the server (or the machine's two cores) with a test suite is noise."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        while True:
+            samples.append(int(await conn.fetchval(_OTHERS, DATABASE)))
+            await anyio.sleep(1)
+    finally:
+        with anyio.CancelScope(shield=True):
+            await conn.close()
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "?"
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    quick: bool = args.quick
+    seconds: float = args.seconds if args.seconds is not None else (1.5 if quick else 5.0)
+    read_events: int = args.read_events or (100_000 if quick else 200_000)
+    suites: list[str] = args.suite or list(SUITES)
+    embedded = not os.environ.get("DATABASE_URL", "").strip()
+    started = time.perf_counter()
+    async with database_url() as server_dsn:
+        dsn = with_database(server_dsn, DATABASE)
+        await _admin(server_dsn, f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
+        await _admin(server_dsn, f"CREATE DATABASE {DATABASE}")
+        try:
+            await migrate(dsn)
+            server = await _server_info(dsn)
+            pgbench = find_pgbench(embedded=embedded)
+            ctx = BenchContext(
+                dsn=dsn,
+                seconds=seconds,
+                warmup=0.3 if quick else 1.0,
+                rounds=1 if quick else 2,
+                quick=quick,
+                read_events=read_events,
+                pgbench=pgbench,
+            )
+            rows: list[Row] = []
+            others: list[int] = []
+            load_start = os.getloadavg()[0]
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_watch_others, dsn, others)
+                for name in suites:
+                    ctx.log(f"suite {name}")
+                    rows += await SUITES[name].run(ctx)
+                tg.cancel_scope.cancel()
+            load_end = os.getloadavg()[0]
+        finally:
+            if not args.keep_database:
+                with anyio.CancelScope(shield=True):
+                    await _admin(server_dsn, f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
+    return {
+        "command": shlex.join(["python", "-m", "bench", *sys.argv[1:]]),
+        "database": redact_dsn(dsn) + (" (embedded)" if embedded else " (DATABASE_URL)"),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": f"{platform.system()} {platform.release()} {platform.machine()}",
+            "python": platform.python_version(),
+            "postgresql": server["server_version"],
+            "fsync": server["fsync"],
+            "synchronous_commit": server["synchronous_commit"],
+            "shared_buffers": server["shared_buffers"],
+            "asyncpg": _version("asyncpg"),
+            "eventsourcing": _version("eventsourcing"),
+            "pgbench": (shutil.which(pgbench) or pgbench) if pgbench else "not found",
+        },
+        "settings": {
+            "seconds_per_measurement": ctx.seconds,
+            "warmup_seconds": ctx.warmup,
+            "rounds": ctx.rounds,
+            "read_events": ctx.read_events,
+            "suites": suites,
+        },
+        "elapsed_seconds": round(time.perf_counter() - started, 1),
+        "background": {
+            "load_average_start": round(load_start, 2),
+            "load_average_end": round(load_end, 2),
+            "busy_sessions_of_other_databases_max": max(others, default=0),
+            "seconds_with_busy_sessions_of_other_databases": sum(1 for n in others if n),
+            "samples": len(others),
+        },
+        "rows": rows,
+        "notes": [note for name in suites for note in SUITES[name].notes],
+    }
+
+
+def render(result: dict[str, Any]) -> str:
+    machine, settings, background = result["machine"], result["settings"], result["background"]
+    rows: list[Row] = result["rows"]
+    verdicts = [row.verdict for row in rows]
+    lines = [
+        f"command:  {result['command']}",
+        f"machine:  {machine['cpus']} CPUs, {machine['platform']}, Python {machine['python']}, "
+        f"PostgreSQL {machine['postgresql']} (fsync={machine['fsync']}, "
+        f"synchronous_commit={machine['synchronous_commit']}, "
+        f"shared_buffers={machine['shared_buffers']})",
+        f"software: asyncpg {machine['asyncpg']}, eventsourcing {machine['eventsourcing']}, "
+        f"pgbench {machine['pgbench']}",
+        f"database: {result['database']}",
+        f"timing:   {settings['seconds_per_measurement']:g} s per measurement in "
+        f"{settings['rounds']} interleaved round(s) after {settings['warmup_seconds']:g} s "
+        f"warm-up; whole run {result['elapsed_seconds']:g} s",
+        f"load:     load average {background['load_average_start']:g} at the start, "
+        f"{background['load_average_end']:g} at the end; busy sessions of other databases on "
+        f"the server in {background['seconds_with_busy_sessions_of_other_databases']} of "
+        f"{background['samples']} one-second samples (at most "
+        f"{background['busy_sessions_of_other_databases_max']})",
+    ]
+    if background["seconds_with_busy_sessions_of_other_databases"]:
+        lines.append(
+            "WARNING:  other work shared the server during this run: its figures are noisy, and "
+            "open transactions elsewhere on the server delay read_all and subscribers"
+        )
+    lines += [
+        "",
+        render_table(rows),
+        "",
+        f"{verdicts.count(Verdict.PASS)} PASS, {verdicts.count(Verdict.MISS)} MISS"
+        + (
+            f", {verdicts.count(Verdict.NOT_MEASURED)} not measured"
+            if Verdict.NOT_MEASURED in verdicts
+            else ""
+        )
+        + ". Ratios are i3lani / reference, all measured in this run on the same database.",
+    ]
+    if result["notes"]:
+        lines += ["", "notes:"]
+        lines += [
+            textwrap.fill(note, 100, initial_indent="  - ", subsequent_indent="    ")
+            for note in result["notes"]
+        ]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    result = anyio.run(run, args)
+    print(render(result), flush=True)
+    if args.json:
+        document = {**result, "rows": [row_to_json(row) for row in result["rows"]]}
+        with open(args.json, "w", encoding="utf-8") as out:
+            json.dump(document, out, indent=2, default=str)
+            out.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
