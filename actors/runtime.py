@@ -476,7 +476,10 @@ class ActorRunner(Generic[S]):
             for emit, item in zip(emits, items, strict=True)
             if self._in_category(emit.stream)
         }
-        self._own.update(ours)
+        # Only ids not already awaited from the subscription are ours to take back below (a
+        # retry of an append whose event is still on its way must not forget it).
+        fresh = ours - self._own
+        self._own.update(fresh)
         applied: list[RecordedEvent] = []
         try:
             async with self.store.transaction() as tx:
@@ -512,9 +515,9 @@ class ActorRunner(Generic[S]):
                         self.checkpoint_name, checkpoint, expected=self.checkpoint
                     )
         except BaseException:
-            self._own.difference_update(ours)
+            self._own.difference_update(fresh)
             raise
-        self._own.difference_update(ours - {r.event_id for r in applied})
+        self._own.difference_update(fresh - {r.event_id for r in applied})
         # Committed: now, and only now, the state moves.
         if checkpoint is not None:
             self.checkpoint = checkpoint

@@ -128,8 +128,10 @@ LIMIT $3;
 -- aborted), and a transaction that starts later always gets a larger id, so no row can ever
 -- appear behind a reader's position. Writers take no lock for this, so concurrent appends to
 -- different streams proceed in parallel. The price: while some write transaction stays open,
--- readers see nothing written after it began; writes here are one short statement, so the
--- delay is that statement's duration. (A serialising lock or a single sequencer would give
+-- readers see nothing written after it began. Transaction ids are server-wide, so that means
+-- a write transaction in any database of the server, not only ours: readers are delayed (never
+-- wrong) by long write transactions anywhere on it. i3lani's own writes are short statements;
+-- the README asks for a server without other long-running writers. (A serialising lock or a single sequencer would give
 -- commit-ordered positions at the cost of one writer at a time; we keep writers parallel.)
 SELECT global_position, transaction_id, event_id, stream, stream_version, type, schema_version,
        payload, nullif(metadata, '{}'::jsonb), recorded_at
