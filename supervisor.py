@@ -576,14 +576,7 @@ class Supervisor:
             # Left running, never stopped: its node died or lost the lease (this one, too).
             await self._record(
                 name,
-                ActorRestarted(
-                    actor=name,
-                    cause="failover",
-                    attempt=0,
-                    delay_seconds=0,
-                    restarted_at=self.clock.now(),
-                    reason=f"previously on {previous_node}",
-                ),
+                self._restarted(name, "failover", reason=f"previously on {previous_node}"),
                 lease,
             )
         while True:
@@ -640,6 +633,26 @@ class Supervisor:
                 return after
             lease = after
 
+    def _restarted(
+        self,
+        name: str,
+        cause: Literal["crash", "operator", "failover"],
+        *,
+        attempt: int = 0,
+        delay: float = 0.0,
+        requested_by: str | None = None,
+        reason: str | None = None,
+    ) -> ActorRestarted:
+        return ActorRestarted(
+            actor=name,
+            cause=cause,
+            attempt=attempt,
+            delay_seconds=delay,
+            restarted_at=self.clock.now(),
+            requested_by=requested_by,
+            reason=reason,
+        )
+
     async def _record_stopped(self, name: str, lease: Lease, reason: str) -> None:
         await self._record(
             name,
@@ -674,23 +687,11 @@ class Supervisor:
             return False
         lease = await self._regrant(child, lease)
         if isinstance(outcome, OperatorCommandIssued):
-            restarted = ActorRestarted(
-                actor=name,
-                cause="operator",
-                attempt=0,
-                delay_seconds=0,
-                restarted_at=self.clock.now(),
-                requested_by=outcome.requested_by,
-                reason=outcome.reason or None,
+            restarted = self._restarted(
+                name, "operator", requested_by=outcome.requested_by, reason=outcome.reason or None
             )
         else:
-            restarted = ActorRestarted(
-                actor=name,
-                cause="crash",
-                attempt=attempt,
-                delay_seconds=delay,
-                restarted_at=self.clock.now(),
-            )
+            restarted = self._restarted(name, "crash", attempt=attempt, delay=delay)
         await self._record(name, restarted, lease)
         return lease
 
@@ -850,12 +851,9 @@ class Supervisor:
             child.restart_command = None
             await self._record(
                 name,
-                ActorRestarted(
-                    actor=name,
-                    cause="operator",
-                    attempt=0,
-                    delay_seconds=0,
-                    restarted_at=self.clock.now(),
+                self._restarted(
+                    name,
+                    "operator",
                     requested_by=detail,
                     reason=command.reason or None if command is not None else None,
                 ),
