@@ -7,6 +7,9 @@ errors (asyncpg, httpx) are translated once, at the boundary that meets them, wi
 
     I3laniError
     ├── ConfigError                 the environment is missing or malformed
+    ├── actors.ton.InvalidAddress   a TON address that does not parse (also a ValueError)
+    ├── actors.ton.InvalidAmount    a TON amount that is not exact nanotons (also a ValueError)
+    ├── actors.tonapi_models.TonApiFormatError  a TonAPI body of the wrong shape (ValueError)
     ├── EventError                  an event cannot be built, encoded or decoded
     │   ├── InvalidEvent            a payload fails validation (names type and field)
     │   ├── UnknownEventType        a stored type tag no registered class claims
