@@ -787,8 +787,8 @@ class Supervisor:
             reported = True
             try:
                 if crash is None and ref is not None:
-                    child.ref = ref
-                    child.started.set()
+                    # Recorded first, published after: nobody reaches an incarnation whose
+                    # start is not in the log (or whose lease was lost before it was).
                     await self._record(
                         name,
                         ActorStarted(
@@ -799,6 +799,8 @@ class Supervisor:
                         ),
                         lease,
                     )
+                    child.ref = ref
+                    child.started.set()
                     self._note_started(name)
                 result = await self._wait_for_end(child, ended, lost)
             finally:

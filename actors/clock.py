@@ -1,4 +1,6 @@
-"""Time, injected: the runtime and the supervisor never read the wall clock directly.
+"""Time, injected: actor ticks, restart backoff and every timestamp in lifecycle events come
+from a :class:`Clock`. (Lease renewal and the supervisor's polling use real time on purpose:
+leases are timed by PostgreSQL's own clock.)
 
 ``SystemClock`` is the real one. ``ManualClock`` moves only when a test says so, so
 schedules and backoff are tested instantly and deterministically::

@@ -8,5 +8,5 @@ the machine and on whatever else it is doing.
 
 A suite is a module with ``async def run(ctx: BenchContext) -> list[Row]`` and a ``NOTES``
 list describing its references, registered in ``bench.__main__.SUITES``: the event store
-today (``bench.eventstore``), the actor runtime and the task queue later.
+(``bench.eventstore``) and the actor runtime (``bench.actors``) today, the task queue later.
 """

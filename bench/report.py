@@ -8,7 +8,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Goal", "GoalKind", "Row", "Verdict", "format_value", "render_table", "row_to_json"]
+__all__ = [
+    "Goal",
+    "GoalKind",
+    "Row",
+    "Verdict",
+    "format_ratio",
+    "format_value",
+    "render_table",
+    "row_to_json",
+]
 
 
 class GoalKind(enum.Enum):
@@ -91,6 +100,12 @@ def format_value(value: float | None, unit: str) -> str:
     return f"{value:.1f} {unit}"
 
 
+def format_ratio(ratio: float) -> str:
+    """Two decimals, truncated rather than rounded: a ratio of 0.6996 against a goal of
+    0.70 reads 0.69x (a MISS), never 0.70x. The JSON keeps the exact ratio."""
+    return f"{math.floor(ratio * 100 + 1e-9) / 100:.2f}x"
+
+
 _HEADERS = ("benchmark", "i3lani", "reference", "ratio", "goal", "verdict")
 _RIGHT = (False, True, True, True, False, False)
 
@@ -117,7 +132,7 @@ def render_table(rows: Sequence[Row]) -> str:
                 "  " + row.label,
                 format_value(row.value, row.unit),
                 reference,
-                "-" if ratio is None else f"{ratio:.2f}x",
+                "-" if ratio is None else format_ratio(ratio),
                 "-" if row.goal is None else row.goal.describe(),
                 row.verdict.value,
             )

@@ -30,7 +30,7 @@ import msgspec
 
 from actors.catalog import ACTOR_NAMES, DEFAULT_ACTORS, UnknownActor, child_specs
 from events import EventMetadata, OperatorCommandIssued
-from events.errors import I3laniError
+from events.errors import ConfigError, I3laniError
 from ops.format import event_json, event_line, format_time
 from store import EventStore, RecordedEvent, database_url, migrate, migrations, redact_dsn
 from store.queries import query
@@ -263,7 +263,7 @@ async def cmd_run(dsn: str, args: argparse.Namespace, out: TextIO) -> int:
     node = node_name()
     specs = child_specs(args.actors)
     async with EventStore.open(dsn, node=node) as store:
-        supervisor = Supervisor(store, specs, node=node)
+        supervisor = Supervisor(store, specs, node=node, lease_ttl=_lease_ttl())
         print(
             f"i3lani worker {node}: supervising {', '.join(s.name for s in specs)} "
             f"(SIGTERM or Ctrl-C stops it)",
@@ -277,6 +277,19 @@ async def cmd_run(dsn: str, args: argparse.Namespace, out: TextIO) -> int:
         await run_until_signalled(supervise)
     print(f"i3lani worker {node}: stopped", file=out, flush=True)
     return EXIT_OK
+
+
+def _lease_ttl() -> float:
+    """``$I3LANI_LEASE_TTL`` seconds (default 8): how long a dead node's actors wait before
+    another node takes them over; renewals come four times per TTL."""
+    text = os.environ.get("I3LANI_LEASE_TTL", "8")
+    try:
+        ttl = float(text)
+    except ValueError:
+        raise ConfigError(f"I3LANI_LEASE_TTL must be a number of seconds, got {text!r}") from None
+    if not 1.0 <= ttl <= 300.0:
+        raise ConfigError(f"I3LANI_LEASE_TTL must be between 1 and 300 seconds, got {ttl:g}")
+    return ttl
 
 
 def _ago(moment: datetime | None, now: datetime) -> str:
