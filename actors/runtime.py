@@ -38,6 +38,7 @@ import logging
 import math
 import random
 import uuid
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -133,7 +134,7 @@ class Emit(msgspec.Struct, frozen=True):
     event_id: uuid.UUID | None = None
 
 
-class Actor(Generic[S]):
+class Actor(ABC, Generic[S]):
     """Base class of actors: override the pure parts; the runner does the rest."""
 
     name: ClassVar[str]
@@ -148,8 +149,9 @@ class Actor(Generic[S]):
     state_type: ClassVar[Any] = None
     """The state's type, for snapshots."""
 
+    @abstractmethod
     def initial_state(self) -> S:
-        raise NotImplementedError(f"{type(self).__name__} must define initial_state()")
+        """The state before any event: every actor defines it."""
 
     def evolve(self, state: S, recorded: RecordedEvent) -> S:
         """Fold one event of the actor's category into its state. Pure."""

@@ -189,7 +189,7 @@ class Address(msgspec.Struct, frozen=True):
         url_safe = not chars & _STANDARD_ONLY
         try:
             data = base64.b64decode(text, altchars=b"-_" if url_safe else None, validate=True)
-        except (binascii.Error, ValueError) as exc:  # pragma: no cover - excluded by the checks
+        except (binascii.Error, ValueError) as exc:  # the checks above should leave none
             raise InvalidAddress(f"{_shown(text)} is not valid base64: {exc}") from exc
         tag, workchain_byte, account, checksum = data[0], data[1:2], data[2:34], data[34:36]
         expected_crc = crc16_xmodem(data[:34])
