@@ -319,6 +319,7 @@ class _Child:
     restart_command: OperatorCommandIssued | None = None
     stop_requested: bool = False
     started: anyio.Event = field(default_factory=anyio.Event)
+    ended: anyio.Event = field(default_factory=anyio.Event)
     finished: anyio.Event = field(default_factory=anyio.Event)
     scope: anyio.CancelScope | None = None
 
@@ -383,6 +384,12 @@ class Supervisor:
         while child.ref is None:
             await child.started.wait()
         return child.ref
+
+    async def wait_ended(self, ref: ActorRef) -> None:
+        """Wait until the incarnation behind ``ref`` no longer runs on this node."""
+        child = self._children[ref.name]
+        while child.ref is ref:
+            await child.ended.wait()
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Supervise until cancelled; then stop every actor gracefully, in reverse start order.
@@ -594,7 +601,7 @@ class Supervisor:
                 how = "crashed" if kind == "crashed" else "finished"
                 reason = f"{child.spec.restart.value} actor {how}: not restarted"
                 await self._record_stopped(name, lease, reason)
-                await self._send_command_to_self(name, "stop", reason)
+                await self._remember_stopped(name, reason)
                 return False
             decision = decide_restart(
                 await self.history(name), self.clock.now(), self.backoff, self.intensity, self.rng
@@ -806,6 +813,8 @@ class Supervisor:
             finally:
                 child.ref = None
                 child.started = anyio.Event()
+                child.ended.set()
+                child.ended = anyio.Event()
                 running = child.runner
                 if not ended.is_set() and running is not None:
                     await self._stop_runner(child, running, ended, tg.cancel_scope)
@@ -909,7 +918,7 @@ class Supervisor:
             self._start_order.remove(name)
         self._start_order.append(name)
 
-    async def _send_command_to_self(self, name: str, action: str, reason: str) -> None:
+    async def _remember_stopped(self, name: str, reason: str) -> None:
         """Remember, in the log, that an actor is to stay stopped (temporary/transient exits)."""
         command = OperatorCommandIssued(
             command_id=uuid.uuid4(),

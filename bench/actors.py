@@ -313,9 +313,7 @@ async def _crash_restart(ctx: BenchContext, store: EventStore) -> list[Row]:
                 old = ref
                 began = time.perf_counter()
                 await old.tell(Crash())
-                # The supervisor signals a start (wait_started), not an end: poll for that.
-                while supervisor.ref(name) is old:  # noqa: ASYNC110
-                    await anyio.sleep(0.001)
+                await supervisor.wait_ended(old)
                 ref = await supervisor.wait_started(name)
                 elapsed = time.perf_counter() - began
                 if index >= warmup:
