@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
@@ -420,13 +421,16 @@ class EventStore:
     async def _append_with_retries(
         self, request: _Request, dedicated: _Dedicated | None
     ) -> AppendResult:
-        for _ in range(_ANY_RETRIES):
+        for attempt in range(_ANY_RETRIES):
             try:
                 if dedicated is None:
                     async with self.pool.acquire() as conn:
                         return await self._append_on(conn, request, in_transaction=False)
                 return await self._on_dedicated(dedicated, request)
             except _RetryAppendError:
+                # Lost a race for the next version of a busy stream. Retrying at once lets the
+                # same writers collide again in lockstep; a short random pause breaks it up.
+                await anyio.sleep(random.uniform(0, 0.001 * min(attempt + 1, 10)))
                 continue
             except _CONNECTION_ERRORS as exc:
                 raise _unavailable(exc) from exc
