@@ -363,7 +363,9 @@ class Supervisor:
         self.acquire_interval = acquire_interval
         self.rng = rng or random.Random()
         self._children = {spec.name: _Child(spec) for spec in specs}
-        self._start_order: list[str] = []
+        # Where each child's latest ActorStarted landed in the log: shutdown goes in reverse of
+        # that order, the order the log itself shows (children start concurrently).
+        self._started_positions: dict[str, int] = {}
         self._shutting_down = False
 
     # -- public ------------------------------------------------------------------------------
@@ -414,21 +416,21 @@ class Supervisor:
         await self._stop_all()
 
     # -- recording ---------------------------------------------------------------------------
-    async def _record(self, name: str, event: Event, lease: Lease | None) -> None:
+    async def _record(self, name: str, event: Event, lease: Lease | None) -> int:
         """Append a lifecycle event, fenced by our lease; retried while PostgreSQL is away
-        (with one event id, so a retry never records it twice)."""
+        (with one event id, so a retry never records it twice). Returns its global position."""
         item = NewEvent(event=event)
         metadata = EventMetadata(caused_by="supervisor", node=self.node)
         delay = 0.2
         while True:
             try:
-                await self.store.append(
+                result = await self.store.append(
                     f"actor-{name}",
                     [item],
                     metadata=metadata,
                     fence=lease.fence if lease else None,
                 )
-                return
+                return result.last_position
             except StaleGeneration as exc:
                 raise _LeaseLost(str(exc)) from exc
             except StoreUnavailable as exc:
@@ -796,7 +798,7 @@ class Supervisor:
                 if crash is None and ref is not None:
                     # Recorded first, published after: nobody reaches an incarnation whose
                     # start is not in the log (or whose lease was lost before it was).
-                    await self._record(
+                    started_position = await self._record(
                         name,
                         ActorStarted(
                             actor=name,
@@ -808,7 +810,7 @@ class Supervisor:
                     )
                     child.ref = ref
                     child.started.set()
-                    self._note_started(name)
+                    self._started_positions[name] = started_position
                 result = await self._wait_for_end(child, ended, lost)
             finally:
                 child.ref = None
@@ -913,11 +915,6 @@ class Supervisor:
             )
             scope.cancel()
 
-    def _note_started(self, name: str) -> None:
-        if name in self._start_order:
-            self._start_order.remove(name)
-        self._start_order.append(name)
-
     async def _remember_stopped(self, name: str, reason: str) -> None:
         """Remember, in the log, that an actor is to stay stopped (temporary/transient exits)."""
         command = OperatorCommandIssued(
@@ -951,7 +948,11 @@ class Supervisor:
         if self._shutting_down:
             return
         self._shutting_down = True
-        running = [n for n in reversed(self._start_order) if self._children[n].runner is not None]
+        running = sorted(
+            (n for n, child in self._children.items() if child.runner is not None),
+            key=lambda n: self._started_positions.get(n, 0),
+            reverse=True,
+        )
         others = [n for n in self._children if n not in running]
         for name in [*running, *others]:
             child = self._children[name]
