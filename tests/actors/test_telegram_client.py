@@ -1,0 +1,316 @@
+"""TelegramClient on a real aiogram Bot, pointed at the Bot API stand-in over real sockets.
+
+Flood-control waits and backoff go through an injected fake sleep, so they cost nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+
+import anyio
+import pytest
+from aiogram import Bot
+from aiogram.exceptions import TelegramRetryAfter
+from aiogram.methods import GetMe
+
+from actors.telegram import (
+    ChatProblem,
+    TelegramClient,
+    TelegramUnavailable,
+    chat_problem,
+    make_bot,
+)
+from events.errors import ConfigError, I3laniError
+from ops.standins import BotApiFaultMode, BotApiStandIn
+
+# Parametrized async tests need anyio_backend in their closure: otherwise anyio's plugin
+# re-creates them at collection time, dropping their parameters.
+pytestmark = pytest.mark.usefixtures("anyio_backend")
+
+SECRET = "AAHk-secret-part-of-the-token_42"
+TOKEN = f"7012345678:{SECRET}"
+CHANNEL = -1001234567890
+ADMINS = [111, 222, 333]
+
+
+class FakeSleep:
+    """Records each requested delay and returns at once."""
+
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.delays.append(seconds)
+        await anyio.lowlevel.checkpoint()
+
+
+@pytest.fixture
+async def bot_api() -> AsyncIterator[BotApiStandIn]:
+    async with BotApiStandIn(token=TOKEN) as standin:
+        yield standin
+
+
+@pytest.fixture
+def fake_sleep() -> FakeSleep:
+    return FakeSleep()
+
+
+@pytest.fixture
+async def telegram(bot_api: BotApiStandIn, fake_sleep: FakeSleep) -> AsyncIterator[TelegramClient]:
+    async with TelegramClient(make_bot(TOKEN, bot_api.url), sleep=fake_sleep, timeout=5) as client:
+        yield client
+
+
+@contextmanager
+def no_token_in(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    caplog.set_level(logging.DEBUG)
+    yield
+    assert SECRET not in caplog.text
+
+
+# -- make_bot and getMe -----------------------------------------------------------------------
+
+
+async def test_get_me_through_aiogram_against_the_stand_in(
+    bot_api: BotApiStandIn, telegram: TelegramClient
+) -> None:
+    elapsed = await telegram.get_me()
+    assert 0 <= elapsed < 5
+    assert [call.method for call in bot_api.calls] == ["getMe"]
+
+
+async def test_the_stand_in_user_parses_as_aiogram_user(bot_api: BotApiStandIn) -> None:
+    bot = make_bot(TOKEN, bot_api.url)
+    async with TelegramClient(bot):
+        me = await bot(GetMe())
+    assert me.is_bot
+    assert me.id == 7012345678
+    assert me.username == "i3lani_standin_bot"
+
+
+async def test_a_wrong_token_is_unavailable_without_leaking_it(
+    bot_api: BotApiStandIn, caplog: pytest.LogCaptureFixture
+) -> None:
+    wrong_secret = "wrong-secret-value"
+    with no_token_in(caplog):
+        async with TelegramClient(make_bot(f"7012345678:{wrong_secret}", bot_api.url)) as client:
+            with pytest.raises(TelegramUnavailable) as caught:
+                await client.get_me()
+    message = str(caught.value)
+    assert "the bot token was refused" in message
+    assert "Unauthorized" in message
+    assert wrong_secret not in message
+    assert caught.value.__cause__ is None
+    assert isinstance(caught.value, I3laniError)
+    assert bot_api.calls == []  # refused before dispatch
+
+
+async def test_get_me_on_a_dead_server_is_unavailable(caplog: pytest.LogCaptureFixture) -> None:
+    async with BotApiStandIn(token=TOKEN) as gone:
+        url = gone.url
+    with no_token_in(caplog):
+        async with TelegramClient(make_bot(TOKEN, url)) as client:
+            with pytest.raises(TelegramUnavailable, match="check the network") as caught:
+                await client.get_me()
+    assert SECRET not in str(caught.value)
+
+
+async def test_get_me_times_out(bot_api: BotApiStandIn) -> None:
+    bot_api.fail("getMe", "timeout", hang=5)
+    async with TelegramClient(make_bot(TOKEN, bot_api.url), timeout=0.2) as client:
+        with anyio.fail_after(3), pytest.raises(TelegramUnavailable, match="timed out"):
+            await client.get_me()
+
+
+def test_make_bot_refuses_a_malformed_token_without_quoting_it() -> None:
+    with pytest.raises(ConfigError, match="<digits>:<text>") as caught:
+        make_bot("no-colon-secret-XYZ")
+    assert "no-colon-secret-XYZ" not in str(caught.value)
+    with pytest.raises(ConfigError, match="http"):
+        make_bot(TOKEN, "127.0.0.1:8081")
+
+
+def test_make_bot_targets_the_given_server() -> None:
+    bot = make_bot(TOKEN, "http://127.0.0.1:9/")
+    assert bot.session.api.api_url(TOKEN, "getMe") == f"http://127.0.0.1:9/bot{TOKEN}/getMe"
+    default = make_bot(TOKEN)
+    assert default.session.api.api_url(TOKEN, "getMe").startswith("https://api.telegram.org/")
+
+
+# -- member_count -----------------------------------------------------------------------------
+
+
+async def test_member_count_ok(bot_api: BotApiStandIn, telegram: TelegramClient) -> None:
+    bot_api.set_member_count(CHANNEL, 1234)
+    bot_api.set_member_count("@I3lani_News", 56)
+    assert await telegram.member_count(CHANNEL) == 1234
+    assert await telegram.member_count("@i3lani_news") == 56
+    assert bot_api.calls[0].params == {"chat_id": str(CHANNEL)}
+
+
+async def test_member_count_unknown_chat_is_bad_request(telegram: TelegramClient) -> None:
+    assert await telegram.member_count(-100999) == ChatProblem(
+        "bad_request", 400, "Bad Request: chat not found", None
+    )
+
+
+async def test_member_count_forbidden(bot_api: BotApiStandIn, telegram: TelegramClient) -> None:
+    bot_api.set_member_count(CHANNEL, 10)
+    bot_api.fail_chat(CHANNEL, 403)
+    assert await telegram.member_count(CHANNEL) == ChatProblem(
+        "forbidden", 403, "Forbidden: bot is not a member of the channel chat", None
+    )
+
+
+async def test_member_count_rate_limited_carries_retry_after(
+    bot_api: BotApiStandIn, telegram: TelegramClient
+) -> None:
+    bot_api.set_member_count(CHANNEL, 10)
+    bot_api.fail_chat(CHANNEL, 429, retry_after=7, times=1)
+    problem = await telegram.member_count(CHANNEL)
+    assert problem == ChatProblem("rate_limited", 429, "Too Many Requests: retry after 7", 7.0)
+    assert await telegram.member_count(CHANNEL) == 10  # the fault was used up
+
+
+@pytest.mark.parametrize("mode", ["500", "garbage"])
+async def test_member_count_server_trouble_is_unavailable(
+    bot_api: BotApiStandIn, telegram: TelegramClient, mode: BotApiFaultMode
+) -> None:
+    bot_api.set_member_count(CHANNEL, 10)
+    bot_api.fail("getChatMemberCount", mode)
+    problem = await telegram.member_count(CHANNEL)
+    assert isinstance(problem, ChatProblem)
+    assert problem.kind == "unavailable"
+    assert problem.retry_after is None
+
+
+async def test_member_count_timeout_is_unavailable(bot_api: BotApiStandIn) -> None:
+    bot_api.set_member_count(CHANNEL, 10)
+    bot_api.fail("getChatMemberCount", "timeout", hang=5)
+    async with TelegramClient(make_bot(TOKEN, bot_api.url), timeout=0.2) as client:
+        with anyio.fail_after(3):
+            problem = await client.member_count(CHANNEL)
+    assert problem == ChatProblem("unavailable", None, "request timed out", None)
+
+
+async def test_member_count_with_a_refused_token_is_unavailable(bot_api: BotApiStandIn) -> None:
+    async with TelegramClient(make_bot("7012345678:other", bot_api.url)) as client:
+        problem = await client.member_count(CHANNEL)
+    assert problem == ChatProblem("unavailable", 401, "Unauthorized", None)
+
+
+# -- send_message and notify_all --------------------------------------------------------------
+
+
+async def test_send_message_delivers(bot_api: BotApiStandIn, telegram: TelegramClient) -> None:
+    assert await telegram.send_message(111, "payment 42 confirmed")
+    assert bot_api.sent == [(111, "payment 42 confirmed")]
+
+
+async def test_send_message_waits_out_flood_control(
+    bot_api: BotApiStandIn, telegram: TelegramClient, fake_sleep: FakeSleep
+) -> None:
+    bot_api.fail_chat(111, 429, retry_after=3, times=1)
+    assert await telegram.send_message(111, "hello")
+    assert fake_sleep.delays == [3.0]
+    assert bot_api.sent == [(111, "hello")]
+    assert [call.method for call in bot_api.calls] == ["sendMessage", "sendMessage"]
+
+
+async def test_send_message_gives_up_on_persistent_flood_control(
+    bot_api: BotApiStandIn, telegram: TelegramClient, fake_sleep: FakeSleep
+) -> None:
+    bot_api.fail_chat(111, 429, retry_after=2)
+    assert not await telegram.send_message(111, "hello")
+    assert fake_sleep.delays == [2.0, 2.0]  # one send and two retries
+    assert bot_api.sent == []
+
+
+async def test_send_message_refuses_a_wait_longer_than_allowed(
+    bot_api: BotApiStandIn, fake_sleep: FakeSleep
+) -> None:
+    bot_api.fail_chat(111, 429, retry_after=600, times=1)
+    bot = make_bot(TOKEN, bot_api.url)
+    async with TelegramClient(bot, sleep=fake_sleep, max_retry_after=60) as client:
+        assert not await client.send_message(111, "hello")
+    assert fake_sleep.delays == []
+
+
+async def test_send_message_retries_a_server_error(
+    bot_api: BotApiStandIn, telegram: TelegramClient, fake_sleep: FakeSleep
+) -> None:
+    bot_api.fail("sendMessage", "500")
+    assert await telegram.send_message(111, "hello")
+    assert fake_sleep.delays == [1.0]
+    assert bot_api.sent == [(111, "hello")]
+
+
+async def test_send_message_does_not_retry_a_refusal(
+    bot_api: BotApiStandIn, telegram: TelegramClient, fake_sleep: FakeSleep
+) -> None:
+    bot_api.fail_chat(222, 403, "Forbidden: bot was blocked by the user")
+    assert not await telegram.send_message(222, "hello")
+    assert not await telegram.send_message(333, "")  # 400: message text is empty
+    assert fake_sleep.delays == []
+    assert len(bot_api.calls) == 2
+
+
+async def test_notify_all_continues_past_a_blocked_admin(
+    bot_api: BotApiStandIn, telegram: TelegramClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    bot_api.fail_chat(222, 403, "Forbidden: bot was blocked by the user")
+    with no_token_in(caplog):
+        result = await telegram.notify_all([*ADMINS, 111], "reward paid")
+    assert result == {111: True, 222: False, 333: True}
+    assert bot_api.sent == [(111, "reward paid"), (333, "reward paid")]
+    [failure] = [r for r in caplog.records if r.__dict__.get("action") == "telegram_send_failed"]
+    assert "222" in failure.getMessage()
+    assert "blocked by the user" in failure.getMessage()
+
+
+async def test_the_token_never_reaches_the_logs(
+    bot_api: BotApiStandIn, fake_sleep: FakeSleep, caplog: pytest.LogCaptureFixture
+) -> None:
+    bot_api.set_member_count(CHANNEL, 5)
+    bot_api.fail_chat(CHANNEL, 429, retry_after=1, times=1)
+    bot_api.fail("sendMessage", "garbage", times=None)
+    with no_token_in(caplog):
+        async with TelegramClient(make_bot(TOKEN, bot_api.url), sleep=fake_sleep) as client:
+            await client.member_count(CHANNEL)
+            assert not await client.send_message(111, "hello")
+        async with BotApiStandIn(token=TOKEN) as gone:
+            url = gone.url
+        async with TelegramClient(make_bot(TOKEN, url), sleep=fake_sleep) as client:
+            assert not await client.send_message(111, "hello")
+            problem = await client.member_count(CHANNEL)
+    assert isinstance(problem, ChatProblem)
+    assert SECRET not in problem.description
+    assert any(r.__dict__.get("action") == "telegram_send_retry" for r in caplog.records)
+
+
+async def test_a_description_quoting_the_token_is_redacted(
+    bot_api: BotApiStandIn, telegram: TelegramClient
+) -> None:
+    bot_api.fail_chat(CHANNEL, 400, f"Bad Request: wrong url /bot{TOKEN}/x")
+    problem = await telegram.member_count(CHANNEL)
+    assert isinstance(problem, ChatProblem)
+    assert problem.description == "Bad Request: wrong url /bot<token>/x"
+
+
+def test_chat_problem_keeps_telegrams_own_flood_description() -> None:
+    exc = TelegramRetryAfter(GetMe(), "Too Many Requests: retry after 9", retry_after=9)
+    assert chat_problem(exc) == ChatProblem(
+        "rate_limited", 429, "Too Many Requests: retry after 9", 9.0
+    )
+    with pytest.raises(TypeError):
+        chat_problem(ValueError("not telegram"))
+
+
+async def test_the_client_wraps_the_bot_and_closes_idempotently(bot_api: BotApiStandIn) -> None:
+    bot: Bot = make_bot(TOKEN, bot_api.url)
+    async with TelegramClient(bot) as client:
+        assert client.bot is bot
+        await client.get_me()
+    await client.aclose()  # already closed: nothing to do
