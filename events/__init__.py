@@ -14,7 +14,7 @@ This package does no I/O.
 
 from __future__ import annotations
 
-from events import channels, lifecycle, operations, payments, rewards
+from events import channels, lifecycle, operations, payments, rewards, tasks
 from events.base import (
     NANOTONS_PER_TON,
     Event,
@@ -24,7 +24,12 @@ from events.base import (
     UtcDateTime,
     utcnow,
 )
-from events.channels import ChannelAdded, ChannelPriceChanged, ChannelStatsUpdated
+from events.channels import (
+    ChannelAdded,
+    ChannelPriceChanged,
+    ChannelStatsFailed,
+    ChannelStatsUpdated,
+)
 from events.lifecycle import (
     ActorBackoffScheduled,
     ActorCrashed,
@@ -48,9 +53,18 @@ from events.payments import (
     PaymentExpired,
     PaymentUnderpaid,
     SubscriptionActivated,
+    WalletScanned,
 )
 from events.registry import EventRegistry, Upcaster
 from events.rewards import RewardCredited, RewardEarned, RewardFailed
+from events.tasks import (
+    TaskClaimed,
+    TaskDeadLettered,
+    TaskEnqueued,
+    TaskFailed,
+    TaskRequeued,
+    TaskSucceeded,
+)
 
 __all__ = [
     "NANOTONS_PER_TON",
@@ -71,6 +85,7 @@ __all__ = [
     "PaymentExpired",
     "LatePaymentReceived",
     "SubscriptionActivated",
+    "WalletScanned",
     # rewards
     "RewardEarned",
     "RewardCredited",
@@ -79,6 +94,7 @@ __all__ = [
     "ChannelAdded",
     "ChannelStatsUpdated",
     "ChannelPriceChanged",
+    "ChannelStatsFailed",
     # operations
     "CleanupCompleted",
     "HealthCheck",
@@ -93,12 +109,19 @@ __all__ = [
     "ActorStopped",
     "ActorBackoffScheduled",
     "ActorTicked",
+    # task queue
+    "TaskEnqueued",
+    "TaskClaimed",
+    "TaskSucceeded",
+    "TaskFailed",
+    "TaskDeadLettered",
+    "TaskRequeued",
 ]
 
 
 def _builtin_events() -> tuple[type[Event], ...]:
     found: list[type[Event]] = []
-    for module in (payments, rewards, channels, operations, lifecycle):
+    for module in (payments, rewards, channels, operations, lifecycle, tasks):
         for name in module.__all__:
             obj = getattr(module, name)
             if isinstance(obj, type) and issubclass(obj, Event) and obj is not Event:

@@ -6,13 +6,19 @@ or the numeric chat id.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 
-from events.base import Event, Nanotons, PositiveNanotons, TelegramId, UtcDateTime
+from events.base import Event, Nanotons, NonEmptyStr, PositiveNanotons, TelegramId, UtcDateTime
 
-__all__ = ["ChannelRef", "ChannelAdded", "ChannelStatsUpdated", "ChannelPriceChanged"]
+__all__ = [
+    "ChannelRef",
+    "ChannelAdded",
+    "ChannelStatsUpdated",
+    "ChannelPriceChanged",
+    "ChannelStatsFailed",
+]
 
 ChannelRef = Annotated[str, msgspec.Meta(pattern=r"^(@[A-Za-z][A-Za-z0-9_]{3,31}|-?\d{1,20})$")]
 """A channel as the Bot API takes it: ``@username`` or a numeric chat id."""
@@ -45,3 +51,19 @@ class ChannelPriceChanged(Event, frozen=True, tag="ChannelPriceChanged"):
     active_subscribers: Count
     changed_at: UtcDateTime
     old_price_nanotons: Nanotons | None = None
+
+
+class ChannelStatsFailed(Event, frozen=True, tag="ChannelStatsFailed"):
+    """The Bot API refused or failed a channel's count; the other channels go on.
+
+    ``kind``: ``bad_request`` (400, e.g. chat not found), ``forbidden`` (403, the bot is not a
+    member or was kicked), ``rate_limited`` (429, after honouring ``retry_after``) or
+    ``unavailable`` (network, 5xx, timeout).
+    """
+
+    channel: ChannelRef
+    kind: Literal["bad_request", "forbidden", "rate_limited", "unavailable"]
+    description: NonEmptyStr
+    failed_at: UtcDateTime
+    error_code: int | None = None
+    retry_after: Annotated[float, msgspec.Meta(ge=0)] | None = None

@@ -15,6 +15,14 @@ errors (asyncpg, httpx) are translated once, at the boundary that meets them, wi
     │   ├── UnknownEventType        a stored type tag no registered class claims
     │   ├── UpcastError             an old stored version cannot be brought up to date
     │   └── EventRegistrationError  a class cannot be registered (no explicit tag, clash)
+    ├── store.tasks.TaskError       the task queue refused a request or recorded a failure
+    │   ├── UnknownTaskType         no task type of that name is registered
+    │   ├── InvalidTaskPayload      a payload does not fit its task type (names the field)
+    │   ├── TaskNotFound / TaskNotDead / DuplicateTask   operator requests that cannot be done
+    │   └── TaskLockExpired / TaskTimedOut / TaskInterrupted   recorded reasons a task failed
+    ├── actors.tonapi.TonApiError   TonAPI refused a request (TonApiUnavailable: retry later)
+    ├── actors.telegram.TelegramUnavailable   the Bot API cannot be reached
+    ├── actors.reward_processor.RewardRefused   a credit the rules refuse (balance cap)
     └── StoreError                  the event store refused or failed an operation
         ├── ConcurrencyConflict     expected stream version did not hold
         ├── EventIdReused           an event id was appended before with other content

@@ -27,6 +27,7 @@ __all__ = [
     "PaymentExpired",
     "LatePaymentReceived",
     "SubscriptionActivated",
+    "WalletScanned",
 ]
 
 TxHash = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")]
@@ -98,3 +99,17 @@ class SubscriptionActivated(Event, frozen=True, tag="SubscriptionActivated"):
     plan: NonEmptyStr
     starts_at: UtcDateTime
     ends_at: UtcDateTime
+
+
+class WalletScanned(Event, frozen=True, tag="WalletScanned"):
+    """The PaymentMonitor read the wallet's transactions up to ``last_lt`` (its cursor).
+
+    Stream ``payment-scan-<workchain>_<hash hex>``: the next scan asks TonAPI for what came
+    after ``last_lt``. Recorded only when the cursor moves, in the same transaction as the
+    payment events the scan decided.
+    """
+
+    wallet: NonEmptyStr
+    last_lt: Lt
+    transactions: Annotated[int, msgspec.Meta(ge=0)]
+    scanned_at: UtcDateTime

@@ -3,9 +3,11 @@
 Public API::
 
     from store import EventStore, ANY, NO_STREAM, STREAM_EXISTS, START, migrate, database_url
+    from store import TaskQueue, TaskProcessor, TaskTypes, RetryPolicy   # the task queue
 
 See :mod:`store.eventstore` for the guarantees, ``store/sql/`` for the SQL and the reasoning
-behind its ordering and locking. This package knows nothing of payments or actors.
+behind its ordering and locking. This package knows nothing of payments or actors; the task queue
+(:mod:`store.tasks`) runs whatever task types an application registers.
 """
 
 from __future__ import annotations
@@ -13,10 +15,12 @@ from __future__ import annotations
 from store.database import database_url, redact_dsn
 from store.eventstore import (
     NOTIFY_CHANNEL,
+    Append,
     EventStore,
     Fence,
     NewEvent,
     Page,
+    RecordedPosition,
     Transaction,
     derived_id,
 )
@@ -33,12 +37,31 @@ from store.records import (
     RecordedEvent,
 )
 from store.subscription import Subscription
+from store.tasks import (
+    TASKS_CHANNEL,
+    DeadLetter,
+    DeadTask,
+    NewTask,
+    ProcessorState,
+    ProcessorStatistics,
+    Retry,
+    RetryPolicy,
+    TaskContext,
+    TaskInfo,
+    TaskProcessor,
+    TaskQueue,
+    TaskType,
+    TaskTypes,
+    TypeCounts,
+)
 
 __all__ = [
     "EventStore",
     "Transaction",
     "Subscription",
     "NewEvent",
+    "Append",
+    "RecordedPosition",
     "Fence",
     "Page",
     "derived_id",
@@ -56,4 +79,20 @@ __all__ = [
     "migrations",
     "database_url",
     "redact_dsn",
+    # task queue
+    "TaskQueue",
+    "TaskProcessor",
+    "TaskTypes",
+    "TaskType",
+    "NewTask",
+    "RetryPolicy",
+    "Retry",
+    "DeadLetter",
+    "TaskContext",
+    "ProcessorState",
+    "ProcessorStatistics",
+    "TaskInfo",
+    "TypeCounts",
+    "DeadTask",
+    "TASKS_CHANNEL",
 ]

@@ -35,6 +35,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self, TypeAlias, TypeVar
 
@@ -71,7 +72,17 @@ from store.records import (
 if TYPE_CHECKING:
     from store.subscription import Subscription
 
-__all__ = ["EventStore", "Fence", "Page", "NewEvent", "Transaction", "derived_id", "NOTIFY_CHANNEL"]
+__all__ = [
+    "EventStore",
+    "Fence",
+    "Page",
+    "NewEvent",
+    "Append",
+    "RecordedPosition",
+    "Transaction",
+    "derived_id",
+    "NOTIFY_CHANNEL",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +90,8 @@ NOTIFY_CHANNEL = "i3lani_events"
 """LISTEN channel woken after appends commit; its payload lists the categories written."""
 
 MAX_EVENTS_PER_APPEND = 10_000
+MAX_STREAMS_PER_STATEMENT = 1000
+"""Appends (distinct streams) per statement in :meth:`Transaction.append_many`."""
 _MAX_COMBINED_EVENTS = 1_000  # group commit: events per combined statement, at most
 _ANY_RETRIES = 20  # an ANY append that keeps losing races this often gives up loudly
 _NOTIFY_INTERVAL = 0.003  # seconds between two notifications, at the most often
@@ -112,6 +125,27 @@ def derived_id(cause: uuid.UUID, purpose: str) -> uuid.UUID:
     """A deterministic event id for an effect of ``cause``: the same cause gives the same id,
     so re-running the handler after a crash appends nothing new."""
     return uuid.uuid5(cause, purpose)
+
+
+@dataclass(frozen=True, slots=True)
+class Append:
+    """One append of :meth:`Transaction.append_many`."""
+
+    stream: str
+    events: Sequence[Event | NewEvent]
+    expected_version: Expected = ANY
+    metadata: EventMetadata | None = None
+    fence: Fence | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedPosition:
+    """Where one appended event landed."""
+
+    position: int
+    transaction_id: int
+    version: int
+    recorded_at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -1097,6 +1131,55 @@ class Transaction:
             raise ConcurrencyConflict(stream, expected_version, None) from exc
         self.streams.add(stream)
         return result
+
+    async def append_many(self, appends: Sequence[Append]) -> list[list[RecordedPosition]]:
+        """Several appends, each to its own stream, in as few statements as possible: one per
+        ``MAX_STREAMS_PER_STATEMENT`` distinct streams (plus one query for the positions), where
+        :meth:`append` spends a statement on each. For each append, where each of its events
+        landed, in order.
+
+        Every check (expected version, fence) applies as in :meth:`append`; the first that
+        fails raises ConcurrencyConflict or StaleGeneration, and the transaction must then be
+        abandoned, as after any failed statement. Two appends to one stream are refused
+        (ValueError): merge their events into one.
+        """
+        requests = [
+            self.store._prepare(a.stream, a.events, a.expected_version, a.metadata, a.fence)
+            for a in appends
+        ]
+        if len({r.stream for r in requests}) != len(requests):
+            raise ValueError("append_many takes at most one append per stream")
+        for start in range(0, len(requests), MAX_STREAMS_PER_STATEMENT):
+            chunk = requests[start : start + MAX_STREAMS_PER_STATEMENT]
+            try:
+                outcomes = await self.store._append_many_on(self.connection, chunk)
+            except asyncpg.UniqueViolationError as exc:
+                # Which request met the stored id is not known: name the first one.
+                await self.store._on_unique_violation(
+                    self.connection, chunk[0], exc, in_transaction=True
+                )
+                raise  # _on_unique_violation always raises inside a transaction
+            except _CONNECTION_ERRORS as exc:
+                raise _unavailable(exc) from exc
+            for request, outcome in zip(chunk, outcomes, strict=True):
+                if isinstance(outcome, StaleGeneration):
+                    raise outcome
+                if isinstance(outcome, int):
+                    raise ConcurrencyConflict(request.stream, request.expected, outcome)
+                self.streams.add(request.stream)
+        # Positions inside one statement need not be consecutive (other writers draw from
+        # the same sequence): ask where each event landed.
+        ids = [row.event_id for request in requests for row in request.rows]
+        landed = {
+            record["event_id"]: RecordedPosition(
+                position=record["global_position"],
+                transaction_id=record["transaction_id"],
+                version=record["stream_version"],
+                recorded_at=record["recorded_at"],
+            )
+            for record in await self.connection.fetch(query("events_by_id"), ids)
+        }
+        return [[landed[row.event_id] for row in request.rows] for request in requests]
 
     async def save_checkpoint(self, name: str, cursor: Cursor, *, expected: Cursor | None) -> None:
         await self.store.save_checkpoint(

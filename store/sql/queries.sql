@@ -280,3 +280,317 @@ FROM i3lani.events
 WHERE transaction_id < pg_snapshot_xmin(pg_current_snapshot())
 ORDER BY transaction_id DESC, global_position DESC
 LIMIT 1;
+
+-- ---------------------------------------------------------------------------------------------
+-- The task queue (store/tasks.py, table i3lani.tasks from migration 0003).
+--
+-- Every statement that changes a task row also appends that change's event to the task's
+-- stream, task-<id>, in the same statement, and so in the same transaction: the table is the
+-- queue's working state, the log its record. The events go in through plain INSERTs into
+-- i3lani.events, like the store's own append queries: positions and transaction ids come from
+-- the column defaults, so the log's reading order (see read_all) holds for them as for any
+-- append, and the append-only triggers apply. The stream version comes from the row's
+-- stream_version: every transition of a task holds its row lock, so it is the only writer of
+-- its stream, and events_stream_version_key would still refuse a second writer. Event payloads
+-- are built here with jsonb_build_object; their shapes are the Structs of events/tasks.py
+-- (schema version 1), and the tests read every one back through the registry.
+--
+-- Enqueueing never NOTIFYs inside its own transaction when it can avoid it: a NOTIFY takes
+-- PostgreSQL's notify lock at commit and would serialise all enqueuers (see _notifier in
+-- eventstore.py); the queue notifies from a connection of its own just after the commit.
+-- Only an enqueue inside a caller's transaction notifies there ($8), because only the
+-- caller's commit may announce it.
+
+-- name: task_enqueue
+-- Add tasks. $1 task types, $2 payloads, $3 priorities, $4 delays in seconds, $5 max attempts,
+-- $6 dedupe keys (NULL = none), one element per task; $7 the events' metadata; $8 whether to
+-- NOTIFY i3lani_tasks from this transaction (payload: seconds until the earliest run_at).
+-- Ids are drawn from the identity sequence before inserting, so each input row keeps its id
+-- whether or not it is inserted: a row whose dedupe key is held by a task not yet finished is
+-- skipped (ON CONFLICT DO NOTHING on tasks_dedupe_key_idx) and comes back absent, and the caller
+-- looks up the task that holds the key.
+WITH input AS MATERIALIZED (
+    SELECT nextval('i3lani.tasks_id_seq'::regclass) AS id,
+           t.task_type, t.payload, t.priority, now() + make_interval(secs => t.delay) AS run_at,
+           t.max_attempts, t.dedupe_key, t.ord
+    FROM unnest($1::text[], $2::jsonb[], $3::integer[], $4::float8[], $5::integer[],
+                $6::text[])
+         WITH ORDINALITY AS t(task_type, payload, priority, delay, max_attempts, dedupe_key, ord)
+), inserted AS (
+    INSERT INTO i3lani.tasks
+        (id, task_type, payload, priority, run_at, max_attempts, dedupe_key)
+    OVERRIDING SYSTEM VALUE
+    SELECT id, task_type, payload, priority, run_at, max_attempts, dedupe_key
+    FROM input
+    ORDER BY ord
+    ON CONFLICT (dedupe_key) WHERE dedupe_key IS NOT NULL AND status IN ('queued', 'running')
+    DO NOTHING
+    -- Named as TaskEnqueued's fields: the event's payload is the row as JSON.
+    RETURNING id AS task_id, task_type, payload, priority, run_at, max_attempts, dedupe_key
+), logged AS (
+    INSERT INTO i3lani.events
+        (event_id, stream, stream_version, type, schema_version, payload, metadata)
+    SELECT i3lani.uuid_v7(), 'task-' || i.task_id, 1, 'TaskEnqueued', 1, to_jsonb(i), $7::jsonb
+    FROM inserted i
+    ORDER BY i.task_id
+), notified AS (
+    SELECT pg_notify('i3lani_tasks',
+                     greatest(0, extract(epoch FROM min(run_at) - now()))::float8::text)
+    FROM inserted
+    WHERE $8::boolean
+    HAVING count(*) > 0
+)
+SELECT input.ord, input.id, (SELECT count(*) FROM notified) AS notified
+FROM inserted
+JOIN input ON input.id = inserted.task_id
+ORDER BY input.ord;
+
+-- name: task_enqueue_one
+-- task_enqueue for a single task, leaner to plan and run (add_task's usual case): $1 task type,
+-- $2 payload, $3 priority, $4 delay in seconds, $5 max attempts, $6 dedupe key, $7 metadata,
+-- $8 whether to NOTIFY from this transaction. No row back: the dedupe key is held.
+WITH inserted AS (
+    INSERT INTO i3lani.tasks (task_type, payload, priority, run_at, max_attempts, dedupe_key)
+    VALUES ($1, $2, $3, now() + make_interval(secs => $4::float8), $5, $6)
+    ON CONFLICT (dedupe_key) WHERE dedupe_key IS NOT NULL AND status IN ('queued', 'running')
+    DO NOTHING
+    -- Named as TaskEnqueued's fields: the event's payload is the row as JSON.
+    RETURNING id AS task_id, task_type, payload, priority, run_at, max_attempts, dedupe_key
+), logged AS (
+    INSERT INTO i3lani.events
+        (event_id, stream, stream_version, type, schema_version, payload, metadata)
+    SELECT i3lani.uuid_v7(), 'task-' || i.task_id, 1, 'TaskEnqueued', 1, to_jsonb(i), $7::jsonb
+    FROM inserted i
+), notified AS (
+    SELECT pg_notify('i3lani_tasks', $4::float8::text) FROM inserted WHERE $8::boolean
+)
+SELECT 1::bigint AS ord, task_id AS id, (SELECT count(*) FROM notified) AS notified
+FROM inserted;
+
+-- name: task_holding_keys
+-- Which unfinished tasks hold these dedupe keys (after task_enqueue skipped some).
+SELECT dedupe_key, id
+FROM i3lani.tasks
+WHERE dedupe_key = ANY($1::text[]) AND status IN ('queued', 'running');
+
+-- name: task_cycle
+-- A processor's round trip: record how attempts ended, then claim more, in one statement (one
+-- transaction, one WAL flush): a busy processor spends one statement per batch, not two.
+--
+-- Outcomes, element k: task $1[k], attempt $2[k], run by node $3[k]; $4[k] is the error (NULL:
+-- it succeeded), $5[k] the seconds until the retry (NULL with an error: dead-letter it), $6[k]
+-- how long the handler ran in ms. A row changes only while it is still running attempt $2[k]
+-- under holder $3[k]: a node whose lock expired (and whose task was reclaimed, perhaps already
+-- running elsewhere) finds its late outcome refused, and the record stays consistent. Success:
+-- TaskSucceeded. Failure: TaskFailed with retry_at, the row queued again at that time. Last
+-- failure: TaskFailed without retry_at, then TaskDeadLettered. Times are now() + delay:
+-- PostgreSQL's clock. (A holder implies 'running', by tasks_lock_check; the status is not
+-- tested on purpose: with it the planner may walk tasks_lock_expiry_idx, whose dead entries
+-- pile up under load until vacuum; `t.id = ANY($1)` points it at the primary key whatever the
+-- statistics say.)
+--
+-- Claim: up to $8 due tasks of types $9 for node $10, locked for $11 seconds ($8 = 0: none),
+-- picked by i3lani.due_tasks (migration 0003, a function to pin its plan).
+-- Order: priority first (higher first), then the time it became due, then the id: the order
+-- tasks_claim_idx keeps for queued rows. FOR UPDATE SKIP LOCKED passes over rows another
+-- claimer is taking at this very moment instead of waiting for them, so any number of
+-- claimers (on any number of nodes) each get distinct rows in one round trip and none ever
+-- blocks behind another; SKIP LOCKED bends the order only among rows being claimed at that
+-- instant. The row locks last for this statement only: from then on the row says 'running',
+-- with its holder. A due row has run_at <= now(): delayed tasks and retries wait in the same
+-- index. Each claim is an attempt: attempts goes up, TaskClaimed records it. The statement's
+-- single snapshot keeps the two halves apart: a task re-queued by the first half is claimable
+-- from the next statement on.
+--
+-- $7 is the events' metadata. Event ids are i3lani.uuid_v7(): time-ordered, see 0003.
+-- Rows back: the recorded outcomes (claimed = false, with their new status), then the claimed
+-- tasks in claim order.
+WITH outcome AS (
+    SELECT *
+    FROM unnest($1::bigint[], $2::integer[], $3::text[], $4::text[], $5::float8[],
+                $6::float8[])
+         AS o(id, attempt, node, error, retry_delay, duration_ms)
+), finished AS (
+    UPDATE i3lani.tasks t
+    SET status = CASE WHEN o.error IS NULL THEN 'succeeded'
+                      WHEN o.retry_delay IS NULL THEN 'dead'
+                      ELSE 'queued' END,
+        run_at = CASE WHEN o.error IS NOT NULL AND o.retry_delay IS NOT NULL
+                      THEN now() + make_interval(secs => o.retry_delay)
+                      ELSE t.run_at END,
+        last_error = coalesce(o.error, t.last_error),
+        locked_by = NULL,
+        locked_until = NULL,
+        updated_at = now(),
+        finished_at = CASE WHEN o.error IS NULL OR o.retry_delay IS NULL THEN now() END,
+        stream_version = t.stream_version
+            + CASE WHEN o.error IS NOT NULL AND o.retry_delay IS NULL THEN 2 ELSE 1 END
+    FROM outcome o
+    WHERE t.id = ANY($1::bigint[]) AND t.id = o.id AND t.locked_by = o.node
+      AND t.attempts = o.attempt
+    RETURNING t.id, t.status, t.run_at, t.stream_version, o.attempt, o.node, o.error,
+              o.duration_ms
+), finished_logged AS (
+    INSERT INTO i3lani.events
+        (event_id, stream, stream_version, type, schema_version, payload, metadata)
+    SELECT i3lani.uuid_v7(), 'task-' || e.id, e.version, e.type, 1, e.payload, $7::jsonb
+    FROM (
+        SELECT f.id, f.stream_version AS version, 'TaskSucceeded' AS type,
+               jsonb_build_object('task_id', f.id, 'attempt', f.attempt, 'node', f.node,
+                                  'duration_ms', f.duration_ms) AS payload
+        FROM finished f
+        WHERE f.status = 'succeeded'
+        UNION ALL
+        SELECT f.id, f.stream_version - CASE WHEN f.status = 'dead' THEN 1 ELSE 0 END,
+               'TaskFailed',
+               jsonb_build_object('task_id', f.id, 'attempt', f.attempt, 'node', f.node,
+                                  'error', f.error,
+                                  'retry_at', CASE WHEN f.status = 'queued' THEN f.run_at END)
+        FROM finished f
+        WHERE f.status <> 'succeeded'
+        UNION ALL
+        SELECT f.id, f.stream_version, 'TaskDeadLettered',
+               jsonb_build_object('task_id', f.id, 'attempts', f.attempt, 'error', f.error)
+        FROM finished f
+        WHERE f.status = 'dead'
+    ) e
+    ORDER BY e.id, e.version
+), picked AS (
+    SELECT id FROM i3lani.due_tasks($8, $9::text[]) AS d(id)
+), claimed AS (
+    UPDATE i3lani.tasks t
+    SET status = 'running',
+        attempts = t.attempts + 1,
+        locked_by = $10::text,
+        locked_until = now() + make_interval(secs => $11::float8),
+        updated_at = now(),
+        stream_version = t.stream_version + 1
+    WHERE t.id = ANY(ARRAY(SELECT id FROM picked))
+    RETURNING t.id, t.task_type, t.payload, t.priority, t.run_at, t.attempts, t.max_attempts,
+              t.stream_version, t.locked_until
+), claimed_logged AS (
+    INSERT INTO i3lani.events
+        (event_id, stream, stream_version, type, schema_version, payload, metadata)
+    SELECT i3lani.uuid_v7(), 'task-' || c.id, c.stream_version, 'TaskClaimed', 1,
+           jsonb_build_object('task_id', c.id, 'attempt', c.attempts, 'node', $10::text,
+                              'locked_until', c.locked_until),
+           $7::jsonb
+    FROM claimed c
+    ORDER BY c.id
+)
+SELECT * FROM (
+    SELECT false AS claimed, id, status AS task_type, NULL::jsonb AS payload,
+           0 AS attempts, 0 AS max_attempts, 0 AS priority, NULL::timestamptz AS run_at
+    FROM finished
+    UNION ALL
+    SELECT true, id, task_type, payload, attempts, max_attempts, priority, run_at
+    FROM claimed
+) r
+ORDER BY claimed, priority DESC, run_at, id;
+
+-- name: task_heartbeat
+-- Extend node $2's locks on tasks $1 by $3 seconds. The ids that come back are still ours;
+-- one missing was reclaimed after its lock expired (its handler should give up).
+UPDATE i3lani.tasks
+SET locked_until = now() + make_interval(secs => $3::float8)
+WHERE id = ANY($1::bigint[]) AND locked_by = $2::text  -- a holder implies running
+RETURNING id;
+
+-- name: task_expired
+-- Running tasks of types $2 whose lock expired: their node stopped heartbeating (it died, or
+-- lost PostgreSQL for longer than the lock time). Read inside a transaction that then records
+-- each one's failed attempt with task_cycle (under the holder it had, claiming nothing), so the
+-- rows are locked here; SKIP LOCKED lets two nodes reaping at once share the work instead of
+-- queueing, and means a reaper never waits for anyone (so it can never deadlock with them).
+SELECT id, task_type, attempts, max_attempts, locked_by, locked_until
+FROM i3lani.tasks
+WHERE status = 'running' AND locked_until < now() AND task_type = ANY($2::text[])
+ORDER BY locked_until
+LIMIT $1
+FOR UPDATE SKIP LOCKED;
+
+-- name: task_next_due
+-- Seconds until the earliest queued task of types $1 is due; negative when one is due already;
+-- NULL when none is queued. A processor that has caught up sleeps until then at most.
+SELECT extract(epoch FROM min(run_at) - now())::float8
+FROM i3lani.tasks
+WHERE status = 'queued' AND task_type = ANY($1::text[]);
+
+-- name: task_counts
+-- What an operator watches, per task type: queued (due or not), due, running, running with an
+-- expired lock, dead; and how long the oldest due task has waited. Succeeded rows are not
+-- counted (their history is in the log).
+SELECT task_type,
+       count(*) FILTER (WHERE status = 'queued') AS queued,
+       count(*) FILTER (WHERE status = 'queued' AND run_at <= now()) AS due,
+       count(*) FILTER (WHERE status = 'running') AS running,
+       count(*) FILTER (WHERE status = 'running' AND locked_until < now()) AS expired,
+       count(*) FILTER (WHERE status = 'dead') AS dead,
+       now() - min(run_at) FILTER (WHERE status = 'queued' AND run_at <= now())
+           AS oldest_due_age
+FROM i3lani.tasks
+WHERE status IN ('queued', 'running', 'dead')
+GROUP BY task_type
+ORDER BY task_type;
+
+-- name: task_dead_letters
+SELECT id, task_type, attempts, last_error, finished_at
+FROM i3lani.tasks
+WHERE status = 'dead'
+ORDER BY finished_at DESC, id DESC
+LIMIT $1;
+
+-- name: task_get
+SELECT id, task_type, payload, priority, run_at, status, attempts, max_attempts, last_error,
+       locked_by, locked_until, dedupe_key, created_at, updated_at, finished_at
+FROM i3lani.tasks
+WHERE id = $1;
+
+-- name: task_requeue_dead
+-- An operator gives dead task $1 a fresh set of attempts, due now; $2 who asked, $3 the
+-- metadata. Nothing comes back when the task is not dead. NOTIFY at commit: it is rare. A live
+-- task holding the same dedupe key makes the UPDATE fail on tasks_dedupe_key_idx.
+WITH old AS (
+    SELECT id, attempts FROM i3lani.tasks WHERE id = $1 AND status = 'dead' FOR UPDATE
+), requeued AS (
+    UPDATE i3lani.tasks t
+    SET status = 'queued', attempts = 0, run_at = now(), finished_at = NULL,
+        updated_at = now(), stream_version = t.stream_version + 1
+    FROM old
+    WHERE t.id = old.id
+    RETURNING t.id, t.run_at, t.stream_version, old.attempts AS previous_attempts
+), logged AS (
+    INSERT INTO i3lani.events
+        (event_id, stream, stream_version, type, schema_version, payload, metadata)
+    SELECT i3lani.uuid_v7(), 'task-' || r.id, r.stream_version, 'TaskRequeued', 1,
+           jsonb_build_object('task_id', r.id, 'previous_attempts', r.previous_attempts,
+                              'run_at', r.run_at, 'requested_by', $2::text),
+           $3::jsonb
+    FROM requeued r
+), notified AS (
+    SELECT pg_notify('i3lani_tasks', '0') FROM requeued
+)
+SELECT id, (SELECT count(*) FROM notified) AS notified FROM requeued;
+
+-- name: task_prune_cutoff
+SELECT now() - make_interval(secs => $1::float8);
+
+-- name: task_prune
+-- Delete up to $3 rows of tasks that succeeded before $1, with ids above $2, in id order: each
+-- batch is a short transaction, and walking the primary key from where the last batch ended
+-- reads the table once in all, with no index to maintain for it on every completion. The
+-- tasks' events stay in the log. Returns how many rows went and the last id deleted.
+WITH doomed AS (
+    SELECT id
+    FROM i3lani.tasks
+    WHERE id > $2 AND status = 'succeeded' AND finished_at < $1
+    ORDER BY id
+    LIMIT $3
+    FOR UPDATE SKIP LOCKED
+), deleted AS (
+    DELETE FROM i3lani.tasks t
+    USING doomed
+    WHERE t.id = doomed.id
+    RETURNING t.id
+)
+SELECT count(*) AS deleted, max(id) AS last_id FROM deleted;

@@ -82,3 +82,79 @@ CREATE TABLE i3lani.leases (
     expires_at  timestamptz NOT NULL,
     CONSTRAINT leases_generation_check CHECK (generation >= 1)
 );
+
+CREATE TABLE i3lani.tasks (
+    id             bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    task_type      text        NOT NULL,
+    payload        jsonb       NOT NULL,
+    priority       integer     NOT NULL DEFAULT 0,
+    run_at         timestamptz NOT NULL DEFAULT now(),
+    status         text        NOT NULL DEFAULT 'queued',
+    attempts       integer     NOT NULL DEFAULT 0,
+    max_attempts   integer     NOT NULL,
+    last_error     text,
+    locked_by      text,
+    locked_until   timestamptz,
+    dedupe_key     text,
+    stream_version bigint      NOT NULL DEFAULT 1,
+    created_at     timestamptz NOT NULL DEFAULT now(),
+    updated_at     timestamptz NOT NULL DEFAULT now(),
+    finished_at    timestamptz,
+    CONSTRAINT tasks_status_check
+        CHECK (status IN ('queued', 'running', 'succeeded', 'dead')),
+    CONSTRAINT tasks_task_type_check CHECK (char_length(task_type) BETWEEN 1 AND 100),
+    CONSTRAINT tasks_payload_check CHECK (jsonb_typeof(payload) = 'object'),
+    CONSTRAINT tasks_attempts_check CHECK (attempts >= 0 AND max_attempts >= 1),
+    CONSTRAINT tasks_dedupe_key_check CHECK (char_length(dedupe_key) BETWEEN 1 AND 200),
+    CONSTRAINT tasks_stream_version_check CHECK (stream_version >= 1),
+    CONSTRAINT tasks_lock_check
+        CHECK ((status = 'running') = (locked_by IS NOT NULL AND locked_until IS NOT NULL)),
+    CONSTRAINT tasks_finished_check
+        CHECK ((status IN ('succeeded', 'dead')) = (finished_at IS NOT NULL))
+);
+
+COMMENT ON TABLE i3lani.tasks IS
+    'i3lani task queue: working state; each change is also an event in stream task-<id>';
+
+CREATE INDEX tasks_claim_idx ON i3lani.tasks (priority DESC, run_at, id)
+    WHERE status = 'queued';
+CREATE INDEX tasks_lock_expiry_idx ON i3lani.tasks (locked_until) WHERE status = 'running';
+CREATE INDEX tasks_dead_idx ON i3lani.tasks (finished_at) WHERE status = 'dead';
+CREATE UNIQUE INDEX tasks_dedupe_key_idx ON i3lani.tasks (dedupe_key)
+    WHERE dedupe_key IS NOT NULL AND status IN ('queued', 'running');
+
+CREATE FUNCTION i3lani.uuid_v7() RETURNS uuid
+    LANGUAGE sql VOLATILE PARALLEL SAFE
+    RETURN encode(
+        set_bit(set_bit(
+            overlay(uuid_send(gen_random_uuid())
+                    PLACING substring(int8send(
+                        floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint) FROM 3)
+                    FROM 1 FOR 6),
+            52, 1), 53, 1),
+        'hex')::uuid;
+
+CREATE FUNCTION i3lani.due_tasks(max_tasks integer, task_types text[]) RETURNS SETOF bigint
+    LANGUAGE sql VOLATILE
+    SET enable_bitmapscan = off
+    SET enable_seqscan = off
+    AS $$
+        SELECT id
+        FROM i3lani.tasks
+        WHERE status = 'queued' AND run_at <= now() AND task_type = ANY(task_types)
+        ORDER BY priority DESC, run_at, id
+        LIMIT max_tasks
+        FOR UPDATE SKIP LOCKED
+    $$;
+
+CREATE TABLE i3lani.health_samples (
+    id         bigint           GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    checked_at timestamptz      NOT NULL,
+    name       text             NOT NULL,
+    ok         boolean          NOT NULL,
+    latency_ms double precision,
+    detail     text             NOT NULL DEFAULT ''
+);
+CREATE INDEX health_samples_checked_at_idx ON i3lani.health_samples (checked_at);
+COMMENT ON TABLE i3lani.health_samples IS
+    'HealthChecked events, one row per check (a projection; pruned by Cleanup)';

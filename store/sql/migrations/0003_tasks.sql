@@ -1,0 +1,95 @@
+-- 0003: the task queue, shared by every node.
+--
+-- One row per task: the queue's working state. Every change of a row is also an event in the
+-- task's stream, task-<id>, appended in the same transaction (see the task_* queries in
+-- queries.sql); the rows of succeeded tasks are pruned in batches, their events stay.
+--
+-- Claiming takes the first due queued rows in (priority DESC, run_at, id) order with
+-- FOR UPDATE SKIP LOCKED, so concurrent claimers on any number of nodes never wait for each
+-- other and never take the same row: tasks_claim_idx serves exactly that order, and only holds
+-- queued rows. A running row carries its holder (locked_by) and a lease time (locked_until)
+-- that the holder keeps extending; once it has passed, the node is taken for dead and the row
+-- is claimable again, through tasks_lock_expiry_idx. All times are PostgreSQL's now(), so
+-- nodes' clocks never have to agree.
+--
+-- stream_version is the version of the last event in task-<id>: every transition holds the
+-- row's lock, so it is the only writer of that stream and numbers its event from this column
+-- instead of looking the stream up.
+CREATE TABLE i3lani.tasks (
+    id             bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    task_type      text        NOT NULL,
+    payload        jsonb       NOT NULL,
+    priority       integer     NOT NULL DEFAULT 0,
+    run_at         timestamptz NOT NULL DEFAULT now(),
+    status         text        NOT NULL DEFAULT 'queued',
+    attempts       integer     NOT NULL DEFAULT 0,
+    max_attempts   integer     NOT NULL,
+    last_error     text,
+    locked_by      text,
+    locked_until   timestamptz,
+    dedupe_key     text,
+    stream_version bigint      NOT NULL DEFAULT 1,
+    created_at     timestamptz NOT NULL DEFAULT now(),
+    updated_at     timestamptz NOT NULL DEFAULT now(),
+    finished_at    timestamptz,
+    CONSTRAINT tasks_status_check
+        CHECK (status IN ('queued', 'running', 'succeeded', 'dead')),
+    CONSTRAINT tasks_task_type_check CHECK (char_length(task_type) BETWEEN 1 AND 100),
+    CONSTRAINT tasks_payload_check CHECK (jsonb_typeof(payload) = 'object'),
+    CONSTRAINT tasks_attempts_check CHECK (attempts >= 0 AND max_attempts >= 1),
+    CONSTRAINT tasks_dedupe_key_check CHECK (char_length(dedupe_key) BETWEEN 1 AND 200),
+    CONSTRAINT tasks_stream_version_check CHECK (stream_version >= 1),
+    -- A running task always has a holder and a lease time, and only a running task has them.
+    CONSTRAINT tasks_lock_check
+        CHECK ((status = 'running') = (locked_by IS NOT NULL AND locked_until IS NOT NULL)),
+    -- Succeeded and dead tasks are finished; queued and running ones are not.
+    CONSTRAINT tasks_finished_check
+        CHECK ((status IN ('succeeded', 'dead')) = (finished_at IS NOT NULL))
+);
+
+COMMENT ON TABLE i3lani.tasks IS
+    'i3lani task queue: working state; each change is also an event in stream task-<id>';
+
+CREATE INDEX tasks_claim_idx ON i3lani.tasks (priority DESC, run_at, id)
+    WHERE status = 'queued';
+CREATE INDEX tasks_lock_expiry_idx ON i3lani.tasks (locked_until) WHERE status = 'running';
+CREATE INDEX tasks_dead_idx ON i3lani.tasks (finished_at) WHERE status = 'dead';
+-- Enqueueing the same logical work twice is a no-op while the first one is not finished.
+CREATE UNIQUE INDEX tasks_dedupe_key_idx ON i3lani.tasks (dedupe_key)
+    WHERE dedupe_key IS NOT NULL AND status IN ('queued', 'running');
+
+-- Time-ordered UUIDs (RFC 9562 version 7: 48 bits of Unix time in milliseconds, then random
+-- bits) for the ids of the events the task queue writes in bulk. Random (version 4) ids land
+-- on random pages of events_event_id_key; these land at its right edge, which makes inserting
+-- an event about a third cheaper once the log is large. Unique like any UUID: 74 random bits
+-- per millisecond.
+CREATE FUNCTION i3lani.uuid_v7() RETURNS uuid
+    LANGUAGE sql VOLATILE PARALLEL SAFE
+    RETURN encode(
+        set_bit(set_bit(
+            overlay(uuid_send(gen_random_uuid())
+                    PLACING substring(int8send(
+                        floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint) FROM 3)
+                    FROM 1 FOR 6),
+            52, 1), 53, 1),
+        'hex')::uuid;
+
+-- The ids of up to max_tasks due queued tasks of these types, in claim order, locked FOR UPDATE
+-- SKIP LOCKED (see task_cycle in queries.sql). A function only to pin its plan: a queue's
+-- statistics are stale by nature (empty when analysed, 100 000 rows a minute later), and with
+-- them the planner may fetch every queued row through a bitmap scan and sort them all to return
+-- ten; each claim then costs as much as the whole backlog. Without bitmap or sequential scans
+-- the only plan left walks tasks_claim_idx in order and stops after max_tasks rows it could
+-- lock.
+CREATE FUNCTION i3lani.due_tasks(max_tasks integer, task_types text[]) RETURNS SETOF bigint
+    LANGUAGE sql VOLATILE
+    SET enable_bitmapscan = off
+    SET enable_seqscan = off
+    AS $$
+        SELECT id
+        FROM i3lani.tasks
+        WHERE status = 'queued' AND run_at <= now() AND task_type = ANY(task_types)
+        ORDER BY priority DESC, run_at, id
+        LIMIT max_tasks
+        FOR UPDATE SKIP LOCKED
+    $$;
