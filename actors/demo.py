@@ -30,7 +30,7 @@ class Heartbeat(Actor[None]):
     """Ticks on schedule; it has no state of its own."""
 
     name: ClassVar[str] = "Heartbeat"
-    tick: ClassVar[TickSpec | None] = TickSpec(
+    tick: TickSpec | None = TickSpec(
         interval=_env_float("I3LANI_HEARTBEAT_SECONDS", 5.0), missed="skip"
     )
 
@@ -49,7 +49,7 @@ class Flaky(Actor[None]):
     """Crashes on every N-th tick, on purpose."""
 
     name: ClassVar[str] = "Flaky"
-    tick: ClassVar[TickSpec | None] = TickSpec(interval=1.0, missed="run_once")
+    tick: TickSpec | None = TickSpec(interval=1.0, missed="run_once")
 
     def __init__(self) -> None:
         self.ticks = 0

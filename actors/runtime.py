@@ -52,7 +52,20 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from actors.clock import Clock
 from events import ActorTicked, Event, EventMetadata
 from events.errors import ConcurrencyConflict, EventIdReused, StaleGeneration
-from store import ANY, START, Cursor, EventStore, Expected, Fence, NewEvent, RecordedEvent
+from store import (
+    ANY,
+    NO_STREAM,
+    START,
+    Append,
+    Cursor,
+    EventStore,
+    Expected,
+    ExpectedVersion,
+    Fence,
+    NewEvent,
+    RecordedEvent,
+    Transaction,
+)
 
 __all__ = [
     "Actor",
@@ -67,6 +80,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+BACKGROUND_GRACE = 3.0
+"""Seconds a graceful stop waits for :meth:`Actor.background` to return by itself."""
 
 S = TypeVar("S")
 Message = msgspec.Struct
@@ -142,7 +158,12 @@ class Actor(ABC, Generic[S]):
     """The event category (``payment`` for ``payment-*``) whose fold is the actor's state."""
     messages: ClassVar[tuple[type[msgspec.Struct], ...]] = ()
     """The message types its mailbox accepts."""
-    tick: ClassVar[TickSpec | None] = None
+    tick: TickSpec | None = None
+    """Periodic ticks (an instance may set its own, from configuration)."""
+    io_messages: ClassVar[tuple[type[msgspec.Struct], ...]] = ()
+    """Messages that need I/O first: :meth:`perform` turns each into messages to decide on.
+    Returned by :meth:`react`, they are coalesced (equal messages pending run once) and run
+    when the mailbox is idle, or within a second."""
     mailbox_size: ClassVar[int] = 256
     snapshot_every: ClassVar[int | None] = None
     """Save a snapshot of the state every N folded events (needs a msgspec-encodable state)."""
@@ -172,6 +193,66 @@ class Actor(ABC, Generic[S]):
     async def on_tick(self, state: S, runner: ActorRunner[S]) -> Sequence[Message]:
         """I/O for a periodic tick (call outside services); return messages to decide on."""
         return ()
+
+    async def perform(
+        self, state: S, message: Message, runner: ActorRunner[S]
+    ) -> Sequence[Message]:
+        """I/O for one of :attr:`io_messages`; return the messages to decide on."""
+        return ()
+
+    async def setup(self, stack: contextlib.AsyncExitStack, runner: ActorRunner[S]) -> None:
+        """Open what one incarnation needs (HTTP clients, ...) on ``stack``: closed when the
+        incarnation ends, however it ends. Runs before recovery."""
+
+    async def background(self, runner: ActorRunner[S]) -> None:
+        """Work that runs beside the mailbox for the incarnation's life (a task processor).
+        Returning ends nothing; raising crashes the actor. On a graceful stop
+        ``runner.stopping`` is set and it has :data:`BACKGROUND_GRACE` seconds to return before
+        it is cancelled."""
+
+    async def on_commit(self, tx: Transaction, emits: Sequence[Emit]) -> None:
+        """Extra writes in the transaction that appends ``emits`` (a projection row, a task):
+        committed with them, or not at all."""
+
+
+@dataclass(slots=True)
+class _Group:
+    """Consecutive emits to one stream, appended as one request."""
+
+    stream: str
+    expected: Expected
+    emits: list[Emit] = field(default_factory=list)
+    items: list[NewEvent] = field(default_factory=list)
+
+    def takes(self, emit: Emit) -> bool:
+        """Whether ``emit`` can join: its expectation is what the group leaves behind."""
+        if emit.expected_version == ANY:
+            return True
+        after = len(self.items)
+        if isinstance(self.expected, int) and not isinstance(self.expected, ExpectedVersion):
+            after += self.expected
+        elif self.expected != NO_STREAM:
+            return False
+        return emit.expected_version == after
+
+
+def _rounds(pending: Sequence[tuple[Emit, NewEvent]]) -> list[list[_Group]]:
+    """Emits in as few multi-stream statements as possible: each round holds one request per
+    stream; an emit that cannot join its stream's request (an unrelated expectation) starts
+    the next round, so the order of every stream's events is kept."""
+    rounds: list[dict[str, _Group]] = [{}]
+    for emit, item in pending:
+        current = rounds[-1]
+        group = current.get(emit.stream)
+        if group is not None and not group.takes(emit):
+            current = {}
+            rounds.append(current)
+            group = None
+        if group is None:
+            group = current[emit.stream] = _Group(emit.stream, emit.expected_version)
+        group.emits.append(emit)
+        group.items.append(item)
+    return [list(r.values()) for r in rounds if r]
 
 
 @dataclass(slots=True)
@@ -276,6 +357,12 @@ class ActorRunner(Generic[S]):
         self._unsaved_checkpoint: Cursor | None = None
         self._stopping = False
         self._waiting: anyio.CancelScope | None = None
+        # I/O messages that reactions asked for, coalesced, with when the first was asked.
+        self.stopping = anyio.Event()
+        """Set when a graceful stop begins: background work should wind down and return."""
+        self._background_done = anyio.Event()
+        self._deferred: dict[Message, None] = {}
+        self._deferred_since: float | None = None
 
     @property
     def checkpoint_name(self) -> str:
@@ -297,7 +384,10 @@ class ActorRunner(Generic[S]):
     # -- the incarnation ---------------------------------------------------------------------
     async def run(self, *, task_status: TaskStatus[ActorRef] = anyio.TASK_STATUS_IGNORED) -> None:
         """Recover, report started, then run until cancelled (or an error crashes it)."""
-        with self._send, self._receive:
+        async with contextlib.AsyncExitStack() as stack:
+            stack.enter_context(self._send)
+            stack.enter_context(self._receive)
+            await self.actor.setup(stack, self)
             await self._recover()
             task_status.started(self.ref)
             async with anyio.create_task_group() as tg:
@@ -305,7 +395,13 @@ class ActorRunner(Generic[S]):
                     tg.start_soon(self._follow)
                 if self.actor.tick is not None:
                     tg.start_soon(self._ticker, self.actor.tick)
+                tg.start_soon(self._background)
                 await self._process()
+                # A graceful stop: background work winds down (a task processor finishes the
+                # tasks in hand) for a moment; the supervisor's shutdown timeout still bounds it.
+                self.stopping.set()
+                with anyio.move_on_after(BACKGROUND_GRACE):
+                    await self._background_done.wait()
                 tg.cancel_scope.cancel()
 
     async def _recover(self) -> None:
@@ -373,15 +469,20 @@ class ActorRunner(Generic[S]):
 
     async def _process(self) -> None:
         while not self._stopping:
+            if self._deferred_due():
+                await self._run_deferred()
+                continue
             # Only the wait for the next envelope can be interrupted by a graceful stop: a
             # message being handled is finished (or the supervisor cancels it after the
             # shutdown timeout, and then nothing of it was applied).
             envelope: _Envelope | None = None
-            with anyio.CancelScope() as self._waiting:
+            # With reactions' I/O pending, wake up for it within a second however quiet it is.
+            patience = 1.0 if self._deferred else math.inf
+            with anyio.CancelScope() as self._waiting, anyio.move_on_after(patience):
                 envelope = await self._receive.receive()
             self._waiting = None
-            if envelope is None:  # a graceful stop interrupted the wait
-                break
+            if envelope is None:  # a graceful stop, or the deferred I/O is due
+                continue
             if envelope.kind == "event":
                 assert envelope.recorded is not None
                 await self._on_event(envelope.recorded)
@@ -403,6 +504,25 @@ class ActorRunner(Generic[S]):
                 break
             _answer(left.reply, False, ActorNotRunning(f"{self.actor.name} stopped"))
 
+    async def _background(self) -> None:
+        try:
+            await self.actor.background(self)
+        finally:
+            self._background_done.set()
+
+    def _deferred_due(self) -> bool:
+        if not self._deferred or self._deferred_since is None:
+            return False
+        idle = self._receive.statistics().current_buffer_used == 0
+        return idle or self.clock.monotonic() - self._deferred_since >= 1.0
+
+    async def _run_deferred(self) -> None:
+        pending = list(self._deferred)
+        self._deferred.clear()
+        self._deferred_since = None
+        for message in pending:
+            await self._on_message(message, None)
+
     def request_stop(self) -> None:
         """Stop after the message in hand (graceful stop); ``run`` then returns."""
         self._stopping = True
@@ -419,6 +539,11 @@ class ActorRunner(Generic[S]):
         self._fold(recorded)
         emits: list[Emit] = []
         for message in self.actor.react(self.state, recorded):
+            if isinstance(message, self.actor.io_messages):
+                if not self._deferred:
+                    self._deferred_since = self.clock.monotonic()
+                self._deferred[message] = None
+                continue
             emits.extend(self.actor.decide(self.state, message))
         if emits:
             await self._commit(emits, causation=recorded.event_id, checkpoint=recorded.cursor)
@@ -431,7 +556,13 @@ class ActorRunner(Generic[S]):
     ) -> None:
         self.processed += 1
         try:
-            emits = list(self.actor.decide(self.state, message))
+            emits: list[Emit]
+            if isinstance(message, self.actor.io_messages):
+                emits = []
+                for result in await self.actor.perform(self.state, message, self):
+                    emits.extend(self.actor.decide(self.state, result))
+            else:
+                emits = list(self.actor.decide(self.state, message))
             if emits:
                 await self._commit(emits)
             answer = self.actor.reply(self.state, message)
@@ -456,7 +587,17 @@ class ActorRunner(Generic[S]):
             self.tick_stream,
             ActorTicked(actor=self.actor.name, due_at=due_at, ticked_at=self.clock.now()),
         )
-        await self._commit([*emits, tick])
+        try:
+            await self._commit([*emits, tick])
+        except (ConcurrencyConflict, EventIdReused) as exc:
+            # Another writer got there first (a second node during a deploy overlap): nothing
+            # of this tick was applied; the next one decides again on what is now in the log.
+            logger.warning(
+                "%s: tick not recorded: %s",
+                self.actor.name,
+                exc,
+                extra={"action": "actor_tick_refused"},
+            )
 
     async def _commit(
         self,
@@ -487,31 +628,47 @@ class ActorRunner(Generic[S]):
             async with self.store.transaction() as tx:
                 derived = [e.event_id for e in emits if e.event_id is not None]
                 stored = await tx.stored_ids(derived) if derived else set()
-                for emit, item in zip(emits, items, strict=True):
-                    if item.event_id in stored:
-                        continue  # appended by an earlier attempt: already folded then
-                    result = await tx.append(
-                        emit.stream,
-                        [item],
-                        expected_version=emit.expected_version,
-                        metadata=metadata,
-                        fence=self.fence,
-                    )
-                    if self._in_category(emit.stream) and not result.duplicate:
-                        applied.append(
-                            RecordedEvent(
-                                position=result.first_position,
-                                transaction_id=result.transaction_id,
-                                event_id=item.event_id,
-                                stream=emit.stream,
-                                version=result.first_version,
-                                type=self.store.registry.tag_of(emit.event),
-                                schema_version=type(emit.event).schema_version,
-                                event=emit.event,
+                pending = [
+                    (emit, item)
+                    for emit, item in zip(emits, items, strict=True)
+                    if item.event_id not in stored  # appended by an earlier attempt: folded then
+                ]
+                appended = [emit for emit, _ in pending]
+                for batch in _rounds(pending):
+                    landed = await tx.append_many(
+                        [
+                            Append(
+                                group.stream,
+                                group.items,
+                                expected_version=group.expected,
                                 metadata=metadata,
-                                recorded_at=result.recorded_at,
+                                fence=self.fence,
                             )
-                        )
+                            for group in batch
+                        ]
+                    )
+                    for group, positions in zip(batch, landed, strict=True):
+                        if not self._in_category(group.stream):
+                            continue
+                        for emit, item, where in zip(
+                            group.emits, group.items, positions, strict=True
+                        ):
+                            applied.append(
+                                RecordedEvent(
+                                    position=where.position,
+                                    transaction_id=where.transaction_id,
+                                    event_id=item.event_id,
+                                    stream=emit.stream,
+                                    version=where.version,
+                                    type=self.store.registry.tag_of(emit.event),
+                                    schema_version=type(emit.event).schema_version,
+                                    event=emit.event,
+                                    metadata=metadata,
+                                    recorded_at=where.recorded_at,
+                                )
+                            )
+                if appended:
+                    await self.actor.on_commit(tx, appended)
                 if checkpoint is not None:
                     await tx.save_checkpoint(
                         self.checkpoint_name, checkpoint, expected=self.checkpoint
@@ -524,7 +681,8 @@ class ActorRunner(Generic[S]):
         if checkpoint is not None:
             self.checkpoint = checkpoint
             self._unsaved_checkpoint = None
-        for recorded in applied:
+        # In log order (a batch groups each stream's events together).
+        for recorded in sorted(applied, key=lambda r: r.position):
             self._fold(recorded)
 
     async def _flush_checkpoint(self) -> None:

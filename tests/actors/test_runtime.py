@@ -186,7 +186,7 @@ class Receipts(Actor[tuple[int, ...]]):
 
 class Ticker(Actor[None]):
     name: ClassVar[str] = "Ticker"
-    tick: ClassVar[TickSpec | None] = TickSpec(interval=60, missed="run_once")
+    tick: TickSpec | None = TickSpec(interval=60, missed="run_once")
 
     def initial_state(self) -> None:
         return None
@@ -194,7 +194,7 @@ class Ticker(Actor[None]):
 
 class SkippingTicker(Ticker):
     name: ClassVar[str] = "SkippingTicker"
-    tick: ClassVar[TickSpec | None] = TickSpec(interval=60, missed="skip")
+    tick: TickSpec | None = TickSpec(interval=60, missed="skip")
 
 
 class Gated(Actor[None]):
@@ -202,7 +202,7 @@ class Gated(Actor[None]):
 
     name: ClassVar[str] = "Gated"
     messages: ClassVar[tuple[type[msgspec.Struct], ...]] = (Get,)
-    tick: ClassVar[TickSpec | None] = TickSpec(interval=3600)
+    tick: TickSpec | None = TickSpec(interval=3600)
     mailbox_size: ClassVar[int] = 2
 
     def __init__(self) -> None:

@@ -159,7 +159,7 @@ class SlowTicker(Actor[None]):
     """Ticks at once when started; the tick takes ``seconds`` (it signals when it begins)."""
 
     name: ClassVar[str] = "SlowTicker"
-    tick: ClassVar[TickSpec | None] = TickSpec(interval=3600)
+    tick: TickSpec | None = TickSpec(interval=3600)
 
     def __init__(self, entered: anyio.Event, seconds: float) -> None:
         self.entered = entered
