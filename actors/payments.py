@@ -35,6 +35,7 @@ The rules (``DOMAIN.md``, "Payment verification rules"), in the order they are c
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from collections.abc import Set as AbstractSet
 from datetime import UTC, datetime
@@ -191,7 +192,10 @@ def _not_text_comment(message: Message) -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=4096)
 def _parse(text: str) -> Address | None:
+    """``text`` parsed, or None; cached: a wallet's and its regular payers' addresses come back
+    in every page."""
     try:
         return Address.parse(text)
     except InvalidAddress:

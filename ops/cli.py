@@ -4,7 +4,9 @@
     i3lani summary                  what the event log holds
     i3lani events [--stream S | --category C] [--after N] [--follow] [--json]
     i3lani run [--actors A,B]       supervise the actors on this node until SIGTERM/SIGINT
-    i3lani status [--json]          each actor's state, node, generation, restarts, errors
+    i3lani status [--json]          each actor's state, node, generation, restarts, errors;
+                                    the task queue's backlog and dead letters
+    i3lani health [--now] [--json]  the last health verdict (or run the checks now)
     i3lani restart|stop|start ACTOR [--reason TEXT]
 
 ``DATABASE_URL`` selects the database; unset, an embedded PostgreSQL is started under
@@ -14,6 +16,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import getpass
 import logging
 import os
@@ -28,13 +31,27 @@ from typing import TextIO
 import anyio
 import msgspec
 
-from actors.catalog import ACTOR_NAMES, DEFAULT_ACTORS, UnknownActor, child_specs
-from events import EventMetadata, OperatorCommandIssued
+from actors.catalog import (
+    ACTOR_NAMES,
+    CATEGORIES,
+    DEFAULT_ACTORS,
+    UnknownActor,
+    child_specs,
+    tick_intervals,
+)
+from actors.clock import SystemClock
+from actors.config import load_settings
+from actors.health import HEALTH_STREAM, HealthChecker, HealthReport
+from actors.tasks import task_types
+from actors.telegram import TelegramClient, make_bot
+from actors.tonapi import TonApiClient
+from events import EventMetadata, HealthChecked, OperatorCommandIssued
 from events.errors import ConfigError, I3laniError
 from ops.format import event_json, event_line, format_time
 from store import EventStore, RecordedEvent, database_url, migrate, migrations, redact_dsn
 from store.queries import query
-from supervisor import Supervisor, actor_status
+from store.tasks import DeadTask, TaskQueue, TypeCounts
+from supervisor import ActorStatus, Supervisor, actor_status
 
 __all__ = ["main", "build_parser"]
 
@@ -109,6 +126,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = commands.add_parser("status", help="show each actor's status")
     status.add_argument("--json", action="store_true", help="one JSON document")
+
+    health = commands.add_parser(
+        "health", help="the last recorded health verdict (exit 1 when failing)"
+    )
+    health.add_argument(
+        "--now", action="store_true", help="run every check here and now (nothing is recorded)"
+    )
+    health.add_argument("--json", action="store_true", help="one JSON document")
 
     for action, text in (
         ("restart", "restart an actor (does not count toward its restart intensity)"),
@@ -259,9 +284,9 @@ async def run_until_signalled(job: Callable[[], Awaitable[None]]) -> None:
 
 
 async def cmd_run(dsn: str, args: argparse.Namespace, out: TextIO) -> int:
+    specs = child_specs(args.actors, load_settings())
     await migrate(dsn)
     node = node_name()
-    specs = child_specs(args.actors)
     async with EventStore.open(dsn, node=node) as store:
         supervisor = Supervisor(store, specs, node=node, lease_ttl=_lease_ttl())
         print(
@@ -316,10 +341,51 @@ async def cmd_status(dsn: str, args: argparse.Namespace, out: TextIO) -> int:
     now = datetime.now(UTC)
     async with EventStore.open(dsn, min_connections=1, max_connections=2) as store:
         statuses = [await actor_status(store, name, now) for name in ACTOR_NAMES]
+        # The demonstration actors are shown once they have run somewhere.
+        statuses = [s for s in statuses if s.actor in DEFAULT_ACTORS or s.state != "never started"]
+        queue = TaskQueue(store, task_types())
+        counts = await queue.counts()
+        dead = await queue.dead_letters(limit=10)
     if args.json:
-        print(msgspec.json.encode(statuses).decode(), file=out)
+        report = {"actors": statuses, "tasks": list(counts.values()), "dead_letters": dead}
+        print(msgspec.json.encode(report).decode(), file=out)
         return EXIT_OK
-    header = f"{'ACTOR':<14} {'STATE':<26} {'NODE':<24} {'GEN':>4} {'RESTARTS/1h':>11}  "
+    _print_actors(statuses, now, out)
+    _print_tasks(list(counts.values()), dead, now, out)
+    return EXIT_OK
+
+
+def _print_tasks(
+    counts: Sequence[TypeCounts], dead: Sequence[DeadTask], now: datetime, out: TextIO
+) -> None:
+    print(file=out)
+    if not counts:
+        print("TASKS: none queued, running or dead", file=out)
+        return
+    print(
+        f"{'TASK TYPE':<22} {'QUEUED':>7} {'DUE':>6} {'RUNNING':>8} {'DEAD':>6}  OLDEST DUE",
+        file=out,
+    )
+    for c in counts:
+        oldest = "-" if c.oldest_due_age is None else _span(c.oldest_due_age.total_seconds())
+        print(
+            f"{c.task_type:<22} {c.queued:>7} {c.due:>6} {c.running:>8} {c.dead:>6}  {oldest}",
+            file=out,
+        )
+    if dead:
+        print(file=out)
+        print("DEAD LETTERS (an operator decides: fix the cause, then retry)", file=out)
+        for task in dead:
+            error = (task.last_error or "-")[:80]
+            print(
+                f"  task {task.id} {task.task_type}, {task.attempts} attempt(s), "
+                f"{_ago(task.finished_at, now)}: {error}",
+                file=out,
+            )
+
+
+def _print_actors(statuses: Sequence[ActorStatus], now: datetime, out: TextIO) -> None:
+    header = f"{'ACTOR':<17} {'STATE':<26} {'NODE':<24} {'GEN':>4} {'RESTARTS/1h':>11}  "
     print(header + f"{'LAST TICK':<10} LAST ERROR", file=out)
     for status in statuses:
         state: str = status.state
@@ -336,14 +402,68 @@ async def cmd_status(dsn: str, args: argparse.Namespace, out: TextIO) -> int:
         if status.last_error:
             error = f"{status.last_error[:60]} ({_ago(status.last_error_at, now)})"
         print(
-            f"{status.actor:<14} {state:<26} {status.node or '-':<24} "
+            f"{status.actor:<17} {state:<26} {status.node or '-':<24} "
             f"{status.generation or '-':>4} {status.restarts_last_hour:>11}  "
             f"{_ago(status.last_tick, now):<10} {error}",
             file=out,
         )
         if status.state in ("parked", "stopped") and status.stop_reason:
-            print(f"{'':<14} why: {status.stop_reason}", file=out)
-    return EXIT_OK
+            print(f"{'':<17} why: {status.stop_reason}", file=out)
+
+
+async def cmd_health(dsn: str, args: argparse.Namespace, out: TextIO) -> int:
+    await migrate(dsn)
+    async with EventStore.open(dsn, min_connections=1, max_connections=3) as store:
+        if args.now:
+            report = await _check_now(store)
+            verdict = HealthChecked(
+                healthy=all(c.ok for c in report.checks),
+                checks=report.checks,
+                checked_at=report.checked_at,
+            )
+        else:
+            last = await store.last_event(HEALTH_STREAM, skip_unknown=True)
+            if last is None or not isinstance(last.event, HealthChecked):
+                print(
+                    "no health check recorded yet (the HealthChecker records one every "
+                    "I3LANI_HEALTH_INTERVAL seconds); `i3lani health --now` runs them here",
+                    file=out,
+                )
+                return EXIT_ERROR
+            verdict = last.event
+    if args.json:
+        print(msgspec.json.encode(verdict).decode(), file=out)
+        return EXIT_OK if verdict.healthy else EXIT_ERROR
+    now = datetime.now(UTC)
+    word = "healthy" if verdict.healthy else "FAILING"
+    source = "checked just now" if args.now else f"checked {_ago(verdict.checked_at, now)}"
+    print(f"{word} ({source}, {format_time(verdict.checked_at)})", file=out)
+    width = max((len(c.name) for c in verdict.checks), default=5)
+    for check in verdict.checks:
+        mark = "ok  " if check.ok else "FAIL"
+        latency = "" if check.latency_ms is None else f"{check.latency_ms:8.1f} ms  "
+        print(f"  {mark} {check.name:<{width}}  {latency or ' ' * 13}{check.detail}", file=out)
+    return EXIT_OK if verdict.healthy else EXIT_ERROR
+
+
+async def _check_now(store: EventStore) -> HealthReport:
+    settings = load_settings()
+    async with contextlib.AsyncExitStack() as stack:
+        tonapi = await stack.enter_async_context(
+            TonApiClient(settings.tonapi_url, api_key=settings.tonapi_key, retries=1)
+        )
+        telegram = None
+        if settings.bot_token:
+            bot = make_bot(settings.bot_token, settings.telegram_api_url)
+            telegram = await stack.enter_async_context(TelegramClient(bot))
+        checker = HealthChecker(
+            settings,
+            actor_intervals=tick_intervals(settings),
+            lagging_checkpoints=CATEGORIES,
+            tonapi=tonapi,
+            telegram=telegram,
+        )
+        return await checker.run_checks(store, SystemClock())
 
 
 async def cmd_control(dsn: str, args: argparse.Namespace, out: TextIO) -> int:
@@ -395,6 +515,7 @@ COMMANDS: dict[str, Callable[[str, argparse.Namespace, TextIO], Awaitable[int]]]
     "events": cmd_events,
     "run": cmd_run,
     "status": cmd_status,
+    "health": cmd_health,
     "restart": cmd_control,
     "stop": cmd_control,
     "start": cmd_control,
@@ -418,6 +539,10 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if level != "DEBUG":
+        # httpx logs every request at INFO: a TonAPI poll every 30 s would drown what the
+        # worker itself says. Its warnings and errors still show.
+        logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
         return anyio.run(_run, args, out or sys.stdout, backend="asyncio")
     except I3laniError as exc:

@@ -116,6 +116,21 @@ def test_crc16_xmodem_check_value() -> None:
     assert crc16_xmodem(b"") == 0
 
 
+def _crc16_by_definition(data: bytes) -> int:
+    crc = 0
+    for byte in data:
+        crc ^= byte << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else (crc << 1)
+            crc &= 0xFFFF
+    return crc
+
+
+@given(st.binary(max_size=64))
+def test_crc16_xmodem_is_the_bit_by_bit_definition(data: bytes) -> None:
+    assert crc16_xmodem(data) == _crc16_by_definition(data)
+
+
 # -- addresses: what is refused ---------------------------------------------------------------
 
 

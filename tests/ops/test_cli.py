@@ -23,6 +23,7 @@ from anyio.abc import ByteReceiveStream, Process
 from events import EventMetadata, PaymentCreated, PaymentExpired, RewardEarned
 from store import AppendResult, Cursor, EventStore, migrations
 from store.database import with_database
+from tests.waiting import eventually
 
 I3LANI = str(Path(sys.executable).parent / "i3lani")
 NOW = datetime(2026, 11, 29, 10, 0, tzinfo=UTC)
@@ -436,3 +437,64 @@ async def test_events_follow_prints_new_events_until_interrupted(
             with anyio.move_on_after(5):
                 await process.wait()
         await process.aclose()
+
+
+# -- run: configuration errors, status: the task queue ------------------------------------------
+async def test_run_without_a_wallet_is_one_clear_line(cli: Cli) -> None:
+    result = await cli("run", "--actors", "PaymentMonitor")
+    assert result.returncode == 1
+    [line] = lines(result.stderr)
+    assert line.startswith("i3lani run: WALLET_ADDRESS is not set")
+
+
+async def test_run_with_a_malformed_setting_is_one_clear_line(cli: Cli) -> None:
+    env = {**cli.environment(), "WALLET_ADDRESS": WALLET, "I3LANI_ACTIVE_SHARE": "lots"}
+    with anyio.fail_after(40):
+        result = await anyio.run_process([I3LANI, "run"], env=env, check=False)
+    assert result.returncode == 1
+    assert lines(result.stderr) == ["i3lani run: I3LANI_ACTIVE_SHARE must be a number, got 'lots'"]
+
+
+async def test_status_lists_queued_work_and_dead_letters(cli: Cli, store: EventStore) -> None:
+    import msgspec
+
+    from actors.tasks import REWARD_DISTRIBUTION, task_types
+    from store.tasks import RetryPolicy, TaskContext, TaskProcessor, TaskQueue
+
+    class Refund(msgspec.Struct, frozen=True):
+        user_id: int
+
+    queue = TaskQueue(store, task_types())
+    await queue.add_task(
+        REWARD_DISTRIBUTION, {"reward_id": str(uuid.uuid4()), "user_id": 7, "amount_nanotons": 5}
+    )
+    # A task that fails on its only attempt, run by a real processor: dead-lettered.
+    queue.types.register("refund", Refund, retry=RetryPolicy(max_attempts=1))
+    dead = await queue.add_task("refund", Refund(user_id=8))
+    processor = TaskProcessor(queue, node="test", types=["refund"])
+
+    async def refuse(payload: Refund, context: TaskContext) -> None:
+        raise RuntimeError(f"user {payload.user_id} has no wallet on file")
+
+    processor.register_handler("refund", refuse)
+    async with anyio.create_task_group() as tg:
+        await tg.start(processor.run)
+
+        async def dead_lettered() -> bool:
+            return bool(await queue.dead_letters())
+
+        await eventually(dead_lettered)
+        tg.cancel_scope.cancel()
+
+    result = await cli("status")
+    assert result.returncode == 0, result.stderr.decode()
+    text = result.stdout.decode()
+    [row] = [line for line in lines(result.stdout) if line.startswith("reward_distribution")]
+    assert row.split()[1:5] == ["1", "1", "0", "0"]  # queued, due, running, dead
+    [row] = [line for line in lines(result.stdout) if line.startswith("refund")]
+    assert row.split()[1:5] == ["0", "0", "0", "1"]
+    assert f"task {dead} refund, 1 attempt(s)" in text
+    assert "user 8 has no wallet on file" in text
+    report = json.loads((await cli("status", "--json")).stdout)
+    assert {a["actor"] for a in report["actors"]} >= {"PaymentMonitor", "HealthChecker"}
+    assert report["dead_letters"][0]["id"] == dead

@@ -1,0 +1,390 @@
+"""HealthChecker: watches the system and alerts the admins when its health changes.
+
+Every ``I3LANI_HEALTH_INTERVAL`` seconds (15 min by default), and on demand (``CheckHealth``),
+it runs these checks (thin I/O, each with its own timeout so one hung service cannot hide the
+others) and records the verdict as ``HealthChecked``:
+
+============  ============================================================================
+check         fails when
+============  ============================================================================
+database      a round trip to PostgreSQL fails or takes longer than 2 s
+tonapi        TonAPI's ``/v2/status`` fails (after the client's retries)
+telegram      the Bot API's ``getMe`` fails (or no ``BOT_TOKEN`` is configured)
+actor:<name>  the actor is crashed, backing off or parked, or its last tick is older than
+              twice its interval plus a minute (an operator's stop is not a failure)
+tasks         a due task has waited over 5 minutes, or dead letters wait for an operator
+lag:<name>    an actor's checkpoint is more than 1,000 events behind its category
+============  ============================================================================
+
+Alerts are raised on *changes* only (:func:`health_transition`, pure): the first failing check,
+healthy -> failing, failing -> recovered; a failure that persists is not repeated at every
+check. An ``AlertRaised`` event (stream ``ops-alerts``) is appended with an ``admin_alert`` task
+in the same transaction; alerts other components raise (the supervisor parking an actor) are
+picked up from the log. The task sends the alert to every id in ``ADMIN_IDS`` through the Bot
+API, honouring ``retry_after``, retried by the queue with backoff and dead-lettered if
+Telegram never takes it. Each check is also written to the ``health_samples`` projection (for
+the dashboard), which Cleanup prunes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import ClassVar, Final
+
+import anyio
+import msgspec
+
+from actors.clock import Clock
+from actors.config import Settings
+from actors.runtime import Actor, ActorRunner, Emit, Message, TickSpec
+from actors.tasks import ADMIN_ALERT, AdminAlert, serve_tasks, task_types
+from actors.telegram import TelegramClient, make_bot
+from actors.tonapi import TonApiClient
+from events import AlertRaised, HealthCheck, HealthChecked
+from events.errors import I3laniError
+from store import EventStore, RecordedEvent, Transaction
+from store.tasks import TaskContext, TaskQueue
+from supervisor import actor_status
+
+__all__ = [
+    "HealthChecker",
+    "HealthState",
+    "CheckHealth",
+    "HealthReport",
+    "health_transition",
+    "alert_text",
+    "ALERTS_STREAM",
+    "HEALTH_STREAM",
+]
+
+logger = logging.getLogger(__name__)
+
+HEALTH_STREAM: Final = "ops-health"
+ALERTS_STREAM: Final = "ops-alerts"
+CHECK_TIMEOUT: Final = 10.0
+SLOW_DATABASE: Final = 2.0
+TASK_WAIT_LIMIT: Final = timedelta(minutes=5)
+LAG_LIMIT: Final = 1000
+_NAMESPACE: Final = uuid.UUID("0b7c1d0e-61a4-4f0c-8d3e-5f2a9b1c4e77")
+
+
+@dataclass(slots=True)
+class HealthState:
+    """The fold of the ``ops`` category, as far as health is concerned."""
+
+    healthy: bool | None = None  # the last verdict recorded; None before the first
+    failing: tuple[str, ...] = ()
+    checked_at: datetime | None = None
+    alerts: dict[uuid.UUID, str] = field(default_factory=dict)  # alert id -> text, recent
+
+
+class CheckHealth(msgspec.Struct, frozen=True):
+    """Run the checks now (on demand)."""
+
+
+class QueueAlert(msgspec.Struct, frozen=True):
+    """An alert raised elsewhere (the supervisor) needs its delivery task."""
+
+    alert_id: uuid.UUID
+
+
+class HealthReport(msgspec.Struct, frozen=True, kw_only=True):
+    """The checks' results, handed to :meth:`HealthChecker.decide`."""
+
+    checks: list[HealthCheck]
+    checked_at: datetime
+
+
+def health_transition(
+    previous: bool | None, previous_failing: Sequence[str], checks: Sequence[HealthCheck]
+) -> tuple[str, str] | None:
+    """``(subject, message)`` of the alert a new verdict calls for, or ``None``. Pure.
+
+    An alert on the first failing verdict, on healthy -> failing, and on failing -> recovered.
+    """
+    failing = [c for c in checks if not c.ok]
+    if failing and previous is not False:
+        return "failing", "i3lani health FAILING: " + "; ".join(
+            f"{c.name}: {c.detail or 'failed'}" for c in failing
+        )
+    if not failing and previous is False:
+        was = ", ".join(previous_failing) or "earlier failures"
+        return "recovered", f"i3lani health RECOVERED: all checks pass again (was: {was})"
+    return None
+
+
+def alert_text(event: AlertRaised) -> str:
+    """The Telegram message an admin receives for an alert."""
+    stamp = event.raised_at.strftime("%Y-%m-%d %H:%M:%S UTC")
+    return f"[{event.kind}] {event.subject}\n{event.message}\n{stamp}"
+
+
+class HealthChecker(Actor[HealthState]):
+    """Checks health and alerts the admins (see the module docstring)."""
+
+    name: ClassVar[str] = "HealthChecker"
+    category: ClassVar[str | None] = "ops"
+    messages: ClassVar[tuple[type[msgspec.Struct], ...]] = (CheckHealth, HealthReport, QueueAlert)
+    io_messages: ClassVar[tuple[type[msgspec.Struct], ...]] = (CheckHealth, QueueAlert)
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        actor_intervals: Mapping[str, float],
+        lagging_checkpoints: Mapping[str, str] | None = None,
+        tonapi: TonApiClient | None = None,
+        telegram: TelegramClient | None = None,
+    ) -> None:
+        """``actor_intervals``: the tick interval of each actor whose liveness is checked;
+        ``lagging_checkpoints``: actor name -> category, for the subscription lag checks."""
+        self.settings = settings
+        self.tick = TickSpec(interval=settings.health_interval, missed="run_once")
+        self.actor_intervals = dict(actor_intervals)
+        self.lag_categories = dict(lagging_checkpoints or {})
+        self._given = (tonapi, telegram)
+        self.tonapi = tonapi
+        self.telegram = telegram
+        self.queue: TaskQueue | None = None
+
+    def initial_state(self) -> HealthState:
+        return HealthState()
+
+    async def setup(
+        self, stack: contextlib.AsyncExitStack, runner: ActorRunner[HealthState]
+    ) -> None:
+        self.queue = TaskQueue(runner.store, task_types(self.settings), node=runner.node)
+        if self._given[0] is None:
+            self.tonapi = await stack.enter_async_context(
+                TonApiClient(self.settings.tonapi_url, api_key=self.settings.tonapi_key)
+            )
+        if self._given[1] is None and self.settings.bot_token:
+            bot = make_bot(self.settings.bot_token, self.settings.telegram_api_url)
+            self.telegram = await stack.enter_async_context(TelegramClient(bot))
+
+    # -- pure --------------------------------------------------------------------------------
+    def evolve(self, state: HealthState, recorded: RecordedEvent) -> HealthState:
+        event = recorded.event
+        if isinstance(event, HealthChecked):
+            state.healthy = event.healthy
+            state.failing = tuple(c.name for c in event.checks if not c.ok)
+            state.checked_at = event.checked_at
+        elif isinstance(event, AlertRaised):
+            state.alerts[event.alert_id] = alert_text(event)
+            if len(state.alerts) > 1000:  # only recent ones matter (delivery of new alerts)
+                del state.alerts[next(iter(state.alerts))]
+        return state
+
+    def react(self, state: HealthState, recorded: RecordedEvent) -> Sequence[Message]:
+        if isinstance(recorded.event, AlertRaised):
+            return [QueueAlert(alert_id=recorded.event.alert_id)]
+        return ()
+
+    def decide(self, state: HealthState, message: Message) -> Sequence[Emit]:
+        if not isinstance(message, HealthReport):
+            return ()
+        healthy = all(c.ok for c in message.checks)
+        emits = [
+            Emit(
+                HEALTH_STREAM,
+                HealthChecked(
+                    healthy=healthy, checks=message.checks, checked_at=message.checked_at
+                ),
+            )
+        ]
+        transition = health_transition(state.healthy, state.failing, message.checks)
+        if transition is not None:
+            subject, text = transition
+            alert_id = uuid.uuid5(_NAMESPACE, f"health/{message.checked_at.isoformat()}")
+            emits.append(
+                Emit(
+                    ALERTS_STREAM,
+                    AlertRaised(
+                        alert_id=alert_id,
+                        kind="health",
+                        subject=subject,
+                        message=text,
+                        raised_at=message.checked_at,
+                    ),
+                    event_id=alert_id,
+                )
+            )
+        return emits
+
+    async def on_commit(self, tx: Transaction, emits: Sequence[Emit]) -> None:
+        assert self.queue is not None
+        for emit in emits:
+            event = emit.event
+            if isinstance(event, HealthChecked):
+                await tx.connection.executemany(
+                    "INSERT INTO i3lani.health_samples (checked_at, name, ok, latency_ms, detail)"
+                    " VALUES ($1, $2, $3, $4, $5)",
+                    [
+                        (event.checked_at, c.name, c.ok, c.latency_ms, c.detail)
+                        for c in event.checks
+                    ],
+                )
+            elif isinstance(event, AlertRaised):
+                await self.queue.add_task(
+                    ADMIN_ALERT,
+                    AdminAlert(alert_id=event.alert_id, text=alert_text(event)),
+                    dedupe_key=f"alert-{event.alert_id}",
+                    tx=tx,
+                )
+
+    # -- I/O ---------------------------------------------------------------------------------
+    async def background(self, runner: ActorRunner[HealthState]) -> None:
+        await serve_tasks(runner, self.settings, ADMIN_ALERT, self._deliver)
+
+    async def _deliver(self, alert: AdminAlert, context: TaskContext) -> None:
+        """Send one alert to every admin; fail (the queue retries) if none received it."""
+        if not self.settings.admin_ids:
+            logger.warning(
+                "alert %s not sent: ADMIN_IDS is empty",
+                alert.alert_id,
+                extra={"action": "alert_no_admins"},
+            )
+            return
+        if self.telegram is None:
+            raise I3laniError("cannot deliver alerts: BOT_TOKEN is not set")
+        sent = await self.telegram.notify_all(self.settings.admin_ids, alert.text)
+        if not any(sent.values()):
+            raise I3laniError(f"no admin received alert {alert.alert_id}")
+
+    async def on_tick(
+        self, state: HealthState, runner: ActorRunner[HealthState]
+    ) -> Sequence[Message]:
+        return [await self.run_checks(runner.store, runner.clock)]
+
+    async def perform(
+        self, state: HealthState, message: Message, runner: ActorRunner[HealthState]
+    ) -> Sequence[Message]:
+        if isinstance(message, QueueAlert):
+            text = state.alerts.get(message.alert_id)
+            if text is not None:
+                assert self.queue is not None
+                await self.queue.add_task(
+                    ADMIN_ALERT,
+                    AdminAlert(alert_id=message.alert_id, text=text),
+                    dedupe_key=f"alert-{message.alert_id}",
+                )
+            return ()
+        return [await self.run_checks(runner.store, runner.clock)]
+
+    async def run_checks(self, store: EventStore, clock: Clock) -> HealthReport:
+        """Every check, now (I/O; never raises for a failing check: it is a result)."""
+        if self.queue is None:
+            self.queue = TaskQueue(store, task_types(self.settings))
+        checks: list[HealthCheck] = [
+            await _timed("database", lambda: self._database(store)),
+            await _timed("tonapi", self._tonapi),
+            await _timed("telegram", self._telegram),
+        ]
+        checks.extend(await self._actors(store, clock.now()))
+        checks.append(await _timed("tasks", self._tasks))
+        checks.extend(await self._lag(store))
+        return HealthReport(checks=checks, checked_at=clock.now())
+
+    async def _database(self, store: EventStore) -> str:
+        started = time.perf_counter()
+        await store.execute_sql("SELECT 1")
+        took = time.perf_counter() - started
+        if took > SLOW_DATABASE:
+            raise I3laniError(f"round trip took {took:.1f}s")
+        return ""
+
+    async def _tonapi(self) -> str:
+        assert self.tonapi is not None
+        await self.tonapi.status()
+        return ""
+
+    async def _telegram(self) -> str:
+        if self.telegram is None:
+            raise I3laniError("BOT_TOKEN is not set")
+        await self.telegram.get_me()
+        return ""
+
+    async def _actors(self, store: EventStore, now: datetime) -> list[HealthCheck]:
+        checks: list[HealthCheck] = []
+        for name, interval in sorted(self.actor_intervals.items()):
+            if name == self.name:
+                continue  # it is running: it is asking
+            status = await actor_status(store, name, now)
+            ok, detail = True, str(status.state)
+            if status.desired == "stopped" and status.state in ("stopped", "never started"):
+                detail = "stopped by an operator"
+            elif status.state != "running":
+                ok = False
+                detail = status.state + (f" ({status.last_error})" if status.last_error else "")
+            elif status.last_tick is not None:
+                age = (now - status.last_tick).total_seconds()
+                if age > 2 * interval + 60:
+                    ok, detail = False, f"last tick {age:.0f}s ago (interval {interval:g}s)"
+                else:
+                    detail = f"running, last tick {age:.0f}s ago"
+            checks.append(HealthCheck(name=f"actor:{name}", ok=ok, detail=detail[:200]))
+        return checks
+
+    async def _tasks(self) -> str:
+        assert self.queue is not None
+        counts = list((await self.queue.counts()).values())
+        dead = sum(c.dead for c in counts)
+        oldest = max(
+            (c.oldest_due_age for c in counts if c.oldest_due_age is not None), default=None
+        )
+        problems = []
+        if dead:
+            problems.append(f"{dead} dead letter(s) wait for an operator")
+        if oldest is not None and oldest > TASK_WAIT_LIMIT:
+            problems.append(f"a due task has waited {oldest.total_seconds():.0f}s")
+        if problems:
+            raise I3laniError("; ".join(problems))
+        queued = sum(c.queued for c in counts)
+        return f"{queued} queued"
+
+    async def _lag(self, store: EventStore) -> list[HealthCheck]:
+        checks: list[HealthCheck] = []
+        for name, category in sorted(self.lag_categories.items()):
+            checkpoint = await store.load_checkpoint(f"actor-{name}")
+            if checkpoint is None:
+                continue
+            page = await store.read_page(after=checkpoint, category=category, limit=LAG_LIMIT + 1)
+            behind = page.fetched
+            checks.append(
+                HealthCheck(
+                    name=f"lag:{name}",
+                    ok=behind <= LAG_LIMIT,
+                    detail=f"{behind if behind <= LAG_LIMIT else f'>{LAG_LIMIT}'} event(s) behind",
+                )
+            )
+        return checks
+
+
+async def _timed(name: str, probe: Callable[[], Awaitable[str]]) -> HealthCheck:
+    """Run one probe with a timeout; any failure becomes a failing check, never a crash."""
+    started = time.perf_counter()
+    try:
+        with anyio.fail_after(CHECK_TIMEOUT):
+            detail = await probe()
+    except TimeoutError:
+        return HealthCheck(name=name, ok=False, detail=f"no answer within {CHECK_TIMEOUT:g}s")
+    except Exception as exc:  # a failing probe is a result, not a crash
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return HealthCheck(
+            name=name,
+            ok=False,
+            detail=message[:200],
+            latency_ms=round((time.perf_counter() - started) * 1000, 2),
+        )
+    return HealthCheck(
+        name=name,
+        ok=True,
+        detail=detail,
+        latency_ms=round((time.perf_counter() - started) * 1000, 2),
+    )

@@ -1,0 +1,168 @@
+"""Cleanup on a real database: derived data pruned in batches, stale payments expired once,
+the event log untouched."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import anyio
+import asyncpg
+import msgspec
+
+from actors.cleanup import CLEANUP_STREAM, Cleanup, CleanupDone, CleanupState
+from actors.clock import SystemClock
+from actors.config import Settings
+from actors.payment_monitor import payment_event_id
+from actors.runtime import ActorRunner
+from actors.ton import memo_for
+from events import CleanupCompleted, PaymentConfirmed, PaymentCreated, PaymentExpired
+from store import EventStore
+from store.tasks import TaskContext, TaskProcessor, TaskQueue, TaskTypes
+from tests.waiting import eventually
+
+WALLET = "EQBAjaOyi2wGWlk-EDkSabqqnF-MrrwMadnwqrurKpkla9nE"
+
+
+class Noop(msgspec.Struct, frozen=True):
+    n: int
+
+
+async def create(store: EventStore, payment_id: int, expires_at: datetime) -> None:
+    await store.append(
+        f"payment-{payment_id}",
+        [
+            PaymentCreated(
+                payment_id=payment_id,
+                user_id=5,
+                plan="week",
+                amount_nanotons=10**9,
+                wallet=WALLET,
+                memo=memo_for(payment_id),
+                created_at=expires_at - timedelta(hours=1),
+                expires_at=expires_at,
+            )
+        ],
+    )
+
+
+async def finished_tasks(store: EventStore, count: int) -> None:
+    """``count`` succeeded tasks, aged past the retention period."""
+    types = TaskTypes()
+    types.register("noop", Noop)
+    queue = TaskQueue(store, types)
+    for n in range(count):
+        await queue.add_task("noop", Noop(n))
+    processor = TaskProcessor(queue, node="worker", types=["noop"], batch_size=100)
+
+    async def handle(payload: Noop, context: TaskContext) -> None:
+        await anyio.lowlevel.checkpoint()
+
+    processor.register_handler("noop", handle)
+    async with anyio.create_task_group() as tg:
+        await tg.start(processor.run)
+
+        async def all_done() -> bool:
+            done: int = await store.pool.fetchval(
+                "SELECT count(*) FROM i3lani.tasks WHERE status = 'succeeded'"
+            )
+            return done == count
+
+        await eventually(all_done)
+        tg.cancel_scope.cancel()
+    await store.execute_sql("UPDATE i3lani.tasks SET finished_at = now() - interval '8 days'")
+
+
+@contextlib.asynccontextmanager
+async def cleanup(store: EventStore) -> AsyncIterator[ActorRunner[CleanupState]]:
+    async with anyio.create_task_group() as tg:
+        runner = ActorRunner(Cleanup(Settings()), store, SystemClock(), node="node-a")
+        await tg.start(runner.run)
+        yield runner
+        tg.cancel_scope.cancel()
+
+
+async def completed(store: EventStore) -> list[CleanupCompleted]:
+    return [
+        r.event
+        for r in await store.read_stream(CLEANUP_STREAM)
+        if isinstance(r.event, CleanupCompleted)
+    ]
+
+
+async def test_prunes_derived_data_and_expires_stale_payments_only(
+    store: EventStore, raw: asyncpg.Connection
+) -> None:
+    now = datetime.now(UTC)
+    await finished_tasks(store, 1500)  # more than one batch
+    await raw.executemany(
+        "INSERT INTO i3lani.health_samples (checked_at, name, ok) VALUES ($1, $2, true)",
+        [(now - timedelta(days=40), "database")] * 1200 + [(now, "database")] * 3,
+    )
+    await create(store, 1, now - timedelta(days=2))  # stale: expired two days ago
+    await create(store, 2, now - timedelta(hours=1))  # expired, but the monitor's to handle
+    await create(store, 3, now + timedelta(hours=1))  # still open
+    await create(store, 4, now - timedelta(days=3))  # stale, but paid
+    await store.append(
+        "payment-4",
+        [
+            PaymentConfirmed(
+                payment_id=4,
+                tx_hash="ab" * 32,
+                lt=1,
+                amount_nanotons=10**9,
+                payer="0:" + "cd" * 32,
+                confirmed_at=now - timedelta(days=3),
+            )
+        ],
+    )
+    events_before: int = await raw.fetchval("SELECT count(*) FROM i3lani.events")
+    async with cleanup(store):  # the first tick is due at once
+
+        async def done() -> bool:
+            return bool(await completed(store))
+
+        await eventually(done, within=20)
+    [record] = await completed(store)
+    assert record.removed == {"finished_tasks": 1500, "health_samples": 1200, "stale_payments": 1}
+    assert await raw.fetchval("SELECT count(*) FROM i3lani.tasks") == 0
+    assert await raw.fetchval("SELECT count(*) FROM i3lani.health_samples") == 3
+    one = await store.read_stream("payment-1")
+    assert isinstance(one[-1].event, PaymentExpired)
+    assert one[-1].event_id == payment_event_id("PaymentExpired", 1)  # the monitor's id
+    for untouched in (2, 3):
+        assert [r.type for r in await store.read_stream(f"payment-{untouched}")] == [
+            "PaymentCreated"
+        ]
+    assert [r.type for r in await store.read_stream("payment-4")][-1] == "PaymentConfirmed"
+    # The log only grew: the tasks' events are all still there.
+    events_after: int = await raw.fetchval("SELECT count(*) FROM i3lani.events")
+    assert events_after >= events_before + 2
+    task_events: int = await raw.fetchval(
+        "SELECT count(*) FROM i3lani.events WHERE type = 'TaskSucceeded'"
+    )
+    assert task_events == 1500
+
+
+async def test_a_second_pass_finds_nothing_more(store: EventStore) -> None:
+    now = datetime.now(UTC)
+    await create(store, 1, now - timedelta(days=2))
+    async with cleanup(store) as runner:
+
+        async def first() -> bool:
+            return bool(await completed(store))
+
+        await eventually(first)
+        # What a later pass reports (a tick's pruning found nothing).
+        await runner.ref.tell(
+            CleanupDone(removed={}, started_at=now, finished_at=now + timedelta(days=1))
+        )
+
+        async def second() -> bool:
+            return len(await completed(store)) == 2
+
+        await eventually(second)
+    records = await completed(store)
+    assert records[1].removed == {"stale_payments": 0}
+    assert [r.type for r in await store.read_stream("payment-1")].count("PaymentExpired") == 1

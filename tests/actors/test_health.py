@@ -1,0 +1,169 @@
+"""HealthChecker against the stand-ins: checks recorded, admins alerted on changes only."""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import anyio
+
+from actors.clock import SystemClock
+from actors.config import Settings
+from actors.health import (
+    ALERTS_STREAM,
+    HEALTH_STREAM,
+    CheckHealth,
+    HealthChecker,
+    HealthState,
+    health_transition,
+)
+from actors.runtime import ActorRef, ActorRunner
+from actors.telegram import TelegramClient, make_bot
+from actors.tonapi import TonApiClient
+from events import AlertRaised, HealthCheck, HealthChecked
+from ops.standins import BotApiStandIn, TonApiStandIn
+from store import EventStore
+from tests.waiting import eventually
+
+ADMINS = (111, 222)
+
+
+async def no_sleep(seconds: float) -> None:
+    await anyio.lowlevel.checkpoint()
+
+
+@contextlib.asynccontextmanager
+async def checker(
+    store: EventStore,
+    tonapi: TonApiStandIn,
+    bot_api: BotApiStandIn,
+    *,
+    intervals: dict[str, float] | None = None,
+) -> AsyncIterator[tuple[ActorRef, ActorRunner[HealthState]]]:
+    settings = Settings(
+        admin_ids=ADMINS, health_interval=3600, task_retry_delay=0.05, task_lock_timeout=2
+    )
+    async with (
+        TonApiClient(tonapi.url, retries=0, timeout=2, sleep=no_sleep) as ton_client,
+        TelegramClient(make_bot(bot_api.token, bot_api.url), sleep=no_sleep) as telegram,
+        anyio.create_task_group() as tg,
+    ):
+        actor = HealthChecker(
+            settings,
+            actor_intervals=intervals or {},
+            lagging_checkpoints={},
+            tonapi=ton_client,
+            telegram=telegram,
+        )
+        runner = ActorRunner(actor, store, SystemClock(), node="node-a")
+        ref: ActorRef = await tg.start(runner.run)
+        yield ref, runner
+        tg.cancel_scope.cancel()
+
+
+async def verdicts(store: EventStore) -> list[HealthChecked]:
+    return [
+        r.event
+        for r in await store.read_stream(HEALTH_STREAM)
+        if isinstance(r.event, HealthChecked)
+    ]
+
+
+async def alerts(store: EventStore) -> list[AlertRaised]:
+    return [
+        r.event for r in await store.read_stream(ALERTS_STREAM) if isinstance(r.event, AlertRaised)
+    ]
+
+
+def test_alerts_only_on_changes() -> None:
+    ok = [HealthCheck(name="database", ok=True)]
+    bad = [HealthCheck(name="tonapi", ok=False, detail="HTTP 500")]
+    assert health_transition(None, (), ok) is None  # first verdict healthy: nothing to say
+    first = health_transition(None, (), bad)
+    assert first is not None
+    assert first[0] == "failing"
+    assert "tonapi: HTTP 500" in first[1]
+    assert health_transition(True, (), bad) is not None
+    assert health_transition(False, ("tonapi",), bad) is None  # still failing: no repeat
+    recovered = health_transition(False, ("tonapi",), ok)
+    assert recovered is not None
+    assert recovered[0] == "recovered"
+    assert "tonapi" in recovered[1]
+    assert health_transition(True, (), ok) is None
+
+
+async def test_healthy_checks_are_recorded_without_an_alert(store: EventStore) -> None:
+    async with TonApiStandIn() as tonapi, BotApiStandIn() as bot_api:
+        async with checker(store, tonapi, bot_api) as (ref, _):
+            await ref.ask(CheckHealth(), timeout=20)
+        found = await verdicts(store)
+        assert found
+        assert all(v.healthy for v in found)
+        assert {c.name for c in found[-1].checks} == {"database", "tonapi", "telegram", "tasks"}
+        assert all(c.latency_ms is not None for c in found[-1].checks)
+        assert await alerts(store) == []
+        assert bot_api.sent == []
+        samples = await store.pool.fetchval("SELECT count(*) FROM i3lani.health_samples")
+        assert samples == 4 * len(found)
+
+
+async def test_failing_then_recovered_alerts_the_admins_twice(store: EventStore) -> None:
+    async with TonApiStandIn() as tonapi, BotApiStandIn() as bot_api:
+        async with checker(store, tonapi, bot_api) as (ref, _):
+            await ref.ask(CheckHealth(), timeout=20)  # healthy
+            tonapi.fail("500", times=None)
+            await ref.ask(CheckHealth(), timeout=20)  # failing: alert
+            await ref.ask(CheckHealth(), timeout=20)  # still failing: no new alert
+            tonapi.heal()
+            await ref.ask(CheckHealth(), timeout=20)  # recovered: alert
+
+            async def both_delivered() -> bool:
+                return len(bot_api.sent) >= 2 * len(ADMINS)
+
+            await eventually(both_delivered)
+        raised = await alerts(store)
+        assert [a.subject for a in raised] == ["failing", "recovered"]
+        assert "tonapi" in raised[0].message
+        assert sorted(m.chat_id for m in bot_api.sent) == sorted(ADMINS * 2)
+        texts = [m.text for m in bot_api.sent]
+        assert sum("FAILING" in t for t in texts) == 2
+        assert sum("RECOVERED" in t for t in texts) == 2
+        # The start-up tick checks too, so count the verdicts' changes, not the verdicts.
+        seen = [v.healthy for v in await verdicts(store)]
+        changes = [h for i, h in enumerate(seen) if i == 0 or seen[i - 1] != h]
+        assert changes == [True, False, True]
+
+
+async def test_one_blocked_admin_does_not_stop_the_others(store: EventStore) -> None:
+    async with TonApiStandIn() as tonapi, BotApiStandIn() as bot_api:
+        bot_api.fail_chat(ADMINS[0], 403, "Forbidden: bot was blocked by the user")
+        alert = AlertRaised(
+            alert_id=uuid.uuid4(),
+            kind="actor",
+            subject="PaymentMonitor parked",
+            message="crashed 5 times in 60 s",
+            raised_at=datetime.now(UTC),
+        )
+        async with checker(store, tonapi, bot_api):
+            # An alert raised elsewhere (the supervisor parking an actor) is delivered too.
+            await store.append(ALERTS_STREAM, [alert])
+
+            async def delivered() -> bool:
+                return bool(bot_api.sent)
+
+            await eventually(delivered)
+        assert [m.chat_id for m in bot_api.sent] == [ADMINS[1]]
+        assert "PaymentMonitor parked" in bot_api.sent[0].text
+
+
+async def test_a_dead_actor_fails_its_liveness_check(store: EventStore) -> None:
+    async with TonApiStandIn() as tonapi, BotApiStandIn() as bot_api:
+        async with checker(store, tonapi, bot_api, intervals={"PaymentMonitor": 30}) as (ref, _):
+            await ref.ask(CheckHealth(), timeout=20)
+        last = (await verdicts(store))[-1]
+        assert not last.healthy
+        [liveness] = [c for c in last.checks if c.name == "actor:PaymentMonitor"]
+        assert not liveness.ok
+        assert "never started" in liveness.detail
