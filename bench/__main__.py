@@ -30,7 +30,7 @@ from typing import Any
 import anyio
 import asyncpg
 
-from bench import actors, eventstore
+from bench import actors, eventstore, payments, queue
 from bench.measure import BenchContext
 from bench.peers import find_pgbench
 from bench.report import Row, Verdict, render_table, row_to_json
@@ -49,7 +49,8 @@ class Suite:
 SUITES: dict[str, Suite] = {
     "eventstore": Suite(eventstore.run, eventstore.NOTES),
     "actors": Suite(actors.run, actors.NOTES),
-    # later: "taskqueue"
+    "queue": Suite(queue.run, queue.NOTES),
+    "payments": Suite(payments.run, payments.NOTES),
 }
 
 DATABASE = "i3lani_bench"
