@@ -41,7 +41,7 @@ from actors.ton import format_ton
 from events import EventMetadata, RewardCredited, RewardEarned, RewardFailed
 from events.errors import ConcurrencyConflict, EventIdReused, I3laniError
 from store import NewEvent, RecordedEvent
-from store.tasks import TaskContext, TaskQueue
+from store.tasks import NewTask, TaskContext, TaskQueue, error_line
 
 __all__ = ["RewardProcessor", "RewardState", "RewardRefused", "credit_event_id", "failure_event_id"]
 
@@ -49,6 +49,7 @@ logger = logging.getLogger(__name__)
 
 _NAMESPACE: Final = uuid.UUID("9e8a4f47-21c4-4a57-b0d6-3f5c2a7e9d10")
 CONFLICT_RETRIES: Final = 8
+ENQUEUE_BATCH: Final = 1000  # tasks per add_tasks statement
 
 
 def credit_event_id(reward_id: uuid.UUID) -> uuid.UUID:
@@ -125,8 +126,8 @@ class RewardProcessor(Actor[RewardState]):
         self, state: RewardState, runner: ActorRunner[RewardState]
     ) -> Sequence[msgspec.Struct]:
         assert self.queue is not None
-        for reward in list(state.pending.values()):
-            await self.queue.add_task(
+        tasks = [
+            NewTask(
                 REWARD_DISTRIBUTION,
                 RewardDistribution(
                     reward_id=reward.reward_id,
@@ -135,6 +136,10 @@ class RewardProcessor(Actor[RewardState]):
                 ),
                 dedupe_key=f"reward-{reward.reward_id}",
             )
+            for reward in state.pending.values()
+        ]
+        for start in range(0, len(tasks), ENQUEUE_BATCH):
+            await self.queue.add_tasks(tasks[start : start + ENQUEUE_BATCH])
         return ()
 
     async def background(self, runner: ActorRunner[RewardState]) -> None:
@@ -146,9 +151,11 @@ class RewardProcessor(Actor[RewardState]):
         """The ``reward_distribution`` handler: credit one reward, exactly once."""
         try:
             await self._credit(reward)
-        except RewardRefused as exc:
+        except Exception as exc:
+            # The last attempt failed, whatever the reason: record it for the operator (the
+            # queue dead-letters the task), so that the reward stops counting as pending.
             if context.attempt >= context.max_attempts:
-                await self._record_failure(reward, str(exc), context.attempt)
+                await self._record_failure(reward, error_line(exc), context.attempt)
             raise
 
     async def _credit(self, reward: RewardDistribution) -> None:

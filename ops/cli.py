@@ -7,6 +7,7 @@
     i3lani status [--json]          each actor's state, node, generation, restarts, errors;
                                     the task queue's backlog and dead letters
     i3lani health [--now] [--json]  the last health verdict (or run the checks now)
+    i3lani retry-task TASK_ID       re-queue a dead-lettered task
     i3lani restart|stop|start ACTOR [--reason TEXT]
 
 ``DATABASE_URL`` selects the database; unset, an embedded PostgreSQL is started under
@@ -126,6 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = commands.add_parser("status", help="show each actor's status")
     status.add_argument("--json", action="store_true", help="one JSON document")
+
+    retry = commands.add_parser(
+        "retry-task", help="re-queue a dead-lettered task (after fixing its cause)"
+    )
+    retry.add_argument("task_id", type=_task_id, help="the task's id, as `i3lani status` shows it")
 
     health = commands.add_parser(
         "health", help="the last recorded health verdict (exit 1 when failing)"
@@ -411,6 +417,32 @@ def _print_actors(statuses: Sequence[ActorStatus], now: datetime, out: TextIO) -
             print(f"{'':<17} why: {status.stop_reason}", file=out)
 
 
+async def cmd_retry_task(dsn: str, args: argparse.Namespace, out: TextIO) -> int:
+    await migrate(dsn)
+    async with EventStore.open(dsn, min_connections=1, max_connections=2) as store:
+        queue = TaskQueue(store, task_types())
+        who = f"cli:{getpass.getuser()}@{socket.gethostname()}"
+        await queue.retry_dead(args.task_id, requested_by=who)
+        info = await queue.get(args.task_id)
+    assert info is not None
+    print(
+        f"task {info.id} ({info.task_type}) re-queued with {info.max_attempts} fresh "
+        "attempt(s); `i3lani status` shows how it goes",
+        file=out,
+    )
+    return EXIT_OK
+
+
+def _task_id(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a task id is a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"a task id is positive, got {value}")
+    return value
+
+
 async def cmd_health(dsn: str, args: argparse.Namespace, out: TextIO) -> int:
     await migrate(dsn)
     async with EventStore.open(dsn, min_connections=1, max_connections=3) as store:
@@ -516,6 +548,7 @@ COMMANDS: dict[str, Callable[[str, argparse.Namespace, TextIO], Awaitable[int]]]
     "run": cmd_run,
     "status": cmd_status,
     "health": cmd_health,
+    "retry-task": cmd_retry_task,
     "restart": cmd_control,
     "stop": cmd_control,
     "start": cmd_control,

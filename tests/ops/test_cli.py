@@ -498,3 +498,49 @@ async def test_status_lists_queued_work_and_dead_letters(cli: Cli, store: EventS
     report = json.loads((await cli("status", "--json")).stdout)
     assert {a["actor"] for a in report["actors"]} >= {"PaymentMonitor", "HealthChecker"}
     assert report["dead_letters"][0]["id"] == dead
+
+
+async def test_retry_task_requeues_a_dead_letter_once(cli: Cli, store: EventStore) -> None:
+    import msgspec
+
+    from store.tasks import RetryPolicy, TaskContext, TaskProcessor, TaskQueue, TaskTypes
+
+    class Refund(msgspec.Struct, frozen=True):
+        user_id: int
+
+    types = TaskTypes()
+    types.register("refund", Refund, retry=RetryPolicy(max_attempts=1))
+    queue = TaskQueue(store, types)
+    dead = await queue.add_task("refund", Refund(user_id=8))
+    processor = TaskProcessor(queue, node="test", types=["refund"])
+
+    async def refuse(payload: Refund, context: TaskContext) -> None:
+        raise RuntimeError("no wallet on file")
+
+    processor.register_handler("refund", refuse)
+    async with anyio.create_task_group() as tg:
+        await tg.start(processor.run)
+
+        async def dead_lettered() -> bool:
+            return bool(await queue.dead_letters())
+
+        await eventually(dead_lettered)
+        tg.cancel_scope.cancel()
+
+    result = await cli("retry-task", str(dead))
+    assert result.returncode == 0, result.stderr.decode()
+    assert lines(result.stdout) == [
+        f"task {dead} (refund) re-queued with 1 fresh attempt(s); `i3lani status` shows how it goes"
+    ]
+    info = await queue.get(dead)
+    assert info is not None
+    assert info.status == "queued"
+    again = await cli("retry-task", str(dead))
+    assert again.returncode == 1
+    assert len(lines(again.stderr)) == 1
+    missing = await cli("retry-task", "999999")
+    assert missing.returncode == 1
+    assert "999999" in missing.stderr.decode()
+    bad = await cli("retry-task", "seven")
+    assert bad.returncode == 2
+    assert "a task id is a whole number" in bad.stderr.decode()
