@@ -32,7 +32,10 @@ would cost a round trip per task.) The row locks last only for the claim's own t
 from then on the row says ``running``, with its holder (``locked_by``) and a lock time
 (``locked_until``). The rows to claim are picked by ``i3lani.due_tasks``, a function only so
 that its plan (walk the claim index in order, stop after ``batch_size`` rows) holds whatever
-the table's statistics say: a queue's are always out of date.
+the table's statistics say: a queue's are always out of date. The whole record-and-claim
+statement is a function (``i3lani.task_cycle``) for the same reason: as a prepared statement
+its generic plan, made while the queue was empty, would read the whole table to update rows
+by id for as long as the connection lives.
 
 **Dead nodes.** A processor extends ``locked_until`` of every task it holds (a heartbeat, every
 third of the lock time, one statement for all). A node that dies, hangs, or loses PostgreSQL

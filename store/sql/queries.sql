@@ -386,8 +386,7 @@ WHERE dedupe_key = ANY($1::text[]) AND status IN ('queued', 'running');
 -- failure: TaskFailed without retry_at, then TaskDeadLettered. Times are now() + delay:
 -- PostgreSQL's clock. (A holder implies 'running', by tasks_lock_check; the status is not
 -- tested on purpose: with it the planner may walk tasks_lock_expiry_idx, whose dead entries
--- pile up under load until vacuum; `t.id = ANY($1)` points it at the primary key whatever the
--- statistics say.)
+-- pile up under load until vacuum; `t.id = ANY($1)` points it at the primary key.)
 --
 -- Claim: up to $8 due tasks of types $9 for node $10, locked for $11 seconds ($8 = 0: none),
 -- picked by i3lani.due_tasks (migration 0003, a function to pin its plan).
@@ -405,88 +404,18 @@ WHERE dedupe_key = ANY($1::text[]) AND status IN ('queued', 'running');
 -- $7 is the events' metadata. Event ids are i3lani.uuid_v7(): time-ordered, see 0003.
 -- Rows back: the recorded outcomes (claimed = false, with their new status), then the claimed
 -- tasks in claim order.
-WITH outcome AS (
-    SELECT *
-    FROM unnest($1::bigint[], $2::integer[], $3::text[], $4::text[], $5::float8[],
-                $6::float8[])
-         AS o(id, attempt, node, error, retry_delay, duration_ms)
-), finished AS (
-    UPDATE i3lani.tasks t
-    SET status = CASE WHEN o.error IS NULL THEN 'succeeded'
-                      WHEN o.retry_delay IS NULL THEN 'dead'
-                      ELSE 'queued' END,
-        run_at = CASE WHEN o.error IS NOT NULL AND o.retry_delay IS NOT NULL
-                      THEN now() + make_interval(secs => o.retry_delay)
-                      ELSE t.run_at END,
-        last_error = coalesce(o.error, t.last_error),
-        locked_by = NULL,
-        locked_until = NULL,
-        updated_at = now(),
-        finished_at = CASE WHEN o.error IS NULL OR o.retry_delay IS NULL THEN now() END,
-        stream_version = t.stream_version
-            + CASE WHEN o.error IS NOT NULL AND o.retry_delay IS NULL THEN 2 ELSE 1 END
-    FROM outcome o
-    WHERE t.id = ANY($1::bigint[]) AND t.id = o.id AND t.locked_by = o.node
-      AND t.attempts = o.attempt
-    RETURNING t.id, t.status, t.run_at, t.stream_version, o.attempt, o.node, o.error,
-              o.duration_ms
-), finished_logged AS (
-    INSERT INTO i3lani.events
-        (event_id, stream, stream_version, type, schema_version, payload, metadata)
-    SELECT i3lani.uuid_v7(), 'task-' || e.id, e.version, e.type, 1, e.payload, $7::jsonb
-    FROM (
-        SELECT f.id, f.stream_version AS version, 'TaskSucceeded' AS type,
-               jsonb_build_object('task_id', f.id, 'attempt', f.attempt, 'node', f.node,
-                                  'duration_ms', f.duration_ms) AS payload
-        FROM finished f
-        WHERE f.status = 'succeeded'
-        UNION ALL
-        SELECT f.id, f.stream_version - CASE WHEN f.status = 'dead' THEN 1 ELSE 0 END,
-               'TaskFailed',
-               jsonb_build_object('task_id', f.id, 'attempt', f.attempt, 'node', f.node,
-                                  'error', f.error,
-                                  'retry_at', CASE WHEN f.status = 'queued' THEN f.run_at END)
-        FROM finished f
-        WHERE f.status <> 'succeeded'
-        UNION ALL
-        SELECT f.id, f.stream_version, 'TaskDeadLettered',
-               jsonb_build_object('task_id', f.id, 'attempts', f.attempt, 'error', f.error)
-        FROM finished f
-        WHERE f.status = 'dead'
-    ) e
-    ORDER BY e.id, e.version
-), picked AS (
-    SELECT id FROM i3lani.due_tasks($8, $9::text[]) AS d(id)
-), claimed AS (
-    UPDATE i3lani.tasks t
-    SET status = 'running',
-        attempts = t.attempts + 1,
-        locked_by = $10::text,
-        locked_until = now() + make_interval(secs => $11::float8),
-        updated_at = now(),
-        stream_version = t.stream_version + 1
-    WHERE t.id = ANY(ARRAY(SELECT id FROM picked))
-    RETURNING t.id, t.task_type, t.payload, t.priority, t.run_at, t.attempts, t.max_attempts,
-              t.stream_version, t.locked_until
-), claimed_logged AS (
-    INSERT INTO i3lani.events
-        (event_id, stream, stream_version, type, schema_version, payload, metadata)
-    SELECT i3lani.uuid_v7(), 'task-' || c.id, c.stream_version, 'TaskClaimed', 1,
-           jsonb_build_object('task_id', c.id, 'attempt', c.attempts, 'node', $10::text,
-                              'locked_until', c.locked_until),
-           $7::jsonb
-    FROM claimed c
-    ORDER BY c.id
-)
-SELECT * FROM (
-    SELECT false AS claimed, id, status AS task_type, NULL::jsonb AS payload,
-           0 AS attempts, 0 AS max_attempts, 0 AS priority, NULL::timestamptz AS run_at
-    FROM finished
-    UNION ALL
-    SELECT true, id, task_type, payload, attempts, max_attempts, priority, run_at
-    FROM claimed
-) r
-ORDER BY claimed, priority DESC, run_at, id;
+--
+-- The statement itself is the body of i3lani.task_cycle (migration 0003), a function for the
+-- reason due_tasks is one: to pin its plan. As a prepared statement of the client's it got a
+-- generic plan after five runs, made with the statistics of that moment; a processor started
+-- on an empty queue kept plans that read the whole table (twice: outcomes, then claims) to
+-- update its 50 rows by id, for as long as its connection lived, while a producer grew the
+-- table. The function plans it once per connection without sequential scans, so the ids go
+-- through the primary key whatever the statistics say; it runs exactly the one statement
+-- described here (one snapshot, one transaction with the caller's).
+SELECT * FROM i3lani.task_cycle($1::bigint[], $2::integer[], $3::text[], $4::text[],
+                                 $5::float8[], $6::float8[], $7::jsonb, $8::integer,
+                                 $9::text[], $10::text, $11::float8);
 
 -- name: task_heartbeat
 -- Extend node $2's locks on tasks $1 by $3 seconds. The ids that come back are still ours;

@@ -147,6 +147,104 @@ CREATE FUNCTION i3lani.due_tasks(max_tasks integer, task_types text[]) RETURNS S
         FOR UPDATE SKIP LOCKED
     $$;
 
+CREATE FUNCTION i3lani.task_cycle(
+    done_ids bigint[], done_attempts integer[], done_nodes text[], done_errors text[],
+    done_retry_delays float8[], done_durations_ms float8[], event_metadata jsonb,
+    max_tasks integer, task_types text[], claimer text, lock_seconds float8
+) RETURNS TABLE (claimed boolean, id bigint, task_type text, payload jsonb, attempts integer,
+                 max_attempts integer, priority integer, run_at timestamptz)
+    LANGUAGE plpgsql VOLATILE
+    SET enable_seqscan = off
+    SET plan_cache_mode = force_generic_plan
+    AS $$
+#variable_conflict use_column
+BEGIN
+    RETURN QUERY
+    WITH outcome AS (
+        SELECT *
+        FROM unnest($1::bigint[], $2::integer[], $3::text[], $4::text[], $5::float8[],
+                    $6::float8[])
+             AS o(id, attempt, node, error, retry_delay, duration_ms)
+    ), finished AS (
+        UPDATE i3lani.tasks t
+        SET status = CASE WHEN o.error IS NULL THEN 'succeeded'
+                          WHEN o.retry_delay IS NULL THEN 'dead'
+                          ELSE 'queued' END,
+            run_at = CASE WHEN o.error IS NOT NULL AND o.retry_delay IS NOT NULL
+                          THEN now() + make_interval(secs => o.retry_delay)
+                          ELSE t.run_at END,
+            last_error = coalesce(o.error, t.last_error),
+            locked_by = NULL,
+            locked_until = NULL,
+            updated_at = now(),
+            finished_at = CASE WHEN o.error IS NULL OR o.retry_delay IS NULL THEN now() END,
+            stream_version = t.stream_version
+                + CASE WHEN o.error IS NOT NULL AND o.retry_delay IS NULL THEN 2 ELSE 1 END
+        FROM outcome o
+        WHERE t.id = ANY($1::bigint[]) AND t.id = o.id AND t.locked_by = o.node
+          AND t.attempts = o.attempt
+        RETURNING t.id, t.status, t.run_at, t.stream_version, o.attempt, o.node, o.error,
+                  o.duration_ms
+    ), finished_logged AS (
+        INSERT INTO i3lani.events
+            (event_id, stream, stream_version, type, schema_version, payload, metadata)
+        SELECT i3lani.uuid_v7(), 'task-' || e.id, e.version, e.type, 1, e.payload, $7::jsonb
+        FROM (
+            SELECT f.id, f.stream_version AS version, 'TaskSucceeded' AS type,
+                   jsonb_build_object('task_id', f.id, 'attempt', f.attempt, 'node', f.node,
+                                      'duration_ms', f.duration_ms) AS payload
+            FROM finished f
+            WHERE f.status = 'succeeded'
+            UNION ALL
+            SELECT f.id, f.stream_version - CASE WHEN f.status = 'dead' THEN 1 ELSE 0 END,
+                   'TaskFailed',
+                   jsonb_build_object('task_id', f.id, 'attempt', f.attempt, 'node', f.node,
+                                      'error', f.error,
+                                      'retry_at', CASE WHEN f.status = 'queued' THEN f.run_at END)
+            FROM finished f
+            WHERE f.status <> 'succeeded'
+            UNION ALL
+            SELECT f.id, f.stream_version, 'TaskDeadLettered',
+                   jsonb_build_object('task_id', f.id, 'attempts', f.attempt, 'error', f.error)
+            FROM finished f
+            WHERE f.status = 'dead'
+        ) e
+        ORDER BY e.id, e.version
+    ), picked AS (
+        SELECT id FROM i3lani.due_tasks($8, $9::text[]) AS d(id)
+    ), claimed AS (
+        UPDATE i3lani.tasks t
+        SET status = 'running',
+            attempts = t.attempts + 1,
+            locked_by = $10::text,
+            locked_until = now() + make_interval(secs => $11::float8),
+            updated_at = now(),
+            stream_version = t.stream_version + 1
+        WHERE t.id = ANY(ARRAY(SELECT id FROM picked))
+        RETURNING t.id, t.task_type, t.payload, t.priority, t.run_at, t.attempts, t.max_attempts,
+                  t.stream_version, t.locked_until
+    ), claimed_logged AS (
+        INSERT INTO i3lani.events
+            (event_id, stream, stream_version, type, schema_version, payload, metadata)
+        SELECT i3lani.uuid_v7(), 'task-' || c.id, c.stream_version, 'TaskClaimed', 1,
+               jsonb_build_object('task_id', c.id, 'attempt', c.attempts, 'node', $10::text,
+                                  'locked_until', c.locked_until),
+               $7::jsonb
+        FROM claimed c
+        ORDER BY c.id
+    )
+    SELECT * FROM (
+        SELECT false AS claimed, id, status AS task_type, NULL::jsonb AS payload,
+               0 AS attempts, 0 AS max_attempts, 0 AS priority, NULL::timestamptz AS run_at
+        FROM finished
+        UNION ALL
+        SELECT true, id, task_type, payload, attempts, max_attempts, priority, run_at
+        FROM claimed
+    ) r
+    ORDER BY claimed, priority DESC, run_at, id;
+END;
+$$;
+
 CREATE TABLE i3lani.health_samples (
     id         bigint           GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     checked_at timestamptz      NOT NULL,
