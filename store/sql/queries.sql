@@ -420,10 +420,8 @@ SELECT * FROM i3lani.task_cycle($1::bigint[], $2::integer[], $3::text[], $4::tex
 -- name: task_heartbeat
 -- Extend node $2's locks on tasks $1 by $3 seconds. The ids that come back are still ours;
 -- one missing was reclaimed after its lock expired (its handler should give up).
-UPDATE i3lani.tasks
-SET locked_until = now() + make_interval(secs => $3::float8)
-WHERE id = ANY($1::bigint[]) AND locked_by = $2::text  -- a holder implies running
-RETURNING id;
+-- (A function: see i3lani.task_heartbeat in schema.sql for why.)
+SELECT id FROM i3lani.task_heartbeat($1::bigint[], $2::text, $3::float8) AS h(id);
 
 -- name: task_expired
 -- Running tasks of types $2 whose lock expired: their node stopped heartbeating (it died, or
@@ -431,12 +429,9 @@ RETURNING id;
 -- each one's failed attempt with task_cycle (under the holder it had, claiming nothing), so the
 -- rows are locked here; SKIP LOCKED lets two nodes reaping at once share the work instead of
 -- queueing, and means a reaper never waits for anyone (so it can never deadlock with them).
+-- (A function: see i3lani.expired_tasks in schema.sql for why.)
 SELECT id, task_type, attempts, max_attempts, locked_by, locked_until
-FROM i3lani.tasks
-WHERE status = 'running' AND locked_until < now() AND task_type = ANY($2::text[])
-ORDER BY locked_until
-LIMIT $1
-FOR UPDATE SKIP LOCKED;
+FROM i3lani.expired_tasks($1::integer, $2::text[]);
 
 -- name: task_next_due
 -- Seconds until the earliest queued task of types $1 is due; negative when one is due already;

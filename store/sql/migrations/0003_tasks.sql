@@ -74,6 +74,36 @@ CREATE FUNCTION i3lani.uuid_v7() RETURNS uuid
             52, 1), 53, 1),
         'hex')::uuid;
 
+-- Heartbeat and reaper statements, as functions for the reason due_tasks is one: their plans.
+-- Prepared, they would keep a generic plan made from the statistics of the moment they were
+-- first run (often an empty queue: a sequential scan), for the connection's whole life. Without
+-- sequential scans, ids go through the primary key and expired locks through
+-- tasks_lock_expiry_idx, whatever the statistics say.
+CREATE FUNCTION i3lani.task_heartbeat(task_ids bigint[], holder text, lock_seconds float8)
+    RETURNS SETOF bigint
+    LANGUAGE sql VOLATILE
+    SET enable_seqscan = off
+    AS $$
+        UPDATE i3lani.tasks
+        SET locked_until = now() + make_interval(secs => lock_seconds)
+        WHERE id = ANY(task_ids) AND locked_by = holder  -- a holder implies running
+        RETURNING id
+    $$;
+
+CREATE FUNCTION i3lani.expired_tasks(max_tasks integer, task_types text[])
+    RETURNS TABLE (id bigint, task_type text, attempts integer, max_attempts integer,
+                   locked_by text, locked_until timestamptz)
+    LANGUAGE sql VOLATILE
+    SET enable_seqscan = off
+    AS $$
+        SELECT t.id, t.task_type, t.attempts, t.max_attempts, t.locked_by, t.locked_until
+        FROM i3lani.tasks t
+        WHERE t.status = 'running' AND t.locked_until < now() AND t.task_type = ANY(task_types)
+        ORDER BY t.locked_until
+        LIMIT max_tasks
+        FOR UPDATE OF t SKIP LOCKED
+    $$;
+
 -- The ids of up to max_tasks due queued tasks of these types, in claim order, locked FOR UPDATE
 -- SKIP LOCKED (see task_cycle in queries.sql). A function only to pin its plan: a queue's
 -- statistics are stale by nature (empty when analysed, 100 000 rows a minute later), and with
