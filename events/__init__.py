@@ -14,7 +14,7 @@ This package does no I/O.
 
 from __future__ import annotations
 
-from events import channels, lifecycle, operations, payments, rewards, tasks
+from events import channels, lifecycle, operations, payments, rewards, tasks, users
 from events.base import (
     NANOTONS_PER_TON,
     Event,
@@ -65,6 +65,7 @@ from events.tasks import (
     TaskRequeued,
     TaskSucceeded,
 )
+from events.users import UserRegistered
 
 __all__ = [
     "NANOTONS_PER_TON",
@@ -86,6 +87,8 @@ __all__ = [
     "LatePaymentReceived",
     "SubscriptionActivated",
     "WalletScanned",
+    # users
+    "UserRegistered",
     # rewards
     "RewardEarned",
     "RewardCredited",
@@ -121,7 +124,7 @@ __all__ = [
 
 def _builtin_events() -> tuple[type[Event], ...]:
     found: list[type[Event]] = []
-    for module in (payments, rewards, channels, operations, lifecycle, tasks):
+    for module in (payments, rewards, channels, operations, lifecycle, tasks, users):
         for name in module.__all__:
             obj = getattr(module, name)
             if isinstance(obj, type) and issubclass(obj, Event) and obj is not Event:
