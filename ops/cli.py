@@ -9,6 +9,10 @@
     i3lani health [--now] [--json]  the last health verdict (or run the checks now)
     i3lani retry-task TASK_ID       re-queue a dead-lettered task
     i3lani restart|stop|start ACTOR [--reason TEXT]
+    i3lani gateway [--mode webhook|polling] [--host H] [--port P]
+                                    the Telegram bot: commands in, events appended
+    i3lani audit [--as-of POS|TIME] [--user ID] [--stream S] [--format table|json|csv] [--out F]
+                                    replay the log, check invariants (exit 1 on discrepancies)
 
 ``DATABASE_URL`` selects the database; unset, an embedded PostgreSQL is started under
 ``$I3LANI_HOME`` (default ``./.i3lani``). Errors are one line on stderr and a non-zero exit.
@@ -46,8 +50,11 @@ from actors.health import HEALTH_STREAM, HealthChecker, HealthReport
 from actors.tasks import task_types
 from actors.telegram import TelegramClient, make_bot
 from actors.tonapi import TonApiClient
+from bot_gateway import load_gateway_config, run_gateway
+from bot_gateway.config import check_webhook_secret
 from events import EventMetadata, HealthChecked, OperatorCommandIssued
 from events.errors import ConfigError, I3laniError
+from ops import audit
 from ops.format import event_json, event_line, format_time
 from store import EventStore, RecordedEvent, database_url, migrate, migrations, redact_dsn
 from store.queries import query
@@ -152,6 +159,27 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument(
             "--no-wait", action="store_true", help="do not wait to see a node act on it"
         )
+    audit.add_arguments(
+        commands.add_parser("audit", help="replay the log, check its invariants (exit 1: found)")
+    )
+
+    gateway = commands.add_parser(
+        "gateway", help="serve the Telegram bot (webhook or polling) until SIGTERM/SIGINT"
+    )
+    gateway.add_argument(
+        "--mode",
+        choices=["webhook", "polling"],
+        default=os.environ.get("I3LANI_GATEWAY_MODE", "webhook"),
+        help="webhook (needs WEBHOOK_SECRET; Render's web service) or polling (default webhook, "
+        "or $I3LANI_GATEWAY_MODE)",
+    )
+    gateway.add_argument("--host", default="0.0.0.0", help="address to bind (default 0.0.0.0)")
+    gateway.add_argument(
+        "--port",
+        type=_positive_int,
+        default=None,
+        help="port to bind (default $PORT, else 8080)",
+    )
     return parser
 
 
@@ -541,6 +569,49 @@ async def _wait_for_lifecycle(store: EventStore, actor: str, *, after: int) -> s
     return None
 
 
+async def cmd_gateway(dsn: str, args: argparse.Namespace, out: TextIO) -> int:
+    # Every setting is checked before anything starts: a one-line error, not a traceback.
+    settings = load_settings()
+    settings.require_bot_token()
+    config = load_gateway_config()
+    if args.mode == "webhook":
+        check_webhook_secret(config.webhook_secret)
+    port = args.port if args.port is not None else _port_from_env()
+    await migrate(dsn)
+    async with EventStore.open(dsn, node=node_name()) as store:
+
+        async def serve() -> None:
+            await run_gateway(
+                settings, store, mode=args.mode, host=args.host, port=port, config=config
+            )
+
+        print(
+            f"i3lani gateway ({args.mode}"
+            + (f" on {args.host}:{port}" if args.mode == "webhook" else "")
+            + "): SIGTERM or Ctrl-C stops it",
+            file=out,
+            flush=True,
+        )
+        await run_until_signalled(serve)
+    print("i3lani gateway: stopped", file=out, flush=True)
+    return EXIT_OK
+
+
+def _port_from_env() -> int:
+    text = os.environ.get("PORT", "8080")
+    try:
+        port = int(text)
+    except ValueError:
+        raise ConfigError(f"PORT must be a port number, got {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"PORT must be between 0 and 65535, got {port}")
+    return port
+
+
+async def cmd_audit(dsn: str, args: argparse.Namespace, out: TextIO) -> int:
+    return await audit.audit_command(dsn, args, out)
+
+
 COMMANDS: dict[str, Callable[[str, argparse.Namespace, TextIO], Awaitable[int]]] = {
     "migrate": cmd_migrate,
     "summary": cmd_summary,
@@ -552,6 +623,8 @@ COMMANDS: dict[str, Callable[[str, argparse.Namespace, TextIO], Awaitable[int]]]
     "restart": cmd_control,
     "stop": cmd_control,
     "start": cmd_control,
+    "audit": cmd_audit,
+    "gateway": cmd_gateway,
 }
 
 

@@ -1,0 +1,355 @@
+"""The Telegram side of the gateway: aiogram routing, the webhook app, polling, and the runner.
+
+Handlers are thin: each takes the sender and the command's arguments and replies with what
+:class:`~bot_gateway.service.Gateway` returns. Routing, in order:
+
+1. a message longer than ``GatewayConfig.max_text_length`` is refused (nothing is parsed);
+2. ``/start [ref_<id>]``, ``/subscribe``, ``/balance``, ``/addchannel``, ``/help``;
+3. admin commands ``/actors``, ``/restart``, ``/health`` (others get a polite refusal);
+4. any other ``/command`` is unknown; other text or media get a pointer to ``/help``.
+
+An exception in a handler (the database unreachable...) is logged and answered with a
+"try again" line, so Telegram gets its 200 and does not redeliver the update forever.
+
+Webhook mode (:func:`build_app`, :func:`run_webhook`) serves aiogram's
+``SimpleRequestHandler`` on aiohttp and checks ``X-Telegram-Bot-Api-Secret-Token``: a wrong or
+missing secret gets 401 and the update is not processed. Polling mode is :func:`run_polling`.
+:func:`run_gateway` runs either one plus the payment notifier until cancelled.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Final, Literal
+
+import anyio
+from aiogram import Bot, Dispatcher, Router
+from aiogram.filters import Command, CommandObject, CommandStart
+from aiogram.types import ErrorEvent, Message
+from aiogram.webhook.aiohttp_server import SimpleRequestHandler, setup_application
+from aiohttp import web
+from anyio.abc import TaskStatus
+
+from actors.config import Settings
+from actors.telegram import TelegramClient, make_bot
+from bot_gateway.config import GatewayConfig, check_webhook_secret, load_gateway_config
+from bot_gateway.notifier import run_notifier
+from bot_gateway.service import Gateway, TelegramUser
+from store import EventStore
+
+__all__ = [
+    "Mode",
+    "HEALTH_PATH",
+    "build_router",
+    "build_dispatcher",
+    "build_app",
+    "run_webhook",
+    "run_polling",
+    "run_gateway",
+]
+
+logger = logging.getLogger(__name__)
+
+Mode = Literal["webhook", "polling"]
+HEALTH_PATH: Final = "/healthz"
+
+_NOT_TEXT: Final = "I only understand text commands. See /help."
+_SORRY: Final = "Sorry, something went wrong on our side. Please try again in a minute."
+
+_Reply = Callable[[Message, CommandObject], Awaitable[str]]
+
+
+def _sender(message: Message) -> TelegramUser | None:
+    user = message.from_user
+    if user is None or user.is_bot:
+        return None
+    return TelegramUser(user.id, user.username)
+
+
+def build_router(gateway: Gateway) -> Router:
+    """Every handler of the bot, bound to ``gateway``."""
+    router = Router(name="i3lani-gateway")
+    limit = gateway.config.max_text_length
+
+    def too_long(message: Message) -> bool:
+        return message.text is not None and len(message.text) > limit
+
+    async def refuse_long(message: Message) -> None:
+        text = message.text or ""
+        await message.answer(
+            f"That message is too long ({len(text)} characters; at most {limit}). "
+            "Commands are short, for example /subscribe week. See /help."
+        )
+
+    def replying(reply: _Reply, *, admin: bool = False) -> Callable[..., Awaitable[None]]:
+        # aiogram passes the parsed command by the parameter's name: `command`.
+        async def handle(message: Message, command: CommandObject) -> None:
+            user = _sender(message)
+            if user is None:
+                return
+            if admin:
+                refusal = gateway.refuse_admin(user.user_id)
+                if refusal is not None:
+                    await message.answer(refusal)
+                    return
+            await message.answer(await reply(message, command))
+
+        return handle
+
+    def uid(message: Message) -> int:
+        user = _sender(message)
+        assert user is not None  # checked by `replying` before any reply runs
+        return user.user_id
+
+    async def start(message: Message, cmd: CommandObject) -> str:
+        user = _sender(message)
+        assert user is not None
+        return await gateway.start(user, cmd.args)
+
+    async def subscribe(message: Message, cmd: CommandObject) -> str:
+        return await gateway.subscribe(uid(message), cmd.args)
+
+    async def balance(message: Message, cmd: CommandObject) -> str:
+        return await gateway.balance(uid(message))
+
+    async def add_channel(message: Message, cmd: CommandObject) -> str:
+        return await gateway.add_channel(uid(message), cmd.args)
+
+    async def help_(message: Message, cmd: CommandObject) -> str:
+        return gateway.help(uid(message))
+
+    async def actors(message: Message, cmd: CommandObject) -> str:
+        return await gateway.actors()
+
+    async def restart(message: Message, cmd: CommandObject) -> str:
+        return await gateway.restart(uid(message), cmd.args)
+
+    async def health(message: Message, cmd: CommandObject) -> str:
+        return await gateway.health()
+
+    def is_command(message: Message) -> bool:
+        return message.text is not None and message.text.startswith("/")
+
+    async def unknown_command(message: Message) -> None:
+        name = (message.text or "/").split()[0].split("@")[0]
+        await message.answer(f"Unknown command {name[:40]}. See /help for what I can do.")
+
+    def is_text(message: Message) -> bool:
+        return message.text is not None
+
+    async def plain_text(message: Message) -> None:
+        await message.answer("I answer commands only, for example /balance. See /help.")
+
+    async def not_text(message: Message) -> None:
+        await message.answer(_NOT_TEXT)
+
+    async def on_error(event: ErrorEvent) -> None:
+        logger.error(
+            "update %s failed: %s: %s",
+            event.update.update_id,
+            type(event.exception).__name__,
+            event.exception,
+            extra={"action": "gateway_update_failed"},
+        )
+        message = event.update.message
+        if message is not None:
+            try:
+                await message.answer(_SORRY)
+            except Exception as exc:  # the reply is best effort; the error is logged above
+                logger.warning(
+                    "could not tell chat %s about the failure: %s",
+                    message.chat.id,
+                    type(exc).__name__,
+                    extra={"action": "gateway_error_reply_failed"},
+                )
+
+    router.message.register(refuse_long, too_long)
+    router.message.register(replying(start), CommandStart())
+    router.message.register(replying(subscribe), Command("subscribe"))
+    router.message.register(replying(balance), Command("balance"))
+    router.message.register(replying(add_channel), Command("addchannel"))
+    router.message.register(replying(help_), Command("help"))
+    router.message.register(replying(actors, admin=True), Command("actors"))
+    router.message.register(replying(restart, admin=True), Command("restart"))
+    router.message.register(replying(health, admin=True), Command("health"))
+    router.message.register(unknown_command, is_command)
+    router.message.register(plain_text, is_text)
+    router.message.register(not_text)
+    router.errors.register(on_error)
+    return router
+
+
+def build_dispatcher(gateway: Gateway) -> Dispatcher:
+    dispatcher = Dispatcher()
+    dispatcher.include_router(build_router(gateway))
+    return dispatcher
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    return web.Response(text="ok")
+
+
+def build_app(
+    gateway: Gateway,
+    bot: Bot,
+    *,
+    secret: str,
+    path: str = "/telegram/webhook",
+    dispatcher: Dispatcher | None = None,
+) -> web.Application:
+    """The aiohttp app: ``POST path`` takes Telegram's updates (secret checked), ``GET
+    /healthz`` answers ``ok``. Updates are handled before the answer, in arrival order."""
+    secret = check_webhook_secret(secret)
+    dispatcher = dispatcher or build_dispatcher(gateway)
+    app = web.Application()
+    SimpleRequestHandler(
+        dispatcher=dispatcher, bot=bot, secret_token=secret, handle_in_background=False
+    ).register(app, path=path)
+    app.router.add_get(HEALTH_PATH, _healthz)
+    setup_application(app, dispatcher, bot=bot)
+    return app
+
+
+async def run_webhook(
+    gateway: Gateway,
+    bot: Bot,
+    *,
+    host: str,
+    port: int,
+    secret: str,
+    path: str = "/telegram/webhook",
+    public_url: str | None = None,
+    task_status: TaskStatus[str] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve the webhook on ``host:port`` until cancelled; started with the listening URL.
+
+    With ``public_url`` (``https://...``), ``setWebhook`` points Telegram at
+    ``public_url + path`` with the secret once the server listens.
+    """
+    dispatcher = build_dispatcher(gateway)
+    app = build_app(gateway, bot, secret=secret, path=path, dispatcher=dispatcher)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        bound_host, bound_port = runner.addresses[0][:2]
+        if public_url:
+            await bot.set_webhook(
+                f"{public_url.rstrip('/')}{path}",
+                secret_token=secret,
+                allowed_updates=dispatcher.resolve_used_update_types(),
+            )
+        logger.info(
+            "gateway webhook listening on %s:%s%s",
+            bound_host,
+            bound_port,
+            path,
+            extra={"action": "gateway_webhook_started"},
+        )
+        task_status.started(f"http://{bound_host}:{bound_port}")
+        await anyio.sleep_forever()
+    finally:
+        with anyio.CancelScope(shield=True):
+            await runner.cleanup()
+
+
+async def run_polling(
+    gateway: Gateway,
+    bot: Bot,
+    *,
+    polling_timeout: int = 10,
+    task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Long-poll ``getUpdates`` until cancelled (removes any webhook first).
+
+    aiogram's polling loop is stopped through its own stop signal, never by cancelling it
+    mid-request, so it finishes its in-flight updates and leaves no task behind.
+    """
+    dispatcher = build_dispatcher(gateway)
+    await bot.delete_webhook(drop_pending_updates=False)
+    polling_started = anyio.Event()
+
+    async def on_startup() -> None:
+        polling_started.set()
+
+    dispatcher.startup.register(on_startup)
+
+    async def poll() -> None:
+        with anyio.CancelScope(shield=True):  # stopped by stop_polling below, not cancelled
+            await dispatcher.start_polling(
+                bot,
+                polling_timeout=polling_timeout,
+                handle_signals=False,
+                close_bot_session=False,
+            )
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(poll)
+        try:
+            await polling_started.wait()
+            logger.info("gateway polling", extra={"action": "gateway_polling_started"})
+            task_status.started()
+            await anyio.sleep_forever()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await polling_started.wait()
+                await dispatcher.stop_polling()
+
+
+async def run_gateway(
+    settings: Settings,
+    store: EventStore,
+    *,
+    mode: Mode,
+    host: str = "0.0.0.0",
+    port: int = 8080,
+    config: GatewayConfig | None = None,
+    bot: Bot | None = None,
+    task_status: TaskStatus[str | None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run the bot gateway until cancelled: updates (webhook or polling) and payment notices.
+
+    ``config`` defaults to :func:`~bot_gateway.config.load_gateway_config` (the environment);
+    ``bot`` to one made from ``settings`` (``BOT_TOKEN``, ``TELEGRAM_API_URL``), closed on
+    exit. Raises :class:`~events.errors.ConfigError` before serving anything when webhook mode
+    lacks a valid ``WEBHOOK_SECRET`` or the bot token is missing. Started (``tg.start``) once
+    the notifier follows the log and updates are served, with the webhook server's URL
+    (``http://host:port``; useful with ``port=0``) or ``None`` in polling mode.
+    """
+    config = config or load_gateway_config()
+    if mode == "webhook":
+        secret = check_webhook_secret(config.webhook_secret)
+    elif mode != "polling":
+        raise ValueError(f"mode must be 'webhook' or 'polling', got {mode!r}")
+    own_bot = bot is None
+    if bot is None:
+        bot = make_bot(settings.require_bot_token(), settings.telegram_api_url)
+    gateway = Gateway(store, settings, config)
+    try:
+        async with anyio.create_task_group() as tg:
+            await tg.start(run_notifier, store, TelegramClient(bot))
+            url: str | None = None
+            if mode == "webhook":
+                url = await tg.start(
+                    lambda task_status: run_webhook(
+                        gateway,
+                        bot,
+                        host=host,
+                        port=port,
+                        secret=secret,
+                        path=config.webhook_path,
+                        public_url=config.webhook_url,
+                        task_status=task_status,
+                    )
+                )
+            else:
+                await tg.start(
+                    lambda task_status: run_polling(gateway, bot, task_status=task_status)
+                )
+            task_status.started(url)
+    finally:
+        if own_bot:
+            with anyio.CancelScope(shield=True):
+                await bot.session.close()

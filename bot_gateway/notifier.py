@@ -1,0 +1,142 @@
+"""Tells users what became of their payments: a follower of the ``payment`` category.
+
+:func:`payment_notice` (pure) words the message for one payment event; :func:`run_notifier`
+follows the log under the checkpoint ``gateway-notifier`` and sends each notice through
+:class:`actors.telegram.TelegramClient` (flood control waited out, transient failures
+retried), saving the checkpoint **after** sending. Delivery is therefore at least once: a
+crash between the send and the save repeats that one notice, and nothing is ever skipped. A
+user who blocked the bot is logged and passed over. The first run starts at the head of the
+log, so payments settled before the gateway ever ran are not announced.
+
+Two gateways running at once (Render overlaps instances on every deploy) share the checkpoint:
+when the other one moved it, this one starts over from the stored checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Final
+
+import anyio
+from anyio.abc import TaskStatus
+
+from actors.telegram import TelegramClient
+from actors.ton import format_ton
+from events import (
+    LatePaymentReceived,
+    PaymentConfirmed,
+    PaymentCreated,
+    PaymentExpired,
+    PaymentUnderpaid,
+    SubscriptionActivated,
+)
+from events.base import Event
+from events.errors import CheckpointConflict, StoreUnavailable
+from store import EventStore, RecordedEvent
+
+__all__ = ["NOTIFIER_CHECKPOINT", "payment_notice", "run_notifier"]
+
+logger = logging.getLogger(__name__)
+
+NOTIFIER_CHECKPOINT: Final = "gateway-notifier"
+_RETRY_DELAY: Final = 1.0
+
+
+def payment_notice(event: Event, created: PaymentCreated) -> str | None:
+    """The message for ``event`` of the payment ``created``; ``None``: nothing to tell. Pure."""
+    pid = created.payment_id
+    if isinstance(event, PaymentConfirmed):
+        text = f"Payment #{pid} is confirmed: {format_ton(event.amount_nanotons)} TON received."
+        if event.overpaid_nanotons:
+            text += f" You sent {format_ton(event.overpaid_nanotons)} TON more than needed."
+        return text + " Thank you!"
+    if isinstance(event, SubscriptionActivated):
+        return f"Your {event.plan} plan is active until {event.ends_at:%Y-%m-%d %H:%M} UTC."
+    if isinstance(event, PaymentUnderpaid):
+        missing = event.expected_nanotons - event.amount_nanotons
+        return (
+            f"Payment #{pid} is underpaid: {format_ton(event.amount_nanotons)} TON arrived, "
+            f"{format_ton(event.expected_nanotons)} TON is due ({format_ton(missing)} TON "
+            "missing). It is not confirmed; contact support to settle it."
+        )
+    if isinstance(event, PaymentExpired):
+        return (
+            f"Payment #{pid} ({created.plan}) expired before a transfer arrived. "
+            f"Send /subscribe {created.plan} to get a new one."
+        )
+    if isinstance(event, LatePaymentReceived):
+        return (
+            f"Your transfer for payment #{pid} arrived after it expired. It is recorded and "
+            "kept for manual review; support will contact you."
+        )
+    return None
+
+
+async def _created(store: EventStore, stream: str) -> PaymentCreated | None:
+    first = await store.read_stream(stream, limit=1, skip_unknown=True)
+    if first and isinstance(first[0].event, PaymentCreated):
+        return first[0].event
+    return None
+
+
+async def _notify(store: EventStore, telegram: TelegramClient, recorded: RecordedEvent) -> None:
+    if isinstance(recorded.event, PaymentCreated):
+        return
+    created = await _created(store, recorded.stream)
+    if created is None:
+        return  # not a payment stream (payment-scan-...), or a payment of unknown origin
+    text = payment_notice(recorded.event, created)
+    if text is None:
+        return
+    delivered = await telegram.send_message(created.user_id, text)
+    logger.info(
+        "payment %s: %s notice %s to user %s",
+        created.payment_id,
+        recorded.type,
+        "sent" if delivered else "NOT delivered",
+        created.user_id,
+        extra={"action": "gateway_payment_notice"},
+    )
+
+
+async def run_notifier(
+    store: EventStore,
+    telegram: TelegramClient,
+    *,
+    name: str = NOTIFIER_CHECKPOINT,
+    poll_interval: float = 1.0,
+    task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Follow ``payment-*`` forever, notifying each payment's user; started once subscribed."""
+    started = False
+    while True:
+        try:
+            # The first run starts at the head of the log: payments settled before the gateway
+            # ever ran are not announced again.
+            after = None if await store.load_checkpoint(name) is not None else await store.head()
+            async with store.subscribe(
+                name,
+                category="payment",
+                after=after,
+                poll_interval=poll_interval,
+                skip_unknown=True,
+            ) as sub:
+                if not started:
+                    started = True
+                    task_status.started()
+                async for recorded in sub:
+                    await _notify(store, telegram, recorded)
+                    await sub.save_checkpoint(recorded)
+        except CheckpointConflict:
+            logger.info(
+                "notifier checkpoint moved by another gateway; resuming from it",
+                extra={"action": "gateway_notifier_resume"},
+            )
+        except StoreUnavailable as exc:
+            logger.warning(
+                "notifier: %s; retrying in %.0fs",
+                exc,
+                _RETRY_DELAY,
+                extra={"action": "gateway_notifier_retry"},
+            )
+            await anyio.sleep(_RETRY_DELAY)
