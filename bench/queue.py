@@ -34,10 +34,7 @@ SETTINGS = ((20, 10), (100, 50))  # (concurrency, claim batch size) of the drain
 END_TO_END = (100, 50)  # the same for the end-to-end figure
 TYPE = "bench_noop"
 
-try:
-    _PGQUEUER = metadata.version("pgqueuer")
-except metadata.PackageNotFoundError:  # pragma: no cover - it is in the bench extra
-    _PGQUEUER = "?"
+_PGQUEUER = metadata.version("pgqueuer")  # imported above: it is installed
 
 NOTES = [
     f"task queue: PgQueuer {_PGQUEUER} (durable tables, as installed by Queries.install, in the "

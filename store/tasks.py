@@ -150,7 +150,6 @@ _LISTEN_ERRORS: tuple[type[BaseException], ...] = (
     *_CONNECTION_ERRORS,
 )
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,99}$")
-_FIELD_AT = re.compile(r"^(?P<reason>.*?)(?: - at `\$\.?(?P<path>[^`]*)`)?$", re.DOTALL)
 
 P = TypeVar("P", bound=msgspec.Struct)
 
@@ -253,10 +252,12 @@ def _split_validation_error(
     error: msgspec.ValidationError | msgspec.DecodeError,
 ) -> tuple[str, str]:
     """('amount', 'Expected `int`, got `str`') from msgspec's message."""
-    match = _FIELD_AT.match(str(error))
-    if match is None:  # pragma: no cover - the pattern matches every string
-        return "(payload)", str(error)
-    return match.group("path") or "(payload)", match.group("reason")
+    # msgspec ends its message with " - at `$.path`" (nothing for the top-level object).
+    text = str(error)
+    reason, marker, path = text.rpartition(" - at `$")
+    if not marker:
+        return "(payload)", text
+    return path.removesuffix("`").removeprefix(".") or "(payload)", reason
 
 
 def error_line(error: BaseException, limit: int = MAX_ERROR_LENGTH) -> str:
