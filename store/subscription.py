@@ -33,6 +33,7 @@ import anyio
 import asyncpg
 
 from events.errors import StoreUnavailable
+from store.listener import LISTEN_ERRORS, close_listener, open_listener
 from store.records import START, Cursor, RecordedEvent
 
 if TYPE_CHECKING:
@@ -193,25 +194,11 @@ class Subscription:
         now = anyio.current_time()
         if self._listener_failed_at is not None and now - self._listener_failed_at < 1.0:
             return  # polling covers us; do not hammer a server that just refused
-        conn: asyncpg.Connection | None = None
         try:
-            # Shielded (and bounded): a connect cancelled half-way leaves asyncpg with a
-            # dangling connection (asyncpg issue #1211). If we were cancelled meanwhile, the
-            # connection is closed below and the cancellation goes on.
-            with anyio.CancelScope(shield=True), anyio.fail_after(5):
-                conn = await asyncpg.connect(self.store.dsn)
-                await conn.add_listener(NOTIFY_CHANNEL, self._on_notify)
-                conn.add_termination_listener(self._on_listener_lost)
-            await anyio.lowlevel.checkpoint()
-        except (
-            OSError,
-            TimeoutError,
-            asyncpg.PostgresError,
-            asyncpg.InterfaceError,
-            asyncpg.exceptions.InternalClientError,
-        ) as exc:
-            if conn is not None:
-                conn.terminate()
+            conn = await open_listener(
+                self.store.dsn, NOTIFY_CHANNEL, self._on_notify, self._on_listener_lost
+            )
+        except LISTEN_ERRORS as exc:
             self._listener_failed_at = now
             logger.info(
                 "subscription %s: cannot LISTEN (%s); polling every %.1fs",
@@ -221,10 +208,6 @@ class Subscription:
                 extra={"action": "listen_failed"},
             )
             return
-        except BaseException:
-            if conn is not None:
-                conn.terminate()
-            raise
         self._listener_failed_at = None
         self._listener = conn
         # Anything appended while we were not listening is picked up by the next read.
@@ -232,9 +215,4 @@ class Subscription:
 
     async def _close_listener(self) -> None:
         conn, self._listener = self._listener, None
-        if conn is not None and not conn.is_closed():
-            with anyio.CancelScope(shield=True), anyio.move_on_after(2):
-                try:
-                    await conn.close()
-                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-                    conn.terminate()
+        await close_listener(conn)

@@ -95,6 +95,7 @@ from anyio.abc import TaskStatus
 from events import EventMetadata
 from events.errors import I3laniError, StoreError
 from store.eventstore import _CONNECTION_ERRORS, EventStore, Transaction, _unavailable
+from store.listener import LISTEN_ERRORS, close_listener, open_listener
 from store.queries import query
 
 __all__ = [
@@ -144,11 +145,6 @@ _DEDUPE_RETRIES = 5
 _NOTIFY_INTERVAL = 0.003  # seconds between two notifications of processors, at the most often
 _RETRY_MIN = 0.1  # seconds: first pause after PostgreSQL became unreachable
 _RETRY_MAX = 5.0
-_LISTEN_ERRORS: tuple[type[BaseException], ...] = (
-    TimeoutError,
-    asyncpg.PostgresError,
-    *_CONNECTION_ERRORS,
-)
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,99}$")
 
 P = TypeVar("P", bound=msgspec.Struct)
@@ -1511,18 +1507,11 @@ class TaskProcessor:
         now = anyio.current_time()
         if self._listener_failed_at is not None and now - self._listener_failed_at < 1.0:
             return  # polling covers us; do not hammer a server that just refused
-        conn: asyncpg.Connection | None = None
         try:
-            # Shielded and bounded, as in store.subscription: a connect cancelled half-way
-            # leaves asyncpg with a dangling connection.
-            with anyio.CancelScope(shield=True), anyio.fail_after(5):
-                conn = await asyncpg.connect(self.store.dsn)
-                await conn.add_listener(TASKS_CHANNEL, self._on_notify)
-                conn.add_termination_listener(self._on_listener_lost)
-            await anyio.lowlevel.checkpoint()
-        except _LISTEN_ERRORS as exc:
-            if conn is not None:
-                conn.terminate()
+            conn = await open_listener(
+                self.store.dsn, TASKS_CHANNEL, self._on_notify, self._on_listener_lost
+            )
+        except LISTEN_ERRORS as exc:
             self._listener_failed_at = now
             logger.info(
                 "task processor %s cannot LISTEN (%s); polling every %.1fs",
@@ -1532,20 +1521,9 @@ class TaskProcessor:
                 extra={"action": "listen_failed"},
             )
             return
-        except BaseException:
-            if conn is not None:
-                conn.terminate()
-            raise
         self._listener_failed_at = None
         self._listener = conn
 
     async def _close_listener(self) -> None:
         conn, self._listener = self._listener, None
-        if conn is not None and not conn.is_closed():
-            with anyio.CancelScope(shield=True), anyio.move_on_after(2):
-                try:
-                    await conn.close()
-                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-                    conn.terminate()
-            if not conn.is_closed():
-                conn.terminate()
+        await close_listener(conn)

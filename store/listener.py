@@ -1,0 +1,61 @@
+"""A dedicated LISTEN connection, opened and closed safely: shared by subscriptions and task
+processors, which each decide what to do when it cannot be had (poll instead)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import asyncpg
+
+__all__ = ["LISTEN_ERRORS", "open_listener", "close_listener"]
+
+LISTEN_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.InternalClientError,
+)
+"""What a failed :func:`open_listener` raises: PostgreSQL unreachable or refusing."""
+
+
+async def open_listener(
+    dsn: str,
+    channel: str,
+    on_notify: Callable[..., Any],
+    on_lost: Callable[..., Any],
+) -> asyncpg.Connection:
+    """A new connection listening on ``channel``; ``on_lost`` is called if it drops.
+
+    Shielded (and bounded to 5 s): a connect cancelled half-way leaves asyncpg with a dangling
+    connection (asyncpg issue #1211). If the caller was cancelled meanwhile, the connection is
+    closed and the cancellation goes on; on a failure nothing is left open.
+    """
+    conn: asyncpg.Connection | None = None
+    try:
+        with anyio.CancelScope(shield=True), anyio.fail_after(5):
+            conn = await asyncpg.connect(dsn)
+            await conn.add_listener(channel, on_notify)
+            conn.add_termination_listener(on_lost)
+        await anyio.lowlevel.checkpoint()
+    except BaseException:
+        if conn is not None:
+            conn.terminate()
+        raise
+    assert conn is not None  # connected, or the shielded block raised
+    return conn
+
+
+async def close_listener(conn: asyncpg.Connection | None) -> None:
+    """Close ``conn`` within 2 s, shielded from cancellation; terminate it otherwise."""
+    if conn is None or conn.is_closed():
+        return
+    with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+        try:
+            await conn.close()
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            conn.terminate()
+    if not conn.is_closed():
+        conn.terminate()
