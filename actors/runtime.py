@@ -387,6 +387,7 @@ class ActorRunner(Generic[S]):
         async with contextlib.AsyncExitStack() as stack:
             stack.enter_context(self._send)
             stack.enter_context(self._receive)
+            stack.callback(self._refuse_leftovers)
             await self.actor.setup(stack, self)
             await self._recover()
             task_status.started(self.ref)
@@ -496,11 +497,14 @@ class ActorRunner(Generic[S]):
             if self._unsaved_checkpoint is not None and idle:
                 await self._flush_checkpoint()
         await self._flush_checkpoint()
-        # Whoever still waits on an answer hears now that none is coming.
+
+    def _refuse_leftovers(self) -> None:
+        """Whoever still waits on an answer hears now that none is coming: after a graceful
+        stop, and after a crash too (an ask queued behind the event that crashed it)."""
         while True:
             try:
                 left = self._receive.receive_nowait()
-            except (anyio.WouldBlock, anyio.EndOfStream):
+            except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
                 break
             _answer(left.reply, False, ActorNotRunning(f"{self.actor.name} stopped"))
 

@@ -27,6 +27,7 @@ from anyio.abc import TaskStatus
 from actors.clock import Clock, ManualClock, SystemClock
 from actors.runtime import (
     Actor,
+    ActorNotRunning,
     ActorRef,
     ActorRunner,
     AskTimeout,
@@ -219,6 +220,14 @@ class Gated(Actor[None]):
 
     def reply(self, state: None, message: Message) -> Any:
         return "done"
+
+
+class CrashingGated(Gated):
+    """Crashes in its first tick once the test opens the gate."""
+
+    async def on_tick(self, state: None, runner: ActorRunner[None]) -> Sequence[Message]:
+        await super().on_tick(state, runner)
+        raise DecisionFailed("tick failed")
 
 
 class Mute(Actor[None]):
@@ -590,6 +599,36 @@ async def test_an_error_in_decide_is_raised_to_the_asker_and_crashes_the_incarna
         assert isinstance(incarnation.error, DecisionFailed)
         assert runner.state == 7
     assert await count_in(raw, "counter") == {"counter-1": 1}
+
+
+async def test_an_ask_queued_behind_a_crash_is_told_at_once_that_no_answer_comes(
+    store: EventStore,
+) -> None:
+    actor = CrashingGated()
+    runner = runner_for(actor, store, ManualClock(T0))
+    async with running(runner) as (ref, incarnation):
+        with anyio.fail_after(5):
+            await actor.entered.wait()  # a tick is in hand
+        outcome: list[BaseException] = []
+
+        async def ask() -> None:
+            try:
+                await ref.ask(Get(), timeout=30)
+            except (ActorNotRunning, AskTimeout) as exc:
+                outcome.append(exc)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(ask)
+            await wait_for(lambda: _queued(runner), what="the ask to be queued")
+            actor.gate.set()  # the tick now crashes the incarnation, the ask still queued
+            with anyio.fail_after(5):
+                await incarnation.ended.wait()
+        assert isinstance(incarnation.error, DecisionFailed)
+        assert [type(exc) for exc in outcome] == [ActorNotRunning]
+
+
+async def _queued(runner: ActorRunner[Any]) -> bool:
+    return runner._receive.statistics().current_buffer_used == 1
 
 
 def open_connections_outside_pools() -> list[asyncpg.Connection]:
