@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test lint typecheck pytest bench clean
+.PHONY: install run test lint typecheck pytest browser bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,13 +16,13 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-## The main job: bring the schema up to date and summarise the event log.
+## Bring the schema up to date and summarise the event log.
 run: $(STAMP)
 	$(BIN)/i3lani migrate
 	$(BIN)/i3lani summary
 
-## Everything CI checks: lint, types, tests.
-test: lint typecheck pytest
+## Everything CI checks: lint, types, tests (the dashboard's browser tests need Chromium).
+test: lint typecheck browser pytest
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -33,6 +33,22 @@ typecheck: $(STAMP)
 
 pytest: $(STAMP)
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+## Debian's Chromium for the dashboard's browser tests: installed when missing and this
+## machine can (root, or sudo without a password); otherwise those tests are skipped, except
+## under CI=true, where a missing browser is a failure.
+browser:
+	@if command -v chromium >/dev/null 2>&1; then :; \
+	elif ! command -v apt-get >/dev/null 2>&1; then \
+		echo "make browser: no apt-get here; install Chromium yourself to run the browser tests"; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null || \
+		{ apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; }; \
+	elif sudo -n true 2>/dev/null; then \
+		sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; \
+	else \
+		echo "make browser: Chromium missing and no root: \`sudo apt-get install chromium\` enables the browser tests"; \
+	fi
 
 ## Benchmarks: one table, each figure beside its reference from the same run.
 bench: $(STAMP)

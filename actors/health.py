@@ -61,6 +61,8 @@ __all__ = [
     "alert_text",
     "ALERTS_STREAM",
     "HEALTH_STREAM",
+    "LAG_LIMIT",
+    "checkpoint_lag",
 ]
 
 logger = logging.getLogger(__name__)
@@ -351,11 +353,9 @@ class HealthChecker(Actor[HealthState]):
     async def _lag(self, store: EventStore) -> list[HealthCheck]:
         checks: list[HealthCheck] = []
         for name, category in sorted(self.lag_categories.items()):
-            checkpoint = await store.load_checkpoint(f"actor-{name}")
-            if checkpoint is None:
+            behind = await checkpoint_lag(store, f"actor-{name}", category)
+            if behind is None:
                 continue
-            page = await store.read_page(after=checkpoint, category=category, limit=LAG_LIMIT + 1)
-            behind = page.fetched
             checks.append(
                 HealthCheck(
                     name=f"lag:{name}",
@@ -364,6 +364,19 @@ class HealthChecker(Actor[HealthState]):
                 )
             )
         return checks
+
+
+async def checkpoint_lag(
+    store: EventStore, checkpoint: str, category: str, *, limit: int = LAG_LIMIT
+) -> int | None:
+    """How many events of ``category`` lie past the checkpoint ``checkpoint``, counted up to
+    ``limit + 1`` (more than ``limit`` is reported as ``limit + 1``: the count stays cheap however
+    far behind it is); None when there is no such checkpoint yet."""
+    cursor = await store.load_checkpoint(checkpoint)
+    if cursor is None:
+        return None
+    page = await store.read_page(after=cursor, category=category, limit=limit + 1)
+    return page.fetched
 
 
 async def _timed(name: str, probe: Callable[[], Awaitable[str]]) -> HealthCheck:

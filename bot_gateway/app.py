@@ -197,9 +197,13 @@ def build_app(
     secret: str,
     path: str = "/telegram/webhook",
     dispatcher: Dispatcher | None = None,
+    admin_token: str | None = None,
 ) -> web.Application:
     """The aiohttp app: ``POST path`` takes Telegram's updates (secret checked), ``GET
-    /healthz`` answers ``ok``. Updates are handled before the answer, in arrival order."""
+    /healthz`` answers ``ok``. Updates are handled before the answer, in arrival order.
+
+    With ``admin_token``, the same app serves the admin API and the dashboard
+    (:func:`ops.admin.add_admin_routes`, bearer ``admin_token`` on each of them)."""
     secret = check_webhook_secret(secret)
     dispatcher = dispatcher or build_dispatcher(gateway)
     app = web.Application()
@@ -207,6 +211,10 @@ def build_app(
         dispatcher=dispatcher, bot=bot, secret_token=secret, handle_in_background=False
     ).register(app, path=path)
     app.router.add_get(HEALTH_PATH, _healthz)
+    if admin_token is not None:
+        from ops.admin import add_admin_routes
+
+        add_admin_routes(app, gateway.store, token=admin_token)
     setup_application(app, dispatcher, bot=bot)
     return app
 
@@ -220,6 +228,7 @@ async def run_webhook(
     secret: str,
     path: str = "/telegram/webhook",
     public_url: str | None = None,
+    admin_token: str | None = None,
     task_status: TaskStatus[str] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the webhook on ``host:port`` until cancelled; started with the listening URL.
@@ -228,7 +237,9 @@ async def run_webhook(
     ``public_url + path`` with the secret once the server listens.
     """
     dispatcher = build_dispatcher(gateway)
-    app = build_app(gateway, bot, secret=secret, path=path, dispatcher=dispatcher)
+    app = build_app(
+        gateway, bot, secret=secret, path=path, dispatcher=dispatcher, admin_token=admin_token
+    )
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
     await runner.setup()
     try:
@@ -341,6 +352,7 @@ async def run_gateway(
                         secret=secret,
                         path=config.webhook_path,
                         public_url=config.webhook_url,
+                        admin_token=config.admin_token,
                         task_status=task_status,
                     )
                 )

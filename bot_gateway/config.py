@@ -12,6 +12,10 @@ variable                        default                     meaning
 ``I3LANI_WEBHOOK_PATH``         ``/telegram/webhook``       the path Telegram posts updates to
 ``I3LANI_REFERRAL_REWARD``      0.1                         TON earned per referred new user
 ``I3LANI_CHANNEL_REWARD``       0.1                         TON earned per channel added
+``ADMIN_TOKEN``                 unset                       bearer token of the admin API and
+                                                            the dashboard (at least 16 of
+                                                            ``A-Za-z0-9_-.~``); unset: neither
+                                                            is served
 ==============================  ==========================  =====================================
 
 A malformed value is a :class:`~events.errors.ConfigError` with a one-line message; the secret
@@ -31,10 +35,11 @@ from actors.ton import InvalidAmount, parse_ton
 from events import NANOTONS_PER_TON
 from events.errors import ConfigError
 
-__all__ = ["GatewayConfig", "load_gateway_config", "check_webhook_secret"]
+__all__ = ["GatewayConfig", "load_gateway_config", "check_webhook_secret", "check_admin_token"]
 
 DEFAULT_REWARD: Final = NANOTONS_PER_TON // 10
 _SECRET_RE: Final = re.compile(r"[A-Za-z0-9_-]{1,256}")
+_ADMIN_TOKEN_RE: Final = re.compile(r"[A-Za-z0-9_.~-]{16,512}")
 
 
 class GatewayConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -47,11 +52,13 @@ class GatewayConfig(msgspec.Struct, frozen=True, kw_only=True):
     channel_reward_nanotons: int = DEFAULT_REWARD
     max_text_length: int = 256
     """Longer messages are refused: every command fits in far less."""
+    admin_token: str | None = None
+    """Bearer token of the admin API and dashboard; ``None``: they are not served."""
 
     def __repr__(self) -> str:
         shown = {
             name: ("<set>" if getattr(self, name) else None)
-            if name == "webhook_secret"
+            if name in ("webhook_secret", "admin_token")
             else getattr(self, name)
             for name in self.__struct_fields__
         }
@@ -71,6 +78,18 @@ def check_webhook_secret(secret: str | None) -> str:
             "(Telegram refuses others; a base64 value with + / = will not do)"
         )
     return secret
+
+
+def check_admin_token(token: str) -> str:
+    """``token`` if it is long and plain enough to be a bearer token; ConfigError otherwise
+    (the message never contains the token)."""
+    if _ADMIN_TOKEN_RE.fullmatch(token) is None:
+        raise ConfigError(
+            f"ADMIN_TOKEN must be 16-512 characters A-Z, a-z, 0-9, _, -, . or ~ "
+            f"(it has {len(token)}); `python -c 'import secrets; print(secrets.token_urlsafe())'`"
+            " makes one"
+        )
+    return token
 
 
 def _reward(env: Mapping[str, str], name: str) -> int:
@@ -99,7 +118,11 @@ def load_gateway_config(env: Mapping[str, str] = os.environ) -> GatewayConfig:
     path = env.get("I3LANI_WEBHOOK_PATH") or "/telegram/webhook"
     if not path.startswith("/"):
         raise ConfigError(f"I3LANI_WEBHOOK_PATH must start with /, got {path!r}")
+    admin_token = env.get("ADMIN_TOKEN") or None
+    if admin_token is not None:
+        check_admin_token(admin_token)
     return GatewayConfig(
+        admin_token=admin_token,
         webhook_secret=secret,
         webhook_url=url,
         webhook_path=path,

@@ -49,7 +49,6 @@ from events import (
     ChannelAdded,
     EventMetadata,
     HealthChecked,
-    OperatorCommandIssued,
     PaymentCreated,
     RewardCredited,
     RewardEarned,
@@ -57,6 +56,7 @@ from events import (
     utcnow,
 )
 from events.errors import ConcurrencyConflict, EventIdReused, StoreUnavailable
+from ops.control import issue_command, operator_command
 from store import NO_STREAM, EventStore, NewEvent
 from supervisor import actor_status
 
@@ -341,17 +341,10 @@ class Gateway:
             return parsed.text
         actor, reason = parsed
         who = f"telegram:{user_id}"
-        command = OperatorCommandIssued(
-            command_id=uuid.uuid4(),
-            action="restart",
-            actor=actor,
-            requested_by=who,
-            requested_at=self._clock(),
-            reason=reason,
+        command = operator_command(
+            "restart", actor, requested_by=who, reason=reason, now=self._clock()
         )
-        result = await self.store.append(
-            "ops-commands", [command], metadata=EventMetadata(caused_by=who)
-        )
+        result = await issue_command(self.store, command)
         return (
             f"restart {actor}: requested (command #{result.last_position}). The node running "
             "it acts within seconds; /actors shows the result."

@@ -28,7 +28,6 @@ import os
 import signal
 import socket
 import sys
-import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import TextIO
@@ -40,7 +39,6 @@ from actors.catalog import (
     ACTOR_NAMES,
     CATEGORIES,
     DEFAULT_ACTORS,
-    UnknownActor,
     child_specs,
     tick_intervals,
 )
@@ -52,9 +50,10 @@ from actors.telegram import TelegramClient, make_bot
 from actors.tonapi import TonApiClient
 from bot_gateway import load_gateway_config, run_gateway
 from bot_gateway.config import check_webhook_secret
-from events import EventMetadata, HealthChecked, OperatorCommandIssued
+from events import HealthChecked
 from events.errors import ConfigError, I3laniError
 from ops import audit
+from ops.control import issue_command, operator_command
 from ops.format import event_json, event_line, format_time
 from store import EventStore, RecordedEvent, database_url, migrate, migrations, redact_dsn
 from store.queries import query
@@ -527,22 +526,11 @@ async def _check_now(store: EventStore) -> HealthReport:
 
 
 async def cmd_control(dsn: str, args: argparse.Namespace, out: TextIO) -> int:
-    if args.actor not in ACTOR_NAMES:
-        raise UnknownActor(args.actor)
-    await migrate(dsn)
     who = f"cli:{getpass.getuser()}@{socket.gethostname()}"
-    command = OperatorCommandIssued(
-        command_id=uuid.uuid4(),
-        action=args.command,
-        actor=args.actor,
-        requested_by=who,
-        requested_at=datetime.now(UTC),
-        reason=args.reason,
-    )
+    command = operator_command(args.command, args.actor, requested_by=who, reason=args.reason)
+    await migrate(dsn)
     async with EventStore.open(dsn, min_connections=1, max_connections=2) as store:
-        result = await store.append(
-            "ops-commands", [command], metadata=EventMetadata(caused_by=who)
-        )
+        result = await issue_command(store, command)
         print(f"{args.command} {args.actor}: requested (command #{result.last_position})", file=out)
         if args.no_wait:
             return EXIT_OK

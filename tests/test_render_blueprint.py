@@ -13,7 +13,14 @@ from bot_gateway import HEALTH_PATH
 from ops.cli import build_parser
 
 BLUEPRINT = Path(__file__).resolve().parents[1] / "render.yaml"
-SECRETS = {"BOT_TOKEN", "WEBHOOK_SECRET", "WALLET_ADDRESS", "ADMIN_IDS", "TONAPI_KEY"}
+SECRETS = {
+    "BOT_TOKEN",
+    "WEBHOOK_SECRET",
+    "ADMIN_TOKEN",
+    "WALLET_ADDRESS",
+    "ADMIN_IDS",
+    "TONAPI_KEY",
+}
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +66,9 @@ def test_secrets_are_entered_in_the_dashboard_and_the_database_is_wired(
         for key in SECRETS & variables.keys():
             assert variables[key] == {"key": key, "sync": False}, key
         assert {"BOT_TOKEN", "WALLET_ADDRESS"} <= variables.keys()
-    assert "WEBHOOK_SECRET" in {v["key"] for v in services(blueprint)["web"]["envVars"]}
+    assert {"WEBHOOK_SECRET", "ADMIN_TOKEN"} <= {
+        v["key"] for v in services(blueprint)["web"]["envVars"]
+    }
 
 
 @pytest.mark.parametrize("field", ["preDeployCommand", "startCommand"])

@@ -518,3 +518,55 @@ WITH doomed AS (
     RETURNING t.id
 )
 SELECT count(*) AS deleted, max(id) AS last_id FROM deleted;
+
+-- ---------------------------------------------------------------------------------------------
+-- The admin API and the dashboard (ops/admin.py): read-only, and cheap however long the log
+-- grows, since /metrics is scraped and the dashboard refreshes every couple of seconds.
+
+-- name: admin_events_by_type
+-- Events per type, for /metrics: grouping on the indexed type column alone lets PostgreSQL
+-- answer from events_type_idx (an index-only scan once the table is vacuumed).
+SELECT type, count(*) AS events
+FROM i3lani.events
+GROUP BY type
+ORDER BY type;
+
+-- name: admin_restarts_by_actor
+-- ActorRestarted events per actor-<name> stream, served by events_type_idx.
+SELECT stream, count(*) AS restarts
+FROM i3lani.events
+WHERE type = 'ActorRestarted'
+GROUP BY stream;
+
+-- name: admin_event_rate
+-- Events per minute over the last $1 minutes (the current one included), every minute present,
+-- oldest first. There is no index on recorded_at (nothing else needs one), so only the newest
+-- $2 events are looked at, newest first along the primary key: a refresh costs at most $2 rows
+-- however long the log is, and a window holding $2 events is a lower bound (the caller says
+-- so). recorded_at is the appending transaction's start, as now() is this one's.
+WITH recent AS (
+    SELECT recorded_at FROM i3lani.events ORDER BY global_position DESC LIMIT $2
+)
+SELECT m.minute, count(r.recorded_at) AS events
+FROM generate_series(date_trunc('minute', now()) - make_interval(mins => $1::int - 1),
+                     date_trunc('minute', now()), interval '1 minute') AS m(minute)
+LEFT JOIN recent r ON date_trunc('minute', r.recorded_at) = m.minute
+GROUP BY m.minute
+ORDER BY m.minute;
+
+-- name: admin_recent_payments
+-- The $1 payment streams written to last, newest first, found among the newest $2 events of
+-- the payment category (events_category_commit_order_idx, read backwards). $3 lists the types
+-- of a payment's own events: a wallet scan is in the category but is not a payment.
+SELECT stream, max(global_position) AS last_position
+FROM (
+    SELECT stream, type, global_position
+    FROM i3lani.events
+    WHERE category = 'payment'
+    ORDER BY transaction_id DESC, global_position DESC
+    LIMIT $2
+) recent
+WHERE type = ANY($3::text[])
+GROUP BY stream
+ORDER BY max(global_position) DESC
+LIMIT $1;

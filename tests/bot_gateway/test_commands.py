@@ -122,9 +122,12 @@ def test_gateway_config_from_environment() -> None:
             "WEBHOOK_SECRET": "abc_DEF-123",
             "RENDER_EXTERNAL_URL": "https://i3lani.onrender.com/",
             "I3LANI_REFERRAL_REWARD": "0.25",
+            "ADMIN_TOKEN": "tok_Admin-0123456789.~",
         }
     )
     assert config.webhook_secret == "abc_DEF-123"
+    assert config.admin_token == "tok_Admin-0123456789.~"
+    assert "tok_Admin" not in repr(config)
     assert config.webhook_url == "https://i3lani.onrender.com"
     assert config.referral_reward_nanotons == 250_000_000
     assert config.channel_reward_nanotons == 100_000_000
@@ -141,6 +144,8 @@ def test_gateway_config_from_environment() -> None:
         ({"I3LANI_REFERRAL_REWARD": "-1"}, "I3LANI_REFERRAL_REWARD"),
         ({"I3LANI_CHANNEL_REWARD": "0"}, "I3LANI_CHANNEL_REWARD"),
         ({"I3LANI_WEBHOOK_PATH": "hook"}, "I3LANI_WEBHOOK_PATH"),
+        ({"ADMIN_TOKEN": "c2VjcmV0short"}, "ADMIN_TOKEN"),
+        ({"ADMIN_TOKEN": "c2VjcmV0 with spaces in it"}, "ADMIN_TOKEN"),
     ],
 )
 def test_malformed_gateway_settings_are_named(env: dict[str, str], names: str) -> None:

@@ -1,0 +1,1007 @@
+"""The admin HTTP API and the live dashboard, on aiohttp.
+
+The gateway's web app serves them when ``ADMIN_TOKEN`` is set (:func:`add_admin_routes`);
+:func:`build_admin_app` is the same routes in an app of their own, with ``/healthz``.
+
+=====================================  ===============  ========================================
+route                                  who may          answer
+=====================================  ===============  ========================================
+``GET /metrics``                       bearer           Prometheus text format 0.0.4
+``GET /api/actors``                    bearer           ``{"actors": [status + history, ...]}``
+``POST /api/actors/{name}/{action}``   bearer           202 ``{"command_id": ..., ...}``
+``GET /api/events``                    bearer           ``{"events": [...], "next_after": N,
+                                                        "more": bool}``
+``GET /api/overview``                  bearer, cookie   the dashboard's snapshot
+``GET /api/stream``                    bearer, cookie   Server-Sent Events: ``overview`` at
+                                                        once and on every change
+``GET /dashboard``                     bearer, cookie   the live dashboard (one HTML page)
+=====================================  ===============  ========================================
+
+**Authentication.** Every route above goes through one check (:class:`AdminAuth`): the header
+``Authorization: Bearer <ADMIN_TOKEN>``, compared in constant time; or, on the three read-only
+routes a browser uses, the session cookie. ``GET /dashboard?token=<ADMIN_TOKEN>`` sets that
+cookie (HttpOnly, SameSite=Strict, an HMAC of the token, never the token itself) and redirects
+to ``/dashboard``, so the token leaves the address bar at once. Anything else gets 401: JSON
+with ``WWW-Authenticate: Bearer`` from the API, a short page saying how to log in from
+``/dashboard``. Changing ``ADMIN_TOKEN`` invalidates every cookie. The token is never logged
+nor sent back; a runner serving these routes should not log request lines either (the gateway
+passes ``access_log=None``), since a login's query string carries the token.
+
+**Cost.** ``/metrics`` and the snapshot run a handful of indexed queries, however long the log
+(see the ``admin_*`` queries in ``store/sql/queries.sql``). The snapshot is computed at most
+once per second whatever the number of dashboards open; each stream checks it every
+:data:`REFRESH_SECONDS` and sends it when it changed, with a ``: keepalive`` comment after
+:data:`KEEPALIVE_SECONDS` of silence (proxies close idle connections).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import hmac
+import logging
+import math
+import re
+import typing
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import resources
+from typing import Annotated, Any, Final, Literal
+
+import anyio
+import asyncpg
+import msgspec
+from aiohttp import web
+
+from actors.catalog import ACTOR_NAMES, CATEGORIES, DEFAULT_ACTORS, UnknownActor
+from actors.health import HEALTH_STREAM, LAG_LIMIT, checkpoint_lag
+from actors.tasks import task_types
+from events import (
+    NANOTONS_PER_TON,
+    ActorBackoffScheduled,
+    ActorCrashed,
+    ActorParked,
+    ActorRestarted,
+    ActorStarted,
+    ActorStopped,
+    HealthCheck,
+    HealthChecked,
+    LatePaymentReceived,
+    PaymentConfirmed,
+    PaymentCreated,
+    PaymentExpired,
+    PaymentUnderpaid,
+    SubscriptionActivated,
+)
+from events.errors import StoreUnavailable
+from ops.control import ACTIONS, UnknownAction, issue_command, operator_command
+from store import EventStore, RecordedEvent
+from store.queries import query
+from store.tasks import DeadTask, TaskQueue
+from supervisor import ActorStatus, StatusState, actor_status
+
+__all__ = [
+    "add_admin_routes",
+    "build_admin_app",
+    "serve_admin_app",
+    "AdminAuth",
+    "COOKIE_NAME",
+    "REFRESH_SECONDS",
+    "KEEPALIVE_SECONDS",
+    # metrics
+    "MetricFamily",
+    "render_metrics",
+    "collect_metrics",
+    # the dashboard's snapshot
+    "Overview",
+    "build_overview",
+    "PaymentRow",
+    "fold_payment",
+    "LifecycleEntry",
+    "lifecycle_entry",
+    "ton_text",
+    # /api/events
+    "EventQuery",
+    "parse_event_query",
+    "read_events",
+]
+
+logger = logging.getLogger(__name__)
+
+COOKIE_NAME: Final = "i3lani_admin"
+COOKIE_MAX_AGE: Final = 7 * 24 * 3600
+REFRESH_SECONDS: Final = 2.0
+KEEPALIVE_SECONDS: Final = 15.0
+HISTORY_LENGTH: Final = 10
+RATE_MINUTES: Final = 10
+RATE_SCAN_LIMIT: Final = 20_000
+PAYMENTS_SHOWN: Final = 10
+PAYMENTS_SCAN_LIMIT: Final = 500
+EVENTS_PAGE_MAX: Final = 500
+EVENTS_SCAN_BUDGET: Final = 5_000
+REASON_MAX: Final = 500
+_SESSION_PURPOSE: Final = b"i3lani admin dashboard session v1"
+_DATABASE_DOWN: Final[tuple[type[BaseException], ...]] = (
+    StoreUnavailable,
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.AdminShutdownError,
+)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Access = Literal["api", "browser", "page"]
+"""Who may call a route: ``api`` bearer only; ``browser`` bearer or cookie; ``page`` also logs
+in with ``?token=``."""
+
+
+# -- authentication ----------------------------------------------------------------------------
+class AdminAuth:
+    """The one check in front of every admin route (see the module docstring)."""
+
+    def __init__(self, token: str) -> None:
+        if len(token) < 16:
+            raise ValueError("the admin token must have at least 16 characters")
+        self._token = token.encode()
+        self._session = hmac.new(self._token, _SESSION_PURPOSE, hashlib.sha256).hexdigest()
+
+    def __repr__(self) -> str:
+        return "AdminAuth(<token>)"
+
+    def token_matches(self, candidate: str) -> bool:
+        return hmac.compare_digest(candidate.encode(), self._token)
+
+    def bearer_ok(self, request: web.Request) -> bool:
+        scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
+        return scheme.lower() == "bearer" and self.token_matches(credentials.strip())
+
+    def cookie_ok(self, request: web.Request) -> bool:
+        value = request.cookies.get(COOKIE_NAME)
+        return value is not None and hmac.compare_digest(value.encode(), self._session.encode())
+
+    def guard(self, handler: Handler, access: Access = "api") -> Handler:
+        """``handler`` behind the check; database outages become a one-line 503."""
+
+        async def guarded(request: web.Request) -> web.StreamResponse:
+            if access == "page" and "token" in request.query:
+                return self._login(request)
+            allowed = self.bearer_ok(request) or (access != "api" and self.cookie_ok(request))
+            if not allowed:
+                if access == "page":
+                    return _login_page(wrong=False)
+                return _unauthorized(request)
+            try:
+                return await handler(request)
+            except _DATABASE_DOWN as exc:
+                logger.warning(
+                    "admin %s: database unavailable: %s",
+                    request.path,
+                    _one_line(exc),
+                    extra={"action": "admin_database_unavailable"},
+                )
+                return _error(503, f"database unavailable ({_one_line(exc)}); try again shortly")
+
+        return guarded
+
+    def _login(self, request: web.Request) -> web.StreamResponse:
+        if not self.token_matches(request.query.get("token", "")):
+            logger.warning(
+                "dashboard login with a wrong token from %s",
+                request.remote,
+                extra={"action": "admin_login_refused"},
+            )
+            return _login_page(wrong=True)
+        response = web.Response(status=303, headers={**_PAGE_HEADERS, "Location": request.path})
+        secure = request.secure or request.headers.get("X-Forwarded-Proto", "") == "https"
+        response.set_cookie(
+            COOKIE_NAME,
+            self._session,
+            max_age=COOKIE_MAX_AGE,
+            path="/",
+            httponly=True,
+            samesite="Strict",
+            secure=secure,
+        )
+        return response
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(
+        body=msgspec.json.encode(data),
+        status=status,
+        content_type="application/json",
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+def _error(status: int, message: str) -> web.Response:
+    return _json({"error": message}, status=status)
+
+
+def _unauthorized(request: web.Request) -> web.Response:
+    given = "Authorization" in request.headers
+    message = (
+        "wrong admin token: send Authorization: Bearer <ADMIN_TOKEN>"
+        if given
+        else "authentication required: send Authorization: Bearer <ADMIN_TOKEN>"
+    )
+    response = _error(401, message)
+    response.headers["WWW-Authenticate"] = 'Bearer realm="i3lani admin"'
+    return response
+
+
+_PAGE_HEADERS: Final = {
+    "Cache-Control": "no-store",
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+}
+
+_LOGIN_PAGE: Final = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="color-scheme" content="light dark">
+<title>i3lani admin: log in</title>
+<style>body{{font:16px/1.5 system-ui,sans-serif;max-width:34rem;margin:3rem auto;padding:0 1rem}}
+code{{background:rgba(127,127,127,.18);padding:.1rem .3rem;border-radius:4px;word-break:break-all}}
+</style></head>
+<body><h1>i3lani admin: 401</h1>
+<p id="login-required">{problem}</p>
+<p>To log in, open <code>/dashboard?token=&lt;ADMIN_TOKEN&gt;</code> once: this browser then
+keeps a session cookie for 7 days, and the token leaves the address bar at once.</p>
+<p>Scripts send <code>Authorization: Bearer &lt;ADMIN_TOKEN&gt;</code> instead.</p>
+</body></html>
+"""
+
+
+def _login_page(*, wrong: bool) -> web.Response:
+    problem = (
+        "That token is not this server's ADMIN_TOKEN."
+        if wrong
+        else "This dashboard needs the admin token."
+    )
+    return web.Response(
+        text=_LOGIN_PAGE.format(problem=problem),
+        status=401,
+        content_type="text/html",
+        headers={
+            **_PAGE_HEADERS,
+            "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'",
+        },
+    )
+
+
+# -- Prometheus exposition ---------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class MetricFamily:
+    """One metric: its name, type, help text and samples (labels, value)."""
+
+    name: str
+    kind: Literal["counter", "gauge"]
+    help: str
+    samples: Sequence[tuple[Mapping[str, str], float]]
+
+
+_METRIC_NAME: Final = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
+_LABEL_NAME: Final = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+
+
+def _label_value(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _number(value: float) -> str:
+    if isinstance(value, int):
+        return str(value)
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    return repr(value)
+
+
+def render_metrics(families: Sequence[MetricFamily]) -> str:
+    """The text exposition format 0.0.4: ``# HELP``, ``# TYPE``, then one line per sample,
+    label values escaped (backslash, double quote, newline). Pure."""
+    lines: list[str] = []
+    for family in families:
+        if not _METRIC_NAME.fullmatch(family.name):
+            raise ValueError(f"not a metric name: {family.name!r}")
+        help_text = family.help.replace("\\", "\\\\").replace("\n", "\\n")
+        lines.append(f"# HELP {family.name} {help_text}")
+        lines.append(f"# TYPE {family.name} {family.kind}")
+        for labels, value in family.samples:
+            for label in labels:
+                if not _LABEL_NAME.fullmatch(label) or label.startswith("__"):
+                    raise ValueError(f"not a label name: {label!r}")
+            text = ",".join(f'{k}="{_label_value(v)}"' for k, v in labels.items())
+            lines.append(
+                f"{family.name}{{{text}}} {_number(value)}"
+                if text
+                else f"{family.name} {_number(value)}"
+            )
+    return "\n".join(lines) + "\n"
+
+
+STATES: Final[tuple[StatusState, ...]] = typing.get_args(StatusState)
+
+
+async def shown_statuses(store: EventStore, now: datetime) -> list[ActorStatus]:
+    """Each actor's status, as ``i3lani status`` shows them: the product's actors always, the
+    demonstration actors once they have run somewhere."""
+    statuses = [await actor_status(store, name, now) for name in ACTOR_NAMES]
+    return [s for s in statuses if s.actor in DEFAULT_ACTORS or s.state != "never started"]
+
+
+async def collect_metrics(store: EventStore, now: datetime) -> list[MetricFamily]:
+    """Every metric of ``/metrics``, read from the log, the task queue and the checkpoints."""
+    by_type: dict[str, int] = {
+        row["type"]: row["events"] for row in await store.pool.fetch(query("admin_events_by_type"))
+    }
+    restarts = {
+        row["stream"].removeprefix("actor-"): row["restarts"]
+        for row in await store.pool.fetch(query("admin_restarts_by_actor"))
+    }
+    statuses = await shown_statuses(store, now)
+    counts = await TaskQueue(store, task_types()).counts()
+    lags: list[tuple[Mapping[str, str], float]] = []
+    for name, category in sorted(CATEGORIES.items()):
+        behind = await checkpoint_lag(store, f"actor-{name}", category)
+        if behind is not None:
+            lags.append(({"checkpoint": f"actor-{name}"}, behind))
+    actors = sorted({s.actor for s in statuses} | set(restarts))
+    task_names = sorted(set(task_types().names()) | set(counts))
+    task_samples: list[tuple[Mapping[str, str], float]] = []
+    for name in task_names:
+        found = counts.get(name)
+        for state in ("queued", "running", "dead"):
+            value = 0 if found is None else getattr(found, state)
+            task_samples.append(({"type": name, "state": state}, value))
+    return [
+        MetricFamily(
+            "i3lani_events_total",
+            "counter",
+            "Events in the log, by type.",
+            [({"type": name}, count) for name, count in sorted(by_type.items())],
+        ),
+        MetricFamily(
+            "i3lani_actor_restarts_total",
+            "counter",
+            "Actor restarts recorded (ActorRestarted events), by actor.",
+            [({"actor": name}, restarts.get(name, 0)) for name in actors],
+        ),
+        MetricFamily(
+            "i3lani_actor_state",
+            "gauge",
+            "1 for the actor's current state, 0 for the others.",
+            [
+                ({"actor": s.actor, "state": state}, int(s.state == state))
+                for s in statuses
+                for state in STATES
+            ],
+        ),
+        MetricFamily(
+            "i3lani_tasks",
+            "gauge",
+            "Tasks in the queue, by type and state (queued, running, dead).",
+            task_samples,
+        ),
+        MetricFamily(
+            "i3lani_dead_letters",
+            "gauge",
+            "Dead-lettered tasks waiting for an operator.",
+            [({}, sum(c.dead for c in counts.values()))],
+        ),
+        MetricFamily(
+            "i3lani_subscription_lag_events",
+            "gauge",
+            f"Events of its category past an actor's checkpoint (counted up to {LAG_LIMIT + 1}).",
+            lags,
+        ),
+        MetricFamily(
+            "i3lani_payments_confirmed_total",
+            "counter",
+            "Payments confirmed (PaymentConfirmed events).",
+            [({}, by_type.get("PaymentConfirmed", 0))],
+        ),
+    ]
+
+
+# -- the dashboard's snapshot ------------------------------------------------------------------
+def ton_text(nanotons: int) -> str:
+    """Nanotons as TON with 2 to 9 decimals, exact: ``5_440_000_000`` -> ``'5.44'``,
+    ``1`` -> ``'0.000000001'``. Pure."""
+    whole, fraction = divmod(nanotons, NANOTONS_PER_TON)
+    digits = f"{fraction:09d}".rstrip("0").ljust(2, "0")
+    return f"{whole}.{digits}"
+
+
+class LifecycleEntry(msgspec.Struct, frozen=True, kw_only=True):
+    """One step of an actor's lifecycle, as the dashboard lists it."""
+
+    position: int
+    type: str
+    at: datetime
+    node: str | None = None
+    error: str | None = None
+    detail: str | None = None
+
+
+def lifecycle_entry(recorded: RecordedEvent) -> LifecycleEntry:
+    """``recorded`` (an event of an ``actor-<name>`` stream) as a history line. Pure."""
+    event = recorded.event
+    at, node, error, detail = recorded.recorded_at, None, None, None
+    if isinstance(event, ActorStarted):
+        at, node, detail = event.started_at, event.node, f"generation {event.generation}"
+    elif isinstance(event, ActorCrashed):
+        at, node = event.crashed_at, event.node
+        error = f"{event.error_type}: {event.message}"
+        detail = f"after {event.uptime_seconds:.1f}s"
+    elif isinstance(event, ActorBackoffScheduled):
+        at = event.scheduled_at
+        detail = f"attempt {event.attempt}, waits {event.delay_seconds:g}s"
+    elif isinstance(event, ActorRestarted):
+        at = event.restarted_at
+        detail = event.cause + (f" by {event.requested_by}" if event.requested_by else "")
+        if event.reason:
+            detail += f": {event.reason}"
+    elif isinstance(event, ActorParked):
+        at, detail = event.parked_at, event.reason
+    elif isinstance(event, ActorStopped):
+        at, node, detail = event.stopped_at, event.node, event.reason
+    return LifecycleEntry(
+        position=recorded.position,
+        type=recorded.type,
+        at=at,
+        node=node,
+        error=None if error is None else error[:300],
+        detail=None if detail is None else detail[:300],
+    )
+
+
+PaymentState = Literal["pending", "confirmed", "underpaid", "expired", "late"]
+PAYMENT_TYPES: Final = tuple(
+    cls.__struct_config__.tag
+    for cls in (
+        PaymentCreated,
+        PaymentConfirmed,
+        PaymentUnderpaid,
+        PaymentExpired,
+        LatePaymentReceived,
+        SubscriptionActivated,
+    )
+)
+
+
+class PaymentRow(msgspec.Struct, kw_only=True):
+    """A payment as the dashboard shows it: folded from its stream's events."""
+
+    payment_id: int
+    stream: str
+    state: PaymentState = "pending"
+    user_id: int | None = None
+    plan: str | None = None
+    amount_nanotons: int | None = None
+    amount_ton: str | None = None
+    paid_nanotons: int | None = None
+    paid_ton: str | None = None
+    updated_at: datetime | None = None
+    position: int = 0
+
+
+def fold_payment(events: Sequence[RecordedEvent]) -> PaymentRow | None:
+    """A ``payment-<id>`` stream's events folded into its row; None without payment events.
+    Pure."""
+    row: PaymentRow | None = None
+    for recorded in events:
+        event = recorded.event
+        if not isinstance(
+            event,
+            PaymentCreated
+            | PaymentConfirmed
+            | PaymentUnderpaid
+            | PaymentExpired
+            | LatePaymentReceived
+            | SubscriptionActivated,
+        ):
+            continue
+        if row is None:
+            row = PaymentRow(payment_id=event.payment_id, stream=recorded.stream)
+        row.updated_at, row.position = recorded.recorded_at, recorded.position
+        if isinstance(event, PaymentCreated | SubscriptionActivated):
+            row.user_id, row.plan = event.user_id, event.plan
+        if isinstance(event, PaymentCreated):
+            row.amount_nanotons = event.amount_nanotons
+            row.amount_ton = ton_text(event.amount_nanotons)
+        elif isinstance(event, PaymentExpired):
+            row.state = "expired"
+        elif isinstance(event, PaymentConfirmed | PaymentUnderpaid | LatePaymentReceived):
+            if isinstance(event, PaymentConfirmed):
+                row.state = "confirmed"
+            elif isinstance(event, PaymentUnderpaid):
+                row.state = "underpaid"
+            else:
+                row.state = "late"
+            row.paid_nanotons = event.amount_nanotons
+            row.paid_ton = ton_text(event.amount_nanotons)
+    return row
+
+
+class MinuteCount(msgspec.Struct, frozen=True):
+    minute: datetime
+    events: int
+
+
+class EventRate(msgspec.Struct, frozen=True, kw_only=True):
+    """Events per minute, oldest minute first, the current (partial) minute last; ``capped``:
+    the window held more events than were counted (the counts are lower bounds)."""
+
+    minutes: list[MinuteCount]
+    capped: bool
+
+
+class TaskRow(msgspec.Struct, frozen=True, kw_only=True):
+    task_type: str
+    queued: int
+    due: int
+    running: int
+    expired: int
+    dead: int
+    oldest_due_seconds: float | None
+
+
+class TaskSummary(msgspec.Struct, frozen=True, kw_only=True):
+    types: list[TaskRow]
+    dead_letters: list[DeadTask]
+    dead_total: int
+
+
+class HealthView(msgspec.Struct, frozen=True, kw_only=True):
+    healthy: bool
+    checked_at: datetime
+    checks: list[HealthCheck]
+
+
+class Overview(msgspec.Struct, frozen=True, kw_only=True):
+    """What the dashboard shows, in one JSON document (``GET /api/overview``, the SSE
+    ``overview`` event). ``generated_at`` is the server's clock: the page measures ages
+    against it, not against the phone's."""
+
+    generated_at: datetime
+    head: int
+    actors: list[dict[str, Any]]
+    event_rate: EventRate
+    tasks: TaskSummary
+    health: HealthView | None
+    payments: list[PaymentRow]
+
+    def content(self) -> bytes:
+        """The snapshot without its time: equal for two snapshots that show the same."""
+        return msgspec.json.encode(msgspec.structs.replace(self, generated_at=_EPOCH))
+
+
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+async def _actor_views(store: EventStore, now: datetime) -> list[dict[str, Any]]:
+    views: list[dict[str, Any]] = []
+    for status in await shown_statuses(store, now):
+        stream = f"actor-{status.actor}"
+        version = await store.stream_version(stream)
+        recent = await store.read_stream(
+            stream, after_version=max(version - HISTORY_LENGTH, 0), skip_unknown=True
+        )
+        views.append(
+            {
+                **msgspec.structs.asdict(status),
+                "history": [lifecycle_entry(r) for r in reversed(recent)],
+            }
+        )
+    return views
+
+
+async def _event_rate(store: EventStore) -> EventRate:
+    rows = await store.pool.fetch(query("admin_event_rate"), RATE_MINUTES, RATE_SCAN_LIMIT)
+    minutes = [MinuteCount(row["minute"], row["events"]) for row in rows]
+    return EventRate(minutes=minutes, capped=sum(m.events for m in minutes) >= RATE_SCAN_LIMIT)
+
+
+async def _tasks(store: EventStore) -> TaskSummary:
+    queue = TaskQueue(store, task_types())
+    counts = await queue.counts()
+    rows = [
+        TaskRow(
+            task_type=c.task_type,
+            queued=c.queued,
+            due=c.due,
+            running=c.running,
+            expired=c.expired,
+            dead=c.dead,
+            oldest_due_seconds=(
+                None if c.oldest_due_age is None else round(c.oldest_due_age.total_seconds(), 1)
+            ),
+        )
+        for c in counts.values()
+    ]
+    dead_total = sum(c.dead for c in counts.values())
+    dead = await queue.dead_letters(limit=10) if dead_total else []
+    return TaskSummary(types=rows, dead_letters=dead, dead_total=dead_total)
+
+
+async def _health(store: EventStore) -> HealthView | None:
+    last = await store.last_event(HEALTH_STREAM, skip_unknown=True)
+    if last is None or not isinstance(last.event, HealthChecked):
+        return None
+    verdict = last.event
+    return HealthView(healthy=verdict.healthy, checked_at=verdict.checked_at, checks=verdict.checks)
+
+
+class _PaymentCache:
+    """Folded payments by stream, reused while the stream's last position is unchanged."""
+
+    def __init__(self) -> None:
+        self._rows: dict[str, tuple[int, PaymentRow | None]] = {}
+
+    async def recent(self, store: EventStore) -> list[PaymentRow]:
+        found = await store.pool.fetch(
+            query("admin_recent_payments"), PAYMENTS_SHOWN, PAYMENTS_SCAN_LIMIT, PAYMENT_TYPES
+        )
+        rows: dict[str, tuple[int, PaymentRow | None]] = {}
+        for record in found:
+            stream, last = record["stream"], record["last_position"]
+            cached = self._rows.get(stream)
+            if cached is None or cached[0] != last:
+                cached = (last, fold_payment(await store.read_stream(stream, skip_unknown=True)))
+            rows[stream] = cached
+        self._rows = rows
+        return [row for _, row in rows.values() if row is not None]
+
+
+async def build_overview(
+    store: EventStore, now: datetime, payments: _PaymentCache | None = None
+) -> Overview:
+    """The dashboard's snapshot, now."""
+    head = await store.head()
+    return Overview(
+        generated_at=now,
+        head=head.position,
+        actors=await _actor_views(store, now),
+        event_rate=await _event_rate(store),
+        tasks=await _tasks(store),
+        health=await _health(store),
+        payments=await (payments or _PaymentCache()).recent(store),
+    )
+
+
+class _OverviewSource:
+    """One snapshot shared by every dashboard: computed at most once per ``max_age``."""
+
+    def __init__(self, store: EventStore) -> None:
+        self.store = store
+        self._payments = _PaymentCache()
+        self._lock: anyio.Lock | None = None
+        self._cached: tuple[float, Overview] | None = None
+
+    async def get(self, max_age: float) -> Overview:
+        if self._lock is None:
+            self._lock = anyio.Lock()
+        async with self._lock:
+            now = anyio.current_time()
+            if self._cached is None or now - self._cached[0] >= max_age:
+                overview = await build_overview(self.store, datetime.now(UTC), self._payments)
+                self._cached = (anyio.current_time(), overview)
+            return self._cached[1]
+
+
+# -- /api/events -------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class EventQuery:
+    """The parameters of ``GET /api/events``."""
+
+    after: int = 0
+    limit: int = 100
+    stream: str | None = None
+    category: str | None = None
+    types: frozenset[str] | None = None
+
+    def wants(self, recorded: RecordedEvent) -> bool:
+        return (self.stream is None or recorded.stream == self.stream) and (
+            self.types is None or recorded.type in self.types
+        )
+
+
+_EVENT_PARAMS: Final = ("after", "limit", "stream", "category", "type")
+_TYPE_NAME: Final = re.compile(r"[A-Za-z][A-Za-z0-9_.]{0,199}")
+
+
+def _whole_number(name: str, text: str, low: int, high: int | None = None) -> int:
+    if not text.isascii() or not text.isdigit() or len(text) > 18:
+        raise ValueError(f"{name} must be a whole number, got {text[:40]!r}")
+    value = int(text)
+    if value < low or (high is not None and value > high):
+        bounds = f"between {low} and {high}" if high is not None else f">= {low}"
+        raise ValueError(f"{name} must be {bounds}, got {value}")
+    return value
+
+
+def parse_event_query(params: Mapping[str, Sequence[str]]) -> EventQuery:
+    """``params`` (each name to its values) as an EventQuery; ValueError with a one-line
+    message for anything unexpected. Pure."""
+    single: dict[str, str] = {}
+    for name, values in params.items():
+        if name not in _EVENT_PARAMS:
+            raise ValueError(
+                f"unknown parameter {name[:40]!r}; valid ones: {', '.join(_EVENT_PARAMS)}"
+            )
+        if len(values) != 1:
+            raise ValueError(f"give {name} once")
+        single[name] = values[0]
+    after = _whole_number("after", single["after"], 0) if "after" in single else 0
+    limit = (
+        _whole_number("limit", single["limit"], 1, EVENTS_PAGE_MAX) if "limit" in single else 100
+    )
+    stream = single.get("stream")
+    category = single.get("category")
+    if stream is not None and category is not None:
+        raise ValueError("give stream or category, not both")
+    if stream is not None and not 1 <= len(stream) <= 200:
+        raise ValueError("stream must have 1 to 200 characters")
+    if category is not None and (not 1 <= len(category) <= 200 or "-" in category):
+        raise ValueError("category must have 1 to 200 characters and no '-' (e.g. payment)")
+    types: frozenset[str] | None = None
+    if "type" in single:
+        names = [name.strip() for name in single["type"].split(",")]
+        for name in names:
+            if not _TYPE_NAME.fullmatch(name):
+                raise ValueError(
+                    f"type must be event type names separated by commas, got {name[:40]!r}"
+                )
+        types = frozenset(names)
+    return EventQuery(after=after, limit=limit, stream=stream, category=category, types=types)
+
+
+def _event_json(recorded: RecordedEvent) -> dict[str, Any]:
+    return {
+        "position": recorded.position,
+        "event_id": recorded.event_id,
+        "stream": recorded.stream,
+        "version": recorded.version,
+        "type": recorded.type,
+        "recorded_at": recorded.recorded_at,
+        "data": msgspec.structs.asdict(recorded.event),
+        "metadata": recorded.metadata,
+    }
+
+
+async def read_events(
+    store: EventStore, wanted: EventQuery
+) -> tuple[list[RecordedEvent], int, bool]:
+    """One page for ``GET /api/events``: the events, the position to pass as ``after`` next,
+    and whether the log may hold more. Filters by stream or type read the stream's category a
+    page at a time and stop after :data:`EVENTS_SCAN_BUDGET` rows (``more`` is then true)."""
+    cursor = await store.cursor_at(wanted.after)
+    category = wanted.category
+    if wanted.stream is not None:
+        category = wanted.stream.split("-", 1)[0]
+    filtered = wanted.stream is not None or wanted.types is not None
+    batch = EVENTS_PAGE_MAX if filtered else wanted.limit
+    found: list[RecordedEvent] = []
+    scanned = 0
+    while True:
+        page = await store.read_page(cursor, category=category, limit=batch, skip_unknown=True)
+        scanned += page.fetched
+        for recorded in page.events:
+            if wanted.wants(recorded):
+                found.append(recorded)
+                if len(found) == wanted.limit:
+                    return found, recorded.position, True
+        cursor = page.cursor
+        if page.fetched < batch:
+            return found, cursor.position, False
+        if scanned >= EVENTS_SCAN_BUDGET:
+            return found, cursor.position, True
+
+
+# -- the routes --------------------------------------------------------------------------------
+class _CommandBody(msgspec.Struct, forbid_unknown_fields=True):
+    reason: Annotated[str, msgspec.Meta(max_length=REASON_MAX)] = ""
+
+
+def _dashboard_html() -> str:
+    return resources.files("ops").joinpath("dashboard.html").read_text(encoding="utf-8")
+
+
+def _csp(html: str) -> str:
+    """A Content-Security-Policy allowing exactly the page's own inline script and style."""
+
+    def hashes(tag: str) -> str:
+        bodies = re.findall(rf"<{tag}>(.*?)</{tag}>", html, flags=re.DOTALL)
+        digests = (base64.b64encode(hashlib.sha256(b.encode()).digest()) for b in bodies)
+        return " ".join(f"'sha256-{d.decode()}'" for d in digests)
+
+    return (
+        f"default-src 'none'; script-src {hashes('script')}; style-src {hashes('style')}; "
+        "connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; "
+        "frame-ancestors 'none'"
+    )
+
+
+class _Admin:
+    def __init__(self, store: EventStore, auth: AdminAuth) -> None:
+        self.store = store
+        self.auth = auth
+        self.source = _OverviewSource(store)
+        self.html = _dashboard_html()
+        self.page_headers = {**_PAGE_HEADERS, "Content-Security-Policy": _csp(self.html)}
+        self.closing = False
+        self.wakers: set[anyio.Event] = set()
+
+    async def on_shutdown(self, app: web.Application) -> None:
+        """Streams end at once when the server stops (they would hold its shutdown)."""
+        self.closing = True
+        for waker in self.wakers:
+            waker.set()
+
+    async def metrics(self, request: web.Request) -> web.StreamResponse:
+        families = await collect_metrics(self.store, datetime.now(UTC))
+        return web.Response(
+            body=render_metrics(families).encode(),
+            headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
+        )
+
+    async def actors(self, request: web.Request) -> web.StreamResponse:
+        return _json({"actors": await _actor_views(self.store, datetime.now(UTC))})
+
+    async def command(self, request: web.Request) -> web.StreamResponse:
+        name, action = request.match_info["name"], request.match_info["action"]
+        if name not in ACTOR_NAMES:
+            return _error(404, str(UnknownActor(name)))
+        if action not in ACTIONS:
+            return _error(400, str(UnknownAction(action)))
+        body = await request.read()
+        try:
+            reason = msgspec.json.decode(body, type=_CommandBody).reason if body.strip() else ""
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            return _error(400, f'the body is optional JSON {{"reason": "..."}}: {exc}')
+        who = f"api:{request.remote or 'unknown'}"
+        command = operator_command(action, name, requested_by=who, reason=reason)
+        result = await issue_command(self.store, command)
+        logger.info(
+            "operator command %s %s by %s (position %s)",
+            action,
+            name,
+            who,
+            result.last_position,
+            extra={"action": "admin_command"},
+        )
+        return _json(
+            {
+                "command_id": command.command_id,
+                "action": command.action,
+                "actor": command.actor,
+                "requested_by": command.requested_by,
+                "reason": command.reason,
+                "position": result.last_position,
+            },
+            status=202,
+        )
+
+    async def events(self, request: web.Request) -> web.StreamResponse:
+        params = {name: request.query.getall(name) for name in request.query}
+        try:
+            wanted = parse_event_query(params)
+            found, next_after, more = await read_events(self.store, wanted)
+        except ValueError as exc:
+            return _error(400, str(exc))
+        return _json(
+            {"events": [_event_json(r) for r in found], "next_after": next_after, "more": more}
+        )
+
+    async def overview(self, request: web.Request) -> web.StreamResponse:
+        return _json(await self.source.get(REFRESH_SECONDS / 2))
+
+    async def dashboard(self, request: web.Request) -> web.StreamResponse:
+        return web.Response(text=self.html, content_type="text/html", headers=self.page_headers)
+
+    async def stream(self, request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": "text/event-stream; charset=utf-8",
+                "Cache-Control": "no-store",
+                "X-Accel-Buffering": "no",  # proxies must not hold the events back
+            }
+        )
+        await response.prepare(request)
+        waker = anyio.Event()
+        self.wakers.add(waker)
+        sent: bytes | None = None
+        try:
+            await response.write(b"retry: 3000\n\n")
+            written = anyio.current_time()
+            while not self.closing:
+                message = await self._next_message(sent)
+                if message is not None:
+                    sent, frame = message
+                    await response.write(frame)
+                    written = anyio.current_time()
+                elif anyio.current_time() - written >= KEEPALIVE_SECONDS:
+                    await response.write(b": keepalive\n\n")
+                    written = anyio.current_time()
+                transport = request.transport
+                if transport is None or transport.is_closing():
+                    break
+                with anyio.move_on_after(REFRESH_SECONDS):
+                    await waker.wait()
+        except ConnectionError:
+            pass  # the dashboard went away
+        finally:
+            self.wakers.discard(waker)
+        return response
+
+    async def _next_message(self, sent: bytes | None) -> tuple[bytes, bytes] | None:
+        """``(what it shows, the SSE frame)`` when there is something new to send."""
+        try:
+            overview = await self.source.get(REFRESH_SECONDS / 2)
+        except _DATABASE_DOWN as exc:
+            problem = msgspec.json.encode({"error": f"database unavailable ({_one_line(exc)})"})
+            if problem == sent:
+                return None
+            return problem, b"event: problem\ndata: " + problem + b"\n\n"
+        content = overview.content()
+        if content == sent:
+            return None
+        return content, b"event: overview\ndata: " + msgspec.json.encode(overview) + b"\n\n"
+
+
+def add_admin_routes(app: web.Application, store: EventStore, *, token: str) -> None:
+    """Serve the admin API and the dashboard from ``app``, each route behind ``token``."""
+    admin = _Admin(store, AdminAuth(token))
+    guard = admin.auth.guard
+    app.router.add_get("/metrics", guard(admin.metrics))
+    app.router.add_get("/api/actors", guard(admin.actors))
+    app.router.add_post("/api/actors/{name}/{action}", guard(admin.command))
+    app.router.add_get("/api/events", guard(admin.events))
+    app.router.add_get("/api/overview", guard(admin.overview, "browser"))
+    app.router.add_get("/api/stream", guard(admin.stream, "browser"))
+    app.router.add_get("/dashboard", guard(admin.dashboard, "page"))
+    app.on_shutdown.append(admin.on_shutdown)
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    return web.Response(text="ok")
+
+
+def build_admin_app(store: EventStore, *, token: str) -> web.Application:
+    """An app serving only the admin routes, and ``GET /healthz`` (no token) answering ok."""
+    app = web.Application()
+    app.router.add_get("/healthz", _healthz)
+    add_admin_routes(app, store, token=token)
+    return app
+
+
+@contextlib.asynccontextmanager
+async def serve_admin_app(
+    store: EventStore, *, token: str, host: str = "127.0.0.1", port: int = 0
+) -> AsyncIterator[str]:
+    """Serve :func:`build_admin_app` on ``host:port`` (0: a free port) until the block ends;
+    yields the base URL. No access log: a login's query string carries the token."""
+    runner = web.AppRunner(
+        build_admin_app(store, token=token), access_log=None, handle_signals=False
+    )
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        bound_host, bound_port = runner.addresses[0][:2]
+        yield f"http://{bound_host}:{bound_port}"
+    finally:
+        with anyio.CancelScope(shield=True):
+            await runner.cleanup()

@@ -1,0 +1,789 @@
+"""The admin HTTP API (ops/admin.py): served on 127.0.0.1 against a fresh database, driven with
+httpx; plus the pure parts (exposition format, payment fold, query parsing) on their own."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import anyio
+import httpx
+import msgspec
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from actors.catalog import DEFAULT_ACTORS, UnknownActor
+from actors.tasks import REWARD_DISTRIBUTION, RewardDistribution, task_types
+from events import (
+    ActorCrashed,
+    ActorRestarted,
+    ActorStarted,
+    EventMetadata,
+    HealthCheck,
+    HealthChecked,
+    OperatorCommandIssued,
+    PaymentConfirmed,
+    PaymentCreated,
+    PaymentExpired,
+    UserRegistered,
+)
+from ops import admin
+from ops.admin import (
+    COOKIE_NAME,
+    EventQuery,
+    MetricFamily,
+    fold_payment,
+    parse_event_query,
+    render_metrics,
+    serve_admin_app,
+    ton_text,
+)
+from ops.control import UnknownAction, operator_command
+from store import EventStore, RecordedEvent, TaskProcessor, TaskQueue, TaskTypes
+from store.tasks import RetryPolicy, TaskContext
+from tests.waiting import eventually
+
+TOKEN = "test-admin-token-0123456789"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+TON = 1_000_000_000
+NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
+WALLET = "0:83dfd552e63729b472fcbcc8c45ebcc6691702558b68ec7527e1ba403a0f31a8"
+
+ADMIN_ROUTES = [
+    ("GET", "/metrics"),
+    ("GET", "/api/actors"),
+    ("POST", "/api/actors/PaymentMonitor/restart"),
+    ("GET", "/api/events"),
+    ("GET", "/api/overview"),
+    ("GET", "/api/stream"),
+]
+
+
+@pytest.fixture
+async def client(store: EventStore) -> AsyncIterator[httpx.AsyncClient]:
+    async with (
+        serve_admin_app(store, token=TOKEN) as base,
+        httpx.AsyncClient(base_url=base, timeout=10) as http,
+    ):
+        yield http
+
+
+def created(payment_id: int, user_id: int = 7, amount: int = 5_440_000_000) -> PaymentCreated:
+    return PaymentCreated(
+        payment_id=payment_id,
+        user_id=user_id,
+        plan="month",
+        amount_nanotons=amount,
+        wallet=WALLET,
+        memo=f"i3lani_{payment_id}",
+        created_at=NOW,
+        expires_at=NOW + timedelta(hours=1),
+    )
+
+
+def confirmed(payment_id: int, amount: int = 5_440_000_000) -> PaymentConfirmed:
+    return PaymentConfirmed(
+        payment_id=payment_id,
+        tx_hash=f"{payment_id:064x}",
+        lt=1000 + payment_id,
+        amount_nanotons=amount,
+        payer="0:" + "ab" * 32,
+        confirmed_at=NOW + timedelta(minutes=5),
+    )
+
+
+def started(actor: str, generation: int = 1) -> ActorStarted:
+    return ActorStarted(actor=actor, node="vm:1", generation=generation, started_at=NOW)
+
+
+def server_logs(caplog: pytest.LogCaptureFixture) -> str:
+    """What the server side logged (the test's own HTTP client logs the URLs it asks for)."""
+    return "\n".join(
+        record.getMessage()
+        for record in caplog.records
+        if not record.name.startswith(("httpx", "httpcore"))
+    )
+
+
+async def ops_commands(store: EventStore) -> list[RecordedEvent]:
+    return await store.read_stream("ops-commands")
+
+
+# -- authentication ----------------------------------------------------------------------------
+
+
+async def test_every_admin_route_answers_401_without_the_right_token(
+    client: httpx.AsyncClient, store: EventStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    for method, path in ADMIN_ROUTES:
+        for headers in (
+            {},
+            {"Authorization": "Bearer not-the-token-at-all"},
+            {"Authorization": f"Basic {TOKEN}"},
+            {"Authorization": f"Bearer {TOKEN}x"},
+            {"Cookie": f"{COOKIE_NAME}={TOKEN}"},  # the token is not a session
+        ):
+            response = await client.request(method, path, headers=headers)
+            assert response.status_code == 401, (method, path, headers)
+            assert response.headers["WWW-Authenticate"].startswith("Bearer")
+            body = response.json()
+            assert set(body) == {"error"}
+            assert "\n" not in body["error"]
+            assert "Bearer" in body["error"]
+            assert TOKEN not in response.text
+    assert await ops_commands(store) == []
+    assert TOKEN not in server_logs(caplog)
+
+
+async def test_healthz_needs_no_token(client: httpx.AsyncClient) -> None:
+    response = await client.get("/healthz")
+    assert response.status_code == 200
+    assert response.text == "ok"
+
+
+async def test_the_dashboard_without_a_token_is_a_login_page(client: httpx.AsyncClient) -> None:
+    response = await client.get("/dashboard")
+    assert response.status_code == 401
+    assert response.headers["content-type"].startswith("text/html")
+    assert "/dashboard?token=" in response.text
+    assert "Set-Cookie" not in response.headers
+    wrong = await client.get("/dashboard", params={"token": "guess-guess-guess-guess"})
+    assert wrong.status_code == 401
+    assert "not this server's ADMIN_TOKEN" in wrong.text
+    assert "guess-guess" not in wrong.text
+    assert "Set-Cookie" not in wrong.headers
+
+
+async def test_a_login_sets_a_session_cookie_for_the_browser_routes_only(
+    client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    login = await client.get("/dashboard", params={"token": TOKEN})
+    assert login.status_code == 303
+    assert login.headers["Location"] == "/dashboard"  # the token leaves the address bar
+    set_cookie = login.headers["Set-Cookie"]
+    assert TOKEN not in set_cookie
+    assert "HttpOnly" in set_cookie
+    assert "SameSite=Strict" in set_cookie
+    session = login.cookies[COOKIE_NAME]
+    assert len(session) == 64  # an HMAC-SHA256, hex
+    cookie = {"Cookie": f"{COOKIE_NAME}={session}"}
+
+    page = await client.get("/dashboard", headers=cookie)
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+    assert "EventSource" in page.text
+    assert "script-src 'sha256-" in page.headers["Content-Security-Policy"]
+    overview = await client.get("/api/overview", headers=cookie)
+    assert overview.status_code == 200
+    async with client.stream("GET", "/api/stream", headers=cookie) as stream:
+        assert stream.status_code == 200
+        assert stream.headers["content-type"].startswith("text/event-stream")
+
+    # The cookie is for reading in a browser: scripts and commands need the bearer token.
+    for method, path in [r for r in ADMIN_ROUTES if r[1] not in ("/api/overview", "/api/stream")]:
+        response = await client.request(method, path, headers=cookie)
+        assert response.status_code == 401, path
+    forged = {"Cookie": f"{COOKIE_NAME}={'0' * 64}"}
+    assert (await client.get("/api/overview", headers=forged)).status_code == 401
+    assert TOKEN not in server_logs(caplog)
+
+
+async def test_the_bearer_token_opens_the_dashboard_too(client: httpx.AsyncClient) -> None:
+    response = await client.get("/dashboard", headers=AUTH)
+    assert response.status_code == 200
+    assert "Set-Cookie" not in response.headers
+
+
+# -- /metrics ----------------------------------------------------------------------------------
+
+
+async def dead_letter(store: EventStore) -> None:
+    """One task of type ``ping`` that fails once and is dead-lettered."""
+
+    class Ping(msgspec.Struct, frozen=True):
+        n: int
+
+    types = TaskTypes()
+    types.register("ping", Ping, retry=RetryPolicy(max_attempts=1))
+
+    async def fail(payload: Ping, context: TaskContext) -> None:
+        raise RuntimeError("no wallet on file")
+
+    queue = TaskQueue(store, types)
+    task_id = await queue.add_task("ping", Ping(1))
+    processor = TaskProcessor(queue, node="test-node", poll_interval=0.05)
+    processor.register_handler("ping", fail)
+
+    async def dead() -> bool:
+        info = await queue.get(task_id)
+        return info is not None and info.status == "dead"
+
+    async with anyio.create_task_group() as tg:
+        await tg.start(processor.run)
+        await eventually(dead)
+        processor.stop()
+
+
+def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    parsed: dict[tuple[str, frozenset[tuple[str, str]]], float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            parsed[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return parsed
+
+
+async def test_metrics_parse_and_reflect_the_log(
+    client: httpx.AsyncClient, store: EventStore
+) -> None:
+    await store.append("payment-1", [created(1), confirmed(1)])
+    await store.append("payment-2", [created(2), confirmed(2)])
+    await store.append("payment-3", [created(3)])
+    await store.append(
+        "actor-PaymentMonitor",
+        [
+            started("PaymentMonitor"),
+            ActorCrashed(
+                actor="PaymentMonitor",
+                node="vm:1",
+                generation=1,
+                error_type="TonApiUnavailable",
+                message="502",
+                traceback_digest="abc",
+                uptime_seconds=3.0,
+                crashed_at=NOW,
+            ),
+            ActorRestarted(
+                actor="PaymentMonitor",
+                cause="crash",
+                attempt=1,
+                delay_seconds=0.5,
+                restarted_at=NOW,
+            ),
+            started("PaymentMonitor", 2),
+        ],
+    )
+    await store.append("actor-RewardProcessor", [started("RewardProcessor")])
+    # PaymentMonitor's checkpoint sits after payment-1: three payment events lie past it.
+    first = (await store.read_stream("payment-1"))[-1]
+    await store.save_checkpoint("actor-PaymentMonitor", first.cursor, expected=None)
+    queue = TaskQueue(store, task_types())
+    await queue.add_task(
+        REWARD_DISTRIBUTION,
+        RewardDistribution(reward_id=uuid.uuid4(), user_id=7, amount_nanotons=TON),
+        delay_seconds=600,
+    )
+    await dead_letter(store)
+    await readable(store, 5, category="payment")  # the lag counts readable events only
+
+    response = await client.get("/metrics", headers=AUTH)
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
+    text = response.text
+    for name, kind in [
+        ("i3lani_events_total", "counter"),
+        ("i3lani_actor_restarts_total", "counter"),
+        ("i3lani_actor_state", "gauge"),
+        ("i3lani_tasks", "gauge"),
+        ("i3lani_dead_letters", "gauge"),
+        ("i3lani_subscription_lag_events", "gauge"),
+        ("i3lani_payments_confirmed_total", "counter"),
+    ]:
+        assert f"# TYPE {name} {kind}\n" in text
+        assert f"# HELP {name} " in text
+    got = samples(text)
+
+    def value(name: str, **labels: str) -> float:
+        return got[(name, frozenset(labels.items()))]
+
+    assert value("i3lani_events_total", type="PaymentConfirmed") == 2
+    assert value("i3lani_events_total", type="PaymentCreated") == 3
+    assert value("i3lani_events_total", type="ActorStarted") == 3
+    assert value("i3lani_payments_confirmed_total") == 2
+    assert value("i3lani_actor_restarts_total", actor="PaymentMonitor") == 1
+    assert value("i3lani_actor_restarts_total", actor="RewardProcessor") == 0
+    for actor in DEFAULT_ACTORS:
+        states = {
+            labels: v
+            for (name, labels), v in got.items()
+            if name == "i3lani_actor_state" and ("actor", actor) in labels
+        }
+        assert len(states) == 6  # one row per state, exactly one of them 1
+        assert sum(states.values()) == 1
+    assert value("i3lani_actor_state", actor="PaymentMonitor", state="running") == 1
+    assert value("i3lani_actor_state", actor="Cleanup", state="never started") == 1
+    assert value("i3lani_tasks", type=REWARD_DISTRIBUTION, state="queued") == 1
+    assert value("i3lani_tasks", type="ping", state="dead") == 1
+    assert value("i3lani_tasks", type="admin_alert", state="queued") == 0
+    assert value("i3lani_dead_letters") == 1
+    assert value("i3lani_subscription_lag_events", checkpoint="actor-PaymentMonitor") == 3
+    assert not any(
+        name == "i3lani_subscription_lag_events" and ("checkpoint", "actor-Cleanup") in labels
+        for name, labels in got
+    )  # no checkpoint, no lag
+
+    await store.append("payment-3", [confirmed(3)])
+    await readable(store, 6, category="payment")
+    got = samples((await client.get("/metrics", headers=AUTH)).text)
+    assert value("i3lani_payments_confirmed_total") == 3
+    assert value("i3lani_subscription_lag_events", checkpoint="actor-PaymentMonitor") == 4
+
+
+def test_the_exposition_escapes_label_values_and_help() -> None:
+    awkward = 'a "quoted" back\\slash\nand a newline'
+    text = render_metrics(
+        [
+            MetricFamily("x_total", "counter", "Help with a \\ and a\nnewline.", [({}, 3)]),
+            MetricFamily("y", "gauge", "Labelled.", [({"k": awkward}, 1.5), ({"k": "b"}, 0)]),
+        ]
+    )
+    assert text.endswith("\n")
+    assert 'y{k="a \\"quoted\\" back\\\\slash\\nand a newline"} 1.5' in text
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert families["x"].documentation == "Help with a \\ and a\nnewline."
+    assert families["x"].samples[0].value == 3
+    assert families["y"].samples[0].labels == {"k": awkward}
+    with pytest.raises(ValueError, match="label name"):
+        render_metrics([MetricFamily("z", "gauge", "h", [({"bad-label": "v"}, 1)])])
+
+
+# -- /api/actors -------------------------------------------------------------------------------
+
+
+async def test_actors_show_status_and_recent_history(
+    client: httpx.AsyncClient, store: EventStore
+) -> None:
+    await store.append(
+        "actor-PaymentMonitor",
+        [
+            started("PaymentMonitor"),
+            ActorCrashed(
+                actor="PaymentMonitor",
+                node="vm:1",
+                generation=1,
+                error_type="TonApiUnavailable",
+                message="TonAPI answered 502",
+                traceback_digest="abc",
+                uptime_seconds=3.0,
+                crashed_at=NOW,
+            ),
+        ],
+    )
+    response = await client.get("/api/actors", headers=AUTH)
+    assert response.status_code == 200
+    actors = {a["actor"]: a for a in response.json()["actors"]}
+    assert list(actors) == list(DEFAULT_ACTORS)  # demonstration actors only once they ran
+    monitor = actors["PaymentMonitor"]
+    assert monitor["state"] == "starting"
+    assert monitor["last_error"] == "TonApiUnavailable: TonAPI answered 502"
+    assert [h["type"] for h in monitor["history"]] == ["ActorCrashed", "ActorStarted"]
+    assert monitor["history"][0]["error"] == "TonApiUnavailable: TonAPI answered 502"
+    assert monitor["history"][1]["node"] == "vm:1"
+    assert actors["Cleanup"]["state"] == "never started"
+    assert actors["Cleanup"]["history"] == []
+
+    await store.append("actor-Heartbeat", [started("Heartbeat")])
+    shown = [a["actor"] for a in (await client.get("/api/actors", headers=AUTH)).json()["actors"]]
+    assert "Heartbeat" in shown
+
+
+async def test_a_command_appends_one_operator_command(
+    client: httpx.AsyncClient, store: EventStore
+) -> None:
+    response = await client.post(
+        "/api/actors/PaymentMonitor/restart", headers=AUTH, json={"reason": "stuck on a poll"}
+    )
+    assert response.status_code == 202
+    answer = response.json()
+    [recorded] = await ops_commands(store)
+    command = recorded.event
+    assert isinstance(command, OperatorCommandIssued)
+    assert command.action == "restart"
+    assert command.actor == "PaymentMonitor"
+    assert command.requested_by == "api:127.0.0.1"
+    assert command.reason == "stuck on a poll"
+    assert recorded.metadata.caused_by == "api:127.0.0.1"
+    assert answer == {
+        "command_id": str(command.command_id),
+        "action": "restart",
+        "actor": "PaymentMonitor",
+        "requested_by": "api:127.0.0.1",
+        "reason": "stuck on a poll",
+        "position": recorded.position,
+    }
+    for action in ("stop", "start"):
+        response = await client.post(f"/api/actors/Cleanup/{action}", headers=AUTH)
+        assert response.status_code == 202
+    commands = [r.event for r in await ops_commands(store)]
+    assert [
+        (c.action, c.actor, c.reason) for c in commands if isinstance(c, OperatorCommandIssued)
+    ][1:] == [("stop", "Cleanup", ""), ("start", "Cleanup", "")]
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "message"),
+    [
+        ("/api/actors/Nobody/restart", None, 404, "unknown actor 'Nobody'; valid names: "),
+        ("/api/actors/PaymentMonitor/reboot", None, 400, "unknown action 'reboot'; valid "),
+        ("/api/actors/PaymentMonitor/restart", b"{not json", 400, "the body is optional JSON"),
+        ("/api/actors/PaymentMonitor/restart", b'{"why": "x"}', 400, "the body is optional"),
+        ("/api/actors/PaymentMonitor/restart", b'{"reason": 5}', 400, "Expected `str`"),
+        ("/api/actors/PaymentMonitor/restart", b'{"reason": "' + b"x" * 501 + b'"}', 400, "500"),
+    ],
+)
+async def test_a_bad_command_appends_nothing(
+    client: httpx.AsyncClient,
+    store: EventStore,
+    path: str,
+    body: bytes | None,
+    status: int,
+    message: str,
+) -> None:
+    response = await client.post(path, headers=AUTH, content=body)
+    assert response.status_code == status
+    error = response.json()["error"]
+    assert message in error
+    assert "\n" not in error
+    assert await ops_commands(store) == []
+
+
+def test_the_cli_and_the_api_build_the_same_command() -> None:
+    command = operator_command("stop", "Cleanup", requested_by="cli:me@host", reason="r", now=NOW)
+    assert (command.action, command.actor, command.requested_by, command.requested_at) == (
+        "stop",
+        "Cleanup",
+        "cli:me@host",
+        NOW,
+    )
+    with pytest.raises(UnknownActor, match="valid names"):
+        operator_command("stop", "Nobody", requested_by="x")
+    with pytest.raises(UnknownAction, match="valid actions: restart, stop, start"):
+        operator_command("pause", "Cleanup", requested_by="x")
+
+
+# -- /api/events -------------------------------------------------------------------------------
+
+
+async def seed_log(store: EventStore) -> list[RecordedEvent]:
+    await store.append("payment-1", [created(1)])
+    await store.append("member-5", [UserRegistered(user_id=5, registered_at=NOW)])
+    await store.append("payment-2", [created(2), confirmed(2)])
+    await store.append("payment-1", [PaymentExpired(payment_id=1, expired_at=NOW)])
+    await store.append("payment-10", [created(10)])
+    await store.append("member-6", [UserRegistered(user_id=6, registered_at=NOW)])
+    return await readable(store, 7)
+
+
+async def readable(
+    store: EventStore, count: int, category: str | None = None
+) -> list[RecordedEvent]:
+    """The log (or a category) once ``count`` events are readable: readers stop at the oldest
+    write still open on the server (any database's), so an append may take a moment to show."""
+    log: list[RecordedEvent] = []
+
+    async def all_there() -> bool:
+        log[:] = [r async for r in store.read_all(category=category)]
+        return len(log) == count
+
+    await eventually(all_there)
+    return log
+
+
+async def page(client: httpx.AsyncClient, **params: Any) -> dict[str, Any]:
+    response = await client.get("/api/events", headers=AUTH, params=params)
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def test_events_are_paged_in_reading_order(
+    client: httpx.AsyncClient, store: EventStore
+) -> None:
+    log = await seed_log(store)
+    first = await page(client, limit=3)
+    assert [e["position"] for e in first["events"]] == [r.position for r in log[:3]]
+    assert first["next_after"] == log[2].position
+    assert first["more"] is True
+    event = first["events"][0]
+    assert event["stream"] == "payment-1"
+    assert event["type"] == "PaymentCreated"
+    assert event["version"] == 1
+    assert event["data"]["amount_nanotons"] == 5_440_000_000
+    assert event["data"]["created_at"] == "2026-11-29T12:00:00Z"
+    assert event["metadata"] == {"node": "test-node"}
+    assert datetime.fromisoformat(event["recorded_at"]).tzinfo is not None
+
+    seen: list[int] = []
+    after, more = 0, True
+    while more:
+        body = await page(client, after=after, limit=2)
+        seen += [e["position"] for e in body["events"]]
+        after, more = body["next_after"], body["more"]
+    assert seen == [r.position for r in log]
+    assert (await page(client, after=log[-1].position)) == {
+        "events": [],
+        "next_after": log[-1].position,
+        "more": False,
+    }
+
+
+async def test_events_are_filtered_by_stream_category_and_type(
+    client: httpx.AsyncClient, store: EventStore
+) -> None:
+    log = await seed_log(store)
+
+    def positions(body: dict[str, Any]) -> list[int]:
+        return [e["position"] for e in body["events"]]
+
+    def expected(keep: Any) -> list[int]:
+        return [r.position for r in log if keep(r)]
+
+    assert positions(await page(client, stream="payment-1")) == expected(
+        lambda r: r.stream == "payment-1"
+    )
+    assert positions(await page(client, category="member")) == expected(
+        lambda r: r.category == "member"
+    )
+    assert positions(await page(client, type="PaymentCreated,PaymentExpired")) == expected(
+        lambda r: r.type in ("PaymentCreated", "PaymentExpired")
+    )
+    body = await page(client, stream="payment-2", type="PaymentConfirmed")
+    assert positions(body) == expected(
+        lambda r: r.stream == "payment-2" and r.type == "PaymentConfirmed"
+    )
+    assert body["more"] is False
+    one = await page(client, category="payment", limit=1)
+    assert positions(one) == expected(lambda r: r.category == "payment")[:1]
+    rest = await page(client, category="payment", after=one["next_after"])
+    assert positions(rest) == expected(lambda r: r.category == "payment")[1:]
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"after": "-1"}, "after must be a whole number"),
+        ({"after": "abc"}, "after must be a whole number"),
+        ({"after": "999999"}, "no event at global position 999999"),
+        ({"limit": "0"}, "limit must be between 1 and 500"),
+        ({"limit": "501"}, "limit must be between 1 and 500"),
+        ({"limit": "1.5"}, "limit must be a whole number"),
+        ({"stream": "payment-1", "category": "payment"}, "stream or category, not both"),
+        ({"category": "pay-ment"}, "no '-'"),
+        ({"type": "Payment Created"}, "type must be event type names"),
+        ({"type": ""}, "type must be event type names"),
+        ({"colour": "red"}, "unknown parameter 'colour'; valid ones: after, limit"),
+        ([("limit", "1"), ("limit", "2")], "give limit once"),
+    ],
+)
+async def test_bad_event_parameters_get_a_one_line_400(
+    client: httpx.AsyncClient, store: EventStore, params: Any, message: str
+) -> None:
+    await seed_log(store)
+    response = await client.get("/api/events", headers=AUTH, params=params)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert message in error
+    assert "\n" not in error
+
+
+def test_event_query_defaults() -> None:
+    assert parse_event_query({}) == EventQuery(after=0, limit=100)
+    assert parse_event_query({"type": ["A, B"]}).types == frozenset({"A", "B"})
+
+
+# -- the dashboard's snapshot ------------------------------------------------------------------
+
+
+def test_ton_amounts_keep_two_to_nine_decimals() -> None:
+    assert ton_text(5_440_000_000) == "5.44"
+    assert ton_text(TON) == "1.00"
+    assert ton_text(0) == "0.00"
+    assert ton_text(1) == "0.000000001"
+    assert ton_text(1_500_000) == "0.0015"
+    assert ton_text(123 * TON + 456_789_123) == "123.456789123"
+
+
+def recorded(stream: str, events: list[Any]) -> list[RecordedEvent]:
+    return [
+        RecordedEvent(
+            position=i + 1,
+            transaction_id=1,
+            event_id=uuid.uuid4(),
+            stream=stream,
+            version=i + 1,
+            type=type(e).__struct_config__.tag,
+            schema_version=1,
+            event=e,
+            metadata=EventMetadata(),
+            recorded_at=NOW,
+        )
+        for i, e in enumerate(events)
+    ]
+
+
+def test_a_payment_is_folded_from_its_events() -> None:
+    row = fold_payment(recorded("payment-4", [created(4, user_id=9)]))
+    assert row is not None
+    assert (row.payment_id, row.user_id, row.state, row.amount_ton) == (4, 9, "pending", "5.44")
+    row = fold_payment(recorded("payment-4", [created(4), confirmed(4, amount=6 * TON)]))
+    assert row is not None
+    assert (row.state, row.amount_ton, row.paid_ton) == ("confirmed", "5.44", "6.00")
+    row = fold_payment(
+        recorded("payment-4", [created(4), PaymentExpired(payment_id=4, expired_at=NOW)])
+    )
+    assert row is not None
+    assert row.state == "expired"
+    assert fold_payment([]) is None
+
+
+async def test_the_overview_holds_what_the_dashboard_shows(
+    client: httpx.AsyncClient, store: EventStore
+) -> None:
+    await store.append("payment-42", [created(42, user_id=7), confirmed(42)])
+    await store.append("actor-PaymentMonitor", [started("PaymentMonitor")])
+    await store.append(
+        "ops-health",
+        [
+            HealthChecked(
+                healthy=False,
+                checks=[
+                    HealthCheck(name="database", ok=True, latency_ms=1.5),
+                    HealthCheck(name="tonapi", ok=False, detail="502"),
+                ],
+                checked_at=NOW,
+            )
+        ],
+    )
+    await dead_letter(store)
+    response = await client.get("/api/overview", headers=AUTH)
+    assert response.status_code == 200
+    overview = response.json()
+    assert isinstance(overview["head"], int)
+    actors = {a["actor"]: a for a in overview["actors"]}
+    assert actors["PaymentMonitor"]["state"] == "running"
+    assert actors["PaymentMonitor"]["history"][0]["type"] == "ActorStarted"
+    [payment] = overview["payments"]
+    assert payment["payment_id"] == 42
+    assert payment["user_id"] == 7
+    assert payment["amount_ton"] == "5.44"
+    assert payment["state"] == "confirmed"
+    assert overview["health"]["healthy"] is False
+    assert [c["ok"] for c in overview["health"]["checks"]] == [True, False]
+    assert overview["tasks"]["dead_total"] == 1
+    assert overview["tasks"]["dead_letters"][0]["last_error"].endswith("no wallet on file")
+    minutes = overview["event_rate"]["minutes"]
+    assert len(minutes) == 10
+    assert sum(m["events"] for m in minutes) >= 4  # everything above was just appended
+    assert overview["event_rate"]["capped"] is False
+
+
+# -- /api/stream -------------------------------------------------------------------------------
+
+
+class Sse:
+    """Reads Server-Sent Events from an httpx streaming response."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        self.lines = response.aiter_lines()
+        self.comments: list[str] = []
+
+    async def next_event(self, within: float = 10) -> tuple[str, str]:
+        name, data = "message", []
+        with anyio.fail_after(within):
+            async for line in self.lines:
+                if line == "":
+                    if data:
+                        return name, "\n".join(data)
+                    continue
+                if line.startswith(":"):
+                    self.comments.append(line)
+                    continue
+                field, _, value = line.partition(":")
+                value = value.removeprefix(" ")
+                if field == "event":
+                    name = value
+                elif field == "data":
+                    data.append(value)
+        raise AssertionError("the stream ended")
+
+    async def next_comment(self, within: float = 10) -> str:
+        with anyio.fail_after(within):
+            async for line in self.lines:
+                if line.startswith(":"):
+                    return line
+        raise AssertionError("the stream ended")
+
+
+async def test_the_stream_sends_a_snapshot_at_once_then_each_change(
+    client: httpx.AsyncClient, store: EventStore
+) -> None:
+    await store.append("payment-1", [created(1)])
+    async with client.stream("GET", "/api/stream", headers=AUTH) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"] == "text/event-stream; charset=utf-8"
+        assert response.headers["cache-control"] == "no-store"
+        sse = Sse(response)
+        name, data = await sse.next_event(within=5)
+        assert name == "overview"
+        first = msgspec.json.decode(data)
+        assert [p["payment_id"] for p in first["payments"]] == [1]
+
+        await store.append("payment-2", [created(2, amount=TON)])
+        name, data = await sse.next_event(within=10)
+        assert name == "overview"
+        second = msgspec.json.decode(data)
+        assert [(p["payment_id"], p["amount_ton"]) for p in second["payments"]] == [
+            (2, "1.00"),
+            (1, "5.44"),
+        ]
+
+
+async def test_a_quiet_stream_sends_keepalive_comments(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(admin, "KEEPALIVE_SECONDS", 0.1)  # a shorter timer, not a fake result
+    async with client.stream("GET", "/api/stream", headers=AUTH) as response:
+        sse = Sse(response)
+        await sse.next_event(within=5)
+        assert await sse.next_comment(within=5) == ": keepalive"
+
+
+async def test_a_stream_ends_when_the_server_stops(store: EventStore) -> None:
+    stopped_within = 5.0
+    async with serve_admin_app(store, token=TOKEN) as base:
+        http = httpx.AsyncClient(base_url=base, timeout=10)
+        request = http.build_request("GET", "/api/stream", headers=AUTH)
+        response = await http.send(request, stream=True)
+        assert response.status_code == 200
+        await Sse(response).next_event(within=5)
+        started_at = anyio.current_time()
+    # Leaving serve_admin_app ran the app's shutdown: the open stream did not hold it.
+    assert anyio.current_time() - started_at < stopped_within
+    await response.aclose()
+    await http.aclose()
+
+
+async def test_an_unreachable_database_is_a_one_line_503(dsn: str) -> None:
+    closing = EventStore.open(dsn)
+    await closing.__aenter__()
+    async with (
+        serve_admin_app(closing, token=TOKEN) as base,
+        httpx.AsyncClient(base_url=base, timeout=10) as http,
+    ):
+        assert (await http.get("/api/overview", headers=AUTH)).status_code == 200
+        await closing.__aexit__(None, None, None)
+        for path in ("/metrics", "/api/actors", "/api/events"):
+            response = await http.get(path, headers=AUTH)
+            assert response.status_code == 503, path
+            error = response.json()["error"]
+            assert error.startswith("database unavailable")
+            assert "\n" not in error
+
+        async def overview_unavailable() -> bool:  # once the cached snapshot (1 s) is too old
+            return (await http.get("/api/overview", headers=AUTH)).status_code == 503
+
+        await eventually(overview_unavailable, within=5)

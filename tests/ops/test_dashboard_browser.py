@@ -1,0 +1,235 @@
+"""The live dashboard in a real headless Chromium (Debian's ``chromium``).
+
+The page is driven through the DevTools protocol (:class:`ops.screenshot.Chromium`): its event
+stream never ends, so ``--dump-dom --virtual-time-budget`` would wait forever (virtual time
+stands still while a request is open), and a plain ``--dump-dom`` dumps the page before the
+first event arrives. The login page, which has no stream, is dumped with ``--dump-dom``.
+
+Without Chromium these tests are skipped, except under ``CI``, where they fail.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import anyio
+import httpx
+import pytest
+
+from events import (
+    ActorCrashed,
+    ActorRestarted,
+    ActorStarted,
+    HealthCheck,
+    HealthChecked,
+    PaymentConfirmed,
+    PaymentCreated,
+)
+from ops.admin import serve_admin_app
+from ops.screenshot import PHONE, READY, Chromium, find_chromium, png_size
+from store import EventStore
+
+pytestmark = pytest.mark.browser
+
+TOKEN = "browser-test-token-0123456789"
+NOW = datetime.now(UTC)
+WALLET = "0:83dfd552e63729b472fcbcc8c45ebcc6691702558b68ec7527e1ba403a0f31a8"
+
+
+@pytest.fixture
+def chromium() -> str:
+    found = find_chromium()
+    if found is None:
+        reason = "Debian chromium not installed: `make browser` installs it"
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason} (CI is set: the dashboard's browser tests must run)")
+        pytest.skip(reason)
+    return found
+
+
+def payment(payment_id: int, amount: int) -> PaymentCreated:
+    return PaymentCreated(
+        payment_id=payment_id,
+        user_id=7000 + payment_id,
+        plan="month",
+        amount_nanotons=amount,
+        wallet=WALLET,
+        memo=f"i3lani_{payment_id}",
+        created_at=NOW,
+        expires_at=NOW + timedelta(hours=1),
+    )
+
+
+async def seed(store: EventStore) -> None:
+    await store.append(
+        "actor-PaymentMonitor",
+        [
+            ActorStarted(actor="PaymentMonitor", node="vm:7", generation=1, started_at=NOW),
+            ActorCrashed(
+                actor="PaymentMonitor",
+                node="vm:7",
+                generation=1,
+                error_type="TonApiUnavailable",
+                message="TonAPI answered 502",
+                traceback_digest="abc",
+                uptime_seconds=30.0,
+                crashed_at=NOW,
+            ),
+            ActorRestarted(
+                actor="PaymentMonitor",
+                cause="crash",
+                attempt=1,
+                delay_seconds=0.5,
+                restarted_at=NOW,
+            ),
+            ActorStarted(actor="PaymentMonitor", node="vm:7", generation=2, started_at=NOW),
+        ],
+    )
+    await store.append(
+        "actor-RewardProcessor",
+        [ActorStarted(actor="RewardProcessor", node="vm:7", generation=1, started_at=NOW)],
+    )
+    await store.append(
+        "payment-42",
+        [
+            payment(42, 5_440_000_000),
+            PaymentConfirmed(
+                payment_id=42,
+                tx_hash="ab" * 32,
+                lt=1042,
+                amount_nanotons=5_440_000_000,
+                payer="0:" + "cd" * 32,
+                confirmed_at=NOW,
+            ),
+        ],
+    )
+    await store.append("payment-43", [payment(43, 1_000_000_000)])
+    await store.append(
+        "ops-health",
+        [
+            HealthChecked(
+                healthy=False,
+                checks=[
+                    HealthCheck(name="database", ok=True, latency_ms=1.2),
+                    HealthCheck(name="tonapi", ok=False, detail="TonAPI answered 502"),
+                ],
+                checked_at=NOW,
+            )
+        ],
+    )
+
+
+def text_of(selector: str) -> str:
+    """A page expression: the trimmed text of the first element matching ``selector``."""
+    return f"(document.querySelector({selector!r})?.textContent ?? '').trim()"
+
+
+async def test_the_dashboard_fills_in_from_the_live_stream(
+    chromium: str, store: EventStore
+) -> None:
+    await seed(store)
+    async with Chromium.start(chromium) as browser:
+        async with serve_admin_app(store, token=TOKEN) as base:
+            # What the server sends holds no data: whatever the page shows, its script put there.
+            async with httpx.AsyncClient(base_url=base) as http:
+                raw = await http.get("/dashboard", headers={"Authorization": f"Bearer {TOKEN}"})
+            assert raw.status_code == 200
+            assert "PaymentMonitor" not in raw.text
+            assert "5.44" not in raw.text
+
+            page = await browser.new_page(1280, 900)
+            await page.goto(f"{base}/dashboard?token={TOKEN}")
+            await page.wait_for(READY)
+            assert await page.evaluate("location.pathname + location.search") == "/dashboard"
+            assert await page.evaluate("document.cookie") == ""  # HttpOnly: not for scripts
+            html = await page.html()
+            assert 'data-actor="PaymentMonitor"' in html
+            assert 'data-actor="Cleanup"' in html
+            assert (
+                await page.evaluate(text_of('[data-actor="PaymentMonitor"] [data-state]'))
+                == "running"
+            )
+            monitor_error = await page.evaluate(text_of('[data-actor="PaymentMonitor"] .error'))
+            assert monitor_error.startswith("TonApiUnavailable: TonAPI answered 502")
+            assert "crashed" in await page.evaluate(
+                text_of('[data-actor="PaymentMonitor"] .history')
+            )
+            row = await page.evaluate(
+                "[...document.querySelectorAll('[data-payment=\"42\"] td')]"
+                ".map((td) => td.textContent.trim())"
+            )
+            assert row[0] == "#42"
+            assert row[1] == "7042"
+            assert row[3] == "5.44 TON"
+            assert row[4] == "confirmed"
+            assert await page.evaluate(text_of('[data-payment="43"] .badge')) == "pending"
+            assert await page.evaluate(text_of("#health-verdict")) == "FAILING"
+            assert await page.evaluate(text_of('[data-check="tonapi"] .badge')) == "FAIL"
+            assert await page.evaluate("document.getElementById('banner').hidden") is True
+
+            # A new event reaches the open page by itself.
+            await store.append("payment-44", [payment(44, 2_500_000_000)])
+            await page.wait_for("document.querySelector('[data-payment=\"44\"]') !== null")
+            assert await page.evaluate(text_of('[data-payment="44"] td.num')) == "2.50 TON"
+
+        # The server is gone: the page says so, and keeps retrying.
+        await page.wait_for(
+            "!document.getElementById('banner').hidden && "
+            "document.getElementById('banner').textContent.includes('Connection lost')"
+        )
+        assert await page.evaluate("document.getElementById('conn').textContent") == "offline"
+
+
+async def test_the_dashboard_at_phone_width(
+    chromium: str, store: EventStore, tmp_path: Path
+) -> None:
+    await seed(store)
+    async with (
+        Chromium.start(chromium) as browser,
+        serve_admin_app(store, token=TOKEN) as base,
+    ):
+        page = await browser.new_page(*PHONE)
+        await page.goto(f"{base}/dashboard?token={TOKEN}")
+        await page.wait_for(READY)
+        # Cards stack and wide tables scroll inside them: the page itself never scrolls sideways.
+        assert await page.evaluate("document.documentElement.scrollWidth") <= PHONE[0]
+        widths = await page.evaluate(
+            "[...document.querySelectorAll('.card')].map((c) => c.getBoundingClientRect().width)"
+        )
+        assert all(width <= PHONE[0] for width in widths)
+        lefts = await page.evaluate(
+            "new Set([...document.querySelectorAll('.card')]"
+            ".map((c) => Math.round(c.getBoundingClientRect().left))).size"
+        )
+        assert lefts == 1  # one column
+        png = await page.screenshot()
+    shot = tmp_path / "dashboard-phone.png"
+    await anyio.Path(shot).write_bytes(png)
+    assert await anyio.Path(shot).exists()
+    assert png_size(png) == PHONE
+
+
+async def test_without_a_token_chromium_gets_the_login_page(
+    chromium: str, store: EventStore, tmp_path: Path
+) -> None:
+    async with serve_admin_app(store, token=TOKEN) as base:
+        result = await anyio.run_process(
+            [
+                chromium,
+                "--headless=new",
+                "--no-sandbox",
+                "--disable-gpu",
+                f"--user-data-dir={tmp_path / 'profile'}",
+                "--dump-dom",
+                f"{base}/dashboard",
+            ],
+            check=False,
+        )
+    dom = result.stdout.decode()
+    assert result.returncode == 0, result.stderr.decode()[-500:]
+    assert "i3lani admin: 401" in dom
+    assert 'id="login-required"' in dom
+    assert "/dashboard?token=" in dom
+    assert "data-actor" not in dom
