@@ -1,4 +1,4 @@
-# i3lani: every set-up step lives here, so a fresh machine needs only `make run` / `make test`.
+# i3lani: every set-up step lives here, so a fresh machine needs only `make demo` / `make test`.
 # Nothing here needs PostgreSQL installed: with DATABASE_URL unset, an embedded one is started.
 
 PYTHON ?= python3
@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test lint typecheck pytest browser bench clean
+.PHONY: install demo run test lint typecheck pytest browser bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,6 +15,11 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
+
+## The main job, shown end to end: embedded PostgreSQL, stand-ins, supervisor, actors, gateway,
+## simulated users; prints the event stream live, the dashboard URL and an audit summary.
+demo: $(STAMP)
+	$(BIN)/i3lani demo $(DEMO_ARGS)
 
 ## Bring the schema up to date and summarise the event log.
 run: $(STAMP)

@@ -13,6 +13,9 @@
                                     the Telegram bot: commands in, events appended
     i3lani audit [--as-of POS|TIME] [--user ID] [--stream S] [--format table|json|csv] [--out F]
                                     replay the log, check invariants (exit 1 on discrepancies)
+    i3lani demo [--duration S] [--speed F] [--users N] [--port P] [--seed S] [--database NAME]
+                                    everything at once with simulated users, in its own
+                                    database (recreated each run), shown live, then audited
 
 ``DATABASE_URL`` selects the database; unset, an embedded PostgreSQL is started under
 ``$I3LANI_HOME`` (default ``./.i3lani``). Errors are one line on stderr and a non-zero exit.
@@ -52,7 +55,7 @@ from bot_gateway import load_gateway_config, run_gateway
 from bot_gateway.config import check_webhook_secret
 from events import HealthChecked
 from events.errors import ConfigError, I3laniError
-from ops import audit
+from ops import audit, demo
 from ops.control import issue_command, operator_command
 from ops.format import event_json, event_line, format_time
 from store import EventStore, RecordedEvent, database_url, migrate, migrations, redact_dsn
@@ -160,6 +163,11 @@ def build_parser() -> argparse.ArgumentParser:
         )
     audit.add_arguments(
         commands.add_parser("audit", help="replay the log, check its invariants (exit 1: found)")
+    )
+    demo.add_arguments(
+        commands.add_parser(
+            "demo", help="the whole system with simulated users, in its own database, then audited"
+        )
     )
 
     gateway = commands.add_parser(
@@ -600,6 +608,10 @@ async def cmd_audit(dsn: str, args: argparse.Namespace, out: TextIO) -> int:
     return await audit.audit_command(dsn, args, out)
 
 
+async def cmd_demo(dsn: str, args: argparse.Namespace, out: TextIO) -> int:
+    return await demo.demo_command(dsn, args, out)
+
+
 COMMANDS: dict[str, Callable[[str, argparse.Namespace, TextIO], Awaitable[int]]] = {
     "migrate": cmd_migrate,
     "summary": cmd_summary,
@@ -612,6 +624,7 @@ COMMANDS: dict[str, Callable[[str, argparse.Namespace, TextIO], Awaitable[int]]]
     "stop": cmd_control,
     "start": cmd_control,
     "audit": cmd_audit,
+    "demo": cmd_demo,
     "gateway": cmd_gateway,
 }
 

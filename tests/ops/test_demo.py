@@ -1,0 +1,316 @@
+"""``i3lani demo``: the pure parts (scenario, settings, the stream's wording), a whole run in
+this process against the test server (facts checked in the demo's log), and the console script
+stopped by SIGINT midway."""
+
+from __future__ import annotations
+
+import io
+import signal
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import anyio
+import asyncpg
+import httpx
+import pytest
+from anyio.abc import ByteReceiveStream
+
+from events import (
+    ActorCrashed,
+    ActorRestarted,
+    ActorStarted,
+    ChannelStatsFailed,
+    Event,
+    EventMetadata,
+    LatePaymentReceived,
+    PaymentConfirmed,
+    PaymentUnderpaid,
+    RewardCredited,
+    RewardEarned,
+    UserRegistered,
+    WalletScanned,
+)
+from events.errors import ConfigError
+from ops.cli import build_parser
+from ops.demo import (
+    DemoOptions,
+    FaultSwitch,
+    StreamView,
+    demo_settings,
+    plan_scenario,
+    prepare_database,
+    run_demo,
+)
+from store import EventStore, RecordedEvent
+from store.database import with_database
+from tests.waiting import eventually
+
+I3LANI = str(Path(sys.executable).parent / "i3lani")
+NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
+
+
+# -- pure parts ---------------------------------------------------------------------------------
+def test_the_scenario_is_reproducible_and_has_every_case() -> None:
+    scenario = plan_scenario(8, seed=3)
+    assert scenario == plan_scenario(8, seed=3)
+    assert scenario != plan_scenario(8, seed=4)
+    roles = [user.role for user in scenario.users]
+    for role in ("exact", "underpay", "late", "double", "abandon", "overpay"):
+        assert role in roles
+    assert {roles[1], roles[2]} == {"late", "abandon"}  # they need the whole window
+    assert scenario.users[1].referrer == scenario.users[0].user_id
+    for index, user in enumerate(scenario.users):
+        if user.referrer is not None:
+            assert user.referrer < user.user_id, "a referrer joined earlier"
+        assert user.subscribe_at > user.arrive_at
+        assert user.balance_at < scenario.end_at
+        assert index == 0 or user.arrive_at > scenario.users[index - 1].arrive_at
+    assert scenario.users[0].arrive_at < scenario.crash_at < scenario.end_at
+    assert any(user.channel for user in scenario.users)
+
+
+def test_demo_settings_divide_intervals_by_the_speed() -> None:
+    fast = demo_settings(
+        tonapi_url="http://t", bot_api_url="http://b", bot_token="1:x", wallet="w", speed=4
+    )
+    slow = demo_settings(
+        tonapi_url="http://t", bot_api_url="http://b", bot_token="1:x", wallet="w", speed=1
+    )
+    assert fast.payment_interval * 4 == slow.payment_interval
+    assert fast.payment_window * 4 == slow.payment_window
+    assert len(fast.admin_ids) == 1
+
+
+def test_the_fault_fires_once_and_only_when_armed() -> None:
+    switch = FaultSwitch()
+    assert not switch.take()
+    switch.arm()
+    assert switch.take()
+    assert not switch.take()
+
+
+def _recorded(event: Event, stream: str, position: int = 1) -> RecordedEvent:
+    return RecordedEvent(
+        position=position,
+        transaction_id=position,
+        event_id=uuid.uuid4(),
+        stream=stream,
+        version=1,
+        type=type(event).__name__,
+        schema_version=1,
+        event=event,
+        metadata=EventMetadata(),
+        recorded_at=NOW,
+    )
+
+
+def test_the_stream_hides_noise_and_says_what_a_scan_left_alone() -> None:
+    view = StreamView()
+    view.expect_transfer(7, "ab" * 32, lt=100, value=1_000_000_000)
+    scan = WalletScanned(wallet="0:" + "00" * 32, last_lt=100, transactions=1, scanned_at=NOW)
+    lines = view.describe(_recorded(scan, "payment-scan-0_00"))
+    assert [line.label for line in lines] == ["payment 7"]
+    assert "NOT confirmed again" in lines[0].text
+    assert view.describe(_recorded(scan, "payment-scan-0_00")) == []
+    failed = ChannelStatsFailed(
+        channel="@some_club", kind="bad_request", description="chat not found", failed_at=NOW
+    )
+    assert len(view.describe(_recorded(failed, "channel-some_club"))) == 1
+    assert view.describe(_recorded(failed, "channel-some_club")) == []  # said already
+    assert view.skipped["wallet scans"] == 2
+    assert view.skipped["repeated channel measurements"] == 1
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--speed", "50"], "--speed: expected a factor between 0.25 and 20"),
+        (["--users", "2"], "--users: expected a number of users between 5 and 100"),
+        (["--duration", "soon"], "--duration: expected seconds"),
+        (["--port", "70000"], "--port: expected a port between 0 and 65535"),
+        (["--database", "postgres"], "--database: expected a plain lower-case database name"),
+    ],
+)
+def test_bad_options_are_one_line_usage_errors(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(["demo", *argv])
+    assert exited.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("i3lani demo: error: argument ")
+    assert message in error
+
+
+async def test_the_database_named_by_database_url_is_refused(dsn: str) -> None:
+    name = dsn.rsplit("/", 1)[1].split("?", 1)[0]
+    with pytest.raises(ValueError, match="is the database DATABASE_URL names"):
+        await prepare_database(dsn, name)
+
+
+@pytest.fixture
+async def demo_database(server_dsn: str) -> AsyncIterator[str]:
+    """A name for the demo's database, dropped after the test."""
+    name = f"i3lani_demo_t_{uuid.uuid4().hex[:10]}"
+    try:
+        yield name
+    finally:
+        admin = await asyncpg.connect(with_database(server_dsn, "postgres"))
+        try:
+            await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        finally:
+            await admin.close()
+
+
+async def test_only_a_database_the_demo_created_is_ever_dropped(
+    server_dsn: str, demo_database: str
+) -> None:
+    first = await prepare_database(server_dsn, demo_database)
+    assert await prepare_database(server_dsn, demo_database) == first  # its own: recreated
+    admin = await asyncpg.connect(with_database(server_dsn, "postgres"))
+    try:
+        await admin.execute(f"DROP DATABASE {demo_database} WITH (FORCE)")
+        await admin.execute(f"CREATE DATABASE {demo_database}")  # someone else's
+    finally:
+        await admin.close()
+    with pytest.raises(ConfigError, match="was not created by i3lani demo"):
+        await prepare_database(server_dsn, demo_database)
+
+
+# -- a whole run --------------------------------------------------------------------------------
+
+
+async def _dashboard_answers(out: io.StringIO) -> bool:
+    """Once the dashboard URL is printed: the dashboard answers with its token."""
+
+    async def printed() -> bool:
+        return "dashboard  http" in out.getvalue()
+
+    await eventually(printed, within=30)
+    line = next(x for x in out.getvalue().splitlines() if "dashboard  http" in x)
+    page, _, query = line.split()[-1].partition("?token=")
+    async with httpx.AsyncClient() as client:
+        refused = await client.get(page)
+        shown = await client.get(page, headers={"Authorization": f"Bearer {query}"})
+    return refused.status_code == 401 and shown.status_code == 200 and "<html" in shown.text
+
+
+@pytest.mark.slow
+async def test_a_demo_run_tells_the_whole_story(server_dsn: str, demo_database: str) -> None:
+    out = io.StringIO()
+    options = DemoOptions(duration=12, speed=6, users=8, seed=1, database=demo_database)
+    dashboard_ok = False
+
+    async def check_dashboard() -> None:
+        nonlocal dashboard_ok
+        dashboard_ok = await _dashboard_answers(out)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(check_dashboard)
+        outcome = await run_demo(server_dsn, options, out)
+    text = out.getvalue()
+    assert outcome.exit_code == 0, text
+    assert outcome.simulation_done, text
+    assert outcome.audit is not None
+    assert outcome.audit.clean, outcome.audit.discrepancies
+    assert dashboard_ok
+    assert outcome.dsn is not None
+    assert outcome.dashboard_url is not None
+    assert text.count(outcome.dashboard_url) == 2, text  # at the start and once users are done
+    assert "\nSummary\n" in text
+    assert f"audit: clean ({outcome.audit.summary.events_replayed} events, 0 discrepancies)" in text
+    assert "\x1b[" not in text, "no colours when the output is not a terminal"
+
+    # The whole log the audit replayed (reading waits for events committed behind a
+    # transaction still open elsewhere on the server: transaction ids are server-wide).
+    log: list[RecordedEvent] = []
+    replayed = outcome.audit.summary.events_replayed
+    async with EventStore.open(outcome.dsn, min_connections=1, max_connections=2) as store:
+
+        async def read_whole_log() -> bool:
+            log[:] = [r async for r in store.read_all(skip_unknown=True)]
+            return len(log) >= replayed
+
+        await eventually(read_whole_log, within=10)
+    events = [r.event for r in log]
+
+    def of(kind: type[object]) -> list[object]:
+        return [e for e in events if isinstance(e, kind)]
+
+    assert len(of(UserRegistered)) == 8
+    referrals = {
+        e.reward_id for e in events if isinstance(e, RewardEarned) and e.reason == "referral"
+    }
+    credited = {e.reward_id for e in events if isinstance(e, RewardCredited)}
+    assert referrals & credited, "a referral reward was credited"
+    assert len(of(PaymentConfirmed)) >= 3
+    assert of(PaymentUnderpaid)
+    assert of(LatePaymentReceived)
+
+    # The double payment: confirmed once, with the first transfer; the second was scanned
+    # (the cursor passed it) and recorded against nothing.
+    [double] = outcome.doubles
+    confirmations = [
+        e for e in events if isinstance(e, PaymentConfirmed) and e.payment_id == double.payment_id
+    ]
+    assert [c.tx_hash for c in confirmations] == [double.first_tx]
+    recorded_hashes = {
+        e.tx_hash
+        for e in events
+        if isinstance(e, PaymentConfirmed | PaymentUnderpaid | LatePaymentReceived)
+    }
+    assert double.second_tx not in recorded_hashes
+    assert any(isinstance(e, WalletScanned) and e.last_lt >= double.second_lt for e in events)
+
+    # Exactly one crash, of the PaymentMonitor, then its restart by the supervisor.
+    crashes = [(r.stream, r.event) for r in log if isinstance(r.event, ActorCrashed)]
+    assert [(stream, crash.error_type) for stream, crash in crashes] == [
+        ("actor-PaymentMonitor", "DemoFault")
+    ]
+    after = [r.event for r in log if r.stream == "actor-PaymentMonitor"]
+    crash_at = next(i for i, e in enumerate(after) if isinstance(e, ActorCrashed))
+    restarted = after[crash_at + 1 :]
+    assert any(isinstance(e, ActorRestarted) and e.cause == "crash" for e in restarted)
+    assert any(isinstance(e, ActorStarted) and e.generation > 1 for e in restarted)
+    for line in ("CRASHED after", "restarted after the crash", "UNDERPAID", "LATE", "paid twice"):
+        assert line in text, line
+
+
+@pytest.mark.slow
+async def test_the_console_script_stops_cleanly_on_sigint(
+    server_dsn: str, demo_database: str, clean_env: dict[str, str]
+) -> None:
+    env = {**clean_env, "DATABASE_URL": server_dsn}
+    command = [I3LANI, "demo", "--duration", "60", "--speed", "4", "--database", demo_database]
+    async with await anyio.open_process(command, env=env) as process:
+        stdout, stderr = bytearray(), bytearray()
+
+        async def drain(stream: ByteReceiveStream, into: bytearray) -> None:
+            async for chunk in stream:
+                into.extend(chunk)
+
+        async with anyio.create_task_group() as tg:
+            assert process.stdout is not None
+            assert process.stderr is not None
+            tg.start_soon(drain, process.stdout, stdout)
+            tg.start_soon(drain, process.stderr, stderr)
+
+            async def simulating() -> bool:
+                assert process.returncode is None, stderr.decode()
+                return b"> /subscribe" in stdout
+
+            await eventually(simulating, within=30)
+            sent = anyio.current_time()
+            process.send_signal(signal.SIGINT)
+            with anyio.fail_after(30):
+                code = await process.wait()
+            took = timedelta(seconds=anyio.current_time() - sent)
+    text, errors = stdout.decode(), stderr.decode()
+    assert code in (0, 130), errors
+    assert "Traceback" not in errors, errors
+    assert took < timedelta(seconds=15)
+    assert "stopped by a signal" in text
+    assert "audit: clean (" in text, text
