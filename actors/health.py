@@ -73,6 +73,9 @@ CHECK_TIMEOUT: Final = 10.0
 SLOW_DATABASE: Final = 2.0
 TASK_WAIT_LIMIT: Final = timedelta(minutes=5)
 LAG_LIMIT: Final = 1000
+STARTUP_GRACE: Final = 60.0
+"""Seconds after the checker starts during which a sibling not running yet is "starting", not
+failing: on a fresh deploy the checker may check before the supervisor has started the rest."""
 _NAMESPACE: Final = uuid.UUID("0b7c1d0e-61a4-4f0c-8d3e-5f2a9b1c4e77")
 
 
@@ -143,9 +146,13 @@ class HealthChecker(Actor[HealthState]):
         lagging_checkpoints: Mapping[str, str] | None = None,
         tonapi: TonApiClient | None = None,
         telegram: TelegramClient | None = None,
+        startup_grace: float = STARTUP_GRACE,
     ) -> None:
         """``actor_intervals``: the tick interval of each actor whose liveness is checked;
-        ``lagging_checkpoints``: actor name -> category, for the subscription lag checks."""
+        ``lagging_checkpoints``: actor name -> category, for the subscription lag checks;
+        ``startup_grace``: see :data:`STARTUP_GRACE`."""
+        self.startup_grace = startup_grace
+        self.started_at: datetime | None = None
         self.settings = settings
         self.tick = TickSpec(interval=settings.health_interval, missed="run_once")
         self.actor_intervals = dict(actor_intervals)
@@ -162,6 +169,7 @@ class HealthChecker(Actor[HealthState]):
         self, stack: contextlib.AsyncExitStack, runner: ActorRunner[HealthState]
     ) -> None:
         self.queue = TaskQueue(runner.store, task_types(self.settings), node=runner.node)
+        self.started_at = runner.clock.now()
         if self._given[0] is None:
             self.tonapi = await stack.enter_async_context(
                 TonApiClient(self.settings.tonapi_url, api_key=self.settings.tonapi_key)
@@ -321,6 +329,8 @@ class HealthChecker(Actor[HealthState]):
             ok, detail = True, str(status.state)
             if status.desired == "stopped" and status.state in ("stopped", "never started"):
                 detail = "stopped by an operator"
+            elif status.state in ("never started", "starting") and self._starting_up(now):
+                detail = f"{status.state} (this checker started moments ago)"
             elif status.state != "running":
                 ok = False
                 detail = status.state + (f" ({status.last_error})" if status.last_error else "")
@@ -332,6 +342,11 @@ class HealthChecker(Actor[HealthState]):
                     detail = f"running, last tick {age:.0f}s ago"
             checks.append(HealthCheck(name=f"actor:{name}", ok=ok, detail=detail[:200]))
         return checks
+
+    def _starting_up(self, now: datetime) -> bool:
+        if self.started_at is None:  # checked from outside an incarnation: no grace
+            return False
+        return (now - self.started_at).total_seconds() < self.startup_grace
 
     async def _tasks(self) -> str:
         assert self.queue is not None

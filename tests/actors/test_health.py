@@ -41,6 +41,7 @@ async def checker(
     bot_api: BotApiStandIn,
     *,
     intervals: dict[str, float] | None = None,
+    startup_grace: float = 0.0,
 ) -> AsyncIterator[tuple[ActorRef, ActorRunner[HealthState]]]:
     settings = Settings(
         admin_ids=ADMINS, health_interval=3600, task_retry_delay=0.05, task_lock_timeout=2
@@ -56,6 +57,7 @@ async def checker(
             lagging_checkpoints={},
             tonapi=ton_client,
             telegram=telegram,
+            startup_grace=startup_grace,
         )
         runner = ActorRunner(actor, store, SystemClock(), node="node-a")
         ref: ActorRef = await tg.start(runner.run)
@@ -167,3 +169,18 @@ async def test_a_dead_actor_fails_its_liveness_check(store: EventStore) -> None:
         [liveness] = [c for c in last.checks if c.name == "actor:PaymentMonitor"]
         assert not liveness.ok
         assert "never started" in liveness.detail
+
+
+async def test_a_sibling_not_started_yet_is_not_failing_while_the_checker_starts_up(
+    store: EventStore,
+) -> None:
+    async with TonApiStandIn() as tonapi, BotApiStandIn() as bot_api:
+        async with checker(
+            store, tonapi, bot_api, intervals={"PaymentMonitor": 30}, startup_grace=60
+        ) as (ref, _):
+            await ref.ask(CheckHealth(), timeout=20)
+        last = (await verdicts(store))[-1]
+        [liveness] = [c for c in last.checks if c.name == "actor:PaymentMonitor"]
+        assert liveness.ok
+        assert liveness.detail.startswith("never started (this checker started")
+        assert not bot_api.sent  # no "failing" alert on a fresh deploy
