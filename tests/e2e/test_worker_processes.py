@@ -41,7 +41,9 @@ from tests.e2e.processes import (
     wait_for_event,
 )
 
-pytestmark = pytest.mark.slow
+# Several real processes, each importing the CLI: slow on a loaded 2-core machine; the waits
+# inside each test are bounded on their own, this is only the outer safety net.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(150)]
 
 E = TypeVar("E")
 

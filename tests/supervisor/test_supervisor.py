@@ -50,6 +50,7 @@ from supervisor import (
     actor_status,
     desired_state,
 )
+from tests.waiting import eventually
 
 REPO = Path(__file__).resolve().parents[2]
 T0 = datetime(2026, 7, 1, 6, 0, tzinfo=UTC)
@@ -750,7 +751,11 @@ async def test_a_stop_command_during_backoff_stops_the_actor(store: EventStore) 
             store, "Broken", count(ActorStopped, 1), what="Broken stopped", seconds=2.0
         )
         assert of_type(events, ActorStopped)[0].reason == "stopped by alice: investigating"
-        assert await lease_holder(store, "Broken") is None
+
+        async def released() -> bool:  # handed back right after the stop is recorded
+            return await lease_holder(store, "Broken") is None
+
+        await eventually(released, within=5)
         status = await actor_status(store, "Broken", datetime.now(UTC))
         assert (status.state, status.desired) == ("stopped", "stopped")
 
