@@ -9,7 +9,9 @@ Exactly-once rules, all enforced by the store rather than by reading first:
 
 * a user registers once: ``UserRegistered`` goes to ``member-<id>`` with ``NO_STREAM``, and the
   referral ``RewardEarned`` is appended **in the same transaction**, with an event id derived
-  from the referred user, so a repeat or a race earns nothing more;
+  from the referred user, so a repeat or a race earns nothing more (a transaction that lost
+  the race for the *referrer's* next stream version to another writer is tried again: only a
+  conflict on ``member-<id>`` means "already registered");
 * a channel is added once: ``ChannelAdded`` goes to its channel stream with ``NO_STREAM``,
   together with its ``channel_addition`` reward;
 * a payment id is used once: ``PaymentCreated`` goes to ``payment-<id>`` with ``NO_STREAM``;
@@ -47,6 +49,7 @@ from bot_gateway.config import GatewayConfig
 from bot_gateway.events import UserRegistered, member_stream
 from events import (
     ChannelAdded,
+    Event,
     EventMetadata,
     HealthChecked,
     PaymentCreated,
@@ -66,6 +69,8 @@ logger = logging.getLogger(__name__)
 
 _NAMESPACE: Final = uuid.UUID("5d1f0b7e-4c7a-4a63-9a55-0f3b8e6c2d41")
 PAYMENT_ID_ATTEMPTS: Final = 20
+APPEND_ATTEMPTS: Final = 20
+"""Tries of a registration whose reward's stream another writer keeps appending to."""
 
 # The largest payment id ever created. events_type_idx makes this an index scan over
 # PaymentCreated rows only; it runs once per process and again after an id conflict.
@@ -148,32 +153,21 @@ class Gateway:
             referred_by=referrer,
             username=user.username,
         )
-        meta = self._meta(user.user_id)
-        try:
-            async with self.store.transaction() as tx:
-                await tx.append(
-                    member_stream(user.user_id),
-                    [registration],
-                    expected_version=NO_STREAM,
-                    metadata=meta,
-                )
-                if referrer is not None:
-                    source = f"user:{user.user_id}"
-                    reward_id = reward_id_for("referral", source)
-                    reward = RewardEarned(
-                        reward_id=reward_id,
-                        user_id=referrer,
-                        amount_nanotons=self.config.referral_reward_nanotons,
-                        reason="referral",
-                        source=source,
-                        earned_at=now,
-                    )
-                    await tx.append(
-                        f"user-{referrer}",
-                        [NewEvent(event=reward, event_id=reward_id)],
-                        metadata=meta,
-                    )
-        except (ConcurrencyConflict, EventIdReused):
+        reward: RewardEarned | None = None
+        if referrer is not None:
+            source = f"user:{user.user_id}"
+            reward = RewardEarned(
+                reward_id=reward_id_for("referral", source),
+                user_id=referrer,
+                amount_nanotons=self.config.referral_reward_nanotons,
+                reason="referral",
+                source=source,
+                earned_at=now,
+            )
+        first = await self._append_first(
+            member_stream(user.user_id), registration, reward, self._meta(user.user_id)
+        )
+        if not first:
             # A second /start racing the first (or a redelivered update): it already counted.
             return "Welcome back! See /help for what I can do."
         if referrer is not None:
@@ -182,6 +176,37 @@ class Gateway:
                 f"{format_ton(self.config.referral_reward_nanotons)} TON."
             )
         return f"Welcome to i3lani! You are registered.{note}\n\n{HELP_TEXT}"
+
+    async def _append_first(
+        self, stream: str, event: Event, reward: RewardEarned | None, meta: EventMetadata
+    ) -> bool:
+        """Append ``event`` as the first event of ``stream`` and, in the same transaction,
+        ``reward`` (under its reward id) to its user's stream. False when ``stream`` exists
+        already (or the reward id is stored): it counted before, nothing is written.
+
+        Another append to the user's stream committed between our choice of its next version
+        and our insert (a second referral through the same link, a channel added at the same
+        time, a credit) aborts the transaction with nothing written: that one is tried again,
+        never taken for "already registered"."""
+        reward_stream = None if reward is None else f"user-{reward.user_id}"
+        for _ in range(APPEND_ATTEMPTS):
+            try:
+                async with self.store.transaction() as tx:
+                    await tx.append(stream, [event], expected_version=NO_STREAM, metadata=meta)
+                    if reward is not None:
+                        await tx.append(
+                            f"user-{reward.user_id}",
+                            [NewEvent(event=reward, event_id=reward.reward_id)],
+                            metadata=meta,
+                        )
+            except ConcurrencyConflict as exc:
+                if exc.stream == reward_stream:
+                    continue
+                return False
+            except EventIdReused:
+                return False
+            return True
+        raise StoreUnavailable(f"{reward_stream} kept changing during {APPEND_ATTEMPTS} attempts")
 
     async def subscribe(self, user_id: int, args: str | None) -> str:
         """Create a payment for the plan in ``args``; the reply says how to pay it."""
@@ -290,19 +315,8 @@ class Gateway:
             source=source,
             earned_at=now,
         )
-        meta = self._meta(user_id)
-        try:
-            async with self.store.transaction() as tx:
-                await tx.append(
-                    stream,
-                    [ChannelAdded(channel=channel, added_by=user_id, added_at=now)],
-                    expected_version=NO_STREAM,
-                    metadata=meta,
-                )
-                await tx.append(
-                    f"user-{user_id}", [NewEvent(event=reward, event_id=reward_id)], metadata=meta
-                )
-        except (ConcurrencyConflict, EventIdReused):
+        added = ChannelAdded(channel=channel, added_by=user_id, added_at=now)
+        if not await self._append_first(stream, added, reward, self._meta(user_id)):
             return f"{channel} is already registered; each channel can be added once."
         return (
             f"{channel} is registered. Its audience is measured and priced within hours; "
