@@ -17,7 +17,7 @@ from actors.health import HealthChecker
 from actors.payment_monitor import PaymentMonitor
 from actors.reward_processor import RewardProcessor
 from actors.runtime import Actor
-from events.errors import ConfigError
+from events.errors import ConfigError, one_line
 from supervisor import ChildSpec, RestartType
 
 __all__ = [
@@ -55,7 +55,9 @@ class UnknownActor(ValueError):
     """An actor name this build does not know."""
 
     def __init__(self, name: str) -> None:
-        super().__init__(f"unknown actor {name!r}; valid names: {', '.join(ACTOR_NAMES)}")
+        super().__init__(
+            f"unknown actor {one_line(repr(name), 80)}; valid names: {', '.join(ACTOR_NAMES)}"
+        )
 
 
 def tick_intervals(settings: Settings, names: Sequence[str] = PRODUCT_ACTORS) -> dict[str, float]:

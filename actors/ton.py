@@ -31,7 +31,7 @@ from urllib.parse import quote
 import msgspec
 
 from events.base import NANOTONS_PER_TON
-from events.errors import I3laniError
+from events.errors import I3laniError, one_line
 
 __all__ = [
     "InvalidAddress",
@@ -86,7 +86,7 @@ def crc16_xmodem(data: bytes) -> int:
 
 def _shown(text: str) -> str:
     """``text`` for an error message: quoted, escapes visible, cut when long."""
-    return repr(text) if len(text) <= 80 else repr(text[:77]) + "..."
+    return one_line(repr(text), 80)
 
 
 class Address(msgspec.Struct, frozen=True):
@@ -140,7 +140,7 @@ class Address(msgspec.Struct, frozen=True):
         workchain_text, _, hex_text = text.partition(":")
         if _CANONICAL_WORKCHAIN_RE.fullmatch(workchain_text) is None:
             raise InvalidAddress(
-                f"{_shown(text)} has workchain {workchain_text!r}: a raw TON address starts "
+                f"{_shown(text)} has workchain {_shown(workchain_text)}: a raw TON address starts "
                 "with a signed number without leading zeros (0 or -1 in practice), then a colon"
             )
         offset = len(workchain_text) + 1

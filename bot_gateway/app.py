@@ -13,20 +13,24 @@ An exception in a handler (the database unreachable...) is logged and answered w
 
 Webhook mode (:func:`build_app`, :func:`run_webhook`) serves aiogram's
 ``SimpleRequestHandler`` on aiohttp and checks ``X-Telegram-Bot-Api-Secret-Token``: a wrong or
-missing secret gets 401 and the update is not processed. Polling mode is :func:`run_polling`.
+missing secret gets 401 and the update is not processed. A body that is not a Telegram Update
+(not JSON, or JSON of another shape) gets 400 with one line, and nothing is processed; it is
+logged without its content. Polling mode is :func:`run_polling`.
 :func:`run_gateway` runs either one plus the payment notifier until cancelled.
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import Awaitable, Callable
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 import anyio
 from aiogram import Bot, Dispatcher, Router
 from aiogram.filters import Command, CommandObject, CommandStart
-from aiogram.types import ErrorEvent, Message
+from aiogram.methods import TelegramMethod
+from aiogram.types import ErrorEvent, Message, Update
 from aiogram.webhook.aiohttp_server import SimpleRequestHandler, setup_application
 from aiohttp import web
 from anyio.abc import TaskStatus
@@ -186,6 +190,39 @@ def build_dispatcher(gateway: Gateway) -> Dispatcher:
     return dispatcher
 
 
+class _WebhookHandler(SimpleRequestHandler):
+    """aiogram's handler, but bad requests are refused instead of raising (a 500 with a
+    traceback in the log, for a request that can never succeed).
+
+    * A secret header with non-ASCII characters: aiogram compares ``str`` with
+      ``secrets.compare_digest``, which raises TypeError for them; bytes compare safely (401).
+    * A body that is not an Update: aiogram parses it inside the request handler, so JSON that
+      does not parse or does not validate escaped as an exception (now 400). Its own parsing,
+      reproduced here, is the two lines of ``_handle_request``.
+    """
+
+    def verify_secret(self, telegram_secret_token: str, bot: Bot) -> bool:
+        expected = (self.secret_token or "").encode()
+        given = telegram_secret_token.encode("utf-8", "surrogatepass")
+        return secrets.compare_digest(given, expected)
+
+    async def _handle_request(self, bot: Bot, request: web.Request) -> web.Response:
+        try:
+            body = await request.json(loads=bot.session.json_loads)
+            update = Update.model_validate(body, context={"bot": bot})
+        except ValueError as exc:  # bad UTF-8, bad JSON, or pydantic's ValidationError
+            logger.warning(
+                "webhook body refused: not a Telegram Update (%s)",
+                type(exc).__name__,
+                extra={"action": "gateway_bad_update"},
+            )
+            return web.Response(status=400, text="Bad Request: the body is not a Telegram Update")
+        result: TelegramMethod[Any] | None = await self.dispatcher.feed_webhook_update(
+            bot, update, **self.data
+        )
+        return web.Response(body=self._build_response_writer(bot=bot, result=result))
+
+
 async def _healthz(request: web.Request) -> web.Response:
     return web.Response(text="ok")
 
@@ -207,7 +244,7 @@ def build_app(
     secret = check_webhook_secret(secret)
     dispatcher = dispatcher or build_dispatcher(gateway)
     app = web.Application()
-    SimpleRequestHandler(
+    _WebhookHandler(
         dispatcher=dispatcher, bot=bot, secret_token=secret, handle_in_background=False
     ).register(app, path=path)
     app.router.add_get(HEALTH_PATH, _healthz)

@@ -51,7 +51,19 @@ __all__ = [
     "StaleGeneration",
     "StoreUnavailable",
     "MigrationError",
+    "one_line",
 ]
+
+
+def one_line(text: str, limit: int = 200) -> str:
+    """``text`` fit for a one-line error message: line breaks and other unprintable characters
+    escaped as ``repr`` writes them (``\\n``, ``\\x00``), cut to ``limit`` characters.
+
+    For outside text quoted in a message (a stored value, a name someone typed), so that the
+    message stays one short line whatever the text holds."""
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class I3laniError(Exception):
@@ -73,7 +85,9 @@ class InvalidEvent(EventError):
         self.event_type = event_type
         self.field = field
         self.reason = reason
-        super().__init__(f"invalid {event_type}: field {field!r}: {reason}")
+        super().__init__(
+            f"invalid {event_type}: field {one_line(repr(field), 80)}: {one_line(reason)}"
+        )
 
 
 class UnknownEventType(EventError):
@@ -84,8 +98,9 @@ class UnknownEventType(EventError):
         self.position = position
         where = f" at global position {position}" if position is not None else ""
         super().__init__(
-            f"unknown event type {tag!r}{where}: written by a newer version of i3lani, "
-            "or its class is not registered; upgrade, register it, or read with skip_unknown=True"
+            f"unknown event type {one_line(repr(tag), 100)}{where}: written by a newer version "
+            "of i3lani, or its class is not registered; upgrade, register it, or read with "
+            "skip_unknown=True"
         )
 
 

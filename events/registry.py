@@ -23,9 +23,15 @@ from typing import Any, TypeVar
 import msgspec
 
 from events.base import Event
-from events.errors import EventRegistrationError, InvalidEvent, UnknownEventType, UpcastError
+from events.errors import (
+    EventRegistrationError,
+    InvalidEvent,
+    UnknownEventType,
+    UpcastError,
+    one_line,
+)
 
-__all__ = ["EventRegistry", "Upcaster"]
+__all__ = ["EventRegistry", "Upcaster", "unstorable_text"]
 
 E = TypeVar("E", bound=type[Event])
 
@@ -43,6 +49,32 @@ def _split_validation_error(
     if match is None:  # pragma: no cover - the pattern matches every string
         return "?", str(error)
     return match.group("path") or "(payload)", match.group("reason")
+
+
+def unstorable_text(value: Any, path: str = "") -> tuple[str, str] | None:
+    """(field, reason) of the first text in ``value`` (JSON builtins) that PostgreSQL's jsonb
+    cannot hold: a NUL character, or a lone surrogate (not UTF-8); None when there is none."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            return path or "(payload)", "a NUL character (U+0000) cannot be stored"
+        if not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return path or "(payload)", "a lone surrogate is not valid Unicode"
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            where = f"{path}.{key}" if path else str(key)
+            found = unstorable_text(key, where) or unstorable_text(item, where)
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found = unstorable_text(item, f"{path}[{index}]")
+            if found is not None:
+                return found
+    return None
 
 
 class _Entry:
@@ -148,8 +180,18 @@ class EventRegistry:
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
             field, reason = _split_validation_error(exc)
             raise InvalidEvent(tag, field, reason) from exc
+        except UnicodeEncodeError as exc:  # a lone surrogate: not UTF-8, so not JSON
+            field, reason = unstorable_text(msgspec.to_builtins(event)) or ("(payload)", str(exc))
+            raise InvalidEvent(tag, field, reason) from exc
         except (TypeError, OverflowError) as exc:  # a value msgspec cannot encode at all
             raise InvalidEvent(tag, "(payload)", str(exc)) from exc
+        # PostgreSQL's jsonb refuses \u0000: refused here, before the event can fail (or, in a
+        # group commit, take down) the statement that appends it. The cheap test may also match
+        # an escaped backslash followed by "u0000"; the walk decides.
+        if b"\\u0000" in payload:
+            unstorable = unstorable_text(msgspec.json.decode(payload))
+            if unstorable is not None:
+                raise InvalidEvent(tag, *unstorable)
         return tag, entry.version, payload
 
     def decode(
@@ -185,7 +227,8 @@ class EventRegistry:
             field, reason = _split_validation_error(exc)
             where = f" at global position {position}" if position is not None else ""
             raise UpcastError(
-                f"stored {tag}{where} does not decode: field {field!r}: {reason}"
+                f"stored {tag}{where} does not decode: field {one_line(repr(field), 80)}: "
+                f"{one_line(reason)}"
             ) from exc
 
     def _entry_for_tag(self, tag: str, position: int | None) -> _Entry:

@@ -75,7 +75,7 @@ from events import (
     PaymentUnderpaid,
     SubscriptionActivated,
 )
-from events.errors import StoreUnavailable
+from events.errors import InvalidEvent, StoreUnavailable
 from ops.control import ACTIONS, UnknownAction, issue_command, operator_command
 from store import EventStore, RecordedEvent
 from store.queries import query
@@ -152,7 +152,9 @@ class AdminAuth:
         return "AdminAuth(<token>)"
 
     def token_matches(self, candidate: str) -> bool:
-        return hmac.compare_digest(candidate.encode(), self._token)
+        # A header with undecodable bytes arrives with surrogates: encode it as it came
+        # (it simply does not match) rather than fail with a 500.
+        return hmac.compare_digest(candidate.encode("utf-8", "surrogatepass"), self._token)
 
     def bearer_ok(self, request: web.Request) -> bool:
         scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
@@ -160,7 +162,9 @@ class AdminAuth:
 
     def cookie_ok(self, request: web.Request) -> bool:
         value = request.cookies.get(COOKIE_NAME)
-        return value is not None and hmac.compare_digest(value.encode(), self._session.encode())
+        return value is not None and hmac.compare_digest(
+            value.encode("utf-8", "surrogatepass"), self._session.encode()
+        )
 
     def guard(self, handler: Handler, access: Access = "api") -> Handler:
         """``handler`` behind the check; database outages become a one-line 503."""
@@ -873,7 +877,10 @@ class _Admin:
             return _error(400, f'the body is optional JSON {{"reason": "..."}}: {exc}')
         who = f"api:{request.remote or 'unknown'}"
         command = operator_command(action, name, requested_by=who, reason=reason)
-        result = await issue_command(self.store, command)
+        try:
+            result = await issue_command(self.store, command)
+        except InvalidEvent as exc:  # a reason the log cannot hold (a NUL character...)
+            return _error(400, f"the reason cannot be recorded: {exc}")
         logger.info(
             "operator command %s %s by %s (position %s)",
             action,

@@ -33,7 +33,7 @@ import socket
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
-from typing import TextIO
+from typing import NoReturn, TextIO
 
 import anyio
 import msgspec
@@ -54,7 +54,7 @@ from actors.tonapi import TonApiClient
 from bot_gateway import load_gateway_config, run_gateway
 from bot_gateway.config import check_webhook_secret
 from events import HealthChecked
-from events.errors import ConfigError, I3laniError
+from events.errors import ConfigError, I3laniError, one_line
 from ops import audit, demo
 from ops.control import issue_command, operator_command
 from ops.format import event_json, event_line, format_time
@@ -87,8 +87,17 @@ def _positive_int(text: str) -> int:
     return value
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with each usage error on one line: argparse quotes some arguments as typed
+    (``unrecognized arguments: ...``), line breaks included. Subcommands' parsers are made with
+    the parser's own class, so they are covered too."""
+
+    def error(self, message: str) -> NoReturn:
+        super().error(one_line(message, 300))
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="i3lani",
         description="i3lani background work: event store, actors and operator tools.",
     )

@@ -824,7 +824,12 @@ class EventStore:
         for position, txid, event_id, stream, version, tag, schema, payload, meta, at in records:
             entry = fast.get(tag)
             if entry is not None and schema >= entry[0]:
-                event = entry[1](payload)
+                try:
+                    event = entry[1](payload)
+                except msgspec.MsgspecError:
+                    # A stored payload its class no longer reads: the slow path raises the
+                    # UpcastError that names its position, not a bare msgspec error.
+                    event = decode_slow(tag, schema, payload, position=position)
             else:
                 try:
                     event = decode_slow(tag, schema, payload, position=position)

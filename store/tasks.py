@@ -93,7 +93,8 @@ import msgspec
 from anyio.abc import TaskStatus
 
 from events import EventMetadata
-from events.errors import I3laniError, StoreError
+from events.errors import I3laniError, StoreError, one_line
+from events.registry import unstorable_text
 from store.eventstore import _CONNECTION_ERRORS, EventStore, Transaction, _unavailable
 from store.listener import LISTEN_ERRORS, close_listener, open_listener
 from store.queries import query
@@ -179,8 +180,8 @@ class UnknownTaskType(TaskError):
         self.task_type = task_type
         names = ", ".join(sorted(known)) or "none"
         super().__init__(
-            f"unknown task type {task_type!r}: register it with TaskTypes.register "
-            f"(registered: {names})"
+            f"unknown task type {one_line(repr(task_type), 100)}: register it with "
+            f"TaskTypes.register (registered: {names})"
         )
 
 
@@ -191,7 +192,10 @@ class InvalidTaskPayload(TaskError):
         self.task_type = task_type
         self.field = field
         self.reason = reason
-        super().__init__(f"invalid payload for task type {task_type!r}: field {field!r}: {reason}")
+        super().__init__(
+            f"invalid payload for task type {task_type!r}: field {one_line(repr(field), 80)}: "
+            f"{one_line(reason)}"
+        )
 
 
 class TaskNotFound(TaskError):
@@ -372,25 +376,38 @@ class TaskType(Generic[P]):
             if isinstance(payload, self.payload_type):
                 data = self._encoder.encode(payload)
                 self._decoder.decode(data)  # enforce the Struct's constraints
-                return data
-            if isinstance(payload, msgspec.Struct):
+            elif isinstance(payload, msgspec.Struct):
                 raise InvalidTaskPayload(
                     self.name,
                     "(payload)",
                     f"expected {self.payload_type.__qualname__} or a mapping of its fields, "
                     f"got {type(payload).__qualname__}",
                 )
-            if not isinstance(payload, Mapping):
+            elif not isinstance(payload, Mapping):
                 raise InvalidTaskPayload(
                     self.name, "(payload)", f"expected a mapping, got {type(payload).__name__}"
                 )
-            converted = msgspec.convert(payload, self.payload_type, strict=True)
-            return self._encoder.encode(converted)
-        except msgspec.ValidationError as exc:
+            else:
+                converted = msgspec.convert(payload, self.payload_type, strict=True)
+                data = self._encoder.encode(converted)
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
             field_name, reason = _split_validation_error(exc)
+            raise InvalidTaskPayload(self.name, field_name, reason) from exc
+        except UnicodeEncodeError as exc:  # a lone surrogate: not UTF-8, so not JSON
+            field_name, reason = unstorable_text(msgspec.to_builtins(payload)) or (
+                "(payload)",
+                str(exc),
+            )
             raise InvalidTaskPayload(self.name, field_name, reason) from exc
         except (TypeError, OverflowError) as exc:  # a value msgspec cannot encode at all
             raise InvalidTaskPayload(self.name, "(payload)", str(exc)) from exc
+        # jsonb refuses \u0000: refused here, before it fails the statement that enqueues it
+        # (with every other task in that group commit).
+        if b"\\u0000" in data:
+            unstorable = unstorable_text(msgspec.json.decode(data))
+            if unstorable is not None:
+                raise InvalidTaskPayload(self.name, *unstorable)
+        return data
 
     def decode(self, data: bytes) -> P:
         """The stored payload as the Struct; InvalidTaskPayload when it no longer fits."""
@@ -683,7 +700,12 @@ class TaskQueue:
                 raise ValueError(f"priority is at most {_MAX_PRIORITY} either way")
             key = task.dedupe_key
             if key is not None and not (isinstance(key, str) and 1 <= len(key) <= 200):
-                raise ValueError(f"a dedupe key is 1 to 200 characters, got {key!r}")
+                raise ValueError(
+                    f"a dedupe key is 1 to 200 characters, got {one_line(repr(key), 80)}"
+                )
+            unstorable = unstorable_text(key) if key is not None else None
+            if unstorable is not None:
+                raise ValueError(f"a dedupe key cannot be stored: {unstorable[1]}")
             rows.types.append(task_type.name)
             rows.payloads.append(task_type.encode(task.payload))
             rows.priorities.append(priority)

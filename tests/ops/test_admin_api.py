@@ -787,3 +787,25 @@ async def test_an_unreachable_database_is_a_one_line_503(dsn: str) -> None:
             return (await http.get("/api/overview", headers=AUTH)).status_code == 503
 
         await eventually(overview_unavailable, within=5)
+
+
+async def test_a_reason_the_log_cannot_hold_is_a_400_and_nothing_is_appended(
+    client: httpx.AsyncClient, store: EventStore
+) -> None:
+    response = await client.post(
+        "/api/actors/PaymentMonitor/restart",
+        json={"reason": "stuck\u0000since noon"},
+        headers=AUTH,
+    )
+    assert response.status_code == 400
+    assert "\n" not in response.json()["error"]
+    assert await store.read_stream("ops-commands") == []
+
+
+async def test_a_bearer_header_with_undecodable_bytes_is_a_401(
+    client: httpx.AsyncClient,
+) -> None:
+    response = await client.get(
+        "/api/actors", headers={"Authorization": b"Bearer \xff\xfe-not-utf8"}
+    )
+    assert response.status_code == 401
