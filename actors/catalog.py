@@ -13,7 +13,7 @@ from actors.channel_analytics import ChannelAnalytics
 from actors.cleanup import Cleanup
 from actors.config import Settings
 from actors.demo import Flaky, Heartbeat
-from actors.health import HealthChecker
+from actors.health import HealthChecker, HeldVerdict
 from actors.payment_monitor import PaymentMonitor
 from actors.reward_processor import RewardProcessor
 from actors.runtime import Actor
@@ -85,6 +85,7 @@ def check_requirements(names: Sequence[str], settings: Settings) -> None:
 
 def _factories(settings: Settings, chosen: Sequence[str]) -> dict[str, Callable[[], Actor[Any]]]:
     watched = [name for name in chosen if name in PRODUCT_ACTORS]
+    held = HeldVerdict()  # one per process: see HeldVerdict
     return {
         "PaymentMonitor": lambda: PaymentMonitor(settings),
         "RewardProcessor": lambda: RewardProcessor(settings),
@@ -94,6 +95,7 @@ def _factories(settings: Settings, chosen: Sequence[str]) -> dict[str, Callable[
             settings,
             actor_intervals=tick_intervals(settings, watched),
             lagging_checkpoints={n: c for n, c in CATEGORIES.items() if n in watched},
+            held=held,
         ),
         "Heartbeat": Heartbeat,
         "Flaky": Flaky,

@@ -16,6 +16,11 @@ tasks         a due task has waited over 5 minutes, or dead letters wait for an 
 lag:<name>    an actor's checkpoint is more than 1,000 events behind its category
 ============  ============================================================================
 
+The database is what a verdict is recorded in, so the verdict that says it is unreachable is
+held (:class:`HeldVerdict`) and recorded, with the time it was reached, as soon as the
+database answers again; the next check then records the recovery. The checks that read the
+database (actors, tasks, lag) are not run while it is unreachable: they would only repeat it.
+
 Alerts are raised on *changes* only (:func:`health_transition`, pure): the first failing check,
 healthy -> failing, failing -> recovered; a failure that persists is not repeated at every
 check. An ``AlertRaised`` event (stream ``ops-alerts``) is appended with an ``admin_alert`` task
@@ -55,6 +60,7 @@ from supervisor import actor_status
 __all__ = [
     "HealthChecker",
     "HealthState",
+    "HeldVerdict",
     "CheckHealth",
     "HealthReport",
     "health_transition",
@@ -76,6 +82,8 @@ LAG_LIMIT: Final = 1000
 STARTUP_GRACE: Final = 60.0
 """Seconds after the checker starts during which a sibling not running yet is "starting", not
 failing: on a fresh deploy the checker may check before the supervisor has started the rest."""
+DATABASE_WAIT_MAX: Final = 2.0
+"""Seconds between two tries at most, while a held verdict waits for the database."""
 _NAMESPACE: Final = uuid.UUID("0b7c1d0e-61a4-4f0c-8d3e-5f2a9b1c4e77")
 
 
@@ -104,6 +112,31 @@ class HealthReport(msgspec.Struct, frozen=True, kw_only=True):
 
     checks: list[HealthCheck]
     checked_at: datetime
+
+    def passed(self, name: str) -> bool:
+        """Whether the check ``name`` passed (a check that did not run did not fail)."""
+        return all(check.ok for check in self.checks if check.name == name)
+
+
+@dataclass(slots=True)
+class HeldVerdict:
+    """A verdict reached while the database could not record it, kept until it can.
+
+    One holder is shared by a process's HealthChecker incarnations (:mod:`actors.catalog`): an
+    outage longer than the actor's lease ends the incarnation that saw it, and the next one,
+    started once the database is back, records it first. The first verdict of an outage is
+    kept: it says when the outage was seen.
+    """
+
+    report: HealthReport | None = None
+
+    def keep(self, report: HealthReport) -> None:
+        if self.report is None:
+            self.report = report
+
+    def take(self) -> HealthReport | None:
+        report, self.report = self.report, None
+        return report
 
 
 def health_transition(
@@ -147,11 +180,14 @@ class HealthChecker(Actor[HealthState]):
         tonapi: TonApiClient | None = None,
         telegram: TelegramClient | None = None,
         startup_grace: float = STARTUP_GRACE,
+        held: HeldVerdict | None = None,
     ) -> None:
         """``actor_intervals``: the tick interval of each actor whose liveness is checked;
         ``lagging_checkpoints``: actor name -> category, for the subscription lag checks;
-        ``startup_grace``: see :data:`STARTUP_GRACE`."""
+        ``startup_grace``: see :data:`STARTUP_GRACE`; ``held``: shared with the other
+        incarnations of the process, see :class:`HeldVerdict`."""
         self.startup_grace = startup_grace
+        self.held = held if held is not None else HeldVerdict()
         self.started_at: datetime | None = None
         self.settings = settings
         self.tick = TickSpec(interval=settings.health_interval, missed="run_once")
@@ -270,7 +306,7 @@ class HealthChecker(Actor[HealthState]):
     async def on_tick(
         self, state: HealthState, runner: ActorRunner[HealthState]
     ) -> Sequence[Message]:
-        return [await self.run_checks(runner.store, runner.clock)]
+        return [await self._verdict(runner.store, runner.clock)]
 
     async def perform(
         self, state: HealthState, message: Message, runner: ActorRunner[HealthState]
@@ -285,21 +321,45 @@ class HealthChecker(Actor[HealthState]):
                     dedupe_key=f"alert-{message.alert_id}",
                 )
             return ()
-        return [await self.run_checks(runner.store, runner.clock)]
+        return [await self._verdict(runner.store, runner.clock)]
+
+    async def _verdict(self, store: EventStore, clock: Clock) -> HealthReport:
+        """The verdict to record now: this check's, unless one reached while the database was
+        unreachable is held (see :class:`HeldVerdict`); that one goes first."""
+        report = await self.run_checks(store, clock)
+        if not report.passed("database"):
+            # Recording it needs the database: hold it until the database answers again.
+            self.held.keep(report)
+            await self._wait_for_database(store, clock)
+        held = self.held.take()
+        return held if held is not None else report
+
+    async def _wait_for_database(self, store: EventStore, clock: Clock) -> None:
+        """Return once a round trip to the database succeeds (at once when it is merely slow)."""
+        delay = 0.1
+        while not (await _timed("database", lambda: self._reachable(store))).ok:
+            await clock.sleep(delay)
+            delay = min(delay * 2, DATABASE_WAIT_MAX)
 
     async def run_checks(self, store: EventStore, clock: Clock) -> HealthReport:
         """Every check, now (I/O; never raises for a failing check: it is a result)."""
         if self.queue is None:
             self.queue = TaskQueue(store, task_types(self.settings))
+        database = await _timed("database", lambda: self._database(store))
         checks: list[HealthCheck] = [
-            await _timed("database", lambda: self._database(store)),
+            database,
             await _timed("tonapi", self._tonapi),
             await _timed("telegram", self._telegram),
         ]
-        checks.extend(await self._actors(store, clock.now()))
-        checks.append(await _timed("tasks", self._tasks))
-        checks.extend(await self._lag(store))
+        if database.ok:  # the others read the database: unreachable, they would repeat it
+            checks.extend(await _timed_many("actors", lambda: self._actors(store, clock.now())))
+            checks.append(await _timed("tasks", self._tasks))
+            checks.extend(await _timed_many("lag", lambda: self._lag(store)))
         return HealthReport(checks=checks, checked_at=clock.now())
+
+    async def _reachable(self, store: EventStore) -> str:
+        await store.execute_sql("SELECT 1")
+        return ""
 
     async def _database(self, store: EventStore) -> str:
         started = time.perf_counter()
@@ -394,22 +454,39 @@ async def checkpoint_lag(
     return page.fetched
 
 
+def _failure(name: str, exc: Exception, started: float) -> HealthCheck:
+    if isinstance(exc, TimeoutError):
+        return HealthCheck(name=name, ok=False, detail=f"no answer within {CHECK_TIMEOUT:g}s")
+    message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return HealthCheck(
+        name=name,
+        ok=False,
+        detail=message[:200],
+        latency_ms=round((time.perf_counter() - started) * 1000, 2),
+    )
+
+
+async def _timed_many(
+    name: str, probe: Callable[[], Awaitable[list[HealthCheck]]]
+) -> list[HealthCheck]:
+    """Run a probe that yields several checks, with a timeout; its failure (the database went
+    away meanwhile) becomes one failing check ``name``, never a crash."""
+    started = time.perf_counter()
+    try:
+        with anyio.fail_after(CHECK_TIMEOUT):
+            return await probe()
+    except Exception as exc:  # a failing probe is a result, not a crash
+        return [_failure(name, exc, started)]
+
+
 async def _timed(name: str, probe: Callable[[], Awaitable[str]]) -> HealthCheck:
     """Run one probe with a timeout; any failure becomes a failing check, never a crash."""
     started = time.perf_counter()
     try:
         with anyio.fail_after(CHECK_TIMEOUT):
             detail = await probe()
-    except TimeoutError:
-        return HealthCheck(name=name, ok=False, detail=f"no answer within {CHECK_TIMEOUT:g}s")
     except Exception as exc:  # a failing probe is a result, not a crash
-        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        return HealthCheck(
-            name=name,
-            ok=False,
-            detail=message[:200],
-            latency_ms=round((time.perf_counter() - started) * 1000, 2),
-        )
+        return _failure(name, exc, started)
     return HealthCheck(
         name=name,
         ok=True,

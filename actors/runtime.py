@@ -51,7 +51,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from actors.clock import Clock
 from events import ActorTicked, Event, EventMetadata
-from events.errors import ConcurrencyConflict, EventIdReused, StaleGeneration
+from events.errors import ConcurrencyConflict, EventIdReused, StaleGeneration, StoreUnavailable
 from store import (
     ANY,
     NO_STREAM,
@@ -593,9 +593,11 @@ class ActorRunner(Generic[S]):
         )
         try:
             await self._commit([*emits, tick])
-        except (ConcurrencyConflict, EventIdReused) as exc:
-            # Another writer got there first (a second node during a deploy overlap): nothing
-            # of this tick was applied; the next one decides again on what is now in the log.
+        except (ConcurrencyConflict, EventIdReused, StoreUnavailable) as exc:
+            # Another writer got there first (a second node during a deploy overlap), or
+            # PostgreSQL is unreachable (a restart, a failover): nothing of this tick was
+            # applied; the next one decides again on what is then in the log. An outage is not
+            # a crash: restarting the actor would not bring the database back sooner.
             logger.warning(
                 "%s: tick not recorded: %s",
                 self.actor.name,
