@@ -8,5 +8,8 @@ the machine and on whatever else it is doing.
 
 A suite is a module with ``async def run(ctx: BenchContext) -> list[Row]`` and a ``NOTES``
 list describing its references, registered in ``bench.__main__.SUITES``: the event store
-(``bench.eventstore``) and the actor runtime (``bench.actors``) today, the task queue later.
+(``bench.eventstore``), the actor runtime (``bench.actors``), the task queue (``bench.queue``),
+payment verification (``bench.payments``) and scale (``bench.scale``: a log of a million
+events, ``read_all`` and ``i3lani audit`` on it, an idle worker's footprint). ``--suite NAME``
+runs one of them.
 """

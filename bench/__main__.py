@@ -3,11 +3,15 @@
     python -m bench                  # the full run, about 5 s per measurement
     python -m bench --quick          # a smoke run, about a minute
     python -m bench --seconds 10 --json results.json
+    python -m bench --suite scale    # one suite (repeatable): eventstore, actors, queue,
+                                     # payments, scale
 
 The server is ``DATABASE_URL`` when set, else the embedded PostgreSQL. A database named
 ``i3lani_bench`` is dropped if it exists, created, migrated, used for every figure, and dropped
-at the end (``--keep-database`` keeps it for a look). Progress goes to stderr, the table to
-stdout.
+at the end (``--keep-database`` keeps it for a look). The ``scale`` suite (a log of 1,000,000
+events, 100,000 with ``--quick``: ``read_all`` and ``i3lani audit`` on it; an idle worker's
+memory, CPU and wake-ups) builds its log in databases of its own beside it, always dropped.
+Progress goes to stderr, the table to stdout.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from typing import Any
 import anyio
 import asyncpg
 
-from bench import actors, eventstore, payments, queue
+from bench import actors, eventstore, payments, queue, scale
 from bench.measure import BenchContext
 from bench.peers import find_pgbench
 from bench.report import Row, Verdict, render_table, row_to_json
@@ -51,6 +55,7 @@ SUITES: dict[str, Suite] = {
     "actors": Suite(actors.run, actors.NOTES),
     "queue": Suite(queue.run, queue.NOTES),
     "payments": Suite(payments.run, payments.NOTES),
+    "scale": Suite(scale.run, scale.NOTES),
 }
 
 DATABASE = "i3lani_bench"
@@ -84,7 +89,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         "--suite",
         action="append",
         choices=sorted(SUITES),
-        help="run only this suite (repeatable; default: all)",
+        help="run only this suite (repeatable; default: all). scale: a log of 1,000,000 events "
+        "(--quick: 100,000), read_all and `i3lani audit` on it, and an idle worker",
     )
     parser.add_argument(
         "--keep-database", action="store_true", help=f"do not drop {DATABASE} at the end"
