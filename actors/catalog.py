@@ -14,50 +14,29 @@ from actors.cleanup import Cleanup
 from actors.config import Settings
 from actors.demo import Flaky, Heartbeat
 from actors.health import HealthChecker, HeldVerdict
+from actors.names import (
+    ACTOR_NAMES,
+    CATEGORIES,
+    DEFAULT_ACTORS,
+    PRODUCT_ACTORS,
+    UnknownActor,
+)
 from actors.payment_monitor import PaymentMonitor
 from actors.reward_processor import RewardProcessor
 from actors.runtime import Actor
-from events.errors import ConfigError, one_line
+from events.errors import ConfigError
 from supervisor import ChildSpec, RestartType
 
 __all__ = [
     "ACTOR_NAMES",
+    "CATEGORIES",
     "DEFAULT_ACTORS",
+    "PRODUCT_ACTORS",
     "child_specs",
     "tick_intervals",
     "UnknownActor",
     "check_requirements",
 ]
-
-PRODUCT_ACTORS: tuple[str, ...] = (
-    "PaymentMonitor",
-    "RewardProcessor",
-    "ChannelAnalytics",
-    "Cleanup",
-    "HealthChecker",
-)
-ACTOR_NAMES: tuple[str, ...] = (*PRODUCT_ACTORS, "Heartbeat", "Flaky")
-"""Every actor this build knows (the valid names for status, restart, stop and start)."""
-
-DEFAULT_ACTORS: tuple[str, ...] = PRODUCT_ACTORS
-"""What ``i3lani run`` starts without ``--actors``."""
-
-CATEGORIES: dict[str, str] = {
-    "PaymentMonitor": "payment",
-    "RewardProcessor": "user",
-    "ChannelAnalytics": "channel",
-    "Cleanup": "payment",
-}
-"""The category each actor follows (for the HealthChecker's subscription lag check)."""
-
-
-class UnknownActor(ValueError):
-    """An actor name this build does not know."""
-
-    def __init__(self, name: str) -> None:
-        super().__init__(
-            f"unknown actor {one_line(repr(name), 80)}; valid names: {', '.join(ACTOR_NAMES)}"
-        )
 
 
 def tick_intervals(settings: Settings, names: Sequence[str] = PRODUCT_ACTORS) -> dict[str, float]:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -27,7 +26,7 @@ from typing import ClassVar, Final
 
 import msgspec
 
-from actors.config import Settings, channel_price
+from actors.config import Settings, active_subscribers, channel_price
 from actors.runtime import Actor, ActorRunner, Emit, Message, TickSpec
 from actors.telegram import ChatProblem, TelegramClient, make_bot
 from events import ChannelAdded, ChannelPriceChanged, ChannelStatsFailed, ChannelStatsUpdated
@@ -51,11 +50,6 @@ PACING: Final = 0.05
 def channel_stream(channel: str) -> str:
     """``@name`` -> ``channel-name``; a numeric chat id keeps its digits (and sign)."""
     return f"channel-{channel.removeprefix('@').lower()}"
-
-
-def active_subscribers(subscribers: int, share: float) -> int:
-    """The active audience: ``floor(subscribers * share)``. Pure."""
-    return math.floor(subscribers * share)
 
 
 @dataclass(slots=True)

@@ -35,6 +35,7 @@ variable                        default                     meaning
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from typing import Final
@@ -44,7 +45,7 @@ import msgspec
 from actors.ton import Address, InvalidAddress, InvalidAmount, parse_ton
 from events.errors import ConfigError
 
-__all__ = ["Plan", "Settings", "load_settings", "channel_price"]
+__all__ = ["Plan", "Settings", "load_settings", "active_subscribers", "channel_price"]
 
 NANOTONS_PER_TON: Final = 1_000_000_000
 PRICE_STEP: Final = 10_000_000
@@ -112,6 +113,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
     def plan(self, name: str) -> Plan | None:
         return next((p for p in self.plans if p.name == name), None)
+
+
+def active_subscribers(subscribers: int, share: float) -> int:
+    """The active audience: ``floor(subscribers * share)``. Pure."""
+    return math.floor(subscribers * share)
 
 
 def channel_price(active_subscribers: int, settings: Settings) -> int:

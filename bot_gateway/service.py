@@ -30,10 +30,10 @@ import anyio
 import asyncpg
 import msgspec
 
-from actors.catalog import ACTOR_NAMES, DEFAULT_ACTORS
 from actors.channel_analytics import channel_stream
 from actors.config import Plan, Settings
 from actors.health import HEALTH_STREAM
+from actors.names import ACTOR_NAMES, DEFAULT_ACTORS
 from actors.ton import format_ton, memo_for, transfer_link
 from bot_gateway.commands import (
     ADMIN_HELP_TEXT,

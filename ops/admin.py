@@ -55,8 +55,8 @@ import asyncpg
 import msgspec
 from aiohttp import web
 
-from actors.catalog import ACTOR_NAMES, CATEGORIES, DEFAULT_ACTORS, UnknownActor
 from actors.health import HEALTH_STREAM, LAG_LIMIT, checkpoint_lag
+from actors.names import ACTOR_NAMES, CATEGORIES, DEFAULT_ACTORS, UnknownActor
 from actors.tasks import task_types
 from events import (
     NANOTONS_PER_TON,

@@ -82,8 +82,7 @@ from typing import Final, Literal, TextIO
 import anyio
 import msgspec
 
-from actors.channel_analytics import active_subscribers
-from actors.config import Settings, channel_price, load_settings
+from actors.config import Settings, active_subscribers, channel_price, load_settings
 from actors.ton import format_ton
 from events import (
     ChannelAdded,

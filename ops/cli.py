@@ -33,35 +33,29 @@ import socket
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
-from typing import NoReturn, TextIO
+from typing import TYPE_CHECKING, NoReturn, TextIO
 
 import anyio
 import msgspec
 
-from actors.catalog import (
-    ACTOR_NAMES,
-    CATEGORIES,
-    DEFAULT_ACTORS,
-    child_specs,
-    tick_intervals,
-)
-from actors.clock import SystemClock
 from actors.config import load_settings
-from actors.health import HEALTH_STREAM, HealthChecker, HealthReport
+from actors.names import ACTOR_NAMES, CATEGORIES, DEFAULT_ACTORS
 from actors.tasks import task_types
-from actors.telegram import TelegramClient, make_bot
-from actors.tonapi import TonApiClient
-from bot_gateway import load_gateway_config, run_gateway
-from bot_gateway.config import check_webhook_secret
 from events import HealthChecked
 from events.errors import ConfigError, I3laniError, one_line
-from ops import audit, demo
+from ops import audit, demo_options
 from ops.control import issue_command, operator_command
 from ops.format import event_json, event_line, format_time
 from store import EventStore, RecordedEvent, database_url, migrate, migrations, redact_dsn
 from store.queries import query
 from store.tasks import DeadTask, TaskQueue, TypeCounts
 from supervisor import ActorStatus, Supervisor, actor_status
+
+if TYPE_CHECKING:
+    from actors.health import HealthReport
+
+# The actors' clients, the gateway and the demo are imported by the commands that use them:
+# aiogram alone takes seconds and a hundred megabytes, which `status` or `audit` never need.
 
 __all__ = ["main", "build_parser"]
 
@@ -173,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_arguments(
         commands.add_parser("audit", help="replay the log, check its invariants (exit 1: found)")
     )
-    demo.add_arguments(
+    demo_options.add_arguments(
         commands.add_parser(
             "demo", help="the whole system with simulated users, in its own database, then audited"
         )
@@ -334,6 +328,8 @@ async def run_until_signalled(job: Callable[[], Awaitable[None]]) -> None:
 
 
 async def cmd_run(dsn: str, args: argparse.Namespace, out: TextIO) -> int:
+    from actors.catalog import child_specs
+
     specs = child_specs(args.actors, load_settings())
     await migrate(dsn)
     node = node_name()
@@ -488,6 +484,8 @@ def _task_id(text: str) -> int:
 
 
 async def cmd_health(dsn: str, args: argparse.Namespace, out: TextIO) -> int:
+    from actors.health import HEALTH_STREAM
+
     await migrate(dsn)
     async with EventStore.open(dsn, min_connections=1, max_connections=3) as store:
         if args.now:
@@ -523,6 +521,12 @@ async def cmd_health(dsn: str, args: argparse.Namespace, out: TextIO) -> int:
 
 
 async def _check_now(store: EventStore) -> HealthReport:
+    from actors.catalog import tick_intervals
+    from actors.clock import SystemClock
+    from actors.health import HealthChecker
+    from actors.telegram import TelegramClient, make_bot
+    from actors.tonapi import TonApiClient
+
     settings = load_settings()
     async with contextlib.AsyncExitStack() as stack:
         tonapi = await stack.enter_async_context(
@@ -575,6 +579,9 @@ async def _wait_for_lifecycle(store: EventStore, actor: str, *, after: int) -> s
 
 
 async def cmd_gateway(dsn: str, args: argparse.Namespace, out: TextIO) -> int:
+    from bot_gateway import load_gateway_config, run_gateway
+    from bot_gateway.config import check_webhook_secret
+
     # Every setting is checked before anything starts: a one-line error, not a traceback.
     settings = load_settings()
     settings.require_bot_token()
@@ -618,6 +625,8 @@ async def cmd_audit(dsn: str, args: argparse.Namespace, out: TextIO) -> int:
 
 
 async def cmd_demo(dsn: str, args: argparse.Namespace, out: TextIO) -> int:
+    from ops import demo
+
     return await demo.demo_command(dsn, args, out)
 
 

@@ -12,7 +12,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Final, Literal
 
-from actors.catalog import ACTOR_NAMES, UnknownActor
+from actors.names import ACTOR_NAMES, UnknownActor
 from events import EventMetadata, OperatorCommandIssued
 from store import AppendResult, EventStore
 from supervisor import OPS_COMMANDS

@@ -38,7 +38,7 @@ import asyncpg
 import msgspec
 from anyio.abc import Process
 
-from actors.catalog import PRODUCT_ACTORS
+from actors.names import PRODUCT_ACTORS
 from actors.tasks import REWARD_DISTRIBUTION, RewardDistribution, task_types
 from events import (
     NANOTONS_PER_TON,
