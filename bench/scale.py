@@ -32,20 +32,18 @@ log holds exactly the number asked for and no round is cut in half.
 The two databases (``i3lani_bench_scale``, ``i3lani_bench_idle``) are created on the same
 server as the others and dropped at the end.
 
-``python -m bench.scale rusage -- COMMAND...`` is the wrapper: it runs COMMAND and prints one
-JSON line with its wall time, peak RSS, exit code and standard output.
+``python -m bench.rusage -- COMMAND...`` is the wrapper: it runs COMMAND and prints one JSON line
+with its wall time, peak RSS, exit code and standard output (see there why it is a module of
+its own).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
-import resource
 import shutil
 import signal
-import subprocess
 import sys
 import time
 import uuid
@@ -92,7 +90,7 @@ from store.database import with_database
 from store.migrate import migrate
 from store.queries import query
 
-__all__ = ["NOTES", "run", "story", "main"]
+__all__ = ["NOTES", "run", "story"]
 
 SCALE_DATABASE: Final = "i3lani_bench_scale"
 IDLE_DATABASE: Final = "i3lani_bench_idle"
@@ -137,8 +135,9 @@ NOTES = [
     "beside the same pages fetched with raw asyncpg and the store's read_all query, undecoded; "
     "in turns, the rate over all passes.",
     "scale, audit: `i3lani audit --format json` in a subprocess of a small wrapper (python -m "
-    "bench.scale rusage), which reports the command's wall time (start-up and migrate check "
-    "included) and its ru_maxrss; the replay rate is the report's own, beside the raw fetch. "
+    "bench.rusage, standard library only), which reports the command's wall time (start-up "
+    "and migrate check included) and its ru_maxrss; the replay rate is the report's own, "
+    "beside the raw fetch. "
     "References for time and memory: the same command on an empty log (best of 2), i.e. what "
     "start-up alone costs. The time goal (under a minute) is meant for the million events of a "
     "full run; --quick keeps the same bound.",
@@ -509,7 +508,7 @@ def _seconds(measured: _Rusage) -> float:
 
 
 async def _measured(command: Sequence[str], env: dict[str, str]) -> _Rusage:
-    wrapper = [sys.executable, "-m", "bench.scale", "rusage", "--", *command]
+    wrapper = [sys.executable, "-m", "bench.rusage", "--", *command]
     done = await anyio.run_process(wrapper, env=env, check=False, cwd=Path(__file__).parent.parent)
     if done.returncode != 0:
         raise RuntimeError(f"the rusage wrapper failed: {done.stderr.decode(errors='replace')}")
@@ -894,46 +893,3 @@ def _idle_rows(idle: _Idle, window: float) -> list[Row]:
             "tx/s",
         ),
     ]
-
-
-# -- the wrapper process --------------------------------------------------------------------------
-def _rusage_main(command: Sequence[str]) -> int:
-    """Run ``command``; print its wall time, peak RSS (this process has no other child), exit
-    code and standard output as one JSON line."""
-    began = time.perf_counter()
-    done = subprocess.run(command, stdout=subprocess.PIPE, check=False)
-    seconds = time.perf_counter() - began
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    print(
-        json.dumps(
-            {
-                "seconds": seconds,
-                "max_rss_kb": usage.ru_maxrss,  # Linux: kilobytes
-                "returncode": done.returncode,
-                "stdout": done.stdout.decode("utf-8", "replace"),
-            }
-        ),
-        flush=True,
-    )
-    return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.scale",
-        description="Helper processes of the scale benchmark (python -m bench --suite scale).",
-    )
-    commands = parser.add_subparsers(dest="command", required=True)
-    rusage = commands.add_parser(
-        "rusage", help="run COMMAND, print its wall time and peak RSS as JSON"
-    )
-    rusage.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND...")
-    args = parser.parse_args(argv)
-    command: list[str] = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
-    if not command:
-        parser.error("rusage needs a command after --")
-    return _rusage_main(command)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
