@@ -121,11 +121,12 @@ async def _server_info(dsn: str) -> dict[str, str]:
 
 
 # PostgreSQL 18 lists a connection still starting up (no database yet) as state 'starting':
-# not work, and the bench's own new connections (pgbench, worker processes) would count.
+# not work, and the bench's own new connections (pgbench, worker processes) would count. The
+# scale suite's own databases (i3lani_bench_scale, i3lani_bench_idle) are the bench's too.
 _OTHERS = """
 SELECT count(*) FROM pg_stat_activity
 WHERE backend_type = 'client backend' AND state NOT IN ('idle', 'starting')
-  AND datname IS DISTINCT FROM $1
+  AND datname IS DISTINCT FROM $1 AND datname NOT LIKE $1 || '\\_%'
 """
 
 
