@@ -38,6 +38,7 @@ from tests.faults.harness import (
     FAULTS,
     PRODUCT,
     Seeder,
+    Workload,
     assert_audit_clean,
     assert_exactly_once,
     assert_no_crashes,
@@ -94,8 +95,15 @@ async def tasks_in_hand(worker: Worker, store: EventStore) -> int:
     return held
 
 
-async def busy(worker: Worker, store: EventStore) -> bool:
-    return await tasks_in_hand(worker, store) > 0
+async def busy(worker: Worker, store: EventStore, workload: Workload) -> bool:
+    """Whether ``worker`` holds reward credits in hand, or runs every actor with nothing left
+    to credit: a fast worker can drain a wave between two looks, and then the moment to kill
+    it mid-work has passed (the next wave, seeded just before the kill, is work in flight)."""
+    if await tasks_in_hand(worker, store) > 0:
+        return True
+    if not (await phase_of(worker, store)).startswith("running"):
+        return False
+    return workload.pending(await count_effects(store)) == 0
 
 
 async def wave(seeder: Seeder, number: int) -> None:
@@ -125,7 +133,9 @@ async def storm(workers: Workers, store: EventStore, seeder: Seeder, seed: int) 
         if number % 2:  # any moment: starting up, standing by or running
             moment = worker.spawned_at + rng.uniform(0.3, 5.0)
         else:  # mid-work: shortly after this worker took credits in hand
-            await wait_for(partial(busy, worker, store), 60, f"{worker.node} crediting rewards")
+            await wait_for(
+                partial(busy, worker, store, workload), 60, f"{worker.node} crediting rewards"
+            )
             moment = time.monotonic() + rng.uniform(0.0, 0.5)
         await anyio.sleep(max(moment - time.monotonic(), 0))
         assert worker.alive, f"the worker died by itself\n{worker.output()}"
