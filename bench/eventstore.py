@@ -27,6 +27,7 @@ from bench.peers import EventsourcingPeer, run_pgbench
 from bench.report import Goal, Row
 from events import DEFAULT_REGISTRY, PaymentCreated
 from store import NO_STREAM, EventStore, NewEvent
+from store.eventstore import init_connection
 from store.queries import query
 
 __all__ = ["NOTES", "run", "sample_event"]
@@ -82,20 +83,10 @@ def sample_event(payment_id: int = 42) -> PaymentCreated:
 EVENT = sample_event()
 
 
-async def _init_connection(conn: asyncpg.Connection) -> None:
-    # The codec the store's own pool uses: jsonb passes through as bytes, undecoded.
-    await conn.set_type_codec(
-        "jsonb",
-        schema="pg_catalog",
-        encoder=lambda data: b"\x01" + data,
-        decoder=lambda data: data[1:],
-        format="binary",
-    )
-
-
-async def _raw_connection(dsn: str) -> asyncpg.Connection:
+async def raw_connection(dsn: str) -> asyncpg.Connection:
+    """A plain connection with the store's jsonb codec: payloads stay bytes, undecoded."""
     conn = await asyncpg.connect(dsn)
-    await _init_connection(conn)
+    await init_connection(conn)
     return conn
 
 
@@ -159,7 +150,7 @@ async def _appends(
 
         return await run_tasks(seconds, writers, step)
 
-    conns = [await _raw_connection(ctx.dsn) for _ in range(writers)]
+    conns = [await raw_connection(ctx.dsn) for _ in range(writers)]
     statements = [await conn.prepare(_INSERT_ONE) for conn in conns]
 
     async def raw(seconds: float) -> Sample:
@@ -366,7 +357,7 @@ async def _seed(ctx: BenchContext, store: EventStore, peer: EventsourcingPeer) -
 
 async def _reads(ctx: BenchContext, store: EventStore, peer: EventsourcingPeer) -> list[Row]:
     await _seed(ctx, store, peer)
-    conn = await _raw_connection(ctx.dsn)
+    conn = await raw_connection(ctx.dsn)
     try:
         total: int = await conn.fetchval("SELECT count(*) FROM i3lani.events")
         await _settle(ctx.dsn)

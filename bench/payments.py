@@ -62,6 +62,7 @@ from bench.report import Row
 from events import ActorTicked, PaymentCreated
 from ops.standins import TonApiStandIn, TransferOp
 from store import NO_STREAM, Cursor, EventStore, RecordedEvent
+from store.eventstore import init_connection
 from store.leases import Leases
 from store.queries import query
 
@@ -918,17 +919,6 @@ async def _raw_fetch(url: str, pages: Sequence[tuple[int | None, int]]) -> float
         return time.perf_counter() - began
 
 
-async def _init_connection(conn: asyncpg.Connection) -> None:
-    # As the store's pool: jsonb passes through as bytes.
-    await conn.set_type_codec(
-        "jsonb",
-        schema="pg_catalog",
-        encoder=lambda data: b"\x01" + data,
-        decoder=lambda data: data[1:],
-        format="binary",
-    )
-
-
 _SCRATCH: Final = "bench_payments.events"
 # The events the ask appended: the database held no payment event before the suite, and the
 # monitor writes nothing else before the ask.
@@ -943,7 +933,7 @@ async def _raw_inserts(store: EventStore, rounds: int) -> list[float]:
     of i3lani.events that holds what the log held before the ask; emptied again after each."""
     conn = await asyncpg.connect(store.dsn)
     try:
-        await _init_connection(conn)
+        await init_connection(conn)
         rows = await conn.fetch(
             f"SELECT {_COLUMNS} FROM i3lani.events WHERE {_BY_MONITOR} ORDER BY global_position"
         )
@@ -1021,7 +1011,7 @@ async def _raw_read(store: EventStore) -> float:
     """The category's rows with the store's own query and page size, left undecoded."""
     conn = await asyncpg.connect(store.dsn)
     try:
-        await _init_connection(conn)
+        await init_connection(conn)
         sql = query("read_category")
         began = time.perf_counter()
         transaction_id, position = 0, 0

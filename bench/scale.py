@@ -64,6 +64,7 @@ from actors.catalog import PRODUCT_ACTORS
 from actors.channel_analytics import active_subscribers, channel_stream
 from actors.config import Settings, channel_price
 from actors.ton import memo_for
+from bench.eventstore import raw_connection
 from bench.measure import BenchContext, percentile
 from bench.report import Goal, Row
 from events import (
@@ -397,23 +398,10 @@ async def _fresh_database(ctx: BenchContext, name: str) -> str:
     return dsn
 
 
-async def _raw_connection(dsn: str) -> asyncpg.Connection:
-    """A connection with the store's own jsonb codec: payloads stay bytes, undecoded."""
-    conn = await asyncpg.connect(dsn)
-    await conn.set_type_codec(
-        "jsonb",
-        schema="pg_catalog",
-        encoder=lambda data: b"\x01" + data,
-        decoder=lambda data: data[1:],
-        format="binary",
-    )
-    return conn
-
-
 async def _load(ctx: BenchContext, dsn: str, count: int) -> float:
     """Build the log; the seconds it took."""
     started = time.perf_counter()
-    conn = await _raw_connection(dsn)
+    conn = await raw_connection(dsn)
     try:
         chunks = _records(count)
         loaded = 0
@@ -437,7 +425,7 @@ async def _load(ctx: BenchContext, dsn: str, count: int) -> float:
 async def _read_passes(ctx: BenchContext, dsn: str, count: int) -> tuple[float, float, int]:
     """(read_all events/s, raw rows/s, rows per pass): whole passes over the log, in turns."""
     sql = query("read_all")
-    conn = await _raw_connection(dsn)
+    conn = await raw_connection(dsn)
     i3lani_time = raw_time = 0.0
     i3lani_rows = raw_rows = 0
     try:

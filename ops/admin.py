@@ -507,15 +507,7 @@ def fold_payment(events: Sequence[RecordedEvent]) -> PaymentRow | None:
     row: PaymentRow | None = None
     for recorded in events:
         event = recorded.event
-        if not isinstance(
-            event,
-            PaymentCreated
-            | PaymentConfirmed
-            | PaymentUnderpaid
-            | PaymentExpired
-            | LatePaymentReceived
-            | SubscriptionActivated,
-        ):
+        if not isinstance(event, _PAYMENT_EVENTS):
             continue
         if row is None:
             row = PaymentRow(payment_id=event.payment_id, stream=recorded.stream)
@@ -528,15 +520,25 @@ def fold_payment(events: Sequence[RecordedEvent]) -> PaymentRow | None:
         elif isinstance(event, PaymentExpired):
             row.state = "expired"
         elif isinstance(event, PaymentConfirmed | PaymentUnderpaid | LatePaymentReceived):
-            if isinstance(event, PaymentConfirmed):
-                row.state = "confirmed"
-            elif isinstance(event, PaymentUnderpaid):
-                row.state = "underpaid"
-            else:
-                row.state = "late"
+            row.state = _PAID_STATE[type(event)]
             row.paid_nanotons = event.amount_nanotons
             row.paid_ton = ton_text(event.amount_nanotons)
     return row
+
+
+_PAYMENT_EVENTS: Final = (
+    PaymentCreated,
+    PaymentConfirmed,
+    PaymentUnderpaid,
+    PaymentExpired,
+    LatePaymentReceived,
+    SubscriptionActivated,
+)
+_PAID_STATE: Final[dict[type, PaymentState]] = {
+    PaymentConfirmed: "confirmed",
+    PaymentUnderpaid: "underpaid",
+    LatePaymentReceived: "late",
+}
 
 
 class MinuteCount(msgspec.Struct, frozen=True):

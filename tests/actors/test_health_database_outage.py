@@ -21,7 +21,6 @@ from actors.clock import SystemClock
 from actors.config import Settings
 from actors.health import (
     ALERTS_STREAM,
-    HEALTH_STREAM,
     CheckHealth,
     HealthChecker,
     HealthReport,
@@ -31,9 +30,10 @@ from actors.health import (
 from actors.runtime import ActorRef, ActorRunner
 from actors.telegram import TelegramClient, make_bot
 from actors.tonapi import TonApiClient
-from events import AlertRaised, HealthCheck, HealthChecked
+from events import AlertRaised, HealthCheck
 from ops.standins import BotApiStandIn, TonApiStandIn
 from store import EventStore, migrate
+from tests.actors.test_health import verdicts
 from tests.faults.pgcontrol import private_postgres
 from tests.waiting import eventually
 
@@ -71,14 +71,6 @@ async def checker(
         ref: ActorRef = await tg.start(runner.run)
         yield ref, bot_api
         tg.cancel_scope.cancel()
-
-
-async def verdicts(store: EventStore) -> list[HealthChecked]:
-    return [
-        r.event
-        for r in await store.read_stream(HEALTH_STREAM)
-        if isinstance(r.event, HealthChecked)
-    ]
 
 
 async def alerts(store: EventStore) -> list[AlertRaised]:
