@@ -111,8 +111,13 @@ def build_router(gateway: Gateway) -> Router:
         assert user is not None
         return await gateway.start(user, cmd.args)
 
+    def request(message: Message) -> str:
+        # Telegram delivers an update again when our answer did not reach it; the chat and
+        # message id name the request, so a redelivery is answered without acting twice.
+        return f"{message.chat.id}/{message.message_id}"
+
     async def subscribe(message: Message, cmd: CommandObject) -> str:
-        return await gateway.subscribe(uid(message), cmd.args)
+        return await gateway.subscribe(uid(message), cmd.args, request=request(message))
 
     async def balance(message: Message, cmd: CommandObject) -> str:
         return await gateway.balance(uid(message))
@@ -127,7 +132,7 @@ def build_router(gateway: Gateway) -> Router:
         return await gateway.actors()
 
     async def restart(message: Message, cmd: CommandObject) -> str:
-        return await gateway.restart(uid(message), cmd.args)
+        return await gateway.restart(uid(message), cmd.args, request=request(message))
 
     async def health(message: Message, cmd: CommandObject) -> str:
         return await gateway.health()

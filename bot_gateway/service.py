@@ -15,7 +15,12 @@ Exactly-once rules, all enforced by the store rather than by reading first:
 * a channel is added once: ``ChannelAdded`` goes to its channel stream with ``NO_STREAM``,
   together with its ``channel_addition`` reward;
 * a payment id is used once: ``PaymentCreated`` goes to ``payment-<id>`` with ``NO_STREAM``;
-  the id is the largest one in the log plus one, taken again after a conflict.
+  the id is the largest one in the log plus one, taken again after a conflict;
+* a message is acted on once: Telegram delivers an update again when the webhook's answer did
+  not reach it (a timeout, a deploy), so ``/subscribe`` and ``/restart`` take their event id
+  from the message (:func:`request_event_id`, chat and message id). A redelivery finds that
+  event already stored and is answered from it: the same payment, not a second one; the same
+  command, not a second restart.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import logging
 import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Final
+from typing import Final, TypeVar
 
 import anyio
 import asyncpg
@@ -63,7 +68,13 @@ from ops.control import issue_command, operator_command
 from store import NO_STREAM, EventStore, NewEvent
 from supervisor import actor_status
 
-__all__ = ["Gateway", "TelegramUser", "reward_id_for", "PAYMENT_ID_ATTEMPTS"]
+__all__ = [
+    "Gateway",
+    "TelegramUser",
+    "reward_id_for",
+    "request_event_id",
+    "PAYMENT_ID_ATTEMPTS",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +96,14 @@ _DRIVER_ERRORS: Final = (OSError, asyncpg.PostgresConnectionError, asyncpg.Inter
 def reward_id_for(reason: str, source: str) -> uuid.UUID:
     """The one reward id (and event id) a reason and source can ever earn."""
     return uuid.uuid5(_NAMESPACE, f"reward/{reason}/{source}")
+
+
+def request_event_id(kind: str, request: str) -> uuid.UUID:
+    """The one event id a request (``"<chat id>/<message id>"``) can record as ``kind``."""
+    return uuid.uuid5(_NAMESPACE, f"{kind}/{request}")
+
+
+E = TypeVar("E", bound=Event)
 
 
 class TelegramUser(msgspec.Struct, frozen=True):
@@ -208,8 +227,9 @@ class Gateway:
             return True
         raise StoreUnavailable(f"{reward_stream} kept changing during {APPEND_ATTEMPTS} attempts")
 
-    async def subscribe(self, user_id: int, args: str | None) -> str:
-        """Create a payment for the plan in ``args``; the reply says how to pay it."""
+    async def subscribe(self, user_id: int, args: str | None, *, request: str | None = None) -> str:
+        """Create a payment for the plan in ``args``; the reply says how to pay it. A
+        ``request`` already answered (a redelivered message) gets the same payment again."""
         plan = parse_plan(args, self.settings)
         if isinstance(plan, Refusal):
             return plan.text
@@ -220,7 +240,7 @@ class Gateway:
             )
             return "Payments are not available right now; please try again later."
         wallet = self.settings.wallet_address()
-        created = await self.create_payment(user_id, plan)
+        created = await self.create_payment(user_id, plan, request=request)
         link = transfer_link(wallet, created.amount_nanotons, created.memo)
         minutes = max(round(self.settings.payment_window / 60), 1)
         return (
@@ -234,8 +254,16 @@ class Gateway:
             "I will tell you when it is confirmed."
         )
 
-    async def create_payment(self, user_id: int, plan: Plan) -> PaymentCreated:
-        """Append ``PaymentCreated`` under a fresh payment id and return it."""
+    async def create_payment(
+        self, user_id: int, plan: Plan, *, request: str | None = None
+    ) -> PaymentCreated:
+        """Append ``PaymentCreated`` under a fresh payment id and return it; for a ``request``
+        that already created one, that one (nothing appended)."""
+        event_id = request_event_id("PaymentCreated", request) if request is not None else None
+        if event_id is not None:
+            earlier = await self._recorded(event_id, PaymentCreated)
+            if earlier is not None:
+                return earlier
         wallet = self.settings.wallet or ""
         for _ in range(PAYMENT_ID_ATTEMPTS):
             payment_id = await self._allocate_payment_id()
@@ -253,7 +281,7 @@ class Gateway:
             try:
                 await self.store.append(
                     f"payment-{payment_id}",
-                    [created],
+                    [NewEvent(event=created, event_id=event_id or uuid.uuid4())],
                     expected_version=NO_STREAM,
                     metadata=self._meta(user_id),
                 )
@@ -261,10 +289,24 @@ class Gateway:
                 # Another gateway took this id: read the largest again.
                 self._next_payment_id = None
                 continue
+            except EventIdReused:
+                # The same message, delivered twice at once: the other delivery won.
+                assert event_id is not None  # a fresh uuid4 is never stored already
+                earlier = await self._recorded(event_id, PaymentCreated)
+                if earlier is None:
+                    raise
+                return earlier
             return created
         raise StoreUnavailable(
             f"no free payment id after {PAYMENT_ID_ATTEMPTS} attempts: too many gateways racing"
         )
+
+    async def _recorded(self, event_id: uuid.UUID, kind: type[E]) -> E | None:
+        """The ``kind`` event stored under ``event_id``, if any."""
+        recorded = await self.store.read_event(event_id, skip_unknown=True)
+        if recorded is None or not isinstance(recorded.event, kind):
+            return None
+        return recorded.event
 
     async def _allocate_payment_id(self) -> int:
         async with self._id_lock:
@@ -349,7 +391,9 @@ class Gateway:
             lines.append(", ".join(parts))
         return "\n".join(lines)
 
-    async def restart(self, user_id: int, args: str | None) -> str:
+    async def restart(self, user_id: int, args: str | None, *, request: str | None = None) -> str:
+        """Ask for a restart of the actor in ``args``; a ``request`` already answered (a
+        redelivered message) is answered again without a second command."""
         parsed = parse_actor(args, ACTOR_NAMES)
         if isinstance(parsed, Refusal):
             return parsed.text
@@ -358,11 +402,28 @@ class Gateway:
         command = operator_command(
             "restart", actor, requested_by=who, reason=reason, now=self._clock()
         )
-        result = await issue_command(self.store, command)
+        position = None
+        if request is not None:
+            event_id = request_event_id("OperatorCommandIssued", request)
+            position = await self._position_of(event_id)
+            if position is None:
+                try:
+                    result = await issue_command(self.store, command, event_id=event_id)
+                    position = result.last_position
+                except EventIdReused:
+                    position = await self._position_of(event_id)  # delivered twice at once
+                    if position is None:
+                        raise
+        else:
+            position = (await issue_command(self.store, command)).last_position
         return (
-            f"restart {actor}: requested (command #{result.last_position}). The node running "
+            f"restart {actor}: requested (command #{position}). The node running "
             "it acts within seconds; /actors shows the result."
         )
+
+    async def _position_of(self, event_id: uuid.UUID) -> int | None:
+        recorded = await self.store.read_event(event_id, skip_unknown=True)
+        return None if recorded is None else recorded.position
 
     async def health(self) -> str:
         last = await self.store.last_event(HEALTH_STREAM, skip_unknown=True)

@@ -14,7 +14,7 @@ from typing import Final, Literal
 
 from actors.names import ACTOR_NAMES, UnknownActor
 from events import EventMetadata, OperatorCommandIssued
-from store import AppendResult, EventStore
+from store import AppendResult, EventStore, NewEvent
 from supervisor import OPS_COMMANDS
 
 __all__ = ["ACTIONS", "Action", "UnknownAction", "operator_command", "issue_command"]
@@ -57,8 +57,13 @@ def operator_command(
     )
 
 
-async def issue_command(store: EventStore, command: OperatorCommandIssued) -> AppendResult:
-    """Append ``command`` to ``ops-commands``, its requester recorded as the cause."""
+async def issue_command(
+    store: EventStore, command: OperatorCommandIssued, *, event_id: uuid.UUID | None = None
+) -> AppendResult:
+    """Append ``command`` to ``ops-commands``, its requester recorded as the cause. An
+    ``event_id`` derived from the request makes a repeat of it refused (``EventIdReused``)."""
     return await store.append(
-        OPS_COMMANDS, [command], metadata=EventMetadata(caused_by=command.requested_by)
+        OPS_COMMANDS,
+        [NewEvent(event=command, event_id=event_id or uuid.uuid4())],
+        metadata=EventMetadata(caused_by=command.requested_by),
     )

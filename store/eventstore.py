@@ -884,8 +884,21 @@ class EventStore:
     async def last_event(self, stream: str, *, skip_unknown: bool = False) -> RecordedEvent | None:
         """The newest event of ``stream``, or None for an empty stream."""
         _check_stream(stream)
+        return await self._read_one("last_event", stream, skip_unknown=skip_unknown)
+
+    async def read_event(
+        self, event_id: uuid.UUID, *, skip_unknown: bool = False
+    ) -> RecordedEvent | None:
+        """The event stored under ``event_id``, or None. With ``skip_unknown``, None too for an
+        event of a type this version does not know."""
+        return await self._read_one("read_event", event_id, skip_unknown=skip_unknown)
+
+    async def _read_one(
+        self, name: str, argument: object, *, skip_unknown: bool
+    ) -> RecordedEvent | None:
+        """The event of query ``name`` (at most one row), decoded, or None."""
         try:
-            records = await self.pool.fetch(query("last_event"), stream)
+            records = await self.pool.fetch(query(name), argument)
         except _CONNECTION_ERRORS as exc:
             raise _unavailable(exc) from exc
         decoded = self._decode_all(records, skip_unknown)

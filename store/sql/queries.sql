@@ -272,6 +272,13 @@ WHERE stream = $1
 ORDER BY stream_version DESC
 LIMIT 1;
 
+-- name: read_event
+-- One event by its id (the unique index events_event_id_key), or no row.
+SELECT global_position, transaction_id, event_id, stream, stream_version, type, schema_version,
+       payload, metadata, recorded_at
+FROM i3lani.events
+WHERE event_id = $1;
+
 -- name: head
 -- The newest event a reader can see now, in reading order: where a follower that wants only
 -- new events starts.

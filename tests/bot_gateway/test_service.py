@@ -9,7 +9,7 @@ from actors.config import Settings
 from bot_gateway import Gateway
 from bot_gateway.events import member_stream
 from bot_gateway.service import TelegramUser
-from events import RewardEarned
+from events import PaymentCreated, RewardEarned
 from store import EventStore
 
 WALLET = "EQBAjaOyi2wGWlk-EDkSabqqnF-MrrwMadnwqrurKpkla9nE"
@@ -71,3 +71,27 @@ async def test_channels_added_by_one_user_at_once_are_all_registered(store: Even
     assert {e.reason for e in earned} == {"channel_addition"}
     again = await gateway.add_channel(REFERRER, channels[0])
     assert "already registered" in again, again
+
+
+async def test_one_message_delivered_twice_at_once_creates_one_payment(store: EventStore) -> None:
+    # Two gateways (a deploy overlap) handle the same redelivered message concurrently.
+    first, second = Gateway(store, Settings(wallet=WALLET)), Gateway(store, Settings(wallet=WALLET))
+    plan = Settings(wallet=WALLET).plans[0]
+    made: list[PaymentCreated] = []
+
+    async def deliver(gateway: Gateway) -> None:
+        made.append(await gateway.create_payment(REFERRER, plan, request=f"{REFERRER}/77"))
+
+    async with anyio.create_task_group() as tg:
+        for gateway in (first, second, first, second):
+            tg.start_soon(deliver, gateway)
+
+    assert len({created.payment_id for created in made}) == 1
+    created = [
+        r.event
+        async for r in store.read_all(category="payment")
+        if isinstance(r.event, PaymentCreated)
+    ]
+    assert created == [made[0]]
+    assert made[0].user_id == REFERRER
+    assert made[0].plan == plan.name

@@ -217,6 +217,44 @@ async def test_a_payment_id_taken_meanwhile_is_skipped(
     assert await types(store, "payment-3") == ["PaymentCreated"]
 
 
+async def test_a_redelivered_subscribe_gets_the_same_payment_not_a_second(
+    telegram: Telegram, store: EventStore, bot_api: BotApiStandIn
+) -> None:
+    # Telegram sends an update again when the webhook's answer did not reach it; the
+    # redelivery has a new update_id (sometimes the same) but the same message.
+    update = message_update(5, "/subscribe week")
+    assert await telegram.post(update) == 200
+    again = dict(update, update_id=update["update_id"] + 1000)
+    assert await telegram.post(again) == 200
+    assert await telegram.post(update) == 200
+    replies = [m.text for m in telegram.sent_to(5)]
+    assert len(replies) == 3
+    assert replies[0].startswith("Payment #1 for the week plan")
+    assert replies[1] == replies[0]
+    assert replies[2] == replies[0]
+    assert await types(store, "payment-1") == ["PaymentCreated"]
+    assert await types(store, "payment-2") == []
+    # A new message asks for a new payment.
+    reply = await telegram.say(5, "/subscribe week")
+    assert reply.startswith("Payment #2 for the week plan")
+    assert await types(store, "payment-2") == ["PaymentCreated"]
+
+
+async def test_the_same_message_number_in_another_chat_is_another_request(
+    telegram: Telegram, store: EventStore
+) -> None:
+    update = message_update(5, "/subscribe week")
+    other = message_update(6, "/subscribe week")
+    other["message"]["message_id"] = update["message"]["message_id"]
+    assert await telegram.post(update) == 200
+    assert await telegram.post(other) == 200
+    assert await types(store, "payment-1") == ["PaymentCreated"]
+    assert await types(store, "payment-2") == ["PaymentCreated"]
+    second = (await store.read_stream("payment-2"))[0].event
+    assert isinstance(second, PaymentCreated)
+    assert second.user_id == 6
+
+
 # -- /addchannel and /balance -----------------------------------------------------------------
 
 
@@ -331,10 +369,19 @@ async def test_restart_appends_an_operator_command(telegram: Telegram, store: Ev
     assert command.requested_by == f"telegram:{ADMIN}"
     assert command.reason == "stuck since noon"
 
+    # The same message delivered again: the same command, not a second restart.
+    update = message_update(ADMIN, "/restart RewardProcessor")
+    assert await telegram.post(update) == 200
+    assert await telegram.post(dict(update, update_id=update["update_id"] + 1000)) == 200
+    first, second = (m.text for m in telegram.sent_to(ADMIN)[-2:])
+    assert first.startswith("restart RewardProcessor: requested (command #2)"), first
+    assert second == first
+    assert await types(store, "ops-commands") == ["OperatorCommandIssued"] * 2
+
     reply = await telegram.say(ADMIN, "/restart Nobody")
     assert "There is no actor 'Nobody'" in reply
     assert "PaymentMonitor, RewardProcessor" in reply
-    assert await types(store, "ops-commands") == ["OperatorCommandIssued"]
+    assert await types(store, "ops-commands") == ["OperatorCommandIssued"] * 2
 
 
 async def test_actors_and_health_for_admins(telegram: Telegram, store: EventStore) -> None:

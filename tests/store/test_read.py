@@ -12,7 +12,7 @@ import pytest
 
 from events import BUILTIN_EVENTS, Event, EventRegistry, PaymentExpired, RewardEarned
 from events.errors import UnknownEventType
-from store import START, EventStore
+from store import START, EventStore, NewEvent
 
 NOW = datetime(2026, 11, 29, 10, 0, tzinfo=UTC)
 
@@ -92,6 +92,24 @@ async def test_unknown_types_can_be_skipped_on_request(
     assert read == [expired(1), expired(4)]
     in_stream = await store.read_stream("payment-1", skip_unknown=True)
     assert [r.version for r in in_stream] == [1, 4]
+
+
+async def test_read_event_finds_one_event_by_its_id(
+    store: EventStore, raw: asyncpg.Connection
+) -> None:
+    await store.append("payment-1", [expired(1)])
+    wanted = uuid.uuid4()
+    second = await store.append("payment-1", [NewEvent(event=expired(2), event_id=wanted)])
+    found = await store.read_event(wanted)
+    assert found is not None
+    assert (found.event, found.stream, found.version) == (expired(2), "payment-1", 2)
+    assert found.position == second.last_position
+    assert await store.read_event(uuid.uuid4()) is None
+    await insert_raw(raw, "payment-1", 3, "PaymentRefunded", 1, {"payment_id": 1})
+    unknown = await raw.fetchval("SELECT event_id FROM i3lani.events WHERE stream_version = 3")
+    with pytest.raises(UnknownEventType):
+        await store.read_event(unknown)
+    assert await store.read_event(unknown, skip_unknown=True) is None
 
 
 class RewardEarnedV2(Event, frozen=True, tag="RewardEarned"):
