@@ -25,7 +25,11 @@ The runtime (:class:`ActorRunner`) does the I/O around them:
   store subscription and are folded in log order; ``react`` may turn one into messages.
 * **Ticks**, when :attr:`Actor.tick` is set: each run is recorded as an ``ActorTicked`` event in
   the same transaction as its effects, and the next one is scheduled from the last one recorded,
-  so a restart or a deploy neither skips nor doubles a due run.
+  so a restart or a deploy neither skips nor doubles a due run. A tick that meets an
+  unreachable PostgreSQL (in its own I/O or at its commit) changes nothing and crashes
+  nothing: it runs again after 1, 2, 4 ... s (at most a minute, never later than the next
+  tick), so a database restart neither crashes the actor nor delays its work by a whole
+  interval.
 
 Messages are processed one at a time, in arrival order. Time comes from an injected
 :class:`~actors.clock.Clock`.
@@ -80,6 +84,10 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+TICK_RETRY_MIN = 1.0
+"""Seconds before a tick that met an unreachable PostgreSQL runs again; doubled each time."""
+TICK_RETRY_MAX = 60.0
 
 BACKGROUND_GRACE = 3.0
 """Seconds a graceful stop waits for :meth:`Actor.background` to return by itself."""
@@ -363,6 +371,10 @@ class ActorRunner(Generic[S]):
         self._background_done = anyio.Event()
         self._deferred: dict[Message, None] = {}
         self._deferred_since: float | None = None
+        # A tick that met an unreachable PostgreSQL: its due time, and failures in a row.
+        self._tick_retry: datetime | None = None
+        self._tick_failures = 0
+        self._tick_wait: anyio.CancelScope | None = None
 
     @property
     def checkpoint_name(self) -> str:
@@ -461,10 +473,23 @@ class ActorRunner(Generic[S]):
             assert isinstance(last.event, ActorTicked)
             last_due = last.event.due_at
         while True:
-            now = self.clock.now()
-            due = next_tick_due(spec, last_due, now)
-            delay = (due - now).total_seconds() + self.rng.uniform(0, spec.jitter)
-            await self.clock.sleep(delay)
+            retry, self._tick_retry = self._tick_retry, None
+            if retry is not None and (last_due is None or retry >= last_due):
+                # The last tick sent met an unreachable database: run it again, soon.
+                due = retry
+                delay = min(
+                    TICK_RETRY_MIN * 2 ** (self._tick_failures - 1), TICK_RETRY_MAX, spec.interval
+                )
+            else:  # on schedule (a newer tick than a failed one does its work anyway)
+                now = self.clock.now()
+                due = next_tick_due(spec, last_due, now)
+                delay = (due - now).total_seconds() + self.rng.uniform(0, spec.jitter)
+            with anyio.CancelScope() as self._tick_wait:
+                await self.clock.sleep(delay)
+            cancelled = self._tick_wait.cancelled_caught
+            self._tick_wait = None
+            if cancelled:
+                continue  # the tick in hand failed meanwhile: retry it before the next one
             await self._send.send(_Envelope("tick", due_at=due))
             last_due = due
 
@@ -583,7 +608,11 @@ class ActorRunner(Generic[S]):
         _answer(reply, True, answer)
 
     async def _on_tick(self, due_at: datetime) -> None:
-        messages = await self.actor.on_tick(self.state, self)
+        try:
+            messages = await self.actor.on_tick(self.state, self)
+        except StoreUnavailable as exc:
+            self._tick_failed(due_at, exc)
+            return
         emits: list[Emit] = []
         for message in messages:
             emits.extend(self.actor.decide(self.state, message))
@@ -593,17 +622,35 @@ class ActorRunner(Generic[S]):
         )
         try:
             await self._commit([*emits, tick])
-        except (ConcurrencyConflict, EventIdReused, StoreUnavailable) as exc:
-            # Another writer got there first (a second node during a deploy overlap), or
-            # PostgreSQL is unreachable (a restart, a failover): nothing of this tick was
-            # applied; the next one decides again on what is then in the log. An outage is not
-            # a crash: restarting the actor would not bring the database back sooner.
+        except StoreUnavailable as exc:
+            self._tick_failed(due_at, exc)
+            return
+        except (ConcurrencyConflict, EventIdReused) as exc:
+            # Another writer got there first (a second node during a deploy overlap): nothing
+            # of this tick was applied; the next one decides again on what is then in the log.
             logger.warning(
                 "%s: tick not recorded: %s",
                 self.actor.name,
                 exc,
                 extra={"action": "actor_tick_refused"},
             )
+        self._tick_failures = 0
+
+    def _tick_failed(self, due_at: datetime, error: StoreUnavailable) -> None:
+        """PostgreSQL is unreachable (a restart, a failover): nothing of the tick due at
+        ``due_at`` was applied. An outage is not a crash (restarting the actor would not bring
+        the database back sooner): the ticker runs the tick again after a backoff."""
+        self._tick_failures += 1
+        self._tick_retry = due_at
+        logger.warning(
+            "%s: tick not done, the database is unreachable (%s); trying again (attempt %d)",
+            self.actor.name,
+            error,
+            self._tick_failures + 1,
+            extra={"action": "actor_tick_refused"},
+        )
+        if self._tick_wait is not None:
+            self._tick_wait.cancel()
 
     async def _commit(
         self,

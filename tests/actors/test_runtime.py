@@ -37,7 +37,7 @@ from actors.runtime import (
     TickSpec,
 )
 from events import DEFAULT_REGISTRY, ActorTicked, Event
-from events.errors import ConcurrencyConflict, StaleGeneration
+from events.errors import ConcurrencyConflict, StaleGeneration, StoreUnavailable
 from store import ANY, EventStore, Expected, RecordedEvent, derived_id
 from store.leases import Leases
 
@@ -228,6 +228,26 @@ class CrashingGated(Gated):
     async def on_tick(self, state: None, runner: ActorRunner[None]) -> Sequence[Message]:
         await super().on_tick(state, runner)
         raise DecisionFailed("tick failed")
+
+
+class Unreachable(Actor[None]):
+    """Hourly; its tick's own database call fails ``outage`` times (PostgreSQL restarting)."""
+
+    name: ClassVar[str] = "Unreachable"
+    tick: TickSpec | None = TickSpec(interval=3600)
+
+    def __init__(self, outage: int) -> None:
+        self.outage = outage
+        self.calls = 0
+
+    def initial_state(self) -> None:
+        return None
+
+    async def on_tick(self, state: None, runner: ActorRunner[None]) -> Sequence[Message]:
+        self.calls += 1
+        if self.calls <= self.outage:
+            raise StoreUnavailable("connection refused")
+        return ()
 
 
 class Mute(Actor[None]):
@@ -870,6 +890,34 @@ async def test_a_missed_tick_with_skip_waits_for_the_next_slot(store: EventStore
         recorded = await wait_for_ticks(store, "SkippingTicker", 2)
     assert recorded[1].due_at == T0 + timedelta(seconds=180)
     assert recorded[1].ticked_at == T0 + timedelta(seconds=180)
+
+
+async def test_a_tick_that_meets_an_unreachable_database_runs_again_soon(
+    store: EventStore,
+) -> None:
+    clock = ManualClock(T0)
+    actor = Unreachable(outage=3)
+    async with running(runner_for(actor, store, clock)) as (_, incarnation):
+        # The first tick (due at once) fails, then waits 1, 2, 4 s: not the hour's interval.
+        for attempt, backoff in enumerate((1, 2, 4), start=1):
+
+            async def backing_off(attempt: int = attempt, backoff: float = backoff) -> bool:
+                return actor.calls >= attempt and clock.next_wake() == backoff
+
+            # The ticker sleeps for the backoff, not the hour's interval.
+            await wait_for(backing_off, what=f"a {backoff} s backoff after attempt {attempt}")
+            assert await ticks(store, "Unreachable") == []
+            await clock.advance(backoff)
+        [done] = await wait_for_ticks(store, "Unreachable", 1)
+        # Recorded under the slot it was due at; the next slot is an hour after that one.
+        assert done == ActorTicked(
+            actor="Unreachable", due_at=T0, ticked_at=T0 + timedelta(seconds=7)
+        )
+        with anyio.fail_after(5):
+            await clock.wait_for_sleepers(1)
+        assert clock.next_wake() == 3600 - 7
+        assert actor.calls == 4
+        assert incarnation.error is None  # no crash: the incarnation ran through the outage
 
 
 # -- graceful stop ------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """A tick that PostgreSQL cannot take (the server is restarting) changes nothing and crashes
 nothing: the actor ticks on, and records its ticks again once the server is back.
 
-Regression: the ``StoreUnavailable`` of a tick's commit crashed the actor, so a database
+Regression: the ``StoreUnavailable`` of a tick's commit (and later: of the tick's own reads)
+crashed the actor, so a database
 restart crashed every ticking actor, and the HealthChecker, crashed by the outage's first tick,
 never recorded the verdict saying the database was unreachable. The outage here is real: a
 private PostgreSQL server (:mod:`tests.faults.pgcontrol`) is stopped and started again.
@@ -28,7 +29,8 @@ from tests.waiting import eventually
 
 
 class Ticker(Actor[None]):
-    """Ticks every 0.1 s and counts the ticks it ran (recorded or not)."""
+    """Ticks every 0.1 s, reading the log in each tick (as the RewardProcessor's and the
+    Cleanup's ticks do), and counts the ticks it ran (recorded or not)."""
 
     name: ClassVar[str] = "Ticker"
     tick: TickSpec | None = TickSpec(interval=0.1)
@@ -41,6 +43,7 @@ class Ticker(Actor[None]):
 
     async def on_tick(self, state: None, runner: ActorRunner[None]) -> Sequence[msgspec.Struct]:
         self.ran += 1
+        await runner.store.stream_version(runner.tick_stream)  # StoreUnavailable in an outage
         return ()
 
 

@@ -231,8 +231,9 @@ async def test_the_worker_rides_out_a_database_restart(clean_env: dict[str, str]
         assert "failing" in subjects
         assert "recovered" in subjects[subjects.index("failing") :]
 
-        # Actors: each started again after the restart, the same process; at most one crash
-        # each (restarted at the first backoff step), nothing parked.
+        # Actors: each started again after the restart (their leases lapsed during the
+        # outage), the same process; no crash (a tick that meets the outage is tried again),
+        # nothing parked.
         crashes = {
             n: [f"{e.error_type}: {e.message[:50]}" for e in h if isinstance(e, ActorCrashed)]
             for n, h in lifecycle.items()
@@ -255,8 +256,8 @@ async def test_the_worker_rides_out_a_database_restart(clean_env: dict[str, str]
         ]
         parked = [n for n, h in lifecycle.items() if any(isinstance(e, ActorParked) for e in h)]
         assert not parked, lifecycle
-        assert all(len(c) <= 1 for c in crashes.values()), crashes
-        assert all(attempt == 1 for attempt in attempts), restarts
+        assert not any(crashes.values()), crashes
+        assert not attempts, restarts
         assert all(seconds > 0 for seconds in again.values()), again
 
         # Money: exactly once, and the audit agrees.
