@@ -25,11 +25,13 @@ The runtime (:class:`ActorRunner`) does the I/O around them:
   store subscription and are folded in log order; ``react`` may turn one into messages.
 * **Ticks**, when :attr:`Actor.tick` is set: each run is recorded as an ``ActorTicked`` event in
   the same transaction as its effects, and the next one is scheduled from the last one recorded,
-  so a restart or a deploy neither skips nor doubles a due run. A tick that meets an
-  unreachable PostgreSQL (in its own I/O or at its commit) changes nothing and crashes
-  nothing: it runs again after 1, 2, 4 ... s (at most a minute, never later than the next
-  tick), so a database restart neither crashes the actor nor delays its work by a whole
-  interval.
+  so a restart or a deploy neither skips nor doubles a due run. One tick runs at a time: a tick
+  that outlasts its interval (a hung outside service) is followed by one catch-up tick (or the
+  next slot, with ``missed="skip"``), not by a burst of the ticks that fell due meanwhile. A
+  tick that meets an unreachable PostgreSQL (in its own I/O or at its commit) changes nothing
+  and crashes nothing: it runs again after 1, 2, 4 ... s (at most a minute, never later than
+  the next tick), so a database restart neither crashes the actor nor holds its work back for
+  a whole interval.
 
 Messages are processed one at a time, in arrival order. Time comes from an injected
 :class:`~actors.clock.Clock`.
@@ -374,7 +376,7 @@ class ActorRunner(Generic[S]):
         # A tick that met an unreachable PostgreSQL: its due time, and failures in a row.
         self._tick_retry: datetime | None = None
         self._tick_failures = 0
-        self._tick_wait: anyio.CancelScope | None = None
+        self._tick_done = anyio.Event()  # the tick sent last has been handled
 
     @property
     def checkpoint_name(self) -> str:
@@ -473,25 +475,24 @@ class ActorRunner(Generic[S]):
             assert isinstance(last.event, ActorTicked)
             last_due = last.event.due_at
         while True:
-            retry, self._tick_retry = self._tick_retry, None
-            if retry is not None and (last_due is None or retry >= last_due):
-                # The last tick sent met an unreachable database: run it again, soon.
-                due = retry
+            if self._tick_retry is not None:
+                # The last tick met an unreachable database: run it again, soon.
+                due, self._tick_retry = self._tick_retry, None
                 delay = min(
                     TICK_RETRY_MIN * 2 ** (self._tick_failures - 1), TICK_RETRY_MAX, spec.interval
                 )
-            else:  # on schedule (a newer tick than a failed one does its work anyway)
+            else:
                 now = self.clock.now()
                 due = next_tick_due(spec, last_due, now)
                 delay = (due - now).total_seconds() + self.rng.uniform(0, spec.jitter)
-            with anyio.CancelScope() as self._tick_wait:
-                await self.clock.sleep(delay)
-            cancelled = self._tick_wait.cancelled_caught
-            self._tick_wait = None
-            if cancelled:
-                continue  # the tick in hand failed meanwhile: retry it before the next one
+            await self.clock.sleep(delay)
             await self._send.send(_Envelope("tick", due_at=due))
             last_due = due
+            # One tick at a time: a tick that outlasts its interval (a hung outside service)
+            # is followed by one catch-up tick (or the next slot, with "skip"), not a burst of
+            # the ticks that fell due meanwhile.
+            await self._tick_done.wait()
+            self._tick_done = anyio.Event()
 
     async def _process(self) -> None:
         while not self._stopping:
@@ -515,6 +516,7 @@ class ActorRunner(Generic[S]):
             elif envelope.kind == "tick":
                 assert envelope.due_at is not None
                 await self._on_tick(envelope.due_at)
+                self._tick_done.set()
             else:
                 assert envelope.message is not None
                 await self._on_message(envelope.message, envelope.reply)
@@ -639,7 +641,8 @@ class ActorRunner(Generic[S]):
     def _tick_failed(self, due_at: datetime, error: StoreUnavailable) -> None:
         """PostgreSQL is unreachable (a restart, a failover): nothing of the tick due at
         ``due_at`` was applied. An outage is not a crash (restarting the actor would not bring
-        the database back sooner): the ticker runs the tick again after a backoff."""
+        the database back sooner): the ticker, waiting for this tick to end, runs it again
+        after a backoff."""
         self._tick_failures += 1
         self._tick_retry = due_at
         logger.warning(
@@ -649,8 +652,6 @@ class ActorRunner(Generic[S]):
             self._tick_failures + 1,
             extra={"action": "actor_tick_refused"},
         )
-        if self._tick_wait is not None:
-            self._tick_wait.cancel()
 
     async def _commit(
         self,

@@ -230,6 +230,27 @@ class CrashingGated(Gated):
         raise DecisionFailed("tick failed")
 
 
+class Hanging(Actor[None]):
+    """Every minute; its first tick hangs (an outside service not answering) until the gate
+    opens."""
+
+    name: ClassVar[str] = "Hanging"
+    tick: TickSpec | None = TickSpec(interval=60)
+
+    def __init__(self) -> None:
+        self.gate = anyio.Event()
+        self.calls = 0
+
+    def initial_state(self) -> None:
+        return None
+
+    async def on_tick(self, state: None, runner: ActorRunner[None]) -> Sequence[Message]:
+        self.calls += 1
+        if self.calls == 1:
+            await self.gate.wait()
+        return ()
+
+
 class Unreachable(Actor[None]):
     """Hourly; its tick's own database call fails ``outage`` times (PostgreSQL restarting)."""
 
@@ -890,6 +911,37 @@ async def test_a_missed_tick_with_skip_waits_for_the_next_slot(store: EventStore
         recorded = await wait_for_ticks(store, "SkippingTicker", 2)
     assert recorded[1].due_at == T0 + timedelta(seconds=180)
     assert recorded[1].ticked_at == T0 + timedelta(seconds=180)
+
+
+async def test_a_tick_that_hangs_for_five_intervals_is_followed_by_one_catch_up_not_five(
+    store: EventStore,
+) -> None:
+    clock = ManualClock(T0)
+    actor = Hanging()
+    async with running(runner_for(actor, store, clock)) as (_, incarnation):
+
+        async def hanging() -> bool:
+            return actor.calls == 1
+
+        await wait_for(hanging, what="the first tick to hang")
+        for _ in range(5):  # five intervals pass, minute by minute, while it hangs
+            await clock.advance(60)
+            await anyio.sleep(0.05)
+        assert actor.calls == 1
+        actor.gate.set()
+        recorded = await wait_for_ticks(store, "Hanging", 2)
+        late = T0 + timedelta(seconds=300)
+        assert recorded == [
+            ActorTicked(actor="Hanging", due_at=T0, ticked_at=late),
+            ActorTicked(actor="Hanging", due_at=late, ticked_at=late),  # the one catch-up
+        ]
+        with anyio.fail_after(5):
+            await clock.wait_for_sleepers(1)
+        assert clock.next_wake() == 60
+        await anyio.sleep(0.1)
+        assert actor.calls == 2
+        assert len(await ticks(store, "Hanging")) == 2
+        assert incarnation.error is None
 
 
 async def test_a_tick_that_meets_an_unreachable_database_runs_again_soon(
