@@ -402,20 +402,20 @@ class Gateway:
         command = operator_command(
             "restart", actor, requested_by=who, reason=reason, now=self._clock()
         )
+        event_id = uuid.uuid4()
         position = None
         if request is not None:
             event_id = request_event_id("OperatorCommandIssued", request)
-            position = await self._position_of(event_id)
-            if position is None:
-                try:
-                    result = await issue_command(self.store, command, event_id=event_id)
-                    position = result.last_position
-                except EventIdReused:
-                    position = await self._position_of(event_id)  # delivered twice at once
-                    if position is None:
-                        raise
-        else:
-            position = (await issue_command(self.store, command)).last_position
+            position = await self._position_of(event_id)  # a redelivery: already issued
+        if position is None:
+            try:
+                result = await issue_command(self.store, command, event_id=event_id)
+            except EventIdReused:
+                position = await self._position_of(event_id)  # delivered twice at once
+                if position is None:
+                    raise
+            else:
+                position = result.last_position
         return (
             f"restart {actor}: requested (command #{position}). The node running "
             "it acts within seconds; /actors shows the result."
