@@ -472,17 +472,15 @@ def lifecycle_entry(recorded: RecordedEvent) -> LifecycleEntry:
 
 
 PaymentState = Literal["pending", "confirmed", "underpaid", "expired", "late"]
-PAYMENT_TYPES: Final = tuple(
-    cls.__struct_config__.tag
-    for cls in (
-        PaymentCreated,
-        PaymentConfirmed,
-        PaymentUnderpaid,
-        PaymentExpired,
-        LatePaymentReceived,
-        SubscriptionActivated,
-    )
+_PAYMENT_EVENTS: Final = (
+    PaymentCreated,
+    PaymentConfirmed,
+    PaymentUnderpaid,
+    PaymentExpired,
+    LatePaymentReceived,
+    SubscriptionActivated,
 )
+PAYMENT_TYPES: Final = tuple(cls.__struct_config__.tag for cls in _PAYMENT_EVENTS)
 
 
 class PaymentRow(msgspec.Struct, kw_only=True):
@@ -526,14 +524,6 @@ def fold_payment(events: Sequence[RecordedEvent]) -> PaymentRow | None:
     return row
 
 
-_PAYMENT_EVENTS: Final = (
-    PaymentCreated,
-    PaymentConfirmed,
-    PaymentUnderpaid,
-    PaymentExpired,
-    LatePaymentReceived,
-    SubscriptionActivated,
-)
 _PAID_STATE: Final[dict[type, PaymentState]] = {
     PaymentConfirmed: "confirmed",
     PaymentUnderpaid: "underpaid",

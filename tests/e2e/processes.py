@@ -44,6 +44,7 @@ __all__ = [
     "running_workers",
     "wait_for",
     "wait_for_event",
+    "wait_started",
 ]
 
 I3LANI = str(Path(sys.executable).parent / "i3lani")
@@ -235,6 +236,33 @@ async def wait_for_event(
         return None
 
     return await wait_for(probe, seconds, what or f"a matching event in {stream}")
+
+
+async def wait_started(
+    store: EventStore,
+    actor: str,
+    *,
+    node: str | None = None,
+    after_version: int = 0,
+    seconds: float = 15,
+) -> tuple[RecordedEvent, ActorStarted]:
+    """The first ActorStarted of ``actor`` past ``after_version`` (on ``node``, if given), with
+    its envelope (``recorded_at``, ``version``)."""
+
+    def match(recorded: RecordedEvent) -> bool:
+        event = recorded.event
+        return isinstance(event, ActorStarted) and (node is None or event.node == node)
+
+    recorded = await wait_for_event(
+        store,
+        f"actor-{actor}",
+        match,
+        seconds,
+        after_version=after_version,
+        what=f"{actor} started{f' on {node}' if node else ''} after v{after_version}",
+    )
+    assert isinstance(recorded.event, ActorStarted)
+    return recorded, recorded.event
 
 
 async def lease_of(store: EventStore, name: str) -> LeaseInfo | None:

@@ -39,6 +39,7 @@ from tests.e2e.processes import (
     running_workers,
     wait_for,
     wait_for_event,
+    wait_started,
 )
 
 # Several real processes, each importing the CLI: slow on a loaded 2-core machine; the waits
@@ -68,32 +69,6 @@ def env(dsn: str, clean_env: dict[str, str]) -> dict[str, str]:
 
 
 # -- helpers ---------------------------------------------------------------------------------
-async def wait_started(
-    store: EventStore,
-    actor: str,
-    *,
-    node: str | None = None,
-    after_version: int = 0,
-    seconds: float = 15,
-) -> tuple[RecordedEvent, ActorStarted]:
-    """The first ActorStarted of ``actor`` past ``after_version`` (on ``node``, if given)."""
-
-    def match(recorded: RecordedEvent) -> bool:
-        event = recorded.event
-        return isinstance(event, ActorStarted) and (node is None or event.node == node)
-
-    recorded = await wait_for_event(
-        store,
-        f"actor-{actor}",
-        match,
-        seconds,
-        after_version=after_version,
-        what=f"{actor} started{f' on {node}' if node else ''} after v{after_version}",
-    )
-    assert isinstance(recorded.event, ActorStarted)
-    return recorded, recorded.event
-
-
 async def sleep_until(deadline: float) -> None:
     await anyio.sleep(max(deadline - time.monotonic(), 0.0))
 

@@ -59,7 +59,6 @@ from bot_gateway.config import GatewayConfig
 from bot_gateway.service import Gateway, TelegramUser, reward_id_for
 from events import (
     ActorCrashed,
-    ActorStarted,
     PaymentConfirmed,
     PaymentCreated,
     PaymentExpired,
@@ -71,8 +70,15 @@ from events import (
 )
 from ops.audit import AuditReport
 from ops.standins import BotApiStandIn, TonApiStandIn
-from store import EventStore, RecordedEvent
-from tests.e2e.processes import Worker, i3lani, lease_of, lifecycle, wait_for, wait_for_event
+from store import EventStore
+from tests.e2e.processes import (
+    Worker,
+    i3lani,
+    lease_of,
+    lifecycle,
+    wait_for,
+    wait_started,
+)
 
 __all__ = [
     "FAULTS",
@@ -530,35 +536,6 @@ async def holder_of(store: EventStore, actor: str) -> str | None:
     if lease is None or not lease.live:
         return None
     return holder_node(lease.node)
-
-
-async def wait_started(
-    store: EventStore,
-    actor: str,
-    *,
-    nodes: Iterable[str] | None = None,
-    after_version: int = 0,
-    seconds: float = 30,
-) -> tuple[RecordedEvent, ActorStarted]:
-    """The first ActorStarted of ``actor`` past ``after_version`` (on one of ``nodes``, if
-    given), with its envelope (``recorded_at``, ``version``)."""
-    wanted = None if nodes is None else set(nodes)
-
-    def match(recorded: RecordedEvent) -> bool:
-        event = recorded.event
-        return isinstance(event, ActorStarted) and (wanted is None or event.node in wanted)
-
-    where = f" on {', '.join(sorted(wanted))}" if wanted else ""
-    recorded = await wait_for_event(
-        store,
-        f"actor-{actor}",
-        match,
-        seconds,
-        after_version=after_version,
-        what=f"{actor} started{where} after v{after_version}",
-    )
-    assert isinstance(recorded.event, ActorStarted)
-    return recorded, recorded.event
 
 
 async def assert_no_crashes(store: EventStore, actors: Iterable[str] = PRODUCT_ACTORS) -> None:

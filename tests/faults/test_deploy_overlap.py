@@ -80,7 +80,7 @@ async def test_a_deploy_overlap_hands_over_without_duplicate_effects(
             old = await workers.start("deploy-old", PRODUCT, ready=False)
             await old.wait_ready(60)
             for actor in PRODUCT_ACTORS:
-                await wait_started(store, actor, nodes=[old.node], seconds=30)
+                await wait_started(store, actor, node=old.node, seconds=30)
 
             # The new release starts beside it and stands by.
             new = await workers.start("deploy-new", PRODUCT, ready=False)
@@ -115,7 +115,7 @@ async def test_a_deploy_overlap_hands_over_without_duplicate_effects(
 
             handed: list[float] = []
             for actor in PRODUCT_ACTORS:
-                recorded, _ = await wait_started(store, actor, nodes=[new.node], seconds=15)
+                recorded, _ = await wait_started(store, actor, node=new.node, seconds=15)
                 handed.append((recorded.recorded_at - signalled_at).total_seconds())
             print(f"deploy: every actor running on the new worker {max(handed):.2f}s after SIGTERM")
             await wait_until_done(store, seeder.workload, 90)
