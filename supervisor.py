@@ -224,6 +224,10 @@ class ActorStatus(msgspec.Struct, kw_only=True):
     last_tick: datetime | None = None
     stop_reason: str | None = None
     lease_live: bool | None = None
+    lease_suspect: bool | None = None
+    """Its lease is held and live but has not been renewed for over half its time to live:
+    the node holding it may be frozen or cut off (it stops acting before the lease expires)."""
+    lease_renewed_seconds_ago: float | None = None
     desired: Literal["running", "stopped", "parked"] = "running"
 
 
@@ -277,6 +281,8 @@ def project_status(
         status.state = "parked"
     if lease is not None:
         status.lease_live = lease.live and lease.node is not None
+        status.lease_suspect = lease.suspect
+        status.lease_renewed_seconds_ago = round(lease.renewed_seconds_ago, 1)
     return status
 
 
@@ -529,37 +535,57 @@ class Supervisor:
         return None
 
     async def _keep_lease(self, child: _Child, lost: anyio.Event) -> None:
-        """Renew the child's current lease four times per time-to-live; report its loss."""
+        """Renew the child's current lease four times per time to live; when it is lost, or
+        its clock runs out before a renewal gets through (a frozen database connection, a
+        network cut), fence the node off at once: the clock is revoked, so every write made
+        under it is refused before it is sent, and ``lost`` stops the actor.
+
+        The clock (:class:`store.LeaseClock`) runs on this process's monotonic time from the
+        last renewal the database confirmed, so the actor stops here before the lease can
+        expire on the server and be granted elsewhere, whether or not a renewal ever answers.
+        """
         interval = self.leases.ttl / 4
-        last_ok = anyio.current_time()
+        retry = min(0.5, interval)
+        wait = interval
         while True:
-            await anyio.sleep(interval)
             lease = child.lease
-            if lease is None:
+            if lease is None or lease.clock is None:
                 return
-            try:
-                if await self.leases.renew(lease):
-                    last_ok = anyio.current_time()
-                    continue
-                if child.lease is not lease:
-                    continue  # a restart took the next generation while we renewed this one
-                logger.warning(
-                    "%s: lease was taken over", lease.name, extra={"action": "lease_lost"}
-                )
-            except (
-                StoreUnavailable,
-                OSError,
-                asyncpg.PostgresError,
-                asyncpg.InterfaceError,
-            ) as exc:
-                if anyio.current_time() - last_ok < self.leases.ttl:
+            clock = lease.clock
+            await anyio.sleep(min(wait, clock.remaining()))
+            if child.lease is not lease:
+                continue  # a restart took the next generation meanwhile
+            why: str | None = None
+            if not clock.valid():
+                why = "no renewal got through before its clock ran out"
+            else:
+                try:
+                    with anyio.move_on_after(clock.remaining()):
+                        if await self.leases.renew(lease):
+                            wait = interval
+                            continue
+                        if child.lease is not lease:
+                            continue
+                        why = "it was taken over"
+                    if why is None:
+                        why = "the renewal did not answer before its clock ran out"
+                except StoreUnavailable as exc:
                     logger.warning(
-                        "%s: cannot renew lease (%s)",
+                        "%s: cannot renew lease (%s); %.1fs left",
                         lease.name,
                         exc,
+                        clock.remaining(),
                         extra={"action": "lease_renew_failed"},
                     )
+                    wait = retry
                     continue
+            clock.revoke(f"the lease was lost: {why}")
+            logger.warning(
+                "%s: lease lost (%s); this node stops acting for it",
+                lease.name,
+                why,
+                extra={"action": "lease_lost"},
+            )
             lost.set()
             child.poke()
             return
@@ -706,6 +732,8 @@ class Supervisor:
 
     async def _regrant(self, child: _Child, lease: Lease) -> Lease:
         new = await self.leases.acquire(lease.name)
+        if lease.clock is not None:
+            lease.clock.revoke("a newer generation was granted")
         if new is None:
             raise _LeaseLost(f"{lease.name} was taken by another node")
         child.lease = new
@@ -818,7 +846,11 @@ class Supervisor:
                 child.ended.set()
                 child.ended = anyio.Event()
                 running = child.runner
-                if not ended.is_set() and running is not None:
+                if not ended.is_set() and lost.is_set():
+                    # Not ours any more: no graceful stop (its writes would be refused
+                    # anyway), and nothing it is waiting on may outlive the lease.
+                    tg.cancel_scope.cancel()
+                elif not ended.is_set() and running is not None:
                     await self._stop_runner(child, running, ended, tg.cancel_scope)
         child.runner = None
         uptime = self.clock.monotonic() - started_at

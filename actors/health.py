@@ -53,7 +53,7 @@ from actors.telegram import TelegramClient, make_bot
 from actors.tonapi import TonApiClient
 from events import AlertRaised, HealthCheck, HealthChecked
 from events.errors import I3laniError
-from store import EventStore, RecordedEvent, Transaction
+from store import EventStore, Fence, RecordedEvent, Transaction
 from store.tasks import TaskContext, TaskQueue
 from supervisor import actor_status
 
@@ -197,6 +197,7 @@ class HealthChecker(Actor[HealthState]):
         self.tonapi = tonapi
         self.telegram = telegram
         self.queue: TaskQueue | None = None
+        self.fence: Fence | None = None
 
     def initial_state(self) -> HealthState:
         return HealthState()
@@ -205,6 +206,7 @@ class HealthChecker(Actor[HealthState]):
         self, stack: contextlib.AsyncExitStack, runner: ActorRunner[HealthState]
     ) -> None:
         self.queue = TaskQueue(runner.store, task_types(self.settings), node=runner.node)
+        self.fence = runner.fence
         self.started_at = runner.clock.now()
         if self._given[0] is None:
             self.tonapi = await stack.enter_async_context(
@@ -282,6 +284,7 @@ class HealthChecker(Actor[HealthState]):
                     AdminAlert(alert_id=event.alert_id, text=alert_text(event)),
                     dedupe_key=f"alert-{event.alert_id}",
                     tx=tx,
+                    fence=self.fence,
                 )
 
     # -- I/O ---------------------------------------------------------------------------------
@@ -319,6 +322,7 @@ class HealthChecker(Actor[HealthState]):
                     ADMIN_ALERT,
                     AdminAlert(alert_id=message.alert_id, text=text),
                     dedupe_key=f"alert-{message.alert_id}",
+                    fence=runner.fence,
                 )
             return ()
         return [await self._verdict(runner.store, runner.clock)]

@@ -139,7 +139,7 @@ class RewardProcessor(Actor[RewardState]):
             for reward in state.pending.values()
         ]
         for start in range(0, len(tasks), ENQUEUE_BATCH):
-            await self.queue.add_tasks(tasks[start : start + ENQUEUE_BATCH])
+            await self.queue.add_tasks(tasks[start : start + ENQUEUE_BATCH], fence=runner.fence)
         return ()
 
     async def background(self, runner: ActorRunner[RewardState]) -> None:

@@ -725,7 +725,7 @@ class ActorRunner(Generic[S]):
                     await self.actor.on_commit(tx, appended)
                 if checkpoint is not None:
                     await tx.save_checkpoint(
-                        self.checkpoint_name, checkpoint, expected=self.checkpoint
+                        self.checkpoint_name, checkpoint, expected=self.checkpoint, fence=self.fence
                     )
         except BaseException:
             self._own.difference_update(fresh)
@@ -743,7 +743,9 @@ class ActorRunner(Generic[S]):
         cursor = self._unsaved_checkpoint
         if cursor is None or self.actor.category is None:
             return
-        await self.store.save_checkpoint(self.checkpoint_name, cursor, expected=self.checkpoint)
+        await self.store.save_checkpoint(
+            self.checkpoint_name, cursor, expected=self.checkpoint, fence=self.fence
+        )
         self.checkpoint = cursor
         self._unsaved_checkpoint = None
 

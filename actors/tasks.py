@@ -87,7 +87,8 @@ async def serve_tasks(
     """An actor's background work: a processor running ``task_type`` tasks with ``handler``,
     until the actor stops gracefully (the tasks in hand are then finished and recorded, for up
     to :data:`PROCESSOR_STOP_TIMEOUT` seconds) or is cancelled (its tasks are taken back once
-    their locks expire)."""
+    their locks expire). Every write the processor makes (claims, heartbeats, outcomes) is
+    fenced by the actor's lease generation."""
     queue = TaskQueue(runner.store, task_types(settings), node=runner.node)
     processor = TaskProcessor(
         queue,
@@ -96,6 +97,7 @@ async def serve_tasks(
         concurrency=concurrency,
         lock_timeout=settings.task_lock_timeout,
         stop_timeout=PROCESSOR_STOP_TIMEOUT,
+        fence=runner.fence,
     )
     processor.register_handler(task_type, handler)
     async with anyio.create_task_group() as tg:

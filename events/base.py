@@ -72,10 +72,13 @@ class EventMetadata(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=Tru
     ``correlation_id`` ties together everything one request set off;
     ``causation_id`` is the id of the event or command that directly caused this one;
     ``caused_by`` names the actor (``actor:PaymentMonitor``) or user (``user:42``);
-    ``node`` is the process that wrote it.
+    ``node`` is the process that wrote it; ``lease`` and ``generation`` the lease grant it
+    was written under, for a write fenced by one (an actor's).
     """
 
     correlation_id: uuid.UUID | None = None
     causation_id: uuid.UUID | None = None
     caused_by: str | None = None
     node: str | None = None
+    lease: str | None = None
+    generation: int | None = None

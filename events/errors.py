@@ -162,12 +162,21 @@ class StaleGeneration(StoreError):
     node) has since been granted: it must stop.
     """
 
-    def __init__(self, lease: str, generation: int) -> None:
+    def __init__(self, lease: str, generation: int, *, reason: str | None = None) -> None:
         self.lease = lease
         self.generation = generation
-        super().__init__(
-            f"append refused: lease {lease!r} is no longer held at generation {generation}"
-        )
+        self.reason = reason
+        """Set when this node refused the write itself, before sending it (its own clock)."""
+        if reason is None:
+            message = (
+                f"append refused: lease {lease!r} is no longer held at generation {generation}"
+            )
+        else:
+            message = (
+                f"write refused before it was sent: lease {lease!r} generation {generation}: "
+                f"{reason}"
+            )
+        super().__init__(message)
 
 
 class StoreUnavailable(StoreError):

@@ -67,6 +67,9 @@ class TaskClaimed(Event, frozen=True, tag="TaskClaimed"):
     attempt: Attempt
     node: NonEmptyStr
     locked_until: UtcDateTime
+    taken_over_from: str | None = None
+    """Set when the task was taken over from a holder whose lease generation had been
+    superseded: that holder's attempt never counted, and this claim continues it."""
 
 
 class TaskSucceeded(Event, frozen=True, tag="TaskSucceeded"):

@@ -46,7 +46,15 @@ from events.errors import ConfigError, I3laniError, one_line
 from ops import audit, demo_options
 from ops.control import issue_command, operator_command
 from ops.format import event_json, event_line, format_time
-from store import EventStore, RecordedEvent, database_url, migrate, migrations, redact_dsn
+from store import (
+    EventStore,
+    OpenTransaction,
+    RecordedEvent,
+    database_url,
+    migrate,
+    migrations,
+    redact_dsn,
+)
 from store.queries import query
 from store.tasks import DeadTask, TaskQueue, TypeCounts
 from supervisor import ActorStatus, Supervisor, actor_status
@@ -334,7 +342,7 @@ async def cmd_run(dsn: str, args: argparse.Namespace, out: TextIO) -> int:
     await migrate(dsn)
     node = node_name()
     async with EventStore.open(dsn, node=node) as store:
-        supervisor = Supervisor(store, specs, node=node, lease_ttl=_lease_ttl())
+        supervisor = Supervisor(store, specs, node=node, lease_ttl=store.limits.lease_ttl)
         print(
             f"i3lani worker {node}: supervising {', '.join(s.name for s in specs)} "
             f"(SIGTERM or Ctrl-C stops it)",
@@ -348,19 +356,6 @@ async def cmd_run(dsn: str, args: argparse.Namespace, out: TextIO) -> int:
         await run_until_signalled(supervise)
     print(f"i3lani worker {node}: stopped", file=out, flush=True)
     return EXIT_OK
-
-
-def _lease_ttl() -> float:
-    """``$I3LANI_LEASE_TTL`` seconds (default 8): how long a dead node's actors wait before
-    another node takes them over; renewals come four times per TTL."""
-    text = os.environ.get("I3LANI_LEASE_TTL", "8")
-    try:
-        ttl = float(text)
-    except ValueError:
-        raise ConfigError(f"I3LANI_LEASE_TTL must be a number of seconds, got {text!r}") from None
-    if not 1.0 <= ttl <= 300.0:
-        raise ConfigError(f"I3LANI_LEASE_TTL must be between 1 and 300 seconds, got {ttl:g}")
-    return ttl
 
 
 def _ago(moment: datetime | None, now: datetime) -> str:
@@ -392,13 +387,38 @@ async def cmd_status(dsn: str, args: argparse.Namespace, out: TextIO) -> int:
         queue = TaskQueue(store, task_types())
         counts = await queue.counts()
         dead = await queue.dead_letters(limit=10)
+        writer = await store.oldest_writer()
     if args.json:
-        report = {"actors": statuses, "tasks": list(counts.values()), "dead_letters": dead}
+        report = {
+            "actors": statuses,
+            "tasks": list(counts.values()),
+            "dead_letters": dead,
+            "oldest_writer": writer,
+            "readers_held_back": writer is not None and writer.holds_back_readers,
+        }
         print(msgspec.json.encode(report).decode(), file=out)
         return EXIT_OK
     _print_actors(statuses, now, out)
+    _print_readers(writer, out)
     _print_tasks(list(counts.values()), dead, now, out)
     return EXIT_OK
+
+
+def _print_readers(writer: OpenTransaction | None, out: TextIO) -> None:
+    """Whether readers of the log (subscriptions, the audit, the dashboard) are held back by
+    an open write transaction, and whose: a frozen client's, typically."""
+    print(file=out)
+    if writer is None or not writer.holds_back_readers:
+        print("READERS: not held back (no write transaction is keeping events from them)", file=out)
+        return
+    who = writer.application or "another client"
+    where = f" on database {writer.database}" if writer.database else ""
+    print(
+        f"READERS: held back: {writer.events_waiting} committed event(s) wait behind an open "
+        f"write transaction, pid {writer.pid}{where} ({who}), {writer.state or 'state unknown'} "
+        f"for {writer.state_seconds:.1f}s, open {writer.open_seconds:.1f}s",
+        file=out,
+    )
 
 
 def _print_tasks(
@@ -442,6 +462,8 @@ def _print_actors(statuses: Sequence[ActorStatus], now: datetime, out: TextIO) -
                 state = "backing off (restart due)"
         elif status.state == "running" and status.lease_live is False:
             state = "running? (lease expired)"
+        elif status.state == "running" and status.lease_suspect:
+            state = f"suspect ({status.lease_renewed_seconds_ago:.0f}s unrenewed)"
         elif status.state == "stopped" and status.desired == "running":
             state = "stopped (will start)"
         error = "-"

@@ -18,12 +18,15 @@ from store.eventstore import (
     Append,
     EventStore,
     Fence,
+    LeaseClock,
     NewEvent,
+    OpenTransaction,
     Page,
     RecordedPosition,
     Transaction,
     derived_id,
 )
+from store.limits import SessionLimits
 from store.migrate import migrate, migrations
 from store.records import (
     ANY,
@@ -63,6 +66,9 @@ __all__ = [
     "Append",
     "RecordedPosition",
     "Fence",
+    "LeaseClock",
+    "OpenTransaction",
+    "SessionLimits",
     "Page",
     "derived_id",
     "NOTIFY_CHANNEL",

@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import time
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
@@ -57,6 +58,7 @@ from events.errors import (
     UnknownEventType,
 )
 from store.database import redact_dsn
+from store.limits import Purpose, SessionLimits, apply_socket_limits
 from store.queries import query
 from store.records import (
     ANY,
@@ -108,6 +110,14 @@ _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     # asyncpg may notice a connection the server closed only mid-protocol, and say so with
     # this error rather than a closed-connection one (asyncpg issue #1069).
     asyncpg.exceptions.InternalClientError,
+    # The bounds every connection sets (store/limits.py): a statement or a lock wait that ran
+    # out of time, a transaction the server ended because its client went quiet. Each means
+    # "nothing was done; try again", like an outage.
+    asyncpg.exceptions.QueryCanceledError,
+    asyncpg.exceptions.LockNotAvailableError,
+    asyncpg.exceptions.IdleInTransactionSessionTimeoutError,
+    asyncpg.exceptions.TransactionTimeoutError,
+    TimeoutError,
 )
 
 
@@ -158,11 +168,89 @@ class Page:
     fetched: int
 
 
+class LeaseClock:
+    """How long this process may still act under one lease generation, on its own monotonic
+    clock: the local half of a fence.
+
+    The database refuses a write whose generation is no longer current, but only once it
+    reaches the database. A node that was paused (or cut off) and resumes must not send a
+    write first and learn later: every fenced write checks its clock right before it goes
+    out, and a transaction checks again right before its COMMIT. The lease keeper
+    (:class:`store.leases.Leases`) moves the deadline on after each renewal the database
+    confirmed, to the moment the renewal was *sent* plus the time to live, less a safety
+    margin, so the deadline always falls before the lease can expire on the server (whose
+    expiry counts from when it received the renewal). ``time.monotonic`` keeps counting while
+    the process is stopped, so a pause longer than the lease leaves the clock expired.
+    """
+
+    __slots__ = ("deadline", "revoked")
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self.revoked: str | None = None
+
+    def remaining(self) -> float:
+        """Seconds left (0 when expired or revoked)."""
+        if self.revoked is not None:
+            return 0.0
+        return max(0.0, self.deadline - time.monotonic())
+
+    def valid(self) -> bool:
+        return self.revoked is None and time.monotonic() < self.deadline
+
+    def extend(self, deadline: float) -> None:
+        if self.revoked is None:
+            self.deadline = max(self.deadline, deadline)
+
+    def revoke(self, why: str) -> None:
+        """Stop acting under this generation for good (the lease was lost or handed back)."""
+        if self.revoked is None:
+            self.revoked = why
+
+    def why(self) -> str:
+        return self.revoked or "its lease ran out on this node's clock before a renewal"
+
+
 class Fence(msgspec.Struct, frozen=True):
-    """The lease an append is made under: refused once ``generation`` is no longer current."""
+    """The lease an append is made under: refused once ``generation`` is no longer current.
+
+    With a ``clock`` (:class:`LeaseClock`, set by the lease keeper), the write is also refused
+    locally, before anything is sent, once the clock has run out."""
 
     lease: str
     generation: int
+    clock: LeaseClock | None = None
+
+    def clock_valid(self) -> bool:
+        """Whether this node's own clock still lets it act under the lease (True unclocked)."""
+        return self.clock is None or self.clock.valid()
+
+    def why(self) -> str:
+        return self.clock.why() if self.clock is not None else "a newer generation was granted"
+
+    def check(self) -> None:
+        """Raise StaleGeneration, before any I/O, if this node may no longer act under it."""
+        if not self.clock_valid():
+            raise StaleGeneration(self.lease, self.generation, reason=self.why())
+
+
+class OpenTransaction(msgspec.Struct, frozen=True, kw_only=True):
+    """The oldest write transaction open on the server, as :meth:`EventStore.oldest_writer`
+    finds it: who (``pid``, ``database``, ``application``: ours are ``i3lani:<node>:...``),
+    in which state (``idle in transaction`` is a client that went quiet), for how long, and
+    how many committed events of ours readers cannot see until it ends."""
+
+    pid: int
+    database: str | None
+    application: str | None
+    state: str | None
+    open_seconds: float
+    state_seconds: float
+    events_waiting: int
+
+    @property
+    def holds_back_readers(self) -> bool:
+        return self.events_waiting > 0
 
 
 class NewEvent(msgspec.Struct, frozen=True, kw_only=True):
@@ -178,7 +266,7 @@ def _is_connection_error(exc: BaseException) -> bool:
 
 
 def _unavailable(exc: BaseException) -> StoreUnavailable:
-    return StoreUnavailable(f"PostgreSQL is unreachable: {type(exc).__name__}: {exc}")
+    return StoreUnavailable(f"PostgreSQL is unreachable or too slow: {type(exc).__name__}: {exc}")
 
 
 def _check_stream(stream: str) -> None:
@@ -238,22 +326,18 @@ async def _no_reset(conn: asyncpg.Connection) -> None:
 
 class _Dedicated:
     """A connection of the store's own, for one job at a time (direct appends, combined
-    appends, notifications): no pool round trips. Reconnects on next use after a failure."""
+    appends, notifications, leases): no pool round trips. Reconnects on next use after a
+    failure."""
 
-    def __init__(self, dsn: str) -> None:
-        self.dsn = dsn
+    def __init__(self, store: EventStore, purpose: Purpose = "work") -> None:
+        self.store = store
+        self.purpose: Purpose = purpose
         self._conn: asyncpg.Connection | None = None
 
     async def get(self) -> asyncpg.Connection:
         if self._conn is None or self._conn.is_closed():
             self._conn = None
-            conn = await asyncpg.connect(self.dsn)
-            try:
-                await init_connection(conn)
-            except BaseException:
-                conn.terminate()
-                raise
-            self._conn = conn
+            self._conn = await self.store.connect(self.purpose)
         return self._conn
 
     def discard(self) -> None:
@@ -285,8 +369,26 @@ async def init_connection(conn: asyncpg.Connection) -> None:
     )
 
 
+async def setup_connection(
+    conn: asyncpg.Connection, limits: SessionLimits, purpose: Purpose = "work"
+) -> None:
+    """Everything a new connection of the store's gets: the jsonb codec, the client side of
+    the session limits (TCP keepalive, user timeout) and, where the server has it, the
+    transaction bound. The server side of the limits comes with the connect itself
+    (:meth:`SessionLimits.server_settings`)."""
+    apply_socket_limits(conn, limits)
+    bound = limits.transaction_timeout_sql(conn.get_server_version().major * 10000, purpose)
+    if bound is not None:
+        await conn.execute(bound)
+    await init_connection(conn)
+
+
 class EventStore:
-    """The event log. Open with ``async with EventStore.open(dsn) as store``."""
+    """The event log. Open with ``async with EventStore.open(dsn) as store``.
+
+    Every connection it opens carries ``limits`` (default: from the environment, see
+    :mod:`store.limits`), so that no client of ours, frozen or cut off, holds locks or readers
+    back for longer than the lease."""
 
     def __init__(
         self,
@@ -297,8 +399,15 @@ class EventStore:
         min_connections: int = 2,
         max_connections: int = 10,
         group_commit: bool = True,
+        limits: SessionLimits | None = None,
     ) -> None:
         self.dsn = dsn
+        limits = limits if limits is not None else SessionLimits.from_env()
+        if node is not None and limits.application == "i3lani":
+            # In pg_stat_activity: which node a session (a stuck transaction, say) belongs to.
+            limits = limits.for_application(f"i3lani:{node}")
+        limits.check()
+        self.limits = limits
         self.registry = registry
         self.node = node
         self._min = min_connections
@@ -317,9 +426,13 @@ class EventStore:
         self._dirty_categories: set[str] = set()
         self._dirty = anyio.Event()
         self._closed = False
-        self._writer = _Dedicated(dsn)
-        self._batcher = _Dedicated(dsn)
-        self._notifier_conn = _Dedicated(dsn)
+        self._writer = _Dedicated(self)
+        self._batcher = _Dedicated(self)
+        self._notifier_conn = _Dedicated(self)
+        # Lease statements: a connection of their own (never starved by a busy pool) with a
+        # short lock_timeout (store/limits.py), one statement at a time.
+        self._lease_conn = _Dedicated(self, "lease")
+        self._lease_lock: anyio.Lock | None = None
 
     @classmethod
     def open(cls, dsn: str, **options: Any) -> Self:
@@ -333,8 +446,9 @@ class EventStore:
                 self.dsn,
                 min_size=self._min,
                 max_size=self._max,
-                init=init_connection,
+                init=self._setup_pooled,
                 reset=_no_reset,
+                **self.limits.connect_kwargs("work"),
             )
         except _CONNECT_ERRORS as exc:
             # Unreachable, or the server refused us (no such database, bad password): one line.
@@ -370,13 +484,53 @@ class EventStore:
                 request.error = StoreError("the event store was closed before this append ran")
                 request.done.set()
         with anyio.CancelScope(shield=True):
-            for dedicated in (self._writer, self._batcher, self._notifier_conn):
+            for dedicated in (self._writer, self._batcher, self._notifier_conn, self._lease_conn):
                 await dedicated.close()
         if self._pool is not None:
             with anyio.CancelScope(shield=True), anyio.move_on_after(5) as scope:
                 await self._pool.close()
             if scope.cancelled_caught:
                 self._pool.terminate()
+
+    async def _setup_pooled(self, conn: asyncpg.Connection) -> None:
+        await setup_connection(conn, self.limits, "work")
+
+    async def connect(self, purpose: Purpose = "work") -> asyncpg.Connection:
+        """A new connection of the store's own (outside the pool), set up like the pool's,
+        with the limits for ``purpose``. Connection failures raise StoreUnavailable. The
+        caller closes it."""
+        try:
+            conn: asyncpg.Connection = await asyncpg.connect(
+                self.dsn, **self.limits.connect_kwargs(purpose)
+            )
+        except _CONNECTION_ERRORS as exc:
+            raise _unavailable(exc) from exc
+        try:
+            await setup_connection(conn, self.limits, purpose)
+        except BaseException:
+            conn.terminate()
+            raise
+        return conn
+
+    async def lease_fetchval(self, name: str, *args: object) -> object:
+        """Run named query ``name`` on the store's lease connection (see
+        :mod:`store.leases`): StoreUnavailable when PostgreSQL is unreachable or the statement
+        ran out of time (a lock held elsewhere: ``__cause__`` says which)."""
+        if self._lease_lock is None:
+            self._lease_lock = anyio.Lock()
+        async with self._lease_lock:
+            try:
+                conn = await self._lease_conn.get()
+                try:
+                    return await conn.fetchval(query(name), *args)
+                except asyncpg.PostgresError:
+                    raise  # the connection itself is fine
+                except BaseException:
+                    # Lost, or cancelled mid-statement: do not trust its protocol state.
+                    self._lease_conn.discard()
+                    raise
+            except _CONNECTION_ERRORS as exc:
+                raise _unavailable(exc) from exc
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -410,6 +564,12 @@ class EventStore:
             if event_id in seen:
                 raise ValueError(f"event id {event_id} appears twice in one append")
             seen.add(event_id)
+            if fence is not None:
+                # Who wrote it under which grant, for audits: a stale generation's events
+                # never land after a newer one's.
+                meta = msgspec.structs.replace(
+                    meta or _NO_METADATA, lease=fence.lease, generation=fence.generation
+                )
             tag, version, payload = self.registry.encode(event)
             rows.append(_Row(event_id, tag, version, payload, self._encode_metadata(meta)))
         return _Request(stream, expected, exact, must_exist, rows, fence)
@@ -435,6 +595,8 @@ class EventStore:
         """Append ``events`` to ``stream`` atomically, if ``expected_version`` holds (and,
         with ``fence``, only while that lease generation is current)."""
         request = self._prepare(stream, events, expected_version, metadata, fence)
+        if fence is not None:
+            fence.check()  # before anything is queued or sent
         if self._pool is None:
             raise StoreError("the event store is not open: use `async with EventStore.open(dsn)`")
         if self._group_commit and self._direct_in_flight > 0:
@@ -489,6 +651,8 @@ class EventStore:
         self, conn: Connection, request: _Request, *, in_transaction: bool
     ) -> AppendResult:
         """One attempt on ``conn``; raises _RetryAppendError when an ANY-append lost a race."""
+        if request.fence is not None:
+            request.fence.check()  # never write first and check later
         rows = request.rows
         try:
             if len(rows) == 1 and request.exact is not None and request.fence is None:
@@ -562,6 +726,9 @@ class EventStore:
     ) -> list[AppendResult | int | StaleGeneration]:
         """Requests to distinct streams in one statement: a result, the current version where
         the request's version check failed, or the refusal where its fence did not hold."""
+        for request in requests:
+            if request.fence is not None:
+                request.fence.check()  # never write first and check later
         streams, exacts, musts = [], [], []
         fence_names: list[str | None] = []
         fence_generations: list[int | None] = []
@@ -724,6 +891,16 @@ class EventStore:
 
     async def _flush(self, batch: list[_Request]) -> None:
         dedicated = self._batcher
+        for request in batch:
+            if request.fence is not None and not request.fence.clock_valid():
+                # Its node may no longer act under that lease: refused here, nothing sent.
+                request.error = StaleGeneration(
+                    request.fence.lease, request.fence.generation, reason=request.fence.why()
+                )
+                request.done.set()
+        batch = [request for request in batch if request.error is None]
+        if not batch:
+            return
         try:
             if len(batch) == 1:
                 batch[0].result = await self._append_with_retries(batch[0], dedicated)
@@ -947,6 +1124,15 @@ class EventStore:
         last = records[-1]
         return Page(self._decode_all(records, skip_unknown), Cursor(last[1], last[0]), len(records))
 
+    async def oldest_writer(self) -> OpenTransaction | None:
+        """The oldest open write transaction on the server, if any (for operators: a reader
+        waiting on it, and why)."""
+        try:
+            record = await self.pool.fetchrow(query("oldest_writer"))
+        except _CONNECTION_ERRORS as exc:
+            raise _unavailable(exc) from exc
+        return None if record is None else OpenTransaction(**dict(record))
+
     async def held_back(self, after: Cursor, category: str | None = None) -> bool:
         """Whether committed events past ``after`` exist that a read has not returned: held
         back by an older open transaction (readable when it ends), or committed since."""
@@ -1043,6 +1229,10 @@ class EventStore:
             try:
                 async with conn.transaction():
                     yield tx
+                    # Last look before the COMMIT goes out: a node that was paused with this
+                    # transaction open, and resumed past its lease, rolls back instead.
+                    for fence in tx.fences:
+                        fence.check()
             except _CONNECTION_ERRORS as exc:
                 raise _unavailable(exc) from exc
             for stream in tx.streams:
@@ -1064,19 +1254,32 @@ class EventStore:
         *,
         expected: Cursor | None,
         connection: Connection | None = None,
+        fence: Fence | None = None,
     ) -> None:
         """Move checkpoint ``name`` from ``expected`` (None: it must not exist) to ``cursor``;
-        CheckpointConflict if someone else moved it."""
+        CheckpointConflict if someone else moved it; with ``fence`` (an actor's checkpoint),
+        StaleGeneration unless that lease generation is current."""
+        if fence is not None:
+            fence.check()
         conn: Any = connection if connection is not None else self.pool
-        stored = await conn.fetchval(
-            query("save_checkpoint"),
-            name,
-            cursor.transaction_id,
-            cursor.position,
-            None if expected is None else expected.transaction_id,
-            None if expected is None else expected.position,
-        )
+        try:
+            stored = await conn.fetchval(
+                query("save_checkpoint"),
+                name,
+                cursor.transaction_id,
+                cursor.position,
+                None if expected is None else expected.transaction_id,
+                None if expected is None else expected.position,
+                fence.lease if fence is not None else None,
+                fence.generation if fence is not None else None,
+            )
+        except _CONNECTION_ERRORS as exc:
+            raise _unavailable(exc) from exc
         if stored is None:
+            if fence is not None:
+                current = await conn.fetchval(query("lease_generation"), fence.lease)
+                if current != fence.generation:
+                    raise StaleGeneration(fence.lease, fence.generation)
             actual = await conn.fetchrow(query("load_checkpoint"), name)
             raise CheckpointConflict(
                 name, expected, None if actual is None else Cursor(actual[0], actual[1])
@@ -1134,6 +1337,15 @@ class Transaction:
         self.store = store
         self.connection = connection
         self.streams: set[str] = set()
+        self.fences: set[Fence] = set()
+        """Fences of the writes made in it: checked again right before the COMMIT."""
+
+    def fenced(self, fence: Fence | None) -> None:
+        """Note that a write under ``fence`` is part of this transaction (checked now, and
+        again before the COMMIT)."""
+        if fence is not None:
+            fence.check()
+            self.fences.add(fence)
 
     async def append(
         self,
@@ -1145,6 +1357,7 @@ class Transaction:
         fence: Fence | None = None,
     ) -> AppendResult:
         request = self.store._prepare(stream, events, expected_version, metadata, fence)
+        self.fenced(fence)
         try:
             result = await self.store._append_on(self.connection, request, in_transaction=True)
         except _RetryAppendError as exc:
@@ -1169,6 +1382,8 @@ class Transaction:
         ]
         if len({r.stream for r in requests}) != len(requests):
             raise ValueError("append_many takes at most one append per stream")
+        for request in requests:
+            self.fenced(request.fence)
         for start in range(0, len(requests), MAX_STREAMS_PER_STATEMENT):
             chunk = requests[start : start + MAX_STREAMS_PER_STATEMENT]
             try:
@@ -1201,9 +1416,12 @@ class Transaction:
         }
         return [[landed[row.event_id] for row in request.rows] for request in requests]
 
-    async def save_checkpoint(self, name: str, cursor: Cursor, *, expected: Cursor | None) -> None:
+    async def save_checkpoint(
+        self, name: str, cursor: Cursor, *, expected: Cursor | None, fence: Fence | None = None
+    ) -> None:
+        self.fenced(fence)
         await self.store.save_checkpoint(
-            name, cursor, expected=expected, connection=self.connection
+            name, cursor, expected=expected, connection=self.connection, fence=fence
         )
 
     async def stored_ids(self, event_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:

@@ -1,23 +1,49 @@
-"""Leases: which node runs which actor, with a fencing generation.
+"""Leases: which node runs which actor, with a fencing generation and a clock of its own.
 
 A node runs an actor only while it holds the actor's lease; it renews the lease well before
 it expires and hands it back when it stops. A node that dies simply stops renewing, and
 another node takes the lease once it has expired. Every grant bumps the generation, and
-appends made under a lease carry it (:class:`store.Fence`), so a node that lost its lease
-without noticing (a long pause, a partition) cannot write: the store refuses the append with
-:class:`events.errors.StaleGeneration`. All times are PostgreSQL's ``now()``.
+writes made under a lease carry it (:class:`store.Fence`), so a node that lost its lease
+without noticing (a long pause, a partition) cannot write: the store refuses the write with
+:class:`events.errors.StaleGeneration`. Expiry is judged by PostgreSQL's ``now()``.
+
+**Self-fencing.** A node must also stop acting *before* its lease can be granted elsewhere,
+even when it cannot reach the database to learn that it lost it (a network cut), and a node
+resumed after a pause must never write first and check later. So each grant comes with a
+:class:`~store.eventstore.LeaseClock`: a deadline on this process's monotonic clock, set to
+the moment the grant (or the last confirmed renewal) was *sent*, plus the time to live, less
+a safety margin (:func:`safety_margin`). The server counts the lease's expiry from when it
+*received* that statement, which is later, so the local deadline always comes first. Every
+fenced write checks the clock right before it is sent (and a transaction again right before
+its COMMIT); the supervisor stops the actor when the clock runs out.
+
+**Bounded waits.** Lease statements run on the store's lease connection (never starved by a
+busy pool) whose ``lock_timeout`` is short (:mod:`store.limits`): a take-over that meets a row lock
+held by a frozen node's open transaction gives up at once and tries again on the next round,
+instead of queueing behind it; that transaction is itself ended by the idle-transaction bound,
+which is shorter than the lease.
 """
 
 from __future__ import annotations
 
+import time
 from datetime import datetime
 
+import asyncpg
 import msgspec
 
-from store.eventstore import EventStore, Fence
+from events.errors import StoreUnavailable
+from store.eventstore import _CONNECTION_ERRORS, EventStore, Fence, LeaseClock, _unavailable
 from store.queries import query
 
-__all__ = ["Lease", "LeaseInfo", "Leases"]
+__all__ = ["Lease", "LeaseInfo", "Leases", "safety_margin"]
+
+
+def safety_margin(ttl: float) -> float:
+    """Seconds before its lease could expire on the server at which a node stops acting under
+    it: a tenth of the time to live, and at least 0.2 s (scheduling delays, clock rate) for a
+    lease long enough to spare it (a quarter of it at most)."""
+    return max(min(0.2, ttl / 4), ttl / 10)
 
 
 class Lease(msgspec.Struct, frozen=True):
@@ -26,10 +52,11 @@ class Lease(msgspec.Struct, frozen=True):
     name: str
     node: str
     generation: int
+    clock: LeaseClock | None = None
 
     @property
     def fence(self) -> Fence:
-        return Fence(self.name, self.generation)
+        return Fence(self.name, self.generation, self.clock)
 
 
 class LeaseInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -42,10 +69,16 @@ class LeaseInfo(msgspec.Struct, frozen=True, kw_only=True):
     renewed_at: datetime
     expires_at: datetime
     live: bool
+    suspect: bool = False
+    """Held and not expired, but not renewed for over half its time to live: its holder renews
+    four times per time to live, so it missed renewals. A frozen node, or one cut off from the
+    database, looks like this until its lease expires."""
+    renewed_seconds_ago: float = 0.0
+    """By the database's clock, like every lease time."""
 
 
 class Leases:
-    """Lease operations on the store's database."""
+    """Lease operations on the store's database, for one holder."""
 
     def __init__(self, store: EventStore, node: str, ttl: float = 10.0) -> None:
         if ttl <= 0:
@@ -53,29 +86,53 @@ class Leases:
         self.store = store
         self.node = node
         self.ttl = ttl
+        self.margin = safety_margin(ttl)
+
+    async def _fetchval(self, name: str, *args: object) -> object:
+        return await self.store.lease_fetchval(name, *args)
+
+    def _clock_from(self, sent: float) -> LeaseClock:
+        return LeaseClock(sent + self.ttl - self.margin)
 
     async def acquire(self, name: str) -> Lease | None:
         """Take ``name`` if it is free or already ours (bumping the generation); None if
-        another node holds it."""
-        generation = await self.store.pool.fetchval(
-            query("lease_acquire"), name, self.node, self.ttl
-        )
-        return None if generation is None else Lease(name, self.node, generation)
+        another node holds it, or a lock on it is held (a frozen node's open transaction:
+        try again later)."""
+        sent = time.monotonic()
+        try:
+            generation = await self._fetchval("lease_acquire", name, self.node, self.ttl)
+        except StoreUnavailable as exc:
+            if isinstance(exc.__cause__, asyncpg.exceptions.LockNotAvailableError):
+                return None
+            raise
+        if generation is None:
+            return None
+        assert isinstance(generation, int)
+        return Lease(name, self.node, generation, self._clock_from(sent))
 
     async def renew(self, lease: Lease) -> bool:
-        """Extend our grant; False when it was lost (expired, taken over, or released)."""
-        renewed = await self.store.pool.fetchval(
-            query("lease_renew"), lease.name, lease.node, lease.generation, self.ttl
+        """Extend our grant (and its clock); False when it was lost (expired, taken over, or
+        released)."""
+        sent = time.monotonic()
+        renewed = await self._fetchval(
+            "lease_renew", lease.name, lease.node, lease.generation, self.ttl
         )
-        return renewed is not None
+        if renewed is None:
+            return False
+        if lease.clock is not None:
+            lease.clock.extend(sent + self.ttl - self.margin)
+        return True
 
     async def release(self, lease: Lease) -> bool:
         """Hand the lease back so another node can take it at once."""
-        released = await self.store.pool.fetchval(
-            query("lease_release"), lease.name, lease.node, lease.generation
-        )
+        if lease.clock is not None:
+            lease.clock.revoke("the lease was handed back")
+        released = await self._fetchval("lease_release", lease.name, lease.node, lease.generation)
         return released is not None
 
     async def all(self) -> list[LeaseInfo]:
-        records = await self.store.pool.fetch(query("leases"))
+        try:
+            records = await self.store.pool.fetch(query("leases"))
+        except _CONNECTION_ERRORS as exc:
+            raise _unavailable(exc) from exc
         return [LeaseInfo(**dict(record)) for record in records]

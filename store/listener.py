@@ -9,6 +9,8 @@ from typing import Any
 import anyio
 import asyncpg
 
+from store.limits import SessionLimits, apply_socket_limits
+
 __all__ = ["LISTEN_ERRORS", "open_listener", "close_listener"]
 
 LISTEN_ERRORS: tuple[type[BaseException], ...] = (
@@ -26,9 +28,12 @@ async def open_listener(
     channel: str,
     on_notify: Callable[..., Any],
     on_lost: Callable[..., Any],
+    limits: SessionLimits | None = None,
 ) -> asyncpg.Connection:
     """A new connection listening on ``channel``; ``on_lost`` is called if it drops.
 
+    With ``limits`` (the store's), the connection carries them like every other of ours: a
+    cut network path then fails it (and ``on_lost`` is called) instead of leaving it silent.
     Shielded (and bounded to 5 s): a connect cancelled half-way leaves asyncpg with a dangling
     connection (asyncpg issue #1211). If the caller was cancelled meanwhile, the connection is
     closed and the cancellation goes on; on a failure nothing is left open.
@@ -36,7 +41,10 @@ async def open_listener(
     conn: asyncpg.Connection | None = None
     try:
         with anyio.CancelScope(shield=True), anyio.fail_after(5):
-            conn = await asyncpg.connect(dsn)
+            settings = limits.connect_kwargs("listen") if limits is not None else {}
+            conn = await asyncpg.connect(dsn, **settings)
+            if limits is not None:
+                apply_socket_limits(conn, limits)
             await conn.add_listener(channel, on_notify)
             conn.add_termination_listener(on_lost)
         await anyio.lowlevel.checkpoint()

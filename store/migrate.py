@@ -16,6 +16,7 @@ from importlib import resources
 import asyncpg
 
 from events.errors import MigrationError, StoreUnavailable
+from store.limits import SessionLimits
 from store.queries import sql_file
 
 __all__ = ["Migration", "migrations", "migrate", "MIGRATION_LOCK_KEY"]
@@ -52,11 +53,16 @@ def migrations() -> list[Migration]:
     return found
 
 
-async def migrate(dsn: str) -> list[Migration]:
-    """Apply the migrations this database lacks; return the ones applied (empty if none)."""
+async def migrate(dsn: str, limits: SessionLimits | None = None) -> list[Migration]:
+    """Apply the migrations this database lacks; return the ones applied (empty if none).
+
+    The connection carries the maintenance limits (:mod:`store.limits`): no statement bound
+    (an index on a large table takes its time), but a migration left open by a frozen client
+    is still ended by the idle-transaction bound."""
+    limits = limits if limits is not None else SessionLimits.from_env()
     try:
-        conn = await asyncpg.connect(dsn)
-    except (OSError, asyncpg.PostgresError) as exc:
+        conn = await asyncpg.connect(dsn, **limits.connect_kwargs("maintenance"))
+    except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
         raise StoreUnavailable(f"cannot connect to PostgreSQL to migrate: {exc}") from exc
     try:
         await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)

@@ -196,7 +196,11 @@ class Subscription:
             return  # polling covers us; do not hammer a server that just refused
         try:
             conn = await open_listener(
-                self.store.dsn, NOTIFY_CHANNEL, self._on_notify, self._on_listener_lost
+                self.store.dsn,
+                NOTIFY_CHANNEL,
+                self._on_notify,
+                self._on_listener_lost,
+                self.store.limits,
             )
         except LISTEN_ERRORS as exc:
             self._listener_failed_at = now

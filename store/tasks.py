@@ -93,9 +93,9 @@ import msgspec
 from anyio.abc import TaskStatus
 
 from events import EventMetadata
-from events.errors import I3laniError, StoreError, one_line
+from events.errors import I3laniError, StaleGeneration, StoreError, one_line
 from events.registry import unstorable_text
-from store.eventstore import _CONNECTION_ERRORS, EventStore, Transaction, _unavailable
+from store.eventstore import _CONNECTION_ERRORS, EventStore, Fence, Transaction, _unavailable
 from store.listener import LISTEN_ERRORS, close_listener, open_listener
 from store.queries import query
 
@@ -564,15 +564,35 @@ class _Enqueue:
     error: Exception | None = None
 
 
+STALE_GENERATION_SQLSTATE = "I3SG1"
+"""Raised by ``i3lani.check_fence`` (migration 0005): a fenced task write from a lease
+generation that is no longer current."""
+
+
 @asynccontextmanager
-async def _translated() -> AsyncIterator[None]:
-    """asyncpg errors to the project's, once, at the boundary."""
+async def _translated(fence: Fence | None = None) -> AsyncIterator[None]:
+    """asyncpg errors to the project's, once, at the boundary; a fenced write is first checked
+    against this node's own lease clock, before anything is sent."""
+    if fence is not None:
+        fence.check()
     try:
         yield
     except _CONNECTION_ERRORS as exc:
         raise _unavailable(exc) from exc
     except asyncpg.PostgresError as exc:
+        if getattr(exc, "sqlstate", None) == STALE_GENERATION_SQLSTATE and fence is not None:
+            raise StaleGeneration(fence.lease, fence.generation) from exc
         raise StoreError(f"the task queue's SQL failed: {type(exc).__name__}: {exc}") from exc
+
+
+def _fence_args(fence: Fence | None) -> tuple[str | None, int | None]:
+    return (fence.lease, fence.generation) if fence is not None else (None, None)
+
+
+def _metadata_for(node: str | None, fence: Fence | None) -> bytes:
+    """The metadata of the task events a node writes (under ``fence``, when fenced)."""
+    lease, generation = _fence_args(fence)
+    return msgspec.json.encode(EventMetadata(node=node, lease=lease, generation=generation))
 
 
 class TaskQueue:
@@ -582,7 +602,7 @@ class TaskQueue:
         self.store = store
         self.types = types
         self.node = node if node is not None else store.node
-        self._metadata = msgspec.json.encode(EventMetadata(node=self.node))
+        self._metadata = _metadata_for(self.node, None)
         # Group commit of enqueues made outside a caller's transaction (see _enqueue).
         self._direct_in_flight = 0
         self._queued: deque[_Enqueue] = deque()
@@ -605,6 +625,7 @@ class TaskQueue:
         priority: int = 0,
         dedupe_key: str | None = None,
         tx: Transaction | None = None,
+        fence: Fence | None = None,
     ) -> int: ...
 
     @overload
@@ -617,6 +638,7 @@ class TaskQueue:
         priority: int = 0,
         dedupe_key: str | None = None,
         tx: Transaction | None = None,
+        fence: Fence | None = None,
     ) -> int: ...
 
     async def add_task(
@@ -628,6 +650,7 @@ class TaskQueue:
         priority: int = 0,
         dedupe_key: str | None = None,
         tx: Transaction | None = None,
+        fence: Fence | None = None,
     ) -> int:
         """Add a task; return its id. It runs from ``delay_seconds`` on, before tasks of lower
         ``priority``. With ``dedupe_key``, adding the same logical work again while the first
@@ -641,25 +664,51 @@ class TaskQueue:
         the next statement (group commit, as the store does for appends): a busy bot's
         concurrent handlers share transactions and WAL flushes instead of queueing for them."""
         [task_id] = await self.add_tasks(
-            [NewTask(task_type, payload, delay_seconds, priority, dedupe_key)], tx=tx
+            [NewTask(task_type, payload, delay_seconds, priority, dedupe_key)], tx=tx, fence=fence
         )
         return task_id
 
     async def add_tasks(
-        self, tasks: Sequence[NewTask], *, tx: Transaction | None = None
+        self,
+        tasks: Sequence[NewTask],
+        *,
+        tx: Transaction | None = None,
+        fence: Fence | None = None,
     ) -> list[int]:
         """Add several tasks with one statement; their ids, in order. Every task is validated
-        before anything is written."""
+        before anything is written.
+
+        With ``fence`` (an actor adding tasks on its own behalf, from a tick), the tasks are
+        added only while that lease generation is current: checked on this node's clock first,
+        then in the database, in one transaction with the insert (the caller's ``tx``, or one
+        of its own), with the lease row locked FOR SHARE as fenced appends do; otherwise
+        StaleGeneration, and nothing is written."""
         if not tasks:
             return []
         if len(tasks) > _MAX_BATCH:
             raise ValueError(f"at most {_MAX_BATCH} tasks per add_tasks call")
         rows = self._validate(tasks)
+        if fence is not None:
+            fence.check()
+            if tx is None:
+                async with self.store.transaction() as own:
+                    return await self._add_fenced(rows, own, fence)
+            return await self._add_fenced(rows, tx, fence)
+        return await self._add(rows, tx, self._metadata)
+
+    async def _add_fenced(self, rows: _Rows, tx: Transaction, fence: Fence) -> list[int]:
+        tx.fenced(fence)
+        async with _translated(fence):
+            await tx.connection.fetchval(query("check_fence"), fence.lease, fence.generation)
+        return await self._add(rows, tx, _metadata_for(self.node, fence))
+
+    async def _add(self, rows: _Rows, tx: Transaction | None, metadata: bytes) -> list[int]:
+        tasks = rows.types
         ids: list[int | None] = [None] * len(tasks)
         pending = list(range(len(tasks)))
         for _ in range(_DEDUPE_RETRIES):
             batch = rows.select(pending) if len(pending) != len(tasks) else rows
-            for ordinal, task_id in await self._enqueue(batch, tx):
+            for ordinal, task_id in await self._enqueue(batch, tx, metadata):
                 ids[pending[ordinal - 1]] = task_id
             skipped = [i for i in pending if ids[i] is None]
             if not skipped:
@@ -714,12 +763,14 @@ class TaskQueue:
             rows.dedupe_keys.append(key)
         return rows
 
-    async def _enqueue(self, rows: _Rows, tx: Transaction | None) -> list[tuple[int, int]]:
+    async def _enqueue(
+        self, rows: _Rows, tx: Transaction | None, metadata: bytes
+    ) -> list[tuple[int, int]]:
         """Insert ``rows``: (ordinal from 1, task id) of each one inserted, skipped ones (their
         dedupe key is held) absent."""
         if tx is not None:
             # Inside the caller's transaction only its commit may announce the tasks.
-            inserted = await self._insert(tx.connection, rows, notify=True)
+            inserted = await self._insert(tx.connection, rows, notify=True, metadata=metadata)
             tx.streams.update(f"task-{task_id}" for _, task_id in inserted)
             return inserted
         background = self.store._tg
@@ -746,7 +797,10 @@ class TaskQueue:
         self._committed(inserted, rows)
         return inserted
 
-    async def _insert(self, conn: Any, rows: _Rows, *, notify: bool) -> list[tuple[int, int]]:
+    async def _insert(
+        self, conn: Any, rows: _Rows, *, notify: bool, metadata: bytes | None = None
+    ) -> list[tuple[int, int]]:
+        metadata = self._metadata if metadata is None else metadata
         async with _translated():
             if len(rows.types) == 1:
                 records = await conn.fetch(
@@ -757,7 +811,7 @@ class TaskQueue:
                     rows.delays[0],
                     rows.max_attempts[0],
                     rows.dedupe_keys[0],
-                    self._metadata,
+                    metadata,
                     notify,
                 )
             else:
@@ -769,7 +823,7 @@ class TaskQueue:
                     rows.delays,
                     rows.max_attempts,
                     rows.dedupe_keys,
-                    self._metadata,
+                    metadata,
                     notify,
                 )
         return [(record[0], record[1]) for record in records]
@@ -1076,6 +1130,7 @@ class TaskProcessor:
         lock_timeout: float = 30.0,
         stop_timeout: float = 20.0,
         rng: RandomSource | None = None,
+        fence: Fence | None = None,
     ) -> None:
         if not node:
             raise ValueError("a processor needs a node name")
@@ -1094,7 +1149,9 @@ class TaskProcessor:
         self._only = None if types is None else [queue.types.get(t).name for t in types]
         self._rng: RandomSource = rng if rng is not None else random.Random()
         self._handlers: dict[str, tuple[TaskType[Any], Handler[Any]]] = {}
-        self._metadata = msgspec.json.encode(EventMetadata(node=node))
+        self.fence = fence
+        self._fence_args = _fence_args(fence)
+        self._metadata = _metadata_for(node, fence)
         self._state = ProcessorState.NEW
         self._claim_types: list[str] = []
         # Work in hand: claimed tasks until their outcome is recorded; the ones waiting for a
@@ -1245,6 +1302,11 @@ class TaskProcessor:
                             await self._listen()
                     backoff = _RETRY_MIN
                     continue
+            except StaleGeneration:
+                # This node may no longer act for the actor it runs tasks for: stop at once,
+                # recording nothing (the holder of the current generation takes the tasks).
+                self._outcomes.clear()
+                raise
             except StoreError as exc:
                 logger.warning(
                     "task processor %s cannot reach PostgreSQL: %s; retrying in %.1fs",
@@ -1265,7 +1327,7 @@ class TaskProcessor:
         """One statement: record the outcomes in hand, claim up to ``want`` tasks and hand them
         to the workers; how many were claimed."""
         outcomes = self._outcomes[:_MAX_BATCH]
-        async with _translated():
+        async with _translated(self.fence):
             records = await self.store.pool.fetch(
                 query("task_cycle"),
                 [o.task_id for o in outcomes],
@@ -1279,6 +1341,7 @@ class TaskProcessor:
                 self._claim_types,
                 self.node,
                 self.lock_timeout,
+                *self._fence_args,
             )
         self._cycles += 1
         del self._outcomes[: len(outcomes)]
@@ -1424,9 +1487,9 @@ class TaskProcessor:
         ids = [task_id for task_id, claimed in self._held.items() if not claimed.done]
         if not ids:
             return
-        async with _translated():
+        async with _translated(self.fence):
             records = await self.store.pool.fetch(
-                query("task_heartbeat"), ids, self.node, self.lock_timeout
+                query("task_heartbeat"), ids, self.node, self.lock_timeout, *self._fence_args
             )
         alive = {record["id"] for record in records}
         for task_id in ids:
@@ -1450,6 +1513,8 @@ class TaskProcessor:
         while True:
             try:
                 reaped = await self._reap()
+            except StaleGeneration:
+                raise
             except StoreError as exc:
                 logger.warning(
                     "task processor %s cannot reclaim expired tasks: %s",
@@ -1464,9 +1529,10 @@ class TaskProcessor:
             await anyio.sleep(self.lock_timeout / 3 * (0.8 + 0.4 * self._rng.random()))
 
     async def _reap(self) -> int:
-        async with self.store.transaction() as tx, _translated():
+        async with self.store.transaction() as tx, _translated(self.fence):
+            tx.fenced(self.fence)
             expired = await tx.connection.fetch(
-                query("task_expired"), _MAX_BATCH, self._claim_types
+                query("task_expired"), _MAX_BATCH, self._claim_types, *self._fence_args
             )
             if not expired:
                 return 0
@@ -1496,6 +1562,7 @@ class TaskProcessor:
                 [],
                 self.node,
                 self.lock_timeout,
+                *self._fence_args,
             )
             tx.streams.add("task-")
         for record in records:
@@ -1531,7 +1598,11 @@ class TaskProcessor:
             return  # polling covers us; do not hammer a server that just refused
         try:
             conn = await open_listener(
-                self.store.dsn, TASKS_CHANNEL, self._on_notify, self._on_listener_lost
+                self.store.dsn,
+                TASKS_CHANNEL,
+                self._on_notify,
+                self._on_listener_lost,
+                self.store.limits,
             )
         except LISTEN_ERRORS as exc:
             self._listener_failed_at = now

@@ -173,9 +173,13 @@ SELECT transaction_id, global_position FROM i3lani.checkpoints WHERE name = $1;
 
 -- name: save_checkpoint
 -- Compare-and-set: $4/$5 is the checkpoint the subscriber last read (NULL when it had none).
--- Zero rows back means another consumer moved it meanwhile.
+-- Zero rows back means another consumer moved it meanwhile, or (with a fence, $6/$7: lease name
+-- and generation, NULL = none) that generation is no longer current; the lease row is read
+-- FOR SHARE, as by fenced appends.
 INSERT INTO i3lani.checkpoints AS c (name, transaction_id, global_position)
-VALUES ($1, $2, $3)
+SELECT $1, $2, $3
+WHERE $6::text IS NULL OR EXISTS (
+    SELECT 1 FROM i3lani.leases WHERE name = $6::text AND generation = $7::bigint FOR SHARE)
 ON CONFLICT (name) DO UPDATE
     SET transaction_id = excluded.transaction_id,
         global_position = excluded.global_position,
@@ -249,10 +253,36 @@ SET node = NULL, expires_at = now()
 WHERE name = $1 AND node = $2 AND generation = $3
 RETURNING name;
 
+-- name: lease_generation
+SELECT generation FROM i3lani.leases WHERE name = $1;
+
 -- name: leases
-SELECT name, node, generation, acquired_at, renewed_at, expires_at, expires_at >= now() AS live
+-- Every lease, judged by the database's clock: live (not expired), and suspect: held and live
+-- but not renewed for over half its time to live (its holder renews four times per time to
+-- live, so it has missed renewals: frozen, or cut off from the database).
+SELECT name, node, generation, acquired_at, renewed_at, expires_at, expires_at >= now() AS live,
+       (node IS NOT NULL AND expires_at >= now()
+        AND now() - renewed_at > (expires_at - renewed_at) / 2) AS suspect,
+       extract(epoch FROM now() - renewed_at)::float8 AS renewed_seconds_ago
 FROM i3lani.leases
 ORDER BY name;
+
+-- name: oldest_writer
+-- The oldest open write transaction on the server (transaction ids are server-wide, so any
+-- database's counts), and how many committed events of ours wait behind it: gap-free readers
+-- only read rows below the oldest running transaction id (see read_all), so while it stays
+-- open they see nothing committed after it began. No row: no write transaction is open.
+SELECT a.pid, a.datname AS database, a.application_name AS application, a.state,
+       extract(epoch FROM now() - a.xact_start)::float8 AS open_seconds,
+       extract(epoch FROM now() - a.state_change)::float8 AS state_seconds,
+       (SELECT count(*) FROM (
+            SELECT 1 FROM i3lani.events e
+            WHERE e.transaction_id >= pg_snapshot_xmin(pg_current_snapshot())
+            LIMIT 100000) w) AS events_waiting
+FROM pg_stat_activity a
+WHERE a.backend_xid IS NOT NULL AND a.pid <> pg_backend_pid() AND a.xact_start IS NOT NULL
+ORDER BY a.xact_start
+LIMIT 1;
 
 -- name: desired_state
 -- What operators (and the restart intensity) last asked of actor $1: the newest of its
@@ -420,15 +450,27 @@ WHERE dedupe_key = ANY($1::text[]) AND status IN ('queued', 'running');
 -- table. The function plans it once per connection without sequential scans, so the ids go
 -- through the primary key whatever the statistics say; it runs exactly the one statement
 -- described here (one snapshot, one transaction with the caller's).
+--
+-- $12/$13: the fence (lease name and generation; NULL = not fenced): refused with SQLSTATE
+-- I3SG1, nothing written, unless that generation is current; tasks claimed under an older
+-- generation of that lease are taken over first (migration 0005).
 SELECT * FROM i3lani.task_cycle($1::bigint[], $2::integer[], $3::text[], $4::text[],
                                  $5::float8[], $6::float8[], $7::jsonb, $8::integer,
-                                 $9::text[], $10::text, $11::float8);
+                                 $9::text[], $10::text, $11::float8, $12::text, $13::bigint);
 
 -- name: task_heartbeat
 -- Extend node $2's locks on tasks $1 by $3 seconds. The ids that come back are still ours;
 -- one missing was reclaimed after its lock expired (its handler should give up).
 -- (A function: see i3lani.task_heartbeat in schema.sql for why.)
-SELECT id FROM i3lani.task_heartbeat($1::bigint[], $2::text, $3::float8) AS h(id);
+-- $4/$5: the fence, as for task_cycle.
+SELECT id FROM i3lani.task_heartbeat($1::bigint[], $2::text, $3::float8, $4::text, $5::bigint)
+    AS h(id);
+
+-- name: check_fence
+-- Lock lease $1's row FOR SHARE for the rest of the transaction, or raise SQLSTATE I3SG1 unless
+-- generation $2 is current (a no-op for a NULL lease). Fenced writes made by several
+-- statements (an enqueue) start their transaction with it.
+SELECT i3lani.check_fence($1::text, $2::bigint);
 
 -- name: task_expired
 -- Running tasks of types $2 whose lock expired: their node stopped heartbeating (it died, or
@@ -437,8 +479,10 @@ SELECT id FROM i3lani.task_heartbeat($1::bigint[], $2::text, $3::float8) AS h(id
 -- rows are locked here; SKIP LOCKED lets two nodes reaping at once share the work instead of
 -- queueing, and means a reaper never waits for anyone (so it can never deadlock with them).
 -- (A function: see i3lani.expired_tasks in schema.sql for why.)
+-- $3/$4: the reaper's own fence, as for task_cycle; tasks of an older grant of that same lease
+-- are left to the take-over of its next claim.
 SELECT id, task_type, attempts, max_attempts, locked_by, locked_until
-FROM i3lani.expired_tasks($1::integer, $2::text[]);
+FROM i3lani.expired_tasks($1::integer, $2::text[], $3::text, $4::bigint);
 
 -- name: task_next_due
 -- Seconds until the earliest queued task of types $1 is due; negative when one is due already;

@@ -100,6 +100,8 @@ CREATE TABLE i3lani.tasks (
     created_at     timestamptz NOT NULL DEFAULT now(),
     updated_at     timestamptz NOT NULL DEFAULT now(),
     finished_at    timestamptz,
+    fence_lease      text,        -- the lease grant a running task was claimed under (0005)
+    fence_generation bigint,
     CONSTRAINT tasks_status_check
         CHECK (status IN ('queued', 'running', 'succeeded', 'dead')),
     CONSTRAINT tasks_task_type_check CHECK (char_length(task_type) BETWEEN 1 AND 100),
@@ -110,7 +112,10 @@ CREATE TABLE i3lani.tasks (
     CONSTRAINT tasks_lock_check
         CHECK ((status = 'running') = (locked_by IS NOT NULL AND locked_until IS NOT NULL)),
     CONSTRAINT tasks_finished_check
-        CHECK ((status IN ('succeeded', 'dead')) = (finished_at IS NOT NULL))
+        CHECK ((status IN ('succeeded', 'dead')) = (finished_at IS NOT NULL)),
+    CONSTRAINT tasks_fence_check
+        CHECK ((fence_lease IS NULL) = (fence_generation IS NULL)
+               AND (fence_lease IS NULL OR status = 'running'))
 );
 
 COMMENT ON TABLE i3lani.tasks IS
@@ -120,6 +125,8 @@ CREATE INDEX tasks_claim_idx ON i3lani.tasks (priority DESC, run_at, id)
     WHERE status = 'queued';
 CREATE INDEX tasks_lock_expiry_idx ON i3lani.tasks (locked_until) WHERE status = 'running';
 CREATE INDEX tasks_dead_idx ON i3lani.tasks (finished_at) WHERE status = 'dead';
+CREATE INDEX tasks_fence_idx ON i3lani.tasks (fence_lease, fence_generation)
+    WHERE status = 'running' AND fence_lease IS NOT NULL;
 CREATE UNIQUE INDEX tasks_dedupe_key_idx ON i3lani.tasks (dedupe_key)
     WHERE dedupe_key IS NOT NULL AND status IN ('queued', 'running');
 
@@ -134,12 +141,33 @@ CREATE FUNCTION i3lani.uuid_v7() RETURNS uuid
             52, 1), 53, 1),
         'hex')::uuid;
 
+-- Fencing of task writes by the lease generation they are made under (migration 0005).
+CREATE FUNCTION i3lani.check_fence(fence_lease text, fence_generation bigint) RETURNS boolean
+    LANGUAGE plpgsql VOLATILE
+    AS $$
+BEGIN
+    IF fence_lease IS NULL THEN
+        RETURN true;
+    END IF;
+    PERFORM 1 FROM i3lani.leases l
+    WHERE l.name = fence_lease AND l.generation = fence_generation
+    FOR SHARE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'lease % is no longer held at generation %', fence_lease, fence_generation
+            USING ERRCODE = 'I3SG1';
+    END IF;
+    RETURN true;
+END;
+$$;
+
 -- Heartbeat and reaper statements, as functions for the reason due_tasks is one: their plans.
 -- Prepared, they would keep a generic plan made from the statistics of the moment they were
 -- first run (often an empty queue: a sequential scan), for the connection's whole life. Without
 -- sequential scans, ids go through the primary key and expired locks through
 -- tasks_lock_expiry_idx, whatever the statistics say.
-CREATE FUNCTION i3lani.task_heartbeat(task_ids bigint[], holder text, lock_seconds float8)
+CREATE FUNCTION i3lani.task_heartbeat(task_ids bigint[], holder text, lock_seconds float8,
+                                      fence_lease text DEFAULT NULL,
+                                      fence_generation bigint DEFAULT NULL)
     RETURNS SETOF bigint
     LANGUAGE sql VOLATILE
     SET enable_seqscan = off
@@ -147,10 +175,13 @@ CREATE FUNCTION i3lani.task_heartbeat(task_ids bigint[], holder text, lock_secon
         UPDATE i3lani.tasks
         SET locked_until = now() + make_interval(secs => lock_seconds)
         WHERE id = ANY(task_ids) AND locked_by = holder  -- a holder implies running
+          AND i3lani.check_fence(fence_lease, fence_generation)
         RETURNING id
     $$;
 
-CREATE FUNCTION i3lani.expired_tasks(max_tasks integer, task_types text[])
+CREATE FUNCTION i3lani.expired_tasks(max_tasks integer, task_types text[],
+                                     fence_lease text DEFAULT NULL,
+                                     fence_generation bigint DEFAULT NULL)
     RETURNS TABLE (id bigint, task_type text, attempts integer, max_attempts integer,
                    locked_by text, locked_until timestamptz)
     LANGUAGE sql VOLATILE
@@ -159,7 +190,29 @@ CREATE FUNCTION i3lani.expired_tasks(max_tasks integer, task_types text[])
         SELECT t.id, t.task_type, t.attempts, t.max_attempts, t.locked_by, t.locked_until
         FROM i3lani.tasks t
         WHERE t.status = 'running' AND t.locked_until < now() AND t.task_type = ANY(task_types)
+          AND i3lani.check_fence(fence_lease, fence_generation)
+          -- An older grant of our own lease: taken over by our next claim, at no attempt.
+          AND NOT (t.fence_lease IS NOT NULL AND t.fence_lease = expired_tasks.fence_lease
+                   AND t.fence_generation < expired_tasks.fence_generation)
         ORDER BY t.locked_until
+        LIMIT max_tasks
+        FOR UPDATE OF t SKIP LOCKED
+    $$;
+
+-- Running tasks claimed under an older generation of lease fence_lease, of these types, locked
+-- FOR UPDATE SKIP LOCKED: what a claim under the current generation takes over.
+CREATE FUNCTION i3lani.superseded_tasks(max_tasks integer, task_types text[], fence_lease text,
+                                        fence_generation bigint)
+    RETURNS TABLE (id bigint, locked_by text)
+    LANGUAGE sql VOLATILE
+    SET enable_seqscan = off
+    AS $$
+        SELECT t.id, t.locked_by
+        FROM i3lani.tasks t
+        WHERE t.status = 'running' AND t.fence_lease = superseded_tasks.fence_lease
+          AND t.fence_generation < superseded_tasks.fence_generation
+          AND t.task_type = ANY(task_types)
+        ORDER BY t.id
         LIMIT max_tasks
         FOR UPDATE OF t SKIP LOCKED
     $$;
@@ -180,7 +233,8 @@ CREATE FUNCTION i3lani.due_tasks(max_tasks integer, task_types text[]) RETURNS S
 CREATE FUNCTION i3lani.task_cycle(
     done_ids bigint[], done_attempts integer[], done_nodes text[], done_errors text[],
     done_retry_delays float8[], done_durations_ms float8[], event_metadata jsonb,
-    max_tasks integer, task_types text[], claimer text, lock_seconds float8
+    max_tasks integer, task_types text[], claimer text, lock_seconds float8,
+    fence_lease text DEFAULT NULL, fence_generation bigint DEFAULT NULL
 ) RETURNS TABLE (claimed boolean, id bigint, task_type text, payload jsonb, attempts integer,
                  max_attempts integer, priority integer, run_at timestamptz)
     LANGUAGE plpgsql VOLATILE
@@ -189,6 +243,7 @@ CREATE FUNCTION i3lani.task_cycle(
     AS $$
 #variable_conflict use_column
 BEGIN
+    PERFORM i3lani.check_fence($12, $13);
     RETURN QUERY
     WITH outcome AS (
         SELECT *
@@ -206,6 +261,8 @@ BEGIN
             last_error = coalesce(o.error, t.last_error),
             locked_by = NULL,
             locked_until = NULL,
+            fence_lease = NULL,
+            fence_generation = NULL,
             updated_at = now(),
             finished_at = CASE WHEN o.error IS NULL OR o.retry_delay IS NULL THEN now() END,
             stream_version = t.stream_version
@@ -240,14 +297,23 @@ BEGIN
             WHERE f.status = 'dead'
         ) e
         ORDER BY e.id, e.version
+    ), superseded AS (
+        SELECT s.id, s.locked_by
+        FROM i3lani.superseded_tasks($8, $9::text[], $12, $13) AS s(id, locked_by)
     ), picked AS (
-        SELECT id FROM i3lani.due_tasks($8, $9::text[]) AS d(id)
+        SELECT s.id FROM superseded s
+        UNION ALL
+        SELECT d.id FROM i3lani.due_tasks($8 - (SELECT count(*) FROM superseded)::integer,
+                                          $9::text[]) AS d(id)
     ), claimed AS (
         UPDATE i3lani.tasks t
         SET status = 'running',
-            attempts = t.attempts + 1,
+            -- A take-over continues the superseded holder's attempt, which never counted.
+            attempts = CASE WHEN t.status = 'running' THEN t.attempts ELSE t.attempts + 1 END,
             locked_by = $10::text,
             locked_until = now() + make_interval(secs => $11::float8),
+            fence_lease = $12,
+            fence_generation = $13,
             updated_at = now(),
             stream_version = t.stream_version + 1
         WHERE t.id = ANY(ARRAY(SELECT id FROM picked))
@@ -257,10 +323,12 @@ BEGIN
         INSERT INTO i3lani.events
             (event_id, stream, stream_version, type, schema_version, payload, metadata)
         SELECT i3lani.uuid_v7(), 'task-' || c.id, c.stream_version, 'TaskClaimed', 1,
-               jsonb_build_object('task_id', c.id, 'attempt', c.attempts, 'node', $10::text,
-                                  'locked_until', c.locked_until),
+               jsonb_strip_nulls(jsonb_build_object(
+                   'task_id', c.id, 'attempt', c.attempts, 'node', $10::text,
+                   'locked_until', c.locked_until, 'taken_over_from', s.locked_by)),
                $7::jsonb
         FROM claimed c
+        LEFT JOIN superseded s ON s.id = c.id
         ORDER BY c.id
     )
     SELECT * FROM (

@@ -331,7 +331,9 @@ async def test_a_claim_reads_only_what_it_takes_even_with_stale_statistics(
 
     before = await entries_read()
     nothing: list[object] = []
-    claimed = await raw.fetch(query("task_cycle"), *[nothing] * 6, "{}", 10, ["ping"], "n", 30)
+    claimed = await raw.fetch(
+        query("task_cycle"), *[nothing] * 6, "{}", 10, ["ping"], "n", 30, None, None
+    )
     assert [r["id"] for r in claimed] == sorted(r["id"] for r in claimed)
     assert len(claimed) == 10
     assert await entries_read() - before < 50  # not 3000
@@ -656,7 +658,9 @@ async def test_late_outcomes_of_a_reclaimed_attempt_are_refused(
 ) -> None:
     task_id = await queue.add_task("ping", {"n": 1})
     nothing: list[object] = []
-    claim = await raw.fetch(query("task_cycle"), *[nothing] * 6, "{}", 1, ["ping"], "node-a", 30)
+    claim = await raw.fetch(
+        query("task_cycle"), *[nothing] * 6, "{}", 1, ["ping"], "node-a", 30, None, None
+    )
     assert [(r["claimed"], r["id"]) for r in claim] == [(True, task_id)]
     # node-a's lock is taken over: reclaimed and claimed again by node-b.
     await raw.execute(
@@ -667,7 +671,8 @@ async def test_late_outcomes_of_a_reclaimed_attempt_are_refused(
         await wait_for(lambda: _is(queue, task_id, "succeeded"))
     before = await rows(raw, "events")
     late = await raw.fetch(
-        query("task_cycle"), [task_id], [1], ["node-a"], [None], [None], [1.0], "{}", 0, [], "a", 1
+        query("task_cycle"),
+        *([task_id], [1], ["node-a"], [None], [None], [1.0], "{}", 0, [], "a", 1, None, None),
     )
     assert late == []
     assert await rows(raw, "events") == before
