@@ -77,7 +77,7 @@ from events import (
 )
 from events.errors import InvalidEvent, StoreUnavailable
 from ops.control import ACTIONS, UnknownAction, issue_command, operator_command
-from store import EventStore, RecordedEvent
+from store import EventStore, OpenTransaction, RecordedEvent
 from store.queries import query
 from store.tasks import DeadTask, TaskQueue
 from supervisor import ActorStatus, StatusState, actor_status
@@ -355,6 +355,7 @@ async def collect_metrics(store: EventStore, now: datetime) -> list[MetricFamily
         for row in await store.pool.fetch(query("admin_restarts_by_actor"))
     }
     statuses = await shown_statuses(store, now)
+    writer = await store.oldest_writer()
     counts = await TaskQueue(store, task_types()).counts()
     lags: list[tuple[Mapping[str, str], float]] = []
     for name, category in sorted(CATEGORIES.items()):
@@ -391,6 +392,26 @@ async def collect_metrics(store: EventStore, now: datetime) -> list[MetricFamily
                 for s in statuses
                 for state in STATES
             ],
+        ),
+        MetricFamily(
+            "i3lani_actor_lease_suspect",
+            "gauge",
+            "1 while the actor's lease is live but unrenewed for over half its time to live "
+            "(its node frozen or cut off), else 0.",
+            [({"actor": s.actor}, int(bool(s.lease_suspect))) for s in statuses],
+        ),
+        MetricFamily(
+            "i3lani_readers_held_back_events",
+            "gauge",
+            "Committed events that gap-free readers cannot see yet: they wait behind the oldest "
+            "open write transaction (counted up to 100000; 0 when none waits).",
+            [({}, 0 if writer is None else writer.events_waiting)],
+        ),
+        MetricFamily(
+            "i3lani_oldest_write_transaction_seconds",
+            "gauge",
+            "Age of the oldest write transaction open on the PostgreSQL server (0 when none).",
+            [({}, 0 if writer is None else round(writer.open_seconds, 3))],
         ),
         MetricFamily(
             "i3lani_tasks",
@@ -569,7 +590,9 @@ class HealthView(msgspec.Struct, frozen=True, kw_only=True):
 class Overview(msgspec.Struct, frozen=True, kw_only=True):
     """What the dashboard shows, in one JSON document (``GET /api/overview``, the SSE
     ``overview`` event). ``generated_at`` is the server's clock: the page measures ages
-    against it, not against the phone's."""
+    against it, not against the phone's. ``oldest_writer``: the oldest write transaction open
+    on the server (:meth:`EventStore.oldest_writer`, ages to 0.1 s); readers of the log are
+    held back while its ``events_waiting`` is above 0."""
 
     generated_at: datetime
     head: int
@@ -578,13 +601,63 @@ class Overview(msgspec.Struct, frozen=True, kw_only=True):
     tasks: TaskSummary
     health: HealthView | None
     payments: list[PaymentRow]
+    oldest_writer: OpenTransaction | None
 
     def content(self) -> bytes:
-        """The snapshot without its time: equal for two snapshots that show the same."""
-        return msgspec.json.encode(msgspec.structs.replace(self, generated_at=_EPOCH))
+        """What the snapshot shows, without its time and without the ages that grow by
+        themselves: equal for two snapshots that show the same situation.
+
+        A stream sends a snapshot only when this changes (every :data:`REFRESH_SECONDS` at
+        most), so a figure that changes every second must not be in it, or every check would
+        send a whole snapshot to every dashboard for as long as the situation lasts (an idle
+        client can hold a transaction open for hours):
+
+        - the oldest writer counts only while it holds readers back (one that holds nothing
+          back is not shown, and short ones come and go between any two snapshots); then
+          who it is, its state and the events waiting count, not its ages. The page ages them
+          itself from the last snapshot it got (the ages are fresh in every snapshot sent for
+          any other change);
+        - an actor's ``lease_renewed_seconds_ago`` grows and drops with every renewal (four
+          per time to live): it counts only while the lease is suspect, in whole seconds, as
+          the page shows it. That lasts half a time to live at most (4 s by default), until
+          the lease is renewed or expires.
+        """
+        writer = self.oldest_writer
+        steady_writer = (
+            None
+            if writer is None or not writer.holds_back_readers
+            else msgspec.structs.replace(writer, open_seconds=0.0, state_seconds=0.0)
+        )
+        return msgspec.json.encode(
+            msgspec.structs.replace(
+                self,
+                generated_at=_EPOCH,
+                actors=[_steady_actor(actor) for actor in self.actors],
+                oldest_writer=steady_writer,
+            )
+        )
 
 
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _steady_actor(actor: dict[str, Any]) -> dict[str, Any]:
+    """An actor view as :meth:`Overview.content` compares it."""
+    renewed = actor.get("lease_renewed_seconds_ago")
+    if renewed is None:
+        return actor
+    shown = round(renewed) if actor.get("lease_suspect") else None
+    return {**actor, "lease_renewed_seconds_ago": shown}
+
+
+def _writer_view(writer: OpenTransaction | None) -> OpenTransaction | None:
+    if writer is None:
+        return None
+    return msgspec.structs.replace(
+        writer,
+        open_seconds=round(writer.open_seconds, 1),
+        state_seconds=round(writer.state_seconds, 1),
+    )
 
 
 async def _actor_views(store: EventStore, now: datetime) -> list[dict[str, Any]]:
@@ -665,6 +738,7 @@ async def build_overview(
     store: EventStore, now: datetime, payments: _PaymentCache | None = None
 ) -> Overview:
     """The dashboard's snapshot, now."""
+    writer = await store.oldest_writer()  # first: its ages are as of ``now``, near enough
     head = await store.head()
     return Overview(
         generated_at=now,
@@ -674,6 +748,7 @@ async def build_overview(
         tasks=await _tasks(store),
         health=await _health(store),
         payments=await (payments or _PaymentCache()).recent(store),
+        oldest_writer=_writer_view(writer),
     )
 
 

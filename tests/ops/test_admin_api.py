@@ -3,6 +3,7 @@ httpx; plus the pure parts (exposition format, payment fold, query parsing) on t
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -10,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import anyio
+import asyncpg
 import httpx
 import msgspec
 import pytest
@@ -42,7 +44,15 @@ from ops.admin import (
     ton_text,
 )
 from ops.control import UnknownAction, operator_command
-from store import EventStore, RecordedEvent, TaskProcessor, TaskQueue, TaskTypes
+from store import (
+    EventStore,
+    OpenTransaction,
+    RecordedEvent,
+    TaskProcessor,
+    TaskQueue,
+    TaskTypes,
+)
+from store.leases import Leases
 from store.tasks import RetryPolicy, TaskContext
 from tests.waiting import eventually
 
@@ -809,3 +819,226 @@ async def test_a_bearer_header_with_undecodable_bytes_is_a_401(
         "/api/actors", headers={"Authorization": b"Bearer \xff\xfe-not-utf8"}
     )
     assert response.status_code == 401
+
+
+# -- what holds readers and actors back --------------------------------------------------------
+
+FROZEN_APP = "i3lani:frozen-node:work"
+
+
+async def suspect_lease(store: EventStore) -> None:
+    """PaymentMonitor and RewardProcessor running with live leases; PaymentMonitor's node has
+    stopped renewing its lease (70 s ago, with 50 s left to live: suspect), RewardProcessor's
+    renews as it should."""
+    await store.append("actor-PaymentMonitor", [started("PaymentMonitor")])
+    await store.append("actor-RewardProcessor", [started("RewardProcessor")])
+    leases = Leases(store, "vm:1", ttl=60)
+    try:
+        assert await leases.acquire("PaymentMonitor") is not None
+        assert await leases.acquire("RewardProcessor") is not None
+    finally:
+        await leases.close()
+    await store.pool.execute(
+        "UPDATE i3lani.leases SET renewed_at = now() - interval '70 s',"
+        " expires_at = now() + interval '50 s' WHERE name = 'PaymentMonitor'"
+    )
+
+
+@contextlib.asynccontextmanager
+async def open_writer(raw: asyncpg.Connection[Any]) -> AsyncIterator[int]:
+    """A write transaction held open on ``raw`` (as a frozen node's would be), named like one
+    of ours; yields its backend pid. Rolled back when the block ends."""
+    await raw.execute(f"SET application_name = '{FROZEN_APP}'")
+    pid: int = await raw.fetchval("SELECT pg_backend_pid()")
+    transaction = raw.transaction()
+    await transaction.start()
+    try:
+        await raw.fetchval("SELECT pg_current_xact_id()")  # it has a transaction id: a writer
+        yield pid
+    finally:
+        if raw.is_in_transaction():
+            await transaction.rollback()
+
+
+async def overview(client: httpx.AsyncClient) -> dict[str, Any]:
+    response = await client.get("/api/overview", headers=AUTH)
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def test_the_overview_shows_an_actor_whose_lease_is_suspect(
+    client: httpx.AsyncClient, store: EventStore
+) -> None:
+    await suspect_lease(store)
+    actors = {a["actor"]: a for a in (await overview(client))["actors"]}
+    monitor = actors["PaymentMonitor"]
+    assert monitor["state"] == "running"
+    assert monitor["lease_live"] is True
+    assert monitor["lease_suspect"] is True
+    assert 70 <= monitor["lease_renewed_seconds_ago"] < 100
+    healthy = actors["RewardProcessor"]
+    assert (healthy["lease_live"], healthy["lease_suspect"]) == (True, False)
+    assert healthy["lease_renewed_seconds_ago"] < 30
+    assert actors["Cleanup"]["lease_suspect"] is None  # no lease at all
+
+
+async def test_the_overview_shows_readers_held_back_by_an_open_write_transaction(
+    client: httpx.AsyncClient, store: EventStore, raw: asyncpg.Connection[Any]
+) -> None:
+    await store.append("payment-1", [created(1)])
+    database = await raw.fetchval("SELECT current_database()")
+    async with open_writer(raw) as pid:
+        # Two events committed after it began: readers cannot see them while it stays open.
+        await store.append("payment-1", [confirmed(1)])
+        await store.append("payment-2", [created(2)])
+        shown: dict[str, Any] = {}
+
+        async def ours_shown() -> bool:  # another test's older writer on this server comes first
+            shown.update((await overview(client))["oldest_writer"] or {})
+            return shown.get("pid") == pid
+
+        await eventually(ours_shown)
+        assert shown["database"] == database
+        assert shown["application"] == FROZEN_APP
+        assert shown["state"] == "idle in transaction"
+        assert shown["events_waiting"] >= 2
+        assert 0 <= shown["state_seconds"] <= shown["open_seconds"] < 60
+
+    async def nothing_held_back() -> bool:
+        writer = (await overview(client))["oldest_writer"]
+        return writer is None or writer["events_waiting"] == 0
+
+    await eventually(nothing_held_back)  # the snapshot may be a second old
+    writer = (await overview(client))["oldest_writer"]
+    assert writer is None or writer["pid"] != pid
+
+
+async def test_the_metrics_show_held_back_readers_and_suspect_leases(
+    client: httpx.AsyncClient, store: EventStore, raw: asyncpg.Connection[Any]
+) -> None:
+    await suspect_lease(store)
+    async with open_writer(raw):
+        await store.append("payment-1", [created(1), confirmed(1)])
+        await anyio.sleep(0.05)
+        text = (await client.get("/metrics", headers=AUTH)).text
+    for name in (
+        "i3lani_actor_lease_suspect",
+        "i3lani_readers_held_back_events",
+        "i3lani_oldest_write_transaction_seconds",
+    ):
+        assert f"# TYPE {name} gauge\n" in text
+        assert f"# HELP {name} " in text
+    got = samples(text)
+    assert got[("i3lani_actor_lease_suspect", frozenset({("actor", "PaymentMonitor")}))] == 1
+    assert got[("i3lani_actor_lease_suspect", frozenset({("actor", "RewardProcessor")}))] == 0
+    assert got[("i3lani_actor_lease_suspect", frozenset({("actor", "Cleanup")}))] == 0
+    assert got[("i3lani_readers_held_back_events", frozenset())] >= 2
+    assert got[("i3lani_oldest_write_transaction_seconds", frozenset())] >= 0.05
+
+    async def released() -> bool:
+        after = samples((await client.get("/metrics", headers=AUTH)).text)
+        return after[("i3lani_readers_held_back_events", frozenset())] == 0
+
+    await eventually(released)
+
+
+def test_growing_ages_alone_are_no_new_snapshot() -> None:
+    """A stream sends a snapshot when its content() changes: ages that grow by themselves (an
+    open transaction's, a lease's since its renewal) must not change it, or every check
+    would resend the whole snapshot for as long as the situation lasts."""
+    writer = OpenTransaction(
+        pid=4242,
+        database="i3lani",
+        application=FROZEN_APP,
+        state="idle in transaction",
+        open_seconds=12.3,
+        state_seconds=10.1,
+        events_waiting=3,
+    )
+    monitor = {"actor": "PaymentMonitor", "state": "running", "lease_live": True}
+
+    def snapshot(
+        later: float,
+        writer: OpenTransaction | None,
+        suspect_for: float = 70.2,
+        renewed: float = 0.4,
+    ) -> admin.Overview:
+        return admin.Overview(
+            generated_at=NOW + timedelta(seconds=later),
+            head=9,
+            actors=[
+                {**monitor, "lease_suspect": True, "lease_renewed_seconds_ago": suspect_for},
+                {
+                    **monitor,
+                    "actor": "Cleanup",
+                    "lease_suspect": False,
+                    "lease_renewed_seconds_ago": renewed,
+                },
+            ],
+            event_rate=admin.EventRate(minutes=[], capped=False),
+            tasks=admin.TaskSummary(types=[], dead_letters=[], dead_total=0),
+            health=None,
+            payments=[],
+            oldest_writer=writer,
+        )
+
+    def aged(writer: OpenTransaction, seconds: float) -> OpenTransaction:
+        return msgspec.structs.replace(
+            writer,
+            open_seconds=writer.open_seconds + seconds,
+            state_seconds=writer.state_seconds + seconds,
+        )
+
+    first = snapshot(0, writer).content()
+    # Thirty seconds on: the same writer, older; a healthy lease renewed since.
+    assert snapshot(30, aged(writer, 30), renewed=1.9).content() == first
+    # Who holds readers back, its state, and how many events wait are news.
+    assert snapshot(2, msgspec.structs.replace(writer, events_waiting=4)).content() != first
+    assert snapshot(2, msgspec.structs.replace(writer, state="active")).content() != first
+    assert snapshot(2, msgspec.structs.replace(writer, pid=4343)).content() != first
+    assert snapshot(2, None).content() != first
+    # A writer holding nothing back is not shown: it is no news either.
+    idle = msgspec.structs.replace(writer, events_waiting=0)
+    assert snapshot(2, idle).content() == snapshot(0, None).content()
+    # A suspect lease shows its age in whole seconds.
+    assert snapshot(1, writer, suspect_for=70.4).content() == first
+    assert snapshot(1, writer, suspect_for=71.2).content() != first
+
+
+async def test_an_open_writer_sends_no_snapshot_until_something_changes(
+    client: httpx.AsyncClient,
+    store: EventStore,
+    raw: asyncpg.Connection[Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(admin, "REFRESH_SECONDS", 0.1)  # a check every 0.1 s: 20 in 2 s
+    waiting: list[int] = []  # events_waiting in each snapshot sent
+
+    async def read(response: httpx.Response) -> None:
+        sse = Sse(response)
+        while True:
+            name, data = await sse.next_event(within=30)
+            assert name == "overview"
+            writer = msgspec.json.decode(data)["oldest_writer"]
+            waiting.append(0 if writer is None else writer["events_waiting"])
+
+    async with open_writer(raw):
+        await store.append("payment-1", [created(1)])
+        async with (
+            client.stream("GET", "/api/stream", headers=AUTH) as response,
+            anyio.create_task_group() as tg,
+        ):
+            tg.start_soon(read, response)
+
+            async def shown(least: int) -> bool:
+                return bool(waiting) and waiting[-1] >= least
+
+            await eventually(lambda: shown(1))
+            sent = len(waiting)
+            await anyio.sleep(2)
+            assert len(waiting) - sent <= 1  # a new minute (the event rate) may send one
+            before = waiting[-1]
+            await store.append("payment-2", [created(2)])
+            await eventually(lambda: shown(before + 1))
+            tg.cancel_scope.cancel()

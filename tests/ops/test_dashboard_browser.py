@@ -11,10 +11,13 @@ Without Chromium these tests are skipped, except under ``CI``, where they fail.
 from __future__ import annotations
 
 import os
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import anyio
+import asyncpg
 import httpx
 import pytest
 
@@ -30,6 +33,7 @@ from events import (
 from ops.admin import serve_admin_app
 from ops.screenshot import PHONE, READY, Chromium, find_chromium, png_size
 from store import EventStore
+from store.leases import Leases
 
 pytestmark = pytest.mark.browser
 
@@ -209,6 +213,77 @@ async def test_the_dashboard_at_phone_width(
     await anyio.Path(shot).write_bytes(png)
     assert await anyio.Path(shot).exists()
     assert png_size(png) == PHONE
+
+
+async def test_the_dashboard_warns_of_a_suspect_lease_and_held_back_readers(
+    chromium: str, store: EventStore, raw: asyncpg.Connection[Any]
+) -> None:
+    await seed(store)
+    leases = Leases(store, "vm:7", ttl=60)
+    try:
+        assert await leases.acquire("PaymentMonitor") is not None
+        assert await leases.acquire("RewardProcessor") is not None
+    finally:
+        await leases.close()
+    # PaymentMonitor's node stopped renewing 70 s ago; its lease has 50 s left: suspect.
+    await store.pool.execute(
+        "UPDATE i3lani.leases SET renewed_at = now() - interval '70 s',"
+        " expires_at = now() + interval '50 s' WHERE name = 'PaymentMonitor'"
+    )
+    # A frozen node's write transaction, open while another node commits an event.
+    await raw.execute("SET application_name = 'i3lani:vm-9:work'")
+    pid = await raw.fetchval("SELECT pg_backend_pid()")
+    transaction = raw.transaction()
+    await transaction.start()
+    try:
+        await raw.fetchval("SELECT pg_current_xact_id()")
+        await store.append("payment-44", [payment(44, 2_500_000_000)])
+        async with (
+            Chromium.start(chromium) as browser,
+            serve_admin_app(store, token=TOKEN) as base,
+        ):
+            page = await browser.new_page(1280, 900)
+            await page.goto(f"{base}/dashboard?token={TOKEN}")
+            await page.wait_for(READY)
+            monitor = '[data-actor="PaymentMonitor"] [data-state]'
+            state = await page.evaluate(text_of(monitor))
+            assert re.fullmatch(r"suspect \((7\d|8\d)s unrenewed\)", state), state
+            badge = await page.evaluate(f"document.querySelector('{monitor} .badge').className")
+            assert "tone-warn" in badge.split()
+            assert (
+                await page.evaluate(text_of('[data-actor="RewardProcessor"] [data-state]'))
+                == "running"
+            )
+            assert "1 suspect" in await page.evaluate(text_of("#actors-summary"))
+
+            # Another test's older writer on this server may be the one shown for a while.
+            await page.wait_for(f"document.getElementById('readers').dataset.pid === '{pid}'")
+            assert await page.evaluate("document.getElementById('readers').hidden") is False
+            warning = await page.evaluate(text_of("#readers"))
+            assert warning.startswith("Readers held back: "), warning
+            assert re.search(r"\b\d+ committed events? waits? behind an open write", warning)
+            assert f"pid {pid} on database " in warning
+            assert "(i3lani:vm-9:work), idle in transaction for " in warning
+            assert await page.evaluate("document.getElementById('banner').hidden") is True
+
+            # Its ages go on growing on the page, with no new snapshot from the server.
+            def open_for(text: str) -> int:
+                found = re.search(r"open (\d+)s", text)
+                assert found, text
+                return int(found.group(1))
+
+            before = open_for(warning)
+            await anyio.sleep(2.2)
+            assert open_for(await page.evaluate(text_of("#readers"))) >= before + 2
+
+            await transaction.rollback()
+            await page.wait_for(
+                "document.getElementById('readers').hidden || "
+                f"document.getElementById('readers').dataset.pid !== '{pid}'"
+            )
+    finally:
+        if raw.is_in_transaction():
+            await transaction.rollback()
 
 
 async def test_without_a_token_chromium_gets_the_login_page(
