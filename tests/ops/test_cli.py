@@ -20,7 +20,7 @@ import asyncpg
 import pytest
 from anyio.abc import ByteReceiveStream, Process
 
-from events import EventMetadata, PaymentCreated, PaymentExpired, RewardEarned
+from events import AlertRaised, EventMetadata, PaymentCreated, PaymentExpired, RewardEarned
 from store import AppendResult, Cursor, EventStore, migrations
 from store.database import with_database
 from tests.waiting import eventually
@@ -544,3 +544,75 @@ async def test_retry_task_requeues_a_dead_letter_once(cli: Cli, store: EventStor
     bad = await cli("retry-task", "seven")
     assert bad.returncode == 2
     assert "a task id is a whole number" in bad.stderr.decode()
+
+
+async def test_status_marks_a_suspect_lease_and_readers_held_back(
+    cli: Cli, store: EventStore, raw: asyncpg.Connection
+) -> None:
+    from events import ActorStarted
+    from store.leases import Leases
+
+    lease = await Leases(store, "vm:9/abcd", ttl=60).acquire("PaymentMonitor")
+    assert lease is not None
+    await store.append(
+        "actor-PaymentMonitor",
+        [
+            ActorStarted(
+                actor="PaymentMonitor",
+                node="vm:9",
+                generation=lease.generation,
+                started_at=datetime.now(UTC),
+            )
+        ],
+    )
+    # Held and live, but its last renewal was 70 s ago: the node stopped renewing.
+    await raw.execute(
+        "UPDATE i3lani.leases SET renewed_at = now() - interval '70 seconds',"
+        " expires_at = now() + interval '30 seconds' WHERE name = 'PaymentMonitor'"
+    )
+    # A write transaction left open (a frozen client), and an event committed after it.
+    async with raw.transaction():
+        await raw.fetchval("SELECT pg_current_xact_id()")  # it has written: it has an xid
+        pid = await raw.fetchval("SELECT pg_backend_pid()")
+        await store.append(
+            "note-1",
+            [
+                AlertRaised(
+                    alert_id=uuid.uuid4(),
+                    kind="probe",
+                    subject="readers",
+                    message="committed behind it",
+                    raised_at=datetime.now(UTC),
+                )
+            ],
+        )
+        result = await cli("status")
+        report = json.loads((await cli("status", "--json")).stdout)
+    assert result.returncode == 0, result.stderr.decode()
+    [row] = [line for line in lines(result.stdout) if line.startswith("PaymentMonitor")]
+    assert "suspect (7" in row, row  # 70 s and counting
+    [readers] = [line for line in lines(result.stdout) if line.startswith("READERS")]
+    assert readers.startswith("READERS: held back: 1 committed event(s) wait behind"), readers
+    assert f"pid {pid} " in readers
+    assert "idle in transaction" in readers
+    assert report["readers_held_back"] is True
+    assert report["oldest_writer"]["pid"] == pid
+    [monitor] = [a for a in report["actors"] if a["actor"] == "PaymentMonitor"]
+    assert monitor["lease_suspect"] is True
+
+    calm = await cli("status")
+    [readers] = [line for line in lines(calm.stdout) if line.startswith("READERS")]
+    assert readers.startswith("READERS: not held back"), readers
+
+
+async def test_run_refuses_a_timeout_that_would_outlast_the_lease(cli: Cli) -> None:
+    env = {**cli.environment(), "I3LANI_IDLE_TX_TIMEOUT": "9"}
+    with anyio.fail_after(40):
+        result = await anyio.run_process(
+            [I3LANI, "run", "--actors", "Heartbeat"], env=env, check=False
+        )
+    assert result.returncode == 1
+    assert lines(result.stderr) == [
+        "i3lani run: I3LANI_IDLE_TX_TIMEOUT (9s) must be shorter than I3LANI_LEASE_TTL (8s): "
+        "a frozen node would hold its locks past its lease"
+    ]

@@ -1101,3 +1101,33 @@ async def test_an_append_with_a_stale_fence_is_refused_and_writes_nothing(
     await store.append("note-1", [note], fence=third.fence)
     stored: int = await raw.fetchval("SELECT count(*) FROM i3lani.events")
     assert stored == 1 + 4 + 1
+
+
+HUNG_RENEWALS = SLOW_RENEWALS.replace("pg_sleep(0.15)", "pg_sleep(3)")
+
+
+async def test_a_node_whose_renewals_hang_stops_the_actor_before_its_lease_can_expire(
+    store: EventStore, raw: asyncpg.Connection
+) -> None:
+    # Fault injection, in this test's database only: every renewal hangs for 3 s (a network
+    # path that stopped forwarding, a frozen server). No answer ever says the lease is lost;
+    # the node's own lease clock must stop the actor before the lease can expire and be
+    # granted elsewhere.
+    await raw.execute(HUNG_RENEWALS)
+    supervisor = supervisor_for(store, [spec("Solo")], lease_ttl=1.0)
+    async with supervising(supervisor):
+        await wait_for_lifecycle(store, "Solo", count(ActorStarted, 1), what="Solo started")
+        [lease] = [info for info in await Leases(store, "observer").all() if info.name == "Solo"]
+        ref = supervisor.ref("Solo")
+        assert ref is not None
+        with anyio.fail_after(5):
+            await supervisor.wait_ended(ref)
+        stopped_at = datetime.now(UTC)
+        assert stopped_at < lease.expires_at, (stopped_at, lease.expires_at)
+        # Nothing more was written under that grant once it stopped.
+        written = [
+            r
+            for r in await store.read_stream("actor-Solo")
+            if r.metadata.generation == lease.generation
+        ]
+        assert all(r.recorded_at < lease.expires_at for r in written)
