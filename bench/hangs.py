@@ -51,7 +51,7 @@ NOTES: Final = (
 async def _one(ctx: BenchContext, fault: Fault, at_commit: bool, seed: int) -> HangResult:
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
     server = with_database(ctx.dsn, "postgres")
-    async with fresh_database(server, prefix="i3lani_hang") as dsn:
+    async with fresh_database(server, prefix="i3lani_bench_hang") as dsn:
         await migrate(dsn)
         async with EventStore.open(dsn, min_connections=1, max_connections=4) as store:
             return await run_hang(

@@ -341,7 +341,7 @@ async def cmd_run(dsn: str, args: argparse.Namespace, out: TextIO) -> int:
     specs = child_specs(args.actors, load_settings())
     await migrate(dsn)
     node = node_name()
-    async with EventStore.open(dsn, node=node) as store:
+    async with EventStore.open(dsn, node=node, guard_sessions=True) as store:
         supervisor = Supervisor(store, specs, node=node, lease_ttl=store.limits.lease_ttl)
         print(
             f"i3lani worker {node}: supervising {', '.join(s.name for s in specs)} "

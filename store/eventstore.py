@@ -400,6 +400,7 @@ class EventStore:
         max_connections: int = 10,
         group_commit: bool = True,
         limits: SessionLimits | None = None,
+        guard_sessions: bool = False,
     ) -> None:
         self.dsn = dsn
         limits = limits if limits is not None else SessionLimits.from_env()
@@ -433,6 +434,9 @@ class EventStore:
         # short lock_timeout (store/limits.py), one statement at a time.
         self._lease_conn = _Dedicated(self, "lease")
         self._lease_lock: anyio.Lock | None = None
+        self._guard_sessions = guard_sessions
+        self.stuck_sessions_ended = 0
+        """Sessions the session guard ended (see :meth:`_session_guard`)."""
 
     @classmethod
     def open(cls, dsn: str, **options: Any) -> Self:
@@ -460,6 +464,8 @@ class EventStore:
         self._tg.start_soon(self._notifier)
         if self._group_commit:
             self._tg.start_soon(self._flusher)
+        if self._guard_sessions:
+            self._tg.start_soon(self._session_guard)
         return self
 
     async def __aexit__(
@@ -511,6 +517,40 @@ class EventStore:
             conn.terminate()
             raise
         return conn
+
+    async def _session_guard(self) -> None:
+        """End i3lani sessions frozen mid-statement with a transaction open (the one case the
+        session limits do not bound before PostgreSQL 17; see ``end_stuck_sessions`` in
+        queries.sql), every half idle-transaction bound (at most every 0.5 s), so that a frozen
+        or cut-off node holds no lock and no reader back for longer than that bound plus the
+        interval. Run by the processes that keep the system going (``i3lani run``), so that
+        any one of them frees the others; a failure to look (no permission, an outage) is
+        logged and tried again."""
+        bound = self.limits.idle_in_transaction_seconds
+        interval = min(bound / 2, 0.5)
+        while True:
+            await anyio.sleep(interval)
+            try:
+                async with self.pool.acquire() as conn:
+                    if conn.get_server_version().major >= 17:
+                        return  # transaction_timeout bounds it on the server itself
+                    ended = await conn.fetch(query("end_stuck_sessions"), bound)
+            except _CONNECT_ERRORS as exc:
+                logger.warning(
+                    "cannot look for stuck sessions: %s", exc, extra={"action": "guard_failed"}
+                )
+                await anyio.sleep(5.0)
+                continue
+            for row in ended:
+                self.stuck_sessions_ended += int(bool(row["ended"]))
+                logger.warning(
+                    "ended session %s (%s): frozen mid-statement with a transaction open for "
+                    "%.1fs, holding locks and readers back",
+                    row["pid"],
+                    row["application_name"],
+                    row["stuck_seconds"],
+                    extra={"action": "stuck_session_ended"},
+                )
 
     async def lease_fetchval(self, name: str, *args: object) -> object:
         """Run named query ``name`` on the store's lease connection (see

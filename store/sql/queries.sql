@@ -267,6 +267,22 @@ SELECT name, node, generation, acquired_at, renewed_at, expires_at, expires_at >
 FROM i3lani.leases
 ORDER BY name;
 
+-- name: end_stuck_sessions
+-- i3lani sessions (by application_name) frozen in the middle of a statement's protocol exchange
+-- with a transaction open: state 'active', waiting to read from their client, holding a
+-- transaction id, for over $1 seconds. asyncpg sends Parse/Describe first and Bind/Execute/Sync
+-- after the answer; a client paused or cut off in between leaves its backend there, where
+-- neither idle_in_transaction_session_timeout (it is not "idle") nor statement_timeout (a
+-- cancel while reading from the client is ignored) applies, with its row locks and the
+-- snapshot horizon readers wait on. A healthy client spends microseconds there. The sessions
+-- are ended; PostgreSQL 17's transaction_timeout does the same on its own.
+SELECT pid, application_name, extract(epoch FROM now() - state_change)::float8 AS stuck_seconds,
+       pg_terminate_backend(pid) AS ended
+FROM pg_stat_activity
+WHERE application_name LIKE 'i3lani:%' AND pid <> pg_backend_pid()
+  AND state = 'active' AND wait_event_type = 'Client' AND wait_event = 'ClientRead'
+  AND backend_xid IS NOT NULL AND state_change < now() - make_interval(secs => $1::float8);
+
 -- name: oldest_writer
 -- The oldest open write transaction on the server (transaction ids are server-wide, so any
 -- database's counts), and how many committed events of ours wait behind it: gap-free readers

@@ -45,6 +45,7 @@ from actors.catalog import PRODUCT_ACTORS
 from events import ActorStarted, AlertRaised
 from events.errors import StoreError
 from store import EventStore, RecordedEvent
+from store.leases import Leases
 from store.limits import SessionLimits
 from tests.e2e.processes import lifecycle, running_workers, wait_for
 from tests.faults.harness import (
@@ -185,6 +186,56 @@ async def _started_on(store: EventStore, node: str, after: Mapping[str, int]) ->
     return latest
 
 
+async def _freeze_before_a_write_commits(
+    store: EventStore, proxy: PgProxy, pid: int, fault: Fault
+) -> None:
+    """Hold node A's next COMMIT of a transaction that *wrote* (it holds row locks and an xid
+    that readers wait on), then stop A (``pause``) or leave it cut off (``cut``). A read-only
+    transaction's COMMIT holds nothing back: it is let through and the next one awaited."""
+
+    def stop() -> None:
+        os.kill(pid, signal.SIGSTOP)
+
+    with anyio.fail_after(60):
+        while True:
+            if fault == "pause":
+                # Paused right before sending its COMMIT: what its other connections had sent
+                # before still reaches the server.
+                caught = proxy.cut_before_commit(stop, only_that_connection=True)
+            else:
+                caught = proxy.cut_before_commit()
+            await caught.wait()
+            writing = await store.pool.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE $1"
+                " AND state = 'idle in transaction' AND backend_xid IS NOT NULL",
+                "i3lani:node-a:%",
+            )
+            if writing:
+                return
+            proxy.heal()
+            if fault == "pause":
+                os.kill(pid, signal.SIGCONT)
+
+
+async def _diagnosis(store: EventStore) -> str:
+    """What the leases and the server's sessions look like: for a take-over that did not come."""
+    leases = "\n".join(
+        f"  lease {info.name}: {info.node} generation {info.generation} live={info.live} "
+        f"suspect={info.suspect} renewed {info.renewed_seconds_ago:.1f}s ago"
+        for info in await Leases(store, "diagnosis").all()
+    )
+    sessions = "\n".join(
+        f"  pid {r['pid']} {r['application_name']} {r['state']} xact {r['xact']} "
+        f"wait {r['wait_event_type']}/{r['wait_event']} blocked by {r['blockers']}: {r['query']}"
+        for r in await store.pool.fetch(
+            "SELECT pid, application_name, state, now() - xact_start AS xact, wait_event_type,"
+            " wait_event, pg_blocking_pids(pid) AS blockers, left(query, 120) AS query"
+            " FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    )
+    return f"leases:\n{leases}\nsessions:\n{sessions}"
+
+
 async def _seed(seeder: Seeder, scale: int) -> None:
     await seeder.rewards(15 * scale)
     await seeder.payments(5 * scale, paid=3 * scale, underpaid=scale, twice=scale)
@@ -229,10 +280,7 @@ async def run_hang(
             async with ReaderProbe(store).running() as probe:
                 await anyio.sleep(0.5)  # a baseline for the probe
                 if at_commit and fault != "kill":
-                    stop_a = (lambda: os.kill(a.pid, signal.SIGSTOP)) if fault == "pause" else None
-                    caught = proxy.cut_before_commit(stop_a)
-                    with anyio.fail_after(30):
-                        await caught.wait()
+                    await _freeze_before_a_write_commits(store, proxy, a.pid, fault)
                 else:
                     await anyio.sleep(rng.uniform(0.0, lease_ttl / 2))
                     if fault == "pause":
@@ -246,7 +294,10 @@ async def run_hang(
                 async def taken_over() -> datetime | None:
                     return await _started_on(store, "node-b", versions)
 
-                taken = await wait_for(taken_over, 60, "every actor started on node-b")
+                try:
+                    taken = await wait_for(taken_over, 60, "every actor started on node-b")
+                except AssertionError as exc:
+                    raise AssertionError(f"{exc}\n{await _diagnosis(store)}\n{b.output()}") from None
                 takeover = (taken - fault_wall).total_seconds()
                 await anyio.sleep(max(0.0, fault_mono + frozen_for - time.monotonic()))
                 stall = probe.longest(since=fault_mono - 0.5)

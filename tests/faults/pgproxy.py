@@ -123,6 +123,7 @@ class _Link:
     def __init__(self) -> None:
         self.to_server, self.to_client = _Pipe(), _Pipe()
         self.frontend = _Frontend()
+        self.held = False  # this connection alone is cut (see cut_before_commit)
 
 
 class PgProxy:
@@ -136,6 +137,7 @@ class PgProxy:
         self._cut = False
         self._action: Callable[[], object] | None = None
         self._armed = False
+        self._whole = True  # the trigger cuts every connection, not only the committing one
         self._links: set[_Link] = set()
         self._group: TaskGroup | None = None
 
@@ -167,13 +169,20 @@ class PgProxy:
         """Deliver everything held, in order, and forward normally again."""
         self._cut = False
         for link in self._links:
+            link.held = False
             link.to_server.notify()
             link.to_client.notify()
 
-    def cut_before_commit(self, action: Callable[[], object] | None = None) -> anyio.Event:
+    def cut_before_commit(
+        self, action: Callable[[], object] | None = None, *, only_that_connection: bool = False
+    ) -> anyio.Event:
         """Arm a one-shot trigger: on a client's next ``COMMIT``, hold it, :meth:`cut`, then
-        call ``action``. Returns the event set when it fired (also ``proxy.commit_caught``)."""
-        self._armed, self._action = True, action
+        call ``action``. Returns the event set when it fired (also ``proxy.commit_caught``).
+
+        With ``only_that_connection``, only the committing connection is cut (both ways): what
+        simulates a client *paused* right before sending its COMMIT, whose other connections'
+        bytes, already written, still reach the server as its kernel would deliver them."""
+        self._armed, self._action, self._whole = True, action, not only_that_connection
         self.commit_caught = anyio.Event()
         return self.commit_caught
 
@@ -237,27 +246,31 @@ class PgProxy:
                 else:
                     for message, is_commit in link.frontend.feed(data):
                         if is_commit and self._armed:
-                            self._trigger(pipe)
+                            self._trigger(link, pipe)
                         pipe.buffer += message
                 pipe.notify()
         except _GONE:
             pipe.eof = True
             pipe.notify()
 
-    def _trigger(self, pipe: _Pipe) -> None:
+    def _trigger(self, link: _Link, pipe: _Pipe) -> None:
         self._armed = False
-        if not self._cut:
+        if not self._cut and not link.held:
             pipe.release = len(pipe.buffer)  # what came before the COMMIT still goes through
-        self.cut()
+        if self._whole:
+            self.cut()
+        else:
+            link.held = True
         self.commit_caught.set()
         if self._action is not None:
             self._action()
 
     async def _write(self, link: _Link, pipe: _Pipe, target: SocketStream) -> None:
         while True:
-            if pipe is link.to_server and link.to_client.eof and not self._cut:
+            cut = self._cut or link.held
+            if pipe is link.to_server and link.to_client.eof and not cut:
                 pipe.drop()  # the server is gone: what the client sent is lost
-            size = pipe.release if self._cut else len(pipe.buffer)
+            size = pipe.release if cut else len(pipe.buffer)
             if size:
                 chunk = bytes(pipe.buffer[:size])
                 del pipe.buffer[:size]
@@ -267,7 +280,7 @@ class PgProxy:
                 except _GONE:
                     pipe.drop()
                 continue
-            if pipe.eof and not self._cut and not pipe.buffer:
+            if pipe.eof and not cut and not pipe.buffer:
                 await target.aclose()  # the other side then sees the close
                 return
             await pipe.changed()

@@ -155,6 +155,43 @@ async def test_cut_before_commit(dsn: str, raw: asyncpg.Connection) -> None:
                 conn.terminate()
 
 
+async def test_cut_before_commit_of_one_connection_leaves_the_others_flowing(
+    dsn: str, raw: asyncpg.Connection
+) -> None:
+    # A client paused right before its COMMIT: that connection is held, the others are not.
+    await raw.execute("CREATE TABLE proxy_probe (n int)")
+    with anyio.fail_after(LIMIT):
+        async with PgProxy.for_dsn(dsn) as proxy:
+            first = await asyncpg.connect(proxy.dsn_for(dsn))
+            other = await asyncpg.connect(proxy.dsn_for(dsn))
+            try:
+                caught = proxy.cut_before_commit(only_that_connection=True)
+                committed = anyio.Event()
+
+                async def transaction() -> None:
+                    async with first.transaction():
+                        await first.execute("INSERT INTO proxy_probe VALUES (1)")
+                    committed.set()
+
+                async with anyio.create_task_group() as group:
+                    group.start_soon(transaction)
+                    with anyio.fail_after(5):
+                        await caught.wait()
+                    assert not proxy.is_cut
+                    with anyio.fail_after(5):  # another connection is not held
+                        assert await other.fetchval("SELECT 41 + 1") == 42
+                    await anyio.sleep(0.2)
+                    assert not committed.is_set()
+                    assert await raw.fetchval("SELECT count(*) FROM proxy_probe") == 0
+                    proxy.heal()
+                    with anyio.fail_after(5):
+                        await committed.wait()
+                assert await raw.fetchval("SELECT count(*) FROM proxy_probe") == 1
+            finally:
+                first.terminate()
+                other.terminate()
+
+
 async def test_messages_before_commit_in_the_same_read_go_through(
     dsn: str, raw: asyncpg.Connection
 ) -> None:

@@ -6,13 +6,19 @@ from __future__ import annotations
 import time
 import uuid
 from datetime import UTC, datetime
+from urllib.parse import urlsplit
 
+import anyio
+import asyncpg
 import pytest
 
 from events import AlertRaised
 from events.errors import ConfigError, StaleGeneration
 from store import EventStore, SessionLimits
 from store.leases import Leases, safety_margin
+from tests.faults.pgproxy import PgProxy
+from tests.faults.test_pgproxy import query, until_ready
+from tests.waiting import eventually
 
 
 def test_the_defaults_are_derived_from_the_lease() -> None:
@@ -115,3 +121,62 @@ def probe() -> AlertRaised:
         message="written under a lease",
         raised_at=datetime.now(UTC),
     )
+
+
+def _message(kind: bytes, body: bytes) -> bytes:
+    return kind + (len(body) + 4).to_bytes(4, "big") + body
+
+
+async def test_the_session_guard_ends_a_session_frozen_mid_statement(
+    dsn: str, raw: asyncpg.Connection
+) -> None:
+    # A client that wrote in a transaction, then sent the first half of a statement (Parse,
+    # Describe, Flush: what asyncpg sends before Bind/Execute/Sync) and froze. Its backend is
+    # 'active', reading from the client: no server-side bound applies (before PostgreSQL 17).
+    await raw.execute("CREATE TABLE guard_probe (n int)")
+    limits = SessionLimits(lease_ttl=2.0)  # idle-transaction bound 0.5 s
+    parts = urlsplit(dsn)
+    idle = limits.server_settings()["idle_in_transaction_session_timeout"]
+    params = (
+        f"user\0{parts.username or 'postgres'}\0database\0{parts.path[1:]}\0"
+        f"application_name\0i3lani:frozen:work\0idle_in_transaction_session_timeout\0{idle}\0\0"
+    ).encode()
+    startup = (len(params) + 8).to_bytes(4, "big") + (196608).to_bytes(4, "big") + params
+
+    async def frozen_session() -> int | None:
+        return await raw.fetchval(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = 'i3lani:frozen:work'"
+            " AND state = 'active' AND wait_event = 'ClientRead' AND backend_xid IS NOT NULL"
+        )
+
+    with anyio.fail_after(20):
+        async with PgProxy.for_dsn(dsn) as proxy:  # a TCP front, whatever the server listens on
+            stream = await anyio.connect_tcp("127.0.0.1", proxy.port)
+            async with stream:
+                buffer = bytearray()
+                await stream.send(startup)
+                await until_ready(stream, buffer)
+                for sql in ("BEGIN", "INSERT INTO guard_probe VALUES (1)"):
+                    await stream.send(query(sql))
+                    await until_ready(stream, buffer)
+                await stream.send(
+                    _message(b"P", b"\0SELECT 1\0\0\0")
+                    + _message(b"D", b"S\0")
+                    + _message(b"H", b"")
+                )
+
+                async def frozen() -> bool:
+                    return await frozen_session() is not None
+
+                await eventually(frozen)
+                pid = await frozen_session()
+                await anyio.sleep(3 * limits.idle_in_transaction_seconds)
+                assert await frozen_session() == pid  # the server's own bounds do not apply
+                async with EventStore.open(dsn, limits=limits, guard_sessions=True) as store:
+
+                    async def ended() -> bool:
+                        return await frozen_session() is None
+
+                    await eventually(ended)
+                    assert store.stuck_sessions_ended == 1
+    assert await raw.fetchval("SELECT count(*) FROM guard_probe") == 0  # rolled back
