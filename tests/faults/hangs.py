@@ -297,7 +297,8 @@ async def run_hang(
                 try:
                     taken = await wait_for(taken_over, 60, "every actor started on node-b")
                 except AssertionError as exc:
-                    raise AssertionError(f"{exc}\n{await _diagnosis(store)}\n{b.output()}") from None
+                    diagnosis = await _diagnosis(store)
+                    raise AssertionError(f"{exc}\n{diagnosis}\n{b.output()}") from None
                 takeover = (taken - fault_wall).total_seconds()
                 await anyio.sleep(max(0.0, fault_mono + frozen_for - time.monotonic()))
                 stall = probe.longest(since=fault_mono - 0.5)
