@@ -520,21 +520,19 @@ class EventStore:
 
     async def _session_guard(self) -> None:
         """End i3lani sessions frozen mid-statement with a transaction open (the one case the
-        session limits do not bound before PostgreSQL 17; see ``end_stuck_sessions`` in
-        queries.sql), every half idle-transaction bound (at most every 0.5 s), so that a frozen
-        or cut-off node holds no lock and no reader back for longer than that bound plus the
-        interval. Run by the processes that keep the system going (``i3lani run``), so that
-        any one of them frees the others; a failure to look (no permission, an outage) is
-        logged and tried again."""
+        idle-transaction bound does not cover; see ``end_stuck_sessions`` in queries.sql),
+        every half idle-transaction bound (at most every 0.5 s), so that a frozen or cut-off
+        node holds no lock and no reader back for longer than that bound plus the interval.
+        On PostgreSQL 17+ ``transaction_timeout`` ends them too, but only after the statement
+        bound, which is longer. Run by the processes that keep the system going
+        (``i3lani run``), so that any one of them frees the others; a failure to look (no
+        permission, an outage) is logged and tried again."""
         bound = self.limits.idle_in_transaction_seconds
         interval = min(bound / 2, 0.5)
         while True:
             await anyio.sleep(interval)
             try:
-                async with self.pool.acquire() as conn:
-                    if conn.get_server_version().major >= 17:
-                        return  # transaction_timeout bounds it on the server itself
-                    ended = await conn.fetch(query("end_stuck_sessions"), bound)
+                ended = await self.pool.fetch(query("end_stuck_sessions"), bound)
             except _CONNECT_ERRORS as exc:
                 logger.warning(
                     "cannot look for stuck sessions: %s", exc, extra={"action": "guard_failed"}

@@ -275,7 +275,7 @@ ORDER BY name;
 -- neither idle_in_transaction_session_timeout (it is not "idle") nor statement_timeout (a
 -- cancel while reading from the client is ignored) applies, with its row locks and the
 -- snapshot horizon readers wait on. A healthy client spends microseconds there. The sessions
--- are ended; PostgreSQL 17's transaction_timeout does the same on its own.
+-- are ended (PostgreSQL 17's transaction_timeout does it too, after the longer statement bound).
 SELECT pid, application_name, extract(epoch FROM now() - state_change)::float8 AS stuck_seconds,
        pg_terminate_backend(pid) AS ended
 FROM pg_stat_activity

@@ -833,11 +833,8 @@ async def suspect_lease(store: EventStore) -> None:
     await store.append("actor-PaymentMonitor", [started("PaymentMonitor")])
     await store.append("actor-RewardProcessor", [started("RewardProcessor")])
     leases = Leases(store, "vm:1", ttl=60)
-    try:
-        assert await leases.acquire("PaymentMonitor") is not None
-        assert await leases.acquire("RewardProcessor") is not None
-    finally:
-        await leases.close()
+    assert await leases.acquire("PaymentMonitor") is not None
+    assert await leases.acquire("RewardProcessor") is not None
     await store.pool.execute(
         "UPDATE i3lani.leases SET renewed_at = now() - interval '70 s',"
         " expires_at = now() + interval '50 s' WHERE name = 'PaymentMonitor'"
