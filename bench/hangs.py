@@ -86,28 +86,21 @@ async def run(ctx: BenchContext) -> list[Row]:
     for fault, at_commit, what in SCENARIOS:
         measured = results[(fault, at_commit)]
         details = {"runs": [r.__dict__ for r in measured]}
-        rows.append(
-            Row(
-                SECTION,
-                f"take-over, {what}",
-                statistics.median(r.takeover for r in measured),
-                "s",
-                reference_name="SIGKILL",
-                reference=kill_takeover,
-                goal=Goal.below(DEFAULT_LEASE_TTL + 3, "s"),
-                details=details,
+        figures: list[tuple[str, list[float], float, float]] = [
+            ("take-over", [r.takeover for r in measured], kill_takeover, DEFAULT_LEASE_TTL + 3),
+            ("longest reader stall", [r.reader_stall for r in measured], kill_stall, idle + 1),
+        ]
+        for figure, values, reference, goal in figures:
+            rows.append(
+                Row(
+                    SECTION,
+                    f"{figure}, {what}",
+                    statistics.median(values),
+                    "s",
+                    reference_name="SIGKILL",
+                    reference=reference,
+                    goal=Goal.below(goal, "s"),
+                    details=details,
+                )
             )
-        )
-        rows.append(
-            Row(
-                SECTION,
-                f"longest reader stall, {what}",
-                statistics.median(r.reader_stall for r in measured),
-                "s",
-                reference_name="SIGKILL",
-                reference=kill_stall,
-                goal=Goal.below(idle + 1, "s"),
-                details=details,
-            )
-        )
     return rows
