@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo run test lint typecheck pytest browser bench clean
+.PHONY: install demo run test check lint typecheck pytest browser bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,11 @@ run: $(STAMP)
 
 ## Everything CI checks: lint, types, tests (the dashboard's browser tests need Chromium).
 test: lint typecheck browser pytest
+
+## The quick tier, for every change: lint, types, and the tests that need neither PostgreSQL,
+## nor worker processes, nor a browser (about a minute on 2 cores).
+check: lint typecheck
+	$(BIN)/pytest -q -m "not postgres and not slow and not browser" $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -19,10 +19,15 @@ from tests.pg import fresh_database
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    # Every coroutine test runs on anyio's pytest plugin (asyncio backend).
     for item in items:
+        # Every coroutine test runs on anyio's pytest plugin (asyncio backend).
         if isinstance(item, pytest.Function) and inspect.iscoroutinefunction(item.obj):
             item.add_marker(pytest.mark.anyio)
+        # The tier a test belongs to follows from what it uses: a test that needs the server
+        # (directly or through any fixture built on it) is a PostgreSQL test; `make check`
+        # runs the others.
+        if "server_dsn" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.postgres)
 
 
 @pytest.fixture(scope="session")
