@@ -169,11 +169,6 @@ class SessionLimits:
                 f"to try again before the lease runs out"
             )
 
-    def with_statement(self, seconds: float) -> SessionLimits:
-        """The same limits with another statement bound (0: none), for a purpose that reads a
-        lot and writes nothing (the audit, benchmarks)."""
-        return dataclasses.replace(self, statement=seconds)
-
     def for_application(self, name: str) -> SessionLimits:
         return dataclasses.replace(self, application=name)
 

@@ -103,7 +103,6 @@ class ReaderProbe:
         self.interval = interval
         self.sent: dict[uuid.UUID, float] = {}
         self.stalls: list[tuple[float, float]] = []  # (appended at, seconds until read)
-        self._tg: anyio.abc.TaskGroup | None = None
 
     def longest(self, since: float = 0.0) -> float:
         """The longest stall of a probe appended at ``since`` or later; a probe still unread
