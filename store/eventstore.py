@@ -560,11 +560,7 @@ class EventStore:
             try:
                 conn = await self._lease_conn.get()
                 try:
-                    # Bounded on this side too: a statement lost on a cut path must not hold
-                    # the lease connection (and every other actor's renewal) for long.
-                    return await conn.fetchval(
-                        query(name), *args, timeout=self.limits.lease_ttl / 2
-                    )
+                    return await conn.fetchval(query(name), *args)
                 except asyncpg.PostgresError:
                     raise  # the connection itself is fine
                 except BaseException:
