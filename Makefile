@@ -6,7 +6,8 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo run test check lint typecheck pytest browser bench clean
+.PHONY: install demo run test check lint typecheck pytest browser bench clean \
+	test-pure test-memory test-postgres test-process test-browser
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,10 +30,22 @@ run: $(STAMP)
 ## Everything CI checks: lint, types, tests (the dashboard's browser tests need Chromium).
 test: lint typecheck browser pytest
 
-## The quick tier, for every change: lint, types, and the tests that need neither PostgreSQL,
-## nor worker processes, nor a browser (about a minute on 2 cores).
+## The quick tier, for every change: lint, types, and the pure and in-memory tests (no
+## PostgreSQL, no worker process, no browser; under a minute on 2 cores).
 check: lint typecheck
-	$(BIN)/pytest -q -m "not postgres and not slow and not browser" $(PYTEST_ARGS)
+	$(BIN)/pytest -q -m "pure or memory" $(PYTEST_ARGS)
+
+## The test pyramid, one tier at a time (tests/conftest.py puts each test in one tier).
+test-pure: $(STAMP)
+	$(BIN)/pytest -q -m pure $(PYTEST_ARGS)
+test-memory: $(STAMP)
+	$(BIN)/pytest -q -m memory $(PYTEST_ARGS)
+test-postgres: $(STAMP)
+	$(BIN)/pytest -q -m "postgres and not process and not browser" $(PYTEST_ARGS)
+test-process: $(STAMP)
+	$(BIN)/pytest -q -m "process and not browser" $(PYTEST_ARGS)
+test-browser: $(STAMP) browser
+	$(BIN)/pytest -q -m browser $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import subprocess
 from collections.abc import AsyncIterator
 
 import asyncpg
@@ -17,17 +18,57 @@ from store import EventStore, migrate
 from store.database import embedded_postgres, i3lani_home, with_database
 from tests.pg import fresh_database
 
+# The test pyramid: each test belongs to one tier, the most expensive thing it uses, and
+# `make test-<tier>` runs a tier (`make check` runs the two cheapest).
+#   pure      no I/O beyond the test process: no database, no process, no browser
+#   memory    the in-memory event log (store.memory), no server
+#   postgres  the PostgreSQL test server (any fixture built on `server_dsn`)
+#   process   starts worker processes or other programs (tests/e2e, tests/faults, or marked)
+#   browser   drives headless Chromium
+TIERS: tuple[str, ...] = ("browser", "process", "postgres", "memory", "pure")
+_PROCESS_DIRS: tuple[str, ...] = ("e2e", "faults")
+
+
+def tier_of(item: pytest.Item) -> str:
+    """The tier ``item`` is in: the first of :data:`TIERS` it carries a mark of, else pure."""
+    for tier in TIERS[:-1]:
+        if item.get_closest_marker(tier) is not None:
+            return tier
+    return "pure"
+
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         # Every coroutine test runs on anyio's pytest plugin (asyncio backend).
         if isinstance(item, pytest.Function) and inspect.iscoroutinefunction(item.obj):
             item.add_marker(pytest.mark.anyio)
-        # The tier a test belongs to follows from what it uses: a test that needs the server
-        # (directly or through any fixture built on it) is a PostgreSQL test; `make check`
-        # runs the others.
+        # A test that needs the server (directly or through any fixture built on it) is a
+        # PostgreSQL test; one in tests/e2e or tests/faults starts processes.
         if "server_dsn" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.postgres)
+        if item.path.parent.name in _PROCESS_DIRS and item.path.parent.parent.name == "tests":
+            item.add_marker(pytest.mark.process)
+        if tier_of(item) == "pure":
+            item.add_marker(pytest.mark.pure)
+
+
+@pytest.fixture(autouse=True)
+def _tier_guard(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keep the tiers honest: a pure or in-memory test that starts a program fails, naming
+    the mark it needs (every way of starting one, anyio's and asyncio's included, ends in
+    ``subprocess.Popen``)."""
+    tier = tier_of(request.node)
+    if tier not in ("pure", "memory"):
+        return
+    name = request.node.nodeid
+
+    def refuse(self: object, args: object, *rest: object, **kwargs: object) -> None:
+        pytest.fail(
+            f"{name} is a {tier} test but starts {args!r}: mark it pytest.mark.process",
+            pytrace=False,
+        )
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
 
 
 @pytest.fixture(scope="session")

@@ -276,10 +276,13 @@ ORDER BY name;
 -- cancel while reading from the client is ignored) applies, with its row locks and the
 -- snapshot horizon readers wait on. A healthy client spends microseconds there. The sessions
 -- are ended (PostgreSQL 17's transaction_timeout does it too, after the longer statement bound).
+-- Only this database's: a server shared by several deployments (or test databases) is policed
+-- by each deployment for its own sessions, never for another's.
 SELECT pid, application_name, extract(epoch FROM now() - state_change)::float8 AS stuck_seconds,
        pg_terminate_backend(pid) AS ended
 FROM pg_stat_activity
 WHERE application_name LIKE 'i3lani:%' AND pid <> pg_backend_pid()
+  AND datname = current_database()
   AND state = 'active' AND wait_event_type = 'Client' AND wait_event = 'ClientRead'
   AND backend_xid IS NOT NULL AND state_change < now() - make_interval(secs => $1::float8);
 

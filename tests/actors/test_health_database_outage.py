@@ -79,6 +79,7 @@ async def alerts(store: EventStore) -> list[AlertRaised]:
     ]
 
 
+@pytest.mark.process  # a private PostgreSQL server, stopped and started
 @pytest.mark.slow
 async def test_an_unreachable_database_is_recorded_once_it_is_back() -> None:
     async with private_postgres() as server:

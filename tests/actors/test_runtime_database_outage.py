@@ -53,6 +53,7 @@ async def ticks(store: EventStore) -> list[ActorTicked]:
     ]
 
 
+@pytest.mark.process  # a private PostgreSQL server, stopped and started
 @pytest.mark.slow
 async def test_ticks_during_a_database_outage_are_dropped_not_crashes() -> None:
     async with private_postgres() as server:

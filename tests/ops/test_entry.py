@@ -7,9 +7,12 @@ import sys
 from pathlib import Path
 
 import anyio
+import pytest
 from anyio.abc import SocketAttribute, SocketStream
 
 from tests.waiting import eventually
+
+pytestmark = pytest.mark.process
 
 I3LANI = str(Path(sys.executable).parent / "i3lani")
 

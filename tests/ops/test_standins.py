@@ -571,6 +571,7 @@ def test_bot_api_arguments_are_checked() -> None:
 # -- as a process -----------------------------------------------------------------------------
 
 
+@pytest.mark.process
 async def test_python_m_ops_standins_serves_until_sigterm(http: httpx.AsyncClient) -> None:
     command = [sys.executable, "-m", "ops.standins", "--token", TOKEN]
     async with await anyio.open_process(command) as process:

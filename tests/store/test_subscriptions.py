@@ -494,6 +494,7 @@ async def test_a_subscription_survives_killed_connections(
 
 
 # -- 9. a real database restart --------------------------------------------------------------
+@pytest.mark.process  # a private PostgreSQL server, stopped and started
 @pytest.mark.slow
 async def test_a_subscription_survives_a_database_restart(tmp_path: Path) -> None:
     with warnings.catch_warnings():
