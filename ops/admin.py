@@ -51,7 +51,6 @@ from importlib import resources
 from typing import Annotated, Any, Final, Literal
 
 import anyio
-import asyncpg
 import msgspec
 from aiohttp import web
 
@@ -77,9 +76,9 @@ from events import (
 )
 from events.errors import InvalidEvent, StoreUnavailable
 from ops.control import ACTIONS, UnknownAction, issue_command, operator_command
-from store import EventStore, OpenTransaction, RecordedEvent
-from store.queries import query
+from store import EventStore, OpenTransaction, RecordedEvent, views
 from store.tasks import DeadTask, TaskQueue
+from store.views import MinuteCount
 from supervisor import ActorStatus, StatusState, actor_status
 
 __all__ = [
@@ -123,14 +122,7 @@ EVENTS_PAGE_MAX: Final = 500
 EVENTS_SCAN_BUDGET: Final = 5_000
 REASON_MAX: Final = 500
 _SESSION_PURPOSE: Final = b"i3lani admin dashboard session v1"
-_DATABASE_DOWN: Final[tuple[type[BaseException], ...]] = (
-    StoreUnavailable,
-    OSError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.exceptions.CannotConnectNowError,
-    asyncpg.exceptions.AdminShutdownError,
-)
+_DATABASE_DOWN: Final[tuple[type[BaseException], ...]] = (StoreUnavailable, OSError)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Access = Literal["api", "browser", "page"]
@@ -347,12 +339,10 @@ async def shown_statuses(store: EventStore, now: datetime) -> list[ActorStatus]:
 
 async def collect_metrics(store: EventStore, now: datetime) -> list[MetricFamily]:
     """Every metric of ``/metrics``, read from the log, the task queue and the checkpoints."""
-    by_type: dict[str, int] = {
-        row["type"]: row["events"] for row in await store.pool.fetch(query("admin_events_by_type"))
-    }
+    by_type = await views.events_by_type(store)
     restarts = {
-        row["stream"].removeprefix("actor-"): row["restarts"]
-        for row in await store.pool.fetch(query("admin_restarts_by_actor"))
+        stream.removeprefix("actor-"): count
+        for stream, count in (await views.restarts_by_actor(store)).items()
     }
     statuses = await shown_statuses(store, now)
     writer = await store.oldest_writer()
@@ -501,7 +491,7 @@ _PAYMENT_EVENTS: Final = (
     LatePaymentReceived,
     SubscriptionActivated,
 )
-PAYMENT_TYPES: Final = tuple(cls.__struct_config__.tag for cls in _PAYMENT_EVENTS)
+PAYMENT_TYPES: Final = tuple(str(cls.__struct_config__.tag) for cls in _PAYMENT_EVENTS)
 
 
 class PaymentRow(msgspec.Struct, kw_only=True):
@@ -550,11 +540,6 @@ _PAID_STATE: Final[dict[type, PaymentState]] = {
     PaymentUnderpaid: "underpaid",
     LatePaymentReceived: "late",
 }
-
-
-class MinuteCount(msgspec.Struct, frozen=True):
-    minute: datetime
-    events: int
 
 
 class EventRate(msgspec.Struct, frozen=True, kw_only=True):
@@ -678,8 +663,7 @@ async def _actor_views(store: EventStore, now: datetime) -> list[dict[str, Any]]
 
 
 async def _event_rate(store: EventStore) -> EventRate:
-    rows = await store.pool.fetch(query("admin_event_rate"), RATE_MINUTES, RATE_SCAN_LIMIT)
-    minutes = [MinuteCount(row["minute"], row["events"]) for row in rows]
+    minutes = await views.event_rate(store, RATE_MINUTES, RATE_SCAN_LIMIT)
     return EventRate(minutes=minutes, capped=sum(m.events for m in minutes) >= RATE_SCAN_LIMIT)
 
 
@@ -720,12 +704,12 @@ class _PaymentCache:
         self._rows: dict[str, tuple[int, PaymentRow | None]] = {}
 
     async def recent(self, store: EventStore) -> list[PaymentRow]:
-        found = await store.pool.fetch(
-            query("admin_recent_payments"), PAYMENTS_SHOWN, PAYMENTS_SCAN_LIMIT, PAYMENT_TYPES
+        found = await views.recent_streams(
+            store, "payment", PAYMENT_TYPES, shown=PAYMENTS_SHOWN, scan_limit=PAYMENTS_SCAN_LIMIT
         )
         rows: dict[str, tuple[int, PaymentRow | None]] = {}
-        for record in found:
-            stream, last = record["stream"], record["last_position"]
+        for recent in found:
+            stream, last = recent.stream, recent.last_position
             cached = self._rows.get(stream)
             if cached is None or cached[0] != last:
                 cached = (last, fold_payment(await store.read_stream(stream, skip_unknown=True)))

@@ -55,7 +55,6 @@ from typing import Any, Final, Literal, TextIO
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import anyio
-import asyncpg
 import httpx
 from anyio.abc import TaskGroup, TaskStatus
 
@@ -93,7 +92,7 @@ from events import (
     UserRegistered,
     WalletScanned,
 )
-from events.errors import ConfigError, I3laniError, StoreUnavailable
+from events.errors import ConfigError, I3laniError
 from events.tasks import TaskDeadLettered, TaskFailed
 from ops.audit import AuditReport, run_audit
 from ops.demo_options import (
@@ -105,6 +104,7 @@ from ops.demo_options import (
 )
 from ops.standins import BotApiStandIn, TonApiStandIn
 from store import EventStore, RecordedEvent, migrate, redact_dsn
+from store.admin import DatabaseRefused, create_database, database_exists, drop_database
 from store.database import with_database
 from store.records import START, Cursor
 from supervisor import ChildSpec, Supervisor
@@ -1029,9 +1029,6 @@ class _Stopper:
 # -- the database -------------------------------------------------------------------------------
 DEMO_MARK: Final = "i3lani demo: dropped and recreated by every `i3lani demo` run"
 """The comment on a database the demo created: the only kind it will drop."""
-_DEMO_DATABASE_SQL: Final = """
-SELECT true, shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = $1
-"""
 
 
 def _database_name(dsn: str) -> str:
@@ -1055,30 +1052,23 @@ async def prepare_database(server_dsn: str, name: str) -> str:
             f"--database {name!r} is the database DATABASE_URL names: the demo drops and "
             "recreates its database, so it never uses that one; pick another name"
         )
-    try:
-        admin = await asyncpg.connect(server_dsn)
-    except (OSError, asyncpg.PostgresError) as exc:
-        raise StoreUnavailable(
-            f"cannot connect to {redact_dsn(server_dsn)}: {type(exc).__name__}: {exc}"
-        ) from exc
-    try:
-        exists, mark = await admin.fetchrow(_DEMO_DATABASE_SQL, name) or (False, None)
-        if exists and mark != DEMO_MARK:
-            raise ConfigError(
-                f"database {name!r} already exists on {redact_dsn(server_dsn)} and was not "
-                "created by i3lani demo: the demo never drops it; give another --database name"
-            )
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        await admin.execute(f"COMMENT ON DATABASE \"{name}\" IS '{DEMO_MARK}'")
-    except asyncpg.InsufficientPrivilegeError as exc:
+    exists, mark = await database_exists(server_dsn, name)
+    if exists and mark != DEMO_MARK:
         raise ConfigError(
-            f"cannot create the demo database {name!r} on {redact_dsn(server_dsn)}: {exc}; "
-            "give a DATABASE_URL whose user may CREATE DATABASE, or unset it to use the "
-            "embedded PostgreSQL"
+            f"database {name!r} already exists on {redact_dsn(server_dsn)} and was not "
+            "created by i3lani demo: the demo never drops it; give another --database name"
+        )
+    try:
+        await drop_database(server_dsn, name)
+        await create_database(server_dsn, name, comment=DEMO_MARK)
+    except DatabaseRefused as exc:
+        if not exc.permission:
+            raise
+        raise ConfigError(
+            f"cannot create the demo database {name!r} on {redact_dsn(server_dsn)}: "
+            f"{exc.__cause__}; give a DATABASE_URL whose user may CREATE DATABASE, or unset it "
+            "to use the embedded PostgreSQL"
         ) from exc
-    finally:
-        await admin.close()
     dsn = with_database(server_dsn, name)
     await migrate(dsn)
     return dsn
