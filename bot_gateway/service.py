@@ -302,7 +302,10 @@ class Gateway:
         async with self._id_lock:
             if self._next_payment_id is None:
                 # Once per process, and again after an id conflict.
-                self._next_payment_id = await views.max_payment_id(self.store) + 1
+                largest = await views.max_payload_int(
+                    self.store, self.store.registry.tag_of(PaymentCreated), "payment_id"
+                )
+                self._next_payment_id = largest + 1
             payment_id = self._next_payment_id
             self._next_payment_id += 1
             return payment_id

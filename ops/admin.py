@@ -58,6 +58,7 @@ from actors.health import HEALTH_STREAM, LAG_LIMIT, checkpoint_lag
 from actors.names import ACTOR_NAMES, CATEGORIES, DEFAULT_ACTORS, UnknownActor
 from actors.tasks import task_types
 from events import (
+    DEFAULT_REGISTRY,
     NANOTONS_PER_TON,
     ActorBackoffScheduled,
     ActorCrashed,
@@ -340,10 +341,8 @@ async def shown_statuses(store: EventStore, now: datetime) -> list[ActorStatus]:
 async def collect_metrics(store: EventStore, now: datetime) -> list[MetricFamily]:
     """Every metric of ``/metrics``, read from the log, the task queue and the checkpoints."""
     by_type = await views.events_by_type(store)
-    restarts = {
-        stream.removeprefix("actor-"): count
-        for stream, count in (await views.restarts_by_actor(store)).items()
-    }
+    restarted = await views.events_per_stream(store, store.registry.tag_of(ActorRestarted))
+    restarts = {stream.removeprefix("actor-"): count for stream, count in restarted.items()}
     statuses = await shown_statuses(store, now)
     writer = await store.oldest_writer()
     counts = await TaskQueue(store, task_types()).counts()
@@ -491,7 +490,7 @@ _PAYMENT_EVENTS: Final = (
     LatePaymentReceived,
     SubscriptionActivated,
 )
-PAYMENT_TYPES: Final = tuple(str(cls.__struct_config__.tag) for cls in _PAYMENT_EVENTS)
+PAYMENT_TYPES: Final = tuple(DEFAULT_REGISTRY.tag_of(cls) for cls in _PAYMENT_EVENTS)
 
 
 class PaymentRow(msgspec.Struct, kw_only=True):

@@ -30,10 +30,10 @@ __all__ = [
     "HealthSample",
     "summary",
     "events_by_type",
-    "restarts_by_actor",
+    "events_per_stream",
     "event_rate",
     "recent_streams",
-    "max_payment_id",
+    "max_payload_int",
     "ping",
     "record_health_samples",
     "prune_health_samples",
@@ -130,11 +130,11 @@ async def events_by_type(store: EventStore) -> dict[str, int]:
     return {row["type"]: row["events"] for row in rows}
 
 
-async def restarts_by_actor(store: EventStore) -> dict[str, int]:
-    """How many ``ActorRestarted`` events each ``actor-<name>`` stream holds, by stream."""
-    async with _translated("counting restarts"):
-        rows = await store.pool.fetch(query("admin_restarts_by_actor"))
-    return {row["stream"]: row["restarts"] for row in rows}
+async def events_per_stream(store: EventStore, event_type: str) -> dict[str, int]:
+    """How many events of ``event_type`` each stream holding any has, by stream."""
+    async with _translated(f"counting {event_type} events"):
+        rows = await store.pool.fetch(query("admin_events_per_stream"), event_type)
+    return {row["stream"]: row["events"] for row in rows}
 
 
 async def event_rate(store: EventStore, minutes: int, scan_limit: int) -> list[MinuteCount]:
@@ -158,10 +158,11 @@ async def recent_streams(
     return [RecentStream(row["stream"], row["last_position"]) for row in rows]
 
 
-async def max_payment_id(store: EventStore) -> int:
-    """The largest payment id any ``PaymentCreated`` event holds; 0 when there is none."""
-    async with _translated("reading payment ids"):
-        largest: int = await store.pool.fetchval(query("max_payment_id"))
+async def max_payload_int(store: EventStore, event_type: str, field: str) -> int:
+    """The largest integer ``field`` of the payloads of ``event_type`` events (the largest
+    payment id: ``"PaymentCreated", "payment_id"``); 0 when there is none."""
+    async with _translated(f"reading the largest {field}"):
+        largest: int = await store.pool.fetchval(query("max_payload_int"), event_type, field)
     return largest
 
 

@@ -39,11 +39,12 @@ FROM i3lani.events
 GROUP BY type
 ORDER BY type;
 
--- name: admin_restarts_by_actor
--- ActorRestarted events per actor-<name> stream, served by events_type_idx.
-SELECT stream, count(*) AS restarts
+-- name: admin_events_per_stream
+-- Events of type $1 per stream (ActorRestarted per actor-<name> stream, for /metrics), served
+-- by events_type_idx.
+SELECT stream, count(*) AS events
 FROM i3lani.events
-WHERE type = 'ActorRestarted'
+WHERE type = $1
 GROUP BY stream;
 
 -- name: admin_event_rate
@@ -80,15 +81,15 @@ ORDER BY max(global_position) DESC
 LIMIT $1;
 
 -- ---------------------------------------------------------------------------------------------
--- The bot gateway (views.max_payment_id) and the health probe (views.ping).
+-- The bot gateway (views.max_payload_int) and the health probe (views.ping).
 
--- name: max_payment_id
--- The largest payment id ever created, 0 when none was. events_type_idx makes this an index
--- scan over PaymentCreated rows only; the gateway runs it once per process and again after an
--- id conflict.
-SELECT coalesce(max((payload->>'payment_id')::bigint), 0)
+-- name: max_payload_int
+-- The largest integer field $2 of the events of type $1, 0 when there is none: the largest
+-- payment id ever created, for the gateway, once per process and again after an id conflict.
+-- events_type_idx makes this an index scan over the rows of that type only.
+SELECT coalesce(max((payload->>$2::text)::bigint), 0)
 FROM i3lani.events
-WHERE type = 'PaymentCreated';
+WHERE type = $1;
 
 -- name: ping
 -- One round trip and nothing else: is PostgreSQL there, and how quickly does it answer?

@@ -92,14 +92,18 @@ async def test_summary_counts_types_and_checkpoints(store: EventStore) -> None:
     assert checkpoint.behind == 1  # the restart, appended after it
 
 
-async def test_events_by_type_and_restarts_by_actor(store: EventStore) -> None:
+async def test_events_by_type_and_per_stream(store: EventStore) -> None:
     assert await views.events_by_type(store) == {}
-    assert await views.restarts_by_actor(store) == {}
+    assert await views.events_per_stream(store, "ActorRestarted") == {}
     await store.append("actor-PaymentMonitor", [restarted("PaymentMonitor")] * 2)
     await store.append("actor-Health", [restarted("Health")])
     await store.append("payment-1", [created(1)])
     assert await views.events_by_type(store) == {"ActorRestarted": 3, "PaymentCreated": 1}
-    assert await views.restarts_by_actor(store) == {"actor-PaymentMonitor": 2, "actor-Health": 1}
+    assert await views.events_per_stream(store, "ActorRestarted") == {
+        "actor-PaymentMonitor": 2,
+        "actor-Health": 1,
+    }
+    assert await views.events_per_stream(store, "PaymentCreated") == {"payment-1": 1}
 
 
 async def test_event_rate_has_every_minute_and_counts_the_newest(store: EventStore) -> None:
@@ -140,11 +144,14 @@ async def test_recent_streams_newest_first_of_the_types_asked(store: EventStore)
     )
 
 
-async def test_max_payment_id(store: EventStore) -> None:
-    assert await views.max_payment_id(store) == 0
+async def test_max_payload_int(store: EventStore) -> None:
+    assert await views.max_payload_int(store, "PaymentCreated", "payment_id") == 0
     for n in (3, 41, 7):
         await store.append(f"payment-{n}", [created(n)])
-    assert await views.max_payment_id(store) == 41
+    await store.append("payment-99", [PaymentExpired(payment_id=99, expired_at=NOW)])
+    assert await views.max_payload_int(store, "PaymentCreated", "payment_id") == 41
+    assert await views.max_payload_int(store, "PaymentExpired", "payment_id") == 99
+    assert await views.max_payload_int(store, "PaymentCreated", "no_such_field") == 0
 
 
 async def test_ping_answers_and_a_lost_database_is_a_store_error(server_dsn: str) -> None:
