@@ -66,19 +66,19 @@ class _Transfer:
     value: int
 
 
-def _short(text: str, keep: int = 6) -> str:
+def short(text: str, keep: int = 6) -> str:
     return text if len(text) <= keep + 3 else f"{text[:keep]}..."
 
 
-def _wallet(text: str) -> str:
+def short_wallet(text: str) -> str:
     return text if len(text) <= 14 else f"{text[:6]}...{text[-5:]}"
 
 
-def _ton(nanotons: int) -> str:
+def ton(nanotons: int) -> str:
     return f"{format_ton(nanotons)} TON"
 
 
-def _clock(moment: datetime) -> str:
+def clock_time(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%H:%M:%S")
 
 
@@ -166,19 +166,19 @@ class StreamView:
                 return StreamLine(
                     f"payment {event.payment_id}",
                     f"created for user {event.user_id}: {event.plan} plan, "
-                    f"{_ton(event.amount_nanotons)}, memo {event.memo}, "
-                    f"pay by {_clock(event.expires_at)}",
+                    f"{ton(event.amount_nanotons)}, memo {event.memo}, "
+                    f"pay by {clock_time(event.expires_at)}",
                 )
             case PaymentConfirmed():
                 self._recorded_hashes.add(event.tx_hash)
                 extra = (
-                    f", {_ton(event.overpaid_nanotons)} more than asked"
+                    f", {ton(event.overpaid_nanotons)} more than asked"
                     if event.overpaid_nanotons
                     else ""
                 )
                 return StreamLine(
                     f"payment {event.payment_id}",
-                    f"CONFIRMED  {_ton(event.amount_nanotons)}  tx {_short(event.tx_hash)}{extra}",
+                    f"CONFIRMED  {ton(event.amount_nanotons)}  tx {short(event.tx_hash)}{extra}",
                     "good",
                 )
             case SubscriptionActivated():
@@ -192,21 +192,21 @@ class StreamView:
                 self._recorded_hashes.add(event.tx_hash)
                 return StreamLine(
                     f"payment {event.payment_id}",
-                    f"UNDERPAID  {_ton(event.amount_nanotons)} of "
-                    f"{_ton(event.expected_nanotons)}  tx {_short(event.tx_hash)}: not confirmed",
+                    f"UNDERPAID  {ton(event.amount_nanotons)} of "
+                    f"{ton(event.expected_nanotons)}  tx {short(event.tx_hash)}: not confirmed",
                     "warn",
                 )
             case LatePaymentReceived():
                 self._recorded_hashes.add(event.tx_hash)
                 return StreamLine(
                     f"payment {event.payment_id}",
-                    f"LATE  {_ton(event.amount_nanotons)} arrived after it expired  "
-                    f"tx {_short(event.tx_hash)}: kept for manual review",
+                    f"LATE  {ton(event.amount_nanotons)} arrived after it expired  "
+                    f"tx {short(event.tx_hash)}: kept for manual review",
                     "warn",
                 )
             case PaymentExpired():
                 due = self._expires.get(event.payment_id)
-                when = f" (due by {_clock(due)})" if due else ""
+                when = f" (due by {clock_time(due)})" if due else ""
                 return StreamLine(
                     f"payment {event.payment_id}", f"EXPIRED without a full payment{when}", "warn"
                 )
@@ -217,13 +217,13 @@ class StreamView:
             case RewardEarned():
                 return StreamLine(
                     f"user {event.user_id}",
-                    f"earned {_ton(event.amount_nanotons)}: {_source(event.source)}",
+                    f"earned {ton(event.amount_nanotons)}: {_source(event.source)}",
                 )
             case RewardCredited():
                 return StreamLine(
                     f"user {event.user_id}",
-                    f"credited {_ton(event.amount_nanotons)}, balance now "
-                    f"{_ton(event.balance_after_nanotons)}",
+                    f"credited {ton(event.amount_nanotons)}, balance now "
+                    f"{ton(event.balance_after_nanotons)}",
                     "good",
                 )
             case RewardFailed():
@@ -245,12 +245,12 @@ class StreamView:
                 )
             case ChannelPriceChanged():
                 was = (
-                    f" (was {_ton(event.old_price_nanotons)})"
+                    f" (was {ton(event.old_price_nanotons)})"
                     if event.old_price_nanotons is not None
                     else ""
                 )
                 return StreamLine(
-                    event.channel, f"priced {_ton(event.new_price_nanotons)}{was}", "good"
+                    event.channel, f"priced {ton(event.new_price_nanotons)}{was}", "good"
                 )
             case ChannelStatsFailed():
                 return StreamLine(
@@ -321,13 +321,13 @@ class StreamView:
     def _task(self, event: Any) -> list[StreamLine]:
         if isinstance(event, TaskFailed):
             return [
-                StreamLine(f"task {event.task_id}", f"failed: {_short(event.error, 100)}", "warn")
+                StreamLine(f"task {event.task_id}", f"failed: {short(event.error, 100)}", "warn")
             ]
         if isinstance(event, TaskDeadLettered):
             return [
                 StreamLine(
                     f"task {event.task_id}",
-                    f"DEAD-LETTERED after {event.attempts} attempts: {_short(event.error, 100)}",
+                    f"DEAD-LETTERED after {event.attempts} attempts: {short(event.error, 100)}",
                     "bad",
                 )
             ]
@@ -342,7 +342,7 @@ class StreamView:
         if event.healthy:
             return [StreamLine("health", f"healthy: all {len(event.checks)} checks pass", "good")]
         failing = "; ".join(f"{c.name}: {c.detail or 'failed'}" for c in event.checks if not c.ok)
-        return [StreamLine("health", f"FAILING: {_short(failing, 140)}", "warn")]
+        return [StreamLine("health", f"FAILING: {short(failing, 140)}", "warn")]
 
     def _scanned(self, last_lt: int) -> list[StreamLine]:
         lines = []
@@ -354,7 +354,7 @@ class StreamView:
                 lines.append(
                     StreamLine(
                         f"payment {transfer.payment_id}",
-                        f"another {_ton(transfer.value)} (tx {_short(tx_hash)}) scanned and "
+                        f"another {ton(transfer.value)} (tx {short(tx_hash)}) scanned and "
                         "NOT confirmed again: the payment is already paid (a refund case)",
                         "good",
                     )
@@ -387,7 +387,7 @@ class Console:
         return f"{code}{text}{_RESET}" if self.color and code else text
 
     def line(self, at: datetime, label: str, text: str, tone: Tone = "plain") -> None:
-        stamp = _clock(at)
+        stamp = clock_time(at)
         if self.color:
             stamp = f"{_DIM}{stamp}{_RESET}"
         mark = "> " if tone == "action" else "  "
@@ -403,7 +403,7 @@ class Console:
         print(self._paint(tone, text), file=self.out, flush=True)
 
 
-class _Follower:
+class Follower:
     """Follows the whole log with a subscription and tells it on the console."""
 
     def __init__(self, store: EventStore, console: Console, view: StreamView) -> None:

@@ -42,7 +42,7 @@ from events import (
 )
 from events.errors import ConfigError, I3laniError
 from ops.audit import AuditReport, run_audit
-from ops.demo.narration import Console, StreamView, Tone, _clock, _Follower, _ton
+from ops.demo.narration import Console, Follower, StreamView, Tone, clock_time, ton
 from ops.demo.scenario import (
     ADMIN_ID,
     FaultSwitch,
@@ -51,7 +51,7 @@ from ops.demo.scenario import (
     demo_settings,
     plan_scenario,
 )
-from ops.demo.simulation import DoublePayment, _Simulation
+from ops.demo.simulation import DoublePayment, Simulation
 from ops.demo_options import (
     RESERVED_DATABASES,
     DemoOptions,
@@ -285,7 +285,7 @@ def _summary(
             f"{_n(sum(tally.earned.values()), 'earned')} "
             f"({tally.earned.get('referral', 0)} for referrals, "
             f"{tally.earned.get('channel_addition', 0)} for channels); "
-            f"{tally.credited} credited, {_ton(tally.credited_nanotons)} in all; "
+            f"{tally.credited} credited, {ton(tally.credited_nanotons)} in all; "
             f"{tally.failed} failed; {report.summary.rewards_pending} pending",
             "plain",
         ),
@@ -518,14 +518,14 @@ async def _demo(
             webhook=f"{url}{config.webhook_path}",
             dashboard=outcome.dashboard_url,
         )
-        watcher = _Follower(watch_store, console, view)
+        watcher = Follower(watch_store, console, view)
         await tg.start(_as_service(follower, watcher.run))
         with stopper.phase():
             await _await_actors(supervisor)
 
         deadline = datetime.now(UTC) + timedelta(seconds=options.duration)
         async with httpx.AsyncClient(base_url=url, timeout=30.0) as client:
-            simulation = _Simulation(
+            simulation = Simulation(
                 scenario,
                 speed=options.speed,
                 settings=settings,
@@ -544,7 +544,7 @@ async def _demo(
                     await simulation.run()
                     console.note(
                         "the simulated users are done; everything keeps running until "
-                        f"{_clock(deadline)} for a look at the dashboard:"
+                        f"{clock_time(deadline)} for a look at the dashboard:"
                     )
                     console.note(f"  {outcome.dashboard_url}", "plain")
                     await anyio.sleep_forever()

@@ -17,7 +17,7 @@ import httpx
 
 from actors.config import Settings
 from actors.ton import payment_id_from_comment
-from ops.demo.narration import Console, StreamView, _short, _ton, _wallet
+from ops.demo.narration import Console, StreamView, short, short_wallet, ton
 from ops.demo.scenario import LATE_MARGIN, FaultSwitch, Scenario, SimUser
 from ops.standins import BotApiStandIn, TonApiStandIn
 
@@ -63,7 +63,7 @@ def _payment_link(reply: str) -> _Link | None:
     return _Link(address, amount, memo, payment_id)
 
 
-class _Simulation:
+class Simulation:
     """The simulated users: Telegram updates to the webhook, transfers on the chain."""
 
     def __init__(
@@ -166,11 +166,11 @@ class _Simulation:
         await anyio.sleep(wait)
         value = link.amount * user.amount_percent // 100
         what = {
-            "late": f"pays {_ton(value)} for payment {link.payment_id}, after it expired",
-            "underpay": f"pays {_ton(value)} of {_ton(link.amount)} for payment {link.payment_id}",
-            "overpay": f"pays {_ton(value)} for payment {link.payment_id} ({_ton(link.amount)} "
+            "late": f"pays {ton(value)} for payment {link.payment_id}, after it expired",
+            "underpay": f"pays {ton(value)} of {ton(link.amount)} for payment {link.payment_id}",
+            "overpay": f"pays {ton(value)} for payment {link.payment_id} ({ton(link.amount)} "
             "asked)",
-        }.get(user.role, f"pays {_ton(value)} to {_wallet(link.wallet)} with memo {link.memo}")
+        }.get(user.role, f"pays {ton(value)} to {short_wallet(link.wallet)} with memo {link.memo}")
         self._transfer(user, link, value, user.tx_hashes[0], what)
         if user.second_pay_after is None:
             return
@@ -180,7 +180,7 @@ class _Simulation:
             link,
             value,
             user.tx_hashes[1],
-            f"pays payment {link.payment_id} AGAIN: {_ton(value)}, same memo",
+            f"pays payment {link.payment_id} AGAIN: {ton(value)}, same memo",
         )
         self.doubles.append(
             DoublePayment(
@@ -193,7 +193,7 @@ class _Simulation:
         )
 
     def _transfer(self, user: SimUser, link: _Link, value: int, tx_hash: str, what: str) -> int:
-        self.console.act(f"user {user.user_id}", f"{what} (tx {_short(tx_hash)})")
+        self.console.act(f"user {user.user_id}", f"{what} (tx {short(tx_hash)})")
         tx = self.tonapi.transfer(
             link.wallet, source=user.wallet, value=value, comment=link.memo, tx_hash=tx_hash
         )

@@ -15,17 +15,31 @@ import anyio
 import msgspec
 from aiohttp import web
 
+__all__ = [
+    "DEFAULT_HANG",
+    "JSON_TYPE",
+    "StandIn",
+    "Fault",
+    "take_fault",
+    "check_times",
+    "ControlError",
+    "control_body",
+    "control_route",
+    "json_response",
+    "truncated",
+]
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_HANG: Final = 30.0  # seconds a "timeout" fault holds a request, unless told otherwise
 
-_JSON: Final = "application/json"
+JSON_TYPE: Final = "application/json"
 
 
 # -- shared server plumbing ---------------------------------------------------------------------
 
 
-class _StandIn(abc.ABC):
+class StandIn(abc.ABC):
     """An aiohttp server on ``host:port`` (port 0: a free one), run by ``async with``."""
 
     def __init__(self, *, host: str, port: int, hang: float) -> None:
@@ -101,31 +115,31 @@ class _StandIn(abc.ABC):
             await closing.wait()
 
 
-def _json_response(payload: object, status: int = 200) -> web.Response:
-    return web.Response(body=msgspec.json.encode(payload), status=status, content_type=_JSON)
+def json_response(payload: object, status: int = 200) -> web.Response:
+    return web.Response(body=msgspec.json.encode(payload), status=status, content_type=JSON_TYPE)
 
 
-def _truncated(response: web.Response) -> web.Response:
+def truncated(response: web.Response) -> web.Response:
     """The same answer with its body cut in half: valid HTTP, invalid JSON."""
     body = response.body if isinstance(response.body, bytes) else b"{}"
-    return web.Response(body=body[: max(len(body) // 2, 1)], status=200, content_type=_JSON)
+    return web.Response(body=body[: max(len(body) // 2, 1)], status=200, content_type=JSON_TYPE)
 
 
 _T = TypeVar("_T")
 
 
-class _ControlError(Exception):
+class ControlError(Exception):
     """A bad request to the ``/_standin/`` control API: answered 400 with the message."""
 
 
-async def _control_body(request: web.Request, kind: type[_T]) -> _T:
+async def control_body(request: web.Request, kind: type[_T]) -> _T:
     try:
         return msgspec.json.decode(await request.read(), type=kind)
     except msgspec.MsgspecError as exc:
-        raise _ControlError(f"bad body for {request.path}: {exc}") from exc
+        raise ControlError(f"bad body for {request.path}: {exc}") from exc
 
 
-def _control(
+def control_route(
     handler: Callable[[web.Request], Awaitable[object]],
 ) -> Callable[[web.Request], Awaitable[web.Response]]:
     """A control endpoint: its result as JSON, a bad request as 400 ``{"error": ...}``."""
@@ -133,14 +147,14 @@ def _control(
     async def wrapped(request: web.Request) -> web.Response:
         try:
             result = await handler(request)
-        except (_ControlError, ValueError) as exc:  # ValueError: refused arguments
-            return _json_response({"error": str(exc)}, status=400)
-        return _json_response(result)
+        except (ControlError, ValueError) as exc:  # ValueError: refused arguments
+            return json_response({"error": str(exc)}, status=400)
+        return json_response(result)
 
     return wrapped
 
 
-class _Fault(msgspec.Struct):
+class Fault(msgspec.Struct):
     """One queued fault; ``remaining`` ``None`` means until healed."""
 
     mode: str
@@ -151,7 +165,7 @@ class _Fault(msgspec.Struct):
     error: str | None = None
 
 
-def _take(queue: deque[_Fault]) -> _Fault | None:
+def take_fault(queue: deque[Fault]) -> Fault | None:
     """The fault for this request, consumed from the front of ``queue``."""
     if not queue:
         return None
@@ -163,6 +177,6 @@ def _take(queue: deque[_Fault]) -> _Fault | None:
     return fault
 
 
-def _check_times(times: int | None) -> None:
+def check_times(times: int | None) -> None:
     if times is not None and (isinstance(times, bool) or times < 1):
         raise ValueError(f"times must be 1 or more, or None for until healed; got {times!r}")

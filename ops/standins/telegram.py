@@ -15,16 +15,16 @@ import msgspec
 from aiohttp import web
 
 from ops.standins.server import (
-    _JSON,
     DEFAULT_HANG,
-    _check_times,
-    _control,
-    _control_body,
-    _Fault,
-    _json_response,
-    _StandIn,
-    _take,
-    _truncated,
+    JSON_TYPE,
+    Fault,
+    StandIn,
+    check_times,
+    control_body,
+    control_route,
+    json_response,
+    take_fault,
+    truncated,
 )
 
 BotApiFaultMode = Literal["500", "timeout", "garbage"]
@@ -70,7 +70,7 @@ class _ApiError(Exception):
         }
         if self.retry_after is not None:
             payload["parameters"] = {"retry_after": self.retry_after}
-        return _json_response(payload, self.error_code)
+        return json_response(payload, self.error_code)
 
 
 class _ChatFault(msgspec.Struct):
@@ -137,7 +137,7 @@ def _chat_id(chat: object) -> int | str:
 _Handler: TypeAlias = Callable[[dict[str, Any]], Awaitable[object]]
 
 
-class BotApiStandIn(_StandIn):
+class BotApiStandIn(StandIn):
     """The Telegram Bot API on 127.0.0.1 for one bot ``token``, with per-chat faults."""
 
     def __init__(
@@ -174,7 +174,7 @@ class BotApiStandIn(_StandIn):
         self.webhook_secret: str | None = None
         self._member_counts: dict[str, int] = {}
         self._chat_faults: dict[str, deque[_ChatFault]] = {}
-        self._method_faults: dict[str, deque[_Fault]] = {}
+        self._method_faults: dict[str, deque[Fault]] = {}
         self._message_ids: dict[str, int] = {}
         self._handlers: dict[str, tuple[str, _Handler]] = {
             name.lower(): (name, handler)
@@ -219,7 +219,7 @@ class BotApiStandIn(_StandIn):
         """
         if not 400 <= error_code <= 599:
             raise ValueError(f"error_code must be a 4xx or 5xx, got {error_code}")
-        _check_times(times)
+        check_times(times)
         if retry_after is not None and (isinstance(retry_after, bool) or retry_after < 0):
             raise ValueError(f"retry_after is whole seconds, >= 0; got {retry_after!r}")
         if description is None:
@@ -252,9 +252,9 @@ class BotApiStandIn(_StandIn):
             raise ValueError(
                 f"mode must be one of {', '.join(get_args(BotApiFaultMode))}; got {mode!r}"
             )
-        _check_times(times)
+        check_times(times)
         self._method_faults.setdefault(method.lower(), deque()).append(
-            _Fault(mode, times, hang=hang)
+            Fault(mode, times, hang=hang)
         )
 
     def heal(self) -> None:
@@ -266,12 +266,12 @@ class BotApiStandIn(_StandIn):
 
     def _add_routes(self, app: web.Application) -> None:
         app.router.add_route("*", "/bot{token}/{method}", self._api)
-        app.router.add_post("/_standin/member_count", _control(self._control_member_count))
-        app.router.add_post("/_standin/fail_chat", _control(self._control_fail_chat))
-        app.router.add_post("/_standin/fail", _control(self._control_fail))
-        app.router.add_post("/_standin/heal", _control(self._control_heal))
-        app.router.add_get("/_standin/sent", _control(self._control_sent))
-        app.router.add_get("/_standin/calls", _control(self._control_calls))
+        app.router.add_post("/_standin/member_count", control_route(self._control_member_count))
+        app.router.add_post("/_standin/fail_chat", control_route(self._control_fail_chat))
+        app.router.add_post("/_standin/fail", control_route(self._control_fail))
+        app.router.add_post("/_standin/heal", control_route(self._control_heal))
+        app.router.add_get("/_standin/sent", control_route(self._control_sent))
+        app.router.add_get("/_standin/calls", control_route(self._control_calls))
 
     async def _api(self, request: web.Request) -> web.Response:
         if request.match_info["token"] != self._token:
@@ -284,7 +284,7 @@ class BotApiStandIn(_StandIn):
         known = self._handlers.get(name.lower())
         method, handler = known if known else (name, None)
         self.calls.append(BotApiCall(method, params))
-        fault = _take(self._method_faults.get(name.lower(), deque())) or _take(
+        fault = take_fault(self._method_faults.get(name.lower(), deque())) or take_fault(
             self._method_faults.get("*", deque())
         )
         if fault is not None and fault.mode == "500":
@@ -293,7 +293,7 @@ class BotApiStandIn(_StandIn):
             await self._hold(self.hang if fault.hang is None else fault.hang)
         response = await self._answer(handler, params)
         if fault is not None and fault.mode == "garbage":
-            return _truncated(response)
+            return truncated(response)
         return response
 
     async def _answer(self, handler: _Handler | None, params: dict[str, Any]) -> web.Response:
@@ -302,8 +302,8 @@ class BotApiStandIn(_StandIn):
         except _ApiError as exc:
             return exc.response()
         if isinstance(result, _WithDescription):
-            return _json_response({"ok": True, "result": result.result, "description": result.text})
-        return _json_response({"ok": True, "result": result})
+            return json_response({"ok": True, "result": result.result, "description": result.text})
+        return json_response({"ok": True, "result": result})
 
     async def _call(self, handler: _Handler | None, params: dict[str, Any]) -> object:
         """The method's result; raises :class:`_ApiError` for an error answer."""
@@ -404,17 +404,17 @@ class BotApiStandIn(_StandIn):
     # -- control --------------------------------------------------------------------------------
 
     async def _control_member_count(self, request: web.Request) -> object:
-        body = await _control_body(request, _MemberCountBody)
+        body = await control_body(request, _MemberCountBody)
         self.set_member_count(body.chat, body.count)
         return {"ok": True}
 
     async def _control_fail_chat(self, request: web.Request) -> object:
-        body = await _control_body(request, _FailChatBody)
+        body = await control_body(request, _FailChatBody)
         self.fail_chat(body.chat, body.error_code, body.description, body.retry_after, body.times)
         return {"ok": True}
 
     async def _control_fail(self, request: web.Request) -> object:
-        body = await _control_body(request, _BotFailBody)
+        body = await control_body(request, _BotFailBody)
         self.fail(body.method, body.mode, body.times, hang=body.hang)
         return {"ok": True}
 
@@ -458,7 +458,7 @@ async def _read_params(request: web.Request) -> dict[str, Any]:
     """The call's parameters: query string, then a form or JSON body on top."""
     params: dict[str, Any] = dict(request.query)
     if request.can_read_body:
-        if request.content_type == _JSON:
+        if request.content_type == JSON_TYPE:
             raw = await request.read()
             try:
                 data = json.loads(raw) if raw.strip() else {}

@@ -19,17 +19,17 @@ from aiohttp import web
 
 from actors.ton import Address, InvalidAddress
 from ops.standins.server import (
-    _JSON,
     DEFAULT_HANG,
-    _check_times,
-    _control,
-    _control_body,
-    _ControlError,
-    _Fault,
-    _json_response,
-    _StandIn,
-    _take,
-    _truncated,
+    JSON_TYPE,
+    ControlError,
+    Fault,
+    StandIn,
+    check_times,
+    control_body,
+    control_route,
+    json_response,
+    take_fault,
+    truncated,
 )
 
 logger = logging.getLogger(__name__)
@@ -122,7 +122,7 @@ def _message_body(op: TransferOp, comment: str | None, sender: Address) -> dict[
     return {"op_code": op_code, "decoded_op_name": name, "decoded_body": body}
 
 
-class TonApiStandIn(_StandIn):
+class TonApiStandIn(StandIn):
     """TonAPI on 127.0.0.1: a simulated chain, its transactions endpoint and faults."""
 
     def __init__(
@@ -136,7 +136,7 @@ class TonApiStandIn(_StandIn):
         self.indexing_latency = 0
         self._chain: dict[Address, list[dict[str, Any]]] = {}
         self._balances: dict[Address, int] = {}
-        self._faults: deque[_Fault] = deque()
+        self._faults: deque[Fault] = deque()
         self._next_lt = _FIRST_LT
         self._seqno = _FIRST_SEQNO
 
@@ -311,11 +311,11 @@ class TonApiStandIn(_StandIn):
             raise ValueError(
                 f"mode must be one of {', '.join(get_args(TonApiFaultMode))}; got {mode!r}"
             )
-        _check_times(times)
+        check_times(times)
         if status is not None and not 200 <= status <= 599:
             raise ValueError(f"status must be an HTTP status, got {status}")
         self._faults.append(
-            _Fault(mode, times, hang=hang, retry_after=retry_after, status=status, error=error)
+            Fault(mode, times, hang=hang, retry_after=retry_after, status=status, error=error)
         )
 
     def heal(self) -> None:
@@ -327,13 +327,13 @@ class TonApiStandIn(_StandIn):
     def _add_routes(self, app: web.Application) -> None:
         app.router.add_get("/v2/blockchain/accounts/{account_id}/transactions", self._transactions)
         app.router.add_get("/v2/status", self._status)
-        app.router.add_post("/_standin/transfer", _control(self._control_transfer))
-        app.router.add_post("/_standin/add_raw", _control(self._control_add_raw))
-        app.router.add_post("/_standin/fail", _control(self._control_fail))
-        app.router.add_post("/_standin/heal", _control(self._control_heal))
-        app.router.add_post("/_standin/rest_online", _control(self._control_rest_online))
-        app.router.add_get("/_standin/requests", _control(self._control_requests))
-        app.router.add_get("/_standin/transactions", _control(self._control_transactions))
+        app.router.add_post("/_standin/transfer", control_route(self._control_transfer))
+        app.router.add_post("/_standin/add_raw", control_route(self._control_add_raw))
+        app.router.add_post("/_standin/fail", control_route(self._control_fail))
+        app.router.add_post("/_standin/heal", control_route(self._control_heal))
+        app.router.add_post("/_standin/rest_online", control_route(self._control_rest_online))
+        app.router.add_get("/_standin/requests", control_route(self._control_requests))
+        app.router.add_get("/_standin/transactions", control_route(self._control_transactions))
 
     async def _serve(
         self,
@@ -350,7 +350,7 @@ class TonApiStandIn(_StandIn):
                 request.headers.get("Authorization"),
             )
         )
-        fault = _take(self._faults)
+        fault = take_fault(self._faults)
         if fault is None:
             return answer()
         logger.debug(
@@ -361,7 +361,7 @@ class TonApiStandIn(_StandIn):
         )
         match fault.mode:
             case "500":
-                return _json_response({"error": fault.error or "internal server error"}, 500)
+                return json_response({"error": fault.error or "internal server error"}, 500)
             case "502":
                 return web.Response(
                     text="<html><head><title>502 Bad Gateway</title></head><body>"
@@ -377,18 +377,18 @@ class TonApiStandIn(_StandIn):
                 return web.Response(
                     body=msgspec.json.encode(body),
                     status=429,
-                    content_type=_JSON,
+                    content_type=JSON_TYPE,
                     headers=headers,
                 )
             case "timeout":
                 await self._hold(self.hang if fault.hang is None else fault.hang)
                 return answer()
             case "garbage":
-                return _truncated(answer())
+                return truncated(answer())
             case "wrong_type":
                 return spoil(answer())
             case _:  # "error_body"
-                return _json_response(
+                return json_response(
                     {"error": fault.error or "invalid request"}, fault.status or 400
                 )
 
@@ -402,17 +402,17 @@ class TonApiStandIn(_StandIn):
         try:
             account = Address.parse(account_id)
         except InvalidAddress as exc:
-            return _json_response({"error": f"can't decode address {account_id}: {exc}"}, 400)
+            return json_response({"error": f"can't decode address {account_id}: {exc}"}, 400)
         query = request.query
         try:
             after_lt = _int_param(query, "after_lt", minimum=0)
             before_lt = _int_param(query, "before_lt", minimum=0)
             limit = _int_param(query, "limit", minimum=1, maximum=1000)
         except ValueError as exc:
-            return _json_response({"error": str(exc)}, 400)
+            return json_response({"error": str(exc)}, 400)
         sort_order = query.get("sort_order", "desc")
         if sort_order not in ("asc", "desc"):
-            return _json_response(
+            return json_response(
                 {"error": f"decode params: query: sort_order: invalid value: {sort_order}"},
                 400,
             )
@@ -424,13 +424,13 @@ class TonApiStandIn(_StandIn):
         ]
         if sort_order == "desc":
             selected.reverse()
-        return _json_response({"transactions": selected[: 100 if limit is None else limit]})
+        return json_response({"transactions": selected[: 100 if limit is None else limit]})
 
     async def _status(self, request: web.Request) -> web.Response:
         return await self._serve(request, self._status_answer, _spoil_status)
 
     def _status_answer(self) -> web.Response:
-        return _json_response(
+        return json_response(
             {
                 "rest_online": self.rest_online,
                 "indexing_latency": self.indexing_latency,
@@ -439,19 +439,19 @@ class TonApiStandIn(_StandIn):
         )
 
     async def _control_transfer(self, request: web.Request) -> object:
-        body = await _control_body(request, _TransferBody)
+        body = await control_body(request, _TransferBody)
         return self.transfer(**msgspec.structs.asdict(body))
 
     async def _control_add_raw(self, request: web.Request) -> object:
-        body = await _control_body(request, _RawBody)
+        body = await control_body(request, _RawBody)
         try:
             self.add_raw(body.wallet, body.tx)
         except TypeError as exc:
-            raise _ControlError(str(exc)) from exc
+            raise ControlError(str(exc)) from exc
         return {"ok": True}
 
     async def _control_fail(self, request: web.Request) -> object:
-        body = await _control_body(request, _TonFailBody)
+        body = await control_body(request, _TonFailBody)
         self.fail(
             body.mode,
             body.times,
@@ -467,7 +467,7 @@ class TonApiStandIn(_StandIn):
         return {"ok": True}
 
     async def _control_rest_online(self, request: web.Request) -> object:
-        body = await _control_body(request, _OnlineBody)
+        body = await control_body(request, _OnlineBody)
         self.rest_online = body.online
         if body.indexing_latency is not None:
             self.indexing_latency = body.indexing_latency
@@ -479,7 +479,7 @@ class TonApiStandIn(_StandIn):
     async def _control_transactions(self, request: web.Request) -> object:
         wallet = request.query.get("wallet")
         if wallet is None:
-            raise _ControlError("give the account as ?wallet=<address>")
+            raise ControlError("give the account as ?wallet=<address>")
         return self.transactions(wallet)
 
 
@@ -508,10 +508,10 @@ def _spoil_transactions(response: web.Response) -> web.Response:
         first["lt"] = str(first["lt"])
     else:
         payload = {"transactions": {"error": "not a list"}}
-    return _json_response(payload)
+    return json_response(payload)
 
 
 def _spoil_status(response: web.Response) -> web.Response:
     payload = json.loads(response.body if isinstance(response.body, bytes) else b"{}")
     payload["rest_online"] = str(payload.get("rest_online")).lower()
-    return _json_response(payload)
+    return json_response(payload)
