@@ -38,7 +38,7 @@ from events import (
     SubscriptionActivated,
 )
 from events.payments import LatePaymentReceived, PaymentUnderpaid
-from store import RecordedEvent
+from store import RecordedEvent, views
 from store.tasks import TaskQueue
 
 __all__ = ["Cleanup", "CleanupState", "CleanupDone", "STALE_AFTER", "CLEANUP_STREAM"]
@@ -153,16 +153,4 @@ class Cleanup(Actor[CleanupState]):
 
     async def _prune_samples(self, runner: ActorRunner[CleanupState], before: datetime) -> int:
         """Delete health samples older than ``before``, ``BATCH`` rows per statement."""
-        removed = 0
-        while True:
-            status = await runner.store.execute_sql(
-                "DELETE FROM i3lani.health_samples WHERE id IN ("
-                " SELECT id FROM i3lani.health_samples WHERE checked_at < $1"
-                " ORDER BY id LIMIT $2)",
-                before,
-                BATCH,
-            )
-            count = int(status.split()[-1])
-            removed += count
-            if count < BATCH:
-                return removed
+        return await views.prune_health_samples(runner.store, before, batch_size=BATCH)

@@ -53,8 +53,9 @@ from actors.telegram import TelegramClient, make_bot
 from actors.tonapi import TonApiClient
 from events import AlertRaised, HealthCheck, HealthChecked
 from events.errors import I3laniError
-from store import EventStore, Fence, RecordedEvent, Transaction
+from store import EventStore, Fence, RecordedEvent, Transaction, views
 from store.tasks import TaskContext, TaskQueue
+from store.views import HealthSample
 from supervisor import actor_status
 
 __all__ = [
@@ -270,11 +271,16 @@ class HealthChecker(Actor[HealthState]):
         for emit in emits:
             event = emit.event
             if isinstance(event, HealthChecked):
-                await tx.connection.executemany(
-                    "INSERT INTO i3lani.health_samples (checked_at, name, ok, latency_ms, detail)"
-                    " VALUES ($1, $2, $3, $4, $5)",
+                await views.record_health_samples(
+                    tx,
                     [
-                        (event.checked_at, c.name, c.ok, c.latency_ms, c.detail)
+                        HealthSample(
+                            checked_at=event.checked_at,
+                            name=c.name,
+                            ok=c.ok,
+                            latency_ms=c.latency_ms,
+                            detail=c.detail,
+                        )
                         for c in event.checks
                     ],
                 )
@@ -362,12 +368,12 @@ class HealthChecker(Actor[HealthState]):
         return HealthReport(checks=checks, checked_at=clock.now())
 
     async def _reachable(self, store: EventStore) -> str:
-        await store.execute_sql("SELECT 1")
+        await views.ping(store)
         return ""
 
     async def _database(self, store: EventStore) -> str:
         started = time.perf_counter()
-        await store.execute_sql("SELECT 1")
+        await views.ping(store)
         took = time.perf_counter() - started
         if took > SLOW_DATABASE:
             raise I3laniError(f"round trip took {took:.1f}s")

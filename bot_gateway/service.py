@@ -32,7 +32,6 @@ from datetime import datetime, timedelta
 from typing import Final, TypeVar
 
 import anyio
-import asyncpg
 import msgspec
 
 from actors.channel_analytics import channel_stream
@@ -65,7 +64,7 @@ from events import (
 )
 from events.errors import ConcurrencyConflict, EventIdReused, StoreUnavailable
 from ops.control import issue_command, operator_command
-from store import NO_STREAM, EventStore, NewEvent
+from store import NO_STREAM, EventStore, NewEvent, views
 from supervisor import actor_status
 
 __all__ = [
@@ -82,15 +81,6 @@ _NAMESPACE: Final = uuid.UUID("5d1f0b7e-4c7a-4a63-9a55-0f3b8e6c2d41")
 PAYMENT_ID_ATTEMPTS: Final = 20
 APPEND_ATTEMPTS: Final = 20
 """Tries of a registration whose reward's stream another writer keeps appending to."""
-
-# The largest payment id ever created. events_type_idx makes this an index scan over
-# PaymentCreated rows only; it runs once per process and again after an id conflict.
-_MAX_PAYMENT_ID_SQL: Final = """
-SELECT coalesce(max((payload->>'payment_id')::bigint), 0)
-FROM i3lani.events
-WHERE type = 'PaymentCreated'
-"""
-_DRIVER_ERRORS: Final = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError)
 
 
 def reward_id_for(reason: str, source: str) -> uuid.UUID:
@@ -311,10 +301,10 @@ class Gateway:
     async def _allocate_payment_id(self) -> int:
         async with self._id_lock:
             if self._next_payment_id is None:
-                try:
-                    largest: int = await self.store.pool.fetchval(_MAX_PAYMENT_ID_SQL)
-                except _DRIVER_ERRORS as exc:
-                    raise StoreUnavailable(f"cannot read payment ids: {exc}") from exc
+                # Once per process, and again after an id conflict.
+                largest = await views.max_payload_int(
+                    self.store, self.store.registry.tag_of(PaymentCreated), "payment_id"
+                )
                 self._next_payment_id = largest + 1
             payment_id = self._next_payment_id
             self._next_payment_id += 1

@@ -30,6 +30,7 @@ errors (asyncpg, httpx) are translated once, at the boundary that meets them, wi
         ├── CheckpointConflict      a subscriber's checkpoint moved under it
         ├── StaleGeneration         a fenced append from a lease generation since replaced
         ├── StoreUnavailable        PostgreSQL cannot be reached (retry later)
+        ├── store.admin.DatabaseRefused   PostgreSQL refused to create or drop a database
         └── MigrationError          the schema cannot be brought up to date
 """
 

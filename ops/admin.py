@@ -51,7 +51,6 @@ from importlib import resources
 from typing import Annotated, Any, Final, Literal
 
 import anyio
-import asyncpg
 import msgspec
 from aiohttp import web
 
@@ -59,6 +58,7 @@ from actors.health import HEALTH_STREAM, LAG_LIMIT, checkpoint_lag
 from actors.names import ACTOR_NAMES, CATEGORIES, DEFAULT_ACTORS, UnknownActor
 from actors.tasks import task_types
 from events import (
+    DEFAULT_REGISTRY,
     NANOTONS_PER_TON,
     ActorBackoffScheduled,
     ActorCrashed,
@@ -77,9 +77,9 @@ from events import (
 )
 from events.errors import InvalidEvent, StoreUnavailable
 from ops.control import ACTIONS, UnknownAction, issue_command, operator_command
-from store import EventStore, OpenTransaction, RecordedEvent
-from store.queries import query
+from store import EventStore, OpenTransaction, RecordedEvent, views
 from store.tasks import DeadTask, TaskQueue
+from store.views import MinuteCount
 from supervisor import ActorStatus, StatusState, actor_status
 
 __all__ = [
@@ -123,14 +123,7 @@ EVENTS_PAGE_MAX: Final = 500
 EVENTS_SCAN_BUDGET: Final = 5_000
 REASON_MAX: Final = 500
 _SESSION_PURPOSE: Final = b"i3lani admin dashboard session v1"
-_DATABASE_DOWN: Final[tuple[type[BaseException], ...]] = (
-    StoreUnavailable,
-    OSError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.exceptions.CannotConnectNowError,
-    asyncpg.exceptions.AdminShutdownError,
-)
+_DATABASE_DOWN: Final[tuple[type[BaseException], ...]] = (StoreUnavailable, OSError)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Access = Literal["api", "browser", "page"]
@@ -347,13 +340,9 @@ async def shown_statuses(store: EventStore, now: datetime) -> list[ActorStatus]:
 
 async def collect_metrics(store: EventStore, now: datetime) -> list[MetricFamily]:
     """Every metric of ``/metrics``, read from the log, the task queue and the checkpoints."""
-    by_type: dict[str, int] = {
-        row["type"]: row["events"] for row in await store.pool.fetch(query("admin_events_by_type"))
-    }
-    restarts = {
-        row["stream"].removeprefix("actor-"): row["restarts"]
-        for row in await store.pool.fetch(query("admin_restarts_by_actor"))
-    }
+    by_type = await views.events_by_type(store)
+    restarted = await views.events_per_stream(store, store.registry.tag_of(ActorRestarted))
+    restarts = {stream.removeprefix("actor-"): count for stream, count in restarted.items()}
     statuses = await shown_statuses(store, now)
     writer = await store.oldest_writer()
     counts = await TaskQueue(store, task_types()).counts()
@@ -501,7 +490,7 @@ _PAYMENT_EVENTS: Final = (
     LatePaymentReceived,
     SubscriptionActivated,
 )
-PAYMENT_TYPES: Final = tuple(cls.__struct_config__.tag for cls in _PAYMENT_EVENTS)
+PAYMENT_TYPES: Final = tuple(DEFAULT_REGISTRY.tag_of(cls) for cls in _PAYMENT_EVENTS)
 
 
 class PaymentRow(msgspec.Struct, kw_only=True):
@@ -550,11 +539,6 @@ _PAID_STATE: Final[dict[type, PaymentState]] = {
     PaymentUnderpaid: "underpaid",
     LatePaymentReceived: "late",
 }
-
-
-class MinuteCount(msgspec.Struct, frozen=True):
-    minute: datetime
-    events: int
 
 
 class EventRate(msgspec.Struct, frozen=True, kw_only=True):
@@ -678,8 +662,7 @@ async def _actor_views(store: EventStore, now: datetime) -> list[dict[str, Any]]
 
 
 async def _event_rate(store: EventStore) -> EventRate:
-    rows = await store.pool.fetch(query("admin_event_rate"), RATE_MINUTES, RATE_SCAN_LIMIT)
-    minutes = [MinuteCount(row["minute"], row["events"]) for row in rows]
+    minutes = await views.event_rate(store, RATE_MINUTES, RATE_SCAN_LIMIT)
     return EventRate(minutes=minutes, capped=sum(m.events for m in minutes) >= RATE_SCAN_LIMIT)
 
 
@@ -720,12 +703,12 @@ class _PaymentCache:
         self._rows: dict[str, tuple[int, PaymentRow | None]] = {}
 
     async def recent(self, store: EventStore) -> list[PaymentRow]:
-        found = await store.pool.fetch(
-            query("admin_recent_payments"), PAYMENTS_SHOWN, PAYMENTS_SCAN_LIMIT, PAYMENT_TYPES
+        found = await views.recent_streams(
+            store, "payment", PAYMENT_TYPES, shown=PAYMENTS_SHOWN, scan_limit=PAYMENTS_SCAN_LIMIT
         )
         rows: dict[str, tuple[int, PaymentRow | None]] = {}
-        for record in found:
-            stream, last = record["stream"], record["last_position"]
+        for recent in found:
+            stream, last = recent.stream, recent.last_position
             cached = self._rows.get(stream)
             if cached is None or cached[0] != last:
                 cached = (last, fold_payment(await store.read_stream(stream, skip_unknown=True)))

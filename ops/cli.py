@@ -54,8 +54,8 @@ from store import (
     migrate,
     migrations,
     redact_dsn,
+    views,
 )
-from store.queries import query
 from store.tasks import DeadTask, TaskQueue, TypeCounts
 from supervisor import ActorStatus, Supervisor, actor_status
 
@@ -226,39 +226,38 @@ async def cmd_migrate(dsn: str, args: argparse.Namespace, out: TextIO) -> int:
 async def cmd_summary(dsn: str, args: argparse.Namespace, out: TextIO) -> int:
     await migrate(dsn)
     async with EventStore.open(dsn, min_connections=1, max_connections=2) as store:
-        totals = await store.pool.fetchrow(query("summary_totals"))
-        by_type = await store.pool.fetch(query("summary_by_type"))
-        checkpoints = await store.pool.fetch(query("checkpoints"))
-    assert totals is not None
+        totals = await views.summary(store)
     print(f"i3lani event log at {redact_dsn(dsn)}", file=out)
-    if totals["events"] == 0:
+    if totals.events == 0:
         print("  empty: 0 events (the gateway and the actors will write here)", file=out)
     else:
+        assert totals.first_recorded_at is not None
+        assert totals.last_recorded_at is not None
         print(
-            f"  {totals['events']} events in {totals['streams']} streams, "
-            f"last global position {totals['last_position']}",
+            f"  {totals.events} events in {totals.streams} streams, "
+            f"last global position {totals.last_position}",
             file=out,
         )
         print(
-            f"  from {format_time(totals['first_recorded_at'])} "
-            f"to {format_time(totals['last_recorded_at'])}",
+            f"  from {format_time(totals.first_recorded_at)} "
+            f"to {format_time(totals.last_recorded_at)}",
             file=out,
         )
         print("", file=out)
         print(f"  {'category':<12} {'type':<24} {'events':>9}  last recorded", file=out)
-        for row in by_type:
+        for row in totals.by_type:
             print(
-                f"  {row['category']:<12} {row['type']:<24} {row['events']:>9}  "
-                f"{format_time(row['last_recorded_at'])}",
+                f"  {row.category:<12} {row.type:<24} {row.events:>9}  "
+                f"{format_time(row.last_recorded_at)}",
                 file=out,
             )
     print("", file=out)
-    if checkpoints:
+    if totals.checkpoints:
         print(f"  {'subscriber':<28} {'at position':>11} {'behind':>8}  updated", file=out)
-        for row in checkpoints:
+        for checkpoint in totals.checkpoints:
             print(
-                f"  {row['name']:<28} {row['global_position']:>11} {row['behind']:>8}  "
-                f"{format_time(row['updated_at'])}",
+                f"  {checkpoint.name:<28} {checkpoint.global_position:>11} "
+                f"{checkpoint.behind:>8}  {format_time(checkpoint.updated_at)}",
                 file=out,
             )
     else:

@@ -1,8 +1,8 @@
 """The ``i3lani`` console script's entry point.
 
-Until a command is actually running, an interrupt has nothing to clean up: importing the
-command line takes a second or two (aiogram, pydantic, asyncpg) and then a command connects and
-migrates. A Ctrl-C in that moment ends the command quietly with the shell's usual 130, and a
+Until a command is actually running, an interrupt has nothing to clean up: importing the command
+line takes a second or two (aiogram, pydantic, the database driver) and then a command connects
+and migrates. A Ctrl-C in that moment ends the command quietly with the shell's usual 130, and a
 SIGTERM (Render stopping an instance that a deploy replaces while it still starts) with 0,
 instead of a traceback or the bare signal's 143. Once a long-running command runs, its own
 handlers take over both signals and stop it cleanly (``ops.cli.run_until_signalled``).

@@ -34,7 +34,6 @@ from typing import Any, Final
 
 import aiohttp
 import anyio
-import asyncpg
 import msgspec
 from anyio.abc import Process
 
@@ -64,6 +63,7 @@ from events import (
 from events.errors import I3laniError
 from ops.admin import serve_admin_app
 from store import EventStore, TaskProcessor, TaskQueue, TaskTypes, database_url, migrate
+from store.admin import backdate_events, create_database, drop_database
 from store.database import with_database
 from store.tasks import RetryPolicy, TaskContext
 
@@ -638,24 +638,7 @@ async def seed_showcase(store: EventStore, dsn: str, now: datetime | None = None
         positions.append(result.last_position)
         moments.append(moment)
     await _tasks(store)
-    connection = await asyncpg.connect(dsn)
-    try:
-        async with connection.transaction():
-            await connection.execute(
-                "ALTER TABLE i3lani.events DISABLE TRIGGER events_append_only_row"
-            )
-            await connection.execute(
-                "UPDATE i3lani.events e SET recorded_at = v.at"
-                " FROM unnest($1::bigint[], $2::timestamptz[]) AS v(position, at)"
-                " WHERE e.global_position = v.position",
-                positions,
-                moments,
-            )
-            await connection.execute(
-                "ALTER TABLE i3lani.events ENABLE TRIGGER events_append_only_row"
-            )
-    finally:
-        await connection.close()
+    await backdate_events(dsn, positions, moments)
 
 
 # -- the screenshots ---------------------------------------------------------------------------
@@ -663,16 +646,15 @@ async def seed_showcase(store: EventStore, dsn: str, now: datetime | None = None
 async def scratch_database(server_dsn: str) -> AsyncIterator[str]:
     """A new, migrated database on the server of ``server_dsn``, dropped on exit."""
     name = f"i3lani_screenshot_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(with_database(server_dsn, "postgres"))
+    server = with_database(server_dsn, "postgres")
+    await create_database(server, name)
     try:
-        await admin.execute(f"CREATE DATABASE {name}")
         dsn = with_database(server_dsn, name)
         await migrate(dsn)
         yield dsn
     finally:
         with anyio.CancelScope(shield=True):
-            await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-            await admin.close()
+            await drop_database(server, name)
 
 
 async def take_screenshots(server_dsn: str, out: Path, executable: str | None = None) -> list[Path]:

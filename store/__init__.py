@@ -4,10 +4,13 @@ Public API::
 
     from store import EventStore, ANY, NO_STREAM, STREAM_EXISTS, START, migrate, database_url
     from store import TaskQueue, TaskProcessor, TaskTypes, RetryPolicy   # the task queue
+    from store import views      # read models and queries: views.summary(store), ...
+    from store import admin      # databases: create_database, drop_database, ...
 
 See :mod:`store.eventstore` for the guarantees, ``store/sql/`` for the SQL and the reasoning
 behind its ordering and locking. This package knows nothing of payments or actors; the task queue
-(:mod:`store.tasks`) runs whatever task types an application registers.
+(:mod:`store.tasks`) runs whatever task types an application registers. Only this package
+imports the database driver or runs SQL; everything else calls its named functions.
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
-"""Named SQL queries, read once from ``sql/queries.sql``.
+"""Named SQL queries, read once from ``sql/queries.sql`` and ``sql/views.sql``.
 
-The file is the single place where the store's SQL lives, with the reasoning for ordering
-and locking written beside each statement.
+The files are the single place where the store's SQL lives, with the reasoning for ordering
+and locking written beside each statement: ``queries.sql`` the event log's and the task
+queue's, ``views.sql`` the read models and the rest that :mod:`store.views` and
+:mod:`store.admin` run. Both share one namespace of names.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from importlib import resources
 __all__ = ["query", "sql_file"]
 
 _NAME = re.compile(r"^-- name: (?P<name>[a-z_]+)\s*$", re.MULTILINE)
+_FILES = ("queries.sql", "views.sql")
 
 
 def sql_file(relative: str) -> str:
@@ -22,8 +25,17 @@ def sql_file(relative: str) -> str:
 
 @cache
 def _queries() -> dict[str, str]:
-    text = sql_file("queries.sql")
     found: dict[str, str] = {}
+    for relative in _FILES:
+        for name, statement in _named(sql_file(relative)):
+            if name in found:
+                raise ValueError(f"query {name!r} is defined twice (again in {relative})")
+            found[name] = statement
+    return found
+
+
+def _named(text: str) -> list[tuple[str, str]]:
+    found: list[tuple[str, str]] = []
     matches = list(_NAME.finditer(text))
     for match, following in zip(matches, [*matches[1:], None], strict=True):
         end = following.start() if following is not None else len(text)
@@ -33,7 +45,7 @@ def _queries() -> dict[str, str]:
             for line in body.splitlines()
             if line.strip() and not line.lstrip().startswith("--")
         ).strip()
-        found[match.group("name")] = statement.rstrip(";")
+        found.append((match.group("name"), statement.rstrip(";")))
     return found
 
 

@@ -1,0 +1,199 @@
+"""Read models and queries outside the event log's own API, as named functions of the store.
+
+The CLI's summary, the admin API's metrics and dashboard, the gateway's payment ids, the
+health probe and the health samples (a projection of ``HealthChecked``) all read or write
+here, so that no module outside ``store/`` runs SQL or meets the driver. The SQL is in
+``store/sql/views.sql``; each function returns typed values, never driver records, and raises
+the store's errors (:class:`StoreUnavailable` for an outage, :class:`StoreError` for any other
+refusal), never the driver's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from datetime import datetime
+
+import asyncpg
+import msgspec
+
+from events.errors import StoreError
+from store.eventstore import _CONNECTION_ERRORS, EventStore, Transaction, _unavailable
+from store.queries import query
+
+__all__ = [
+    "Summary",
+    "TypeSummary",
+    "CheckpointSummary",
+    "MinuteCount",
+    "RecentStream",
+    "HealthSample",
+    "summary",
+    "events_by_type",
+    "events_per_stream",
+    "event_rate",
+    "recent_streams",
+    "max_payload_int",
+    "ping",
+    "record_health_samples",
+    "prune_health_samples",
+]
+
+
+class TypeSummary(msgspec.Struct, frozen=True, kw_only=True):
+    """Events of one type in one category."""
+
+    category: str
+    type: str
+    events: int
+    last_recorded_at: datetime
+
+
+class CheckpointSummary(msgspec.Struct, frozen=True, kw_only=True):
+    """Where a subscriber's checkpoint is, and how many events it has still to read."""
+
+    name: str
+    global_position: int
+    behind: int
+    updated_at: datetime
+
+
+class Summary(msgspec.Struct, frozen=True, kw_only=True):
+    """The whole log at a glance (``i3lani summary``); the times are None when it is empty."""
+
+    events: int
+    streams: int
+    last_position: int
+    first_recorded_at: datetime | None
+    last_recorded_at: datetime | None
+    by_type: list[TypeSummary]
+    checkpoints: list[CheckpointSummary]
+
+
+class MinuteCount(msgspec.Struct, frozen=True):
+    """Events recorded in the minute starting at ``minute``."""
+
+    minute: datetime
+    events: int
+
+
+class RecentStream(msgspec.Struct, frozen=True):
+    """A stream written to lately, and the position of its newest event."""
+
+    stream: str
+    last_position: int
+
+
+class HealthSample(msgspec.Struct, frozen=True, kw_only=True):
+    """One check of one health round (a row of ``i3lani.health_samples``)."""
+
+    checked_at: datetime
+    name: str
+    ok: bool
+    latency_ms: float | None = None
+    detail: str = ""
+
+
+@asynccontextmanager
+async def _translated(what: str) -> AsyncIterator[None]:
+    """Driver errors as the store's: an outage or a statement out of time is StoreUnavailable,
+    any other refusal of PostgreSQL a StoreError naming ``what`` was being done."""
+    try:
+        yield
+    except _CONNECTION_ERRORS as exc:
+        raise _unavailable(exc) from exc
+    except asyncpg.PostgresError as exc:
+        raise StoreError(f"{what} failed: {type(exc).__name__}: {exc}") from exc
+
+
+async def summary(store: EventStore) -> Summary:
+    """Totals of the log, events per category and type, and every subscriber's checkpoint."""
+    async with _translated("reading the summary"):
+        totals = await store.pool.fetchrow(query("summary_totals"))
+        by_type = await store.pool.fetch(query("summary_by_type"))
+        checkpoints = await store.pool.fetch(query("checkpoints"))
+    assert totals is not None  # an aggregate without GROUP BY always has its row
+    return msgspec.convert(
+        {
+            **dict(totals),
+            "by_type": [dict(row) for row in by_type],
+            "checkpoints": [dict(row) for row in checkpoints],
+        },
+        Summary,
+    )
+
+
+async def events_by_type(store: EventStore) -> dict[str, int]:
+    """How many events of each type the log holds, by type name in order."""
+    async with _translated("counting events by type"):
+        rows = await store.pool.fetch(query("admin_events_by_type"))
+    return {row["type"]: row["events"] for row in rows}
+
+
+async def events_per_stream(store: EventStore, event_type: str) -> dict[str, int]:
+    """How many events of ``event_type`` each stream holding any has, by stream."""
+    async with _translated(f"counting {event_type} events"):
+        rows = await store.pool.fetch(query("admin_events_per_stream"), event_type)
+    return {row["stream"]: row["events"] for row in rows}
+
+
+async def event_rate(store: EventStore, minutes: int, scan_limit: int) -> list[MinuteCount]:
+    """Events per minute over the last ``minutes`` minutes, oldest first, the current (partial)
+    minute last, every minute present; only the newest ``scan_limit`` events are counted, so a
+    total of ``scan_limit`` is a lower bound."""
+    async with _translated("reading the event rate"):
+        rows = await store.pool.fetch(query("admin_event_rate"), minutes, scan_limit)
+    return [MinuteCount(row["minute"], row["events"]) for row in rows]
+
+
+async def recent_streams(
+    store: EventStore, category: str, types: Sequence[str], *, shown: int, scan_limit: int
+) -> list[RecentStream]:
+    """The ``shown`` streams of ``category`` holding events of ``types`` written to last, newest
+    first, found among the newest ``scan_limit`` events of that category."""
+    async with _translated(f"reading recent {category} streams"):
+        rows = await store.pool.fetch(
+            query("admin_recent_streams"), shown, scan_limit, list(types), category
+        )
+    return [RecentStream(row["stream"], row["last_position"]) for row in rows]
+
+
+async def max_payload_int(store: EventStore, event_type: str, field: str) -> int:
+    """The largest integer ``field`` of the payloads of ``event_type`` events (the largest
+    payment id: ``"PaymentCreated", "payment_id"``); 0 when there is none."""
+    async with _translated(f"reading the largest {field}"):
+        largest: int = await store.pool.fetchval(query("max_payload_int"), event_type, field)
+    return largest
+
+
+async def ping(store: EventStore) -> None:
+    """One round trip to PostgreSQL: returns when it answered, raises StoreUnavailable when it
+    cannot be reached."""
+    async with _translated("ping"):
+        await store.pool.fetchval(query("ping"))
+
+
+async def record_health_samples(tx: Transaction, samples: Sequence[HealthSample]) -> None:
+    """Write ``samples`` in ``tx`` (the transaction appending their ``HealthChecked``)."""
+    if not samples:
+        return
+    async with _translated("recording health samples"):
+        await tx.connection.executemany(
+            query("health_samples_insert"),
+            [(s.checked_at, s.name, s.ok, s.latency_ms, s.detail) for s in samples],
+        )
+
+
+async def prune_health_samples(store: EventStore, before: datetime, *, batch_size: int) -> int:
+    """Delete the health samples checked before ``before``, ``batch_size`` rows per statement
+    (each its own short transaction); how many went."""
+    removed = 0
+    while True:
+        async with _translated("pruning health samples"):
+            status: str = await store.pool.execute(
+                query("health_samples_prune"), before, batch_size
+            )
+        count = int(status.split()[-1])
+        removed += count
+        if count < batch_size:
+            return removed
