@@ -105,7 +105,8 @@ class PostgresBackend:
 
     async def grant(self, log: EventLog, lease: str) -> Fence:
         assert isinstance(log, EventStore)
-        granted = await Leases(log, f"node-{uuid.uuid4().hex[:8]}", ttl=60).acquire(lease)
+        # One holder: its grant again (a new incarnation) bumps the generation too.
+        granted = await Leases(log, "test-node", ttl=60).acquire(lease)
         assert granted is not None
         return Fence(granted.name, granted.generation)
 
