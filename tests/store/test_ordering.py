@@ -1,4 +1,8 @@
-"""Gap-free reading: a reader tailing the log never skips an event that commits late."""
+"""Gap-free reading: a reader tailing the log never skips an event that commits late.
+
+The contract tests (taking ``log``) hold a transaction of the log's own open; the
+PostgreSQL-only ones hold one open on a plain connection (another client, or a transaction
+that takes its id before writing), and race real connections with slow commits."""
 
 from __future__ import annotations
 
@@ -8,9 +12,11 @@ from datetime import UTC, datetime
 
 import anyio
 import asyncpg
+import pytest
 
 from events import DEFAULT_REGISTRY, PaymentExpired
-from store import START, Cursor, EventStore
+from store import START, AppendResult, Cursor, EventStore
+from store.port import EventLog
 
 NOW = datetime(2026, 11, 29, 10, 0, tzinfo=UTC)
 
@@ -33,11 +39,47 @@ async def insert(conn: asyncpg.Connection, stream: str, payment_id: int) -> int:
     return position
 
 
-async def tail(store: EventStore, cursor: Cursor) -> tuple[list[int], Cursor]:
+async def tail(store: EventLog, cursor: Cursor) -> tuple[list[int], Cursor]:
     page = await store.read_page(cursor, limit=1000)
     return [r.event.payment_id for r in page.events if isinstance(r.event, PaymentExpired)], (
         page.cursor
     )
+
+
+async def test_an_event_of_a_transaction_still_open_holds_later_ones_back(log: EventLog) -> None:
+    async with log.transaction() as tx:
+        early = await tx.append("payment-1", [expired(1)])  # position taken, not committed
+        later = await log.append("payment-2", [expired(2), expired(3)])
+        assert later.first_position > early.first_position
+        seen, cursor = await tail(log, START)
+        assert seen == []  # held back behind the open transaction, not skipped
+        assert await log.held_back(cursor)
+        assert await log.head() == START
+    seen, cursor = await tail(log, cursor)
+    assert seen == [1, 2, 3]
+    assert not await log.held_back(cursor)
+    assert await log.head() == cursor
+
+
+async def test_events_behind_a_rolled_back_transaction_are_read(log: EventLog) -> None:
+    class Abandoned(Exception):
+        pass
+
+    later: list[AppendResult] = []
+
+    async def abandon() -> None:
+        async with log.transaction() as tx:
+            await tx.append("payment-1", [expired(1)])
+            later.append(await log.append("payment-2", [expired(2)]))
+            assert (await tail(log, START))[0] == []
+            raise Abandoned
+
+    with pytest.raises(Abandoned):
+        await abandon()
+    seen, cursor = await tail(log, START)
+    assert seen == [2]
+    assert cursor.position == later[0].last_position
+    assert await log.read_stream("payment-1") == []
 
 
 async def test_an_earlier_position_committing_late_is_not_skipped(
