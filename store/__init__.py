@@ -5,8 +5,10 @@ Public API::
     from store import EventStore, ANY, NO_STREAM, STREAM_EXISTS, START, migrate, database_url
     from store import TaskQueue, TaskProcessor, TaskTypes, RetryPolicy   # the task queue
 
-See :mod:`store.eventstore` for the guarantees, ``store/sql/`` for the SQL and the reasoning
-behind its ordering and locking. This package knows nothing of payments or actors; the task queue
+The rest of the system uses the log through :class:`EventLog` (:mod:`store.port`), which
+:class:`store.memory.MemoryLog` also implements, in memory. See :mod:`store.eventstore` for the
+guarantees, ``store/sql/`` for the SQL and the reasoning behind its ordering and locking. This
+package knows nothing of payments or actors; the task queue
 (:mod:`store.tasks`) runs whatever task types an application registers.
 """
 
@@ -28,6 +30,7 @@ from store.eventstore import (
 )
 from store.limits import SessionLimits
 from store.migrate import migrate, migrations
+from store.port import EventLog, LogTransaction
 from store.records import (
     ANY,
     NO_STREAM,
@@ -61,6 +64,8 @@ from store.tasks import (
 __all__ = [
     "EventStore",
     "Transaction",
+    "EventLog",
+    "LogTransaction",
     "Subscription",
     "NewEvent",
     "Append",
