@@ -5,8 +5,8 @@ Public API::
     from store import EventStore, ANY, NO_STREAM, STREAM_EXISTS, START, migrate, database_url
     from store import TaskQueue, TaskProcessor, TaskTypes, RetryPolicy   # the task queue
 
-The rest of the system uses the log through :class:`EventLog` (:mod:`store.port`), which
-:class:`store.memory.MemoryLog` also implements, in memory. See :mod:`store.eventstore` for the
+:class:`EventLog` (:mod:`store.port`) names the operations the rest of the system uses on the
+log; :class:`store.memory.MemoryLog` implements them in memory. See :mod:`store.eventstore` for the
 guarantees, ``store/sql/`` for the SQL and the reasoning behind its ordering and locking. This
 package knows nothing of payments or actors; the task queue
 (:mod:`store.tasks`) runs whatever task types an application registers.
