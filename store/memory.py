@@ -124,6 +124,21 @@ _NO_METADATA = EventMetadata()
 _EMPTY_METADATA = b"{}"
 
 
+def _check_checkpoint_name(name: str) -> None:
+    # PostgreSQL's CHECK refuses it too (checkpoints_name_check).
+    if not 1 <= len(name) <= 200:
+        raise ValueError(f"a checkpoint name is 1 to 200 characters, got {name!r}")
+
+
+def _reused_in_transaction(event_id: uuid.UUID) -> EventIdReused:
+    # EventStore's words: inside a transaction, PostgreSQL's refusal aborts it.
+    return EventIdReused(
+        event_id,
+        "an event id of this append is already stored; inside a transaction the "
+        "store cannot tell a retry from a reuse (append outside it to find out)",
+    )
+
+
 def _wall_clock() -> datetime:
     return datetime.now(UTC)
 
@@ -455,9 +470,23 @@ class MemoryLog:
         self._check_fence(request.fence)
         stream = request.stream
         actual = max(self._version(stream), tx.version(stream))
-        if (request.exact is not None and actual != request.exact) or (
-            request.must_exist and actual == 0
+        exact = request.exact
+        if (
+            in_transaction
+            and exact is not None
+            and len(request.rows) == 1
+            and request.fence is None
+            and exact < actual
         ):
+            # PostgreSQL's one-event path (append_exact) tries the insert, and the unique
+            # indexes refuse it (event id first): inside a transaction, which that aborts,
+            # the store cannot look further, and reports what it knows.
+            event_id = request.rows[0].event_id
+            self._claim(tx, ("id", event_id))
+            if self._lookup(tx, event_id) is not None:
+                raise _reused_in_transaction(event_id)
+            raise ConcurrencyConflict(stream, request.expected, None)
+        if (exact is not None and actual != exact) or (request.must_exist and actual == 0):
             original = self._original_append(request, tx)
             if original is not None:
                 return original
@@ -467,11 +496,7 @@ class MemoryLog:
             self._claim(tx, ("id", event_id))
         if any(event_id in self._by_id or self._in_tx(tx, event_id) for event_id in ids):
             if in_transaction:
-                raise EventIdReused(
-                    ids[0],
-                    "an event id of this append is already stored; inside a transaction the "
-                    "store cannot tell a retry from a reuse (append outside it to find out)",
-                )
+                raise _reused_in_transaction(ids[0])
             original = self._original_append(request, tx)
             if original is not None:
                 return original
@@ -570,6 +595,9 @@ class MemoryLog:
         """Store a row as another client or release would have, bypassing the registry and
         every check but the unique ones (a type this release does not know, an old schema
         version); its global position. For tests and simulations."""
+        _check_stream(stream)
+        if version < 1 or schema_version < 1:
+            raise ValueError("stream and schema versions start at 1")
         event_id = event_id if event_id is not None else uuid.uuid4()
         if event_id in self._by_id or ("id", event_id) in self._claims:
             raise EventIdReused(event_id, "already stored")
@@ -630,6 +658,7 @@ class MemoryLog:
         """Move checkpoint ``name`` from ``expected`` (None: it must not exist) to ``cursor``;
         CheckpointConflict if someone else moved it; with ``fence``, StaleGeneration unless
         that lease generation is current."""
+        _check_checkpoint_name(name)
         if fence is not None:
             fence.check()
         await self._enter("save_checkpoint")
@@ -663,6 +692,9 @@ class MemoryLog:
     # -- snapshots --------------------------------------------------------------------------
     async def save_snapshot(self, stream: str, version: int, state: msgspec.Struct) -> None:
         """Keep ``state`` as of ``version`` of ``stream`` (an older one never replaces it)."""
+        if version < 1:
+            # PostgreSQL's CHECK refuses it too (snapshots_stream_version_check).
+            raise ValueError(f"a snapshot is of version 1 or later, got {version}")
         state_type = _state_type(type(state))
         encoded = msgspec.json.encode(state)
         await self._enter("save_snapshot")
@@ -954,6 +986,7 @@ class MemoryTransaction:
     async def save_checkpoint(
         self, name: str, cursor: Cursor, *, expected: Cursor | None, fence: Fence | None = None
     ) -> None:
+        _check_checkpoint_name(name)
         if fence is not None:
             fence.check()
         await self._enter("save_checkpoint")
