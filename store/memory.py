@@ -938,8 +938,7 @@ class MemoryTransaction:
             rows_before, claims_before = len(state.rows), set(state.claims)
             fences_before = set(state.fences)
             try:
-                for request in requests:
-                    self._check_many(request)
+                self._check_many(requests)
                 results = [self.log._append_in(state, r, in_transaction=True) for r in requests]
             except _Blocked as blocked:
                 self._undo(rows_before, claims_before, fences_before)
@@ -964,15 +963,36 @@ class MemoryTransaction:
             for request, result in zip(requests, results, strict=True)
         ]
 
-    def _check_many(self, request: _Request) -> None:
-        """append_many's checks, as its one statement makes them in PostgreSQL: a failed
-        expectation is a conflict (never looked up as a retry)."""
-        self.log._check_fence(request.fence)
-        actual = max(self.log._version(request.stream), self._state.version(request.stream))
-        if (request.exact is not None and actual != request.exact) or (
-            request.must_exist and actual == 0
+    def _check_many(self, requests: Sequence[_Request]) -> None:
+        """append_many's checks, in the order its one statement meets them in PostgreSQL: the
+        requests whose fence and expectation hold are inserted, so an event id already stored
+        (or given twice) fails the statement first, naming the first request's event as
+        EventStore does (which one met it is unknown there); then the first request whose
+        fence or expectation failed raises (a failed expectation is a conflict, never looked
+        up as a retry)."""
+        refusals: list[StoreError] = []
+        ids: list[uuid.UUID] = []
+        for request in requests:
+            try:
+                self.log._check_fence(request.fence)
+            except StaleGeneration as exc:
+                refusals.append(exc)
+                continue
+            actual = max(self.log._version(request.stream), self._state.version(request.stream))
+            if (request.exact is not None and actual != request.exact) or (
+                request.must_exist and actual == 0
+            ):
+                refusals.append(ConcurrencyConflict(request.stream, request.expected, actual))
+                continue
+            ids.extend(row.event_id for row in request.rows)
+        for event_id in ids:
+            self.log._claim(self._state, ("id", event_id))
+        if len(set(ids)) != len(ids) or any(
+            self.log._lookup(self._state, event_id) is not None for event_id in ids
         ):
-            raise ConcurrencyConflict(request.stream, request.expected, actual)
+            raise _reused_in_transaction(requests[0].rows[0].event_id)
+        if refusals:
+            raise refusals[0]
 
     def _undo(self, rows: int, claims: set[Hashable], fences: set[Fence]) -> None:
         state = self._state

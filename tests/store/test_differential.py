@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import random
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,7 +23,8 @@ import pytest
 
 from events import PaymentExpired
 from events.errors import StoreError
-from store import ANY, NO_STREAM, STREAM_EXISTS, EventStore, Expected, NewEvent
+from store import ANY, NO_STREAM, STREAM_EXISTS, Append, EventStore, Expected, Fence, NewEvent
+from store.leases import Leases
 from store.memory import MemoryLog
 from store.port import EventLog
 
@@ -46,8 +48,11 @@ def outcome_of(exc: BaseException) -> tuple[Any, ...]:
     )
 
 
-async def run(log: EventLog, seed: int, steps: int) -> list[Any]:
+async def run(
+    log: EventLog, seed: int, steps: int, grant: Callable[[str], Awaitable[Fence]]
+) -> list[Any]:
     rng = random.Random(seed)
+    fences: list[Fence] = []  # every grant so far, the current one last
     trace: list[Any] = []
     earlier: list[tuple[str, list[NewEvent]]] = []
     checkpoint: list[Any] = [None]  # the cursor this script last stored
@@ -71,12 +76,17 @@ async def run(log: EventLog, seed: int, steps: int) -> list[Any]:
         earlier.append((stream, items))
         return stream, items
 
+    def fence() -> Fence | None:
+        return rng.choice(fences) if fences and rng.random() < 0.3 else None
+
     async def append(target: Any) -> None:
         """One append; an error is recorded, and raised on inside a transaction (which a
         caller then gives up, as it must on PostgreSQL)."""
         stream, items = planned()
         try:
-            result = await target.append(stream, items, expected_version=expectation())
+            result = await target.append(
+                stream, items, expected_version=expectation(), fence=fence()
+            )
         except StoreError as exc:
             trace.append(outcome_of(exc))
             if target is not log:
@@ -86,9 +96,26 @@ async def run(log: EventLog, seed: int, steps: int) -> list[Any]:
         trace.append(("duplicate", result.duplicate))
 
     for _ in range(steps):
-        op = rng.choice(["append"] * 4 + ["transaction", "checkpoint", "snapshot", "read"])
+        op = rng.choice(
+            ["append"] * 4 + ["transaction", "many", "grant", "checkpoint", "snapshot", "read"]
+        )
         if op == "append":
             await append(log)
+        elif op == "grant":
+            fences.append(await grant("Script"))
+            trace.append(("granted", fences[-1].generation))
+        elif op == "many":
+            streams = rng.sample([f"payment-{n}" for n in range(1, 5)], rng.randint(1, 3))
+            appends = []
+            for stream in streams:
+                _, items = planned()
+                appends.append(Append(stream, items, expectation(), fence=fence()))
+            try:
+                async with log.transaction() as tx:
+                    landed = await tx.append_many(appends)
+                trace.append(("many", [[p.version for p in events] for events in landed]))
+            except StoreError as exc:
+                trace.append(("many failed", *outcome_of(exc)))
         elif op == "transaction":
             give_up = rng.random() < 0.3
             appends = rng.randint(1, 3)
@@ -149,9 +176,23 @@ def expired(rng: random.Random) -> PaymentExpired:
 @pytest.mark.parametrize("seed", [1, 2, 3])
 async def test_memory_and_postgres_agree_on_a_random_history(dsn: str, seed: int) -> None:
     async with EventStore.open(dsn, node="test-node") as store:
-        on_postgres = await run(store, seed, steps=150)
-    on_memory = await run(MemoryLog(node="test-node"), seed, steps=150)
-    for step, (pg, memory) in enumerate(zip(on_postgres, on_memory, strict=True)):
-        assert memory == pg, f"step {step}: the logs disagree"
+        leases = Leases(store, "test-node", ttl=60)
+
+        async def grant_on_postgres(name: str) -> Fence:
+            lease = await leases.acquire(name)
+            assert lease is not None
+            return Fence(lease.name, lease.generation)
+
+        on_postgres = await run(store, seed, steps=200, grant=grant_on_postgres)
+    memory = MemoryLog(node="test-node")
+
+    async def grant_in_memory(name: str) -> Fence:
+        return Fence(name, memory.grant(name))
+
+    on_memory = await run(memory, seed, steps=200, grant=grant_in_memory)
+    for step, (pg, mem) in enumerate(zip(on_postgres, on_memory, strict=True)):
+        assert mem == pg, f"step {step}: the logs disagree"
     assert any(item[0] == "ConcurrencyConflict" for item in on_postgres if type(item) is tuple)
     assert any(item[0] == "EventIdReused" for item in on_postgres if type(item) is tuple)
+    assert any(item[0] == "StaleGeneration" for item in on_postgres if type(item) is tuple)
+    assert any(item[0] == "many" for item in on_postgres if type(item) is tuple)
