@@ -25,7 +25,13 @@ It models PostgreSQL's concurrency rather than serialising everything:
   next version of a stream, an event id, a checkpoint) waits for that transaction to end, like
   an insert waiting on a unique index, then looks again: an ``ANY`` append lands after the
   other's events; an exact expectation, or a write inside a transaction, fails as it would in
-  PostgreSQL.
+  PostgreSQL. Two transactions waiting on each other are refused (PostgreSQL's deadlock).
+
+Not modelled: connections and their limits, lost notifications (a commit always wakes the
+log's subscriptions; they still poll), group commit (each append is atomic on its own, with
+the same results), and the positions PostgreSQL spends on inserts a unique index refused.
+``tests/store/test_differential.py`` runs one random history on both logs and compares every
+outcome.
 
 Leases: PostgreSQL keeps lease generations in a table; here :meth:`MemoryLog.grant` bumps a
 lease's generation (a take-over), and fenced writes are checked against it, and again at the
