@@ -1,8 +1,9 @@
 """Gap-free reading: a reader tailing the log never skips an event that commits late.
 
-The contract tests (taking ``log``) hold a transaction of the log's own open; the
-PostgreSQL-only ones hold one open on a plain connection (another client, or a transaction
-that takes its id before writing), and race real connections with slow commits."""
+The contract tests (taking ``log`` or ``backend``) hold transactions of the log's own open,
+and race writers with slow commits against a tailing reader, on PostgreSQL and in memory. The
+PostgreSQL-only ones hold a transaction open on a plain connection: another client's insert,
+or a transaction that takes its id before it writes."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import pytest
 from events import DEFAULT_REGISTRY, PaymentExpired
 from store import START, AppendResult, Cursor, EventStore
 from store.port import EventLog
+from tests.store.contract import Backend
 
 NOW = datetime(2026, 11, 29, 10, 0, tzinfo=UTC)
 
@@ -82,6 +84,51 @@ async def test_events_behind_a_rolled_back_transaction_are_read(log: EventLog) -
     assert await log.read_stream("payment-1") == []
 
 
+async def test_writers_with_slow_transactions_and_a_tailing_reader(backend: Backend) -> None:
+    # Writers on two clients of the log (two stores, two pools on PostgreSQL) take positions
+    # in transactions that dawdle before their commit, among plain appends, while a reader on
+    # a third client tails the log: it must read every event once.
+    rng = random.Random(7)
+    expected: set[int] = set()
+    counter = iter(range(1, 1_000_000))
+    done = anyio.Event()
+    collected: list[int] = []
+
+    async def writer(log: EventLog, n: int) -> None:
+        for _ in range(n):
+            payment_id = next(counter)
+            expected.add(payment_id)
+            if rng.random() < 0.3:
+                async with log.transaction() as tx:
+                    await tx.append(f"payment-{payment_id}", [expired(payment_id)])
+                    await anyio.sleep(rng.random() / 20)
+            else:
+                await log.append(f"payment-{payment_id}", [expired(payment_id)])
+
+    async def reader() -> None:
+        cursor = START
+        async with backend.open() as log:
+            while True:
+                finished = done.is_set()
+                seen, cursor = await tail(log, cursor)
+                collected.extend(seen)
+                if finished and not seen and not await log.held_back(cursor):
+                    return
+                await anyio.sleep(0.001)
+
+    async with backend.open() as writer_a, backend.open() as writer_b:
+        async with anyio.create_task_group() as outer:
+            outer.start_soon(reader)
+            async with anyio.create_task_group() as writers:
+                for log in (writer_a, writer_a, writer_b, writer_b, writer_b):
+                    writers.start_soon(writer, log, 40)
+            done.set()
+        in_log = [r.event_id async for r in writer_a.read_all()]
+    assert len(collected) == len(set(collected)), "an event was read twice"
+    assert set(collected) == expected, "an event was skipped"
+    assert len(in_log) == 200
+
+
 async def test_an_earlier_position_committing_late_is_not_skipped(
     store: EventStore, dsn: str
 ) -> None:
@@ -125,52 +172,3 @@ async def test_a_transaction_that_began_first_but_wrote_last_is_read_first(
         assert seen == [1, 2]  # reading order is (transaction id, position)
     finally:
         await slow.close()
-
-
-async def test_concurrent_writers_with_slow_transactions_and_a_tailing_reader(
-    dsn: str,
-) -> None:
-    rng = random.Random(7)
-    expected: set[int] = set()
-    counter = iter(range(1, 1_000_000))
-    done = anyio.Event()
-    collected: list[int] = []
-
-    async with EventStore.open(dsn) as writer_a, EventStore.open(dsn) as writer_b:
-
-        async def writer(store: EventStore, n: int) -> None:
-            for _ in range(n):
-                payment_id = next(counter)
-                expected.add(payment_id)
-                if rng.random() < 0.3:
-                    # Take a position, then dawdle before committing.
-                    async with store.transaction() as tx:
-                        await tx.append(f"payment-{payment_id}", [expired(payment_id)])
-                        await tx.connection.execute("SELECT pg_sleep($1)", rng.random() / 20)
-                else:
-                    await store.append(f"payment-{payment_id}", [expired(payment_id)])
-
-        async def reader() -> None:
-            cursor = START
-            async with EventStore.open(dsn, group_commit=False) as store:
-                while True:
-                    finished = done.is_set()
-                    seen, cursor = await tail(store, cursor)
-                    collected.extend(seen)
-                    if finished and not seen and not await store.held_back(cursor):
-                        return
-                    await anyio.sleep(0.001)
-
-        async with anyio.create_task_group() as outer:
-            outer.start_soon(reader)
-            async with anyio.create_task_group() as writers:
-                for store in (writer_a, writer_a, writer_b, writer_b, writer_b):
-                    writers.start_soon(writer, store, 40)
-            done.set()
-
-        in_log = await writer_a.pool.fetch(
-            "SELECT global_position FROM i3lani.events ORDER BY transaction_id, global_position"
-        )
-    assert len(collected) == len(set(collected)), "an event was read twice"
-    assert set(collected) == expected, "an event was skipped"
-    assert len(in_log) == 200
