@@ -7,10 +7,12 @@ Public API::
     from store import views      # read models and queries: views.summary(store), ...
     from store import admin      # databases: create_database, drop_database, ...
 
-See :mod:`store.eventstore` for the guarantees, ``store/sql/`` for the SQL and the reasoning
-behind its ordering and locking. This package knows nothing of payments or actors; the task queue
-(:mod:`store.tasks`) runs whatever task types an application registers. Only this package
-imports the database driver or runs SQL; everything else calls its named functions.
+:class:`EventLog` (:mod:`store.port`) names the operations the rest of the system uses on the
+log; :class:`store.memory.MemoryLog` implements them in memory. See :mod:`store.eventstore` for
+the guarantees, ``store/sql/`` for the SQL and the reasoning behind its ordering and locking.
+This package knows nothing of payments or actors; the task queue (:mod:`store.tasks`) runs
+whatever task types an application registers. Only this package imports the database driver or
+runs SQL; everything else calls its named functions.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from store.eventstore import (
 )
 from store.limits import SessionLimits
 from store.migrate import migrate, migrations
+from store.port import EventLog, LogTransaction
 from store.records import (
     ANY,
     NO_STREAM,
@@ -64,6 +67,8 @@ from store.tasks import (
 __all__ = [
     "EventStore",
     "Transaction",
+    "EventLog",
+    "LogTransaction",
     "Subscription",
     "NewEvent",
     "Append",

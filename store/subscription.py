@@ -37,7 +37,7 @@ from store.listener import LISTEN_ERRORS, close_listener, open_listener
 from store.records import START, Cursor, RecordedEvent
 
 if TYPE_CHECKING:
-    from store.eventstore import EventStore, Transaction
+    from store.port import EventLog, LogTransaction
 
 __all__ = ["Subscription"]
 
@@ -49,11 +49,15 @@ _HELD_BACK_MIN = 0.002  # seconds: first re-read while an older transaction hold
 
 
 class Subscription:
-    """An async iterator over the log, from a checkpoint onwards, forever."""
+    """An async iterator over the log, from a checkpoint onwards, forever.
+
+    It reads through the :class:`store.port.EventLog` port; only its wake-ups are PostgreSQL's
+    (``LISTEN``): another log overrides :meth:`_listen` and :meth:`_close_listener` (see
+    :class:`store.memory.MemorySubscription`)."""
 
     def __init__(
         self,
-        store: EventStore,
+        store: EventLog,
         name: str | None,
         *,
         category: str | None,
@@ -159,7 +163,7 @@ class Subscription:
         self,
         upto: RecordedEvent | Cursor | None = None,
         *,
-        transaction: Transaction | None = None,
+        transaction: LogTransaction | None = None,
     ) -> None:
         """Store that this subscriber has processed everything up to ``upto`` (default: the
         last event handed out). Inside ``transaction`` it commits with the subscriber's own
@@ -189,18 +193,20 @@ class Subscription:
         self._wake.set()
 
     async def _listen(self) -> None:
-        from store.eventstore import NOTIFY_CHANNEL
+        from store.eventstore import NOTIFY_CHANNEL, EventStore
 
+        store = self.store
+        assert isinstance(store, EventStore), "another log overrides _listen"
         now = anyio.current_time()
         if self._listener_failed_at is not None and now - self._listener_failed_at < 1.0:
             return  # polling covers us; do not hammer a server that just refused
         try:
             conn = await open_listener(
-                self.store.dsn,
+                store.dsn,
                 NOTIFY_CHANNEL,
                 self._on_notify,
                 self._on_listener_lost,
-                self.store.limits,
+                store.limits,
             )
         except LISTEN_ERRORS as exc:
             self._listener_failed_at = now

@@ -1,4 +1,7 @@
-"""Appending: expected versions, validation first, idempotent retries, group commit."""
+"""Appending: expected versions, validation first, idempotent retries, group commit.
+
+Contract tests (taking ``log``) run on PostgreSQL and in memory; the PostgreSQL-only ones
+look at the stored jsonb with SQL, or race two stores (two processes) on one database."""
 
 from __future__ import annotations
 
@@ -12,6 +15,8 @@ import pytest
 from events import EventMetadata, PaymentCreated, PaymentExpired, RewardEarned
 from events.errors import ConcurrencyConflict, EventIdReused, InvalidEvent
 from store import ANY, NO_STREAM, STREAM_EXISTS, EventStore, Expected, NewEvent, derived_id
+from store.port import EventLog
+from tests.store.contract import Backend, count
 
 NOW = datetime(2026, 11, 29, 10, 0, tzinfo=UTC)
 
@@ -31,28 +36,23 @@ def expired(payment_id: int = 1) -> PaymentExpired:
     return PaymentExpired(payment_id=payment_id, expired_at=NOW)
 
 
-async def count(raw: asyncpg.Connection) -> int:
-    total: int = await raw.fetchval("SELECT count(*) FROM i3lani.events")
-    return total
-
-
-async def test_append_returns_where_the_events_landed(store: EventStore) -> None:
-    first = await store.append("user-1", [reward()], expected_version=NO_STREAM)
+async def test_append_returns_where_the_events_landed(log: EventLog) -> None:
+    first = await log.append("user-1", [reward()], expected_version=NO_STREAM)
     assert (first.first_version, first.last_version, first.duplicate) == (1, 1, False)
-    batch = await store.append("user-1", [reward(), reward(), reward()], expected_version=1)
+    batch = await log.append("user-1", [reward(), reward(), reward()], expected_version=1)
     assert (batch.first_version, batch.last_version) == (2, 4)
     assert batch.last_position - batch.first_position == 2
     assert batch.first_position > first.first_position
-    assert await store.stream_version("user-1") == 4
-    assert await store.stream_version("user-2") == 0
+    assert await log.stream_version("user-1") == 4
+    assert await log.stream_version("user-2") == 0
 
 
-async def test_envelope_is_stored_with_metadata(store: EventStore, raw: asyncpg.Connection) -> None:
+async def test_envelope_is_stored_with_metadata(log: EventLog) -> None:
     correlation = uuid.uuid4()
     event_id = uuid.uuid4()
     meta = EventMetadata(correlation_id=correlation, caused_by="user:42")
-    await store.append("payment-7", [NewEvent(event=expired(7), event_id=event_id)], metadata=meta)
-    [recorded] = await store.read_stream("payment-7")
+    await log.append("payment-7", [NewEvent(event=expired(7), event_id=event_id)], metadata=meta)
+    [recorded] = await log.read_stream("payment-7")
     assert recorded.event_id == event_id
     assert recorded.stream == "payment-7"
     assert recorded.category == "payment"
@@ -64,7 +64,14 @@ async def test_envelope_is_stored_with_metadata(store: EventStore, raw: asyncpg.
     assert recorded.metadata.caused_by == "user:42"
     assert recorded.metadata.node == "test-node"  # filled in from the store
     assert recorded.recorded_at.tzinfo is not None
-    # Auditors can query payloads with SQL: jsonb.
+
+
+async def test_auditors_can_query_payloads_with_sql(
+    store: EventStore, raw: asyncpg.Connection
+) -> None:
+    # PostgreSQL only: the payload and metadata are jsonb.
+    meta = EventMetadata(caused_by="user:42")
+    await store.append("payment-7", [expired(7)], metadata=meta)
     row = await raw.fetchrow(
         "SELECT payload->>'payment_id' AS pid, category, metadata->>'caused_by' AS who "
         "FROM i3lani.events"
@@ -90,60 +97,60 @@ async def test_envelope_is_stored_with_metadata(store: EventStore, raw: asyncpg.
     ],
 )
 async def test_expected_version_matrix(
-    store: EventStore, raw: asyncpg.Connection, existing: int, expected: Expected, ok: bool
+    log: EventLog, existing: int, expected: Expected, ok: bool
 ) -> None:
     if existing:
-        await store.append("user-5", [reward(5) for _ in range(existing)])
-    before = await count(raw)
+        await log.append("user-5", [reward(5) for _ in range(existing)])
+    before = await count(log)
     if ok:
-        result = await store.append("user-5", [reward(5)], expected_version=expected)
+        result = await log.append("user-5", [reward(5)], expected_version=expected)
         assert result.last_version == existing + 1
-        assert await count(raw) == before + 1
+        assert await count(log) == before + 1
     else:
         with pytest.raises(ConcurrencyConflict) as caught:
-            await store.append("user-5", [reward(5)], expected_version=expected)
+            await log.append("user-5", [reward(5)], expected_version=expected)
         assert caught.value.stream == "user-5"
         assert caught.value.expected == expected
         assert caught.value.actual == existing
         message = str(caught.value)
         assert "user-5" in message
         assert f"actual version {existing}" in message
-        assert await count(raw) == before
+        assert await count(log) == before
 
 
 async def test_batched_append_with_conflict_writes_none_of_the_batch(
-    store: EventStore, raw: asyncpg.Connection
+    log: EventLog,
 ) -> None:
-    await store.append("user-3", [reward(3)])
+    await log.append("user-3", [reward(3)])
     with pytest.raises(ConcurrencyConflict):
-        await store.append("user-3", [reward(3), reward(3)], expected_version=NO_STREAM)
-    assert await count(raw) == 1
+        await log.append("user-3", [reward(3), reward(3)], expected_version=NO_STREAM)
+    assert await count(log) == 1
 
 
 async def test_invalid_event_is_rejected_before_anything_is_written(
-    store: EventStore, raw: asyncpg.Connection
+    log: EventLog,
 ) -> None:
     good = reward()
     bad = reward(amount=0)
     with pytest.raises(InvalidEvent, match=r"RewardEarned.*amount_nanotons"):
-        await store.append("user-1", [good, bad])
-    assert await count(raw) == 0
+        await log.append("user-1", [good, bad])
+    assert await count(log) == 0
 
 
-async def test_bad_arguments_are_refused_with_a_clear_error(store: EventStore) -> None:
+async def test_bad_arguments_are_refused_with_a_clear_error(log: EventLog) -> None:
     with pytest.raises(ValueError, match="at least one event"):
-        await store.append("user-1", [])
+        await log.append("user-1", [])
     with pytest.raises(ValueError, match="stream name"):
-        await store.append("", [reward()])
+        await log.append("", [reward()])
     with pytest.raises(ValueError, match="expected_version"):
-        await store.append("user-1", [reward()], expected_version=-3)
+        await log.append("user-1", [reward()], expected_version=-3)
     same = NewEvent(event=reward())
     with pytest.raises(ValueError, match="appears twice"):
-        await store.append("user-1", [same, same])
+        await log.append("user-1", [same, same])
 
 
 async def test_retrying_an_append_returns_the_original_result_and_writes_nothing(
-    store: EventStore, raw: asyncpg.Connection
+    log: EventLog,
 ) -> None:
     # A retry after a lost connection: the first attempt committed, the caller never heard.
     cause = uuid.uuid4()
@@ -151,8 +158,8 @@ async def test_retrying_an_append_returns_the_original_result_and_writes_nothing
         NewEvent(event=reward(8), event_id=derived_id(cause, "a")),
         NewEvent(event=reward(8), event_id=derived_id(cause, "b")),
     ]
-    first = await store.append("user-8", events, expected_version=NO_STREAM)
-    again = await store.append("user-8", events, expected_version=NO_STREAM)
+    first = await log.append("user-8", events, expected_version=NO_STREAM)
+    again = await log.append("user-8", events, expected_version=NO_STREAM)
     assert again.duplicate
     assert (again.first_position, again.last_position) == (
         first.first_position,
@@ -160,53 +167,53 @@ async def test_retrying_an_append_returns_the_original_result_and_writes_nothing
     )
     assert (again.first_version, again.last_version) == (1, 2)
     # With ANY (no version check) the ids alone make it a retry.
-    third = await store.append("user-8", events)
+    third = await log.append("user-8", events)
     assert third.duplicate
     assert third.first_position == first.first_position
-    assert await count(raw) == 2
+    assert await count(log) == 2
 
 
 async def test_single_event_retry_with_exact_version_is_idempotent(
-    store: EventStore, raw: asyncpg.Connection
+    log: EventLog,
 ) -> None:
-    await store.append("payment-1", [expired()])
+    await log.append("payment-1", [expired()])
     item = NewEvent(event=expired())
-    first = await store.append("payment-1", [item], expected_version=1)
-    retry = await store.append("payment-1", [item], expected_version=1)
+    first = await log.append("payment-1", [item], expected_version=1)
+    retry = await log.append("payment-1", [item], expected_version=1)
     assert retry.duplicate
     assert retry.first_position == first.first_position
-    assert await count(raw) == 2
+    assert await count(log) == 2
 
 
 async def test_reusing_an_event_id_for_other_content_is_an_error(
-    store: EventStore, raw: asyncpg.Connection
+    log: EventLog,
 ) -> None:
     event_id = uuid.uuid4()
-    await store.append("payment-1", [NewEvent(event=expired(1), event_id=event_id)])
+    await log.append("payment-1", [NewEvent(event=expired(1), event_id=event_id)])
     with pytest.raises(EventIdReused, match=str(event_id)):
-        await store.append("payment-1", [NewEvent(event=expired(2), event_id=event_id)])
+        await log.append("payment-1", [NewEvent(event=expired(2), event_id=event_id)])
     with pytest.raises(EventIdReused, match="payment-1"):
-        await store.append("payment-2", [NewEvent(event=expired(1), event_id=event_id)])
-    assert await count(raw) == 1
+        await log.append("payment-2", [NewEvent(event=expired(1), event_id=event_id)])
+    assert await count(log) == 1
 
 
 async def test_a_partly_stored_batch_is_not_mistaken_for_a_retry(
-    store: EventStore, raw: asyncpg.Connection
+    log: EventLog,
 ) -> None:
     stored = NewEvent(event=expired(1))
-    await store.append("payment-1", [stored])
+    await log.append("payment-1", [stored])
     with pytest.raises(EventIdReused, match="only 1 of the 2"):
-        await store.append("payment-1", [stored, NewEvent(event=expired(1))])
-    assert await count(raw) == 1
+        await log.append("payment-1", [stored, NewEvent(event=expired(1))])
+    assert await count(log) == 1
 
 
-async def test_concurrent_writers_to_one_stream_conflict_cleanly(store: EventStore) -> None:
-    await store.append("payment-9", [expired(9)])
+async def test_concurrent_writers_to_one_stream_conflict_cleanly(log: EventLog) -> None:
+    await log.append("payment-9", [expired(9)])
     outcomes: list[str] = []
 
     async def writer() -> None:
         try:
-            await store.append("payment-9", [expired(9)], expected_version=1)
+            await log.append("payment-9", [expired(9)], expected_version=1)
             outcomes.append("ok")
         except ConcurrencyConflict as exc:
             outcomes.append(f"conflict at {exc.actual}")
@@ -215,14 +222,15 @@ async def test_concurrent_writers_to_one_stream_conflict_cleanly(store: EventSto
         for _ in range(8):
             tg.start_soon(writer)
     assert sorted(outcomes) == ["conflict at 2"] * 7 + ["ok"]
-    assert await store.stream_version("payment-9") == 2
+    assert await log.stream_version("payment-9") == 2
 
 
-async def test_concurrent_any_appends_all_land_with_contiguous_versions(dsn: str) -> None:
-    # Two stores (two processes, say) racing on the same stream with ANY: nobody loses.
-    async with EventStore.open(dsn) as a, EventStore.open(dsn) as b:
+async def test_concurrent_any_appends_all_land_with_contiguous_versions(backend: Backend) -> None:
+    # Two clients (two processes, say, on PostgreSQL) racing on one stream with ANY: nobody
+    # loses.
+    async with backend.open() as a, backend.open() as b:
 
-        async def writer(store: EventStore) -> None:
+        async def writer(store: EventLog) -> None:
             for _ in range(40):
                 await store.append("user-77", [reward(77)])
 
@@ -233,7 +241,7 @@ async def test_concurrent_any_appends_all_land_with_contiguous_versions(dsn: str
     assert [e.version for e in events] == list(range(1, 241))
 
 
-async def test_group_commit_keeps_every_writers_checks(store: EventStore) -> None:
+async def test_group_commit_keeps_every_writers_checks(log: EventLog) -> None:
     # Many tasks appending at once are combined into shared statements; each append still
     # gets its own version check and result.
     results: dict[int, list[int]] = {}
@@ -241,7 +249,7 @@ async def test_group_commit_keeps_every_writers_checks(store: EventStore) -> Non
     async def writer(user: int) -> None:
         versions = []
         for version in range(30):
-            result = await store.append(f"user-{user}", [reward(user)], expected_version=version)
+            result = await log.append(f"user-{user}", [reward(user)], expected_version=version)
             versions.append(result.last_version)
         results[user] = versions
 
@@ -249,22 +257,22 @@ async def test_group_commit_keeps_every_writers_checks(store: EventStore) -> Non
         for user in range(1, 9):
             tg.start_soon(writer, user)
     assert results == {user: list(range(1, 31)) for user in range(1, 9)}
-    positions = [e.position async for e in store.read_all()]
+    positions = [e.position async for e in log.read_all()]
     assert len(positions) == len(set(positions)) == 240
 
 
 async def test_group_commit_reports_one_conflict_without_failing_the_others(
-    store: EventStore,
+    log: EventLog,
 ) -> None:
     for user in range(1, 9):
-        await store.append(f"user-{user}", [reward(user)])
+        await log.append(f"user-{user}", [reward(user)])
     outcomes: dict[int, str] = {}
 
     async def writer(user: int) -> None:
         # user-4 states a wrong version; the rest are right.
         expected = 5 if user == 4 else 1
         try:
-            await store.append(f"user-{user}", [reward(user)], expected_version=expected)
+            await log.append(f"user-{user}", [reward(user)], expected_version=expected)
             outcomes[user] = "ok"
         except ConcurrencyConflict:
             outcomes[user] = "conflict"
@@ -276,35 +284,35 @@ async def test_group_commit_reports_one_conflict_without_failing_the_others(
 
 
 async def test_transaction_commits_appends_together_or_not_at_all(
-    store: EventStore, raw: asyncpg.Connection
+    log: EventLog,
 ) -> None:
-    async with store.transaction() as tx:
+    async with log.transaction() as tx:
         await tx.append("payment-1", [expired(1)], expected_version=NO_STREAM)
         await tx.append("payment-2", [expired(2)], expected_version=NO_STREAM)
-    assert await count(raw) == 2
+    assert await count(log) == 2
 
     class Boom(Exception):
         pass
 
     async def fail_after_append() -> None:
-        async with store.transaction() as tx:
+        async with log.transaction() as tx:
             await tx.append("payment-3", [expired(3)])
             raise Boom
 
     async def conflict_after_append() -> None:
-        async with store.transaction() as tx:
+        async with log.transaction() as tx:
             await tx.append("payment-4", [expired(4)])
             await tx.append("payment-1", [expired(1)], expected_version=NO_STREAM)
 
     with pytest.raises(Boom):
         await fail_after_append()
-    assert await count(raw) == 2
+    assert await count(log) == 2
     with pytest.raises(ConcurrencyConflict):
         await conflict_after_append()
-    assert await count(raw) == 2
+    assert await count(log) == 2
 
 
-async def test_a_payment_created_event_round_trips_exactly(store: EventStore) -> None:
+async def test_a_payment_created_event_round_trips_exactly(log: EventLog) -> None:
     event = PaymentCreated(
         payment_id=12,
         user_id=4242,
@@ -315,8 +323,8 @@ async def test_a_payment_created_event_round_trips_exactly(store: EventStore) ->
         created_at=NOW,
         expires_at=NOW,
     )
-    await store.append("payment-12", [event])
-    [recorded] = await store.read_stream("payment-12")
+    await log.append("payment-12", [event])
+    [recorded] = await log.read_stream("payment-12")
     assert recorded.event == event
     assert isinstance(recorded.event, PaymentCreated)
     assert recorded.event.amount_nanotons == 5_440_000_001  # integer nanotons, no float

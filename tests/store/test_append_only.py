@@ -1,4 +1,7 @@
-"""The log is append-only, and PostgreSQL itself enforces it, whatever the client."""
+"""The log is append-only, and PostgreSQL itself enforces it, whatever the client.
+
+PostgreSQL only (not in the contract suite): the guarantee is its triggers refusing UPDATE,
+DELETE and TRUNCATE from any client; the in-memory log offers no way to change a row."""
 
 from __future__ import annotations
 

@@ -1,5 +1,8 @@
 """Session limits (store/limits.py): derived from the lease, refused when they would outlast
-it, and really set on every connection the store opens."""
+it, and really set on every connection the store opens.
+
+PostgreSQL only (not in the contract suite): session settings and timeouts of real
+connections; the in-memory log has no sessions."""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""Migrations: idempotent, safe from two processes at once, and equal to schema.sql."""
+"""Migrations: idempotent, safe from two processes at once, and equal to schema.sql.
+
+PostgreSQL only (not in the contract suite): the schema is PostgreSQL's."""
 
 from __future__ import annotations
 

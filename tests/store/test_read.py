@@ -1,4 +1,7 @@
-"""Reading: streams, the whole log, categories, unknown types, upcasting, snapshots."""
+"""Reading: streams, the whole log, categories, unknown types, upcasting, snapshots.
+
+Every test here is a contract test: it runs on PostgreSQL and in memory (rows written the way
+another release would have go in through ``backend.insert_raw``)."""
 
 from __future__ import annotations
 
@@ -6,13 +9,14 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-import asyncpg
 import msgspec
 import pytest
 
 from events import BUILTIN_EVENTS, Event, EventRegistry, PaymentExpired, RewardEarned
 from events.errors import UnknownEventType
-from store import START, EventStore, NewEvent
+from store import START, NewEvent
+from store.port import EventLog
+from tests.store.contract import Backend
 
 NOW = datetime(2026, 11, 29, 10, 0, tzinfo=UTC)
 
@@ -22,94 +26,94 @@ def expired(payment_id: int) -> PaymentExpired:
 
 
 async def insert_raw(
-    raw: asyncpg.Connection, stream: str, version: int, tag: str, schema: int, payload: Any
+    backend: Backend,
+    log: EventLog,
+    stream: str,
+    version: int,
+    tag: str,
+    schema: int,
+    payload: Any,
+    *,
+    event_id: uuid.UUID | None = None,
 ) -> int:
-    """Write a row the way an older or newer release would have, bypassing the store."""
-    position: int = await raw.fetchval(
-        "INSERT INTO i3lani.events (event_id, stream, stream_version, type, schema_version, "
-        "payload) VALUES ($1, $2, $3, $4, $5, $6::jsonb) RETURNING global_position",
-        uuid.uuid4(),
-        stream,
-        version,
-        tag,
-        schema,
-        msgspec.json.encode(payload).decode(),
+    """Write a row the way an older or newer release would have, bypassing the log."""
+    return await backend.insert_raw(
+        log, stream, version, tag, schema, msgspec.json.encode(payload), event_id=event_id
     )
-    return position
 
 
-async def test_read_stream_pages_by_version(store: EventStore) -> None:
+async def test_read_stream_pages_by_version(log: EventLog) -> None:
     for n in range(1, 6):
-        await store.append("payment-1", [expired(n)])
-    await store.append("payment-2", [expired(99)])
-    everything = await store.read_stream("payment-1")
+        await log.append("payment-1", [expired(n)])
+    await log.append("payment-2", [expired(99)])
+    everything = await log.read_stream("payment-1")
     assert [r.version for r in everything] == [1, 2, 3, 4, 5]
     assert [r.event for r in everything] == [expired(n) for n in range(1, 6)]
-    page = await store.read_stream("payment-1", after_version=2, limit=2)
+    page = await log.read_stream("payment-1", after_version=2, limit=2)
     assert [r.version for r in page] == [3, 4]
-    assert await store.read_stream("payment-404") == []
+    assert await log.read_stream("payment-404") == []
 
 
-async def test_read_all_from_start_after_position_and_by_category(store: EventStore) -> None:
-    await store.append("payment-1", [expired(1)])
-    await store.append("user-1", [expired(2)])
-    third = await store.append("payment-2", [expired(3)])
-    await store.append("paymentx-1", [expired(4)])  # another category, same prefix
-    everything = [r async for r in store.read_all(batch_size=2)]
+async def test_read_all_from_start_after_position_and_by_category(log: EventLog) -> None:
+    await log.append("payment-1", [expired(1)])
+    await log.append("user-1", [expired(2)])
+    third = await log.append("payment-2", [expired(3)])
+    await log.append("paymentx-1", [expired(4)])  # another category, same prefix
+    everything = [r async for r in log.read_all(batch_size=2)]
     assert [r.event for r in everything] == [expired(n) for n in (1, 2, 3, 4)]
-    after_first = [r.event async for r in store.read_all(after=everything[0].position)]
+    after_first = [r.event async for r in log.read_all(after=everything[0].position)]
     assert after_first == [expired(n) for n in (2, 3, 4)]
-    payments = [r async for r in store.read_all(category="payment")]
+    payments = [r async for r in log.read_all(category="payment")]
     assert [r.stream for r in payments] == ["payment-1", "payment-2"]
-    assert [r.event async for r in store.read_all(after=third.last_position)] == [expired(4)]
-    assert len([r async for r in store.read_all(limit=3)]) == 3
+    assert [r.event async for r in log.read_all(after=third.last_position)] == [expired(4)]
+    assert len([r async for r in log.read_all(limit=3)]) == 3
     with pytest.raises(ValueError, match="no event at global position 999"):
-        _ = [r async for r in store.read_all(after=999)]
+        _ = [r async for r in log.read_all(after=999)]
 
 
 async def test_unknown_type_raises_a_clear_error_naming_tag_and_position(
-    store: EventStore, raw: asyncpg.Connection
+    log: EventLog, backend: Backend
 ) -> None:
-    await store.append("payment-1", [expired(1)])
-    position = await insert_raw(raw, "payment-1", 2, "PaymentRefunded", 1, {"payment_id": 1})
-    await store.append("payment-1", [expired(3)])
+    await log.append("payment-1", [expired(1)])
+    position = await insert_raw(
+        backend, log, "payment-1", 2, "PaymentRefunded", 1, {"payment_id": 1}
+    )
+    await log.append("payment-1", [expired(3)])
     with pytest.raises(UnknownEventType) as caught:
-        _ = [r async for r in store.read_all()]
+        _ = [r async for r in log.read_all()]
     assert caught.value.tag == "PaymentRefunded"
     assert caught.value.position == position
     assert f"'PaymentRefunded' at global position {position}" in str(caught.value)
 
 
-async def test_unknown_types_can_be_skipped_on_request(
-    store: EventStore, raw: asyncpg.Connection
-) -> None:
-    await store.append("payment-1", [expired(1)])
-    await insert_raw(raw, "payment-1", 2, "PaymentRefunded", 1, {"payment_id": 1})
-    await insert_raw(raw, "payment-1", 3, "PaymentRefunded", 1, {"payment_id": 1})
-    await store.append("payment-1", [expired(4)])
+async def test_unknown_types_can_be_skipped_on_request(log: EventLog, backend: Backend) -> None:
+    await log.append("payment-1", [expired(1)])
+    await insert_raw(backend, log, "payment-1", 2, "PaymentRefunded", 1, {"payment_id": 1})
+    await insert_raw(backend, log, "payment-1", 3, "PaymentRefunded", 1, {"payment_id": 1})
+    await log.append("payment-1", [expired(4)])
     # A page made only of unknown events must not end the read early.
-    read = [r.event async for r in store.read_all(batch_size=1, skip_unknown=True)]
+    read = [r.event async for r in log.read_all(batch_size=1, skip_unknown=True)]
     assert read == [expired(1), expired(4)]
-    in_stream = await store.read_stream("payment-1", skip_unknown=True)
+    in_stream = await log.read_stream("payment-1", skip_unknown=True)
     assert [r.version for r in in_stream] == [1, 4]
 
 
-async def test_read_event_finds_one_event_by_its_id(
-    store: EventStore, raw: asyncpg.Connection
-) -> None:
-    await store.append("payment-1", [expired(1)])
+async def test_read_event_finds_one_event_by_its_id(log: EventLog, backend: Backend) -> None:
+    await log.append("payment-1", [expired(1)])
     wanted = uuid.uuid4()
-    second = await store.append("payment-1", [NewEvent(event=expired(2), event_id=wanted)])
-    found = await store.read_event(wanted)
+    second = await log.append("payment-1", [NewEvent(event=expired(2), event_id=wanted)])
+    found = await log.read_event(wanted)
     assert found is not None
     assert (found.event, found.stream, found.version) == (expired(2), "payment-1", 2)
     assert found.position == second.last_position
-    assert await store.read_event(uuid.uuid4()) is None
-    await insert_raw(raw, "payment-1", 3, "PaymentRefunded", 1, {"payment_id": 1})
-    unknown = await raw.fetchval("SELECT event_id FROM i3lani.events WHERE stream_version = 3")
+    assert await log.read_event(uuid.uuid4()) is None
+    unknown = uuid.uuid4()
+    await insert_raw(
+        backend, log, "payment-1", 3, "PaymentRefunded", 1, {"payment_id": 1}, event_id=unknown
+    )
     with pytest.raises(UnknownEventType):
-        await store.read_event(unknown)
-    assert await store.read_event(unknown, skip_unknown=True) is None
+        await log.read_event(unknown)
+    assert await log.read_event(unknown, skip_unknown=True) is None
 
 
 class RewardEarnedV2(Event, frozen=True, tag="RewardEarned"):
@@ -125,18 +129,12 @@ class RewardEarnedV2(Event, frozen=True, tag="RewardEarned"):
     earned_at: datetime
 
 
-async def test_a_v1_payload_written_as_raw_json_is_upcast_on_read(
-    dsn: str, raw: asyncpg.Connection
-) -> None:
+async def test_a_v1_payload_written_as_raw_json_is_upcast_on_read(backend: Backend) -> None:
     reward_id = uuid.uuid4()
     # Exactly what release 1 stored, typed in by hand.
-    await raw.execute(
-        """INSERT INTO i3lani.events (event_id, stream, stream_version, type, schema_version,
-                                       payload)
-           VALUES ($1, 'user-5', 1, 'RewardEarned', 1, $2::jsonb)""",
-        uuid.uuid4(),
+    release_1 = (
         f'{{"reward_id": "{reward_id}", "user_id": 5, "amount_nanotons": 250000000, '
-        '"reason": "referral", "source": "user:77", "earned_at": "2026-01-02T03:04:05Z"}',
+        '"reason": "referral", "source": "user:77", "earned_at": "2026-01-02T03:04:05Z"}'
     )
     registry = EventRegistry([c for c in BUILTIN_EVENTS if c is not RewardEarned])
     registry.register(RewardEarnedV2)
@@ -146,7 +144,8 @@ async def test_a_v1_payload_written_as_raw_json_is_upcast_on_read(
         kind, _, ident = payload.pop("source").partition(":")
         return {**payload, "source_kind": kind, "source_id": ident}
 
-    async with EventStore.open(dsn, registry=registry) as store:
+    async with backend.open(registry) as store:
+        await backend.insert_raw(store, "user-5", 1, "RewardEarned", 1, release_1.encode())
         [recorded] = await store.read_stream("user-5")
         assert recorded.schema_version == 1
         assert recorded.event == RewardEarnedV2(
@@ -168,28 +167,28 @@ class Tally(msgspec.Struct, frozen=True):
     last: int
 
 
-async def test_snapshots_save_and_load(store: EventStore) -> None:
-    assert await store.load_snapshot("payment-1", Tally) is None
-    await store.save_snapshot("payment-1", 10, Tally(count=10, last=10))
-    assert await store.load_snapshot("payment-1", Tally) == (10, Tally(count=10, last=10))
-    await store.save_snapshot("payment-1", 20, Tally(count=20, last=20))
-    await store.save_snapshot("payment-1", 15, Tally(count=15, last=15))  # older: ignored
-    assert await store.load_snapshot("payment-1", Tally) == (20, Tally(count=20, last=20))
+async def test_snapshots_save_and_load(log: EventLog) -> None:
+    assert await log.load_snapshot("payment-1", Tally) is None
+    await log.save_snapshot("payment-1", 10, Tally(count=10, last=10))
+    assert await log.load_snapshot("payment-1", Tally) == (10, Tally(count=10, last=10))
+    await log.save_snapshot("payment-1", 20, Tally(count=20, last=20))
+    await log.save_snapshot("payment-1", 15, Tally(count=15, last=15))  # older: ignored
+    assert await log.load_snapshot("payment-1", Tally) == (20, Tally(count=20, last=20))
 
 
-async def test_a_snapshot_of_another_shape_is_ignored(store: EventStore) -> None:
+async def test_a_snapshot_of_another_shape_is_ignored(log: EventLog) -> None:
     class Other(msgspec.Struct, frozen=True):
         text: str
 
-    await store.save_snapshot("payment-1", 3, Other(text="x"))
-    assert await store.load_snapshot("payment-1", Tally) is None
+    await log.save_snapshot("payment-1", 3, Other(text="x"))
+    assert await log.load_snapshot("payment-1", Tally) is None
 
 
-async def test_read_page_reports_the_cursor_past_what_it_read(store: EventStore) -> None:
-    await store.append("payment-1", [expired(1), expired(2)])
-    page = await store.read_page(START, limit=1)
+async def test_read_page_reports_the_cursor_past_what_it_read(log: EventLog) -> None:
+    await log.append("payment-1", [expired(1), expired(2)])
+    page = await log.read_page(START, limit=1)
     assert page.fetched == 1
     assert page.cursor == page.events[0].cursor
-    rest = await store.read_page(page.cursor, limit=10)
+    rest = await log.read_page(page.cursor, limit=10)
     assert [r.event for r in rest.events] == [expired(2)]
-    assert (await store.read_page(rest.cursor)).events == []
+    assert (await log.read_page(rest.cursor)).events == []

@@ -1,5 +1,11 @@
 """Subscriptions: catch-up then live, NOTIFY and polling, categories, exactly-once checkpoints,
-gap-free reading behind slow transactions, lost connections and a real database restart."""
+gap-free reading behind slow transactions, lost connections and a real database restart.
+
+Contract tests (taking ``log``) run on PostgreSQL and in memory: catching up and following,
+wake-ups after a commit, categories, exactly-once checkpoints and their compare-and-set. The
+rest are PostgreSQL's own: polling for rows another client inserted without a NOTIFY,
+transactions held open on a plain connection (or in another database of the server), killed
+connections and a restarted server."""
 
 from __future__ import annotations
 
@@ -24,7 +30,7 @@ from events import (
     RewardCredited,
     RewardEarned,
 )
-from events.errors import CheckpointConflict, StoreUnavailable
+from events.errors import CheckpointConflict, StaleGeneration, StoreUnavailable
 from store import (
     AppendResult,
     Cursor,
@@ -36,6 +42,8 @@ from store import (
     migrate,
 )
 from store.database import with_database
+from store.port import EventLog
+from tests.store.contract import Backend
 
 NOW = datetime(2026, 11, 29, 10, 0, tzinfo=UTC)
 WALLET = "0:408da3b28b6c065a593e10391269baaa9c5f8caebc0c69d9f0aabbab2a99256b"
@@ -123,13 +131,13 @@ async def collecting(sub: Subscription) -> AsyncIterator[Collector]:
 
 # -- writing helpers ------------------------------------------------------------------------
 async def append_retrying(
-    store: EventStore, stream: str, items: Sequence[NewEvent], *, within: float = 30
+    log: EventLog, stream: str, items: Sequence[NewEvent], *, within: float = 30
 ) -> AppendResult:
     """Append, retrying while PostgreSQL is unreachable: safe because the event ids are fixed."""
     with anyio.fail_after(within):
         while True:
             try:
-                return await store.append(stream, items)
+                return await log.append(stream, items)
             except StoreUnavailable:
                 await anyio.sleep(0.2)
 
@@ -159,15 +167,15 @@ def reading_order(recorded: Sequence[RecordedEvent]) -> list[Cursor]:
 
 
 # -- 1. catch-up then live --------------------------------------------------------------------
-async def test_catch_up_then_live_delivers_each_event_once_in_order(store: EventStore) -> None:
-    before = [await store.append(f"user-{n}", [reward(n)]) for n in (1, 2, 3)]
+async def test_catch_up_then_live_delivers_each_event_once_in_order(log: EventLog) -> None:
+    before = [await log.append(f"user-{n}", [reward(n)]) for n in (1, 2, 3)]
     # batch_size=2: catching up takes more than one page.
-    async with store.subscribe(poll_interval=1.0, batch_size=2) as sub:
+    async with log.subscribe(poll_interval=1.0, batch_size=2) as sub:
         caught_up = await take(sub, 3)
         assert [e.position for e in caught_up] == [r.first_position for r in before]
         assert [e.stream for e in caught_up] == ["user-1", "user-2", "user-3"]
 
-        after = [await store.append(f"user-{n}", [reward(n)]) for n in (1, 4)]
+        after = [await log.append(f"user-{n}", [reward(n)]) for n in (1, 4)]
         live = await take(sub, 2)
         assert [e.position for e in live] == [r.first_position for r in after]
         assert [(e.stream, e.version) for e in live] == [("user-1", 2), ("user-4", 1)]
@@ -176,7 +184,7 @@ async def test_catch_up_then_live_delivers_each_event_once_in_order(store: Event
         assert await next_within(sub, 0.5) is None
 
     delivered = caught_up + live
-    stored = [e async for e in store.read_all()]
+    stored = [e async for e in log.read_all()]
     assert ids(delivered) == ids(stored)
     assert len(set(ids(delivered))) == 5
     assert all(isinstance(e.event, RewardEarned) for e in delivered)
@@ -184,16 +192,16 @@ async def test_catch_up_then_live_delivers_each_event_once_in_order(store: Event
 
 
 # -- 2. woken by NOTIFY ----------------------------------------------------------------------
-async def test_a_live_append_wakes_the_subscription_by_notify(store: EventStore) -> None:
-    await store.append("payment-1", [payment_created(1)])
-    async with store.subscribe(poll_interval=30) as sub:
+async def test_a_live_append_wakes_the_subscription_by_notify(log: EventLog) -> None:
+    await log.append("payment-1", [payment_created(1)])
+    async with log.subscribe(poll_interval=30) as sub:
         await take(sub, 1)
         notified_before: list[int] = []
 
         async def append_while_it_waits() -> None:
             await anyio.sleep(0.3)  # let the subscription settle into its 30 s wait
             notified_before.append(sub.notifications)
-            await store.append("payment-1", [payment_expired(1)])
+            await log.append("payment-1", [payment_expired(1)])
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(append_while_it_waits)
@@ -225,21 +233,21 @@ async def test_events_from_another_client_are_found_by_polling(
 
 
 # -- 4. category filter ----------------------------------------------------------------------
-async def test_a_category_subscription_sees_only_its_streams(store: EventStore) -> None:
-    await store.append("payment-1", [payment_created(1)])
-    await store.append("user-1", [reward(1)])
-    await store.append("paymentx-1", [payment_created(2)])  # category "paymentx", not "payment"
-    await store.append("payment-2", [payment_created(2)])
-    async with store.subscribe(category="payment", poll_interval=1.0) as sub:
+async def test_a_category_subscription_sees_only_its_streams(log: EventLog) -> None:
+    await log.append("payment-1", [payment_created(1)])
+    await log.append("user-1", [reward(1)])
+    await log.append("paymentx-1", [payment_created(2)])  # category "paymentx", not "payment"
+    await log.append("payment-2", [payment_created(2)])
+    async with log.subscribe(category="payment", poll_interval=1.0) as sub:
         caught_up = await take(sub, 2)
         assert [e.stream for e in caught_up] == ["payment-1", "payment-2"]
 
-        await store.append("user-2", [reward(2)])
-        await store.append("payment-1", [payment_expired(1)])
+        await log.append("user-2", [reward(2)])
+        await log.append("payment-1", [payment_expired(1)])
         live = await take(sub, 1)
         assert [(e.stream, e.type) for e in live] == [("payment-1", "PaymentExpired")]
 
-        await store.append("user-3", [reward(3)])
+        await log.append("user-3", [reward(3)])
         assert await next_within(sub, 0.5) is None
 
     assert all(e.category == "payment" for e in caught_up + live)
@@ -251,12 +259,12 @@ class SimulatedCrash(Exception):
 
 
 async def credit(
-    store: EventStore, sub: Subscription, recorded: RecordedEvent, *, crash: bool = False
+    log: EventLog, sub: Subscription, recorded: RecordedEvent, *, crash: bool = False
 ) -> None:
     """The subscriber's work: credit the reward and move the checkpoint, in one transaction."""
     earned = recorded.event
     assert isinstance(earned, RewardEarned)
-    async with store.transaction() as tx:
+    async with log.transaction() as tx:
         await tx.append(
             f"ledger-{earned.user_id}",
             [
@@ -277,91 +285,114 @@ async def credit(
             raise SimulatedCrash
 
 
-async def credited(store: EventStore) -> list[uuid.UUID]:
+async def credited(log: EventLog) -> list[uuid.UUID]:
     return [
         e.event.reward_id
-        async for e in store.read_all(category="ledger")
+        async for e in log.read_all(category="ledger")
         if isinstance(e.event, RewardCredited)
     ]
 
 
-async def test_checkpoint_in_the_same_transaction_gives_exactly_once(store: EventStore) -> None:
+async def test_checkpoint_in_the_same_transaction_gives_exactly_once(log: EventLog) -> None:
     first, second = reward(1), reward(2)
-    await store.append("user-1", [first])
-    await store.append("user-2", [second])
+    await log.append("user-1", [first])
+    await log.append("user-2", [second])
 
     # A subscriber crashes after appending its effect, before the commit: nothing is stored.
-    async with store.subscribe("rewarder", category="user") as sub:
+    async with log.subscribe("rewarder", category="user") as sub:
         [delivered] = await take(sub, 1)
         assert delivered.event == first
         with pytest.raises(SimulatedCrash):
-            await credit(store, sub, delivered, crash=True)
-    assert await credited(store) == []
-    assert await store.read_stream("ledger-1") == []
-    assert await store.load_checkpoint("rewarder") is None
+            await credit(log, sub, delivered, crash=True)
+    assert await credited(log) == []
+    assert await log.read_stream("ledger-1") == []
+    assert await log.load_checkpoint("rewarder") is None
 
     # After the "restart" the same event comes again, and this time it commits.
-    async with store.subscribe("rewarder", category="user") as sub:
+    async with log.subscribe("rewarder", category="user") as sub:
         [again] = await take(sub, 1)
         assert again.event_id == delivered.event_id
-        await credit(store, sub, again)
-    assert await store.load_checkpoint("rewarder") == again.cursor
+        await credit(log, sub, again)
+    assert await log.load_checkpoint("rewarder") == again.cursor
 
     # A new subscription under the name starts after it: no re-delivery.
-    async with store.subscribe("rewarder", category="user") as sub:
+    async with log.subscribe("rewarder", category="user") as sub:
         [following] = await take(sub, 1)
         assert following.event == second
-        await credit(store, sub, following)
+        await credit(log, sub, following)
         third = reward(3)
-        await store.append("user-3", [third])
+        await log.append("user-3", [third])
         [live] = await take(sub, 1)
         assert live.event == third
-        await credit(store, sub, live)
+        await credit(log, sub, live)
         assert await next_within(sub, 0.5) is None
 
-    async with store.subscribe("rewarder", category="user") as sub:
+    async with log.subscribe("rewarder", category="user") as sub:
         assert sub.checkpoint == live.cursor
         assert await next_within(sub, 0.5) is None
 
-    outputs = await credited(store)
+    outputs = await credited(log)
     assert sorted(outputs) == sorted([first.reward_id, second.reward_id, third.reward_id])
     for user_id in (1, 2, 3):
-        assert len(await store.read_stream(f"ledger-{user_id}")) == 1
+        assert len(await log.read_stream(f"ledger-{user_id}")) == 1
 
 
 # -- 6. checkpoint compare-and-set -------------------------------------------------------------
-async def test_two_consumers_under_one_name_cannot_both_commit(store: EventStore) -> None:
-    await store.append("user-1", [reward(1)])
+async def test_two_consumers_under_one_name_cannot_both_commit(log: EventLog) -> None:
+    await log.append("user-1", [reward(1)])
     async with (
-        store.subscribe("dup", category="user") as first,
-        store.subscribe("dup", category="user") as second,
+        log.subscribe("dup", category="user") as first,
+        log.subscribe("dup", category="user") as second,
     ):
         [a] = await take(first, 1)
         [b] = await take(second, 1)
         assert a.event_id == b.event_id
 
         await first.save_checkpoint(a)
-        assert await store.load_checkpoint("dup") == a.cursor
+        assert await log.load_checkpoint("dup") == a.cursor
 
         # Inside a transaction, the loser's effects roll back with its failed checkpoint.
         with pytest.raises(CheckpointConflict) as caught:
-            await credit(store, second, b)
+            await credit(log, second, b)
         assert caught.value.name == "dup"
         assert caught.value.expected is None
         assert caught.value.actual == a.cursor
-        assert await store.read_stream("ledger-1") == []
+        assert await log.read_stream("ledger-1") == []
 
         # And outside one.
         with pytest.raises(CheckpointConflict):
             await second.save_checkpoint(b)
-        assert await store.load_checkpoint("dup") == a.cursor
+        assert await log.load_checkpoint("dup") == a.cursor
 
         # The winner goes on moving its checkpoint.
-        await store.append("user-2", [reward(2)])
+        await log.append("user-2", [reward(2)])
         [c] = await take(first, 1)
-        await credit(store, first, c)
-        assert await store.load_checkpoint("dup") == c.cursor
-        assert len(await store.read_stream("ledger-2")) == 1
+        await credit(log, first, c)
+        assert await log.load_checkpoint("dup") == c.cursor
+        assert len(await log.read_stream("ledger-2")) == 1
+
+
+async def test_a_checkpoint_under_a_replaced_lease_generation_is_refused(
+    log: EventLog, backend: Backend
+) -> None:
+    appended = await log.append("user-1", [reward(1)])
+    cursor = Cursor(appended.transaction_id, appended.last_position)
+    old = await backend.grant(log, "Rewards")
+    new = await backend.grant(log, "Rewards")
+    with pytest.raises(StaleGeneration):
+        await log.save_checkpoint("rewarder", cursor, expected=None, fence=old)
+
+    async def effects_and_checkpoint() -> None:
+        async with log.transaction() as tx:
+            await tx.append("ledger-1", [reward(1)])
+            await tx.save_checkpoint("rewarder", cursor, expected=None, fence=old)
+
+    with pytest.raises(StaleGeneration):
+        await effects_and_checkpoint()
+    assert await log.load_checkpoint("rewarder") is None
+    assert await log.read_stream("ledger-1") == []
+    await log.save_checkpoint("rewarder", cursor, expected=None, fence=new)
+    assert await log.load_checkpoint("rewarder") == cursor
 
 
 # -- 7. gap-free behind a slow transaction -------------------------------------------------

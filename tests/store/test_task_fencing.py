@@ -1,6 +1,9 @@
 """Task-queue writes made for an actor are fenced by its lease generation (migration 0005):
 a stale node's enqueue, claim, heartbeat or outcome is refused and writes nothing, is not
-counted as an attempt, and its tasks are taken over by the current holder at once."""
+counted as an attempt, and its tasks are taken over by the current holder at once.
+
+PostgreSQL only (not in the contract suite): the task queue and its lease checks are SQL;
+fenced appends and checkpoints are in the contract suite."""
 
 from __future__ import annotations
 

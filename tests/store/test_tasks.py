@@ -1,6 +1,9 @@
 """The task queue on a real PostgreSQL: enqueue, claim, complete; order; SKIP LOCKED between
 processors; NOTIFY wake-ups; retries and dead letters; dead nodes; the caller's transaction;
-dedupe keys; operators' views; pruning. Every transition is read back from the log."""
+dedupe keys; operators' views; pruning. Every transition is read back from the log.
+
+PostgreSQL only (not in the contract suite): the task queue is SQL (store/tasks.py), with no
+in-memory implementation yet."""
 
 from __future__ import annotations
 

@@ -1,0 +1,1066 @@
+"""An in-memory event log with the PostgreSQL store's semantics, for tests and simulation.
+
+    async with MemoryLog() as log:
+        result = await log.append("payment-42", [PaymentCreated(...)], expected_version=NO_STREAM)
+        async for recorded in log.read_all():
+            ...
+
+:class:`MemoryLog` implements the :class:`store.port.EventLog` port, and the contract suite in
+``tests/store/`` runs every guarantee of :class:`store.eventstore.EventStore` against both:
+expected versions and :class:`ConcurrencyConflict`; validation first; idempotent event ids
+(a retry returns the original result, other content raises :class:`EventIdReused`); fenced
+writes (:class:`StaleGeneration`); checkpoints as compare-and-set (:class:`CheckpointConflict`)
+committed with a transaction's appends; snapshots. Events go through the same registry and
+msgspec encoding as in PostgreSQL, so they round-trip identically.
+
+It models PostgreSQL's concurrency rather than serialising everything:
+
+* **Reading order.** Every write gets a global position when it is made and a transaction id
+  when its transaction makes its first write, as in PostgreSQL; readers follow
+  (transaction id, position) and see only committed events whose transaction id is below that
+  of the oldest transaction still open (PostgreSQL's snapshot ``xmin``). So an event whose
+  transaction commits late is held back, never skipped (``held_back`` says so), and a rolled
+  back transaction leaves a gap in positions, never in the reading order.
+* **Waiting on another writer.** A write that needs what an open transaction has claimed (the
+  next version of a stream, an event id, a checkpoint) waits for that transaction to end, like
+  an insert waiting on a unique index, then looks again: an ``ANY`` append lands after the
+  other's events; an exact expectation, or a write inside a transaction, fails as it would in
+  PostgreSQL. Two transactions waiting on each other are refused (PostgreSQL's deadlock).
+
+Not modelled: connections and their limits, lost notifications (a commit always wakes the
+log's subscriptions; they still poll), group commit (each append is atomic on its own, with
+the same results), and the positions PostgreSQL spends on inserts a unique index refused.
+``tests/store/test_differential.py`` runs one random history on both logs and compares every
+outcome.
+
+Leases: PostgreSQL keeps lease generations in a table; here :meth:`MemoryLog.grant` bumps a
+lease's generation (a take-over), and fenced writes are checked against it, and again at the
+commit of a transaction that made them.
+
+**Hooks for deterministic simulation** (issue 13), all given to the constructor:
+
+``clock``
+    ``() -> datetime`` (tz-aware UTC): ``recorded_at`` of appends (the transaction's start,
+    like PostgreSQL's ``now()``). Default: the wall clock.
+``yield_point``
+    ``async (operation) -> None``, awaited at the start of every operation (``"append"``,
+    ``"read_page"``, ``"commit"``, ...; the names are :data:`OPERATIONS`). Default:
+    ``anyio.lowlevel.checkpoint()``. A simulator replaces it to choose which task runs next.
+``faults``
+    ``(operation) -> None``, called after the yield point, before the operation touches the
+    log. Raise :class:`StoreUnavailable` (or any error) to make the store "down" or fail a
+    commit; an operation that raises there has done nothing (a failed ``"commit"`` rolls the
+    transaction back). Default: no faults.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import logging
+import math
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import TYPE_CHECKING, Final, Self, TypeVar
+
+import anyio
+import anyio.lowlevel
+import msgspec
+
+from events import DEFAULT_REGISTRY, Event, EventMetadata, EventRegistry
+from events.errors import (
+    CheckpointConflict,
+    ConcurrencyConflict,
+    EventIdReused,
+    StaleGeneration,
+    StoreError,
+    UnknownEventType,
+)
+from store.eventstore import (
+    MAX_EVENTS_PER_APPEND,
+    Append,
+    Fence,
+    NewEvent,
+    Page,
+    RecordedPosition,
+    _check_stream,
+    _expectation,
+    _state_type,
+)
+from store.records import ANY, START, AppendResult, Cursor, Expected, RecordedEvent
+from store.subscription import Subscription
+
+if TYPE_CHECKING:
+    from store.port import LogTransaction
+
+__all__ = ["OPERATIONS", "MemoryLog", "MemorySubscription", "MemoryTransaction"]
+
+logger = logging.getLogger(__name__)
+
+S = TypeVar("S", bound=msgspec.Struct)
+
+OPERATIONS: Final = frozenset(
+    {
+        "append",
+        "append_many",
+        "begin",
+        "commit",
+        "save_checkpoint",
+        "load_checkpoint",
+        "save_snapshot",
+        "load_snapshot",
+        "stream_version",
+        "read_stream",
+        "read_event",
+        "last_event",
+        "head",
+        "cursor_at",
+        "read_page",
+        "held_back",
+        "stored_ids",
+    }
+)
+"""The names the ``yield_point`` and ``faults`` hooks are called with."""
+
+_NO_METADATA = EventMetadata()
+_EMPTY_METADATA = b"{}"
+
+
+def _check_checkpoint_name(name: str) -> None:
+    # PostgreSQL's CHECK refuses it too (checkpoints_name_check).
+    if not 1 <= len(name) <= 200:
+        raise ValueError(f"a checkpoint name is 1 to 200 characters, got {name!r}")
+
+
+def _reused_in_transaction(event_id: uuid.UUID) -> EventIdReused:
+    # EventStore's words: inside a transaction, PostgreSQL's refusal aborts it.
+    return EventIdReused(
+        event_id,
+        "an event id of this append is already stored; inside a transaction the "
+        "store cannot tell a retry from a reuse (append outside it to find out)",
+    )
+
+
+def _wall_clock() -> datetime:
+    return datetime.now(UTC)
+
+
+async def _checkpoint(operation: str) -> None:
+    await anyio.lowlevel.checkpoint()
+
+
+def _no_faults(operation: str) -> None:
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class _Stored:
+    """One row of the log, as PostgreSQL would hold it (payload and metadata as JSON)."""
+
+    position: int
+    transaction_id: int
+    event_id: uuid.UUID
+    stream: str
+    version: int
+    type: str
+    schema_version: int
+    payload: bytes
+    metadata: bytes
+    recorded_at: datetime
+
+    @property
+    def key(self) -> tuple[int, int]:
+        return (self.transaction_id, self.position)
+
+
+@dataclass(slots=True)
+class _Encoded:
+    event_id: uuid.UUID
+    type: str
+    schema_version: int
+    payload: bytes
+    metadata: bytes
+
+
+@dataclass(slots=True)
+class _Request:
+    stream: str
+    expected: Expected
+    exact: int | None
+    must_exist: bool
+    rows: list[_Encoded]
+    fence: Fence | None
+
+
+class _Blocked(Exception):
+    """Internal: the write needs something an open transaction has claimed; wait for it."""
+
+    def __init__(self, holder: _Tx) -> None:
+        self.holder = holder
+
+
+@dataclass(eq=False, slots=True)
+class _Tx:
+    """A transaction's state: what it wrote, not yet visible to anyone else."""
+
+    started_at: datetime
+    transaction_id: int | None = None
+    rows: list[_Stored] = field(default_factory=list)
+    checkpoints: dict[str, Cursor] = field(default_factory=dict)
+    claims: set[Hashable] = field(default_factory=set)
+    fences: set[Fence] = field(default_factory=set)
+    ended: anyio.Event = field(default_factory=anyio.Event)
+    committed: bool = False
+    waiting_on: _Tx | None = None
+
+    def version(self, stream: str) -> int:
+        mine = [row.version for row in self.rows if row.stream == stream]
+        return max(mine, default=0)
+
+
+class MemoryLog:
+    """The event log in memory: the :class:`store.port.EventLog` port without PostgreSQL.
+
+    Hooks for simulation (``clock``, ``yield_point``, ``faults``): see the module docstring.
+    """
+
+    def __init__(
+        self,
+        *,
+        registry: EventRegistry = DEFAULT_REGISTRY,
+        node: str | None = None,
+        clock: Callable[[], datetime] = _wall_clock,
+        yield_point: Callable[[str], Awaitable[None]] = _checkpoint,
+        faults: Callable[[str], None] = _no_faults,
+    ) -> None:
+        self.registry = registry
+        self.node = node
+        self.clock = clock
+        self.yield_point = yield_point
+        self.faults = faults
+        self._metadata_encoder = msgspec.json.Encoder()
+        self._metadata_decoder = msgspec.json.Decoder(EventMetadata)
+        # The log, in reading order (transaction id, position), with its indexes.
+        self._rows: list[_Stored] = []
+        self._keys: list[tuple[int, int]] = []
+        self._by_stream: dict[str, list[_Stored]] = {}
+        self._by_id: dict[uuid.UUID, _Stored] = {}
+        self._by_position: dict[int, _Stored] = {}
+        self._next_position = 1
+        self._next_transaction_id = 1
+        self._open: dict[int, _Tx] = {}  # transactions that have written, by transaction id
+        self._claims: dict[Hashable, _Tx] = {}
+        self._checkpoints: dict[str, Cursor] = {}
+        self._snapshots: dict[str, tuple[int, str, bytes]] = {}
+        self._leases: dict[str, int] = {}
+        self._subscriptions: set[MemorySubscription] = set()
+        self._closed = False
+
+    # -- lifecycle --------------------------------------------------------------------------
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        self._closed = True
+
+    async def _enter(self, operation: str) -> None:
+        """Every operation starts here: the scheduling hook, then the fault hook."""
+        await self.yield_point(operation)
+        if self._closed:
+            raise StoreError("the memory log is closed")
+        self.faults(operation)
+
+    # -- leases -----------------------------------------------------------------------------
+    def grant(self, lease: str) -> int:
+        """Grant ``lease`` anew (a take-over): its generation goes up by one and is returned;
+        writes fenced with an older generation are refused from now on."""
+        generation = self._leases.get(lease, 0) + 1
+        self._leases[lease] = generation
+        return generation
+
+    def lease_generation(self, lease: str) -> int | None:
+        return self._leases.get(lease)
+
+    def _check_fence(self, fence: Fence | None) -> None:
+        if fence is None:
+            return
+        fence.check()  # this node's own clock first, as before anything is sent
+        if self._leases.get(fence.lease) != fence.generation:
+            raise StaleGeneration(fence.lease, fence.generation)
+
+    # -- encoding ---------------------------------------------------------------------------
+    def _prepare(
+        self,
+        stream: str,
+        events: Sequence[Event | NewEvent],
+        expected: Expected,
+        metadata: EventMetadata | None,
+        fence: Fence | None,
+    ) -> _Request:
+        """Validate and encode everything before touching the log (as EventStore does)."""
+        _check_stream(stream)
+        exact, must_exist = _expectation(expected)
+        if not events:
+            raise ValueError("append needs at least one event")
+        if len(events) > MAX_EVENTS_PER_APPEND:
+            raise ValueError(f"at most {MAX_EVENTS_PER_APPEND} events per append")
+        rows: list[_Encoded] = []
+        seen: set[uuid.UUID] = set()
+        for item in events:
+            if isinstance(item, NewEvent):
+                event, event_id, meta = item.event, item.event_id, item.metadata or metadata
+            else:
+                event, event_id, meta = item, uuid.uuid4(), metadata
+            if event_id in seen:
+                raise ValueError(f"event id {event_id} appears twice in one append")
+            seen.add(event_id)
+            if fence is not None:
+                meta = msgspec.structs.replace(
+                    meta or _NO_METADATA, lease=fence.lease, generation=fence.generation
+                )
+            tag, version, payload = self.registry.encode(event)
+            rows.append(_Encoded(event_id, tag, version, payload, self._encode_metadata(meta)))
+        return _Request(stream, expected, exact, must_exist, rows, fence)
+
+    def _encode_metadata(self, meta: EventMetadata | None) -> bytes:
+        if meta is None:
+            if self.node is None:
+                return _EMPTY_METADATA
+            meta = EventMetadata(node=self.node)
+        elif meta.node is None and self.node is not None:
+            meta = msgspec.structs.replace(meta, node=self.node)
+        return self._metadata_encoder.encode(meta)
+
+    def _decode(self, rows: Sequence[_Stored], skip_unknown: bool) -> list[RecordedEvent]:
+        out: list[RecordedEvent] = []
+        for row in rows:
+            try:
+                event = self.registry.decode(
+                    row.type, row.schema_version, row.payload, position=row.position
+                )
+            except UnknownEventType:
+                if skip_unknown:
+                    continue
+                raise
+            metadata = (
+                _NO_METADATA
+                if row.metadata == _EMPTY_METADATA
+                else self._metadata_decoder.decode(row.metadata)
+            )
+            out.append(
+                RecordedEvent(
+                    row.position,
+                    row.transaction_id,
+                    row.event_id,
+                    row.stream,
+                    row.version,
+                    row.type,
+                    row.schema_version,
+                    event,
+                    metadata,
+                    row.recorded_at,
+                )
+            )
+        return out
+
+    # -- the visible log --------------------------------------------------------------------
+    def _horizon(self) -> int:
+        """Transaction ids below this are finished (PostgreSQL's snapshot xmin)."""
+        return min(self._open, default=self._next_transaction_id)
+
+    def _version(self, stream: str) -> int:
+        rows = self._by_stream.get(stream)
+        return rows[-1].version if rows else 0
+
+    def _claim(self, tx: _Tx, key: Hashable) -> None:
+        holder = self._claims.get(key)
+        if holder is not None and holder is not tx:
+            raise _Blocked(holder)
+
+    async def _wait_for(self, blocked: _Blocked, tx: _Tx | None) -> bool:
+        """Wait until the transaction holding a claim ends; whether it committed. Two
+        transactions waiting on each other is a deadlock, refused as PostgreSQL would."""
+        holder: _Tx | None = blocked.holder
+        while holder is not None:
+            if holder is tx:
+                raise StoreError("deadlock: two transactions wait on each other's writes")
+            holder = holder.waiting_on
+        if tx is not None:
+            tx.waiting_on = blocked.holder
+        try:
+            await blocked.holder.ended.wait()
+        finally:
+            if tx is not None:
+                tx.waiting_on = None
+        return blocked.holder.committed
+
+    def _begin_writing(self, tx: _Tx) -> int:
+        if tx.transaction_id is None:
+            tx.transaction_id = self._next_transaction_id
+            self._next_transaction_id += 1
+            self._open[tx.transaction_id] = tx
+        return tx.transaction_id
+
+    def _commit(self, tx: _Tx) -> None:
+        """Make the transaction's writes visible, all at once."""
+        for row in tx.rows:
+            index = bisect.bisect(self._keys, row.key)
+            self._keys.insert(index, row.key)
+            self._rows.insert(index, row)
+            self._by_stream.setdefault(row.stream, []).append(row)
+            self._by_id[row.event_id] = row
+            self._by_position[row.position] = row
+        self._checkpoints.update(tx.checkpoints)
+        tx.committed = True
+        self._end(tx)
+        categories = {row.stream.split("-", 1)[0] for row in tx.rows}
+        if categories:
+            for subscription in list(self._subscriptions):
+                subscription._on_notify(self, 0, "", ",".join(sorted(categories)))
+
+    def _end(self, tx: _Tx) -> None:
+        for key in tx.claims:
+            if self._claims.get(key) is tx:
+                del self._claims[key]
+        tx.ended.set()
+        if tx.transaction_id is not None:
+            self._open.pop(tx.transaction_id, None)
+            for subscription in list(self._subscriptions):
+                subscription._wake.set()  # what it held back may be readable now
+
+    # -- appending --------------------------------------------------------------------------
+    async def append(
+        self,
+        stream: str,
+        events: Sequence[Event | NewEvent],
+        *,
+        expected_version: Expected = ANY,
+        metadata: EventMetadata | None = None,
+        fence: Fence | None = None,
+    ) -> AppendResult:
+        """Append ``events`` to ``stream`` atomically, if ``expected_version`` holds (and,
+        with ``fence``, only while that lease generation is current)."""
+        request = self._prepare(stream, events, expected_version, metadata, fence)
+        if fence is not None:
+            fence.check()
+        await self._enter("append")
+        while True:
+            tx = _Tx(started_at=self.clock())
+            try:
+                result = self._append_in(tx, request, in_transaction=False)
+            except _Blocked as blocked:
+                await self._wait_for(blocked, None)
+                continue
+            except BaseException:
+                self._end(tx)
+                raise
+            self._commit(tx)
+            return result
+
+    def _append_in(self, tx: _Tx, request: _Request, *, in_transaction: bool) -> AppendResult:
+        """One append as ``tx``'s next write, or its refusal; nothing written when it raises.
+        The order of checks is EventStore's: fence, expected version (a failed one may be a
+        retry of a stored append), then event ids."""
+        self._check_fence(request.fence)
+        stream = request.stream
+        actual = max(self._version(stream), tx.version(stream))
+        exact = request.exact
+        if (
+            in_transaction
+            and exact is not None
+            and len(request.rows) == 1
+            and request.fence is None
+            and exact < actual
+        ):
+            # PostgreSQL's one-event path (append_exact) tries the insert, and the unique
+            # indexes refuse it (event id first): inside a transaction, which that aborts,
+            # the store cannot look further, and reports what it knows.
+            event_id = request.rows[0].event_id
+            self._claim(tx, ("id", event_id))
+            if self._lookup(tx, event_id) is not None:
+                raise _reused_in_transaction(event_id)
+            raise ConcurrencyConflict(stream, request.expected, None)
+        if (exact is not None and actual != exact) or (request.must_exist and actual == 0):
+            original = self._original_append(request, tx)
+            if original is not None:
+                return original
+            raise ConcurrencyConflict(stream, request.expected, actual)
+        ids = [row.event_id for row in request.rows]
+        for event_id in ids:
+            self._claim(tx, ("id", event_id))
+        if any(event_id in self._by_id or self._in_tx(tx, event_id) for event_id in ids):
+            if in_transaction:
+                raise _reused_in_transaction(ids[0])
+            original = self._original_append(request, tx)
+            if original is not None:
+                return original
+            raise EventIdReused(ids[0], "the stored event differs")
+        for n in range(1, len(request.rows) + 1):
+            self._claim(tx, ("version", stream, actual + n))
+        # Every check held: write.
+        transaction_id = self._begin_writing(tx)
+        landed: list[_Stored] = []
+        for n, row in enumerate(request.rows, start=1):
+            stored = _Stored(
+                position=self._next_position,
+                transaction_id=transaction_id,
+                event_id=row.event_id,
+                stream=stream,
+                version=actual + n,
+                type=row.type,
+                schema_version=row.schema_version,
+                payload=row.payload,
+                metadata=row.metadata,
+                recorded_at=tx.started_at,
+            )
+            self._next_position += 1
+            landed.append(stored)
+            for key in (("id", row.event_id), ("version", stream, actual + n)):
+                self._claims[key] = tx
+                tx.claims.add(key)
+        tx.rows.extend(landed)
+        if request.fence is not None:
+            tx.fences.add(request.fence)
+        return AppendResult(
+            stream=stream,
+            first_version=landed[0].version,
+            last_version=landed[-1].version,
+            first_position=landed[0].position,
+            last_position=landed[-1].position,
+            transaction_id=transaction_id,
+            recorded_at=tx.started_at,
+        )
+
+    @staticmethod
+    def _in_tx(tx: _Tx, event_id: uuid.UUID) -> bool:
+        return any(row.event_id == event_id for row in tx.rows)
+
+    def _lookup(self, tx: _Tx, event_id: uuid.UUID) -> _Stored | None:
+        found = self._by_id.get(event_id)
+        if found is None:
+            found = next((row for row in tx.rows if row.event_id == event_id), None)
+        return found
+
+    def _original_append(self, request: _Request, tx: _Tx) -> AppendResult | None:
+        """If every event of ``request`` is already stored, identically and in order, the
+        result of that earlier append; None if none is stored; EventIdReused otherwise."""
+        ids = [row.event_id for row in request.rows]
+        found = {i: hit for i in ids if (hit := self._lookup(tx, i)) is not None}
+        if not found:
+            return None
+        if len(found) != len(ids):
+            raise EventIdReused(
+                next(i for i in ids if i in found),
+                f"only {len(found)} of the {len(ids)} events of this append are stored",
+            )
+        records = [found[event_id] for event_id in ids]
+        for row, record in zip(request.rows, records, strict=True):
+            if record.stream != request.stream:
+                raise EventIdReused(row.event_id, f"it is stored in stream {record.stream!r}")
+            if record.type != row.type or msgspec.json.decode(
+                record.payload
+            ) != msgspec.json.decode(row.payload):
+                raise EventIdReused(row.event_id, f"stored as another {record.type}")
+        versions = [record.version for record in records]
+        if versions != list(range(versions[0], versions[0] + len(versions))):
+            raise EventIdReused(records[0].event_id, "stored in another order")
+        return AppendResult(
+            stream=request.stream,
+            first_version=versions[0],
+            last_version=versions[-1],
+            first_position=records[0].position,
+            last_position=records[-1].position,
+            transaction_id=records[0].transaction_id,
+            recorded_at=records[0].recorded_at,
+            duplicate=True,
+        )
+
+    def insert_encoded(
+        self,
+        stream: str,
+        version: int,
+        tag: str,
+        schema_version: int,
+        payload: bytes,
+        *,
+        event_id: uuid.UUID | None = None,
+        metadata: bytes = _EMPTY_METADATA,
+    ) -> int:
+        """Store a row as another client or release would have, bypassing the registry and
+        every check but the unique ones (a type this release does not know, an old schema
+        version); its global position. For tests and simulations."""
+        _check_stream(stream)
+        if version < 1 or schema_version < 1:
+            raise ValueError("stream and schema versions start at 1")
+        event_id = event_id if event_id is not None else uuid.uuid4()
+        if event_id in self._by_id or ("id", event_id) in self._claims:
+            raise EventIdReused(event_id, "already stored")
+        if any(row.version == version for row in self._by_stream.get(stream, [])):
+            raise ConcurrencyConflict(stream, version - 1, self._version(stream))
+        tx = _Tx(started_at=self.clock())
+        transaction_id = self._begin_writing(tx)
+        tx.rows.append(
+            _Stored(
+                self._next_position,
+                transaction_id,
+                event_id,
+                stream,
+                version,
+                tag,
+                schema_version,
+                payload,
+                metadata,
+                tx.started_at,
+            )
+        )
+        self._next_position += 1
+        self._commit(tx)
+        return tx.rows[0].position
+
+    # -- transactions -----------------------------------------------------------------------
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[MemoryTransaction]:
+        """A unit of work: its appends and checkpoints commit together, or not at all."""
+        await self._enter("begin")
+        state = _Tx(started_at=self.clock())
+        tx = MemoryTransaction(self, state)
+        try:
+            yield tx
+            await self._enter("commit")
+            # Last look before the commit: a node paused past its lease rolls back, and so
+            # does a write whose lease was granted elsewhere meanwhile.
+            for fence in state.fences:
+                self._check_fence(fence)
+        except BaseException:
+            self._end(state)
+            raise
+        self._commit(state)
+
+    # -- checkpoints ------------------------------------------------------------------------
+    async def load_checkpoint(self, name: str) -> Cursor | None:
+        await self._enter("load_checkpoint")
+        return self._checkpoints.get(name)
+
+    async def save_checkpoint(
+        self,
+        name: str,
+        cursor: Cursor,
+        *,
+        expected: Cursor | None,
+        fence: Fence | None = None,
+    ) -> None:
+        """Move checkpoint ``name`` from ``expected`` (None: it must not exist) to ``cursor``;
+        CheckpointConflict if someone else moved it; with ``fence``, StaleGeneration unless
+        that lease generation is current."""
+        _check_checkpoint_name(name)
+        if fence is not None:
+            fence.check()
+        await self._enter("save_checkpoint")
+        while True:
+            tx = _Tx(started_at=self.clock())
+            try:
+                self._save_checkpoint_in(tx, name, cursor, expected, fence)
+            except _Blocked as blocked:
+                await self._wait_for(blocked, None)
+                continue
+            except BaseException:
+                self._end(tx)
+                raise
+            self._commit(tx)
+            return
+
+    def _save_checkpoint_in(
+        self, tx: _Tx, name: str, cursor: Cursor, expected: Cursor | None, fence: Fence | None
+    ) -> None:
+        self._claim(tx, ("checkpoint", name))
+        self._check_fence(fence)
+        actual = tx.checkpoints.get(name, self._checkpoints.get(name))
+        if actual != expected:
+            raise CheckpointConflict(name, expected, actual)
+        self._claims[("checkpoint", name)] = tx
+        tx.claims.add(("checkpoint", name))
+        tx.checkpoints[name] = cursor
+        if fence is not None:
+            tx.fences.add(fence)
+
+    # -- snapshots --------------------------------------------------------------------------
+    async def save_snapshot(self, stream: str, version: int, state: msgspec.Struct) -> None:
+        """Keep ``state`` as of ``version`` of ``stream`` (an older one never replaces it)."""
+        if version < 1:
+            # PostgreSQL's CHECK refuses it too (snapshots_stream_version_check).
+            raise ValueError(f"a snapshot is of version 1 or later, got {version}")
+        state_type = _state_type(type(state))
+        encoded = msgspec.json.encode(state)
+        await self._enter("save_snapshot")
+        stored = self._snapshots.get(stream)
+        if stored is None or stored[0] <= version:
+            self._snapshots[stream] = (version, state_type, encoded)
+
+    async def load_snapshot(self, stream: str, state_cls: type[S]) -> tuple[int, S] | None:
+        """(version, state) if a snapshot of ``stream`` of this exact type exists."""
+        await self._enter("load_snapshot")
+        stored = self._snapshots.get(stream)
+        if stored is None or stored[1] != _state_type(state_cls):
+            return None
+        try:
+            state = msgspec.json.decode(stored[2], type=state_cls)
+        except msgspec.ValidationError:
+            logger.warning(
+                "ignoring snapshot of %s that no longer decodes",
+                stream,
+                extra={"action": "snapshot_ignored"},
+            )
+            return None
+        return stored[0], state
+
+    # -- reading ----------------------------------------------------------------------------
+    async def stream_version(self, stream: str) -> int:
+        """The stream's current version (0 for a stream with no events)."""
+        await self._enter("stream_version")
+        return self._version(stream)
+
+    async def read_stream(
+        self,
+        stream: str,
+        *,
+        after_version: int = 0,
+        limit: int | None = None,
+        skip_unknown: bool = False,
+    ) -> list[RecordedEvent]:
+        """The stream's events with version > ``after_version``, in version order."""
+        _check_stream(stream)
+        await self._enter("read_stream")
+        rows = [row for row in self._by_stream.get(stream, []) if row.version > after_version]
+        return self._decode(rows if limit is None else rows[:limit], skip_unknown)
+
+    async def last_event(self, stream: str, *, skip_unknown: bool = False) -> RecordedEvent | None:
+        """The newest event of ``stream``, or None for an empty stream."""
+        _check_stream(stream)
+        await self._enter("last_event")
+        rows = self._by_stream.get(stream)
+        decoded = self._decode(rows[-1:] if rows else [], skip_unknown)
+        return decoded[0] if decoded else None
+
+    async def read_event(
+        self, event_id: uuid.UUID, *, skip_unknown: bool = False
+    ) -> RecordedEvent | None:
+        """The event stored under ``event_id``, or None (also, with ``skip_unknown``, for an
+        event of a type this release does not know)."""
+        await self._enter("read_event")
+        row = self._by_id.get(event_id)
+        decoded = self._decode([row] if row is not None else [], skip_unknown)
+        return decoded[0] if decoded else None
+
+    def _visible_after(self, after: Cursor) -> int:
+        """Index in reading order of the first row past ``after``."""
+        return bisect.bisect(self._keys, (after.transaction_id, after.position))
+
+    async def head(self) -> Cursor:
+        """The cursor of the newest readable event (START for an empty log)."""
+        await self._enter("head")
+        end = bisect.bisect_left(self._keys, (self._horizon(), 0))
+        if end == 0:
+            return START
+        row = self._rows[end - 1]
+        return Cursor(row.transaction_id, row.position)
+
+    async def cursor_at(self, position: int) -> Cursor:
+        """The reading cursor just after the event at global ``position`` (0: the start)."""
+        if position == 0:
+            return START
+        await self._enter("cursor_at")
+        row = self._by_position.get(position)
+        if row is None:
+            raise ValueError(f"no event at global position {position}")
+        return Cursor(row.transaction_id, row.position)
+
+    async def read_page(
+        self,
+        after: Cursor,
+        *,
+        category: str | None = None,
+        limit: int = 1000,
+        skip_unknown: bool = False,
+    ) -> Page:
+        """One page of the log after ``after``, in reading order, up to the present."""
+        await self._enter("read_page")
+        horizon = self._horizon()
+        rows: list[_Stored] = []
+        for row in itertools.islice(self._rows, self._visible_after(after), None):
+            if row.transaction_id >= horizon or len(rows) >= limit:
+                break
+            if category is None or row.stream.split("-", 1)[0] == category:
+                rows.append(row)
+        if not rows:
+            return Page([], after, 0)
+        last = rows[-1]
+        return Page(
+            self._decode(rows, skip_unknown), Cursor(last.transaction_id, last.position), len(rows)
+        )
+
+    async def held_back(self, after: Cursor, category: str | None = None) -> bool:
+        """Whether committed events past ``after`` exist that a read has not returned."""
+        await self._enter("held_back")
+        return any(
+            category is None or row.stream.split("-", 1)[0] == category
+            for row in itertools.islice(self._rows, self._visible_after(after), None)
+        )
+
+    async def read_batches(
+        self,
+        *,
+        after: Cursor | int = START,
+        category: str | None = None,
+        batch_size: int = 1000,
+        limit: int | None = None,
+        skip_unknown: bool = False,
+    ) -> AsyncIterator[list[RecordedEvent]]:
+        """:meth:`read_all` a page at a time."""
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        cursor = after if isinstance(after, Cursor) else await self.cursor_at(after)
+        remaining = math.inf if limit is None else limit
+        while remaining > 0:
+            size = int(min(batch_size, remaining))
+            page = await self.read_page(
+                cursor, category=category, limit=size, skip_unknown=skip_unknown
+            )
+            if page.events:
+                yield page.events
+            remaining -= len(page.events)
+            cursor = page.cursor
+            if page.fetched < size:
+                return
+
+    async def read_all(
+        self,
+        *,
+        after: Cursor | int = START,
+        category: str | None = None,
+        batch_size: int = 1000,
+        limit: int | None = None,
+        skip_unknown: bool = False,
+    ) -> AsyncIterator[RecordedEvent]:
+        """Every event after ``after`` (a cursor, or a global position), in reading order,
+        up to the present; ``category`` restricts to streams named ``<category>-...``."""
+        async for batch in self.read_batches(
+            after=after,
+            category=category,
+            batch_size=batch_size,
+            limit=limit,
+            skip_unknown=skip_unknown,
+        ):
+            for recorded in batch:
+                yield recorded
+
+    # -- following --------------------------------------------------------------------------
+    def subscribe(
+        self,
+        name: str | None = None,
+        *,
+        category: str | None = None,
+        after: Cursor | None = None,
+        poll_interval: float = 1.0,
+        batch_size: int = 500,
+        skip_unknown: bool = False,
+    ) -> MemorySubscription:
+        """Follow the log: catch up from ``after`` (or checkpoint ``name``, or the start),
+        then follow live, woken by every commit."""
+        return MemorySubscription(
+            self,
+            name,
+            category=category,
+            after=after,
+            poll_interval=poll_interval,
+            batch_size=batch_size,
+            skip_unknown=skip_unknown,
+        )
+
+
+class MemoryTransaction:
+    """Appends and checkpoints of one :meth:`MemoryLog.transaction`, committed together."""
+
+    def __init__(self, log: MemoryLog, state: _Tx) -> None:
+        self.log = log
+        self._state = state
+
+    @property
+    def streams(self) -> set[str]:
+        return {row.stream for row in self._state.rows}
+
+    async def _enter(self, operation: str) -> None:
+        if self._state.ended.is_set():
+            raise StoreError("this transaction is over: use it only inside its `async with`")
+        await self.log._enter(operation)
+
+    async def append(
+        self,
+        stream: str,
+        events: Sequence[Event | NewEvent],
+        *,
+        expected_version: Expected = ANY,
+        metadata: EventMetadata | None = None,
+        fence: Fence | None = None,
+    ) -> AppendResult:
+        request = self.log._prepare(stream, events, expected_version, metadata, fence)
+        if fence is not None:
+            fence.check()
+        await self._enter("append")
+        while True:
+            try:
+                return self.log._append_in(self._state, request, in_transaction=True)
+            except _Blocked as blocked:
+                if await self.log._wait_for(blocked, self._state):
+                    # As in PostgreSQL: the other writer took the version (or the id) first.
+                    raise ConcurrencyConflict(stream, expected_version, None) from None
+
+    async def append_many(self, appends: Sequence[Append]) -> list[list[RecordedPosition]]:
+        """Several appends, each to its own stream: every check of :meth:`append`; the first
+        that fails raises, and none of this call's appends is kept."""
+        requests = [
+            self.log._prepare(a.stream, a.events, a.expected_version, a.metadata, a.fence)
+            for a in appends
+        ]
+        if len({r.stream for r in requests}) != len(requests):
+            raise ValueError("append_many takes at most one append per stream")
+        for request in requests:
+            if request.fence is not None:
+                request.fence.check()
+        await self._enter("append_many")
+        state = self._state
+        while True:
+            rows_before, claims_before = len(state.rows), set(state.claims)
+            fences_before = set(state.fences)
+            try:
+                self._check_many(requests)
+                results = [self.log._append_in(state, r, in_transaction=True) for r in requests]
+            except _Blocked as blocked:
+                self._undo(rows_before, claims_before, fences_before)
+                if await self.log._wait_for(blocked, state):
+                    raise ConcurrencyConflict(requests[0].stream, ANY, None) from None
+                continue
+            except BaseException:
+                self._undo(rows_before, claims_before, fences_before)
+                raise
+            break
+        by_id = {row.event_id: row for row in state.rows[rows_before:]}
+        return [
+            [
+                RecordedPosition(
+                    position=by_id[row.event_id].position,
+                    transaction_id=result.transaction_id,
+                    version=by_id[row.event_id].version,
+                    recorded_at=result.recorded_at,
+                )
+                for row in request.rows
+            ]
+            for request, result in zip(requests, results, strict=True)
+        ]
+
+    def _check_many(self, requests: Sequence[_Request]) -> None:
+        """append_many's checks, in the order its one statement meets them in PostgreSQL: the
+        requests whose fence and expectation hold are inserted, so an event id already stored
+        (or given twice) fails the statement first, naming the first request's event as
+        EventStore does (which one met it is unknown there); then the first request whose
+        fence or expectation failed raises (a failed expectation is a conflict, never looked
+        up as a retry)."""
+        refusals: list[StoreError] = []
+        ids: list[uuid.UUID] = []
+        for request in requests:
+            try:
+                self.log._check_fence(request.fence)
+            except StaleGeneration as exc:
+                refusals.append(exc)
+                continue
+            actual = max(self.log._version(request.stream), self._state.version(request.stream))
+            if (request.exact is not None and actual != request.exact) or (
+                request.must_exist and actual == 0
+            ):
+                refusals.append(ConcurrencyConflict(request.stream, request.expected, actual))
+                continue
+            ids.extend(row.event_id for row in request.rows)
+        for event_id in ids:
+            self.log._claim(self._state, ("id", event_id))
+        if len(set(ids)) != len(ids) or any(
+            self.log._lookup(self._state, event_id) is not None for event_id in ids
+        ):
+            raise _reused_in_transaction(requests[0].rows[0].event_id)
+        if refusals:
+            raise refusals[0]
+
+    def _undo(self, rows: int, claims: set[Hashable], fences: set[Fence]) -> None:
+        state = self._state
+        del state.rows[rows:]
+        for key in state.claims - claims:
+            if self.log._claims.get(key) is state:
+                del self.log._claims[key]
+        state.claims = claims
+        state.fences = fences
+
+    async def save_checkpoint(
+        self, name: str, cursor: Cursor, *, expected: Cursor | None, fence: Fence | None = None
+    ) -> None:
+        _check_checkpoint_name(name)
+        if fence is not None:
+            fence.check()
+        await self._enter("save_checkpoint")
+        while True:
+            try:
+                self.log._save_checkpoint_in(self._state, name, cursor, expected, fence)
+                return
+            except _Blocked as blocked:
+                await self.log._wait_for(blocked, self._state)
+
+    async def stored_ids(self, event_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+        """Which of these event ids are already in the log (as seen by this transaction)."""
+        await self._enter("stored_ids")
+        return {i for i in event_ids if self.log._lookup(self._state, i) is not None}
+
+
+class MemorySubscription(Subscription):
+    """A :class:`Subscription` on a :class:`MemoryLog`: woken by the log's commits instead of
+    PostgreSQL's ``LISTEN``; everything else (reading, checkpoints) is the same code."""
+
+    def __init__(
+        self,
+        log: MemoryLog,
+        name: str | None,
+        *,
+        category: str | None,
+        after: Cursor | None,
+        poll_interval: float,
+        batch_size: int,
+        skip_unknown: bool,
+    ) -> None:
+        super().__init__(
+            log,
+            name,
+            category=category,
+            after=after,
+            poll_interval=poll_interval,
+            batch_size=batch_size,
+            skip_unknown=skip_unknown,
+        )
+        self._log = log
+
+    async def _listen(self) -> None:
+        self._log._subscriptions.add(self)
+
+    async def _close_listener(self) -> None:
+        self._log._subscriptions.discard(self)
+
+
+if TYPE_CHECKING:
+    _tx: type[LogTransaction] = MemoryTransaction

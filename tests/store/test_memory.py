@@ -1,0 +1,190 @@
+"""The in-memory log's own parts: the hooks a simulation drives it by (clock, scheduling,
+faults) and its model of concurrent writers. Its guarantees as an event log are the contract
+suite's (every test taking ``log`` in this folder)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import anyio
+import pytest
+
+from events import PaymentExpired
+from events.errors import ConcurrencyConflict, StoreError, StoreUnavailable
+from store import NO_STREAM, START, AppendResult, NewEvent
+from store.memory import OPERATIONS, MemoryLog
+
+pytestmark = pytest.mark.memory
+
+NOW = datetime(2026, 11, 29, 10, 0, tzinfo=UTC)
+
+
+def expired(payment_id: int) -> PaymentExpired:
+    return PaymentExpired(payment_id=payment_id, expired_at=NOW)
+
+
+async def test_the_clock_stamps_recorded_at() -> None:
+    now = [NOW]
+    log = MemoryLog(clock=lambda: now[0])
+    first = await log.append("payment-1", [expired(1)])
+    now[0] += timedelta(seconds=5)
+    second = await log.append("payment-1", [expired(1)])
+    assert (first.recorded_at, second.recorded_at) == (NOW, NOW + timedelta(seconds=5))
+    assert [r.recorded_at for r in await log.read_stream("payment-1")] == [
+        NOW,
+        NOW + timedelta(seconds=5),
+    ]
+
+
+async def test_every_operation_passes_the_yield_point_by_name() -> None:
+    seen: list[str] = []
+
+    async def record(operation: str) -> None:
+        seen.append(operation)
+
+    log = MemoryLog(yield_point=record)
+    async with log.transaction() as tx:
+        await tx.append("payment-1", [expired(1)])
+    await log.append("payment-2", [expired(2)])
+    _ = [r async for r in log.read_all()]
+    assert seen == ["begin", "append", "commit", "append", "read_page"]
+    assert set(seen) <= OPERATIONS
+
+
+async def test_a_store_that_is_down_refuses_and_writes_nothing_until_it_is_back() -> None:
+    down = True
+
+    def faults(operation: str) -> None:
+        if down:
+            raise StoreUnavailable(f"simulated outage during {operation}")
+
+    log = MemoryLog(faults=faults)
+    item = NewEvent(event=expired(1))
+    with pytest.raises(StoreUnavailable, match="append"):
+        await log.append("payment-1", [item])
+    with pytest.raises(StoreUnavailable):
+        await log.read_stream("payment-1")
+    down = False
+    assert await log.read_stream("payment-1") == []
+    first = await log.append("payment-1", [item])
+    assert not first.duplicate
+
+
+async def test_a_failed_commit_keeps_nothing_of_the_transaction() -> None:
+    def faults(operation: str) -> None:
+        if operation == "commit":
+            raise StoreUnavailable("the connection was lost before the commit")
+
+    log = MemoryLog(faults=faults)
+
+    async def write_and_checkpoint() -> None:
+        async with log.transaction() as tx:
+            await tx.append("payment-1", [expired(1)])
+            await tx.save_checkpoint("reader", START, expected=None)
+
+    with pytest.raises(StoreUnavailable):
+        await write_and_checkpoint()
+    assert await log.read_stream("payment-1") == []
+    assert await log.load_checkpoint("reader") is None
+    assert [r async for r in log.read_all()] == []
+    # Nothing is left held back behind it either.
+    assert not await log.held_back(START)
+
+
+async def test_an_append_waits_for_an_open_transaction_on_its_stream() -> None:
+    log = MemoryLog()
+    order: list[str] = []
+    async with anyio.create_task_group() as tg, log.transaction() as tx:
+        await tx.append("payment-1", [expired(1)], expected_version=NO_STREAM)
+
+        async def racer() -> None:
+            result = await log.append("payment-1", [expired(2)])
+            order.append(f"racer at {result.last_version}")
+
+        tg.start_soon(racer)
+        await anyio.wait_all_tasks_blocked()
+        order.append("commit")
+    assert order == ["commit", "racer at 2"]
+    assert [r.version for r in await log.read_stream("payment-1")] == [1, 2]
+
+
+async def test_an_exact_expectation_fails_once_the_open_transaction_commits() -> None:
+    log = MemoryLog()
+    outcome: list[BaseException] = []
+    async with anyio.create_task_group() as tg, log.transaction() as tx:
+        await tx.append("payment-1", [expired(1)])
+
+        async def racer() -> None:
+            try:
+                await log.append("payment-1", [expired(2)], expected_version=NO_STREAM)
+            except ConcurrencyConflict as exc:
+                outcome.append(exc)
+
+        tg.start_soon(racer)
+        await anyio.wait_all_tasks_blocked()
+    [conflict] = outcome
+    assert isinstance(conflict, ConcurrencyConflict)
+    assert conflict.actual == 1
+
+
+async def test_an_event_id_claimed_by_an_open_transaction_is_a_retry_once_it_commits() -> None:
+    log = MemoryLog()
+    item = NewEvent(event=expired(1), event_id=uuid.uuid4())
+    results: list[AppendResult] = []
+    async with anyio.create_task_group() as tg, log.transaction() as tx:
+        first = await tx.append("payment-1", [item])
+        tg.start_soon(lambda: _append_into(log, results, item))
+        await anyio.wait_all_tasks_blocked()
+    [retry] = results
+    assert retry.duplicate
+    assert retry.first_position == first.first_position
+
+
+async def _append_into(log: MemoryLog, results: list[AppendResult], item: NewEvent) -> None:
+    results.append(await log.append("payment-1", [item]))
+
+
+async def test_two_transactions_waiting_on_each_other_are_refused() -> None:
+    log = MemoryLog()
+    errors: list[BaseException] = []
+    both_wrote = anyio.Event()
+    wrote = 0
+
+    async def writer(first: str, second: str) -> None:
+        nonlocal wrote
+        try:
+            async with log.transaction() as tx:
+                await tx.append(first, [expired(1)])
+                wrote += 1
+                if wrote == 2:
+                    both_wrote.set()
+                await both_wrote.wait()
+                await tx.append(second, [expired(1)])
+        except StoreError as exc:
+            errors.append(exc)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(writer, "payment-1", "payment-2")
+        tg.start_soon(writer, "payment-2", "payment-1")
+    # One of them is refused (and rolled back); the other then goes ahead and commits.
+    assert len(errors) == 1
+    assert "deadlock" in str(errors[0])
+    streams = {r.stream for r in [r async for r in log.read_all()]}
+    assert streams == {"payment-1", "payment-2"}
+    assert len([r async for r in log.read_all()]) == 2
+
+
+async def test_a_transaction_cannot_be_used_after_its_block() -> None:
+    log = MemoryLog()
+    async with log.transaction() as tx:
+        await tx.append("payment-1", [expired(1)])
+    with pytest.raises(StoreError, match="transaction is over"):
+        await tx.append("payment-1", [expired(2)])
+
+
+async def test_a_closed_log_refuses_operations() -> None:
+    async with MemoryLog() as log:
+        await log.append("payment-1", [expired(1)])
+    with pytest.raises(StoreError, match="closed"):
+        await log.read_stream("payment-1")
