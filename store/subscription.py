@@ -33,7 +33,7 @@ import anyio
 import asyncpg
 
 from events.errors import StoreUnavailable
-from store.listener import LISTEN_ERRORS, close_listener, open_listener
+from store.listener import LISTEN_ERRORS, NOTIFY_CHANNEL, close_listener, open_listener
 from store.records import START, Cursor, RecordedEvent
 
 if TYPE_CHECKING:
@@ -189,8 +189,6 @@ class Subscription:
         self._wake.set()
 
     async def _listen(self) -> None:
-        from store.eventstore import NOTIFY_CHANNEL
-
         now = anyio.current_time()
         if self._listener_failed_at is not None and now - self._listener_failed_at < 1.0:
             return  # polling covers us; do not hammer a server that just refused
