@@ -26,18 +26,16 @@ import logging
 import random
 import traceback
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
 import anyio
 import asyncpg
-import msgspec
 from anyio.abc import TaskStatus
 
-from actors.clock import Clock, SystemClock
-from actors.runtime import Actor, ActorRef, ActorRunner
+from actors.runtime import ActorRef, ActorRunner, ChildSpec, Clock, RestartType, SystemClock
 from events import (
     ActorBackoffScheduled,
     ActorCrashed,
@@ -45,19 +43,17 @@ from events import (
     ActorRestarted,
     ActorStarted,
     ActorStopped,
-    ActorTicked,
     AlertRaised,
     Event,
     EventMetadata,
     OperatorCommandIssued,
 )
 from events.errors import StaleGeneration, StoreUnavailable
-from store import EventStore, NewEvent, RecordedEvent
-from store.leases import Lease, LeaseInfo, Leases
-from store.queries import query
+from store import EventStore, NewEvent
+from store.leases import Lease, Leases
+from store.views import DesiredState, desired_state
 
 __all__ = [
-    "ActorStatus",
     "BackoffPolicy",
     "ChildSpec",
     "ExitReason",
@@ -67,7 +63,6 @@ __all__ = [
     "RestartType",
     "Supervisor",
     "decide_restart",
-    "project_status",
     "should_restart",
 ]
 
@@ -78,14 +73,6 @@ OPS_ALERTS = "ops-alerts"
 
 
 # -- pure policy ---------------------------------------------------------------------------------
-class RestartType(enum.Enum):
-    """When a child is restarted (OTP's restart types)."""
-
-    PERMANENT = "permanent"  # always: after a crash and after a normal return
-    TRANSIENT = "transient"  # only after a crash
-    TEMPORARY = "temporary"  # never
-
-
 class ExitReason(enum.Enum):
     """How an actor incarnation ended."""
 
@@ -206,86 +193,6 @@ def decide_restart(
     return Restart(attempt=attempt, delay=backoff.delay(attempt, rng))
 
 
-StatusState = Literal["starting", "running", "backing off", "parked", "stopped", "never started"]
-
-
-class ActorStatus(msgspec.Struct, kw_only=True):
-    """What ``i3lani status`` shows for one actor; a projection of its events."""
-
-    actor: str
-    state: StatusState = "never started"
-    node: str | None = None
-    generation: int | None = None
-    since: datetime | None = None
-    backing_off_until: datetime | None = None
-    restarts_last_hour: int = 0
-    last_error: str | None = None
-    last_error_at: datetime | None = None
-    last_tick: datetime | None = None
-    stop_reason: str | None = None
-    lease_live: bool | None = None
-    lease_suspect: bool | None = None
-    """Its lease is held and live but has not been renewed for over half its time to live:
-    the node holding it may be frozen or cut off (it stops acting before the lease expires)."""
-    lease_renewed_seconds_ago: float | None = None
-    desired: Literal["running", "stopped", "parked"] = "running"
-
-
-def project_status(
-    actor: str,
-    lifecycle: Sequence[RecordedEvent],
-    now: datetime,
-    *,
-    last_tick: datetime | None = None,
-    lease: LeaseInfo | None = None,
-    desired: Literal["running", "stopped", "parked"] = "running",
-) -> ActorStatus:
-    """Fold an actor's lifecycle events into its status. Pure."""
-    status = ActorStatus(actor=actor, last_tick=last_tick, desired=desired)
-    hour_ago = now - timedelta(hours=1)
-    for recorded in lifecycle:
-        event = recorded.event
-        if isinstance(event, ActorStarted):
-            status.state, status.node, status.generation = "running", event.node, event.generation
-            status.since, status.backing_off_until, status.stop_reason = (
-                event.started_at,
-                None,
-                None,
-            )
-        elif isinstance(event, ActorCrashed):
-            status.last_error = f"{event.error_type}: {event.message}"
-            status.last_error_at = event.crashed_at
-            status.state, status.since = "starting", event.crashed_at
-        elif isinstance(event, ActorBackoffScheduled):
-            status.state, status.backing_off_until = "backing off", event.until
-            status.since = event.scheduled_at
-        elif isinstance(event, ActorRestarted):
-            status.state, status.since, status.backing_off_until = (
-                "starting",
-                event.restarted_at,
-                None,
-            )
-            if event.restarted_at > hour_ago:
-                status.restarts_last_hour += 1
-        elif isinstance(event, ActorParked):
-            status.state, status.since, status.stop_reason = "parked", event.parked_at, event.reason
-            status.backing_off_until = None
-        elif isinstance(event, ActorStopped):
-            status.state, status.since, status.stop_reason = (
-                "stopped",
-                event.stopped_at,
-                event.reason,
-            )
-            status.backing_off_until = None
-    if desired == "parked":
-        status.state = "parked"
-    if lease is not None:
-        status.lease_live = lease.live and lease.node is not None
-        status.lease_suspect = lease.suspect
-        status.lease_renewed_seconds_ago = round(lease.renewed_seconds_ago, 1)
-    return status
-
-
 def traceback_digest(exc: BaseException) -> str:
     """A short stable digest of where an exception was raised (file, function, line), so that
     identical crashes group together whatever their message."""
@@ -295,16 +202,6 @@ def traceback_digest(exc: BaseException) -> str:
 
 
 # -- children ------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class ChildSpec:
-    """One supervised actor: how to build it and when to restart it."""
-
-    name: str
-    factory: Callable[[], Actor[Any]]
-    restart: RestartType = RestartType.PERMANENT
-    shutdown_timeout: float = 4.0
-
-
 _BackoffOutcome = Literal["elapsed", "lost", "shutdown"] | OperatorCommandIssued
 """How a backoff ended: its delay passed, the lease was lost, the node is stopping, or an
 operator command arrived."""
@@ -470,7 +367,7 @@ class Supervisor:
     async def history(self, name: str) -> list[Event]:
         return [r.event for r in await self.store.read_stream(f"actor-{name}", skip_unknown=True)]
 
-    async def desired_state(self, name: str) -> Literal["running", "stopped", "parked"]:
+    async def desired_state(self, name: str) -> DesiredState:
         return await desired_state(self.store, name)
 
     # -- one child ---------------------------------------------------------------------------
@@ -1011,31 +908,3 @@ def _last_running_node(history: Sequence[Event]) -> str | None:
         if isinstance(event, ActorStopped | ActorParked | ActorCrashed):
             return None
     return None
-
-
-async def desired_state(store: EventStore, name: str) -> Literal["running", "stopped", "parked"]:
-    """What operators last asked of ``name`` (or parking imposed): running unless stopped."""
-    record = await store.pool.fetchrow(query("desired_state"), name)
-    if record is None:
-        return "running"
-    if record["type"] == "ActorParked":
-        return "parked"
-    return "stopped" if record["action"] == "stop" else "running"
-
-
-async def actor_status(store: EventStore, name: str, now: datetime) -> ActorStatus:
-    """The status of ``name``, projected from the log (and its lease, for liveness)."""
-    lifecycle = await store.read_stream(f"actor-{name}", skip_unknown=True)
-    tick = await store.last_event(f"tick-{name}")
-    last_tick = (
-        tick.event.ticked_at if tick is not None and isinstance(tick.event, ActorTicked) else None
-    )
-    leases = {info.name: info for info in await Leases(store, "status").all()}
-    return project_status(
-        name,
-        lifecycle,
-        now,
-        last_tick=last_tick,
-        lease=leases.get(name),
-        desired=await desired_state(store, name),
-    )

@@ -45,9 +45,10 @@ from typing import ClassVar, Final
 import anyio
 import msgspec
 
-from actors.clock import Clock
 from actors.config import Settings
 from actors.runtime import Actor, ActorRunner, Emit, Message, TickSpec
+from actors.runtime.clock import Clock
+from actors.runtime.status import actor_status
 from actors.tasks import ADMIN_ALERT, AdminAlert, serve_tasks, task_types
 from actors.telegram import TelegramClient, make_bot
 from actors.tonapi import TonApiClient
@@ -55,7 +56,6 @@ from events import AlertRaised, HealthCheck, HealthChecked
 from events.errors import I3laniError
 from store import EventStore, Fence, RecordedEvent, Transaction
 from store.tasks import TaskContext, TaskQueue
-from supervisor import actor_status
 
 __all__ = [
     "HealthChecker",

@@ -24,14 +24,14 @@ import msgspec
 from anyio.abc import ByteReceiveStream, Process, TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from actors.clock import SystemClock
-from actors.runtime import Actor, ActorRef, ActorRunner, Emit
+from actors.runtime import Actor, ActorRef, ActorRunner, ChildSpec, Emit
+from actors.runtime.clock import SystemClock
 from bench.measure import BenchContext, Contender, Sample, interleave, percentile, run_tasks
 from bench.report import Goal, Row
 from events import ActorBackoffScheduled, ActorCrashed, ActorRestarted, ActorStarted
 from store import EventStore, RecordedEvent
 from store.leases import Leases
-from supervisor import BackoffPolicy, ChildSpec, Intensity, Supervisor
+from supervisor import BackoffPolicy, Intensity, Supervisor
 
 __all__ = ["NOTES", "run"]
 

@@ -49,11 +49,11 @@ import httpx
 import msgspec
 from anyio.abc import Process
 
-from actors.clock import SystemClock
 from actors.config import Settings
 from actors.payment_monitor import CheckPayments, MonitorState, PaymentMonitor, ScanResult
 from actors.payments import Confirm, Decision, Ignore, PendingPayment, Underpaid, match_all
 from actors.runtime import ActorRef, ActorRunner, Emit, Message
+from actors.runtime.clock import SystemClock
 from actors.ton import Address, memo_for
 from actors.tonapi import MAX_PAGE_SIZE, TonApiClient
 from actors.tonapi_models import Transaction, decode_transactions

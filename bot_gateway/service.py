@@ -37,8 +37,10 @@ import msgspec
 
 from actors.channel_analytics import channel_stream
 from actors.config import Plan, Settings
+from actors.control import issue_command, operator_command
 from actors.health import HEALTH_STREAM
 from actors.names import ACTOR_NAMES, DEFAULT_ACTORS
+from actors.runtime.status import actor_status
 from actors.ton import format_ton, memo_for, transfer_link
 from bot_gateway.commands import (
     ADMIN_HELP_TEXT,
@@ -64,9 +66,7 @@ from events import (
     utcnow,
 )
 from events.errors import ConcurrencyConflict, EventIdReused, StoreUnavailable
-from ops.control import issue_command, operator_command
 from store import NO_STREAM, EventStore, NewEvent
-from supervisor import actor_status
 
 __all__ = [
     "Gateway",

@@ -55,8 +55,10 @@ import asyncpg
 import msgspec
 from aiohttp import web
 
+from actors.control import ACTIONS, UnknownAction, issue_command, operator_command
 from actors.health import HEALTH_STREAM, LAG_LIMIT, checkpoint_lag
 from actors.names import ACTOR_NAMES, CATEGORIES, DEFAULT_ACTORS, UnknownActor
+from actors.runtime.status import ActorStatus, StatusState, actor_status
 from actors.tasks import task_types
 from events import (
     NANOTONS_PER_TON,
@@ -76,14 +78,13 @@ from events import (
     SubscriptionActivated,
 )
 from events.errors import InvalidEvent, StoreUnavailable
-from ops.control import ACTIONS, UnknownAction, issue_command, operator_command
 from store import EventStore, OpenTransaction, RecordedEvent
 from store.queries import query
 from store.tasks import DeadTask, TaskQueue
-from supervisor import ActorStatus, StatusState, actor_status
 
 __all__ = [
     "add_admin_routes",
+    "admin_routes",
     "build_admin_app",
     "serve_admin_app",
     "AdminAuth",
@@ -1047,6 +1048,14 @@ def add_admin_routes(app: web.Application, store: EventStore, *, token: str) -> 
     app.router.add_get("/api/stream", guard(admin.stream, "browser"))
     app.router.add_get("/dashboard", guard(admin.dashboard, "page"))
     app.on_shutdown.append(admin.on_shutdown)
+
+
+def admin_routes(store: EventStore, token: str | None) -> Callable[[web.Application], None] | None:
+    """The hook with which the gateway's app serves the admin API and the dashboard (see
+    :func:`bot_gateway.build_app`); None without a token: no admin routes."""
+    if token is None:
+        return None
+    return lambda app: add_admin_routes(app, store, token=token)
 
 
 async def _healthz(request: web.Request) -> web.Response:

@@ -62,7 +62,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from actors.catalog import DEFAULT_ACTORS, child_specs
 from actors.config import Settings
 from actors.payment_monitor import MonitorState, PaymentMonitor
-from actors.runtime import ActorRunner, Message
+from actors.runtime import ActorRunner, ChildSpec, Message
 from actors.ton import Address, format_ton, payment_id_from_comment
 from bot_gateway import GatewayConfig, run_gateway
 from events import (
@@ -95,6 +95,7 @@ from events import (
 )
 from events.errors import ConfigError, I3laniError, StoreUnavailable
 from events.tasks import TaskDeadLettered, TaskFailed
+from ops.admin import admin_routes
 from ops.audit import AuditReport, run_audit
 from ops.demo_options import (
     DEMO_DATABASE,
@@ -107,7 +108,7 @@ from ops.standins import BotApiStandIn, TonApiStandIn
 from store import EventStore, RecordedEvent, migrate, redact_dsn
 from store.database import with_database
 from store.records import START, Cursor
-from supervisor import ChildSpec, Supervisor
+from supervisor import Supervisor
 
 __all__ = [
     "DEMO_DATABASE",
@@ -1536,6 +1537,7 @@ async def _start_gateway(
             host="127.0.0.1",
             port=port,
             config=config,
+            add_routes=admin_routes(store, config.admin_token),
             task_status=task_status,
         )
 

@@ -12,10 +12,10 @@ import asyncpg
 import msgspec
 
 from actors.cleanup import CLEANUP_STREAM, Cleanup, CleanupDone, CleanupState
-from actors.clock import SystemClock
 from actors.config import Settings
 from actors.payment_monitor import payment_event_id
 from actors.runtime import ActorRunner
+from actors.runtime.clock import SystemClock
 from actors.ton import memo_for
 from events import CleanupCompleted, PaymentConfirmed, PaymentCreated, PaymentExpired
 from store import EventStore

@@ -17,7 +17,6 @@ import anyio
 import pytest
 from anyio.abc import TaskStatus
 
-from actors.clock import SystemClock
 from actors.config import Settings
 from actors.payment_monitor import (
     CheckPayments,
@@ -29,6 +28,7 @@ from actors.payment_monitor import (
 )
 from actors.payments import match_all
 from actors.runtime import ActorNotRunning, ActorRef, ActorRunner
+from actors.runtime.clock import SystemClock
 from actors.ton import Address, memo_for
 from actors.tonapi import TonApiClient
 from events import (

@@ -13,10 +13,10 @@ from datetime import UTC, datetime
 import anyio
 import pytest
 
-from actors.clock import SystemClock
 from actors.config import Settings
 from actors.reward_processor import RewardProcessor, RewardState
 from actors.runtime import ActorRef, ActorRunner
+from actors.runtime.clock import SystemClock
 from actors.tasks import task_types
 from events import RewardCredited, RewardEarned, RewardFailed
 from store import EventStore, RecordedEvent

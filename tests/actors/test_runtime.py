@@ -24,7 +24,6 @@ import msgspec
 import pytest
 from anyio.abc import TaskStatus
 
-from actors.clock import Clock, ManualClock, SystemClock
 from actors.runtime import (
     Actor,
     ActorNotRunning,
@@ -36,6 +35,7 @@ from actors.runtime import (
     Message,
     TickSpec,
 )
+from actors.runtime.clock import Clock, ManualClock, SystemClock
 from events import DEFAULT_REGISTRY, ActorTicked, Event
 from events.errors import ConcurrencyConflict, StaleGeneration, StoreUnavailable
 from store import ANY, EventStore, Expected, RecordedEvent, derived_id

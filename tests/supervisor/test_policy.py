@@ -17,7 +17,8 @@ from typing import Any, Literal
 
 import pytest
 
-from actors.runtime import TickSpec, next_tick_due
+from actors.runtime import RestartType, TickSpec, next_tick_due
+from actors.runtime.status import ActorStatus, project_status
 from events import (
     ActorBackoffScheduled,
     ActorCrashed,
@@ -32,15 +33,12 @@ from events.lifecycle import RestartCause
 from store import RecordedEvent
 from store.leases import LeaseInfo
 from supervisor import (
-    ActorStatus,
     BackoffPolicy,
     ExitReason,
     Intensity,
     Park,
     Restart,
-    RestartType,
     decide_restart,
-    project_status,
     should_restart,
 )
 

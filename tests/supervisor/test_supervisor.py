@@ -23,8 +23,18 @@ import msgspec
 import pytest
 from anyio.abc import TaskStatus
 
-from actors.clock import Clock, ManualClock, SystemClock
-from actors.runtime import Actor, ActorRef, ActorRunner, Emit, Message, TickSpec
+from actors.runtime import (
+    Actor,
+    ActorRef,
+    ActorRunner,
+    ChildSpec,
+    Emit,
+    Message,
+    RestartType,
+    TickSpec,
+)
+from actors.runtime.clock import Clock, ManualClock, SystemClock
+from actors.runtime.status import actor_status
 from events import (
     DEFAULT_REGISTRY,
     ActorBackoffScheduled,
@@ -41,15 +51,8 @@ from events import (
 from events.errors import StaleGeneration
 from store import EventStore, Fence, RecordedEvent
 from store.leases import Leases
-from supervisor import (
-    BackoffPolicy,
-    ChildSpec,
-    Intensity,
-    RestartType,
-    Supervisor,
-    actor_status,
-    desired_state,
-)
+from store.views import desired_state
+from supervisor import BackoffPolicy, Intensity, Supervisor
 from tests.waiting import eventually
 
 REPO = Path(__file__).resolve().parents[2]
@@ -875,9 +878,9 @@ from typing import ClassVar
 import anyio
 import msgspec
 
-from actors.runtime import Actor
+from actors.runtime import Actor, ChildSpec
 from store import EventStore
-from supervisor import ChildSpec, Supervisor
+from supervisor import Supervisor
 
 
 class Ping(msgspec.Struct, frozen=True):
