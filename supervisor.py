@@ -49,6 +49,7 @@ from events import (
     OperatorCommandIssued,
 )
 from events.errors import StaleGeneration, StoreUnavailable
+from events.streams import OPS, OPS_ALERTS, OPS_COMMANDS, actor_stream
 from store import EventStore, NewEvent
 from store.leases import Lease, Leases
 from store.views import DesiredState, desired_state
@@ -67,9 +68,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger("supervisor")
-
-OPS_COMMANDS = "ops-commands"
-OPS_ALERTS = "ops-alerts"
 
 
 # -- pure policy ---------------------------------------------------------------------------------
@@ -328,7 +326,7 @@ class Supervisor:
         while True:
             try:
                 result = await self.store.append(
-                    f"actor-{name}",
+                    actor_stream(name),
                     [item],
                     metadata=metadata,
                     fence=lease.fence if lease else None,
@@ -365,7 +363,9 @@ class Supervisor:
             logger.exception("could not record alert", extra={"action": "alert_failed"})
 
     async def history(self, name: str) -> list[Event]:
-        return [r.event for r in await self.store.read_stream(f"actor-{name}", skip_unknown=True)]
+        return [
+            r.event for r in await self.store.read_stream(actor_stream(name), skip_unknown=True)
+        ]
 
     async def desired_state(self, name: str) -> DesiredState:
         return await desired_state(self.store, name)
@@ -861,7 +861,7 @@ class Supervisor:
         while True:
             try:
                 start = await self.store.head()
-                async with self.store.subscribe(category="ops", after=start) as subscription:
+                async with self.store.subscribe(category=OPS, after=start) as subscription:
                     async for recorded in subscription:
                         event = recorded.event
                         if isinstance(event, OperatorCommandIssued):

@@ -17,8 +17,8 @@ from typing import Final, Literal
 
 from actors.names import ACTOR_NAMES, UnknownActor
 from events import EventMetadata, OperatorCommandIssued
+from events.streams import OPS_COMMANDS
 from store import AppendResult, EventStore, NewEvent
-from supervisor import OPS_COMMANDS
 
 __all__ = ["ACTIONS", "Action", "UnknownAction", "operator_command", "issue_command"]
 

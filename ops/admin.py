@@ -78,6 +78,7 @@ from events import (
     SubscriptionActivated,
 )
 from events.errors import InvalidEvent, StoreUnavailable
+from events.streams import actor_stream
 from store import EventStore, OpenTransaction, RecordedEvent
 from store.queries import query
 from store.tasks import DeadTask, TaskQueue
@@ -360,9 +361,9 @@ async def collect_metrics(store: EventStore, now: datetime) -> list[MetricFamily
     counts = await TaskQueue(store, task_types()).counts()
     lags: list[tuple[Mapping[str, str], float]] = []
     for name, category in sorted(CATEGORIES.items()):
-        behind = await checkpoint_lag(store, f"actor-{name}", category)
+        behind = await checkpoint_lag(store, actor_stream(name), category)
         if behind is not None:
-            lags.append(({"checkpoint": f"actor-{name}"}, behind))
+            lags.append(({"checkpoint": actor_stream(name)}, behind))
     actors = sorted({s.actor for s in statuses} | set(restarts))
     task_names = sorted(set(task_types().names()) | set(counts))
     task_samples: list[tuple[Mapping[str, str], float]] = []
@@ -664,7 +665,7 @@ def _writer_view(writer: OpenTransaction | None) -> OpenTransaction | None:
 async def _actor_views(store: EventStore, now: datetime) -> list[dict[str, Any]]:
     views: list[dict[str, Any]] = []
     for status in await shown_statuses(store, now):
-        stream = f"actor-{status.actor}"
+        stream = actor_stream(status.actor)
         version = await store.stream_version(stream)
         recent = await store.read_stream(
             stream, after_version=max(version - HISTORY_LENGTH, 0), skip_unknown=True

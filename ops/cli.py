@@ -45,6 +45,7 @@ from actors.runtime.status import ActorStatus, actor_status
 from actors.tasks import task_types
 from events import HealthChecked
 from events.errors import ConfigError, I3laniError, one_line
+from events.streams import ACTOR, actor_stream
 from ops import audit, demo_options
 from ops.format import event_json, event_line, format_time
 from store import (
@@ -594,9 +595,9 @@ async def _wait_for_lifecycle(store: EventStore, actor: str, *, after: int) -> s
     """The first lifecycle step recorded for ``actor`` after position ``after`` (5 s at most)."""
     cursor = await store.cursor_at(after)
     with anyio.move_on_after(5):
-        async with store.subscribe(category="actor", after=cursor, poll_interval=0.5) as sub:
+        async with store.subscribe(category=ACTOR, after=cursor, poll_interval=0.5) as sub:
             async for recorded in sub:
-                if recorded.stream == f"actor-{actor}":
+                if recorded.stream == actor_stream(actor):
                     return event_line(recorded).split("  ", 3)[-1]
     return None
 

@@ -56,7 +56,7 @@ from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from actors.runtime.clock import Clock
-from events import ActorTicked, Event, EventMetadata
+from events import ActorTicked, Event, EventMetadata, streams
 from events.errors import ConcurrencyConflict, EventIdReused, StaleGeneration, StoreUnavailable
 from store import (
     ANY,
@@ -380,15 +380,15 @@ class ActorRunner(Generic[S]):
 
     @property
     def checkpoint_name(self) -> str:
-        return f"actor-{self.actor.name}"
+        return streams.actor_stream(self.actor.name)
 
     @property
     def snapshot_stream(self) -> str:
-        return f"snapshot-actor-{self.actor.name}"
+        return streams.snapshot_stream(self.actor.name)
 
     @property
     def tick_stream(self) -> str:
-        return f"tick-{self.actor.name}"
+        return streams.tick_stream(self.actor.name)
 
     def metadata(self, causation: uuid.UUID | None = None) -> EventMetadata:
         return EventMetadata(

@@ -24,6 +24,7 @@ from events import (
     ActorStopped,
     ActorTicked,
 )
+from events.streams import actor_stream, tick_stream
 from store import EventStore, RecordedEvent
 from store.leases import LeaseInfo, Leases
 from store.views import DesiredState, desired_state
@@ -113,8 +114,8 @@ def project_status(
 
 async def actor_status(store: EventStore, name: str, now: datetime) -> ActorStatus:
     """The status of ``name``, projected from the log (and its lease, for liveness)."""
-    lifecycle = await store.read_stream(f"actor-{name}", skip_unknown=True)
-    tick = await store.last_event(f"tick-{name}")
+    lifecycle = await store.read_stream(actor_stream(name), skip_unknown=True)
+    tick = await store.last_event(tick_stream(name))
     last_tick = (
         tick.event.ticked_at if tick is not None and isinstance(tick.event, ActorTicked) else None
     )

@@ -30,6 +30,7 @@ from events import (
     EventMetadata,
 )
 from events.lifecycle import RestartCause
+from events.streams import actor_stream
 from store import RecordedEvent
 from store.leases import LeaseInfo
 from supervisor import (
@@ -391,7 +392,7 @@ def recorded(events: Sequence[Event]) -> list[RecordedEvent]:
             position=n,
             transaction_id=1000 + n,
             event_id=uuid.uuid4(),
-            stream=f"actor-{ACTOR}",
+            stream=actor_stream(ACTOR),
             version=n,
             type=str(type(event).__struct_config__.tag),
             schema_version=1,

@@ -49,6 +49,7 @@ from events import (
     OperatorCommandIssued,
 )
 from events.errors import StaleGeneration
+from events.streams import actor_stream
 from store import EventStore, Fence, RecordedEvent
 from store.leases import Leases
 from store.views import desired_state
@@ -296,7 +297,7 @@ async def wait_for(
 
 
 async def lifecycle(store: EventStore, name: str) -> list[Event]:
-    return [r.event for r in await store.read_stream(f"actor-{name}", skip_unknown=True)]
+    return [r.event for r in await store.read_stream(actor_stream(name), skip_unknown=True)]
 
 
 def of_type(events: Sequence[Event], cls: type[R]) -> list[R]:
@@ -779,7 +780,7 @@ async def test_shutdown_stops_actors_in_reverse_start_order(store: EventStore) -
     stopped: list[tuple[int, str]] = []
     started: list[tuple[int, str]] = []
     for name in names:
-        for recorded in await store.read_stream(f"actor-{name}"):
+        for recorded in await store.read_stream(actor_stream(name)):
             if isinstance(recorded.event, ActorStopped):
                 assert recorded.event.reason == "shutdown"
                 stopped.append((recorded.position, name))
