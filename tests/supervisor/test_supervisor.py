@@ -53,7 +53,14 @@ from events.streams import actor_stream
 from store import EventStore, Fence, RecordedEvent
 from store.leases import Leases
 from store.views import desired_state
-from supervisor import BackoffPolicy, Intensity, Supervisor
+from supervisor import (
+    BackingOff,
+    BackoffPolicy,
+    Intensity,
+    Running,
+    Stopped,
+    Supervisor,
+)
 from tests.waiting import eventually
 
 REPO = Path(__file__).resolve().parents[2]
@@ -488,6 +495,9 @@ async def test_the_backoff_delay_is_honoured_on_the_clock(store: EventStore) -> 
             with anyio.fail_after(5):
                 await clock.wait_for_sleepers(1)
             assert clock.next_wake() == delay
+            state = supervisor.state("Beta")
+            assert isinstance(state, BackingOff)
+            assert (state.attempt, state.delay) == (attempt, delay)
             await clock.advance(delay / 2)
             await anyio.sleep(0.1)
             events = await lifecycle(store, "Beta")
@@ -589,6 +599,8 @@ async def test_too_many_crashes_park_the_actor_and_raise_an_alert(store: EventSt
         assert supervisor.ref("Alpha") is alpha
         assert await alpha.ask(Ping()) == "pong from Alpha"
         assert kinds(await lifecycle(store, "Alpha")) == ["ActorStarted"]
+        assert supervisor.state("Beta") == Stopped(f"parked: {parked.reason}")
+        assert isinstance(supervisor.state("Alpha"), Running)
 
         status = await actor_status(store, "Beta", datetime.now(UTC))
         assert (status.state, status.desired) == ("parked", "parked")
@@ -762,6 +774,7 @@ async def test_a_stop_command_during_backoff_stops_the_actor(store: EventStore) 
         await eventually(released, within=5)
         status = await actor_status(store, "Broken", datetime.now(UTC))
         assert (status.state, status.desired) == ("stopped", "stopped")
+        assert supervisor.state("Broken") == Stopped("stopped by alice: investigating")
 
 
 # -- shutdown -----------------------------------------------------------------------------------
