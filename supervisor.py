@@ -5,8 +5,12 @@ lose it with the process. Here every lifecycle step is an event in the ``actor-<
 (started, crashed, backoff scheduled, restarted, parked, stopped), so an actor's status, its
 restart history and its backoff survive the process, and are queryable with SQL.
 
-The pure parts (what to do about an exit, how long to back off, when to park, what an actor's
-status is) are plain functions at the top of this module; :class:`Supervisor` does the I/O.
+The pure parts (what to do about an exit, how long to back off, when to park) are plain
+functions at the top of this module; each child's lifecycle on this node is an explicit state
+machine (:data:`ChildState`: StandingBy -> Starting -> Running -> BackingOff / Stopped / Fenced,
+the moves allowed listed in one table), and how an incarnation ended is a tagged :data:`Exit`
+(Crashed, Finished, LeaseLost, Cancelled, RestartAsked); :class:`Supervisor` does the I/O. An
+actor's status, as operators see it, is a read model in :mod:`actors.runtime.status`.
 
 One supervisor runs per node (``i3lani run``). Strategy one-for-one: each child has its own
 loop, and one actor's crash never disturbs the others. A child runs only while its node holds
@@ -26,18 +30,15 @@ import logging
 import random
 import traceback
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
 import anyio
-import asyncpg
-import msgspec
 from anyio.abc import TaskStatus
 
-from actors.clock import Clock, SystemClock
-from actors.runtime import Actor, ActorRef, ActorRunner
+from actors.runtime import ActorRef, ActorRunner, ChildSpec, Clock, RestartType, SystemClock
 from events import (
     ActorBackoffScheduled,
     ActorCrashed,
@@ -45,19 +46,18 @@ from events import (
     ActorRestarted,
     ActorStarted,
     ActorStopped,
-    ActorTicked,
     AlertRaised,
     Event,
     EventMetadata,
     OperatorCommandIssued,
 )
-from events.errors import StaleGeneration, StoreUnavailable
-from store import EventStore, NewEvent, RecordedEvent
-from store.leases import Lease, LeaseInfo, Leases
-from store.queries import query
+from events.errors import StaleGeneration, StoreError, StoreUnavailable
+from events.streams import OPS, OPS_ALERTS, OPS_COMMANDS, actor_stream
+from store import EventStore, NewEvent
+from store.leases import Lease, Leases
+from store.views import DesiredState, desired_state
 
 __all__ = [
-    "ActorStatus",
     "BackoffPolicy",
     "ChildSpec",
     "ExitReason",
@@ -67,25 +67,34 @@ __all__ = [
     "RestartType",
     "Supervisor",
     "decide_restart",
-    "project_status",
     "should_restart",
+    # a child's lifecycle
+    "ChildState",
+    "StandingBy",
+    "Starting",
+    "Running",
+    "BackingOff",
+    "Stopped",
+    "Fenced",
+    "IllegalTransition",
+    "transition",
+    # how an incarnation or a backoff ended
+    "Exit",
+    "Crashed",
+    "Finished",
+    "LeaseLost",
+    "Cancelled",
+    "RestartAsked",
+    "BackoffEnd",
+    "Elapsed",
+    "Commanded",
+    "exit_reason",
 ]
 
 logger = logging.getLogger("supervisor")
 
-OPS_COMMANDS = "ops-commands"
-OPS_ALERTS = "ops-alerts"
-
 
 # -- pure policy ---------------------------------------------------------------------------------
-class RestartType(enum.Enum):
-    """When a child is restarted (OTP's restart types)."""
-
-    PERMANENT = "permanent"  # always: after a crash and after a normal return
-    TRANSIENT = "transient"  # only after a crash
-    TEMPORARY = "temporary"  # never
-
-
 class ExitReason(enum.Enum):
     """How an actor incarnation ended."""
 
@@ -206,84 +215,145 @@ def decide_restart(
     return Restart(attempt=attempt, delay=backoff.delay(attempt, rng))
 
 
-StatusState = Literal["starting", "running", "backing off", "parked", "stopped", "never started"]
+# -- a child's lifecycle on this node ------------------------------------------------------------
+# Each child is in exactly one of these states; Supervisor moves it along _TRANSITIONS only, and
+# a move the table does not allow raises IllegalTransition (a bug in the supervisor, never in an
+# actor). The log records the same story as lifecycle events; these states are this node's view.
+@dataclass(frozen=True)
+class StandingBy:
+    """Waiting until the actor should run (not stopped or parked) and this node holds its lease."""
 
 
-class ActorStatus(msgspec.Struct, kw_only=True):
-    """What ``i3lani status`` shows for one actor; a projection of its events."""
+@dataclass(frozen=True)
+class Starting:
+    """The lease of ``generation`` is held; an incarnation is about to start, or starting."""
 
-    actor: str
-    state: StatusState = "never started"
-    node: str | None = None
-    generation: int | None = None
-    since: datetime | None = None
-    backing_off_until: datetime | None = None
-    restarts_last_hour: int = 0
-    last_error: str | None = None
-    last_error_at: datetime | None = None
-    last_tick: datetime | None = None
-    stop_reason: str | None = None
-    lease_live: bool | None = None
-    lease_suspect: bool | None = None
-    """Its lease is held and live but has not been renewed for over half its time to live:
-    the node holding it may be frozen or cut off (it stops acting before the lease expires)."""
-    lease_renewed_seconds_ago: float | None = None
-    desired: Literal["running", "stopped", "parked"] = "running"
+    generation: int
 
 
-def project_status(
-    actor: str,
-    lifecycle: Sequence[RecordedEvent],
-    now: datetime,
-    *,
-    last_tick: datetime | None = None,
-    lease: LeaseInfo | None = None,
-    desired: Literal["running", "stopped", "parked"] = "running",
-) -> ActorStatus:
-    """Fold an actor's lifecycle events into its status. Pure."""
-    status = ActorStatus(actor=actor, last_tick=last_tick, desired=desired)
-    hour_ago = now - timedelta(hours=1)
-    for recorded in lifecycle:
-        event = recorded.event
-        if isinstance(event, ActorStarted):
-            status.state, status.node, status.generation = "running", event.node, event.generation
-            status.since, status.backing_off_until, status.stop_reason = (
-                event.started_at,
-                None,
-                None,
-            )
-        elif isinstance(event, ActorCrashed):
-            status.last_error = f"{event.error_type}: {event.message}"
-            status.last_error_at = event.crashed_at
-            status.state, status.since = "starting", event.crashed_at
-        elif isinstance(event, ActorBackoffScheduled):
-            status.state, status.backing_off_until = "backing off", event.until
-            status.since = event.scheduled_at
-        elif isinstance(event, ActorRestarted):
-            status.state, status.since, status.backing_off_until = (
-                "starting",
-                event.restarted_at,
-                None,
-            )
-            if event.restarted_at > hour_ago:
-                status.restarts_last_hour += 1
-        elif isinstance(event, ActorParked):
-            status.state, status.since, status.stop_reason = "parked", event.parked_at, event.reason
-            status.backing_off_until = None
-        elif isinstance(event, ActorStopped):
-            status.state, status.since, status.stop_reason = (
-                "stopped",
-                event.stopped_at,
-                event.reason,
-            )
-            status.backing_off_until = None
-    if desired == "parked":
-        status.state = "parked"
-    if lease is not None:
-        status.lease_live = lease.live and lease.node is not None
-        status.lease_suspect = lease.suspect
-        status.lease_renewed_seconds_ago = round(lease.renewed_seconds_ago, 1)
-    return status
+@dataclass(frozen=True)
+class Running:
+    """An incarnation runs here, under the lease of ``generation``, its start recorded."""
+
+    generation: int
+
+
+@dataclass(frozen=True)
+class BackingOff:
+    """After exit number ``attempt`` in a row, waiting ``delay`` s, until ``until``, to restart."""
+
+    until: datetime
+    attempt: int
+    delay: float
+
+
+@dataclass(frozen=True)
+class Stopped:
+    """Not to run until an operator says so (stopped, parked, not restarted), or the node is
+    shutting down: its lease is handed back."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class Fenced:
+    """The lease was lost (taken over, expired, or its clock ran out): this node has stopped
+    acting for the actor and writes nothing more under that lease; it stands by again."""
+
+    why: str
+
+
+ChildState = StandingBy | Starting | Running | BackingOff | Stopped | Fenced
+
+_TRANSITIONS: dict[type[ChildState], tuple[type[ChildState], ...]] = {
+    # the lease granted; a backoff from before a deploy resumed; the node stopping meanwhile
+    StandingBy: (Starting, BackingOff, Stopped),
+    # started; crashed while starting; restarted by an operator; lease lost; database away
+    Starting: (Running, BackingOff, Starting, Stopped, Fenced, StandingBy),
+    # an operator restart (a new generation); an exit and its backoff; stopped; lease lost;
+    # database away
+    Running: (Starting, BackingOff, Stopped, Fenced, StandingBy),
+    # the restart; stopped by an operator or the node stopping; lease lost; database away
+    BackingOff: (Starting, Stopped, Fenced, StandingBy),
+    # operators want it running again (a start command, unparking); a database error meanwhile
+    # leaves it Stopped
+    Stopped: (StandingBy,),
+    Fenced: (StandingBy,),
+}
+
+
+class IllegalTransition(RuntimeError):
+    """The supervisor tried a move its state machine does not allow: a bug, raised loudly."""
+
+
+def transition(current: ChildState, new: ChildState) -> ChildState:
+    """``new``, if a child may move there from ``current``; IllegalTransition otherwise. Pure."""
+    if type(new) not in _TRANSITIONS[type(current)]:
+        raise IllegalTransition(
+            f"a child cannot go from {type(current).__name__} to {type(new).__name__}"
+        )
+    return new
+
+
+# -- how an incarnation, or a backoff, ended ------------------------------------------------------
+@dataclass(frozen=True)
+class Crashed:
+    """The incarnation raised ``error`` after running ``uptime`` seconds."""
+
+    error: BaseException
+    uptime: float
+
+
+@dataclass(frozen=True)
+class Finished:
+    """The incarnation's run returned by itself."""
+
+
+@dataclass(frozen=True)
+class LeaseLost:
+    """The lease was lost under it: it was ended without a graceful stop or a word written."""
+
+    why: str
+
+
+@dataclass(frozen=True)
+class Cancelled:
+    """The supervisor ended it gracefully: the node is shutting down or an operator said stop."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class RestartAsked:
+    """An operator asked for a restart: a new incarnation under a new generation."""
+
+    command: OperatorCommandIssued
+
+
+Exit = Crashed | Finished | LeaseLost | Cancelled | RestartAsked
+"""How an incarnation ended."""
+
+
+@dataclass(frozen=True)
+class Elapsed:
+    """The backoff's delay passed."""
+
+
+@dataclass(frozen=True)
+class Commanded:
+    """An operator command cut the backoff short."""
+
+    command: OperatorCommandIssued
+
+
+BackoffEnd = Elapsed | Commanded | LeaseLost | Cancelled
+"""How a backoff ended (Cancelled: the node is stopping; nothing is recorded, so the backoff
+resumes after the deploy)."""
+
+
+def exit_reason(outcome: Crashed | Finished) -> ExitReason:
+    """The OTP exit reason of an incarnation that ended by itself."""
+    return ExitReason.CRASH if isinstance(outcome, Crashed) else ExitReason.NORMAL
 
 
 def traceback_digest(exc: BaseException) -> str:
@@ -295,39 +365,40 @@ def traceback_digest(exc: BaseException) -> str:
 
 
 # -- children ------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class ChildSpec:
-    """One supervised actor: how to build it and when to restart it."""
-
-    name: str
-    factory: Callable[[], Actor[Any]]
-    restart: RestartType = RestartType.PERMANENT
-    shutdown_timeout: float = 4.0
-
-
-_BackoffOutcome = Literal["elapsed", "lost", "shutdown"] | OperatorCommandIssued
-"""How a backoff ended: its delay passed, the lease was lost, the node is stopping, or an
-operator command arrived."""
-
-
 class _LeaseLost(Exception):
     """Our lease was taken over or expired: stop the actor without writing anything."""
 
 
 @dataclass(eq=False)
 class _Child:
+    """One child on this node: its state (moved only by :meth:`move`), the handles of its
+    current incarnation, and its inbox (an operator command, a stop request, a wake-up)."""
+
     spec: ChildSpec
-    wake: anyio.Event = field(default_factory=anyio.Event)
+    state: ChildState = field(default_factory=StandingBy)
+    # the current incarnation and lease
     runner: ActorRunner[Any] | None = None
     ref: ActorRef | None = None
     lease: Lease | None = None
+    # inbox
     command: OperatorCommandIssued | None = None
-    restart_command: OperatorCommandIssued | None = None
     stop_requested: bool = False
+    wake: anyio.Event = field(default_factory=anyio.Event)
+    # what others wait on
     started: anyio.Event = field(default_factory=anyio.Event)
     ended: anyio.Event = field(default_factory=anyio.Event)
     finished: anyio.Event = field(default_factory=anyio.Event)
     scope: anyio.CancelScope | None = None
+
+    def move(self, new: ChildState) -> None:
+        """Go to ``new``: IllegalTransition if the state machine does not allow it."""
+        self.state = transition(self.state, new)
+        logger.debug(
+            "%s: %s",
+            self.spec.name,
+            type(new).__name__,
+            extra={"action": "child_state", "state": type(new).__name__},
+        )
 
     def poke(self) -> None:
         self.wake.set()
@@ -383,6 +454,10 @@ class Supervisor:
         """The running actor's mailbox on this node, if it runs here."""
         return self._children[name].ref
 
+    def state(self, name: str) -> ChildState:
+        """Where ``name`` is in its lifecycle on this node."""
+        return self._children[name].state
+
     def running_here(self) -> list[str]:
         return [name for name, child in self._children.items() if child.ref is not None]
 
@@ -431,7 +506,7 @@ class Supervisor:
         while True:
             try:
                 result = await self.store.append(
-                    f"actor-{name}",
+                    actor_stream(name),
                     [item],
                     metadata=metadata,
                     fence=lease.fence if lease else None,
@@ -468,9 +543,11 @@ class Supervisor:
             logger.exception("could not record alert", extra={"action": "alert_failed"})
 
     async def history(self, name: str) -> list[Event]:
-        return [r.event for r in await self.store.read_stream(f"actor-{name}", skip_unknown=True)]
+        return [
+            r.event for r in await self.store.read_stream(actor_stream(name), skip_unknown=True)
+        ]
 
-    async def desired_state(self, name: str) -> Literal["running", "stopped", "parked"]:
+    async def desired_state(self, name: str) -> DesiredState:
         return await desired_state(self.store, name)
 
     # -- one child ---------------------------------------------------------------------------
@@ -485,26 +562,30 @@ class Supervisor:
             child.finished.set()
 
     async def _child_attempt(self, child: _Child) -> None:
-        """Hold the lease and run the actor until it should stop, or the lease is lost, or
-        the database fails; those last two end the attempt and the loop tries again."""
+        """Hold the lease and run the actor until it is Stopped (the lease is handed back) or
+        Fenced (lease lost), or the database fails; after those last two the loop tries again."""
         name = child.spec.name
+        if isinstance(child.state, Fenced):
+            child.move(StandingBy())
         # Errors from inside the task group arrive wrapped in an ExceptionGroup (anyio 4).
         try:
             lease = await self._wait_for_lease(child)
             if lease is None:
+                if not isinstance(child.state, Stopped):
+                    child.move(Stopped("shutdown"))
                 return
             child.lease = lease
             child.command = None  # commands seen before we held the lease are stale
-            keep_going = True
+            child.move(Starting(lease.generation))
             try:
                 async with anyio.create_task_group() as tg:
                     lost = anyio.Event()
                     tg.start_soon(self._keep_lease, child, lost)
-                    keep_going = await self._run_with_lease(child, lease, lost)
+                    await self._run_with_lease(child, lease, lost)
                     tg.cancel_scope.cancel()
             finally:
                 held, child.lease = child.lease, None
-                if not keep_going and held is not None:
+                if isinstance(child.state, Stopped) and held is not None:
                     await self._release(held)
         except* _LeaseLost as group:
             logger.warning(
@@ -513,21 +594,27 @@ class Supervisor:
                 group.exceptions[0],
                 extra={"action": "lease_lost"},
             )
-        except* (StoreUnavailable, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as group:
+            child.move(Fenced(str(group.exceptions[0])))
+        except* StoreError as group:
             logger.warning(
                 "%s: database unavailable (%s); retrying",
                 name,
                 group.exceptions[0],
                 extra={"action": "supervisor_retry"},
             )
+            if not isinstance(child.state, StandingBy | Stopped):
+                child.move(StandingBy())
             await anyio.sleep(1.0)
 
     async def _wait_for_lease(self, child: _Child) -> Lease | None:
-        """Wait until the actor should run and we hold its lease."""
+        """Wait until the actor should run and we hold its lease; a Stopped child stays so
+        until operators want it running again (StandingBy)."""
         name = child.spec.name
         while not self._shutting_down and not child.stop_requested:
             desired = await self.desired_state(name)
             if desired == "running":
+                if isinstance(child.state, Stopped):
+                    child.move(StandingBy())  # an operator's start
                 lease = await self.leases.acquire(name)
                 if lease is not None:
                     return lease
@@ -594,18 +681,24 @@ class Supervisor:
         with anyio.CancelScope(shield=True), anyio.move_on_after(3):
             try:
                 await self.leases.release(lease)
-            except (StoreUnavailable, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            except StoreError:
                 logger.warning("could not release lease %s", lease.name)
 
-    async def _run_with_lease(self, child: _Child, lease: Lease, lost: anyio.Event) -> bool:
-        """Start, watch and restart the actor while we hold ``lease``. Returns True when the
-        loop should go on trying to run it (lease lost), False when it should stay stopped."""
+    async def _run_with_lease(self, child: _Child, lease: Lease, lost: anyio.Event) -> None:
+        """Start, watch and restart the actor while we hold ``lease``; returns once the child
+        is Fenced (lease lost: stand by for it again) or Stopped (stay stopped)."""
         name = child.spec.name
         history = await self.history(name)
-        resumed = await self._resume_backoff(child, lease, history, lost)
-        if isinstance(resumed, bool):
-            return resumed
-        lease = resumed
+        if history and isinstance(history[-1], ActorBackoffScheduled):
+            # A backoff scheduled before a deploy is honoured after it.
+            pending = history[-1]
+            remaining = (pending.until - self.clock.now()).total_seconds()
+            backing_off = BackingOff(pending.until, pending.attempt, pending.delay_seconds)
+            delay = remaining if remaining > 0 else None
+            resumed = await self._back_off(child, lease, lost, backing_off, delay)
+            if resumed is None:
+                return
+            lease = resumed
         previous_node = _last_running_node(history)
         if previous_node is not None:
             # Left running, never stopped: its node died or lost the lease (this one, too).
@@ -614,59 +707,107 @@ class Supervisor:
                 self._restarted(name, "failover", reason=f"previously on {previous_node}"),
                 lease,
             )
-        while True:
-            kind, _ = await self._run_once(child, lease, lost)
-            if kind == "lease lost":
-                return True
-            if kind == "stopped":
-                return False
-            if kind == "restart":
-                # An operator restart: a new incarnation, a new generation.
-                lease = await self._regrant(child, lease)
-                continue
-            exit_reason = ExitReason.CRASH if kind == "crashed" else ExitReason.NORMAL
-            if not should_restart(child.spec.restart, exit_reason):
-                how = "crashed" if kind == "crashed" else "finished"
-                reason = f"{child.spec.restart.value} actor {how}: not restarted"
-                await self._record_stopped(name, lease, reason)
-                await self._remember_stopped(name, reason)
-                return False
-            decision = decide_restart(
-                await self.history(name), self.clock.now(), self.backoff, self.intensity, self.rng
-            )
-            if isinstance(decision, Park):
-                await self._record(
-                    name,
-                    ActorParked(
-                        actor=name,
-                        reason=decision.reason,
-                        restarts=decision.restarts,
-                        window_seconds=self.intensity.within,
-                        parked_at=self.clock.now(),
-                    ),
-                    lease,
-                )
-                await self._alert("actor_parked", name, f"{name} parked: {decision.reason}")
-                return False
-            now = self.clock.now()
+        next_lease: Lease | None = lease
+        while next_lease is not None:
+            outcome = await self._run_once(child, next_lease, lost)
+            next_lease = await self._after_exit(child, next_lease, outcome, lost)
+
+    async def _after_exit(
+        self, child: _Child, lease: Lease, outcome: Exit, lost: anyio.Event
+    ) -> Lease | None:
+        """Record how an incarnation ended and move the child on: the lease to start the next
+        incarnation under (Starting), or None once it is Stopped or Fenced."""
+        name = child.spec.name
+        if isinstance(outcome, LeaseLost):
+            child.move(Fenced(outcome.why))
+            return None
+        if isinstance(outcome, Cancelled):
+            await self._record_stopped(name, lease, outcome.reason)
+            child.move(Stopped(outcome.reason))
+            return None
+        if isinstance(outcome, RestartAsked):
+            # An operator restart: a new incarnation, a new generation.
+            command = outcome.command
             await self._record(
                 name,
-                ActorBackoffScheduled(
-                    actor=name,
-                    attempt=decision.attempt,
-                    delay_seconds=decision.delay,
-                    until=now + timedelta(seconds=decision.delay),
-                    scheduled_at=now,
+                self._restarted(
+                    name,
+                    "operator",
+                    requested_by=command.requested_by,
+                    reason=command.reason or None,
                 ),
                 lease,
             )
-            outcome = await self._backoff_sleep(child, decision.delay, lost)
-            after = await self._after_backoff(
-                child, lease, outcome, decision.attempt, decision.delay
+            lease = await self._regrant(child, lease)
+            child.move(Starting(lease.generation))
+            return lease
+        if isinstance(outcome, Crashed):
+            crash = outcome.error
+            await self._record(
+                name,
+                ActorCrashed(
+                    actor=name,
+                    node=self.node,
+                    generation=lease.generation,
+                    error_type=type(crash).__qualname__,
+                    message=str(crash)[:2000],
+                    traceback_digest=traceback_digest(crash),
+                    uptime_seconds=max(outcome.uptime, 0.0),
+                    crashed_at=self.clock.now(),
+                ),
+                lease,
             )
-            if isinstance(after, bool):
-                return after
-            lease = after
+            logger.error(
+                "%s crashed after %.1fs: %s: %s",
+                name,
+                outcome.uptime,
+                type(crash).__name__,
+                crash,
+                extra={"action": "actor_crashed"},
+            )
+        if not should_restart(child.spec.restart, exit_reason(outcome)):
+            how = "crashed" if isinstance(outcome, Crashed) else "finished"
+            reason = f"{child.spec.restart.value} actor {how}: not restarted"
+            await self._record_stopped(name, lease, reason)
+            await self._remember_stopped(name, reason)
+            child.move(Stopped(reason))
+            return None
+        decision = decide_restart(
+            await self.history(name), self.clock.now(), self.backoff, self.intensity, self.rng
+        )
+        if isinstance(decision, Park):
+            await self._record(
+                name,
+                ActorParked(
+                    actor=name,
+                    reason=decision.reason,
+                    restarts=decision.restarts,
+                    window_seconds=self.intensity.within,
+                    parked_at=self.clock.now(),
+                ),
+                lease,
+            )
+            await self._alert("actor_parked", name, f"{name} parked: {decision.reason}")
+            child.move(Stopped(f"parked: {decision.reason}"))
+            return None
+        now = self.clock.now()
+        backing_off = BackingOff(
+            until=now + timedelta(seconds=decision.delay),
+            attempt=decision.attempt,
+            delay=decision.delay,
+        )
+        await self._record(
+            name,
+            ActorBackoffScheduled(
+                actor=name,
+                attempt=backing_off.attempt,
+                delay_seconds=backing_off.delay,
+                until=backing_off.until,
+                scheduled_at=now,
+            ),
+            lease,
+        )
+        return await self._back_off(child, lease, lost, backing_off, decision.delay)
 
     def _restarted(
         self,
@@ -701,33 +842,49 @@ class Supervisor:
             lease,
         )
 
-    async def _after_backoff(
+    async def _back_off(
         self,
         child: _Child,
         lease: Lease,
-        outcome: _BackoffOutcome,
-        attempt: int,
-        delay: float,
-    ) -> Lease | bool:
-        """What a backoff ended in: the lease to restart under, or (as for _run_with_lease)
-        True to stand by for the lease again, False to stay stopped."""
+        lost: anyio.Event,
+        backing_off: BackingOff,
+        delay: float | None,
+    ) -> Lease | None:
+        """Wait ``delay`` s BackingOff (None: it has already passed), then restart: the lease
+        to start the next incarnation under (Starting), or None once the child is Stopped or
+        Fenced."""
         name = child.spec.name
-        if outcome == "lost":
-            return True
-        if outcome == "shutdown":
-            return False  # nothing recorded: the backoff resumes after the deploy
-        if isinstance(outcome, OperatorCommandIssued) and outcome.action == "stop":
-            why = f": {outcome.reason}" if outcome.reason else ""
-            await self._record_stopped(name, lease, f"stopped by {outcome.requested_by}{why}")
-            return False
+        child.move(backing_off)
+        end: BackoffEnd = Elapsed()
+        if delay is not None:
+            end = await self._backoff_sleep(child, delay, lost)
+        if isinstance(end, LeaseLost):
+            child.move(Fenced(end.why))
+            return None
+        if isinstance(end, Cancelled):
+            child.move(Stopped(end.reason))  # nothing recorded: the backoff resumes after it
+            return None
+        if isinstance(end, Commanded) and end.command.action == "stop":
+            command = end.command
+            why = f": {command.reason}" if command.reason else ""
+            reason = f"stopped by {command.requested_by}{why}"
+            await self._record_stopped(name, lease, reason)
+            child.move(Stopped(reason))
+            return None
         lease = await self._regrant(child, lease)
-        if isinstance(outcome, OperatorCommandIssued):
+        if isinstance(end, Commanded):
             restarted = self._restarted(
-                name, "operator", requested_by=outcome.requested_by, reason=outcome.reason or None
+                name,
+                "operator",
+                requested_by=end.command.requested_by,
+                reason=end.command.reason or None,
             )
         else:
-            restarted = self._restarted(name, "crash", attempt=attempt, delay=delay)
+            restarted = self._restarted(
+                name, "crash", attempt=backing_off.attempt, delay=backing_off.delay
+            )
         await self._record(name, restarted, lease)
+        child.move(Starting(lease.generation))
         return lease
 
     async def _regrant(self, child: _Child, lease: Lease) -> Lease:
@@ -739,26 +896,9 @@ class Supervisor:
         child.lease = new
         return new
 
-    async def _resume_backoff(
-        self, child: _Child, lease: Lease, history: Sequence[Event], lost: anyio.Event
-    ) -> Lease | bool:
-        """A backoff scheduled before a deploy is honoured after it."""
-        if not history or not isinstance(history[-1], ActorBackoffScheduled):
-            return lease
-        pending = history[-1]
-        remaining = (pending.until - self.clock.now()).total_seconds()
-        outcome: _BackoffOutcome = "elapsed"
-        if remaining > 0:
-            outcome = await self._backoff_sleep(child, remaining, lost)
-        return await self._after_backoff(
-            child, lease, outcome, pending.attempt, pending.delay_seconds
-        )
-
-    async def _backoff_sleep(
-        self, child: _Child, delay: float, lost: anyio.Event
-    ) -> _BackoffOutcome:
-        """Sleep ``delay`` on the clock, cut short by an operator command (returned), a stop
-        ("shutdown") or a lost lease ("lost")."""
+    async def _backoff_sleep(self, child: _Child, delay: float, lost: anyio.Event) -> BackoffEnd:
+        """Sleep ``delay`` on the clock, cut short by an operator command, a stop or a lost
+        lease."""
         async with anyio.create_task_group() as tg:
 
             async def watch() -> None:
@@ -778,20 +918,18 @@ class Supervisor:
             await self.clock.sleep(delay)
             tg.cancel_scope.cancel()
         if lost.is_set():
-            return "lost"
+            return LeaseLost(_lost_why(child))
         if child.stop_requested or self._shutting_down:
-            return "shutdown"
+            return Cancelled("shutdown")
         command, child.command = child.command, None
-        return command if command is not None else "elapsed"
+        return Commanded(command) if command is not None else Elapsed()
 
-    async def _run_once(
-        self, child: _Child, lease: Lease, lost: anyio.Event
-    ) -> tuple[Literal["crashed", "finished", "stopped", "restart", "lease lost"], str]:
-        """One incarnation: start it, record it, and wait for how it ends."""
+    async def _run_once(self, child: _Child, lease: Lease, lost: anyio.Event) -> Exit:
+        """One incarnation: start it (Running once its start is recorded) and wait for how it
+        ends. Only the start is recorded here; :meth:`_after_exit` records the end."""
         name = child.spec.name
         started_at = self.clock.monotonic()
-        result: tuple[Literal["crashed", "finished", "stopped", "restart", "lease lost"], str]
-        result = ("finished", "")
+        outcome: Exit = Finished()
         crash: BaseException | None = None
         ended = anyio.Event()
         reported = False
@@ -836,10 +974,11 @@ class Supervisor:
                         ),
                         lease,
                     )
+                    child.move(Running(lease.generation))
                     child.ref = ref
                     child.started.set()
                     self._started_positions[name] = started_position
-                result = await self._wait_for_end(child, ended, lost)
+                outcome = await self._wait_for_end(child, ended, lost)
             finally:
                 child.ref = None
                 child.started = anyio.Event()
@@ -853,78 +992,26 @@ class Supervisor:
                 elif not ended.is_set() and running is not None:
                     await self._stop_runner(child, running, ended, tg.cancel_scope)
         child.runner = None
-        uptime = self.clock.monotonic() - started_at
         if crash is not None:
-            await self._record(
-                name,
-                ActorCrashed(
-                    actor=name,
-                    node=self.node,
-                    generation=lease.generation,
-                    error_type=type(crash).__qualname__,
-                    message=str(crash)[:2000],
-                    traceback_digest=traceback_digest(crash),
-                    uptime_seconds=max(uptime, 0.0),
-                    crashed_at=self.clock.now(),
-                ),
-                lease,
-            )
-            logger.error(
-                "%s crashed after %.1fs: %s: %s",
-                name,
-                uptime,
-                type(crash).__name__,
-                crash,
-                extra={"action": "actor_crashed"},
-            )
-            return ("crashed", str(crash))
-        kind, detail = result
-        if kind == "stopped":
-            await self._record(
-                name,
-                ActorStopped(
-                    actor=name,
-                    node=self.node,
-                    generation=lease.generation,
-                    reason=detail or "stopped",
-                    stopped_at=self.clock.now(),
-                ),
-                lease,
-            )
-        elif kind == "restart":
-            command = child.restart_command
-            child.restart_command = None
-            await self._record(
-                name,
-                self._restarted(
-                    name,
-                    "operator",
-                    requested_by=detail,
-                    reason=command.reason or None if command is not None else None,
-                ),
-                lease,
-            )
-        return result
+            return Crashed(crash, self.clock.monotonic() - started_at)
+        return outcome
 
-    async def _wait_for_end(
-        self, child: _Child, ended: anyio.Event, lost: anyio.Event
-    ) -> tuple[Literal["crashed", "finished", "stopped", "restart", "lease lost"], str]:
+    async def _wait_for_end(self, child: _Child, ended: anyio.Event, lost: anyio.Event) -> Exit:
         """Wait for the incarnation to end by itself, or for a reason to end it."""
         while True:
             if ended.is_set():
-                return ("finished", "")
+                return Finished()
             if lost.is_set():
-                return ("lease lost", "")
+                return LeaseLost(_lost_why(child))
             if child.stop_requested:  # set child by child, in reverse start order
-                return ("stopped", "shutdown")
+                return Cancelled("shutdown")
             command, child.command = child.command, None
             if command is not None:
                 if command.action == "stop":
                     why = f": {command.reason}" if command.reason else ""
-                    return ("stopped", f"stopped by {command.requested_by}{why}")
+                    return Cancelled(f"stopped by {command.requested_by}{why}")
                 if command.action == "restart":
-                    child.restart_command = command
-                    return ("restart", command.requested_by)
+                    return RestartAsked(command)
             await child.wait_poked(1.0)
 
     async def _stop_runner(
@@ -964,7 +1051,7 @@ class Supervisor:
         while True:
             try:
                 start = await self.store.head()
-                async with self.store.subscribe(category="ops", after=start) as subscription:
+                async with self.store.subscribe(category=OPS, after=start) as subscription:
                     async for recorded in subscription:
                         event = recorded.event
                         if isinstance(event, OperatorCommandIssued):
@@ -1003,6 +1090,14 @@ def _root_cause(exc: BaseException) -> BaseException:
     return exc
 
 
+def _lost_why(child: _Child) -> str:
+    """Why ``child``'s lease was lost, as its clock was told."""
+    lease = child.lease
+    if lease is not None and lease.clock is not None:
+        return lease.clock.why()
+    return "the lease was lost"
+
+
 def _last_running_node(history: Sequence[Event]) -> str | None:
     """The node an actor was left running on (no stop, park or crash recorded after)."""
     for event in reversed(history):
@@ -1011,31 +1106,3 @@ def _last_running_node(history: Sequence[Event]) -> str | None:
         if isinstance(event, ActorStopped | ActorParked | ActorCrashed):
             return None
     return None
-
-
-async def desired_state(store: EventStore, name: str) -> Literal["running", "stopped", "parked"]:
-    """What operators last asked of ``name`` (or parking imposed): running unless stopped."""
-    record = await store.pool.fetchrow(query("desired_state"), name)
-    if record is None:
-        return "running"
-    if record["type"] == "ActorParked":
-        return "parked"
-    return "stopped" if record["action"] == "stop" else "running"
-
-
-async def actor_status(store: EventStore, name: str, now: datetime) -> ActorStatus:
-    """The status of ``name``, projected from the log (and its lease, for liveness)."""
-    lifecycle = await store.read_stream(f"actor-{name}", skip_unknown=True)
-    tick = await store.last_event(f"tick-{name}")
-    last_tick = (
-        tick.event.ticked_at if tick is not None and isinstance(tick.event, ActorTicked) else None
-    )
-    leases = {info.name: info for info in await Leases(store, "status").all()}
-    return project_status(
-        name,
-        lifecycle,
-        now,
-        last_tick=last_tick,
-        lease=leases.get(name),
-        desired=await desired_state(store, name),
-    )

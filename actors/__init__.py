@@ -1,7 +1,8 @@
-"""The actor runtime (mailbox, ticks, event-sourced state) and i3lani's actors.
+"""i3lani's actors, over the actor runtime they run on.
 
-See :mod:`actors.runtime` for how an actor is written and run, :mod:`actors.clock` for the
-injected clock, and ``supervisor.py`` for how actors are kept running.
+:mod:`actors.runtime` is the runtime (how an actor is written and run, the injected clock,
+child specs, the status read model); it sits below ``supervisor.py``, which keeps actors
+running. Everything else in this package is a product actor, above the supervisor.
 
 The product's five actors, one module each (pure ``decide`` / ``evolve``, thin I/O):
 :mod:`actors.payment_monitor`, :mod:`actors.reward_processor`,
@@ -10,30 +11,6 @@ The product's five actors, one module each (pure ``decide`` / ``evolve``, thin I
 :mod:`actors.config`; their task types: :mod:`actors.tasks`. The outside world is reached only
 through :mod:`actors.tonapi` and :mod:`actors.telegram`; payment rules are the pure
 :mod:`actors.payments`, TON addresses and amounts :mod:`actors.ton`.
+
+This module imports nothing, so that importing the runtime never loads a product actor.
 """
-
-from actors.clock import Clock, ManualClock, SystemClock
-from actors.runtime import (
-    Actor,
-    ActorRef,
-    ActorRunner,
-    AskTimeout,
-    Emit,
-    MailboxFull,
-    TickSpec,
-    next_tick_due,
-)
-
-__all__ = [
-    "Actor",
-    "ActorRef",
-    "ActorRunner",
-    "AskTimeout",
-    "Clock",
-    "Emit",
-    "MailboxFull",
-    "ManualClock",
-    "SystemClock",
-    "TickSpec",
-    "next_tick_due",
-]

@@ -23,9 +23,8 @@ from actors.names import (
 )
 from actors.payment_monitor import PaymentMonitor
 from actors.reward_processor import RewardProcessor
-from actors.runtime import Actor
+from actors.runtime import Actor, ChildSpec, RestartType
 from events.errors import ConfigError
-from supervisor import ChildSpec, RestartType
 
 __all__ = [
     "ACTOR_NAMES",

@@ -30,6 +30,7 @@ from actors.config import Settings, active_subscribers, channel_price
 from actors.runtime import Actor, ActorRunner, Emit, Message, TickSpec
 from actors.telegram import ChatProblem, TelegramClient, make_bot
 from events import ChannelAdded, ChannelPriceChanged, ChannelStatsFailed, ChannelStatsUpdated
+from events.streams import CHANNEL, channel_stream
 from store import RecordedEvent
 
 __all__ = [
@@ -45,11 +46,6 @@ logger = logging.getLogger(__name__)
 
 PACING: Final = 0.05
 """Seconds between two Bot API calls: 20 requests/s, under Telegram's ~30/s."""
-
-
-def channel_stream(channel: str) -> str:
-    """``@name`` -> ``channel-name``; a numeric chat id keeps its digits (and sign)."""
-    return f"channel-{channel.removeprefix('@').lower()}"
 
 
 @dataclass(slots=True)
@@ -81,7 +77,7 @@ class ChannelAnalytics(Actor[AnalyticsState]):
     """Prices channels by their audience (see the module docstring)."""
 
     name: ClassVar[str] = "ChannelAnalytics"
-    category: ClassVar[str | None] = "channel"
+    category: ClassVar[str | None] = CHANNEL
     messages: ClassVar[tuple[type[msgspec.Struct], ...]] = (ChannelMeasured,)
     max_retry_after: float = 60.0
 

@@ -38,12 +38,13 @@ from events import (
     SubscriptionActivated,
 )
 from events.payments import LatePaymentReceived, PaymentUnderpaid
+from events.streams import OPS_CLEANUP, PAYMENT, payment_stream
 from store import RecordedEvent, views
 from store.tasks import TaskQueue
 
 __all__ = ["Cleanup", "CleanupState", "CleanupDone", "STALE_AFTER", "CLEANUP_STREAM"]
 
-CLEANUP_STREAM: Final = "ops-cleanup"
+CLEANUP_STREAM: Final = OPS_CLEANUP
 STALE_AFTER: Final = timedelta(days=1)
 BATCH: Final = 1000
 
@@ -73,7 +74,7 @@ class Cleanup(Actor[CleanupState]):
     """Prunes derived data (see the module docstring)."""
 
     name: ClassVar[str] = "Cleanup"
-    category: ClassVar[str | None] = "payment"
+    category: ClassVar[str | None] = PAYMENT
     messages: ClassVar[tuple[type[msgspec.Struct], ...]] = (CleanupDone,)
 
     def __init__(self, settings: Settings) -> None:
@@ -112,7 +113,7 @@ class Cleanup(Actor[CleanupState]):
                 continue
             emits.append(
                 Emit(
-                    f"payment-{payment_id}",
+                    payment_stream(payment_id),
                     PaymentExpired(payment_id=payment_id, expired_at=message.finished_at),
                     expected_version=pending.version,
                     event_id=payment_event_id("PaymentExpired", payment_id),

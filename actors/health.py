@@ -45,18 +45,19 @@ from typing import ClassVar, Final
 import anyio
 import msgspec
 
-from actors.clock import Clock
 from actors.config import Settings
 from actors.runtime import Actor, ActorRunner, Emit, Message, TickSpec
+from actors.runtime.clock import Clock
+from actors.runtime.status import actor_status
 from actors.tasks import ADMIN_ALERT, AdminAlert, serve_tasks, task_types
 from actors.telegram import TelegramClient, make_bot
 from actors.tonapi import TonApiClient
 from events import AlertRaised, HealthCheck, HealthChecked
 from events.errors import I3laniError
+from events.streams import OPS, OPS_ALERTS, OPS_HEALTH, actor_stream
 from store import EventStore, Fence, RecordedEvent, Transaction, views
 from store.tasks import TaskContext, TaskQueue
 from store.views import HealthSample
-from supervisor import actor_status
 
 __all__ = [
     "HealthChecker",
@@ -74,8 +75,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-HEALTH_STREAM: Final = "ops-health"
-ALERTS_STREAM: Final = "ops-alerts"
+HEALTH_STREAM: Final = OPS_HEALTH
+ALERTS_STREAM: Final = OPS_ALERTS
 CHECK_TIMEOUT: Final = 10.0
 SLOW_DATABASE: Final = 2.0
 TASK_WAIT_LIMIT: Final = timedelta(minutes=5)
@@ -168,7 +169,7 @@ class HealthChecker(Actor[HealthState]):
     """Checks health and alerts the admins (see the module docstring)."""
 
     name: ClassVar[str] = "HealthChecker"
-    category: ClassVar[str | None] = "ops"
+    category: ClassVar[str | None] = OPS
     messages: ClassVar[tuple[type[msgspec.Struct], ...]] = (CheckHealth, HealthReport, QueueAlert)
     io_messages: ClassVar[tuple[type[msgspec.Struct], ...]] = (CheckHealth, QueueAlert)
 
@@ -438,7 +439,7 @@ class HealthChecker(Actor[HealthState]):
     async def _lag(self, store: EventStore) -> list[HealthCheck]:
         checks: list[HealthCheck] = []
         for name, category in sorted(self.lag_categories.items()):
-            behind = await checkpoint_lag(store, f"actor-{name}", category)
+            behind = await checkpoint_lag(store, actor_stream(name), category)
             if behind is None:
                 continue
             checks.append(

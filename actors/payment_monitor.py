@@ -70,6 +70,7 @@ from events import (
     WalletScanned,
 )
 from events.payments import LatePaymentReceived
+from events.streams import PAYMENT, payment_scan_stream, payment_stream
 from store import RecordedEvent
 from store.tasks import TaskContext
 
@@ -101,7 +102,7 @@ def payment_event_id(*parts: object) -> uuid.UUID:
 
 def scan_stream(wallet: Address) -> str:
     """The stream holding a wallet's scan cursor: ``payment-scan-<wc>_<hash hex>``."""
-    return f"payment-scan-{wallet.workchain}_{wallet.hash.hex()}"
+    return payment_scan_stream(f"{wallet.workchain}_{wallet.hash.hex()}")
 
 
 @dataclass(slots=True)
@@ -191,7 +192,7 @@ class PaymentMonitor(Actor[MonitorState]):
     """Verifies payments through TonAPI (see the module docstring)."""
 
     name: ClassVar[str] = "PaymentMonitor"
-    category: ClassVar[str | None] = "payment"
+    category: ClassVar[str | None] = PAYMENT
     messages: ClassVar[tuple[type[msgspec.Struct], ...]] = (CheckPayments, ScanResult)
     io_messages: ClassVar[tuple[type[msgspec.Struct], ...]] = (CheckPayments,)
 
@@ -274,7 +275,7 @@ class PaymentMonitor(Actor[MonitorState]):
             view = state.payments[payment_id]
             version = versions.get(payment_id, view.version)
             emits.append(
-                Emit(f"payment-{payment_id}", event, expected_version=version, event_id=event_id)
+                Emit(payment_stream(payment_id), event, expected_version=version, event_id=event_id)
             )
             versions[payment_id] = version + 1
 

@@ -40,6 +40,7 @@ from actors.tasks import (
 from actors.ton import format_ton
 from events import EventMetadata, RewardCredited, RewardEarned, RewardFailed
 from events.errors import ConcurrencyConflict, EventIdReused, I3laniError
+from events.streams import USER, user_stream
 from store import NewEvent, RecordedEvent
 from store.tasks import NewTask, TaskContext, TaskQueue, error_line
 
@@ -86,7 +87,7 @@ class RewardProcessor(Actor[RewardState]):
     """Credits rewards exactly once (see the module docstring)."""
 
     name: ClassVar[str] = "RewardProcessor"
-    category: ClassVar[str | None] = "user"
+    category: ClassVar[str | None] = USER
 
     def __init__(self, settings: Settings, *, concurrency: int = 4) -> None:
         self.settings = settings
@@ -162,7 +163,7 @@ class RewardProcessor(Actor[RewardState]):
         assert self.runner is not None
         runner = self.runner
         store = runner.store
-        stream = f"user-{reward.user_id}"
+        stream = user_stream(reward.user_id)
         credit_id = credit_event_id(reward.reward_id)
         for _ in range(CONFLICT_RETRIES):
             events = await store.read_stream(stream, skip_unknown=True)
@@ -219,7 +220,7 @@ class RewardProcessor(Actor[RewardState]):
             failed_at=runner.clock.now(),
         )
         await runner.store.append(
-            f"user-{reward.user_id}",
+            user_stream(reward.user_id),
             [NewEvent(event=failed, event_id=failure_event_id(reward.reward_id))],
             metadata=self._metadata(),
             fence=runner.fence,

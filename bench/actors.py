@@ -24,14 +24,15 @@ import msgspec
 from anyio.abc import ByteReceiveStream, Process, TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from actors.clock import SystemClock
-from actors.runtime import Actor, ActorRef, ActorRunner, Emit
+from actors.runtime import Actor, ActorRef, ActorRunner, ChildSpec, Emit
+from actors.runtime.clock import SystemClock
 from bench.measure import BenchContext, Contender, Sample, interleave, percentile, run_tasks
 from bench.report import Goal, Row
 from events import ActorBackoffScheduled, ActorCrashed, ActorRestarted, ActorStarted
+from events.streams import actor_stream
 from store import EventStore, RecordedEvent
 from store.leases import Leases
-from supervisor import BackoffPolicy, ChildSpec, Intensity, Supervisor
+from supervisor import BackoffPolicy, Intensity, Supervisor
 
 __all__ = ["NOTES", "run"]
 
@@ -292,7 +293,7 @@ async def _crash_restart(ctx: BenchContext, store: EventStore) -> list[Row]:
         backoff=BackoffPolicy(min_delay=BACKOFF, max_delay=BACKOFF, jitter=0, reset_after=0.001),
         intensity=Intensity(max_restarts=10_000, within=1),
     )
-    stream = f"actor-{name}"
+    stream = actor_stream(name)
     measured: list[float] = []  # seconds beyond the backoff
 
     async def started_recorded(after: int) -> int:
@@ -548,7 +549,9 @@ async def _next_start(
     polling the log every POLL seconds."""
     with anyio.fail_after(seconds):
         while True:
-            for recorded in await store.read_stream("actor-Heartbeat", after_version=after_version):
+            for recorded in await store.read_stream(
+                actor_stream("Heartbeat"), after_version=after_version
+            ):
                 event = recorded.event
                 if isinstance(event, ActorStarted) and (node is None or event.node == node):
                     return recorded

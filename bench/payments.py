@@ -49,17 +49,18 @@ import httpx
 import msgspec
 from anyio.abc import Process
 
-from actors.clock import SystemClock
 from actors.config import Settings
 from actors.payment_monitor import CheckPayments, MonitorState, PaymentMonitor, ScanResult
 from actors.payments import Confirm, Decision, Ignore, PendingPayment, Underpaid, match_all
 from actors.runtime import ActorRef, ActorRunner, Emit, Message
+from actors.runtime.clock import SystemClock
 from actors.ton import Address, memo_for
 from actors.tonapi import MAX_PAGE_SIZE, TonApiClient
 from actors.tonapi_models import Transaction, decode_transactions
 from bench.measure import BenchContext
 from bench.report import Row
 from events import ActorTicked, PaymentCreated
+from events.streams import actor_stream, payment_stream, tick_stream
 from ops.standins import TonApiStandIn, TransferOp
 from store import NO_STREAM, Cursor, EventStore, RecordedEvent
 from store.eventstore import init_connection
@@ -81,8 +82,8 @@ ASK_TIMEOUT: Final = 900.0
 DSN_ENV: Final = "I3LANI_BENCH_DSN"  # the worker's database: never on a command line
 NODE: Final = "bench-payments"
 # ActorRunner's names for the monitor's checkpoint and tick stream (the worker checks them).
-CHECKPOINT: Final = f"actor-{PaymentMonitor.name}"
-TICK_STREAM: Final = f"tick-{PaymentMonitor.name}"
+CHECKPOINT: Final = actor_stream(PaymentMonitor.name)
+TICK_STREAM: Final = tick_stream(PaymentMonitor.name)
 
 # The chain: kind and percentage of the N transactions, shuffled with a fixed seed.
 MIX: Final[tuple[tuple[str, int], ...]] = (
@@ -674,7 +675,7 @@ async def _seed_log(store: EventStore, count: int, base_utime: int) -> None:
                 created_at=created,
                 expires_at=expires,
             )
-            await store.append(f"payment-{pid}", [event], expected_version=NO_STREAM)
+            await store.append(payment_stream(pid), [event], expected_version=NO_STREAM)
 
     async with anyio.create_task_group() as tg:
         for _ in range(8):

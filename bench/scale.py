@@ -85,6 +85,7 @@ from events import (
     RewardFailed,
     SubscriptionActivated,
 )
+from events.streams import actor_stream, payment_stream, tick_stream, user_stream
 from ops.standins import BotApiStandIn, TonApiStandIn
 from store import EventStore
 from store.database import with_database
@@ -174,7 +175,7 @@ def _at(round_no: int, seconds: int = 0) -> datetime:
 def _payment_round(round_no: int) -> Iterator[tuple[str, Event]]:
     payment_id = round_no + 1
     user_id = round_no % USERS + 1
-    stream = f"payment-{payment_id}"
+    stream = payment_stream(payment_id)
     created = _at(round_no)
     yield (
         stream,
@@ -234,7 +235,7 @@ def _payment_round(round_no: int) -> Iterator[tuple[str, Event]]:
 
 def _reward_round(round_no: int, state: _Streams) -> Iterator[tuple[str, Event]]:
     referrer = (round_no * 7) % USERS + 1
-    stream = f"user-{referrer}"
+    stream = user_stream(referrer)
     reward_id = uuid.UUID(int=(0x5CA1E << 96) | round_no)
     yield (
         stream,
@@ -311,7 +312,7 @@ def _channel_round(
 def _tick(round_no: int) -> tuple[str, Event]:
     actor = PRODUCT_ACTORS[round_no % len(PRODUCT_ACTORS)]
     return (
-        f"tick-{actor}",
+        tick_stream(actor),
         ActorTicked(actor=actor, due_at=_at(round_no), ticked_at=_at(round_no, 1)),
     )
 
@@ -664,7 +665,7 @@ async def _wait_started(store: EventStore, process: Process, output: bytearray) 
                 for name in PRODUCT_ACTORS
                 if any(
                     isinstance(r.event, ActorStarted)
-                    for r in await store.read_stream(f"actor-{name}")
+                    for r in await store.read_stream(actor_stream(name))
                 )
             }
             if started == set(PRODUCT_ACTORS):

@@ -44,6 +44,7 @@ from store import EventStore
 
 __all__ = [
     "Mode",
+    "AddRoutes",
     "HEALTH_PATH",
     "build_router",
     "build_dispatcher",
@@ -56,6 +57,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 Mode = Literal["webhook", "polling"]
+
+AddRoutes = Callable[[web.Application], None]
+"""A hook that mounts more routes on the gateway's app (the admin API, from ``ops``)."""
 HEALTH_PATH: Final = "/healthz"
 
 _NOT_TEXT: Final = "I only understand text commands. See /help."
@@ -239,13 +243,14 @@ def build_app(
     secret: str,
     path: str = "/telegram/webhook",
     dispatcher: Dispatcher | None = None,
-    admin_token: str | None = None,
+    add_routes: AddRoutes | None = None,
 ) -> web.Application:
     """The aiohttp app: ``POST path`` takes Telegram's updates (secret checked), ``GET
     /healthz`` answers ``ok``. Updates are handled before the answer, in arrival order.
 
-    With ``admin_token``, the same app serves the admin API and the dashboard
-    (:func:`ops.admin.add_admin_routes`, bearer ``admin_token`` on each of them)."""
+    ``add_routes`` mounts more routes on the same app: the composition root (``i3lani
+    gateway``, the demo) passes the admin API and the dashboard this way, so the gateway never
+    imports what sits above it."""
     secret = check_webhook_secret(secret)
     dispatcher = dispatcher or build_dispatcher(gateway)
     app = web.Application()
@@ -253,10 +258,8 @@ def build_app(
         dispatcher=dispatcher, bot=bot, secret_token=secret, handle_in_background=False
     ).register(app, path=path)
     app.router.add_get(HEALTH_PATH, _healthz)
-    if admin_token is not None:
-        from ops.admin import add_admin_routes
-
-        add_admin_routes(app, gateway.store, token=admin_token)
+    if add_routes is not None:
+        add_routes(app)
     setup_application(app, dispatcher, bot=bot)
     return app
 
@@ -270,17 +273,18 @@ async def run_webhook(
     secret: str,
     path: str = "/telegram/webhook",
     public_url: str | None = None,
-    admin_token: str | None = None,
+    add_routes: AddRoutes | None = None,
     task_status: TaskStatus[str] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the webhook on ``host:port`` until cancelled; started with the listening URL.
 
     With ``public_url`` (``https://...``), ``setWebhook`` points Telegram at
-    ``public_url + path`` with the secret once the server listens.
+    ``public_url + path`` with the secret once the server listens. ``add_routes``: as for
+    :func:`build_app`.
     """
     dispatcher = build_dispatcher(gateway)
     app = build_app(
-        gateway, bot, secret=secret, path=path, dispatcher=dispatcher, admin_token=admin_token
+        gateway, bot, secret=secret, path=path, dispatcher=dispatcher, add_routes=add_routes
     )
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
     await runner.setup()
@@ -360,6 +364,7 @@ async def run_gateway(
     port: int = 8080,
     config: GatewayConfig | None = None,
     bot: Bot | None = None,
+    add_routes: AddRoutes | None = None,
     task_status: TaskStatus[str | None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the bot gateway until cancelled: updates (webhook or polling) and payment notices.
@@ -370,6 +375,8 @@ async def run_gateway(
     lacks a valid ``WEBHOOK_SECRET`` or the bot token is missing. Started (``tg.start``) once
     the notifier follows the log and updates are served, with the webhook server's URL
     (``http://host:port``; useful with ``port=0``) or ``None`` in polling mode.
+    ``add_routes`` mounts more routes on the webhook server (the admin API: see
+    :func:`build_app`).
     """
     config = config or load_gateway_config()
     if mode == "webhook":
@@ -394,7 +401,7 @@ async def run_gateway(
                         secret=secret,
                         path=config.webhook_path,
                         public_url=config.webhook_url,
-                        admin_token=config.admin_token,
+                        add_routes=add_routes,
                         task_status=task_status,
                     )
                 )

@@ -32,6 +32,7 @@ from events import (
 )
 from events.base import Event
 from events.errors import CheckpointConflict, StoreUnavailable
+from events.streams import PAYMENT
 from store import EventStore, RecordedEvent
 
 __all__ = ["NOTIFIER_CHECKPOINT", "payment_notice", "run_notifier"]
@@ -116,7 +117,7 @@ async def run_notifier(
             after = None if await store.load_checkpoint(name) is not None else await store.head()
             async with store.subscribe(
                 name,
-                category="payment",
+                category=PAYMENT,
                 after=after,
                 poll_interval=poll_interval,
                 skip_unknown=True,

@@ -34,10 +34,11 @@ from typing import Final, TypeVar
 import anyio
 import msgspec
 
-from actors.channel_analytics import channel_stream
 from actors.config import Plan, Settings
+from actors.control import issue_command, operator_command
 from actors.health import HEALTH_STREAM
 from actors.names import ACTOR_NAMES, DEFAULT_ACTORS
+from actors.runtime.status import actor_status
 from actors.ton import format_ton, memo_for, transfer_link
 from bot_gateway.commands import (
     ADMIN_HELP_TEXT,
@@ -63,9 +64,8 @@ from events import (
     utcnow,
 )
 from events.errors import ConcurrencyConflict, EventIdReused, StoreUnavailable
-from ops.control import issue_command, operator_command
+from events.streams import channel_stream, payment_stream, user_stream
 from store import NO_STREAM, EventStore, NewEvent, views
-from supervisor import actor_status
 
 __all__ = [
     "Gateway",
@@ -197,14 +197,14 @@ class Gateway:
         and our insert (a second referral through the same link, a channel added at the same
         time, a credit) aborts the transaction with nothing written: that one is tried again,
         never taken for "already registered"."""
-        reward_stream = None if reward is None else f"user-{reward.user_id}"
+        reward_stream = None if reward is None else user_stream(reward.user_id)
         for _ in range(APPEND_ATTEMPTS):
             try:
                 async with self.store.transaction() as tx:
                     await tx.append(stream, [event], expected_version=NO_STREAM, metadata=meta)
                     if reward is not None:
                         await tx.append(
-                            f"user-{reward.user_id}",
+                            user_stream(reward.user_id),
                             [NewEvent(event=reward, event_id=reward.reward_id)],
                             metadata=meta,
                         )
@@ -270,7 +270,7 @@ class Gateway:
             )
             try:
                 await self.store.append(
-                    f"payment-{payment_id}",
+                    payment_stream(payment_id),
                     [NewEvent(event=created, event_id=event_id or uuid.uuid4())],
                     expected_version=NO_STREAM,
                     metadata=self._meta(user_id),
@@ -314,7 +314,7 @@ class Gateway:
         """The sum of the user's credited rewards, and what is still pending."""
         credited = 0
         pending: dict[uuid.UUID, int] = {}
-        for recorded in await self.store.read_stream(f"user-{user_id}", skip_unknown=True):
+        for recorded in await self.store.read_stream(user_stream(user_id), skip_unknown=True):
             event = recorded.event
             if isinstance(event, RewardCredited):
                 credited += event.amount_nanotons

@@ -13,17 +13,13 @@ from typing import Annotated
 import msgspec
 
 from events.base import Event, TelegramId, UtcDateTime
+from events.streams import MEMBER, member_stream
 
 __all__ = ["MEMBER_CATEGORY", "UserRegistered", "member_stream"]
 
-MEMBER_CATEGORY = "member"
+MEMBER_CATEGORY = MEMBER
 
 Username = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
-
-
-def member_stream(user_id: int) -> str:
-    """``member-<telegram id>``: where a user's registration lives."""
-    return f"{MEMBER_CATEGORY}-{user_id}"
 
 
 class UserRegistered(Event, frozen=True, tag="UserRegistered"):

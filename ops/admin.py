@@ -54,8 +54,10 @@ import anyio
 import msgspec
 from aiohttp import web
 
+from actors.control import ACTIONS, UnknownAction, issue_command, operator_command
 from actors.health import HEALTH_STREAM, LAG_LIMIT, checkpoint_lag
 from actors.names import ACTOR_NAMES, CATEGORIES, DEFAULT_ACTORS, UnknownActor
+from actors.runtime.status import ActorStatus, StatusState, actor_status
 from actors.tasks import task_types
 from events import (
     DEFAULT_REGISTRY,
@@ -76,14 +78,14 @@ from events import (
     SubscriptionActivated,
 )
 from events.errors import InvalidEvent, StoreUnavailable
-from ops.control import ACTIONS, UnknownAction, issue_command, operator_command
+from events.streams import actor_stream
 from store import EventStore, OpenTransaction, RecordedEvent, views
 from store.tasks import DeadTask, TaskQueue
 from store.views import MinuteCount
-from supervisor import ActorStatus, StatusState, actor_status
 
 __all__ = [
     "add_admin_routes",
+    "admin_routes",
     "build_admin_app",
     "serve_admin_app",
     "AdminAuth",
@@ -348,9 +350,9 @@ async def collect_metrics(store: EventStore, now: datetime) -> list[MetricFamily
     counts = await TaskQueue(store, task_types()).counts()
     lags: list[tuple[Mapping[str, str], float]] = []
     for name, category in sorted(CATEGORIES.items()):
-        behind = await checkpoint_lag(store, f"actor-{name}", category)
+        behind = await checkpoint_lag(store, actor_stream(name), category)
         if behind is not None:
-            lags.append(({"checkpoint": f"actor-{name}"}, behind))
+            lags.append(({"checkpoint": actor_stream(name)}, behind))
     actors = sorted({s.actor for s in statuses} | set(restarts))
     task_names = sorted(set(task_types().names()) | set(counts))
     task_samples: list[tuple[Mapping[str, str], float]] = []
@@ -647,7 +649,7 @@ def _writer_view(writer: OpenTransaction | None) -> OpenTransaction | None:
 async def _actor_views(store: EventStore, now: datetime) -> list[dict[str, Any]]:
     views: list[dict[str, Any]] = []
     for status in await shown_statuses(store, now):
-        stream = f"actor-{status.actor}"
+        stream = actor_stream(status.actor)
         version = await store.stream_version(stream)
         recent = await store.read_stream(
             stream, after_version=max(version - HISTORY_LENGTH, 0), skip_unknown=True
@@ -1030,6 +1032,14 @@ def add_admin_routes(app: web.Application, store: EventStore, *, token: str) -> 
     app.router.add_get("/api/stream", guard(admin.stream, "browser"))
     app.router.add_get("/dashboard", guard(admin.dashboard, "page"))
     app.on_shutdown.append(admin.on_shutdown)
+
+
+def admin_routes(store: EventStore, token: str | None) -> Callable[[web.Application], None] | None:
+    """The hook with which the gateway's app serves the admin API and the dashboard (see
+    :func:`bot_gateway.build_app`); None without a token: no admin routes."""
+    if token is None:
+        return None
+    return lambda app: add_admin_routes(app, store, token=token)
 
 
 async def _healthz(request: web.Request) -> web.Response:

@@ -39,12 +39,14 @@ import anyio
 import msgspec
 
 from actors.config import load_settings
+from actors.control import issue_command, operator_command
 from actors.names import ACTOR_NAMES, CATEGORIES, DEFAULT_ACTORS
+from actors.runtime.status import ActorStatus, actor_status
 from actors.tasks import task_types
 from events import HealthChecked
 from events.errors import ConfigError, I3laniError, one_line
+from events.streams import ACTOR, actor_stream
 from ops import audit, demo_options
-from ops.control import issue_command, operator_command
 from ops.format import event_json, event_line, format_time
 from store import (
     EventStore,
@@ -57,7 +59,7 @@ from store import (
     views,
 )
 from store.tasks import DeadTask, TaskQueue, TypeCounts
-from supervisor import ActorStatus, Supervisor, actor_status
+from supervisor import Supervisor
 
 if TYPE_CHECKING:
     from actors.health import HealthReport
@@ -543,8 +545,8 @@ async def cmd_health(dsn: str, args: argparse.Namespace, out: TextIO) -> int:
 
 async def _check_now(store: EventStore) -> HealthReport:
     from actors.catalog import tick_intervals
-    from actors.clock import SystemClock
     from actors.health import HealthChecker
+    from actors.runtime.clock import SystemClock
     from actors.telegram import TelegramClient, make_bot
     from actors.tonapi import TonApiClient
 
@@ -592,9 +594,9 @@ async def _wait_for_lifecycle(store: EventStore, actor: str, *, after: int) -> s
     """The first lifecycle step recorded for ``actor`` after position ``after`` (5 s at most)."""
     cursor = await store.cursor_at(after)
     with anyio.move_on_after(5):
-        async with store.subscribe(category="actor", after=cursor, poll_interval=0.5) as sub:
+        async with store.subscribe(category=ACTOR, after=cursor, poll_interval=0.5) as sub:
             async for recorded in sub:
-                if recorded.stream == f"actor-{actor}":
+                if recorded.stream == actor_stream(actor):
                     return event_line(recorded).split("  ", 3)[-1]
     return None
 
@@ -602,6 +604,7 @@ async def _wait_for_lifecycle(store: EventStore, actor: str, *, after: int) -> s
 async def cmd_gateway(dsn: str, args: argparse.Namespace, out: TextIO) -> int:
     from bot_gateway import load_gateway_config, run_gateway
     from bot_gateway.config import check_webhook_secret
+    from ops.admin import admin_routes
 
     # Every setting is checked before anything starts: a one-line error, not a traceback.
     settings = load_settings()
@@ -615,7 +618,13 @@ async def cmd_gateway(dsn: str, args: argparse.Namespace, out: TextIO) -> int:
 
         async def serve() -> None:
             await run_gateway(
-                settings, store, mode=args.mode, host=args.host, port=port, config=config
+                settings,
+                store,
+                mode=args.mode,
+                host=args.host,
+                port=port,
+                config=config,
+                add_routes=admin_routes(store, config.admin_token),
             )
 
         print(

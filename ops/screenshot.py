@@ -61,6 +61,14 @@ from events import (
     WalletScanned,
 )
 from events.errors import I3laniError
+from events.streams import (
+    OPS_HEALTH,
+    actor_stream,
+    member_stream,
+    payment_stream,
+    tick_stream,
+    user_stream,
+)
 from ops.admin import serve_admin_app
 from store import EventStore, TaskProcessor, TaskQueue, TaskTypes, database_url, migrate
 from store.admin import backdate_events, create_database, drop_database
@@ -312,12 +320,12 @@ def _lifecycle(line: _Timeline) -> None:
     for name in PRODUCT_ACTORS:
         line.add(
             58.5,
-            f"actor-{name}",
+            actor_stream(name),
             ActorStarted(actor=name, node=NODE, generation=1, started_at=line.at(58.5)),
         )
 
     def crash(name: str, minutes_ago: float, generation: int, error: tuple[str, str]) -> None:
-        stream = f"actor-{name}"
+        stream = actor_stream(name)
         line.add(
             minutes_ago,
             stream,
@@ -366,7 +374,7 @@ def _lifecycle(line: _Timeline) -> None:
     crash("ChannelAnalytics", 41, 1, ("TelegramRetryAfter", "Flood control exceeded: retry in 30s"))
     crash("PaymentMonitor", 23, 1, ("TonApiUnavailable", "TonAPI answered 502 Bad Gateway"))
     crash("PaymentMonitor", 6.5, 2, ("TonApiUnavailable", "TonAPI timed out after 10s"))
-    stream = "actor-RewardProcessor"
+    stream = actor_stream("RewardProcessor")
     line.add(
         15,
         stream,
@@ -404,7 +412,7 @@ def _lifecycle(line: _Timeline) -> None:
     ):
         line.add(
             minutes_ago,
-            f"tick-{name}",
+            tick_stream(name),
             ActorTicked(actor=name, due_at=line.at(minutes_ago), ticked_at=line.at(minutes_ago)),
         )
 
@@ -420,7 +428,7 @@ def _activity(line: _Timeline) -> None:
         lt += 1_000
         line.add(
             minute,
-            "tick-PaymentMonitor",
+            tick_stream("PaymentMonitor"),
             ActorTicked(actor="PaymentMonitor", due_at=line.at(minute), ticked_at=line.at(minute)),
         )
         line.add(
@@ -440,7 +448,7 @@ def _activity(line: _Timeline) -> None:
         user = next(users)
         line.add(
             when,
-            f"member-{user}",
+            member_stream(user),
             UserRegistered(
                 user_id=user,
                 registered_at=line.at(when),
@@ -453,19 +461,19 @@ def _activity(line: _Timeline) -> None:
             amount = NANOTONS_PER_TON // 10
             line.add(
                 when - 0.01,
-                f"user-{referrer}",
+                user_stream(referrer),
                 RewardEarned(
                     reward_id=reward,
                     user_id=referrer,
                     amount_nanotons=amount,
                     reason="referral",
-                    source=f"member-{user}",
+                    source=member_stream(user),
                     earned_at=line.at(when - 0.01),
                 ),
             )
             line.add(
                 when - 0.05,
-                f"user-{referrer}",
+                user_stream(referrer),
                 RewardCredited(
                     reward_id=reward,
                     user_id=referrer,
@@ -496,7 +504,7 @@ def _payments(line: _Timeline) -> None:
     ]
     wallet = "0:83dfd552e63729b472fcbcc8c45ebcc6691702558b68ec7527e1ba403a0f31a8"
     for payment_id, user, plan, created, outcome, at, extra in story:
-        stream = f"payment-{payment_id}"
+        stream = payment_stream(payment_id)
         amount = plans[plan]
         line.add(
             created,
@@ -577,9 +585,7 @@ def _health(line: _Timeline) -> None:
         HealthCheck(name="lag:PaymentMonitor", ok=True, detail="0 event(s) behind"),
         HealthCheck(name="lag:RewardProcessor", ok=True, detail="2 event(s) behind"),
     ]
-    line.add(
-        3.8, "ops-health", HealthChecked(healthy=False, checks=checks, checked_at=line.at(3.8))
-    )
+    line.add(3.8, OPS_HEALTH, HealthChecked(healthy=False, checks=checks, checked_at=line.at(3.8)))
 
 
 async def _tasks(store: EventStore) -> None:

@@ -59,6 +59,7 @@ from events.errors import (
 )
 from store.database import redact_dsn
 from store.limits import Purpose, SessionLimits, apply_socket_limits
+from store.listener import NOTIFY_CHANNEL
 from store.queries import query
 from store.records import (
     ANY,
@@ -87,9 +88,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-NOTIFY_CHANNEL = "i3lani_events"
-"""LISTEN channel woken after appends commit; its payload lists the categories written."""
 
 MAX_EVENTS_PER_APPEND = 10_000
 MAX_STREAMS_PER_STATEMENT = 1000

@@ -11,7 +11,11 @@ import asyncpg
 
 from store.limits import SessionLimits, apply_socket_limits
 
-__all__ = ["LISTEN_ERRORS", "open_listener", "close_listener"]
+__all__ = ["LISTEN_ERRORS", "NOTIFY_CHANNEL", "open_listener", "close_listener"]
+
+NOTIFY_CHANNEL = "i3lani_events"
+"""LISTEN channel woken after appends commit; its payload lists the categories written.
+Here, below both the store that notifies and the subscriptions that listen."""
 
 LISTEN_ERRORS: tuple[type[BaseException], ...] = (
     OSError,

@@ -27,13 +27,14 @@ import logging
 import math
 from collections import deque
 from types import TracebackType
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING, Protocol, Self, cast
 
 import anyio
 import asyncpg
 
 from events.errors import StoreUnavailable
-from store.listener import LISTEN_ERRORS, close_listener, open_listener
+from store.limits import SessionLimits
+from store.listener import LISTEN_ERRORS, NOTIFY_CHANNEL, close_listener, open_listener
 from store.records import START, Cursor, RecordedEvent
 
 if TYPE_CHECKING:
@@ -46,6 +47,16 @@ logger = logging.getLogger(__name__)
 _RETRY_MIN = 0.1  # seconds: first wait after PostgreSQL became unreachable
 _RETRY_MAX = 5.0
 _HELD_BACK_MIN = 0.002  # seconds: first re-read while an older transaction holds events back
+
+
+class _Listenable(Protocol):
+    """What LISTEN needs of the PostgreSQL store: where it is, and the session limits."""
+
+    @property
+    def dsn(self) -> str: ...
+
+    @property
+    def limits(self) -> SessionLimits: ...
 
 
 class Subscription:
@@ -193,10 +204,7 @@ class Subscription:
         self._wake.set()
 
     async def _listen(self) -> None:
-        from store.eventstore import NOTIFY_CHANNEL, EventStore
-
-        store = self.store
-        assert isinstance(store, EventStore), "another log overrides _listen"
+        store = cast("_Listenable", self.store)  # a log without LISTEN overrides _listen
         now = anyio.current_time()
         if self._listener_failed_at is not None and now - self._listener_failed_at < 1.0:
             return  # polling covers us; do not hammer a server that just refused

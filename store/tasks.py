@@ -95,6 +95,7 @@ from anyio.abc import TaskStatus
 from events import EventMetadata
 from events.errors import I3laniError, StaleGeneration, StoreError, one_line
 from events.registry import unstorable_text
+from events.streams import TASK, task_stream
 from store.eventstore import _CONNECTION_ERRORS, EventStore, Fence, Transaction, _unavailable
 from store.listener import LISTEN_ERRORS, close_listener, open_listener
 from store.queries import query
@@ -771,7 +772,7 @@ class TaskQueue:
         if tx is not None:
             # Inside the caller's transaction only its commit may announce the tasks.
             inserted = await self._insert(tx.connection, rows, notify=True, metadata=metadata)
-            tx.streams.update(f"task-{task_id}" for _, task_id in inserted)
+            tx.streams.update(task_stream(task_id) for _, task_id in inserted)
             return inserted
         background = self.store._tg
         if self._direct_in_flight > 0 and background is not None:
@@ -830,7 +831,7 @@ class TaskQueue:
 
     def _committed(self, inserted: Sequence[tuple[int, int]], rows: _Rows) -> None:
         if inserted:
-            self.store._touch("task-")  # the store's post-commit wake-up of event subscribers
+            self.store._touch(f"{TASK}-")  # the store's post-commit wake-up of event subscribers
             self._announce(min(rows.delays))
 
     async def _flusher(self) -> None:
@@ -1010,7 +1011,7 @@ class TaskQueue:
             if info is None:
                 raise TaskNotFound(task_id)
             raise TaskNotDead(task_id, info.status)
-        self.store._touch(f"task-{task_id}")
+        self.store._touch(task_stream(task_id))
 
     async def prune_finished(self, older_than: timedelta, batch_size: int = 1000) -> int:
         """Delete the rows of tasks that succeeded more than ``older_than`` ago, ``batch_size``
@@ -1358,7 +1359,7 @@ class TaskProcessor:
             self._ready.append(item)
             claimed += 1
         if records:
-            self.store._touch("task-")  # wake event subscribers of the task category
+            self.store._touch(f"{TASK}-")  # wake event subscribers of the task category
         if claimed:
             self._claimed += claimed
             for _ in range(min(claimed, len(self._idle_workers))):
@@ -1564,7 +1565,7 @@ class TaskProcessor:
                 self.lock_timeout,
                 *self._fence_args,
             )
-            tx.streams.add("task-")
+            tx.streams.add(f"{TASK}-")
         for record in records:
             self._count(record[2])
         self._reclaimed += len(records)

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
+from typing import Literal
 
 import asyncpg
 import msgspec
@@ -22,6 +23,8 @@ from store.eventstore import _CONNECTION_ERRORS, EventStore, Transaction, _unava
 from store.queries import query
 
 __all__ = [
+    "DesiredState",
+    "desired_state",
     "Summary",
     "TypeSummary",
     "CheckpointSummary",
@@ -197,3 +200,20 @@ async def prune_health_samples(store: EventStore, before: datetime, *, batch_siz
         removed += count
         if count < batch_size:
             return removed
+
+
+# -- actor status ------------------------------------------------------------------------------
+DesiredState = Literal["running", "stopped", "parked"]
+"""What operators (or parking) last asked of an actor."""
+
+
+async def desired_state(store: EventStore, name: str) -> DesiredState:
+    """What operators last asked of actor ``name`` (or parking imposed): running unless
+    stopped. StoreUnavailable when PostgreSQL cannot be reached, StoreError when it refuses."""
+    async with _translated(f"reading the desired state of {name}"):
+        record = await store.pool.fetchrow(query("desired_state"), name)
+    if record is None:
+        return "running"
+    if record["type"] == "ActorParked":
+        return "parked"
+    return "stopped" if record["action"] == "stop" else "running"

@@ -41,6 +41,7 @@ from events import (
     UserRegistered,
 )
 from events.errors import ConfigError, I3laniError
+from ops.admin import admin_routes
 from ops.audit import AuditReport, run_audit
 from ops.demo.narration import Console, Follower, StreamView, Tone, clock_time, ton
 from ops.demo.scenario import (
@@ -606,6 +607,7 @@ async def _start_gateway(
             host="127.0.0.1",
             port=port,
             config=config,
+            add_routes=admin_routes(store, config.admin_token),
             task_status=task_status,
         )
 

@@ -14,9 +14,8 @@ from typing import Final, Literal
 from actors.catalog import DEFAULT_ACTORS, child_specs
 from actors.config import Settings
 from actors.payment_monitor import MonitorState, PaymentMonitor
-from actors.runtime import ActorRunner, Message
+from actors.runtime import ActorRunner, ChildSpec, Message
 from actors.ton import Address
-from supervisor import ChildSpec
 
 ADMIN_ID: Final = 42
 """The Telegram id of the demo's one administrator (ADMIN_IDS): health alerts go there."""

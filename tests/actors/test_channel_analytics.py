@@ -16,9 +16,9 @@ from actors.channel_analytics import (
     active_subscribers,
     channel_stream,
 )
-from actors.clock import ManualClock
 from actors.config import Settings
 from actors.runtime import ActorRunner
+from actors.runtime.clock import ManualClock
 from actors.telegram import ChatProblem, TelegramClient, make_bot
 from events import ChannelAdded, ChannelPriceChanged, ChannelStatsFailed, ChannelStatsUpdated
 from events.base import Event, EventMetadata

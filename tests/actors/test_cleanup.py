@@ -12,12 +12,13 @@ import asyncpg
 import msgspec
 
 from actors.cleanup import CLEANUP_STREAM, Cleanup, CleanupDone, CleanupState
-from actors.clock import SystemClock
 from actors.config import Settings
 from actors.payment_monitor import payment_event_id
 from actors.runtime import ActorRunner
+from actors.runtime.clock import SystemClock
 from actors.ton import memo_for
 from events import CleanupCompleted, PaymentConfirmed, PaymentCreated, PaymentExpired
+from events.streams import payment_stream
 from store import EventStore
 from store.tasks import TaskContext, TaskProcessor, TaskQueue, TaskTypes
 from tests.waiting import eventually
@@ -31,7 +32,7 @@ class Noop(msgspec.Struct, frozen=True):
 
 async def create(store: EventStore, payment_id: int, expires_at: datetime) -> None:
     await store.append(
-        f"payment-{payment_id}",
+        payment_stream(payment_id),
         [
             PaymentCreated(
                 payment_id=payment_id,
@@ -132,7 +133,7 @@ async def test_prunes_derived_data_and_expires_stale_payments_only(
     assert isinstance(one[-1].event, PaymentExpired)
     assert one[-1].event_id == payment_event_id("PaymentExpired", 1)  # the monitor's id
     for untouched in (2, 3):
-        assert [r.type for r in await store.read_stream(f"payment-{untouched}")] == [
+        assert [r.type for r in await store.read_stream(payment_stream(untouched))] == [
             "PaymentCreated"
         ]
     assert [r.type for r in await store.read_stream("payment-4")][-1] == "PaymentConfirmed"

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import anyio
 import pytest
 
-from actors.clock import Clock, ManualClock, SystemClock
+from actors.runtime.clock import Clock, ManualClock, SystemClock
 
 T0 = datetime(2026, 5, 1, 8, 30, tzinfo=UTC)
 

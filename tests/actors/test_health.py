@@ -9,7 +9,6 @@ from datetime import UTC, datetime
 
 import anyio
 
-from actors.clock import SystemClock
 from actors.config import Settings
 from actors.health import (
     ALERTS_STREAM,
@@ -20,6 +19,7 @@ from actors.health import (
     health_transition,
 )
 from actors.runtime import ActorRef, ActorRunner
+from actors.runtime.clock import SystemClock
 from actors.telegram import TelegramClient, make_bot
 from actors.tonapi import TonApiClient
 from events import AlertRaised, HealthCheck, HealthChecked

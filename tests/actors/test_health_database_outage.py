@@ -17,7 +17,6 @@ import anyio
 import asyncpg
 import pytest
 
-from actors.clock import SystemClock
 from actors.config import Settings
 from actors.health import (
     ALERTS_STREAM,
@@ -28,6 +27,7 @@ from actors.health import (
     HeldVerdict,
 )
 from actors.runtime import ActorRef, ActorRunner
+from actors.runtime.clock import SystemClock
 from actors.telegram import TelegramClient, make_bot
 from actors.tonapi import TonApiClient
 from events import AlertRaised, HealthCheck

@@ -17,7 +17,6 @@ import anyio
 import pytest
 from anyio.abc import TaskStatus
 
-from actors.clock import SystemClock
 from actors.config import Settings
 from actors.payment_monitor import (
     CheckPayments,
@@ -29,6 +28,7 @@ from actors.payment_monitor import (
 )
 from actors.payments import match_all
 from actors.runtime import ActorNotRunning, ActorRef, ActorRunner
+from actors.runtime.clock import SystemClock
 from actors.ton import Address, memo_for
 from actors.tonapi import TonApiClient
 from events import (
@@ -41,6 +41,7 @@ from events import (
 )
 from events.errors import ConcurrencyConflict, EventIdReused
 from events.payments import LatePaymentReceived
+from events.streams import payment_stream
 from ops.standins import TonApiFaultMode, TonApiStandIn
 from store import EventStore
 
@@ -108,12 +109,12 @@ async def create(
         created_at=now,
         expires_at=now + expires_in,
     )
-    await store.append(f"payment-{payment_id}", [event])
+    await store.append(payment_stream(payment_id), [event])
     return event
 
 
 async def types_in(store: EventStore, payment_id: int) -> list[str]:
-    return [r.type for r in await store.read_stream(f"payment-{payment_id}")]
+    return [r.type for r in await store.read_stream(payment_stream(payment_id))]
 
 
 async def check(ref: ActorRef) -> None:
@@ -300,7 +301,7 @@ async def test_two_nodes_polling_at_once_confirm_once(store: EventStore, dsn: st
         confirmations: dict[int, int] = {}
         hashes: list[str] = []
         for payment_id in range(1, 21):
-            for recorded in await store.read_stream(f"payment-{payment_id}"):
+            for recorded in await store.read_stream(payment_stream(payment_id)):
                 if isinstance(recorded.event, PaymentConfirmed):
                     confirmations[payment_id] = confirmations.get(payment_id, 0) + 1
                     hashes.append(recorded.event.tx_hash)

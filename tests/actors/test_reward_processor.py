@@ -13,12 +13,13 @@ from datetime import UTC, datetime
 import anyio
 import pytest
 
-from actors.clock import SystemClock
 from actors.config import Settings
 from actors.reward_processor import RewardProcessor, RewardState
 from actors.runtime import ActorRef, ActorRunner
+from actors.runtime.clock import SystemClock
 from actors.tasks import task_types
 from events import RewardCredited, RewardEarned, RewardFailed
+from events.streams import user_stream
 from store import EventStore, RecordedEvent
 from store.tasks import TaskQueue
 from tests.waiting import eventually
@@ -38,7 +39,7 @@ def settings(max_balance_nanotons: int = 1000 * TON) -> Settings:
 async def earn(store: EventStore, user_id: int, amount: int = TON // 10) -> uuid.UUID:
     reward_id = uuid.uuid4()
     await store.append(
-        f"user-{user_id}",
+        user_stream(user_id),
         [
             RewardEarned(
                 reward_id=reward_id,
@@ -67,7 +68,7 @@ async def processor(
 async def user_events(store: EventStore, users: range) -> list[RecordedEvent]:
     found: list[RecordedEvent] = []
     for user in users:
-        found.extend(await store.read_stream(f"user-{user}"))
+        found.extend(await store.read_stream(user_stream(user)))
     return found
 
 

@@ -24,7 +24,6 @@ import msgspec
 import pytest
 from anyio.abc import TaskStatus
 
-from actors.clock import Clock, ManualClock, SystemClock
 from actors.runtime import (
     Actor,
     ActorNotRunning,
@@ -36,8 +35,10 @@ from actors.runtime import (
     Message,
     TickSpec,
 )
+from actors.runtime.clock import Clock, ManualClock, SystemClock
 from events import DEFAULT_REGISTRY, ActorTicked, Event
 from events.errors import ConcurrencyConflict, StaleGeneration, StoreUnavailable
+from events.streams import tick_stream
 from store import ANY, EventStore, Expected, RecordedEvent, derived_id
 from store.leases import Leases
 
@@ -824,7 +825,7 @@ async def test_own_events_are_not_reacted_to_after_a_restart_either(
 
 # -- ticks --------------------------------------------------------------------------------------
 async def ticks(store: EventStore, actor: str) -> list[ActorTicked]:
-    found = await events_in(store, f"tick-{actor}")
+    found = await events_in(store, tick_stream(actor))
     assert all(isinstance(event, ActorTicked) for event in found)
     return cast(list[ActorTicked], found)
 

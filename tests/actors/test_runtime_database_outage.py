@@ -20,8 +20,8 @@ import asyncpg
 import msgspec
 import pytest
 
-from actors.clock import SystemClock
 from actors.runtime import Actor, ActorRunner, TickSpec
+from actors.runtime.clock import SystemClock
 from events import ActorTicked
 from store import EventStore, migrate
 from tests.faults.pgcontrol import private_postgres

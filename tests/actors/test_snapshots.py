@@ -7,7 +7,7 @@ from typing import ClassVar
 import anyio
 import msgspec
 
-from actors import Actor, ActorRunner, SystemClock
+from actors.runtime import Actor, ActorRunner, SystemClock
 from events import Event
 from store import EventStore, RecordedEvent
 from tests.actors.test_runtime import register, running

@@ -10,6 +10,7 @@ from bot_gateway import Gateway
 from bot_gateway.events import member_stream
 from bot_gateway.service import TelegramUser
 from events import PaymentCreated, RewardEarned
+from events.streams import user_stream
 from store import EventStore
 
 WALLET = "EQBAjaOyi2wGWlk-EDkSabqqnF-MrrwMadnwqrurKpkla9nE"
@@ -37,7 +38,7 @@ async def test_new_users_joining_through_one_link_at_once_are_all_registered(
         assert await store.stream_version(member_stream(user)) == 1
     earned = [
         r.event
-        for r in await store.read_stream(f"user-{REFERRER}")
+        for r in await store.read_stream(user_stream(REFERRER))
         if isinstance(r.event, RewardEarned)
     ]
     assert sorted(e.source for e in earned) == sorted(f"user:{u}" for u in newcomers)
@@ -45,7 +46,7 @@ async def test_new_users_joining_through_one_link_at_once_are_all_registered(
     # a repeated /start of a registered user still earns nothing
     again = await gateway.start(TelegramUser(100), f"ref_{REFERRER}")
     assert again.startswith("Welcome back"), again
-    assert await store.stream_version(f"user-{REFERRER}") == len(earned)
+    assert await store.stream_version(user_stream(REFERRER)) == len(earned)
 
 
 async def test_channels_added_by_one_user_at_once_are_all_registered(store: EventStore) -> None:
@@ -64,7 +65,7 @@ async def test_channels_added_by_one_user_at_once_are_all_registered(store: Even
         assert replies[channel].startswith(f"{channel} is registered"), replies[channel]
     earned = [
         r.event
-        for r in await store.read_stream(f"user-{REFERRER}")
+        for r in await store.read_stream(user_stream(REFERRER))
         if isinstance(r.event, RewardEarned)
     ]
     assert len(earned) == len(channels)

@@ -18,6 +18,7 @@ import anyio
 import msgspec
 import pytest
 
+from actors.runtime.status import ActorStatus, actor_status
 from events import (
     ActorBackoffScheduled,
     ActorCrashed,
@@ -29,7 +30,6 @@ from events import (
     OperatorCommandIssued,
 )
 from store import EventStore, RecordedEvent
-from supervisor import ActorStatus, actor_status
 from tests.e2e.processes import (
     assert_one_at_a_time,
     assert_ticks_follow_starts,

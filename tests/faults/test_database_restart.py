@@ -42,6 +42,7 @@ from events import (
     AlertRaised,
     HealthChecked,
 )
+from events.streams import actor_stream
 from store import EventStore, migrate
 from tests.e2e.processes import Worker, i3lani, running_workers, wait_for
 from tests.faults.harness import (
@@ -204,7 +205,7 @@ async def test_the_worker_rides_out_a_database_restart(clean_env: dict[str, str]
 
                 await wait_for(told, 60, "the admin told: FAILING (database), then RECOVERED")
                 lifecycle = {
-                    name: [r.event for r in await store.read_stream(f"actor-{name}")]
+                    name: [r.event for r in await store.read_stream(actor_stream(name))]
                     for name in PRODUCT_ACTORS
                 }
                 alerts = [

@@ -16,6 +16,7 @@ import pytest
 
 from actors.catalog import PRODUCT_ACTORS
 from events import ActorStarted, ActorStopped
+from events.streams import tick_stream
 from store import EventStore
 from tests.e2e.processes import (
     assert_one_at_a_time,
@@ -138,7 +139,7 @@ async def test_a_deploy_overlap_hands_over_without_duplicate_effects(
                     new.node,
                     starts[-1].generation,
                 )
-                assert_ticks_follow_starts(history, await store.read_stream(f"tick-{actor}"))
+                assert_ticks_follow_starts(history, await store.read_stream(tick_stream(actor)))
             taken_back = await store.pool.fetchval(
                 "SELECT count(*) FROM i3lani.events WHERE type = 'TaskFailed' "
                 "AND payload->>'node' = $1",

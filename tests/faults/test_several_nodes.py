@@ -20,6 +20,7 @@ import pytest
 from actors.catalog import PRODUCT_ACTORS
 from events import ActorRestarted, ActorStarted, AlertRaised, PaymentConfirmed
 from events.errors import StaleGeneration
+from events.streams import tick_stream
 from store import EventStore, Fence
 from tests.e2e.processes import (
     assert_one_at_a_time,
@@ -150,7 +151,7 @@ async def test_the_payment_monitor_resumes_on_another_node_and_never_runs_twice(
 
             # Who wrote what: ticks and payment effects only ever by the node running the
             # monitor at the time; the payments created after the kill by the new node.
-            assert_ticks_follow_starts(history, await store.read_stream(f"tick-{MONITOR}"))
+            assert_ticks_follow_starts(history, await store.read_stream(tick_stream(MONITOR)))
             written = [
                 recorded
                 async for recorded in store.read_all(category="payment")

@@ -41,6 +41,7 @@ from events import (
     Event,
     HealthChecked,
 )
+from events.streams import actor_stream
 from ops.standins import BotApiCall
 from store import EventStore, RecordedEvent
 from tests.e2e.processes import running_workers, wait_for
@@ -228,7 +229,7 @@ async def test_telegram_misbehaving(dsn: str, store: EventStore, clean_env: dict
             await wait_for(alerted, 60, f"admin {THROTTLED_ADMIN} told: FAILING, RECOVERED")
             effects = await wait_until_done(store, workload, seconds=60)
             lifecycle = {
-                name: [r.event for r in await store.read_stream(f"actor-{name}")]
+                name: [r.event for r in await store.read_stream(actor_stream(name))]
                 for name in PRODUCT_ACTORS
             }
             histories = {channel: await _channel(store, channel) for channel in added}

@@ -37,6 +37,7 @@ from actors.health import HEALTH_STREAM
 from bot_gateway.config import GatewayConfig
 from bot_gateway.service import Gateway
 from events import ActorCrashed, ActorParked, HealthChecked, PaymentExpired
+from events.streams import actor_stream, payment_stream
 from ops.standins import TonApiRequest
 from store import EventStore
 from tests.e2e.processes import running_workers, wait_for
@@ -203,7 +204,7 @@ async def test_tonapi_misbehaving_then_healthy(
             confirmed_after = time.monotonic() - healed
 
             async def expired() -> PaymentExpired | None:
-                for recorded in await store.read_stream(f"payment-{never.payment_id}"):
+                for recorded in await store.read_stream(payment_stream(never.payment_id)):
                     if isinstance(recorded.event, PaymentExpired):
                         return recorded.event
                 return None
@@ -225,7 +226,7 @@ async def test_tonapi_misbehaving_then_healthy(
 
             await wait_for(told, 60, "the admin told: FAILING (tonapi), then RECOVERED")
             lifecycle = {
-                name: [r.event for r in await store.read_stream(f"actor-{name}")]
+                name: [r.event for r in await store.read_stream(actor_stream(name))]
                 for name in PRODUCT_ACTORS
             }
             assert worker.alive, worker.output()
@@ -233,7 +234,7 @@ async def test_tonapi_misbehaving_then_healthy(
         # Counted again once the worker is gone (polled: the log is read in commit order, and
         # other tests' transactions on the server may hold its tail back a moment).
         final = await wait_until_done(store, workload, seconds=60)
-        never_history = [r.event for r in await store.read_stream(f"payment-{never.payment_id}")]
+        never_history = [r.event for r in await store.read_stream(payment_stream(never.payment_id))]
 
         # No crash loop: the faults never reached the supervisor.
         crashes = {n: sum(isinstance(e, ActorCrashed) for e in h) for n, h in lifecycle.items()}

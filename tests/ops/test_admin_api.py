@@ -18,6 +18,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from actors.catalog import DEFAULT_ACTORS, UnknownActor
+from actors.control import UnknownAction, operator_command
 from actors.tasks import REWARD_DISTRIBUTION, RewardDistribution, task_types
 from events import (
     ActorCrashed,
@@ -43,7 +44,6 @@ from ops.admin import (
     serve_admin_app,
     ton_text,
 )
-from ops.control import UnknownAction, operator_command
 from store import (
     EventStore,
     OpenTransaction,

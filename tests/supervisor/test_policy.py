@@ -17,7 +17,8 @@ from typing import Any, Literal
 
 import pytest
 
-from actors.runtime import TickSpec, next_tick_due
+from actors.runtime import RestartType, TickSpec, next_tick_due
+from actors.runtime.status import ActorStatus, project_status
 from events import (
     ActorBackoffScheduled,
     ActorCrashed,
@@ -29,19 +30,29 @@ from events import (
     EventMetadata,
 )
 from events.lifecycle import RestartCause
+from events.streams import actor_stream
 from store import RecordedEvent
 from store.leases import LeaseInfo
 from supervisor import (
-    ActorStatus,
+    BackingOff,
     BackoffPolicy,
+    ChildState,
+    Crashed,
     ExitReason,
+    Fenced,
+    Finished,
+    IllegalTransition,
     Intensity,
     Park,
     Restart,
-    RestartType,
+    Running,
+    StandingBy,
+    Starting,
+    Stopped,
     decide_restart,
-    project_status,
+    exit_reason,
     should_restart,
+    transition,
 )
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -393,7 +404,7 @@ def recorded(events: Sequence[Event]) -> list[RecordedEvent]:
             position=n,
             transaction_id=1000 + n,
             event_id=uuid.uuid4(),
-            stream=f"actor-{ACTOR}",
+            stream=actor_stream(ACTOR),
             version=n,
             type=str(type(event).__struct_config__.tag),
             schema_version=1,
@@ -559,3 +570,63 @@ def test_tick_spec_accepts_sensible_values() -> None:
     spec = TickSpec(interval=0.5, jitter=0.499, missed="skip")
     assert (spec.interval, spec.jitter, spec.missed) == (0.5, 0.499, "skip")
     assert TickSpec(interval=60).missed == "run_once"
+
+
+# -- a child's lifecycle -------------------------------------------------------------------------
+BACKING_OFF = BackingOff(until=T0, attempt=1, delay=0.5)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        # started, crashed, backed off, restarted, stopped by an operator, started again
+        [
+            StandingBy(),
+            Starting(1),
+            Running(1),
+            BACKING_OFF,
+            Starting(2),
+            Running(2),
+            Stopped("stopped by alice"),
+            StandingBy(),
+        ],
+        # a backoff from before a deploy resumes as soon as the lease is held
+        [StandingBy(), Starting(3), BACKING_OFF, Starting(4), Running(4)],
+        # an operator restart takes a new generation; the lease lost, it stands by again
+        [StandingBy(), Starting(1), Running(1), Starting(2), Running(2), Fenced("taken over")],
+        [Fenced("expired"), StandingBy()],
+        # the database went away mid-run: it stands by, the lease still its own
+        [Running(1), StandingBy()],
+        # parked, and the node stopping before it ever ran
+        [Running(1), Stopped("parked: too many crashes")],
+        [StandingBy(), Stopped("shutdown")],
+    ],
+)
+def test_a_child_moves_along_its_lifecycle(path: list[ChildState]) -> None:
+    state = path[0]
+    for new in path[1:]:
+        state = transition(state, new)
+    assert state == path[-1]
+
+
+@pytest.mark.parametrize(
+    ("current", "new"),
+    [
+        (StandingBy(), Running(1)),  # never runs without a recorded start under a lease
+        (Stopped("stopped by alice"), Starting(1)),  # only after standing by for the lease
+        (Fenced("expired"), Starting(2)),
+        (Fenced("expired"), Running(1)),
+        (BACKING_OFF, Running(1)),  # a restart starts again: a new generation
+        (Stopped("shutdown"), Fenced("expired")),
+    ],
+)
+def test_a_move_the_lifecycle_does_not_allow_is_refused_loudly(
+    current: ChildState, new: ChildState
+) -> None:
+    with pytest.raises(IllegalTransition, match=type(new).__name__):
+        transition(current, new)
+
+
+def test_an_exit_maps_to_its_otp_reason() -> None:
+    assert exit_reason(Crashed(RuntimeError("boom"), uptime=1.0)) is ExitReason.CRASH
+    assert exit_reason(Finished()) is ExitReason.NORMAL

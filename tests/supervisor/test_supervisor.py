@@ -23,8 +23,18 @@ import msgspec
 import pytest
 from anyio.abc import TaskStatus
 
-from actors.clock import Clock, ManualClock, SystemClock
-from actors.runtime import Actor, ActorRef, ActorRunner, Emit, Message, TickSpec
+from actors.runtime import (
+    Actor,
+    ActorRef,
+    ActorRunner,
+    ChildSpec,
+    Emit,
+    Message,
+    RestartType,
+    TickSpec,
+)
+from actors.runtime.clock import Clock, ManualClock, SystemClock
+from actors.runtime.status import actor_status
 from events import (
     DEFAULT_REGISTRY,
     ActorBackoffScheduled,
@@ -39,16 +49,17 @@ from events import (
     OperatorCommandIssued,
 )
 from events.errors import StaleGeneration
+from events.streams import actor_stream
 from store import EventStore, Fence, RecordedEvent
 from store.leases import Leases
+from store.views import desired_state
 from supervisor import (
+    BackingOff,
     BackoffPolicy,
-    ChildSpec,
     Intensity,
-    RestartType,
+    Running,
+    Stopped,
     Supervisor,
-    actor_status,
-    desired_state,
 )
 from tests.waiting import eventually
 
@@ -293,7 +304,7 @@ async def wait_for(
 
 
 async def lifecycle(store: EventStore, name: str) -> list[Event]:
-    return [r.event for r in await store.read_stream(f"actor-{name}", skip_unknown=True)]
+    return [r.event for r in await store.read_stream(actor_stream(name), skip_unknown=True)]
 
 
 def of_type(events: Sequence[Event], cls: type[R]) -> list[R]:
@@ -484,6 +495,9 @@ async def test_the_backoff_delay_is_honoured_on_the_clock(store: EventStore) -> 
             with anyio.fail_after(5):
                 await clock.wait_for_sleepers(1)
             assert clock.next_wake() == delay
+            state = supervisor.state("Beta")
+            assert isinstance(state, BackingOff)
+            assert (state.attempt, state.delay) == (attempt, delay)
             await clock.advance(delay / 2)
             await anyio.sleep(0.1)
             events = await lifecycle(store, "Beta")
@@ -585,6 +599,8 @@ async def test_too_many_crashes_park_the_actor_and_raise_an_alert(store: EventSt
         assert supervisor.ref("Alpha") is alpha
         assert await alpha.ask(Ping()) == "pong from Alpha"
         assert kinds(await lifecycle(store, "Alpha")) == ["ActorStarted"]
+        assert supervisor.state("Beta") == Stopped(f"parked: {parked.reason}")
+        assert isinstance(supervisor.state("Alpha"), Running)
 
         status = await actor_status(store, "Beta", datetime.now(UTC))
         assert (status.state, status.desired) == ("parked", "parked")
@@ -758,6 +774,7 @@ async def test_a_stop_command_during_backoff_stops_the_actor(store: EventStore) 
         await eventually(released, within=5)
         status = await actor_status(store, "Broken", datetime.now(UTC))
         assert (status.state, status.desired) == ("stopped", "stopped")
+        assert supervisor.state("Broken") == Stopped("stopped by alice: investigating")
 
 
 # -- shutdown -----------------------------------------------------------------------------------
@@ -776,7 +793,7 @@ async def test_shutdown_stops_actors_in_reverse_start_order(store: EventStore) -
     stopped: list[tuple[int, str]] = []
     started: list[tuple[int, str]] = []
     for name in names:
-        for recorded in await store.read_stream(f"actor-{name}"):
+        for recorded in await store.read_stream(actor_stream(name)):
             if isinstance(recorded.event, ActorStopped):
                 assert recorded.event.reason == "shutdown"
                 stopped.append((recorded.position, name))
@@ -875,9 +892,9 @@ from typing import ClassVar
 import anyio
 import msgspec
 
-from actors.runtime import Actor
+from actors.runtime import Actor, ChildSpec
 from store import EventStore
-from supervisor import ChildSpec, Supervisor
+from supervisor import Supervisor
 
 
 class Ping(msgspec.Struct, frozen=True):

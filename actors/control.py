@@ -3,7 +3,10 @@
 A command is an :class:`~events.OperatorCommandIssued` event appended to ``ops-commands``; the
 node running the actor acts on it (see :mod:`supervisor`). ``i3lani restart|stop|start`` and
 the admin API's ``POST /api/actors/{name}/{action}`` build and append it here, so both record
-the same thing.
+the same thing, and so does the bot's admin command (:mod:`bot_gateway.service`).
+
+It sits with the product actors, whose names it checks, below the bot gateway and ops, which
+both use it.
 """
 
 from __future__ import annotations
@@ -14,8 +17,8 @@ from typing import Final, Literal
 
 from actors.names import ACTOR_NAMES, UnknownActor
 from events import EventMetadata, OperatorCommandIssued
+from events.streams import OPS_COMMANDS
 from store import AppendResult, EventStore, NewEvent
-from supervisor import OPS_COMMANDS
 
 __all__ = ["ACTIONS", "Action", "UnknownAction", "operator_command", "issue_command"]
 

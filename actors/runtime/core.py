@@ -34,7 +34,7 @@ The runtime (:class:`ActorRunner`) does the I/O around them:
   a whole interval.
 
 Messages are processed one at a time, in arrival order. Time comes from an injected
-:class:`~actors.clock.Clock`.
+:class:`~actors.runtime.clock.Clock`.
 """
 
 from __future__ import annotations
@@ -55,8 +55,8 @@ import msgspec
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from actors.clock import Clock
-from events import ActorTicked, Event, EventMetadata
+from actors.runtime.clock import Clock
+from events import ActorTicked, Event, EventMetadata, streams
 from events.errors import ConcurrencyConflict, EventIdReused, StaleGeneration, StoreUnavailable
 from store import (
     ANY,
@@ -85,7 +85,7 @@ __all__ = [
     "next_tick_due",
 ]
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("actors.runtime")
 
 TICK_RETRY_MIN = 1.0
 """Seconds before a tick that met an unreachable PostgreSQL runs again; doubled each time."""
@@ -380,15 +380,15 @@ class ActorRunner(Generic[S]):
 
     @property
     def checkpoint_name(self) -> str:
-        return f"actor-{self.actor.name}"
+        return streams.actor_stream(self.actor.name)
 
     @property
     def snapshot_stream(self) -> str:
-        return f"snapshot-actor-{self.actor.name}"
+        return streams.snapshot_stream(self.actor.name)
 
     @property
     def tick_stream(self) -> str:
-        return f"tick-{self.actor.name}"
+        return streams.tick_stream(self.actor.name)
 
     def metadata(self, causation: uuid.UUID | None = None) -> EventMetadata:
         return EventMetadata(
