@@ -48,16 +48,15 @@ from asyncpg.pool import PoolConnectionProxy
 
 from events import DEFAULT_REGISTRY, Event, EventMetadata, EventRegistry
 from events.errors import (
-    AppendOnlyViolation,
     CheckpointConflict,
     ConcurrencyConflict,
     EventIdReused,
     StaleGeneration,
     StoreError,
-    StoreUnavailable,
     UnknownEventType,
 )
 from store.database import redact_dsn
+from store.driver import DRIVER_ERRORS, driver_errors, translate
 from store.limits import Purpose, SessionLimits, apply_socket_limits
 from store.queries import query
 from store.records import (
@@ -100,32 +99,9 @@ _NOTIFY_INTERVAL = 0.003  # seconds between two notifications, at the most often
 
 S = TypeVar("S", bound=msgspec.Struct)
 
-_CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.exceptions.CannotConnectNowError,
-    asyncpg.exceptions.AdminShutdownError,
-    asyncpg.exceptions.CrashShutdownError,
-    # asyncpg may notice a connection the server closed only mid-protocol, and say so with
-    # this error rather than a closed-connection one (asyncpg issue #1069).
-    asyncpg.exceptions.InternalClientError,
-    # The bounds every connection sets (store/limits.py): a statement or a lock wait that ran
-    # out of time, a transaction the server ended because its client went quiet. Each means
-    # "nothing was done; try again", like an outage.
-    asyncpg.exceptions.QueryCanceledError,
-    asyncpg.exceptions.LockNotAvailableError,
-    asyncpg.exceptions.IdleInTransactionSessionTimeoutError,
-    asyncpg.exceptions.TransactionTimeoutError,
-    TimeoutError,
-)
-
 
 Connection: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
 """A connection of our own or one lent by the pool: the store's SQL runs on either."""
-
-
-_CONNECT_ERRORS: tuple[type[BaseException], ...] = (*_CONNECTION_ERRORS, asyncpg.PostgresError)
 
 
 _NO_METADATA = EventMetadata()
@@ -259,14 +235,6 @@ class NewEvent(msgspec.Struct, frozen=True, kw_only=True):
     event: Event
     event_id: uuid.UUID = msgspec.field(default_factory=uuid.uuid4)
     metadata: EventMetadata | None = None
-
-
-def _is_connection_error(exc: BaseException) -> bool:
-    return isinstance(exc, _CONNECTION_ERRORS)
-
-
-def _unavailable(exc: BaseException) -> StoreUnavailable:
-    return StoreUnavailable(f"PostgreSQL is unreachable or too slow: {type(exc).__name__}: {exc}")
 
 
 def _check_stream(stream: str) -> None:
@@ -445,7 +413,7 @@ class EventStore:
 
     # -- lifecycle --------------------------------------------------------------------------
     async def __aenter__(self) -> Self:
-        try:
+        with driver_errors(connecting_to=redact_dsn(self.dsn)):
             self._pool = await asyncpg.create_pool(
                 self.dsn,
                 min_size=self._min,
@@ -454,11 +422,6 @@ class EventStore:
                 reset=_no_reset,
                 **self.limits.connect_kwargs("work"),
             )
-        except _CONNECT_ERRORS as exc:
-            # Unreachable, or the server refused us (no such database, bad password): one line.
-            raise StoreUnavailable(
-                f"cannot connect to {redact_dsn(self.dsn)}: {type(exc).__name__}: {exc}"
-            ) from exc
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
         self._tg.start_soon(self._notifier)
@@ -505,17 +468,15 @@ class EventStore:
         """A new connection of the store's own (outside the pool), set up like the pool's,
         with the limits for ``purpose``. Connection failures raise StoreUnavailable. The
         caller closes it."""
-        try:
+        with driver_errors(connecting_to=redact_dsn(self.dsn)):
             conn: asyncpg.Connection = await asyncpg.connect(
                 self.dsn, **self.limits.connect_kwargs(purpose)
             )
-        except _CONNECTION_ERRORS as exc:
-            raise _unavailable(exc) from exc
-        try:
-            await setup_connection(conn, self.limits, purpose)
-        except BaseException:
-            conn.terminate()
-            raise
+            try:
+                await setup_connection(conn, self.limits, purpose)
+            except BaseException:
+                conn.terminate()
+                raise
         return conn
 
     async def _session_guard(self) -> None:
@@ -532,8 +493,9 @@ class EventStore:
         while True:
             await anyio.sleep(interval)
             try:
-                ended = await self.pool.fetch(query("end_stuck_sessions"), bound)
-            except _CONNECT_ERRORS as exc:
+                with driver_errors():
+                    ended = await self.pool.fetch(query("end_stuck_sessions"), bound)
+            except StoreError as exc:
                 logger.warning(
                     "cannot look for stuck sessions: %s", exc, extra={"action": "guard_failed"}
                 )
@@ -557,7 +519,7 @@ class EventStore:
         if self._lease_lock is None:
             self._lease_lock = anyio.Lock()
         async with self._lease_lock:
-            try:
+            with driver_errors(what="a lease statement"):
                 conn = await self._lease_conn.get()
                 try:
                     return await conn.fetchval(query(name), *args)
@@ -567,8 +529,6 @@ class EventStore:
                     # Lost, or cancelled mid-statement: do not trust its protocol state.
                     self._lease_conn.discard()
                     raise
-            except _CONNECTION_ERRORS as exc:
-                raise _unavailable(exc) from exc
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -668,8 +628,8 @@ class EventStore:
                 # same writers collide again in lockstep; a short random pause breaks it up.
                 await anyio.sleep(random.uniform(0, 0.001 * min(attempt + 1, 10)))
                 continue
-            except _CONNECTION_ERRORS as exc:
-                raise _unavailable(exc) from exc
+            except DRIVER_ERRORS as exc:
+                raise translate(exc, stream=request.stream, expected=request.expected) from exc
         raise StoreError(
             f"gave up appending to {request.stream!r}: lost {_ANY_RETRIES} races in a row"
         )
@@ -972,10 +932,12 @@ class EventStore:
                             request.result = await self._append_with_retries(request, dedicated)
                         except StoreError as exc:
                             request.error = exc
-        except _CONNECTION_ERRORS as exc:
+        except DRIVER_ERRORS as exc:
             for request in batch:
                 if request.result is None and request.error is None:
-                    request.error = _unavailable(exc)
+                    error = translate(exc, stream=request.stream, expected=request.expected)
+                    error.__cause__ = exc
+                    request.error = error
         except StoreError as exc:
             for request in batch:
                 if request.result is None and request.error is None:
@@ -1020,7 +982,7 @@ class EventStore:
             except BaseException:
                 self._notifier_conn.discard()
                 raise
-        except _CONNECTION_ERRORS as exc:
+        except DRIVER_ERRORS as exc:
             # Subscribers also poll: a lost notification only delays them.
             logger.warning(
                 "could not notify subscribers: %s", exc, extra={"action": "notify_failed"}
@@ -1072,10 +1034,8 @@ class EventStore:
 
     async def stream_version(self, stream: str) -> int:
         """The stream's current version (0 for a stream with no events)."""
-        try:
+        with driver_errors():
             version: int = await self.pool.fetchval(query("stream_version"), stream)
-        except _CONNECTION_ERRORS as exc:
-            raise _unavailable(exc) from exc
         return version
 
     async def read_stream(
@@ -1088,12 +1048,10 @@ class EventStore:
     ) -> list[RecordedEvent]:
         """The stream's events with version > ``after_version``, in version order."""
         _check_stream(stream)
-        try:
+        with driver_errors():
             records = await self.pool.fetch(
                 query("read_stream"), stream, after_version, limit if limit is not None else None
             )
-        except _CONNECTION_ERRORS as exc:
-            raise _unavailable(exc) from exc
         return self._decode_all(records, skip_unknown)
 
     async def last_event(self, stream: str, *, skip_unknown: bool = False) -> RecordedEvent | None:
@@ -1112,27 +1070,24 @@ class EventStore:
         self, name: str, argument: object, *, skip_unknown: bool
     ) -> RecordedEvent | None:
         """The event of query ``name`` (at most one row), decoded, or None."""
-        try:
+        with driver_errors():
             records = await self.pool.fetch(query(name), argument)
-        except _CONNECTION_ERRORS as exc:
-            raise _unavailable(exc) from exc
         decoded = self._decode_all(records, skip_unknown)
         return decoded[0] if decoded else None
 
     async def head(self) -> Cursor:
         """The cursor of the newest readable event (START for an empty log): subscribing
         ``after=await store.head()`` follows only what is appended from now on."""
-        try:
+        with driver_errors():
             record = await self.pool.fetchrow(query("head"))
-        except _CONNECTION_ERRORS as exc:
-            raise _unavailable(exc) from exc
         return START if record is None else Cursor(record[0], record[1])
 
     async def cursor_at(self, position: int) -> Cursor:
         """The reading cursor just after the event at global ``position`` (0: the start)."""
         if position == 0:
             return START
-        record = await self.pool.fetchrow(query("position_cursor"), position)
+        with driver_errors():
+            record = await self.pool.fetchrow(query("position_cursor"), position)
         if record is None:
             raise ValueError(f"no event at global position {position}")
         return Cursor(record["transaction_id"], record["global_position"])
@@ -1146,7 +1101,7 @@ class EventStore:
         skip_unknown: bool = False,
     ) -> Page:
         """One page of the log after ``after``, in reading order, up to the present."""
-        try:
+        with driver_errors():
             if category is None:
                 records = await self.pool.fetch(
                     query("read_all"), after.transaction_id, after.position, limit
@@ -1155,8 +1110,6 @@ class EventStore:
                 records = await self.pool.fetch(
                     query("read_category"), after.transaction_id, after.position, limit, category
                 )
-        except _CONNECTION_ERRORS as exc:
-            raise _unavailable(exc) from exc
         if not records:
             return Page([], after, 0)
         last = records[-1]
@@ -1165,21 +1118,17 @@ class EventStore:
     async def oldest_writer(self) -> OpenTransaction | None:
         """The oldest open write transaction on the server, if any (for operators: a reader
         waiting on it, and why)."""
-        try:
+        with driver_errors():
             record = await self.pool.fetchrow(query("oldest_writer"))
-        except _CONNECTION_ERRORS as exc:
-            raise _unavailable(exc) from exc
         return None if record is None else OpenTransaction(**dict(record))
 
     async def held_back(self, after: Cursor, category: str | None = None) -> bool:
         """Whether committed events past ``after`` exist that a read has not returned: held
         back by an older open transaction (readable when it ends), or committed since."""
-        try:
+        with driver_errors():
             held: bool = await self.pool.fetchval(
                 query("held_back"), after.transaction_id, after.position, category
             )
-        except _CONNECTION_ERRORS as exc:
-            raise _unavailable(exc) from exc
         return held
 
     async def read_batches(
@@ -1257,11 +1206,9 @@ class EventStore:
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Transaction]:
         """A unit of work: appends, the caller's own SQL and checkpoints commit together."""
-        try:
+        with driver_errors():
             conn_cm = self.pool.acquire()
             conn = await conn_cm.__aenter__()
-        except _CONNECTION_ERRORS as exc:
-            raise _unavailable(exc) from exc
         try:
             tx = Transaction(self, conn)
             try:
@@ -1271,18 +1218,18 @@ class EventStore:
                     # transaction open, and resumed past its lease, rolls back instead.
                     for fence in tx.fences:
                         fence.check()
-            except _CONNECTION_ERRORS as exc:
-                raise _unavailable(exc) from exc
+            except DRIVER_ERRORS as exc:
+                # A deadlock or serialization failure is blamed on the streams written.
+                raise translate(exc, stream=", ".join(sorted(tx.streams)) or None) from exc
             for stream in tx.streams:
                 self._touch(stream)
         finally:
-            await conn_cm.__aexit__(None, None, None)
+            with driver_errors():
+                await conn_cm.__aexit__(None, None, None)
 
     async def load_checkpoint(self, name: str) -> Cursor | None:
-        try:
+        with driver_errors():
             record = await self.pool.fetchrow(query("load_checkpoint"), name)
-        except _CONNECTION_ERRORS as exc:
-            raise _unavailable(exc) from exc
         return None if record is None else Cursor(record[0], record[1])
 
     async def save_checkpoint(
@@ -1300,7 +1247,7 @@ class EventStore:
         if fence is not None:
             fence.check()
         conn: Any = connection if connection is not None else self.pool
-        try:
+        with driver_errors(fence=fence):
             stored = await conn.fetchval(
                 query("save_checkpoint"),
                 name,
@@ -1311,9 +1258,8 @@ class EventStore:
                 fence.lease if fence is not None else None,
                 fence.generation if fence is not None else None,
             )
-        except _CONNECTION_ERRORS as exc:
-            raise _unavailable(exc) from exc
-        if stored is None:
+            if stored is not None:
+                return
             if fence is not None:
                 current = await conn.fetchval(query("lease_generation"), fence.lease)
                 if current != fence.generation:
@@ -1327,13 +1273,15 @@ class EventStore:
     async def save_snapshot(self, stream: str, version: int, state: msgspec.Struct) -> None:
         """Keep ``state`` as of ``version`` of ``stream`` (derived data: safe to lose)."""
         state_type = _state_type(type(state))
-        await self.pool.execute(
-            query("save_snapshot"), stream, version, state_type, msgspec.json.encode(state)
-        )
+        with driver_errors(what="saving a snapshot"):
+            await self.pool.execute(
+                query("save_snapshot"), stream, version, state_type, msgspec.json.encode(state)
+            )
 
     async def load_snapshot(self, stream: str, state_cls: type[S]) -> tuple[int, S] | None:
         """(version, state) if a snapshot of ``stream`` of this exact type exists."""
-        record = await self.pool.fetchrow(query("load_snapshot"), stream)
+        with driver_errors(what="loading a snapshot"):
+            record = await self.pool.fetchrow(query("load_snapshot"), stream)
         if record is None or record["state_type"] != _state_type(state_cls):
             return None
         try:
@@ -1350,12 +1298,8 @@ class EventStore:
     # -- maintenance guard --------------------------------------------------------------------
     async def execute_sql(self, sql: str, *args: Any) -> str:
         """Run raw SQL (operators, tests); refusals of the append-only rule are translated."""
-        try:
+        with driver_errors(what="the SQL given"):
             result: str = await self.pool.execute(sql, *args)
-        except asyncpg.PostgresError as exc:
-            if getattr(exc, "sqlstate", None) == "I3AO1":
-                raise AppendOnlyViolation(str(exc)) from exc
-            raise
         return result
 
 
@@ -1397,7 +1341,8 @@ class Transaction:
         request = self.store._prepare(stream, events, expected_version, metadata, fence)
         self.fenced(fence)
         try:
-            result = await self.store._append_on(self.connection, request, in_transaction=True)
+            with driver_errors(stream=stream, expected=expected_version):
+                result = await self.store._append_on(self.connection, request, in_transaction=True)
         except _RetryAppendError as exc:
             raise ConcurrencyConflict(stream, expected_version, None) from exc
         self.streams.add(stream)
@@ -1424,16 +1369,15 @@ class Transaction:
             self.fenced(request.fence)
         for start in range(0, len(requests), MAX_STREAMS_PER_STATEMENT):
             chunk = requests[start : start + MAX_STREAMS_PER_STATEMENT]
-            try:
-                outcomes = await self.store._append_many_on(self.connection, chunk)
-            except asyncpg.UniqueViolationError as exc:
-                # Which request met the stored id is not known: name the first one.
-                await self.store._on_unique_violation(
-                    self.connection, chunk[0], exc, in_transaction=True
-                )
-                raise  # _on_unique_violation always raises inside a transaction
-            except _CONNECTION_ERRORS as exc:
-                raise _unavailable(exc) from exc
+            with driver_errors(stream=chunk[0].stream, expected=chunk[0].expected):
+                try:
+                    outcomes = await self.store._append_many_on(self.connection, chunk)
+                except asyncpg.UniqueViolationError as exc:
+                    # Which request met the stored id is not known: name the first one.
+                    await self.store._on_unique_violation(
+                        self.connection, chunk[0], exc, in_transaction=True
+                    )
+                    raise  # _on_unique_violation always raises inside a transaction
             for request, outcome in zip(chunk, outcomes, strict=True):
                 if isinstance(outcome, StaleGeneration):
                     raise outcome
@@ -1443,6 +1387,8 @@ class Transaction:
         # Positions inside one statement need not be consecutive (other writers draw from
         # the same sequence): ask where each event landed.
         ids = [row.event_id for request in requests for row in request.rows]
+        with driver_errors():
+            records = await self.connection.fetch(query("events_by_id"), ids)
         landed = {
             record["event_id"]: RecordedPosition(
                 position=record["global_position"],
@@ -1450,7 +1396,7 @@ class Transaction:
                 version=record["stream_version"],
                 recorded_at=record["recorded_at"],
             )
-            for record in await self.connection.fetch(query("events_by_id"), ids)
+            for record in records
         }
         return [[landed[row.event_id] for row in request.rows] for request in requests]
 
@@ -1464,5 +1410,6 @@ class Transaction:
 
     async def stored_ids(self, event_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
         """Which of these event ids are already in the log (as seen by this transaction)."""
-        records = await self.connection.fetch(query("events_by_id"), list(event_ids))
+        with driver_errors():
+            records = await self.connection.fetch(query("events_by_id"), list(event_ids))
         return {record["event_id"] for record in records}

@@ -32,8 +32,8 @@ from typing import TYPE_CHECKING, Self
 import anyio
 import asyncpg
 
-from events.errors import StoreUnavailable
-from store.listener import LISTEN_ERRORS, close_listener, open_listener
+from events.errors import StoreError, StoreUnavailable
+from store.listener import close_listener, open_listener
 from store.records import START, Cursor, RecordedEvent
 
 if TYPE_CHECKING:
@@ -202,7 +202,7 @@ class Subscription:
                 self._on_listener_lost,
                 self.store.limits,
             )
-        except LISTEN_ERRORS as exc:
+        except StoreError as exc:
             self._listener_failed_at = now
             logger.info(
                 "subscription %s: cannot LISTEN (%s); polling every %.1fs",

@@ -95,8 +95,9 @@ from anyio.abc import TaskStatus
 from events import EventMetadata
 from events.errors import I3laniError, StaleGeneration, StoreError, one_line
 from events.registry import unstorable_text
-from store.eventstore import _CONNECTION_ERRORS, EventStore, Fence, Transaction, _unavailable
-from store.listener import LISTEN_ERRORS, close_listener, open_listener
+from store.driver import DRIVER_ERRORS, translate
+from store.eventstore import EventStore, Fence, Transaction
+from store.listener import close_listener, open_listener
 from store.queries import query
 
 __all__ = [
@@ -564,11 +565,6 @@ class _Enqueue:
     error: Exception | None = None
 
 
-STALE_GENERATION_SQLSTATE = "I3SG1"
-"""Raised by ``i3lani.check_fence`` (migration 0005): a fenced task write from a lease
-generation that is no longer current."""
-
-
 @asynccontextmanager
 async def _translated(fence: Fence | None = None) -> AsyncIterator[None]:
     """asyncpg errors to the project's, once, at the boundary; a fenced write is first checked
@@ -577,12 +573,8 @@ async def _translated(fence: Fence | None = None) -> AsyncIterator[None]:
         fence.check()
     try:
         yield
-    except _CONNECTION_ERRORS as exc:
-        raise _unavailable(exc) from exc
-    except asyncpg.PostgresError as exc:
-        if getattr(exc, "sqlstate", None) == STALE_GENERATION_SQLSTATE and fence is not None:
-            raise StaleGeneration(fence.lease, fence.generation) from exc
-        raise StoreError(f"the task queue's SQL failed: {type(exc).__name__}: {exc}") from exc
+    except DRIVER_ERRORS as exc:
+        raise translate(exc, what="the task queue's SQL", fence=fence) from exc
 
 
 def _fence_args(fence: Fence | None) -> tuple[str | None, int | None]:
@@ -918,7 +910,7 @@ class TaskQueue:
                         await self.store.pool.execute(
                             "SELECT pg_notify($1, $2)", TASKS_CHANNEL, f"{delay:.3f}"
                         )
-                    except _CONNECTION_ERRORS as exc:
+                    except DRIVER_ERRORS as exc:
                         # Processors also poll: a lost notification only delays them.
                         logger.warning(
                             "could not notify task processors: %s",
@@ -1604,7 +1596,7 @@ class TaskProcessor:
                 self._on_listener_lost,
                 self.store.limits,
             )
-        except LISTEN_ERRORS as exc:
+        except StoreError as exc:
             self._listener_failed_at = now
             logger.info(
                 "task processor %s cannot LISTEN (%s); polling every %.1fs",
