@@ -38,7 +38,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self, TypeAlias, TypeVar
+from typing import Any, Self, TypeAlias, TypeVar
 
 import anyio
 import asyncpg
@@ -55,9 +55,11 @@ from events.errors import (
     StoreError,
     UnknownEventType,
 )
+from store._batching import GroupCommit, ThrottledNotify
 from store.database import redact_dsn
 from store.driver import DRIVER_ERRORS, driver_errors, translate
 from store.limits import Purpose, SessionLimits, apply_socket_limits
+from store.listener import NOTIFY_CHANNEL
 from store.queries import query
 from store.records import (
     ANY,
@@ -67,11 +69,10 @@ from store.records import (
     AppendResult,
     Cursor,
     Expected,
+    Page,
     RecordedEvent,
 )
-
-if TYPE_CHECKING:
-    from store.subscription import Subscription
+from store.subscription import Subscription
 
 __all__ = [
     "EventStore",
@@ -87,15 +88,11 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-NOTIFY_CHANNEL = "i3lani_events"
-"""LISTEN channel woken after appends commit; its payload lists the categories written."""
-
 MAX_EVENTS_PER_APPEND = 10_000
 MAX_STREAMS_PER_STATEMENT = 1000
 """Appends (distinct streams) per statement in :meth:`Transaction.append_many`."""
 _MAX_COMBINED_EVENTS = 1_000  # group commit: events per combined statement, at most
 _ANY_RETRIES = 20  # an ANY append that keeps losing races this often gives up loudly
-_NOTIFY_INTERVAL = 0.003  # seconds between two notifications, at the most often
 
 S = TypeVar("S", bound=msgspec.Struct)
 
@@ -132,16 +129,6 @@ class RecordedPosition:
     transaction_id: int
     version: int
     recorded_at: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class Page:
-    """One page read from the log: the decoded events, the cursor after the last row read
-    (unknown events skipped on request still move it), and how many rows were read."""
-
-    events: list[RecordedEvent]
-    cursor: Cursor
-    fetched: int
 
 
 class LeaseClock:
@@ -387,13 +374,14 @@ class EventStore:
         self._metadata_encoder = msgspec.json.Encoder()
         self._metadata_decoder = msgspec.json.Decoder(EventMetadata)
         self._empty_metadata = b"{}"
-        # group commit
-        self._direct_in_flight = 0
-        self._queue: deque[_Request] = deque()
-        self._queued = anyio.Event()
-        # notifications
+        self._commit: GroupCommit[_Request] = GroupCommit(
+            take=_take_batch,
+            flush=self._flush,
+            closed="the event store was closed before this append ran",
+        )
+        # Subscribers are woken after commits (see store/_batching.py).
         self._dirty_categories: set[str] = set()
-        self._dirty = anyio.Event()
+        self._notify = ThrottledNotify(self._send_notifications, what="subscribers")
         self._closed = False
         self._writer = _Dedicated(self)
         self._batcher = _Dedicated(self)
@@ -424,9 +412,9 @@ class EventStore:
             )
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
-        self._tg.start_soon(self._notifier)
+        self._notify.start(self._tg)
         if self._group_commit:
-            self._tg.start_soon(self._flusher)
+            self._commit.start(self._tg)
         if self._guard_sessions:
             self._tg.start_soon(self._session_guard)
         return self
@@ -445,13 +433,10 @@ class EventStore:
         self._closed = True
         if self._tg is not None:
             with anyio.CancelScope(shield=True), anyio.move_on_after(5):
-                await self._send_notifications()  # the last commits' wake-up goes out
+                await self._notify.flush()  # the last commits' wake-up goes out
             self._tg.cancel_scope.cancel()
             await self._tg.__aexit__(None, None, None)
-            while self._queue:  # appends still queued when the store closes never ran
-                request = self._queue.popleft()
-                request.error = StoreError("the event store was closed before this append ran")
-                request.done.set()
+            self._commit.fail_queued()  # appends still queued when the store closes never ran
         with anyio.CancelScope(shield=True):
             for dedicated in (self._writer, self._batcher, self._notifier_conn, self._lease_conn):
                 await dedicated.close()
@@ -597,20 +582,15 @@ class EventStore:
             fence.check()  # before anything is queued or sent
         if self._pool is None:
             raise StoreError("the event store is not open: use `async with EventStore.open(dsn)`")
-        if self._group_commit and self._direct_in_flight > 0:
+        if self._group_commit and self._commit.in_flight > 0:
             # Someone is on the wire: queue up and go out with the next combined statement.
-            self._queue.append(request)
-            self._queued.set()
-            await request.done.wait()
+            await self._commit.submit(request)
             return request.outcome()
         # The only append on the wire uses the store's own writer connection; further ones
         # (group commit off) borrow from the pool.
-        dedicated = self._writer if self._direct_in_flight == 0 else None
-        self._direct_in_flight += 1
-        try:
+        dedicated = self._writer if self._commit.in_flight == 0 else None
+        with self._commit.direct():
             result = await self._append_with_retries(request, dedicated)
-        finally:
-            self._direct_in_flight -= 1
         self._touch(stream)
         return result
 
@@ -858,35 +838,6 @@ class EventStore:
         )
 
     # -- group commit -------------------------------------------------------------------------
-    def _take_batch(self) -> list[_Request]:
-        """Queued requests for one combined statement: one per stream (the rest keep their
-        order and wait for the next batch), at most _MAX_COMBINED_EVENTS events."""
-        batch: list[_Request] = []
-        streams: set[str] = set()
-        later: deque[_Request] = deque()
-        events = 0
-        while self._queue:
-            request = self._queue.popleft()
-            if request.stream in streams or (
-                batch and events + len(request.rows) > _MAX_COMBINED_EVENTS
-            ):
-                later.append(request)
-                continue
-            batch.append(request)
-            streams.add(request.stream)
-            events += len(request.rows)
-        later.extend(self._queue)
-        self._queue = later
-        return batch
-
-    async def _flusher(self) -> None:
-        while True:
-            await self._queued.wait()
-            self._queued = anyio.Event()
-            while self._queue:
-                batch = self._take_batch()
-                await self._flush(batch)
-
     async def _flush(self, batch: list[_Request]) -> None:
         dedicated = self._batcher
         for request in batch:
@@ -956,37 +907,22 @@ class EventStore:
     # -- notifications ------------------------------------------------------------------------
     def _touch(self, stream: str) -> None:
         self._dirty_categories.add(stream.split("-", 1)[0])
-        self._dirty.set()
-
-    async def _notifier(self) -> None:
-        """Wake subscribers after commits. Runs beside the appends, not inside them: a NOTIFY
-        in the appending transaction would take PostgreSQL's global notify lock at every commit
-        and serialise all writers. The first commit after a quiet spell is announced at once;
-        under load, notifications go out at most every _NOTIFY_INTERVAL, each covering every
-        commit since the last."""
-        while True:
-            await self._dirty.wait()
-            await self._send_notifications()
-            await anyio.sleep(_NOTIFY_INTERVAL)
+        self._notify.mark()
 
     async def _send_notifications(self) -> None:
+        """One NOTIFY naming the categories written since the last, from a connection of its
+        own (see store/_batching.py for when)."""
         if not self._dirty_categories:
             return
-        self._dirty = anyio.Event()
         categories = ",".join(sorted(self._dirty_categories))[:7000]
         self._dirty_categories = set()
-        try:
+        with driver_errors(what="a notification"):
             conn = await self._notifier_conn.get()
             try:
                 await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, categories)
             except BaseException:
                 self._notifier_conn.discard()
                 raise
-        except DRIVER_ERRORS as exc:
-            # Subscribers also poll: a lost notification only delays them.
-            logger.warning(
-                "could not notify subscribers: %s", exc, extra={"action": "notify_failed"}
-            )
 
     # -- reading ------------------------------------------------------------------------------
     def _decode_all(
@@ -1190,8 +1126,6 @@ class EventStore:
     ) -> Subscription:
         """Follow the log: catch up from ``after`` (or checkpoint ``name``, or the start),
         then follow live. Use as ``async with store.subscribe(...) as sub: async for e in sub``."""
-        from store.subscription import Subscription
-
         return Subscription(
             self,
             name,
@@ -1301,6 +1235,27 @@ class EventStore:
         with driver_errors(what="the SQL given"):
             result: str = await self.pool.execute(sql, *args)
         return result
+
+
+def _take_batch(queue: deque[_Request]) -> list[_Request]:
+    """Queued requests for one combined statement: one per stream (the rest keep their order
+    and wait for the next batch), at most _MAX_COMBINED_EVENTS events."""
+    batch: list[_Request] = []
+    streams: set[str] = set()
+    later: list[_Request] = []
+    events = 0
+    while queue:
+        request = queue.popleft()
+        if request.stream in streams or (
+            batch and events + len(request.rows) > _MAX_COMBINED_EVENTS
+        ):
+            later.append(request)
+            continue
+        batch.append(request)
+        streams.add(request.stream)
+        events += len(request.rows)
+    queue.extend(later)
+    return batch
 
 
 class _RetryAppendError(Exception):

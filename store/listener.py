@@ -5,7 +5,7 @@ raise the store's own errors (:mod:`store.driver`)."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 import asyncpg
@@ -14,7 +14,10 @@ from store.database import redact_dsn
 from store.driver import DRIVER_ERRORS, driver_errors
 from store.limits import SessionLimits, apply_socket_limits
 
-__all__ = ["open_listener", "close_listener"]
+__all__ = ["NOTIFY_CHANNEL", "ListenConnection", "open_listener", "close_listener"]
+
+NOTIFY_CHANNEL = "i3lani_events"
+"""LISTEN channel woken after appends commit; its payload lists the categories written."""
 
 
 async def open_listener(
@@ -55,7 +58,17 @@ async def open_listener(
     return conn
 
 
-async def close_listener(conn: asyncpg.Connection | None) -> None:
+class ListenConnection(Protocol):
+    """What closing needs of a LISTEN connection (an asyncpg connection; fakes in tests)."""
+
+    def is_closed(self) -> bool: ...
+
+    async def close(self) -> None: ...
+
+    def terminate(self) -> None: ...
+
+
+async def close_listener(conn: ListenConnection | None) -> None:
     """Close ``conn`` within 2 s, shielded from cancellation; terminate it otherwise."""
     if conn is None or conn.is_closed():
         return

@@ -95,9 +95,10 @@ from anyio.abc import TaskStatus
 from events import EventMetadata
 from events.errors import I3laniError, StaleGeneration, StoreError, one_line
 from events.registry import unstorable_text
-from store.driver import DRIVER_ERRORS, translate
+from store._batching import GroupCommit, ThrottledNotify
+from store._wakeup import Listener, Wakeup
+from store.driver import DRIVER_ERRORS, driver_errors, translate
 from store.eventstore import EventStore, Fence, Transaction
-from store.listener import close_listener, open_listener
 from store.queries import query
 
 __all__ = [
@@ -144,7 +145,6 @@ _MAX_BATCH = 1000  # tasks per enqueue, claim or outcome statement, at most
 _MAX_PRIORITY = 2**31 - 1
 _MAX_DELAY = 10 * 365 * 24 * 3600.0  # seconds: ten years
 _DEDUPE_RETRIES = 5
-_NOTIFY_INTERVAL = 0.003  # seconds between two notifications of processors, at the most often
 _RETRY_MIN = 0.1  # seconds: first pause after PostgreSQL became unreachable
 _RETRY_MAX = 5.0
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,99}$")
@@ -562,7 +562,19 @@ class _Enqueue:
     rows: _Rows
     done: anyio.Event = field(default_factory=anyio.Event)
     inserted: list[tuple[int, int]] = field(default_factory=list)
-    error: Exception | None = None
+    error: BaseException | None = None
+
+
+def _take_batch(queue: deque[_Enqueue]) -> list[_Enqueue]:
+    """Queued enqueues for one combined statement, in order: at most _MAX_BATCH tasks (one
+    enqueue larger than that goes alone)."""
+    batch: list[_Enqueue] = []
+    size = 0
+    while queue and (not batch or size + len(queue[0].rows.types) <= _MAX_BATCH):
+        request = queue.popleft()
+        batch.append(request)
+        size += len(request.rows.types)
+    return batch
 
 
 @asynccontextmanager
@@ -596,15 +608,15 @@ class TaskQueue:
         self.node = node if node is not None else store.node
         self._metadata = _metadata_for(self.node, None)
         # Group commit of enqueues made outside a caller's transaction (see _enqueue).
-        self._direct_in_flight = 0
-        self._queued: deque[_Enqueue] = deque()
-        self._queued_ready: anyio.Event | None = None
-        self._flusher_running = False
+        self._commit: GroupCommit[_Enqueue] = GroupCommit(
+            take=_take_batch,
+            flush=self._flush,
+            closed="the event store closed before this task was added",
+        )
         # NOTIFY after commits, from a task of the store's (see _announce).
-        self._notifier_running = False
         self._announce_pending = False
         self._announce_delay = 0.0
-        self._announced: anyio.Event | None = None
+        self._notify = ThrottledNotify(self._send_announcement, what="task processors")
 
     # -- adding -------------------------------------------------------------------------------
     @overload
@@ -765,27 +777,16 @@ class TaskQueue:
             inserted = await self._insert(tx.connection, rows, notify=True, metadata=metadata)
             tx.streams.update(f"task-{task_id}" for _, task_id in inserted)
             return inserted
-        background = self.store._tg
-        if self._direct_in_flight > 0 and background is not None:
+        if self._commit.in_flight > 0 and self._commit.start(self.store._tg):
             # Group commit: a statement of ours is on the wire; wait for the next one, which
             # carries every enqueue that queued up meanwhile (one transaction, one WAL flush).
             request = _Enqueue(rows)
-            self._queued.append(request)
-            if self._queued_ready is None:
-                self._queued_ready = anyio.Event()
-            self._queued_ready.set()
-            if not self._flusher_running:
-                self._flusher_running = True
-                background.start_soon(self._flusher)
-            await request.done.wait()
+            await self._commit.submit(request)
             if request.error is not None:
                 raise request.error
             return request.inserted
-        self._direct_in_flight += 1
-        try:
+        with self._commit.direct():
             inserted = await self._insert(self.store.pool, rows, notify=False)
-        finally:
-            self._direct_in_flight -= 1
         self._committed(inserted, rows)
         return inserted
 
@@ -825,37 +826,13 @@ class TaskQueue:
             self.store._touch("task-")  # the store's post-commit wake-up of event subscribers
             self._announce(min(rows.delays))
 
-    async def _flusher(self) -> None:
-        """Write the enqueues that queued up behind a statement on the wire, together."""
-        try:
-            while True:
-                assert self._queued_ready is not None
-                await self._queued_ready.wait()
-                self._queued_ready = anyio.Event()
-                while self._queued:
-                    batch: list[_Enqueue] = []
-                    size = 0
-                    while self._queued and (
-                        not batch or size + len(self._queued[0].rows.types) <= _MAX_BATCH
-                    ):
-                        request = self._queued.popleft()
-                        batch.append(request)
-                        size += len(request.rows.types)
-                    await self._flush(batch)
-        finally:
-            self._flusher_running = False
-            while self._queued:  # the store is closing: these never ran
-                request = self._queued.popleft()
-                request.error = StoreError("the event store closed before this task was added")
-                request.done.set()
-
     async def _flush(self, batch: list[_Enqueue]) -> None:
         combined = _Rows()
         for request in batch:
             combined.extend(request.rows)
-        self._direct_in_flight += 1
         try:
-            inserted = await self._insert(self.store.pool, combined, notify=False)
+            with self._commit.direct():
+                inserted = await self._insert(self.store.pool, combined, notify=False)
         except BaseException as exc:
             for request in batch:
                 request.error = (
@@ -867,8 +844,6 @@ class TaskQueue:
             if not isinstance(exc, Exception):
                 raise
             return
-        finally:
-            self._direct_in_flight -= 1
         self._committed(inserted, combined)
         # Back to each request's own ordinals.
         offsets: list[int] = []
@@ -885,42 +860,19 @@ class TaskQueue:
     def _announce(self, delay: float) -> None:
         """Have processors notified that tasks due in ``delay`` seconds were committed. The
         NOTIFY goes out from a task in the store's task group, outside any transaction and
-        without the caller waiting for it. The first after a quiet spell goes at once; under
-        load they go out at most every _NOTIFY_INTERVAL, each covering the commits since the
-        last (with the earliest delay asked for), as the store's own notifier does."""
+        without the caller waiting for it, throttled as the store's own notifications are
+        (:class:`store._batching.ThrottledNotify`), with the earliest delay asked for."""
         self._announce_delay = min(self._announce_delay, delay) if self._announce_pending else delay
         self._announce_pending = True
-        if self._announced is None:
-            self._announced = anyio.Event()
-        self._announced.set()
-        background = self.store._tg
-        if not self._notifier_running and background is not None:
-            self._notifier_running = True
-            background.start_soon(self._notifier)
+        self._notify.mark()
+        self._notify.start(self.store._tg)
 
-    async def _notifier(self) -> None:
-        try:
-            while True:
-                assert self._announced is not None
-                await self._announced.wait()
-                self._announced = anyio.Event()
-                while self._announce_pending:
-                    delay, self._announce_pending = self._announce_delay, False
-                    try:
-                        await self.store.pool.execute(
-                            "SELECT pg_notify($1, $2)", TASKS_CHANNEL, f"{delay:.3f}"
-                        )
-                    except DRIVER_ERRORS as exc:
-                        # Processors also poll: a lost notification only delays them.
-                        logger.warning(
-                            "could not notify task processors: %s",
-                            exc,
-                            extra={"action": "notify_failed"},
-                        )
-                    # Under load, one notification covers every commit of the last moment.
-                    await anyio.sleep(_NOTIFY_INTERVAL)
-        finally:
-            self._notifier_running = False
+    async def _send_announcement(self) -> None:
+        if not self._announce_pending:
+            return
+        delay, self._announce_pending = self._announce_delay, False
+        with driver_errors(what="a notification"):
+            await self.store.pool.execute("SELECT pg_notify($1, $2)", TASKS_CHANNEL, f"{delay:.3f}")
 
     # -- operators ----------------------------------------------------------------------------
     async def counts(self) -> dict[str, TypeCounts]:
@@ -1154,12 +1106,18 @@ class TaskProcessor:
         self._ready_closed = False  # stopping: workers end once the ready ones are done
         self._idle_workers: list[anyio.Event] = []
         self._outcomes: list[_Outcome] = []
-        # The driver's wake-up. Created in run() (anyio events need a running event loop).
-        self._poke: anyio.Event | None = None
+        # The driver's wake-up. Armed in run(): wake-ups before it are not needed.
+        self._poke = Wakeup()
         self._claiming = True  # False after a claim came back short, until something is due
         self._claim_at = math.inf  # when to claim again at the latest (anyio clock)
-        self._listener: asyncpg.Connection | None = None
-        self._listener_failed_at: float | None = None
+        self._listener = Listener.for_channel(
+            self.store.dsn,
+            TASKS_CHANNEL,
+            self.store.limits,
+            on_notify=self._on_notify,
+            who=f"task processor {node}",
+            poll_interval=poll_interval,
+        )
         # counters
         self._claimed = self._succeeded = self._failed = self._dead = 0
         self._reclaimed = self._lost = self._cycles = self._notifications = 0
@@ -1203,8 +1161,7 @@ class TaskProcessor:
             self._wake()
 
     def _wake(self) -> None:
-        if self._poke is not None:
-            self._poke.set()
+        self._poke.set()
 
     # -- running --------------------------------------------------------------------------------
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -1219,10 +1176,10 @@ class TaskProcessor:
                 raise ValueError(f"no handler for task types {missing}")
         self._claim_types = sorted(self._only if self._only is not None else self._handlers)
         self._state = ProcessorState.RUNNING
-        self._poke = anyio.Event()
+        self._poke.arm()
         workers_done = anyio.Event()
         try:
-            await self._listen()
+            await self._listener.listen()
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._reaper)
                 workers = anyio.CancelScope()
@@ -1232,7 +1189,7 @@ class TaskProcessor:
                 tg.cancel_scope.cancel()
         finally:
             self._state = ProcessorState.STOPPED
-            await self._close_listener()
+            await self._listener.close()
             if self._outcomes:
                 # Cancelled: what finished may still be recorded, briefly; the rest is
                 # reclaimed once its locks expire.
@@ -1257,9 +1214,8 @@ class TaskProcessor:
         heartbeat_at = anyio.current_time() + self.lock_timeout / 3
         stop_deadline = math.inf
         while True:
-            assert self._poke is not None
-            # A fresh event before looking: a wake-up that comes while we work is kept.
-            self._poke = anyio.Event()
+            # Armed before looking: a wake-up that comes while we work is kept.
+            self._poke.arm()
             now = anyio.current_time()
             if self._state is not ProcessorState.RUNNING:
                 if stop_deadline == math.inf:
@@ -1290,8 +1246,7 @@ class TaskProcessor:
                         due = await self._next_due()
                         wait = self.poll_interval if due is None else max(due, 0.01)
                         self._claim_at = min(self._claim_at, now + min(wait, self.poll_interval))
-                        if self._listener is None or self._listener.is_closed():
-                            await self._listen()
+                        await self._listener.listen()
                     backoff = _RETRY_MIN
                     continue
             except StaleGeneration:
@@ -1307,13 +1262,11 @@ class TaskProcessor:
                     backoff,
                     extra={"action": "task_processor_retry"},
                 )
-                with anyio.move_on_after(backoff):
-                    await self._poke.wait()
+                await self._poke.wait(backoff)
                 backoff = min(backoff * 2, _RETRY_MAX)
                 continue
             deadline = min(self._claim_at, heartbeat_at, stop_deadline)
-            with anyio.move_on_after(deadline - now):
-                await self._poke.wait()
+            await self._poke.wait(deadline - now)
 
     async def _cycle(self, want: int) -> int:
         """One statement: record the outcomes in hand, claim up to ``want`` tasks and hand them
@@ -1569,10 +1522,10 @@ class TaskProcessor:
         return len(records)
 
     # -- notifications ----------------------------------------------------------------------------
-    def _on_notify(self, connection: object, pid: int, channel: str, payload: object) -> None:
+    def _on_notify(self, payload: str) -> None:
         self._notifications += 1
         try:
-            delay = float(str(payload))
+            delay = float(payload)
         except ValueError:
             delay = 0.0
         if delay <= 0.001:
@@ -1580,35 +1533,3 @@ class TaskProcessor:
         else:
             self._claim_at = min(self._claim_at, anyio.current_time() + delay)
         self._wake()
-
-    def _on_listener_lost(self, connection: object) -> None:
-        self._listener = None
-
-    async def _listen(self) -> None:
-        now = anyio.current_time()
-        if self._listener_failed_at is not None and now - self._listener_failed_at < 1.0:
-            return  # polling covers us; do not hammer a server that just refused
-        try:
-            conn = await open_listener(
-                self.store.dsn,
-                TASKS_CHANNEL,
-                self._on_notify,
-                self._on_listener_lost,
-                self.store.limits,
-            )
-        except StoreError as exc:
-            self._listener_failed_at = now
-            logger.info(
-                "task processor %s cannot LISTEN (%s); polling every %.1fs",
-                self.node,
-                exc,
-                self.poll_interval,
-                extra={"action": "listen_failed"},
-            )
-            return
-        self._listener_failed_at = None
-        self._listener = conn
-
-    async def _close_listener(self) -> None:
-        conn, self._listener = self._listener, None
-        await close_listener(conn)
