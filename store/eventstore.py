@@ -369,7 +369,7 @@ class EventStore:
         self._min = min_connections
         self._max = max_connections
         self._group_commit = group_commit
-        self._pool: asyncpg.Pool | None = None
+        self._opened: asyncpg.Pool | None = None
         self._tg: TaskGroup | None = None
         self._metadata_encoder = msgspec.json.Encoder()
         self._metadata_decoder = msgspec.json.Decoder(EventMetadata)
@@ -402,7 +402,7 @@ class EventStore:
     # -- lifecycle --------------------------------------------------------------------------
     async def __aenter__(self) -> Self:
         with driver_errors(connecting_to=redact_dsn(self.dsn)):
-            self._pool = await asyncpg.create_pool(
+            self._opened = await asyncpg.create_pool(
                 self.dsn,
                 min_size=self._min,
                 max_size=self._max,
@@ -440,11 +440,11 @@ class EventStore:
         with anyio.CancelScope(shield=True):
             for dedicated in (self._writer, self._batcher, self._notifier_conn, self._lease_conn):
                 await dedicated.close()
-        if self._pool is not None:
+        if self._opened is not None:
             with anyio.CancelScope(shield=True), anyio.move_on_after(5) as scope:
-                await self._pool.close()
+                await self._opened.close()
             if scope.cancelled_caught:
-                self._pool.terminate()
+                self._opened.terminate()
 
     async def _setup_pooled(self, conn: asyncpg.Connection) -> None:
         await setup_connection(conn, self.limits, "work")
@@ -479,7 +479,7 @@ class EventStore:
             await anyio.sleep(interval)
             try:
                 with driver_errors():
-                    ended = await self.pool.fetch(query("end_stuck_sessions"), bound)
+                    ended = await self._pool.fetch(query("end_stuck_sessions"), bound)
             except StoreError as exc:
                 logger.warning(
                     "cannot look for stuck sessions: %s", exc, extra={"action": "guard_failed"}
@@ -516,9 +516,17 @@ class EventStore:
                     raise
 
     @property
-    def pool(self) -> asyncpg.Pool:
-        if self._pool is None:
+    def _pool(self) -> asyncpg.Pool:
+        """The store's connection pool: for store/ and its tests only (StoreError when the
+        store is not open). Everything else goes through the store's methods."""
+        if self._opened is None:
             raise StoreError("the event store is not open: use `async with EventStore.open(dsn)`")
+        return self._opened
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        """Deprecated: the pool, for the code outside store/ that still runs its own SQL
+        until it moves to the store's methods. Do not add uses: this goes away then."""
         return self._pool
 
     # -- appending ----------------------------------------------------------------------------
@@ -580,7 +588,7 @@ class EventStore:
         request = self._prepare(stream, events, expected_version, metadata, fence)
         if fence is not None:
             fence.check()  # before anything is queued or sent
-        if self._pool is None:
+        if self._opened is None:
             raise StoreError("the event store is not open: use `async with EventStore.open(dsn)`")
         if self._group_commit and self._commit.in_flight > 0:
             # Someone is on the wire: queue up and go out with the next combined statement.
@@ -600,7 +608,7 @@ class EventStore:
         for attempt in range(_ANY_RETRIES):
             try:
                 if dedicated is None:
-                    async with self.pool.acquire() as conn:
+                    async with self._pool.acquire() as conn:
                         return await self._append_on(conn, request, in_transaction=False)
                 return await self._on_dedicated(dedicated, request)
             except _RetryAppendError:
@@ -971,7 +979,7 @@ class EventStore:
     async def stream_version(self, stream: str) -> int:
         """The stream's current version (0 for a stream with no events)."""
         with driver_errors():
-            version: int = await self.pool.fetchval(query("stream_version"), stream)
+            version: int = await self._pool.fetchval(query("stream_version"), stream)
         return version
 
     async def read_stream(
@@ -985,7 +993,7 @@ class EventStore:
         """The stream's events with version > ``after_version``, in version order."""
         _check_stream(stream)
         with driver_errors():
-            records = await self.pool.fetch(
+            records = await self._pool.fetch(
                 query("read_stream"), stream, after_version, limit if limit is not None else None
             )
         return self._decode_all(records, skip_unknown)
@@ -1007,7 +1015,7 @@ class EventStore:
     ) -> RecordedEvent | None:
         """The event of query ``name`` (at most one row), decoded, or None."""
         with driver_errors():
-            records = await self.pool.fetch(query(name), argument)
+            records = await self._pool.fetch(query(name), argument)
         decoded = self._decode_all(records, skip_unknown)
         return decoded[0] if decoded else None
 
@@ -1015,7 +1023,7 @@ class EventStore:
         """The cursor of the newest readable event (START for an empty log): subscribing
         ``after=await store.head()`` follows only what is appended from now on."""
         with driver_errors():
-            record = await self.pool.fetchrow(query("head"))
+            record = await self._pool.fetchrow(query("head"))
         return START if record is None else Cursor(record[0], record[1])
 
     async def cursor_at(self, position: int) -> Cursor:
@@ -1023,7 +1031,7 @@ class EventStore:
         if position == 0:
             return START
         with driver_errors():
-            record = await self.pool.fetchrow(query("position_cursor"), position)
+            record = await self._pool.fetchrow(query("position_cursor"), position)
         if record is None:
             raise ValueError(f"no event at global position {position}")
         return Cursor(record["transaction_id"], record["global_position"])
@@ -1039,11 +1047,11 @@ class EventStore:
         """One page of the log after ``after``, in reading order, up to the present."""
         with driver_errors():
             if category is None:
-                records = await self.pool.fetch(
+                records = await self._pool.fetch(
                     query("read_all"), after.transaction_id, after.position, limit
                 )
             else:
-                records = await self.pool.fetch(
+                records = await self._pool.fetch(
                     query("read_category"), after.transaction_id, after.position, limit, category
                 )
         if not records:
@@ -1055,14 +1063,14 @@ class EventStore:
         """The oldest open write transaction on the server, if any (for operators: a reader
         waiting on it, and why)."""
         with driver_errors():
-            record = await self.pool.fetchrow(query("oldest_writer"))
+            record = await self._pool.fetchrow(query("oldest_writer"))
         return None if record is None else OpenTransaction(**dict(record))
 
     async def held_back(self, after: Cursor, category: str | None = None) -> bool:
         """Whether committed events past ``after`` exist that a read has not returned: held
         back by an older open transaction (readable when it ends), or committed since."""
         with driver_errors():
-            held: bool = await self.pool.fetchval(
+            held: bool = await self._pool.fetchval(
                 query("held_back"), after.transaction_id, after.position, category
             )
         return held
@@ -1141,7 +1149,7 @@ class EventStore:
     async def transaction(self) -> AsyncIterator[Transaction]:
         """A unit of work: appends, the caller's own SQL and checkpoints commit together."""
         with driver_errors():
-            conn_cm = self.pool.acquire()
+            conn_cm = self._pool.acquire()
             conn = await conn_cm.__aenter__()
         try:
             tx = Transaction(self, conn)
@@ -1163,7 +1171,7 @@ class EventStore:
 
     async def load_checkpoint(self, name: str) -> Cursor | None:
         with driver_errors():
-            record = await self.pool.fetchrow(query("load_checkpoint"), name)
+            record = await self._pool.fetchrow(query("load_checkpoint"), name)
         return None if record is None else Cursor(record[0], record[1])
 
     async def save_checkpoint(
@@ -1180,7 +1188,7 @@ class EventStore:
         StaleGeneration unless that lease generation is current."""
         if fence is not None:
             fence.check()
-        conn: Any = connection if connection is not None else self.pool
+        conn: Any = connection if connection is not None else self._pool
         with driver_errors(fence=fence):
             stored = await conn.fetchval(
                 query("save_checkpoint"),
@@ -1208,14 +1216,14 @@ class EventStore:
         """Keep ``state`` as of ``version`` of ``stream`` (derived data: safe to lose)."""
         state_type = _state_type(type(state))
         with driver_errors(what="saving a snapshot"):
-            await self.pool.execute(
+            await self._pool.execute(
                 query("save_snapshot"), stream, version, state_type, msgspec.json.encode(state)
             )
 
     async def load_snapshot(self, stream: str, state_cls: type[S]) -> tuple[int, S] | None:
         """(version, state) if a snapshot of ``stream`` of this exact type exists."""
         with driver_errors(what="loading a snapshot"):
-            record = await self.pool.fetchrow(query("load_snapshot"), stream)
+            record = await self._pool.fetchrow(query("load_snapshot"), stream)
         if record is None or record["state_type"] != _state_type(state_cls):
             return None
         try:
@@ -1233,7 +1241,7 @@ class EventStore:
     async def execute_sql(self, sql: str, *args: Any) -> str:
         """Run raw SQL (operators, tests); refusals of the append-only rule are translated."""
         with driver_errors(what="the SQL given"):
-            result: str = await self.pool.execute(sql, *args)
+            result: str = await self._pool.execute(sql, *args)
         return result
 
 

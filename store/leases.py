@@ -133,5 +133,5 @@ class Leases:
 
     async def all(self) -> list[LeaseInfo]:
         with driver_errors(what="reading the leases"):
-            records = await self.store.pool.fetch(query("leases"))
+            records = await self.store._pool.fetch(query("leases"))
         return [LeaseInfo(**dict(record)) for record in records]

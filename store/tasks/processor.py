@@ -351,7 +351,7 @@ class TaskProcessor:
         to the workers; how many were claimed."""
         outcomes = self._outcomes[:MAX_BATCH]
         async with translated(self.fence):
-            records = await self.store.pool.fetch(
+            records = await self.store._pool.fetch(
                 query("task_cycle"),
                 *_outcome_arrays(outcomes),
                 self._metadata,
@@ -385,7 +385,7 @@ class TaskProcessor:
 
     async def _next_due(self) -> float | None:
         async with translated():
-            due: float | None = await self.store.pool.fetchval(
+            due: float | None = await self.store._pool.fetchval(
                 query("task_next_due"), self._claim_types
             )
         return due
@@ -506,7 +506,7 @@ class TaskProcessor:
         if not ids:
             return
         async with translated(self.fence):
-            records = await self.store.pool.fetch(
+            records = await self.store._pool.fetch(
                 query("task_heartbeat"), ids, self.node, self.lock_timeout, *self.fence_args
             )
         alive = {record["id"] for record in records}

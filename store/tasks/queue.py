@@ -296,7 +296,7 @@ class TaskQueue:
             # that finished meanwhile leaves its key free: then try those again.
             keys = list({rows.dedupe_keys[i] for i in skipped})
             async with translated():
-                conn: Any = tx.connection if tx is not None else self.store.pool
+                conn: Any = tx.connection if tx is not None else self.store._pool
                 holders = {
                     r["dedupe_key"]: r["id"]
                     for r in await conn.fetch(query("task_holding_keys"), keys)
@@ -361,7 +361,7 @@ class TaskQueue:
                 raise request.error
             return request.inserted
         with self._commit.direct():
-            inserted = await self._insert(self.store.pool, rows, notify=False)
+            inserted = await self._insert(self.store._pool, rows, notify=False)
         self._committed(inserted, rows)
         return inserted
 
@@ -407,7 +407,7 @@ class TaskQueue:
             combined.extend(request.rows)
         try:
             with self._commit.direct():
-                inserted = await self._insert(self.store.pool, combined, notify=False)
+                inserted = await self._insert(self.store._pool, combined, notify=False)
         except BaseException as exc:
             for request in batch:
                 request.error = (
@@ -447,13 +447,15 @@ class TaskQueue:
             return
         delay, self._announce_pending = self._announce_delay, False
         with driver_errors(what="a notification"):
-            await self.store.pool.execute("SELECT pg_notify($1, $2)", TASKS_CHANNEL, f"{delay:.3f}")
+            await self.store._pool.execute(
+                "SELECT pg_notify($1, $2)", TASKS_CHANNEL, f"{delay:.3f}"
+            )
 
     # -- operators ----------------------------------------------------------------------------
     async def counts(self) -> dict[str, TypeCounts]:
         """Unfinished work per task type (types with none are absent)."""
         async with translated():
-            records = await self.store.pool.fetch(query("task_counts"))
+            records = await self.store._pool.fetch(query("task_counts"))
         return {
             r["task_type"]: TypeCounts(
                 task_type=r["task_type"],
@@ -472,7 +474,7 @@ class TaskQueue:
         if limit < 1:
             raise ValueError("limit must be at least 1")
         async with translated():
-            records = await self.store.pool.fetch(query("task_dead_letters"), limit)
+            records = await self.store._pool.fetch(query("task_dead_letters"), limit)
         return [
             DeadTask(
                 id=r["id"],
@@ -487,7 +489,7 @@ class TaskQueue:
     async def get(self, task_id: int) -> TaskInfo | None:
         """The task's row, or None (never added, or pruned after it succeeded)."""
         async with translated():
-            r = await self.store.pool.fetchrow(query("task_get"), task_id)
+            r = await self.store._pool.fetchrow(query("task_get"), task_id)
         if r is None:
             return None
         return TaskInfo(
@@ -515,7 +517,7 @@ class TaskQueue:
             raise ValueError("requested_by names who asked")
         try:
             async with translated():
-                record = await self.store.pool.fetchrow(
+                record = await self.store._pool.fetchrow(
                     query("task_requeue_dead"), task_id, requested_by, self._metadata
                 )
         except StoreError as exc:
@@ -541,12 +543,12 @@ class TaskQueue:
             raise ValueError("batch_size must be at least 1")
         total = 0
         async with translated():
-            cutoff = await self.store.pool.fetchval(
+            cutoff = await self.store._pool.fetchval(
                 query("task_prune_cutoff"), older_than.total_seconds()
             )
             after = 0
             while True:
-                record = await self.store.pool.fetchrow(
+                record = await self.store._pool.fetchrow(
                     query("task_prune"), cutoff, after, batch_size
                 )
                 assert record is not None

@@ -244,7 +244,7 @@ async def test_no_store_read_or_write_lets_a_driver_error_through(
     method: str, failure: BaseException
 ) -> None:
     store = EventStore(DEAD_DSN)
-    store._pool = FailingPool(failure)  # type: ignore[assignment]
+    store._opened = FailingPool(failure)  # type: ignore[assignment]
     with pytest.raises(StoreError) as caught:
         await CALLS[method](store)
     assert type(caught.value) is expected_for(type(failure), stream=None)

@@ -51,7 +51,7 @@ async def test_an_earlier_position_committing_late_is_not_skipped(
         later = await store.append("payment-2", [expired(2), expired(3)])
         assert later.first_position > early
         # A reader ordering by position alone would now see 2 and 3 and move past `early`:
-        naive = await store.pool.fetchval("SELECT max(global_position) FROM i3lani.events")
+        naive = await store._pool.fetchval("SELECT max(global_position) FROM i3lani.events")
         assert naive == later.last_position
 
         seen, cursor = await tail(store, START)
@@ -126,7 +126,7 @@ async def test_concurrent_writers_with_slow_transactions_and_a_tailing_reader(
                     writers.start_soon(writer, store, 40)
             done.set()
 
-        in_log = await writer_a.pool.fetch(
+        in_log = await writer_a._pool.fetch(
             "SELECT global_position FROM i3lani.events ORDER BY transaction_id, global_position"
         )
     assert len(collected) == len(set(collected)), "an event was read twice"
