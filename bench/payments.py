@@ -558,7 +558,7 @@ async def _end_to_end(
     ctx: BenchContext, count: int, rounds: int, base_utime: int, transfers: Sequence[Transfer]
 ) -> list[Row]:
     async with EventStore.open(ctx.dsn) as store:
-        existing = await store.pool.fetchval(
+        existing = await store._pool.fetchval(
             "SELECT count(*) FROM i3lani.events WHERE category = 'payment'"
         )
         if existing:
@@ -868,7 +868,7 @@ async def _worker_ask(args: argparse.Namespace) -> dict[str, Any]:
         }
         out["folded"] = monitor.folded
         out["pages"] = len(client.pages)
-        records = await store.pool.fetch(
+        records = await store._pool.fetch(
             f"SELECT type, count(*) FROM i3lani.events WHERE {_BY_MONITOR} GROUP BY type"
         )
         out["written"] = {record[0]: record[1] for record in records}
@@ -972,7 +972,7 @@ async def _worker_recover(args: argparse.Namespace) -> dict[str, Any]:
     runs: list[float] = []
     async with EventStore.open(dsn, node=NODE) as store:
         leases = Leases(store, NODE, ttl=3600)
-        out["events"] = await store.pool.fetchval(
+        out["events"] = await store._pool.fetchval(
             "SELECT count(*) FROM i3lani.events WHERE category = 'payment'"
         )
         gc.collect()

@@ -19,7 +19,7 @@ import asyncpg
 
 from events.errors import StoreError, StoreUnavailable
 from store.database import redact_dsn
-from store.eventstore import _CONNECTION_ERRORS
+from store.driver import DRIVER_ERRORS, translate
 from store.queries import query
 
 __all__ = [
@@ -30,7 +30,6 @@ __all__ = [
     "backdate_events",
 ]
 
-_CONNECT_ERRORS: tuple[type[BaseException], ...] = (*_CONNECTION_ERRORS, asyncpg.PostgresError)
 _PLAIN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 
 
@@ -57,17 +56,14 @@ def _literal(text: str) -> str:
 async def _connected(dsn: str, doing: str) -> AsyncIterator[asyncpg.Connection]:
     try:
         connection = await asyncpg.connect(dsn)
-    except _CONNECT_ERRORS as exc:
-        raise StoreUnavailable(
-            f"cannot connect to {redact_dsn(dsn)}: {type(exc).__name__}: {exc}"
-        ) from exc
+    except DRIVER_ERRORS as exc:
+        raise translate(exc, connecting_to=redact_dsn(dsn)) from exc
     try:
         yield connection
-    except _CONNECTION_ERRORS as exc:
-        raise StoreUnavailable(
-            f"lost {redact_dsn(dsn)} while {doing}: {type(exc).__name__}: {exc}"
-        ) from exc
-    except asyncpg.PostgresError as exc:
+    except DRIVER_ERRORS as exc:
+        error = translate(exc, what=f"{doing} on {redact_dsn(dsn)}")
+        if isinstance(error, StoreUnavailable):
+            raise error from exc
         raise DatabaseRefused(
             f"{doing} refused by {redact_dsn(dsn)}: {exc}",
             permission=isinstance(exc, asyncpg.InsufficientPrivilegeError),

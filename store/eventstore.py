@@ -38,7 +38,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self, TypeAlias, TypeVar
+from typing import Any, Self, TypeAlias, TypeVar
 
 import anyio
 import asyncpg
@@ -48,16 +48,16 @@ from asyncpg.pool import PoolConnectionProxy
 
 from events import DEFAULT_REGISTRY, Event, EventMetadata, EventRegistry
 from events.errors import (
-    AppendOnlyViolation,
     CheckpointConflict,
     ConcurrencyConflict,
     EventIdReused,
     StaleGeneration,
     StoreError,
-    StoreUnavailable,
     UnknownEventType,
 )
+from store._batching import GroupCommit, ThrottledNotify
 from store.database import redact_dsn
+from store.driver import DRIVER_ERRORS, driver_errors, translate
 from store.limits import Purpose, SessionLimits, apply_socket_limits
 from store.listener import NOTIFY_CHANNEL
 from store.queries import query
@@ -69,11 +69,10 @@ from store.records import (
     AppendResult,
     Cursor,
     Expected,
+    Page,
     RecordedEvent,
 )
-
-if TYPE_CHECKING:
-    from store.subscription import Subscription
+from store.subscription import Subscription
 
 __all__ = [
     "EventStore",
@@ -94,36 +93,12 @@ MAX_STREAMS_PER_STATEMENT = 1000
 """Appends (distinct streams) per statement in :meth:`Transaction.append_many`."""
 _MAX_COMBINED_EVENTS = 1_000  # group commit: events per combined statement, at most
 _ANY_RETRIES = 20  # an ANY append that keeps losing races this often gives up loudly
-_NOTIFY_INTERVAL = 0.003  # seconds between two notifications, at the most often
 
 S = TypeVar("S", bound=msgspec.Struct)
-
-_CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.exceptions.CannotConnectNowError,
-    asyncpg.exceptions.AdminShutdownError,
-    asyncpg.exceptions.CrashShutdownError,
-    # asyncpg may notice a connection the server closed only mid-protocol, and say so with
-    # this error rather than a closed-connection one (asyncpg issue #1069).
-    asyncpg.exceptions.InternalClientError,
-    # The bounds every connection sets (store/limits.py): a statement or a lock wait that ran
-    # out of time, a transaction the server ended because its client went quiet. Each means
-    # "nothing was done; try again", like an outage.
-    asyncpg.exceptions.QueryCanceledError,
-    asyncpg.exceptions.LockNotAvailableError,
-    asyncpg.exceptions.IdleInTransactionSessionTimeoutError,
-    asyncpg.exceptions.TransactionTimeoutError,
-    TimeoutError,
-)
 
 
 Connection: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
 """A connection of our own or one lent by the pool: the store's SQL runs on either."""
-
-
-_CONNECT_ERRORS: tuple[type[BaseException], ...] = (*_CONNECTION_ERRORS, asyncpg.PostgresError)
 
 
 _NO_METADATA = EventMetadata()
@@ -154,16 +129,6 @@ class RecordedPosition:
     transaction_id: int
     version: int
     recorded_at: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class Page:
-    """One page read from the log: the decoded events, the cursor after the last row read
-    (unknown events skipped on request still move it), and how many rows were read."""
-
-    events: list[RecordedEvent]
-    cursor: Cursor
-    fetched: int
 
 
 class LeaseClock:
@@ -257,14 +222,6 @@ class NewEvent(msgspec.Struct, frozen=True, kw_only=True):
     event: Event
     event_id: uuid.UUID = msgspec.field(default_factory=uuid.uuid4)
     metadata: EventMetadata | None = None
-
-
-def _is_connection_error(exc: BaseException) -> bool:
-    return isinstance(exc, _CONNECTION_ERRORS)
-
-
-def _unavailable(exc: BaseException) -> StoreUnavailable:
-    return StoreUnavailable(f"PostgreSQL is unreachable or too slow: {type(exc).__name__}: {exc}")
 
 
 def _check_stream(stream: str) -> None:
@@ -412,18 +369,19 @@ class EventStore:
         self._min = min_connections
         self._max = max_connections
         self._group_commit = group_commit
-        self._pool: asyncpg.Pool | None = None
+        self._opened: asyncpg.Pool | None = None
         self._tg: TaskGroup | None = None
         self._metadata_encoder = msgspec.json.Encoder()
         self._metadata_decoder = msgspec.json.Decoder(EventMetadata)
         self._empty_metadata = b"{}"
-        # group commit
-        self._direct_in_flight = 0
-        self._queue: deque[_Request] = deque()
-        self._queued = anyio.Event()
-        # notifications
+        self._commit: GroupCommit[_Request] = GroupCommit(
+            take=_take_batch,
+            flush=self._flush,
+            closed="the event store was closed before this append ran",
+        )
+        # Subscribers are woken after commits (see store/_batching.py).
         self._dirty_categories: set[str] = set()
-        self._dirty = anyio.Event()
+        self._notify = ThrottledNotify(self._send_notifications, what="subscribers")
         self._closed = False
         self._writer = _Dedicated(self)
         self._batcher = _Dedicated(self)
@@ -443,8 +401,8 @@ class EventStore:
 
     # -- lifecycle --------------------------------------------------------------------------
     async def __aenter__(self) -> Self:
-        try:
-            self._pool = await asyncpg.create_pool(
+        with driver_errors(connecting_to=redact_dsn(self.dsn)):
+            self._opened = await asyncpg.create_pool(
                 self.dsn,
                 min_size=self._min,
                 max_size=self._max,
@@ -452,16 +410,11 @@ class EventStore:
                 reset=_no_reset,
                 **self.limits.connect_kwargs("work"),
             )
-        except _CONNECT_ERRORS as exc:
-            # Unreachable, or the server refused us (no such database, bad password): one line.
-            raise StoreUnavailable(
-                f"cannot connect to {redact_dsn(self.dsn)}: {type(exc).__name__}: {exc}"
-            ) from exc
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
-        self._tg.start_soon(self._notifier)
+        self._notify.start(self._tg)
         if self._group_commit:
-            self._tg.start_soon(self._flusher)
+            self._commit.start(self._tg)
         if self._guard_sessions:
             self._tg.start_soon(self._session_guard)
         return self
@@ -480,21 +433,18 @@ class EventStore:
         self._closed = True
         if self._tg is not None:
             with anyio.CancelScope(shield=True), anyio.move_on_after(5):
-                await self._send_notifications()  # the last commits' wake-up goes out
+                await self._notify.flush()  # the last commits' wake-up goes out
             self._tg.cancel_scope.cancel()
             await self._tg.__aexit__(None, None, None)
-            while self._queue:  # appends still queued when the store closes never ran
-                request = self._queue.popleft()
-                request.error = StoreError("the event store was closed before this append ran")
-                request.done.set()
+            self._commit.fail_queued()  # appends still queued when the store closes never ran
         with anyio.CancelScope(shield=True):
             for dedicated in (self._writer, self._batcher, self._notifier_conn, self._lease_conn):
                 await dedicated.close()
-        if self._pool is not None:
+        if self._opened is not None:
             with anyio.CancelScope(shield=True), anyio.move_on_after(5) as scope:
-                await self._pool.close()
+                await self._opened.close()
             if scope.cancelled_caught:
-                self._pool.terminate()
+                self._opened.terminate()
 
     async def _setup_pooled(self, conn: asyncpg.Connection) -> None:
         await setup_connection(conn, self.limits, "work")
@@ -503,17 +453,15 @@ class EventStore:
         """A new connection of the store's own (outside the pool), set up like the pool's,
         with the limits for ``purpose``. Connection failures raise StoreUnavailable. The
         caller closes it."""
-        try:
+        with driver_errors(connecting_to=redact_dsn(self.dsn)):
             conn: asyncpg.Connection = await asyncpg.connect(
                 self.dsn, **self.limits.connect_kwargs(purpose)
             )
-        except _CONNECTION_ERRORS as exc:
-            raise _unavailable(exc) from exc
-        try:
-            await setup_connection(conn, self.limits, purpose)
-        except BaseException:
-            conn.terminate()
-            raise
+            try:
+                await setup_connection(conn, self.limits, purpose)
+            except BaseException:
+                conn.terminate()
+                raise
         return conn
 
     async def _session_guard(self) -> None:
@@ -530,8 +478,9 @@ class EventStore:
         while True:
             await anyio.sleep(interval)
             try:
-                ended = await self.pool.fetch(query("end_stuck_sessions"), bound)
-            except _CONNECT_ERRORS as exc:
+                with driver_errors():
+                    ended = await self._pool.fetch(query("end_stuck_sessions"), bound)
+            except StoreError as exc:
                 logger.warning(
                     "cannot look for stuck sessions: %s", exc, extra={"action": "guard_failed"}
                 )
@@ -555,7 +504,7 @@ class EventStore:
         if self._lease_lock is None:
             self._lease_lock = anyio.Lock()
         async with self._lease_lock:
-            try:
+            with driver_errors(what="a lease statement"):
                 conn = await self._lease_conn.get()
                 try:
                     return await conn.fetchval(query(name), *args)
@@ -565,14 +514,14 @@ class EventStore:
                     # Lost, or cancelled mid-statement: do not trust its protocol state.
                     self._lease_conn.discard()
                     raise
-            except _CONNECTION_ERRORS as exc:
-                raise _unavailable(exc) from exc
 
     @property
-    def pool(self) -> asyncpg.Pool:
-        if self._pool is None:
+    def _pool(self) -> asyncpg.Pool:
+        """The store's connection pool: for store/ and its tests only (StoreError when the
+        store is not open). Everything else goes through the store's methods."""
+        if self._opened is None:
             raise StoreError("the event store is not open: use `async with EventStore.open(dsn)`")
-        return self._pool
+        return self._opened
 
     # -- appending ----------------------------------------------------------------------------
     def _prepare(
@@ -633,22 +582,17 @@ class EventStore:
         request = self._prepare(stream, events, expected_version, metadata, fence)
         if fence is not None:
             fence.check()  # before anything is queued or sent
-        if self._pool is None:
+        if self._opened is None:
             raise StoreError("the event store is not open: use `async with EventStore.open(dsn)`")
-        if self._group_commit and self._direct_in_flight > 0:
+        if self._group_commit and self._commit.in_flight > 0:
             # Someone is on the wire: queue up and go out with the next combined statement.
-            self._queue.append(request)
-            self._queued.set()
-            await request.done.wait()
+            await self._commit.submit(request)
             return request.outcome()
         # The only append on the wire uses the store's own writer connection; further ones
         # (group commit off) borrow from the pool.
-        dedicated = self._writer if self._direct_in_flight == 0 else None
-        self._direct_in_flight += 1
-        try:
+        dedicated = self._writer if self._commit.in_flight == 0 else None
+        with self._commit.direct():
             result = await self._append_with_retries(request, dedicated)
-        finally:
-            self._direct_in_flight -= 1
         self._touch(stream)
         return result
 
@@ -658,7 +602,7 @@ class EventStore:
         for attempt in range(_ANY_RETRIES):
             try:
                 if dedicated is None:
-                    async with self.pool.acquire() as conn:
+                    async with self._pool.acquire() as conn:
                         return await self._append_on(conn, request, in_transaction=False)
                 return await self._on_dedicated(dedicated, request)
             except _RetryAppendError:
@@ -666,8 +610,8 @@ class EventStore:
                 # same writers collide again in lockstep; a short random pause breaks it up.
                 await anyio.sleep(random.uniform(0, 0.001 * min(attempt + 1, 10)))
                 continue
-            except _CONNECTION_ERRORS as exc:
-                raise _unavailable(exc) from exc
+            except DRIVER_ERRORS as exc:
+                raise translate(exc, stream=request.stream, expected=request.expected) from exc
         raise StoreError(
             f"gave up appending to {request.stream!r}: lost {_ANY_RETRIES} races in a row"
         )
@@ -896,35 +840,6 @@ class EventStore:
         )
 
     # -- group commit -------------------------------------------------------------------------
-    def _take_batch(self) -> list[_Request]:
-        """Queued requests for one combined statement: one per stream (the rest keep their
-        order and wait for the next batch), at most _MAX_COMBINED_EVENTS events."""
-        batch: list[_Request] = []
-        streams: set[str] = set()
-        later: deque[_Request] = deque()
-        events = 0
-        while self._queue:
-            request = self._queue.popleft()
-            if request.stream in streams or (
-                batch and events + len(request.rows) > _MAX_COMBINED_EVENTS
-            ):
-                later.append(request)
-                continue
-            batch.append(request)
-            streams.add(request.stream)
-            events += len(request.rows)
-        later.extend(self._queue)
-        self._queue = later
-        return batch
-
-    async def _flusher(self) -> None:
-        while True:
-            await self._queued.wait()
-            self._queued = anyio.Event()
-            while self._queue:
-                batch = self._take_batch()
-                await self._flush(batch)
-
     async def _flush(self, batch: list[_Request]) -> None:
         dedicated = self._batcher
         for request in batch:
@@ -970,10 +885,12 @@ class EventStore:
                             request.result = await self._append_with_retries(request, dedicated)
                         except StoreError as exc:
                             request.error = exc
-        except _CONNECTION_ERRORS as exc:
+        except DRIVER_ERRORS as exc:
             for request in batch:
                 if request.result is None and request.error is None:
-                    request.error = _unavailable(exc)
+                    error = translate(exc, stream=request.stream, expected=request.expected)
+                    error.__cause__ = exc
+                    request.error = error
         except StoreError as exc:
             for request in batch:
                 if request.result is None and request.error is None:
@@ -992,37 +909,22 @@ class EventStore:
     # -- notifications ------------------------------------------------------------------------
     def _touch(self, stream: str) -> None:
         self._dirty_categories.add(stream.split("-", 1)[0])
-        self._dirty.set()
-
-    async def _notifier(self) -> None:
-        """Wake subscribers after commits. Runs beside the appends, not inside them: a NOTIFY
-        in the appending transaction would take PostgreSQL's global notify lock at every commit
-        and serialise all writers. The first commit after a quiet spell is announced at once;
-        under load, notifications go out at most every _NOTIFY_INTERVAL, each covering every
-        commit since the last."""
-        while True:
-            await self._dirty.wait()
-            await self._send_notifications()
-            await anyio.sleep(_NOTIFY_INTERVAL)
+        self._notify.mark()
 
     async def _send_notifications(self) -> None:
+        """One NOTIFY naming the categories written since the last, from a connection of its
+        own (see store/_batching.py for when)."""
         if not self._dirty_categories:
             return
-        self._dirty = anyio.Event()
         categories = ",".join(sorted(self._dirty_categories))[:7000]
         self._dirty_categories = set()
-        try:
+        with driver_errors(what="a notification"):
             conn = await self._notifier_conn.get()
             try:
                 await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, categories)
             except BaseException:
                 self._notifier_conn.discard()
                 raise
-        except _CONNECTION_ERRORS as exc:
-            # Subscribers also poll: a lost notification only delays them.
-            logger.warning(
-                "could not notify subscribers: %s", exc, extra={"action": "notify_failed"}
-            )
 
     # -- reading ------------------------------------------------------------------------------
     def _decode_all(
@@ -1070,10 +972,8 @@ class EventStore:
 
     async def stream_version(self, stream: str) -> int:
         """The stream's current version (0 for a stream with no events)."""
-        try:
-            version: int = await self.pool.fetchval(query("stream_version"), stream)
-        except _CONNECTION_ERRORS as exc:
-            raise _unavailable(exc) from exc
+        with driver_errors():
+            version: int = await self._pool.fetchval(query("stream_version"), stream)
         return version
 
     async def read_stream(
@@ -1086,12 +986,10 @@ class EventStore:
     ) -> list[RecordedEvent]:
         """The stream's events with version > ``after_version``, in version order."""
         _check_stream(stream)
-        try:
-            records = await self.pool.fetch(
+        with driver_errors():
+            records = await self._pool.fetch(
                 query("read_stream"), stream, after_version, limit if limit is not None else None
             )
-        except _CONNECTION_ERRORS as exc:
-            raise _unavailable(exc) from exc
         return self._decode_all(records, skip_unknown)
 
     async def last_event(self, stream: str, *, skip_unknown: bool = False) -> RecordedEvent | None:
@@ -1110,27 +1008,24 @@ class EventStore:
         self, name: str, argument: object, *, skip_unknown: bool
     ) -> RecordedEvent | None:
         """The event of query ``name`` (at most one row), decoded, or None."""
-        try:
-            records = await self.pool.fetch(query(name), argument)
-        except _CONNECTION_ERRORS as exc:
-            raise _unavailable(exc) from exc
+        with driver_errors():
+            records = await self._pool.fetch(query(name), argument)
         decoded = self._decode_all(records, skip_unknown)
         return decoded[0] if decoded else None
 
     async def head(self) -> Cursor:
         """The cursor of the newest readable event (START for an empty log): subscribing
         ``after=await store.head()`` follows only what is appended from now on."""
-        try:
-            record = await self.pool.fetchrow(query("head"))
-        except _CONNECTION_ERRORS as exc:
-            raise _unavailable(exc) from exc
+        with driver_errors():
+            record = await self._pool.fetchrow(query("head"))
         return START if record is None else Cursor(record[0], record[1])
 
     async def cursor_at(self, position: int) -> Cursor:
         """The reading cursor just after the event at global ``position`` (0: the start)."""
         if position == 0:
             return START
-        record = await self.pool.fetchrow(query("position_cursor"), position)
+        with driver_errors():
+            record = await self._pool.fetchrow(query("position_cursor"), position)
         if record is None:
             raise ValueError(f"no event at global position {position}")
         return Cursor(record["transaction_id"], record["global_position"])
@@ -1144,17 +1039,15 @@ class EventStore:
         skip_unknown: bool = False,
     ) -> Page:
         """One page of the log after ``after``, in reading order, up to the present."""
-        try:
+        with driver_errors():
             if category is None:
-                records = await self.pool.fetch(
+                records = await self._pool.fetch(
                     query("read_all"), after.transaction_id, after.position, limit
                 )
             else:
-                records = await self.pool.fetch(
+                records = await self._pool.fetch(
                     query("read_category"), after.transaction_id, after.position, limit, category
                 )
-        except _CONNECTION_ERRORS as exc:
-            raise _unavailable(exc) from exc
         if not records:
             return Page([], after, 0)
         last = records[-1]
@@ -1163,21 +1056,17 @@ class EventStore:
     async def oldest_writer(self) -> OpenTransaction | None:
         """The oldest open write transaction on the server, if any (for operators: a reader
         waiting on it, and why)."""
-        try:
-            record = await self.pool.fetchrow(query("oldest_writer"))
-        except _CONNECTION_ERRORS as exc:
-            raise _unavailable(exc) from exc
+        with driver_errors():
+            record = await self._pool.fetchrow(query("oldest_writer"))
         return None if record is None else OpenTransaction(**dict(record))
 
     async def held_back(self, after: Cursor, category: str | None = None) -> bool:
         """Whether committed events past ``after`` exist that a read has not returned: held
         back by an older open transaction (readable when it ends), or committed since."""
-        try:
-            held: bool = await self.pool.fetchval(
+        with driver_errors():
+            held: bool = await self._pool.fetchval(
                 query("held_back"), after.transaction_id, after.position, category
             )
-        except _CONNECTION_ERRORS as exc:
-            raise _unavailable(exc) from exc
         return held
 
     async def read_batches(
@@ -1239,8 +1128,6 @@ class EventStore:
     ) -> Subscription:
         """Follow the log: catch up from ``after`` (or checkpoint ``name``, or the start),
         then follow live. Use as ``async with store.subscribe(...) as sub: async for e in sub``."""
-        from store.subscription import Subscription
-
         return Subscription(
             self,
             name,
@@ -1255,11 +1142,9 @@ class EventStore:
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Transaction]:
         """A unit of work: appends, the caller's own SQL and checkpoints commit together."""
-        try:
-            conn_cm = self.pool.acquire()
+        with driver_errors():
+            conn_cm = self._pool.acquire()
             conn = await conn_cm.__aenter__()
-        except _CONNECTION_ERRORS as exc:
-            raise _unavailable(exc) from exc
         try:
             tx = Transaction(self, conn)
             try:
@@ -1269,18 +1154,18 @@ class EventStore:
                     # transaction open, and resumed past its lease, rolls back instead.
                     for fence in tx.fences:
                         fence.check()
-            except _CONNECTION_ERRORS as exc:
-                raise _unavailable(exc) from exc
+            except DRIVER_ERRORS as exc:
+                # A deadlock or serialization failure is blamed on the streams written.
+                raise translate(exc, stream=", ".join(sorted(tx.streams)) or None) from exc
             for stream in tx.streams:
                 self._touch(stream)
         finally:
-            await conn_cm.__aexit__(None, None, None)
+            with driver_errors():
+                await conn_cm.__aexit__(None, None, None)
 
     async def load_checkpoint(self, name: str) -> Cursor | None:
-        try:
-            record = await self.pool.fetchrow(query("load_checkpoint"), name)
-        except _CONNECTION_ERRORS as exc:
-            raise _unavailable(exc) from exc
+        with driver_errors():
+            record = await self._pool.fetchrow(query("load_checkpoint"), name)
         return None if record is None else Cursor(record[0], record[1])
 
     async def save_checkpoint(
@@ -1297,8 +1182,8 @@ class EventStore:
         StaleGeneration unless that lease generation is current."""
         if fence is not None:
             fence.check()
-        conn: Any = connection if connection is not None else self.pool
-        try:
+        conn: Any = connection if connection is not None else self._pool
+        with driver_errors(fence=fence):
             stored = await conn.fetchval(
                 query("save_checkpoint"),
                 name,
@@ -1309,9 +1194,8 @@ class EventStore:
                 fence.lease if fence is not None else None,
                 fence.generation if fence is not None else None,
             )
-        except _CONNECTION_ERRORS as exc:
-            raise _unavailable(exc) from exc
-        if stored is None:
+            if stored is not None:
+                return
             if fence is not None:
                 current = await conn.fetchval(query("lease_generation"), fence.lease)
                 if current != fence.generation:
@@ -1325,13 +1209,15 @@ class EventStore:
     async def save_snapshot(self, stream: str, version: int, state: msgspec.Struct) -> None:
         """Keep ``state`` as of ``version`` of ``stream`` (derived data: safe to lose)."""
         state_type = _state_type(type(state))
-        await self.pool.execute(
-            query("save_snapshot"), stream, version, state_type, msgspec.json.encode(state)
-        )
+        with driver_errors(what="saving a snapshot"):
+            await self._pool.execute(
+                query("save_snapshot"), stream, version, state_type, msgspec.json.encode(state)
+            )
 
     async def load_snapshot(self, stream: str, state_cls: type[S]) -> tuple[int, S] | None:
         """(version, state) if a snapshot of ``stream`` of this exact type exists."""
-        record = await self.pool.fetchrow(query("load_snapshot"), stream)
+        with driver_errors(what="loading a snapshot"):
+            record = await self._pool.fetchrow(query("load_snapshot"), stream)
         if record is None or record["state_type"] != _state_type(state_cls):
             return None
         try:
@@ -1348,13 +1234,30 @@ class EventStore:
     # -- maintenance guard --------------------------------------------------------------------
     async def execute_sql(self, sql: str, *args: Any) -> str:
         """Run raw SQL (operators, tests); refusals of the append-only rule are translated."""
-        try:
-            result: str = await self.pool.execute(sql, *args)
-        except asyncpg.PostgresError as exc:
-            if getattr(exc, "sqlstate", None) == "I3AO1":
-                raise AppendOnlyViolation(str(exc)) from exc
-            raise
+        with driver_errors(what="the SQL given"):
+            result: str = await self._pool.execute(sql, *args)
         return result
+
+
+def _take_batch(queue: deque[_Request]) -> list[_Request]:
+    """Queued requests for one combined statement: one per stream (the rest keep their order
+    and wait for the next batch), at most _MAX_COMBINED_EVENTS events."""
+    batch: list[_Request] = []
+    streams: set[str] = set()
+    later: list[_Request] = []
+    events = 0
+    while queue:
+        request = queue.popleft()
+        if request.stream in streams or (
+            batch and events + len(request.rows) > _MAX_COMBINED_EVENTS
+        ):
+            later.append(request)
+            continue
+        batch.append(request)
+        streams.add(request.stream)
+        events += len(request.rows)
+    queue.extend(later)
+    return batch
 
 
 class _RetryAppendError(Exception):
@@ -1395,7 +1298,8 @@ class Transaction:
         request = self.store._prepare(stream, events, expected_version, metadata, fence)
         self.fenced(fence)
         try:
-            result = await self.store._append_on(self.connection, request, in_transaction=True)
+            with driver_errors(stream=stream, expected=expected_version):
+                result = await self.store._append_on(self.connection, request, in_transaction=True)
         except _RetryAppendError as exc:
             raise ConcurrencyConflict(stream, expected_version, None) from exc
         self.streams.add(stream)
@@ -1422,16 +1326,15 @@ class Transaction:
             self.fenced(request.fence)
         for start in range(0, len(requests), MAX_STREAMS_PER_STATEMENT):
             chunk = requests[start : start + MAX_STREAMS_PER_STATEMENT]
-            try:
-                outcomes = await self.store._append_many_on(self.connection, chunk)
-            except asyncpg.UniqueViolationError as exc:
-                # Which request met the stored id is not known: name the first one.
-                await self.store._on_unique_violation(
-                    self.connection, chunk[0], exc, in_transaction=True
-                )
-                raise  # _on_unique_violation always raises inside a transaction
-            except _CONNECTION_ERRORS as exc:
-                raise _unavailable(exc) from exc
+            with driver_errors(stream=chunk[0].stream, expected=chunk[0].expected):
+                try:
+                    outcomes = await self.store._append_many_on(self.connection, chunk)
+                except asyncpg.UniqueViolationError as exc:
+                    # Which request met the stored id is not known: name the first one.
+                    await self.store._on_unique_violation(
+                        self.connection, chunk[0], exc, in_transaction=True
+                    )
+                    raise  # _on_unique_violation always raises inside a transaction
             for request, outcome in zip(chunk, outcomes, strict=True):
                 if isinstance(outcome, StaleGeneration):
                     raise outcome
@@ -1441,6 +1344,8 @@ class Transaction:
         # Positions inside one statement need not be consecutive (other writers draw from
         # the same sequence): ask where each event landed.
         ids = [row.event_id for request in requests for row in request.rows]
+        with driver_errors():
+            records = await self.connection.fetch(query("events_by_id"), ids)
         landed = {
             record["event_id"]: RecordedPosition(
                 position=record["global_position"],
@@ -1448,7 +1353,7 @@ class Transaction:
                 version=record["stream_version"],
                 recorded_at=record["recorded_at"],
             )
-            for record in await self.connection.fetch(query("events_by_id"), ids)
+            for record in records
         }
         return [[landed[row.event_id] for row in request.rows] for request in requests]
 
@@ -1462,5 +1367,6 @@ class Transaction:
 
     async def stored_ids(self, event_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
         """Which of these event ids are already in the log (as seen by this transaction)."""
-        records = await self.connection.fetch(query("events_by_id"), list(event_ids))
+        with driver_errors():
+            records = await self.connection.fetch(query("events_by_id"), list(event_ids))
         return {record["event_id"] for record in records}

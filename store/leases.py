@@ -33,7 +33,8 @@ import asyncpg
 import msgspec
 
 from events.errors import StoreUnavailable
-from store.eventstore import _CONNECTION_ERRORS, EventStore, Fence, LeaseClock, _unavailable
+from store.driver import driver_errors
+from store.eventstore import EventStore, Fence, LeaseClock
 from store.queries import query
 
 __all__ = ["Lease", "LeaseInfo", "Leases", "safety_margin"]
@@ -131,8 +132,6 @@ class Leases:
         return released is not None
 
     async def all(self) -> list[LeaseInfo]:
-        try:
-            records = await self.store.pool.fetch(query("leases"))
-        except _CONNECTION_ERRORS as exc:
-            raise _unavailable(exc) from exc
+        with driver_errors(what="reading the leases"):
+            records = await self.store._pool.fetch(query("leases"))
         return [LeaseInfo(**dict(record)) for record in records]

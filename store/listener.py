@@ -1,30 +1,23 @@
 """A dedicated LISTEN connection, opened and closed safely: shared by subscriptions and task
-processors, which each decide what to do when it cannot be had (poll instead)."""
+processors, which each decide what to do when it cannot be had (poll instead). Failures
+raise the store's own errors (:mod:`store.driver`)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 import asyncpg
 
+from store.database import redact_dsn
+from store.driver import DRIVER_ERRORS, driver_errors
 from store.limits import SessionLimits, apply_socket_limits
 
-__all__ = ["LISTEN_ERRORS", "NOTIFY_CHANNEL", "open_listener", "close_listener"]
+__all__ = ["NOTIFY_CHANNEL", "ListenConnection", "open_listener", "close_listener"]
 
 NOTIFY_CHANNEL = "i3lani_events"
-"""LISTEN channel woken after appends commit; its payload lists the categories written.
-Here, below both the store that notifies and the subscriptions that listen."""
-
-LISTEN_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,
-    TimeoutError,
-    asyncpg.PostgresError,
-    asyncpg.InterfaceError,
-    asyncpg.exceptions.InternalClientError,
-)
-"""What a failed :func:`open_listener` raises: PostgreSQL unreachable or refusing."""
+"""LISTEN channel woken after appends commit; its payload lists the categories written."""
 
 
 async def open_listener(
@@ -40,11 +33,16 @@ async def open_listener(
     cut network path then fails it (and ``on_lost`` is called) instead of leaving it silent.
     Shielded (and bounded to 5 s): a connect cancelled half-way leaves asyncpg with a dangling
     connection (asyncpg issue #1211). If the caller was cancelled meanwhile, the connection is
-    closed and the cancellation goes on; on a failure nothing is left open.
+    closed and the cancellation goes on; on a failure nothing is left open. PostgreSQL
+    unreachable or refusing raises StoreUnavailable.
     """
     conn: asyncpg.Connection | None = None
     try:
-        with anyio.CancelScope(shield=True), anyio.fail_after(5):
+        with (
+            driver_errors(connecting_to=f"{redact_dsn(dsn)} to LISTEN"),
+            anyio.CancelScope(shield=True),
+            anyio.fail_after(5),
+        ):
             settings = limits.connect_kwargs("listen") if limits is not None else {}
             conn = await asyncpg.connect(dsn, **settings)
             if limits is not None:
@@ -60,14 +58,24 @@ async def open_listener(
     return conn
 
 
-async def close_listener(conn: asyncpg.Connection | None) -> None:
+class ListenConnection(Protocol):
+    """What closing needs of a LISTEN connection (an asyncpg connection; fakes in tests)."""
+
+    def is_closed(self) -> bool: ...
+
+    async def close(self) -> None: ...
+
+    def terminate(self) -> None: ...
+
+
+async def close_listener(conn: ListenConnection | None) -> None:
     """Close ``conn`` within 2 s, shielded from cancellation; terminate it otherwise."""
     if conn is None or conn.is_closed():
         return
     with anyio.CancelScope(shield=True), anyio.move_on_after(2):
         try:
             await conn.close()
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        except DRIVER_ERRORS:
             conn.terminate()
     if not conn.is_closed():
         conn.terminate()

@@ -428,7 +428,7 @@ class MemoryLog:
         categories = {row.stream.split("-", 1)[0] for row in tx.rows}
         if categories:
             for subscription in list(self._subscriptions):
-                subscription._on_notify(self, 0, "", ",".join(sorted(categories)))
+                subscription._on_notify(",".join(sorted(categories)))
 
     def _end(self, tx: _Tx) -> None:
         for key in tx.claims:

@@ -16,6 +16,8 @@ from importlib import resources
 import asyncpg
 
 from events.errors import MigrationError, StoreUnavailable
+from store.database import redact_dsn
+from store.driver import driver_errors, translate
 from store.limits import SessionLimits
 from store.queries import sql_file
 
@@ -60,43 +62,49 @@ async def migrate(dsn: str, limits: SessionLimits | None = None) -> list[Migrati
     (an index on a large table takes its time), but a migration left open by a frozen client
     is still ended by the idle-transaction bound."""
     limits = limits if limits is not None else SessionLimits.from_env()
-    try:
+    with driver_errors(connecting_to=f"{redact_dsn(dsn)} to migrate"):
         conn = await asyncpg.connect(dsn, **limits.connect_kwargs("maintenance"))
-    except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
-        raise StoreUnavailable(f"cannot connect to PostgreSQL to migrate: {exc}") from exc
     try:
-        await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
-        try:
-            await conn.execute(sql_file("bootstrap.sql"))
-            applied = {
-                row["version"]
-                for row in await conn.fetch("SELECT version FROM i3lani.schema_migrations")
-            }
-            done: list[Migration] = []
-            for migration in migrations():
-                if migration.version in applied:
-                    continue
-                logger.info(
-                    "applying migration %04d_%s",
-                    migration.version,
-                    migration.name,
-                    extra={"action": "migrate"},
-                )
-                try:
-                    async with conn.transaction():
-                        await conn.execute(migration.sql)
-                        await conn.execute(
-                            "INSERT INTO i3lani.schema_migrations (version, name) VALUES ($1, $2)",
-                            migration.version,
-                            migration.name,
-                        )
-                except asyncpg.PostgresError as exc:
-                    raise MigrationError(
-                        f"migration {migration.version:04d}_{migration.name} failed: {exc}"
-                    ) from exc
-                done.append(migration)
-            return done
-        finally:
-            await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
+        with driver_errors(what="migrating"):
+            return await _migrate_on(conn)
     finally:
-        await conn.close()
+        with driver_errors(what="migrating"):
+            await conn.close()
+
+
+async def _migrate_on(conn: asyncpg.Connection) -> list[Migration]:
+    await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
+    try:
+        await conn.execute(sql_file("bootstrap.sql"))
+        applied = {
+            row["version"]
+            for row in await conn.fetch("SELECT version FROM i3lani.schema_migrations")
+        }
+        done: list[Migration] = []
+        for migration in migrations():
+            if migration.version in applied:
+                continue
+            logger.info(
+                "applying migration %04d_%s",
+                migration.version,
+                migration.name,
+                extra={"action": "migrate"},
+            )
+            try:
+                async with conn.transaction():
+                    await conn.execute(migration.sql)
+                    await conn.execute(
+                        "INSERT INTO i3lani.schema_migrations (version, name) VALUES ($1, $2)",
+                        migration.version,
+                        migration.name,
+                    )
+            except asyncpg.PostgresError as exc:
+                if isinstance(translate(exc), StoreUnavailable):
+                    raise  # an outage, not a migration that cannot be applied
+                raise MigrationError(
+                    f"migration {migration.version:04d}_{migration.name} failed: {exc}"
+                ) from exc
+            done.append(migration)
+        return done
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)

@@ -9,7 +9,7 @@ implementations hold every guarantee of ``tests/store/`` (one contract suite run
 * :class:`store.memory.MemoryLog`: pure Python, for tests and deterministic simulation.
 
 What is PostgreSQL by nature stays outside the port and on ``EventStore`` alone: the pool and
-raw SQL (``execute_sql``, ``pool``, ``Transaction.connection``), the lease statements
+raw SQL (``execute_sql``, ``Transaction.connection``), the lease statements
 (``lease_fetchval``), operator views (``oldest_writer``) and the connection settings.
 
 The bottom of this module makes mypy check that both classes satisfy the port.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Final
 
@@ -21,6 +22,7 @@ __all__ = [
     "AppendResult",
     "Cursor",
     "START",
+    "Page",
 ]
 
 
@@ -102,3 +104,13 @@ class AppendResult(msgspec.Struct, frozen=True, kw_only=True):
     def version(self) -> int:
         """The stream's version after this append."""
         return self.last_version
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One page read from the log: the decoded events, the cursor after the last row read
+    (unknown events skipped on request still move it), and how many rows were read."""
+
+    events: list[RecordedEvent]
+    cursor: Cursor
+    fetched: int

@@ -27,20 +27,17 @@ import logging
 import math
 from collections import deque
 from types import TracebackType
-from typing import TYPE_CHECKING, Protocol, Self, cast
+from typing import Protocol, Self, cast
 
 import anyio
-import asyncpg
 
 from events.errors import StoreUnavailable
+from store._wakeup import Listener, Wakeup
 from store.limits import SessionLimits
-from store.listener import LISTEN_ERRORS, NOTIFY_CHANNEL, close_listener, open_listener
-from store.records import START, Cursor, RecordedEvent
+from store.listener import NOTIFY_CHANNEL
+from store.records import START, Cursor, Page, RecordedEvent
 
-if TYPE_CHECKING:
-    from store.port import EventLog, LogTransaction
-
-__all__ = ["Subscription"]
+__all__ = ["Subscription", "CheckpointWriter", "Log"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,8 +46,31 @@ _RETRY_MAX = 5.0
 _HELD_BACK_MIN = 0.002  # seconds: first re-read while an older transaction holds events back
 
 
+class CheckpointWriter(Protocol):
+    """Where a checkpoint is saved: the store itself, or one of its transactions."""
+
+    async def save_checkpoint(
+        self, name: str, cursor: Cursor, *, expected: Cursor | None
+    ) -> None: ...
+
+
+class Log(CheckpointWriter, Protocol):
+    """What a subscription needs of the event store (:class:`store.EventStore`): this module
+    depends on it only through this, so that the store can hand out subscriptions."""
+
+    async def load_checkpoint(self, name: str) -> Cursor | None: ...
+
+    async def read_page(
+        self, after: Cursor, *, category: str | None, limit: int, skip_unknown: bool
+    ) -> Page: ...
+
+    async def held_back(self, after: Cursor, category: str | None = None) -> bool: ...
+
+
 class _Listenable(Protocol):
-    """What LISTEN needs of the PostgreSQL store: where it is, and the session limits."""
+    """What LISTEN needs of the PostgreSQL store: where it is, and the session limits. A log
+    without LISTEN (:class:`store.memory.MemoryLog`) overrides :meth:`Subscription._listen`
+    and :meth:`Subscription._close_listener` instead."""
 
     @property
     def dsn(self) -> str: ...
@@ -60,15 +80,11 @@ class _Listenable(Protocol):
 
 
 class Subscription:
-    """An async iterator over the log, from a checkpoint onwards, forever.
-
-    It reads through the :class:`store.port.EventLog` port; only its wake-ups are PostgreSQL's
-    (``LISTEN``): another log overrides :meth:`_listen` and :meth:`_close_listener` (see
-    :class:`store.memory.MemorySubscription`)."""
+    """An async iterator over the log, from a checkpoint onwards, forever."""
 
     def __init__(
         self,
-        store: EventLog,
+        store: Log,
         name: str | None,
         *,
         category: str | None,
@@ -92,9 +108,8 @@ class Subscription:
         self._fetch_cursor: Cursor = after or START
         self.checkpoint: Cursor | None = None  # as stored (for named subscriptions)
         self.position: Cursor = self._fetch_cursor  # after the last event handed out
-        self._wake = anyio.Event()
-        self._listener: asyncpg.Connection | None = None
-        self._listener_failed_at: float | None = None
+        self._wake = Wakeup()
+        self._listener: Listener | None = None  # made at the first LISTEN (see _listen)
         self._retry_delay = _RETRY_MIN
         self.notifications = 0  # how many wake-ups came by NOTIFY (for tests and statistics)
         self.reconnects = 0
@@ -123,9 +138,9 @@ class Subscription:
     async def __anext__(self) -> RecordedEvent:
         held_back_delay = _HELD_BACK_MIN
         while not self._buffer:
-            # A fresh Event before reading: a notification that arrives while we read is
-            # not lost, it makes the wait below return at once.
-            self._wake = anyio.Event()
+            # Armed before reading: a notification that arrives while we read is not lost,
+            # it makes the wait below return at once.
+            self._wake.arm()
             try:
                 page = await self.store.read_page(
                     self._fetch_cursor,
@@ -148,10 +163,8 @@ class Subscription:
                 held_back_delay = min(held_back_delay * 2, self.poll_interval)
                 continue
             self._retry_delay = _RETRY_MIN
-            if self._listener is None or self._listener.is_closed():
-                await self._listen()
-            with anyio.move_on_after(self.poll_interval):
-                await self._wake.wait()
+            await self._listen()
+            await self._wake.wait(self.poll_interval)
         recorded = self._buffer.popleft()
         self.position = recorded.cursor
         return recorded
@@ -174,7 +187,7 @@ class Subscription:
         self,
         upto: RecordedEvent | Cursor | None = None,
         *,
-        transaction: LogTransaction | None = None,
+        transaction: CheckpointWriter | None = None,
     ) -> None:
         """Store that this subscriber has processed everything up to ``upto`` (default: the
         last event handed out). Inside ``transaction`` it commits with the subscriber's own
@@ -194,43 +207,27 @@ class Subscription:
         # If the caller's transaction rolls back, the CAS on the next save reports it.
 
     # -- notifications ----------------------------------------------------------------------
-    def _on_notify(self, connection: object, pid: int, channel: str, payload: object) -> None:
-        if self.category is None or self.category in str(payload).split(","):
+    def _on_notify(self, payload: str) -> None:
+        if self.category is None or self.category in payload.split(","):
             self.notifications += 1
             self._wake.set()
 
-    def _on_listener_lost(self, connection: object) -> None:
-        self._listener = None
-        self._wake.set()
-
     async def _listen(self) -> None:
-        store = cast("_Listenable", self.store)  # a log without LISTEN overrides _listen
-        now = anyio.current_time()
-        if self._listener_failed_at is not None and now - self._listener_failed_at < 1.0:
-            return  # polling covers us; do not hammer a server that just refused
-        try:
-            conn = await open_listener(
+        if self._listener is None:
+            store = cast("_Listenable", self.store)
+            self._listener = Listener.for_channel(
                 store.dsn,
                 NOTIFY_CHANNEL,
-                self._on_notify,
-                self._on_listener_lost,
                 store.limits,
+                on_notify=self._on_notify,
+                on_lost=self._wake.set,
+                who=f"subscription {self.name or '(anonymous)'}",
+                poll_interval=self.poll_interval,
             )
-        except LISTEN_ERRORS as exc:
-            self._listener_failed_at = now
-            logger.info(
-                "subscription %s: cannot LISTEN (%s); polling every %.1fs",
-                self.name or "(anonymous)",
-                exc,
-                self.poll_interval,
-                extra={"action": "listen_failed"},
-            )
-            return
-        self._listener_failed_at = None
-        self._listener = conn
-        # Anything appended while we were not listening is picked up by the next read.
-        self._wake.set()
+        if await self._listener.listen():
+            # Anything appended while we were not listening is picked up by the next read.
+            self._wake.set()
 
     async def _close_listener(self) -> None:
-        conn, self._listener = self._listener, None
-        await close_listener(conn)
+        if self._listener is not None:
+            await self._listener.close()

@@ -10,16 +10,15 @@ refusal), never the driver's.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+import contextlib
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Literal
 
-import asyncpg
 import msgspec
 
-from events.errors import StoreError
-from store.eventstore import _CONNECTION_ERRORS, EventStore, Transaction, _unavailable
+from store.driver import driver_errors
+from store.eventstore import EventStore, Transaction
 from store.queries import query
 
 __all__ = [
@@ -97,24 +96,18 @@ class HealthSample(msgspec.Struct, frozen=True, kw_only=True):
     detail: str = ""
 
 
-@asynccontextmanager
-async def _translated(what: str) -> AsyncIterator[None]:
-    """Driver errors as the store's: an outage or a statement out of time is StoreUnavailable,
-    any other refusal of PostgreSQL a StoreError naming ``what`` was being done."""
-    try:
-        yield
-    except _CONNECTION_ERRORS as exc:
-        raise _unavailable(exc) from exc
-    except asyncpg.PostgresError as exc:
-        raise StoreError(f"{what} failed: {type(exc).__name__}: {exc}") from exc
+def _translated(what: str) -> contextlib.AbstractContextManager[None]:
+    """Driver errors as the store's (:mod:`store.driver`): an outage or a statement out of
+    time is StoreUnavailable, any other refusal of PostgreSQL a StoreError naming ``what``."""
+    return driver_errors(what=what)
 
 
 async def summary(store: EventStore) -> Summary:
     """Totals of the log, events per category and type, and every subscriber's checkpoint."""
-    async with _translated("reading the summary"):
-        totals = await store.pool.fetchrow(query("summary_totals"))
-        by_type = await store.pool.fetch(query("summary_by_type"))
-        checkpoints = await store.pool.fetch(query("checkpoints"))
+    with _translated("reading the summary"):
+        totals = await store._pool.fetchrow(query("summary_totals"))
+        by_type = await store._pool.fetch(query("summary_by_type"))
+        checkpoints = await store._pool.fetch(query("checkpoints"))
     assert totals is not None  # an aggregate without GROUP BY always has its row
     return msgspec.convert(
         {
@@ -128,15 +121,15 @@ async def summary(store: EventStore) -> Summary:
 
 async def events_by_type(store: EventStore) -> dict[str, int]:
     """How many events of each type the log holds, by type name in order."""
-    async with _translated("counting events by type"):
-        rows = await store.pool.fetch(query("admin_events_by_type"))
+    with _translated("counting events by type"):
+        rows = await store._pool.fetch(query("admin_events_by_type"))
     return {row["type"]: row["events"] for row in rows}
 
 
 async def events_per_stream(store: EventStore, event_type: str) -> dict[str, int]:
     """How many events of ``event_type`` each stream holding any has, by stream."""
-    async with _translated(f"counting {event_type} events"):
-        rows = await store.pool.fetch(query("admin_events_per_stream"), event_type)
+    with _translated(f"counting {event_type} events"):
+        rows = await store._pool.fetch(query("admin_events_per_stream"), event_type)
     return {row["stream"]: row["events"] for row in rows}
 
 
@@ -144,8 +137,8 @@ async def event_rate(store: EventStore, minutes: int, scan_limit: int) -> list[M
     """Events per minute over the last ``minutes`` minutes, oldest first, the current (partial)
     minute last, every minute present; only the newest ``scan_limit`` events are counted, so a
     total of ``scan_limit`` is a lower bound."""
-    async with _translated("reading the event rate"):
-        rows = await store.pool.fetch(query("admin_event_rate"), minutes, scan_limit)
+    with _translated("reading the event rate"):
+        rows = await store._pool.fetch(query("admin_event_rate"), minutes, scan_limit)
     return [MinuteCount(row["minute"], row["events"]) for row in rows]
 
 
@@ -154,8 +147,8 @@ async def recent_streams(
 ) -> list[RecentStream]:
     """The ``shown`` streams of ``category`` holding events of ``types`` written to last, newest
     first, found among the newest ``scan_limit`` events of that category."""
-    async with _translated(f"reading recent {category} streams"):
-        rows = await store.pool.fetch(
+    with _translated(f"reading recent {category} streams"):
+        rows = await store._pool.fetch(
             query("admin_recent_streams"), shown, scan_limit, list(types), category
         )
     return [RecentStream(row["stream"], row["last_position"]) for row in rows]
@@ -164,23 +157,23 @@ async def recent_streams(
 async def max_payload_int(store: EventStore, event_type: str, field: str) -> int:
     """The largest integer ``field`` of the payloads of ``event_type`` events (the largest
     payment id: ``"PaymentCreated", "payment_id"``); 0 when there is none."""
-    async with _translated(f"reading the largest {field}"):
-        largest: int = await store.pool.fetchval(query("max_payload_int"), event_type, field)
+    with _translated(f"reading the largest {field}"):
+        largest: int = await store._pool.fetchval(query("max_payload_int"), event_type, field)
     return largest
 
 
 async def ping(store: EventStore) -> None:
     """One round trip to PostgreSQL: returns when it answered, raises StoreUnavailable when it
     cannot be reached."""
-    async with _translated("ping"):
-        await store.pool.fetchval(query("ping"))
+    with _translated("ping"):
+        await store._pool.fetchval(query("ping"))
 
 
 async def record_health_samples(tx: Transaction, samples: Sequence[HealthSample]) -> None:
     """Write ``samples`` in ``tx`` (the transaction appending their ``HealthChecked``)."""
     if not samples:
         return
-    async with _translated("recording health samples"):
+    with _translated("recording health samples"):
         await tx.connection.executemany(
             query("health_samples_insert"),
             [(s.checked_at, s.name, s.ok, s.latency_ms, s.detail) for s in samples],
@@ -192,8 +185,8 @@ async def prune_health_samples(store: EventStore, before: datetime, *, batch_siz
     (each its own short transaction); how many went."""
     removed = 0
     while True:
-        async with _translated("pruning health samples"):
-            status: str = await store.pool.execute(
+        with _translated("pruning health samples"):
+            status: str = await store._pool.execute(
                 query("health_samples_prune"), before, batch_size
             )
         count = int(status.split()[-1])
@@ -210,8 +203,8 @@ DesiredState = Literal["running", "stopped", "parked"]
 async def desired_state(store: EventStore, name: str) -> DesiredState:
     """What operators last asked of actor ``name`` (or parking imposed): running unless
     stopped. StoreUnavailable when PostgreSQL cannot be reached, StoreError when it refuses."""
-    async with _translated(f"reading the desired state of {name}"):
-        record = await store.pool.fetchrow(query("desired_state"), name)
+    with _translated(f"reading the desired state of {name}"):
+        record = await store._pool.fetchrow(query("desired_state"), name)
     if record is None:
         return "running"
     if record["type"] == "ActorParked":

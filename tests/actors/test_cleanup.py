@@ -65,7 +65,7 @@ async def finished_tasks(store: EventStore, count: int) -> None:
         await tg.start(processor.run)
 
         async def all_done() -> bool:
-            done: int = await store.pool.fetchval(
+            done: int = await store._pool.fetchval(
                 "SELECT count(*) FROM i3lani.tasks WHERE status = 'succeeded'"
             )
             return done == count

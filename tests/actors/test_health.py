@@ -107,7 +107,7 @@ async def test_healthy_checks_are_recorded_without_an_alert(store: EventStore) -
         assert all(c.latency_ms is not None for c in found[-1].checks)
         assert await alerts(store) == []
         assert bot_api.sent == []
-        samples = await store.pool.fetchval("SELECT count(*) FROM i3lani.health_samples")
+        samples = await store._pool.fetchval("SELECT count(*) FROM i3lani.health_samples")
         assert samples == 4 * len(found)
 
 

@@ -305,7 +305,7 @@ class Incarnation:
 
 async def listeners(store: EventStore) -> set[int]:
     """Backends of this database that LISTEN for new events (subscriptions following live)."""
-    rows = await store.pool.fetch(
+    rows = await store._pool.fetch(
         "SELECT pid FROM pg_stat_activity "
         "WHERE datname = current_database() AND query LIKE 'LISTEN%'"
     )

@@ -204,7 +204,7 @@ async def _freeze_before_a_write_commits(
             else:
                 caught = proxy.cut_before_commit()
             await caught.wait()
-            writing = await store.pool.fetchval(
+            writing = await store._pool.fetchval(
                 "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE $1"
                 " AND state = 'idle in transaction' AND backend_xid IS NOT NULL",
                 "i3lani:node-a:%",
@@ -226,7 +226,7 @@ async def _diagnosis(store: EventStore) -> str:
     sessions = "\n".join(
         f"  pid {r['pid']} {r['application_name']} {r['state']} xact {r['xact']} "
         f"wait {r['wait_event_type']}/{r['wait_event']} blocked by {r['blockers']}: {r['query']}"
-        for r in await store.pool.fetch(
+        for r in await store._pool.fetch(
             "SELECT pid, application_name, state, now() - xact_start AS xact, wait_event_type,"
             " wait_event, pg_blocking_pids(pid) AS blockers, left(query, 120) AS query"
             " FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"

@@ -415,8 +415,8 @@ async def test_the_store_names_the_position_of_a_row_it_cannot_decode(
 
 async def counts(store: EventStore) -> tuple[int, int]:
     """(events, task rows) in the database right now."""
-    events = await store.pool.fetchval("SELECT count(*) FROM i3lani.events")
-    tasks = await store.pool.fetchval("SELECT count(*) FROM i3lani.tasks")
+    events = await store._pool.fetchval("SELECT count(*) FROM i3lani.events")
+    tasks = await store._pool.fetchval("SELECT count(*) FROM i3lani.tasks")
     return int(events), int(tasks)
 
 

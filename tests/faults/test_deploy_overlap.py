@@ -58,7 +58,7 @@ async def feed(seeder: Seeder, rng: random.Random) -> None:
 
 
 async def tasks_held(store: EventStore, node: str) -> int:
-    held: int = await store.pool.fetchval(
+    held: int = await store._pool.fetchval(
         "SELECT count(*) FROM i3lani.tasks WHERE status = 'running' AND locked_by = $1", node
     )
     return held
@@ -140,7 +140,7 @@ async def test_a_deploy_overlap_hands_over_without_duplicate_effects(
                     starts[-1].generation,
                 )
                 assert_ticks_follow_starts(history, await store.read_stream(tick_stream(actor)))
-            taken_back = await store.pool.fetchval(
+            taken_back = await store._pool.fetchval(
                 "SELECT count(*) FROM i3lani.events WHERE type = 'TaskFailed' "
                 "AND payload->>'node' = $1",
                 old.node,

@@ -88,7 +88,7 @@ async def phase_of(worker: Worker, store: EventStore) -> str:
 
 
 async def tasks_in_hand(worker: Worker, store: EventStore) -> int:
-    held: int = await store.pool.fetchval(
+    held: int = await store._pool.fetchval(
         "SELECT count(*) FROM i3lani.tasks WHERE status = 'running' AND locked_by = $1",
         worker.node,
     )
@@ -195,7 +195,7 @@ async def test_a_kill_storm_leaves_every_effect_exactly_once(
 
         effects = await count_effects(store)
         assert_exactly_once(workload, effects)
-        reaped = await store.pool.fetchval(
+        reaped = await store._pool.fetchval(
             "SELECT count(*) FROM i3lani.events WHERE type = 'TaskFailed' "
             "AND payload->>'error' LIKE 'TaskLockExpired%'"
         )

@@ -835,7 +835,7 @@ async def suspect_lease(store: EventStore) -> None:
     leases = Leases(store, "vm:1", ttl=60)
     assert await leases.acquire("PaymentMonitor") is not None
     assert await leases.acquire("RewardProcessor") is not None
-    await store.pool.execute(
+    await store._pool.execute(
         "UPDATE i3lani.leases SET renewed_at = now() - interval '70 s',"
         " expires_at = now() + interval '50 s' WHERE name = 'PaymentMonitor'"
     )

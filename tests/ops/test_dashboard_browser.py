@@ -223,7 +223,7 @@ async def test_the_dashboard_warns_of_a_suspect_lease_and_held_back_readers(
     assert await leases.acquire("PaymentMonitor") is not None
     assert await leases.acquire("RewardProcessor") is not None
     # PaymentMonitor's node stopped renewing 70 s ago; its lease has 50 s left: suspect.
-    await store.pool.execute(
+    await store._pool.execute(
         "UPDATE i3lani.leases SET renewed_at = now() - interval '70 s',"
         " expires_at = now() + interval '50 s' WHERE name = 'PaymentMonitor'"
     )

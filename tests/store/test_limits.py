@@ -65,7 +65,7 @@ def test_limits_that_would_outlast_the_lease_are_refused_in_one_line(
 async def test_every_connection_of_the_store_carries_the_limits(dsn: str) -> None:
     limits = SessionLimits(lease_ttl=4.0)
     async with EventStore.open(dsn, node="vm:3", limits=limits) as store:
-        pooled = await store.pool.fetchrow(
+        pooled = await store._pool.fetchrow(
             "SELECT current_setting('idle_in_transaction_session_timeout') AS idle,"
             " current_setting('statement_timeout') AS statement,"
             " current_setting('application_name') AS app"

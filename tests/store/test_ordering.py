@@ -140,7 +140,7 @@ async def test_an_earlier_position_committing_late_is_not_skipped(
         later = await store.append("payment-2", [expired(2), expired(3)])
         assert later.first_position > early
         # A reader ordering by position alone would now see 2 and 3 and move past `early`:
-        naive = await store.pool.fetchval("SELECT max(global_position) FROM i3lani.events")
+        naive = await store._pool.fetchval("SELECT max(global_position) FROM i3lani.events")
         assert naive == later.last_position
 
         seen, cursor = await tail(store, START)

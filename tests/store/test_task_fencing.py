@@ -15,7 +15,8 @@ from events.errors import StaleGeneration
 from events.tasks import TaskClaimed
 from store import EventStore
 from store.leases import Lease, Leases
-from store.tasks import TaskContext, TaskProcessor, TaskQueue, _Claimed
+from store.tasks import TaskContext, TaskProcessor, TaskQueue
+from store.tasks.processor import _Claimed
 from tests.store.test_tasks import Ping, make_types, rows, running, stream, wait_for
 
 
