@@ -95,7 +95,7 @@ from store.records import ANY, START, AppendResult, Cursor, Expected, RecordedEv
 from store.subscription import Subscription
 
 if TYPE_CHECKING:
-    from store.port import LogTransaction
+    pass
 
 __all__ = ["OPERATIONS", "MemoryLog", "MemorySubscription", "MemoryTransaction"]
 
@@ -1060,7 +1060,3 @@ class MemorySubscription(Subscription):
 
     async def _close_listener(self) -> None:
         self._log._subscriptions.discard(self)
-
-
-if TYPE_CHECKING:
-    _tx: type[LogTransaction] = MemoryTransaction

@@ -169,14 +169,3 @@ class EventLog(Protocol):
     async def save_snapshot(self, stream: str, version: int, state: msgspec.Struct) -> None: ...
 
     async def load_snapshot(self, stream: str, state_cls: type[S]) -> tuple[int, S] | None: ...
-
-
-if TYPE_CHECKING:
-    # mypy checks, here, that both logs (and their transactions) implement the port.
-    from store.eventstore import EventStore, Transaction
-    from store.memory import MemoryLog, MemoryTransaction
-
-    _postgres: type[EventLog] = EventStore
-    _memory: type[EventLog] = MemoryLog
-    _postgres_tx: type[LogTransaction] = Transaction
-    _memory_tx: type[LogTransaction] = MemoryTransaction
