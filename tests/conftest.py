@@ -9,7 +9,7 @@ from __future__ import annotations
 import inspect
 import os
 import subprocess
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import asyncpg
 import pytest
@@ -31,8 +31,10 @@ _PROCESS_DIRS: tuple[str, ...] = ("e2e", "faults")
 
 def tier_of(item: pytest.Item) -> str:
     """The tier ``item`` is in: the first of :data:`TIERS` it carries a mark of, else pure."""
+    # By keyword, not by marker: anyio's plugin replaces some items after collection (adding
+    # their [asyncio] parameter) and copies their keywords, not the markers added here.
     for tier in TIERS[:-1]:
-        if item.get_closest_marker(tier) is not None:
+        if tier in item.keywords:
             return tier
     return "pure"
 
@@ -52,15 +54,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.pure)
 
 
-@pytest.fixture(autouse=True)
-def _tier_guard(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
     """Keep the tiers honest: a pure or in-memory test that starts a program fails, naming
     the mark it needs (every way of starting one, anyio's and asyncio's included, ends in
-    ``subprocess.Popen``)."""
-    tier = tier_of(request.node)
+    ``subprocess.Popen``). Only while the test itself runs: session fixtures shared with other
+    tiers (the embedded server) may start or stop programs while a pure test is set up."""
+    tier = tier_of(item)
     if tier not in ("pure", "memory"):
-        return
-    name = request.node.nodeid
+        return (yield)
+    name = item.nodeid
 
     def refuse(self: object, args: object, *rest: object, **kwargs: object) -> None:
         pytest.fail(
@@ -68,7 +71,9 @@ def _tier_guard(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch)
             pytrace=False,
         )
 
-    monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(subprocess.Popen, "__init__", refuse)
+        return (yield)
 
 
 @pytest.fixture(scope="session")
@@ -88,7 +93,11 @@ async def server_dsn(anyio_backend: object) -> AsyncIterator[str]:
             configured += ("&" if "?" in configured else "?") + "sslmode=disable"
         yield configured
         return
-    async with embedded_postgres(i3lani_home() / "test-pgdata") as dsn:
+    # One server per pytest-xdist worker: gap-free reads wait for the oldest transaction of
+    # the whole server, so tests sharing one would hold each other's readers back.
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    pgdata = i3lani_home() / ("test-pgdata" + (f"-{worker}" if worker else ""))
+    async with embedded_postgres(pgdata) as dsn:
         yield dsn
 
 
