@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import itertools
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import anyio
 import asyncpg
 import pytest
 
@@ -27,16 +25,6 @@ from store.database import with_database
 from store.views import HealthSample
 
 NOW = datetime(2026, 11, 29, 10, 0, tzinfo=UTC)
-
-
-@pytest.fixture
-async def store(dsn: str) -> AsyncIterator[EventStore]:
-    """The usual store, closed only once its last notification went out: EventStore.close
-    sends the pending one itself, and doing so while its notifier task is still sending on
-    the same connection fails the close (a race of the store's, not of these views)."""
-    async with EventStore.open(dsn, node="test-node") as opened:
-        yield opened
-        await anyio.sleep(0.05)
 
 
 def created(payment_id: int) -> PaymentCreated:
