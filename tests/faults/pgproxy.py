@@ -37,9 +37,11 @@ held too; drop such a connection with ``conn.terminate()``, not ``close()``.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Callable, Iterator
 from types import TracebackType
-from typing import Self
+from typing import Protocol, Self
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import anyio
@@ -51,6 +53,51 @@ _SSL_REQUEST = 80877103
 _GSSENC_REQUEST = 80877104
 _STARTUP_MAX = 10_000  # bytes: a longer "startup packet" is not one (a TLS record, say)
 _GONE = (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError)
+
+
+class _Stream(Protocol):
+    """What the proxy does with a socket: anyio's TCP stream, or :class:`_UnixStream`."""
+
+    async def receive(self) -> bytes: ...
+
+    async def send(self, item: bytes) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+class _UnixStream:
+    """A Unix-socket connection on asyncio's streams. anyio's own (``connect_unix``) waits for
+    readability with a future that a late reader callback may set after a cancellation
+    cancelled it, which asyncio reports as InvalidStateError "in a callback": cancelling a
+    read is routine here (every cut and heal does it), so it would fail the scenarios now and
+    then. asyncio's stream reader is cancellation-safe."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._reader = reader
+        self._writer = writer
+
+    @classmethod
+    async def connect(cls, path: str) -> _UnixStream:
+        reader, writer = await asyncio.open_unix_connection(path)
+        return cls(reader, writer)
+
+    async def receive(self) -> bytes:
+        data = await self._reader.read(65536)
+        if not data:
+            raise anyio.EndOfStream
+        return data
+
+    async def send(self, item: bytes) -> None:
+        if self._writer.is_closing():
+            raise anyio.ClosedResourceError
+        self._writer.write(item)
+        await self._writer.drain()
+
+    async def aclose(self) -> None:
+        self._writer.close()
+        # A peer that reset the connection leaves it closed all the same.
+        with anyio.CancelScope(shield=True), anyio.move_on_after(1), contextlib.suppress(OSError):
+            await self._writer.wait_closed()
 
 
 class _Frontend:
@@ -213,9 +260,10 @@ class PgProxy:
         self._group.cancel_scope.cancel()  # closes every socket: each sits in an `async with`
         return await self._group.__aexit__(exc_type, exc, traceback)
 
-    async def _connect(self) -> SocketStream:
+    async def _connect(self) -> _Stream:
         if self.upstream_host.startswith("/"):
-            return await anyio.connect_unix(f"{self.upstream_host}/.s.PGSQL.{self.upstream_port}")
+            path = f"{self.upstream_host}/.s.PGSQL.{self.upstream_port}"
+            return await _UnixStream.connect(path)
         return await anyio.connect_tcp(self.upstream_host, self.upstream_port)
 
     async def _serve(self, client: SocketStream) -> None:
@@ -225,7 +273,7 @@ class PgProxy:
                 upstream = await self._connect()
             except OSError:
                 return
-            async with upstream:
+            try:
                 link = _Link()
                 self._links.add(link)
                 try:
@@ -236,8 +284,11 @@ class PgProxy:
                         group.start_soon(self._write, link, link.to_client, client)
                 finally:
                     self._links.discard(link)
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await upstream.aclose()
 
-    async def _read(self, link: _Link, source: SocketStream, pipe: _Pipe) -> None:
+    async def _read(self, link: _Link, source: _Stream, pipe: _Pipe) -> None:
         try:
             while True:
                 data = await source.receive()
@@ -265,7 +316,7 @@ class PgProxy:
         if self._action is not None:
             self._action()
 
-    async def _write(self, link: _Link, pipe: _Pipe, target: SocketStream) -> None:
+    async def _write(self, link: _Link, pipe: _Pipe, target: _Stream) -> None:
         while True:
             cut = self._cut or link.held
             if pipe is link.to_server and link.to_client.eof and not cut:
