@@ -58,7 +58,6 @@ from __future__ import annotations
 import bisect
 import itertools
 import logging
-import math
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Sequence
 from contextlib import asynccontextmanager
@@ -91,6 +90,7 @@ from store.eventstore import (
     _expectation,
     _state_type,
 )
+from store.reading import PagedReads
 from store.records import ANY, START, AppendResult, Cursor, Expected, RecordedEvent
 from store.subscription import Subscription
 
@@ -222,7 +222,7 @@ class _Tx:
         return max(mine, default=0)
 
 
-class MemoryLog:
+class MemoryLog(PagedReads):
     """The event log in memory: the :class:`store.port.EventLog` port without PostgreSQL.
 
     Hooks for simulation (``clock``, ``yield_point``, ``faults``): see the module docstring.
@@ -817,53 +817,6 @@ class MemoryLog:
             category is None or row.stream.split("-", 1)[0] == category
             for row in itertools.islice(self._rows, self._visible_after(after), None)
         )
-
-    async def read_batches(
-        self,
-        *,
-        after: Cursor | int = START,
-        category: str | None = None,
-        batch_size: int = 1000,
-        limit: int | None = None,
-        skip_unknown: bool = False,
-    ) -> AsyncIterator[list[RecordedEvent]]:
-        """:meth:`read_all` a page at a time."""
-        if batch_size < 1:
-            raise ValueError("batch_size must be at least 1")
-        cursor = after if isinstance(after, Cursor) else await self.cursor_at(after)
-        remaining = math.inf if limit is None else limit
-        while remaining > 0:
-            size = int(min(batch_size, remaining))
-            page = await self.read_page(
-                cursor, category=category, limit=size, skip_unknown=skip_unknown
-            )
-            if page.events:
-                yield page.events
-            remaining -= len(page.events)
-            cursor = page.cursor
-            if page.fetched < size:
-                return
-
-    async def read_all(
-        self,
-        *,
-        after: Cursor | int = START,
-        category: str | None = None,
-        batch_size: int = 1000,
-        limit: int | None = None,
-        skip_unknown: bool = False,
-    ) -> AsyncIterator[RecordedEvent]:
-        """Every event after ``after`` (a cursor, or a global position), in reading order,
-        up to the present; ``category`` restricts to streams named ``<category>-...``."""
-        async for batch in self.read_batches(
-            after=after,
-            category=category,
-            batch_size=batch_size,
-            limit=limit,
-            skip_unknown=skip_unknown,
-        ):
-            for recorded in batch:
-                yield recorded
 
     # -- following --------------------------------------------------------------------------
     def subscribe(
