@@ -32,7 +32,7 @@ import random
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -243,6 +243,39 @@ def _expectation(expected: Expected) -> tuple[int | None, bool]:
         f"expected_version must be ANY, NO_STREAM, STREAM_EXISTS or a version >= 0, "
         f"got {expected!r}"
     )
+
+
+def _encode_rows(
+    registry: EventRegistry,
+    encode_metadata: Callable[[EventMetadata | None], bytes],
+    events: Sequence[Event | NewEvent],
+    metadata: EventMetadata | None,
+    fence: Fence | None,
+) -> list[_Row]:
+    """Validate and encode an append's events before any I/O (shared by every log)."""
+    if not events:
+        raise ValueError("append needs at least one event")
+    if len(events) > MAX_EVENTS_PER_APPEND:
+        raise ValueError(f"at most {MAX_EVENTS_PER_APPEND} events per append")
+    rows: list[_Row] = []
+    seen: set[uuid.UUID] = set()
+    for item in events:
+        if isinstance(item, NewEvent):
+            event, event_id, meta = item.event, item.event_id, item.metadata or metadata
+        else:
+            event, event_id, meta = item, uuid.uuid4(), metadata
+        if event_id in seen:
+            raise ValueError(f"event id {event_id} appears twice in one append")
+        seen.add(event_id)
+        if fence is not None:
+            # Who wrote it under which grant, for audits: a stale generation's events
+            # never land after a newer one's.
+            meta = msgspec.structs.replace(
+                meta or _NO_METADATA, lease=fence.lease, generation=fence.generation
+            )
+        tag, version, payload = registry.encode(event)
+        rows.append(_Row(event_id, tag, version, payload, encode_metadata(meta)))
+    return rows
 
 
 @dataclass(slots=True)
@@ -535,28 +568,7 @@ class EventStore(PagedReads):
         """Validate and encode everything before any I/O."""
         _check_stream(stream)
         exact, must_exist = _expectation(expected)
-        if not events:
-            raise ValueError("append needs at least one event")
-        if len(events) > MAX_EVENTS_PER_APPEND:
-            raise ValueError(f"at most {MAX_EVENTS_PER_APPEND} events per append")
-        rows: list[_Row] = []
-        seen: set[uuid.UUID] = set()
-        for item in events:
-            if isinstance(item, NewEvent):
-                event, event_id, meta = item.event, item.event_id, item.metadata or metadata
-            else:
-                event, event_id, meta = item, uuid.uuid4(), metadata
-            if event_id in seen:
-                raise ValueError(f"event id {event_id} appears twice in one append")
-            seen.add(event_id)
-            if fence is not None:
-                # Who wrote it under which grant, for audits: a stale generation's events
-                # never land after a newer one's.
-                meta = msgspec.structs.replace(
-                    meta or _NO_METADATA, lease=fence.lease, generation=fence.generation
-                )
-            tag, version, payload = self.registry.encode(event)
-            rows.append(_Row(event_id, tag, version, payload, self._encode_metadata(meta)))
+        rows = _encode_rows(self.registry, self._encode_metadata, events, metadata, fence)
         return _Request(stream, expected, exact, must_exist, rows, fence)
 
     def _encode_metadata(self, meta: EventMetadata | None) -> bytes:

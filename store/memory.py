@@ -80,14 +80,15 @@ from events.errors import (
     UnknownEventType,
 )
 from store.eventstore import (
-    MAX_EVENTS_PER_APPEND,
     Append,
     Fence,
     NewEvent,
     Page,
     RecordedPosition,
     _check_stream,
+    _encode_rows,
     _expectation,
+    _Row,
     _state_type,
 )
 from store.reading import PagedReads
@@ -178,21 +179,12 @@ class _Stored:
 
 
 @dataclass(slots=True)
-class _Encoded:
-    event_id: uuid.UUID
-    type: str
-    schema_version: int
-    payload: bytes
-    metadata: bytes
-
-
-@dataclass(slots=True)
 class _Request:
     stream: str
     expected: Expected
     exact: int | None
     must_exist: bool
-    rows: list[_Encoded]
+    rows: list[_Row]
     fence: Fence | None
 
 
@@ -312,26 +304,7 @@ class MemoryLog(PagedReads):
         """Validate and encode everything before touching the log (as EventStore does)."""
         _check_stream(stream)
         exact, must_exist = _expectation(expected)
-        if not events:
-            raise ValueError("append needs at least one event")
-        if len(events) > MAX_EVENTS_PER_APPEND:
-            raise ValueError(f"at most {MAX_EVENTS_PER_APPEND} events per append")
-        rows: list[_Encoded] = []
-        seen: set[uuid.UUID] = set()
-        for item in events:
-            if isinstance(item, NewEvent):
-                event, event_id, meta = item.event, item.event_id, item.metadata or metadata
-            else:
-                event, event_id, meta = item, uuid.uuid4(), metadata
-            if event_id in seen:
-                raise ValueError(f"event id {event_id} appears twice in one append")
-            seen.add(event_id)
-            if fence is not None:
-                meta = msgspec.structs.replace(
-                    meta or _NO_METADATA, lease=fence.lease, generation=fence.generation
-                )
-            tag, version, payload = self.registry.encode(event)
-            rows.append(_Encoded(event_id, tag, version, payload, self._encode_metadata(meta)))
+        rows = _encode_rows(self.registry, self._encode_metadata, events, metadata, fence)
         return _Request(stream, expected, exact, must_exist, rows, fence)
 
     def _encode_metadata(self, meta: EventMetadata | None) -> bytes:
