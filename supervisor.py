@@ -651,9 +651,12 @@ class Supervisor:
                         if await self.leases.renew(lease):
                             wait = interval
                             continue
-                        if child.lease is not lease:
-                            continue
                         why = "it was taken over"
+                    if child.lease is not lease:
+                        # A restart took the next generation while this renewal was on its
+                        # way (refused, or queued behind the grant past its clock): a verdict
+                        # on a superseded grant says nothing about the current one.
+                        continue
                     if why is None:
                         why = "the renewal did not answer before its clock ran out"
                 except StoreUnavailable as exc:

@@ -1029,9 +1029,7 @@ async def test_a_restart_after_the_lease_expired_is_recorded_between_the_two_sta
 SLOW_RENEWALS = """
 CREATE FUNCTION i3lani.test_slow_renewal() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    IF current_query() LIKE 'UPDATE i3lani.leases%SET expires_at%' THEN
-        PERFORM pg_sleep(0.15);
-    END IF;
+    PERFORM pg_sleep(0.3);
     RETURN NULL;
 END $$;
 CREATE TRIGGER test_slow_renewal BEFORE UPDATE ON i3lani.leases
@@ -1042,20 +1040,27 @@ CREATE TRIGGER test_slow_renewal BEFORE UPDATE ON i3lani.leases
 async def test_a_renewal_in_flight_during_a_restart_is_not_taken_for_a_lost_lease(
     store: EventStore, raw: asyncpg.Connection
 ) -> None:
-    # Fault injection, in this test's database only: every lease renewal takes 150 ms before
-    # it reaches the lease row (a slow round trip), so a renewal of the current grant is often
-    # still on its way when a crash restart takes the next grant. Its failure then says nothing
-    # about the lease being lost: the new incarnation must run on, not be stopped and replaced.
+    # Fault injection, in this test's database only: every lease statement (grant, renewal)
+    # takes 300 ms before it reaches the lease row (a slow round trip), so a renewal of the
+    # current grant is often on its way when a crash restart takes the next grant, queued
+    # behind it on the lease connection and then refused. Its failure says nothing about the
+    # lease being lost: the new incarnation must run on, not be stopped and replaced.
     await raw.execute(SLOW_RENEWALS)
-    # Renewals every 0.25 s. (A renewal must answer well inside the lease: a node whose lease
-    # clock runs out before one answers stops acting for the actor, by design.)
-    supervisor = supervisor_for(store, [spec("Beta")], lease_ttl=1.0)
+    # Renewals every 0.5 s, each with 1.8 s of lease clock to answer in. A renewal must answer
+    # well inside the lease: a node whose lease clock runs out before one answers stops acting
+    # for the actor, by design. With a 1 s lease that budget (0.4 s after a 0.25 s wait) was
+    # eaten by a renewal queued behind a grant on the lease connection (2 x 150 ms) plus CPU
+    # starvation on a loaded 2-core machine: a real loss, correctly fenced, and a flaky test.
+    supervisor = supervisor_for(store, [spec("Beta")], lease_ttl=2.0)
     async with supervising(supervisor):
         previous: ActorRef | None = None
-        for _ in range(8):
+        for i in range(8):
             previous = await crash(supervisor, "Beta", previous)
             await running_ref(supervisor, "Beta", other_than=previous)
-            await anyio.sleep(0.3)  # longer than a renewal takes: any verdict on it is in
+            # Longer than a renewal takes (any verdict on it is in), and a different phase
+            # each round against the renewal period (0.5 s wait + 0.3 s round trip), so that
+            # renewals land both before and after the grants.
+            await anyio.sleep(0.5 + 0.1 * i)
         events = await lifecycle(store, "Beta")
         starts, crashes = len(of_type(events, ActorStarted)), len(of_type(events, ActorCrashed))
         assert starts == crashes + 1, f"{starts - crashes - 1} spurious restarts: {kinds(events)}"
