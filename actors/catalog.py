@@ -9,11 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from actors.channel_analytics import ChannelAnalytics
-from actors.cleanup import Cleanup
 from actors.config import Settings
-from actors.demo import Flaky, Heartbeat
-from actors.health import HealthChecker, HeldVerdict
 from actors.names import (
     ACTOR_NAMES,
     CATEGORIES,
@@ -21,8 +17,6 @@ from actors.names import (
     PRODUCT_ACTORS,
     UnknownActor,
 )
-from actors.payment_monitor import PaymentMonitor
-from actors.reward_processor import RewardProcessor
 from actors.runtime import Actor, ChildSpec, RestartType
 from events.errors import ConfigError
 
@@ -61,23 +55,43 @@ def check_requirements(names: Sequence[str], settings: Settings) -> None:
         )
 
 
-def _factories(settings: Settings, chosen: Sequence[str]) -> dict[str, Callable[[], Actor[Any]]]:
-    watched = [name for name in chosen if name in PRODUCT_ACTORS]
-    held = HeldVerdict()  # one per process: see HeldVerdict
-    return {
-        "PaymentMonitor": lambda: PaymentMonitor(settings),
-        "RewardProcessor": lambda: RewardProcessor(settings),
-        "ChannelAnalytics": lambda: ChannelAnalytics(settings),
-        "Cleanup": lambda: Cleanup(settings),
-        "HealthChecker": lambda: HealthChecker(
+def _factory(name: str, settings: Settings, watched: Sequence[str]) -> Callable[[], Actor[Any]]:
+    """How to make a fresh ``name``. Each actor's module is imported only when it is chosen:
+    ChannelAnalytics and HealthChecker bring in aiogram, whose import builds the whole Bot
+    API's models (about 3 s of CPU), which a worker running other actors need not pay."""
+    if name == "PaymentMonitor":
+        from actors.payment_monitor import PaymentMonitor
+
+        return lambda: PaymentMonitor(settings)
+    if name == "RewardProcessor":
+        from actors.reward_processor import RewardProcessor
+
+        return lambda: RewardProcessor(settings)
+    if name == "ChannelAnalytics":
+        from actors.channel_analytics import ChannelAnalytics
+
+        return lambda: ChannelAnalytics(settings)
+    if name == "Cleanup":
+        from actors.cleanup import Cleanup
+
+        return lambda: Cleanup(settings)
+    if name == "HealthChecker":
+        from actors.health import HealthChecker, HeldVerdict
+
+        held = HeldVerdict()  # one per process, shared by its incarnations: see HeldVerdict
+        return lambda: HealthChecker(
             settings,
             actor_intervals=tick_intervals(settings, watched),
             lagging_checkpoints={n: c for n, c in CATEGORIES.items() if n in watched},
             held=held,
-        ),
-        "Heartbeat": Heartbeat,
-        "Flaky": Flaky,
-    }
+        )
+    from actors.demo import Flaky, Heartbeat
+
+    if name == "Heartbeat":
+        return Heartbeat
+    if name == "Flaky":
+        return Flaky
+    raise UnknownActor(name)
 
 
 def child_specs(
@@ -94,5 +108,7 @@ def child_specs(
             raise UnknownActor(name)
     settings = settings or Settings()
     check_requirements(chosen, settings)
-    factories = _factories(settings, chosen)
-    return [ChildSpec(name, factories[name], RestartType.PERMANENT) for name in chosen]
+    watched = [name for name in chosen if name in PRODUCT_ACTORS]
+    return [
+        ChildSpec(name, _factory(name, settings, watched), RestartType.PERMANENT) for name in chosen
+    ]
