@@ -39,7 +39,37 @@ def tier_of(item: pytest.Item) -> str:
     return "pure"
 
 
+# The fault scenarios (marked `faults`) run for 20 to 60 s each and start worker processes
+# that need CPU. Run all at once they starve each other, and scheduled as they come the longest
+# start last and make the tail of the run. So under pytest-xdist (`make pytest`) they go in two
+# lanes: pytest-xdist's `load` scheduling first sends each worker a chunk of consecutive tests
+# (a quarter of its share), and each lane's scenarios open one worker's chunk, where they run
+# one after another while the other workers take everything else. Only the order changes:
+# were xdist to chunk otherwise, every test would still run, just in a slower schedule.
+FAULT_LANES: int = 2
+
+
+def _fault_lanes_first(items: list[pytest.Item], workers: int) -> list[pytest.Item]:
+    scenarios = [item for item in items if "faults" in item.keywords]
+    rest = [item for item in items if "faults" not in item.keywords]
+    lanes = min(FAULT_LANES, workers - 1)
+    if not scenarios or lanes < 1:
+        return items
+    chunk = max(len(items) // workers // 4, 2)
+    ordered: list[pytest.Item] = []
+    for lane in range(lanes):
+        share = scenarios[lane::lanes]
+        ordered += share
+        fill = max(chunk - len(share), 0)
+        ordered += rest[:fill]
+        del rest[:fill]
+    return ordered + rest
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    if workers > 1:
+        items[:] = _fault_lanes_first(items, workers)
     for item in items:
         # Every coroutine test runs on anyio's pytest plugin (asyncio backend).
         if isinstance(item, pytest.Function) and inspect.iscoroutinefunction(item.obj):
@@ -98,7 +128,23 @@ async def server_dsn(anyio_backend: object) -> AsyncIterator[str]:
     worker = os.environ.get("PYTEST_XDIST_WORKER", "")
     pgdata = i3lani_home() / ("test-pgdata" + (f"-{worker}" if worker else ""))
     async with embedded_postgres(pgdata) as dsn:
+        await _throwaway_durability(dsn)
         yield dsn
+
+
+async def _throwaway_durability(server_dsn: str) -> None:
+    """The embedded test server's data is thrown away, so it need not survive an operating
+    system crash and does not wait for the disk (PostgreSQL's "Non-Durable Settings"). A
+    crash of the server alone (the fault suite kills it) still loses nothing committed. This
+    makes each test's CREATE DATABASE about 6 times faster (0.06 s instead of 0.35 s). A
+    configured server (DATABASE_URL) is never changed."""
+    admin = await _admin(server_dsn)
+    try:
+        for setting in ("fsync", "synchronous_commit", "full_page_writes"):
+            await admin.execute(f"ALTER SYSTEM SET {setting} = off")
+        await admin.execute("SELECT pg_reload_conf()")
+    finally:
+        await admin.close()
 
 
 async def _admin(server_dsn: str) -> asyncpg.Connection:
