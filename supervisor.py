@@ -29,7 +29,6 @@ import hashlib
 import logging
 import random
 import traceback
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -50,6 +49,7 @@ from events import (
     Event,
     EventMetadata,
     OperatorCommandIssued,
+    environment,
 )
 from events.errors import StaleGeneration, StoreError, StoreUnavailable
 from events.streams import OPS, OPS_ALERTS, OPS_COMMANDS, actor_stream
@@ -435,10 +435,10 @@ class Supervisor:
         self.intensity = intensity or Intensity()
         # The lease holder is this process, not just the node name: two processes given the
         # same I3LANI_NODE must still never share a lease.
-        self.holder = f"{node}/{uuid.uuid4().hex[:8]}"
+        self.holder = f"{node}/{environment.new_uuid().hex[:8]}"
         self.leases = Leases(store, self.holder, ttl=lease_ttl)
         self.acquire_interval = acquire_interval
-        self.rng = rng or random.Random()
+        self.rng = rng or environment.new_rng()
         self._children = {spec.name: _Child(spec) for spec in specs}
         # Where each child's latest ActorStarted landed in the log: shutdown goes in reverse of
         # that order, the order the log itself shows (children start concurrently).
@@ -529,7 +529,7 @@ class Supervisor:
     async def _alert(self, kind: str, subject: str, message: str) -> None:
         logger.error("%s: %s", subject, message, extra={"action": "alert"})
         alert = AlertRaised(
-            alert_id=uuid.uuid4(),
+            alert_id=environment.new_uuid(),
             kind=kind,
             subject=subject,
             message=message,
@@ -1040,7 +1040,7 @@ class Supervisor:
     async def _remember_stopped(self, name: str, reason: str) -> None:
         """Remember, in the log, that an actor is to stay stopped (temporary/transient exits)."""
         command = OperatorCommandIssued(
-            command_id=uuid.uuid4(),
+            command_id=environment.new_uuid(),
             action="stop",
             actor=name,
             requested_by=f"supervisor@{self.node}",

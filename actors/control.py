@@ -12,11 +12,11 @@ both use it.
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Final, Literal
 
 from actors.names import ACTOR_NAMES, UnknownActor
-from events import EventMetadata, OperatorCommandIssued
+from events import EventMetadata, OperatorCommandIssued, environment
 from events.streams import OPS_COMMANDS
 from store import AppendResult, EventStore, NewEvent
 
@@ -51,11 +51,11 @@ def operator_command(
     if checked is None:
         raise UnknownAction(action)
     return OperatorCommandIssued(
-        command_id=uuid.uuid4(),
+        command_id=environment.new_uuid(),
         action=checked,
         actor=actor,
         requested_by=requested_by,
-        requested_at=now or datetime.now(UTC),
+        requested_at=now or environment.now(),
         reason=reason,
     )
 
@@ -67,6 +67,6 @@ async def issue_command(
     ``event_id`` derived from the request makes a repeat of it refused (``EventIdReused``)."""
     return await store.append(
         OPS_COMMANDS,
-        [NewEvent(event=command, event_id=event_id or uuid.uuid4())],
+        [NewEvent(event=command, event_id=event_id or environment.new_uuid())],
         metadata=EventMetadata(caused_by=command.requested_by),
     )

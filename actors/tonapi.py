@@ -53,6 +53,7 @@ import httpx
 import msgspec
 
 from actors.tonapi_models import TonApiFormatError, Transaction, decode_transactions
+from events import environment
 from events.errors import I3laniError
 
 __all__ = [
@@ -202,7 +203,7 @@ class TonApiClient:
         self._backoff_min = backoff_min
         self._backoff_max = backoff_max
         self._sleep = sleep
-        self._rng = rng if rng is not None else random.Random()
+        self._rng = rng if rng is not None else environment.new_rng()
         self._client: httpx.AsyncClient | None = None
         self._state = _State.NEW
         self._request_count = 0

@@ -61,6 +61,7 @@ from events import (
     RewardCredited,
     RewardEarned,
     RewardFailed,
+    environment,
     utcnow,
 )
 from events.errors import ConcurrencyConflict, EventIdReused, StoreUnavailable
@@ -126,7 +127,7 @@ class Gateway:
 
     @staticmethod
     def _meta(user_id: int) -> EventMetadata:
-        return EventMetadata(caused_by=f"user:{user_id}", correlation_id=uuid.uuid4())
+        return EventMetadata(caused_by=f"user:{user_id}", correlation_id=environment.new_uuid())
 
     # -- everyone ----------------------------------------------------------------------------
 
@@ -271,7 +272,7 @@ class Gateway:
             try:
                 await self.store.append(
                     payment_stream(payment_id),
-                    [NewEvent(event=created, event_id=event_id or uuid.uuid4())],
+                    [NewEvent(event=created, event_id=event_id or environment.new_uuid())],
                     expected_version=NO_STREAM,
                     metadata=self._meta(user_id),
                 )
@@ -392,7 +393,7 @@ class Gateway:
         command = operator_command(
             "restart", actor, requested_by=who, reason=reason, now=self._clock()
         )
-        event_id = uuid.uuid4()
+        event_id = environment.new_uuid()
         position = None
         if request is not None:
             event_id = request_event_id("OperatorCommandIssued", request)

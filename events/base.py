@@ -14,10 +14,12 @@ that needs an upcaster (see :mod:`events.registry`); adding a field with a defau
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, ClassVar
 
 import msgspec
+
+from events import environment
 
 __all__ = [
     "Event",
@@ -53,7 +55,7 @@ NonEmptyStr = Annotated[str, msgspec.Meta(min_length=1, max_length=4096)]
 
 def utcnow() -> datetime:
     """The current time, timezone-aware, in UTC."""
-    return datetime.now(UTC)
+    return environment.now()
 
 
 class Event(msgspec.Struct, frozen=True, kw_only=True, gc=False):

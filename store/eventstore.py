@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import logging
 import random
-import time
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -45,7 +44,7 @@ import msgspec
 from anyio.abc import TaskGroup
 from asyncpg.pool import PoolConnectionProxy
 
-from events import DEFAULT_REGISTRY, Event, EventMetadata, EventRegistry
+from events import DEFAULT_REGISTRY, Event, EventMetadata, EventRegistry, environment
 from events.errors import (
     CheckpointConflict,
     ConcurrencyConflict,
@@ -156,10 +155,10 @@ class LeaseClock:
         """Seconds left (0 when expired or revoked)."""
         if self.revoked is not None:
             return 0.0
-        return max(0.0, self.deadline - time.monotonic())
+        return max(0.0, self.deadline - environment.monotonic())
 
     def valid(self) -> bool:
-        return self.revoked is None and time.monotonic() < self.deadline
+        return self.revoked is None and environment.monotonic() < self.deadline
 
     def extend(self, deadline: float) -> None:
         if self.revoked is None:
@@ -220,7 +219,7 @@ class NewEvent(msgspec.Struct, frozen=True, kw_only=True):
     """An event to append with a chosen id (for idempotent retries) and/or its own metadata."""
 
     event: Event
-    event_id: uuid.UUID = msgspec.field(default_factory=uuid.uuid4)
+    event_id: uuid.UUID = msgspec.field(default_factory=environment.new_uuid)
     metadata: EventMetadata | None = None
 
 
@@ -263,7 +262,7 @@ def _encode_rows(
         if isinstance(item, NewEvent):
             event, event_id, meta = item.event, item.event_id, item.metadata or metadata
         else:
-            event, event_id, meta = item, uuid.uuid4(), metadata
+            event, event_id, meta = item, environment.new_uuid(), metadata
         if event_id in seen:
             raise ValueError(f"event id {event_id} appears twice in one append")
         seen.add(event_id)

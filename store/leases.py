@@ -26,12 +26,12 @@ which is shorter than the lease.
 
 from __future__ import annotations
 
-import time
 from datetime import datetime
 
 import asyncpg
 import msgspec
 
+from events import environment
 from events.errors import StoreUnavailable
 from store.driver import driver_errors
 from store.eventstore import EventStore, Fence, LeaseClock
@@ -99,7 +99,7 @@ class Leases:
         """Take ``name`` if it is free or already ours (bumping the generation); None if
         another node holds it, or a lock on it is held (a frozen node's open transaction:
         try again later)."""
-        sent = time.monotonic()
+        sent = environment.monotonic()
         try:
             generation = await self._fetchval("lease_acquire", name, self.node, self.ttl)
         except StoreUnavailable as exc:
@@ -114,7 +114,7 @@ class Leases:
     async def renew(self, lease: Lease) -> bool:
         """Extend our grant (and its clock); False when it was lost (expired, taken over, or
         released)."""
-        sent = time.monotonic()
+        sent = environment.monotonic()
         renewed = await self._fetchval(
             "lease_renew", lease.name, lease.node, lease.generation, self.ttl
         )

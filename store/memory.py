@@ -62,7 +62,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Final, Self, TypeVar
 
@@ -70,7 +70,7 @@ import anyio
 import anyio.lowlevel
 import msgspec
 
-from events import DEFAULT_REGISTRY, Event, EventMetadata, EventRegistry
+from events import DEFAULT_REGISTRY, Event, EventMetadata, EventRegistry, environment
 from events.errors import (
     CheckpointConflict,
     ConcurrencyConflict,
@@ -147,7 +147,7 @@ def _reused_in_transaction(event_id: uuid.UUID) -> EventIdReused:
 
 
 def _wall_clock() -> datetime:
-    return datetime.now(UTC)
+    return environment.now()
 
 
 async def _checkpoint(operation: str) -> None:
@@ -577,7 +577,7 @@ class MemoryLog(PagedReads):
         _check_stream(stream)
         if version < 1 or schema_version < 1:
             raise ValueError("stream and schema versions start at 1")
-        event_id = event_id if event_id is not None else uuid.uuid4()
+        event_id = event_id if event_id is not None else environment.new_uuid()
         if event_id in self._by_id or ("id", event_id) in self._claims:
             raise EventIdReused(event_id, "already stored")
         if any(row.version == version for row in self._by_stream.get(stream, [])):

@@ -1,6 +1,7 @@
 """Time, injected: actor ticks, restart backoff and every timestamp in lifecycle events come
-from a :class:`Clock`. (Lease renewal and the supervisor's polling use real time on purpose:
-leases are timed by PostgreSQL's own clock.)
+from a :class:`Clock`. (Lease renewal and the supervisor's polling use the event loop's time
+on purpose: leases are timed by PostgreSQL's own clock.) ``SystemClock`` reads
+:mod:`events.environment`, so a simulation's clock is the system clock of everything in it.
 
 ``SystemClock`` is the real one. ``ManualClock`` moves only when a test says so, so
 schedules and backoff are tested instantly and deterministically::
@@ -19,6 +20,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 import anyio
+
+from events import environment
 
 __all__ = ["Clock", "SystemClock", "ManualClock"]
 
@@ -41,7 +44,7 @@ class SystemClock:
     """The real time."""
 
     def now(self) -> datetime:
-        return datetime.now(UTC)
+        return environment.now()
 
     def monotonic(self) -> float:
         return anyio.current_time()

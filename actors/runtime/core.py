@@ -56,7 +56,7 @@ from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from actors.runtime.clock import Clock
-from events import ActorTicked, Event, EventMetadata, streams
+from events import ActorTicked, Event, EventMetadata, environment, streams
 from events.errors import ConcurrencyConflict, EventIdReused, StaleGeneration, StoreUnavailable
 from store import (
     ANY,
@@ -353,7 +353,7 @@ class ActorRunner(Generic[S]):
         self.clock = clock
         self.node = node
         self.fence = fence
-        self.rng = rng or random.Random()
+        self.rng = rng or environment.new_rng()
         self.state: S = actor.initial_state()
         self.cursor: Cursor = START  # the last event of the category folded into the state
         self.checkpoint: Cursor | None = None  # as stored
@@ -666,7 +666,9 @@ class ActorRunner(Generic[S]):
         not appended again, nor applied twice.
         """
         metadata = self.metadata(causation)
-        items = [NewEvent(event=e.event, event_id=e.event_id or uuid.uuid4()) for e in emits]
+        items = [
+            NewEvent(event=e.event, event_id=e.event_id or environment.new_uuid()) for e in emits
+        ]
         # Known as ours before the subscription can possibly deliver them.
         ours = {
             item.event_id

@@ -7,7 +7,6 @@ from __future__ import annotations
 import enum
 import logging
 import math
-import random
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -18,6 +17,7 @@ import anyio
 import msgspec
 from anyio.abc import TaskStatus
 
+from events import environment
 from events.errors import StaleGeneration, StoreError
 from events.streams import TASK
 from store._wakeup import Listener, Wakeup
@@ -170,7 +170,7 @@ class TaskProcessor:
         self.lock_timeout = lock_timeout
         self.stop_timeout = stop_timeout
         self._only = None if types is None else [queue.types.get(t).name for t in types]
-        self._rng: RandomSource = rng if rng is not None else random.Random()
+        self._rng: RandomSource = rng if rng is not None else environment.new_rng()
         self._handlers: dict[str, tuple[TaskType[Any], Handler[Any]]] = {}
         self.fence = fence
         self.fence_args = fence_args(fence)
