@@ -15,7 +15,7 @@ import anyio
 import pytest
 
 from actors.catalog import PRODUCT_ACTORS
-from events import ActorStarted, ActorStopped
+from events import ActorCrashed, ActorStarted, ActorStopped
 from events.streams import tick_stream
 from store import EventStore
 from tests.e2e.processes import (
@@ -123,11 +123,16 @@ async def test_a_deploy_overlap_hands_over_without_duplicate_effects(
 
             for actor in PRODUCT_ACTORS:
                 history = await lifecycle(store, actor)
+                crashes = [
+                    f"{c.event.node}: {c.event.error_type}: {c.event.message}"
+                    for c in history
+                    if isinstance(c.event, ActorCrashed)
+                ]
                 assert [type(r.event) for r in history] == [
                     ActorStarted,
                     ActorStopped,
                     ActorStarted,
-                ], (actor, history)
+                ], (actor, [type(r.event).__name__ for r in history], crashes, new.output()[-3000:])
                 stopped = history[1].event
                 assert isinstance(stopped, ActorStopped)
                 assert (stopped.node, stopped.reason) == (old.node, "shutdown")
