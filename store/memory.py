@@ -33,6 +33,14 @@ the same results), and the positions PostgreSQL spends on inserts a unique index
 ``tests/store/test_differential.py`` runs one random history on both logs and compares every
 outcome.
 
+**Side tables.** State PostgreSQL keeps in tables beside the log (the task queue's
+``i3lani.tasks``) lives in objects of its own, one per log (:meth:`MemoryLog.side_table`). Their
+writes join a transaction (:meth:`MemoryTransaction.side_writes`): applied in the same step as
+its events at the commit, dropped at a rollback, so a reader never sees one without the other.
+Row locks are the log's own claims (:meth:`MemoryTransaction.lock`,
+:meth:`MemoryTransaction.lock_now` for ``SKIP LOCKED``), held until the transaction ends, with
+the same waiting and deadlock refusal as its writes.
+
 Leases: PostgreSQL keeps lease generations in a table; here :meth:`MemoryLog.grant` bumps a
 lease's generation (a take-over), and fenced writes are checked against it, and again at the
 commit of a transaction that made them.
@@ -64,7 +72,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import TracebackType
-from typing import TYPE_CHECKING, Final, Self, TypeVar
+from typing import TYPE_CHECKING, Final, Protocol, Self, TypeVar, cast
 
 import anyio
 import anyio.lowlevel
@@ -98,11 +106,13 @@ from store.subscription import Subscription
 if TYPE_CHECKING:
     pass
 
-__all__ = ["OPERATIONS", "MemoryLog", "MemorySubscription", "MemoryTransaction"]
+__all__ = ["OPERATIONS", "MemoryLog", "MemorySubscription", "MemoryTransaction", "SideWrites"]
 
 logger = logging.getLogger(__name__)
 
 S = TypeVar("S", bound=msgspec.Struct)
+T = TypeVar("T")
+W = TypeVar("W", bound="SideWrites")
 
 OPERATIONS: Final = frozenset(
     {
@@ -123,6 +133,7 @@ OPERATIONS: Final = frozenset(
         "read_page",
         "held_back",
         "stored_ids",
+        "task_read",
     }
 )
 """The names the ``yield_point`` and ``faults`` hooks are called with."""
@@ -156,6 +167,16 @@ async def _checkpoint(operation: str) -> None:
 
 def _no_faults(operation: str) -> None:
     return None
+
+
+class SideWrites(Protocol):
+    """A transaction's writes to a side table (see the module docstring): kept apart until
+    the transaction ends, then applied (``commit``) or dropped (``discard``), exactly once.
+    Neither may fail or wait: they run inside the log's own commit and rollback."""
+
+    def commit(self) -> None: ...
+
+    def discard(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,6 +226,7 @@ class _Tx:
     checkpoints: dict[str, Cursor] = field(default_factory=dict)
     claims: set[Hashable] = field(default_factory=set)
     fences: set[Fence] = field(default_factory=set)
+    side: dict[Hashable, SideWrites] = field(default_factory=dict)
     ended: anyio.Event = field(default_factory=anyio.Event)
     committed: bool = False
     waiting_on: _Tx | None = None
@@ -250,6 +272,7 @@ class MemoryLog(PagedReads):
         self._snapshots: dict[str, tuple[int, str, bytes]] = {}
         self._leases: dict[str, int] = {}
         self._subscriptions: set[MemorySubscription] = set()
+        self._side_tables: dict[type[object], object] = {}
         self._closed = False
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -273,6 +296,23 @@ class MemoryLog(PagedReads):
         if self._closed:
             raise StoreError("the memory log is closed")
         self.faults(operation)
+
+    async def enter(self, operation: str) -> None:
+        """Where an operation of a side table starts (one of :data:`OPERATIONS`): the
+        scheduling hook, then the fault hook, as for the log's own."""
+        if operation not in OPERATIONS:
+            raise ValueError(f"unknown operation {operation!r}: see OPERATIONS")
+        await self._enter(operation)
+
+    # -- side tables ------------------------------------------------------------------------
+    def side_table(self, kind: type[T], make: Callable[[], T]) -> T:
+        """This log's one ``kind`` of side table, made by ``make`` on first use: shared by
+        every client of the log, as a database's tables are."""
+        table = self._side_tables.get(kind)
+        if table is None:
+            table = self._side_tables[kind] = make()
+        assert isinstance(table, kind)
+        return table
 
     # -- leases -----------------------------------------------------------------------------
     def grant(self, lease: str) -> int:
@@ -396,6 +436,8 @@ class MemoryLog(PagedReads):
             self._by_id[row.event_id] = row
             self._by_position[row.position] = row
         self._checkpoints.update(tx.checkpoints)
+        for writes in tx.side.values():
+            writes.commit()  # with the events, before anyone waiting on tx looks again
         tx.committed = True
         self._end(tx)
         categories = {row.stream.split("-", 1)[0] for row in tx.rows}
@@ -404,6 +446,10 @@ class MemoryLog(PagedReads):
                 subscription._on_notify(",".join(sorted(categories)))
 
     def _end(self, tx: _Tx) -> None:
+        if not tx.committed:
+            for writes in tx.side.values():
+                writes.discard()
+            tx.side.clear()
         for key in tx.claims:
             if self._claims.get(key) is tx:
                 del self._claims[key]
@@ -825,6 +871,63 @@ class MemoryTransaction:
     @property
     def streams(self) -> set[str]:
         return {row.stream for row in self._state.rows}
+
+    @property
+    def started_at(self) -> datetime:
+        """When it began, by the log's clock: PostgreSQL's ``now()`` inside it."""
+        return self._state.started_at
+
+    def fenced(self, fence: Fence | None) -> None:
+        """Note that a write under ``fence`` is part of this transaction: refused now unless
+        that generation is current, and checked again at the commit (as
+        :meth:`store.eventstore.Transaction.fenced` does)."""
+        if fence is not None:
+            self._check_open()
+            self.log._check_fence(fence)
+            self._state.fences.add(fence)
+
+    # -- side tables (see the module docstring) -----------------------------------------------
+    def side_writes(self, key: Hashable, make: Callable[[], W]) -> W:
+        """This transaction's writes to the side table ``key``, made by ``make`` on first
+        use; committed or discarded when the transaction ends."""
+        self._check_open()
+        writes = self._state.side.get(key)
+        if writes is None:
+            writes = self._state.side[key] = make()
+        return cast(W, writes)  # one kind of writes per key: made by ``make``
+
+    def lock_now(self, key: Hashable) -> bool:
+        """Take the row lock ``key`` for the rest of the transaction if no other open
+        transaction holds it (``FOR UPDATE SKIP LOCKED``); whether it is ours now."""
+        self._check_open()
+        holder = self.log._claims.get(key)
+        if holder is not None and holder is not self._state:
+            return False
+        self.log._claims[key] = self._state
+        self._state.claims.add(key)
+        return True
+
+    def locked_elsewhere(self, key: Hashable) -> bool:
+        """Whether another open transaction holds the row lock ``key``."""
+        holder = self.log._claims.get(key)
+        return holder is not None and holder is not self._state
+
+    async def wait_unlocked(self, key: Hashable) -> None:
+        """Wait until no other transaction holds ``key`` (without taking it); two
+        transactions waiting on each other are refused, as the log's writes are."""
+        holder = self.log._claims.get(key)
+        if holder is not None and holder is not self._state:
+            await self.log._wait_for(_Blocked(holder), self._state)
+
+    async def lock(self, key: Hashable) -> None:
+        """Take the row lock ``key``, waiting for a transaction that holds it to end
+        (``FOR UPDATE``). Read the row after this returns: the holder may have changed it."""
+        while not self.lock_now(key):
+            await self.wait_unlocked(key)
+
+    def _check_open(self) -> None:
+        if self._state.ended.is_set():
+            raise StoreError("this transaction is over: use it only inside its `async with`")
 
     async def _enter(self, operation: str) -> None:
         if self._state.ended.is_set():

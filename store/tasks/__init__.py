@@ -1,4 +1,5 @@
-"""The task queue: background work shared by every node, in PostgreSQL, recorded in the log.
+"""The task queue: background work shared by every node, in PostgreSQL (or beside the in-memory
+log), recorded in the log.
 
     types = TaskTypes()
     types.register("payment_verification", VerifyPayment, retry=RetryPolicy(max_attempts=5))
@@ -70,10 +71,18 @@ log's id index appending at its end).
 (one line, truncated). Operators see counts and dead letters, and re-queue a dead task with
 :meth:`TaskQueue.retry_dead`.
 
+**In memory.** Given a :class:`store.memory.MemoryLog` instead of an EventStore, the same
+queue and processors run on :class:`~store.tasks.memory.MemoryTaskTable`, with the same
+guarantees (row locks, one snapshot per cycle, fencing, the caller's transaction, wake-ups at
+commit) and the log's clock for every time, for tests and deterministic simulation; what it
+does not model is in its docstring. ``tests/store/test_tasks.py`` runs on both.
+
 **Layout.** :mod:`~store.tasks.errors` (the error tree), :mod:`~store.tasks.policy` (the pure
 retry decision), :mod:`~store.tasks.types` (the registry of task types and their payloads),
 :mod:`~store.tasks.queue` (adding tasks, and the read side for operators),
-:mod:`~store.tasks.processor` (claiming and running them). Import from ``store.tasks``.
+:mod:`~store.tasks.processor` (claiming and running them), :mod:`~store.tasks.table` (the
+storage port both use) with :mod:`~store.tasks.postgres` (the SQL, group commit and NOTIFY)
+and :mod:`~store.tasks.memory` (beside a MemoryLog). Import from ``store.tasks``.
 """
 
 from __future__ import annotations

@@ -7,9 +7,8 @@ from __future__ import annotations
 import enum
 import logging
 import math
-import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar, overload
 
@@ -19,10 +18,8 @@ from anyio.abc import TaskStatus
 
 from events import environment
 from events.errors import StaleGeneration, StoreError
-from events.streams import TASK
-from store._wakeup import Listener, Wakeup
-from store.eventstore import EventStore, Fence
-from store.queries import query
+from store._wakeup import Wakeup
+from store.eventstore import Fence
 from store.tasks.errors import (
     InvalidTaskPayload,
     TaskInterrupted,
@@ -31,14 +28,8 @@ from store.tasks.errors import (
     error_line,
 )
 from store.tasks.policy import RandomSource, Retry
-from store.tasks.queue import (
-    MAX_BATCH,
-    TASKS_CHANNEL,
-    TaskQueue,
-    fence_args,
-    metadata_for,
-    translated,
-)
+from store.tasks.queue import TaskLog, TaskQueue, metadata_for
+from store.tasks.table import MAX_BATCH, ExpiredTask, Outcome
 from store.tasks.types import TaskType
 
 __all__ = ["TaskProcessor", "TaskContext", "Handler", "ProcessorState", "ProcessorStatistics"]
@@ -60,7 +51,7 @@ class TaskContext:
     attempt: int  # from 1
     max_attempts: int
     node: str
-    store: EventStore
+    store: TaskLog
 
 
 Handler = Callable[[P, TaskContext], Awaitable[object]]
@@ -76,7 +67,7 @@ class ProcessorState(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class ProcessorStatistics:
-    """A snapshot of a processor's counters. Outcomes count once PostgreSQL has them."""
+    """A snapshot of a processor's counters. Outcomes count once the table has them."""
 
     node: str
     state: ProcessorState
@@ -102,29 +93,6 @@ class _Claimed:
     done: bool = False  # its outcome is queued: no longer lost if the lock goes
 
 
-@dataclass(slots=True)
-class _Outcome:
-    task_id: int
-    attempt: int
-    node: str
-    error: str | None
-    retry_delay: float | None
-    duration_ms: float
-
-
-def _outcome_arrays(outcomes: Sequence[_Outcome]) -> tuple[list[Any], ...]:
-    """Outcomes as the arrays ``task_cycle`` takes: ids, attempts, nodes, errors, retry delays,
-    durations."""
-    return (
-        [o.task_id for o in outcomes],
-        [o.attempt for o in outcomes],
-        [o.node for o in outcomes],
-        [o.error for o in outcomes],
-        [o.retry_delay for o in outcomes],
-        [o.duration_ms for o in outcomes],
-    )
-
-
 class TaskProcessor:
     """Claims due tasks of the types it has handlers for and runs them, ``concurrency`` at a
     time, until stopped. ``async with anyio.create_task_group() as tg: await
@@ -132,7 +100,7 @@ class TaskProcessor:
     tasks in hand (up to ``stop_timeout`` seconds), record them and return; cancelling it
     instead leaves its tasks to be reclaimed once their locks expire.
 
-    One loop (the driver) talks to PostgreSQL for the processor, one statement at a time: each
+    One loop (the driver) talks to the task table for the processor, one statement at a time: each
     statement records the outcomes that came in since the last one and claims as many tasks as
     there are free slots (at most ``batch_size``). While it is on the wire, handlers finish and
     their outcomes pile up for the next one, so the batches grow with the load on their own.
@@ -173,8 +141,8 @@ class TaskProcessor:
         self._rng: RandomSource = rng if rng is not None else environment.new_rng()
         self._handlers: dict[str, tuple[TaskType[Any], Handler[Any]]] = {}
         self.fence = fence
-        self.fence_args = fence_args(fence)
         self._metadata = metadata_for(node, fence)
+        self._table = queue.table
         self._state = ProcessorState.NEW
         self._claim_types: list[str] = []
         # Work in hand: claimed tasks until their outcome is recorded; the ones waiting for a
@@ -184,18 +152,13 @@ class TaskProcessor:
         self._ready: deque[_Claimed] = deque()
         self._ready_closed = False  # stopping: workers end once the ready ones are done
         self._idle_workers: list[anyio.Event] = []
-        self._outcomes: list[_Outcome] = []
+        self._outcomes: list[Outcome] = []
         # The driver's wake-up. Armed in run(): wake-ups before it are not needed.
         self._poke = Wakeup()
         self._claiming = True  # False after a claim came back short, until something is due
         self._claim_at = math.inf  # when to claim again at the latest (anyio clock)
-        self._listener = Listener.for_channel(
-            self.store.dsn,
-            TASKS_CHANNEL,
-            self.store.limits,
-            on_notify=self._on_notify,
-            who=f"task processor {node}",
-            poll_interval=poll_interval,
+        self._listener = self._table.listener(
+            on_notify=self._on_notify, who=f"task processor {node}", poll_interval=poll_interval
         )
         # counters
         self._claimed = self._succeeded = self._failed = self._dead = 0
@@ -287,7 +250,7 @@ class TaskProcessor:
                         )
 
     async def _drive(self, workers: anyio.CancelScope, workers_done: anyio.Event) -> None:
-        """The processor's conversation with PostgreSQL; returns once stopped and all that
+        """The processor's conversation with the task table; returns once stopped and all that
         ran is recorded."""
         backoff = _RETRY_MIN
         heartbeat_at = anyio.current_time() + self.lock_timeout / 3
@@ -351,33 +314,29 @@ class TaskProcessor:
         """One statement: record the outcomes in hand, claim up to ``want`` tasks and hand them
         to the workers; how many were claimed."""
         outcomes = self._outcomes[:MAX_BATCH]
-        async with translated(self.fence):
-            records = await self.store._pool.fetch(
-                query("task_cycle"),
-                *_outcome_arrays(outcomes),
-                self._metadata,
-                want,
-                self._claim_types,
-                self.node,
-                self.lock_timeout,
-                *self.fence_args,
-            )
+        cycle = await self._table.cycle(
+            outcomes,
+            metadata=self._metadata,
+            want=want,
+            task_types=self._claim_types,
+            node=self.node,
+            lock_seconds=self.lock_timeout,
+            fence=self.fence,
+        )
         self._cycles += 1
         del self._outcomes[: len(outcomes)]
         for outcome in outcomes:
             self._held.pop(outcome.task_id, None)
-        claimed = 0
-        for record in records:
-            if not record[0]:
-                self._count(record[2])
-                continue
-            item = _Claimed(record[1], record[2], record[3], record[4], record[5])
+        for status in cycle.recorded:
+            self._count(status)
+        for task in cycle.claimed:
+            item = _Claimed(
+                task.task_id, task.task_type, task.payload, task.attempt, task.max_attempts
+            )
             self._held[item.task_id] = item
             self._in_flight += 1
             self._ready.append(item)
-            claimed += 1
-        if records:
-            self.store._touch(f"{TASK}-")  # wake event subscribers of the task category
+        claimed = len(cycle.claimed)
         if claimed:
             self._claimed += claimed
             for _ in range(min(claimed, len(self._idle_workers))):
@@ -385,11 +344,7 @@ class TaskProcessor:
         return claimed
 
     async def _next_due(self) -> float | None:
-        async with translated():
-            due: float | None = await self.store._pool.fetchval(
-                query("task_next_due"), self._claim_types
-            )
-        return due
+        return await self._table.next_due(self._claim_types)
 
     def _count(self, status: str) -> None:
         if status == "succeeded":
@@ -433,7 +388,7 @@ class TaskProcessor:
 
     async def _execute(self, claimed: _Claimed) -> None:
         task_type, handler = self._handlers[claimed.task_type]
-        started = time.perf_counter()
+        started = environment.monotonic()
         try:
             payload = task_type.decode(claimed.payload)
         except InvalidTaskPayload as exc:
@@ -461,7 +416,7 @@ class TaskProcessor:
                         error = TaskTimedOut(task_type.timeout)
         except Exception as exc:
             error = exc
-        elapsed = (time.perf_counter() - started) * 1000
+        elapsed = (environment.monotonic() - started) * 1000
         if scope.cancelled_caught:
             return  # the lock was lost: another node owns the task now
         if error is None:
@@ -493,7 +448,7 @@ class TaskProcessor:
     ) -> None:
         claimed.done = True
         self._outcomes.append(
-            _Outcome(
+            Outcome(
                 claimed.task_id, claimed.attempt, self.node, error, retry_delay, round(elapsed, 3)
             )
         )
@@ -506,11 +461,9 @@ class TaskProcessor:
         ids = [task_id for task_id, claimed in self._held.items() if not claimed.done]
         if not ids:
             return
-        async with translated(self.fence):
-            records = await self.store._pool.fetch(
-                query("task_heartbeat"), ids, self.node, self.lock_timeout, *self.fence_args
-            )
-        alive = {record["id"] for record in records}
+        alive = await self._table.heartbeat(
+            ids, node=self.node, lock_seconds=self.lock_timeout, fence=self.fence
+        )
         for task_id in ids:
             claimed = self._held.get(task_id)
             if task_id in alive or claimed is None or claimed.done:
@@ -548,47 +501,36 @@ class TaskProcessor:
             await anyio.sleep(self.lock_timeout / 3 * (0.8 + 0.4 * self._rng.random()))
 
     async def _reap(self) -> int:
-        async with self.store.transaction() as tx, translated(self.fence):
-            tx.fenced(self.fence)
-            expired = await tx.connection.fetch(
-                query("task_expired"), MAX_BATCH, self._claim_types, *self.fence_args
-            )
-            if not expired:
-                return 0
-            outcomes: list[_Outcome] = []
-            for row in expired:
-                task_type = self.queue.types.get(row["task_type"])
-                error = TaskLockExpired(row["locked_by"], row["locked_until"])
-                decision = task_type.retry.decide(
-                    row["attempts"], error, self._rng, max_attempts=row["max_attempts"]
-                )
-                delay = decision.delay if isinstance(decision, Retry) else None
-                outcomes.append(
-                    _Outcome(
-                        row["id"], row["attempts"], row["locked_by"], error_line(error), delay, 0.0
-                    )
-                )
-            records = await tx.connection.fetch(
-                query("task_cycle"),
-                *_outcome_arrays(outcomes),
-                self._metadata,
-                0,
-                [],
-                self.node,
-                self.lock_timeout,
-                *self.fence_args,
-            )
-            tx.streams.add(f"{TASK}-")
-        for record in records:
-            self._count(record[2])
-        self._reclaimed += len(records)
+        statuses = await self._table.reap(
+            task_types=self._claim_types,
+            node=self.node,
+            lock_seconds=self.lock_timeout,
+            metadata=self._metadata,
+            fence=self.fence,
+            decide=self._expired_outcome,
+        )
+        if not statuses:
+            return 0
+        for status in statuses:
+            self._count(status)
+        self._reclaimed += len(statuses)
         logger.warning(
             "task processor %s reclaimed %d tasks whose node stopped heartbeating",
             self.node,
-            len(records),
+            len(statuses),
             extra={"action": "task_reclaimed"},
         )
-        return len(records)
+        return len(statuses)
+
+    def _expired_outcome(self, row: ExpiredTask) -> Outcome:
+        """The failed attempt of a task whose holder stopped heartbeating, under that holder."""
+        task_type = self.queue.types.get(row.task_type)
+        error = TaskLockExpired(row.locked_by, row.locked_until)
+        decision = task_type.retry.decide(
+            row.attempts, error, self._rng, max_attempts=row.max_attempts
+        )
+        delay = decision.delay if isinstance(decision, Retry) else None
+        return Outcome(row.id, row.attempts, row.locked_by, error_line(error), delay, 0.0)
 
     # -- notifications ----------------------------------------------------------------------------
     def _on_notify(self, payload: str) -> None:

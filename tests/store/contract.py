@@ -7,10 +7,14 @@ case against each of its backends. What a test needs beyond the port (an event w
 way another release would have, a lease granted) it asks of ``backend``, which each log
 supplies in its own way.
 
+The task queue's tests (``test_tasks.py``, ``test_task_fencing.py``) are contract tests too:
+a :class:`store.tasks.TaskQueue` on each log runs on that log's task table (PostgreSQL's
+``i3lani.tasks``, or :class:`store.tasks.memory.MemoryTaskTable`); ``backend`` counts and
+edits task rows the way an operator or another release would.
+
 Tests that take ``store``, ``raw`` or ``dsn`` are PostgreSQL's alone: they look at SQL itself
-(triggers, migrations, session limits, jsonb), at real connections (killed, restarted, or
-holding a transaction open from outside the store), or at the task queue, whose only
-implementation is SQL.
+(triggers, migrations, session limits, jsonb, query plans, NOTIFY), or at real connections
+(killed, restarted, or holding a transaction open from outside the store).
 
 The PostgreSQL database is asked for lazily (``request.getfixturevalue``), so the memory runs
 need no server and are not marked ``postgres`` (see ``tests/conftest.py``).
@@ -18,10 +22,11 @@ need no server and are not marked ``postgres`` (see ``tests/conftest.py``).
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Protocol
+from typing import Any, Protocol
 
 import asyncpg
 
@@ -30,6 +35,7 @@ from store import EventStore, Fence
 from store.leases import Leases
 from store.memory import MemoryLog
 from store.port import EventLog
+from store.tasks.memory import MemoryTaskTable
 
 
 class Backend(Protocol):
@@ -60,6 +66,15 @@ class Backend(Protocol):
 
     async def grant(self, log: EventLog, lease: str) -> Fence:
         """Grant ``lease`` (anew: its generation goes up) and return its fence."""
+        ...
+
+    async def count_tasks(self, log: EventLog) -> int:
+        """How many task rows the log's task table holds, whatever their status."""
+        ...
+
+    async def update_task(self, log: EventLog, task_id: int, **changes: Any) -> None:
+        """Change columns of a task's row behind the queue's back (``payload`` as JSON
+        bytes), as another release or an operator's SQL would."""
         ...
 
 
@@ -110,6 +125,31 @@ class PostgresBackend:
         assert granted is not None
         return Fence(granted.name, granted.generation)
 
+    async def count_tasks(self, log: EventLog) -> int:
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            total: int = await conn.fetchval("SELECT count(*) FROM i3lani.tasks")
+        finally:
+            await conn.close()
+        return total
+
+    async def update_task(self, log: EventLog, task_id: int, **changes: Any) -> None:
+        columns = list(changes)
+        values = [
+            changes[c].decode() if isinstance(changes[c], bytes) else changes[c] for c in columns
+        ]
+        casts = {"payload": "::jsonb"}
+        assignments = ", ".join(
+            f"{c} = ${n}{casts.get(c, '')}" for n, c in enumerate(columns, start=2)
+        )
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            await conn.execute(
+                f"UPDATE i3lani.tasks SET {assignments} WHERE id = $1", task_id, *values
+            )
+        finally:
+            await conn.close()
+
 
 class MemoryBackend:
     name = "memory"
@@ -142,6 +182,15 @@ class MemoryBackend:
     async def grant(self, log: EventLog, lease: str) -> Fence:
         assert isinstance(log, MemoryLog)
         return Fence(lease, log.grant(lease))
+
+    async def count_tasks(self, log: EventLog) -> int:
+        assert isinstance(log, MemoryLog)
+        return len(MemoryTaskTable.of(log)._rows)
+
+    async def update_task(self, log: EventLog, task_id: int, **changes: Any) -> None:
+        assert isinstance(log, MemoryLog)
+        rows = MemoryTaskTable.of(log)._rows
+        rows[task_id] = dataclasses.replace(rows[task_id], **changes)
 
 
 async def count(log: EventLog) -> int:

@@ -188,3 +188,57 @@ async def test_a_closed_log_refuses_operations() -> None:
         await log.append("payment-1", [expired(1)])
     with pytest.raises(StoreError, match="closed"):
         await log.read_stream("payment-1")
+
+
+class _Side:
+    """Side writes that record what happened to them."""
+
+    def __init__(self, seen: list[str], name: str) -> None:
+        self.seen = seen
+        self.name = name
+
+    def commit(self) -> None:
+        self.seen.append(f"{self.name} committed")
+
+    def discard(self) -> None:
+        self.seen.append(f"{self.name} discarded")
+
+
+async def test_side_writes_commit_and_roll_back_with_the_transaction() -> None:
+    log = MemoryLog()
+    seen: list[str] = []
+    async with log.transaction() as tx:
+        writes = tx.side_writes("table", lambda: _Side(seen, "first"))
+        assert tx.side_writes("table", lambda: _Side(seen, "other")) is writes  # one per key
+        await tx.append("payment-1", [expired(1)])
+        assert seen == []
+    assert seen == ["first committed"]
+
+    async def roll_back() -> None:
+        async with log.transaction() as tx:
+            tx.side_writes("table", lambda: _Side(seen, "second"))
+            raise ValueError("rolled back")
+
+    with pytest.raises(ValueError, match="rolled back"):
+        await roll_back()
+    assert seen == ["first committed", "second discarded"]
+    assert log.side_table(list, list) is log.side_table(list, lambda: ["not made"])
+
+
+async def test_row_locks_skip_or_wait_until_the_holder_ends() -> None:
+    log = MemoryLog()
+    order: list[str] = []
+    async with anyio.create_task_group() as tg, log.transaction() as holder:
+        assert holder.lock_now(("row", 1))
+
+        async def other() -> None:
+            async with log.transaction() as tx:
+                assert not tx.lock_now(("row", 1))  # SKIP LOCKED
+                assert tx.locked_elsewhere(("row", 1))
+                await tx.lock(("row", 1))  # FOR UPDATE: waits for the holder
+                order.append("locked")
+
+        tg.start_soon(other)
+        await anyio.sleep(0.05)
+        order.append("holder ends")
+    assert order == ["holder ends", "locked"]

@@ -1,9 +1,11 @@
-"""The task queue on a real PostgreSQL: enqueue, claim, complete; order; SKIP LOCKED between
-processors; NOTIFY wake-ups; retries and dead letters; dead nodes; the caller's transaction;
-dedupe keys; operators' views; pruning. Every transition is read back from the log.
+"""The task queue: enqueue, claim, complete; order; two processors never sharing a task;
+wake-ups; retries and dead letters; dead nodes; the caller's transaction; dedupe keys;
+operators' views; pruning. Every transition is read back from the log.
 
-PostgreSQL only (not in the contract suite): the task queue is SQL (store/tasks.py), with no
-in-memory implementation yet."""
+Contract tests (taking ``log``) run on PostgreSQL and in memory (see tests/store/contract.py);
+the PostgreSQL-only ones (taking ``store``/``raw``) look at SQL itself: a row lock taken from
+another session, query plans, the NOTIFY on the wire, group commit's transactions, and the
+translation of driver errors."""
 
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ import asyncpg
 import msgspec
 import pytest
 
-from events import RewardEarned
+from events import EventMetadata, RewardEarned
 from events.errors import StoreError
 from events.tasks import (
     TaskClaimed,
@@ -31,6 +33,8 @@ from events.tasks import (
     TaskSucceeded,
 )
 from store import EventStore, RecordedEvent
+from store.memory import MemoryLog
+from store.port import EventLog
 from store.queries import query
 from store.tasks import (
     TASKS_CHANNEL,
@@ -47,6 +51,8 @@ from store.tasks import (
     TaskTypes,
     UnknownTaskType,
 )
+from store.tasks.table import Outcome
+from tests.store.contract import Backend, count
 
 
 class Ping(msgspec.Struct, frozen=True):
@@ -64,8 +70,21 @@ def make_types(retry: RetryPolicy = NO_WAIT, timeout: float | None = None) -> Ta
     return types
 
 
+def queue_on(log: EventLog, types: TaskTypes | None = None) -> TaskQueue:
+    """A queue on the contract suite's ``log`` (each log runs on its own task table)."""
+    assert isinstance(log, EventStore | MemoryLog)
+    return TaskQueue(log, types if types is not None else make_types())
+
+
 @pytest.fixture
-def queue(store: EventStore) -> TaskQueue:
+def queue(log: EventLog) -> TaskQueue:
+    """A queue on each log (contract tests)."""
+    return queue_on(log)
+
+
+@pytest.fixture
+def sql_queue(store: EventStore) -> TaskQueue:
+    """A queue on PostgreSQL, for the tests that look at its SQL."""
     return TaskQueue(store, make_types())
 
 
@@ -107,11 +126,11 @@ async def status_of(queue: TaskQueue, task_id: int) -> str | None:
     return None if info is None else info.status
 
 
-async def stream(store: EventStore, task_id: int) -> list[RecordedEvent]:
+async def stream(store: EventLog, task_id: int) -> list[RecordedEvent]:
     return await store.read_stream(f"task-{task_id}")
 
 
-async def events_of(store: EventStore, task_id: int) -> list[Any]:
+async def events_of(store: EventLog, task_id: int) -> list[Any]:
     return [recorded.event for recorded in await stream(store, task_id)]
 
 
@@ -123,9 +142,8 @@ async def rows(raw: asyncpg.Connection, table: str) -> int:
 # -- the basic cycle --------------------------------------------------------------------------
 
 
-async def test_a_task_is_enqueued_claimed_and_completed(
-    store: EventStore, queue: TaskQueue, raw: asyncpg.Connection
-) -> None:
+async def test_a_task_is_enqueued_claimed_and_completed(log: EventLog, queue: TaskQueue) -> None:
+    store = log
     seen: list[tuple[Ping, TaskContext]] = []
 
     async def handle(payload: Ping, ctx: TaskContext) -> None:
@@ -175,7 +193,7 @@ async def test_a_task_is_enqueued_claimed_and_completed(
         None,
     )
     assert info.finished_at is not None
-    assert await rows(raw, "events") == 3
+    assert await count(log) == 3
 
 
 async def _is(queue: TaskQueue, task_id: int, status: str) -> bool:
@@ -183,8 +201,9 @@ async def _is(queue: TaskQueue, task_id: int, status: str) -> bool:
 
 
 async def test_every_task_event_type_is_registered_and_decodes(
-    store: EventStore, queue: TaskQueue
+    log: EventLog, queue: TaskQueue
 ) -> None:
+    store = log
     fail_once: set[int] = set()
 
     async def flaky(payload: Ping, ctx: TaskContext) -> None:
@@ -240,9 +259,7 @@ async def _done(processor: TaskProcessor, count: int) -> bool:
     return processor.statistics().succeeded >= count
 
 
-async def test_a_delayed_task_is_not_claimed_before_its_time(
-    queue: TaskQueue, raw: asyncpg.Connection
-) -> None:
+async def test_a_delayed_task_is_not_claimed_before_its_time(queue: TaskQueue) -> None:
     ran_at: list[float] = []
 
     async def handle(payload: Ping, ctx: TaskContext) -> None:
@@ -250,10 +267,9 @@ async def test_a_delayed_task_is_not_claimed_before_its_time(
 
     added = time.monotonic()
     task_id = await queue.add_task("ping", {"n": 1}, delay_seconds=1.0)
-    run_at, created = await raw.fetchrow(
-        "SELECT run_at, created_at FROM i3lani.tasks WHERE id = $1", task_id
-    )
-    assert run_at - created == timedelta(seconds=1)
+    info = await queue.get(task_id)
+    assert info is not None
+    assert info.run_at - info.created_at == timedelta(seconds=1)
     async with running(queue, {"ping": handle}, poll_interval=0.05):
         await anyio.sleep(0.5)
         assert ran_at == []
@@ -264,7 +280,7 @@ async def test_a_delayed_task_is_not_claimed_before_its_time(
 # -- SKIP LOCKED ------------------------------------------------------------------------------
 
 
-async def test_two_processors_never_run_a_task_twice(store: EventStore, queue: TaskQueue) -> None:
+async def test_two_processors_never_run_a_task_twice(log: EventLog, queue: TaskQueue) -> None:
     executions: Counter[int] = Counter()
     by_node: Counter[str] = Counter()
 
@@ -276,7 +292,7 @@ async def test_two_processors_never_run_a_task_twice(store: EventStore, queue: T
     total = 600
     for start in range(0, total, 100):
         await queue.add_tasks([NewTask("ping", {"n": n}) for n in range(start, start + 100)])
-    other = TaskQueue(store, queue.types)
+    other = queue_on(log, queue.types)
     async with (
         running(queue, {"ping": handle}, node="node-a", concurrency=4, batch_size=5) as a,
         running(other, {"ping": handle}, node="node-b", concurrency=4, batch_size=5) as b,
@@ -296,8 +312,11 @@ async def test_two_processors_never_run_a_task_twice(store: EventStore, queue: T
 
 
 async def test_a_claim_skips_rows_locked_elsewhere_instead_of_waiting(
-    queue: TaskQueue, raw: asyncpg.Connection
+    sql_queue: TaskQueue, raw: asyncpg.Connection
 ) -> None:
+    # PostgreSQL only: the row lock is taken by another session's SQL (the memory table's
+    # SKIP LOCKED is its own transactions' row locks, met in the two-processor test).
+    queue = sql_queue
     done: list[int] = []
 
     async def handle(payload: Ping, ctx: TaskContext) -> None:
@@ -318,8 +337,10 @@ async def test_a_claim_skips_rows_locked_elsewhere_instead_of_waiting(
 
 
 async def test_a_claim_reads_only_what_it_takes_even_with_stale_statistics(
-    queue: TaskQueue, raw: asyncpg.Connection
+    sql_queue: TaskQueue, raw: asyncpg.Connection
 ) -> None:
+    # PostgreSQL only: a query plan, read from the index statistics.
+    queue = sql_queue
     # Statistics taken while the table was empty, then a backlog: the planner, left alone,
     # would fetch every queued row and sort them to return ten.
     await raw.execute("ANALYZE i3lani.tasks")
@@ -383,8 +404,11 @@ async def test_a_delayed_task_wakes_a_sleeping_processor_at_its_time(queue: Task
 
 
 async def test_a_task_added_in_a_transaction_wakes_processors_only_at_commit(
-    store: EventStore, queue: TaskQueue, dsn: str
+    store: EventStore, sql_queue: TaskQueue, dsn: str
 ) -> None:
+    # PostgreSQL only: listens to the NOTIFY itself (the memory table calls its listeners at
+    # the commit: see the in-memory test of the caller's transaction below).
+    queue = sql_queue
     heard: list[str] = []
     listener = await asyncpg.connect(dsn)
     try:
@@ -409,9 +433,10 @@ async def _true(value: bool) -> bool:
 # -- failures ---------------------------------------------------------------------------------
 
 
-async def test_failures_are_retried_with_backoff_then_dead_lettered(store: EventStore) -> None:
+async def test_failures_are_retried_with_backoff_then_dead_lettered(log: EventLog) -> None:
+    store = log
     policy = RetryPolicy(max_attempts=3, min_delay=0.2, factor=2, jitter=0)
-    queue = TaskQueue(store, make_types(policy))
+    queue = queue_on(log, make_types(policy))
     attempts: list[int] = []
 
     async def handle(payload: Ping, ctx: TaskContext) -> None:
@@ -456,8 +481,9 @@ async def test_failures_are_retried_with_backoff_then_dead_lettered(store: Event
 
 
 async def test_dead_tasks_are_visible_and_can_be_retried_by_an_operator(
-    store: EventStore, queue: TaskQueue
+    log: EventLog, queue: TaskQueue
 ) -> None:
+    store = log
     healthy = False
 
     async def handle(payload: Ping, ctx: TaskContext) -> None:
@@ -501,13 +527,13 @@ async def test_dead_tasks_are_visible_and_can_be_retried_by_an_operator(
     assert [c.attempt for c in claimed] == [1, 2, 3, 1]  # a fresh round after TaskRequeued
 
 
-async def test_counts_show_due_work_and_its_age(queue: TaskQueue, raw: asyncpg.Connection) -> None:
+async def test_counts_show_due_work_and_its_age(
+    log: EventLog, backend: Backend, queue: TaskQueue
+) -> None:
     first = await queue.add_task("ping", {"n": 1})
     await queue.add_task("ping", {"n": 2})
     await queue.add_task("pong", {"n": 3}, delay_seconds=60)
-    await raw.execute(
-        "UPDATE i3lani.tasks SET run_at = now() - interval '90 seconds' WHERE id = $1", first
-    )
+    await backend.update_task(log, first, run_at=datetime.now(UTC) - timedelta(seconds=90))
     counts = await queue.counts()
     assert sorted(counts) == ["ping", "pong"]
     ping, pong = counts["ping"], counts["pong"]
@@ -544,9 +570,10 @@ async def test_handler_exceptions_never_stop_the_processor(queue: TaskQueue) -> 
 
 
 async def test_a_handler_past_its_timeout_is_cancelled_and_the_attempt_fails(
-    store: EventStore,
+    log: EventLog,
 ) -> None:
-    queue = TaskQueue(store, make_types(RetryPolicy(max_attempts=1), timeout=0.2))
+    store = log
+    queue = queue_on(log, make_types(RetryPolicy(max_attempts=1), timeout=0.2))
 
     async def handle(payload: Ping, ctx: TaskContext) -> None:
         await anyio.sleep(30)
@@ -561,14 +588,14 @@ async def test_a_handler_past_its_timeout_is_cancelled_and_the_attempt_fails(
 
 
 async def test_a_payload_that_no_longer_decodes_is_dead_lettered_at_once(
-    store: EventStore, queue: TaskQueue, raw: asyncpg.Connection
+    log: EventLog, backend: Backend, queue: TaskQueue
 ) -> None:
     async def handle(payload: Ping, ctx: TaskContext) -> None:
         raise AssertionError("never called")
 
     task_id = await queue.add_task("ping", {"n": 1})
     # As if written by an older release with another shape.
-    await raw.execute('UPDATE i3lani.tasks SET payload = \'{"n": "one"}\' WHERE id = $1', task_id)
+    await backend.update_task(log, task_id, payload=b'{"n": "one"}')
     async with running(queue, {"ping": handle}):
         await wait_for(lambda: _is(queue, task_id, "dead"))
     [dead] = await queue.dead_letters()
@@ -583,8 +610,9 @@ async def test_a_payload_that_no_longer_decodes_is_dead_lettered_at_once(
 
 
 async def test_a_task_held_by_a_dead_node_is_retried(
-    store: EventStore, queue: TaskQueue, raw: asyncpg.Connection
+    log: EventLog, backend: Backend, queue: TaskQueue
 ) -> None:
+    store = log
     started = anyio.Event()
 
     async def hang(payload: Ping, ctx: TaskContext) -> None:
@@ -605,10 +633,7 @@ async def test_a_task_held_by_a_dead_node_is_retried(
     assert (await queue.counts())["ping"].expired == 0
 
     # Its lock runs out (rather than waiting ten minutes).
-    await raw.execute(
-        "UPDATE i3lani.tasks SET locked_until = now() - interval '1 second' WHERE id = $1",
-        task_id,
-    )
+    await backend.update_task(log, task_id, locked_until=datetime.now(UTC) - timedelta(seconds=1))
     assert (await queue.counts())["ping"].expired == 1
     ran: list[int] = []
 
@@ -639,16 +664,21 @@ async def test_a_task_held_by_a_dead_node_is_retried(
 
 
 async def test_a_dead_node_on_the_last_attempt_dead_letters_the_task(
-    store: EventStore, queue: TaskQueue, raw: asyncpg.Connection
+    log: EventLog, backend: Backend, queue: TaskQueue
 ) -> None:
+    store = log
+
     async def handle(payload: Ping, ctx: TaskContext) -> None:
         raise AssertionError("never called")
 
     task_id = await queue.add_task("ping", {"n": 1})
-    await raw.execute(
-        "UPDATE i3lani.tasks SET status = 'running', attempts = 3, locked_by = 'gone',"
-        " locked_until = now() - interval '1 minute' WHERE id = $1",
+    await backend.update_task(
+        log,
         task_id,
+        status="running",
+        attempts=3,
+        locked_by="gone",
+        locked_until=datetime.now(UTC) - timedelta(minutes=1),
     )
     async with running(queue, {"ping": handle}):
         await wait_for(lambda: _is(queue, task_id, "dead"))
@@ -659,28 +689,26 @@ async def test_a_dead_node_on_the_last_attempt_dead_letters_the_task(
 
 
 async def test_late_outcomes_of_a_reclaimed_attempt_are_refused(
-    store: EventStore, queue: TaskQueue, raw: asyncpg.Connection
+    log: EventLog, backend: Backend, queue: TaskQueue
 ) -> None:
     task_id = await queue.add_task("ping", {"n": 1})
-    nothing: list[object] = []
-    claim = await raw.fetch(
-        query("task_cycle"), *[nothing] * 6, "{}", 1, ["ping"], "node-a", 30, None, None
-    )
-    assert [(r["claimed"], r["id"]) for r in claim] == [(True, task_id)]
+    options: dict[str, Any] = {"metadata": EventMetadata(), "lock_seconds": 30, "fence": None}
+    claim = await queue.table.cycle([], want=1, task_types=["ping"], node="node-a", **options)
+    assert [c.task_id for c in claim.claimed] == [task_id]
     # node-a's lock is taken over: reclaimed and claimed again by node-b.
-    await raw.execute(
-        "UPDATE i3lani.tasks SET locked_until = now() - interval '1 second' WHERE id = $1",
-        task_id,
-    )
+    await backend.update_task(log, task_id, locked_until=datetime.now(UTC) - timedelta(seconds=1))
     async with running(queue, {"ping": _noop}, node="node-b"):
         await wait_for(lambda: _is(queue, task_id, "succeeded"))
-    before = await rows(raw, "events")
-    late = await raw.fetch(
-        query("task_cycle"),
-        *([task_id], [1], ["node-a"], [None], [None], [1.0], "{}", 0, [], "a", 1, None, None),
+    before = await count(log)
+    late = await queue.table.cycle(
+        [Outcome(task_id, 1, "node-a", None, None, 1.0)],
+        want=0,
+        task_types=[],
+        node="a",
+        **options,
     )
-    assert late == []
-    assert await rows(raw, "events") == before
+    assert (late.recorded, late.claimed) == ([], [])
+    assert await count(log) == before
     assert await status_of(queue, task_id) == "succeeded"
 
 
@@ -688,9 +716,14 @@ async def _noop(payload: Ping, ctx: TaskContext) -> None:
     return None
 
 
+def _missing() -> Any:
+    raise AssertionError("the task is gone")
+
+
 async def test_heartbeats_keep_a_long_task_from_being_reclaimed(
-    store: EventStore, queue: TaskQueue, raw: asyncpg.Connection
+    log: EventLog, queue: TaskQueue
 ) -> None:
+    store = log
     runs: list[str] = []
 
     async def slow(payload: Ping, ctx: TaskContext) -> None:
@@ -698,15 +731,14 @@ async def test_heartbeats_keep_a_long_task_from_being_reclaimed(
         await anyio.sleep(2.5)
 
     task_id = await queue.add_task("ping", {"n": 1})
-    other = TaskQueue(store, queue.types)
+    other = queue_on(log, queue.types)
     async with running(queue, {"ping": slow}, node="node-a", lock_timeout=1.2):
         await wait_for(lambda: _true(bool(runs)))
         # node-b watches for expired locks all along (every ~0.4 s).
         async with running(other, {"ping": slow}, node="node-b", lock_timeout=1.2) as b:
             await anyio.sleep(1.6)  # past the first lock time, still running
-            extended = await raw.fetchval(
-                "SELECT locked_until FROM i3lani.tasks WHERE id = $1", task_id
-            )
+            extended = (await queue.get(task_id) or _missing()).locked_until
+            assert extended is not None
             await wait_for(lambda: _is(queue, task_id, "succeeded"), seconds=10)
             assert b.statistics().reclaimed == 0
     assert runs == ["node-a"]
@@ -740,8 +772,9 @@ async def test_stop_finishes_the_tasks_in_hand(queue: TaskQueue) -> None:
 
 
 async def test_stop_timeout_interrupts_and_requeues_what_is_left(
-    store: EventStore, queue: TaskQueue
+    log: EventLog, queue: TaskQueue
 ) -> None:
+    store = log
     started = anyio.Event()
 
     async def hang(payload: Ping, ctx: TaskContext) -> None:
@@ -787,7 +820,7 @@ async def test_a_cancelled_processor_leaves_its_tasks_locked(queue: TaskQueue) -
 
 
 async def test_unknown_types_and_bad_payloads_write_nothing(
-    queue: TaskQueue, raw: asyncpg.Connection
+    log: EventLog, backend: Backend, queue: TaskQueue
 ) -> None:
     with pytest.raises(UnknownTaskType, match="unknown task type 'nope'"):
         await queue.add_task("nope", {"n": 1})
@@ -805,13 +838,14 @@ async def test_unknown_types_and_bad_payloads_write_nothing(
         await queue.add_task("ping", {"n": 1}, priority=1.5)
     with pytest.raises(ValueError, match="dedupe key"):
         await queue.add_task("ping", {"n": 1}, dedupe_key="")
-    assert await rows(raw, "tasks") == 0
-    assert await rows(raw, "events") == 0
+    assert await backend.count_tasks(log) == 0
+    assert await count(log) == 0
 
 
 async def test_a_task_added_in_the_callers_transaction_commits_with_it(
-    store: EventStore, queue: TaskQueue, raw: asyncpg.Connection
+    log: EventLog, backend: Backend, queue: TaskQueue
 ) -> None:
+    store = log
     earned = RewardEarned(
         reward_id=uuid.uuid4(),
         user_id=7,
@@ -835,14 +869,15 @@ async def test_a_task_added_in_the_callers_transaction_commits_with_it(
     with pytest.raises(Rollback):
         await add_then_fail()
     assert added  # it was added, inside the transaction
-    assert await rows(raw, "tasks") == 0
-    assert await rows(raw, "events") == 0
+    assert await backend.count_tasks(log) == 0
+    assert await count(log) == 0
 
     async with store.transaction() as tx:
         await tx.append("user-7", [earned])
         task_id = await queue.add_task("ping", {"n": 2}, tx=tx)
         # Not visible to others before the commit.
-        assert await raw.fetchval("SELECT count(*) FROM i3lani.tasks") == 0
+        assert await backend.count_tasks(log) == 0
+        assert await queue.get(task_id) is None
     assert await status_of(queue, task_id) == "queued"
     [recorded] = await stream(store, task_id)
     [reward] = await store.read_stream("user-7")
@@ -851,8 +886,9 @@ async def test_a_task_added_in_the_callers_transaction_commits_with_it(
 
 
 async def test_a_dedupe_key_makes_enqueueing_the_same_work_a_no_op(
-    store: EventStore, queue: TaskQueue, raw: asyncpg.Connection
+    log: EventLog, backend: Backend, queue: TaskQueue
 ) -> None:
+    store = log
     first = await queue.add_task("ping", {"n": 1}, dedupe_key="verify:42")
     again = await queue.add_task("ping", {"n": 99}, dedupe_key="verify:42")
     assert again == first
@@ -867,7 +903,7 @@ async def test_a_dedupe_key_makes_enqueueing_the_same_work_a_no_op(
     assert batch[1] == first
     assert batch[0] == batch[2] != first
     assert len(set(batch)) == 3
-    assert await rows(raw, "tasks") == 3
+    assert await backend.count_tasks(log) == 3
     assert [type(e) for e in await events_of(store, first)] == [TaskEnqueued]
     assert (await events_of(store, first))[0].dedupe_key == "verify:42"
 
@@ -878,9 +914,8 @@ async def test_a_dedupe_key_makes_enqueueing_the_same_work_a_no_op(
     assert later not in batch
 
 
-async def test_a_dedupe_key_inside_the_callers_transaction(
-    store: EventStore, queue: TaskQueue
-) -> None:
+async def test_a_dedupe_key_inside_the_callers_transaction(log: EventLog, queue: TaskQueue) -> None:
+    store = log
     async with store.transaction() as tx:
         first = await queue.add_task("ping", {"n": 1}, dedupe_key="k", tx=tx)
         assert await queue.add_task("ping", {"n": 1}, dedupe_key="k", tx=tx) == first
@@ -903,29 +938,41 @@ async def test_retrying_a_dead_task_whose_work_was_enqueued_again_is_refused(
     assert await status_of(queue, dead) == "dead"
 
 
-async def test_concurrent_adds_share_statements_and_keep_their_own_ids(
-    store: EventStore, queue: TaskQueue, raw: asyncpg.Connection
-) -> None:
+async def _add_concurrently(queue: TaskQueue) -> dict[int, int]:
+    """Forty concurrent add_task calls; 20..39 use ten dedupe keys, two tasks each."""
     ids: dict[int, int] = {}
 
     async def add(n: int) -> None:
-        key = f"k{n % 10}" if n >= 20 else None  # 20..39: ten keys, two tasks each
+        key = f"k{n % 10}" if n >= 20 else None
         ids[n] = await queue.add_task("ping", {"n": n}, dedupe_key=key)
 
     async with anyio.create_task_group() as tg:
         for n in range(40):
             tg.start_soon(add, n)
+    return ids
+
+
+async def test_concurrent_adds_keep_their_own_ids(
+    log: EventLog, backend: Backend, queue: TaskQueue
+) -> None:
+    ids = await _add_concurrently(queue)
     plain = [ids[n] for n in range(20)]
     assert len(set(plain)) == 20
     for n in range(20, 30):
         assert ids[n] == ids[n + 10]  # same key, same task
     assert len(set(ids.values())) == 30
-    rows_by_id = {
-        r["id"]: r["payload"] for r in await raw.fetch("SELECT id, payload FROM i3lani.tasks")
-    }
-    assert len(rows_by_id) == 30
+    assert await backend.count_tasks(log) == 30
     for n in range(20):
-        assert msgspec.json.decode(rows_by_id[ids[n]]) == {"n": n, "label": ""}  # its own
+        info = await queue.get(ids[n])
+        assert info is not None
+        assert info.payload == {"n": n, "label": ""}  # its own
+
+
+async def test_concurrent_adds_share_statements(
+    sql_queue: TaskQueue, raw: asyncpg.Connection
+) -> None:
+    # PostgreSQL only: group commit (the memory table gives each add a transaction).
+    await _add_concurrently(sql_queue)
     transactions = await raw.fetchval(
         "SELECT count(DISTINCT transaction_id) FROM i3lani.events WHERE type = 'TaskEnqueued'"
     )
@@ -936,8 +983,10 @@ async def test_concurrent_adds_share_statements_and_keep_their_own_ids(
 
 
 async def test_prune_finished_deletes_old_succeeded_rows_and_keeps_their_events(
-    store: EventStore, queue: TaskQueue, raw: asyncpg.Connection
+    log: EventLog, backend: Backend, queue: TaskQueue
 ) -> None:
+    store = log
+
     async def handle(payload: Ping, ctx: TaskContext) -> None:
         if payload.n == 99:
             raise ValueError("dead")
@@ -951,16 +1000,15 @@ async def test_prune_finished_deletes_old_succeeded_rows_and_keeps_their_events(
     async with running(queue, {"ping": handle}) as processor:
         await wait_for(lambda: _done(processor, 1))
     queued = await queue.add_task("ping", {"n": 101}, delay_seconds=3600)
-    events_before = await rows(raw, "events")
-    await raw.execute(
-        "UPDATE i3lani.tasks SET finished_at = now() - interval '2 days', "
-        "created_at = now() - interval '2 days' WHERE id <> ALL($1::bigint[])",
-        [recent, queued],
-    )
+    events_before = await count(log)
+    two_days_ago = datetime.now(UTC) - timedelta(days=2)
+    for task_id in [*ids, dead]:
+        await backend.update_task(log, task_id, finished_at=two_days_ago, created_at=two_days_ago)
     assert await queue.prune_finished(timedelta(days=1), batch_size=3) == 7
-    remaining = {r["id"] for r in await raw.fetch("SELECT id FROM i3lani.tasks")}
-    assert remaining == {dead, recent, queued}
-    assert await rows(raw, "events") == events_before  # the record stays
+    assert await backend.count_tasks(log) == 3
+    for task_id in (dead, recent, queued):
+        assert await queue.get(task_id) is not None
+    assert await count(log) == events_before  # the record stays
     assert [type(e) for e in await events_of(store, ids[0])] == [
         TaskEnqueued,
         TaskClaimed,
@@ -1015,7 +1063,9 @@ async def test_statistics_are_a_frozen_snapshot(queue: TaskQueue) -> None:
         snapshot.claimed = 5
 
 
-async def test_queue_errors_from_the_driver_are_translated(queue: TaskQueue) -> None:
+async def test_queue_errors_from_the_driver_are_translated(sql_queue: TaskQueue) -> None:
+    # PostgreSQL only: a driver error, translated at the boundary.
+    queue = sql_queue
     await queue.store.execute_sql("ALTER TABLE i3lani.tasks RENAME TO tasks_gone")
     with pytest.raises(StoreError, match="the task queue's SQL failed: UndefinedTableError"):
         await queue.counts()
