@@ -70,7 +70,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING, Final, Protocol, Self, TypeVar, cast
 
@@ -131,6 +131,7 @@ OPERATIONS: Final = frozenset(
         "head",
         "cursor_at",
         "read_page",
+        "lease",
         "held_back",
         "stored_ids",
         "task_read",
@@ -216,6 +217,28 @@ class _Blocked(Exception):
         self.holder = holder
 
 
+@dataclass(slots=True)
+class _LeaseRow:
+    """A lease's holder and times (its generation is in ``MemoryLog._leases``)."""
+
+    node: str | None
+    acquired_at: datetime
+    renewed_at: datetime
+    expires_at: datetime
+
+
+def _str(value: object) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected a str, got {value!r}")
+    return value
+
+
+def _seconds(value: object) -> float:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise TypeError(f"expected seconds as a number, got {value!r}")
+    return float(value)
+
+
 @dataclass(eq=False, slots=True)
 class _Tx:
     """A transaction's state: what it wrote, not yet visible to anyone else."""
@@ -270,7 +293,8 @@ class MemoryLog(PagedReads):
         self._claims: dict[Hashable, _Tx] = {}
         self._checkpoints: dict[str, Cursor] = {}
         self._snapshots: dict[str, tuple[int, str, bytes]] = {}
-        self._leases: dict[str, int] = {}
+        self._leases: dict[str, int] = {}  # generation, by lease: what fences are checked on
+        self._lease_rows: dict[str, _LeaseRow] = {}  # holder and times, for lease_fetchval
         self._subscriptions: set[MemorySubscription] = set()
         self._side_tables: dict[type[object], object] = {}
         self._closed = False
@@ -324,6 +348,85 @@ class MemoryLog(PagedReads):
 
     def lease_generation(self, lease: str) -> int | None:
         return self._leases.get(lease)
+
+    async def lease_fetchval(self, name: str, *args: object) -> object:
+        """The lease statements of :mod:`store.leases`, by the names of their SQL
+        (``store/sql/queries.sql``), with the same arguments and answers, judged by the log's
+        ``clock`` as PostgreSQL judges them by its ``now()``:
+
+        ``lease_acquire(name, node, ttl)``
+            take the lease if it is free (never granted, released or expired) or already
+            ``node``'s; every grant bumps the generation (the one fences are checked
+            against). The generation, or None when another holder has it.
+        ``lease_renew(name, node, generation, ttl)``
+            extend our live grant of that generation: its new expiry, or None.
+        ``lease_release(name, node, generation)``
+            hand it back at once: the name, or None when it was not ours.
+        ``lease_generation(name)``
+            the current generation, or None.
+
+        The ``"lease"`` operation's hooks run first (a simulator may fail it as the database
+        would: :class:`StoreUnavailable`)."""
+        await self._enter("lease")
+        now = self.clock()
+        if name == "lease_acquire":
+            lease, node, ttl = _str(args[0]), _str(args[1]), _seconds(args[2])
+            row = self._lease_rows.get(lease)
+            if row is not None and not (
+                row.node is None or row.expires_at < now or row.node == node
+            ):
+                return None
+            generation = self.grant(lease)
+            self._lease_rows[lease] = _LeaseRow(node, now, now, now + timedelta(seconds=ttl))
+            return generation
+        if name == "lease_renew":
+            lease, node, wanted, ttl = _str(args[0]), _str(args[1]), args[2], _seconds(args[3])
+            row = self._lease_rows.get(lease)
+            if (
+                row is None
+                or row.node != node
+                or self._leases.get(lease) != wanted
+                or row.expires_at < now
+            ):
+                return None
+            row.renewed_at, row.expires_at = now, now + timedelta(seconds=ttl)
+            return row.expires_at
+        if name == "lease_release":
+            lease, node, wanted = _str(args[0]), _str(args[1]), args[2]
+            row = self._lease_rows.get(lease)
+            if row is None or row.node != node or self._leases.get(lease) != wanted:
+                return None
+            row.node, row.expires_at = None, now
+            return lease
+        if name == "lease_generation":
+            return self._leases.get(_str(args[0]))
+        raise ValueError(f"unknown lease statement {name!r}")
+
+    async def lease_infos(self) -> list[dict[str, object]]:
+        """Every lease as ``store.leases.LeaseInfo`` fields (the ``leases`` query's columns),
+        judged by the log's clock."""
+        await self._enter("lease")
+        now = self.clock()
+        infos: list[dict[str, object]] = []
+        for lease in sorted(self._lease_rows):
+            row = self._lease_rows[lease]
+            live = row.expires_at >= now
+            infos.append(
+                {
+                    "name": lease,
+                    "node": row.node,
+                    "generation": self._leases[lease],
+                    "acquired_at": row.acquired_at,
+                    "renewed_at": row.renewed_at,
+                    "expires_at": row.expires_at,
+                    "live": live,
+                    "suspect": row.node is not None
+                    and live
+                    and now - row.renewed_at > (row.expires_at - row.renewed_at) / 2,
+                    "renewed_seconds_ago": (now - row.renewed_at).total_seconds(),
+                }
+            )
+        return infos
 
     def _check_fence(self, fence: Fence | None) -> None:
         if fence is None:

@@ -17,8 +17,11 @@ from typing import Literal
 
 import msgspec
 
+from events import ActorParked, OperatorCommandIssued
+from events.streams import OPS_COMMANDS, actor_stream
 from store.driver import driver_errors
 from store.eventstore import EventStore, Transaction
+from store.memory import MemoryLog
 from store.queries import query
 
 __all__ = [
@@ -200,9 +203,14 @@ DesiredState = Literal["running", "stopped", "parked"]
 """What operators (or parking) last asked of an actor."""
 
 
-async def desired_state(store: EventStore, name: str) -> DesiredState:
+async def desired_state(store: EventStore | MemoryLog, name: str) -> DesiredState:
     """What operators last asked of actor ``name`` (or parking imposed): running unless
-    stopped. StoreUnavailable when PostgreSQL cannot be reached, StoreError when it refuses."""
+    stopped. StoreUnavailable when PostgreSQL cannot be reached, StoreError when it refuses.
+
+    The newest, in reading order, of the actor's commands in ``ops-commands`` and of its
+    ``ActorParked`` events. On the in-memory log the same rule is read from its streams."""
+    if isinstance(store, MemoryLog):
+        return await _desired_state_in_memory(store, name)
     with _translated(f"reading the desired state of {name}"):
         record = await store._pool.fetchrow(query("desired_state"), name)
     if record is None:
@@ -210,3 +218,20 @@ async def desired_state(store: EventStore, name: str) -> DesiredState:
     if record["type"] == "ActorParked":
         return "parked"
     return "stopped" if record["action"] == "stop" else "running"
+
+
+async def _desired_state_in_memory(log: MemoryLog, name: str) -> DesiredState:
+    newest: tuple[tuple[int, int], DesiredState] | None = None
+    for stream in (OPS_COMMANDS, actor_stream(name)):
+        for recorded in await log.read_stream(stream, skip_unknown=True):
+            event = recorded.event
+            if isinstance(event, OperatorCommandIssued) and event.actor == name:
+                state: DesiredState = "stopped" if event.action == "stop" else "running"
+            elif isinstance(event, ActorParked):
+                state = "parked"
+            else:
+                continue
+            key = (recorded.transaction_id, recorded.position)
+            if newest is None or key > newest[0]:
+                newest = (key, state)
+    return "running" if newest is None else newest[1]

@@ -1,0 +1,96 @@
+"""Leases, on both logs: who may run an actor, with a generation that fences the others.
+
+PostgreSQL judges a lease's expiry by its own ``now()``; the in-memory log by its ``clock``
+(the wall clock here), so the expiry tests wait out a short time to live in real time.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+import anyio
+import pytest
+
+from events import RewardEarned
+from events.errors import StaleGeneration
+from store import EventStore
+from store.leases import Leases
+from store.memory import MemoryLog
+from store.port import EventLog
+
+TTL = 0.4
+
+
+def leases(log: EventLog, node: str, ttl: float = 30.0) -> Leases:
+    assert isinstance(log, EventStore | MemoryLog)
+    return Leases(log, node, ttl=ttl)
+
+
+def reward() -> RewardEarned:
+    return RewardEarned(
+        reward_id=uuid.uuid4(),
+        user_id=1,
+        amount_nanotons=5,
+        reason="referral",
+        source="user-2",
+        earned_at=datetime.now(UTC),
+    )
+
+
+async def test_a_free_lease_goes_to_the_first_node_and_not_to_another_while_it_lives(
+    log: EventLog,
+) -> None:
+    a, b = leases(log, "a"), leases(log, "b")
+    first = await a.acquire("Solo")
+    assert first is not None
+    assert (first.node, first.generation) == ("a", 1)
+    assert await b.acquire("Solo") is None
+    again = await a.acquire("Solo")  # a new incarnation on the same node: a new generation
+    assert again is not None
+    assert again.generation == 2
+    [info] = await a.all()
+    assert (info.name, info.node, info.generation, info.live) == ("Solo", "a", 2, True)
+
+
+async def test_renewal_keeps_only_the_current_generation(log: EventLog) -> None:
+    a = leases(log, "a")
+    old = await a.acquire("Solo")
+    new = await a.acquire("Solo")
+    assert old is not None
+    assert new is not None
+    assert await a.renew(new)
+    assert not await a.renew(old)
+
+
+async def test_a_released_lease_is_free_at_once_and_fences_its_old_holder(
+    log: EventLog,
+) -> None:
+    a, b = leases(log, "a"), leases(log, "b")
+    held = await a.acquire("Solo")
+    assert held is not None
+    assert await a.release(held)
+    assert not await a.release(held)  # handed back already
+    taken = await b.acquire("Solo")
+    assert taken is not None
+    assert taken.generation == held.generation + 1
+    with pytest.raises(StaleGeneration):
+        await log.append("reward-1", [reward()], fence=held.fence)
+    await log.append("reward-1", [reward()], fence=taken.fence)
+    assert await log.stream_version("reward-1") == 1
+
+
+async def test_an_expired_lease_can_be_taken_over_and_cannot_be_renewed(log: EventLog) -> None:
+    a, b = leases(log, "a", ttl=TTL), leases(log, "b", ttl=TTL)
+    held = await a.acquire("Solo")
+    assert held is not None
+    assert held.clock is not None
+    assert held.clock.valid()
+    await anyio.sleep(TTL + 0.2)
+    assert not held.clock.valid()  # the holder stopped itself before the server let go
+    [info] = await b.all()
+    assert not info.live
+    taken = await b.acquire("Solo")
+    assert taken is not None
+    assert taken.node == "b"
+    assert not await a.renew(held)
