@@ -82,6 +82,36 @@ def test_other_seeds_explore_other_interleavings() -> None:
     assert len({result.digest for result in results}) >= 2
 
 
+def test_mass_cancellation_does_not_depend_on_addresses() -> None:
+    """anyio cancels a task group's tasks by iterating a set hashed by address: the order the
+    wake-ups arrive in differs between runs, the order they run in must not."""
+
+    async def main() -> list[int]:
+        finished: list[int] = []
+
+        async def waiter(number: int) -> None:
+            try:
+                await anyio.sleep_forever()
+            finally:
+                finished.append(number)
+
+        async with anyio.create_task_group() as tg:
+            for number in range(40):
+                tg.start_soon(waiter, number)
+            await anyio.sleep(1)
+            tg.cancel_scope.cancel()
+        return finished
+
+    first = run(main, seed=12)
+    ballast = [object() for _ in range(10_000)]  # other addresses for the second run's tasks
+    second = run(main, seed=12)
+    assert ballast
+    assert first.value == second.value
+    assert first.digest == second.digest
+    assert sorted(first.value) == list(range(40))
+    assert first.value != sorted(first.value)
+
+
 def test_timers_due_at_one_instant_run_in_a_seeded_order() -> None:
     async def main() -> list[int]:
         order: list[int] = []
