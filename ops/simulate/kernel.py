@@ -24,25 +24,34 @@ What is deterministic, and why
        (:func:`current_rng`) and the environment (UUIDs, ``new_rng()``) draw from three
        generators, each seeded from the run's seed.
 
-What is not
-    Anything that does not go through the loop or :mod:`events.environment`:
-    ``time.monotonic()``, ``datetime.now()``, ``uuid.uuid4()`` or an unseeded
-    ``random.Random()`` called directly, blocking socket or file I/O, ``subprocess.run``. The
-    loop refuses what it can see (rule 4); the rest is the program's discipline, which the
-    project's ports (``events.environment``, one client module per outside service) exist for.
+    One consequence: ``call_soon`` is not first in, first out here, as it is in stock
+    asyncio. Code that needs callback A to run before callback B must say so (await, an
+    event); code that only works in queue order is shown up as racy.
 
-    4. **No outside world.** Socket I/O (``add_reader``/``add_writer``, ``sock_*``,
+The outside world
+    4. **Refused at once.** Socket I/O (``add_reader``/``add_writer``, ``sock_*``,
        ``create_connection``, ``create_server``, ``getaddrinfo``, TLS, pipes), subprocesses,
        executors (``run_in_executor``, so ``asyncio.to_thread``) and thread starts (so
-       ``anyio.to_thread``) raise :class:`RealWorldAccess` at once, naming what was
-       attempted. Because a broad ``except Exception`` (an actor's restart guard) could
-       swallow that, the loop also records it and fails the whole run at its next step.
-       ``call_soon_threadsafe`` works from the loop's own thread (asyncio's Ctrl-C handling
-       uses it) and is refused from any other.
+       ``anyio.to_thread``, which starts its workers with no loop call first: while a run is
+       active, ``threading.Thread.start`` is wrapped, see ``_threads_refused``) raise
+       :class:`RealWorldAccess`, one line naming what was attempted. Because a broad
+       ``except Exception`` (an actor's restart guard) could swallow it, the loop also
+       records it and fails the whole run at its next step. ``call_soon_threadsafe`` works
+       from the loop's own thread (asyncio's Ctrl-C handling uses it) and is refused from
+       any other.
     5. **Signals.** ``add_signal_handler`` is accepted so that code under test can install
-       its handlers unchanged, but nothing real is installed and a handler only runs when the
-       simulation delivers the signal itself with :meth:`SimLoop.deliver_signal` (a
-       deterministic step like any other).
+       its handlers unchanged (``anyio.open_signal_receiver``), but nothing real is installed
+       and a handler only runs when the simulation delivers the signal itself with
+       :meth:`SimLoop.deliver_signal` (a step like any other).
+
+What is not deterministic
+    Anything that goes around the loop and :mod:`events.environment`: ``time.monotonic()``,
+    ``datetime.now()``, ``uuid.uuid4()`` or an unseeded ``random.Random()`` called directly,
+    blocking socket or file I/O, ``subprocess.run``. The loop refuses what it can see (rule
+    4); the rest is the program's discipline, which the project's ports
+    (``events.environment``, one client module per outside service) exist for. Timing of
+    garbage collection (finalizers, "Task exception was never retrieved" logs) is not
+    controlled either.
 
 Failures::
 
@@ -59,8 +68,8 @@ the step count, the virtual time, the trace digest and the last steps, so it can
 The trace
     Each step appends ``(step, virtual time, label)``: a task's name and serial
     (``worker#3``), or a plain callback's qualified name (never a ``repr``, which holds
-    addresses). The whole trace is hashed as it
-    goes (sha256, :attr:`SimResult.digest`); only the last ``trace_size`` steps are kept.
+    addresses). The whole trace is hashed as it goes (sha256, :attr:`SimResult.digest`);
+    only the last ``trace_size`` steps are kept.
 
 Private asyncio details relied on (:func:`check_asyncio_assumptions`, run by every new loop)
     ``BaseEventLoop.run_forever`` calls ``self._run_once()`` once per iteration and stops when
@@ -70,7 +79,8 @@ Private asyncio details relied on (:func:`check_asyncio_assumptions`, run by eve
     (``_ReadyPool``); ``call_at`` pushes ``TimerHandle`` objects on the heap
     ``self._scheduled``, and a cancelled one counts itself in ``self._timer_cancelled_count``
     while its ``_scheduled`` flag is set; a handle runs with ``handle._run()`` and holds its
-    callback in ``handle._callback``. :class:`SimLoop` replaces ``_run_once`` (the one place
+    callback in ``handle._callback``, which for a task's step or wake-up is a method whose
+    ``__self__`` is the task. :class:`SimLoop` replaces ``_run_once`` (the one place
     stock asyncio picks and runs callbacks) and reads the rest. Checked against CPython
     3.11.7, 3.12.1 and 3.13.0 (:data:`CHECKED_PYTHONS`), whose ``base_events.py`` agree on all
     of it and whose runs of the same seed give the same digest.
@@ -253,6 +263,14 @@ def check_asyncio_assumptions() -> None:
         _run_handle(asyncio.Handle(ran.append, (1,), probe))
         if ran != [1]:
             fail("Handle._run() does not call the callback")
+        _ready_of(probe).clear()
+        task = probe.create_task(_finish_at_once())
+        (step,) = _ready_of(probe)
+        if _task_of(_callback_of(step)) is not task:
+            fail("a task's step callback no longer names its task as __self__")
+        _run_handle(step)
+        if not task.done():
+            fail("a task's first step does not run its coroutine")
     finally:
         probe.close()
     if len(_ready_of(probe)):
@@ -260,6 +278,10 @@ def check_asyncio_assumptions() -> None:
 
 
 def _no_op() -> None:
+    pass
+
+
+async def _finish_at_once() -> None:
     pass
 
 
