@@ -424,6 +424,7 @@ class SimLoop(asyncio.BaseEventLoop):
         self._deadline = start_time + max_time
         self._max_steps = max_steps
         self._steps = 0
+        self._cleaning = False
         self._tail: collections.deque[TraceStep] = collections.deque(maxlen=trace_size)
         self._digest = hashlib.sha256()
         self._undigested: list[str] = []  # hashed in batches: the same digest, less overhead
@@ -468,6 +469,7 @@ class SimLoop(asyncio.BaseEventLoop):
     def begin_cleanup(self) -> None:
         """Lift the time budget and allow a fixed number of further steps, for cancelling
         what is left after the main coroutine ended (or the run failed)."""
+        self._cleaning = True
         self._deadline = math.inf
         self._max_steps = self._steps + _CLEANUP_STEPS
 
@@ -526,7 +528,12 @@ class SimLoop(asyncio.BaseEventLoop):
         serial, handle, task = self._pool.draw(self._scheduler)
         if handle.cancelled():
             return
-        if self._max_steps is not None and self._steps >= self._max_steps:
+        if (
+            self._max_steps is not None
+            and self._steps >= self._max_steps
+            # Once main is done its last callbacks end the run; the clean-up has its own budget.
+            and (self._cleaning or self._main is None or not self._main.done())
+        ):
             self._pool.append(handle)  # not run: left for whatever cleans up
             raise BudgetExceeded(
                 f"step budget exceeded: {self._steps} steps run by virtual time "
@@ -844,7 +851,7 @@ def run(
             loop.begin_cleanup()
             try:
                 runner.close()  # cancels what is left; closes the loop whatever happens
-            except SimulationError as cleanup_failure:
+            except Exception as cleanup_failure:
                 failure.add_note(f"and while cleaning up after it: {cleanup_failure}")
             failure.add_note(_replay_note(loop))
             raise

@@ -265,6 +265,25 @@ def test_budgets_end_runaway_runs() -> None:
         run(long_sleep, seed=0, max_time=100)
 
 
+def test_a_step_budget_hit_at_any_step_fails_cleanly() -> None:
+    """Even when the budget runs out on the step that would end the run. (No task group
+    here: a child cancelled before its first step warns "never awaited", as in stock
+    asyncio.)"""
+
+    async def main() -> str:
+        for _ in range(3):
+            await anyio.sleep(1)
+        return "done"
+
+    outcomes: set[str] = set()
+    for max_steps in range(1, 12):
+        try:
+            outcomes.add(run(main, seed=0, max_steps=max_steps).value)
+        except BudgetExceeded:
+            outcomes.add("budget")
+    assert outcomes == {"budget", "done"}
+
+
 def test_a_failure_of_the_program_carries_its_seed() -> None:
     async def main() -> None:
         await anyio.sleep(3)
