@@ -86,9 +86,10 @@ Private asyncio details relied on (:func:`check_asyncio_assumptions`, run by eve
     of it and whose runs of the same seed give the same digest.
 
 Speed
-    ``python -m ops.simulate.speed`` measures it: on the 2-core development machine about
-    120,000 steps per second with a few tasks ready, 85,000 with a thousand, 100,000 when
-    timers make the clock jump; stock asyncio runs the same programs about 2.5 times faster.
+    ``python -m ops.simulate.speed`` measures it. On the shared 2-core development machine
+    (two runs): 104,000 to 118,000 steps per second with ten tasks, 76,000 to 84,000 with a
+    thousand ready at once, 93,000 to 99,000 when timers make the clock jump; stock asyncio
+    runs the same programs 2.5 to 4 times faster (and the timers one really waits).
 """
 
 from __future__ import annotations
