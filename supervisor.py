@@ -55,6 +55,7 @@ from events.errors import StaleGeneration, StoreError, StoreUnavailable
 from events.streams import OPS, OPS_ALERTS, OPS_COMMANDS, actor_stream
 from store import EventStore, NewEvent
 from store.leases import Lease, Leases
+from store.memory import MemoryLog
 from store.views import DesiredState, desired_state
 
 __all__ = [
@@ -414,7 +415,7 @@ class Supervisor:
 
     def __init__(
         self,
-        store: EventStore,
+        store: EventStore | MemoryLog,
         specs: Sequence[ChildSpec],
         *,
         node: str,

@@ -37,9 +37,10 @@ from events import (
     PaymentExpired,
     SubscriptionActivated,
 )
+from events.errors import I3laniError
 from events.payments import LatePaymentReceived, PaymentUnderpaid
 from events.streams import OPS_CLEANUP, PAYMENT, payment_stream
-from store import RecordedEvent, views
+from store import EventStore, RecordedEvent, views
 from store.tasks import TaskQueue
 
 __all__ = ["Cleanup", "CleanupState", "CleanupDone", "STALE_AFTER", "CLEANUP_STREAM"]
@@ -154,4 +155,8 @@ class Cleanup(Actor[CleanupState]):
 
     async def _prune_samples(self, runner: ActorRunner[CleanupState], before: datetime) -> int:
         """Delete health samples older than ``before``, ``BATCH`` rows per statement."""
+        if not isinstance(runner.store, EventStore):
+            raise I3laniError(
+                "Cleanup prunes PostgreSQL's derived tables: it does not run on the in-memory log"
+            )
         return await views.prune_health_samples(runner.store, before, batch_size=BATCH)

@@ -19,6 +19,7 @@ from actors.names import ACTOR_NAMES, UnknownActor
 from events import EventMetadata, OperatorCommandIssued, environment
 from events.streams import OPS_COMMANDS
 from store import AppendResult, EventStore, NewEvent
+from store.memory import MemoryLog
 
 __all__ = ["ACTIONS", "Action", "UnknownAction", "operator_command", "issue_command"]
 
@@ -61,7 +62,10 @@ def operator_command(
 
 
 async def issue_command(
-    store: EventStore, command: OperatorCommandIssued, *, event_id: uuid.UUID | None = None
+    store: EventStore | MemoryLog,
+    command: OperatorCommandIssued,
+    *,
+    event_id: uuid.UUID | None = None,
 ) -> AppendResult:
     """Append ``command`` to ``ops-commands``, its requester recorded as the cause. An
     ``event_id`` derived from the request makes a repeat of it refused (``EventIdReused``)."""

@@ -56,6 +56,7 @@ from events import AlertRaised, HealthCheck, HealthChecked
 from events.errors import I3laniError
 from events.streams import OPS, OPS_ALERTS, OPS_HEALTH, actor_stream
 from store import EventStore, Fence, RecordedEvent, Transaction, views
+from store.memory import MemoryLog, MemoryTransaction
 from store.tasks import TaskContext, TaskQueue
 from store.views import HealthSample
 
@@ -267,11 +268,12 @@ class HealthChecker(Actor[HealthState]):
             )
         return emits
 
-    async def on_commit(self, tx: Transaction, emits: Sequence[Emit]) -> None:
+    async def on_commit(self, tx: Transaction | MemoryTransaction, emits: Sequence[Emit]) -> None:
         assert self.queue is not None
         for emit in emits:
             event = emit.event
             if isinstance(event, HealthChecked):
+                assert isinstance(tx, Transaction)  # _verdict refuses the in-memory log
                 await views.record_health_samples(
                     tx,
                     [
@@ -334,9 +336,14 @@ class HealthChecker(Actor[HealthState]):
             return ()
         return [await self._verdict(runner.store, runner.clock)]
 
-    async def _verdict(self, store: EventStore, clock: Clock) -> HealthReport:
+    async def _verdict(self, store: EventStore | MemoryLog, clock: Clock) -> HealthReport:
         """The verdict to record now: this check's, unless one reached while the database was
         unreachable is held (see :class:`HeldVerdict`); that one goes first."""
+        if not isinstance(store, EventStore):
+            raise I3laniError(
+                "HealthChecker checks PostgreSQL itself (pings, sessions, lag): it does not "
+                "run on the in-memory log"
+            )
         report = await self.run_checks(store, clock)
         if not report.passed("database"):
             # Recording it needs the database: hold it until the database answers again.

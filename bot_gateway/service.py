@@ -67,6 +67,7 @@ from events import (
 from events.errors import ConcurrencyConflict, EventIdReused, StoreUnavailable
 from events.streams import channel_stream, payment_stream, user_stream
 from store import NO_STREAM, EventStore, NewEvent, views
+from store.memory import MemoryLog
 
 __all__ = [
     "Gateway",
@@ -109,7 +110,7 @@ class Gateway:
 
     def __init__(
         self,
-        store: EventStore,
+        store: EventStore | MemoryLog,
         settings: Settings,
         config: GatewayConfig | None = None,
         *,

@@ -338,6 +338,17 @@ class MemoryLog(PagedReads):
         assert isinstance(table, kind)
         return table
 
+    def max_payload_int(self, event_type: str, field: str) -> int:
+        """The largest integer ``field`` of committed ``event_type`` payloads; 0 when none
+        (``store.views.max_payload_int``'s rule)."""
+        largest = 0
+        for row in self._rows:
+            if row.type == event_type:
+                value = msgspec.json.decode(row.payload).get(field)
+                if isinstance(value, int) and not isinstance(value, bool):
+                    largest = max(largest, value)
+        return largest
+
     # -- leases -----------------------------------------------------------------------------
     def grant(self, lease: str) -> int:
         """Grant ``lease`` anew (a take-over): its generation goes up by one and is returned;

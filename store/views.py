@@ -157,9 +157,11 @@ async def recent_streams(
     return [RecentStream(row["stream"], row["last_position"]) for row in rows]
 
 
-async def max_payload_int(store: EventStore, event_type: str, field: str) -> int:
+async def max_payload_int(store: EventStore | MemoryLog, event_type: str, field: str) -> int:
     """The largest integer ``field`` of the payloads of ``event_type`` events (the largest
     payment id: ``"PaymentCreated", "payment_id"``); 0 when there is none."""
+    if isinstance(store, MemoryLog):
+        return store.max_payload_int(event_type, field)
     with _translated(f"reading the largest {field}"):
         largest: int = await store._pool.fetchval(query("max_payload_int"), event_type, field)
     return largest

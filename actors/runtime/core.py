@@ -72,6 +72,7 @@ from store import (
     RecordedEvent,
     Transaction,
 )
+from store.memory import MemoryLog, MemoryTransaction
 
 __all__ = [
     "Actor",
@@ -220,7 +221,7 @@ class Actor(ABC, Generic[S]):
         ``runner.stopping`` is set and it has :data:`BACKGROUND_GRACE` seconds to return before
         it is cancelled."""
 
-    async def on_commit(self, tx: Transaction, emits: Sequence[Emit]) -> None:
+    async def on_commit(self, tx: Transaction | MemoryTransaction, emits: Sequence[Emit]) -> None:
         """Extra writes in the transaction that appends ``emits`` (a projection row, a task):
         committed with them, or not at all."""
 
@@ -341,7 +342,7 @@ class ActorRunner(Generic[S]):
     def __init__(
         self,
         actor: Actor[S],
-        store: EventStore,
+        store: EventStore | MemoryLog,
         clock: Clock,
         *,
         node: str,

@@ -27,6 +27,7 @@ from events import (
 from events.streams import actor_stream, tick_stream
 from store import EventStore, RecordedEvent
 from store.leases import LeaseInfo, Leases
+from store.memory import MemoryLog
 from store.views import DesiredState, desired_state
 
 __all__ = ["ActorStatus", "StatusState", "actor_status", "project_status"]
@@ -112,7 +113,7 @@ def project_status(
     return status
 
 
-async def actor_status(store: EventStore, name: str, now: datetime) -> ActorStatus:
+async def actor_status(store: EventStore | MemoryLog, name: str, now: datetime) -> ActorStatus:
     """The status of ``name``, projected from the log (and its lease, for liveness)."""
     lifecycle = await store.read_stream(actor_stream(name), skip_unknown=True)
     tick = await store.last_event(tick_stream(name))
