@@ -48,6 +48,7 @@ from events.errors import ConfigError, I3laniError, one_line
 from events.streams import ACTOR, actor_stream
 from ops import audit, demo_options
 from ops.format import event_json, event_line, format_time
+from ops.simulate import cli as simulate_cli
 from store import (
     EventStore,
     OpenTransaction,
@@ -180,6 +181,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo_options.add_arguments(
         commands.add_parser(
             "demo", help="the whole system with simulated users, in its own database, then audited"
+        )
+    )
+
+    simulate_cli.add_arguments(
+        commands.add_parser(
+            "simulate",
+            help="seeded simulations of the whole system under faults (exit 1: one failed)",
         )
     )
 
@@ -699,6 +707,9 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         # worker itself says. Its warnings and errors still show.
         logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
+        if args.command == "simulate":
+            # Its own event loop (the simulation kernel's) and no database: not under anyio.run.
+            return simulate_cli.main(args, out or sys.stdout)
         return anyio.run(_run, args, out or sys.stdout, backend="asyncio")
     except I3laniError as exc:
         print(f"i3lani {args.command}: {exc}", file=sys.stderr)
