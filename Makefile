@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo run test check lint typecheck pytest browser bench clean \
+.PHONY: install demo run test check lint typecheck pytest browser bench clean simulate \
 	test-pure test-memory test-postgres test-process test-browser
 
 $(STAMP): pyproject.toml
@@ -76,6 +76,12 @@ browser:
 	else \
 		echo "make browser: Chromium missing and no root: \`sudo apt-get install chromium\` enables the browser tests"; \
 	fi
+
+## Deterministic simulation: random seeds for SECONDS of real time (default 600), each line a
+## seed's verdict, then seeds/minute; a failing seed is printed with its replay command.
+SECONDS ?= 600
+simulate: $(STAMP)
+	$(BIN)/i3lani simulate --seconds $(SECONDS) $(SIMULATE_ARGS)
 
 ## Benchmarks: one table, each figure beside its reference from the same run.
 bench: $(STAMP)

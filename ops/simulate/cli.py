@@ -2,7 +2,7 @@
 
     i3lani simulate --seed 42            # one run; the same seed always gives the same run
     i3lani simulate --seeds 20           # seeds 1..20 (or --seed N --seeds K: N..N+K-1)
-    i3lani simulate --minutes 10         # random seeds until the time is up (a soak)
+    i3lani simulate --seconds 600        # random seeds until the time is up (a soak)
 
 Each run prints one line: its seed, what it did, the digest of its event log (equal digests:
 equal logs, event for event) and the real time it took. A run that breaks a guarantee prints
@@ -36,10 +36,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--seeds", type=int, default=1, help="how many consecutive seeds to run (default 1)"
     )
     parser.add_argument(
-        "--minutes",
+        "--seconds",
         type=float,
         default=None,
-        help="run random seeds for this many minutes of real time (a soak), then stop",
+        help="run random seeds for this many seconds of real time (a soak), then stop",
     )
     parser.add_argument("--users", type=int, default=50, help="users arriving (default 50)")
     parser.add_argument(
@@ -106,11 +106,11 @@ def main(args: argparse.Namespace, out: TextIO) -> int:
     failed = 0
     runs = 0
     began = time.perf_counter()
-    if args.minutes is not None:
-        if args.minutes <= 0:
-            raise ValueError(f"--minutes must be positive, got {args.minutes}")
+    if args.seconds is not None:
+        if args.seconds <= 0:
+            raise ValueError(f"--seconds must be positive, got {args.seconds}")
         rng = random.Random()
-        deadline = began + args.minutes * 60
+        deadline = began + args.seconds
         while time.perf_counter() < deadline:
             runs += 1
             failed += _one(scenario, rng.randrange(2**32), out, args.trace) is None
