@@ -13,7 +13,9 @@ import logging
 import random
 import socket
 import threading
+import uuid
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,7 @@ from aiohttp import web
 from actors.telegram import ChatProblem, TelegramClient, TelegramUnavailable, make_bot
 from actors.tonapi import TonApiClient, TonApiError, TonApiStatistics, TonApiUnavailable
 from actors.tonapi_models import TonApiFormatError, decode_transactions
+from events import environment
 from ops.simulate.transports import (
     InProcessServer,
     InProcessSession,
@@ -155,6 +158,45 @@ async def test_the_answer_carries_the_wire_headers(
     assert response.json()["rest_online"] is True
     assert response.reason_phrase == "OK"
     assert (missing.status_code, missing.text) == (404, "404: Not Found")
+
+
+class SeededEnvironment:
+    """A fixed clock and seeded randomness, as a simulation's environment gives."""
+
+    def __init__(self, seed: int) -> None:
+        self._rng = random.Random(seed)
+
+    def now(self) -> datetime:
+        return datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
+
+    def monotonic(self) -> float:
+        return 0.0
+
+    def new_uuid(self) -> uuid.UUID:
+        return uuid.UUID(int=self._rng.getrandbits(128), version=4)
+
+    def new_rng(self) -> random.Random:
+        return random.Random(self._rng.getrandbits(64))
+
+
+async def test_one_seed_one_chain_and_one_answer(fake_sleep: FakeSleep) -> None:
+    bodies = []
+    for _ in range(2):
+        with environment.use(SeededEnvironment(42)):
+            standin = TonApiStandIn()
+            fill(standin, 3)
+            async with (
+                InProcessServer(standin.application(), host="tonapi.invalid") as server,
+                httpx.AsyncClient(
+                    base_url=server.url, transport=InProcessTransport(server)
+                ) as http,
+            ):
+                response = await http.get(f"/v2/blockchain/accounts/{WALLET_RAW}/transactions")
+        bodies.append((response.content, response.headers["date"]))
+    assert bodies[0] == bodies[1]
+    assert bodies[0][1] == "Thu, 02 Jan 2025 03:04:05 GMT"
+    [first, *_] = decode_transactions(bodies[0][0])
+    assert first.utime == int(datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC).timestamp())
 
 
 # -- TonAPI: each fault, the same client-level outcome ------------------------------------------
