@@ -37,6 +37,7 @@ import anyio
 import msgspec
 from aiogram import Bot
 from aiogram.client.session.aiohttp import AiohttpSession
+from aiogram.client.session.base import BaseSession
 from aiogram.client.telegram import TelegramAPIServer
 from aiogram.exceptions import (
     ClientDecodeError,
@@ -87,17 +88,23 @@ class ChatProblem(msgspec.Struct, frozen=True):
     retry_after: float | None = None
 
 
-def make_bot(token: str, api_url: str | None = None) -> Bot:
+def make_bot(token: str, api_url: str | None = None, *, session: BaseSession | None = None) -> Bot:
     """An aiogram Bot for ``token``, against ``api_url`` when given (a Bot API server's base).
 
-    Requests then go to ``{api_url}/bot{token}/{method}``. Raises
-    :class:`~events.errors.ConfigError` (without the token) when the token or URL is malformed.
+    Requests then go to ``{api_url}/bot{token}/{method}``. ``session`` replaces aiogram's
+    HTTP session (a simulation's in-process one, which knows its own server: give it instead
+    of ``api_url``). Raises :class:`~events.errors.ConfigError` (without the token) when the
+    token or URL is malformed.
     """
+    if session is not None and api_url is not None:
+        raise ValueError("give make_bot an api_url or a session, not both: a session has its own")
     if api_url is not None and not api_url.startswith(("http://", "https://")):
         raise ConfigError(
             f"the Telegram Bot API URL {api_url!r} must start with http:// or https://"
         )
     try:
+        if session is not None:
+            return Bot(token, session=session)
         if api_url is None:
             return Bot(token)
         return Bot(token, session=AiohttpSession(api=TelegramAPIServer.from_base(api_url)))

@@ -64,12 +64,34 @@ class StandIn(abc.ABC):
     def _add_routes(self, app: web.Application) -> None:
         """Register this stand-in's API and control routes on ``app``."""
 
+    def application(self) -> web.Application:
+        """A new aiohttp application answering as this stand-in, bound to no socket.
+
+        ``async with`` serves one on ``host:port``; an in-process server
+        (:mod:`ops.simulate.transports`) serves one without a socket. Either way the
+        application's startup opens the stand-in (a ``"timeout"`` fault then holds its
+        request) and its shutdown closes it, releasing every held request at once. One
+        stand-in is open through one application at a time.
+        """
+        app = web.Application()
+        self._add_routes(app)
+        app.on_startup.append(self._on_startup)
+        app.on_shutdown.append(self._on_shutdown)
+        return app
+
+    async def _on_startup(self, app: web.Application) -> None:
+        if self._closing is not None and not self._closing.is_set():
+            raise RuntimeError(f"{type(self).__name__} is already running")
+        self._closing = anyio.Event()
+
+    async def _on_shutdown(self, app: web.Application) -> None:
+        if self._closing is not None:
+            self._closing.set()
+
     async def __aenter__(self) -> Self:
         if self._runner is not None:
             raise RuntimeError(f"{type(self).__name__} is already running")
-        self._closing = anyio.Event()
-        app = web.Application()
-        self._add_routes(app)
+        app = self.application()
         # No access log: Bot API paths carry the token. Handlers are cancelled when their
         # client goes away, so a hanging "timeout" fault never outlives its request.
         runner = web.AppRunner(

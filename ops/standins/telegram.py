@@ -5,7 +5,6 @@ reading aiogram's form bodies as well as JSON, with per-chat and global faults.
 from __future__ import annotations
 
 import json
-import time
 import zlib
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -14,6 +13,7 @@ from typing import Any, Final, Literal, NamedTuple, TypeAlias, get_args
 import msgspec
 from aiohttp import web
 
+from events import environment
 from ops.standins.server import (
     DEFAULT_HANG,
     JSON_TYPE,
@@ -342,7 +342,7 @@ class BotApiStandIn(StandIn):
         chat_object = self._chat_object(chat_id)
         message: dict[str, Any] = {
             "message_id": message_id,
-            "date": int(time.time()),
+            "date": int(environment.now().timestamp()),
             "chat": chat_object,
             "text": text,
         }

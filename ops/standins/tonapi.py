@@ -8,8 +8,7 @@ import bisect
 import copy
 import json
 import logging
-import secrets
-import time
+import random
 from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any, Final, Literal, NamedTuple, get_args
@@ -18,6 +17,7 @@ import msgspec
 from aiohttp import web
 
 from actors.ton import Address, InvalidAddress
+from events import environment
 from ops.standins.server import (
     DEFAULT_HANG,
     JSON_TYPE,
@@ -99,7 +99,9 @@ def _account_json(address: Address, *, is_wallet: bool = True) -> dict[str, Any]
     return {"address": address.to_raw(), "is_scam": False, "is_wallet": is_wallet}
 
 
-def _message_body(op: TransferOp, comment: str | None, sender: Address) -> dict[str, Any]:
+def _message_body(
+    op: TransferOp, comment: str | None, sender: Address, rng: random.Random
+) -> dict[str, Any]:
     """``op_code``, ``decoded_op_name`` and ``decoded_body`` as TonAPI decodes them."""
     if op == "none" or (op == "text_comment" and comment is None):
         return {}
@@ -118,7 +120,7 @@ def _message_body(op: TransferOp, comment: str | None, sender: Address) -> dict[
             },
         }
     else:  # an encrypted comment: only ciphertext on the wire
-        body = {"cipher_text": secrets.token_hex(48)}
+        body = {"cipher_text": rng.randbytes(48).hex()}
     return {"op_code": op_code, "decoded_op_name": name, "decoded_body": body}
 
 
@@ -139,6 +141,9 @@ class TonApiStandIn(StandIn):
         self._faults: deque[Fault] = deque()
         self._next_lt = _FIRST_LT
         self._seqno = _FIRST_SEQNO
+        # Hashes and ciphertexts are drawn from here, and utime defaults to the environment's
+        # clock, so that a simulation's seed decides them too.
+        self._rng = environment.new_rng()
 
     # -- the chain ------------------------------------------------------------------------------
 
@@ -162,11 +167,12 @@ class TonApiStandIn(StandIn):
 
         Returns the transaction, in TonAPI's shape (raw lowercase addresses). ``lt`` defaults
         to the next one of the simulated chain, ``utime`` to now, ``tx_hash`` to 64 random hex
-        digits. ``comment=None`` (or ``op="none"``) sends no body; ``op`` picks what the body
-        is: a text comment, a jetton transfer notification carrying the comment, or an
-        encrypted comment. ``aborted`` also skips the compute phase (``cskip_no_gas``), and
-        ``out_msgs`` adds that many outgoing messages back to ``source``. The flags are
-        written as given, so contradictory ones can be tested too.
+        digits (clock and randomness from :mod:`events.environment`). ``comment=None`` (or
+        ``op="none"``) sends no body; ``op`` picks what the body is: a text comment, a jetton
+        transfer notification carrying the comment, or an encrypted comment. ``aborted`` also
+        skips the compute phase (``cskip_no_gas``), and ``out_msgs`` adds that many outgoing
+        messages back to ``source``. The flags are written as given, so contradictory ones can
+        be tested too.
         """
         account = Address.parse(wallet)
         sender = Address.parse(source)
@@ -177,11 +183,11 @@ class TonApiStandIn(StandIn):
         if op not in get_args(TransferOp):
             raise ValueError(f"op must be one of {', '.join(get_args(TransferOp))}, got {op!r}")
         if tx_hash is None:
-            tx_hash = secrets.token_hex(32)
+            tx_hash = self._rng.randbytes(32).hex()
         elif len(tx_hash) != 64 or tx_hash.strip("0123456789abcdef"):
             raise ValueError(f"tx_hash must be 64 lowercase hex digits, got {tx_hash!r}")
         lt = self._allocate_lt(lt)
-        utime = int(time.time()) if utime is None else utime
+        utime = int(environment.now().timestamp()) if utime is None else utime
         in_msg: dict[str, Any] = {
             "msg_type": "int_msg",
             "created_lt": max(lt - 1, 0),
@@ -195,8 +201,8 @@ class TonApiStandIn(StandIn):
             "source": _account_json(sender),
             "import_fee": 0,
             "created_at": utime,
-            "hash": secrets.token_hex(32),
-            **_message_body(op, comment, sender),
+            "hash": self._rng.randbytes(32).hex(),
+            **_message_body(op, comment, sender, self._rng),
         }
         if aborted:
             compute_phase: dict[str, Any] = {"skipped": True, "skip_reason": "cskip_no_gas"}
@@ -220,7 +226,7 @@ class TonApiStandIn(StandIn):
                 "source": _account_json(account),
                 "import_fee": 0,
                 "created_at": utime,
-                "hash": secrets.token_hex(32),
+                "hash": self._rng.randbytes(32).hex(),
             }
             for index in range(out_msgs)
         ]
