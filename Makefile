@@ -31,9 +31,10 @@ run: $(STAMP)
 test: lint typecheck browser pytest
 
 ## The quick tier, for every change: lint, types, and the pure and in-memory tests (no
-## PostgreSQL, no worker process, no browser; under a minute on 2 cores).
+## PostgreSQL, no worker process, no browser; under a minute on 2 cores, on 2 workers).
+CHECK_WORKERS ?= 2
 check: lint typecheck
-	$(BIN)/pytest -q -m "pure or memory" $(PYTEST_ARGS)
+	$(BIN)/pytest -q -n $(CHECK_WORKERS) -m "pure or memory" $(PYTEST_ARGS)
 
 ## The test pyramid, one tier at a time (tests/conftest.py puts each test in one tier).
 test-pure: $(STAMP)
