@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .PHONY: install demo run test check lint typecheck pytest browser bench clean simulate \
-	test-pure test-memory test-postgres test-process test-browser
+	test-pure test-memory test-postgres test-process test-browser test-simulation
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,7 +34,7 @@ test: lint typecheck browser pytest
 ## PostgreSQL, no worker process, no browser; under a minute on 2 cores, on 2 workers).
 CHECK_WORKERS ?= 2
 check: lint typecheck
-	$(BIN)/pytest -q -n $(CHECK_WORKERS) -m "pure or memory" $(PYTEST_ARGS)
+	$(BIN)/pytest -q -n $(CHECK_WORKERS) -m "(pure or memory) and not simulation" $(PYTEST_ARGS)
 
 ## The test pyramid, one tier at a time (tests/conftest.py puts each test in one tier).
 test-pure: $(STAMP)
@@ -45,6 +45,8 @@ test-postgres: $(STAMP)
 	$(BIN)/pytest -q -m "postgres and not process and not browser" $(PYTEST_ARGS)
 test-process: $(STAMP)
 	$(BIN)/pytest -q -m "process and not browser" $(PYTEST_ARGS)
+test-simulation: $(STAMP)
+	$(BIN)/pytest -q -m simulation $(PYTEST_ARGS)
 test-browser: $(STAMP) browser
 	$(BIN)/pytest -q -m browser $(PYTEST_ARGS)
 

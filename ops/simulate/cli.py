@@ -77,9 +77,11 @@ def _one(scenario: Scenario, seed: int, out: TextIO, trace: bool) -> SimResult[R
         return None
     report = result.value
     print(
-        f"seed {seed}: ok  {report.rewards} rewards credited once each, {report.events} events, "
-        f"{report.store_faults} store faults, {report.kills} kills, {report.cuts} cuts, "
-        f"{report.commands} commands, {report.redeliveries} redeliveries; "
+        f"seed {seed}: ok  {report.rewards} rewards credited once each, {report.payments} "
+        f"payments ({report.confirmed} paid in time, each confirmed once), {report.events} "
+        f"events; {report.store_faults} store faults, {report.kills} kills, {report.cuts} "
+        f"cuts, {report.tonapi_faults} TonAPI faults, {report.commands} commands, "
+        f"{report.redeliveries} redeliveries; "
         f"{result.elapsed / 3600:.1f} h simulated in {time.perf_counter() - began:.1f} s; "
         f"log {report.log_digest[:16]}",
         file=out,

@@ -5,11 +5,13 @@ one :class:`~store.memory.MemoryLog`, which stands for the PostgreSQL database e
 shares. The production code runs unchanged:
 
 * **nodes**: each a :class:`supervisor.Supervisor` (``i3lani run``) supervising the
-  RewardProcessor, with its own node name, leases and lease clocks;
+  PaymentMonitor and the RewardProcessor, with its own node name, leases and lease clocks;
 * **users**: the bot gateway (:class:`bot_gateway.service.Gateway`) registering users that
-  arrive at random moments, most through a referrer's link (a ``RewardEarned`` each); a
-  command the database refused is delivered again later, as Telegram redelivers a webhook
-  update that was answered with an error;
+  arrive at random moments, most through a referrer's link (a ``RewardEarned`` each); four in
+  ten subscribe and then pay exactly, too much, too little, twice, late, never, or with a
+  wrong memo, on the TonAPI stand-in's chain, which the PaymentMonitor reads in-process
+  (:mod:`ops.simulate.transports`). A command the database refused is delivered again later,
+  as Telegram redelivers a webhook update that was answered with an error;
 * **operators**: random ``restart``, ``stop`` and ``start`` commands (``ops-commands``).
 
 **Faults**, each at its own rate, during the first ``hours`` of the run (the faulty phase):
@@ -17,18 +19,23 @@ a store operation of a node or of the gateway fails (``StoreUnavailable``: the d
 unreachable for that statement; a failed ``"commit"`` rolls its transaction back); a node
 is killed (cut off from the database first, so that nothing it does on the way down reaches
 it, as with SIGKILL; then restarted with a new process identity); a node is cut off for a
-while (a partition or a pause past its lease) and comes back. Then the faults stop, operators
+while (a partition) and comes back; TonAPI answers 500, 502, 429 with Retry-After, hangs
+past the client's timeout, or garbage, for a few requests. Then the faults stop, operators
 start every actor, and the run goes on quietly for ``settle`` seconds: the liveness bound.
 
 **Invariants**, checked every simulated minute and at the end (:class:`InvariantViolated`):
 each reward credited at most once, to the user who earned it, with a running balance that
-adds up; every event written under a lease carries a generation no older than one already
-written under it (two incarnations never interleave their writes); and at the end (liveness)
-every reward earned is credited exactly once.
+adds up; each payment confirmed at most once, by a transfer of at least its amount carrying
+its memo, no transaction confirming two payments; a subscription activated once and only for
+a confirmed payment; every event written under a lease carries a generation no older than
+one already written under it (two incarnations never interleave their writes); and at the
+end (liveness) every reward credited and every payment paid in full inside its window
+confirmed.
 
-Not covered here yet (see the README): payments through TonAPI, ChannelAnalytics through the
-Bot API, the HealthChecker and Cleanup (they read PostgreSQL's own views), and faults a
-store hook cannot express (an acknowledgement lost after a commit took effect).
+Not covered yet (see the README): ChannelAnalytics and the notifier through the Bot API,
+the HealthChecker and Cleanup (they read PostgreSQL's own views), a node paused with its
+timers (rather than cut off), a commit whose acknowledgement is lost, duplicate and reordered
+Telegram updates, and clock jumps.
 """
 
 from __future__ import annotations
@@ -36,10 +43,10 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, TypeVar
 
 import anyio
 import msgspec
@@ -48,17 +55,46 @@ from anyio.abc import TaskGroup
 from actors.catalog import child_specs
 from actors.config import Settings
 from actors.control import issue_command, operator_command
+from actors.payment_monitor import PaymentMonitor
+from actors.runtime import ChildSpec, RestartType
+from actors.tonapi import TonApiClient
 from bot_gateway.service import Gateway, TelegramUser, reward_id_for
-from events import RewardCredited, RewardEarned
+from events import (
+    PaymentConfirmed,
+    PaymentCreated,
+    RewardCredited,
+    RewardEarned,
+    SubscriptionActivated,
+)
 from events.errors import I3laniError, StoreUnavailable
 from ops.simulate.kernel import current_rng
+from ops.simulate.transports import InProcessServer, InProcessTransport
+from ops.standins import TonApiStandIn
 from store.memory import MemoryLog
 from supervisor import Supervisor
 
 __all__ = ["Scenario", "Report", "InvariantViolated", "simulate", "ACTORS"]
 
-ACTORS: Final = ("RewardProcessor",)
+ACTORS: Final = ("PaymentMonitor", "RewardProcessor")
 """The actors every simulated node supervises."""
+
+WALLET: Final = "UQBAjaOyi2wGWlk-EDkSabqqnF-MrrwMadnwqrurKpkla4QB"
+"""The bot's wallet, configured in its user-friendly form (TonAPI answers with the raw one)."""
+PAYER: Final = "0:" + "c" * 64
+SUBSCRIBING: Final = 0.4
+"""Share of users who subscribe and get a payment to make."""
+BEHAVIOURS: Final = (
+    ("exact", 40),
+    ("over", 10),
+    ("under", 10),
+    ("twice", 10),
+    ("never", 15),
+    ("wrong memo", 10),
+    ("late", 5),
+)
+"""How a subscribing user pays, with weights."""
+
+T = TypeVar("T")
 
 REFERRERS: Final = 5
 """Users who arrive first, without a link, and whose links the others follow."""
@@ -82,6 +118,7 @@ class Scenario:
     kills_per_hour: float = 3.0
     cuts_per_hour: float = 3.0
     commands_per_hour: float = 3.0
+    tonapi_faults_per_hour: float = 4.0
     settle: float = 1800.0
     """Seconds of quiet after the faults stop within which all due work must be done."""
 
@@ -102,11 +139,14 @@ class Report(msgspec.Struct, frozen=True, kw_only=True):
     users: int
     rewards: int
     credited: int
+    payments: int
+    confirmed: int
     events: int
     store_faults: int
     kills: int
     cuts: int
     commands: int
+    tonapi_faults: int
     redeliveries: int
     log_digest: str
     """sha256 over every event's stream, version, type and payload, in reading order."""
@@ -144,15 +184,31 @@ class _Node:
 
 
 class _World:
-    def __init__(self, scenario: Scenario) -> None:
+    def __init__(self, scenario: Scenario, tonapi: TonApiStandIn, client: TonApiClient) -> None:
         self.scenario = scenario
         self.faults = _Faults(scenario.store_fault_rate)
         self.log = MemoryLog(faults=self.faults)
-        self.settings = Settings()
+        self.tonapi = tonapi
+        self.client = client
+        self.settings = Settings(wallet=WALLET, tonapi_url="http://tonapi.invalid")
         self.gateway = Gateway(self.log, self.settings)
         self.nodes = [_Node(f"node-{i}") for i in range(scenario.nodes)]
         self.rewards: dict[uuid.UUID, int] = {}  # earned: reward id -> referrer
-        self.kills = self.cuts = self.commands = self.redeliveries = 0
+        self.payments: dict[int, PaymentCreated] = {}
+        self.due: set[int] = set()  # paid in full inside their window: must be confirmed
+        self.foreign: set[str] = set()  # tx hashes that pay no payment (a wrong memo)
+        self.kills = self.cuts = self.commands = self.redeliveries = self.tonapi_faults = 0
+
+    def specs(self) -> list[ChildSpec]:
+        """A node's children: the PaymentMonitor on the in-process TonAPI, the rest as built
+        by ``i3lani run``."""
+        monitor = ChildSpec(
+            "PaymentMonitor",
+            lambda: PaymentMonitor(self.settings, tonapi=self.client),
+            RestartType.PERMANENT,
+        )
+        others = [name for name in ACTORS if name != "PaymentMonitor"]
+        return [monitor, *child_specs(others, self.settings)]
 
     # -- nodes ------------------------------------------------------------------------------
     def start_node(self, tg: TaskGroup, node: _Node) -> None:
@@ -163,9 +219,7 @@ class _World:
 
     async def _run_node(self, node: _Node) -> None:
         _node.set(node.name)
-        supervisor = Supervisor(
-            self.log, child_specs(ACTORS, self.settings), node=node.name, lease_ttl=LEASE_TTL
-        )
+        supervisor = Supervisor(self.log, self.specs(), node=node.name, lease_ttl=LEASE_TTL)
         assert node.scope is not None
         try:
             with node.scope:
@@ -191,20 +245,64 @@ class _World:
 
     # -- users and operators -----------------------------------------------------------------
     async def user_arrives(self, user: int, referrer: int | None) -> None:
-        """``/start`` (with the referrer's link): redelivered until the gateway answers."""
+        """``/start`` (with the referrer's link), redelivered until the gateway answers; then
+        perhaps ``/subscribe`` and a payment."""
+        link = None if referrer is None else f"ref_{referrer}"
+        await self._redelivered(lambda: self.gateway.start(TelegramUser(user), link))
+        if current_rng().random() < SUBSCRIBING:
+            await self.subscribe_and_pay(user)
+
+    async def _redelivered(self, what: Callable[[], Awaitable[T]]) -> T:
+        """``what`` through the gateway, redelivered until it answers (as Telegram does)."""
         token = _node.set("gateway")
         try:
             while True:
                 try:
-                    await self.gateway.start(
-                        TelegramUser(user), None if referrer is None else f"ref_{referrer}"
-                    )
-                    return
+                    return await what()
                 except StoreUnavailable:
                     self.redeliveries += 1
                     await anyio.sleep(current_rng().uniform(1.0, 60.0))
         finally:
             _node.reset(token)
+
+    async def subscribe_and_pay(self, user: int) -> None:
+        """``/subscribe week``, then pay as the user's behaviour says (from the seed)."""
+        rng = current_rng()
+        plan = self.settings.plans[0]
+        created = await self._redelivered(
+            lambda: self.gateway.create_payment(user, plan, request=f"subscribe-{user}")
+        )
+        self.payments[created.payment_id] = created
+        behaviour = rng.choices([b for b, _ in BEHAVIOURS], [w for _, w in BEHAVIOURS])[0]
+        if behaviour == "never":
+            return
+        window = self.settings.payment_window
+        late = behaviour == "late"
+        await anyio.sleep(window + rng.uniform(60, 600) if late else rng.uniform(5, window / 2))
+        price = created.amount_nanotons
+        value = {"over": price + price // 3, "under": price // 2}.get(behaviour, price)
+        memo = f"{created.memo}x" if behaviour == "wrong memo" else created.memo
+        tx = self.tonapi.transfer(WALLET, source=PAYER, value=value, comment=memo)
+        if behaviour == "wrong memo":
+            self.foreign.add(tx["hash"])
+        elif behaviour != "late" and value >= price:
+            self.due.add(created.payment_id)
+        if behaviour == "twice":
+            await anyio.sleep(rng.uniform(1, 120))
+            self.tonapi.transfer(WALLET, source=PAYER, value=value, comment=memo)
+
+    def tonapi_fault(self) -> str:
+        rng = current_rng()
+        mode = rng.choice(("500", "502", "429", "timeout", "garbage"))
+        times = rng.randint(1, 6)
+        self.tonapi_faults += 1
+        if mode == "429":
+            self.tonapi.fail("429", times, retry_after=rng.uniform(1, 20))
+        elif mode == "timeout":
+            self.tonapi.fail("timeout", times, hang=rng.uniform(5, 60))
+        else:
+            self.tonapi.fail(mode, times)  # type: ignore[arg-type]
+        return f"TonAPI {mode} x{times}"
 
     async def operator(self, action: str, actor: str) -> None:
         token = _node.set(None)
@@ -216,6 +314,30 @@ class _World:
             _node.reset(token)
 
     # -- invariants -------------------------------------------------------------------------
+    def _check_confirmation(
+        self, event: PaymentConfirmed, confirmed: Counter[int], paid_by: dict[str, int]
+    ) -> None:
+        confirmed[event.payment_id] += 1
+        if confirmed[event.payment_id] > 1:
+            raise InvariantViolated(f"payment {event.payment_id} confirmed twice")
+        if event.tx_hash in paid_by:
+            raise InvariantViolated(
+                f"transaction {event.tx_hash} confirms payments {paid_by[event.tx_hash]} "
+                f"and {event.payment_id}"
+            )
+        paid_by[event.tx_hash] = event.payment_id
+        if event.tx_hash in self.foreign:
+            raise InvariantViolated(
+                f"payment {event.payment_id} confirmed by {event.tx_hash}, a transfer with "
+                "another memo"
+            )
+        created = self.payments.get(event.payment_id)
+        if created is not None and event.amount_nanotons < created.amount_nanotons:
+            raise InvariantViolated(
+                f"payment {event.payment_id} confirmed with {event.amount_nanotons} of "
+                f"{created.amount_nanotons} nanotons"
+            )
+
     async def check(self, *, final: bool) -> Counter[uuid.UUID]:
         token = _node.set(None)
         try:
@@ -228,6 +350,9 @@ class _World:
         earned: set[uuid.UUID] = set()
         balance: dict[int, int] = {}
         newest: dict[str, int] = {}
+        confirmed: Counter[int] = Counter()
+        activated: Counter[int] = Counter()
+        paid_by: dict[str, int] = {}
         async for batch in self.log.read_batches(skip_unknown=True):
             for recorded in batch:
                 event, meta = recorded.event, recorded.metadata
@@ -240,7 +365,20 @@ class _World:
                             "incarnations interleaved"
                         )
                     newest[meta.lease] = meta.generation
-                if isinstance(event, RewardEarned):
+                if isinstance(event, PaymentConfirmed):
+                    self._check_confirmation(event, confirmed, paid_by)
+                elif isinstance(event, SubscriptionActivated):
+                    activated[event.payment_id] += 1
+                    if not confirmed[event.payment_id]:
+                        raise InvariantViolated(
+                            f"payment {event.payment_id}'s subscription was activated without "
+                            "a confirmed payment"
+                        )
+                    if activated[event.payment_id] > 1:
+                        raise InvariantViolated(
+                            f"payment {event.payment_id}'s subscription activated twice"
+                        )
+                elif isinstance(event, RewardEarned):
                     earned.add(event.reward_id)
                 elif isinstance(event, RewardCredited):
                     credited[event.reward_id] += 1
@@ -259,6 +397,13 @@ class _World:
                         )
                     balance[event.user_id] = expected
         if final:
+            unconfirmed = sorted(p for p in self.due if not confirmed[p])
+            if unconfirmed:
+                raise InvariantViolated(
+                    f"payments {unconfirmed[:10]} were paid in full inside their window and "
+                    f"are still not confirmed {self.scenario.settle:g}s after the faults "
+                    "stopped (liveness)"
+                )
             missing = earned - set(credited)
             if missing:
                 raise InvariantViolated(
@@ -275,7 +420,36 @@ async def simulate(scenario: Scenario, trace: Callable[[str], None] | None = Non
     """Run ``scenario`` on the current simulated loop (inside :func:`ops.simulate.run`);
     raises :class:`InvariantViolated` when a guarantee breaks."""
     say = trace or (lambda line: None)
-    world = _World(scenario)
+    tonapi = TonApiStandIn(hang=60.0)
+    async with (
+        InProcessServer(tonapi.application(), host="tonapi.invalid") as server,
+        TonApiClient(server.url, transport=InProcessTransport(server)) as client,
+    ):
+        world = _World(scenario, tonapi, client)
+        await _play_checked(scenario, world, say)
+    token = _node.set(None)
+    try:
+        events, digest = await _log_digest(world.log)
+    finally:
+        _node.reset(token)
+    return Report(
+        users=scenario.users,
+        rewards=len(world.rewards),
+        credited=len(world.rewards),
+        payments=len(world.payments),
+        confirmed=len(world.due),
+        events=events,
+        store_faults=world.faults.injected,
+        kills=world.kills,
+        cuts=world.cuts,
+        commands=world.commands,
+        tonapi_faults=world.tonapi_faults,
+        redeliveries=world.redeliveries,
+        log_digest=digest,
+    )
+
+
+async def _play_checked(scenario: Scenario, world: _World, say: Callable[[str], None]) -> None:
     try:
         await _play(scenario, world, say)
     except BaseExceptionGroup as group:
@@ -286,23 +460,6 @@ async def simulate(scenario: Scenario, trace: Callable[[str], None] | None = Non
         if found is None:
             raise
         raise found from None
-    token = _node.set(None)
-    try:
-        events, digest = await _log_digest(world.log)
-    finally:
-        _node.reset(token)
-    return Report(
-        users=scenario.users,
-        rewards=len(world.rewards),
-        credited=len(world.rewards),
-        events=events,
-        store_faults=world.faults.injected,
-        kills=world.kills,
-        cuts=world.cuts,
-        commands=world.commands,
-        redeliveries=world.redeliveries,
-        log_digest=digest,
-    )
 
 
 async def _play(scenario: Scenario, world: _World, say: Callable[[str], None]) -> None:
@@ -327,8 +484,9 @@ async def _play(scenario: Scenario, world: _World, say: Callable[[str], None]) -
                 ("kill", scenario.kills_per_hour),
                 ("cut", scenario.cuts_per_hour),
                 ("command", scenario.commands_per_hour),
+                ("tonapi", scenario.tonapi_faults_per_hour),
             )
-            total = sum(rate for _, rate in rates) / 3600.0
+            total = sum(rate for _, rate in rates) / 3600.0  # events per second
             if total <= 0:
                 return
             ends = anyio.current_time() + faulty
@@ -345,6 +503,8 @@ async def _play(scenario: Scenario, world: _World, say: Callable[[str], None]) -
                     seconds = rng.uniform(1.0, 3 * LEASE_TTL)
                     say(f"{anyio.current_time():8.1f}s cut {node.name} for {seconds:.1f}s")
                     tg.start_soon(world.cut_off, node, seconds)
+                elif kind == "tonapi":
+                    say(f"{anyio.current_time():8.1f}s {world.tonapi_fault()}")
                 else:
                     action = rng.choice(("restart", "stop", "start"))
                     actor = rng.choice(ACTORS)
@@ -362,6 +522,7 @@ async def _play(scenario: Scenario, world: _World, say: Callable[[str], None]) -
         await anyio.sleep(faulty)
         world.faults.faulty = False
         world.faults.cut.clear()
+        world.tonapi.heal()
         say(f"{anyio.current_time():8.1f}s faults stop; operators start every actor")
         for actor in ACTORS:
             await world.operator("start", actor)

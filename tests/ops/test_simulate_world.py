@@ -13,14 +13,17 @@ import pytest
 
 from events import RewardCredited
 from ops.cli import main as cli
-from ops.simulate import run
-from ops.simulate.world import InvariantViolated, Scenario, simulate
+from ops.simulate import SimResult, run
+from ops.simulate.world import InvariantViolated, Report, Scenario, simulate
 from store.memory import MemoryLog
+
+# Seconds each: in `make test` (and `make test-simulation`), not in `make check`.
+pytestmark = pytest.mark.simulation
 
 # Short runs: half an hour of faulty traffic for 20 users, then the quiet half hour in which
 # all due work must be done. `i3lani simulate` runs an hour for 50 users by default.
 SHORT = Scenario(users=20, hours=0.5, settle=1800.0)
-FIXED_SEEDS = (1, 2, 3)
+FIXED_SEEDS = (1, 2)
 
 
 @pytest.fixture(autouse=True)
@@ -33,26 +36,41 @@ def quiet() -> Iterator[None]:
     root.setLevel(level)
 
 
+@pytest.fixture(scope="module")
+def fixed_runs() -> dict[int, SimResult[Report]]:
+    """Each fixed seed's run, once for the module."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.CRITICAL)
+    try:
+        return {
+            seed: run(lambda: simulate(SHORT), seed=seed, max_time=3 * 3600) for seed in FIXED_SEEDS
+        }
+    finally:
+        root.setLevel(level)
+
+
 @pytest.mark.parametrize("seed", FIXED_SEEDS)
-def test_a_fixed_seed_holds_every_guarantee(seed: int) -> None:
-    result = run(lambda: simulate(SHORT), seed=seed, max_time=3 * 3600)
-    report = result.value
+def test_a_fixed_seed_holds_every_guarantee(
+    seed: int, fixed_runs: dict[int, SimResult[Report]]
+) -> None:
+    # simulate() raises InvariantViolated on any broken guarantee; these say the run was a
+    # real one: work of every kind done, under faults.
+    report = fixed_runs[seed].value
     assert report.rewards == report.credited
     assert report.rewards > 0
-    assert report.store_faults > 0  # the run was not a quiet one
+    assert report.payments > 0
+    assert report.confirmed > 0
+    assert report.store_faults > 0
 
 
-def test_a_seed_replays_event_for_event() -> None:
-    first = run(lambda: simulate(SHORT), seed=11, max_time=3 * 3600)
-    second = run(lambda: simulate(SHORT), seed=11, max_time=3 * 3600)
-    other = run(lambda: simulate(SHORT), seed=12, max_time=3 * 3600)
-    assert first.value == second.value
-    assert (first.digest, first.steps, first.elapsed) == (
-        second.digest,
-        second.steps,
-        second.elapsed,
-    )
-    assert other.value.log_digest != first.value.log_digest
+def test_a_seed_replays_event_for_event(fixed_runs: dict[int, SimResult[Report]]) -> None:
+    first = fixed_runs[FIXED_SEEDS[0]]
+    again = run(lambda: simulate(SHORT), seed=FIXED_SEEDS[0], max_time=3 * 3600)
+    assert again.value == first.value  # the log's digest included
+    assert (again.digest, again.steps) == (first.digest, first.steps)
+    assert again.elapsed == first.elapsed
+    assert fixed_runs[FIXED_SEEDS[1]].value.log_digest != first.value.log_digest
 
 
 def test_a_reward_credited_twice_is_reported() -> None:
@@ -124,6 +142,6 @@ def test_a_short_random_sweep_holds_every_guarantee() -> None:
     # Beyond the fixed seeds, a few random ones each run (`make simulate` soaks for longer).
     # A failure prints its seed: `i3lani simulate --seed N --trace` replays it exactly.
     out = io.StringIO()
-    code = cli(["simulate", "--seconds", "4", "--users", "20", "--hours", "0.5"], out)
+    code = cli(["simulate", "--seconds", "4", "--users", "10", "--hours", "0.25"], out)
     assert code == 0, out.getvalue()
     assert "0 failed" in out.getvalue().splitlines()[-1]
