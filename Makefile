@@ -60,9 +60,11 @@ typecheck: $(STAMP)
 ## The whole suite on PYTEST_WORKERS processes (pytest-xdist), each with an embedded server of
 ## its own. With DATABASE_URL set there is one server for all, and readers on it wait for every
 ## open transaction of the server, so the suite then runs in one process.
+## Bytecode is written even where the environment says not to (PYTHONDONTWRITEBYTECODE): the
+## suite starts about a hundred i3lani processes, and each would compile the project again.
 PYTEST_WORKERS ?= $(if $(DATABASE_URL),0,4)
 pytest: $(STAMP)
-	$(BIN)/pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
+	PYTHONDONTWRITEBYTECODE= $(BIN)/pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 ## Debian's Chromium for the dashboard's browser tests: installed when missing and this
 ## machine can (root, or sudo without a password); otherwise those tests are skipped, except
