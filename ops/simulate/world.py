@@ -7,7 +7,8 @@ shares. The production code runs unchanged:
 * **nodes**: each a :class:`supervisor.Supervisor` (``i3lani run``) supervising the
   PaymentMonitor and the RewardProcessor, with its own node name, leases and lease clocks;
 * **users**: the bot gateway (:class:`bot_gateway.service.Gateway`) registering users that
-  arrive at random moments, most through a referrer's link (a ``RewardEarned`` each); four in
+  arrive at random moments, alone or in bursts through one referrer's link (a
+  ``RewardEarned`` each); four in
   ten subscribe and then pay exactly, too much, too little, twice, late, never, or with a
   wrong memo, on the TonAPI stand-in's chain, which the PaymentMonitor reads in-process
   (:mod:`ops.simulate.transports`). A command the database refused is delivered again later,
@@ -98,6 +99,13 @@ T = TypeVar("T")
 
 REFERRERS: Final = 5
 """Users who arrive first, without a link, and whose links the others follow."""
+BURSTS: Final = (1, 1, 1, 2, 3, 5, 8)
+"""How many users arrive together through one link (drawn from these, uniformly)."""
+BURST_SPREAD: Final = 0.05
+"""Seconds over which a burst's users arrive."""
+STORE_LATENCY: Final = 0.001
+"""Mean seconds each store operation takes (exponential): transactions of different tasks
+overlap as they do on a real database, instead of each completing in one instant."""
 
 LEASE_TTL: Final = 10.0
 CHECK_EVERY: Final = 60.0  # seconds of simulated time between invariant checks
@@ -187,7 +195,7 @@ class _World:
     def __init__(self, scenario: Scenario, tonapi: TonApiStandIn, client: TonApiClient) -> None:
         self.scenario = scenario
         self.faults = _Faults(scenario.store_fault_rate)
-        self.log = MemoryLog(faults=self.faults)
+        self.log = MemoryLog(faults=self.faults, yield_point=_latency)
         self.tonapi = tonapi
         self.client = client
         self.settings = Settings(wallet=WALLET, tonapi_url="http://tonapi.invalid")
@@ -470,14 +478,25 @@ async def _play(scenario: Scenario, world: _World, say: Callable[[str], None]) -
             world.start_node(tg, node)
 
         async def users() -> None:
-            arrivals = sorted(rng.uniform(0, faulty) for _ in range(scenario.users))
+            # The referrers first, in the first minute; then the others, many in bursts
+            # through one referrer's link within a second or two (a post that went round).
+            arrivals: list[tuple[float, int, int | None]] = [
+                (rng.uniform(0, 60), number, None) for number in range(1, REFERRERS + 1)
+            ]
+            number = REFERRERS
+            while number < scenario.users:
+                size = min(rng.choice(BURSTS), scenario.users - number)
+                at, referrer = rng.uniform(120, faulty), rng.randint(1, REFERRERS)
+                for _ in range(size):
+                    number += 1
+                    arrivals.append((at + rng.uniform(0, BURST_SPREAD), number, referrer))
+            arrivals.sort()
             began = anyio.current_time()
-            for number, at in enumerate(arrivals, start=1):
+            for at, user, link in arrivals:
                 await anyio.sleep(max(began + at - anyio.current_time(), 0.0))
-                referrer = None if number <= REFERRERS else rng.randint(1, REFERRERS)
-                if referrer is not None:
-                    world.rewards[_reward_id(number)] = referrer
-                tg.start_soon(world.user_arrives, number, referrer, name=f"user-{number}")
+                if link is not None:
+                    world.rewards[_reward_id(user)] = link
+                tg.start_soon(world.user_arrives, user, link, name=f"user-{user}")
 
         async def chaos() -> None:
             rates = (
@@ -529,6 +548,11 @@ async def _play(scenario: Scenario, world: _World, say: Callable[[str], None]) -
         await anyio.sleep(scenario.settle)
         await world.check(final=True)
         tg.cancel_scope.cancel()
+
+
+async def _latency(operation: str) -> None:
+    """The store's scheduling hook: each operation takes a random moment of simulated time."""
+    await anyio.sleep(current_rng().expovariate(1 / STORE_LATENCY))
 
 
 def _reward_id(user: int) -> uuid.UUID:
