@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 import anyio
+import anyio.lowlevel
 
 
 async def eventually(
@@ -18,3 +19,14 @@ async def eventually(
         await anyio.sleep(interval)
     if not await check():
         raise AssertionError(f"condition still false after {within:g}s")
+
+
+class FakeSleep:
+    """A ``sleep`` for clients that take one: records each requested delay and returns at once."""
+
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.delays.append(seconds)
+        await anyio.lowlevel.checkpoint()

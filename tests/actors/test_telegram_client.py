@@ -24,6 +24,7 @@ from actors.telegram import (
 )
 from events.errors import ConfigError, I3laniError
 from ops.standins import BotApiFaultMode, BotApiStandIn
+from tests.waiting import FakeSleep
 
 # Parametrized async tests need anyio_backend in their closure: otherwise anyio's plugin
 # re-creates them at collection time, dropping their parameters.
@@ -33,17 +34,6 @@ SECRET = "AAHk-secret-part-of-the-token_42"
 TOKEN = f"7012345678:{SECRET}"
 CHANNEL = -1001234567890
 ADMINS = [111, 222, 333]
-
-
-class FakeSleep:
-    """Records each requested delay and returns at once."""
-
-    def __init__(self) -> None:
-        self.delays: list[float] = []
-
-    async def __call__(self, seconds: float) -> None:
-        self.delays.append(seconds)
-        await anyio.lowlevel.checkpoint()
 
 
 @pytest.fixture

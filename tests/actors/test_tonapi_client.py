@@ -26,6 +26,7 @@ from actors.tonapi import (
 from actors.tonapi_models import TonApiFormatError, decode_transactions
 from events.errors import I3laniError
 from ops.standins import TonApiFaultMode, TonApiStandIn
+from tests.waiting import FakeSleep
 
 # Parametrized async tests need anyio_backend in their closure: otherwise anyio's plugin
 # re-creates them at collection time, dropping their parameters.
@@ -41,17 +42,6 @@ OTHER_RAW = "0:ca6e321c7cce9ecedf0a8ca2492ec8592494aa5fb5ce0387dff96ef6af982a3e"
 OTHER_STANDARD_BASE64 = "EQDKbjIcfM6ezt8KjKJJLshZJJSqX7XOA4ff+W72r5gqPrHF"  # has "+"
 PAYER_RAW = "0:ef59caea6ebbee8542839162aa654b76f416e712ce22752da647d7e22cf1097f"
 API_KEY = "AE-test-key-0123456789"
-
-
-class FakeSleep:
-    """Records each requested delay and returns at once."""
-
-    def __init__(self) -> None:
-        self.delays: list[float] = []
-
-    async def __call__(self, seconds: float) -> None:
-        self.delays.append(seconds)
-        await anyio.lowlevel.checkpoint()
 
 
 @pytest.fixture

@@ -36,6 +36,7 @@ from ops.simulate.transports import (
     InProcessTransport,
 )
 from ops.standins import BotApiFaultMode, BotApiStandIn, TonApiFaultMode, TonApiStandIn
+from tests.waiting import FakeSleep
 
 # Parametrized async tests need anyio_backend in their closure: otherwise anyio's plugin
 # re-creates them at collection time, dropping their parameters.
@@ -50,17 +51,6 @@ SECRET = "AAHk-secret-part-of-the-token_42"
 TOKEN = f"7012345678:{SECRET}"
 CHANNEL = -1001234567890
 ADMIN = 111
-
-
-class FakeSleep:
-    """Records each requested delay and returns at once."""
-
-    def __init__(self) -> None:
-        self.delays: list[float] = []
-
-    async def __call__(self, seconds: float) -> None:
-        self.delays.append(seconds)
-        await anyio.lowlevel.checkpoint()
 
 
 @pytest.fixture
