@@ -78,7 +78,7 @@ def _one(scenario: Scenario, seed: int, out: TextIO, trace: bool) -> SimResult[R
     report = result.value
     print(
         f"seed {seed}: ok  {report.rewards} rewards credited once each, {report.payments} "
-        f"payments ({report.confirmed} paid in time, each confirmed once), {report.events} "
+        f"payments ({report.confirmed} confirmed, each once), {report.events} "
         f"events; {report.store_faults} store faults, {report.kills} kills, {report.cuts} "
         f"cuts, {report.tonapi_faults} TonAPI faults, {report.commands} commands, "
         f"{report.redeliveries} redeliveries; "

@@ -346,14 +346,16 @@ class _World:
                 f"{created.amount_nanotons} nanotons"
             )
 
-    async def check(self, *, final: bool) -> Counter[uuid.UUID]:
+    async def check(self, *, final: bool) -> tuple[int, int]:
         token = _node.set(None)
         try:
             return await self._check(final=final)
         finally:
             _node.reset(token)
 
-    async def _check(self, *, final: bool) -> Counter[uuid.UUID]:
+    async def _check(self, *, final: bool) -> tuple[int, int]:
+        """Raise InvariantViolated on a broken guarantee; else the credits and confirmations
+        the log holds."""
         credited: Counter[uuid.UUID] = Counter()
         earned: set[uuid.UUID] = set()
         balance: dict[int, int] = {}
@@ -421,7 +423,7 @@ class _World:
             unknown = set(self.rewards) - earned
             if unknown:
                 raise InvariantViolated(f"{len(unknown)} users' referrals earned no reward")
-        return credited
+        return sum(credited.values()), sum(confirmed.values())
 
 
 async def simulate(scenario: Scenario, trace: Callable[[str], None] | None = None) -> Report:
@@ -434,7 +436,7 @@ async def simulate(scenario: Scenario, trace: Callable[[str], None] | None = Non
         TonApiClient(server.url, transport=InProcessTransport(server)) as client,
     ):
         world = _World(scenario, tonapi, client)
-        await _play_checked(scenario, world, say)
+        credited, confirmed = await _play_checked(scenario, world, say)
     token = _node.set(None)
     try:
         events, digest = await _log_digest(world.log)
@@ -443,9 +445,9 @@ async def simulate(scenario: Scenario, trace: Callable[[str], None] | None = Non
     return Report(
         users=scenario.users,
         rewards=len(world.rewards),
-        credited=len(world.rewards),
+        credited=credited,
         payments=len(world.payments),
-        confirmed=len(world.due),
+        confirmed=confirmed,
         events=events,
         store_faults=world.faults.injected,
         kills=world.kills,
@@ -457,9 +459,11 @@ async def simulate(scenario: Scenario, trace: Callable[[str], None] | None = Non
     )
 
 
-async def _play_checked(scenario: Scenario, world: _World, say: Callable[[str], None]) -> None:
+async def _play_checked(
+    scenario: Scenario, world: _World, say: Callable[[str], None]
+) -> tuple[int, int]:
     try:
-        await _play(scenario, world, say)
+        return await _play(scenario, world, say)
     except BaseExceptionGroup as group:
         # A violation found by the checker task: raised as itself, not inside the group.
         found: BaseException | None = group.subgroup(InvariantViolated)
@@ -470,7 +474,8 @@ async def _play_checked(scenario: Scenario, world: _World, say: Callable[[str], 
         raise found from None
 
 
-async def _play(scenario: Scenario, world: _World, say: Callable[[str], None]) -> None:
+async def _play(scenario: Scenario, world: _World, say: Callable[[str], None]) -> tuple[int, int]:
+    """The run itself; the final check's credits and confirmations."""
     rng = current_rng()
     faulty = scenario.hours * 3600.0
     async with anyio.create_task_group() as tg:
@@ -546,8 +551,9 @@ async def _play(scenario: Scenario, world: _World, say: Callable[[str], None]) -
         for actor in ACTORS:
             await world.operator("start", actor)
         await anyio.sleep(scenario.settle)
-        await world.check(final=True)
+        tally = await world.check(final=True)
         tg.cancel_scope.cancel()
+    return tally
 
 
 async def _latency(operation: str) -> None:
