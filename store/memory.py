@@ -59,6 +59,11 @@ commit of a transaction that made them.
     log. Raise :class:`StoreUnavailable` (or any error) to make the store "down" or fail a
     commit; an operation that raises there has done nothing (a failed ``"commit"`` rolls the
     transaction back). Default: no faults.
+``lost_ack``
+    ``(operation) -> bool``, called after a write has committed (``"append"``, ``"commit"``,
+    ``"save_checkpoint"``, ``"lease"``): True makes the caller see :class:`StoreUnavailable`
+    although the write is done, as when the connection drops between PostgreSQL's commit and
+    its answer. Default: never.
 """
 
 from __future__ import annotations
@@ -85,6 +90,7 @@ from events.errors import (
     EventIdReused,
     StaleGeneration,
     StoreError,
+    StoreUnavailable,
     UnknownEventType,
 )
 from store.eventstore import (
@@ -106,7 +112,14 @@ from store.subscription import Subscription
 if TYPE_CHECKING:
     pass
 
-__all__ = ["OPERATIONS", "MemoryLog", "MemorySubscription", "MemoryTransaction", "SideWrites"]
+__all__ = [
+    "OPERATIONS",
+    "READS",
+    "MemoryLog",
+    "MemorySubscription",
+    "MemoryTransaction",
+    "SideWrites",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -114,15 +127,9 @@ S = TypeVar("S", bound=msgspec.Struct)
 T = TypeVar("T")
 W = TypeVar("W", bound="SideWrites")
 
-OPERATIONS: Final = frozenset(
+READS: Final = frozenset(
     {
-        "append",
-        "append_many",
-        "begin",
-        "commit",
-        "save_checkpoint",
         "load_checkpoint",
-        "save_snapshot",
         "load_snapshot",
         "stream_version",
         "read_stream",
@@ -131,12 +138,21 @@ OPERATIONS: Final = frozenset(
         "head",
         "cursor_at",
         "read_page",
-        "lease",
         "held_back",
         "stored_ids",
         "task_read",
     }
 )
+"""The operations that only read."""
+OPERATIONS: Final = READS | {
+    "append",
+    "append_many",
+    "begin",
+    "commit",
+    "save_checkpoint",
+    "save_snapshot",
+    "lease",
+}
 """The names the ``yield_point`` and ``faults`` hooks are called with."""
 
 _NO_METADATA = EventMetadata()
@@ -168,6 +184,10 @@ async def _checkpoint(operation: str) -> None:
 
 def _no_faults(operation: str) -> None:
     return None
+
+
+def _never(operation: str) -> bool:
+    return False
 
 
 class SideWrites(Protocol):
@@ -263,6 +283,13 @@ class MemoryLog(PagedReads):
     """The event log in memory: the :class:`store.port.EventLog` port without PostgreSQL.
 
     Hooks for simulation (``clock``, ``yield_point``, ``faults``): see the module docstring.
+
+    ``safety_poll``: the least number of seconds between the re-reads that subscriptions and
+    task processors on this log make without being woken. They poll because PostgreSQL's
+    notifications can be lost with their connection; this log wakes them at every commit and
+    loses no wake-up, so a simulation stretches their polls: it runs faster, and a wake-up
+    that the code itself fails to arm shows up as work left undone instead of as a second's
+    delay. None keeps every caller's own interval.
     """
 
     def __init__(
@@ -273,12 +300,18 @@ class MemoryLog(PagedReads):
         clock: Callable[[], datetime] = _wall_clock,
         yield_point: Callable[[str], Awaitable[None]] = _checkpoint,
         faults: Callable[[str], None] = _no_faults,
+        lost_ack: Callable[[str], bool] = _never,
+        safety_poll: float | None = None,
     ) -> None:
+        if safety_poll is not None and not safety_poll > 0:
+            raise ValueError(f"safety_poll must be a positive number of seconds, got {safety_poll}")
         self.registry = registry
+        self.safety_poll = safety_poll
         self.node = node
         self.clock = clock
         self.yield_point = yield_point
         self.faults = faults
+        self.lost_ack = lost_ack
         self._metadata_encoder = msgspec.json.Encoder()
         self._metadata_decoder = msgspec.json.Decoder(EventMetadata)
         # The log, in reading order (transaction id, position), with its indexes.
@@ -298,6 +331,10 @@ class MemoryLog(PagedReads):
         self._subscriptions: set[MemorySubscription] = set()
         self._side_tables: dict[type[object], object] = {}
         self._closed = False
+
+    def stretched(self, poll_interval: float) -> float:
+        """A subscription's or task processor's poll interval on this log (``safety_poll``)."""
+        return poll_interval if self.safety_poll is None else max(poll_interval, self.safety_poll)
 
     # -- lifecycle --------------------------------------------------------------------------
     async def __aenter__(self) -> Self:
@@ -320,6 +357,14 @@ class MemoryLog(PagedReads):
         if self._closed:
             raise StoreError("the memory log is closed")
         self.faults(operation)
+
+    def _acknowledge(self, operation: str) -> None:
+        """After a commit: the ``lost_ack`` hook may make the caller believe it failed."""
+        if self.lost_ack(operation):
+            raise StoreUnavailable(
+                f"{operation}: the connection was lost before the commit was acknowledged "
+                "(it may have committed)"
+            )
 
     async def enter(self, operation: str) -> None:
         """Where an operation of a side table starts (one of :data:`OPERATIONS`): the
@@ -389,6 +434,7 @@ class MemoryLog(PagedReads):
                 return None
             generation = self.grant(lease)
             self._lease_rows[lease] = _LeaseRow(node, now, now, now + timedelta(seconds=ttl))
+            self._acknowledge("lease")
             return generation
         if name == "lease_renew":
             lease, node, wanted, ttl = _str(args[0]), _str(args[1]), args[2], _seconds(args[3])
@@ -401,6 +447,7 @@ class MemoryLog(PagedReads):
             ):
                 return None
             row.renewed_at, row.expires_at = now, now + timedelta(seconds=ttl)
+            self._acknowledge("lease")
             return row.expires_at
         if name == "lease_release":
             lease, node, wanted = _str(args[0]), _str(args[1]), args[2]
@@ -408,6 +455,7 @@ class MemoryLog(PagedReads):
             if row is None or row.node != node or self._leases.get(lease) != wanted:
                 return None
             row.node, row.expires_at = None, now
+            self._acknowledge("lease")
             return lease
         if name == "lease_generation":
             return self._leases.get(_str(args[0]))
@@ -600,6 +648,7 @@ class MemoryLog(PagedReads):
                 self._end(tx)
                 raise
             self._commit(tx)
+            self._acknowledge("append")
             return result
 
     def _append_in(self, tx: _Tx, request: _Request, *, in_transaction: bool) -> AppendResult:
@@ -780,6 +829,7 @@ class MemoryLog(PagedReads):
             self._end(state)
             raise
         self._commit(state)
+        self._acknowledge("commit")
 
     # -- checkpoints ------------------------------------------------------------------------
     async def load_checkpoint(self, name: str) -> Cursor | None:
@@ -812,6 +862,7 @@ class MemoryLog(PagedReads):
                 self._end(tx)
                 raise
             self._commit(tx)
+            self._acknowledge("save_checkpoint")
             return
 
     def _save_checkpoint_in(
@@ -1192,7 +1243,7 @@ class MemorySubscription(Subscription):
             name,
             category=category,
             after=after,
-            poll_interval=poll_interval,
+            poll_interval=log.stretched(poll_interval),
             batch_size=batch_size,
             skip_unknown=skip_unknown,
         )

@@ -140,9 +140,12 @@ class _Writes:
 class _Listener:
     """A processor's wake-up: called by the table at the commit of new due work."""
 
-    def __init__(self, table: MemoryTaskTable, on_notify: Callable[[str], None]) -> None:
+    def __init__(
+        self, table: MemoryTaskTable, on_notify: Callable[[str], None], poll_interval: float
+    ) -> None:
         self.table = table
         self.on_notify = on_notify
+        self.poll_interval = table.log.stretched(poll_interval)
 
     async def listen(self) -> bool:
         if self in self.table._listeners:
@@ -572,7 +575,7 @@ class MemoryTaskTable:
     def listener(
         self, *, on_notify: Callable[[str], None], who: str, poll_interval: float
     ) -> TaskListener:
-        return _Listener(self, on_notify)
+        return _Listener(self, on_notify, poll_interval)
 
     # -- operators ----------------------------------------------------------------------------
     async def counts(self) -> dict[str, TypeCounts]:

@@ -286,8 +286,9 @@ class TaskProcessor:
                         # Caught up: claim again when told, when due, or at the next poll.
                         self._claiming = False
                         due = await self._next_due()
-                        wait = self.poll_interval if due is None else max(due, 0.01)
-                        self._claim_at = min(self._claim_at, now + min(wait, self.poll_interval))
+                        poll = self._listener.poll_interval
+                        wait = poll if due is None else max(due, 0.01)
+                        self._claim_at = min(self._claim_at, now + min(wait, poll))
                         await self._listener.listen()
                     backoff = _RETRY_MIN
                     continue

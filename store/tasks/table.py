@@ -190,6 +190,10 @@ class TaskListener(Protocol):
     """Wakes a processor when tasks are added (``on_notify`` with the seconds until they
     are due), kept when it can be had; the processor polls in any case."""
 
+    poll_interval: float
+    """Seconds between the processor's looks when nothing wakes it: the interval it asked
+    for, or longer where the table loses no wake-up (:meth:`store.memory.MemoryLog.stretched`)."""
+
     async def listen(self) -> bool:
         """Start listening unless listening already; whether it started now."""
         ...

@@ -92,6 +92,40 @@ async def test_a_failed_commit_keeps_nothing_of_the_transaction() -> None:
     assert not await log.held_back(START)
 
 
+async def test_a_lost_acknowledgement_reports_a_failure_for_a_write_that_committed() -> None:
+    acknowledged: list[str] = []
+
+    def lost_ack(operation: str) -> bool:
+        acknowledged.append(operation)
+        return True
+
+    log = MemoryLog(lost_ack=lost_ack)
+    item = NewEvent(event=expired(1))
+    with pytest.raises(StoreUnavailable, match="before the commit was acknowledged"):
+        await log.append("payment-1", [item])
+    with pytest.raises(StoreUnavailable):
+        async with log.transaction() as tx:
+            await tx.append("payment-2", [expired(2)])
+    with pytest.raises(StoreUnavailable):
+        await log.save_checkpoint("reader", START, expected=None)
+    # Every write happened: the caller that retries with the same ids changes nothing.
+    assert [r.stream for r in [r async for r in log.read_all()]] == ["payment-1", "payment-2"]
+    assert await log.load_checkpoint("reader") == START
+    with pytest.raises(StoreUnavailable):
+        await log.append("payment-1", [item])
+    assert len(await log.read_stream("payment-1")) == 1
+    assert acknowledged == ["append", "commit", "save_checkpoint", "append"]
+
+
+async def test_a_write_refused_before_its_commit_asks_no_acknowledgement() -> None:
+    asked: list[str] = []
+    log = MemoryLog(lost_ack=lambda operation: asked.append(operation) is None)
+    with pytest.raises(ConcurrencyConflict):
+        async with log.transaction() as tx:
+            await tx.append("payment-1", [expired(1)], expected_version=1)
+    assert asked == []
+
+
 async def test_an_append_waits_for_an_open_transaction_on_its_stream() -> None:
     log = MemoryLog()
     order: list[str] = []
