@@ -79,9 +79,10 @@ def _one(scenario: Scenario, seed: int, out: TextIO, trace: bool) -> SimResult[R
     print(
         f"seed {seed}: ok  {report.rewards} rewards credited once each, {report.payments} "
         f"payments ({report.confirmed} confirmed, each once), {report.events} "
-        f"events; {report.store_faults} store faults, {report.kills} kills, {report.cuts} "
+        f"events; {report.store_faults} store faults, {report.lost_acks} lost acks, "
+        f"{report.kills} kills, {report.cuts} "
         f"cuts, {report.tonapi_faults} TonAPI faults, {report.commands} commands, "
-        f"{report.redeliveries} redeliveries; "
+        f"{report.redeliveries} redeliveries, {report.duplicates} duplicate updates; "
         f"{result.elapsed / 3600:.1f} h simulated in {time.perf_counter() - began:.1f} s; "
         f"log {report.log_digest[:16]}",
         file=out,
