@@ -12,10 +12,11 @@ stand-in's aiohttp application in the same process::
         bot = make_bot(token, session=InProcessSession(bot_server))
 
 :class:`InProcessServer` plays the aiohttp server: it runs the application's startup and
-shutdown, builds an ``aiohttp.web.Request`` for each request (aiohttp's own
-``make_mocked_request``, the body as its payload), resolves the route through the
-application's router, runs its middlewares and the handler, and takes the ``web.Response``
-back as status, reason, headers and body. :class:`InProcessTransport` (an
+shutdown, builds an ``aiohttp.web.Request`` for each request (the parsed request line and
+headers, the body as its payload, on a stand-in connection reporting no peer address and the
+local address ``127.0.0.1:80``), resolves the route through the application's router, runs
+its middlewares and the handler as aiohttp's ``Application._handle`` does, and takes the
+``web.Response`` back as status, reason, headers and body. :class:`InProcessTransport` (an
 ``httpx.AsyncBaseTransport``) and :class:`InProcessSession` (an aiogram ``BaseSession``) are
 the two clients' ends of it.
 
@@ -76,10 +77,10 @@ from aiogram.client.telegram import TelegramAPIServer
 from aiogram.exceptions import TelegramNetworkError
 from aiogram.methods.base import TelegramType
 from aiohttp import ClientResponseError, FormData, RequestInfo, hdrs, web
+from aiohttp.abc import AbstractStreamWriter
 from aiohttp.base_protocol import BaseProtocol
-from aiohttp.http import SERVER_SOFTWARE
+from aiohttp.http import SERVER_SOFTWARE, HttpVersion11, RawRequestMessage
 from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
-from aiohttp.test_utils import make_mocked_request
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
@@ -89,6 +90,7 @@ if TYPE_CHECKING:
     from aiogram import Bot
     from aiogram.methods import TelegramMethod
     from aiogram.types import InputFile
+    from aiohttp.web_protocol import RequestHandler
 
 __all__ = [
     "InProcessConnectError",
@@ -102,6 +104,9 @@ logger = logging.getLogger(__name__)
 
 _READ_LIMIT: Final = 2**16  # aiohttp's StreamReader buffer limit, as its server uses
 _USER_AGENT: Final = f"{SERVER_SOFTWARE} aiogram"  # AiohttpSession's, without its version
+_CLIENT_MAX_SIZE: Final = 1024**2  # web.Request's default body limit
+_CLIENT_MAX_FIELDS: Final = 1000  # and its default form field limit
+_SOCKNAME: Final = ("127.0.0.1", 80)  # the local address a request reports arriving on
 
 
 class InProcessConnectError(Exception):
@@ -140,6 +145,7 @@ class InProcessServer:
         self._app = app
         self._host = host.lower()
         self._state = _State.NEW
+        self._transport = _Transport()
 
     @property
     def host(self) -> str:
@@ -200,26 +206,17 @@ class InProcessServer:
         exception becomes a 500 (a ``TimeoutError`` a 504), as aiohttp's server answers.
         """
         self.check_reachable("http", self._host, None)
-        loop = asyncio.get_running_loop()
-        payload: StreamReader = EMPTY_PAYLOAD
-        if body:
-            payload = StreamReader(BaseProtocol(loop), max(_READ_LIMIT, len(body)), loop=loop)
-            payload.feed_data(body)
-            payload.feed_eof()
-        request_headers = CIMultiDictProxy(CIMultiDict(headers))
-        probe = make_mocked_request(method, target, request_headers, app=self._app, loop=loop)
-        match_info = await self._app.router.resolve(probe)
-        request = make_mocked_request(
-            method,
-            target,
-            request_headers,
-            match_info=dict(match_info),
-            app=self._app,
-            payload=payload,
-            loop=loop,
-        )
+        request = self._request(method, target, headers, body)
+        # As aiohttp's server does (``Application._handle``): resolve the route against this
+        # request, complete and freeze its match info, then run the middlewares around the
+        # handler.
+        match_info = await self._app.router.resolve(request)
+        match_info.add_app(self._app)
+        match_info.freeze()
+        match_info.current_app = self._app  # for a sub-application's too (see the docstring)
+        request._match_info = match_info
         handler = match_info.handler
-        for app in reversed(match_info.apps or (self._app,)):
+        for app in reversed(match_info.apps):
             for middleware in reversed(app.middlewares):
                 handler = functools.partial(middleware, handler=handler)
         try:
@@ -236,6 +233,106 @@ class InProcessServer:
             )
             response = _server_error(500)
         return await _served(response, method)
+
+    def _request(
+        self, method: str, target: str, headers: Sequence[tuple[str, str]], body: bytes
+    ) -> web.Request:
+        """The ``web.Request`` aiohttp's server would build for this request: the parsed
+        request line and headers, ``body`` as its payload, on a :class:`_Connection`."""
+        loop = asyncio.get_running_loop()
+        payload: StreamReader = EMPTY_PAYLOAD
+        if body:
+            payload = StreamReader(BaseProtocol(loop), max(_READ_LIMIT, len(body)), loop=loop)
+            payload.feed_data(body)
+            payload.feed_eof()
+        request_headers = CIMultiDictProxy(CIMultiDict(headers))
+        message = RawRequestMessage(
+            method=method.upper(),
+            path=target,
+            version=HttpVersion11,
+            headers=request_headers,
+            raw_headers=tuple((k.encode(), v.encode()) for k, v in request_headers.items()),
+            should_close=False,
+            compression=None,
+            upgrade=(
+                request_headers.get(hdrs.CONNECTION, "").lower() == "upgrade"
+                and bool(request_headers.get(hdrs.UPGRADE))
+            ),
+            chunked="chunked" in request_headers.get(hdrs.TRANSFER_ENCODING, "").lower(),
+            url=URL(target),
+        )
+        connection = _Connection(self._transport)
+        return web.Request(
+            message,
+            payload,
+            cast("RequestHandler", connection),
+            connection.writer,
+            cast("asyncio.Task[None]", asyncio.current_task()),
+            loop,
+            client_max_size=_CLIENT_MAX_SIZE,
+            client_max_fields=_CLIENT_MAX_FIELDS,
+        )
+
+
+class _Transport(asyncio.Transport):
+    """The connection's transport as a request sees it: its ``get_extra_info`` (no peer
+    address, the local socket ``127.0.0.1:80``, no TLS) and open while the request is
+    served. Nothing is ever written to it."""
+
+    def __init__(self) -> None:
+        super().__init__({"sockname": _SOCKNAME, "peername": None, "sslcontext": None})
+
+    def is_closing(self) -> bool:
+        return False
+
+
+class _Writer(AbstractStreamWriter):
+    """The response writer: discards what it is given (only a ``web.Response`` is served,
+    from the object the handler returns, never from bytes written here)."""
+
+    def __init__(self, transport: _Transport) -> None:
+        self._transport = transport
+
+    @property
+    def transport(self) -> asyncio.WriteTransport:
+        return self._transport
+
+    async def write(self, chunk: bytes | bytearray | memoryview) -> None:
+        pass
+
+    async def write_eof(self, chunk: bytes = b"") -> None:
+        pass
+
+    async def drain(self) -> None:
+        pass
+
+    def enable_compression(self, encoding: str = "deflate", strategy: int | None = None) -> None:
+        pass
+
+    def enable_chunking(self) -> None:
+        pass
+
+    async def write_headers(self, status_line: str, headers: CIMultiDict[str]) -> None:
+        pass
+
+
+class _Connection:
+    """What a ``web.Request`` reads of aiohttp's ``RequestHandler``, the protocol object of the
+    connection the request came on: its parser limits (aiohttp's defaults), its transport and
+    writer, and the addresses it took from the transport when the connection was made."""
+
+    __slots__ = ("transport", "writer")
+
+    max_field_size: Final = 8190
+    max_line_length: Final = 8190
+    max_headers: Final = 128
+    peername: Final = None
+    sockname: Final = _SOCKNAME
+    ssl_context: Final = None
+
+    def __init__(self, transport: _Transport) -> None:
+        self.transport = transport
+        self.writer = _Writer(transport)
 
 
 def _server_error(status: int) -> web.Response:

@@ -355,6 +355,89 @@ async def test_middlewares_run_and_a_crash_is_a_500(caplog: pytest.LogCaptureFix
     assert "boom" in caplog.text
 
 
+async def test_the_handler_sees_the_request_aiohttps_server_would_build() -> None:
+    seen: dict[str, Any] = {}
+    order: list[str] = []
+
+    def noting(name: str) -> Any:
+        @web.middleware
+        async def note(request: web.Request, handler: Any) -> web.StreamResponse:
+            order.append(name)
+            response: web.StreamResponse = await handler(request)
+            return response
+
+        return note
+
+    async def look(request: web.Request) -> web.Response:
+        seen.update(
+            method=request.method,
+            path=request.path,
+            raw_path=request.raw_path,
+            query=list(request.query.items()),
+            many=request.headers.getall("X-Many"),
+            content_type=request.content_type,
+            host=request.host,
+            remote=request.remote,
+            scheme=request.scheme,
+            secure=request.secure,
+            url=str(request.url.with_query(None)),
+            app=request.app,
+            name=request.match_info["name"],
+            body=await request.read(),
+        )
+        return web.Response(text="ok")
+
+    sub = web.Application(middlewares=[noting("sub")])
+    sub.router.add_put("/look/{name}", look)
+    app = web.Application(middlewares=[noting("root")])
+    app.add_subapp("/sub", sub)
+    async with (
+        InProcessServer(app, host="app.invalid") as server,
+        httpx.AsyncClient(base_url=server.url, transport=InProcessTransport(server)) as http,
+    ):
+        response = await http.put(
+            "/sub/look/n%C3%A9?q=a+b&q=%2F&empty=",
+            headers=[("X-Many", "1"), ("X-Many", "2"), ("Content-Type", "text/plain")],
+            content=b"body",
+        )
+    assert response.text == "ok"
+    assert seen == {
+        "method": "PUT",
+        "path": "/sub/look/né",
+        "raw_path": "/sub/look/n%C3%A9?q=a+b&q=%2F&empty=",
+        "query": [("q", "a b"), ("q", "/"), ("empty", "")],
+        "many": ["1", "2"],
+        "content_type": "text/plain",
+        "host": "app.invalid",
+        "remote": None,  # no peer address, as the connection reports none
+        "scheme": "http",
+        "secure": False,
+        "url": "http://app.invalid/sub/look/n%C3%A9",
+        "app": app,  # the root, for a sub-application's handler too
+        "name": "né",
+        "body": b"body",
+    }
+    assert order == ["root", "sub"]  # as aiohttp's server runs them
+
+
+async def test_a_streamed_answer_is_refused() -> None:
+    async def stream(request: web.Request) -> web.StreamResponse:
+        assert request.get_extra_info("sockname") == ("127.0.0.1", 80)
+        assert request.transport is not None
+        assert not request.transport.is_closing()
+        response = web.StreamResponse()
+        await response.prepare(request)  # written to the connection, which discards it
+        await response.write(b"chunk")
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_get("/stream", stream)
+    async with InProcessServer(app, host="app.invalid") as server:
+        with pytest.raises(TypeError, match="StreamResponse"):
+            await server.handle("GET", "/stream", [("Host", "app.invalid")], b"")
+
+
 # -- Telegram ---------------------------------------------------------------------------------
 
 
