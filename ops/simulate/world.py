@@ -67,6 +67,10 @@ from events import (
     RewardCredited,
     RewardEarned,
     SubscriptionActivated,
+    TaskClaimed,
+    TaskDeadLettered,
+    TaskFailed,
+    TaskSucceeded,
     UserRegistered,
 )
 from events.errors import I3laniError, StoreUnavailable
@@ -448,6 +452,8 @@ class _Checker:
         self.confirmed: Counter[int] = Counter()
         self.activated: Counter[int] = Counter()
         self.paid_by: dict[str, int] = {}
+        self.claims: dict[int, TaskClaimed] = {}  # each task's latest claim
+        self.finished: set[int] = set()  # tasks that succeeded or went to the dead letters
 
     def feed(self, recorded: RecordedEvent) -> None:
         """Raise InvariantViolated when ``recorded`` breaks a guarantee."""
@@ -484,6 +490,32 @@ class _Checker:
             self.registered.add(event.user_id)
         elif isinstance(event, RewardCredited):
             self._credit(event)
+        elif isinstance(event, TaskClaimed | TaskSucceeded | TaskFailed | TaskDeadLettered):
+            self._task(event)
+
+    def _task(self, event: TaskClaimed | TaskSucceeded | TaskFailed | TaskDeadLettered) -> None:
+        """A task's attempts follow one another, each recorded by the node that holds it, and
+        nothing happens to a task after its success or its dead letter."""
+        task = event.task_id
+        if task in self.finished:
+            raise InvariantViolated(
+                f"task {task}: {type(event).__name__} recorded after the task had finished"
+            )
+        if isinstance(event, TaskClaimed):
+            self.claims[task] = event
+            return
+        if isinstance(event, TaskDeadLettered):
+            self.finished.add(task)
+            return
+        claim = self.claims.get(task)
+        if claim is None or (claim.attempt, claim.node) != (event.attempt, event.node):
+            held = "nobody" if claim is None else f"{claim.node} (attempt {claim.attempt})"
+            raise InvariantViolated(
+                f"task {task}: {type(event).__name__} of attempt {event.attempt} recorded "
+                f"by {event.node}, while the task was held by {held}"
+            )
+        if isinstance(event, TaskSucceeded):
+            self.finished.add(task)
 
     def _credit(self, event: RewardCredited) -> None:
         self.credited[event.reward_id] += 1
