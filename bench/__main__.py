@@ -4,14 +4,17 @@
     python -m bench --quick          # a smoke run, about a minute
     python -m bench --seconds 10 --json results.json
     python -m bench --suite scale    # one suite (repeatable): eventstore, actors, queue,
-                                     # payments, scale, hangs (hangs only when named)
+                                     # payments, scale, simulate, hangs (hangs only when named)
 
 The server is ``DATABASE_URL`` when set, else the embedded PostgreSQL. A database named
 ``i3lani_bench`` is dropped if it exists, created, migrated, used for every figure, and dropped
 at the end (``--keep-database`` keeps it for a look). The ``scale`` suite (a log of 1,000,000
 events, 100,000 with ``--quick``: ``read_all`` and ``i3lani audit`` on it; an idle worker's
 memory, CPU and wake-ups) builds its log in databases of its own beside it, always dropped.
-Progress goes to stderr, the table to stdout.
+The ``simulate`` suite (the deterministic simulator's seeds per minute, simulated hours per
+minute and replay, each in processes of its own) needs no database: when it is the only suite
+named, no server is started and no database created. Progress goes to stderr, the table to
+stdout; the exit status is 1 when a row FAILs (a measured run broke a guarantee), else 0.
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ import shutil
 import sys
 import textwrap
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
@@ -34,7 +38,7 @@ from typing import Any
 import anyio
 import asyncpg
 
-from bench import actors, eventstore, hangs, payments, queue, scale
+from bench import actors, eventstore, hangs, payments, queue, scale, simulate
 from bench.measure import BenchContext
 from bench.peers import find_pgbench
 from bench.report import Row, Verdict, render_table, row_to_json
@@ -48,6 +52,7 @@ class Suite:
 
     run: Callable[[BenchContext], Awaitable[list[Row]]]
     notes: Sequence[str] = ()
+    database: bool = True  # False: it never touches ctx.dsn, so alone it needs no server
 
 
 SUITES: dict[str, Suite] = {
@@ -57,6 +62,7 @@ SUITES: dict[str, Suite] = {
     "payments": Suite(payments.run, payments.NOTES),
     "scale": Suite(scale.run, scale.NOTES),
     "hangs": Suite(hangs.run, hangs.NOTES),
+    "simulate": Suite(simulate.run, simulate.NOTES, database=False),
 }
 OPT_IN = frozenset({"hangs"})
 """Suites run only when named: ``hangs`` takes about ten minutes (15 runs of a two-worker
@@ -96,7 +102,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         help="run only this suite (repeatable; default: all). scale: a log of 1,000,000 events "
         "(--quick: 100,000), read_all and `i3lani audit` on it, and an idle worker. hangs (run "
         "only when named, about 10 minutes): take-over and reader stall when a worker is frozen "
-        "or cut off",
+        "or cut off. simulate (no database): the deterministic simulator's seeds/minute, simulated "
+        "hours/minute and replay",
     )
     parser.add_argument(
         "--keep-database", action="store_true", help=f"do not drop {DATABASE} at the end"
@@ -156,6 +163,23 @@ def _version(package: str) -> str:
         return "?"
 
 
+@asynccontextmanager
+async def _bench_database(keep: bool) -> AsyncIterator[str]:
+    """:data:`DATABASE` on the server, dropped if it exists, created and migrated; dropped
+    again at the end unless ``keep``. Yields its DSN."""
+    async with database_url() as server_dsn:
+        dsn = with_database(server_dsn, DATABASE)
+        await _admin(server_dsn, f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
+        await _admin(server_dsn, f"CREATE DATABASE {DATABASE}")
+        try:
+            await migrate(dsn)
+            yield dsn
+        finally:
+            if not keep:
+                with anyio.CancelScope(shield=True):
+                    await _admin(server_dsn, f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     quick: bool = args.quick
     seconds: float = args.seconds if args.seconds is not None else (1.5 if quick else 5.0)
@@ -163,48 +187,49 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     suites: list[str] = args.suite or [name for name in SUITES if name not in OPT_IN]
     embedded = not os.environ.get("DATABASE_URL", "").strip()
     started = time.perf_counter()
-    async with database_url() as server_dsn:
-        dsn = with_database(server_dsn, DATABASE)
-        await _admin(server_dsn, f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
-        await _admin(server_dsn, f"CREATE DATABASE {DATABASE}")
-        try:
-            await migrate(dsn)
+    dsn: str | None = None
+    server: dict[str, str] = {}
+    pgbench: str | None = None
+    async with AsyncExitStack() as stack:
+        if any(SUITES[name].database for name in suites):
+            dsn = await stack.enter_async_context(_bench_database(args.keep_database))
             server = await _server_info(dsn)
             pgbench = find_pgbench(embedded=embedded)
-            ctx = BenchContext(
-                dsn=dsn,
-                seconds=seconds,
-                warmup=0.3 if quick else 1.0,
-                rounds=1 if quick else 2,
-                quick=quick,
-                read_events=read_events,
-                pgbench=pgbench,
-            )
-            rows: list[Row] = []
-            others: list[int] = []
-            load_start = os.getloadavg()[0]
-            async with anyio.create_task_group() as tg:
+        ctx = BenchContext(
+            dsn=dsn or "",
+            seconds=seconds,
+            warmup=0.3 if quick else 1.0,
+            rounds=1 if quick else 2,
+            quick=quick,
+            read_events=read_events,
+            pgbench=pgbench,
+        )
+        rows: list[Row] = []
+        others: list[int] = []
+        load_start = os.getloadavg()[0]
+        async with anyio.create_task_group() as tg:
+            if dsn is not None:
                 tg.start_soon(_watch_others, dsn, others)
-                for name in suites:
-                    ctx.log(f"suite {name}")
-                    rows += await SUITES[name].run(ctx)
-                tg.cancel_scope.cancel()
-            load_end = os.getloadavg()[0]
-        finally:
-            if not args.keep_database:
-                with anyio.CancelScope(shield=True):
-                    await _admin(server_dsn, f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
+            for name in suites:
+                ctx.log(f"suite {name}")
+                rows += await SUITES[name].run(ctx)
+            tg.cancel_scope.cancel()
+        load_end = os.getloadavg()[0]
     return {
         "command": shlex.join(["python", "-m", "bench", *sys.argv[1:]]),
-        "database": redact_dsn(dsn) + (" (embedded)" if embedded else " (DATABASE_URL)"),
+        "database": (
+            "none (the suites run need no database)"
+            if dsn is None
+            else redact_dsn(dsn) + (" (embedded)" if embedded else " (DATABASE_URL)")
+        ),
         "machine": {
             "cpus": os.cpu_count(),
             "platform": f"{platform.system()} {platform.release()} {platform.machine()}",
             "python": platform.python_version(),
-            "postgresql": server["server_version"],
-            "fsync": server["fsync"],
-            "synchronous_commit": server["synchronous_commit"],
-            "shared_buffers": server["shared_buffers"],
+            "postgresql": server.get("server_version"),
+            "fsync": server.get("fsync"),
+            "synchronous_commit": server.get("synchronous_commit"),
+            "shared_buffers": server.get("shared_buffers"),
             "asyncpg": _version("asyncpg"),
             "eventsourcing": _version("eventsourcing"),
             "pgbench": (shutil.which(pgbench) or pgbench) if pgbench else "not found",
@@ -233,23 +258,35 @@ def render(result: dict[str, Any]) -> str:
     machine, settings, background = result["machine"], result["settings"], result["background"]
     rows: list[Row] = result["rows"]
     verdicts = [row.verdict for row in rows]
+    postgresql = (
+        "no PostgreSQL"
+        if machine["postgresql"] is None
+        else f"PostgreSQL {machine['postgresql']} (fsync={machine['fsync']}, "
+        f"synchronous_commit={machine['synchronous_commit']}, "
+        f"shared_buffers={machine['shared_buffers']})"
+    )
+    load = (
+        f"load:     load average {background['load_average_start']:g} at the start, "
+        f"{background['load_average_end']:g} at the end"
+    )
+    if background["samples"]:
+        load += (
+            f"; busy sessions of other databases on the server in "
+            f"{background['seconds_with_busy_sessions_of_other_databases']} of "
+            f"{background['samples']} one-second samples (at most "
+            f"{background['busy_sessions_of_other_databases_max']})"
+        )
     lines = [
         f"command:  {result['command']}",
         f"machine:  {machine['cpus']} CPUs, {machine['platform']}, Python {machine['python']}, "
-        f"PostgreSQL {machine['postgresql']} (fsync={machine['fsync']}, "
-        f"synchronous_commit={machine['synchronous_commit']}, "
-        f"shared_buffers={machine['shared_buffers']})",
+        + postgresql,
         f"software: asyncpg {machine['asyncpg']}, eventsourcing {machine['eventsourcing']}, "
         f"pgbench {machine['pgbench']}",
         f"database: {result['database']}",
         f"timing:   {settings['seconds_per_measurement']:g} s per measurement in "
         f"{settings['rounds']} interleaved round(s) after {settings['warmup_seconds']:g} s "
         f"warm-up; whole run {result['elapsed_seconds']:g} s",
-        f"load:     load average {background['load_average_start']:g} at the start, "
-        f"{background['load_average_end']:g} at the end; busy sessions of other databases on "
-        f"the server in {background['seconds_with_busy_sessions_of_other_databases']} of "
-        f"{background['samples']} one-second samples (at most "
-        f"{background['busy_sessions_of_other_databases_max']})",
+        load,
     ]
     if background["seconds_with_busy_sessions_of_other_databases"]:
         lines.append(
@@ -261,13 +298,25 @@ def render(result: dict[str, Any]) -> str:
         render_table(rows),
         "",
         f"{verdicts.count(Verdict.PASS)} PASS, {verdicts.count(Verdict.MISS)} MISS"
+        + (f", {verdicts.count(Verdict.FAIL)} FAIL" if Verdict.FAIL in verdicts else "")
         + (
             f", {verdicts.count(Verdict.NOT_MEASURED)} not measured"
             if Verdict.NOT_MEASURED in verdicts
             else ""
         )
-        + ". Ratios are i3lani / reference, all measured in this run on the same database.",
+        + ". Ratios are i3lani / reference, "
+        + (
+            "all measured in this run on the same database."
+            if machine["postgresql"] is not None
+            else "all measured in this run."
+        )
+        + (
+            " The simulate suite's reference is its goal."
+            if "simulate" in settings["suites"]
+            else ""
+        ),
     ]
+    lines += [f"FAIL:     {row.name}: {row.failure}" for row in rows if row.failure is not None]
     if result["notes"]:
         lines += ["", "notes:"]
         lines += [
@@ -287,7 +336,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with open(args.json, "w", encoding="utf-8") as out:
             json.dump(document, out, indent=2, default=str)
             out.write("\n")
-    return 0
+    return 1 if any(row.verdict is Verdict.FAIL for row in result["rows"]) else 0
 
 
 if __name__ == "__main__":

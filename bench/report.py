@@ -23,11 +23,13 @@ __all__ = [
 class GoalKind(enum.Enum):
     RATIO_AT_LEAST = "ratio_at_least"  # i3lani / reference >= target
     BELOW = "below"  # the i3lani figure itself < target (in the row's unit)
+    HOLDS = "holds"  # a check: passes unless the row records a failure
 
 
 class Verdict(enum.Enum):
     PASS = "PASS"
     MISS = "MISS"
+    FAIL = "FAIL"  # the run behind the figure broke a guarantee (Row.failure says how)
     INFO = "-"  # a figure shown for context, with no goal
     NOT_MEASURED = "n/a"  # the reference could not be measured (pgbench missing, say)
 
@@ -46,9 +48,16 @@ class Goal:
     def below(cls, target: float, unit: str) -> Goal:
         return cls(GoalKind.BELOW, target, unit)
 
+    @classmethod
+    def holds(cls, what: str) -> Goal:
+        """A check rather than a figure: ``what`` must hold (the row's ``failure`` says not)."""
+        return cls(GoalKind.HOLDS, 1.0, what)
+
     def describe(self) -> str:
         if self.kind is GoalKind.RATIO_AT_LEAST:
             return f">= {self.target:.2f}x"
+        if self.kind is GoalKind.HOLDS:
+            return self.unit
         return f"< {self.target:g} {self.unit}".rstrip()
 
 
@@ -65,6 +74,7 @@ class Row:
     reference_unit: str | None = None  # default: the row's unit
     goal: Goal | None = None
     details: dict[str, Any] = field(default_factory=dict)  # kept in the JSON only
+    failure: str | None = None  # a guarantee the measured run broke: the row FAILs, goal or not
 
     @property
     def ratio(self) -> float | None:
@@ -74,8 +84,12 @@ class Row:
 
     @property
     def verdict(self) -> Verdict:
+        if self.failure is not None:
+            return Verdict.FAIL
         if self.goal is None:
             return Verdict.INFO
+        if self.goal.kind is GoalKind.HOLDS:
+            return Verdict.PASS
         if self.goal.kind is GoalKind.BELOW:
             return Verdict.PASS if self.value < self.goal.target else Verdict.MISS
         ratio = self.ratio
@@ -169,4 +183,5 @@ def row_to_json(row: Row) -> dict[str, Any]:
         "goal": None if row.goal is None else row.goal.describe(),
         "verdict": row.verdict.value,
         "details": row.details,
+        "failure": row.failure,
     }
