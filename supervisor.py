@@ -266,6 +266,11 @@ class Fenced:
 
 ChildState = StandingBy | Starting | Running | BackingOff | Stopped | Fenced
 
+WATCH_SAFETY = 60.0
+"""Seconds between looks at a running incarnation when nothing pokes it. Everything that ends
+one (its exit, a lost lease, a command, shutdown) pokes the child as it happens; this look is
+only a safety net, and an idle node spends no wake-ups on it in between."""
+
 _TRANSITIONS: dict[type[ChildState], tuple[type[ChildState], ...]] = {
     # the lease granted; a backoff from before a deploy resumed; the node stopping meanwhile
     StandingBy: (Starting, BackingOff, Stopped),
@@ -1016,7 +1021,7 @@ class Supervisor:
                     return Cancelled(f"stopped by {command.requested_by}{why}")
                 if command.action == "restart":
                     return RestartAsked(command)
-            await child.wait_poked(1.0)
+            await child.wait_poked(WATCH_SAFETY)
 
     async def _stop_runner(
         self,
