@@ -82,7 +82,8 @@ def _one(scenario: Scenario, seed: int, out: TextIO, trace: bool) -> SimResult[R
         f"events; {report.store_faults} store faults, {report.lost_acks} lost acks, "
         f"{report.kills} kills, {report.cuts} "
         f"cuts, {report.tonapi_faults} TonAPI faults, {report.commands} commands, "
-        f"{report.redeliveries} redeliveries, {report.duplicates} duplicate updates; "
+        f"{report.redeliveries} redeliveries, {report.duplicates} duplicate updates, "
+        f"{report.clock_jumps} clock jumps; "
         f"{result.elapsed / 3600:.1f} h simulated in {time.perf_counter() - began:.1f} s; "
         f"log {report.log_digest[:16]}",
         file=out,

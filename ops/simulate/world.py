@@ -42,11 +42,13 @@ Telegram updates, and clock jumps.
 from __future__ import annotations
 
 import hashlib
+import random
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Final, TypeVar
 
 import anyio
@@ -72,6 +74,7 @@ from events import (
     TaskFailed,
     TaskSucceeded,
     UserRegistered,
+    environment,
 )
 from events.errors import I3laniError, StoreUnavailable
 from ops.simulate.kernel import current_rng
@@ -148,6 +151,8 @@ class Scenario:
     cuts_per_hour: float = 3.0
     commands_per_hour: float = 3.0
     tonapi_faults_per_hour: float = 4.0
+    clock_jumps_per_hour: float = 2.0
+    """Steps of the hosts' wall clock, forward or back (the database's clock stays right)."""
     duplicate_rate: float = 0.05
     """Share of Telegram updates delivered twice (the webhook's answer was lost)."""
     reorder_rate: float = 0.1
@@ -190,6 +195,7 @@ class Report(msgspec.Struct, frozen=True, kw_only=True):
     tonapi_faults: int
     redeliveries: int
     duplicates: int
+    clock_jumps: int
     log_digest: str
     """sha256 over every event's stream, version, type and payload, in reading order."""
 
@@ -228,6 +234,34 @@ class _Faults:
         return False
 
 
+MAX_CLOCK_STEP: Final = 60.0
+MAX_CLOCK_OFFSET: Final = 300.0
+
+
+class _SteppedClock:
+    """The simulation's environment with a wall clock that can be stepped: ``offset``
+    seconds off the true time. Monotonic time, ids and random sources are the run's own."""
+
+    def __init__(self, base: environment.Environment) -> None:
+        self.base = base
+        self.offset = 0.0
+
+    def true_now(self) -> datetime:
+        return self.base.now()
+
+    def now(self) -> datetime:
+        return self.base.now() + timedelta(seconds=self.offset)
+
+    def monotonic(self) -> float:
+        return self.base.monotonic()
+
+    def new_uuid(self) -> uuid.UUID:
+        return self.base.new_uuid()
+
+    def new_rng(self) -> random.Random:
+        return self.base.new_rng()
+
+
 @dataclass(eq=False)
 class _Node:
     name: str
@@ -237,10 +271,18 @@ class _Node:
 
 
 class _World:
-    def __init__(self, scenario: Scenario, tonapi: TonApiStandIn, client: TonApiClient) -> None:
+    def __init__(
+        self,
+        scenario: Scenario,
+        tonapi: TonApiStandIn,
+        client: TonApiClient,
+        clock: _SteppedClock,
+    ) -> None:
         self.scenario = scenario
+        self.clock = clock
         self.faults = _Faults(scenario.store_fault_rate, scenario.lost_ack_rate)
         self.log = MemoryLog(
+            clock=clock.true_now,  # PostgreSQL's now(): another machine's clock
             faults=self.faults,
             lost_ack=self.faults.lost_ack,
             yield_point=_latency,
@@ -256,7 +298,7 @@ class _World:
         self.due: dict[int, float] = {}  # paid in full inside their window: when (sim time)
         self.foreign: set[str] = set()  # tx hashes that pay no payment (a wrong memo)
         self.kills = self.cuts = self.commands = self.redeliveries = self.tonapi_faults = 0
-        self.duplicates = 0
+        self.duplicates = self.clock_jumps = 0
         self.tg: TaskGroup | None = None  # the run's task group, for deliveries made later
 
     def specs(self) -> list[ChildSpec]:
@@ -387,6 +429,16 @@ class _World:
         if behaviour == "twice":
             await anyio.sleep(rng.uniform(1, 120))
             self.tonapi.transfer(WALLET, source=PAYER, value=value, comment=memo)
+
+    def clock_jump(self) -> str:
+        """The hosts' wall clock steps (an NTP correction, a VM resumed), at most
+        :data:`MAX_CLOCK_OFFSET` off in all; monotonic clocks and the database's do not."""
+        rng = current_rng()
+        step = rng.uniform(-MAX_CLOCK_STEP, MAX_CLOCK_STEP)
+        offset = max(-MAX_CLOCK_OFFSET, min(MAX_CLOCK_OFFSET, self.clock.offset + step))
+        self.clock.offset = offset
+        self.clock_jumps += 1
+        return f"wall clock steps {step:+.1f}s (now {offset:+.1f}s off)"
 
     def tonapi_fault(self) -> str:
         rng = current_rng()
@@ -584,12 +636,18 @@ async def simulate(scenario: Scenario, trace: Callable[[str], None] | None = Non
     """Run ``scenario`` on the current simulated loop (inside :func:`ops.simulate.run`);
     raises :class:`InvariantViolated` when a guarantee breaks."""
     say = trace or (lambda line: None)
+    clock = _SteppedClock(environment.current())
+    with environment.use(clock):
+        return await _simulate(scenario, say, clock)
+
+
+async def _simulate(scenario: Scenario, say: Callable[[str], None], clock: _SteppedClock) -> Report:
     tonapi = TonApiStandIn(hang=60.0)
     async with (
         InProcessServer(tonapi.application(), host="tonapi.invalid") as server,
         TonApiClient(server.url, transport=InProcessTransport(server)) as client,
     ):
-        world = _World(scenario, tonapi, client)
+        world = _World(scenario, tonapi, client, clock)
         credited, confirmed = await _play_checked(scenario, world, say)
     token = _node.set(None)
     try:
@@ -611,6 +669,7 @@ async def simulate(scenario: Scenario, trace: Callable[[str], None] | None = Non
         tonapi_faults=world.tonapi_faults,
         redeliveries=world.redeliveries,
         duplicates=world.duplicates,
+        clock_jumps=world.clock_jumps,
         log_digest=digest,
     )
 
@@ -666,6 +725,7 @@ async def _play(scenario: Scenario, world: _World, say: Callable[[str], None]) -
                 ("cut", scenario.cuts_per_hour),
                 ("command", scenario.commands_per_hour),
                 ("tonapi", scenario.tonapi_faults_per_hour),
+                ("clock", scenario.clock_jumps_per_hour),
             )
             total = sum(rate for _, rate in rates) / 3600.0  # events per second
             if total <= 0:
@@ -686,6 +746,8 @@ async def _play(scenario: Scenario, world: _World, say: Callable[[str], None]) -
                     tg.start_soon(world.cut_off, node, seconds)
                 elif kind == "tonapi":
                     say(f"{anyio.current_time():8.1f}s {world.tonapi_fault()}")
+                elif kind == "clock":
+                    say(f"{anyio.current_time():8.1f}s {world.clock_jump()}")
                 else:
                     action = rng.choice(("restart", "stop", "start"))
                     actor = rng.choice(ACTORS)
