@@ -173,9 +173,16 @@ async def _append_first_before_8872215(
 
 def test_the_concurrent_referrals_bug_is_found_again() -> None:
     # The kill-9 storm found this bug (two users joining through one link at once lost one of
-    # them); reintroduced, the simulation finds it at the first fixed seed (and at 7 of seeds
-    # 1 to 10 of this short scenario).
+    # them); reintroduced, the simulation finds it within a few seeds of this short scenario
+    # (11 of seeds 1 to 20, the first at seed 3, when this was written).
+    found: list[str] = []
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(Gateway, "_append_first", _append_first_before_8872215)
-        with pytest.raises(InvariantViolated, match="referrals earned no reward"):
-            run(lambda: simulate(SHORT), seed=FIXED_SEEDS[0], max_time=3 * 3600)
+        for seed in range(1, 11):
+            try:
+                run(lambda: simulate(SHORT), seed=seed, max_time=3 * 3600)
+            except InvariantViolated as exc:
+                found.append(f"seed {seed}: {exc}")
+                break
+    assert found, "no seed of 1 to 10 found the reintroduced bug"
+    assert "referrals earned no reward" in found[0]
