@@ -14,11 +14,11 @@ What is deterministic, and why
     2. **Order.** Each step runs *one* ready callback, chosen by the loop's seeded scheduler
        from the ready ones. Ready callbacks are first put in a canonical order (plain
        callbacks in the order they were scheduled, then task steps by task serial: the order
-       the loop created the tasks), so the choice does not depend on memory addresses:
-       anyio and asyncio cancel tasks while iterating over sets hashed by ``id()``, and
-       would otherwise leak ASLR into the schedule. Timers due at the same instant become
-       ready in heap order (a function of the order they were set) and are then drawn like
-       any other ready callback.
+       the loop created the tasks, or first saw a step of one made with ``asyncio.Task``
+       directly), so the choice does not depend on memory addresses: anyio and asyncio
+       cancel tasks while iterating over sets hashed by ``id()``, and would otherwise leak
+       ASLR into the schedule. Timers due at the same instant become ready in the order
+       they were set and are then drawn like any other ready callback.
     3. **Names and draws.** Tasks without a name get ``Task-<serial>`` from the loop (asyncio's
        own counter is process-wide). The scheduler, the program's decisions
        (:func:`current_rng`) and the environment (UUIDs, ``new_rng()``) draw from three
@@ -66,30 +66,45 @@ Every failure of :func:`run` (the program's own exceptions too) carries a note w
 the step count, the virtual time, the trace digest and the last steps, so it can be replayed.
 
 The trace
-    Each step appends ``(step, virtual time, label)``: a task's name and serial
-    (``worker#3``), or a plain callback's qualified name (never a ``repr``, which holds
-    addresses). The whole trace is hashed as it goes (sha256, :attr:`SimResult.digest`);
-    only the last ``trace_size`` steps are kept.
+    Each step is ``(step, virtual time, label)``: a task's name and serial (``worker#3``), or
+    a plain callback's qualified name (never a ``repr``, which holds addresses). Only the
+    last ``trace_size`` steps are kept, and kept raw (the task's name or the callback's
+    label, and the serial): a step's label is only formatted when the tail is asked for
+    (:meth:`SimLoop.trace_tail`, a failure's note). The whole trace is hashed as it goes
+    (sha256, :attr:`SimResult.digest`), cheaply: one line per step, the task's serial or the
+    callback's label, and one line with the virtual time at the start and whenever the clock
+    moves; so it is a function of the seed, and two runs with the same digest ran the same
+    steps at the same instants.
 
 Private asyncio details relied on (:func:`check_asyncio_assumptions`, run by every new loop)
     ``BaseEventLoop.run_forever`` calls ``self._run_once()`` once per iteration and stops when
-    ``self._stopping`` is set; stock code only appends ``Handle`` objects to ``self._ready``
-    (``call_soon``, future callbacks), clears it (``close``) and pops from it in
-    ``_run_once``, so SimLoop swaps that deque for a pool of its own kept in canonical order
-    (``_ReadyPool``); ``call_at`` pushes ``TimerHandle`` objects on the heap
-    ``self._scheduled``, and a cancelled one counts itself in ``self._timer_cancelled_count``
-    while its ``_scheduled`` flag is set; a handle runs with ``handle._run()`` and holds its
-    callback in ``handle._callback``, which for a task's step or wake-up is a method whose
-    ``__self__`` is the task. :class:`SimLoop` replaces ``_run_once`` (the one place
-    stock asyncio picks and runs callbacks) and reads the rest. Checked against CPython
-    3.11.7, 3.12.1 and 3.13.0 (:data:`CHECKED_PYTHONS`), whose ``base_events.py`` agree on all
-    of it and whose runs of the same seed give the same digest.
+    ``self._stopping`` is set after it (so SimLoop's ``_run_once`` runs steps until it is);
+    stock code only appends ``Handle`` objects to ``self._ready`` (``call_soon``, future
+    callbacks), clears it (``close``) and pops from it in ``_run_once``, so SimLoop's
+    ``_run_once`` moves what arrives there into lists of its own kept in canonical order; a
+    handle runs with ``handle._run()``, has a ``_cancelled`` flag and holds its callback in
+    ``handle._callback``, which for a task's step or wake-up is a method whose ``__self__``
+    is the task. Stock ``call_soon`` and ``call_at`` are copied but for where the handle goes
+    (they use ``_check_closed()``, in debug mode ``_check_thread()``, ``_check_callback()``
+    and ``_source_traceback``): timers go on a heap of SimLoop's own
+    (``BaseEventLoop._scheduled`` stays empty), and ``TimerHandle.cancel()`` tells the loop
+    through ``_timer_handle_cancelled(timer)``, which SimLoop replaces to count the cancelled
+    timers still on its heap (those whose ``_scheduled`` flag it set). :class:`SimLoop`
+    replaces ``_run_once`` (the one place stock asyncio picks and runs callbacks) and reads
+    the rest. Checked against CPython 3.11.7, 3.12.1 and 3.13.0 (:data:`CHECKED_PYTHONS`),
+    whose ``asyncio`` agree on all of it and whose runs of the same seed give the same digest.
 
 Speed
     ``python -m ops.simulate.speed`` measures it. On the shared 2-core development machine
-    (two runs): 104,000 to 118,000 steps per second with ten tasks, 76,000 to 84,000 with a
-    thousand ready at once, 93,000 to 99,000 when timers make the clock jump; stock asyncio
-    runs the same programs 2.5 to 4 times faster (and the timers one really waits).
+    (two runs, another process busy on the other core): 270,000 to 278,000 steps per second
+    with ten tasks, 197,000 to 199,000 with a thousand ready at once, 179,000 to 181,000 when
+    timers make the clock jump; stock asyncio runs the same programs 1.5 to 2 times faster
+    (and the timers one really waits). What a step costs the kernel itself is kept small:
+    ``_run_once`` runs steps in one call with what it needs in local variables, sorts the
+    ready handles into place as they come (no key function, plain callbacks in a list of
+    their own), draws with one ``getrandbits``, keeps the trace raw and hashes it in batches
+    (see "The trace"), and timers compare as tuples. Before that (same machine, same
+    hour): 145,000 to 148,000, 110,000 to 111,000 and 111,000 steps per second.
 """
 
 from __future__ import annotations
@@ -111,7 +126,7 @@ from contextvars import Context
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import PurePath
-from types import FrameType
+from types import FrameType, FunctionType, MethodType
 from typing import Any, Final, Generic, NamedTuple, NoReturn, TypeVar, TypeVarTuple
 
 from events import environment
@@ -172,22 +187,20 @@ class UnsupportedAsyncio(SimulationError):
 
 
 # -- the private parts of asyncio, in one place ---------------------------------------------
-# Every private attribute the kernel touches is read or written through these few lines, and
-# check_asyncio_assumptions() proves each one on the running Python.
+# The kernel relies on the private details below and no others, and check_asyncio_assumptions()
+# proves each one on the running Python. The helpers serve the code that runs now and then;
+# SimLoop._run_once, call_soon and call_at, which run once per step or handle, use the details
+# directly, because a helper call per access would cost a good share of a step: the loop's
+# ``_ready`` deque and ``_stopping`` flag; a handle's ``_callback``, ``_cancelled`` and
+# ``_run()``; a timer's ``_scheduled`` flag and ``TimerHandle.cancel()`` calling
+# ``loop._timer_handle_cancelled(timer)``; and the checks of stock ``call_soon`` and ``call_at``
+# (``_check_closed()``, in debug mode ``_check_thread()``, ``_check_callback()`` and
+# ``_source_traceback``).
 
 
-def _ready_of(loop: asyncio.BaseEventLoop) -> collections.deque[asyncio.Handle] | _ReadyPool:
-    ready: collections.deque[asyncio.Handle] | _ReadyPool = loop._ready  # type: ignore[attr-defined]
+def _ready_of(loop: asyncio.BaseEventLoop) -> collections.deque[asyncio.Handle]:
+    ready: collections.deque[asyncio.Handle] = loop._ready  # type: ignore[attr-defined]
     return ready
-
-
-def _install_ready(loop: asyncio.BaseEventLoop, pool: _ReadyPool) -> None:
-    loop._ready = pool  # type: ignore[attr-defined]
-
-
-def _timers_of(loop: asyncio.BaseEventLoop) -> list[asyncio.TimerHandle]:
-    timers: list[asyncio.TimerHandle] = loop._scheduled  # type: ignore[attr-defined]
-    return timers
 
 
 def _callback_of(handle: asyncio.Handle) -> object:
@@ -196,33 +209,6 @@ def _callback_of(handle: asyncio.Handle) -> object:
 
 def _run_handle(handle: asyncio.Handle) -> None:
     handle._run()
-
-
-def _take_timer(loop: asyncio.BaseEventLoop) -> asyncio.TimerHandle:
-    """Pop the earliest timer off the heap, as stock ``_run_once`` does."""
-    timer = heapq.heappop(_timers_of(loop))
-    timer._scheduled = False  # type: ignore[attr-defined]
-    return timer
-
-
-def _drop_cancelled_timers(loop: asyncio.BaseEventLoop) -> None:
-    """Remove cancelled timers: all of them when they are many, else those at the head."""
-    timers = _timers_of(loop)
-    cancelled: int = loop._timer_cancelled_count  # type: ignore[attr-defined]
-    if len(timers) > 100 and cancelled * 2 > len(timers):
-        kept = []
-        for timer in timers:
-            if timer.cancelled():
-                timer._scheduled = False  # type: ignore[attr-defined]
-            else:
-                kept.append(timer)
-        heapq.heapify(kept)
-        loop._scheduled = kept  # type: ignore[attr-defined]
-        loop._timer_cancelled_count = 0  # type: ignore[attr-defined]
-        return
-    while timers and timers[0].cancelled():
-        loop._timer_cancelled_count -= 1  # type: ignore[attr-defined]
-        _take_timer(loop)
 
 
 CHECKED_PYTHONS: Final = ("3.11.7", "3.12.1", "3.13.0")
@@ -245,21 +231,34 @@ def check_asyncio_assumptions() -> None:
     try:
         if not isinstance(getattr(probe, "_ready", None), collections.deque):
             fail("BaseEventLoop._ready is not a deque")
-        if not isinstance(getattr(probe, "_scheduled", None), list):
-            fail("BaseEventLoop._scheduled is not a list")
-        _install_ready(probe, _ReadyPool(lambda task: 1))
+        if getattr(probe, "_stopping", None) is not False:
+            fail("BaseEventLoop._stopping is not a flag")
         handle = probe.call_soon(_no_op)
         if list(_ready_of(probe)) != [handle] or _callback_of(handle) is not _no_op:
             fail("call_soon does not append its Handle to _ready")
+        if getattr(handle, "_cancelled", None) is not False:
+            fail("a Handle has no _cancelled flag")
+        handle.cancel()
+        if getattr(handle, "_cancelled", None) is not True:
+            fail("Handle.cancel() does not set its _cancelled flag")
+        # SimLoop.call_soon and call_at are the stock ones but for where the handle goes.
+        stock_call_soon = _names_in(asyncio.BaseEventLoop.call_soon) | _names_in(
+            getattr(asyncio.BaseEventLoop, "_call_soon", _no_op)
+        )
+        if not {"_check_closed", "_call_soon", "Handle", "_ready"} <= stock_call_soon:
+            fail("BaseEventLoop.call_soon no longer appends a Handle as SimLoop.call_soon does")
+        if not {"_check_closed", "TimerHandle", "heappush"} <= _names_in(
+            asyncio.BaseEventLoop.call_at
+        ):
+            fail("BaseEventLoop.call_at no longer makes a TimerHandle as SimLoop.call_at does")
         timer = probe.call_at(5.0, _no_op)
-        if _timers_of(probe) != [timer] or not getattr(timer, "_scheduled", False):
-            fail("call_at does not push a scheduled TimerHandle on _scheduled")
+        if not getattr(timer, "_scheduled", False):
+            fail("call_at does not make a TimerHandle with a _scheduled flag")
+        told: list[asyncio.TimerHandle] = []
+        probe._timer_handle_cancelled = told.append  # type: ignore[attr-defined]
         timer.cancel()
-        if getattr(probe, "_timer_cancelled_count", None) != 1:
-            fail("a cancelled timer does not count itself in _timer_cancelled_count")
-        _drop_cancelled_timers(probe)
-        if _timers_of(probe) or getattr(probe, "_timer_cancelled_count", None) != 0:
-            fail("cancelled timers cannot be dropped from _scheduled")
+        if told != [timer]:
+            fail("TimerHandle.cancel() does not call its loop's _timer_handle_cancelled()")
         ran: list[int] = []
         _run_handle(asyncio.Handle(ran.append, (1,), probe))
         if ran != [1]:
@@ -276,6 +275,10 @@ def check_asyncio_assumptions() -> None:
         probe.close()
     if len(_ready_of(probe)):
         fail("close() does not clear _ready")
+
+
+def _names_in(function: Callable[..., object]) -> set[str]:
+    return set(function.__code__.co_names)
 
 
 def _no_op() -> None:
@@ -299,10 +302,14 @@ class TraceStep(NamedTuple):
     label: str
 
 
-def _label(callback: object, task: asyncio.Task[Any] | None, serial: int = 0) -> str:
-    if task is not None:  # anyio names tasks after their function: the serial tells them apart
-        name = task.get_name()
-        return name if name == f"Task-{serial}" else f"{name}#{serial}"
+_Recorded = tuple[int, float, str, int]
+"""A step as the loop records it: number, virtual time, then a plain callback's label and 0,
+or a task's name and serial. Rendered as a :class:`TraceStep` only when asked for."""
+
+
+def _label(callback: object) -> str:
+    """A plain callback's label: its qualified name (``_run_once`` has a fast path for
+    functions and methods)."""
     while isinstance(callback, functools.partial):  # possibly nested
         if _is_context_run(callback.func) and callback.args:  # asyncio.to_thread's wrapping
             callback = callback.args[0]
@@ -310,6 +317,16 @@ def _label(callback: object, task: asyncio.Task[Any] | None, serial: int = 0) ->
             callback = callback.func
     qualname = getattr(callback, "__qualname__", None)
     return qualname if isinstance(qualname, str) else type(callback).__qualname__
+
+
+def _task_label(name: str, serial: int) -> str:
+    # anyio names tasks after their function: the serial tells them apart
+    return name if name == f"Task-{serial}" else f"{name}#{serial}"
+
+
+def _render(recorded: _Recorded) -> TraceStep:
+    step, time, what, serial = recorded
+    return TraceStep(step, time, _task_label(what, serial) if serial else what)
 
 
 def _is_context_run(func: object) -> bool:
@@ -343,53 +360,8 @@ def _suspension_point(task: asyncio.Task[Any]) -> str:
     return where
 
 
-class _ReadyPool:
-    """What a :class:`SimLoop` puts in place of ``BaseEventLoop._ready`` (a deque in stock
-    asyncio), kept in the canonical order of module rule 2 so that a draw is one seeded index.
-
-    Stock asyncio only appends to ``_ready`` (``call_soon``, future callbacks), clears it
-    (``close``), tests its length and pops from it in ``_run_once``, which SimLoop replaces.
-    Each entry is ``(serial, arrival, handle, task)``: serial 0 for a plain callback, the task's
-    serial for a task step; ``arrival`` counts appends, so no two entries compare equal and
-    the handles themselves are never compared.
-    """
-
-    __slots__ = ("_arrivals", "_entries", "_serial_of")
-
-    def __init__(self, serial_of: Callable[[asyncio.Task[Any]], int]) -> None:
-        self._entries: list[tuple[int, int, asyncio.Handle, asyncio.Task[Any] | None]] = []
-        self._arrivals = itertools.count().__next__
-        self._serial_of = serial_of
-
-    def append(self, handle: asyncio.Handle) -> None:
-        task = _task_of(_callback_of(handle))
-        entry = (0 if task is None else self._serial_of(task), self._arrivals(), handle, task)
-        entries = self._entries
-        if not entries or entries[-1][:2] < entry[:2]:
-            entries.append(entry)
-        else:
-            bisect.insort(entries, entry, key=_order_key)
-
-    def draw(self, rng: random.Random) -> tuple[int, asyncio.Handle, asyncio.Task[Any] | None]:
-        """Remove one entry, chosen by ``rng``: its serial, handle and task."""
-        entries = self._entries
-        serial, _, handle, task = entries.pop(
-            rng.randrange(len(entries)) if len(entries) > 1 else 0
-        )
-        return serial, handle, task
-
-    def clear(self) -> None:
-        self._entries.clear()
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def __iter__(self) -> Iterator[asyncio.Handle]:
-        return (entry[2] for entry in self._entries)
-
-
-def _order_key(entry: tuple[int, int, asyncio.Handle, asyncio.Task[Any] | None]) -> tuple[int, int]:
-    return entry[0], entry[1]
+_DIGEST_BATCH: Final = 1024
+"""Every how many steps the loop hashes what the trace gathered since the last time."""
 
 
 # -- the loop -------------------------------------------------------------------------------
@@ -400,6 +372,13 @@ class SimLoop(asyncio.BaseEventLoop):
     :func:`run` builds the environment from it too. ``max_time`` bounds the virtual seconds
     after ``start_time``, ``max_steps`` the callbacks run; going past either raises
     :class:`BudgetExceeded`. ``trace_size`` is how many of the last steps are kept.
+
+    The ready callbacks (module rule 2) are kept in two lists whose concatenation is the
+    canonical order, and a draw is one seeded index into it: ``_plain``, plain callbacks in the
+    order they became ready, and ``_task_steps``, ``(serial, handle, task)`` for task steps
+    and wake-ups, sorted by serial, in the order they became ready within one serial. Stock
+    asyncio appends to ``_ready`` (``call_soon``, future callbacks); each step first moves
+    what arrived there since the last one, then the timers now due, into those lists.
     """
 
     def __init__(
@@ -416,6 +395,7 @@ class SimLoop(asyncio.BaseEventLoop):
         master = random.Random(seed)
         self.seed: Final = seed
         self._scheduler = random.Random(master.getrandbits(64))
+        self._draw_bits = self._scheduler.getrandbits
         self.rng: Final = random.Random(master.getrandbits(64))
         """Seeded decisions for the program (fault injection): see :func:`current_rng`."""
         self.environment_seed: Final = master.getrandbits(64)
@@ -426,15 +406,22 @@ class SimLoop(asyncio.BaseEventLoop):
         self._max_steps = max_steps
         self._steps = 0
         self._cleaning = False
-        self._tail: collections.deque[TraceStep] = collections.deque(maxlen=trace_size)
+        self._tail: collections.deque[_Recorded] = collections.deque(maxlen=trace_size)
         self._digest = hashlib.sha256()
-        self._undigested: list[str] = []  # hashed in batches: the same digest, less overhead
+        # What the digest has yet to hash, in batches (see digest()): a task step's serial, a
+        # plain callback's label, and "@<time>" whenever the virtual clock moves.
+        self._undigested: list[int | str] = [f"@{start_time!r}"]
         # Tasks by serial. A plain dict (hashing a task is cheap, a weak key is not); tasks
         # that are done are dropped now and then (_PRUNE_EVERY creations), never looked up.
         self._task_serials: dict[asyncio.Task[Any], int] = {}
         self._next_serial = itertools.count(1).__next__
-        self._pool = _ReadyPool(self._serial)
-        _install_ready(self, self._pool)
+        self._incoming = _ready_of(self)
+        self._plain: list[asyncio.Handle] = []
+        self._task_steps: list[tuple[int, asyncio.Handle, asyncio.Task[Any]]] = []
+        # The timers: a heap of (when, order set, timer), never compared beyond the order.
+        self._timers: list[tuple[float, int, asyncio.TimerHandle]] = []
+        self._next_timer = itertools.count().__next__
+        self._cancelled_timers = 0  # how many of them are cancelled
         self._violation: RealWorldAccess | None = None
         self._main: asyncio.Task[Any] | None = None  # set by run(): its main coroutine's task
         self._signal_handlers: dict[int, asyncio.Handle] = {}
@@ -455,17 +442,23 @@ class SimLoop(asyncio.BaseEventLoop):
         return self._now - self.start_time
 
     def digest(self) -> str:
-        """sha256 (hex) of the whole trace so far: equal for equal runs."""
+        """sha256 (hex) of the whole trace so far: equal for equal runs.
+
+        What is hashed is one line per step, the task's serial or the plain callback's label,
+        and a line ``@<virtual time>`` at the start and whenever the clock moves: what ran at
+        each step and when, without formatting a line per step (module section "The trace")."""
         self._digest_pending()
         return self._digest.hexdigest()
 
     def _digest_pending(self) -> None:
-        self._digest.update("".join(self._undigested).encode())
-        self._undigested.clear()
+        if self._undigested:
+            self._undigested.append("")  # every line ends with "\n": batches do not matter
+            self._digest.update("\n".join(map(str, self._undigested)).encode())
+            self._undigested.clear()
 
     def trace_tail(self) -> tuple[TraceStep, ...]:
         """The last steps run, oldest first."""
-        return tuple(self._tail)
+        return tuple(map(_render, self._tail))
 
     def begin_cleanup(self) -> None:
         """Lift the time budget and allow a fixed number of further steps, for cancelling
@@ -473,6 +466,72 @@ class SimLoop(asyncio.BaseEventLoop):
         self._cleaning = True
         self._deadline = math.inf
         self._max_steps = self._steps + _CLEANUP_STEPS
+
+    def close(self) -> None:
+        super().close()  # clears _ready
+        self._plain.clear()
+        self._task_steps.clear()
+        self._timers.clear()
+
+    # -- callbacks and timers: stock, but for where they go ------------------------------
+    def call_soon(
+        self,
+        callback: Callable[[*Ts], object],
+        *args: *Ts,
+        context: Context | None = None,
+    ) -> asyncio.Handle:
+        """Stock ``call_soon`` (the same on every checked Python) in one call instead of two:
+        a new Handle appended to ``_ready``."""
+        self._check_closed()  # type: ignore[attr-defined]
+        if self._debug:  # type: ignore[attr-defined]
+            self._check_thread()  # type: ignore[attr-defined]
+            self._check_callback(callback, "call_soon")  # type: ignore[attr-defined]
+        handle = asyncio.Handle(callback, args, self, context)
+        if handle._source_traceback:  # type: ignore[attr-defined]
+            del handle._source_traceback[-1]  # type: ignore[attr-defined]
+        self._incoming.append(handle)
+        return handle
+
+    def call_at(
+        self,
+        when: float,
+        callback: Callable[[*Ts], object],
+        *args: *Ts,
+        context: Context | None = None,
+    ) -> asyncio.TimerHandle:
+        """Stock ``call_at`` (the same on every checked Python) but for its heap: the loop's
+        own, of ``(when, order set, timer)``, so that timers due at the same instant leave it
+        in the order they were set, and the heap compares tuples of numbers in C instead of
+        calling ``TimerHandle.__lt__`` (about eight times per timer)."""
+        if when is None:
+            raise TypeError("when cannot be None")
+        self._check_closed()  # type: ignore[attr-defined]
+        if self._debug:  # type: ignore[attr-defined]
+            self._check_thread()  # type: ignore[attr-defined]
+            self._check_callback(callback, "call_at")  # type: ignore[attr-defined]
+        timer = asyncio.TimerHandle(when, callback, args, self, context)
+        if timer._source_traceback:  # type: ignore[attr-defined]
+            del timer._source_traceback[-1]  # type: ignore[attr-defined]
+        heapq.heappush(self._timers, (when, self._next_timer(), timer))
+        timer._scheduled = True  # type: ignore[attr-defined]
+        return timer
+
+    def _timer_handle_cancelled(self, handle: asyncio.TimerHandle) -> None:
+        """Called by ``TimerHandle.cancel()``. Cancelled timers stay on the heap until they
+        are due, as in stock asyncio, unless they are most of it: then all of them go."""
+        if handle._scheduled:  # type: ignore[attr-defined]
+            self._cancelled_timers += 1
+            if self._cancelled_timers * 2 > len(self._timers) > 100:
+                timers = self._timers
+                kept = []
+                for entry in timers:
+                    if entry[2].cancelled():
+                        entry[2]._scheduled = False  # type: ignore[attr-defined]
+                    else:
+                        kept.append(entry)
+                heapq.heapify(kept)
+                timers[:] = kept  # in place: _run_once may hold the list
+                self._cancelled_timers = 0
 
     # -- tasks: serial numbers and deterministic names -----------------------------------
     def create_task(
@@ -487,10 +546,9 @@ class SimLoop(asyncio.BaseEventLoop):
         serial = self._next_serial()
         name = f"Task-{serial}" if name is None else name
         task = super().create_task(coro, name=name, context=context)
-        if serial % _PRUNE_EVERY == 0:
-            self._task_serials = {
-                known: number for known, number in self._task_serials.items() if not known.done()
-            }
+        if serial % _PRUNE_EVERY == 0:  # in place: _run_once holds the dict
+            for done in [known for known in self._task_serials if known.done()]:
+                del self._task_serials[done]
         self._task_serials[task] = serial
         return task
 
@@ -502,58 +560,125 @@ class SimLoop(asyncio.BaseEventLoop):
 
     # -- the scheduler: the one place callbacks run --------------------------------------
     def _run_once(self) -> None:
-        """One step: make due timers ready (jumping the clock if nothing else is), then run
-        one ready callback drawn by the seeded scheduler."""
-        if self._main is None or not self._main.done():
-            # A refusal the program swallowed (an `except Exception` guard) ends the run now.
-            # Once main is done it has propagated, or run() raises it after the end.
-            self.raise_swallowed_refusal()
-        ready = self._pool
-        _drop_cancelled_timers(self)
-        self._make_due_timers_ready()
-        if not ready:
+        """Run steps until the loop is told to stop. Each step makes the due timers ready
+        (first jumping the clock to the next timer if nothing is ready), then runs one ready
+        callback drawn by the seeded scheduler.
+
+        ``run_forever`` calls this once per iteration and stops after it when ``_stopping`` is
+        set: returning as soon as it is set, after the step that set it, changes nothing, and
+        spares a call and the set-up below per step. This is the hottest code of a
+        simulation: private details are read directly (see the section on them), what is used
+        every step is held in local variables, and the trace is recorded raw (see
+        :meth:`digest` and ``_render``)."""
+        incoming = self._incoming
+        timers = self._timers
+        plain = self._plain
+        task_steps = self._task_steps
+        serials = self._task_serials
+        record = self._tail.append
+        undigested = self._undigested
+        digest_item = undigested.append
+        draw = self._draw_bits
+        heappop = heapq.heappop
+        task_type = asyncio.Task
+        now = self._now
+        steps = self._steps
+        while True:
+            if self._violation is not None and (self._main is None or not self._main.done()):
+                # A refusal the program swallowed (an `except Exception` guard) ends the run
+                # now. Once main is done it has propagated, or run() raises it after the end.
+                self.raise_swallowed_refusal()
+            while timers and timers[0][0] <= now:  # due: in the order they leave the heap
+                timer = heappop(timers)[2]
+                timer._scheduled = False  # type: ignore[attr-defined]
+                if timer._cancelled:
+                    self._cancelled_timers -= 1
+                else:
+                    incoming.append(timer)
+            if incoming:  # into the canonical order (the class docstring), as they came
+                for handle in incoming:
+                    owner = getattr(handle._callback, "__self__", None)  # type: ignore[attr-defined]
+                    if isinstance(owner, task_type):
+                        number = serials.get(owner)
+                        if number is None:
+                            number = self._serial(owner)
+                        if not task_steps or task_steps[-1][0] <= number:
+                            task_steps.append((number, handle, owner))
+                        else:  # after those of its serial: (number + 1,) sorts before them
+                            at = bisect.bisect_left(task_steps, (number + 1,))
+                            task_steps.insert(at, (number, handle, owner))
+                    else:
+                        plain.append(handle)
+                incoming.clear()
+            count = len(plain) + len(task_steps)
+            if not count:
+                if self._stopping:  # type: ignore[attr-defined]
+                    return
+                while timers and timers[0][2]._cancelled:
+                    heappop(timers)[2]._scheduled = False  # type: ignore[attr-defined]
+                    self._cancelled_timers -= 1
+                if not timers:
+                    raise self._deadlock()
+                when = timers[0][0]
+                if when > self._deadline:
+                    raise BudgetExceeded(
+                        f"virtual time budget exceeded: the next timer is at "
+                        f"{when - self.start_time:.3f} s, past the limit of "
+                        f"{self._deadline - self.start_time:.3f} s"
+                    )
+                self._now = now = when  # later than now: it would be due otherwise
+                digest_item(f"@{now!r}")
+                continue  # to make the timers now due ready
+            # The seeded draw: randrange(count), spelled out (what random.Random.randrange
+            # does on every checked Python) to spare two Python calls per step.
+            index = 0
+            if count > 1:
+                bits = count.bit_length()
+                index = draw(bits)
+                while index >= count:
+                    index = draw(bits)
+            task: asyncio.Task[Any] | None
+            if index < len(plain):
+                handle = plain.pop(index)
+                task = None
+            else:
+                serial, handle, task = task_steps.pop(index - len(plain))
+            if handle._cancelled:  # skipped: not a step
+                if self._stopping:  # type: ignore[attr-defined]
+                    return
+                continue
+            if (
+                self._max_steps is not None
+                and steps >= self._max_steps
+                # Once main is done its last callbacks end the run; the clean-up has its own
+                # budget.
+                and (self._cleaning or self._main is None or not self._main.done())
+            ):
+                incoming.append(handle)  # not run: left for whatever cleans up
+                raise BudgetExceeded(
+                    f"step budget exceeded: {steps} steps run by virtual time "
+                    f"{self.elapsed:.3f} s (a busy loop that never sleeps, or raise max_steps)"
+                )
+            self._steps = steps = steps + 1
+            if task is None:
+                callback = handle._callback  # type: ignore[attr-defined]
+                kind = type(callback)
+                if kind is FunctionType:
+                    label: str = callback.__qualname__
+                elif kind is MethodType and type(callback.__func__) is FunctionType:
+                    label = callback.__func__.__qualname__
+                else:
+                    label = _label(callback)
+                record((steps, now, label, 0))
+                digest_item(label)
+            else:
+                record((steps, now, task.get_name(), serial))
+                digest_item(serial)
+            if not steps % _DIGEST_BATCH:
+                self._digest_pending()
+            handle._run()
             if self._stopping:  # type: ignore[attr-defined]
                 return
-            timers = _timers_of(self)
-            if not timers:
-                raise self._deadlock()
-            when = timers[0].when()
-            if when > self._deadline:
-                raise BudgetExceeded(
-                    f"virtual time budget exceeded: the next timer is at "
-                    f"{when - self.start_time:.3f} s, past the limit of "
-                    f"{self._deadline - self.start_time:.3f} s"
-                )
-            self._now = max(self._now, when)
-            self._make_due_timers_ready()
-        serial, handle, task = self._pool.draw(self._scheduler)
-        if handle.cancelled():
-            return
-        if (
-            self._max_steps is not None
-            and self._steps >= self._max_steps
-            # Once main is done its last callbacks end the run; the clean-up has its own budget.
-            and (self._cleaning or self._main is None or not self._main.done())
-        ):
-            self._pool.append(handle)  # not run: left for whatever cleans up
-            raise BudgetExceeded(
-                f"step budget exceeded: {self._steps} steps run by virtual time "
-                f"{self.elapsed:.3f} s (a busy loop that never sleeps, or raise max_steps)"
-            )
-        self._steps += 1
-        label = _label(_callback_of(handle), task, serial)
-        self._tail.append(TraceStep(self._steps, self._now, label))
-        self._undigested.append(f"{self._now!r} {label}\n")
-        if len(self._undigested) >= 1024:
-            self._digest_pending()
-        _run_handle(handle)
-
-    def _make_due_timers_ready(self) -> None:
-        timers = _timers_of(self)
-        while timers and timers[0].when() <= self._now:
-            timer = _take_timer(self)
-            if not timer.cancelled():
-                self._pool.append(timer)
 
     def _deadlock(self) -> Deadlock:
         pending = sorted(asyncio.all_tasks(self), key=self._serial)
@@ -578,7 +703,7 @@ class SimLoop(asyncio.BaseEventLoop):
         handle = self._signal_handlers.get(sig)
         if handle is None:
             return False
-        self._pool.append(handle)
+        self._incoming.append(handle)
         return True
 
     # -- threads: only the loop's own --------------------------------------------------
@@ -591,7 +716,7 @@ class SimLoop(asyncio.BaseEventLoop):
         """``call_soon`` from the loop's own thread; refused from any other thread."""
         running_in: int | None = self._thread_id  # type: ignore[attr-defined]
         if running_in is not None and running_in != threading.get_ident():
-            self._refuse(f"call_soon_threadsafe({_label(callback, None)}) from another thread")
+            self._refuse(f"call_soon_threadsafe({_label(callback)}) from another thread")
         return self.call_soon(callback, *args, context=context)
 
     # -- the outside world: refused (module rule 4) ------------------------------------
@@ -612,7 +737,7 @@ class SimLoop(asyncio.BaseEventLoop):
         raise error
 
     def run_in_executor(self, executor: Any, func: Callable[[*Ts], T], *args: *Ts) -> NoReturn:
-        self._refuse(f"run_in_executor({_label(func, None)}) (a thread or process pool)")
+        self._refuse(f"run_in_executor({_label(func)}) (a thread or process pool)")
 
     def set_default_executor(self, executor: Any) -> NoReturn:
         self._refuse("set_default_executor")
@@ -784,20 +909,29 @@ def _utc(start: datetime) -> datetime:
 
 
 # -- from inside a run ----------------------------------------------------------------------
+_NOT_IN_A_RUN: Final = (
+    "not inside a simulated run: current_loop() and current_rng() work only in code "
+    "that ops.simulate.run() is running"
+)
+
+
 def current_loop() -> SimLoop:
     """The :class:`SimLoop` running this code; RuntimeError outside a simulated run."""
     loop = _running_sim_loop()
     if loop is None:
-        raise RuntimeError(
-            "not inside a simulated run: current_loop() and current_rng() work only in code "
-            "that ops.simulate.run() is running"
-        )
+        raise RuntimeError(_NOT_IN_A_RUN)
     return loop
 
 
 def current_rng() -> random.Random:
     """The run's seeded generator for the program's own decisions (fault injection)."""
-    return current_loop().rng
+    try:  # current_loop(), spelled out: fault injection asks for it very often
+        loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+    except RuntimeError:
+        loop = None
+    if isinstance(loop, SimLoop):
+        return loop.rng
+    raise RuntimeError(_NOT_IN_A_RUN)
 
 
 # -- the entry point ------------------------------------------------------------------------
