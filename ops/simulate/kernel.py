@@ -137,6 +137,7 @@ __all__ = [
     "SimResult",
     "TraceStep",
     "SimLoop",
+    "Frozen",
     "SimEnvironment",
     "current_loop",
     "current_rng",
@@ -364,6 +365,14 @@ _DIGEST_BATCH: Final = 1024
 """Every how many steps the loop hashes what the trace gathered since the last time."""
 
 
+@dataclass(frozen=True, eq=False)
+class Frozen:
+    """A process stopped by :meth:`SimLoop.freeze` (``name`` for messages)."""
+
+    name: str
+    matches: Callable[[Context], bool]
+
+
 # -- the loop -------------------------------------------------------------------------------
 class SimLoop(asyncio.BaseEventLoop):
     """An asyncio loop on virtual time that runs one seeded choice of ready callback per step.
@@ -425,6 +434,8 @@ class SimLoop(asyncio.BaseEventLoop):
         self._violation: RealWorldAccess | None = None
         self._main: asyncio.Task[Any] | None = None  # set by run(): its main coroutine's task
         self._signal_handlers: dict[int, asyncio.Handle] = {}
+        # Frozen processes: what each one's predicate matches is held, not run (freeze()).
+        self._frozen: dict[Frozen, list[asyncio.Handle]] = {}
 
     # -- what a run reports --------------------------------------------------------------
     def time(self) -> float:
@@ -647,6 +658,8 @@ class SimLoop(asyncio.BaseEventLoop):
                 if self._stopping:  # type: ignore[attr-defined]
                     return
                 continue
+            if self._frozen and self._hold(handle):
+                continue  # drawn, but its process is stopped: not a step
             if (
                 self._max_steps is not None
                 and steps >= self._max_steps
@@ -680,6 +693,33 @@ class SimLoop(asyncio.BaseEventLoop):
             if self._stopping:  # type: ignore[attr-defined]
                 return
 
+    # -- frozen processes (SIGSTOP, a VM paused, a stop-the-world GC) ---------------------
+    def freeze(self, matches: Callable[[Context], bool], name: str = "frozen") -> Frozen:
+        """Stop running every callback whose context ``matches`` (a simulated process: its
+        tasks and their timers carry its context variables) until :meth:`thaw`. Time goes
+        on: the process's timers come due and wait with its ready steps; at the thaw they all
+        rejoin the ready ones at once, in the seed's order, as a resumed process finds its
+        deadlines passed."""
+        frozen = Frozen(name, matches)
+        self._frozen[frozen] = []
+        return frozen
+
+    def thaw(self, frozen: Frozen) -> int:
+        """Resume ``frozen``: what it held becomes ready again; how many callbacks."""
+        held = self._frozen.pop(frozen, None)
+        if held is None:
+            raise ValueError(f"{frozen.name} is not frozen")
+        self._incoming.extend(held)
+        return len(held)
+
+    def _hold(self, handle: asyncio.Handle) -> bool:
+        context: Context = handle._context  # type: ignore[attr-defined]
+        for frozen, held in self._frozen.items():
+            if frozen.matches(context):
+                held.append(handle)
+                return True
+        return False
+
     def _deadlock(self) -> Deadlock:
         pending = sorted(asyncio.all_tasks(self), key=self._serial)
         lines = [
@@ -687,6 +727,10 @@ class SimLoop(asyncio.BaseEventLoop):
             f"nothing is ready, no timer is set, and {len(pending)} task(s) wait for ever"
         ]
         lines += [f"  {task.get_name()}: {_suspension_point(task)}" for task in pending]
+        lines += [
+            f"  {frozen.name}: frozen, holding {len(held)} callback(s) until thawed"
+            for frozen, held in self._frozen.items()
+        ]
         return Deadlock("\n".join(lines))
 
     # -- signals: accepted, delivered only by the simulation -----------------------------

@@ -41,6 +41,7 @@ Telegram updates, and clock jumps.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import random
 import uuid
@@ -77,7 +78,7 @@ from events import (
     environment,
 )
 from events.errors import I3laniError, StoreUnavailable
-from ops.simulate.kernel import current_rng
+from ops.simulate.kernel import Frozen, current_loop, current_rng
 from ops.simulate.transports import InProcessServer, InProcessTransport
 from ops.standins import TonApiStandIn
 from store.memory import READS, MemoryLog
@@ -149,6 +150,8 @@ class Scenario:
     """Share of committed writes whose acknowledgement is lost (the caller sees an error)."""
     kills_per_hour: float = 3.0
     cuts_per_hour: float = 3.0
+    pauses_per_hour: float = 3.0
+    """A node stopped whole (SIGSTOP, a paused VM) past its lease, then resumed."""
     commands_per_hour: float = 3.0
     tonapi_faults_per_hour: float = 4.0
     clock_jumps_per_hour: float = 2.0
@@ -191,6 +194,7 @@ class Report(msgspec.Struct, frozen=True, kw_only=True):
     lost_acks: int
     kills: int
     cuts: int
+    pauses: int
     commands: int
     tonapi_faults: int
     redeliveries: int
@@ -234,6 +238,8 @@ class _Faults:
         return False
 
 
+PAUSE_POINTS: Final = ("begin", "append", "commit", "save_checkpoint", "lease")
+"""Store writes a node may be stopped right before (or anywhere: ``None``)."""
 MAX_CLOCK_STEP: Final = 60.0
 MAX_CLOCK_OFFSET: Final = 300.0
 
@@ -268,6 +274,7 @@ class _Node:
     incarnation: int = 0
     scope: anyio.CancelScope | None = None
     done: anyio.Event = field(default_factory=anyio.Event)
+    frozen: Frozen | None = None
 
 
 class _World:
@@ -285,7 +292,7 @@ class _World:
             clock=clock.true_now,  # PostgreSQL's now(): another machine's clock
             faults=self.faults,
             lost_ack=self.faults.lost_ack,
-            yield_point=_latency,
+            yield_point=self._latency,
             safety_poll=SAFETY_POLL,
         )
         self.tonapi = tonapi
@@ -298,7 +305,9 @@ class _World:
         self.due: dict[int, float] = {}  # paid in full inside their window: when (sim time)
         self.foreign: set[str] = set()  # tx hashes that pay no payment (a wrong memo)
         self.kills = self.cuts = self.commands = self.redeliveries = self.tonapi_faults = 0
-        self.duplicates = self.clock_jumps = 0
+        self.duplicates = self.clock_jumps = self.pauses = 0
+        # nodes to stop at their next store write of a kind (see pause)
+        self.stop_at: dict[str, tuple[str, anyio.Event]] = {}
         self.tg: TaskGroup | None = None  # the run's task group, for deliveries made later
 
     def specs(self) -> list[ChildSpec]:
@@ -339,11 +348,63 @@ class _World:
         """SIGKILL and restart: nothing the dying process does reaches the database."""
         self.kills += 1
         self.faults.cut.add(node.name)
+        self.resume(node)  # a stopped process is killed all the same
         assert node.scope is not None
         node.scope.cancel()
         await node.done.wait()
         self.faults.cut.discard(node.name)
         self.start_node(tg, node)
+
+    async def pause(self, node: _Node, seconds: float, *, at: str | None = None) -> None:
+        """SIGSTOP for ``seconds``, then SIGCONT: none of the node's tasks runs meanwhile
+        (its lease expires and is taken over), and it resumes with every deadline passed,
+        in the seed's order: what it was about to write may come before it notices.
+
+        ``at``: stop it as it is about to send its next such store write (``"begin"``,
+        ``"append"``, ``"commit"``, ...), where a stop hurts most, rather than anywhere."""
+        if node.frozen is not None or node.name in self.stop_at:
+            return
+        if at is not None:
+            stopped = anyio.Event()
+            self.stop_at[node.name] = (at, stopped)
+            with anyio.move_on_after(3 * LEASE_TTL):
+                await stopped.wait()
+            if not stopped.is_set():  # it wrote nothing of the kind meanwhile
+                del self.stop_at[node.name]
+                return
+        else:
+            self.freeze(node)
+        self.pauses += 1
+        frozen = node.frozen
+        await anyio.sleep(seconds)
+        if node.frozen is frozen:  # not killed (and restarted) meanwhile
+            self.resume(node)
+
+    def freeze(self, node: _Node) -> Frozen:
+        name = node.name
+        frozen = current_loop().freeze(lambda context: context.get(_node) == name, name)
+        node.frozen = frozen
+        return frozen
+
+    async def _latency(self, operation: str) -> None:
+        """The store's scheduling hook: each write takes a random moment of simulated time;
+        each read lets every other ready task run first, in the seed's order (half the cost
+        of a timer, and reads interleave with writes all the same). A node to be stopped at
+        its next write of this kind is stopped here, before the write is sent."""
+        if operation in READS:
+            await anyio.lowlevel.checkpoint()
+            return
+        who = _node.get()
+        if who is not None and who in self.stop_at and self.stop_at[who][0] == operation:
+            _, stopped = self.stop_at.pop(who)
+            self.freeze(next(node for node in self.nodes if node.name == who))
+            stopped.set()
+        await anyio.sleep(current_rng().expovariate(1 / STORE_LATENCY))
+
+    def resume(self, node: _Node) -> None:
+        if node.frozen is not None:
+            current_loop().thaw(node.frozen)
+            node.frozen = None
 
     async def cut_off(self, node: _Node, seconds: float) -> None:
         self.cuts += 1
@@ -665,6 +726,7 @@ async def _simulate(scenario: Scenario, say: Callable[[str], None], clock: _Step
         lost_acks=world.faults.lost_acks,
         kills=world.kills,
         cuts=world.cuts,
+        pauses=world.pauses,
         commands=world.commands,
         tonapi_faults=world.tonapi_faults,
         redeliveries=world.redeliveries,
@@ -723,6 +785,7 @@ async def _play(scenario: Scenario, world: _World, say: Callable[[str], None]) -
             rates = (
                 ("kill", scenario.kills_per_hour),
                 ("cut", scenario.cuts_per_hour),
+                ("pause", scenario.pauses_per_hour),
                 ("command", scenario.commands_per_hour),
                 ("tonapi", scenario.tonapi_faults_per_hour),
                 ("clock", scenario.clock_jumps_per_hour),
@@ -746,6 +809,12 @@ async def _play(scenario: Scenario, world: _World, say: Callable[[str], None]) -
                     tg.start_soon(world.cut_off, node, seconds)
                 elif kind == "tonapi":
                     say(f"{anyio.current_time():8.1f}s {world.tonapi_fault()}")
+                elif kind == "pause":
+                    seconds = rng.uniform(0.5 * LEASE_TTL, 6 * LEASE_TTL)
+                    at = rng.choice((None, *PAUSE_POINTS))
+                    where = "" if at is None else f" at its next {at!r}"
+                    say(f"{anyio.current_time():8.1f}s pause {node.name}{where} for {seconds:.1f}s")
+                    tg.start_soon(functools.partial(world.pause, node, seconds, at=at))
                 elif kind == "clock":
                     say(f"{anyio.current_time():8.1f}s {world.clock_jump()}")
                 else:
@@ -760,6 +829,8 @@ async def _play(scenario: Scenario, world: _World, say: Callable[[str], None]) -
         await anyio.sleep(faulty)
         world.faults.faulty = False
         world.faults.cut.clear()
+        for node in world.nodes:
+            world.resume(node)
         world.tonapi.heal()
         say(f"{anyio.current_time():8.1f}s faults stop; operators start every actor")
         for actor in ACTORS:
@@ -768,16 +839,6 @@ async def _play(scenario: Scenario, world: _World, say: Callable[[str], None]) -
         tally = await world.check(final=True)
         tg.cancel_scope.cancel()
     return tally
-
-
-async def _latency(operation: str) -> None:
-    """The store's scheduling hook: each write takes a random moment of simulated time; each
-    read lets every other ready task run first, in the seed's order (half the cost of a
-    timer, and reads interleave with writes all the same)."""
-    if operation in READS:
-        await anyio.lowlevel.checkpoint()
-    else:
-        await anyio.sleep(current_rng().expovariate(1 / STORE_LATENCY))
 
 
 def _any(first: object, second: object) -> bool:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import signal
 import threading
 import time
@@ -441,3 +442,61 @@ def test_a_broken_assumption_is_reported_clearly(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(asyncio.BaseEventLoop, "run_forever", run_forever)
     with pytest.raises(UnsupportedAsyncio, match=r"no longer calls self\._run_once\(\)"):
         check_asyncio_assumptions()
+
+
+# -- frozen processes -----------------------------------------------------------------------
+_process: contextvars.ContextVar[str] = contextvars.ContextVar("process", default="")
+
+
+def test_a_frozen_process_runs_nothing_until_thawed_then_finds_its_deadlines_passed() -> None:
+    ticks: list[tuple[str, float]] = []
+
+    async def ticking(name: str) -> None:
+        _process.set(name)
+        while True:
+            ticks.append((name, anyio.current_time()))
+            await anyio.sleep(1.0)
+
+    async def main() -> int:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(ticking, "a")
+            tg.start_soon(ticking, "b")
+            await anyio.sleep(2.5)
+            frozen = current_loop().freeze(lambda context: context.get(_process) == "a", "a")
+            await anyio.sleep(3.0)
+            held = current_loop().thaw(frozen)
+            await anyio.sleep(1.0)
+            tg.cancel_scope.cancel()
+        return held
+
+    result = run(main, seed=7)
+    a = [at for name, at in ticks if name == "a"]
+    b = [at for name, at in ticks if name == "b"]
+    assert a == [0.0, 1.0, 2.0, 5.5, 6.5]  # the tick due at 3.0 ran at the thaw
+    assert b == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
+    assert result.value == 1  # its one timer's callback, held since 3.0
+
+
+def test_a_process_frozen_for_ever_is_reported_in_the_deadlock() -> None:
+    async def main() -> None:
+        async def frozen_worker() -> None:
+            _process.set("stuck")
+            await anyio.sleep(1.0)
+
+        async with anyio.create_task_group() as tg:
+            current_loop().freeze(lambda context: context.get(_process) == "stuck", "node-x")
+            tg.start_soon(frozen_worker)
+
+    with pytest.raises(Deadlock, match="node-x: frozen, holding 1 callback"):
+        run(main, seed=1)
+
+
+def test_thawing_what_is_not_frozen_is_refused() -> None:
+    async def main() -> None:
+        loop = current_loop()
+        frozen = loop.freeze(lambda context: False, "n")
+        loop.thaw(frozen)
+        loop.thaw(frozen)
+
+    with pytest.raises(ValueError, match="n is not frozen"):
+        run(main, seed=1)
