@@ -59,6 +59,10 @@ commit of a transaction that made them.
     log. Raise :class:`StoreUnavailable` (or any error) to make the store "down" or fail a
     commit; an operation that raises there has done nothing (a failed ``"commit"`` rolls the
     transaction back). Default: no faults.
+``on_commit``
+    ``(events) -> None``, called inside each commit, as it makes ``events`` (decoded, unknown
+    types left out) visible, in the committing task: a simulation checks its invariants there,
+    with the state of the leases at that very moment. It must not raise. Default: none.
 ``lost_ack``
     ``(operation) -> bool``, called after a write has committed (``"append"``, ``"commit"``,
     ``"save_checkpoint"``, ``"lease"``): True makes the caller see :class:`StoreUnavailable`
@@ -301,6 +305,7 @@ class MemoryLog(PagedReads):
         yield_point: Callable[[str], Awaitable[None]] = _checkpoint,
         faults: Callable[[str], None] = _no_faults,
         lost_ack: Callable[[str], bool] = _never,
+        on_commit: Callable[[list[RecordedEvent]], None] | None = None,
         safety_poll: float | None = None,
     ) -> None:
         if safety_poll is not None and not safety_poll > 0:
@@ -312,6 +317,7 @@ class MemoryLog(PagedReads):
         self.yield_point = yield_point
         self.faults = faults
         self.lost_ack = lost_ack
+        self.on_commit = on_commit
         self._metadata_encoder = msgspec.json.Encoder()
         self._metadata_decoder = msgspec.json.Decoder(EventMetadata)
         # The log, in reading order (transaction id, position), with its indexes.
@@ -461,6 +467,14 @@ class MemoryLog(PagedReads):
             return self._leases.get(_str(args[0]))
         raise ValueError(f"unknown lease statement {name!r}")
 
+    def lease_holder(self, name: str) -> str | None:
+        """Who holds lease ``name`` now, by the log's clock (None: free, released or
+        expired). Synchronous: for a simulation's checks inside :attr:`on_commit`."""
+        row = self._lease_rows.get(name)
+        if row is None or row.node is None or row.expires_at < self.clock():
+            return None
+        return row.node
+
     async def lease_infos(self) -> list[dict[str, object]]:
         """Every lease as ``store.leases.LeaseInfo`` fields (the ``leases`` query's columns),
         judged by the log's clock."""
@@ -602,6 +616,8 @@ class MemoryLog(PagedReads):
             writes.commit()  # with the events, before anyone waiting on tx looks again
         tx.committed = True
         self._end(tx)
+        if self.on_commit is not None and tx.rows:
+            self.on_commit(self._decode(tx.rows, skip_unknown=True))
         categories = {row.stream.split("-", 1)[0] for row in tx.rows}
         if categories:
             for subscription in list(self._subscriptions):

@@ -62,6 +62,7 @@ from actors.config import Settings
 from actors.control import issue_command, operator_command
 from actors.payment_monitor import PaymentMonitor
 from actors.runtime import ChildSpec, RestartType
+from actors.tasks import PAYMENT_VERIFICATION, REWARD_DISTRIBUTION
 from actors.tonapi import TonApiClient
 from bot_gateway.service import Gateway, TelegramUser, reward_id_for
 from events import (
@@ -72,6 +73,7 @@ from events import (
     SubscriptionActivated,
     TaskClaimed,
     TaskDeadLettered,
+    TaskEnqueued,
     TaskFailed,
     TaskSucceeded,
     UserRegistered,
@@ -83,6 +85,7 @@ from ops.simulate.transports import InProcessServer, InProcessTransport
 from ops.standins import TonApiStandIn
 from store.memory import READS, MemoryLog
 from store.records import RecordedEvent
+from store.tasks.memory import MemoryTaskTable
 from supervisor import Supervisor
 
 __all__ = ["Scenario", "Report", "InvariantViolated", "simulate", "ACTORS"]
@@ -238,8 +241,16 @@ class _Faults:
         return False
 
 
-PAUSE_POINTS: Final = ("begin", "append", "commit", "save_checkpoint", "lease")
-"""Store writes a node may be stopped right before (or anywhere: ``None``)."""
+TASK_ACTORS: Final = {
+    PAYMENT_VERIFICATION: "PaymentMonitor",
+    REWARD_DISTRIBUTION: "RewardProcessor",
+}
+"""The actor whose lease a task type's work is done under."""
+_TASK_EVENTS: Final = (TaskClaimed, TaskSucceeded, TaskFailed, TaskDeadLettered)
+HOLDING_A_TASK: Final = "write while it holds a task"
+PAUSE_POINTS: Final = ("begin", "append", "commit", "save_checkpoint", "lease", HOLDING_A_TASK)
+"""Where a node may be stopped: right before its next store write of a kind, or its next
+write while it holds a claimed task (or anywhere: ``None``)."""
 MAX_CLOCK_STEP: Final = 60.0
 MAX_CLOCK_OFFSET: Final = 300.0
 
@@ -288,7 +299,11 @@ class _World:
         self.scenario = scenario
         self.clock = clock
         self.faults = _Faults(scenario.store_fault_rate, scenario.lost_ack_rate)
+        self.violation: InvariantViolated | None = None
+        self.violated = anyio.Event()
+        self.task_types: dict[int, str] = {}
         self.log = MemoryLog(
+            on_commit=self._committed,
             clock=clock.true_now,  # PostgreSQL's now(): another machine's clock
             faults=self.faults,
             lost_ack=self.faults.lost_ack,
@@ -395,11 +410,20 @@ class _World:
             await anyio.lowlevel.checkpoint()
             return
         who = _node.get()
-        if who is not None and who in self.stop_at and self.stop_at[who][0] == operation:
+        if who is not None and who in self.stop_at and self._stops_here(who, operation):
             _, stopped = self.stop_at.pop(who)
             self.freeze(next(node for node in self.nodes if node.name == who))
             stopped.set()
         await anyio.sleep(current_rng().expovariate(1 / STORE_LATENCY))
+
+    def _stops_here(self, who: str, operation: str) -> bool:
+        at = self.stop_at[who][0]
+        if at == HOLDING_A_TASK:
+            return any(
+                row.status == "running" and row.locked_by == who
+                for row in MemoryTaskTable.of(self.log)._rows.values()
+            )
+        return at == operation
 
     def resume(self, node: _Node) -> None:
         if node.frozen is not None:
@@ -524,6 +548,36 @@ class _World:
             _node.reset(token)
 
     # -- invariants -------------------------------------------------------------------------
+    def _committed(self, events: list[RecordedEvent]) -> None:
+        """Inside each commit, with the leases as they are at that moment: work for an actor
+        (its task events, its writes under a lease) is committed only by the node that holds
+        the actor's lease, unexpired. A violation ends the run at the next step."""
+        who = _node.get()
+        for recorded in events:
+            event = recorded.event
+            if isinstance(event, TaskEnqueued):
+                self.task_types[event.task_id] = event.task_type
+            if who is None or not who.startswith("node-") or self.violation is not None:
+                continue
+            lease = recorded.metadata.lease
+            if lease is None and isinstance(event, _TASK_EVENTS):
+                lease = TASK_ACTORS.get(self.task_types.get(event.task_id, ""))
+            if lease is None:
+                continue
+            holder = self.log.lease_holder(lease)
+            if holder is None or holder.split("/", 1)[0] != who:
+                self.violation = InvariantViolated(
+                    f"{who} committed {type(event).__name__} to {recorded.stream} (work of "
+                    f"{lease}) while {holder or 'nobody'} held {lease}'s lease"
+                )
+                self.violated.set()
+
+    async def watch(self) -> None:
+        """Raise the violation the commit hook found, as soon as it is found."""
+        await self.violated.wait()
+        assert self.violation is not None
+        raise self.violation
+
     async def follow(self) -> None:
         """Check every event as it commits (in reading order): a broken guarantee stops the
         run within a step or two of the write that broke it."""
@@ -826,6 +880,7 @@ async def _play(scenario: Scenario, world: _World, say: Callable[[str], None]) -
         tg.start_soon(users, name="users")
         tg.start_soon(chaos, name="chaos")
         tg.start_soon(world.follow, name="invariants")
+        tg.start_soon(world.watch, name="commit-invariants")
         await anyio.sleep(faulty)
         world.faults.faulty = False
         world.faults.cut.clear()
