@@ -248,9 +248,11 @@ TASK_ACTORS: Final = {
 """The actor whose lease a task type's work is done under."""
 _TASK_EVENTS: Final = (TaskClaimed, TaskSucceeded, TaskFailed, TaskDeadLettered)
 HOLDING_A_TASK: Final = "write while it holds a task"
-PAUSE_POINTS: Final = ("begin", "append", "commit", "save_checkpoint", "lease", HOLDING_A_TASK)
-"""Where a node may be stopped: right before its next store write of a kind, or its next
-write while it holds a claimed task (or anywhere: ``None``)."""
+STOP_POINTS: Final = ("begin", "append", "commit", "save_checkpoint", "lease", HOLDING_A_TASK)
+"""Where a node may be stopped or killed: right before its next store write of a kind, or
+its next write while it holds a claimed task (or anywhere: ``None``)."""
+AFTER_COMMIT: Final = "after its commit"
+"""Killed right after its next commit, before it sees the answer."""
 MAX_CLOCK_STEP: Final = 60.0
 MAX_CLOCK_OFFSET: Final = 300.0
 
@@ -306,7 +308,7 @@ class _World:
             on_commit=self._committed,
             clock=clock.true_now,  # PostgreSQL's now(): another machine's clock
             faults=self.faults,
-            lost_ack=self.faults.lost_ack,
+            lost_ack=self._after_commit,
             yield_point=self._latency,
             safety_poll=SAFETY_POLL,
         )
@@ -379,21 +381,45 @@ class _World:
         ``"append"``, ``"commit"``, ...), where a stop hurts most, rather than anywhere."""
         if node.frozen is not None or node.name in self.stop_at:
             return
-        if at is not None:
-            stopped = anyio.Event()
-            self.stop_at[node.name] = (at, stopped)
-            with anyio.move_on_after(3 * LEASE_TTL):
-                await stopped.wait()
-            if not stopped.is_set():  # it wrote nothing of the kind meanwhile
-                del self.stop_at[node.name]
-                return
-        else:
+        if at is None:
             self.freeze(node)
+        elif not await self.stopped_at(node, at):
+            return
         self.pauses += 1
         frozen = node.frozen
         await anyio.sleep(seconds)
         if node.frozen is frozen:  # not killed (and restarted) meanwhile
             self.resume(node)
+
+    async def kill_at(self, tg: TaskGroup, node: _Node, at: str | None) -> None:
+        """SIGKILL, anywhere or at a chosen point (see :meth:`stopped_at`)."""
+        if node.name in self.stop_at:
+            return
+        if at is None or await self.stopped_at(node, at):
+            await self.kill(tg, node)
+
+    async def stopped_at(self, node: _Node, at: str) -> bool:
+        """Stop ``node`` at its next write of kind ``at`` (see :data:`STOP_POINTS`); False
+        when it made none within three lease lifetimes."""
+        stopped = anyio.Event()
+        self.stop_at[node.name] = (at, stopped)
+        with anyio.move_on_after(3 * LEASE_TTL):
+            await stopped.wait()
+        if stopped.is_set():
+            return True
+        del self.stop_at[node.name]
+        return False
+
+    def _after_commit(self, operation: str) -> bool:
+        """The store's acknowledgement hook: a node to be stopped right after its next commit
+        is stopped here (its write is in, it has not seen the answer); then, perhaps, the
+        answer is lost."""
+        who = _node.get()
+        if who is not None and who in self.stop_at and self.stop_at[who][0] == AFTER_COMMIT:
+            _, stopped = self.stop_at.pop(who)
+            self.freeze(next(node for node in self.nodes if node.name == who))
+            stopped.set()
+        return self.faults.lost_ack(operation)
 
     def freeze(self, node: _Node) -> Frozen:
         name = node.name
@@ -855,8 +881,10 @@ async def _play(scenario: Scenario, world: _World, say: Callable[[str], None]) -
                 kind = rng.choices([k for k, _ in rates], [r for _, r in rates])[0]
                 node = rng.choice(world.nodes)
                 if kind == "kill":
-                    say(f"{anyio.current_time():8.1f}s kill {node.name}")
-                    await world.kill(tg, node)
+                    at = rng.choice((None, *STOP_POINTS, AFTER_COMMIT))
+                    where = "" if at is None else f" at its next {at!r}"
+                    say(f"{anyio.current_time():8.1f}s kill {node.name}{where}")
+                    tg.start_soon(functools.partial(world.kill_at, tg, node, at))
                 elif kind == "cut":
                     seconds = rng.uniform(1.0, 3 * LEASE_TTL)
                     say(f"{anyio.current_time():8.1f}s cut {node.name} for {seconds:.1f}s")
@@ -865,7 +893,7 @@ async def _play(scenario: Scenario, world: _World, say: Callable[[str], None]) -
                     say(f"{anyio.current_time():8.1f}s {world.tonapi_fault()}")
                 elif kind == "pause":
                     seconds = rng.uniform(0.5 * LEASE_TTL, 6 * LEASE_TTL)
-                    at = rng.choice((None, *PAUSE_POINTS))
+                    at = rng.choice((None, *STOP_POINTS))
                     where = "" if at is None else f" at its next {at!r}"
                     say(f"{anyio.current_time():8.1f}s pause {node.name}{where} for {seconds:.1f}s")
                     tg.start_soon(functools.partial(world.pause, node, seconds, at=at))

@@ -188,7 +188,7 @@ def _first_violation(scenario: Scenario, seeds: range) -> str:
 def test_the_concurrent_referrals_bug_is_found_again() -> None:
     # The kill-9 storm found this bug (two users joining through one link at once lost one of
     # them); reintroduced, the simulation finds it within a few seeds of this short scenario
-    # (11 of seeds 1 to 20, the first at seed 3, when this was written).
+    # (8 of seeds 1 to 20, the first at seed 4, when this was written).
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(Gateway, "_append_first", _append_first_before_8872215)
         found = _first_violation(SHORT, range(1, 11))
@@ -207,8 +207,8 @@ class _UnfencedProcessor(TaskProcessor):
 def test_the_stale_node_writing_task_events_bug_is_found_again() -> None:
     # The partition test found this bug (a node cut off past its lease still recorded task
     # outcomes); reintroduced, the simulation finds it when a node is stopped while it holds
-    # a task and resumes after the other node took its lease: at seeds 4, 6 and 40 of 1 to 40
-    # of the default scenario when this was written.
+    # a task and resumes after the other node took its lease: at seeds 6 and 40 of 1 to 40 of
+    # the default scenario when this was written.
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(actor_tasks, "TaskProcessor", _UnfencedProcessor)
         found = _first_violation(Scenario(), range(1, 11))
