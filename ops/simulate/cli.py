@@ -13,6 +13,7 @@ that seed with ``--seed N --trace`` shows every fault as it is injected.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import random
 import sys
@@ -28,6 +29,21 @@ if TYPE_CHECKING:
 __all__ = ["add_arguments", "main"]
 
 EXIT_OK, EXIT_FOUND = 0, 1
+
+FAULTS: dict[str, str] = {
+    "store-faults": "store_fault_rate",
+    "lost-acks": "lost_ack_rate",
+    "kills": "kills_per_hour",
+    "cuts": "cuts_per_hour",
+    "pauses": "pauses_per_hour",
+    "commands": "commands_per_hour",
+    "tonapi": "tonapi_faults_per_hour",
+    "duplicates": "duplicate_rate",
+    "reorders": "reorder_rate",
+    "clock": "clock_jumps_per_hour",
+}
+"""``--without`` names, and the :class:`~ops.simulate.world.Scenario` rate each one zeroes."""
+MAX_SHRINK_RUNS = 40
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,8 +63,87 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--nodes", type=int, default=2, help="worker nodes (default 2)")
     parser.add_argument(
+        "--without",
+        action="append",
+        default=[],
+        choices=sorted(FAULTS),
+        metavar="FAULT",
+        help=f"leave one kind of fault out (repeatable): {', '.join(sorted(FAULTS))}",
+    )
+    parser.add_argument(
         "--trace", action="store_true", help="print every fault and operator command as it happens"
     )
+    parser.add_argument(
+        "--shrink",
+        action="store_true",
+        help="when a seed fails, look for the smallest scenario that still fails with it",
+    )
+
+
+def replay_command(scenario: Scenario, seed: int) -> str:
+    """The command that runs ``seed`` on ``scenario`` again."""
+    from ops.simulate.world import Scenario
+
+    default = Scenario()
+    words = [f"i3lani simulate --seed {seed}"]
+    if scenario.users != default.users:
+        words.append(f"--users {scenario.users}")
+    if scenario.hours != default.hours:
+        words.append(f"--hours {scenario.hours:g}")
+    if scenario.nodes != default.nodes:
+        words.append(f"--nodes {scenario.nodes}")
+    words += [f"--without {name}" for name, rate in FAULTS.items() if getattr(scenario, rate) == 0]
+    return " ".join(words)
+
+
+def _fails(scenario: Scenario, seed: int) -> str | None:
+    """Why ``seed`` fails on ``scenario``; None when it holds."""
+    from ops.simulate.world import simulate
+
+    try:
+        run(lambda: simulate(scenario), seed=seed, max_time=scenario_budget(scenario))
+    except (I3laniError, SimulationError, AssertionError) as exc:
+        return f"{type(exc).__name__}: {exc}".splitlines()[0]
+    return None
+
+
+def _smaller(scenario: Scenario) -> list[Scenario]:
+    """One step smaller each: a kind of fault left out, fewer users, fewer hours, a node less."""
+    from ops.simulate.world import REFERRERS
+
+    out = [
+        dataclasses.replace(scenario, **{rate: 0})
+        for rate in FAULTS.values()
+        if getattr(scenario, rate) != 0
+    ]
+    if scenario.users // 2 > REFERRERS:
+        out.append(dataclasses.replace(scenario, users=scenario.users // 2))
+    if scenario.hours > 0.125:
+        out.append(dataclasses.replace(scenario, hours=scenario.hours / 2))
+    if scenario.nodes > 1:
+        out.append(dataclasses.replace(scenario, nodes=scenario.nodes - 1))
+    return out
+
+
+def shrink(scenario: Scenario, seed: int, out: TextIO) -> Scenario:
+    """The smallest scenario found that still fails with ``seed`` (greedy: each step takes the
+    first smaller scenario that fails, until none does or the runs allowed are spent). A
+    smaller scenario is another run of the same seed, not a cut of the failing schedule."""
+    runs = 0
+    current = scenario
+    while runs < MAX_SHRINK_RUNS:
+        for candidate in _smaller(current):
+            runs += 1
+            why = _fails(candidate, seed)
+            if why is not None:
+                print(f"  still fails: {replay_command(candidate, seed)}: {why}", file=out)
+                current = candidate
+                break
+            if runs >= MAX_SHRINK_RUNS:
+                break
+        else:
+            break
+    return current
 
 
 def _one(scenario: Scenario, seed: int, out: TextIO, trace: bool) -> SimResult[Report] | None:
@@ -73,7 +168,7 @@ def _one(scenario: Scenario, seed: int, out: TextIO, trace: bool) -> SimResult[R
             print("  the faults and commands before it:", file=out)
             for line in lines[-20:]:
                 print(f"  {line}", file=out)
-        print(f"  replay: i3lani simulate --seed {seed} --trace", file=out, flush=True)
+        print(f"  replay: {replay_command(scenario, seed)} --trace", file=out, flush=True)
         return None
     report = result.value
     print(
@@ -92,6 +187,17 @@ def _one(scenario: Scenario, seed: int, out: TextIO, trace: bool) -> SimResult[R
     return result
 
 
+def _failed(scenario: Scenario, seed: int, out: TextIO, args: argparse.Namespace) -> bool:
+    """Run one seed (and shrink it when it fails and ``--shrink`` says so); whether it failed."""
+    if _one(scenario, seed, out, args.trace) is not None:
+        return False
+    if args.shrink:
+        print(f"  shrinking seed {seed}: smaller scenarios, same seed", file=out)
+        smallest = shrink(scenario, seed, out)
+        print(f"  smallest failing: {replay_command(smallest, seed)}", file=out, flush=True)
+    return True
+
+
 def scenario_budget(scenario: Scenario) -> float:
     """Simulated seconds a run may take before it counts as stuck: its length, plus slack."""
     return scenario.hours * 3600.0 + scenario.settle + 600.0
@@ -101,7 +207,8 @@ def main(args: argparse.Namespace, out: TextIO) -> int:
     """Run what ``args`` ask; EXIT_FOUND when any seed broke a guarantee."""
     from ops.simulate.world import Scenario
 
-    scenario = Scenario(users=args.users, hours=args.hours, nodes=args.nodes)
+    without = {FAULTS[name]: 0 for name in args.without}
+    scenario = Scenario(users=args.users, hours=args.hours, nodes=args.nodes, **without)
     # The production code logs crashes and retries as it would in a worker: thousands of
     # lines per run, all of them expected under injected faults. Only the verdicts show.
     logging.getLogger().setLevel(logging.CRITICAL)
@@ -117,12 +224,12 @@ def main(args: argparse.Namespace, out: TextIO) -> int:
         deadline = began + args.seconds
         while time.perf_counter() < deadline:
             runs += 1
-            failed += _one(scenario, rng.randrange(2**32), out, args.trace) is None
+            failed += _failed(scenario, rng.randrange(2**32), out, args)
     else:
         first = args.seed if args.seed is not None else 1
         for seed in range(first, first + args.seeds):
             runs += 1
-            failed += _one(scenario, seed, out, args.trace) is None
+            failed += _failed(scenario, seed, out, args)
     took = time.perf_counter() - began
     print(
         f"{runs} seed(s), {failed} failed, in {took:.1f} s: {runs / took * 60:.0f} seeds/minute",

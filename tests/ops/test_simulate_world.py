@@ -214,3 +214,18 @@ def test_the_stale_node_writing_task_events_bug_is_found_again() -> None:
         found = _first_violation(Scenario(), range(1, 11))
     assert "while node-" in found
     assert "lease" in found
+
+
+def test_a_failing_seed_is_shrunk_to_a_smaller_scenario_that_still_fails() -> None:
+    # The referrals bug needs no fault at all, only users joining at once: shrinking the
+    # failing seed leaves most kinds of fault out, and the command it prints fails again.
+    out = io.StringIO()
+    start = ["simulate", "--seed", "2", "--users", "20", "--hours", "0.25", "--nodes", "1"]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Gateway, "_append_first", _append_first_before_8872215)
+        assert cli([*start, "--shrink"], out) == 1
+        smallest = out.getvalue().split("smallest failing: i3lani ", 1)[1].splitlines()[0]
+        assert smallest.count("--without") >= 5, out.getvalue()
+        again = io.StringIO()
+        assert cli(smallest.split(), again) == 1
+    assert "referrals earned no reward" in again.getvalue()
