@@ -38,6 +38,7 @@ FAULTS: dict[str, str] = {
     "pauses": "pauses_per_hour",
     "commands": "commands_per_hour",
     "tonapi": "tonapi_faults_per_hour",
+    "telegram": "telegram_faults_per_hour",
     "duplicates": "duplicate_rate",
     "reorders": "reorder_rate",
     "clock": "clock_jumps_per_hour",
@@ -179,6 +180,9 @@ def _one(scenario: Scenario, seed: int, out: TextIO, trace: bool) -> SimResult[R
         f"{report.tonapi_faults} TonAPI faults, {report.commands} commands, "
         f"{report.redeliveries} redeliveries, {report.duplicates} duplicate updates, "
         f"{report.clock_jumps} clock jumps; "
+        f"{report.channels} channels ({report.measurements} measurements, "
+        f"{report.price_changes} price changes, {report.measure_failures} failed), "
+        f"{report.telegram_faults} Bot API faults; "
         f"{result.elapsed / 3600:.1f} h simulated in {time.perf_counter() - began:.1f} s; "
         f"log {report.log_digest[:16]}",
         file=out,

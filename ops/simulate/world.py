@@ -5,14 +5,21 @@ one :class:`~store.memory.MemoryLog`, which stands for the PostgreSQL database e
 shares. The production code runs unchanged:
 
 * **nodes**: each a :class:`supervisor.Supervisor` (``i3lani run``) supervising the
-  PaymentMonitor and the RewardProcessor, with its own node name, leases and lease clocks;
+  PaymentMonitor, the RewardProcessor and ChannelAnalytics, with its own node name, leases and
+  lease clocks;
 * **users**: the bot gateway (:class:`bot_gateway.service.Gateway`) registering users that
   arrive at random moments, alone or in bursts through one referrer's link (a
   ``RewardEarned`` each); four in
   ten subscribe and then pay exactly, too much, too little, twice, late, never, or with a
   wrong memo, on the TonAPI stand-in's chain, which the PaymentMonitor reads in-process
   (:mod:`ops.simulate.transports`). A command the database refused is delivered again later,
-  as Telegram redelivers a webhook update that was answered with an error;
+  as Telegram redelivers a webhook update that was answered with an error. Two in ten add a
+  channel (``/addchannel``, earning a ``channel_addition`` reward) that the Bot API stand-in
+  knows with a seeded member count (or, one in ten, does not know at all), half of whose
+  audiences change once more; ChannelAnalytics measures them through the stand-in, in-process.
+  It does so every ``ANALYTICS_INTERVAL`` (15 minutes) instead of every 6 hours: that is
+  configuration (``Settings.analytics_interval``, ``I3LANI_ANALYTICS_INTERVAL``), the code
+  runs unchanged, and a run then measures each channel several times;
 * **operators**: random ``restart``, ``stop`` and ``start`` commands (``ops-commands``).
 
 **Faults**, each at its own rate, during the first ``hours`` of the run (the faulty phase):
@@ -21,7 +28,9 @@ unreachable for that statement; a failed ``"commit"`` rolls its transaction back
 is killed (cut off from the database first, so that nothing it does on the way down reaches
 it, as with SIGKILL; then restarted with a new process identity); a node is cut off for a
 while (a partition) and comes back; TonAPI answers 500, 502, 429 with Retry-After, hangs
-past the client's timeout, or garbage, for a few requests. Then the faults stop, operators
+past the client's timeout, or garbage, for a few requests; the Bot API answers 500, hangs or
+garbage for a few requests, or, for one channel, 429 with ``retry_after``, 400 chat not found
+or 403 bot kicked, a few times (one kick in four is for good). Then the faults stop, operators
 start every actor, and the run goes on quietly for ``settle`` seconds: the liveness bound.
 
 **Invariants**, checked every simulated minute and at the end (:class:`InvariantViolated`):
@@ -29,11 +38,16 @@ each reward credited at most once, to the user who earned it, with a running bal
 adds up; each payment confirmed at most once, by a transfer of at least its amount carrying
 its memo, no transaction confirming two payments; a subscription activated once and only for
 a confirmed payment; every event written under a lease carries a generation no older than
-one already written under it (two incarnations never interleave their writes); and at the
-end (liveness) every reward credited and every payment paid in full inside its window
-confirmed.
+one already written under it (two incarnations never interleave their writes); a channel
+added once; each measurement a count the channel really had, with its active share
+``floor(subscribers * active_share)``; each price ``channel_price`` of the active count it
+names, changed only by the measurement just before it in the channel's stream, from the
+price it had, and whenever that measurement moves it; and at the end (liveness) every
+reward credited, every payment paid in full inside its window confirmed, and every channel
+measured (or its lasting problem recorded) after the faults stopped, at its current count,
+within ``ANALYTICS_BOUND``.
 
-Not covered yet (see the README): ChannelAnalytics and the notifier through the Bot API,
+Not covered yet (see the README): the notifier through the Bot API,
 the HealthChecker and Cleanup (they read PostgreSQL's own views), a node paused with its
 timers (rather than cut off), a commit whose acknowledgement is lost, duplicate and reordered
 Telegram updates, and clock jumps.
@@ -58,14 +72,20 @@ import msgspec
 from anyio.abc import TaskGroup
 
 from actors.catalog import child_specs
-from actors.config import Settings
+from actors.channel_analytics import ChannelAnalytics
+from actors.config import Settings, active_subscribers, channel_price
 from actors.control import issue_command, operator_command
 from actors.payment_monitor import PaymentMonitor
 from actors.runtime import ChildSpec, RestartType
 from actors.tasks import PAYMENT_VERIFICATION, REWARD_DISTRIBUTION
+from actors.telegram import TelegramClient, make_bot
 from actors.tonapi import TonApiClient
 from bot_gateway.service import Gateway, TelegramUser, reward_id_for
 from events import (
+    ChannelAdded,
+    ChannelPriceChanged,
+    ChannelStatsFailed,
+    ChannelStatsUpdated,
     PaymentConfirmed,
     PaymentCreated,
     RewardCredited,
@@ -80,9 +100,10 @@ from events import (
     environment,
 )
 from events.errors import I3laniError, StoreUnavailable
+from events.streams import channel_stream
 from ops.simulate.kernel import Frozen, current_loop, current_rng
-from ops.simulate.transports import InProcessServer, InProcessTransport
-from ops.standins import TonApiStandIn
+from ops.simulate.transports import InProcessServer, InProcessSession, InProcessTransport
+from ops.standins import BotApiFaultMode, BotApiStandIn, TonApiStandIn
 from store.memory import READS, MemoryLog
 from store.records import RecordedEvent
 from store.tasks.memory import MemoryTaskTable
@@ -90,7 +111,7 @@ from supervisor import Supervisor
 
 __all__ = ["Scenario", "Report", "InvariantViolated", "simulate", "ACTORS"]
 
-ACTORS: Final = ("PaymentMonitor", "RewardProcessor")
+ACTORS: Final = ("PaymentMonitor", "RewardProcessor", "ChannelAnalytics")
 """The actors every simulated node supervises."""
 
 WALLET: Final = "UQBAjaOyi2wGWlk-EDkSabqqnF-MrrwMadnwqrurKpkla4QB"
@@ -108,6 +129,19 @@ BEHAVIOURS: Final = (
     ("late", 5),
 )
 """How a subscribing user pays, with weights."""
+ADDING: Final = 0.2
+"""Share of users who add a channel after their ``/start``."""
+UNKNOWN: Final = 0.1
+"""Share of added channels the Bot API does not know (a typo, a private channel): never
+measured, a lasting ``chat not found``."""
+CHANGING: Final = 0.5
+"""Share of added channels whose audience changes once more while the faults go on (most
+after it was first measured)."""
+ANALYTICS_INTERVAL: Final = 900.0
+"""ChannelAnalytics' tick (``Settings.analytics_interval``; 6 h by default): configuration,
+short enough that a run measures each channel several times."""
+KICKED: Final = "Forbidden: bot was kicked from the channel chat"
+"""The Bot API's description of a channel that removed the bot."""
 
 T = TypeVar("T")
 
@@ -130,7 +164,8 @@ LIVENESS_BOUND: Final = 600.0
 """Seconds of quiet within which all due work is done: a payment paid in full inside its
 window is confirmed within this long of its transfer or of the end of the faults, whichever
 is later; every reward earned is credited within it of the end of the faults (the
-RewardProcessor runs every 5 minutes; the PaymentMonitor every 30 s)."""
+RewardProcessor runs every 5 minutes; the PaymentMonitor every 30 s). Channels, measured
+far less often, have their own bound (``ANALYTICS_BOUND``); ``settle`` covers both."""
 ACQUIRE_INTERVAL: Final = LEASE_TTL / 4
 """How often a standing-by node tries for a lease it does not hold (``Supervisor``'s
 ``acquire_interval``; 1 s by default). Its polls are most of an idle node's steps: at a
@@ -159,6 +194,7 @@ class Scenario:
     tonapi_faults_per_hour: float = 4.0
     clock_jumps_per_hour: float = 2.0
     """Steps of the hosts' wall clock, forward or back (the database's clock stays right)."""
+    telegram_faults_per_hour: float = 4.0
     duplicate_rate: float = 0.05
     """Share of Telegram updates delivered twice (the webhook's answer was lost)."""
     reorder_rate: float = 0.1
@@ -173,10 +209,10 @@ class Scenario:
             raise ValueError(f"nodes must be at least 1, got {self.nodes}")
         if self.hours <= 0:
             raise ValueError(f"hours must be positive, got {self.hours}")
-        if self.settle < LIVENESS_BOUND:
+        if self.settle < max(LIVENESS_BOUND, ANALYTICS_BOUND):
             raise ValueError(
-                f"settle must be at least the liveness bound, {LIVENESS_BOUND:g}s; "
-                f"got {self.settle}"
+                "settle must be at least the liveness bounds, "
+                f"{max(LIVENESS_BOUND, ANALYTICS_BOUND):g}s; got {self.settle}"
             )
         for rate in ("store_fault_rate", "lost_ack_rate", "duplicate_rate", "reorder_rate"):
             value = getattr(self, rate)
@@ -203,6 +239,14 @@ class Report(msgspec.Struct, frozen=True, kw_only=True):
     redeliveries: int
     duplicates: int
     clock_jumps: int
+    channels: int
+    """Channels added (``ChannelAdded`` in the log)."""
+    measurements: int
+    """``ChannelStatsUpdated`` in the log."""
+    price_changes: int
+    measure_failures: int
+    """``ChannelStatsFailed`` in the log."""
+    telegram_faults: int
     log_digest: str
     """sha256 over every event's stream, version, type and payload, in reading order."""
 
@@ -255,6 +299,13 @@ AFTER_COMMIT: Final = "after its commit"
 """Killed right after its next commit, before it sees the answer."""
 MAX_CLOCK_STEP: Final = 60.0
 MAX_CLOCK_OFFSET: Final = 300.0
+ANALYTICS_BOUND: Final = ANALYTICS_INTERVAL + 2 * MAX_CLOCK_OFFSET + 120.0
+"""Seconds within which ChannelAnalytics has measured a channel at its current count (or
+recorded the problem that keeps it from being measured) after the end of the faults, the
+channel's addition or its audience's last change, whichever is latest: one tick interval;
+plus as much as the hosts' wall clock can have been set back meanwhile (ticks are due by the
+wall clock, so a clock set back delays the next one as much); plus two minutes for a restart's
+backoff, a lease to pass over and the tick's own requests."""
 
 
 class _SteppedClock:
@@ -290,6 +341,25 @@ class _Node:
     frozen: Frozen | None = None
 
 
+@dataclass(eq=False)
+class _Channel:
+    """A channel a user adds, as the Bot API stand-in knows it."""
+
+    name: str
+    counts: list[int]
+    """Every member count the stand-in has given it, the current one last; none: Telegram
+    does not know the channel."""
+    changed_at: datetime
+    """When its count was last set, or the bot kicked from it (true time, the database's)."""
+    gone: bool = False
+    """The bot was kicked from it for good: it cannot be measured any more."""
+
+    @property
+    def failing(self) -> bool:
+        """Whether every measurement of it fails from now on."""
+        return self.gone or not self.counts
+
+
 class _World:
     def __init__(
         self,
@@ -297,6 +367,8 @@ class _World:
         tonapi: TonApiStandIn,
         client: TonApiClient,
         clock: _SteppedClock,
+        bot_api: BotApiStandIn,
+        telegram: TelegramClient,
     ) -> None:
         self.scenario = scenario
         self.clock = clock
@@ -314,10 +386,14 @@ class _World:
         )
         self.tonapi = tonapi
         self.client = client
-        self.settings = Settings(wallet=WALLET, tonapi_url="http://tonapi.invalid")
+        self.settings = Settings(
+            wallet=WALLET,
+            tonapi_url="http://tonapi.invalid",
+            analytics_interval=ANALYTICS_INTERVAL,
+        )
         self.gateway = Gateway(self.log, self.settings)
         self.nodes = [_Node(f"node-{i}") for i in range(scenario.nodes)]
-        self.rewards: dict[uuid.UUID, int] = {}  # earned: reward id -> referrer
+        self.rewards: dict[uuid.UUID, int] = {}  # earned: reward id -> referrer or adder
         self.payments: dict[int, PaymentCreated] = {}
         self.due: dict[int, float] = {}  # paid in full inside their window: when (sim time)
         self.foreign: set[str] = set()  # tx hashes that pay no payment (a wrong memo)
@@ -326,17 +402,28 @@ class _World:
         # nodes to stop at their next store write of a kind (see pause)
         self.stop_at: dict[str, tuple[str, anyio.Event]] = {}
         self.tg: TaskGroup | None = None  # the run's task group, for deliveries made later
+        self.bot_api = bot_api
+        self.telegram = telegram
+        self.channels: dict[str, _Channel] = {}  # by channel stream
+        self.telegram_faults = 0
+        self.calm_since: datetime | None = None  # when the faults stopped (true time)
+        self.final: _Checker | None = None  # the end's check, for the report
 
     def specs(self) -> list[ChildSpec]:
         """A node's children: the PaymentMonitor on the in-process TonAPI, the rest as built
-        by ``i3lani run``."""
+        by ``i3lani run``; ChannelAnalytics on the in-process Bot API."""
         monitor = ChildSpec(
             "PaymentMonitor",
             lambda: PaymentMonitor(self.settings, tonapi=self.client),
             RestartType.PERMANENT,
         )
-        others = [name for name in ACTORS if name != "PaymentMonitor"]
-        return [monitor, *child_specs(others, self.settings)]
+        analytics = ChildSpec(
+            "ChannelAnalytics",
+            lambda: ChannelAnalytics(self.settings, telegram=self.telegram),
+            RestartType.PERMANENT,
+        )
+        others = [name for name in ACTORS if name not in ("PaymentMonitor", "ChannelAnalytics")]
+        return [monitor, analytics, *child_specs(others, self.settings)]
 
     # -- nodes ------------------------------------------------------------------------------
     def start_node(self, tg: TaskGroup, node: _Node) -> None:
@@ -475,6 +562,9 @@ class _World:
             self.tg.start_soon(self.subscribe_and_pay, user, name=f"user-{user}-subscribe")
             subscribing = False
         await self._update(lambda: self.gateway.start(TelegramUser(user), link), same=_any)
+        if rng.random() < ADDING:
+            assert self.tg is not None
+            self.tg.start_soon(self.add_channel, user, name=f"user-{user}-channel")
         if subscribing:
             await self.subscribe_and_pay(user)
 
@@ -564,6 +654,67 @@ class _World:
             self.tonapi.fail(mode, times)  # type: ignore[arg-type]
         return f"TonAPI {mode} x{times}"
 
+    # -- channels and the Bot API -------------------------------------------------------------
+    async def add_channel(self, user: int) -> None:
+        """``/addchannel @name`` a while after ``/start``: a channel the Bot API knows with a
+        seeded audience (or not at all), perhaps changing later; its reward is expected."""
+        rng = current_rng()
+        await anyio.sleep(rng.uniform(1.0, 600.0))
+        name = f"@sim_channel_{user}"
+        stream = channel_stream(name)
+        channel = _Channel(name, [], self.clock.true_now())
+        if rng.random() >= UNKNOWN:
+            channel.counts.append(_audience(rng))
+            self.bot_api.set_member_count(name, channel.counts[-1])
+        self.channels[stream] = channel
+        self.rewards[_channel_reward_id(stream)] = user
+        await self._update(
+            lambda: self.gateway.add_channel(user, name),
+            same=lambda first, second: _registered(name, first) and _registered(name, second),
+        )
+        if channel.counts and self.faults.faulty and rng.random() < CHANGING:
+            await anyio.sleep(rng.uniform(ANALYTICS_INTERVAL, 3 * ANALYTICS_INTERVAL))
+            if self.faults.faulty and not channel.gone:
+                channel.counts.append(max(0, round(channel.counts[-1] * rng.uniform(0.7, 2.0))))
+                channel.changed_at = self.clock.true_now()
+                self.bot_api.set_member_count(name, channel.counts[-1])
+
+    def telegram_fault(self) -> str:
+        """Bot API trouble for a few requests, or for one channel (from the seed)."""
+        rng = current_rng()
+        mode = rng.choice(("500", "timeout", "garbage", "429", "not found", "kicked"))
+        times = rng.randint(1, 4)
+        self.telegram_faults += 1
+        known = [c for c in self.channels.values() if c.counts and not c.gone]
+        if mode in _BOT_API_ANSWERS or not known:
+            answer = _BOT_API_ANSWERS.get(mode, "500")  # with no channel yet to fail, a 500
+            hang = rng.uniform(5.0, 60.0) if answer == "timeout" else None
+            self.bot_api.fail("getChatMemberCount", answer, times, hang=hang)
+            return f"Bot API {answer} x{times}"
+        channel = rng.choice(known)
+        if mode == "429":
+            retry_after = rng.randint(1, 90)  # beyond 60 s ChannelAnalytics gives up
+            self.bot_api.fail_chat(channel.name, 429, retry_after=retry_after, times=times)
+            return f"Bot API 429 (retry after {retry_after}s) for {channel.name} x{times}"
+        if mode == "not found":
+            self.bot_api.fail_chat(channel.name, 400, times=times)
+            return f"Bot API chat not found for {channel.name} x{times}"
+        if rng.random() < 0.25:
+            channel.gone, channel.changed_at = True, self.clock.true_now()
+            self.bot_api.fail_chat(channel.name, 403, KICKED, times=None)
+            return f"Bot API: the bot is kicked from {channel.name} for good"
+        self.bot_api.fail_chat(channel.name, 403, KICKED, times=times)
+        return f"Bot API: the bot is kicked from {channel.name} x{times}"
+
+    def calm_telegram(self) -> None:
+        """The end of the faults for the Bot API: only the channels the bot was kicked from
+        for good stay out of reach."""
+        self.calm_since = self.clock.true_now()
+        self.bot_api.heal()
+        for channel in self.channels.values():
+            if channel.gone:
+                self.bot_api.fail_chat(channel.name, 403, KICKED, times=None)
+
     async def operator(self, action: str, actor: str) -> None:
         token = _node.set(None)
         try:
@@ -627,6 +778,7 @@ class _World:
                     checker.feed(recorded)
             if final:
                 checker.live()
+                self.final = checker
             return sum(checker.credited.values()), sum(checker.confirmed.values())
         finally:
             _node.reset(token)
@@ -647,6 +799,15 @@ class _Checker:
         self.paid_by: dict[str, int] = {}
         self.claims: dict[int, TaskClaimed] = {}  # each task's latest claim
         self.finished: set[int] = set()  # tasks that succeeded or went to the dead letters
+        # Channels, by stream: when added; the latest measurement (and its version); the
+        # price; a measurement whose price change must come next; the latest outcome. Times
+        # are the database's (``recorded_at``): the hosts' wall clocks may be off.
+        self.added: dict[str, datetime] = {}
+        self.stats: dict[str, tuple[int, ChannelStatsUpdated]] = {}
+        self.price: dict[str, int] = {}
+        self.unpriced: dict[str, ChannelStatsUpdated] = {}
+        self.outcome: dict[str, tuple[datetime, ChannelStatsUpdated | ChannelStatsFailed]] = {}
+        self.measurements = self.price_changes = self.measure_failures = 0
 
     def feed(self, recorded: RecordedEvent) -> None:
         """Raise InvariantViolated when ``recorded`` breaks a guarantee."""
@@ -685,6 +846,10 @@ class _Checker:
             self._credit(event)
         elif isinstance(event, TaskClaimed | TaskSucceeded | TaskFailed | TaskDeadLettered):
             self._task(event)
+        elif isinstance(
+            event, ChannelAdded | ChannelStatsUpdated | ChannelPriceChanged | ChannelStatsFailed
+        ):
+            self._channel(recorded)
 
     def _task(self, event: TaskClaimed | TaskSucceeded | TaskFailed | TaskDeadLettered) -> None:
         """A task's attempts follow one another, each recorded by the node that holds it, and
@@ -709,6 +874,86 @@ class _Checker:
             )
         if isinstance(event, TaskSucceeded):
             self.finished.add(task)
+
+    def _channel(self, recorded: RecordedEvent) -> None:
+        """A channel's addition, measurements and prices, in its stream's order."""
+        event, stream = recorded.event, recorded.stream
+        awaited = self.unpriced.pop(stream, None)
+        if awaited is not None and not isinstance(event, ChannelPriceChanged):
+            price = channel_price(awaited.active_subscribers, self.world.settings)
+            raise InvariantViolated(
+                f"{awaited.channel} was measured with {awaited.active_subscribers} active "
+                f"subscribers, priced {price} nanotons, and its price stayed "
+                f"{self.price.get(stream)}"
+            )
+        if isinstance(event, ChannelAdded):
+            if stream in self.added:
+                raise InvariantViolated(f"channel {event.channel} added twice")
+            self.added[stream] = recorded.recorded_at
+            return
+        assert isinstance(event, ChannelStatsUpdated | ChannelPriceChanged | ChannelStatsFailed)
+        if stream not in self.added:
+            raise InvariantViolated(
+                f"{type(event).__name__} for {event.channel}, which was never added"
+            )
+        if isinstance(event, ChannelPriceChanged):
+            self._price(recorded.version, event)
+            return
+        if isinstance(event, ChannelStatsFailed):
+            self.measure_failures += 1
+        else:
+            self._measurement(recorded.version, event)
+        self.outcome[stream] = (recorded.recorded_at, event)
+
+    def _measurement(self, version: int, event: ChannelStatsUpdated) -> None:
+        self.measurements += 1
+        stream, settings = channel_stream(event.channel), self.world.settings
+        active = active_subscribers(event.subscribers, settings.active_share)
+        if event.active_subscribers != active:
+            raise InvariantViolated(
+                f"{event.channel} measured with {event.subscribers} subscribers, of whom "
+                f"{event.active_subscribers} active; the share {settings.active_share} gives "
+                f"{active}"
+            )
+        channel = self.world.channels.get(stream)
+        if channel is None or event.subscribers not in channel.counts:
+            had = [] if channel is None else channel.counts
+            raise InvariantViolated(
+                f"{event.channel} measured with {event.subscribers} subscribers, a count it "
+                f"never had (it had {had})"
+            )
+        self.stats[stream] = (version, event)
+        if channel_price(active, settings) != self.price.get(stream):
+            self.unpriced[stream] = event
+
+    def _price(self, version: int, event: ChannelPriceChanged) -> None:
+        self.price_changes += 1
+        stream = channel_stream(event.channel)
+        price = channel_price(event.active_subscribers, self.world.settings)
+        if event.new_price_nanotons != price:
+            raise InvariantViolated(
+                f"{event.channel} priced {event.new_price_nanotons} nanotons for "
+                f"{event.active_subscribers} active subscribers; channel_price gives {price}"
+            )
+        version_before, stats = self.stats.get(stream, (0, None))
+        if (
+            stats is None
+            or version_before != version - 1
+            or (stats.measured_at, stats.active_subscribers)
+            != (event.changed_at, event.active_subscribers)
+        ):
+            raise InvariantViolated(
+                f"{event.channel}'s price changed at {event.changed_at:%H:%M:%S} for "
+                f"{event.active_subscribers} active subscribers, not by the measurement just "
+                "before it in its stream"
+            )
+        old = self.price.get(stream)
+        if event.old_price_nanotons != old or event.new_price_nanotons == old:
+            raise InvariantViolated(
+                f"{event.channel}'s price changed from {event.old_price_nanotons} to "
+                f"{event.new_price_nanotons} nanotons; it was {old}"
+            )
+        self.price[stream] = event.new_price_nanotons
 
     def _credit(self, event: RewardCredited) -> None:
         self.credited[event.reward_id] += 1
@@ -770,7 +1015,48 @@ class _Checker:
             )
         unknown = set(world.rewards) - self.earned
         if unknown:
+            channels = unknown & {_channel_reward_id(stream) for stream in world.channels}
+            if channels:
+                raise InvariantViolated(f"{len(channels)} channel additions earned no reward")
             raise InvariantViolated(f"{len(unknown)} users' referrals earned no reward")
+        self._channels_live()
+
+    def _channels_live(self) -> None:
+        """Every channel due has been measured since the faults stopped, it was added and its
+        audience last changed, at its current count; one that can no longer be measured has
+        that recorded instead. On the database's clock (the hosts' may have been stepped)."""
+        world, now = self.world, self.world.clock.true_now()
+        assert world.calm_since is not None
+        if self.unpriced:
+            raise InvariantViolated(f"measured and never repriced: {sorted(self.unpriced)}")
+        late: list[str] = []
+        for stream, channel in sorted(world.channels.items()):
+            added = self.added.get(stream)
+            if added is None:
+                continue  # never added: the rewards' liveness says so
+            due = max(world.calm_since, added, channel.changed_at)
+            # Due at the end of the faults: settle >= ANALYTICS_BOUND (Scenario checks it).
+            if due > world.calm_since and due + timedelta(seconds=ANALYTICS_BOUND) > now:
+                continue
+            recorded_at, outcome = self.outcome.get(stream, (None, None))
+            if recorded_at is None or recorded_at <= due:
+                ok = False
+            elif channel.failing:
+                ok = isinstance(outcome, ChannelStatsFailed)
+            else:
+                ok = (
+                    isinstance(outcome, ChannelStatsUpdated)
+                    and outcome.subscribers == channel.counts[-1]
+                )
+            if not ok:
+                expected = "failing" if channel.failing else f"{channel.counts[-1]} subscribers"
+                late.append(f"{channel.name} ({expected}; last {_outcome(recorded_at, outcome)})")
+        if late:
+            raise InvariantViolated(
+                f"{len(late)} channels not measured at their current count within "
+                f"{ANALYTICS_BOUND:g}s of the end of the faults, their addition or their "
+                f"audience's change (liveness): {', '.join(late[:5])}"
+            )
 
 
 async def simulate(scenario: Scenario, trace: Callable[[str], None] | None = None) -> Report:
@@ -784,12 +1070,16 @@ async def simulate(scenario: Scenario, trace: Callable[[str], None] | None = Non
 
 async def _simulate(scenario: Scenario, say: Callable[[str], None], clock: _SteppedClock) -> Report:
     tonapi = TonApiStandIn(hang=60.0)
+    bot_api = BotApiStandIn(hang=60.0)
     async with (
         InProcessServer(tonapi.application(), host="tonapi.invalid") as server,
         TonApiClient(server.url, transport=InProcessTransport(server)) as client,
+        InProcessServer(bot_api.application(), host="api.telegram.invalid") as bot_server,
+        TelegramClient(make_bot(bot_api.token, session=InProcessSession(bot_server))) as telegram,
     ):
-        world = _World(scenario, tonapi, client, clock)
+        world = _World(scenario, tonapi, client, clock, bot_api, telegram)
         credited, confirmed = await _play_checked(scenario, world, say)
+    assert world.final is not None
     token = _node.set(None)
     try:
         events, digest = await _log_digest(world.log)
@@ -812,6 +1102,11 @@ async def _simulate(scenario: Scenario, say: Callable[[str], None], clock: _Step
         redeliveries=world.redeliveries,
         duplicates=world.duplicates,
         clock_jumps=world.clock_jumps,
+        channels=len(world.final.added),
+        measurements=world.final.measurements,
+        price_changes=world.final.price_changes,
+        measure_failures=world.final.measure_failures,
+        telegram_faults=world.telegram_faults,
         log_digest=digest,
     )
 
@@ -869,6 +1164,7 @@ async def _play(scenario: Scenario, world: _World, say: Callable[[str], None]) -
                 ("command", scenario.commands_per_hour),
                 ("tonapi", scenario.tonapi_faults_per_hour),
                 ("clock", scenario.clock_jumps_per_hour),
+                ("telegram", scenario.telegram_faults_per_hour),
             )
             total = sum(rate for _, rate in rates) / 3600.0  # events per second
             if total <= 0:
@@ -899,6 +1195,8 @@ async def _play(scenario: Scenario, world: _World, say: Callable[[str], None]) -
                     tg.start_soon(functools.partial(world.pause, node, seconds, at=at))
                 elif kind == "clock":
                     say(f"{anyio.current_time():8.1f}s {world.clock_jump()}")
+                elif kind == "telegram":
+                    say(f"{anyio.current_time():8.1f}s {world.telegram_fault()}")
                 else:
                     action = rng.choice(("restart", "stop", "start"))
                     actor = rng.choice(ACTORS)
@@ -915,6 +1213,7 @@ async def _play(scenario: Scenario, world: _World, say: Callable[[str], None]) -
         for node in world.nodes:
             world.resume(node)
         world.tonapi.heal()
+        world.calm_telegram()
         say(f"{anyio.current_time():8.1f}s faults stop; operators start every actor")
         for actor in ACTORS:
             await world.operator("start", actor)
@@ -931,6 +1230,40 @@ def _any(first: object, second: object) -> bool:
 
 def _reward_id(user: int) -> uuid.UUID:
     return reward_id_for("referral", f"user:{user}")
+
+
+_BOT_API_ANSWERS: Final[dict[str, BotApiFaultMode]] = {
+    "500": "500",
+    "timeout": "timeout",
+    "garbage": "garbage",
+}
+
+
+def _outcome(
+    recorded_at: datetime | None, outcome: ChannelStatsUpdated | ChannelStatsFailed | None
+) -> str:
+    """A channel's latest measurement, for a liveness message."""
+    if recorded_at is None or outcome is None:
+        return "none"
+    what = outcome.kind if isinstance(outcome, ChannelStatsFailed) else outcome.subscribers
+    return f"{what}, recorded at {recorded_at:%H:%M:%S}"
+
+
+def _channel_reward_id(stream: str) -> uuid.UUID:
+    """The ``channel_addition`` reward of the channel of ``stream`` (as the gateway names it)."""
+    return reward_id_for("channel_addition", f"channel:{stream.removeprefix('channel-')}")
+
+
+def _registered(channel: str, answer: str) -> bool:
+    """Whether ``answer`` to ``/addchannel`` says ``channel`` is registered: a duplicate
+    delivery (or one after a lost acknowledgement) hears that it already was."""
+    return answer.startswith(f"{channel} is ") and "registered" in answer
+
+
+def _audience(rng: random.Random) -> int:
+    """A channel's member count: from a few dozen to a few hundred thousand, log-uniform
+    (the price leaves its minimum above 2,222 members)."""
+    return round(10 ** rng.uniform(1.5, 5.5))
 
 
 async def _log_digest(log: MemoryLog) -> tuple[int, str]:
