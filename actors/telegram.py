@@ -260,13 +260,19 @@ class TelegramClient:
             return problem
 
     async def send_message(self, chat_id: int, text: str) -> bool:
-        """Send ``text`` to ``chat_id``; ``True`` once delivered, ``False`` if it could not be.
+        """Send ``text`` to ``chat_id``; ``True`` once delivered, ``False`` if it could not be
+        (:meth:`deliver` says why)."""
+        return await self.deliver(chat_id, text) is None
+
+    async def deliver(self, chat_id: int, text: str) -> ChatProblem | None:
+        """Send ``text`` to ``chat_id``: None once delivered, else the last problem.
 
         Flood control is waited out (``retry_after`` seconds, when at most
         ``max_retry_after``) and a 5xx, timeout or network failure retried after a short
         backoff, up to two retries in all. A refusal (400, 403, a refused token) is final.
-        Every failure is logged here, since it does not propagate. A retry after a timeout
-        may deliver the message twice: better than not at all for an admin notice.
+        Every failure is logged here. A retry after a timeout may deliver the message twice:
+        better than not at all. A caller that must not lose the message tries again later
+        when the problem is ``unavailable`` or ``rate_limited`` (it passes).
         """
         attempt = 0
         while True:
@@ -277,7 +283,7 @@ class TelegramClient:
             except _FAILURES as exc:
                 problem = self._problem(exc)
             else:
-                return True
+                return None
             delay = self._send_retry_delay(problem, attempt)
             if delay is None:
                 logger.warning(
@@ -288,7 +294,7 @@ class TelegramClient:
                     problem.description,
                     extra={"action": "telegram_send_failed"},
                 )
-                return False
+                return problem
             logger.info(
                 "sendMessage to chat %s: %s (%s); retrying in %.1f s",
                 chat_id,

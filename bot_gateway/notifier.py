@@ -4,8 +4,9 @@
 follows the log under the checkpoint ``gateway-notifier`` and sends each notice through
 :class:`actors.telegram.TelegramClient` (flood control waited out, transient failures
 retried), saving the checkpoint **after** sending. Delivery is therefore at least once: a
-crash between the send and the save repeats that one notice, and nothing is ever skipped. A
-user who blocked the bot is logged and passed over. The first run starts at the head of the
+crash between the send and the save repeats that one notice, and nothing is ever skipped; a
+notice the Bot API cannot take for now is kept and sent again later. A user who blocked the
+bot is logged and passed over. The first run starts at the head of the
 log, so payments settled before the gateway ever ran are not announced.
 
 Two gateways running at once (Render overlaps instances on every deploy) share the checkpoint:
@@ -20,7 +21,7 @@ from typing import Final
 import anyio
 from anyio.abc import TaskStatus
 
-from actors.telegram import TelegramClient
+from actors.telegram import ChatProblem, TelegramClient
 from actors.ton import format_ton
 from events import (
     LatePaymentReceived,
@@ -33,7 +34,8 @@ from events import (
 from events.base import Event
 from events.errors import CheckpointConflict, StoreUnavailable
 from events.streams import PAYMENT
-from store import EventStore, RecordedEvent
+from store import Cursor, EventStore, RecordedEvent
+from store.memory import MemoryLog
 
 __all__ = ["NOTIFIER_CHECKPOINT", "payment_notice", "run_notifier"]
 
@@ -41,6 +43,7 @@ logger = logging.getLogger(__name__)
 
 NOTIFIER_CHECKPOINT: Final = "gateway-notifier"
 _RETRY_DELAY: Final = 1.0
+_MAX_RETRY_DELAY: Final = 60.0
 
 
 def payment_notice(event: Event, created: PaymentCreated) -> str | None:
@@ -73,14 +76,26 @@ def payment_notice(event: Event, created: PaymentCreated) -> str | None:
     return None
 
 
-async def _created(store: EventStore, stream: str) -> PaymentCreated | None:
+class NoticeDeferred(Exception):
+    """A notice the Bot API could not take for now (down, or flood control too long)."""
+
+    def __init__(self, payment_id: int, problem: ChatProblem) -> None:
+        super().__init__(
+            f"payment {payment_id}'s notice not delivered for now: {problem.kind} "
+            f"({problem.description})"
+        )
+
+
+async def _created(store: EventStore | MemoryLog, stream: str) -> PaymentCreated | None:
     first = await store.read_stream(stream, limit=1, skip_unknown=True)
     if first and isinstance(first[0].event, PaymentCreated):
         return first[0].event
     return None
 
 
-async def _notify(store: EventStore, telegram: TelegramClient, recorded: RecordedEvent) -> None:
+async def _notify(
+    store: EventStore | MemoryLog, telegram: TelegramClient, recorded: RecordedEvent
+) -> None:
     if isinstance(recorded.event, PaymentCreated):
         return
     created = await _created(store, recorded.stream)
@@ -89,32 +104,46 @@ async def _notify(store: EventStore, telegram: TelegramClient, recorded: Recorde
     text = payment_notice(recorded.event, created)
     if text is None:
         return
-    delivered = await telegram.send_message(created.user_id, text)
+    problem = await telegram.deliver(created.user_id, text)
+    if problem is not None and problem.kind in ("unavailable", "rate_limited"):
+        # The Bot API is down or busy for now: keep the notice (the checkpoint stays before
+        # it) and send it again later, rather than lose it.
+        raise NoticeDeferred(created.payment_id, problem)
     logger.info(
         "payment %s: %s notice %s to user %s",
         created.payment_id,
         recorded.type,
-        "sent" if delivered else "NOT delivered",
+        "sent" if problem is None else f"NOT delivered ({problem.kind}: {problem.description})",
         created.user_id,
         extra={"action": "gateway_payment_notice"},
     )
 
 
 async def run_notifier(
-    store: EventStore,
+    store: EventStore | MemoryLog,
     telegram: TelegramClient,
     *,
     name: str = NOTIFIER_CHECKPOINT,
     poll_interval: float = 1.0,
+    retry_delay: float = _RETRY_DELAY,
     task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Follow ``payment-*`` forever, notifying each payment's user; started once subscribed."""
+    """Follow ``payment-*`` forever, notifying each payment's user; started once subscribed.
+
+    A notice the Bot API cannot take for now (5xx, timeouts, flood control too long) is kept:
+    the checkpoint stays before it and it is sent again after a growing delay (1 s to 60 s),
+    so no confirmed payment goes unannounced for an outage. A refusal (the user blocked the
+    bot) is logged and passed over. ``retry_delay`` is the first of those delays."""
     started = False
+    delay = retry_delay
+    first: Cursor | None = None  # where this process began, before any checkpoint was saved
     while True:
         try:
             # The first run starts at the head of the log: payments settled before the gateway
             # ever ran are not announced again.
-            after = None if await store.load_checkpoint(name) is not None else await store.head()
+            after = None
+            if await store.load_checkpoint(name) is None:
+                first = after = first if first is not None else await store.head()
             async with store.subscribe(
                 name,
                 category=PAYMENT,
@@ -128,16 +157,18 @@ async def run_notifier(
                 async for recorded in sub:
                     await _notify(store, telegram, recorded)
                     await sub.save_checkpoint(recorded)
+                    delay = retry_delay
         except CheckpointConflict:
             logger.info(
                 "notifier checkpoint moved by another gateway; resuming from it",
                 extra={"action": "gateway_notifier_resume"},
             )
-        except StoreUnavailable as exc:
+        except (StoreUnavailable, NoticeDeferred) as exc:
             logger.warning(
                 "notifier: %s; retrying in %.0fs",
                 exc,
-                _RETRY_DELAY,
+                delay,
                 extra={"action": "gateway_notifier_retry"},
             )
-            await anyio.sleep(_RETRY_DELAY)
+            await anyio.sleep(delay)
+            delay = min(delay * 2, _MAX_RETRY_DELAY)

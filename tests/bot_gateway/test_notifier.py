@@ -34,6 +34,7 @@ async def notifier(store: EventStore, bot: Bot) -> AsyncIterator[None]:
                 store,
                 TelegramClient(bot, sleep=no_sleep),
                 poll_interval=0.1,
+                retry_delay=0.01,
                 task_status=task_status,
             )
         )
@@ -155,3 +156,20 @@ async def test_a_user_who_blocked_the_bot_does_not_stop_the_others(
     [_, expired] = await texts_to(bot_api, 6, 2)
     assert "Payment #2" in expired
     assert len([m for m in bot_api.sent if m.chat_id == 5]) == 1  # only the /subscribe reply
+
+
+async def test_a_notice_the_bot_api_cannot_take_for_now_is_sent_once_it_can(
+    telegram: Telegram, store: EventStore, bot_api: BotApiStandIn, notifier: None
+) -> None:
+    # Found by the simulation: three 5xx in a row used to drop the notice for good.
+    await telegram.say(5, "/subscribe week")
+    bot_api.fail("sendMessage", "500", times=7)  # more than one delivery's three attempts
+    now = datetime.now(UTC)
+    await store.append("payment-1", [PaymentExpired(payment_id=1, expired_at=now)])
+    [_, expired] = await texts_to(bot_api, 5, 2)
+    assert "Payment #1" in expired
+
+    async def checkpointed() -> bool:
+        return await store.load_checkpoint(NOTIFIER_CHECKPOINT) == await store.head()
+
+    await eventually(checkpointed)
