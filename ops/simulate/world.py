@@ -24,33 +24,41 @@ shares. The production code runs unchanged:
 
 **Faults**, each at its own rate, during the first ``hours`` of the run (the faulty phase):
 a store operation of a node or of the gateway fails (``StoreUnavailable``: the database is
-unreachable for that statement; a failed ``"commit"`` rolls its transaction back); a node
-is killed (cut off from the database first, so that nothing it does on the way down reaches
-it, as with SIGKILL; then restarted with a new process identity); a node is cut off for a
-while (a partition) and comes back; TonAPI answers 500, 502, 429 with Retry-After, hangs
-past the client's timeout, or garbage, for a few requests; the Bot API answers 500, hangs or
-garbage for a few requests, or, for one channel, 429 with ``retry_after``, 400 chat not found
-or 403 bot kicked, a few times (one kick in four is for good). Then the faults stop, operators
-start every actor, and the run goes on quietly for ``settle`` seconds: the liveness bound.
+unreachable for that statement; a failed ``"commit"`` rolls its transaction back); a commit's
+acknowledgement is lost (the write is in, the caller sees ``StoreUnavailable``); a node is
+killed (cut off from the database first, so that nothing it does on the way down reaches it,
+as with SIGKILL; then restarted with a new process identity), anywhere, right before its
+next write of a kind or right after its next commit; a node is stopped whole (SIGSTOP:
+:meth:`~ops.simulate.kernel.SimLoop.freeze`) for 5 to 60 s, anywhere, right before a write
+or while it holds a task, and resumes with its deadlines passed; a node is cut off for a
+while (a partition) and comes back; TonAPI answers 500, 502, 429 with Retry-After, hangs past
+the client's timeout, or garbage, for a few requests; the Bot API answers 500, hangs or
+garbage for a few requests (``sendMessage`` included), or, for one channel, 429 with
+``retry_after``, 400 chat not found or 403 bot kicked, a few times (one kick in four is for
+good); a Telegram update is delivered twice, or ``/subscribe`` handled while ``/start`` still
+is; the hosts' wall clock steps. Then the faults stop, operators start every actor, and the
+run goes on quietly for ``settle`` seconds.
 
-**Invariants**, checked every simulated minute and at the end (:class:`InvariantViolated`):
-each reward credited at most once, to the user who earned it, with a running balance that
-adds up; each payment confirmed at most once, by a transfer of at least its amount carrying
-its memo, no transaction confirming two payments; a subscription activated once and only for
-a confirmed payment; every event written under a lease carries a generation no older than
-one already written under it (two incarnations never interleave their writes); a channel
-added once; each measurement a count the channel really had, with its active share
-``floor(subscribers * active_share)``; each price ``channel_price`` of the active count it
-names, changed only by the measurement just before it in the channel's stream, from the
-price it had, and whenever that measurement moves it; and at the end (liveness) every
-reward credited, every payment paid in full inside its window confirmed, and every channel
-measured (or its lasting problem recorded) after the faults stopped, at its current count,
-within ``ANALYTICS_BOUND``.
+**Invariants** (:class:`InvariantViolated`), checked on every event as it commits and over
+the whole log at the end: each reward earned once and credited once, to the user who earned
+it, with a running balance that adds up; each user registered once; each payment confirmed
+at most once, by a transfer of at least its amount carrying its memo, no transaction
+confirming two payments; a subscription activated once and only for a confirmed payment;
+every event written under a lease carries a generation no older than one already written
+under it (two incarnations never interleave their writes); inside each commit, work for an
+actor (its task events, its writes under a lease) only from the node holding that actor's
+lease, unexpired; a task's outcome only from the node holding its latest claim, nothing after
+it finished; a channel added once; each measurement a count the channel really had, with its
+active share ``floor(subscribers * active_share)``; each price ``channel_price`` of the
+active count it names, changed only by the measurement just before it in the channel's
+stream, from the price it had, and whenever that measurement moves it. **Liveness**, at the
+end: every reward credited, every payment paid in full inside its window confirmed within
+``LIVENESS_BOUND`` of its transfer or of the end of the faults, every confirmed payment's user
+told (the notifier, through the Bot API stand-in), and every channel measured (or its lasting
+problem recorded) after the faults stopped, at its current count, within ``ANALYTICS_BOUND``.
 
-Not covered yet (see the README): the notifier through the Bot API,
-the HealthChecker and Cleanup (they read PostgreSQL's own views), a node paused with its
-timers (rather than cut off), a commit whose acknowledgement is lost, duplicate and reordered
-Telegram updates, and clock jumps.
+Not covered (see the README): the HealthChecker and Cleanup (they read PostgreSQL's own
+views), and PostgreSQL's own behaviour, which the contract suite pins the in-memory log to.
 """
 
 from __future__ import annotations
@@ -80,6 +88,7 @@ from actors.runtime import ChildSpec, RestartType
 from actors.tasks import PAYMENT_VERIFICATION, REWARD_DISTRIBUTION
 from actors.telegram import TelegramClient, make_bot
 from actors.tonapi import TonApiClient
+from bot_gateway.notifier import run_notifier
 from bot_gateway.service import Gateway, TelegramUser, reward_id_for
 from events import (
     ChannelAdded,
@@ -682,9 +691,14 @@ class _World:
     def telegram_fault(self) -> str:
         """Bot API trouble for a few requests, or for one channel (from the seed)."""
         rng = current_rng()
-        mode = rng.choice(("500", "timeout", "garbage", "429", "not found", "kicked"))
+        mode = rng.choice(("500", "timeout", "garbage", "429", "not found", "kicked", "send"))
         times = rng.randint(1, 4)
         self.telegram_faults += 1
+        if mode == "send":  # the notices the gateway sends users
+            times = rng.randint(1, 6)
+            hang = rng.uniform(5.0, 60.0) if rng.random() < 0.5 else None
+            self.bot_api.fail("sendMessage", "500" if hang is None else "timeout", times, hang=hang)
+            return f"Bot API sendMessage {'500' if hang is None else 'timeout'} x{times}"
         known = [c for c in self.channels.values() if c.counts and not c.gone]
         if mode in _BOT_API_ANSWERS or not known:
             answer = _BOT_API_ANSWERS.get(mode, "500")  # with no channel yet to fail, a 500
@@ -749,6 +763,24 @@ class _World:
                 )
                 self.violated.set()
 
+    async def notify(self) -> None:
+        """The web service's notifier: tells users what became of their payments, through
+        the Bot API stand-in, as the gateway's process (its store faults apply)."""
+        _node.set("gateway")
+        await run_notifier(self.log, self.telegram)
+
+    def told(self, payment_id: int) -> int:
+        """How many times the payment's user was told it is confirmed."""
+        created = self.payments.get(payment_id)
+        if created is None:
+            return 0
+        notice = f"Payment #{payment_id} is confirmed"
+        return sum(
+            1
+            for sent in self.bot_api.sent
+            if sent.chat_id == created.user_id and sent.text.startswith(notice)
+        )
+
     async def watch(self) -> None:
         """Raise the violation the commit hook found, as soon as it is found."""
         await self.violated.wait()
@@ -795,6 +827,7 @@ class _Checker:
         self.balance: dict[int, int] = {}
         self.newest: dict[str, int] = {}
         self.confirmed: Counter[int] = Counter()
+        self.confirmed_at: dict[int, datetime] = {}
         self.activated: Counter[int] = Counter()
         self.paid_by: dict[str, int] = {}
         self.claims: dict[int, TaskClaimed] = {}  # each task's latest claim
@@ -822,7 +855,7 @@ class _Checker:
                 )
             self.newest[meta.lease] = meta.generation
         if isinstance(event, PaymentConfirmed):
-            self._confirmation(event)
+            self._confirmation(event, recorded.recorded_at)
         elif isinstance(event, SubscriptionActivated):
             self.activated[event.payment_id] += 1
             if not self.confirmed[event.payment_id]:
@@ -972,8 +1005,9 @@ class _Checker:
             )
         self.balance[event.user_id] = expected
 
-    def _confirmation(self, event: PaymentConfirmed) -> None:
+    def _confirmation(self, event: PaymentConfirmed, recorded_at: datetime) -> None:
         self.confirmed[event.payment_id] += 1
+        self.confirmed_at[event.payment_id] = recorded_at
         if self.confirmed[event.payment_id] > 1:
             raise InvariantViolated(f"payment {event.payment_id} confirmed twice")
         if event.tx_hash in self.paid_by:
@@ -997,6 +1031,15 @@ class _Checker:
     def live(self) -> None:
         """Liveness, once the faults have stopped and the run has settled."""
         world = self.world
+        told_by = world.clock.true_now() - timedelta(seconds=LIVENESS_BOUND)
+        untold = sorted(
+            p for p, at in self.confirmed_at.items() if at <= told_by and not world.told(p)
+        )
+        if untold:
+            raise InvariantViolated(
+                f"payments {untold[:10]} are confirmed, and their users were never told "
+                f"({len(untold)} of {len(self.confirmed)}; liveness)"
+            )
         settle = world.scenario.settle
         by = anyio.current_time() - LIVENESS_BOUND
         unconfirmed = sorted(p for p, at in world.due.items() if at <= by and not self.confirmed[p])
@@ -1207,6 +1250,7 @@ async def _play(scenario: Scenario, world: _World, say: Callable[[str], None]) -
         tg.start_soon(chaos, name="chaos")
         tg.start_soon(world.follow, name="invariants")
         tg.start_soon(world.watch, name="commit-invariants")
+        tg.start_soon(world.notify, name="notifier")
         await anyio.sleep(faulty)
         world.faults.faulty = False
         world.faults.cut.clear()
