@@ -113,6 +113,7 @@ import asyncio
 import bisect
 import collections
 import contextlib
+import contextvars
 import functools
 import hashlib
 import heapq
@@ -423,6 +424,7 @@ class SimLoop(asyncio.BaseEventLoop):
         # Tasks by serial. A plain dict (hashing a task is cheap, a weak key is not); tasks
         # that are done are dropped now and then (_PRUNE_EVERY creations), never looked up.
         self._task_serials: dict[asyncio.Task[Any], int] = {}
+        self._task_contexts: dict[asyncio.Task[Any], Context] = {}  # pruned with the serials
         self._next_serial = itertools.count(1).__next__
         self._incoming = _ready_of(self)
         self._plain: list[asyncio.Handle] = []
@@ -556,11 +558,16 @@ class SimLoop(asyncio.BaseEventLoop):
         unless named: asyncio's default names count across the whole process."""
         serial = self._next_serial()
         name = f"Task-{serial}" if name is None else name
+        # A copy of the current context, as asyncio makes one, but kept: freeze() matches a
+        # task by it (Python 3.11's tasks do not show theirs).
+        context = contextvars.copy_context() if context is None else context
         task = super().create_task(coro, name=name, context=context)
         if serial % _PRUNE_EVERY == 0:  # in place: _run_once holds the dict
             for done in [known for known in self._task_serials if known.done()]:
                 del self._task_serials[done]
+                self._task_contexts.pop(done, None)
         self._task_serials[task] = serial
+        self._task_contexts[task] = context
         return task
 
     def _serial(self, task: asyncio.Task[Any]) -> int:
@@ -713,9 +720,16 @@ class SimLoop(asyncio.BaseEventLoop):
         return len(held)
 
     def _hold(self, handle: asyncio.Handle) -> bool:
-        context: Context = handle._context  # type: ignore[attr-defined]
+        """Hold ``handle`` if it belongs to a frozen process: it runs in that process's
+        context, or it is an anyio cancel scope's delivery of a cancellation to a task of
+        that process (which reschedules itself, from whoever cancelled, until the task
+        takes it: run while the task is held, it would spin at one instant for ever)."""
+        contexts: list[Context] = [handle._context]  # type: ignore[attr-defined]
+        host = getattr(getattr(handle._callback, "__self__", None), "_host_task", None)  # type: ignore[attr-defined]
+        if isinstance(host, asyncio.Task) and host in self._task_contexts:
+            contexts.append(self._task_contexts[host])
         for frozen, held in self._frozen.items():
-            if frozen.matches(context):
+            if any(frozen.matches(context) for context in contexts):
                 held.append(handle)
                 return True
         return False

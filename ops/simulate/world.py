@@ -547,6 +547,12 @@ class _World:
             )
         return at == operation
 
+    def resume_all(self) -> None:
+        """Resume every stopped node: the run is ending, and a stopped process can be neither
+        cancelled nor waited for (the end of a run cancels every task)."""
+        for node in self.nodes:
+            self.resume(node)
+
     def resume(self, node: _Node) -> None:
         if node.frozen is not None:
             current_loop().thaw(node.frozen)
@@ -785,6 +791,7 @@ class _World:
         """Raise the violation the commit hook found, as soon as it is found."""
         await self.violated.wait()
         assert self.violation is not None
+        self.resume_all()
         raise self.violation
 
     async def follow(self) -> None:
@@ -796,6 +803,9 @@ class _World:
             async with self.log.subscribe(skip_unknown=True) as subscription:
                 async for recorded in subscription:
                     checker.feed(recorded)
+        except InvariantViolated:
+            self.resume_all()
+            raise
         finally:
             _node.reset(token)
 
@@ -1254,8 +1264,7 @@ async def _play(scenario: Scenario, world: _World, say: Callable[[str], None]) -
         await anyio.sleep(faulty)
         world.faults.faulty = False
         world.faults.cut.clear()
-        for node in world.nodes:
-            world.resume(node)
+        world.resume_all()
         world.tonapi.heal()
         world.calm_telegram()
         say(f"{anyio.current_time():8.1f}s faults stop; operators start every actor")
