@@ -331,13 +331,16 @@ class Gateway:
         return text
 
     async def add_channel(self, user_id: int, args: str | None) -> str:
-        """Register a channel (once) and earn its ``channel_addition`` reward."""
+        """Register a channel (once) and earn its ``channel_addition`` reward. The user who
+        added it, adding it again (or the same update redelivered after its answer was lost),
+        is told it is theirs already; anyone else that it is taken."""
         channel = parse_channel(args)
         if isinstance(channel, Refusal):
             return channel.text
         stream = channel_stream(channel)
-        if await self.store.stream_version(stream) > 0:
-            return f"{channel} is already registered; each channel can be added once."
+        added = await self._channel_added(stream)
+        if added is not None:
+            return self._already_added(channel, added, user_id)
         now = self._clock()
         source = f"channel:{stream.removeprefix('channel-')}"
         reward_id = reward_id_for("channel_addition", source)
@@ -349,14 +352,35 @@ class Gateway:
             source=source,
             earned_at=now,
         )
-        added = ChannelAdded(channel=channel, added_by=user_id, added_at=now)
-        if not await self._append_first(stream, added, reward, self._meta(user_id)):
-            return f"{channel} is already registered; each channel can be added once."
+        if not await self._append_first(
+            stream,
+            ChannelAdded(channel=channel, added_by=user_id, added_at=now),
+            reward,
+            self._meta(user_id),
+        ):
+            added = await self._channel_added(stream)
+            if added is None:  # the other writer's transaction was refused after all
+                return f"{channel} could not be registered just now; please try again."
+            return self._already_added(channel, added, user_id)
         return (
             f"{channel} is registered. Its audience is measured and priced within hours; "
             f"you earn {format_ton(self.config.channel_reward_nanotons)} TON for adding it. "
             "Make sure the bot can see the channel (public, or the bot is a member)."
         )
+
+    def _already_added(self, channel: str, added: ChannelAdded, user_id: int) -> str:
+        if added.added_by == user_id:
+            return (
+                f"{channel} is registered to you already; you earned its "
+                f"{format_ton(self.config.channel_reward_nanotons)} TON reward when you added it."
+            )
+        return f"{channel} is already registered; each channel can be added once."
+
+    async def _channel_added(self, stream: str) -> ChannelAdded | None:
+        first = await self.store.read_stream(stream, limit=1, skip_unknown=True)
+        if first and isinstance(first[0].event, ChannelAdded):
+            return first[0].event
+        return None
 
     # -- admins ------------------------------------------------------------------------------
 

@@ -1308,9 +1308,9 @@ def _channel_reward_id(stream: str) -> uuid.UUID:
 
 
 def _registered(channel: str, answer: str) -> bool:
-    """Whether ``answer`` to ``/addchannel`` says ``channel`` is registered: a duplicate
-    delivery (or one after a lost acknowledgement) hears that it already was."""
-    return answer.startswith(f"{channel} is ") and "registered" in answer
+    """Whether ``answer`` to ``/addchannel`` tells its user that ``channel`` is theirs: newly
+    registered, or registered to them already (a duplicate delivery of the same update)."""
+    return answer.startswith((f"{channel} is registered. ", f"{channel} is registered to you"))
 
 
 def _audience(rng: random.Random) -> int:

@@ -71,7 +71,9 @@ async def test_channels_added_by_one_user_at_once_are_all_registered(store: Even
     assert len(earned) == len(channels)
     assert {e.reason for e in earned} == {"channel_addition"}
     again = await gateway.add_channel(REFERRER, channels[0])
-    assert "already registered" in again, again
+    assert "is registered to you already" in again, again
+    other = await gateway.add_channel(REFERRER + 1, channels[0])
+    assert "already registered; each channel can be added once" in other, other
 
 
 async def test_one_message_delivered_twice_at_once_creates_one_payment(store: EventStore) -> None:
