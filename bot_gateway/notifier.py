@@ -34,7 +34,7 @@ from events import (
 from events.base import Event
 from events.errors import CheckpointConflict, StoreUnavailable
 from events.streams import PAYMENT
-from store import Cursor, EventStore, RecordedEvent
+from store import Cursor, EventStore, RecordedEvent, views
 from store.memory import MemoryLog
 
 __all__ = ["NOTIFIER_CHECKPOINT", "payment_notice", "run_notifier"]
@@ -86,19 +86,12 @@ class NoticeDeferred(Exception):
         )
 
 
-async def _created(store: EventStore | MemoryLog, stream: str) -> PaymentCreated | None:
-    first = await store.read_stream(stream, limit=1, skip_unknown=True)
-    if first and isinstance(first[0].event, PaymentCreated):
-        return first[0].event
-    return None
-
-
 async def _notify(
     store: EventStore | MemoryLog, telegram: TelegramClient, recorded: RecordedEvent
 ) -> None:
     if isinstance(recorded.event, PaymentCreated):
         return
-    created = await _created(store, recorded.stream)
+    created = await views.first_event(store, recorded.stream, PaymentCreated)
     if created is None:
         return  # not a payment stream (payment-scan-...), or a payment of unknown origin
     text = payment_notice(recorded.event, created)

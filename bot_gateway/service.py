@@ -338,7 +338,7 @@ class Gateway:
         if isinstance(channel, Refusal):
             return channel.text
         stream = channel_stream(channel)
-        added = await self._channel_added(stream)
+        added = await views.first_event(self.store, stream, ChannelAdded)
         if added is not None:
             return self._already_added(channel, added, user_id)
         now = self._clock()
@@ -358,7 +358,7 @@ class Gateway:
             reward,
             self._meta(user_id),
         ):
-            added = await self._channel_added(stream)
+            added = await views.first_event(self.store, stream, ChannelAdded)
             if added is None:  # the other writer's transaction was refused after all
                 return f"{channel} could not be registered just now; please try again."
             return self._already_added(channel, added, user_id)
@@ -375,12 +375,6 @@ class Gateway:
                 f"{format_ton(self.config.channel_reward_nanotons)} TON reward when you added it."
             )
         return f"{channel} is already registered; each channel can be added once."
-
-    async def _channel_added(self, stream: str) -> ChannelAdded | None:
-        first = await self.store.read_stream(stream, limit=1, skip_unknown=True)
-        if first and isinstance(first[0].event, ChannelAdded):
-            return first[0].event
-        return None
 
     # -- admins ------------------------------------------------------------------------------
 

@@ -13,11 +13,12 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Literal
+from typing import Literal, TypeVar
 
 import msgspec
 
 from events import ActorParked, OperatorCommandIssued
+from events.base import Event
 from events.streams import OPS_COMMANDS, actor_stream
 from store.driver import driver_errors
 from store.eventstore import EventStore, Transaction
@@ -198,6 +199,19 @@ async def prune_health_samples(store: EventStore, before: datetime, *, batch_siz
         removed += count
         if count < batch_size:
             return removed
+
+
+# -- streams ---------------------------------------------------------------------------------
+E = TypeVar("E", bound=Event)
+
+
+async def first_event(store: EventStore | MemoryLog, stream: str, kind: type[E]) -> E | None:
+    """The first event of ``stream`` when it is a ``kind`` (a stream's opening event: the
+    payment's ``PaymentCreated``, the channel's ``ChannelAdded``); None otherwise."""
+    first = await store.read_stream(stream, limit=1, skip_unknown=True)
+    if first and isinstance(first[0].event, kind):
+        return first[0].event
+    return None
 
 
 # -- actor status ------------------------------------------------------------------------------

@@ -809,18 +809,17 @@ class _World:
         finally:
             _node.reset(token)
 
-    async def check(self, *, final: bool) -> tuple[int, int]:
-        """Check the whole log from the start; at the end, liveness too. The credits and
-        confirmations the log holds."""
+    async def final_check(self) -> tuple[int, int]:
+        """Check the whole log from the start, and liveness; the credits and confirmations
+        the log holds."""
         token = _node.set(None)
         try:
             checker = _Checker(self)
             async for batch in self.log.read_batches(skip_unknown=True):
                 for recorded in batch:
                     checker.feed(recorded)
-            if final:
-                checker.live()
-                self.final = checker
+            checker.live()
+            self.final = checker
             return sum(checker.credited.values()), sum(checker.confirmed.values())
         finally:
             _node.reset(token)
@@ -1271,7 +1270,7 @@ async def _play(scenario: Scenario, world: _World, say: Callable[[str], None]) -
         for actor in ACTORS:
             await world.operator("start", actor)
         await anyio.sleep(scenario.settle)
-        tally = await world.check(final=True)
+        tally = await world.final_check()
         tg.cancel_scope.cancel()
     return tally
 
