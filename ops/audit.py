@@ -40,7 +40,9 @@ Invariants (each violation names the global positions that show it)
 
 Pricing uses :func:`actors.config.load_settings`: the defaults unless the environment sets
 ``I3LANI_ACTIVE_SHARE``, ``I3LANI_PRICE_PER_1000`` or ``I3LANI_MIN_PRICE`` (set them as the
-actors had them).
+actors had them). Check 6 calls the very functions ChannelAnalytics prices with
+(:func:`~actors.config.active_subscribers`, :func:`~actors.config.channel_price`, exact), so
+the audit and the actor cannot disagree on a price.
 
 Comparison with the live read models
 ------------------------------------
@@ -82,7 +84,7 @@ from typing import Final, Literal, TextIO
 import anyio
 import msgspec
 
-from actors.config import Settings, active_subscribers, channel_price, load_settings
+from actors.config import Settings, active_subscribers, channel_price, load_settings, share_text
 from actors.ton import format_ton
 from events import (
     ChannelAdded,
@@ -606,7 +608,7 @@ class Replay:
                 "price-mismatch",
                 f"{stream}: stats at #{position} count {event.active_subscribers} active of "
                 f"{event.subscribers} subscribers; the active share "
-                f"{self.settings.active_share:g} gives {expected_active}",
+                f"{share_text(self.settings.active_share)} gives {expected_active}",
                 position,
             )
         channel.subscribers = event.subscribers

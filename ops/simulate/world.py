@@ -49,8 +49,8 @@ under it (two incarnations never interleave their writes); inside each commit, w
 actor (its task events, its writes under a lease) only from the node holding that actor's
 lease, unexpired; a task's outcome only from the node holding its latest claim, nothing after
 it finished; a channel added once; each measurement a count the channel really had, with its
-active share ``floor(subscribers * active_share)``; each price ``channel_price`` of the
-active count it names, changed only by the measurement just before it in the channel's
+active count ``active_subscribers(subscribers, active_share)``; each price ``channel_price``
+of the active count it names, changed only by the measurement just before it in the channel's
 stream, from the price it had, and whenever that measurement moves it. **Liveness**, at the
 end: every reward credited, every payment paid in full inside its window confirmed within
 ``LIVENESS_BOUND`` of its transfer or of the end of the faults, every confirmed payment's user
@@ -81,7 +81,7 @@ from anyio.abc import TaskGroup
 
 from actors.catalog import child_specs
 from actors.channel_analytics import ChannelAnalytics
-from actors.config import Settings, active_subscribers, channel_price
+from actors.config import Settings, active_subscribers, channel_price, share_text
 from actors.control import issue_command, operator_command
 from actors.payment_monitor import PaymentMonitor
 from actors.runtime import ChildSpec, RestartType
@@ -954,8 +954,8 @@ class _Checker:
         if event.active_subscribers != active:
             raise InvariantViolated(
                 f"{event.channel} measured with {event.subscribers} subscribers, of whom "
-                f"{event.active_subscribers} active; the share {settings.active_share} gives "
-                f"{active}"
+                f"{event.active_subscribers} active; the share "
+                f"{share_text(settings.active_share)} gives {active}"
             )
         channel = self.world.channels.get(stream)
         if channel is None or event.subscribers not in channel.counts:
