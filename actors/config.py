@@ -102,6 +102,7 @@ SHARE_DECIMALS: Final = 4
 DEFAULT_SHARE: Final = Fraction(45, 100)
 _SHARE_RE: Final = re.compile(r"[0-9]+(?:\.(?P<fraction>[0-9]+))?", re.ASCII)
 _DAYS_RE: Final = re.compile(r"[0-9]+", re.ASCII)
+_ID_RE: Final = re.compile(r"-?[0-9]+", re.ASCII)
 
 
 class Plan(msgspec.Struct, frozen=True):
@@ -278,7 +279,7 @@ def _admin_ids(text: str) -> tuple[int, ...]:
         part = part.strip()
         if not part:
             continue
-        if not part.lstrip("-").isdigit():
+        if not _ID_RE.fullmatch(part):
             raise ConfigError(
                 f"ADMIN_IDS must be Telegram user ids separated by commas, got {part!r}"
             )

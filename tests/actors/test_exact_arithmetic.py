@@ -237,6 +237,7 @@ REFUSED: list[tuple[str, str]] = [
     *((name, text) for name in TON_VARIABLES for text in NOT_TON if text),
     *(("I3LANI_PLANS", f"week:7:{text}") for text in NOT_TON),
     ("I3LANI_PLANS", "week:²:1"),  # a digit to str.isdigit, not to int
+    ("ADMIN_IDS", "1,²"),
     ("I3LANI_PLANS", "week:0:1"),
     ("I3LANI_PLANS", "week:7:0"),
     ("I3LANI_MIN_PRICE", "0.005"),  # prices are whole hundredths of a TON
