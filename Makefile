@@ -23,8 +23,10 @@ install: $(STAMP)
 
 ## Re-lock after editing pyproject.toml's dependencies: keeps every pin the ranges still allow
 ## (LOCK_ARGS=--upgrade: the newest versions they allow). Commit uv.lock with pyproject.toml.
+## (The virtual environment's Python, which always has pip; nothing is installed into it.)
 lock:
-	$(PYTHON) scripts/lock.py update $(LOCK_ARGS)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python scripts/lock.py update $(LOCK_ARGS)
 
 ## The main job, shown end to end: embedded PostgreSQL, stand-ins, supervisor, actors, gateway,
 ## simulated users; prints the event stream live, the dashboard URL and an audit summary.
