@@ -46,7 +46,9 @@ from tests.bot_gateway.conftest import message_update
 from tests.e2e.processes import Worker, Workers, running_workers, wait_for, wait_started
 from tests.pg import fresh_database
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+# heavy: a pip build and four i3lani processes, about a minute; run beside the fault scenarios
+# it starved them of CPU, so it takes its turn in their lanes (tests/conftest.py).
+pytestmark = [pytest.mark.slow, pytest.mark.heavy, pytest.mark.timeout(600)]
 
 ROOT: Final = Path(__file__).resolve().parents[2]
 BLUEPRINT: Final = ROOT / "render.yaml"
