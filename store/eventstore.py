@@ -1036,7 +1036,7 @@ class EventStore(PagedReads):
             )
         if not records:
             return StoredPage([], after)
-        rows = [StoredEvent(*record) for record in records]
+        rows = [StoredEvent(*record) for record in records]  # untracked by the GC: see there
         last = rows[-1]
         return StoredPage(rows, Cursor(last.transaction_id, last.position))
 

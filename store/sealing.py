@@ -54,14 +54,19 @@ from __future__ import annotations
 
 import base64
 import binascii
+import bisect
 import hashlib
 import re
 import struct
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Final, Literal
+
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream
 
 from events import LogSealed
 from events.errors import EventError, one_line
@@ -72,6 +77,7 @@ from store.stored import StoredEvent
 
 __all__ = [
     "MAX_EVENTS_PER_SEAL",
+    "PAGE_SIZE",
     "ZERO_HASH",
     "canonical_bytes",
     "event_hash",
@@ -82,6 +88,8 @@ __all__ = [
     "SealVerifier",
     "next_seals",
     "verify_seals",
+    "stored_pages",
+    "SealFeeder",
     "seals_after",
 ]
 
@@ -91,6 +99,10 @@ ZERO_HASH: Final = bytes(32)
 """The previous hash of seal 1."""
 FINGERPRINT: Final = 4
 """Bytes of each event hash a seal keeps to name the first event that differs."""
+PAGE_SIZE: Final = 2000
+"""Rows per read when sealing or verifying. Measured: pages of 5,000 rows verify half as fast
+as pages of 2,000 (a page's rows outlive the young generations and make the garbage collector
+walk the whole heap); 1,000 pays more round trips."""
 
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND: Final = timedelta(microseconds=1)
@@ -105,23 +117,23 @@ def canonical_bytes(row: StoredEvent) -> bytes:
 
 
 def _event_bytes(row: StoredEvent) -> bytes:
-    position, txid, event_id, stream, version, tag, schema, payload, metadata, at = row
-    stream_bytes = stream.encode()
-    tag_bytes = tag.encode()
+    stream = row.stream.encode()
+    tag = row.type.encode()
+    payload, metadata = row.payload, row.metadata
     head = _EVENT_HEAD.pack(
         b"\x00",
-        position,
-        txid,
-        event_id.bytes,
-        version,
-        schema,
-        (at - _EPOCH) // _MICROSECOND,
-        len(stream_bytes),
-        len(tag_bytes),
+        row.position,
+        row.transaction_id,
+        row.event_id.bytes,
+        row.version,
+        row.schema_version,
+        (row.recorded_at - _EPOCH) // _MICROSECOND,
+        len(stream),
+        len(tag),
         len(payload),
         len(metadata),
     )
-    return b"".join((head, stream_bytes, tag_bytes, payload, metadata))
+    return b"".join((head, stream, tag, payload, metadata))
 
 
 def event_hash(row: StoredEvent) -> bytes:
@@ -177,7 +189,7 @@ class SealBuilder:
             digest = hashlib.sha256(_event_bytes(row)).digest()
             update(digest)
             fingerprints += digest[:FINGERPRINT]
-            position = row[0]
+            position = row.position
             if length and position == start + length:
                 length += 1
             else:
@@ -227,7 +239,7 @@ async def next_seals(
     *,
     sealed_at: datetime,
     max_events: int = 10 * MAX_EVENTS_PER_SEAL,
-    page_size: int = 5000,
+    page_size: int = PAGE_SIZE,
 ) -> tuple[list[LogSealed], bool]:
     """The seals that follow ``previous`` (None: the log has none yet) over what the log holds
     now, up to the gap-free horizon, at most ``max_events`` events in all; and whether more
@@ -347,6 +359,8 @@ class _Checking:
     seal_position: int
     after: Cursor
     last: Cursor
+    after_key: tuple[int, int]  # (transaction id, position): rows compare as plain tuples
+    last_key: tuple[int, int]
     positions: list[int]
     fingerprints: bytes
     hasher: hashlib._Hash  # over the stored header (and, when equal, the recomputed one)
@@ -354,6 +368,10 @@ class _Checking:
     index: int = 0
     differs: bool = False
     gap_reported: bool = False
+
+
+def _reading_key(row: StoredEvent) -> tuple[int, int]:
+    return (row.transaction_id, row.position)
 
 
 def _expand(runs: Sequence[tuple[int, int]]) -> list[int]:
@@ -404,59 +422,85 @@ class SealVerifier:
         )
 
     def feed(self, rows: Sequence[StoredEvent]) -> None:
-        """Rows in reading order, following the last ones fed."""
+        """Rows in reading order, following the last ones fed. The rows of one seal are
+        checked a run at a time: hashed, then compared with its positions and fingerprints in
+        one go; only a run that differs is walked row by row to name the first difference."""
         current = self._current
-        for row in rows:
-            cursor = Cursor(row.transaction_id, row.position)
-            while current is None or cursor > current.last:
+        start, end = 0, len(rows)
+        while start < end:
+            row = rows[start]
+            key = (row.transaction_id, row.position)
+            if current is None or key > current.last_key:
                 if current is not None:
                     self._close(current)
                 current = self._open_next()
                 if current is None:
+                    self.report.unsealed += end - start  # after the last seal: not covered yet
                     break
-            if current is None:
-                self.report.unsealed += 1
                 continue
-            if cursor <= current.after:
-                if not current.gap_reported:
-                    current.gap_reported = True
-                    self._find(
-                        "inserted",
-                        f"the event at #{row.position} ({row.stream} v{row.version}, "
-                        f"{row.type}) lies in no seal, between seal {current.seal.seal - 1} "
-                        f"and seal {current.seal.seal}",
-                        seal=current.seal.seal,
-                        position=row.position,
-                    )
+            if key <= current.after_key:
+                self._outside(current, row)
+                start += 1
                 continue
-            self._check_row(current, row)
+            stop = bisect.bisect_right(rows, current.last_key, start, end, key=_reading_key)
+            self._check_run(current, rows[start:stop])
+            start = stop
         self._current = current
 
-    def _check_row(self, current: _Checking, row: StoredEvent) -> None:
-        digest = hashlib.sha256(_event_bytes(row)).digest()
-        current.hasher.update(digest)
+    def _outside(self, current: _Checking, row: StoredEvent) -> None:
+        """A row between the end of the seal before and the start of this one: in no seal."""
+        if not current.gap_reported:
+            current.gap_reported = True
+            self._find(
+                "inserted",
+                f"the event at #{row.position} ({row.stream} v{row.version}, {row.type}) lies "
+                f"in no seal, between seal {current.seal.seal - 1} and seal {current.seal.seal}",
+                seal=current.seal.seal,
+                position=row.position,
+            )
+
+    def _check_run(self, current: _Checking, rows: Sequence[StoredEvent]) -> None:
+        sha256 = hashlib.sha256
+        digests = [sha256(_event_bytes(row)).digest() for row in rows]
+        joined = b"".join(digests)
+        current.hasher.update(joined)
         if current.chained is not None:
-            current.chained.update(digest)
+            current.chained.update(joined)
         index = current.index
-        current.index = index + 1
-        self.report.events += 1
+        count = len(rows)
+        current.index = index + count
+        self.report.events += count
         if current.differs:
             return
+        at = index * FINGERPRINT
+        if [row.position for row in rows] == current.positions[index : index + count] and (
+            b"".join(digest[:FINGERPRINT] for digest in digests)
+            == current.fingerprints[at : at + count * FINGERPRINT]
+        ):
+            return
+        for offset, (row, digest) in enumerate(zip(rows, digests, strict=True)):
+            if self._differs_at(current, index + offset, row, digest):
+                return
+
+    def _differs_at(self, current: _Checking, index: int, row: StoredEvent, digest: bytes) -> bool:
+        """Whether the row at ``index`` of the seal's range is not the one it sealed (the
+        difference is then recorded)."""
         expected = current.positions
         if index < len(expected) and row.position == expected[index]:
             at = index * FINGERPRINT
-            if digest[:FINGERPRINT] != current.fingerprints[at : at + FINGERPRINT]:
-                self._differs(
-                    current,
-                    "changed",
-                    row.position,
-                    f"the event at #{row.position} ({row.stream} v{row.version}, {row.type}) "
-                    f"is not what seal {current.seal.seal} sealed: a stored byte changed",
-                )
-            return
+            if digest[:FINGERPRINT] == current.fingerprints[at : at + FINGERPRINT]:
+                return False
+            self._differs(
+                current,
+                "changed",
+                row.position,
+                f"the event at #{row.position} ({row.stream} v{row.version}, {row.type}) "
+                f"is not what seal {current.seal.seal} sealed: a stored byte changed",
+            )
+            return True
         if index < len(expected) and row.position in expected[index + 1 :]:
             self._deleted(current, expected[index])
-            return
+            return True
         self._differs(
             current,
             "inserted",
@@ -464,6 +508,7 @@ class SealVerifier:
             f"the event at #{row.position} ({row.stream} v{row.version}, {row.type}) was not "
             f"in the log when seal {current.seal.seal} sealed its range (inserted)",
         )
+        return True
 
     def _deleted(self, current: _Checking, position: int) -> None:
         self._differs(
@@ -522,6 +567,8 @@ class SealVerifier:
             seal_position=stored_at,
             after=after,
             last=_last_cursor(seal),
+            after_key=(after.transaction_id, after.position),
+            last_key=(seal.last_transaction_id, seal.last_position),
             positions=_expand(seal.positions),
             fingerprints=fingerprints,
             hasher=_seal_hasher(seal.seal, previous, after),
@@ -666,19 +713,39 @@ async def seals_after(
 
 
 async def verify_seals(
-    log: EventLog, *, against: SealDigest | None = None, page_size: int = 5000
+    log: EventLog, *, against: SealDigest | None = None, page_size: int = PAGE_SIZE
 ) -> SealReport:
     """Recompute every seal of ``log`` from its rows (see :class:`SealVerifier`)."""
     verifier = SealVerifier(against)
     feeder = SealFeeder(log, verifier)
-    cursor = START
-    while True:
-        page = await log.read_stored(cursor, limit=page_size)
-        await feeder.feed(page.rows)
-        cursor = page.cursor
-        if len(page.rows) < page_size:
-            break
+    async with stored_pages(log, page_size=page_size) as pages:
+        async for rows in pages:
+            await feeder.feed(rows)
     return await feeder.finish(complete=True)
+
+
+@asynccontextmanager
+async def stored_pages(
+    log: EventLog, *, page_size: int = PAGE_SIZE
+) -> AsyncIterator[MemoryObjectReceiveStream[list[StoredEvent]]]:
+    """The whole readable log as stored, a page at a time, the next page read while the
+    caller works on this one (the database's side of a read overlaps the caller's hashing)."""
+    send, receive = anyio.create_memory_object_stream[list[StoredEvent]](1)
+
+    async def read() -> None:
+        async with send:
+            cursor = START
+            while True:
+                page = await log.read_stored(cursor, limit=page_size)
+                await send.send(page.rows)
+                cursor = page.cursor
+                if len(page.rows) < page_size:
+                    return
+
+    async with anyio.create_task_group() as tg, receive:
+        tg.start_soon(read)
+        yield receive
+        tg.cancel_scope.cancel()
 
 
 class SealFeeder:

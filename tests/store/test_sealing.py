@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 
 import msgspec
 import pytest
+from msgspec.structs import replace
 
 from events import LogSealed
 from store import Cursor
@@ -88,18 +89,18 @@ def test_canonical_bytes_are_every_stored_field_length_prefixed() -> None:
 @pytest.mark.parametrize(
     "change",
     [
-        lambda r: r._replace(position=r.position + 1),
-        lambda r: r._replace(transaction_id=r.transaction_id + 1),
-        lambda r: r._replace(event_id=uuid.UUID(int=99)),
-        lambda r: r._replace(stream="payment-8"),
-        lambda r: r._replace(version=2),
-        lambda r: r._replace(type="PaymentExpire"),
-        lambda r: r._replace(schema_version=2),
-        lambda r: r._replace(payload=r.payload.replace(b"7", b"8")),
-        lambda r: r._replace(metadata=b'{"node": "x"}'),
-        lambda r: r._replace(recorded_at=r.recorded_at + timedelta(microseconds=1)),
+        lambda r: replace(r, position=r.position + 1),
+        lambda r: replace(r, transaction_id=r.transaction_id + 1),
+        lambda r: replace(r, event_id=uuid.UUID(int=99)),
+        lambda r: replace(r, stream="payment-8"),
+        lambda r: replace(r, version=2),
+        lambda r: replace(r, type="PaymentExpire"),
+        lambda r: replace(r, schema_version=2),
+        lambda r: replace(r, payload=r.payload.replace(b"7", b"8")),
+        lambda r: replace(r, metadata=b'{"node": "x"}'),
+        lambda r: replace(r, recorded_at=r.recorded_at + timedelta(microseconds=1)),
         # Moving bytes from one field to the next keeps the concatenation: the lengths tell.
-        lambda r: r._replace(stream="payment-7P", type="aymentExpired"),
+        lambda r: replace(r, stream="payment-7P", type="aymentExpired"),
     ],
 )
 def test_a_change_of_any_field_changes_the_event_hash(
@@ -167,13 +168,13 @@ def test_an_untouched_log_verifies_and_leads_to_its_digest() -> None:
 @pytest.mark.parametrize(
     ("tamper", "expected"),
     [
-        (lambda rows: [*rows[:2], rows[2]._replace(payload=b"{}"), *rows[3:]], ("changed", 1, 3)),
+        (lambda rows: [*rows[:2], replace(rows[2], payload=b"{}"), *rows[3:]], ("changed", 1, 3)),
         (lambda rows: [*rows[:2], *rows[3:]], ("deleted", 1, 3)),
         (lambda rows: [*rows[:2], *rows[4:]], ("deleted", 1, 3)),  # two in a row
         (lambda rows: [*rows[:5], *rows[6:]], ("deleted", 1, 6)),  # a seal's last
         (lambda rows: rows[:9], ("deleted", 2, 10)),  # the end of the log
         (lambda rows: [*rows[:2], row(50, transaction_id=2), *rows[2:]], ("inserted", 1, 50)),
-        (lambda rows: [*rows[:8], row(9)._replace(stream="payment-x")], ("changed", 2, 9)),
+        (lambda rows: [*rows[:8], replace(row(9), stream="payment-x")], ("changed", 2, 9)),
     ],
 )
 def test_the_first_position_that_differs_is_named(
@@ -186,7 +187,7 @@ def test_the_first_position_that_differs_is_named(
 
 
 def test_a_rewrite_with_recomputed_seals_is_consistent_but_not_the_digest() -> None:
-    rewritten = [*ROWS[:3], ROWS[3]._replace(payload=b'{"payment_id": 400}'), *ROWS[4:]]
+    rewritten = [*ROWS[:3], replace(ROWS[3], payload=b'{"payment_id": 400}'), *ROWS[4:]]
     forged_first = sealed(rewritten[:6])
     forged_second = sealed(rewritten[6:], seal=2, previous=forged_first)
     forged = [(forged_first, 100), (forged_second, 101)]
