@@ -10,13 +10,13 @@ from datetime import UTC, datetime, timedelta
 import anyio
 import pytest
 
-from actors.config import Settings
-from actors.runtime import ActorRunner
+from actors.config import Settings, load_settings
+from actors.runtime import ActorRunner, TickSpec
 from actors.runtime.clock import ManualClock
 from actors.sealer import SEAL_STREAM, Sealer, SealsComputed, digest_text, seal_event_id
 from actors.tasks import ADMIN_ALERT, task_types
 from events import LogSealed, PaymentExpired
-from events.errors import ConcurrencyConflict, StaleGeneration
+from events.errors import ConcurrencyConflict, ConfigError, StaleGeneration
 from store import Fence
 from store.memory import MemoryLog
 from store.sealing import MAX_EVENTS_PER_SEAL, SealDigest, verify_seals
@@ -257,3 +257,13 @@ def test_the_digest_message_says_what_to_keep_and_how_to_check() -> None:
         "2026-11-29 10:00:00 UTC",
     ]
     assert SealDigest.parse(digest) == SealDigest.of(seal)
+
+
+def test_the_interval_is_configuration() -> None:
+    assert load_settings({}).seal_interval == 3600.0
+    assert load_settings({"I3LANI_SEAL_INTERVAL": "120"}).seal_interval == 120.0
+    with pytest.raises(ConfigError, match="I3LANI_SEAL_INTERVAL must be a number, got 'hourly'"):
+        load_settings({"I3LANI_SEAL_INTERVAL": "hourly"})
+    assert Sealer(load_settings({"I3LANI_SEAL_INTERVAL": "120"})).tick == TickSpec(
+        interval=120.0, missed="run_once"
+    )
