@@ -44,6 +44,7 @@ from actors.runtime import Actor, ActorRunner, Emit, Message, TickSpec
 from actors.runtime.core import MailboxFull
 from actors.tasks import ADMIN_ALERT, AdminAlert, task_types
 from events import LogSealed
+from events.errors import StoreUnavailable
 from events.streams import SEAL_LOG
 from store import Fence, Transaction
 from store.memory import MemoryTransaction
@@ -150,7 +151,17 @@ class Sealer(Actor[None]):
     async def perform(
         self, state: None, message: Message, runner: ActorRunner[None]
     ) -> Sequence[Message]:
-        return await self.compute(runner)
+        try:
+            return await self.compute(runner)
+        except StoreUnavailable as exc:
+            # Not a crash: the backlog is still in the log, and the next tick goes on with it.
+            logger.warning(
+                "Sealer: sealing the backlog stopped, the database is unreachable (%s); the "
+                "next tick goes on",
+                exc,
+                extra={"action": "seal_backlog_postponed"},
+            )
+            return ()
 
     async def compute(self, runner: ActorRunner[None]) -> list[Message]:
         """The seals the log calls for now (read only: the runtime appends them)."""

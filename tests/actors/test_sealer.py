@@ -16,7 +16,7 @@ from actors.runtime.clock import ManualClock
 from actors.sealer import SEAL_STREAM, Sealer, SealsComputed, digest_text, seal_event_id
 from actors.tasks import ADMIN_ALERT, task_types
 from events import LogSealed, PaymentExpired
-from events.errors import ConcurrencyConflict, ConfigError, StaleGeneration
+from events.errors import ConcurrencyConflict, ConfigError, StaleGeneration, StoreUnavailable
 from store import Fence
 from store.memory import MemoryLog
 from store.sealing import MAX_EVENTS_PER_SEAL, SealDigest, verify_seals
@@ -267,3 +267,28 @@ def test_the_interval_is_configuration() -> None:
     assert Sealer(load_settings({"I3LANI_SEAL_INTERVAL": "120"})).tick == TickSpec(
         interval=120.0, missed="run_once"
     )
+
+
+async def test_an_outage_while_sealing_a_backlog_waits_for_the_next_tick(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    reads: list[str] = []
+
+    def faults(operation: str) -> None:
+        if operation == "read_stored":
+            reads.append(operation)
+            if len(reads) == 2:  # the backlog's run (the first run read one page of 20)
+                raise StoreUnavailable("simulated outage")
+
+    log = MemoryLog(faults=faults)
+    clock = ManualClock(NOW)
+    await append_events(log, 1, 30)
+    async with sealer(log, clock=clock, max_events_per_run=20) as runner:
+        await eventually(lambda: sealed_through(log, 20))
+        await clock.wait_for_sleepers(1)
+        assert (await seals(log))[-1].total == 20  # the backlog waits: no crash
+        assert "sealing the backlog stopped, the database is unreachable" in caplog.text
+        await clock.advance(INTERVAL)
+        await eventually(lambda: sealed_through(log, 30))
+        assert runner.state is None
+    assert (await verify_seals(log)).clean
