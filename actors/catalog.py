@@ -1,6 +1,6 @@
 """Which actors ``i3lani run`` supervises, by name, and what each needs to start.
 
-The product's five actors run by default; ``Heartbeat`` and ``Flaky`` are the runtime's own
+The product's actors run by default; ``Heartbeat`` and ``Flaky`` are the runtime's own
 demonstration actors (a visible tick; a deliberate crash loop), started only when named.
 """
 
@@ -40,6 +40,7 @@ def tick_intervals(settings: Settings, names: Sequence[str] = PRODUCT_ACTORS) ->
         "ChannelAnalytics": settings.analytics_interval,
         "Cleanup": settings.cleanup_interval,
         "HealthChecker": settings.health_interval,
+        "Sealer": settings.seal_interval,
     }
     return {name: intervals[name] for name in names if name in intervals}
 
@@ -85,6 +86,10 @@ def _factory(name: str, settings: Settings, watched: Sequence[str]) -> Callable[
             lagging_checkpoints={n: c for n, c in CATEGORIES.items() if n in watched},
             held=held,
         )
+    if name == "Sealer":
+        from actors.sealer import Sealer
+
+        return lambda: Sealer(settings)
     from actors.demo import Flaky, Heartbeat
 
     if name == "Heartbeat":

@@ -19,6 +19,7 @@ variable                        default                     meaning
 ``I3LANI_ANALYTICS_INTERVAL``   21600                       ChannelAnalytics tick, seconds
 ``I3LANI_CLEANUP_INTERVAL``     86400                       Cleanup tick, seconds
 ``I3LANI_HEALTH_INTERVAL``      900                         HealthChecker tick, seconds
+``I3LANI_SEAL_INTERVAL``        3600                        Sealer tick, seconds
 ``I3LANI_PAYMENT_WINDOW``       3600                        seconds before a payment expires
 ``I3LANI_ACTIVE_SHARE``         0.45                        active share of subscribers
 ``I3LANI_PRICE_PER_1000``       1                           TON per 1,000 active subscribers
@@ -114,7 +115,7 @@ class Plan(msgspec.Struct, frozen=True):
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
-    """Everything the five actors are configured by (see the module docstring)."""
+    """Everything the product actors are configured by (see the module docstring)."""
 
     tonapi_url: str = "https://tonapi.io"
     tonapi_key: str | None = None
@@ -127,6 +128,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     analytics_interval: float = 6 * 3600.0
     cleanup_interval: float = 24 * 3600.0
     health_interval: float = 15 * 60.0
+    seal_interval: float = 3600.0
     payment_window: float = 3600.0
     active_share: Fraction = DEFAULT_SHARE
     """Exact, from the digits configured (rule 1); never a float."""
@@ -332,6 +334,7 @@ def load_settings(env: Mapping[str, str] = os.environ) -> Settings:
         ),
         cleanup_interval=_number(env, "I3LANI_CLEANUP_INTERVAL", day, low=0.05, high=7 * day),
         health_interval=_number(env, "I3LANI_HEALTH_INTERVAL", 900.0, low=0.05, high=day),
+        seal_interval=_number(env, "I3LANI_SEAL_INTERVAL", 3600.0, low=0.05, high=day),
         payment_window=_number(env, "I3LANI_PAYMENT_WINDOW", 3600.0, low=1.0, high=30 * day),
         active_share=_share(env, "I3LANI_ACTIVE_SHARE", defaults.active_share),
         price_per_1000_nanotons=_ton(

@@ -17,6 +17,7 @@ PRODUCT_ACTORS: tuple[str, ...] = (
     "ChannelAnalytics",
     "Cleanup",
     "HealthChecker",
+    "Sealer",
 )
 ACTOR_NAMES: tuple[str, ...] = (*PRODUCT_ACTORS, "Heartbeat", "Flaky")
 """Every actor this build knows (the valid names for status, restart, stop and start)."""

@@ -4,7 +4,8 @@
     python -m bench --quick          # a smoke run, about a minute
     python -m bench --seconds 10 --json results.json
     python -m bench --suite scale    # one suite (repeatable): eventstore, actors, queue,
-                                     # payments, scale, simulate, hangs (hangs only when named)
+                                     # payments, scale, seals, simulate, hangs (hangs only
+                                     # when named)
 
 The server is ``DATABASE_URL`` when set, else the embedded PostgreSQL. A database named
 ``i3lani_bench`` is dropped if it exists, created, migrated, used for every figure, and dropped
@@ -38,7 +39,7 @@ from typing import Any
 import anyio
 import asyncpg
 
-from bench import actors, eventstore, hangs, payments, queue, scale, simulate
+from bench import actors, eventstore, hangs, payments, queue, scale, seals, simulate
 from bench.measure import BenchContext
 from bench.peers import find_pgbench
 from bench.report import Row, Verdict, render_table, row_to_json
@@ -61,6 +62,7 @@ SUITES: dict[str, Suite] = {
     "queue": Suite(queue.run, queue.NOTES),
     "payments": Suite(payments.run, payments.NOTES),
     "scale": Suite(scale.run, scale.NOTES),
+    "seals": Suite(seals.run, seals.NOTES),
     "hangs": Suite(hangs.run, hangs.NOTES),
     "simulate": Suite(simulate.run, simulate.NOTES, database=False),
 }
@@ -100,7 +102,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         action="append",
         choices=sorted(SUITES),
         help="run only this suite (repeatable; default: all). scale: a log of 1,000,000 events "
-        "(--quick: 100,000), read_all and `i3lani audit` on it, and an idle worker. hangs (run "
+        "(--quick: 100,000), read_all and `i3lani audit` on it, and an idle worker. seals: appends "
+        "with the Sealer running vs without it, seal verification speed. hangs (run "
         "only when named, about 10 minutes): take-over and reader stall when a worker is frozen "
         "or cut off. simulate (no database): the deterministic simulator's seeds/minute, simulated "
         "hours/minute and replay",

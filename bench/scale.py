@@ -92,7 +92,16 @@ from store.database import with_database
 from store.migrate import migrate
 from store.queries import query
 
-__all__ = ["NOTES", "run", "story"]
+__all__ = [
+    "NOTES",
+    "run",
+    "story",
+    "fresh_database",
+    "load_story",
+    "i3lani_command",
+    "worker_environment",
+    "stop_process",
+]
 
 SCALE_DATABASE: Final = "i3lani_bench_scale"
 IDLE_DATABASE: Final = "i3lani_bench_idle"
@@ -392,15 +401,15 @@ async def _admin(dsn: str, *statements: str) -> None:
         await conn.close()
 
 
-async def _fresh_database(ctx: BenchContext, name: str) -> str:
+async def fresh_database(ctx: BenchContext, name: str) -> str:
     await _admin(ctx.dsn, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)", f"CREATE DATABASE {name}")
     dsn = with_database(ctx.dsn, name)
     await migrate(dsn)
     return dsn
 
 
-async def _load(ctx: BenchContext, dsn: str, count: int) -> float:
-    """Build the log; the seconds it took."""
+async def load_story(ctx: BenchContext, dsn: str, count: int) -> float:
+    """Build the log of ``count`` events of :func:`story` with COPY; the seconds it took."""
     started = time.perf_counter()
     conn = await raw_connection(dsn)
     try:
@@ -470,7 +479,7 @@ async def _read_passes(ctx: BenchContext, dsn: str, count: int) -> tuple[float, 
 
 
 # -- the audit, in a wrapper process --------------------------------------------------------------
-def _i3lani() -> list[str]:
+def i3lani_command() -> list[str]:
     """``i3lani`` beside this interpreter (the console script of this venv), else the module."""
     script = Path(sys.executable).parent / "i3lani"
     if script.exists():
@@ -479,7 +488,7 @@ def _i3lani() -> list[str]:
     return [found] if found else [sys.executable, "-m", "ops.cli"]
 
 
-def _environment(dsn: str, **extra: str) -> dict[str, str]:
+def worker_environment(dsn: str, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in _RESET_ENV}
     return {**env, "DATABASE_URL": dsn, **extra}
 
@@ -512,7 +521,9 @@ async def _measured(command: Sequence[str], env: dict[str, str]) -> _Rusage:
 
 async def _audit(dsn: str) -> tuple[_Rusage, dict[str, Any]]:
     """``i3lani audit --format json``: its resources and its report (checked to be clean)."""
-    measured = await _measured([*_i3lani(), "audit", "--format", "json"], _environment(dsn))
+    measured = await _measured(
+        [*i3lani_command(), "audit", "--format", "json"], worker_environment(dsn)
+    )
     try:
         report: dict[str, Any] = json.loads(measured.stdout)
     except json.JSONDecodeError:
@@ -634,7 +645,7 @@ async def _commits(conn: asyncpg.Connection, database: str) -> int:
     return int(value or 0)
 
 
-async def _stop(process: Process) -> None:
+async def stop_process(process: Process) -> None:
     if process.returncode is None:
         process.send_signal(signal.SIGTERM)
         with anyio.move_on_after(20):
@@ -684,7 +695,7 @@ async def _idle(ctx: BenchContext, database: str, window: float, settle: float) 
         EventStore.open(dsn, min_connections=1, max_connections=2) as store,
         anyio.create_task_group() as tg,
     ):
-        env = _environment(
+        env = worker_environment(
             dsn,
             WALLET_ADDRESS=WALLET,
             BOT_TOKEN=bot_api.token,
@@ -692,7 +703,7 @@ async def _idle(ctx: BenchContext, database: str, window: float, settle: float) 
             TELEGRAM_API_URL=bot_api.url,
             I3LANI_NODE="bench-idle",
         )
-        worker = await anyio.open_process([*_i3lani(), "run"], env=env)
+        worker = await anyio.open_process([*i3lani_command(), "run"], env=env)
         reference = await anyio.open_process(
             [sys.executable, "-c", f"import time; time.sleep({window + settle + 600:.0f})"]
         )
@@ -725,8 +736,8 @@ async def _idle(ctx: BenchContext, database: str, window: float, settle: float) 
                 await stats.close()
         finally:
             with anyio.CancelScope(shield=True):
-                await _stop(reference)
-                await _stop(worker)
+                await stop_process(reference)
+                await stop_process(worker)
             tg.cancel_scope.cancel()
     return _Idle(
         worker=sampled["worker"],
@@ -742,15 +753,15 @@ async def run(ctx: BenchContext) -> list[Row]:
     window = 10.0 if ctx.quick else WINDOW
     settle = 3.0 if ctx.quick else SETTLE
     try:
-        idle_dsn = await _fresh_database(ctx, IDLE_DATABASE)
+        idle_dsn = await fresh_database(ctx, IDLE_DATABASE)
         ctx.log("scale: i3lani audit of an empty log, best of 2 (the first start is cold) ...")
         empty_audit = min([(await _audit(idle_dsn))[0] for _ in range(2)], key=_seconds)
         ctx.log(f"scale: an idle `i3lani run` worker, {window:g} s window ...")
         idle = await _idle(ctx, IDLE_DATABASE, window, settle)
 
-        dsn = await _fresh_database(ctx, SCALE_DATABASE)
+        dsn = await fresh_database(ctx, SCALE_DATABASE)
         ctx.log(f"scale: building a log of {count:,} events with COPY ...")
-        load_seconds = await _load(ctx, dsn, count)
+        load_seconds = await load_story(ctx, dsn, count)
         ctx.log(f"  scale: built in {load_seconds:.1f} s")
         read_rate, raw_rate, rows = await _read_passes(ctx, dsn, count)
         ctx.log("scale: i3lani audit ...")

@@ -14,7 +14,7 @@ This package does no I/O.
 
 from __future__ import annotations
 
-from events import channels, lifecycle, operations, payments, rewards, tasks, users
+from events import channels, lifecycle, operations, payments, rewards, seals, tasks, users
 from events.base import (
     NANOTONS_PER_TON,
     Event,
@@ -57,6 +57,7 @@ from events.payments import (
 )
 from events.registry import EventRegistry, Upcaster
 from events.rewards import RewardCredited, RewardEarned, RewardFailed
+from events.seals import LogSealed
 from events.tasks import (
     TaskClaimed,
     TaskDeadLettered,
@@ -112,6 +113,8 @@ __all__ = [
     "ActorStopped",
     "ActorBackoffScheduled",
     "ActorTicked",
+    # seals
+    "LogSealed",
     # task queue
     "TaskEnqueued",
     "TaskClaimed",
@@ -124,7 +127,7 @@ __all__ = [
 
 def _builtin_events() -> tuple[type[Event], ...]:
     found: list[type[Event]] = []
-    for module in (payments, rewards, channels, operations, lifecycle, tasks, users):
+    for module in (payments, rewards, channels, operations, lifecycle, tasks, users, seals):
         for name in module.__all__:
             obj = getattr(module, name)
             if isinstance(obj, type) and issubclass(obj, Event) and obj is not Event:

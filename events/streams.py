@@ -24,6 +24,8 @@ __all__ = [
     "OPS_ALERTS",
     "OPS_HEALTH",
     "OPS_CLEANUP",
+    "SEAL",
+    "SEAL_LOG",
     "actor_stream",
     "tick_stream",
     "snapshot_stream",
@@ -45,12 +47,16 @@ USER: Final = "user"  # a user's rewards and balance (the RewardProcessor's cate
 MEMBER: Final = "member"  # a user's registration (not `user`: the RewardProcessor has no use)
 CHANNEL: Final = "channel"  # a channel's statistics
 OPS: Final = "ops"  # operations: commands, alerts, health, clean-ups
+SEAL: Final = "seal"  # the log's seals (the Sealer's, store/sealing.py)
 
 # -- the ops streams -----------------------------------------------------------------------------
 OPS_COMMANDS: Final = f"{OPS}-commands"  # operator commands (restart, stop, start)
 OPS_ALERTS: Final = f"{OPS}-alerts"  # alerts raised (parked actors, failed health checks)
 OPS_HEALTH: Final = f"{OPS}-health"  # health check results
 OPS_CLEANUP: Final = f"{OPS}-cleanup"  # clean-up runs
+
+# -- the seal stream -----------------------------------------------------------------------------
+SEAL_LOG: Final = f"{SEAL}-log"  # every LogSealed, version n = seal n
 
 
 # -- one stream per thing ------------------------------------------------------------------------

@@ -37,6 +37,31 @@ Invariants (each violation names the global positions that show it)
    are followed by that ``ChannelPriceChanged`` (ChannelAnalytics appends both together).
 7. ``subscription-without-payment``: a ``SubscriptionActivated`` comes after the
    ``PaymentConfirmed`` of the same payment, and only once.
+8. ``confirmed-without-payment``: a ``PaymentConfirmed`` follows the ``PaymentCreated`` of its
+   payment.
+9. ``confirmed-below-price``: a ``PaymentConfirmed`` carries at least the payment's price
+   (``PaymentCreated.amount_nanotons``); less is ``PaymentUnderpaid``, never a confirmation.
+10. ``unknown-event-type``: every stored event has a type this release knows. A type renamed
+    to an unknown one is a discrepancy naming its position, never skipped (audit with the
+    release that wrote it if a newer one did).
+11. ``undecodable-event``: every stored event decodes into its type (payload and metadata);
+    one that does not is a discrepancy naming its position, and the replay goes on.
+12. ``append-only-triggers``: PostgreSQL still holds both append-only triggers on
+    ``i3lani.events`` as the migrations made them, ``ENABLE ALWAYS`` (so that not even a
+    superuser's ``session_replication_role = replica`` passes them), running the shipped
+    ``i3lani.refuse_event_change()`` (:mod:`store.integrity`).
+
+With ``--verify-seals`` every seal is recomputed from the rows (:mod:`store.sealing`), in the
+same pass over the log:
+
+13. ``seal-mismatch``: the log still holds, byte for byte, every event each seal sealed, and
+    nothing more in its range; the first event that differs is named (changed, deleted,
+    inserted), or the seal event itself when it no longer matches its unchanged range.
+14. ``seal-chain``: the seals follow one another: numbered 1, 2, ... without a gap, each
+    starting where the one before ended and naming its hash, each counting the events sealed.
+15. ``digest-mismatch`` (``--against DIGEST``): the log, recomputed from its rows alone, leads
+    to the digest kept outside (``i3lani seal --export``, the Sealer's Telegram message): a
+    rewrite with every seal recomputed still shows here.
 
 Pricing uses :func:`actors.config.load_settings`: the defaults unless the environment sets
 ``I3LANI_ACTIVE_SHARE``, ``I3LANI_PRICE_PER_1000`` or ``I3LANI_MIN_PRICE`` (set them as the
@@ -66,7 +91,9 @@ Options: ``--as-of`` stops the replay at a global position (in the log's reading
 order every subscriber sees: the events up to and including that one) or keeps only the events
 recorded at or before an ISO time (the whole log is read, since recording times are not
 strictly ordered); ``--user`` / ``--stream`` narrow what is *shown*, never what is checked.
-Exit code 0 when clean, 1 with discrepancies, 2 on bad arguments.
+Exit code 0 when clean, 1 with discrepancies, 2 on bad arguments. ``--format json`` always
+prints one JSON document on stdout: the report, or ``{"clean": false, "error": ..., "exit_code":
+...}`` when the audit could not run (the error is also one line on stderr).
 """
 
 from __future__ import annotations
@@ -102,7 +129,11 @@ from events import (
     RewardFailed,
     SubscriptionActivated,
 )
+from events.errors import I3laniError, one_line
 from store import START, Cursor, EventStore, RecordedEvent, migrate
+from store.integrity import append_only_problems, append_only_triggers
+from store.sealing import SealDigest, SealFeeder, SealReport, SealVerifier
+from store.stored import Rejected, StoredDecoder, StoredEvent
 
 __all__ = [
     "CHECKS",
@@ -113,6 +144,8 @@ __all__ = [
     "ChannelState",
     "StreamState",
     "AuditReport",
+    "AuditError",
+    "SealSummary",
     "Replay",
     "AsOf",
     "parse_as_of",
@@ -131,6 +164,14 @@ CHECKS: Final = {
     "balance-mismatch": "5: balance_after equals the sum of the user's credits",
     "price-mismatch": "6: prices follow the stats",
     "subscription-without-payment": "7: a subscription is activated once, after its payment",
+    "confirmed-without-payment": "8: a confirmed payment was created before",
+    "confirmed-below-price": "9: a confirmation carries at least the payment's price",
+    "unknown-event-type": "10: every stored event has a type this release knows",
+    "undecodable-event": "11: every stored event decodes",
+    "append-only-triggers": "12: the append-only triggers are in place, ENABLE ALWAYS",
+    "seal-mismatch": "13: the log holds what its seals sealed (--verify-seals)",
+    "seal-chain": "14: the seals follow one another (--verify-seals)",
+    "digest-mismatch": "15: the log leads to the digest kept outside (--against)",
 }
 
 MAX_LISTED_PER_CHECK: Final = 1000
@@ -150,6 +191,7 @@ class Discrepancy(msgspec.Struct, frozen=True):
 
 class Summary(msgspec.Struct, kw_only=True):
     events_replayed: int = 0
+    events_unreadable: int = 0  # stored rows of an unknown type or that do not decode
     last_position: int = 0
     seconds: float = 0.0
     events_per_second: float = 0.0
@@ -215,6 +257,19 @@ class StreamState(msgspec.Struct, kw_only=True):
     channel: ChannelState | None = None
 
 
+class SealSummary(msgspec.Struct, kw_only=True):
+    """What ``--verify-seals`` found (:mod:`store.sealing`)."""
+
+    seals_verified: int = 0
+    events_verified: int = 0
+    last_sealed_position: int | None = None
+    events_not_sealed_yet: int = 0
+    first_difference: int | None = None  # the first global position where the log differs
+    against: str | None = None  # the digest checked against (--against)
+    digest_matched: bool | None = None
+    findings: int = 0
+
+
 class AuditReport(msgspec.Struct, kw_only=True):
     clean: bool
     summary: Summary
@@ -222,6 +277,7 @@ class AuditReport(msgspec.Struct, kw_only=True):
     discrepancy_counts: dict[str, int]
     user: UserState | None = None
     stream: StreamState | None = None
+    seals: SealSummary | None = None
     notes: list[str] = msgspec.field(default_factory=list)
 
 
@@ -237,6 +293,7 @@ class _Payment(msgspec.Struct, gc=False):
     user_id: int = 0
     amount: int = 0
     created: bool = False
+    created_at: int = 0  # position of its PaymentCreated
     underpaid: bool = False
     late: bool = False
     confirmed_at: int = 0
@@ -293,6 +350,7 @@ class Replay:
         if stream is not None and stream.startswith("user-") and stream[5:].isdigit():
             self.details.setdefault(int(stream[5:]), _UserDetail())
         self.events = 0
+        self.unreadable = 0
         self.last_position = 0
         self.payments: dict[int, _Payment] = {}
         self.confirmations: dict[bytes, tuple[int, int]] = {}  # tx hash -> (payment, position)
@@ -349,10 +407,35 @@ class Replay:
         self.events += count
         self.last_position = position
 
+    def reject(self, rejected: Iterable[Rejected]) -> None:
+        """Stored rows that are no event this release can read (checks 10 and 11): each is a
+        discrepancy, never a skip."""
+        for row in rejected:
+            self.unreadable += 1
+            stored = row.row
+            where = f"{stored.stream} v{stored.version}"
+            if row.unknown_type:
+                self._flag(
+                    "unknown-event-type",
+                    f"the event at #{stored.position} ({where}) has type {stored.type!r}, "
+                    "which no event of this release has: renamed, or written by a newer release",
+                    stored.position,
+                )
+            else:
+                self._flag(
+                    "undecodable-event",
+                    f"the event at #{stored.position} ({where}) does not decode: {row.reason}",
+                    stored.position,
+                )
+
     def finish(self) -> None:
         """The log ended: stats still owed a price change are discrepancies."""
         for stream, channel in self.channels.items():
             self._settle(stream, channel)
+
+    def flag(self, check: str, message: str, *positions: int) -> None:
+        """Record a discrepancy found outside the replay (the triggers, the seals)."""
+        self._flag(check, message, *positions)
 
     def _flag(self, check: str, message: str, *positions: int) -> None:
         self.counts[check] += 1
@@ -374,6 +457,7 @@ class Replay:
         payment.user_id = event.user_id
         payment.amount = event.amount_nanotons
         payment.created = True
+        payment.created_at = payment.created_at or position
         detail = self.details.get(event.user_id)
         if detail is not None:
             detail.payment_ids.append(event.payment_id)
@@ -383,6 +467,7 @@ class Replay:
         assert isinstance(event, PaymentConfirmed)
         payment_id = event.payment_id
         payment = self._payment(payment_id)
+        self._check_confirmed_amount(payment_id, payment, event, position)
         tx = bytes.fromhex(event.tx_hash)
         earlier = self.confirmations.get(tx)
         if earlier is None:
@@ -416,6 +501,27 @@ class Replay:
             )
         payment.confirmed_at = position
         self.received += event.amount_nanotons
+
+    def _check_confirmed_amount(
+        self, payment_id: int, payment: _Payment, event: PaymentConfirmed, position: int
+    ) -> None:
+        """Checks 8 and 9: a confirmation needs its payment created, and its price paid."""
+        if not payment.created:
+            self._flag(
+                "confirmed-without-payment",
+                f"payment {payment_id} confirmed at #{position} was never created (no "
+                "PaymentCreated before it)",
+                position,
+            )
+        elif event.amount_nanotons < payment.amount:
+            self._flag(
+                "confirmed-below-price",
+                f"payment {payment_id} confirmed at #{position} for "
+                f"{format_ton(event.amount_nanotons)} TON, below its price of "
+                f"{format_ton(payment.amount)} TON (#{payment.created_at})",
+                payment.created_at,
+                position,
+            )
 
     def _payment_underpaid(self, recorded: RecordedEvent, position: int) -> None:
         event = recorded.event
@@ -669,6 +775,7 @@ class Replay:
     def summary(self) -> Summary:
         summary = Summary(
             events_replayed=self.events,
+            events_unreadable=self.unreadable,
             last_position=self.last_position,
             received_nanotons=self.received,
             late_received_nanotons=self.late_received,
@@ -879,11 +986,15 @@ async def run_audit(
     progress: TextIO | None = None,
     batch_size: int = BATCH_SIZE,
     held_back_patience: float = 5.0,
+    verify_seals: bool = False,
+    against: SealDigest | None = None,
 ) -> AuditReport:
     """Replay the log (up to ``as_of``) and check it; ``progress`` gets the progress bar.
 
     Events committed behind a transaction that is still open are waited for up to
-    ``held_back_patience`` seconds, then left out with a note in the report.
+    ``held_back_patience`` seconds, then left out with a note in the report. With
+    ``verify_seals`` (or ``against``, a digest kept outside) every seal is recomputed from the
+    same rows in the same pass.
     """
     started = time.monotonic()
     replay = Replay(settings, user=user, stream=stream)
@@ -897,29 +1008,43 @@ async def run_audit(
                 "(`i3lani events` shows the positions)"
             ) from None
     until = as_of.time if as_of is not None else None
+    for problem in append_only_problems(await append_only_triggers(store)):
+        replay.flag("append-only-triggers", problem)
+    seals = (
+        SealFeeder(store, SealVerifier(against)) if verify_seals or against is not None else None
+    )
+    decoder = StoredDecoder(store.registry)
     head = (await store.head()).position
     bar = Progress(progress, stop.position if stop else head) if progress is not None else None
     cursor = START
     limit = (stop.transaction_id, stop.position) if stop is not None else None
     notes: list[str] = []
     patience: float | None = None
-    # read_batches' own loop, by pages: a page's cursor also passes events of unknown types,
-    # and a short page is checked for events held back by a transaction still open.
+    # The rows as stored, a page at a time: a row no event of this release reads (an unknown
+    # type, a payload that does not decode) is a discrepancy, never a skip; and the seals, if
+    # asked for, are recomputed from the very same rows. A short page is checked for events
+    # held back by a transaction still open.
     while True:
-        page = await store.read_page(cursor, limit=batch_size, skip_unknown=True)
+        page = await store.read_stored(cursor, limit=batch_size)
         cursor = page.cursor
-        events: Sequence[RecordedEvent] = page.events
+        rows: Sequence[StoredEvent] = page.rows
         done = limit is not None and (cursor.transaction_id, cursor.position) >= limit
         if done and limit is not None:
-            events = [r for r in events if (r.transaction_id, r.position) <= limit]
+            rows = [r for r in rows if (r.transaction_id, r.position) <= limit]
+        if seals is not None:
+            await seals.feed(rows)
         if until is not None:
-            events = [r for r in events if r.recorded_at <= until]
+            rows = [r for r in rows if r.recorded_at <= until]
+        events, rejected = decoder.decode(rows)
         replay.apply(events)
+        replay.reject(rejected)
+        if rows:
+            replay.last_position = rows[-1].position
         if bar is not None:
             bar.update(replay.events, cursor.position)
         if done:
             break
-        if page.fetched == batch_size:
+        if len(page.rows) == batch_size:
             continue
         if not await store.held_back(cursor):
             break
@@ -938,14 +1063,45 @@ async def run_audit(
     report = replay.report(
         seconds=time.monotonic() - started, as_of=None if as_of is None else str(as_of)
     )
+    if seals is not None:
+        # Every sealed row is below the horizon, so it was read whatever was held back; only a
+        # cut (--as-of a position) leaves seals unjudged.
+        found = await seals.finish(complete=stop is None)
+        report = _with_seals(replay, report, found)
     report.notes = notes
     return report
 
 
+def _with_seals(replay: Replay, report: AuditReport, found: SealReport) -> AuditReport:
+    """The report with what seal verification found (checks 13 to 15)."""
+    for finding in found.findings:
+        check = {"digest": "digest-mismatch", "chain": "seal-chain"}.get(
+            finding.kind, "seal-mismatch"
+        )
+        replay.flag(
+            check, finding.message, *(p for p in (finding.position, finding.seal_position) if p)
+        )
+    summary = SealSummary(
+        seals_verified=found.seals,
+        events_verified=found.events,
+        last_sealed_position=found.last_sealed_position,
+        events_not_sealed_yet=found.unsealed,
+        first_difference=found.first_difference,
+        against=found.against,
+        digest_matched=found.digest_matched,
+        findings=len(found.findings),
+    )
+    redone = replay.report(seconds=report.summary.seconds, as_of=report.summary.as_of)
+    redone.seals = summary
+    return redone
+
+
 # -- rendering --------------------------------------------------------------------------------
 def _summary_rows(s: Summary) -> list[tuple[str, str]]:
+    unreadable = [("events unreadable", f"{s.events_unreadable:,}")] if s.events_unreadable else []
     return [
         ("events replayed", f"{s.events_replayed:,}"),
+        *unreadable,
         ("last position", str(s.last_position)),
         ("as of", s.as_of or "now"),
         ("time taken", f"{s.seconds:.2f} s"),
@@ -1037,6 +1193,12 @@ def _table(report: AuditReport) -> str:
     for _, rows in _sections(report):
         width = max(len(k) for k, _ in rows)
         lines += [f"  {key:<{width}}  {value}" for key, value in rows]
+    if report.seals is not None:
+        lines.append("")
+        lines.append(_seal_verdict(report.seals))
+        rows = _seal_rows(report.seals)
+        width = max(len(k) for k, _ in rows)
+        lines += [f"  {key:<{width}}  {value}" for key, value in rows]
     lines.append("")
     lines += [f"note: {note}" for note in report.notes]
     if report.clean:
@@ -1054,6 +1216,44 @@ def _table(report: AuditReport) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _seal_verdict(seals: SealSummary) -> str:
+    """One line: does the log still hold what its seals (and the digest) say?"""
+    if seals.first_difference is not None:
+        return f"seals: the log differs from its seals, first at #{seals.first_difference}"
+    if seals.digest_matched is False:
+        return "seals: the log does NOT lead to the digest kept outside: it was rewritten"
+    if seals.findings:
+        return "seals: the seals themselves were altered or do not follow one another"
+    if seals.seals_verified == 0:
+        return "seals: none yet (the Sealer, in `i3lani run`, seals the log)"
+    checked = f"{seals.seals_verified:,} seals, {seals.events_verified:,} events"
+    if seals.digest_matched:
+        return f"seals: verified ({checked}), and the log leads to the digest kept outside"
+    return f"seals: verified ({checked}): the log holds what they sealed"
+
+
+def _seal_rows(seals: SealSummary) -> list[tuple[str, str]]:
+    last = seals.last_sealed_position
+    waiting = seals.events_not_sealed_yet
+    rows = [
+        ("seals verified", f"{seals.seals_verified:,}"),
+        ("events verified", f"{seals.events_verified:,}"),
+        ("sealed up to", "-" if last is None else f"#{last}"),
+        (
+            "not sealed yet",
+            f"{waiting:,} event{'' if waiting == 1 else 's'} (the next seal covers them)",
+        ),
+        (
+            "first difference",
+            "none" if seals.first_difference is None else f"#{seals.first_difference}",
+        ),
+    ]
+    if seals.against is not None:
+        rows.append(("against digest", seals.against))
+        rows.append(("digest", "matches" if seals.digest_matched else "DOES NOT MATCH"))
+    return rows
+
+
 def _csv(report: AuditReport) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
@@ -1063,6 +1263,8 @@ def _csv(report: AuditReport) -> str:
         sections.insert(0, ("replay", _summary_rows(report.summary)[:5]))
     for section, rows in sections:
         writer.writerows((section, key, value, "") for key, value in rows)
+    if report.seals is not None:
+        writer.writerows(("seals", key, value, "") for key, value in _seal_rows(report.seals))
     writer.writerows(["note", "held back", note, ""] for note in report.notes)
     writer.writerow(["result", "clean" if report.clean else "discrepancies", "", ""])
     for d in report.discrepancies:
@@ -1081,25 +1283,71 @@ def render(report: AuditReport, fmt: Format) -> str:
 
 # -- the command ------------------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """``i3lani audit``'s options (``--as-of`` is parsed by the command: one-line errors)."""
+    """``i3lani audit``'s options (``--as-of``, ``--user`` and ``--against`` are parsed by the
+    command: one-line errors, and one JSON document with ``--format json``)."""
     parser.add_argument(
         "--as-of",
         metavar="POSITION|TIME",
         help="state at that point: a global position, or an ISO time with a zone (…Z)",
     )
-    parser.add_argument("--user", type=int, metavar="ID", help="show only this user's state")
+    parser.add_argument("--user", metavar="ID", help="show only this user's state")
     parser.add_argument("--stream", metavar="NAME", help="show only this stream's state")
     parser.add_argument(
         "--format", choices=["table", "json", "csv"], default="table", help="report format"
     )
     parser.add_argument("--out", metavar="FILE", help="write the report to FILE, not stdout")
+    parser.add_argument(
+        "--verify-seals",
+        action="store_true",
+        help="also recompute every seal and name the first position where the log differs",
+    )
+    parser.add_argument(
+        "--against",
+        metavar="DIGEST",
+        help="also check the log against a digest kept outside (`i3lani seal --export` "
+        "printed it; implies --verify-seals)",
+    )
+
+
+class AuditError(msgspec.Struct, kw_only=True):
+    """What ``--format json`` prints when the audit could not run."""
+
+    clean: bool = False
+    error: str
+    exit_code: int
+
+
+def _user_id(text: str | None) -> int | None:
+    if text is None:
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"--user takes a Telegram user id (>= 1), got {text!r}") from None
+    if value < 1:
+        raise ValueError(f"--user takes a Telegram user id (>= 1), got {value}")
+    return value
 
 
 async def audit_command(dsn: str, args: argparse.Namespace, out: TextIO) -> int:
-    """``i3lani audit``: 0 when clean, 1 with discrepancies (ValueError: a usage error)."""
+    """``i3lani audit``: 0 when clean, 1 with discrepancies (ValueError: a usage error).
+
+    With ``--format json`` on stdout, an error that stops the audit is also printed there as
+    one JSON document (:class:`AuditError`) before it propagates."""
+    try:
+        return await _audit_command(dsn, args, out)
+    except (I3laniError, ValueError) as exc:
+        if args.format == "json" and args.out is None:
+            code = 2 if isinstance(exc, ValueError) and not isinstance(exc, I3laniError) else 1
+            error = AuditError(error=f"i3lani audit: {one_line(str(exc), 500)}", exit_code=code)
+            out.write(msgspec.json.encode(error).decode() + "\n")
+        raise
+
+
+async def _audit_command(dsn: str, args: argparse.Namespace, out: TextIO) -> int:
     as_of = parse_as_of(args.as_of) if args.as_of is not None else None
-    if args.user is not None and args.user < 1:
-        raise ValueError(f"--user takes a Telegram user id (>= 1), got {args.user}")
+    user = _user_id(args.user)
+    against = SealDigest.parse(args.against) if args.against is not None else None
     settings = load_settings()
     await migrate(dsn)
 
@@ -1109,9 +1357,11 @@ async def audit_command(dsn: str, args: argparse.Namespace, out: TextIO) -> int:
                 store,
                 settings,
                 as_of=as_of,
-                user=args.user,
+                user=user,
                 stream=args.stream,
                 progress=sys.stderr,
+                verify_seals=args.verify_seals,
+                against=against,
             )
 
     if args.out is None:

@@ -12,7 +12,9 @@
     i3lani gateway [--mode webhook|polling] [--host H] [--port P]
                                     the Telegram bot: commands in, events appended
     i3lani audit [--as-of POS|TIME] [--user ID] [--stream S] [--format table|json|csv] [--out F]
+                 [--verify-seals] [--against DIGEST]
                                     replay the log, check invariants (exit 1 on discrepancies)
+    i3lani seal [--export] [--json] the latest seal of the log and its digest (to keep outside)
     i3lani demo [--duration S] [--speed F] [--users N] [--port P] [--seed S] [--database NAME]
                                     everything at once with simulated users, in its own
                                     database (recreated each run), shown live, then audited
@@ -46,7 +48,7 @@ from actors.tasks import task_types
 from events import HealthChecked
 from events.errors import ConfigError, I3laniError, one_line
 from events.streams import ACTOR, actor_stream
-from ops import audit, demo_options
+from ops import audit, demo_options, seals
 from ops.format import event_json, event_line, format_time
 from ops.simulate import cli as simulate_cli
 from store import (
@@ -177,6 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
         )
     audit.add_arguments(
         commands.add_parser("audit", help="replay the log, check its invariants (exit 1: found)")
+    )
+    seals.add_arguments(
+        commands.add_parser("seal", help="the latest seal of the log, and its digest to keep")
     )
     demo_options.add_arguments(
         commands.add_parser(
@@ -662,6 +667,10 @@ async def cmd_audit(dsn: str, args: argparse.Namespace, out: TextIO) -> int:
     return await audit.audit_command(dsn, args, out)
 
 
+async def cmd_seal(dsn: str, args: argparse.Namespace, out: TextIO) -> int:
+    return await seals.seal_command(dsn, args, out)
+
+
 async def cmd_demo(dsn: str, args: argparse.Namespace, out: TextIO) -> int:
     from ops import demo
 
@@ -680,6 +689,7 @@ COMMANDS: dict[str, Callable[[str, argparse.Namespace, TextIO], Awaitable[int]]]
     "stop": cmd_control,
     "start": cmd_control,
     "audit": cmd_audit,
+    "seal": cmd_seal,
     "demo": cmd_demo,
     "gateway": cmd_gateway,
 }

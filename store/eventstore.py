@@ -51,7 +51,6 @@ from events.errors import (
     EventIdReused,
     StaleGeneration,
     StoreError,
-    UnknownEventType,
 )
 from store._batching import GroupCommit, ThrottledNotify
 from store.database import redact_dsn
@@ -71,6 +70,7 @@ from store.records import (
     Page,
     RecordedEvent,
 )
+from store.stored import StoredDecoder, StoredEvent, StoredPage
 from store.subscription import Subscription
 
 __all__ = [
@@ -404,7 +404,7 @@ class EventStore(PagedReads):
         self._opened: asyncpg.Pool | None = None
         self._tg: TaskGroup | None = None
         self._metadata_encoder = msgspec.json.Encoder()
-        self._metadata_decoder = msgspec.json.Decoder(EventMetadata)
+        self._decoder = StoredDecoder(registry)
         self._empty_metadata = b"{}"
         self._commit: GroupCommit[_Request] = GroupCommit(
             take=_take_batch,
@@ -941,45 +941,8 @@ class EventStore(PagedReads):
     def _decode_all(
         self, records: Sequence[asyncpg.Record], skip_unknown: bool
     ) -> list[RecordedEvent]:
-        """Rows to typed events: the hot path of every read, so the common case (current
-        schema version, empty metadata) goes straight to the class's own decoder."""
-        fast = self.registry.current_decoders()
-        decode_slow = self.registry.decode
-        decode_metadata = self._metadata_decoder.decode
-        empty, no_metadata = self._empty_metadata, _NO_METADATA
-        out: list[RecordedEvent] = []
-        append = out.append
-        for position, txid, event_id, stream, version, tag, schema, payload, meta, at in records:
-            entry = fast.get(tag)
-            if entry is not None and schema >= entry[0]:
-                try:
-                    event = entry[1](payload)
-                except msgspec.MsgspecError:
-                    # A stored payload its class no longer reads: the slow path raises the
-                    # UpcastError that names its position, not a bare msgspec error.
-                    event = decode_slow(tag, schema, payload, position=position)
-            else:
-                try:
-                    event = decode_slow(tag, schema, payload, position=position)
-                except UnknownEventType:
-                    if skip_unknown:
-                        continue
-                    raise
-            append(
-                RecordedEvent(
-                    position,
-                    txid,
-                    event_id,
-                    stream,
-                    version,
-                    tag,
-                    schema,
-                    event,
-                    no_metadata if meta is None or meta == empty else decode_metadata(meta),
-                    at,
-                )
-            )
-        return out
+        """Rows to typed events (the hot path of every read: :class:`StoredDecoder`)."""
+        return self._decoder.decode_or_raise(records, skip_unknown=skip_unknown)
 
     async def stream_version(self, stream: str) -> int:
         """The stream's current version (0 for a stream with no events)."""
@@ -1063,6 +1026,19 @@ class EventStore(PagedReads):
             return Page([], after, 0)
         last = records[-1]
         return Page(self._decode_all(records, skip_unknown), Cursor(last[1], last[0]), len(records))
+
+    async def read_stored(self, after: Cursor, *, limit: int = 1000) -> StoredPage:
+        """Up to ``limit`` rows after ``after`` as stored, in reading order (see
+        ``read_stored`` in ``sql/seals.sql``): nothing decoded, nothing skipped."""
+        with driver_errors():
+            records = await self._pool.fetch(
+                query("read_stored"), after.transaction_id, after.position, limit
+            )
+        if not records:
+            return StoredPage([], after)
+        rows = [StoredEvent(*record) for record in records]  # untracked by the GC: see there
+        last = rows[-1]
+        return StoredPage(rows, Cursor(last.transaction_id, last.position))
 
     async def oldest_writer(self) -> OpenTransaction | None:
         """The oldest open write transaction on the server, if any (for operators: a reader

@@ -95,7 +95,6 @@ from events.errors import (
     StaleGeneration,
     StoreError,
     StoreUnavailable,
-    UnknownEventType,
 )
 from store.eventstore import (
     Append,
@@ -111,6 +110,7 @@ from store.eventstore import (
 )
 from store.reading import PagedReads
 from store.records import ANY, START, AppendResult, Cursor, Expected, RecordedEvent
+from store.stored import StoredDecoder, StoredEvent, StoredPage
 from store.subscription import Subscription
 
 if TYPE_CHECKING:
@@ -142,6 +142,7 @@ READS: Final = frozenset(
         "head",
         "cursor_at",
         "read_page",
+        "read_stored",
         "held_back",
         "stored_ids",
         "task_read",
@@ -204,24 +205,13 @@ class SideWrites(Protocol):
     def discard(self) -> None: ...
 
 
-@dataclass(frozen=True, slots=True)
-class _Stored:
-    """One row of the log, as PostgreSQL would hold it (payload and metadata as JSON)."""
+_Stored = StoredEvent
+"""One row of the log, as PostgreSQL would hold it (payload and metadata as JSON)."""
 
-    position: int
-    transaction_id: int
-    event_id: uuid.UUID
-    stream: str
-    version: int
-    type: str
-    schema_version: int
-    payload: bytes
-    metadata: bytes
-    recorded_at: datetime
 
-    @property
-    def key(self) -> tuple[int, int]:
-        return (self.transaction_id, self.position)
+def _key(row: StoredEvent) -> tuple[int, int]:
+    """Where a row sorts in the log's reading order."""
+    return (row.transaction_id, row.position)
 
 
 @dataclass(slots=True)
@@ -319,7 +309,7 @@ class MemoryLog(PagedReads):
         self.lost_ack = lost_ack
         self.on_commit = on_commit
         self._metadata_encoder = msgspec.json.Encoder()
-        self._metadata_decoder = msgspec.json.Decoder(EventMetadata)
+        self._decoder = StoredDecoder(registry)
         # The log, in reading order (transaction id, position), with its indexes.
         self._rows: list[_Stored] = []
         self._keys: list[tuple[int, int]] = []
@@ -533,36 +523,7 @@ class MemoryLog(PagedReads):
         return self._metadata_encoder.encode(meta)
 
     def _decode(self, rows: Sequence[_Stored], skip_unknown: bool) -> list[RecordedEvent]:
-        out: list[RecordedEvent] = []
-        for row in rows:
-            try:
-                event = self.registry.decode(
-                    row.type, row.schema_version, row.payload, position=row.position
-                )
-            except UnknownEventType:
-                if skip_unknown:
-                    continue
-                raise
-            metadata = (
-                _NO_METADATA
-                if row.metadata == _EMPTY_METADATA
-                else self._metadata_decoder.decode(row.metadata)
-            )
-            out.append(
-                RecordedEvent(
-                    row.position,
-                    row.transaction_id,
-                    row.event_id,
-                    row.stream,
-                    row.version,
-                    row.type,
-                    row.schema_version,
-                    event,
-                    metadata,
-                    row.recorded_at,
-                )
-            )
-        return out
+        return self._decoder.decode_or_raise(rows, skip_unknown=skip_unknown)
 
     # -- the visible log --------------------------------------------------------------------
     def _horizon(self) -> int:
@@ -605,8 +566,9 @@ class MemoryLog(PagedReads):
     def _commit(self, tx: _Tx) -> None:
         """Make the transaction's writes visible, all at once."""
         for row in tx.rows:
-            index = bisect.bisect(self._keys, row.key)
-            self._keys.insert(index, row.key)
+            key = _key(row)
+            index = bisect.bisect(self._keys, key)
+            self._keys.insert(index, key)
             self._rows.insert(index, row)
             self._by_stream.setdefault(row.stream, []).append(row)
             self._by_id[row.event_id] = row
@@ -996,6 +958,21 @@ class MemoryLog(PagedReads):
     ) -> Page:
         """One page of the log after ``after``, in reading order, up to the present."""
         await self._enter("read_page")
+        rows = self._readable(after, limit, category)
+        if not rows:
+            return Page([], after, 0)
+        return Page(self._decode(rows, skip_unknown), rows[-1].cursor, len(rows))
+
+    async def read_stored(self, after: Cursor, *, limit: int = 1000) -> StoredPage:
+        """Up to ``limit`` rows after ``after`` as stored, in reading order, within the same
+        horizon as ``read_page``: nothing decoded, nothing skipped."""
+        await self._enter("read_stored")
+        rows = self._readable(after, limit, None)
+        return StoredPage(rows, rows[-1].cursor if rows else after)
+
+    def _readable(self, after: Cursor, limit: int, category: str | None) -> list[_Stored]:
+        """Up to ``limit`` committed rows past ``after`` (of ``category``), in reading order,
+        below the horizon."""
         horizon = self._horizon()
         rows: list[_Stored] = []
         for row in itertools.islice(self._rows, self._visible_after(after), None):
@@ -1003,12 +980,7 @@ class MemoryLog(PagedReads):
                 break
             if category is None or row.stream.split("-", 1)[0] == category:
                 rows.append(row)
-        if not rows:
-            return Page([], after, 0)
-        last = rows[-1]
-        return Page(
-            self._decode(rows, skip_unknown), Cursor(last.transaction_id, last.position), len(rows)
-        )
+        return rows
 
     async def held_back(self, after: Cursor, category: str | None = None) -> bool:
         """Whether committed events past ``after`` exist that a read has not returned."""

@@ -29,6 +29,7 @@ from store.records import AppendResult, Cursor, Expected, RecordedEvent
 
 if TYPE_CHECKING:
     from store.eventstore import Append, Fence, NewEvent, Page, RecordedPosition
+    from store.stored import StoredPage
     from store.subscription import Subscription
 
 __all__ = ["EventLog", "LogTransaction"]
@@ -121,6 +122,11 @@ class EventLog(Protocol):
     ) -> Page: ...
 
     async def held_back(self, after: Cursor, category: str | None = None) -> bool: ...
+
+    async def read_stored(self, after: Cursor, *, limit: int = 1000) -> StoredPage:
+        """Up to ``limit`` rows after ``after`` as stored (nothing decoded, nothing skipped), in
+        reading order, within the same horizon as ``read_page``: what seals hash."""
+        ...
 
     def read_batches(
         self,

@@ -1,9 +1,10 @@
-"""Named SQL queries, read once from ``sql/queries.sql`` and ``sql/views.sql``.
+"""Named SQL queries, read once from the files under ``sql/`` named in ``_FILES``.
 
 The files are the single place where the store's SQL lives, with the reasoning for ordering
 and locking written beside each statement: ``queries.sql`` the event log's and the task
 queue's, ``views.sql`` the read models and the rest that :mod:`store.views` and
-:mod:`store.admin` run. Both share one namespace of names.
+:mod:`store.admin` run, ``seals.sql`` the log's integrity (stored rows, triggers). They share
+one namespace of names.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from importlib import resources
 __all__ = ["query", "sql_file"]
 
 _NAME = re.compile(r"^-- name: (?P<name>[a-z_]+)\s*$", re.MULTILINE)
-_FILES = ("queries.sql", "views.sql")
+_FILES = ("queries.sql", "views.sql", "seals.sql")
 
 
 def sql_file(relative: str) -> str:

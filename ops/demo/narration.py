@@ -29,6 +29,7 @@ from events import (
     CleanupCompleted,
     HealthChecked,
     LatePaymentReceived,
+    LogSealed,
     OperatorCommandIssued,
     PaymentConfirmed,
     PaymentCreated,
@@ -299,6 +300,13 @@ class StreamView:
                     else f"{event.subject}: {event.message}"
                 )
                 return StreamLine("alert", f"sent to the admins by Telegram: {what}", tone)
+            case LogSealed():
+                return StreamLine(
+                    "Sealer",
+                    f"seal {event.seal}: the log up to #{event.last_position} "
+                    f"({event.total} events), sha256 {short(event.hash, 12)}; digest sent to "
+                    "the admins",
+                )
             case OperatorCommandIssued():
                 why = f" ({event.reason})" if event.reason else ""
                 return StreamLine(

@@ -318,6 +318,15 @@ def _audit_lines(report: AuditReport) -> list[tuple[str, Tone]]:
         total = sum(report.discrepancy_counts.values())
         lines = [(f"audit: {total} DISCREPANCIES in {events} events", "bad")]
         lines += [(f"  {d.check}: {d.message}", "bad") for d in report.discrepancies[:10]]
+    seals = report.seals
+    if seals is not None and seals.seals_verified and not seals.findings:
+        lines.append(
+            (
+                f"seals: verified ({seals.seals_verified} seals over {seals.events_verified} "
+                "events, each digest sent to the admin by Telegram)",
+                "good",
+            )
+        )
     lines += [(f"  note: {note}", "warn") for note in report.notes]
     return lines
 
@@ -563,7 +572,7 @@ async def _demo(
             await actors.stop()
             await watcher.wait_caught_up(5.0)
             await follower.stop()
-            report = await run_audit(watch_store, settings)
+            report = await run_audit(watch_store, settings, verify_seals=True)
             tally = await _tally(watch_store)
         if wind_down.cancel_called:
             console.note("stopped at once on the second signal: no audit", "warn")

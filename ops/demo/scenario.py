@@ -27,6 +27,7 @@ REWARD_EVERY: Final = 3.0
 ANALYTICS_EVERY: Final = 5.0
 CLEANUP_EVERY: Final = 10.0
 HEALTH_EVERY: Final = 4.0
+SEAL_EVERY: Final = 15.0
 PAYMENT_WINDOW: Final = 20.0
 TASK_RETRY_DELAY: Final = 2.0
 TASK_LOCK_TIMEOUT: Final = 10.0
@@ -202,6 +203,7 @@ def demo_settings(
         analytics_interval=every(ANALYTICS_EVERY),
         cleanup_interval=every(CLEANUP_EVERY),
         health_interval=every(HEALTH_EVERY),
+        seal_interval=every(SEAL_EVERY),
         payment_window=max(PAYMENT_WINDOW / speed, 1.0),
         task_retry_delay=every(TASK_RETRY_DELAY),
         task_lock_timeout=max(TASK_LOCK_TIMEOUT / speed, 1.0),

@@ -56,6 +56,10 @@ CREATE TRIGGER events_append_only_truncate
     BEFORE TRUNCATE ON i3lani.events
     FOR EACH STATEMENT EXECUTE FUNCTION i3lani.refuse_event_change();
 
+-- Fired in every session_replication_role, replica included (migration 0006).
+ALTER TABLE i3lani.events ENABLE ALWAYS TRIGGER events_append_only_row;
+ALTER TABLE i3lani.events ENABLE ALWAYS TRIGGER events_append_only_truncate;
+
 CREATE TABLE i3lani.checkpoints (
     name            text        PRIMARY KEY,
     transaction_id  xid8        NOT NULL,

@@ -60,3 +60,26 @@ async def test_derived_tables_are_not_append_only(
         "VALUES ('payment-1', 1, 'x', '{}')"
     )
     assert await raw.execute("DELETE FROM i3lani.snapshots") == "DELETE 1"
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "UPDATE i3lani.events SET payload = '{}'::jsonb",
+        "DELETE FROM i3lani.events",
+        "TRUNCATE i3lani.events",
+    ],
+)
+async def test_a_superuser_in_replica_role_is_refused_too(
+    stored: EventStore, raw: asyncpg.Connection, statement: str
+) -> None:
+    """session_replication_role = replica skips ordinary triggers, not ENABLE ALWAYS ones
+    (migration 0006): a superuser cannot change events quietly that way."""
+    if not await raw.fetchval("SELECT rolsuper FROM pg_roles WHERE rolname = current_user"):
+        pytest.skip("needs a superuser (the embedded test server's user is one)")
+    await raw.execute("SET session_replication_role = replica")
+    with pytest.raises(asyncpg.PostgresError) as caught:
+        await raw.execute(statement)
+    assert caught.value.sqlstate == "I3AO1"
+    assert await raw.fetchval("SELECT count(*) FROM i3lani.events") == 1
+    assert await raw.fetchval("SELECT payload->>'payment_id' FROM i3lani.events") == "1"

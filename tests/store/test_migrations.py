@@ -30,7 +30,7 @@ INTROSPECT = {
         SELECT tablename, indexname, indexdef FROM pg_indexes
         WHERE schemaname = 'i3lani' ORDER BY 1, 2""",
     "triggers": """
-        SELECT tgrelid::regclass::text, tgname, pg_get_triggerdef(oid)
+        SELECT tgrelid::regclass::text, tgname, pg_get_triggerdef(oid), tgenabled::text
         FROM pg_trigger WHERE NOT tgisinternal
           AND tgrelid IN (SELECT oid FROM pg_class WHERE relnamespace = 'i3lani'::regnamespace)
         ORDER BY 1, 2""",
@@ -71,6 +71,9 @@ async def test_migrations_produce_exactly_schema_sql(dsn: str, empty_dsn: str) -
         assert migrated[part] == declared[part], part
     assert migrated["columns"], "introspection found nothing: the comparison would be vacuous"
     assert any("events_append_only_row" in str(row) for row in migrated["triggers"])
+    # Both append-only triggers fire always, session_replication_role = replica included.
+    enabled = {row[1]: row[3] for row in migrated["triggers"] if row[0] == "i3lani.events"}
+    assert enabled == {"events_append_only_row": "A", "events_append_only_truncate": "A"}
 
 
 async def test_migrate_is_idempotent(empty_dsn: str) -> None:

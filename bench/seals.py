@@ -1,0 +1,304 @@
+"""Seals (issue 14): what sealing costs appends, and how fast a log's seals are verified.
+
+In a database of its own (``i3lani_bench_seals``, dropped at the end), on a log of the scale
+suite's story (payments, rewards, channels, ticks, with metadata):
+
+* appends per second with the Sealer running against without it, the sides in turns (ABBA),
+  the Sealer sealing every second (3,600 times its default rate) with a digest task per
+  seal: as deployed, in a worker process of its own (``i3lani run --actors Sealer``: the
+  writers stand for the gateway and the other actors), and, for information, in the
+  writers' own process and event loop;
+* ``verify_seals`` over the whole sealed log, beside a raw asyncpg fetch of the same rows (the
+  Sealer's own query and page size, rows left undecoded) and that fetch plus a SHA-256 of each
+  row's canonical bytes (the hashing with none of the verifier's bookkeeping).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import subprocess
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Final
+
+import anyio
+
+from actors.config import Settings
+from actors.runtime import ActorRunner
+from actors.runtime.clock import SystemClock
+from actors.sealer import SEAL_STREAM, Sealer
+from bench.eventstore import raw_connection, sample_event
+from bench.measure import BenchContext, Contender, Sample, interleave, run_tasks
+from bench.report import Goal, Row
+from bench.scale import (
+    fresh_database,
+    i3lani_command,
+    load_story,
+    stop_process,
+    worker_environment,
+)
+from events import LogSealed
+from events.streams import tick_stream
+from store import EventStore, NewEvent
+from store.queries import query
+from store.sealing import PAGE_SIZE, canonical_bytes, next_seals, verify_seals
+from store.stored import StoredEvent
+
+__all__ = ["NOTES", "run"]
+
+DATABASE: Final = "i3lani_bench_seals"
+SECTION_APPENDS: Final = "seals: appends with the Sealer running (every 1 s) vs without it"
+SECTION_VERIFY: Final = "seals: verification of a sealed log"
+SEAL_EVERY: Final = 1.0
+WITHOUT: Final = "without the Sealer"
+WORKER: Final = "the Sealer in a worker"
+IN_PROCESS: Final = "the Sealer in-process"
+VERIFY_GOAL: Final = 100_000.0  # events per second
+PAGE: Final = PAGE_SIZE  # the verifier's page, for raw asyncpg alike
+
+NOTES: Final = (
+    "seals: in a database of its own holding the scale suite's story (read_events events, "
+    "sealed before anything is timed). Appends: single events with an exact expected version, "
+    "each writer its own stream, as in the event store figures. 'In a worker process': "
+    f"`i3lani run --actors Sealer` (I3LANI_SEAL_INTERVAL={SEAL_EVERY:g}, ADMIN_IDS=1 so each "
+    "seal also enqueues its digest task), as deployed, started before each timed turn (once "
+    "its first tick is recorded) and stopped after it; goal: >= 0.95x the appends without it. "
+    "'In the writers' event loop': the same actor in the writers' own process (for "
+    "information: it shares their one core). Before each turn with a Sealer the log is sealed "
+    "up to date, untimed, so it seals only what its own turn appends; the sides take turns "
+    "(ABBA), twice the usual time in twice as many turns. Verification: "
+    "store.sealing.verify_seals over the "
+    "whole log (every seal recomputed, the first difference located), in whole passes; "
+    "references: the read_stored query on a raw asyncpg connection with the store's jsonb "
+    "codec, rows left undecoded, same page size; and that fetch plus hashlib.sha256 of each "
+    "row's canonical bytes. Goal: 100,000 events/s (the reference column is the goal: 1.00x "
+    "meets it).",
+)
+
+
+async def run(ctx: BenchContext) -> list[Row]:
+    count = ctx.read_events
+    try:
+        dsn = await fresh_database(ctx, DATABASE)
+        ctx.log(f"seals: building a log of {count:,} events with COPY ...")
+        await load_story(ctx, dsn, count)
+        async with EventStore.open(dsn, node="bench-seals") as store:
+            ctx.log("seals: sealing it (untimed) ...")
+            seal_rate = await _seal_all(store)
+            rows = await _appends(ctx, store, dsn, writers=8)
+            rows += await _appends(ctx, store, dsn, writers=1)
+            await _seal_all(store)
+            rows += await _verification(ctx, store, dsn, seal_rate)
+    finally:
+        with anyio.CancelScope(shield=True):
+            conn = await raw_connection(ctx.dsn)
+            try:
+                await conn.execute(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
+            finally:
+                await conn.close()
+    return rows
+
+
+async def _seal_all(store: EventStore) -> float:
+    """Seal the whole log as the Sealer does; the events sealed per second."""
+    started = time.perf_counter()
+    sealed = 0
+    while True:
+        last = await store.last_event(SEAL_STREAM)
+        previous = None if last is None else last.event
+        assert previous is None or isinstance(previous, LogSealed)
+        made, more = await next_seals(store, previous, sealed_at=datetime.now(UTC))
+        if made:
+            await store.append(
+                SEAL_STREAM,
+                [NewEvent(event=s, event_id=uuid.uuid4()) for s in made],
+                expected_version=0 if last is None else last.version,
+            )
+            sealed += sum(s.count for s in made)
+        if not more:
+            return sealed / (time.perf_counter() - started)
+
+
+async def _appends(ctx: BenchContext, store: EventStore, dsn: str, *, writers: int) -> list[Row]:
+    title = f"appends, {writers} writer{'s' if writers > 1 else ''}"
+    ctx.log(f"seals: {title} ...")
+    event = sample_event()
+    sealed: dict[str, list[int]] = {WORKER: [], IN_PROCESS: []}
+
+    async def write(seconds: float) -> Sample:
+        streams = [f"append-{uuid.uuid4().hex}" for _ in range(writers)]
+        versions = [0] * writers
+
+        async def step(i: int) -> int:
+            await store.append(streams[i], [event], expected_version=versions[i])
+            versions[i] += 1
+            return 1
+
+        return await run_tasks(seconds, writers, step)
+
+    async def in_worker(seconds: float) -> Sample:
+        await _seal_all(store)  # what the other sides wrote is not this side's work
+        before = await _sealed(store)
+        ticks = await store.stream_version(tick_stream(Sealer.name))
+        env = worker_environment(
+            dsn,
+            I3LANI_SEAL_INTERVAL=f"{SEAL_EVERY:g}",
+            ADMIN_IDS="1",
+            I3LANI_NODE="bench-sealer",
+            I3LANI_LOG_LEVEL="WARNING",
+        )
+        process = await anyio.open_process(
+            [*i3lani_command(), "run", "--actors", Sealer.name],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            with anyio.fail_after(60):  # started: its first tick is recorded
+                while await store.stream_version(tick_stream(Sealer.name)) == ticks:
+                    if process.returncode is not None:
+                        raise RuntimeError("the Sealer's worker exited before its first tick")
+                    await anyio.sleep(0.1)
+            sample = await write(seconds)
+        finally:
+            await stop_process(process)
+        sealed[WORKER].append(await _sealed(store) - before)
+        return sample
+
+    async def in_process(seconds: float) -> Sample:
+        settings = Settings(seal_interval=SEAL_EVERY, admin_ids=(1,))
+        runner = ActorRunner(Sealer(settings), store, SystemClock(), node="bench-seals")
+        await _seal_all(store)
+        before = await _sealed(store)
+        async with anyio.create_task_group() as tg:
+            await tg.start(runner.run)
+            sample = await write(seconds)
+            tg.cancel_scope.cancel()
+        sealed[IN_PROCESS].append(await _sealed(store) - before)
+        return sample
+
+    # Twice the time, in twice as many turns as the other figures: the sides differ by a few
+    # per cent, and a turn that meets a noisy moment (another process's fsyncs) must not
+    # decide alone.
+    turns = dataclasses.replace(ctx, seconds=2 * ctx.seconds, rounds=2 * ctx.rounds)
+    totals = await interleave(
+        turns,
+        title,
+        [
+            Contender(WITHOUT, write),
+            Contender(WORKER, in_worker),
+            Contender(IN_PROCESS, in_process),
+        ],
+    )
+    name = f"{writers} writer{'s (group commit)' if writers > 1 else ''}"
+    without = totals[WITHOUT].rate
+    return [
+        Row(
+            SECTION_APPENDS,
+            f"{name}, the Sealer in a worker process",
+            totals[WORKER].rate,
+            "appends/s",
+            "the same without it",
+            without,
+            goal=Goal.ratio_at_least(0.95),
+            details={"events_sealed_during_the_timed_turns": sealed[WORKER]},
+        ),
+        Row(
+            SECTION_APPENDS,
+            f"{name}, the Sealer in the writers' event loop",
+            totals[IN_PROCESS].rate,
+            "appends/s",
+            "the same without it",
+            without,
+            details={"events_sealed_during_the_timed_turns": sealed[IN_PROCESS]},
+        ),
+    ]
+
+
+async def _sealed(store: EventStore) -> int:
+    last = await store.last_event(SEAL_STREAM)
+    return 0 if last is None or not isinstance(last.event, LogSealed) else last.event.total
+
+
+async def _verification(
+    ctx: BenchContext, store: EventStore, dsn: str, seal_rate: float
+) -> list[Row]:
+    ctx.log("seals: verification ...")
+    findings: list[str] = []
+    conn = await raw_connection(dsn)
+    sql = query("read_stored")
+
+    async def passes(seconds: float, one: Callable[[], Awaitable[int]]) -> Sample:
+        done = 0
+        start = time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            done += await one()
+        return Sample(done, time.perf_counter() - start)
+
+    async def verify_pass() -> int:
+        report = await verify_seals(store, page_size=PAGE)
+        findings.extend(f.message for f in report.findings)
+        return report.events + report.unsealed
+
+    async def raw_pass(hashing: bool) -> int:
+        done = 0
+        transaction_id, position = 0, 0
+        while True:
+            records = await conn.fetch(sql, transaction_id, position, PAGE)
+            if hashing:
+                for record in records:
+                    hashlib.sha256(canonical_bytes(StoredEvent(*record))).digest()
+            done += len(records)
+            if len(records) < PAGE:
+                return done
+            position, transaction_id = records[-1][0], records[-1][1]
+
+    async def i3lani(seconds: float) -> Sample:
+        return await passes(seconds, verify_pass)
+
+    async def raw(seconds: float) -> Sample:
+        return await passes(seconds, lambda: raw_pass(False))
+
+    async def raw_hashed(seconds: float) -> Sample:
+        return await passes(seconds, lambda: raw_pass(True))
+
+    try:
+        totals = await interleave(
+            ctx,
+            "verification",
+            [
+                Contender("verify_seals", i3lani),
+                Contender("raw fetch", raw),
+                Contender("raw fetch + sha256", raw_hashed),
+            ],
+        )
+    finally:
+        await conn.close()
+    value = totals["verify_seals"].rate
+    failure = f"a clean log did not verify: {findings[0]}" if findings else None
+    name = f"verify_seals, {ctx.read_events:,}-event log"
+    return [
+        Row(
+            SECTION_VERIFY,
+            name,
+            value,
+            "events/s",
+            reference_name="goal",
+            reference=VERIFY_GOAL,
+            goal=Goal.ratio_at_least(1.0),
+            failure=failure,
+        ),
+        Row(SECTION_VERIFY, name, value, "events/s", "raw asyncpg fetch", totals["raw fetch"].rate),
+        Row(
+            SECTION_VERIFY,
+            name,
+            value,
+            "events/s",
+            "raw fetch + sha256 of each row",
+            totals["raw fetch + sha256"].rate,
+        ),
+        Row(SECTION_VERIFY, "sealing it (next_seals, one pass)", seal_rate, "events/s"),
+    ]

@@ -1,0 +1,153 @@
+"""The log's rows as stored, undecoded: what seals hash and what the audit checks row by row.
+
+``read_stored`` (both logs, :mod:`store.port`) hands back :class:`StoredEvent` rows in the
+log's reading order, within the same gap-free horizon as ``read_page``, with the payload and
+metadata as the JSON bytes the log holds. Nothing is decoded, so a row no release can read (a
+type renamed to one nobody knows, a payload that no longer fits its Struct) comes back like any
+other: the Sealer seals it, and :class:`StoredDecoder` turns it into a :class:`Rejected` for
+the audit instead of an exception that would end the replay.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import msgspec
+from msgspec.structs import astuple
+
+from events import EventMetadata, EventRegistry
+from events.errors import EventError, UnknownEventType, one_line
+from store.records import Cursor, RecordedEvent
+
+__all__ = ["StoredEvent", "StoredPage", "Rejected", "StoredDecoder"]
+
+
+class StoredEvent(msgspec.Struct, frozen=True, gc=False):
+    """One row of the log as stored. ``payload`` and ``metadata`` are JSON bytes: in
+    PostgreSQL, the text its ``jsonb`` renders (keys in jsonb's order, one space after each
+    ``:`` and ``,``); ``metadata`` is ``{}`` when empty.
+
+    (``gc=False``: no reference cycles, and a verification makes hundreds of thousands of
+    these; tracked, they would make every garbage collection walk them.)"""
+
+    position: int
+    transaction_id: int
+    event_id: uuid.UUID
+    stream: str
+    version: int
+    type: str
+    schema_version: int
+    payload: bytes
+    metadata: bytes
+    recorded_at: datetime
+
+    @property
+    def cursor(self) -> Cursor:
+        return Cursor(self.transaction_id, self.position)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredPage:
+    """Up to ``limit`` rows after a cursor, and the cursor after the last one (unchanged when
+    there were none)."""
+
+    rows: list[StoredEvent]
+    cursor: Cursor
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """A stored row this release cannot turn into an event, and why."""
+
+    row: StoredEvent
+    error: EventError  # UnknownEventType: no registered class has its tag
+
+    @property
+    def unknown_type(self) -> bool:
+        return isinstance(self.error, UnknownEventType)
+
+    @property
+    def reason(self) -> str:
+        """The error, on one line."""
+        return one_line(str(self.error))
+
+
+_NO_METADATA = EventMetadata()
+_EMPTY = b"{}"
+
+
+class StoredDecoder:
+    """Rows to typed events: the hot path of every read of both logs. The current schema
+    version of a known type goes straight to its class's own decoder; anything else takes the
+    registry's slow path (upcasters, the errors that name the position)."""
+
+    def __init__(self, registry: EventRegistry) -> None:
+        self.registry = registry
+        self._metadata = msgspec.json.Decoder(EventMetadata)
+
+    def decode(
+        self, rows: Iterable[StoredEvent | Iterable[Any]]
+    ) -> tuple[list[RecordedEvent], list[Rejected]]:
+        """``(events, rejected)``, both in the rows' order: a row that is no event this release
+        reads is kept apart with its error, never raised. A row is a :class:`StoredEvent` or a
+        record of the same fields in the same order (metadata None or ``{}`` when empty)."""
+        fast = self.registry.current_decoders()
+        decode_slow = self.registry.decode
+        decode_metadata = self._metadata.decode
+        events: list[RecordedEvent] = []
+        rejected: list[Rejected] = []
+        append = events.append
+        for row in rows:
+            fields = astuple(row) if isinstance(row, StoredEvent) else row
+            position, txid, event_id, stream, version, tag, schema, payload, meta, at = fields
+            entry = fast.get(tag)
+            try:
+                if entry is not None and schema >= entry[0]:
+                    try:
+                        event = entry[1](payload)
+                    except msgspec.MsgspecError:
+                        # The slow path raises the UpcastError that names the position.
+                        event = decode_slow(tag, schema, payload, position=position)
+                else:
+                    event = decode_slow(tag, schema, payload, position=position)
+                metadata = _NO_METADATA if meta is None or meta == _EMPTY else decode_metadata(meta)
+            except EventError as exc:
+                rejected.append(Rejected(_stored(row), exc))
+                continue
+            except msgspec.MsgspecError as exc:
+                error = EventError(
+                    f"stored {tag} at global position {position}: its metadata does not "
+                    f"decode: {exc}"
+                )
+                rejected.append(Rejected(_stored(row), error))
+                continue
+            append(
+                RecordedEvent(
+                    position, txid, event_id, stream, version, tag, schema, event, metadata, at
+                )
+            )
+        return events, rejected
+
+    def decode_or_raise(
+        self, rows: Iterable[StoredEvent | Iterable[Any]], *, skip_unknown: bool
+    ) -> list[RecordedEvent]:
+        """The events of ``rows``; the first row that is none raises its error, except one of
+        an unknown type with ``skip_unknown`` (left out)."""
+        events, rejected = self.decode(rows)
+        for row in rejected:
+            if not (skip_unknown and row.unknown_type):
+                raise row.error
+        return events
+
+
+def _stored(row: StoredEvent | Iterable[Any]) -> StoredEvent:
+    if isinstance(row, StoredEvent):
+        return row
+    fields = list(row)
+    if fields[8] is None:
+        fields[8] = _EMPTY
+    return StoredEvent(*fields)
