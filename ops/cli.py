@@ -13,6 +13,11 @@
                                     the Telegram bot: commands in, events appended
     i3lani audit [--as-of POS|TIME] [--user ID] [--stream S] [--format table|json|csv] [--out F]
                                     replay the log, check invariants (exit 1 on discrepancies)
+    i3lani refunds [--all] [--format table|json] | mark-refunded ID TX_HASH | decline ID --reason T
+                                    the money owed back, and the operator's actions on it
+    i3lani reconcile [--since TIME|AGE] [--wallet A] [--format table|json]
+                                    the wallet's transfers on chain against the log (exit 1 on
+                                    discrepancies)
     i3lani demo [--duration S] [--speed F] [--users N] [--port P] [--seed S] [--database NAME]
                                     everything at once with simulated users, in its own
                                     database (recreated each run), shown live, then audited
@@ -46,7 +51,7 @@ from actors.tasks import task_types
 from events import HealthChecked
 from events.errors import ConfigError, I3laniError, one_line
 from events.streams import ACTOR, actor_stream
-from ops import audit, demo_options
+from ops import audit, demo_options, reconcile, refunds
 from ops.format import event_json, event_line, format_time
 from ops.simulate import cli as simulate_cli
 from store import (
@@ -177,6 +182,14 @@ def build_parser() -> argparse.ArgumentParser:
         )
     audit.add_arguments(
         commands.add_parser("audit", help="replay the log, check its invariants (exit 1: found)")
+    )
+    refunds.add_arguments(
+        commands.add_parser("refunds", help="money owed back: list, mark refunded, or decline")
+    )
+    reconcile.add_arguments(
+        commands.add_parser(
+            "reconcile", help="the wallet's transfers on chain against the log (exit 1: differ)"
+        )
     )
     demo_options.add_arguments(
         commands.add_parser(
@@ -662,6 +675,14 @@ async def cmd_audit(dsn: str, args: argparse.Namespace, out: TextIO) -> int:
     return await audit.audit_command(dsn, args, out)
 
 
+async def cmd_refunds(dsn: str, args: argparse.Namespace, out: TextIO) -> int:
+    return await refunds.refunds_command(dsn, args, out)
+
+
+async def cmd_reconcile(dsn: str, args: argparse.Namespace, out: TextIO) -> int:
+    return await reconcile.reconcile_command(dsn, args, out)
+
+
 async def cmd_demo(dsn: str, args: argparse.Namespace, out: TextIO) -> int:
     from ops import demo
 
@@ -680,6 +701,8 @@ COMMANDS: dict[str, Callable[[str, argparse.Namespace, TextIO], Awaitable[int]]]
     "stop": cmd_control,
     "start": cmd_control,
     "audit": cmd_audit,
+    "refunds": cmd_refunds,
+    "reconcile": cmd_reconcile,
     "demo": cmd_demo,
     "gateway": cmd_gateway,
 }
