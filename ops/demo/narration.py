@@ -267,8 +267,9 @@ class StreamView:
                 )
                 return StreamLine(
                     "Cleanup",
-                    f"wallet reconciled with TonAPI: {_count(event.transactions, 'transaction')} "
-                    f"on chain, {event.recorded} recorded: {verdict}",
+                    "wallet reconciled with TonAPI since the last pass: "
+                    f"{_count(event.transactions, 'transaction')} on chain, {event.recorded} "
+                    f"recorded: {verdict}",
                     "good" if not event.discrepancies else "bad",
                 )
         return None
