@@ -23,7 +23,6 @@ import fcntl
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -44,6 +43,7 @@ from ops.standins import BotApiStandIn, TonApiStandIn
 from store import EventStore
 from tests.bot_gateway.conftest import message_update
 from tests.e2e.processes import Worker, Workers, running_workers, wait_for, wait_started
+from tests.faults.pgcontrol import free_port
 from tests.pg import fresh_database
 
 # heavy: a pip build and four i3lani processes, about a minute; run beside the fault scenarios
@@ -235,13 +235,6 @@ def service_env(
     if service["type"] == "web":
         env["RENDER_EXTERNAL_URL"] = EXTERNAL_URL
     return {**env, "TONAPI_URL": tonapi.url, "TELEGRAM_API_URL": bot_api.url}
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 @asynccontextmanager
