@@ -8,21 +8,17 @@ import argparse
 import contextlib
 import os
 import random
-import secrets
 import signal
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, TextIO
-from urllib.parse import unquote, urlsplit
 
 import anyio
 import httpx
-from anyio.abc import TaskGroup, TaskStatus
 
 from actors.config import Settings
-from bot_gateway import GatewayConfig, run_gateway
 from events import (
     ActorCrashed,
     ActorRestarted,
@@ -40,9 +36,9 @@ from events import (
     SubscriptionActivated,
     UserRegistered,
 )
-from events.errors import ConfigError, I3laniError
+from events.errors import I3laniError
 from events.payments import TRANSFER_CATEGORIES, TransferReceived
-from ops.admin import admin_routes
+from ops import local
 from ops.audit import AuditReport, run_audit
 from ops.demo.narration import Console, Follower, StreamView, Tone, clock_time, ton
 from ops.demo.scenario import (
@@ -55,16 +51,10 @@ from ops.demo.scenario import (
 )
 from ops.demo.simulation import DoublePayment, Simulation
 from ops.demo_options import (
-    RESERVED_DATABASES,
     DemoOptions,
-    check_database_name,
 )
-from ops.standins import BotApiStandIn, TonApiStandIn
-from store import EventStore, migrate, redact_dsn
-from store.admin import DatabaseRefused, create_database, database_exists, drop_database
-from store.database import with_database
+from store import EventStore, redact_dsn
 from store.records import START
-from supervisor import Supervisor
 
 EXIT_OK: Final = 0
 EXIT_DISCREPANCIES: Final = 1
@@ -113,47 +103,11 @@ DEMO_MARK: Final = "i3lani demo: dropped and recreated by every `i3lani demo` ru
 """The comment on a database the demo created: the only kind it will drop."""
 
 
-def _database_name(dsn: str) -> str:
-    return unquote(urlsplit(dsn).path.removeprefix("/"))
-
-
 async def prepare_database(server_dsn: str, name: str) -> str:
-    """Drop and create ``name`` on ``server_dsn``'s server, migrate it; its DSN.
-
-    Only a database an earlier demo created (its comment is :data:`DEMO_MARK`) is ever
-    dropped: an existing database without that mark is refused (ConfigError), and so are the
-    very database ``server_dsn`` names and PostgreSQL's own (ValueError).
-    """
-    if not check_database_name(name):
-        raise ValueError(
-            f"--database {name!r}: give a plain lower-case name other than "
-            f"{', '.join(RESERVED_DATABASES)}"
-        )
-    if name == _database_name(server_dsn):
-        raise ValueError(
-            f"--database {name!r} is the database DATABASE_URL names: the demo drops and "
-            "recreates its database, so it never uses that one; pick another name"
-        )
-    exists, mark = await database_exists(server_dsn, name)
-    if exists and mark != DEMO_MARK:
-        raise ConfigError(
-            f"database {name!r} already exists on {redact_dsn(server_dsn)} and was not "
-            "created by i3lani demo: the demo never drops it; give another --database name"
-        )
-    try:
-        await drop_database(server_dsn, name)
-        await create_database(server_dsn, name, comment=DEMO_MARK)
-    except DatabaseRefused as exc:
-        if not exc.permission:
-            raise
-        raise ConfigError(
-            f"cannot create the demo database {name!r} on {redact_dsn(server_dsn)}: "
-            f"{exc.__cause__}; give a DATABASE_URL whose user may CREATE DATABASE, or unset it "
-            "to use the embedded PostgreSQL"
-        ) from exc
-    dsn = with_database(server_dsn, name)
-    await migrate(dsn)
-    return dsn
+    """Drop and create the demo's database ``name`` on ``server_dsn``'s server, migrate it; its
+    DSN. Only a database an earlier demo created (its comment is :data:`DEMO_MARK`) is ever
+    dropped (see :func:`ops.local.prepare_database`)."""
+    return await local.prepare_database(server_dsn, name, mark=DEMO_MARK, made_by="i3lani demo")
 
 
 # -- the run ------------------------------------------------------------------------------------
@@ -377,16 +331,7 @@ def _header(
         f"speed {options.speed:g}x, {options.duration:g} s",
         "note",
     )
-    intervals = ", ".join(
-        f"{name} {seconds:g} s"
-        for name, seconds in (
-            ("payments", settings.payment_interval),
-            ("rewards", settings.reward_interval),
-            ("channels", settings.analytics_interval),
-            ("cleanup", settings.cleanup_interval),
-            ("health", settings.health_interval),
-        )
-    )
+    intervals = local.tick_intervals_text(settings)
     for label, text in (
         ("database", f"{options.database}, created afresh for this run on {where}"),
         ("TonAPI", f"stand-in at {tonapi}: a simulated chain; the bot's wallet {scenario.wallet}"),
@@ -413,42 +358,6 @@ def _header(
     console.say()
 
 
-async def _await_actors(supervisor: Supervisor) -> None:
-    try:
-        with anyio.fail_after(_STARTUP_LIMIT):
-            for name in supervisor.names:
-                await supervisor.wait_started(name)
-    except TimeoutError:
-        missing = [n for n in supervisor.names if n not in supervisor.running_here()]
-        raise I3laniError(
-            f"{', '.join(missing)} did not start within {_STARTUP_LIMIT:g} s; "
-            "`I3LANI_LOG_LEVEL=INFO i3lani demo` shows why"
-        ) from None
-
-
-@dataclass
-class _Service:
-    """A long-running task the wind-down stops on its own: its scope and its end."""
-
-    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
-    ended: anyio.Event = field(default_factory=anyio.Event)
-
-    async def stop(self) -> None:
-        self.scope.cancel()
-        await self.ended.wait()
-
-
-def _as_service(service: _Service, run: Callable[..., Any]) -> Callable[..., Any]:
-    async def wrapped(*, task_status: TaskStatus[Any] = anyio.TASK_STATUS_IGNORED) -> None:
-        try:
-            with service.scope:
-                await run(task_status=task_status)
-        finally:
-            service.ended.set()
-
-    return wrapped
-
-
 async def run_demo(
     server_dsn: str,
     options: DemoOptions,
@@ -473,24 +382,11 @@ async def run_demo(
                 tg.cancel_scope.cancel()
     except BaseExceptionGroup as group:
         # Task groups wrap even a single error: a one-line error stays one (see ops.cli).
-        cause = _single(group)
+        cause = local.single(group)
         if isinstance(cause, I3laniError | ValueError):
             raise cause from None
         raise
     return outcome
-
-
-def _single(exc: BaseException) -> BaseException:
-    """The one exception inside task-group wrappers, or ``exc`` itself."""
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
-    return exc
-
-
-def _bot_token(seed: int) -> str:
-    """A token made up for the run, shaped as @BotFather's: ``<digits>:<text>``."""
-    bot_id = random.Random(seed).randrange(10**9, 10**10)
-    return f"{bot_id}:demo-{secrets.token_urlsafe(24)}"
 
 
 async def _demo(
@@ -498,53 +394,40 @@ async def _demo(
 ) -> DemoOutcome:
     console = Console(out, color=out.isatty() and not os.environ.get("NO_COLOR"))
     scenario = plan_scenario(options.users, options.seed)
-    secret = secrets.token_urlsafe(32)
-    admin_token = secrets.token_urlsafe(32)
-    bot_token = _bot_token(options.seed)
+    bot_token = local.bot_token_for(options.seed)
     switch = FaultSwitch()
     view = StreamView()
     outcome = DemoOutcome(exit_code=EXIT_ABORTED)
-    shown = redact_dsn(with_database(server_dsn, options.database))
     where = "the embedded PostgreSQL" if embedded else f"the server of {redact_dsn(server_dsn)}"
-    kept = (
-        "replaces it"
-        if embedded
-        else f"replaces it; `DATABASE_URL={shown} i3lani audit` reads it again"
-    )
     with stopper.phase() as preparing:
         outcome.dsn = dsn = await prepare_database(server_dsn, options.database)
     if preparing.cancel_called:
         console.note("stopped before the demo started")
         return outcome
     async with contextlib.AsyncExitStack() as stack:
-        tonapi = await stack.enter_async_context(TonApiStandIn())
-        bot_api = await stack.enter_async_context(BotApiStandIn(bot_token))
-        settings = demo_settings(
-            tonapi_url=tonapi.url,
-            bot_api_url=bot_api.url,
-            bot_token=bot_token,
-            wallet=scenario.wallet,
-            speed=options.speed,
-        )
-        # Two stores, as the worker and the web service would have, and one for watching.
-        worker_store = await stack.enter_async_context(EventStore.open(dsn, node="demo"))
-        gateway_store = await stack.enter_async_context(EventStore.open(dsn, node="demo"))
-        watch_store = await stack.enter_async_context(
-            EventStore.open(dsn, min_connections=1, max_connections=3)
-        )
-        supervisor = Supervisor(
-            worker_store,
-            demo_child_specs(settings, switch),
-            node="demo",
-            rng=random.Random(options.seed),
-        )
-        config = GatewayConfig(webhook_secret=secret, admin_token=admin_token)
         tg = await stack.enter_async_context(anyio.create_task_group())
         stack.callback(tg.cancel_scope.cancel)  # runs first on the way out
-        actors, gateway, follower = _Service(), _Service(), _Service()
-        await tg.start(_as_service(actors, supervisor.run))
-        url = await _start_gateway(tg, gateway, settings, gateway_store, config, options.port)
-        outcome.dashboard_url = f"{url}/dashboard?token={admin_token}"
+        system = await local.start_local_system(
+            stack,
+            tg,
+            dsn,
+            bot_token=bot_token,
+            settings_for=lambda tonapi, bot_api: demo_settings(
+                tonapi_url=tonapi.url,
+                bot_api_url=bot_api.url,
+                bot_token=bot_token,
+                wallet=scenario.wallet,
+                speed=options.speed,
+            ),
+            specs_for=lambda settings: demo_child_specs(settings, switch),
+            node="demo",
+            port=options.port,
+            rng=random.Random(options.seed),
+        )
+        settings, supervisor, config = system.settings, system.supervisor, system.config
+        tonapi, bot_api, watch_store = system.tonapi, system.bot_api, system.watch_store
+        url, actors, gateway = system.url, system.actors, system.gateway
+        outcome.dashboard_url = system.dashboard_url
         _header(
             console,
             options,
@@ -553,13 +436,14 @@ async def _demo(
             where=where,
             tonapi=tonapi.url,
             bot_api=bot_api.url,
-            webhook=f"{url}{config.webhook_path}",
+            webhook=system.webhook_url,
             dashboard=outcome.dashboard_url,
         )
         watcher = Follower(watch_store, console, view)
-        await tg.start(_as_service(follower, watcher.run))
+        follower = local.Service()
+        await tg.start(follower.wrap(watcher.run))
         with stopper.phase():
-            await _await_actors(supervisor)
+            await local.wait_actors_started(supervisor, hint="`I3LANI_LOG_LEVEL=INFO i3lani demo`")
 
         deadline = datetime.now(UTC) + timedelta(seconds=options.duration)
         async with httpx.AsyncClient(base_url=url, timeout=30.0) as client:
@@ -571,11 +455,11 @@ async def _demo(
                 view=view,
                 client=client,
                 webhook_path=config.webhook_path,
-                secret=secret,
+                secret=config.webhook_secret or "",
                 tonapi=tonapi,
                 bot_api=bot_api,
                 switch=switch,
-                admin_token=admin_token,
+                admin_token=config.admin_token or "",
             )
             # Skipped when a signal came while the actors were starting.
             with stopper.phase(), anyio.move_on_after(options.duration):
@@ -622,46 +506,11 @@ async def _demo(
     for text, tone in _audit_lines(report):
         console.say(text, tone)
     console.say(
-        f"The demo's log stays in {options.database} on {where} until the next demo {kept}."
+        f"The demo's log stays in database {options.database} on {where} until the next demo "
+        f"replaces it: `i3lani events --database {options.database}` shows it, "
+        f"`i3lani audit --database {options.database}` audits it again."
     )
     return outcome
-
-
-async def _start_gateway(
-    tg: TaskGroup,
-    service: _Service,
-    settings: Settings,
-    store: EventStore,
-    config: GatewayConfig,
-    port: int,
-) -> str:
-    """Start the gateway in webhook mode on 127.0.0.1; its URL."""
-
-    async def serve(*, task_status: TaskStatus[str | None]) -> None:
-        await run_gateway(
-            settings,
-            store,
-            mode="webhook",
-            host="127.0.0.1",
-            port=port,
-            config=config,
-            add_routes=admin_routes(store, config.admin_token),
-            task_status=task_status,
-        )
-
-    try:
-        url = await tg.start(_as_service(service, serve))
-    except (OSError, BaseExceptionGroup) as exc:
-        cause = _single(exc)
-        if not isinstance(cause, OSError):
-            raise
-        raise ValueError(
-            f"--port {port}: cannot listen on 127.0.0.1 ({cause.strerror or cause}); "
-            "give another port, or 0 for a free one"
-        ) from None
-    if not isinstance(url, str):
-        raise TypeError("the gateway in webhook mode starts with its URL")
-    return url
 
 
 # -- the command --------------------------------------------------------------------------------

@@ -448,7 +448,12 @@ async def test_run_without_a_wallet_is_one_clear_line(cli: Cli) -> None:
 
 
 async def test_run_with_a_malformed_setting_is_one_clear_line(cli: Cli) -> None:
-    env = {**cli.environment(), "WALLET_ADDRESS": WALLET, "I3LANI_ACTIVE_SHARE": "lots"}
+    env = {
+        **cli.environment(),
+        "WALLET_ADDRESS": WALLET,
+        "BOT_TOKEN": "1:x",
+        "I3LANI_ACTIVE_SHARE": "lots",
+    }
     with anyio.fail_after(40):
         result = await anyio.run_process([I3LANI, "run"], env=env, check=False)
     assert result.returncode == 1
@@ -456,6 +461,36 @@ async def test_run_with_a_malformed_setting_is_one_clear_line(cli: Cli) -> None:
         "i3lani run: I3LANI_ACTIVE_SHARE must be a decimal from 0 to 1 such as 0.45 (a dot, no "
         "sign, no exponent), got 'lots'"
     ]
+
+
+async def test_every_problem_is_reported_at_once_before_any_server_starts(
+    cli: Cli, tmp_path: Path
+) -> None:
+    """Five variables wrong: five lines, one each, and the embedded server never started (its
+    data directory was not even made, and nothing of it reached the terminal)."""
+    env = {k: v for k, v in cli.environment().items() if k != "DATABASE_URL"}
+    env |= {
+        "I3LANI_HOME": str(tmp_path / "home"),
+        "WALLET_ADDRESS": "EQ-not-an-address",
+        "I3LANI_LEASE_TTL": "soon",
+        "I3LANI_PLANS": "week:7",
+        "I3LANI_LOG_LEVEL": "LOUD",
+    }
+    env.pop("BOT_TOKEN", None)
+    with anyio.fail_after(40):
+        result = await anyio.run_process([I3LANI, "run"], env=env, check=False)
+    assert result.returncode == 1
+    assert result.stdout == b""
+    found = lines(result.stderr)
+    assert [line.split(":")[1].split()[0] for line in found] == [
+        "I3LANI_LOG_LEVEL",
+        "I3LANI_LEASE_TTL",
+        "WALLET_ADDRESS",
+        "I3LANI_PLANS",
+        "BOT_TOKEN",
+    ]
+    assert all(line.startswith("i3lani run: ") for line in found)
+    assert not (tmp_path / "home").exists()
 
 
 async def test_status_lists_queued_work_and_dead_letters(cli: Cli, store: EventStore) -> None:
