@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import os
 import random
 import signal
@@ -13,6 +14,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, Final, TextIO
 
 import anyio
@@ -54,6 +56,7 @@ from ops.demo_options import (
     DemoOptions,
 )
 from store import EventStore, redact_dsn
+from store.database import i3lani_home
 from store.records import START
 
 EXIT_OK: Final = 0
@@ -99,6 +102,8 @@ class _Stopper:
 
 
 # -- the database -------------------------------------------------------------------------------
+DEMO_LOG: Final = "demo.log"
+"""The file under ``$I3LANI_HOME`` that ``i3lani demo`` logs to (replaced on each run)."""
 DEMO_MARK: Final = "i3lani demo: dropped and recreated by every `i3lani demo` run"
 """The comment on a database the demo created: the only kind it will drop."""
 
@@ -108,6 +113,47 @@ async def prepare_database(server_dsn: str, name: str) -> str:
     DSN. Only a database an earlier demo created (its comment is :data:`DEMO_MARK`) is ever
     dropped (see :func:`ops.local.prepare_database`)."""
     return await local.prepare_database(server_dsn, name, mark=DEMO_MARK, made_by="i3lani demo")
+
+
+# -- logging -----------------------------------------------------------------------------------
+@dataclass
+class _Logged:
+    """Where log records go during the run, and how many were warnings or worse."""
+
+    path: Path | None = None
+    warnings: int = 0
+
+
+class _Counting(logging.Handler):
+    def __init__(self, logged: _Logged) -> None:
+        super().__init__(logging.WARNING)
+        self.logged = logged
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.logged.warnings += 1
+
+
+@contextlib.contextmanager
+def _logging_to(path: Path | None) -> Iterator[_Logged]:
+    """While inside, the root logger writes to ``path`` (replaced) instead of its handlers
+    (the terminal's stderr): the demo tells its story on stdout as events arrive, and a log
+    line would break into it. Records are counted, to say at the end how many warnings went
+    to the file. ``None``: logging is left as it is."""
+    logged = _Logged(path)
+    if path is None:
+        yield logged
+        return
+    root = logging.getLogger()
+    saved = root.handlers[:]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, mode="w", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.handlers = [handler, _Counting(logged)]
+    try:
+        yield logged
+    finally:
+        root.handlers = saved
+        handler.close()
 
 
 # -- the run ------------------------------------------------------------------------------------
@@ -130,12 +176,12 @@ class _Tally:
 
     users: int = 0
     referred: int = 0
-    payments: int = 0
-    confirmed: int = 0
+    payments: set[int] = field(default_factory=set)  # created
+    confirmed: set[int] = field(default_factory=set)
     overpaid: int = 0
-    underpaid: int = 0
-    late: int = 0
-    expired: int = 0
+    underpaid: set[int] = field(default_factory=set)  # an underpaid transfer recorded
+    late: set[int] = field(default_factory=set)  # paid after it expired
+    expired: set[int] = field(default_factory=set)
     subscriptions: int = 0
     earned: Counter[str] = field(default_factory=Counter)
     credited: int = 0
@@ -157,17 +203,17 @@ class _Tally:
                 self.users += 1
                 self.referred += event.referred_by is not None
             case PaymentCreated():
-                self.payments += 1
+                self.payments.add(event.payment_id)
             case PaymentConfirmed():
-                self.confirmed += 1
+                self.confirmed.add(event.payment_id)
                 self.overpaid += event.overpaid_nanotons > 0
                 self.confirmations[event.payment_id] += 1
             case PaymentUnderpaid():
-                self.underpaid += 1
+                self.underpaid.add(event.payment_id)
             case LatePaymentReceived():
-                self.late += 1
+                self.late.add(event.payment_id)
             case PaymentExpired():
-                self.expired += 1
+                self.expired.add(event.payment_id)
             case SubscriptionActivated():
                 self.subscriptions += 1
             case RewardEarned():
@@ -230,13 +276,7 @@ def _summary(tally: _Tally, report: AuditReport, view: StreamView) -> list[tuple
             f"{tally.users} registered, {tally.referred} of them through a referral",
             "plain",
         ),
-        (
-            "payments",
-            f"{tally.payments} created: {tally.confirmed} confirmed{detail}, "
-            f"{tally.underpaid} underpaid, {tally.late} paid late (kept for review), "
-            f"{tally.expired} expired",
-            "plain",
-        ),
+        ("payments", _payments_text(tally, detail), "plain"),
         *_money_rows(report),
         ("subscriptions", f"{tally.subscriptions} activated", "plain"),
         (
@@ -263,6 +303,27 @@ def _summary(tally: _Tally, report: AuditReport, view: StreamView) -> list[tuple
         hidden = ", ".join(_n(n, what) for what, n in view.skipped.most_common())
         rows.append(("not shown", hidden, "plain"))
     return rows
+
+
+def _payments_text(tally: _Tally, confirmed_detail: str) -> str:
+    """Every payment created, in exactly one of: confirmed, expired unpaid, still open (a demo
+    stopped early leaves some open); with what happened to the unconfirmed ones. Pure."""
+    expired = tally.expired - tally.confirmed
+    still_open = tally.payments - tally.confirmed - expired
+
+    def of_them(ids: set[int]) -> str:
+        notes = []
+        if underpaid := len(ids & tally.underpaid):
+            notes.append(f"{underpaid} underpaid")
+        if late := len(ids & tally.late):
+            notes.append(f"{late} paid after expiry, kept for review")
+        return f" ({'; '.join(notes)})" if notes else ""
+
+    return (
+        f"{len(tally.payments)} created: {len(tally.confirmed)} confirmed{confirmed_detail}, "
+        f"{len(expired)} expired unpaid{of_them(expired)}, "
+        f"{len(still_open)} still open{of_them(still_open)}"
+    )
 
 
 def _money_rows(report: AuditReport) -> list[tuple[str, str, Tone]]:
@@ -324,6 +385,7 @@ def _header(
     bot_api: str,
     webhook: str,
     dashboard: str,
+    log: Path | None,
 ) -> None:
     needed = scenario.end_at / options.speed
     console.say(
@@ -340,6 +402,7 @@ def _header(
         ("dashboard", dashboard),
         ("actors", f"the five product actors, ticking every: {intervals}"),
         ("payments", f"expire {settings.payment_window:g} s after they are created"),
+        *([("log", f"{log} (what the code logs meanwhile)")] if log else []),
     ):
         console.say(f"  {label:<10} {text}")
     console.say(
@@ -365,21 +428,27 @@ async def run_demo(
     *,
     embedded: bool = False,
     handle_signals: bool = False,
+    log_path: Path | None = None,
 ) -> DemoOutcome:
     """Run the demo against ``server_dsn``'s server (see the module docstring).
 
+    ``log_path``: where log records go meanwhile (the file is replaced), so that none breaks
+    into the story told on ``out`` (a crash, for one, is told there from its event already);
     ``embedded`` says the server is the embedded PostgreSQL (for the wording);
     ``handle_signals`` makes SIGINT / SIGTERM stop it cleanly (the console command does; a
     test leaves it off)."""
     stopper = _Stopper()
     try:
-        async with anyio.create_task_group() as tg:
-            if handle_signals:
-                tg.start_soon(stopper.watch_signals)
-            try:
-                outcome = await _demo(server_dsn, options, out, stopper, embedded=embedded)
-            finally:
-                tg.cancel_scope.cancel()
+        with _logging_to(log_path) as logged:
+            async with anyio.create_task_group() as tg:
+                if handle_signals:
+                    tg.start_soon(stopper.watch_signals)
+                try:
+                    outcome = await _demo(
+                        server_dsn, options, out, stopper, embedded=embedded, logged=logged
+                    )
+                finally:
+                    tg.cancel_scope.cancel()
     except BaseExceptionGroup as group:
         # Task groups wrap even a single error: a one-line error stays one (see ops.cli).
         cause = local.single(group)
@@ -390,7 +459,13 @@ async def run_demo(
 
 
 async def _demo(
-    server_dsn: str, options: DemoOptions, out: TextIO, stopper: _Stopper, *, embedded: bool
+    server_dsn: str,
+    options: DemoOptions,
+    out: TextIO,
+    stopper: _Stopper,
+    *,
+    embedded: bool,
+    logged: _Logged,
 ) -> DemoOutcome:
     console = Console(out, color=out.isatty() and not os.environ.get("NO_COLOR"))
     scenario = plan_scenario(options.users, options.seed)
@@ -438,12 +513,16 @@ async def _demo(
             bot_api=bot_api.url,
             webhook=system.webhook_url,
             dashboard=outcome.dashboard_url,
+            log=logged.path,
         )
         watcher = Follower(watch_store, console, view)
         follower = local.Service()
         await tg.start(follower.wrap(watcher.run))
         with stopper.phase():
-            await local.wait_actors_started(supervisor, hint="`I3LANI_LOG_LEVEL=INFO i3lani demo`")
+            await local.wait_actors_started(
+                supervisor,
+                hint=f"`I3LANI_LOG_LEVEL=INFO i3lani demo` (then {logged.path or 'its log'})",
+            )
 
         deadline = datetime.now(UTC) + timedelta(seconds=options.duration)
         async with httpx.AsyncClient(base_url=url, timeout=30.0) as client:
@@ -505,6 +584,11 @@ async def _demo(
     console.say()
     for text, tone in _audit_lines(report):
         console.say(text, tone)
+    if logged.warnings:
+        console.say(
+            f"{_n(logged.warnings, 'warnings')} or errors were logged meanwhile: {logged.path}",
+            "warn",
+        )
     console.say(
         f"The demo's log stays in database {options.database} on {where} until the next demo "
         f"replaces it: `i3lani events --database {options.database}` shows it, "
@@ -526,5 +610,12 @@ async def demo_command(dsn: str, args: argparse.Namespace, out: TextIO) -> int:
         database=args.database,
     )
     embedded = not os.environ.get("DATABASE_URL", "").strip()  # as store.database_url() decides
-    outcome = await run_demo(dsn, options, out, embedded=embedded, handle_signals=True)
+    outcome = await run_demo(
+        dsn,
+        options,
+        out,
+        embedded=embedded,
+        handle_signals=True,
+        log_path=i3lani_home() / DEMO_LOG,
+    )
     return outcome.exit_code
