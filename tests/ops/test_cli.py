@@ -493,6 +493,23 @@ async def test_every_problem_is_reported_at_once_before_any_server_starts(
     assert not (tmp_path / "home").exists()
 
 
+@pytest.mark.process
+async def test_the_embedded_servers_messages_go_to_a_file_not_the_terminal(
+    clean_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Even at INFO, a command on a fresh embedded server says only what i3lani does; the
+    starter's pg_ctl and initdb output (some 70 lines) is in $I3LANI_HOME/embedded-postgres.log."""
+    home = tmp_path / "home"
+    env = {**clean_env, "I3LANI_HOME": str(home), "I3LANI_LOG_LEVEL": "INFO"}
+    with anyio.fail_after(60):
+        result = await anyio.run_process([I3LANI, "migrate"], env=env, check=False)
+    assert result.returncode == 0, result.stderr.decode()
+    said = lines(result.stderr)
+    assert said, "INFO shows what i3lani itself does"
+    assert all(" INFO store." in line for line in said), said
+    assert "pg_ctl" in (home / "embedded-postgres.log").read_text()
+
+
 async def test_status_lists_queued_work_and_dead_letters(cli: Cli, store: EventStore) -> None:
     import msgspec
 
