@@ -754,7 +754,7 @@ async def cmd_demo(dsn: str, args: argparse.Namespace, out: TextIO) -> int:
 async def cmd_dev(dsn: str, args: argparse.Namespace, out: TextIO) -> int:
     from ops import dev
 
-    return await dev.dev_command(dsn, args, out)
+    return await dev.dev_command(dsn, args, out, node=node_name())
 
 
 COMMANDS: dict[str, Callable[[str, argparse.Namespace, TextIO], Awaitable[int]]] = {

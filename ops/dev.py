@@ -81,11 +81,9 @@ def _settings(base: Settings, tonapi: TonApiStandIn, bot_api: BotApiStandIn) -> 
     )
 
 
-async def dev_command(server_dsn: str, args: argparse.Namespace, out: TextIO) -> int:
-    """``i3lani dev``: runs until SIGINT / SIGTERM, then stops the gateway and the actors
-    gracefully; 0."""
-    from ops.cli import node_name
-
+async def dev_command(server_dsn: str, args: argparse.Namespace, out: TextIO, *, node: str) -> int:
+    """``i3lani dev`` as node ``node``: runs until SIGINT / SIGTERM, then stops the gateway and
+    the actors gracefully; 0."""
     base = load_settings()
     embedded = configured_database_url() is None
     where = "the embedded PostgreSQL" if embedded else f"the server of {redact_dsn(server_dsn)}"
@@ -103,7 +101,7 @@ async def dev_command(server_dsn: str, args: argparse.Namespace, out: TextIO) ->
             bot_token=local.bot_token_for(secrets.randbits(32)),
             settings_for=lambda tonapi, bot_api: _settings(base, tonapi, bot_api),
             specs_for=lambda settings: child_specs(DEFAULT_ACTORS, settings),
-            node=node_name(),
+            node=node,
             port=args.port,
             admin_token=os.environ.get("ADMIN_TOKEN") or None,
         )
