@@ -9,7 +9,6 @@ import re
 import signal
 import sys
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -191,17 +190,9 @@ async def test_the_database_named_by_database_url_is_refused(dsn: str) -> None:
 
 
 @pytest.fixture
-async def demo_database(server_dsn: str) -> AsyncIterator[str]:
+def demo_database(scratch_database: str) -> str:
     """A name for the demo's database, dropped after the test."""
-    name = f"i3lani_demo_t_{uuid.uuid4().hex[:10]}"
-    try:
-        yield name
-    finally:
-        admin = await asyncpg.connect(with_database(server_dsn, "postgres"))
-        try:
-            await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        finally:
-            await admin.close()
+    return scratch_database
 
 
 async def test_only_a_database_the_demo_created_is_ever_dropped(
