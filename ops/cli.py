@@ -23,6 +23,13 @@
     i3lani demo [--duration S] [--speed F] [--users N] [--port P] [--seed S] [--database NAME]
                                     everything at once with simulated users, in its own
                                     database (recreated each run), shown live, then audited
+    i3lani dev [--port P] [--database NAME]
+                                    the stand-ins, a worker and the gateway with its dashboard
+                                    on this machine until Ctrl-C, in its own database
+
+Every command that opens the log takes ``--database NAME``: another database of the same
+server (the demo's ``i3lani_demo``, dev's ``i3lani_dev``). Every variable a command reads is
+checked before anything starts, and every problem reported at once, one line each.
 
 ``DATABASE_URL`` selects the database; unset, an embedded PostgreSQL is started under
 ``$I3LANI_HOME`` (default ``./.i3lani``). Errors are one line on stderr and a non-zero exit.
@@ -252,6 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 _OWN_DATABASE: Final = frozenset({"demo", "dev", "simulate"})
 """Commands whose ``--database`` means their own database (or that have none)."""
+_READS_SETTINGS: Final = frozenset({"run", "gateway", "dev", "audit", "reconcile"})
+"""Commands that read the actors' settings (``health`` too, with ``--now``)."""
 LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
@@ -802,10 +811,11 @@ def check_environment(args: argparse.Namespace, env: Mapping[str, str] = os.envi
     """Every variable ``args.command`` reads, checked before anything starts (the embedded
     server included): ConfigError naming each problem, one line each.
 
-    The database's (``DATABASE_URL``, the lease and the session bounds) and the actors'
-    settings for every command that opens the log; the gateway's for ``gateway``; and what
-    ``run`` and ``gateway`` cannot start without (the wallet, the bot's token, the webhook's
-    secret, the port)."""
+    The database's (``DATABASE_URL``, the lease and the session bounds) for every command that
+    opens the log; the actors' settings for the commands that read them (not ``status`` or
+    ``restart``: an operator looking into a worker that refuses its settings must still be
+    able to look); the gateway's for ``gateway``; and what ``run`` and ``gateway`` cannot
+    start without (the wallet, the bot's token, the webhook's secret, the port)."""
     from actors.catalog import missing_settings
 
     check = ConfigCheck()
@@ -819,7 +829,8 @@ def check_environment(args: argparse.Namespace, env: Mapping[str, str] = os.envi
         return
     check.read(lambda: configured_database_url(env), None)
     check.read(lambda: SessionLimits.from_env(env), None)
-    check.read(lambda: load_settings(env), None)
+    if args.command in _READS_SETTINGS or (args.command == "health" and args.now):
+        check.read(lambda: load_settings(env), None)
     if args.command == "run":  # what is missing, whether or not the rest is well-formed
         check.problems += missing_settings(
             args.actors or DEFAULT_ACTORS,

@@ -493,6 +493,21 @@ async def test_every_problem_is_reported_at_once_before_any_server_starts(
     assert not (tmp_path / "home").exists()
 
 
+async def test_status_still_answers_when_the_workers_settings_are_malformed(cli: Cli) -> None:
+    """An operator looking into a worker that refuses its settings can still look."""
+    env = {**cli.environment(), "WALLET_ADDRESS": "EQ-oops", "I3LANI_PLANS": "week:7"}
+    with anyio.fail_after(40):
+        status = await anyio.run_process([I3LANI, "status"], env=env, check=False)
+        run = await anyio.run_process([I3LANI, "run"], env=env, check=False)
+    assert status.returncode == 0, status.stderr.decode()
+    assert run.returncode == 1
+    assert [line.split(":")[1].split()[0] for line in lines(run.stderr)] == [
+        "WALLET_ADDRESS",
+        "I3LANI_PLANS",
+        "BOT_TOKEN",
+    ]
+
+
 @pytest.mark.process
 async def test_the_embedded_servers_messages_go_to_a_file_not_the_terminal(
     clean_env: dict[str, str], tmp_path: Path
