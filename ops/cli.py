@@ -789,17 +789,19 @@ COMMANDS: dict[str, Callable[[str, argparse.Namespace, TextIO], Awaitable[int]]]
 
 async def _run(args: argparse.Namespace, out: TextIO) -> int:
     database = None if args.command in _OWN_DATABASE else args.database
-    async with database_url(database=database) as dsn:
+    async with database_url() as dsn:
         if database is not None:
             await _check_exists(dsn, database)
+            dsn = with_database(dsn, database)
         return await COMMANDS[args.command](dsn, args, out)
 
 
-async def _check_exists(dsn: str, database: str) -> None:
-    """ConfigError (one line) when ``--database`` names no database of the server."""
+async def _check_exists(server_dsn: str, database: str) -> None:
+    """ConfigError (one line) when ``--database`` names no database of ``server_dsn``'s
+    server (asked through the database ``server_dsn`` names, which the user can reach)."""
     from store.admin import database_exists
 
-    exists, _ = await database_exists(with_database(dsn, "postgres"), database)
+    exists, _ = await database_exists(server_dsn, database)
     if not exists:
         raise ConfigError(
             f"--database {database}: the server has no such database "

@@ -196,14 +196,11 @@ def configured_database_url(env: Mapping[str, str] = os.environ) -> str | None:
 
 
 @asynccontextmanager
-async def database_url(
-    env: Mapping[str, str] = os.environ, *, database: str | None = None
-) -> AsyncIterator[str]:
-    """Yield the DSN to use: ``DATABASE_URL`` when set, else the embedded server's; with
-    ``database``, that database on the same server, with the same credentials."""
+async def database_url(env: Mapping[str, str] = os.environ) -> AsyncIterator[str]:
+    """Yield the DSN to use: ``DATABASE_URL`` when set, else the embedded server's."""
     configured = configured_database_url(env)
     if configured:
-        yield configured if database is None else with_database(configured, database)
+        yield configured
         return
     async with embedded_postgres(i3lani_home(env) / "pgdata") as dsn:
-        yield dsn if database is None else with_database(dsn, database)
+        yield dsn

@@ -493,6 +493,22 @@ async def test_every_problem_is_reported_at_once_before_any_server_starts(
     assert not (tmp_path / "home").exists()
 
 
+async def test_database_names_another_database_of_the_server(cli: Cli, store: EventStore) -> None:
+    await store.append("payment-7", [payment_created(7)])
+    database = urlsplit(cli.database_url).path.removeprefix("/")
+    other = with_database(cli.database_url, "postgres")
+    shown = await cli("events", "--database", database, database_url=other)
+    assert shown.returncode == 0, shown.stderr.decode()
+    assert "PaymentCreated" in shown.stdout.decode()
+    missing = await cli("status", "--database", "no_such_db", database_url=other)
+    assert missing.returncode == 1
+    assert missing.stdout == b""
+    assert lines(missing.stderr) == [
+        "i3lani status: --database no_such_db: the server has no such database (`i3lani demo` "
+        "and `i3lani dev` make theirs: i3lani_demo, i3lani_dev)"
+    ]
+
+
 async def test_status_still_answers_when_the_workers_settings_are_malformed(cli: Cli) -> None:
     """An operator looking into a worker that refuses its settings can still look."""
     env = {**cli.environment(), "WALLET_ADDRESS": "EQ-oops", "I3LANI_PLANS": "week:7"}
