@@ -8,7 +8,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install lock demo run test check lint typecheck pytest browser bench clean simulate \
+.PHONY: install lock demo dev run test check lint typecheck pytest browser bench clean simulate \
 	test-pure test-memory test-postgres test-process test-browser test-simulation
 
 ## The development environment: the production packages plus the extras, every one at the
@@ -31,7 +31,14 @@ lock:
 ## The main job, shown end to end: embedded PostgreSQL, stand-ins, supervisor, actors, gateway,
 ## simulated users; prints the event stream live, the dashboard URL and an audit summary.
 demo: $(STAMP)
-	$(BIN)/i3lani demo $(DEMO_ARGS)
+	@$(BIN)/i3lani demo $(DEMO_ARGS); code=$$?; $(ACTIVATE_HINT); exit $$code
+
+## A local worker: the stand-ins, the product actors and the gateway with its dashboard, in
+## its own database, until Ctrl-C; prints what to type in a second shell.
+dev: $(STAMP)
+	@$(BIN)/i3lani dev $(DEV_ARGS); code=$$?; $(ACTIVATE_HINT); exit $$code
+
+ACTIVATE_HINT = echo "(the i3lani command is in $(VENV)/bin: \`source $(VENV)/bin/activate\` puts it on PATH in this shell)"
 
 ## Bring the schema up to date and summarise the event log.
 run: $(STAMP)

@@ -29,6 +29,7 @@ __all__ = [
     "tick_intervals",
     "UnknownActor",
     "check_requirements",
+    "missing_settings",
 ]
 
 
@@ -45,15 +46,30 @@ def tick_intervals(settings: Settings, names: Sequence[str] = PRODUCT_ACTORS) ->
     return {name: intervals[name] for name in names if name in intervals}
 
 
-def check_requirements(names: Sequence[str], settings: Settings) -> None:
-    """ConfigError (one line) when a chosen actor lacks a setting it cannot run without."""
-    if "PaymentMonitor" in names:
-        settings.wallet_address()
-    if "ChannelAnalytics" in names and not settings.bot_token:
-        raise ConfigError(
+def missing_settings(names: Sequence[str], *, wallet: bool, bot_token: bool) -> list[str]:
+    """A line for each setting the chosen actors cannot run without and do not have. Pure."""
+    missing = []
+    if "PaymentMonitor" in names and not wallet:
+        missing.append(
+            "WALLET_ADDRESS is not set: PaymentMonitor needs the TON wallet that receives "
+            "payments (raw 0:<hex> or user-friendly EQ.../UQ...), or leave it out with --actors"
+        )
+    if "ChannelAnalytics" in names and not bot_token:
+        missing.append(
             "BOT_TOKEN is not set: ChannelAnalytics needs the bot's token "
             "(or leave it out with --actors)"
         )
+    return missing
+
+
+def check_requirements(names: Sequence[str], settings: Settings) -> None:
+    """ConfigError (a line per setting) when chosen actors lack settings they cannot run
+    without."""
+    missing = missing_settings(
+        names, wallet=bool(settings.wallet), bot_token=bool(settings.bot_token)
+    )
+    if missing:
+        raise ConfigError(*missing)
 
 
 def _factory(name: str, settings: Settings, watched: Sequence[str]) -> Callable[[], Actor[Any]]:

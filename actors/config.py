@@ -74,9 +74,9 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from fractions import Fraction
-from typing import Final
+from typing import Final, TypeVar
 
 import msgspec
 
@@ -87,6 +87,7 @@ __all__ = [
     "Plan",
     "Settings",
     "load_settings",
+    "ConfigCheck",
     "active_subscribers",
     "channel_price",
     "share_text",
@@ -104,6 +105,7 @@ DEFAULT_SHARE: Final = Fraction(45, 100)
 _SHARE_RE: Final = re.compile(r"[0-9]+(?:\.(?P<fraction>[0-9]+))?", re.ASCII)
 _DAYS_RE: Final = re.compile(r"[0-9]+", re.ASCII)
 _ID_RE: Final = re.compile(r"-?[0-9]+", re.ASCII)
+_T = TypeVar("_T")
 
 
 class Plan(msgspec.Struct, frozen=True):
@@ -310,43 +312,80 @@ def _plans(text: str) -> tuple[Plan, ...]:
     return tuple(plans)
 
 
+class ConfigCheck:
+    """Reads settings one by one and keeps every problem, for one report of them all.
+
+    An operator who sets five variables wrong hears of all five at once, one line each,
+    instead of one per attempt: each reader's :class:`ConfigError` is kept and its fallback
+    used, so the readers after it still run; :meth:`done` raises them together.
+    """
+
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+
+    def read(self, reader: Callable[[], _T], fallback: _T) -> _T:
+        """``reader()``, or ``fallback`` with its problems kept."""
+        try:
+            return reader()
+        except ConfigError as exc:
+            self.problems.extend(exc.problems)
+            return fallback
+
+    def done(self) -> None:
+        """ConfigError with every problem kept, one per line; nothing when there is none."""
+        if self.problems:
+            raise ConfigError(*self.problems)
+
+
 def load_settings(env: Mapping[str, str] = os.environ) -> Settings:
-    """Settings from ``env``; ConfigError (one line) on the first malformed variable."""
+    """Settings from ``env``; ConfigError naming every malformed variable, one line each."""
+    check = ConfigCheck()
+    day = 24 * 3600.0
+    d = Settings()
+
+    def number(name: str, default: float, *, low: float, high: float) -> float:
+        return check.read(lambda: _number(env, name, default, low=low, high=high), default)
+
+    def ton(name: str, default: int, *, step: int = 1) -> int:
+        return check.read(lambda: _ton(env, name, default, step=step), default)
+
+    settings = Settings(
+        tonapi_url=(env.get("TONAPI_URL") or d.tonapi_url).rstrip("/"),
+        tonapi_key=env.get("TONAPI_KEY") or None,
+        telegram_api_url=(env.get("TELEGRAM_API_URL") or "").rstrip("/") or None,
+        bot_token=env.get("BOT_TOKEN") or None,
+        wallet=check.read(lambda: _wallet(env), None),
+        admin_ids=check.read(lambda: _admin_ids(env.get("ADMIN_IDS", "")), ()),
+        payment_interval=number("I3LANI_PAYMENT_INTERVAL", 30.0, low=0.05, high=day),
+        reward_interval=number("I3LANI_REWARD_INTERVAL", 300.0, low=0.05, high=day),
+        analytics_interval=number("I3LANI_ANALYTICS_INTERVAL", 6 * 3600.0, low=0.05, high=7 * day),
+        cleanup_interval=number("I3LANI_CLEANUP_INTERVAL", day, low=0.05, high=7 * day),
+        health_interval=number("I3LANI_HEALTH_INTERVAL", 900.0, low=0.05, high=day),
+        seal_interval=number("I3LANI_SEAL_INTERVAL", 3600.0, low=0.05, high=day),
+        payment_window=number("I3LANI_PAYMENT_WINDOW", 3600.0, low=1.0, high=30 * day),
+        active_share=check.read(
+            lambda: _share(env, "I3LANI_ACTIVE_SHARE", d.active_share), d.active_share
+        ),
+        price_per_1000_nanotons=ton("I3LANI_PRICE_PER_1000", d.price_per_1000_nanotons),
+        min_price_nanotons=ton("I3LANI_MIN_PRICE", d.min_price_nanotons, step=PRICE_STEP),
+        plans=check.read(
+            lambda: _plans(env["I3LANI_PLANS"]) if env.get("I3LANI_PLANS") else d.plans, d.plans
+        ),
+        max_balance_nanotons=ton("I3LANI_MAX_BALANCE", d.max_balance_nanotons),
+        task_retention_days=number("I3LANI_TASK_RETENTION", 7.0, low=0.0, high=3650.0),
+        health_retention_days=number("I3LANI_HEALTH_RETENTION", 30.0, low=0.0, high=3650.0),
+        task_retry_delay=number("I3LANI_TASK_RETRY_DELAY", 30.0, low=0.0, high=day),
+        task_lock_timeout=number("I3LANI_TASK_LOCK_TIMEOUT", 30.0, low=1.0, high=day),
+    )
+    check.done()
+    return settings
+
+
+def _wallet(env: Mapping[str, str]) -> str | None:
     wallet = env.get("WALLET_ADDRESS") or None
     if wallet is not None:
         try:
             Address.parse(wallet)
         except InvalidAddress as exc:
             raise ConfigError(f"WALLET_ADDRESS: {exc}") from None
-    day = 24 * 3600.0
-    defaults = Settings()
-    return Settings(
-        tonapi_url=(env.get("TONAPI_URL") or defaults.tonapi_url).rstrip("/"),
-        tonapi_key=env.get("TONAPI_KEY") or None,
-        telegram_api_url=(env.get("TELEGRAM_API_URL") or "").rstrip("/") or None,
-        bot_token=env.get("BOT_TOKEN") or None,
-        wallet=wallet,
-        admin_ids=_admin_ids(env.get("ADMIN_IDS", "")),
-        payment_interval=_number(env, "I3LANI_PAYMENT_INTERVAL", 30.0, low=0.05, high=day),
-        reward_interval=_number(env, "I3LANI_REWARD_INTERVAL", 300.0, low=0.05, high=day),
-        analytics_interval=_number(
-            env, "I3LANI_ANALYTICS_INTERVAL", 6 * 3600.0, low=0.05, high=7 * day
-        ),
-        cleanup_interval=_number(env, "I3LANI_CLEANUP_INTERVAL", day, low=0.05, high=7 * day),
-        health_interval=_number(env, "I3LANI_HEALTH_INTERVAL", 900.0, low=0.05, high=day),
-        seal_interval=_number(env, "I3LANI_SEAL_INTERVAL", 3600.0, low=0.05, high=day),
-        payment_window=_number(env, "I3LANI_PAYMENT_WINDOW", 3600.0, low=1.0, high=30 * day),
-        active_share=_share(env, "I3LANI_ACTIVE_SHARE", defaults.active_share),
-        price_per_1000_nanotons=_ton(
-            env, "I3LANI_PRICE_PER_1000", defaults.price_per_1000_nanotons
-        ),
-        min_price_nanotons=_ton(
-            env, "I3LANI_MIN_PRICE", defaults.min_price_nanotons, step=PRICE_STEP
-        ),
-        plans=_plans(env["I3LANI_PLANS"]) if env.get("I3LANI_PLANS") else defaults.plans,
-        max_balance_nanotons=_ton(env, "I3LANI_MAX_BALANCE", defaults.max_balance_nanotons),
-        task_retention_days=_number(env, "I3LANI_TASK_RETENTION", 7.0, low=0.0, high=3650.0),
-        health_retention_days=_number(env, "I3LANI_HEALTH_RETENTION", 30.0, low=0.0, high=3650.0),
-        task_retry_delay=_number(env, "I3LANI_TASK_RETRY_DELAY", 30.0, low=0.0, high=day),
-        task_lock_timeout=_number(env, "I3LANI_TASK_LOCK_TIMEOUT", 30.0, low=1.0, high=day),
-    )
+    return wallet

@@ -15,13 +15,26 @@ import uuid
 from datetime import datetime
 from typing import Final, Literal
 
+import msgspec
+
 from actors.names import ACTOR_NAMES, UnknownActor
+from actors.runtime.status import ActorStatus
 from events import EventMetadata, OperatorCommandIssued, environment
+from events.errors import I3laniError
 from events.streams import OPS_COMMANDS
 from store import AppendResult, EventStore, NewEvent
 from store.memory import MemoryLog
 
-__all__ = ["ACTIONS", "Action", "UnknownAction", "operator_command", "issue_command"]
+__all__ = [
+    "ACTIONS",
+    "Action",
+    "CommandRefused",
+    "Outlook",
+    "UnknownAction",
+    "command_outlook",
+    "operator_command",
+    "issue_command",
+]
 
 Action = Literal["restart", "stop", "start"]
 ACTIONS: Final[dict[str, Action]] = {"restart": "restart", "stop": "stop", "start": "start"}
@@ -74,3 +87,94 @@ async def issue_command(
         [NewEvent(event=command, event_id=event_id or environment.new_uuid())],
         metadata=EventMetadata(caused_by=command.requested_by),
     )
+
+
+class CommandRefused(I3laniError):
+    """An operator command that nothing would act on: refused, and nothing recorded."""
+
+
+class Outlook(msgspec.Struct, frozen=True, kw_only=True):
+    """What an operator command will do, judged before it is recorded (:func:`command_outlook`).
+
+    ``record``: append it (a node is there to act on it, or what it asks lasts until one is);
+    ``wait``: a node holds the actor and acts within a second or two, worth waiting for;
+    ``refused``: nothing can act on it, so nothing is recorded and the command fails;
+    ``message``: the one line that says so, when there is something to say before waiting.
+    """
+
+    record: bool
+    wait: bool
+    refused: bool = False
+    message: str = ""
+
+
+def command_outlook(action: Action, status: ActorStatus) -> Outlook:
+    """What ``action`` on the actor in ``status`` will do, truthfully. Pure.
+
+    Only the node holding an actor's live lease acts on a restart (a node that takes the lease
+    later starts afresh and ignores the commands before its grant), while stop and start last:
+    they set what the actor should be (:func:`store.views.desired_state`), which every node
+    reads before it takes the lease. So:
+
+    1. A live lease: record it and wait for the node to act.
+    2. Restart, no live lease: nothing would act on it; refused, nothing recorded (recording it
+       would even start a stopped actor later, as it counts as asking for it to run).
+    3. Stop, no live lease: recorded; it stays stopped, on every node, until started.
+    4. Start, no live lease, stopped or parked: recorded; a worker with it starts it (wait, in
+       case one stands by).
+    5. Start, no live lease, not stopped: nothing to start, nothing recorded.
+    """
+    name = status.actor
+    # 1. Someone is running it (or backing it off): it acts now.
+    if status.lease_live:
+        if action == "start" and status.desired == "running" and status.state == "running":
+            return Outlook(
+                record=False,
+                wait=False,
+                message=f"{name} already runs on {status.node}: nothing to start, nothing recorded",
+            )
+        return Outlook(record=True, wait=True)
+    where = _where(status)
+    stopped = status.desired in ("stopped", "parked")
+    if action == "restart":
+        # 2. Nothing would act on it.
+        then = (
+            f"`i3lani start {name}` starts it"
+            if stopped
+            else "a worker started with it (`i3lani run`) starts it afresh"
+        )
+        return Outlook(
+            record=False,
+            wait=False,
+            refused=True,
+            message=f"no node runs {name} ({where}): nothing to restart, nothing recorded; " + then,
+        )
+    if action == "stop":
+        # 3. Lasts until a start.
+        return Outlook(
+            record=True,
+            wait=False,
+            message=f"no node runs {name} ({where}); recorded: it stays stopped, and no "
+            f"worker starts it until `i3lani start {name}`",
+        )
+    if stopped:
+        # 4. A worker standing by starts it now; any worker started with it later.
+        return Outlook(record=True, wait=True)
+    # 5. Already wanted running.
+    return Outlook(
+        record=False,
+        wait=False,
+        message=f"{name} is not stopped ({where}): nothing to start, nothing recorded; a "
+        "worker started with it (`i3lani run`) runs it",
+    )
+
+
+def _where(status: ActorStatus) -> str:
+    """Where the actor stands, for a message: ``never started``, ``stopped by ...``."""
+    if status.state == "never started":
+        return "never started"
+    if status.stop_reason and status.state in ("stopped", "parked"):
+        return f"{status.state}: {status.stop_reason}"
+    if status.node:
+        return f"its lease on {status.node} has expired"
+    return status.state

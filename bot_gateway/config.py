@@ -31,6 +31,7 @@ from typing import Final
 
 import msgspec
 
+from actors.config import ConfigCheck
 from actors.ton import InvalidAmount, parse_ton
 from events import NANOTONS_PER_TON
 from events.errors import ConfigError
@@ -106,26 +107,34 @@ def _reward(env: Mapping[str, str], name: str) -> int:
 
 
 def load_gateway_config(env: Mapping[str, str] = os.environ) -> GatewayConfig:
-    """The gateway's settings from ``env``; ConfigError (one line) on a malformed value."""
+    """The gateway's settings from ``env``; ConfigError naming every malformed variable, one
+    line each."""
+    check = ConfigCheck()
     secret = env.get("WEBHOOK_SECRET") or None
     if secret is not None:
-        check_webhook_secret(secret)
+        check.read(lambda: check_webhook_secret(secret), secret)
     url = (env.get("WEBHOOK_URL") or env.get("RENDER_EXTERNAL_URL") or "").rstrip("/") or None
     if url is not None and not url.startswith("https://"):
-        raise ConfigError(
+        check.problems.append(
             f"WEBHOOK_URL must be an https:// URL (Telegram requires it), got {url!r}"
         )
     path = env.get("I3LANI_WEBHOOK_PATH") or "/telegram/webhook"
     if not path.startswith("/"):
-        raise ConfigError(f"I3LANI_WEBHOOK_PATH must start with /, got {path!r}")
+        check.problems.append(f"I3LANI_WEBHOOK_PATH must start with /, got {path!r}")
     admin_token = env.get("ADMIN_TOKEN") or None
     if admin_token is not None:
-        check_admin_token(admin_token)
-    return GatewayConfig(
+        check.read(lambda: check_admin_token(admin_token), admin_token)
+    config = GatewayConfig(
         admin_token=admin_token,
         webhook_secret=secret,
         webhook_url=url,
         webhook_path=path,
-        referral_reward_nanotons=_reward(env, "I3LANI_REFERRAL_REWARD"),
-        channel_reward_nanotons=_reward(env, "I3LANI_CHANNEL_REWARD"),
+        referral_reward_nanotons=check.read(
+            lambda: _reward(env, "I3LANI_REFERRAL_REWARD"), DEFAULT_REWARD
+        ),
+        channel_reward_nanotons=check.read(
+            lambda: _reward(env, "I3LANI_CHANNEL_REWARD"), DEFAULT_REWARD
+        ),
     )
+    check.done()
+    return config

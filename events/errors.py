@@ -23,6 +23,7 @@ errors (asyncpg, httpx) are translated once, at the boundary that meets them, wi
     ├── actors.tonapi.TonApiError   TonAPI refused a request (TonApiUnavailable: retry later)
     ├── actors.telegram.TelegramUnavailable   the Bot API cannot be reached
     ├── actors.reward_processor.RewardRefused   a credit the rules refuse (balance cap)
+    ├── actors.control.CommandRefused   an operator command nothing would act on (not recorded)
     └── StoreError                  the event store refused or failed an operation
         ├── ConcurrencyConflict     expected stream version did not hold
         ├── EventIdReused           an event id was appended before with other content
@@ -72,7 +73,14 @@ class I3laniError(Exception):
 
 
 class ConfigError(I3laniError):
-    """The environment is missing a setting or holds a malformed one."""
+    """The environment is missing a setting or holds a malformed one.
+
+    One problem per line: ``problems`` holds each (``ConfigError(a, b)`` reports both, so an
+    operator fixes every variable in one go instead of one per attempt)."""
+
+    def __init__(self, *problems: str) -> None:
+        super().__init__("\n".join(problems))
+        self.problems: tuple[str, ...] = problems
 
 
 class EventError(I3laniError):

@@ -23,6 +23,13 @@
     i3lani demo [--duration S] [--speed F] [--users N] [--port P] [--seed S] [--database NAME]
                                     everything at once with simulated users, in its own
                                     database (recreated each run), shown live, then audited
+    i3lani dev [--port P] [--database NAME]
+                                    the stand-ins, a worker and the gateway with its dashboard
+                                    on this machine until Ctrl-C, in its own database
+
+Every command that opens the log takes ``--database NAME``: another database of the same
+server (the demo's ``i3lani_demo``, dev's ``i3lani_dev``). Every variable a command reads is
+checked before anything starts, and every problem reported at once, one line each.
 
 ``DATABASE_URL`` selects the database; unset, an embedded PostgreSQL is started under
 ``$I3LANI_HOME`` (default ``./.i3lani``). Errors are one line on stderr and a non-zero exit.
@@ -35,25 +42,26 @@ import contextlib
 import getpass
 import logging
 import os
+import re
 import signal
 import socket
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, NoReturn, TextIO
+from typing import TYPE_CHECKING, Final, NoReturn, TextIO
 
 import anyio
 import msgspec
 
-from actors.config import load_settings
-from actors.control import issue_command, operator_command
+from actors.config import ConfigCheck, Settings, load_settings
+from actors.control import CommandRefused, command_outlook, issue_command, operator_command
 from actors.names import ACTOR_NAMES, CATEGORIES, DEFAULT_ACTORS
 from actors.runtime.status import ActorStatus, actor_status
 from actors.tasks import task_types
 from events import HealthChecked
 from events.errors import ConfigError, I3laniError, one_line
 from events.streams import ACTOR, actor_stream
-from ops import audit, demo_options, reconcile, refunds, seals
+from ops import audit, demo_options, dev_options, reconcile, refunds, seals
 from ops.format import event_json, event_line, format_time
 from ops.simulate import cli as simulate_cli
 from store import (
@@ -66,6 +74,8 @@ from store import (
     redact_dsn,
     views,
 )
+from store.database import configured_database_url, with_database
+from store.limits import SessionLimits
 from store.tasks import DeadTask, TaskQueue, TypeCounts
 from supervisor import Supervisor
 
@@ -115,8 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--log-level",
-        default=os.environ.get("I3LANI_LOG_LEVEL", "WARNING"),
-        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        default=None,
+        choices=LOG_LEVELS,
         help="log verbosity on stderr (default WARNING, or $I3LANI_LOG_LEVEL)",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -226,7 +236,40 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="port to bind (default $PORT, else 8080)",
     )
+    dev_options.add_arguments(
+        commands.add_parser(
+            "dev", help="stand-ins, a worker and the gateway with its dashboard, on this machine"
+        )
+    )
+
+    # Every command that reads or writes a log can be pointed at another database of the same
+    # server: the demo's or the dev worker's, kept after they end.
+    for name, command in commands.choices.items():
+        if name not in _OWN_DATABASE:
+            command.add_argument(
+                "--database",
+                type=_database_name,
+                default=None,
+                metavar="NAME",
+                help="another database on the same server as DATABASE_URL (or the embedded "
+                "one), e.g. i3lani_demo",
+            )
     return parser
+
+
+_OWN_DATABASE: Final = frozenset({"demo", "dev", "simulate"})
+"""Commands whose ``--database`` means their own database (or that have none)."""
+_READS_SETTINGS: Final = frozenset({"run", "gateway", "dev", "audit", "reconcile"})
+"""Commands that read the actors' settings (``health`` too, with ``--now``)."""
+LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def _database_name(text: str) -> str:
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,62}", text):
+        raise argparse.ArgumentTypeError(
+            f"expected a plain database name (letters, digits, _), got {one_line(text, 80)!r}"
+        )
+    return text
 
 
 def _actor_list(text: str) -> list[str]:
@@ -596,23 +639,42 @@ async def _check_now(store: EventStore) -> HealthReport:
 
 
 async def cmd_control(dsn: str, args: argparse.Namespace, out: TextIO) -> int:
+    """``restart|stop|start ACTOR``: says what will happen before anything is recorded, records
+    the command only when something will act on it, and (when a node holds the actor) waits to
+    show what it did (:func:`actors.control.command_outlook`)."""
     who = f"cli:{getpass.getuser()}@{socket.gethostname()}"
     command = operator_command(args.command, args.actor, requested_by=who, reason=args.reason)
     await migrate(dsn)
     async with EventStore.open(dsn, min_connections=1, max_connections=2) as store:
+        status = await actor_status(store, args.actor, datetime.now(UTC))
+        outlook = command_outlook(command.action, status)
+        if outlook.refused:
+            raise CommandRefused(outlook.message)
+        if not outlook.record:
+            print(outlook.message, file=out)
+            return EXIT_OK
         result = await issue_command(store, command)
         print(f"{args.command} {args.actor}: requested (command #{result.last_position})", file=out)
-        if args.no_wait:
+        if outlook.message:
+            print(outlook.message, file=out)
+        if args.no_wait or not outlook.wait:
             return EXIT_OK
         acted = await _wait_for_lifecycle(store, args.actor, after=result.last_position)
-    if acted is None:
+    if acted is not None:
+        print(f"{args.actor}: {acted}", file=out)
+    elif status.lease_live:
         print(
-            f"no node acted within 5s: is `i3lani run` running with {args.actor}? "
-            "The command stays in the log and applies when it starts.",
+            f"{args.actor}: its node ({status.node}) did not act within 5 s; it acts on the "
+            "command when it sees it, unless it loses the lease first (a node that takes it "
+            "over starts it afresh): `i3lani status` shows which",
             file=out,
         )
     else:
-        print(f"{args.actor}: {acted}", file=out)
+        print(
+            f"{args.actor}: no node started it within 5 s; the next worker started with it "
+            "(`i3lani run`) does",
+            file=out,
+        )
     return EXIT_OK
 
 
@@ -665,8 +727,8 @@ async def cmd_gateway(dsn: str, args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_OK
 
 
-def _port_from_env() -> int:
-    text = os.environ.get("PORT", "8080")
+def _port_from_env(env: Mapping[str, str] = os.environ) -> int:
+    text = env.get("PORT", "8080")
     try:
         port = int(text)
     except ValueError:
@@ -698,6 +760,12 @@ async def cmd_demo(dsn: str, args: argparse.Namespace, out: TextIO) -> int:
     return await demo.demo_command(dsn, args, out)
 
 
+async def cmd_dev(dsn: str, args: argparse.Namespace, out: TextIO) -> int:
+    from ops import dev
+
+    return await dev.dev_command(dsn, args, out, node=node_name())
+
+
 COMMANDS: dict[str, Callable[[str, argparse.Namespace, TextIO], Awaitable[int]]] = {
     "migrate": cmd_migrate,
     "summary": cmd_summary,
@@ -714,22 +782,100 @@ COMMANDS: dict[str, Callable[[str, argparse.Namespace, TextIO], Awaitable[int]]]
     "refunds": cmd_refunds,
     "reconcile": cmd_reconcile,
     "demo": cmd_demo,
+    "dev": cmd_dev,
     "gateway": cmd_gateway,
 }
 
 
 async def _run(args: argparse.Namespace, out: TextIO) -> int:
+    database = None if args.command in _OWN_DATABASE else args.database
     async with database_url() as dsn:
+        if database is not None:
+            await _check_exists(dsn, database)
+            dsn = with_database(dsn, database)
         return await COMMANDS[args.command](dsn, args, out)
+
+
+async def _check_exists(server_dsn: str, database: str) -> None:
+    """ConfigError (one line) when ``--database`` names no database of ``server_dsn``'s
+    server (asked through the database ``server_dsn`` names, which the user can reach)."""
+    from store.admin import database_exists
+
+    exists, _ = await database_exists(server_dsn, database)
+    if not exists:
+        raise ConfigError(
+            f"--database {database}: the server has no such database "
+            "(`i3lani demo` and `i3lani dev` make theirs: i3lani_demo, i3lani_dev)"
+        )
+
+
+def check_environment(args: argparse.Namespace, env: Mapping[str, str] = os.environ) -> None:
+    """Every variable ``args.command`` reads, checked before anything starts (the embedded
+    server included): ConfigError naming each problem, one line each.
+
+    The database's (``DATABASE_URL``, the lease and the session bounds) for every command that
+    opens the log; the actors' settings for the commands that read them (not ``status`` or
+    ``restart``: an operator looking into a worker that refuses its settings must still be
+    able to look); the gateway's for ``gateway``; and what ``run`` and ``gateway`` cannot
+    start without (the wallet, the bot's token, the webhook's secret, the port)."""
+    from actors.catalog import missing_settings
+
+    check = ConfigCheck()
+    level = env.get("I3LANI_LOG_LEVEL", "").strip()
+    if level and level not in LOG_LEVELS:
+        check.problems.append(
+            f"I3LANI_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got {one_line(level)!r}"
+        )
+    if args.command == "simulate":  # no database, no outside service: the seed is all
+        check.done()
+        return
+    check.read(lambda: configured_database_url(env), None)
+    check.read(lambda: SessionLimits.from_env(env), None)
+    if args.command in _READS_SETTINGS or (args.command == "health" and args.now):
+        check.read(lambda: load_settings(env), None)
+    if args.command == "run":  # what is missing, whether or not the rest is well-formed
+        check.problems += missing_settings(
+            args.actors or DEFAULT_ACTORS,
+            wallet=bool(env.get("WALLET_ADDRESS")),
+            bot_token=bool(env.get("BOT_TOKEN")),
+        )
+    if args.command == "gateway":
+        from bot_gateway.config import check_webhook_secret, load_gateway_config
+
+        mode = args.mode
+        if mode not in ("webhook", "polling"):
+            check.problems.append(
+                f"I3LANI_GATEWAY_MODE must be webhook or polling, got {one_line(mode)!r}"
+            )
+        if not env.get("BOT_TOKEN"):
+            check.read(Settings().require_bot_token, None)
+        config = check.read(lambda: load_gateway_config(env), None)
+        if mode == "webhook" and config is not None and config.webhook_secret is None:
+            check.read(lambda: check_webhook_secret(None), None)
+        if args.port is None:
+            check.read(lambda: _port_from_env(env), None)
+    check.done()
+
+
+def _report(command: str, error: I3laniError) -> None:
+    """An error on stderr, one line per problem, each naming the command."""
+    lines = error.problems if isinstance(error, ConfigError) else (str(error),)
+    for line in lines:
+        print(f"i3lani {command}: {line}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     """Entry point of the ``i3lani`` console script; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    level = args.log_level
-    if args.command == "run" and "--log-level" not in (argv or sys.argv):
-        level = os.environ.get("I3LANI_LOG_LEVEL", "INFO")  # a worker says what it does
+    try:
+        check_environment(args)
+    except ConfigError as exc:
+        _report(args.command, exc)
+        return EXIT_ERROR
+    level = args.log_level or os.environ.get("I3LANI_LOG_LEVEL", "").strip()
+    if not level:
+        level = "INFO" if args.command == "run" else "WARNING"  # a worker says what it does
     logging.basicConfig(
         level=level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -745,7 +891,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
             return simulate_cli.main(args, out or sys.stdout)
         return anyio.run(_run, args, out or sys.stdout, backend="asyncio")
     except I3laniError as exc:
-        print(f"i3lani {args.command}: {exc}", file=sys.stderr)
+        _report(args.command, exc)
         return EXIT_ERROR
     except ValueError as exc:
         print(f"i3lani {args.command}: {exc}", file=sys.stderr)

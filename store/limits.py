@@ -111,14 +111,31 @@ class SessionLimits:
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ, *, application: str = "i3lani") -> Self:
         """The limits configured by ``$I3LANI_LEASE_TTL``, ``$I3LANI_IDLE_TX_TIMEOUT``,
-        ``$I3LANI_STATEMENT_TIMEOUT`` and ``$I3LANI_LOCK_TIMEOUT``; checked."""
+        ``$I3LANI_STATEMENT_TIMEOUT`` and ``$I3LANI_LOCK_TIMEOUT``; checked (ConfigError naming
+        every malformed one, one line each)."""
+        problems: list[str] = []
+
+        def read(name: str) -> float | None:
+            try:
+                return _seconds(env, name)
+            except ConfigError as exc:
+                problems.extend(exc.problems)
+                return None
+
+        try:
+            lease_ttl = lease_ttl_from_env(env)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+            lease_ttl = DEFAULT_LEASE_TTL
         limits = cls(
-            lease_ttl=lease_ttl_from_env(env),
-            idle_in_transaction=_seconds(env, "I3LANI_IDLE_TX_TIMEOUT"),
-            statement=_seconds(env, "I3LANI_STATEMENT_TIMEOUT"),
-            lock=_seconds(env, "I3LANI_LOCK_TIMEOUT"),
+            lease_ttl=lease_ttl,
+            idle_in_transaction=read("I3LANI_IDLE_TX_TIMEOUT"),
+            statement=read("I3LANI_STATEMENT_TIMEOUT"),
+            lock=read("I3LANI_LOCK_TIMEOUT"),
             application=application,
         )
+        if problems:  # the bounds below are only worth checking between well-formed values
+            raise ConfigError(*problems)
         limits.check()
         return limits
 

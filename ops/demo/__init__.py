@@ -6,7 +6,8 @@ services:
 * PostgreSQL: the demo's **own database** (``i3lani_demo`` unless ``--database`` says
   otherwise), dropped and created afresh on every run, on the embedded server when
   ``DATABASE_URL`` is unset, else on ``DATABASE_URL``'s server. Never the database
-  ``DATABASE_URL`` names: a deployment's data is not touched.
+  ``DATABASE_URL`` names: a deployment's data is not touched. It is kept after the run, for
+  ``i3lani audit --database i3lani_demo`` and the other commands.
 * TonAPI and the Bot API: the stand-ins of :mod:`ops.standins` (a simulated chain; a bot token
   made up for the run).
 * The real supervisor with the five product actors, their intervals and the payment window
@@ -34,6 +35,8 @@ gracefully; :func:`ops.audit.run_audit` replays the log and checks its invariant
 summary is printed. Exit 0 when the audit is clean, 1 when it found discrepancies; a second
 Ctrl-C during the wind-down stops at once, without the audit (exit 130).
 
+The stand-ins, the worker and the gateway are started by :mod:`ops.local`, as ``i3lani dev``
+starts them; log records go to ``$I3LANI_HOME/demo.log`` while the story is told on stdout.
 The package, along those seams: :mod:`~ops.demo.scenario` the planned world and the crash,
 :mod:`~ops.demo.narration` the log told line by line, :mod:`~ops.demo.simulation` the simulated
 users at work, :mod:`~ops.demo.run` the run, its database and the command. Import from

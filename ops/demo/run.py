@@ -6,23 +6,21 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import os
 import random
-import secrets
 import signal
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, Final, TextIO
-from urllib.parse import unquote, urlsplit
 
 import anyio
 import httpx
-from anyio.abc import TaskGroup, TaskStatus
 
 from actors.config import Settings
-from bot_gateway import GatewayConfig, run_gateway
 from events import (
     ActorCrashed,
     ActorRestarted,
@@ -40,9 +38,9 @@ from events import (
     SubscriptionActivated,
     UserRegistered,
 )
-from events.errors import ConfigError, I3laniError
+from events.errors import I3laniError
 from events.payments import TRANSFER_CATEGORIES, TransferReceived
-from ops.admin import admin_routes
+from ops import local
 from ops.audit import AuditReport, run_audit
 from ops.demo.narration import Console, Follower, StreamView, Tone, clock_time, ton
 from ops.demo.scenario import (
@@ -55,16 +53,11 @@ from ops.demo.scenario import (
 )
 from ops.demo.simulation import DoublePayment, Simulation
 from ops.demo_options import (
-    RESERVED_DATABASES,
     DemoOptions,
-    check_database_name,
 )
-from ops.standins import BotApiStandIn, TonApiStandIn
-from store import EventStore, migrate, redact_dsn
-from store.admin import DatabaseRefused, create_database, database_exists, drop_database
-from store.database import with_database
+from store import EventStore, redact_dsn
+from store.database import i3lani_home
 from store.records import START
-from supervisor import Supervisor
 
 EXIT_OK: Final = 0
 EXIT_DISCREPANCIES: Final = 1
@@ -109,51 +102,58 @@ class _Stopper:
 
 
 # -- the database -------------------------------------------------------------------------------
+DEMO_LOG: Final = "demo.log"
+"""The file under ``$I3LANI_HOME`` that ``i3lani demo`` logs to (replaced on each run)."""
 DEMO_MARK: Final = "i3lani demo: dropped and recreated by every `i3lani demo` run"
 """The comment on a database the demo created: the only kind it will drop."""
 
 
-def _database_name(dsn: str) -> str:
-    return unquote(urlsplit(dsn).path.removeprefix("/"))
-
-
 async def prepare_database(server_dsn: str, name: str) -> str:
-    """Drop and create ``name`` on ``server_dsn``'s server, migrate it; its DSN.
+    """Drop and create the demo's database ``name`` on ``server_dsn``'s server, migrate it; its
+    DSN. Only a database an earlier demo created (its comment is :data:`DEMO_MARK`) is ever
+    dropped (see :func:`ops.local.prepare_database`)."""
+    return await local.prepare_database(server_dsn, name, mark=DEMO_MARK, made_by="i3lani demo")
 
-    Only a database an earlier demo created (its comment is :data:`DEMO_MARK`) is ever
-    dropped: an existing database without that mark is refused (ConfigError), and so are the
-    very database ``server_dsn`` names and PostgreSQL's own (ValueError).
-    """
-    if not check_database_name(name):
-        raise ValueError(
-            f"--database {name!r}: give a plain lower-case name other than "
-            f"{', '.join(RESERVED_DATABASES)}"
-        )
-    if name == _database_name(server_dsn):
-        raise ValueError(
-            f"--database {name!r} is the database DATABASE_URL names: the demo drops and "
-            "recreates its database, so it never uses that one; pick another name"
-        )
-    exists, mark = await database_exists(server_dsn, name)
-    if exists and mark != DEMO_MARK:
-        raise ConfigError(
-            f"database {name!r} already exists on {redact_dsn(server_dsn)} and was not "
-            "created by i3lani demo: the demo never drops it; give another --database name"
-        )
+
+# -- logging -----------------------------------------------------------------------------------
+@dataclass
+class _Logged:
+    """Where log records go during the run, and how many were warnings or worse."""
+
+    path: Path | None = None
+    warnings: int = 0
+
+
+class _Counting(logging.Handler):
+    def __init__(self, logged: _Logged) -> None:
+        super().__init__(logging.WARNING)
+        self.logged = logged
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.logged.warnings += 1
+
+
+@contextlib.contextmanager
+def _logging_to(path: Path | None) -> Iterator[_Logged]:
+    """While inside, the root logger writes to ``path`` (replaced) instead of its handlers
+    (the terminal's stderr): the demo tells its story on stdout as events arrive, and a log
+    line would break into it. Records are counted, to say at the end how many warnings went
+    to the file. ``None``: logging is left as it is."""
+    logged = _Logged(path)
+    if path is None:
+        yield logged
+        return
+    root = logging.getLogger()
+    saved = root.handlers[:]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, mode="w", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.handlers = [handler, _Counting(logged)]
     try:
-        await drop_database(server_dsn, name)
-        await create_database(server_dsn, name, comment=DEMO_MARK)
-    except DatabaseRefused as exc:
-        if not exc.permission:
-            raise
-        raise ConfigError(
-            f"cannot create the demo database {name!r} on {redact_dsn(server_dsn)}: "
-            f"{exc.__cause__}; give a DATABASE_URL whose user may CREATE DATABASE, or unset it "
-            "to use the embedded PostgreSQL"
-        ) from exc
-    dsn = with_database(server_dsn, name)
-    await migrate(dsn)
-    return dsn
+        yield logged
+    finally:
+        root.handlers = saved
+        handler.close()
 
 
 # -- the run ------------------------------------------------------------------------------------
@@ -176,12 +176,12 @@ class _Tally:
 
     users: int = 0
     referred: int = 0
-    payments: int = 0
-    confirmed: int = 0
+    payments: set[int] = field(default_factory=set)  # created
+    confirmed: set[int] = field(default_factory=set)
     overpaid: int = 0
-    underpaid: int = 0
-    late: int = 0
-    expired: int = 0
+    underpaid: set[int] = field(default_factory=set)  # an underpaid transfer recorded
+    late: set[int] = field(default_factory=set)  # paid after it expired
+    expired: set[int] = field(default_factory=set)
     subscriptions: int = 0
     earned: Counter[str] = field(default_factory=Counter)
     credited: int = 0
@@ -203,17 +203,17 @@ class _Tally:
                 self.users += 1
                 self.referred += event.referred_by is not None
             case PaymentCreated():
-                self.payments += 1
+                self.payments.add(event.payment_id)
             case PaymentConfirmed():
-                self.confirmed += 1
+                self.confirmed.add(event.payment_id)
                 self.overpaid += event.overpaid_nanotons > 0
                 self.confirmations[event.payment_id] += 1
             case PaymentUnderpaid():
-                self.underpaid += 1
+                self.underpaid.add(event.payment_id)
             case LatePaymentReceived():
-                self.late += 1
+                self.late.add(event.payment_id)
             case PaymentExpired():
-                self.expired += 1
+                self.expired.add(event.payment_id)
             case SubscriptionActivated():
                 self.subscriptions += 1
             case RewardEarned():
@@ -276,13 +276,7 @@ def _summary(tally: _Tally, report: AuditReport, view: StreamView) -> list[tuple
             f"{tally.users} registered, {tally.referred} of them through a referral",
             "plain",
         ),
-        (
-            "payments",
-            f"{tally.payments} created: {tally.confirmed} confirmed{detail}, "
-            f"{tally.underpaid} underpaid, {tally.late} paid late (kept for review), "
-            f"{tally.expired} expired",
-            "plain",
-        ),
+        ("payments", _payments_text(tally, detail), "plain"),
         *_money_rows(report),
         ("subscriptions", f"{tally.subscriptions} activated", "plain"),
         (
@@ -309,6 +303,27 @@ def _summary(tally: _Tally, report: AuditReport, view: StreamView) -> list[tuple
         hidden = ", ".join(_n(n, what) for what, n in view.skipped.most_common())
         rows.append(("not shown", hidden, "plain"))
     return rows
+
+
+def _payments_text(tally: _Tally, confirmed_detail: str) -> str:
+    """Every payment created, in exactly one of: confirmed, expired unpaid, still open (a demo
+    stopped early leaves some open); with what happened to the unconfirmed ones. Pure."""
+    expired = tally.expired - tally.confirmed
+    still_open = tally.payments - tally.confirmed - expired
+
+    def of_them(ids: set[int]) -> str:
+        notes = []
+        if underpaid := len(ids & tally.underpaid):
+            notes.append(f"{underpaid} underpaid")
+        if late := len(ids & tally.late):
+            notes.append(f"{late} paid after expiry, kept for review")
+        return f" ({'; '.join(notes)})" if notes else ""
+
+    return (
+        f"{len(tally.payments)} created: {len(tally.confirmed)} confirmed{confirmed_detail}, "
+        f"{len(expired)} expired unpaid{of_them(expired)}, "
+        f"{len(still_open)} still open{of_them(still_open)}"
+    )
 
 
 def _money_rows(report: AuditReport) -> list[tuple[str, str, Tone]]:
@@ -370,6 +385,7 @@ def _header(
     bot_api: str,
     webhook: str,
     dashboard: str,
+    log: Path | None,
 ) -> None:
     needed = scenario.end_at / options.speed
     console.say(
@@ -377,16 +393,7 @@ def _header(
         f"speed {options.speed:g}x, {options.duration:g} s",
         "note",
     )
-    intervals = ", ".join(
-        f"{name} {seconds:g} s"
-        for name, seconds in (
-            ("payments", settings.payment_interval),
-            ("rewards", settings.reward_interval),
-            ("channels", settings.analytics_interval),
-            ("cleanup", settings.cleanup_interval),
-            ("health", settings.health_interval),
-        )
-    )
+    intervals = local.tick_intervals_text(settings)
     for label, text in (
         ("database", f"{options.database}, created afresh for this run on {where}"),
         ("TonAPI", f"stand-in at {tonapi}: a simulated chain; the bot's wallet {scenario.wallet}"),
@@ -395,6 +402,7 @@ def _header(
         ("dashboard", dashboard),
         ("actors", f"the five product actors, ticking every: {intervals}"),
         ("payments", f"expire {settings.payment_window:g} s after they are created"),
+        *([("log", f"{log} (what the code logs meanwhile)")] if log else []),
     ):
         console.say(f"  {label:<10} {text}")
     console.say(
@@ -413,42 +421,6 @@ def _header(
     console.say()
 
 
-async def _await_actors(supervisor: Supervisor) -> None:
-    try:
-        with anyio.fail_after(_STARTUP_LIMIT):
-            for name in supervisor.names:
-                await supervisor.wait_started(name)
-    except TimeoutError:
-        missing = [n for n in supervisor.names if n not in supervisor.running_here()]
-        raise I3laniError(
-            f"{', '.join(missing)} did not start within {_STARTUP_LIMIT:g} s; "
-            "`I3LANI_LOG_LEVEL=INFO i3lani demo` shows why"
-        ) from None
-
-
-@dataclass
-class _Service:
-    """A long-running task the wind-down stops on its own: its scope and its end."""
-
-    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
-    ended: anyio.Event = field(default_factory=anyio.Event)
-
-    async def stop(self) -> None:
-        self.scope.cancel()
-        await self.ended.wait()
-
-
-def _as_service(service: _Service, run: Callable[..., Any]) -> Callable[..., Any]:
-    async def wrapped(*, task_status: TaskStatus[Any] = anyio.TASK_STATUS_IGNORED) -> None:
-        try:
-            with service.scope:
-                await run(task_status=task_status)
-        finally:
-            service.ended.set()
-
-    return wrapped
-
-
 async def run_demo(
     server_dsn: str,
     options: DemoOptions,
@@ -456,95 +428,81 @@ async def run_demo(
     *,
     embedded: bool = False,
     handle_signals: bool = False,
+    log_path: Path | None = None,
 ) -> DemoOutcome:
     """Run the demo against ``server_dsn``'s server (see the module docstring).
 
+    ``log_path``: where log records go meanwhile (the file is replaced), so that none breaks
+    into the story told on ``out`` (a crash, for one, is told there from its event already);
     ``embedded`` says the server is the embedded PostgreSQL (for the wording);
     ``handle_signals`` makes SIGINT / SIGTERM stop it cleanly (the console command does; a
     test leaves it off)."""
     stopper = _Stopper()
     try:
-        async with anyio.create_task_group() as tg:
-            if handle_signals:
-                tg.start_soon(stopper.watch_signals)
-            try:
-                outcome = await _demo(server_dsn, options, out, stopper, embedded=embedded)
-            finally:
-                tg.cancel_scope.cancel()
+        with _logging_to(log_path) as logged:
+            async with anyio.create_task_group() as tg:
+                if handle_signals:
+                    tg.start_soon(stopper.watch_signals)
+                try:
+                    outcome = await _demo(
+                        server_dsn, options, out, stopper, embedded=embedded, logged=logged
+                    )
+                finally:
+                    tg.cancel_scope.cancel()
     except BaseExceptionGroup as group:
         # Task groups wrap even a single error: a one-line error stays one (see ops.cli).
-        cause = _single(group)
+        cause = local.single(group)
         if isinstance(cause, I3laniError | ValueError):
             raise cause from None
         raise
     return outcome
 
 
-def _single(exc: BaseException) -> BaseException:
-    """The one exception inside task-group wrappers, or ``exc`` itself."""
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
-    return exc
-
-
-def _bot_token(seed: int) -> str:
-    """A token made up for the run, shaped as @BotFather's: ``<digits>:<text>``."""
-    bot_id = random.Random(seed).randrange(10**9, 10**10)
-    return f"{bot_id}:demo-{secrets.token_urlsafe(24)}"
-
-
 async def _demo(
-    server_dsn: str, options: DemoOptions, out: TextIO, stopper: _Stopper, *, embedded: bool
+    server_dsn: str,
+    options: DemoOptions,
+    out: TextIO,
+    stopper: _Stopper,
+    *,
+    embedded: bool,
+    logged: _Logged,
 ) -> DemoOutcome:
     console = Console(out, color=out.isatty() and not os.environ.get("NO_COLOR"))
     scenario = plan_scenario(options.users, options.seed)
-    secret = secrets.token_urlsafe(32)
-    admin_token = secrets.token_urlsafe(32)
-    bot_token = _bot_token(options.seed)
+    bot_token = local.bot_token_for(options.seed)
     switch = FaultSwitch()
     view = StreamView()
     outcome = DemoOutcome(exit_code=EXIT_ABORTED)
-    shown = redact_dsn(with_database(server_dsn, options.database))
     where = "the embedded PostgreSQL" if embedded else f"the server of {redact_dsn(server_dsn)}"
-    kept = (
-        "replaces it"
-        if embedded
-        else f"replaces it; `DATABASE_URL={shown} i3lani audit` reads it again"
-    )
     with stopper.phase() as preparing:
         outcome.dsn = dsn = await prepare_database(server_dsn, options.database)
     if preparing.cancel_called:
         console.note("stopped before the demo started")
         return outcome
     async with contextlib.AsyncExitStack() as stack:
-        tonapi = await stack.enter_async_context(TonApiStandIn())
-        bot_api = await stack.enter_async_context(BotApiStandIn(bot_token))
-        settings = demo_settings(
-            tonapi_url=tonapi.url,
-            bot_api_url=bot_api.url,
-            bot_token=bot_token,
-            wallet=scenario.wallet,
-            speed=options.speed,
-        )
-        # Two stores, as the worker and the web service would have, and one for watching.
-        worker_store = await stack.enter_async_context(EventStore.open(dsn, node="demo"))
-        gateway_store = await stack.enter_async_context(EventStore.open(dsn, node="demo"))
-        watch_store = await stack.enter_async_context(
-            EventStore.open(dsn, min_connections=1, max_connections=3)
-        )
-        supervisor = Supervisor(
-            worker_store,
-            demo_child_specs(settings, switch),
-            node="demo",
-            rng=random.Random(options.seed),
-        )
-        config = GatewayConfig(webhook_secret=secret, admin_token=admin_token)
         tg = await stack.enter_async_context(anyio.create_task_group())
         stack.callback(tg.cancel_scope.cancel)  # runs first on the way out
-        actors, gateway, follower = _Service(), _Service(), _Service()
-        await tg.start(_as_service(actors, supervisor.run))
-        url = await _start_gateway(tg, gateway, settings, gateway_store, config, options.port)
-        outcome.dashboard_url = f"{url}/dashboard?token={admin_token}"
+        system = await local.start_local_system(
+            stack,
+            tg,
+            dsn,
+            bot_token=bot_token,
+            settings_for=lambda tonapi, bot_api: demo_settings(
+                tonapi_url=tonapi.url,
+                bot_api_url=bot_api.url,
+                bot_token=bot_token,
+                wallet=scenario.wallet,
+                speed=options.speed,
+            ),
+            specs_for=lambda settings: demo_child_specs(settings, switch),
+            node="demo",
+            port=options.port,
+            rng=random.Random(options.seed),
+        )
+        settings, supervisor, config = system.settings, system.supervisor, system.config
+        tonapi, bot_api, watch_store = system.tonapi, system.bot_api, system.watch_store
+        url, actors, gateway = system.url, system.actors, system.gateway
+        outcome.dashboard_url = system.dashboard_url
         _header(
             console,
             options,
@@ -553,13 +511,18 @@ async def _demo(
             where=where,
             tonapi=tonapi.url,
             bot_api=bot_api.url,
-            webhook=f"{url}{config.webhook_path}",
+            webhook=system.webhook_url,
             dashboard=outcome.dashboard_url,
+            log=logged.path,
         )
         watcher = Follower(watch_store, console, view)
-        await tg.start(_as_service(follower, watcher.run))
+        follower = local.Service()
+        await tg.start(follower.wrap(watcher.run))
         with stopper.phase():
-            await _await_actors(supervisor)
+            await local.wait_actors_started(
+                supervisor,
+                hint=f"`I3LANI_LOG_LEVEL=INFO i3lani demo` (then {logged.path or 'its log'})",
+            )
 
         deadline = datetime.now(UTC) + timedelta(seconds=options.duration)
         async with httpx.AsyncClient(base_url=url, timeout=30.0) as client:
@@ -571,11 +534,11 @@ async def _demo(
                 view=view,
                 client=client,
                 webhook_path=config.webhook_path,
-                secret=secret,
+                secret=config.webhook_secret or "",
                 tonapi=tonapi,
                 bot_api=bot_api,
                 switch=switch,
-                admin_token=admin_token,
+                admin_token=config.admin_token or "",
             )
             # Skipped when a signal came while the actors were starting.
             with stopper.phase(), anyio.move_on_after(options.duration):
@@ -621,47 +584,17 @@ async def _demo(
     console.say()
     for text, tone in _audit_lines(report):
         console.say(text, tone)
+    if logged.warnings:
+        console.say(
+            f"{_n(logged.warnings, 'warnings')} or errors were logged meanwhile: {logged.path}",
+            "warn",
+        )
     console.say(
-        f"The demo's log stays in {options.database} on {where} until the next demo {kept}."
+        f"The demo's log stays in database {options.database} on {where} until the next demo "
+        f"replaces it: `i3lani events --database {options.database}` shows it, "
+        f"`i3lani audit --database {options.database}` audits it again."
     )
     return outcome
-
-
-async def _start_gateway(
-    tg: TaskGroup,
-    service: _Service,
-    settings: Settings,
-    store: EventStore,
-    config: GatewayConfig,
-    port: int,
-) -> str:
-    """Start the gateway in webhook mode on 127.0.0.1; its URL."""
-
-    async def serve(*, task_status: TaskStatus[str | None]) -> None:
-        await run_gateway(
-            settings,
-            store,
-            mode="webhook",
-            host="127.0.0.1",
-            port=port,
-            config=config,
-            add_routes=admin_routes(store, config.admin_token),
-            task_status=task_status,
-        )
-
-    try:
-        url = await tg.start(_as_service(service, serve))
-    except (OSError, BaseExceptionGroup) as exc:
-        cause = _single(exc)
-        if not isinstance(cause, OSError):
-            raise
-        raise ValueError(
-            f"--port {port}: cannot listen on 127.0.0.1 ({cause.strerror or cause}); "
-            "give another port, or 0 for a free one"
-        ) from None
-    if not isinstance(url, str):
-        raise TypeError("the gateway in webhook mode starts with its URL")
-    return url
 
 
 # -- the command --------------------------------------------------------------------------------
@@ -677,5 +610,12 @@ async def demo_command(dsn: str, args: argparse.Namespace, out: TextIO) -> int:
         database=args.database,
     )
     embedded = not os.environ.get("DATABASE_URL", "").strip()  # as store.database_url() decides
-    outcome = await run_demo(dsn, options, out, embedded=embedded, handle_signals=True)
+    outcome = await run_demo(
+        dsn,
+        options,
+        out,
+        embedded=embedded,
+        handle_signals=True,
+        log_path=i3lani_home() / DEMO_LOG,
+    )
     return outcome.exit_code

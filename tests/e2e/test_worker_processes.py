@@ -232,6 +232,58 @@ async def test_status_and_operator_commands_against_a_running_worker(
 
 
 # -- 2. a crash loop parks the actor -----------------------------------------------------------
+async def test_commands_with_no_worker_say_what_will_happen_and_it_does(
+    env: dict[str, str], store: EventStore
+) -> None:
+    """With no worker: a restart is refused and records nothing (nothing would act on it); a
+    stop is recorded and holds when a worker starts; a start then runs it on that worker."""
+    result = await i3lani(env, "restart", "Heartbeat")
+    assert result.returncode == 1
+    assert result.stdout == b""
+    assert result.stderr.decode().splitlines() == [
+        "i3lani restart: no node runs Heartbeat (never started): nothing to restart, nothing "
+        "recorded; a worker started with it (`i3lani run`) starts it afresh"
+    ]
+    assert await store.read_stream("ops-commands") == []
+
+    result = await i3lani(env, "stop", "Heartbeat", "--reason", "not yet")
+    assert result.returncode == 0, result.stderr.decode()
+    said = result.stdout.decode().splitlines()
+    assert said[1] == (
+        "no node runs Heartbeat (never started); recorded: it stays stopped, and no worker "
+        "starts it until `i3lani start Heartbeat`"
+    ), said
+    [stop] = await store.read_stream("ops-commands")
+    assert isinstance(stop.event, OperatorCommandIssued)
+    assert stop.event.action == "stop"
+
+    async with running_workers(env) as workers:
+        await workers.start("node-a", BOTH, env=CALM)
+        await wait_started(store, "Flaky", node="node-a")
+        await anyio.sleep(1.0)  # a few of its lease attempts: Heartbeat stays as it was told
+        assert await lifecycle(store, "Heartbeat") == []
+        heartbeat = await actor_status(store, "Heartbeat", datetime.now(UTC))
+        assert (heartbeat.state, heartbeat.desired) == ("never started", "stopped")
+
+        result = await i3lani(env, "start", "Heartbeat")
+        assert result.returncode == 0, result.stderr.decode()
+        assert "ActorStarted" in result.stdout.decode(), result.stdout.decode()
+        await wait_started(store, "Heartbeat", node="node-a", seconds=5)
+
+        # Running now: a start has nothing to do and records nothing; a restart acts.
+        commands = len(await store.read_stream("ops-commands"))
+        result = await i3lani(env, "start", "Heartbeat")
+        assert result.stdout.decode().splitlines() == [
+            "Heartbeat already runs on node-a: nothing to start, nothing recorded"
+        ]
+        assert len(await store.read_stream("ops-commands")) == commands
+        result = await i3lani(env, "restart", "Heartbeat")
+        assert result.returncode == 0, result.stderr.decode()
+        assert "ActorRestarted" in result.stdout.decode(), result.stdout.decode()
+        restarted = of_type(await lifecycle(store, "Heartbeat"), ActorRestarted)
+        assert [e.cause for e in restarted] == ["operator"]
+
+
 async def test_a_crash_loop_parks_the_actor_until_an_operator_starts_it(
     env: dict[str, str], store: EventStore
 ) -> None:

@@ -448,7 +448,12 @@ async def test_run_without_a_wallet_is_one_clear_line(cli: Cli) -> None:
 
 
 async def test_run_with_a_malformed_setting_is_one_clear_line(cli: Cli) -> None:
-    env = {**cli.environment(), "WALLET_ADDRESS": WALLET, "I3LANI_ACTIVE_SHARE": "lots"}
+    env = {
+        **cli.environment(),
+        "WALLET_ADDRESS": WALLET,
+        "BOT_TOKEN": "1:x",
+        "I3LANI_ACTIVE_SHARE": "lots",
+    }
     with anyio.fail_after(40):
         result = await anyio.run_process([I3LANI, "run"], env=env, check=False)
     assert result.returncode == 1
@@ -456,6 +461,84 @@ async def test_run_with_a_malformed_setting_is_one_clear_line(cli: Cli) -> None:
         "i3lani run: I3LANI_ACTIVE_SHARE must be a decimal from 0 to 1 such as 0.45 (a dot, no "
         "sign, no exponent), got 'lots'"
     ]
+
+
+async def test_every_problem_is_reported_at_once_before_any_server_starts(
+    cli: Cli, tmp_path: Path
+) -> None:
+    """Five variables wrong: five lines, one each, and the embedded server never started (its
+    data directory was not even made, and nothing of it reached the terminal)."""
+    env = {k: v for k, v in cli.environment().items() if k != "DATABASE_URL"}
+    env |= {
+        "I3LANI_HOME": str(tmp_path / "home"),
+        "WALLET_ADDRESS": "EQ-not-an-address",
+        "I3LANI_LEASE_TTL": "soon",
+        "I3LANI_PLANS": "week:7",
+        "I3LANI_LOG_LEVEL": "LOUD",
+    }
+    env.pop("BOT_TOKEN", None)
+    with anyio.fail_after(40):
+        result = await anyio.run_process([I3LANI, "run"], env=env, check=False)
+    assert result.returncode == 1
+    assert result.stdout == b""
+    found = lines(result.stderr)
+    assert [line.split(":")[1].split()[0] for line in found] == [
+        "I3LANI_LOG_LEVEL",
+        "I3LANI_LEASE_TTL",
+        "WALLET_ADDRESS",
+        "I3LANI_PLANS",
+        "BOT_TOKEN",
+    ]
+    assert all(line.startswith("i3lani run: ") for line in found)
+    assert not (tmp_path / "home").exists()
+
+
+async def test_database_names_another_database_of_the_server(cli: Cli, store: EventStore) -> None:
+    await store.append("payment-7", [payment_created(7)])
+    database = urlsplit(cli.database_url).path.removeprefix("/")
+    other = with_database(cli.database_url, "postgres")
+    shown = await cli("events", "--database", database, database_url=other)
+    assert shown.returncode == 0, shown.stderr.decode()
+    assert "PaymentCreated" in shown.stdout.decode()
+    missing = await cli("status", "--database", "no_such_db", database_url=other)
+    assert missing.returncode == 1
+    assert missing.stdout == b""
+    assert lines(missing.stderr) == [
+        "i3lani status: --database no_such_db: the server has no such database (`i3lani demo` "
+        "and `i3lani dev` make theirs: i3lani_demo, i3lani_dev)"
+    ]
+
+
+async def test_status_still_answers_when_the_workers_settings_are_malformed(cli: Cli) -> None:
+    """An operator looking into a worker that refuses its settings can still look."""
+    env = {**cli.environment(), "WALLET_ADDRESS": "EQ-oops", "I3LANI_PLANS": "week:7"}
+    with anyio.fail_after(40):
+        status = await anyio.run_process([I3LANI, "status"], env=env, check=False)
+        run = await anyio.run_process([I3LANI, "run"], env=env, check=False)
+    assert status.returncode == 0, status.stderr.decode()
+    assert run.returncode == 1
+    assert [line.split(":")[1].split()[0] for line in lines(run.stderr)] == [
+        "WALLET_ADDRESS",
+        "I3LANI_PLANS",
+        "BOT_TOKEN",
+    ]
+
+
+@pytest.mark.process
+async def test_the_embedded_servers_messages_go_to_a_file_not_the_terminal(
+    clean_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Even at INFO, a command on a fresh embedded server says only what i3lani does; the
+    starter's pg_ctl and initdb output (some 70 lines) is in $I3LANI_HOME/embedded-postgres.log."""
+    home = tmp_path / "home"
+    env = {**clean_env, "I3LANI_HOME": str(home), "I3LANI_LOG_LEVEL": "INFO"}
+    with anyio.fail_after(60):
+        result = await anyio.run_process([I3LANI, "migrate"], env=env, check=False)
+    assert result.returncode == 0, result.stderr.decode()
+    said = lines(result.stderr)
+    assert said, "INFO shows what i3lani itself does"
+    assert all(" INFO store." in line for line in said), said
+    assert "pg_ctl" in (home / "embedded-postgres.log").read_text()
 
 
 async def test_status_lists_queued_work_and_dead_letters(cli: Cli, store: EventStore) -> None:

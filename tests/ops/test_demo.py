@@ -5,10 +5,10 @@ stopped by SIGINT midway."""
 from __future__ import annotations
 
 import io
+import re
 import signal
 import sys
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -190,17 +190,9 @@ async def test_the_database_named_by_database_url_is_refused(dsn: str) -> None:
 
 
 @pytest.fixture
-async def demo_database(server_dsn: str) -> AsyncIterator[str]:
+def demo_database(scratch_database: str) -> str:
     """A name for the demo's database, dropped after the test."""
-    name = f"i3lani_demo_t_{uuid.uuid4().hex[:10]}"
-    try:
-        yield name
-    finally:
-        admin = await asyncpg.connect(with_database(server_dsn, "postgres"))
-        try:
-            await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        finally:
-            await admin.close()
+    return scratch_database
 
 
 async def test_only_a_database_the_demo_created_is_ever_dropped(
@@ -328,9 +320,9 @@ async def test_a_demo_run_tells_the_whole_story(server_dsn: str, demo_database: 
 
 @pytest.mark.slow
 async def test_the_console_script_stops_cleanly_on_sigint(
-    server_dsn: str, demo_database: str, clean_env: dict[str, str]
+    server_dsn: str, demo_database: str, clean_env: dict[str, str], tmp_path: Path
 ) -> None:
-    env = {**clean_env, "DATABASE_URL": server_dsn}
+    env = {**clean_env, "DATABASE_URL": server_dsn, "I3LANI_HOME": str(tmp_path)}
     command = [I3LANI, "demo", "--duration", "60", "--speed", "4", "--database", demo_database]
     async with await anyio.open_process(command, env=env) as process:
         stdout, stderr = bytearray(), bytearray()
@@ -361,3 +353,22 @@ async def test_the_console_script_stops_cleanly_on_sigint(
     assert took < timedelta(seconds=15)
     assert "stopped by a signal" in text
     assert "audit: clean (" in text, text
+    # Log records went to a file, not into the story on the terminal.
+    assert errors == "", errors
+    assert f"log        {tmp_path / 'demo.log'}" in text
+    assert (tmp_path / "demo.log").exists()
+    # Stopped early: every payment created is accounted for, the open ones included.
+    [payments] = [line for line in text.splitlines() if " created: " in line]
+    counts = re.search(
+        r"payments +(\d+) created: (\d+) confirmed.*, (\d+) expired unpaid.*, (\d+) still open",
+        payments,
+    )
+    assert counts is not None, payments
+    created, confirmed, expired, still_open = map(int, counts.groups())
+    assert created == confirmed + expired + still_open, payments
+    # The command that looks at the demo's log afterwards, which works as printed.
+    assert f"`i3lani audit --database {demo_database}`" in text
+    audit = await anyio.run_process(
+        [I3LANI, "audit", "--database", demo_database], env=env, check=False
+    )
+    assert audit.returncode == 0, audit.stderr.decode()
