@@ -1,6 +1,6 @@
 # i3lani: every set-up step lives here, so a fresh machine needs only `make demo` / `make test`.
 # Nothing here needs PostgreSQL installed: with DATABASE_URL unset, an embedded one is started.
-# Everything is installed from uv.lock (scripts/lock.py), as render.yaml's build does; the
+# Everything is installed from uv.lock (ops/lock.py), as render.yaml's build does; the
 # Python is the one render.yaml pins (PYTHON_VERSION), or the README says why not.
 
 PYTHON ?= python3
@@ -14,9 +14,9 @@ STAMP  := $(VENV)/.installed
 ## The development environment: the production packages plus the extras, every one at the
 ## version and hash uv.lock pins (a pyproject.toml the lock no longer matches stops it).
 EXTRAS := dev bench embedded
-$(STAMP): pyproject.toml uv.lock scripts/lock.py
+$(STAMP): pyproject.toml uv.lock ops/lock.py
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python scripts/lock.py install --editable $(addprefix --extra ,$(EXTRAS))
+	$(BIN)/python ops/lock.py install --editable $(addprefix --extra ,$(EXTRAS))
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -26,7 +26,7 @@ install: $(STAMP)
 ## (The virtual environment's Python, which always has pip; nothing is installed into it.)
 lock:
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python scripts/lock.py update $(LOCK_ARGS)
+	$(BIN)/python ops/lock.py update $(LOCK_ARGS)
 
 ## The main job, shown end to end: embedded PostgreSQL, stand-ins, supervisor, actors, gateway,
 ## simulated users; prints the event stream live, the dashboard URL and an audit summary.

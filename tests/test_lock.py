@@ -1,6 +1,6 @@
 """uv.lock, the one lock file: it matches pyproject.toml, or CI fails saying how to mend it.
 
-(``make install`` and render.yaml's build check it too, with scripts/lock.py, before they
+(``make install`` and render.yaml's build check it too, with ops/lock.py, before they
 install anything.)"""
 
 from __future__ import annotations

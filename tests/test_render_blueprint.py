@@ -90,10 +90,10 @@ def test_migrations_run_before_start(blueprint: dict[str, Any]) -> None:
 
 
 def test_both_services_build_from_the_lock(blueprint: dict[str, Any]) -> None:
-    # scripts/lock.py installs exactly uv.lock's production pins (and checks the lock against
+    # ops/lock.py installs exactly uv.lock's production pins (and checks the lock against
     # pyproject.toml first); tests/e2e/test_deploy_rehearsal.py runs it as Render does.
     for service in blueprint["services"]:
-        assert service["buildCommand"] == "python scripts/lock.py install", service["name"]
+        assert service["buildCommand"] == "python ops/lock.py install", service["name"]
 
 
 def test_render_runs_the_python_that_ci_and_make_run(blueprint: dict[str, Any]) -> None:

@@ -1,10 +1,10 @@
 """Install exactly what uv.lock pins, or update uv.lock: with nothing but Python and pip.
 
-    python scripts/lock.py install                  production: render.yaml's buildCommand
-    python scripts/lock.py install --editable --extra dev --extra bench --extra embedded
+    python ops/lock.py install                  production: render.yaml's buildCommand
+    python ops/lock.py install --editable --extra dev --extra bench --extra embedded
                                                     a development environment (`make install`)
-    python scripts/lock.py check                    does uv.lock still match pyproject.toml?
-    python scripts/lock.py update [--upgrade]       re-lock after editing pyproject.toml
+    python ops/lock.py check                    does uv.lock still match pyproject.toml?
+    python ops/lock.py update [--upgrade]       re-lock after editing pyproject.toml
                                                     (`make lock`; --upgrade takes the newest
                                                     versions the ranges allow)
 
@@ -39,7 +39,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCK = ROOT / "uv.lock"
-PROG = "scripts/lock.py"
+PROG = "ops/lock.py"
 
 
 class Failed(Exception):
