@@ -15,8 +15,9 @@ Webhook mode (:func:`build_app`, :func:`run_webhook`) serves the updates on aioh
 handler of its own on aiogram's public API (``Dispatcher.feed_webhook_update``; no private
 method of aiogram's is used or overridden) and checks ``X-Telegram-Bot-Api-Secret-Token``: a
 wrong or missing secret gets 401 and the update is not processed. A body that is not a
-Telegram Update (not JSON, or JSON of another shape) gets 400 with one line, and nothing is
-processed; it is logged without its content. Polling mode is :func:`run_polling`.
+Telegram Update (not JSON, JSON nested too deep to parse, JSON of another shape, or an id
+outside Telegram's 52 bits) gets 400 with one line, and nothing is processed; it is logged
+without its content. Polling mode is :func:`run_polling`.
 :func:`run_gateway` runs either one plus the payment notifier until cancelled.
 """
 
@@ -41,6 +42,7 @@ from actors.telegram import TelegramClient, make_bot
 from bot_gateway.config import GatewayConfig, check_webhook_secret, load_gateway_config
 from bot_gateway.notifier import run_notifier
 from bot_gateway.service import Gateway, TelegramUser
+from events.base import TELEGRAM_ID_LIMIT
 from store import EventStore
 
 __all__ = [
@@ -71,8 +73,8 @@ _Reply = Callable[[Message, CommandObject], Awaitable[str]]
 
 def _sender(message: Message) -> TelegramUser | None:
     user = message.from_user
-    if user is None or user.is_bot:
-        return None
+    if user is None or user.is_bot or not 1 <= user.id < TELEGRAM_ID_LIMIT:
+        return None  # the webhook refuses such ids; polling gets only Telegram's own
     return TelegramUser(user.id, user.username)
 
 
@@ -215,7 +217,9 @@ class _WebhookHandler:
     * the secret, compared as bytes with :func:`secrets.compare_digest` (``str`` comparison
       raises TypeError for non-ASCII characters): wrong or missing, 401 and nothing else;
     * the body, parsed as JSON and validated as an ``Update`` (pydantic's ``model_validate``,
-      as aiogram does): not JSON, bad UTF-8, or JSON of another shape, 400 with one line;
+      as aiogram does): not JSON, bad UTF-8, JSON nested deeper than the parser recurses
+      (``RecursionError``), JSON of another shape, or an ``id`` no Telegram user or chat can
+      have (:data:`~events.base.TELEGRAM_ID_LIMIT`), 400 with one line;
     * ``Dispatcher.feed_webhook_update``: the update is handled before the answer, in arrival
       order. A handler that returns a Bot API method instead of calling it has the method
       called (``Dispatcher.silent_call_request``, as aiogram does for updates it handles in
@@ -234,19 +238,44 @@ class _WebhookHandler:
         try:
             body = await request.json(loads=self.bot.session.json_loads)
             update = Update.model_validate(body, context={"bot": self.bot})
-        except ValueError as exc:  # bad UTF-8, bad JSON, or pydantic's ValidationError
-            logger.warning(
-                "webhook body refused: not a Telegram Update (%s)",
-                type(exc).__name__,
-                extra={"action": "gateway_bad_update"},
-            )
-            return web.Response(status=400, text="Bad Request: the body is not a Telegram Update")
+        except (ValueError, RecursionError) as exc:
+            # ValueError: bad UTF-8, bad JSON, or pydantic's ValidationError; RecursionError:
+            # JSON nested deeper than the parser goes.
+            return _not_an_update(type(exc).__name__)
+        if _id_out_of_range(body):
+            return _not_an_update("an id outside Telegram's 52 bits")
         result: TelegramMethod[Any] | None = await self.dispatcher.feed_webhook_update(
             self.bot, update
         )
         if result is not None:
             await self.dispatcher.silent_call_request(self.bot, result)
         return web.json_response({})
+
+
+def _not_an_update(why: str) -> web.Response:
+    logger.warning(
+        "webhook body refused: not a Telegram Update (%s)",
+        why,
+        extra={"action": "gateway_bad_update"},
+    )
+    return web.Response(status=400, text="Bad Request: the body is not a Telegram Update")
+
+
+def _id_out_of_range(body: Any) -> bool:
+    """Whether any ``"id"`` of ``body`` (a user's, a chat's...) is an integer no Telegram id can
+    be: 2**52 or more, either sign. Walked without recursion (the body parsed, so its depth is
+    bounded by the parser's, but a walk of our own needs no stack of its own either)."""
+    pending: list[Any] = [body]
+    while pending:
+        value = pending.pop()
+        if isinstance(value, dict):
+            found = value.get("id")
+            if isinstance(found, int) and not -TELEGRAM_ID_LIMIT < found < TELEGRAM_ID_LIMIT:
+                return True
+            pending.extend(value.values())
+        elif isinstance(value, list):
+            pending.extend(value)
+    return False
 
 
 async def _healthz(request: web.Request) -> web.Response:

@@ -726,7 +726,12 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     """Entry point of the ``i3lani`` console script; returns the exit code."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    given = list(sys.argv[1:] if argv is None else argv)
+    if any("\x00" in value for value in given):
+        # A process's argv cannot hold one, but a caller of main() can pass one, and no
+        # option means anything with it (PostgreSQL refuses it in text).
+        parser.error("an argument holds a NUL character; arguments are text without NUL")
+    args = parser.parse_args(given)
     level = args.log_level
     if args.command == "run" and "--log-level" not in (argv or sys.argv):
         level = os.environ.get("I3LANI_LOG_LEVEL", "INFO")  # a worker says what it does

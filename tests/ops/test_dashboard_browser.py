@@ -147,7 +147,9 @@ async def test_the_dashboard_fills_in_from_the_live_stream(
             await page.goto(f"{base}/dashboard?token={TOKEN}")
             await page.wait_for(READY)
             assert await page.evaluate("location.pathname + location.search") == "/dashboard"
-            assert await page.evaluate("document.cookie") == ""  # HttpOnly: not for scripts
+            # The session is HttpOnly, not for scripts: they see only the CSRF token.
+            cookies = await page.evaluate("document.cookie")
+            assert re.fullmatch(r"i3lani_csrf=[0-9a-f]{64}", cookies), cookies
             html = await page.html()
             assert 'data-actor="PaymentMonitor"' in html
             assert 'data-actor="Cleanup"' in html
