@@ -1158,3 +1158,78 @@ async def test_event_streams_are_limited_per_client(client: httpx.AsyncClient) -
             return again.status_code == 200
 
     await eventually(another_opens)  # a closed stream frees its place (once the server sees it)
+
+
+# -- the dashboard's writes: session cookie plus CSRF checks -----------------------------------
+
+
+async def logged_in(client: httpx.AsyncClient) -> dict[str, str]:
+    """The headers of the dashboard's writes: its cookies, its Origin, its CSRF header."""
+    login = await client.get("/dashboard", params={"token": TOKEN})
+    session, csrf = login.cookies[COOKIE_NAME], login.cookies[admin.CSRF_COOKIE]
+    csrf_cookie = next(c for c in login.headers.get_list("Set-Cookie") if "csrf" in c)
+    assert "HttpOnly" not in csrf_cookie  # the page's script reads it
+    return {
+        "Cookie": f"{COOKIE_NAME}={session}; {admin.CSRF_COOKIE}={csrf}",
+        "Origin": str(client.base_url).rstrip("/"),
+        admin.CSRF_HEADER: csrf,
+    }
+
+
+async def test_a_dashboard_write_needs_its_origin_and_csrf_token(
+    client: httpx.AsyncClient, store: EventStore
+) -> None:
+    good = await logged_in(client)
+    path = "/api/actors/PaymentMonitor/restart"
+    for name, headers, problem in (
+        ("no Origin", {k: v for k, v in good.items() if k != "Origin"}, "Origin"),
+        ("another site", {**good, "Origin": "https://evil.example"}, "Origin"),
+        ("a look-alike", {**good, "Origin": f"{good['Origin']}.evil.example"}, "Origin"),
+        ("no CSRF header", {k: v for k, v in good.items() if k != admin.CSRF_HEADER}, "CSRF"),
+        ("a wrong CSRF header", {**good, admin.CSRF_HEADER: "0" * 64}, "CSRF"),
+    ):
+        response = await client.post(path, headers=headers, json={"reason": "from a page"})
+        assert response.status_code == 403, name
+        error = response.json()["error"]
+        assert error.startswith("cross-site request refused"), (name, error)
+        assert problem in error, (name, error)
+    assert await ops_commands(store) == []
+
+    response = await client.post(path, headers=good, json={"reason": "stuck"})
+    assert response.status_code == 202
+    session_id = good["Cookie"].split(";")[0].partition(".")[2][:8]
+    assert response.json()["requested_by"] == f"dashboard:127.0.0.1/{session_id}"
+    [recorded] = await ops_commands(store)
+    assert isinstance(recorded.event, OperatorCommandIssued)
+    assert recorded.event.requested_by == f"dashboard:127.0.0.1/{session_id}"
+    assert recorded.event.reason == "stuck"
+    assert recorded.metadata.caused_by == recorded.event.requested_by
+
+
+async def test_a_dead_task_is_retried_by_whoever_asked(
+    client: httpx.AsyncClient, store: EventStore
+) -> None:
+    await dead_letter(store)
+    [dead] = await TaskQueue(store, task_types()).dead_letters(limit=5)
+    response = await client.post(f"/api/tasks/{dead.id}/retry", headers=AUTH)
+    assert response.status_code == 200, response.text
+    answer = {"task_id": dead.id, "requeued": True, "requested_by": "api:127.0.0.1"}
+    assert response.json() == answer
+    requeued = [
+        r
+        async for r in store.read_all()
+        if r.type == "TaskRequeued" and r.event.requested_by == "api:127.0.0.1"
+    ]
+    assert len(requeued) == 1
+
+    # Again: it is no longer dead. An unknown task: 404. Neither writes anything.
+    before = await store.head()
+    again = await client.post(f"/api/tasks/{dead.id}/retry", headers=AUTH)
+    assert again.status_code == 409
+    assert str(dead.id) in again.json()["error"]
+    missing = await client.post("/api/tasks/987654/retry", headers=AUTH)
+    assert missing.status_code == 404
+    word = await client.post("/api/tasks/seven/retry", headers=AUTH)
+    assert word.status_code == 404
+    assert "whole number" in word.json()["error"]
+    assert await store.head() == before
