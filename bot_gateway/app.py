@@ -32,12 +32,13 @@ import anyio
 from aiogram import Bot, Dispatcher, Router
 from aiogram.filters import Command, CommandObject, CommandStart
 from aiogram.methods import TelegramMethod
-from aiogram.types import ErrorEvent, Message, Update
+from aiogram.types import ErrorEvent, Message, TelegramObject, Update
 from aiogram.webhook.aiohttp_server import setup_application
 from aiohttp import web
 from anyio.abc import TaskStatus
 
 from actors.config import Settings
+from actors.runtime import tracing
 from actors.telegram import TelegramClient, make_bot
 from bot_gateway.config import GatewayConfig, check_webhook_secret, load_gateway_config
 from bot_gateway.notifier import run_notifier
@@ -198,8 +199,23 @@ def build_router(gateway: Gateway) -> Router:
 
 def build_dispatcher(gateway: Gateway) -> Dispatcher:
     dispatcher = Dispatcher()
+    dispatcher.update.outer_middleware(_traced)
     dispatcher.include_router(build_router(gateway))
     return dispatcher
+
+
+async def _traced(
+    handler: Callable[[TelegramObject, dict[str, Any]], Awaitable[Any]],
+    update: TelegramObject,
+    data: dict[str, Any],
+) -> Any:
+    """Each update handled in a trace of its own (when tracing is on): the events it appends
+    carry the trace on (see :mod:`actors.runtime.tracing`)."""
+    attributes: dict[str, str | int] = {}
+    if isinstance(update, Update):
+        attributes = {"telegram.update_id": update.update_id, "telegram.type": update.event_type}
+    with tracing.span("telegram update", root=True, attributes=attributes):
+        return await handler(update, data)
 
 
 _SECRET_HEADER: Final = "X-Telegram-Bot-Api-Secret-Token"

@@ -91,7 +91,9 @@ class EventMetadata(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=Tru
     ``causation_id`` is the id of the event or command that directly caused this one;
     ``caused_by`` names the actor (``actor:PaymentMonitor``) or user (``user:42``);
     ``node`` is the process that wrote it; ``lease`` and ``generation`` the lease grant it
-    was written under, for a write fenced by one (an actor's).
+    was written under, for a write fenced by one (an actor's); ``traceparent``, with tracing
+    on, the W3C trace context of the span that wrote it, which whoever acts on the event
+    continues (see :mod:`actors.runtime.tracing`).
     """
 
     correlation_id: uuid.UUID | None = None
@@ -100,3 +102,4 @@ class EventMetadata(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=Tru
     node: str | None = None
     lease: str | None = None
     generation: int | None = None
+    traceparent: Annotated[str, msgspec.Meta(max_length=100)] | None = None

@@ -40,7 +40,7 @@ import socket
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, NoReturn, TextIO
+from typing import TYPE_CHECKING, Final, NoReturn, TextIO
 
 import anyio
 import msgspec
@@ -48,6 +48,7 @@ import msgspec
 from actors.config import load_settings
 from actors.control import issue_command, operator_command
 from actors.names import ACTOR_NAMES, CATEGORIES, DEFAULT_ACTORS
+from actors.runtime import tracing
 from actors.runtime.status import ActorStatus, actor_status
 from actors.tasks import task_types
 from events import HealthChecked
@@ -723,6 +724,14 @@ async def _run(args: argparse.Namespace, out: TextIO) -> int:
         return await COMMANDS[args.command](dsn, args, out)
 
 
+TRACED_COMMANDS: Final = frozenset({"run", "gateway"})
+"""The commands that record traces when the OTEL_* variables ask for them."""
+
+
+def _untraced() -> None:
+    return None
+
+
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     """Entry point of the ``i3lani`` console script; returns the exit code."""
     parser = build_parser()
@@ -748,7 +757,16 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         if args.command == "simulate":
             # Its own event loop (the simulation kernel's) and no database: not under anyio.run.
             return simulate_cli.main(args, out or sys.stdout)
-        return anyio.run(_run, args, out or sys.stdout, backend="asyncio")
+        # The long-running processes trace when OTEL_* asks (actors/runtime/tracing.py).
+        stop_tracing = (
+            tracing.configure(os.environ, service=f"i3lani-{args.command}")
+            if args.command in TRACED_COMMANDS
+            else _untraced
+        )
+        try:
+            return anyio.run(_run, args, out or sys.stdout, backend="asyncio")
+        finally:
+            stop_tracing()
     except I3laniError as exc:
         print(f"i3lani {args.command}: {exc}", file=sys.stderr)
         return EXIT_ERROR
