@@ -15,15 +15,16 @@ Webhook mode (:func:`build_app`, :func:`run_webhook`) serves the updates on aioh
 handler of its own on aiogram's public API (``Dispatcher.feed_webhook_update``; no private
 method of aiogram's is used or overridden) and checks ``X-Telegram-Bot-Api-Secret-Token``: a
 wrong or missing secret gets 401 and the update is not processed. A body that is not a
-Telegram Update (not JSON, JSON nested too deep to parse, JSON of another shape, or an id
-outside Telegram's 52 bits) gets 400 with one line, and nothing is processed; it is logged
-without its content. Polling mode is :func:`run_polling`.
+Telegram Update (not JSON, JSON nested too deep to parse, JSON of another shape, an id
+outside Telegram's 52 bits, a username Telegram would not send) gets 400 with one line, and
+nothing is processed; it is logged without its content. Polling mode is :func:`run_polling`.
 :func:`run_gateway` runs either one plus the payment notifier until cancelled.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, Literal
@@ -234,8 +235,9 @@ class _WebhookHandler:
       raises TypeError for non-ASCII characters): wrong or missing, 401 and nothing else;
     * the body, parsed as JSON and validated as an ``Update`` (pydantic's ``model_validate``,
       as aiogram does): not JSON, bad UTF-8, JSON nested deeper than the parser recurses
-      (``RecursionError``), JSON of another shape, or an ``id`` no Telegram user or chat can
-      have (:data:`~events.base.TELEGRAM_ID_LIMIT`), 400 with one line;
+      (``RecursionError``), JSON of another shape, an ``id`` no Telegram user or chat can
+      have (:data:`~events.base.TELEGRAM_ID_LIMIT`), or a ``username`` Telegram would not
+      send, 400 with one line;
     * ``Dispatcher.feed_webhook_update``: the update is handled before the answer, in arrival
       order. A handler that returns a Bot API method instead of calling it has the method
       called (``Dispatcher.silent_call_request``, as aiogram does for updates it handles in
@@ -258,8 +260,9 @@ class _WebhookHandler:
             # ValueError: bad UTF-8, bad JSON, or pydantic's ValidationError; RecursionError:
             # JSON nested deeper than the parser goes.
             return _not_an_update(type(exc).__name__)
-        if _id_out_of_range(body):
-            return _not_an_update("an id outside Telegram's 52 bits")
+        impossible = _impossible(body)
+        if impossible is not None:
+            return _not_an_update(impossible)
         result: TelegramMethod[Any] | None = await self.dispatcher.feed_webhook_update(
             self.bot, update
         )
@@ -277,21 +280,28 @@ def _not_an_update(why: str) -> web.Response:
     return web.Response(status=400, text="Bad Request: the body is not a Telegram Update")
 
 
-def _id_out_of_range(body: Any) -> bool:
-    """Whether any ``"id"`` of ``body`` (a user's, a chat's...) is an integer no Telegram id can
-    be: 2**52 or more, either sign. Walked without recursion (the body parsed, so its depth is
-    bounded by the parser's, but a walk of our own needs no stack of its own either)."""
+_USERNAME: Final = re.compile(r"[A-Za-z0-9_]{1,64}")
+
+
+def _impossible(body: Any) -> str | None:
+    """What in ``body`` Telegram never sends, or None: an ``"id"`` (a user's, a chat's...)
+    that is an integer of 2**52 or more, either sign; a ``"username"`` that is not letters,
+    digits and underscores (a NUL in one, stored, would fail the append). Walked without
+    recursion: the parser bounded the depth, but a walk of our own needs no stack either."""
     pending: list[Any] = [body]
     while pending:
         value = pending.pop()
         if isinstance(value, dict):
             found = value.get("id")
             if isinstance(found, int) and not -TELEGRAM_ID_LIMIT < found < TELEGRAM_ID_LIMIT:
-                return True
+                return "an id outside Telegram's 52 bits"
+            username = value.get("username")
+            if isinstance(username, str) and not _USERNAME.fullmatch(username):
+                return "a username Telegram would not send"
             pending.extend(value.values())
         elif isinstance(value, list):
             pending.extend(value)
-    return False
+    return None
 
 
 async def _healthz(request: web.Request) -> web.Response:

@@ -1179,6 +1179,21 @@ async def test_an_id_telegram_cannot_send_is_a_400_and_nothing_is_written(
     assert len(webhook.bot_api.sent) == sent
 
 
+@FEW
+@given(st.one_of(with_nul, st.sampled_from(["a b", "ä", "", "x" * 65])))
+@example(username="a\x00b")  # regression: the append failed: "something went wrong" (a 500)
+async def test_a_username_telegram_would_not_send_is_a_400_and_nothing_is_written(
+    webhook: Webhook, store: EventStore, username: str
+) -> None:
+    before = await counts(store)
+    sent = len(webhook.bot_api.sent)
+    status, answer = await webhook.post(_json_bytes(message_update(5, "/start", username=username)))
+    assert status == 400, (status, answer)
+    one_line(answer, secrets=webhook.secrets())
+    assert await counts(store) == before
+    assert len(webhook.bot_api.sent) == sent
+
+
 async def test_the_largest_id_telegram_can_send_is_served(
     webhook: Webhook, store: EventStore
 ) -> None:
