@@ -13,7 +13,7 @@ STAMP  := $(VENV)/.installed
 
 ## The development environment: the production packages plus the extras, every one at the
 ## version and hash uv.lock pins (a pyproject.toml the lock no longer matches stops it).
-EXTRAS := dev bench embedded
+EXTRAS := dev bench embedded otel
 $(STAMP): pyproject.toml uv.lock ops/lock.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python ops/lock.py install --editable $(addprefix --extra ,$(EXTRAS))

@@ -81,6 +81,7 @@ from typing import Final, TypeVar
 import msgspec
 
 from actors.ton import Address, InvalidAddress, InvalidAmount, format_ton, parse_ton
+from events.base import TELEGRAM_ID_LIMIT
 from events.errors import ConfigError
 
 __all__ = [
@@ -287,6 +288,8 @@ def _admin_ids(text: str) -> tuple[int, ...]:
             raise ConfigError(
                 f"ADMIN_IDS must be Telegram user ids separated by commas, got {part!r}"
             )
+        if not -TELEGRAM_ID_LIMIT < int(part) < TELEGRAM_ID_LIMIT:
+            raise ConfigError(f"ADMIN_IDS holds {part[:24]!r}: Telegram ids fit in 52 bits")
         ids.append(int(part))
     return tuple(dict.fromkeys(ids))
 

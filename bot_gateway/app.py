@@ -15,14 +15,16 @@ Webhook mode (:func:`build_app`, :func:`run_webhook`) serves the updates on aioh
 handler of its own on aiogram's public API (``Dispatcher.feed_webhook_update``; no private
 method of aiogram's is used or overridden) and checks ``X-Telegram-Bot-Api-Secret-Token``: a
 wrong or missing secret gets 401 and the update is not processed. A body that is not a
-Telegram Update (not JSON, or JSON of another shape) gets 400 with one line, and nothing is
-processed; it is logged without its content. Polling mode is :func:`run_polling`.
+Telegram Update (not JSON, JSON nested too deep to parse, JSON of another shape, an id
+outside Telegram's 52 bits, a username Telegram would not send) gets 400 with one line, and
+nothing is processed; it is logged without its content. Polling mode is :func:`run_polling`.
 :func:`run_gateway` runs either one plus the payment notifier until cancelled.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, Literal
@@ -31,16 +33,18 @@ import anyio
 from aiogram import Bot, Dispatcher, Router
 from aiogram.filters import Command, CommandObject, CommandStart
 from aiogram.methods import TelegramMethod
-from aiogram.types import ErrorEvent, Message, Update
+from aiogram.types import ErrorEvent, Message, TelegramObject, Update
 from aiogram.webhook.aiohttp_server import setup_application
 from aiohttp import web
 from anyio.abc import TaskStatus
 
 from actors.config import Settings
+from actors.runtime import tracing
 from actors.telegram import TelegramClient, make_bot
 from bot_gateway.config import GatewayConfig, check_webhook_secret, load_gateway_config
 from bot_gateway.notifier import run_notifier
 from bot_gateway.service import Gateway, TelegramUser
+from events.base import TELEGRAM_ID_LIMIT
 from store import EventStore
 
 __all__ = [
@@ -71,8 +75,8 @@ _Reply = Callable[[Message, CommandObject], Awaitable[str]]
 
 def _sender(message: Message) -> TelegramUser | None:
     user = message.from_user
-    if user is None or user.is_bot:
-        return None
+    if user is None or user.is_bot or not 1 <= user.id < TELEGRAM_ID_LIMIT:
+        return None  # the webhook refuses such ids; polling gets only Telegram's own
     return TelegramUser(user.id, user.username)
 
 
@@ -196,8 +200,23 @@ def build_router(gateway: Gateway) -> Router:
 
 def build_dispatcher(gateway: Gateway) -> Dispatcher:
     dispatcher = Dispatcher()
+    dispatcher.update.outer_middleware(_traced)
     dispatcher.include_router(build_router(gateway))
     return dispatcher
+
+
+async def _traced(
+    handler: Callable[[TelegramObject, dict[str, Any]], Awaitable[Any]],
+    update: TelegramObject,
+    data: dict[str, Any],
+) -> Any:
+    """Each update handled in a trace of its own (when tracing is on): the events it appends
+    carry the trace on (see :mod:`actors.runtime.tracing`)."""
+    attributes: dict[str, str | int] = {}
+    if isinstance(update, Update):
+        attributes = {"telegram.update_id": update.update_id, "telegram.type": update.event_type}
+    with tracing.span("telegram update", root=True, attributes=attributes):
+        return await handler(update, data)
 
 
 _SECRET_HEADER: Final = "X-Telegram-Bot-Api-Secret-Token"
@@ -215,7 +234,10 @@ class _WebhookHandler:
     * the secret, compared as bytes with :func:`secrets.compare_digest` (``str`` comparison
       raises TypeError for non-ASCII characters): wrong or missing, 401 and nothing else;
     * the body, parsed as JSON and validated as an ``Update`` (pydantic's ``model_validate``,
-      as aiogram does): not JSON, bad UTF-8, or JSON of another shape, 400 with one line;
+      as aiogram does): not JSON, bad UTF-8, JSON nested deeper than the parser recurses
+      (``RecursionError``), JSON of another shape, an ``id`` no Telegram user or chat can
+      have (:data:`~events.base.TELEGRAM_ID_LIMIT`), or a ``username`` Telegram would not
+      send, 400 with one line;
     * ``Dispatcher.feed_webhook_update``: the update is handled before the answer, in arrival
       order. A handler that returns a Bot API method instead of calling it has the method
       called (``Dispatcher.silent_call_request``, as aiogram does for updates it handles in
@@ -234,19 +256,52 @@ class _WebhookHandler:
         try:
             body = await request.json(loads=self.bot.session.json_loads)
             update = Update.model_validate(body, context={"bot": self.bot})
-        except ValueError as exc:  # bad UTF-8, bad JSON, or pydantic's ValidationError
-            logger.warning(
-                "webhook body refused: not a Telegram Update (%s)",
-                type(exc).__name__,
-                extra={"action": "gateway_bad_update"},
-            )
-            return web.Response(status=400, text="Bad Request: the body is not a Telegram Update")
+        except (ValueError, RecursionError) as exc:
+            # ValueError: bad UTF-8, bad JSON, or pydantic's ValidationError; RecursionError:
+            # JSON nested deeper than the parser goes.
+            return _not_an_update(type(exc).__name__)
+        impossible = _impossible(body)
+        if impossible is not None:
+            return _not_an_update(impossible)
         result: TelegramMethod[Any] | None = await self.dispatcher.feed_webhook_update(
             self.bot, update
         )
         if result is not None:
             await self.dispatcher.silent_call_request(self.bot, result)
         return web.json_response({})
+
+
+def _not_an_update(why: str) -> web.Response:
+    logger.warning(
+        "webhook body refused: not a Telegram Update (%s)",
+        why,
+        extra={"action": "gateway_bad_update"},
+    )
+    return web.Response(status=400, text="Bad Request: the body is not a Telegram Update")
+
+
+_USERNAME: Final = re.compile(r"[A-Za-z0-9_]{1,64}")
+
+
+def _impossible(body: Any) -> str | None:
+    """What in ``body`` Telegram never sends, or None: an ``"id"`` (a user's, a chat's...)
+    that is an integer of 2**52 or more, either sign; a ``"username"`` that is not letters,
+    digits and underscores (a NUL in one, stored, would fail the append). Walked without
+    recursion: the parser bounded the depth, but a walk of our own needs no stack either."""
+    pending: list[Any] = [body]
+    while pending:
+        value = pending.pop()
+        if isinstance(value, dict):
+            found = value.get("id")
+            if isinstance(found, int) and not -TELEGRAM_ID_LIMIT < found < TELEGRAM_ID_LIMIT:
+                return "an id outside Telegram's 52 bits"
+            username = value.get("username")
+            if isinstance(username, str) and not _USERNAME.fullmatch(username):
+                return "a username Telegram would not send"
+            pending.extend(value.values())
+        elif isinstance(value, list):
+            pending.extend(value)
+    return None
 
 
 async def _healthz(request: web.Request) -> web.Response:

@@ -21,6 +21,7 @@ from typing import Final
 import anyio
 from anyio.abc import TaskStatus
 
+from actors.runtime import tracing
 from actors.telegram import ChatProblem, TelegramClient
 from actors.ton import format_ton
 from events import (
@@ -97,7 +98,13 @@ async def _notify(
     text = payment_notice(recorded.event, created)
     if text is None:
         return
-    problem = await telegram.deliver(created.user_id, text)
+    # The notice sent, in the trace of the decision that recorded the event (if traced).
+    with tracing.span(
+        f"notify {recorded.type}",
+        parent=recorded.metadata.traceparent,
+        attributes={"i3lani.stream": recorded.stream, "i3lani.position": recorded.position},
+    ):
+        problem = await telegram.deliver(created.user_id, text)
     if problem is not None and problem.kind in ("unavailable", "rate_limited"):
         # The Bot API is down or busy for now: keep the notice (the checkpoint stays before
         # it) and send it again later, rather than lose it.

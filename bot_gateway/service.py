@@ -38,6 +38,7 @@ from actors.config import Plan, Settings
 from actors.control import issue_command, operator_command
 from actors.health import HEALTH_STREAM
 from actors.names import ACTOR_NAMES, DEFAULT_ACTORS
+from actors.runtime import tracing
 from actors.runtime.status import actor_status
 from actors.ton import format_ton, memo_for, transfer_link
 from bot_gateway.commands import (
@@ -128,7 +129,11 @@ class Gateway:
 
     @staticmethod
     def _meta(user_id: int) -> EventMetadata:
-        return EventMetadata(caused_by=f"user:{user_id}", correlation_id=environment.new_uuid())
+        return EventMetadata(
+            caused_by=f"user:{user_id}",
+            correlation_id=environment.new_uuid(),
+            traceparent=tracing.traceparent(),
+        )
 
     # -- everyone ----------------------------------------------------------------------------
 

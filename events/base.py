@@ -28,6 +28,8 @@ __all__ = [
     "PositiveNanotons",
     "UtcDateTime",
     "TelegramId",
+    "TELEGRAM_ID_LIMIT",
+    "check_telegram_id",
     "PaymentId",
     "NonEmptyStr",
     "utcnow",
@@ -45,7 +47,21 @@ UtcDateTime = Annotated[datetime, msgspec.Meta(tz=True)]
 """A timezone-aware timestamp; i3lani writes UTC."""
 
 TelegramId = Annotated[int, msgspec.Meta(ge=1)]
-"""A Telegram user or chat id."""
+"""A Telegram user or chat id. Stored events keep this type as it was (a tighter bound would make
+old events unreadable); new ids are bounded where they enter, with :func:`check_telegram_id`."""
+
+TELEGRAM_ID_LIMIT = 2**52
+"""Telegram's ids "have at most 52 significant bits" (Bot API, ``User.id``, ``Chat.id``): every
+real id, a user's or a chat's (negative), lies strictly between minus this and this."""
+
+
+def check_telegram_id(value: int, *, what: str = "a Telegram user id") -> int:
+    """``value`` when it is a positive id Telegram could send; ValueError, one line, if not."""
+    if not 1 <= value < TELEGRAM_ID_LIMIT:
+        shown = str(value) if len(str(value)) <= 24 else f"{str(value)[:20]}..."
+        raise ValueError(f"{what} is a whole number from 1 to 2**52 - 1, got {shown}")
+    return value
+
 
 PaymentId = Annotated[int, msgspec.Meta(ge=1)]
 """A payment's number, as in its memo ``i3lani_<payment id>``."""
@@ -75,7 +91,9 @@ class EventMetadata(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=Tru
     ``causation_id`` is the id of the event or command that directly caused this one;
     ``caused_by`` names the actor (``actor:PaymentMonitor``) or user (``user:42``);
     ``node`` is the process that wrote it; ``lease`` and ``generation`` the lease grant it
-    was written under, for a write fenced by one (an actor's).
+    was written under, for a write fenced by one (an actor's); ``traceparent``, with tracing
+    on, the W3C trace context of the span that wrote it, which whoever acts on the event
+    continues (see :mod:`actors.runtime.tracing`).
     """
 
     correlation_id: uuid.UUID | None = None
@@ -84,3 +102,4 @@ class EventMetadata(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=Tru
     node: str | None = None
     lease: str | None = None
     generation: int | None = None
+    traceparent: Annotated[str, msgspec.Meta(max_length=100)] | None = None

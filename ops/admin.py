@@ -8,13 +8,14 @@ route                                  who may          answer
 =====================================  ===============  ========================================
 ``GET /metrics``                       bearer           Prometheus text format 0.0.4
 ``GET /api/actors``                    bearer           ``{"actors": [status + history, ...]}``
-``POST /api/actors/{name}/{action}``   bearer           202 ``{"command_id": ..., ...}``
+``POST /api/actors/{name}/{action}``   bearer, write    202 ``{"command_id": ..., ...}``
+``POST /api/tasks/{id}/retry``          bearer, write    200 ``{"task_id": ..., "requeued": true}``
 ``GET /api/events``                    bearer           ``{"events": [...], "next_after": N,
                                                         "more": bool}``
 ``GET /api/refunds``                   bearer           ``{"refunds": [...], "totals": {...}}``
-``POST /api/refunds/{id}/refunded``     bearer           200 ``{"refund": ...}`` (the operator
+``POST /api/refunds/{id}/refunded``     bearer, write    200 ``{"refund": ...}`` (the operator
                                                         sent it: ``{"tx_hash": ..., "note"?}``)
-``POST /api/refunds/{id}/decline``      bearer           200 ``{"refund": ...}``
+``POST /api/refunds/{id}/decline``      bearer, write    200 ``{"refund": ...}``
                                                         (``{"reason": ...}``)
 ``GET /api/overview``                  bearer, cookie   the dashboard's snapshot
 ``GET /api/stream``                    bearer, cookie   Server-Sent Events: ``overview`` at
@@ -25,12 +26,27 @@ route                                  who may          answer
 **Authentication.** Every route above goes through one check (:class:`AdminAuth`): the header
 ``Authorization: Bearer <ADMIN_TOKEN>``, compared in constant time; or, on the three read-only
 routes a browser uses, the session cookie. ``GET /dashboard?token=<ADMIN_TOKEN>`` sets that
-cookie (HttpOnly, SameSite=Strict, an HMAC of the token, never the token itself) and redirects
-to ``/dashboard``, so the token leaves the address bar at once. Anything else gets 401: JSON
-with ``WWW-Authenticate: Bearer`` from the API, a short page saying how to log in from
-``/dashboard``. Changing ``ADMIN_TOKEN`` invalidates every cookie. The token is never logged
-nor sent back; a runner serving these routes should not log request lines either (the gateway
-passes ``access_log=None``), since a login's query string carries the token.
+cookie (HttpOnly, SameSite=Strict: the login time and an HMAC of it under the token, never the
+token itself) and redirects to ``/dashboard``, so the token leaves the address bar at once.
+The server reads the login time back and refuses a session older than 7 days, whatever the
+browser keeps. Anything else gets 401: JSON with ``WWW-Authenticate: Bearer`` from the API, a
+short page saying how to log in from ``/dashboard``. Changing ``ADMIN_TOKEN`` invalidates every
+cookie. The token is never logged nor sent back; a runner serving these routes should not log
+request lines either (the gateway passes ``access_log=None``), since a login's query string
+carries the token.
+
+**Writes from the dashboard** ("write" above) take the cookie too, with two checks against
+cross-site requests (:meth:`AdminAuth.csrf_problem`): the ``Origin`` header must name this
+server, and the header ``X-I3lani-CSRF`` must carry the session's CSRF token, which the login
+sets in a cookie the page's script reads (another site can neither read it nor send the
+header); otherwise 403 with one line. Each write is recorded with who made it:
+``api:<address>`` for a bearer, ``dashboard:<address>/<session id>`` for a session.
+
+**Limits.** A client that sent :data:`LOGIN_FAILURES_ALLOWED` wrong tokens (bearer or login) in
+:data:`LOGIN_FAILURE_WINDOW` seconds gets 429 with ``Retry-After`` for any token it sends until
+the oldest failure leaves the window; its valid session keeps working. A client may hold
+:data:`STREAMS_PER_CLIENT` event streams open at once; one more gets 429. A client is its
+address as the server sees it (behind a proxy, the proxy's: the limits then hold for all).
 
 **Cost.** ``/metrics`` and the snapshot run a handful of indexed queries, however long the log
 (see the ``admin_*`` queries in ``store/sql/queries.sql``). The snapshot is computed at most
@@ -48,7 +64,9 @@ import hmac
 import logging
 import math
 import re
+import time
 import typing
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -98,7 +116,7 @@ from events import (
 from events.errors import InvalidEvent, StoreUnavailable
 from events.streams import actor_stream
 from store import EventStore, OpenTransaction, RecordedEvent, views
-from store.tasks import DeadTask, TaskQueue
+from store.tasks import DeadTask, DuplicateTask, TaskNotDead, TaskNotFound, TaskQueue
 from store.views import MinuteCount
 
 __all__ = [
@@ -146,24 +164,77 @@ REFUNDS_SHOWN: Final = 20
 EVENTS_PAGE_MAX: Final = 500
 EVENTS_SCAN_BUDGET: Final = 5_000
 REASON_MAX: Final = 500
-_SESSION_PURPOSE: Final = b"i3lani admin dashboard session v1"
+LOGIN_FAILURES_ALLOWED: Final = 10
+LOGIN_FAILURE_WINDOW: Final = 600.0
+STREAMS_PER_CLIENT: Final = 4
+STREAM_RETRY_AFTER: Final = 10
+_CLIENTS_TRACKED: Final = 10_000
+_CLOCK_SKEW: Final = 60
+_SESSION_PURPOSE: Final = b"i3lani admin dashboard session v2"
+_CSRF_PURPOSE: Final = b"i3lani admin dashboard csrf v1"
+CSRF_COOKIE: Final = "i3lani_csrf"
+CSRF_HEADER: Final = "X-I3lani-CSRF"
 _DATABASE_DOWN: Final[tuple[type[BaseException], ...]] = (StoreUnavailable, OSError)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-Access = Literal["api", "browser", "page"]
+Access = Literal["api", "browser", "page", "write"]
 """Who may call a route: ``api`` bearer only; ``browser`` bearer or cookie; ``page`` also logs
-in with ``?token=``."""
+in with ``?token=``; ``write`` bearer, or cookie with the CSRF checks (same Origin, and the
+header :data:`CSRF_HEADER` carrying the session's CSRF token)."""
+
+
+class FailureWindow:
+    """At most ``allowed`` failures per client in any ``window`` seconds: the client's next
+    attempt waits until the oldest one leaves the window. Pure but for the clock; at most
+    :data:`_CLIENTS_TRACKED` clients are remembered (the quietest are forgotten first)."""
+
+    def __init__(
+        self,
+        allowed: int = LOGIN_FAILURES_ALLOWED,
+        window: float = LOGIN_FAILURE_WINDOW,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.allowed, self.window, self.clock = allowed, window, clock
+        self._failures: dict[str, deque[float]] = {}
+
+    def _recent(self, client: str) -> deque[float] | None:
+        found = self._failures.get(client)
+        if found is None:
+            return None
+        horizon = self.clock() - self.window
+        while found and found[0] <= horizon:
+            found.popleft()
+        if not found:
+            del self._failures[client]
+            return None
+        return found
+
+    def retry_after(self, client: str) -> int | None:
+        """Whole seconds ``client`` must wait before its next attempt; None: it may try."""
+        found = self._recent(client)
+        if found is None or len(found) < self.allowed:
+            return None
+        return max(1, math.ceil(found[0] + self.window - self.clock()))
+
+    def failed(self, client: str) -> None:
+        found = self._recent(client)
+        if found is None:
+            if len(self._failures) >= _CLIENTS_TRACKED:
+                del self._failures[next(iter(self._failures))]
+            found = self._failures[client] = deque()
+        found.append(self.clock())
 
 
 # -- authentication ----------------------------------------------------------------------------
 class AdminAuth:
     """The one check in front of every admin route (see the module docstring)."""
 
-    def __init__(self, token: str) -> None:
+    def __init__(self, token: str, *, clock: Callable[[], float] = time.time) -> None:
         if len(token) < 16:
             raise ValueError("the admin token must have at least 16 characters")
         self._token = token.encode()
-        self._session = hmac.new(self._token, _SESSION_PURPOSE, hashlib.sha256).hexdigest()
+        self.clock = clock
+        self.failures = FailureWindow()
 
     def __repr__(self) -> str:
         return "AdminAuth(<token>)"
@@ -177,20 +248,90 @@ class AdminAuth:
         scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
         return scheme.lower() == "bearer" and self.token_matches(credentials.strip())
 
-    def cookie_ok(self, request: web.Request) -> bool:
+    def _sign(self, purpose: bytes, text: str) -> str:
+        message = purpose + b"|" + text.encode("utf-8", "surrogatepass")
+        return hmac.new(self._token, message, hashlib.sha256).hexdigest()
+
+    def session_for(self, issued_at: int) -> str:
+        """The session cookie's value for a login at ``issued_at`` (Unix seconds):
+        ``<issued_at>.<HMAC of it under the token>``. The server reads the time back from it,
+        so the session ends after :data:`COOKIE_MAX_AGE` whatever the browser keeps."""
+        return f"{issued_at}.{self._sign(_SESSION_PURPOSE, str(issued_at))}"
+
+    def session_valid(self, value: str, now: float) -> bool:
+        """Whether ``value`` is a session this token signed, issued within
+        :data:`COOKIE_MAX_AGE` before ``now`` (and not after it, but for clock skew). Pure."""
+        issued, dot, _ = value.partition(".")
+        if not dot or not issued.isascii() or not issued.isdigit() or len(issued) > 12:
+            return False
+        if not hmac.compare_digest(
+            value.encode("utf-8", "surrogatepass"), self.session_for(int(issued)).encode()
+        ):
+            return False
+        return -_CLOCK_SKEW <= now - int(issued) < COOKIE_MAX_AGE
+
+    def csrf_for(self, session: str) -> str:
+        """The CSRF token of ``session``: what a cookie-authenticated write sends in
+        :data:`CSRF_HEADER` (the page reads it from the :data:`CSRF_COOKIE` cookie)."""
+        return self._sign(_CSRF_PURPOSE, session)
+
+    def session(self, request: web.Request) -> str | None:
+        """The request's session cookie when it is valid now, else None."""
         value = request.cookies.get(COOKIE_NAME)
-        return value is not None and hmac.compare_digest(
-            value.encode("utf-8", "surrogatepass"), self._session.encode()
-        )
+        if value is None or not self.session_valid(value, self.clock()):
+            return None
+        return value
+
+    def cookie_ok(self, request: web.Request) -> bool:
+        return self.session(request) is not None
+
+    def csrf_problem(self, request: web.Request) -> str | None:
+        """Why a cookie-authenticated write is refused (one line), or None: it comes from this
+        dashboard. Its ``Origin`` (browsers send one with every POST) must name this host, and
+        it must carry the session's CSRF token, which another site cannot read."""
+        session = self.session(request)
+        if session is None:
+            return "authentication required: log in at /dashboard or send a bearer token"
+        origin = request.headers.get("Origin")
+        host = request.headers.get("X-Forwarded-Host", request.host)
+        if origin is None or origin.partition("://")[2] != host:
+            return "cross-site request refused: the Origin header must name this server"
+        given = request.headers.get(CSRF_HEADER, "").encode("utf-8", "surrogatepass")
+        if not hmac.compare_digest(given, self.csrf_for(session).encode()):
+            return f"cross-site request refused: send the {CSRF_HEADER} header the page sends"
+        return None
+
+    def who(self, request: web.Request) -> str:
+        """Who made a write, as it is recorded: the bearer's ``api:<address>``, or the
+        dashboard session's ``dashboard:<address>/<session id>``."""
+        remote = request.remote or "unknown"
+        if self.bearer_ok(request):
+            return f"api:{remote}"
+        session = self.session(request) or ""
+        return f"dashboard:{remote}/{session.partition('.')[2][:8]}"
 
     def guard(self, handler: Handler, access: Access = "api") -> Handler:
         """``handler`` behind the check; database outages become a one-line 503."""
 
         async def guarded(request: web.Request) -> web.StreamResponse:
-            if access == "page" and "token" in request.query:
+            client = request.remote or "unknown"
+            logging_in = access == "page" and "token" in request.query
+            if logging_in or "Authorization" in request.headers:
+                wait = self.failures.retry_after(client)
+                if wait is not None:
+                    return _too_many(
+                        f"too many wrong admin tokens from {client}; try again in {wait}s", wait
+                    )
+            if logging_in:
                 return self._login(request)
-            allowed = self.bearer_ok(request) or (access != "api" and self.cookie_ok(request))
-            if not allowed:
+            bearer = self.bearer_ok(request)
+            if not bearer and "Authorization" in request.headers:
+                self.failures.failed(client)
+            if not bearer and access == "write" and self.cookie_ok(request):
+                problem = self.csrf_problem(request)
+                if problem is not None:
+                    return _error(403, problem)
+            elif not bearer and not (access != "api" and self.cookie_ok(request)):
                 if access == "page":
                     return _login_page(wrong=False)
                 return _unauthorized(request)
@@ -209,6 +350,7 @@ class AdminAuth:
 
     def _login(self, request: web.Request) -> web.StreamResponse:
         if not self.token_matches(request.query.get("token", "")):
+            self.failures.failed(request.remote or "unknown")
             logger.warning(
                 "dashboard login with a wrong token from %s",
                 request.remote,
@@ -217,12 +359,24 @@ class AdminAuth:
             return _login_page(wrong=True)
         response = web.Response(status=303, headers={**_PAGE_HEADERS, "Location": request.path})
         secure = request.secure or request.headers.get("X-Forwarded-Proto", "") == "https"
+        session = self.session_for(int(self.clock()))
         response.set_cookie(
             COOKIE_NAME,
-            self._session,
+            session,
             max_age=COOKIE_MAX_AGE,
             path="/",
             httponly=True,
+            samesite="Strict",
+            secure=secure,
+        )
+        # Readable by the page's script, which sends it back in a header: a page of another
+        # site can neither read it nor set that header.
+        response.set_cookie(
+            CSRF_COOKIE,
+            self.csrf_for(session),
+            max_age=COOKIE_MAX_AGE,
+            path="/",
+            httponly=False,
             samesite="Strict",
             secure=secure,
         )
@@ -245,6 +399,12 @@ def _json(data: Any, status: int = 200) -> web.Response:
 
 def _error(status: int, message: str) -> web.Response:
     return _json({"error": message}, status=status)
+
+
+def _too_many(message: str, retry_after: int) -> web.Response:
+    response = _error(429, message)
+    response.headers["Retry-After"] = str(retry_after)
+    return response
 
 
 def _unauthorized(request: web.Request) -> web.Response:
@@ -898,10 +1058,12 @@ def parse_event_query(params: Mapping[str, Sequence[str]]) -> EventQuery:
     category = single.get("category")
     if stream is not None and category is not None:
         raise ValueError("give stream or category, not both")
-    if stream is not None and not 1 <= len(stream) <= 200:
-        raise ValueError("stream must have 1 to 200 characters")
-    if category is not None and (not 1 <= len(category) <= 200 or "-" in category):
-        raise ValueError("category must have 1 to 200 characters and no '-' (e.g. payment)")
+    if stream is not None and not (1 <= len(stream) <= 200 and stream.isprintable()):
+        raise ValueError("stream must be 1 to 200 printable characters (e.g. payment-42)")
+    if category is not None and (
+        not (1 <= len(category) <= 200 and category.isprintable()) or "-" in category
+    ):
+        raise ValueError("category must be 1 to 200 printable characters, no '-' (e.g. payment)")
     types: frozenset[str] | None = None
     if "type" in single:
         names = [name.strip() for name in single["type"].split(",")]
@@ -970,6 +1132,17 @@ class _DeclineBody(msgspec.Struct, forbid_unknown_fields=True):
     reason: Annotated[str, msgspec.Meta(max_length=REASON_MAX)]
 
 
+_BAD_BODY: Final = (msgspec.ValidationError, msgspec.DecodeError, RecursionError)
+"""What decoding a JSON body raises for a body of the wrong shape; RecursionError: nested deeper
+than the decoder goes."""
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, RecursionError):
+        return "it is nested too deep"
+    return _one_line(exc)
+
+
 _REFUND_FILTERS: Final = ("open", "all", *(str(status) for status in RefundStatus))
 
 
@@ -1001,6 +1174,7 @@ class _Admin:
         self.page_headers = {**_PAGE_HEADERS, "Content-Security-Policy": _csp(self.html)}
         self.closing = False
         self.wakers: set[anyio.Event] = set()
+        self.streams: dict[str, int] = {}
 
     async def on_shutdown(self, app: web.Application) -> None:
         """Streams end at once when the server stops (they would hold its shutdown)."""
@@ -1027,9 +1201,9 @@ class _Admin:
         body = await request.read()
         try:
             reason = msgspec.json.decode(body, type=_CommandBody).reason if body.strip() else ""
-        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-            return _error(400, f'the body is optional JSON {{"reason": "..."}}: {exc}')
-        who = f"api:{request.remote or 'unknown'}"
+        except _BAD_BODY as exc:
+            return _error(400, f'the body is optional JSON {{"reason": "..."}}: {_why(exc)}')
+        who = self.auth.who(request)
         command = operator_command(action, name, requested_by=who, reason=reason)
         try:
             result = await issue_command(self.store, command)
@@ -1082,7 +1256,7 @@ class _Admin:
         refund_id, action = request.match_info["refund_id"], request.match_info["action"]
         if action not in ("refunded", "decline"):
             return _error(404, f"unknown refund action {action[:40]!r}: refunded or decline")
-        who = f"api:{request.remote or 'unknown'}"
+        who = self.auth.who(request)
         body = await request.read()
         try:
             if action == "refunded":
@@ -1093,13 +1267,13 @@ class _Admin:
             else:
                 reason = msgspec.json.decode(body, type=_DeclineBody).reason
                 refund = await decline(self.store, refund_id, reason, requested_by=who)
-        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        except _BAD_BODY as exc:
             shape = (
                 '{"tx_hash": "...", "note": "..."}'
                 if action == "refunded"
                 else ('{"reason": "..."}')
             )
-            return _error(400, f"the body is JSON {shape}: {exc}")
+            return _error(400, f"the body is JSON {shape}: {_why(exc)}")
         except UnknownRefund as exc:
             return _error(404, str(exc))
         except RefundRefused as exc:
@@ -1115,6 +1289,24 @@ class _Admin:
         )
         return _json({"refund": refund})
 
+    async def retry_task(self, request: web.Request) -> web.StreamResponse:
+        text = request.match_info["task_id"]
+        if not text.isascii() or not text.isdigit() or len(text) > 18:
+            return _error(404, f"no task {text[:40]!r}: a task id is a whole number")
+        if (await request.read()).strip():
+            return _error(400, "retry takes no body")
+        task_id, who = int(text), self.auth.who(request)
+        try:
+            await TaskQueue(self.store, task_types()).retry_dead(task_id, requested_by=who)
+        except TaskNotFound as exc:
+            return _error(404, str(exc))
+        except (TaskNotDead, DuplicateTask) as exc:
+            return _error(409, str(exc))
+        logger.info(
+            "dead task %s requeued by %s", task_id, who, extra={"action": "admin_task_retry"}
+        )
+        return _json({"task_id": task_id, "requeued": True, "requested_by": who})
+
     async def overview(self, request: web.Request) -> web.StreamResponse:
         return _json(await self.source.get(REFRESH_SECONDS / 2))
 
@@ -1122,6 +1314,23 @@ class _Admin:
         return web.Response(text=self.html, content_type="text/html", headers=self.page_headers)
 
     async def stream(self, request: web.Request) -> web.StreamResponse:
+        client = request.remote or "unknown"
+        open_now = self.streams.get(client, 0)
+        if open_now >= STREAMS_PER_CLIENT:
+            return _too_many(
+                f"{open_now} event streams are open from {client} already (at most "
+                f"{STREAMS_PER_CLIENT}); close a dashboard tab",
+                STREAM_RETRY_AFTER,
+            )
+        self.streams[client] = open_now + 1
+        try:
+            return await self._stream(request)
+        finally:
+            left = self.streams.pop(client) - 1
+            if left:
+                self.streams[client] = left
+
+    async def _stream(self, request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(
             headers={
                 "Content-Type": "text/event-stream; charset=utf-8",
@@ -1171,16 +1380,24 @@ class _Admin:
         return content, b"event: overview\ndata: " + msgspec.json.encode(overview) + b"\n\n"
 
 
-def add_admin_routes(app: web.Application, store: EventStore, *, token: str) -> None:
-    """Serve the admin API and the dashboard from ``app``, each route behind ``token``."""
-    admin = _Admin(store, AdminAuth(token))
+def add_admin_routes(
+    app: web.Application,
+    store: EventStore,
+    *,
+    token: str,
+    clock: Callable[[], float] = time.time,
+) -> None:
+    """Serve the admin API and the dashboard from ``app``, each route behind ``token``;
+    ``clock`` (Unix seconds) dates and expires the sessions."""
+    admin = _Admin(store, AdminAuth(token, clock=clock))
     guard = admin.auth.guard
     app.router.add_get("/metrics", guard(admin.metrics))
     app.router.add_get("/api/actors", guard(admin.actors))
-    app.router.add_post("/api/actors/{name}/{action}", guard(admin.command))
+    app.router.add_post("/api/actors/{name}/{action}", guard(admin.command, "write"))
+    app.router.add_post("/api/tasks/{task_id}/retry", guard(admin.retry_task, "write"))
     app.router.add_get("/api/events", guard(admin.events))
     app.router.add_get("/api/refunds", guard(admin.refunds))
-    app.router.add_post("/api/refunds/{refund_id}/{action}", guard(admin.refund_action))
+    app.router.add_post("/api/refunds/{refund_id}/{action}", guard(admin.refund_action, "write"))
     app.router.add_get("/api/overview", guard(admin.overview, "browser"))
     app.router.add_get("/api/stream", guard(admin.stream, "browser"))
     app.router.add_get("/dashboard", guard(admin.dashboard, "page"))
@@ -1199,22 +1416,29 @@ async def _healthz(request: web.Request) -> web.Response:
     return web.Response(text="ok")
 
 
-def build_admin_app(store: EventStore, *, token: str) -> web.Application:
+def build_admin_app(
+    store: EventStore, *, token: str, clock: Callable[[], float] = time.time
+) -> web.Application:
     """An app serving only the admin routes, and ``GET /healthz`` (no token) answering ok."""
     app = web.Application()
     app.router.add_get("/healthz", _healthz)
-    add_admin_routes(app, store, token=token)
+    add_admin_routes(app, store, token=token, clock=clock)
     return app
 
 
 @contextlib.asynccontextmanager
 async def serve_admin_app(
-    store: EventStore, *, token: str, host: str = "127.0.0.1", port: int = 0
+    store: EventStore,
+    *,
+    token: str,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    clock: Callable[[], float] = time.time,
 ) -> AsyncIterator[str]:
     """Serve :func:`build_admin_app` on ``host:port`` (0: a free port) until the block ends;
     yields the base URL. No access log: a login's query string carries the token."""
     runner = web.AppRunner(
-        build_admin_app(store, token=token), access_log=None, handle_signals=False
+        build_admin_app(store, token=token, clock=clock), access_log=None, handle_signals=False
     )
     await runner.setup()
     try:

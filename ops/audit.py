@@ -134,6 +134,7 @@ from events import (
     RewardFailed,
     SubscriptionActivated,
 )
+from events.base import check_telegram_id
 from events.errors import I3laniError, one_line
 from ops.audit_transfers import TRANSFER_CHECKS, TransferBooks, TransferSummary, summary_rows
 from store import START, Cursor, EventStore, RecordedEvent, migrate
@@ -1349,13 +1350,9 @@ class AuditError(msgspec.Struct, kw_only=True):
 def _user_id(text: str | None) -> int | None:
     if text is None:
         return None
-    try:
-        value = int(text)
-    except ValueError:
-        raise ValueError(f"--user takes a Telegram user id (>= 1), got {text!r}") from None
-    if value < 1:
-        raise ValueError(f"--user takes a Telegram user id (>= 1), got {value}")
-    return value
+    if not text.isascii() or not text.strip().isdigit() or len(text) > 24:
+        raise ValueError(f"--user takes a Telegram user id (>= 1), got {text[:40]!r}")
+    return check_telegram_id(int(text), what="--user (a Telegram user id)")
 
 
 async def audit_command(dsn: str, args: argparse.Namespace, out: TextIO) -> int:

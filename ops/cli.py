@@ -56,6 +56,7 @@ import msgspec
 from actors.config import ConfigCheck, Settings, load_settings
 from actors.control import CommandRefused, command_outlook, issue_command, operator_command
 from actors.names import ACTOR_NAMES, CATEGORIES, DEFAULT_ACTORS
+from actors.runtime import tracing
 from actors.runtime.status import ActorStatus, actor_status
 from actors.tasks import task_types
 from events import HealthChecked
@@ -864,10 +865,23 @@ def _report(command: str, error: I3laniError) -> None:
         print(f"i3lani {command}: {line}", file=sys.stderr)
 
 
+TRACED_COMMANDS: Final = frozenset({"run", "gateway", "dev"})
+"""The commands that record traces when the OTEL_* variables ask for them."""
+
+
+def _untraced() -> None:
+    return None
+
+
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     """Entry point of the ``i3lani`` console script; returns the exit code."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    given = list(sys.argv[1:] if argv is None else argv)
+    if any("\x00" in value for value in given):
+        # A process's argv cannot hold one, but a caller of main() can pass one, and no
+        # option means anything with it (PostgreSQL refuses it in text).
+        parser.error("an argument holds a NUL character; arguments are text without NUL")
+    args = parser.parse_args(given)
     try:
         check_environment(args)
     except ConfigError as exc:
@@ -889,7 +903,16 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         if args.command == "simulate":
             # Its own event loop (the simulation kernel's) and no database: not under anyio.run.
             return simulate_cli.main(args, out or sys.stdout)
-        return anyio.run(_run, args, out or sys.stdout, backend="asyncio")
+        # The long-running processes trace when OTEL_* asks (actors/runtime/tracing.py).
+        stop_tracing = (
+            tracing.configure(os.environ, service=f"i3lani-{args.command}")
+            if args.command in TRACED_COMMANDS
+            else _untraced
+        )
+        try:
+            return anyio.run(_run, args, out or sys.stdout, backend="asyncio")
+        finally:
+            stop_tracing()
     except I3laniError as exc:
         _report(args.command, exc)
         return EXIT_ERROR

@@ -2,11 +2,12 @@
 
     python -m ops.screenshot [--out docs]
 
-writes ``docs/dashboard.png`` (a phone, 390 x 844) and ``docs/dashboard-desktop.png`` (1280
-wide, the whole page). It creates a scratch database on ``DATABASE_URL``'s server (or the
-embedded PostgreSQL), fills it with an hour of a small bot's activity (:func:`seed_showcase`),
-serves :func:`ops.admin.build_admin_app` on 127.0.0.1, logs in with a throwaway token, waits
-until the live stream has filled the page, and drops the database afterwards.
+writes ``docs/dashboard.png`` (a phone, 390 x 844), ``docs/dashboard-desktop.png`` (1280
+wide, the whole page) and ``docs/dashboard-confirm.png`` (an action's confirmation dialog). It
+creates a scratch database on ``DATABASE_URL``'s server (or the embedded PostgreSQL), fills it
+with an hour of a small bot's activity (:func:`seed_showcase`), serves
+:func:`ops.admin.build_admin_app` on 127.0.0.1, logs in with a throwaway token, waits until the
+live stream has filled the page, and drops the database afterwards.
 
 The browser is driven through the DevTools protocol (:class:`Chromium`), which the dashboard's
 browser tests use too. ``--dump-dom`` with ``--virtual-time-budget`` cannot do it: virtual time
@@ -681,7 +682,7 @@ async def scratch_database(server_dsn: str) -> AsyncIterator[str]:
 
 
 async def take_screenshots(server_dsn: str, out: Path, executable: str | None = None) -> list[Path]:
-    """Seed a scratch database, serve the dashboard, write both PNGs into ``out``."""
+    """Seed a scratch database, serve the dashboard, write the three PNGs into ``out``."""
     await anyio.Path(out).mkdir(parents=True, exist_ok=True)
     token = secrets.token_urlsafe(24)
     written: list[Path] = []
@@ -705,13 +706,34 @@ async def take_screenshots(server_dsn: str, out: Path, executable: str | None = 
                 target = out / name
                 await anyio.Path(target).write_bytes(png)
                 written.append(target)
+            written.append(await _confirmation(browser, base, token, out / CONFIRM_PNG))
     return written
+
+
+CONFIRM_PNG: Final = "dashboard-confirm.png"
+_RESTART: Final = '[data-actor="PaymentMonitor"] button[data-action="restart"]'
+
+
+async def _confirmation(browser: Chromium, base: str, token: str, target: Path) -> Path:
+    """The dialog an operator confirms an action in (a restart, its reason typed), at desktop
+    width; nothing is confirmed."""
+    page = await browser.new_page(DESKTOP_WIDTH, 900)
+    await page.goto(f"{base}/dashboard?token={token}")
+    await page.wait_for(READY)
+    await page.evaluate(f"document.querySelector({_RESTART!r}).click()")
+    await page.wait_for("document.getElementById('confirm').open")
+    await page.evaluate(
+        "document.querySelector('#confirm input[name=reason]').value = "
+        "'TonAPI timeouts since the last deploy'"
+    )
+    await anyio.Path(target).write_bytes(await page.screenshot())
+    return target
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m ops.screenshot",
-        description="Screenshots of the dashboard (phone and desktop) for the docs.",
+        description="Screenshots of the dashboard (phone, desktop, a confirmation) for the docs.",
     )
     parser.add_argument("--out", type=Path, default=Path("docs"), help="folder (default docs)")
     parser.add_argument("--chromium", default=None, help="browser executable (default chromium)")

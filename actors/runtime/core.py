@@ -55,6 +55,7 @@ import msgspec
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from actors.runtime import tracing
 from actors.runtime.clock import Clock
 from events import ActorTicked, Event, EventMetadata, environment, streams
 from events.errors import ConcurrencyConflict, EventIdReused, StaleGeneration, StoreUnavailable
@@ -378,7 +379,7 @@ class ActorRunner(Generic[S]):
         self.stopping = anyio.Event()
         """Set when a graceful stop begins: background work should wind down and return."""
         self._background_done = anyio.Event()
-        self._deferred: dict[Message, None] = {}
+        self._deferred: dict[Message, str | None] = {}  # and the trace that asked first
         self._deferred_since: float | None = None
         # A tick that met an unreachable PostgreSQL: its due time, and failures in a row.
         self._tick_retry: datetime | None = None
@@ -399,7 +400,10 @@ class ActorRunner(Generic[S]):
 
     def metadata(self, causation: uuid.UUID | None = None) -> EventMetadata:
         return EventMetadata(
-            caused_by=f"actor:{self.actor.name}", node=self.node, causation_id=causation
+            caused_by=f"actor:{self.actor.name}",
+            node=self.node,
+            causation_id=causation,
+            traceparent=tracing.traceparent(),
         )
 
     # -- the incarnation ---------------------------------------------------------------------
@@ -555,11 +559,13 @@ class ActorRunner(Generic[S]):
         return idle or self.clock.monotonic() - self._deferred_since >= 1.0
 
     async def _run_deferred(self) -> None:
-        pending = list(self._deferred)
+        pending = list(self._deferred.items())
         self._deferred.clear()
         self._deferred_since = None
-        for message in pending:
-            await self._on_message(message, None)
+        for message, trace in pending:
+            name = f"{self.actor.name} perform {type(message).__name__}"
+            with tracing.span(name, parent=trace, attributes={"i3lani.actor": self.actor.name}):
+                await self._on_message(message, None)
 
     def request_stop(self) -> None:
         """Stop after the message in hand (graceful stop); ``run`` then returns."""
@@ -574,20 +580,35 @@ class ActorRunner(Generic[S]):
         self._folded_since_snapshot += 1
 
     async def _on_event(self, recorded: RecordedEvent) -> None:
+        with tracing.span(
+            f"{self.actor.name} react {recorded.type}",
+            parent=recorded.metadata.traceparent,
+            attributes={
+                "i3lani.actor": self.actor.name,
+                "i3lani.stream": recorded.stream,
+                "i3lani.event.type": recorded.type,
+                "i3lani.position": recorded.position,
+            },
+        ):
+            await self._react(recorded)
+        await self._maybe_snapshot()
+
+    async def _react(self, recorded: RecordedEvent) -> None:
         self._fold(recorded)
         emits: list[Emit] = []
         for message in self.actor.react(self.state, recorded):
             if isinstance(message, self.actor.io_messages):
                 if not self._deferred:
                     self._deferred_since = self.clock.monotonic()
-                self._deferred[message] = None
+                # Coalesced: the message runs once, in the trace of the first event that asked.
+                if self._deferred.get(message) is None:
+                    self._deferred[message] = tracing.traceparent()
                 continue
             emits.extend(self.actor.decide(self.state, message))
         if emits:
             await self._commit(emits, causation=recorded.event_id, checkpoint=recorded.cursor)
         else:
             self._unsaved_checkpoint = recorded.cursor
-        await self._maybe_snapshot()
 
     async def _on_message(
         self, message: Message, reply: MemoryObjectSendStream[tuple[bool, Any]] | None
@@ -711,6 +732,9 @@ class ActorRunner(Generic[S]):
                         ]
                     )
                     for group, positions in zip(batch, landed, strict=True):
+                        for emit, where in zip(group.emits, positions, strict=True):
+                            tag = self.store.registry.tag_of(emit.event)
+                            tracing.note_appended(group.stream, tag, where.position)
                         if not self._in_category(group.stream):
                             continue
                         for emit, item, where in zip(

@@ -21,6 +21,12 @@ The surfaces, and what each promises:
 * **CLI arguments** (``ops.cli``): a usage error is one ``i3lani ...: error:`` line (exit 2);
   ``restart|stop|start`` with a bad actor or reason exits non-zero with one line and appends
   nothing; the database password never appears in the output.
+* **deep nesting, NUL characters, out-of-range ids** (issue 16), on every input: a webhook body
+  nested up to 100,000 levels, or with an id outside Telegram's 52 bits, is a 400; a NUL in
+  any query parameter, path segment or JSON field of the admin API is a 4xx with one line, and
+  its JSON bodies nested too deep a 400; a NUL in any word of any command's argv is a usage
+  error (exit 2); ``ADMIN_IDS`` and ``audit --user`` refuse ids Telegram cannot have. Nothing
+  is written in any case.
 
 Examples are kept few (``max_examples`` 25 to 200) so the module runs in well under a minute.
 Tests that share a database across examples assert on count deltas, never on absolute state.
@@ -32,6 +38,7 @@ import contextlib
 import io
 import json
 import logging
+import re
 import sys
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -39,11 +46,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import anyio
 import anyio.to_thread
 import asyncpg
+import httpx
 import msgspec
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
@@ -51,7 +59,7 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from actors.catalog import ACTOR_NAMES
-from actors.config import Settings
+from actors.config import Settings, load_settings
 from actors.tasks import PAYMENT_VERIFICATION, REWARD_DISTRIBUTION, task_types
 from actors.telegram import make_bot
 from actors.ton import (
@@ -83,8 +91,9 @@ from events import (
     UserRegistered,
 )
 from events import HealthCheck as Check
-from events.errors import EventError, InvalidEvent, UnknownEventType, UpcastError
+from events.errors import ConfigError, EventError, InvalidEvent, UnknownEventType, UpcastError
 from ops import cli
+from ops.admin import serve_admin_app
 from ops.standins import BotApiStandIn
 from store import EventStore
 from store.tasks import InvalidTaskPayload, TaskError, TaskQueue, UnknownTaskType
@@ -1109,3 +1118,244 @@ async def test_undecodable_argv_bytes_are_one_line_in_a_real_process(
         run = Run(done.returncode, done.stdout.decode(), done.stderr.decode("utf-8", "replace"))
         check_failed_run(run)
         assert await counts(store) == before
+
+
+# -- deep nesting, NUL characters and out-of-range ids on every HTTP and CLI input ---------------
+
+DEEP_SHAPES = ("[{}]", '{{"a": {}}}', '{{"update_id": 1, "message": {}}}', '{{"reason": {}}}')
+
+
+def deep_json(depth: int, shape: str) -> bytes:
+    """``shape`` around a value nested ``depth`` levels deep (arrays or objects, alternating
+    with the depth's parity): what a hostile client sends to exhaust a recursive parser."""
+    opening, closing = ("[", "]") if depth % 2 else ('{"a":', "}")
+    inner = opening * depth + "1" + closing * depth
+    return shape.format(inner).encode()
+
+
+deep_bodies = st.builds(
+    deep_json,
+    st.one_of(st.integers(min_value=1_000, max_value=100_000), st.just(100_000)),
+    st.sampled_from(DEEP_SHAPES),
+)
+# Any text with at least one NUL character in it.
+with_nul = st.builds(lambda a, b: f"{a}\x00{b}", text, text)
+
+
+@FEW
+@given(deep_bodies)
+@example(body=deep_json(100_000, "[{}]"))  # regression: a RecursionError was a 500
+async def test_a_webhook_body_nested_too_deep_is_a_400_and_nothing_is_written(
+    webhook: Webhook, store: EventStore, body: bytes
+) -> None:
+    before = await counts(store)
+    status, answer = await webhook.post(body)
+    assert status == 400, (status, answer[:200])
+    assert "not a Telegram Update" in one_line(answer, secrets=webhook.secrets())
+    assert await counts(store) == before
+
+
+out_of_range_ids = st.one_of(
+    st.integers(min_value=2**52, max_value=2**70),
+    st.integers(min_value=-(2**70), max_value=-(2**52)),
+    st.sampled_from([2**52, 2**63, 2**64, -(2**64)]),
+)
+
+
+@FEW
+@given(out_of_range_ids, st.sampled_from(["from", "chat"]))
+@example(user_id=2**64, where="from")  # regression: accepted, and a user-18446744073709551616
+async def test_an_id_telegram_cannot_send_is_a_400_and_nothing_is_written(
+    webhook: Webhook, store: EventStore, user_id: int, where: str
+) -> None:
+    update = message_update(5, "/start")
+    update["message"][where]["id"] = user_id
+    before = await counts(store)
+    sent = len(webhook.bot_api.sent)
+    status, answer = await webhook.post(_json_bytes(update))
+    assert status == 400, (status, answer)
+    one_line(answer, secrets=webhook.secrets())
+    assert await counts(store) == before
+    assert len(webhook.bot_api.sent) == sent
+
+
+@FEW
+@given(st.one_of(with_nul, st.sampled_from(["a b", "ä", "", "x" * 65])))
+@example(username="a\x00b")  # regression: the append failed: "something went wrong" (a 500)
+async def test_a_username_telegram_would_not_send_is_a_400_and_nothing_is_written(
+    webhook: Webhook, store: EventStore, username: str
+) -> None:
+    before = await counts(store)
+    sent = len(webhook.bot_api.sent)
+    status, answer = await webhook.post(_json_bytes(message_update(5, "/start", username=username)))
+    assert status == 400, (status, answer)
+    one_line(answer, secrets=webhook.secrets())
+    assert await counts(store) == before
+    assert len(webhook.bot_api.sent) == sent
+
+
+async def test_the_largest_id_telegram_can_send_is_served(
+    webhook: Webhook, store: EventStore
+) -> None:
+    status, _ = await webhook.post(_json_bytes(message_update(2**52 - 1, "/start")))
+    assert status == 200
+    [recorded] = [r async for r in store.read_all()]
+    assert isinstance(recorded.event, UserRegistered)
+    assert recorded.event.user_id == 2**52 - 1
+
+
+@PURE
+@given(st.one_of(out_of_range_ids.map(str), st.just(str(2**64))))
+def test_admin_ids_outside_telegram_s_range_are_one_config_line(value: str) -> None:
+    env = {"WALLET_ADDRESS": RAW, "ADMIN_IDS": f"7,{value}"}
+    with pytest.raises(ConfigError) as caught:
+        load_settings(env)
+    assert "ADMIN_IDS" in one_line(caught.value)
+
+
+ADMIN_TOKEN = "bad-input-admin-token-0123456789"
+
+
+@dataclass
+class Admin:
+    http: httpx.AsyncClient
+
+    async def send(self, method: str, url: str, body: bytes | None = None) -> tuple[int, str]:
+        response = await self.http.request(
+            method, url, content=body, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        )
+        return response.status_code, response.text
+
+
+@pytest.fixture
+async def admin_api(store: EventStore) -> AsyncIterator[Admin]:
+    async with (
+        serve_admin_app(store, token=ADMIN_TOKEN) as base,
+        httpx.AsyncClient(base_url=base, timeout=30) as http,
+    ):
+        yield Admin(http)
+
+
+def check_refused(status: int, answer: str) -> str:
+    """A 4xx whose reason is one line: the JSON ``error`` of the admin API, the reason of the
+    login page (a page for a person, the reason in its ``login-required`` paragraph)."""
+    assert 400 <= status < 500, (status, answer[:300])
+    page = re.search(r'<p id="login-required">(.*?)</p>', answer)
+    reason = page.group(1) if page else json.loads(answer)["error"]
+    return one_line(reason, secrets=(ADMIN_TOKEN,))
+
+
+def _quoted(value: str) -> str:
+    return quote(value, safe="")
+
+
+# Every input of the admin API, a value in it: (method, URL, body).
+ADMIN_INPUTS: list[Callable[[str], tuple[str, str, bytes | None]]] = [
+    lambda v: ("GET", f"/api/events?after={_quoted(v)}", None),
+    lambda v: ("GET", f"/api/events?limit={_quoted(v)}", None),
+    lambda v: ("GET", f"/api/events?stream={_quoted(v)}", None),
+    lambda v: ("GET", f"/api/events?category={_quoted(v)}", None),
+    lambda v: ("GET", f"/api/events?type={_quoted(v)}", None),
+    lambda v: ("GET", f"/api/events?{_quoted(v)}=1", None),
+    lambda v: ("GET", f"/api/refunds?status={_quoted(v)}", None),
+    lambda v: ("POST", f"/api/actors/{_quoted(v)}/restart", None),
+    lambda v: ("POST", f"/api/actors/Cleanup/{_quoted(v)}", None),
+    lambda v: ("POST", "/api/actors/Cleanup/restart", json.dumps({"reason": v}).encode()),
+    lambda v: ("POST", f"/api/tasks/{_quoted(v)}/retry", None),
+    lambda v: ("POST", f"/api/refunds/{_quoted(v)}/decline", b'{"reason": "no"}'),
+    lambda v: ("POST", f"/api/refunds/{'1' * 12}/{_quoted(v)}", b"{}"),
+    lambda v: ("POST", f"/api/refunds/{'1' * 12}/decline", json.dumps({"reason": v}).encode()),
+    lambda v: (
+        "POST",
+        f"/api/refunds/{'1' * 12}/refunded",
+        json.dumps({"tx_hash": v, "note": v}).encode(),
+    ),
+    lambda v: ("GET", f"/dashboard?token={_quoted(v)}", None),
+]
+
+
+@FEW
+@given(st.sampled_from(range(len(ADMIN_INPUTS))), with_nul)
+@example(slot=2, value="\x00")  # regression: GET /api/events?stream=%00 reached PostgreSQL
+@example(slot=3, value="pay\x00ment")
+async def test_a_nul_in_any_admin_input_is_a_4xx_and_nothing_is_written(
+    admin_api: Admin, store: EventStore, slot: int, value: str
+) -> None:
+    method, url, body = ADMIN_INPUTS[slot](value)
+    before = await counts(store)
+    status, answer = await admin_api.send(method, url, body)
+    check_refused(status, answer)
+    assert await counts(store) == before
+
+
+ADMIN_BODIES = (
+    "/api/actors/Cleanup/restart",
+    f"/api/refunds/{'1' * 12}/refunded",
+    f"/api/refunds/{'1' * 12}/decline",
+    "/api/tasks/1/retry",
+)
+
+
+@FEW
+@given(st.sampled_from(ADMIN_BODIES), deep_bodies)
+@example(path="/api/actors/Cleanup/restart", body=deep_json(100_000, "[{}]"))
+async def test_a_body_nested_too_deep_is_a_400_from_every_admin_write(
+    admin_api: Admin, store: EventStore, path: str, body: bytes
+) -> None:
+    before = await counts(store)
+    status, answer = await admin_api.send("POST", path, body)
+    assert status == 400, (status, answer[:300])
+    check_refused(status, answer)
+    assert await counts(store) == before
+
+
+# Each command with its inputs, as a valid argv: a NUL goes into one word of it.
+CLI_INPUTS = [
+    ["events", "--stream", "payment-1", "--after", "1", "--limit", "5"],
+    ["events", "--category", "payment"],
+    ["restart", "Cleanup", "--reason", "why", "--no-wait"],
+    ["stop", "Cleanup", "--no-wait"],
+    ["start", "Cleanup", "--no-wait"],
+    ["retry-task", "1"],
+    ["audit", "--user", "7", "--stream", "payment-1", "--as-of", "12", "--format", "json"],
+    ["refunds", "mark", "111111111111", TX_HASH, "--note", "sent"],
+    ["refunds", "decline", "111111111111", "--reason", "no"],
+    ["run", "--actors", "Cleanup"],
+    ["gateway", "--host", "127.0.0.1", "--port", "8080"],
+    ["demo", "--seed", "1", "--users", "5", "--database", "demo"],
+    ["status", "--json"],
+    ["summary"],
+    ["health", "--json"],
+    ["migrate"],
+    ["--log-level", "DEBUG", "status"],
+]
+
+
+@FEW
+@given(
+    st.sampled_from(CLI_INPUTS).flatmap(
+        lambda argv: st.tuples(st.just(argv), st.integers(0, len(argv) - 1), with_nul)
+    )
+)
+@example(case=(["events", "--stream", "payment-1"], 2, "\x00"))  # regression: reached PostgreSQL
+async def test_a_nul_in_any_cli_argument_is_a_usage_error_and_nothing_is_written(
+    store: EventStore,
+    cli_env: Callable[[list[str]], Run],
+    case: tuple[list[str], int, str],
+) -> None:
+    argv, index, value = case
+    argv = [*argv[:index], argv[index] + value, *argv[index + 1 :]]
+    before = await counts(store)
+    run = await anyio.to_thread.run_sync(cli_env, argv)
+    assert run.code == 2, run
+    assert "NUL character" in check_failed_run(run)
+    assert await counts(store) == before
+
+
+@FEW
+@given(out_of_range_ids.map(str))
+async def test_an_audit_for_a_user_id_telegram_cannot_have_is_one_line(
+    store: EventStore, cli_env: Callable[[list[str]], Run], user: str
+) -> None:
+    run = await anyio.to_thread.run_sync(cli_env, ["audit", f"--user={user}"])
+    check_failed_run(run)

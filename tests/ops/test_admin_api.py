@@ -129,6 +129,7 @@ async def test_every_admin_route_answers_401_without_the_right_token(
     client: httpx.AsyncClient, store: EventStore, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
+    wrong_tokens = 0
     for method, path in ADMIN_ROUTES:
         for headers in (
             {},
@@ -138,6 +139,14 @@ async def test_every_admin_route_answers_401_without_the_right_token(
             {"Cookie": f"{COOKIE_NAME}={TOKEN}"},  # the token is not a session
         ):
             response = await client.request(method, path, headers=headers)
+            if "Authorization" in headers:
+                wrong_tokens += 1
+                if wrong_tokens > admin.LOGIN_FAILURES_ALLOWED:
+                    # Guessing is limited per client: past the limit, any token waits.
+                    assert response.status_code == 429, (method, path, headers)
+                    assert 590 <= int(response.headers["Retry-After"]) <= 600
+                    assert "too many wrong admin tokens" in response.json()["error"]
+                    continue
             assert response.status_code == 401, (method, path, headers)
             assert response.headers["WWW-Authenticate"].startswith("Bearer")
             body = response.json()
@@ -180,7 +189,9 @@ async def test_a_login_sets_a_session_cookie_for_the_browser_routes_only(
     assert "HttpOnly" in set_cookie
     assert "SameSite=Strict" in set_cookie
     session = login.cookies[COOKIE_NAME]
-    assert len(session) == 64  # an HMAC-SHA256, hex
+    issued, _, signature = session.partition(".")
+    assert abs(int(issued) - datetime.now(UTC).timestamp()) < 60  # the login time...
+    assert len(signature) == 64  # ...and its HMAC-SHA256, hex
     cookie = {"Cookie": f"{COOKIE_NAME}={session}"}
 
     page = await client.get("/dashboard", headers=cookie)
@@ -194,12 +205,14 @@ async def test_a_login_sets_a_session_cookie_for_the_browser_routes_only(
         assert stream.status_code == 200
         assert stream.headers["content-type"].startswith("text/event-stream")
 
-    # The cookie is for reading in a browser: scripts and commands need the bearer token.
+    # The cookie is for the dashboard: scripts need the bearer token, and the dashboard's
+    # writes its CSRF checks (see the tests of the acting dashboard).
     for method, path in [r for r in ADMIN_ROUTES if r[1] not in ("/api/overview", "/api/stream")]:
         response = await client.request(method, path, headers=cookie)
-        assert response.status_code == 401, path
-    forged = {"Cookie": f"{COOKIE_NAME}={'0' * 64}"}
-    assert (await client.get("/api/overview", headers=forged)).status_code == 401
+        assert response.status_code == (403 if method == "POST" else 401), path
+    for forged in (f"{'0' * 64}", f"{issued}.{'0' * 64}", f"{int(issued) + 1}.{signature}"):
+        headers = {"Cookie": f"{COOKIE_NAME}={forged}"}
+        assert (await client.get("/api/overview", headers=headers)).status_code == 401
     assert TOKEN not in server_logs(caplog)
 
 
@@ -1039,3 +1052,184 @@ async def test_an_open_writer_sends_no_snapshot_until_something_changes(
             await store.append("payment-2", [created(2)])
             await eventually(lambda: shown(before + 1))
             tg.cancel_scope.cancel()
+
+
+# -- sessions and limits -----------------------------------------------------------------------
+
+
+class Clock:
+    """A settable clock in Unix seconds, for the sessions' ages."""
+
+    def __init__(self) -> None:
+        self.now = NOW.timestamp()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_a_session_ends_on_the_server_after_seven_days(store: EventStore) -> None:
+    clock = Clock()
+    async with (
+        serve_admin_app(store, token=TOKEN, clock=clock) as base,
+        httpx.AsyncClient(base_url=base, timeout=10) as http,
+    ):
+        login = await http.get("/dashboard", params={"token": TOKEN})
+        session = login.cookies[COOKIE_NAME]
+        assert session.partition(".")[0] == str(int(clock.now))
+        cookie = {"Cookie": f"{COOKIE_NAME}={session}"}
+        assert (await http.get("/api/overview", headers=cookie)).status_code == 200
+
+        clock.now += admin.COOKIE_MAX_AGE - 1
+        assert (await http.get("/api/overview", headers=cookie)).status_code == 200
+        clock.now += 1  # a browser that kept the cookie past its Max-Age gains nothing
+        assert (await http.get("/api/overview", headers=cookie)).status_code == 401
+        page = await http.get("/dashboard", headers=cookie)
+        assert page.status_code == 401
+        assert "/dashboard?token=" in page.text
+
+        # A session dated in the future (a clock set back, or a forgery) is no session either.
+        auth = admin.AdminAuth(TOKEN, clock=clock)
+        ahead = auth.session_for(int(clock.now) + 3600)
+        response = await http.get("/api/overview", headers={"Cookie": f"{COOKIE_NAME}={ahead}"})
+        assert response.status_code == 401
+
+
+def test_a_session_is_valid_for_its_token_and_age_only() -> None:
+    auth = admin.AdminAuth(TOKEN)
+    other = admin.AdminAuth(TOKEN + "x")
+    issued = int(NOW.timestamp())
+    session = auth.session_for(issued)
+    assert auth.session_valid(session, issued + 10)
+    assert not other.session_valid(session, issued + 10)
+    assert not auth.session_valid(session, issued + admin.COOKIE_MAX_AGE)
+    assert not auth.session_valid(session, issued - 3600)
+    for bad in ("", ".", session.partition(".")[2], f"x{session}", f"{session}0", "1\x00.ab"):
+        assert not auth.session_valid(bad, issued)
+
+
+def test_the_failure_window_forgets_failures_as_they_age() -> None:
+    now = [0.0]
+    window = admin.FailureWindow(allowed=3, window=60.0, clock=lambda: now[0])
+    for _ in range(3):
+        assert window.retry_after("a") is None
+        window.failed("a")
+        now[0] += 10
+    assert window.retry_after("a") == 30  # the first failure leaves the window at 60 s
+    assert window.retry_after("b") is None  # per client
+    now[0] = 60.0
+    assert window.retry_after("a") is None
+
+
+async def test_wrong_tokens_are_limited_per_client_and_a_session_still_works(
+    client: httpx.AsyncClient, store: EventStore
+) -> None:
+    login = await client.get("/dashboard", params={"token": TOKEN})
+    cookie = {"Cookie": f"{COOKIE_NAME}={login.cookies[COOKIE_NAME]}"}
+    for attempt in range(admin.LOGIN_FAILURES_ALLOWED):
+        guess = await client.get("/dashboard", params={"token": f"guess-{attempt:02d}-guess-guess"})
+        assert guess.status_code == 401
+    for request in (
+        client.get("/dashboard", params={"token": "one-more-guess-guess"}),
+        client.get("/dashboard", params={"token": TOKEN}),  # the right one waits too
+        client.get("/api/actors", headers=AUTH),
+    ):
+        response = await request
+        assert response.status_code == 429
+        assert 1 <= int(response.headers["Retry-After"]) <= admin.LOGIN_FAILURE_WINDOW
+        assert response.json()["error"].startswith("too many wrong admin tokens from 127.0.0.1")
+    assert (await client.get("/api/overview", headers=cookie)).status_code == 200
+    assert await ops_commands(store) == []
+
+
+async def test_event_streams_are_limited_per_client(client: httpx.AsyncClient) -> None:
+    async with contextlib.AsyncExitStack() as streams:
+        for _ in range(admin.STREAMS_PER_CLIENT):
+            opened = await streams.enter_async_context(
+                client.stream("GET", "/api/stream", headers=AUTH)
+            )
+            assert opened.status_code == 200
+        refused = await client.get("/api/stream", headers=AUTH)
+        assert refused.status_code == 429
+        assert refused.headers["Retry-After"] == str(admin.STREAM_RETRY_AFTER)
+        assert "event streams are open from 127.0.0.1 already" in refused.json()["error"]
+
+    async def another_opens() -> bool:
+        async with client.stream("GET", "/api/stream", headers=AUTH) as again:
+            return again.status_code == 200
+
+    await eventually(another_opens)  # a closed stream frees its place (once the server sees it)
+
+
+# -- the dashboard's writes: session cookie plus CSRF checks -----------------------------------
+
+
+async def logged_in(client: httpx.AsyncClient) -> dict[str, str]:
+    """The headers of the dashboard's writes: its cookies, its Origin, its CSRF header."""
+    login = await client.get("/dashboard", params={"token": TOKEN})
+    session, csrf = login.cookies[COOKIE_NAME], login.cookies[admin.CSRF_COOKIE]
+    csrf_cookie = next(c for c in login.headers.get_list("Set-Cookie") if "csrf" in c)
+    assert "HttpOnly" not in csrf_cookie  # the page's script reads it
+    return {
+        "Cookie": f"{COOKIE_NAME}={session}; {admin.CSRF_COOKIE}={csrf}",
+        "Origin": str(client.base_url).rstrip("/"),
+        admin.CSRF_HEADER: csrf,
+    }
+
+
+async def test_a_dashboard_write_needs_its_origin_and_csrf_token(
+    client: httpx.AsyncClient, store: EventStore
+) -> None:
+    good = await logged_in(client)
+    path = "/api/actors/PaymentMonitor/restart"
+    for name, headers, problem in (
+        ("no Origin", {k: v for k, v in good.items() if k != "Origin"}, "Origin"),
+        ("another site", {**good, "Origin": "https://evil.example"}, "Origin"),
+        ("a look-alike", {**good, "Origin": f"{good['Origin']}.evil.example"}, "Origin"),
+        ("no CSRF header", {k: v for k, v in good.items() if k != admin.CSRF_HEADER}, "CSRF"),
+        ("a wrong CSRF header", {**good, admin.CSRF_HEADER: "0" * 64}, "CSRF"),
+    ):
+        response = await client.post(path, headers=headers, json={"reason": "from a page"})
+        assert response.status_code == 403, name
+        error = response.json()["error"]
+        assert error.startswith("cross-site request refused"), (name, error)
+        assert problem in error, (name, error)
+    assert await ops_commands(store) == []
+
+    response = await client.post(path, headers=good, json={"reason": "stuck"})
+    assert response.status_code == 202
+    session_id = good["Cookie"].split(";")[0].partition(".")[2][:8]
+    assert response.json()["requested_by"] == f"dashboard:127.0.0.1/{session_id}"
+    [recorded] = await ops_commands(store)
+    assert isinstance(recorded.event, OperatorCommandIssued)
+    assert recorded.event.requested_by == f"dashboard:127.0.0.1/{session_id}"
+    assert recorded.event.reason == "stuck"
+    assert recorded.metadata.caused_by == recorded.event.requested_by
+
+
+async def test_a_dead_task_is_retried_by_whoever_asked(
+    client: httpx.AsyncClient, store: EventStore
+) -> None:
+    await dead_letter(store)
+    [dead] = await TaskQueue(store, task_types()).dead_letters(limit=5)
+    response = await client.post(f"/api/tasks/{dead.id}/retry", headers=AUTH)
+    assert response.status_code == 200, response.text
+    answer = {"task_id": dead.id, "requeued": True, "requested_by": "api:127.0.0.1"}
+    assert response.json() == answer
+    requeued = [
+        r
+        async for r in store.read_all()
+        if r.type == "TaskRequeued" and r.event.requested_by == "api:127.0.0.1"
+    ]
+    assert len(requeued) == 1
+
+    # Again: it is no longer dead. An unknown task: 404. Neither writes anything.
+    before = await store.head()
+    again = await client.post(f"/api/tasks/{dead.id}/retry", headers=AUTH)
+    assert again.status_code == 409
+    assert str(dead.id) in again.json()["error"]
+    missing = await client.post("/api/tasks/987654/retry", headers=AUTH)
+    assert missing.status_code == 404
+    word = await client.post("/api/tasks/seven/retry", headers=AUTH)
+    assert word.status_code == 404
+    assert "whole number" in word.json()["error"]
+    assert await store.head() == before

@@ -30,10 +30,13 @@ from events import (
     PaymentConfirmed,
     PaymentCreated,
 )
+from events.payments import RefundDue
+from events.streams import payment_refund_stream
 from ops.admin import serve_admin_app
-from ops.screenshot import PHONE, READY, Chromium, find_chromium, png_size
+from ops.screenshot import PHONE, READY, Chromium, Page, find_chromium, png_size
 from store import EventStore
 from store.leases import Leases
+from tests.ops.test_admin_api import dead_letter
 
 pytestmark = pytest.mark.browser
 
@@ -125,6 +128,14 @@ async def seed(store: EventStore) -> None:
     )
 
 
+async def logged_in(browser: Chromium, base: str, width: int = 1280, height: int = 900) -> Page:
+    """A page of ``width`` x ``height`` logged in to the dashboard at ``base``, filled in."""
+    page = await browser.new_page(width, height)
+    await page.goto(f"{base}/dashboard?token={TOKEN}")
+    await page.wait_for(READY)
+    return page
+
+
 def text_of(selector: str) -> str:
     """A page expression: the trimmed text of the first element matching ``selector``."""
     return f"(document.querySelector({selector!r})?.textContent ?? '').trim()"
@@ -143,11 +154,11 @@ async def test_the_dashboard_fills_in_from_the_live_stream(
             assert "PaymentMonitor" not in raw.text
             assert "5.44" not in raw.text
 
-            page = await browser.new_page(1280, 900)
-            await page.goto(f"{base}/dashboard?token={TOKEN}")
-            await page.wait_for(READY)
+            page = await logged_in(browser, base)
             assert await page.evaluate("location.pathname + location.search") == "/dashboard"
-            assert await page.evaluate("document.cookie") == ""  # HttpOnly: not for scripts
+            # The session is HttpOnly, not for scripts: they see only the CSRF token.
+            cookies = await page.evaluate("document.cookie")
+            assert re.fullmatch(r"i3lani_csrf=[0-9a-f]{64}", cookies), cookies
             html = await page.html()
             assert 'data-actor="PaymentMonitor"' in html
             assert 'data-actor="Cleanup"' in html
@@ -194,9 +205,7 @@ async def test_the_dashboard_at_phone_width(
         Chromium.start(chromium) as browser,
         serve_admin_app(store, token=TOKEN) as base,
     ):
-        page = await browser.new_page(*PHONE)
-        await page.goto(f"{base}/dashboard?token={TOKEN}")
-        await page.wait_for(READY)
+        page = await logged_in(browser, base, *PHONE)
         # Cards stack and wide tables scroll inside them: the page itself never scrolls sideways.
         assert await page.evaluate("document.documentElement.scrollWidth") <= PHONE[0]
         widths = await page.evaluate(
@@ -239,9 +248,7 @@ async def test_the_dashboard_warns_of_a_suspect_lease_and_held_back_readers(
             Chromium.start(chromium) as browser,
             serve_admin_app(store, token=TOKEN) as base,
         ):
-            page = await browser.new_page(1280, 900)
-            await page.goto(f"{base}/dashboard?token={TOKEN}")
-            await page.wait_for(READY)
+            page = await logged_in(browser, base)
             monitor = '[data-actor="PaymentMonitor"] [data-state]'
             state = await page.evaluate(text_of(monitor))
             assert re.fullmatch(r"suspect \((7\d|8\d)s unrenewed\)", state), state
@@ -305,3 +312,197 @@ async def test_without_a_token_chromium_gets_the_login_page(
     assert 'id="login-required"' in dom
     assert "/dashboard?token=" in dom
     assert "data-actor" not in dom
+
+
+# -- acting from the dashboard -----------------------------------------------------------------
+
+REFUND_A, REFUND_B = "a1" * 32, "b2" * 32
+
+
+async def owe(store: EventStore, refund_id: str, amount: int) -> None:
+    await store.append(
+        payment_refund_stream(refund_id),
+        [
+            RefundDue(
+                refund_id=refund_id,
+                wallet=WALLET,
+                to="0:" + "ef" * 32,
+                amount_nanotons=amount,
+                category="overpaid",
+                payment_id=42,
+                due_at=NOW,
+            )
+        ],
+    )
+
+
+async def events_of(store: EventStore, *types: str) -> list[Any]:
+    return [r async for r in store.read_all() if r.type in types]
+
+
+class Operator:
+    """An operator at the dashboard: clicks a button, reads and fills the dialog."""
+
+    def __init__(self, page: Page) -> None:
+        self.page = page
+
+    async def click(self, selector: str) -> None:
+        await self.page.wait_for(f"document.querySelector({selector!r}) !== null")
+        await self.page.evaluate(f"document.querySelector({selector!r}).click()")
+
+    async def asked(self) -> tuple[str, str]:
+        """The open dialog's title and text."""
+        await self.page.wait_for("document.getElementById('confirm').open")
+        return (
+            await self.page.evaluate(text_of("#confirm-title")),
+            await self.page.evaluate(text_of("#confirm-text")),
+        )
+
+    async def fill(self, name: str, value: str) -> None:
+        await self.page.evaluate(
+            f"document.querySelector('#confirm input[name={name}]').value = {value!r}"
+        )
+
+    async def confirm(self) -> str:
+        """Confirm; the notice the page then shows."""
+        await self.page.evaluate("document.getElementById('notice').hidden = true")
+        await self.click("#confirm-go")
+        await self.page.wait_for(
+            "!document.getElementById('confirm').open && !document.getElementById('notice').hidden"
+        )
+        return str(await self.page.evaluate(text_of("#notice")))
+
+    async def refused(self) -> str:
+        """Confirm, and the one line the dialog shows instead of closing."""
+        await self.page.evaluate("document.getElementById('confirm-error').textContent = ''")
+        await self.click("#confirm-go")
+        await self.page.wait_for("document.getElementById('confirm-error').textContent !== ''")
+        assert await self.page.evaluate("document.getElementById('confirm').open") is True
+        return str(await self.page.evaluate(text_of("#confirm-error")))
+
+
+async def test_an_operator_acts_from_the_dashboard_after_confirming(
+    chromium: str, store: EventStore
+) -> None:
+    await seed(store)
+    await dead_letter(store)
+    await owe(store, REFUND_A, 1_500_000_000)
+    await owe(store, REFUND_B, 250_000_000)
+    async with (
+        Chromium.start(chromium) as browser,
+        serve_admin_app(store, token=TOKEN) as base,
+    ):
+        page = await logged_in(browser, base)
+        operator = Operator(page)
+        restart = '[data-actor="PaymentMonitor"] button[data-action="restart"]'
+
+        # Cancelled: nothing is recorded.
+        await operator.click(restart)
+        assert await operator.asked() == (
+            "Restart PaymentMonitor?",
+            "The node running it stops it and starts it again at once.",
+        )
+        await operator.fill("reason", "never mind")
+        await operator.click("#confirm-cancel")
+        await page.wait_for("!document.getElementById('confirm').open")
+        assert await events_of(store, "OperatorCommandIssued") == []
+
+        # Confirmed: one command, recorded with who asked and why.
+        await operator.click(restart)
+        await operator.asked()
+        await operator.fill("reason", "stuck since noon")
+        said = await operator.confirm()
+        [command] = await events_of(store, "OperatorCommandIssued")
+        who = command.event.requested_by
+        assert re.fullmatch(r"dashboard:127\.0\.0\.1/[0-9a-f]{8}", who), who
+        assert (command.event.action, command.event.actor) == ("restart", "PaymentMonitor")
+        assert command.event.reason == "stuck since noon"
+        assert command.metadata.caused_by == who
+        assert said.startswith("restart PaymentMonitor: requested (command ")
+        assert said.endswith(f"by {who}")
+
+        # Stop and start: the buttons follow the actor's state.
+        await operator.click('[data-actor="RewardProcessor"] button[data-action="stop"]')
+        assert (await operator.asked())[0] == "Stop RewardProcessor?"
+        assert (await operator.confirm()).startswith("stop RewardProcessor: requested")
+        await operator.click('[data-actor="Cleanup"] button[data-action="start"]')
+        assert (await operator.asked())[0] == "Start Cleanup?"
+        await operator.confirm()
+        commands = await events_of(store, "OperatorCommandIssued")
+        assert [(c.event.action, c.event.actor) for c in commands[1:]] == [
+            ("stop", "RewardProcessor"),
+            ("start", "Cleanup"),
+        ]
+        assert {c.event.requested_by for c in commands} == {who}
+
+        # A dead letter retried.
+        await operator.click("button[data-act='retry']")
+        title, text = await operator.asked()
+        assert title.startswith("Retry task ")
+        assert "Fix what made it fail first." in text
+        assert (await operator.confirm()).endswith(f"requeued by {who}")
+        [requeued] = await events_of(store, "TaskRequeued")
+        assert requeued.event.requested_by == who
+
+        # A refund declined: the reason is required, and recorded.
+        decline = f"[data-refund='{REFUND_A}'] button[data-act='decline']"
+        await operator.click(decline)
+        title, text = await operator.asked()
+        assert title == f"Decline refund {REFUND_A[:12]}?"
+        assert text.startswith("1.50 TON owed to 0:efef")
+        assert await operator.refused() == "reason is required"
+        await operator.fill("reason", "the sender asked us to keep it")
+        assert (await operator.confirm()) == f"refund {REFUND_A[:12]} declined by {who}"
+        [declined] = await events_of(store, "RefundDeclined")
+        assert declined.event.requested_by == who
+        assert declined.event.reason == "the sender asked us to keep it"
+
+        # A refund marked sent: a malformed hash is the server's one line, in the dialog.
+        await operator.click(f"[data-refund='{REFUND_B}'] button[data-act='refunded']")
+        assert "the worker never sends TON" in (await operator.asked())[1]
+        await operator.fill("tx_hash", "not-a-hash")
+        problem = await operator.refused()
+        assert "hash" in problem
+        assert "\n" not in problem
+        assert await events_of(store, "RefundSent") == []
+        await operator.fill("tx_hash", "cd" * 32)
+        assert (await operator.confirm()).endswith("awaiting the chain")
+        [sent] = await events_of(store, "RefundSent")
+        assert (sent.event.tx_hash, sent.event.requested_by) == ("cd" * 32, who)
+        await page.wait_for(f"document.querySelector(\"[data-refund='{REFUND_A}']\") === null")
+        assert (
+            await page.evaluate(
+                f"document.querySelectorAll(\"[data-refund='{REFUND_B}'] button\").length"
+            )
+            == 0
+        )  # sent, awaiting the chain: nothing to do
+
+
+async def test_a_page_of_another_site_cannot_act_with_the_session(
+    chromium: str, store: EventStore
+) -> None:
+    """A write with the session but without the page's CSRF token, or from a page of another
+    origin, records nothing."""
+    await seed(store)
+    async with (
+        Chromium.start(chromium) as browser,
+        serve_admin_app(store, token=TOKEN) as base,
+        serve_admin_app(store, token=TOKEN + "-other") as other,
+    ):
+        page = await logged_in(browser, base)
+        # The same session, from the right origin but without the CSRF header: refused.
+        status = await page.evaluate(
+            "fetch('/api/actors/PaymentMonitor/restart', {method: 'POST', "
+            "credentials: 'same-origin', body: '{}'}).then((r) => r.status)"
+        )
+        assert status == 403
+        # A page of another origin posting to this one. Another port is the same *site*, so
+        # SameSite lets the cookie go along: the Origin check and the CSRF token refuse it.
+        await page.goto(f"{other}/healthz")
+        status = await page.evaluate(
+            f"fetch('{base}/api/actors/PaymentMonitor/restart', {{method: 'POST', "
+            "mode: 'no-cors', credentials: 'include', body: '{}'})"
+            ".then(() => 'sent', () => 'failed')"
+        )
+        assert status == "sent"  # answered (opaquely): the server has dealt with it
+        assert await events_of(store, "OperatorCommandIssued") == []
