@@ -77,7 +77,7 @@ import anyio
 import msgspec
 from aiohttp import web
 
-from actors.control import ACTIONS, UnknownAction, issue_command, operator_command
+from actors.control import ACTIONS, UnknownAction, command_outlook, issue_command, operator_command
 from actors.health import HEALTH_STREAM, LAG_LIMIT, checkpoint_lag
 from actors.names import ACTOR_NAMES, CATEGORIES, DEFAULT_ACTORS, UnknownActor
 from actors.refunds import (
@@ -1205,6 +1205,15 @@ class _Admin:
             return _error(400, f'the body is optional JSON {{"reason": "..."}}: {_why(exc)}')
         who = self.auth.who(request)
         command = operator_command(action, name, requested_by=who, reason=reason)
+        # The same judgement as `i3lani restart|stop|start`: a command that nothing would act
+        # on is refused (409), one with nothing to do is not recorded (200), neither appends.
+        outlook = command_outlook(
+            command.action, await actor_status(self.store, name, datetime.now(UTC))
+        )
+        if outlook.refused:
+            return _error(409, outlook.message)
+        if not outlook.record:
+            return _json({"recorded": False, "actor": name, "message": outlook.message})
         try:
             result = await issue_command(self.store, command)
         except InvalidEvent as exc:  # a reason the log cannot hold (a NUL character...)
@@ -1225,6 +1234,8 @@ class _Admin:
                 "requested_by": command.requested_by,
                 "reason": command.reason,
                 "position": result.last_position,
+                "recorded": True,
+                "message": outlook.message,
             },
             status=202,
         )

@@ -23,6 +23,7 @@ from events import (
 )
 from ops.standins import BotApiStandIn
 from store import EventStore
+from store.leases import Leases
 from tests.bot_gateway.conftest import (
     ADMIN,
     PATH,
@@ -360,6 +361,14 @@ async def test_admin_commands_refuse_everyone_else(telegram: Telegram, store: Ev
 
 
 async def test_restart_appends_an_operator_command(telegram: Telegram, store: EventStore) -> None:
+    # No node runs PaymentMonitor: nothing would act on a restart, so nothing is recorded.
+    reply = await telegram.say(ADMIN, "/restart PaymentMonitor")
+    assert reply.startswith("no node runs PaymentMonitor (never started): nothing to restart")
+    assert await store.read_stream("ops-commands") == []
+
+    leases = Leases(store, "vm:1", ttl=60)
+    assert await leases.acquire("PaymentMonitor") is not None
+    assert await leases.acquire("RewardProcessor") is not None
     reply = await telegram.say(ADMIN, "/restart paymentmonitor stuck since noon")
     assert reply.startswith("restart PaymentMonitor: requested (command #1)")
     [recorded] = await store.read_stream("ops-commands")

@@ -417,6 +417,13 @@ async def test_actors_show_status_and_recent_history(
 async def test_a_command_appends_one_operator_command(
     client: httpx.AsyncClient, store: EventStore
 ) -> None:
+    # No node holds PaymentMonitor: nothing would act on a restart, so it is refused.
+    response = await client.post("/api/actors/PaymentMonitor/restart", headers=AUTH)
+    assert response.status_code == 409
+    assert response.json()["error"].startswith("no node runs PaymentMonitor (never started)")
+    assert await ops_commands(store) == []
+
+    assert await Leases(store, "vm:1", ttl=60).acquire("PaymentMonitor") is not None
     response = await client.post(
         "/api/actors/PaymentMonitor/restart", headers=AUTH, json={"reason": "stuck on a poll"}
     )
@@ -437,10 +444,20 @@ async def test_a_command_appends_one_operator_command(
         "requested_by": "api:127.0.0.1",
         "reason": "stuck on a poll",
         "position": recorded.position,
+        "recorded": True,
+        "message": "",
     }
-    for action in ("stop", "start"):
-        response = await client.post(f"/api/actors/Cleanup/{action}", headers=AUTH)
-        assert response.status_code == 202
+    # Cleanup runs nowhere: a stop is recorded (it lasts), and says so; the start then undoes it.
+    response = await client.post("/api/actors/Cleanup/stop", headers=AUTH)
+    assert response.status_code == 202
+    assert "it stays stopped" in response.json()["message"]
+    response = await client.post("/api/actors/Cleanup/start", headers=AUTH)
+    assert response.status_code == 202
+    # A start with nothing to start is answered and not recorded.
+    response = await client.post("/api/actors/RewardProcessor/start", headers=AUTH)
+    assert response.status_code == 200
+    assert response.json()["recorded"] is False
+    assert "nothing to start" in response.json()["message"]
     commands = [r.event for r in await ops_commands(store)]
     assert [
         (c.action, c.actor, c.reason) for c in commands if isinstance(c, OperatorCommandIssued)
@@ -815,6 +832,7 @@ async def test_an_unreachable_database_is_a_one_line_503(dsn: str) -> None:
 async def test_a_reason_the_log_cannot_hold_is_a_400_and_nothing_is_appended(
     client: httpx.AsyncClient, store: EventStore
 ) -> None:
+    assert await Leases(store, "vm:1", ttl=60).acquire("PaymentMonitor") is not None
     response = await client.post(
         "/api/actors/PaymentMonitor/restart",
         json={"reason": "stuck\u0000since noon"},
@@ -1180,6 +1198,7 @@ async def test_a_dashboard_write_needs_its_origin_and_csrf_token(
     client: httpx.AsyncClient, store: EventStore
 ) -> None:
     good = await logged_in(client)
+    assert await Leases(store, "vm:1", ttl=60).acquire("PaymentMonitor") is not None
     path = "/api/actors/PaymentMonitor/restart"
     for name, headers, problem in (
         ("no Origin", {k: v for k, v in good.items() if k != "Origin"}, "Origin"),
