@@ -357,6 +357,7 @@ class _Checking:
 
     seal: LogSealed
     seal_position: int
+    seal_cursor: Cursor  # where the LogSealed event itself is, in reading order
     after: Cursor
     last: Cursor
     after_key: tuple[int, int]  # (transaction id, position): rows compare as plain tuples
@@ -394,7 +395,7 @@ class SealVerifier:
     def __init__(self, against: SealDigest | None = None) -> None:
         self.against = against
         self.report = SealReport(against=None if against is None else str(against))
-        self._pending: deque[tuple[LogSealed, int]] = deque()
+        self._pending: deque[tuple[LogSealed, Cursor]] = deque()
         self._current: _Checking | None = None
         self._expected_number = 1
         self._stored_hash = ZERO_HASH  # the hash the last seal closed stores
@@ -404,10 +405,11 @@ class SealVerifier:
         self._previous_last = START
         self.seals_known = 0
         self.last_seal_cursor: Cursor | None = None  # the end of the last seal added
+        self.read_up_to = START  # the cursor of the last row fed
 
     # -- feeding ----------------------------------------------------------------------------
-    def add_seal(self, seal: LogSealed, stored_at: int) -> None:
-        """The next seal (in order), and the global position its event is stored at."""
+    def add_seal(self, seal: LogSealed, stored_at: Cursor) -> None:
+        """The next seal (in order), and where its own event is stored."""
         self._pending.append((seal, stored_at))
         self.seals_known += 1
         self.last_seal_cursor = _last_cursor(seal)
@@ -427,6 +429,8 @@ class SealVerifier:
         one go; only a run that differs is walked row by row to name the first difference."""
         current = self._current
         start, end = 0, len(rows)
+        if rows:
+            self.read_up_to = rows[-1].cursor
         while start < end:
             row = rows[start]
             key = (row.transaction_id, row.position)
@@ -528,7 +532,8 @@ class SealVerifier:
     def _open_next(self) -> _Checking | None:
         if not self._pending:
             return None
-        seal, stored_at = self._pending.popleft()
+        seal, seal_cursor = self._pending.popleft()
+        stored_at = seal_cursor.position
         self.report.seals += 1
         if seal.seal != self._expected_number:
             self._find(
@@ -565,6 +570,7 @@ class SealVerifier:
         return _Checking(
             seal=seal,
             seal_position=stored_at,
+            seal_cursor=seal_cursor,
             after=after,
             last=_last_cursor(seal),
             after_key=(after.transaction_id, after.position),
@@ -643,15 +649,22 @@ class SealVerifier:
 
     def finish(self, *, complete: bool) -> SealReport:
         """No more rows. ``complete``: they reached the end of the log, so a seal whose range
-        was not read to its end lost rows; otherwise (a cut, ``--as-of``) it is not judged."""
+        was not read to its end lost rows; otherwise (a cut, ``--as-of``) it is not judged.
+        Either way a seal whose own event lies beyond the last row read is not judged: it was
+        appended after the read went past (its range was not readable yet then)."""
         current = self._current
         if complete:
             while True:
                 if current is not None:
+                    if current.seal_cursor > self.read_up_to:
+                        self._not_judged(current)
+                        break
                     self._close(current)
                 current = self._open_next()
                 if current is None:
                     break
+        elif current is not None:
+            self._not_judged(current)
         self._current = None
         against = self.against
         if against is not None and self.report.digest_matched is None:
@@ -669,6 +682,13 @@ class SealVerifier:
                 seal=against.seal,
             )
         return self.report
+
+    def _not_judged(self, current: _Checking) -> None:
+        """``current`` (and every seal after it) is newer than the read: left out."""
+        self.report.seals -= 1
+        self.report.events -= current.index
+        self.report.unsealed += current.index
+        self._pending.clear()
 
     def _find(
         self,
@@ -693,8 +713,8 @@ def _hex(text: str) -> bytes:
 # -- reading the seals ------------------------------------------------------------------------
 async def seals_after(
     log: EventLog, version: int = 0, *, page: int = 100
-) -> AsyncIterator[tuple[LogSealed, int] | EventError]:
-    """Each seal after ``version`` with the position of its event, in order; an EventError
+) -> AsyncIterator[tuple[LogSealed, Cursor] | EventError]:
+    """Each seal after ``version`` with the cursor of its own event, in order; an EventError
     (then nothing more) where the seal stream stops decoding."""
     while True:
         try:
@@ -707,7 +727,7 @@ async def seals_after(
             if not isinstance(recorded.event, LogSealed):
                 yield EventError(f"seal-log v{version} is a {recorded.type}, not a LogSealed")
                 return
-            yield recorded.event, recorded.position
+            yield recorded.event, recorded.cursor
         if len(batch) < page:
             return
 
