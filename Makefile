@@ -1,21 +1,32 @@
 # i3lani: every set-up step lives here, so a fresh machine needs only `make demo` / `make test`.
 # Nothing here needs PostgreSQL installed: with DATABASE_URL unset, an embedded one is started.
+# Everything is installed from uv.lock (scripts/lock.py), as render.yaml's build does; the
+# Python is the one render.yaml pins (PYTHON_VERSION), or the README says why not.
 
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo run test check lint typecheck pytest browser bench clean simulate \
+.PHONY: install lock demo run test check lint typecheck pytest browser bench clean simulate \
 	test-pure test-memory test-postgres test-process test-browser test-simulation
 
-$(STAMP): pyproject.toml
+## The development environment: the production packages plus the extras, every one at the
+## version and hash uv.lock pins (a pyproject.toml the lock no longer matches stops it).
+EXTRAS := dev bench embedded
+$(STAMP): pyproject.toml uv.lock scripts/lock.py
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python scripts/lock.py install --editable $(addprefix --extra ,$(EXTRAS))
 	touch $(STAMP)
 
 install: $(STAMP)
+
+## Re-lock after editing pyproject.toml's dependencies: keeps every pin the ranges still allow
+## (LOCK_ARGS=--upgrade: the newest versions they allow). Commit uv.lock with pyproject.toml.
+## (The virtual environment's Python, which always has pip; nothing is installed into it.)
+lock:
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python scripts/lock.py update $(LOCK_ARGS)
 
 ## The main job, shown end to end: embedded PostgreSQL, stand-ins, supervisor, actors, gateway,
 ## simulated users; prints the event stream live, the dashboard URL and an audit summary.

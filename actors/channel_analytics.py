@@ -4,10 +4,14 @@ Every ``I3LANI_ANALYTICS_INTERVAL`` seconds (6 h by default), for each channel r
 ``ChannelAdded``:
 
 1. ``getChatMemberCount`` through the Bot API (:class:`~actors.telegram.TelegramClient`);
-2. active subscribers = ``floor(subscribers * I3LANI_ACTIVE_SHARE)`` (45 % by default);
-3. price = :func:`actors.config.channel_price` — ``max(min price, active * price per 1,000 /
+2. active subscribers = :func:`actors.config.active_subscribers` — ``floor(subscribers x
+   I3LANI_ACTIVE_SHARE)`` (45 % by default), exact, rounded down to a whole subscriber;
+3. price = :func:`actors.config.channel_price` — ``max(min price, active x price per 1,000 /
    1,000)`` rounded up to 0.01 TON, in integer nanotons;
 4. ``ChannelStatsUpdated`` always, ``ChannelPriceChanged`` only when the price moved.
+
+:mod:`actors.config` says why each is rounded the way it is; the audit calls the same two
+functions, so it cannot disagree with this actor on a price.
 
 A 400 (chat not found), 403 (not a member, kicked) or 429 on one channel is recorded for that
 channel as ``ChannelStatsFailed`` and never stops the others. A 429 is honoured: the actor waits

@@ -14,11 +14,24 @@ Every ``I3LANI_CLEANUP_INTERVAL`` seconds (a day by default):
 
 The pass ends with ``CleanupCompleted`` (stream ``ops-cleanup``) holding the counts. The event
 log itself is append-only: PostgreSQL triggers refuse DELETE on it, whoever asks.
+
+The same daily pass reconciles the wallet (``WALLET_ADDRESS``) with the chain
+(:func:`actors.transfers.reconcile_wallet`): the range of ``lt`` scanned since the last
+reconciliation, as TonAPI lists it, against the transfers the PaymentMonitor recorded for it.
+The outcome is a ``TransfersReconciled`` in the wallet's stream (so the next pass starts where
+this one ended) and, when anything differs, an ``AlertRaised`` naming the transactions, which
+the HealthChecker delivers to the admins as it does every alert. It runs here rather than in
+the HealthChecker because its cadence is this actor's (daily, where the HealthChecker runs
+every 15 minutes) and it reads the ``payment`` category this actor already follows; a TonAPI
+outage skips it for the day (logged; the HealthChecker reports TonAPI failing) and the next
+pass covers both days.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -30,7 +43,12 @@ from actors.config import Settings
 from actors.payment_monitor import payment_event_id
 from actors.runtime import Actor, ActorRunner, Emit, Message, TickSpec
 from actors.tasks import task_types
+from actors.ton import Address
+from actors.tonapi import TonApiClient, TonApiError
+from actors.tonapi_models import TonApiFormatError
+from actors.transfers import Reconciliation, reconcile_wallet, scan_stream
 from events import (
+    AlertRaised,
     CleanupCompleted,
     PaymentConfirmed,
     PaymentCreated,
@@ -38,16 +56,29 @@ from events import (
     SubscriptionActivated,
 )
 from events.errors import I3laniError
-from events.payments import LatePaymentReceived, PaymentUnderpaid
-from events.streams import OPS_CLEANUP, PAYMENT, payment_stream
+from events.payments import LatePaymentReceived, PaymentUnderpaid, TransfersReconciled
+from events.streams import OPS_ALERTS, OPS_CLEANUP, PAYMENT, payment_stream
 from store import EventStore, RecordedEvent, views
 from store.tasks import TaskQueue
 
-__all__ = ["Cleanup", "CleanupState", "CleanupDone", "STALE_AFTER", "CLEANUP_STREAM"]
+__all__ = [
+    "Cleanup",
+    "CleanupState",
+    "CleanupDone",
+    "WalletReconciled",
+    "STALE_AFTER",
+    "CLEANUP_STREAM",
+    "reconciliation_alert",
+]
+
+logger = logging.getLogger(__name__)
 
 CLEANUP_STREAM: Final = OPS_CLEANUP
 STALE_AFTER: Final = timedelta(days=1)
 BATCH: Final = 1000
+ALERT_HASHES: Final = 10
+"""Transactions an alert names at most (``i3lani reconcile`` lists every one)."""
+_NAMESPACE: Final = uuid.UUID("3f1d2c4b-8a7e-4e55-b0c9-2d6f1a8e9b31")
 
 
 @dataclass(slots=True)
@@ -71,17 +102,38 @@ class CleanupDone(msgspec.Struct, frozen=True, kw_only=True):
     finished_at: datetime
 
 
+class WalletReconciled(msgspec.Struct, frozen=True, kw_only=True):
+    """What the daily reconciliation of the wallet found, to record."""
+
+    reconciliation: Reconciliation
+    at: datetime
+
+
+def reconciliation_alert(result: Reconciliation) -> tuple[str, str]:
+    """``(subject, message)`` of the alert for a reconciliation with discrepancies. Pure."""
+    found = result.discrepancies
+    listed = "; ".join(f"{d.kind} tx {d.tx_hash} (lt {d.lt})" for d in found[:ALERT_HASHES])
+    more = f"; and {len(found) - ALERT_HASHES} more" if len(found) > ALERT_HASHES else ""
+    subject = f"{len(found)} transfer discrepanc{'y' if len(found) == 1 else 'ies'}"
+    return subject, (
+        f"wallet {result.wallet}, lt {result.from_lt} to {result.to_lt}: the chain and the "
+        f"log differ: {listed}{more}. `i3lani reconcile` shows each one."
+    )
+
+
 class Cleanup(Actor[CleanupState]):
-    """Prunes derived data (see the module docstring)."""
+    """Prunes derived data and reconciles the wallet (see the module docstring)."""
 
     name: ClassVar[str] = "Cleanup"
     category: ClassVar[str | None] = PAYMENT
-    messages: ClassVar[tuple[type[msgspec.Struct], ...]] = (CleanupDone,)
+    messages: ClassVar[tuple[type[msgspec.Struct], ...]] = (CleanupDone, WalletReconciled)
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, tonapi: TonApiClient | None = None) -> None:
         self.settings = settings
         self.tick = TickSpec(interval=settings.cleanup_interval, missed="run_once")
         self.queue: TaskQueue | None = None
+        self._given_client = tonapi
+        self.tonapi: TonApiClient | None = tonapi
 
     def initial_state(self) -> CleanupState:
         return CleanupState()
@@ -90,6 +142,10 @@ class Cleanup(Actor[CleanupState]):
         self, stack: contextlib.AsyncExitStack, runner: ActorRunner[CleanupState]
     ) -> None:
         self.queue = TaskQueue(runner.store, task_types(self.settings), node=runner.node)
+        if self._given_client is None and self.settings.wallet:
+            self.tonapi = await stack.enter_async_context(
+                TonApiClient(self.settings.tonapi_url, api_key=self.settings.tonapi_key)
+            )
 
     # -- pure --------------------------------------------------------------------------------
     def evolve(self, state: CleanupState, recorded: RecordedEvent) -> CleanupState:
@@ -106,6 +162,8 @@ class Cleanup(Actor[CleanupState]):
         return state
 
     def decide(self, state: CleanupState, message: Message) -> Sequence[Emit]:
+        if isinstance(message, WalletReconciled):
+            return self._reconciled(message)
         if not isinstance(message, CleanupDone):
             return ()
         emits: list[Emit] = []
@@ -133,10 +191,86 @@ class Cleanup(Actor[CleanupState]):
         )
         return emits
 
+    @staticmethod
+    def _reconciled(message: WalletReconciled) -> list[Emit]:
+        """The reconciliation recorded in the wallet's stream; an alert when it found any
+        discrepancy. Both ids derive from the range, so a retried pass records it once."""
+        result = message.reconciliation
+        key = f"reconciled/{result.wallet}/{result.from_lt}/{result.to_lt}"
+        emits = [
+            Emit(
+                scan_stream(Address.parse(result.wallet)),
+                TransfersReconciled(
+                    wallet=result.wallet,
+                    from_lt=result.from_lt,
+                    to_lt=result.to_lt,
+                    transactions=result.chain_transactions,
+                    recorded=result.recorded,
+                    discrepancies=len(result.discrepancies),
+                    reconciled_at=message.at,
+                    tx_hashes=result.tx_hashes()[:50],
+                ),
+                event_id=uuid.uuid5(_NAMESPACE, key),
+            )
+        ]
+        if not result.clean:
+            alert_id = uuid.uuid5(_NAMESPACE, f"alert/{key}")
+            subject, text = reconciliation_alert(result)
+            emits.append(
+                Emit(
+                    OPS_ALERTS,
+                    AlertRaised(
+                        alert_id=alert_id,
+                        kind="reconciliation",
+                        subject=subject,
+                        message=text,
+                        raised_at=message.at,
+                    ),
+                    event_id=alert_id,
+                )
+            )
+        return emits
+
     # -- I/O ---------------------------------------------------------------------------------
     async def on_tick(
         self, state: CleanupState, runner: ActorRunner[CleanupState]
     ) -> Sequence[Message]:
+        reconciled = await self._reconcile(runner)
+        return [await self._prune(runner), *reconciled]
+
+    async def _reconcile(self, runner: ActorRunner[CleanupState]) -> list[Message]:
+        """The wallet's range scanned since the last reconciliation, compared with TonAPI's
+        list; nothing when no wallet is configured, nothing new was scanned, or TonAPI
+        failed (logged: the next pass covers the range)."""
+        if self.tonapi is None or not self.settings.wallet:
+            return []
+        wallet = self.settings.wallet_address()
+        try:
+            result = await reconcile_wallet(runner.store, self.tonapi, wallet, incremental=True)
+        except (TonApiError, TonApiFormatError) as exc:
+            logger.warning(
+                "%s: reconciliation of %s skipped, TonAPI failed: %s",
+                self.name,
+                wallet.to_raw(),
+                exc,
+                extra={"action": "reconciliation_skipped"},
+            )
+            return []
+        if result is None:
+            return []
+        if not result.clean:
+            logger.warning(
+                "%s: %d transfer discrepancies in %s (lt %s to %s)",
+                self.name,
+                len(result.discrepancies),
+                result.wallet,
+                result.from_lt,
+                result.to_lt,
+                extra={"action": "reconciliation_discrepancies"},
+            )
+        return [WalletReconciled(reconciliation=result, at=runner.clock.now())]
+
+    async def _prune(self, runner: ActorRunner[CleanupState]) -> CleanupDone:
         assert self.queue is not None
         started = runner.clock.now()
         tasks = await self.queue.prune_finished(
@@ -145,13 +279,11 @@ class Cleanup(Actor[CleanupState]):
         samples = await self._prune_samples(
             runner, started - timedelta(days=self.settings.health_retention_days)
         )
-        return [
-            CleanupDone(
-                removed={"finished_tasks": tasks, "health_samples": samples},
-                started_at=started,
-                finished_at=runner.clock.now(),
-            )
-        ]
+        return CleanupDone(
+            removed={"finished_tasks": tasks, "health_samples": samples},
+            started_at=started,
+            finished_at=runner.clock.now(),
+        )
 
     async def _prune_samples(self, runner: ActorRunner[CleanupState], before: datetime) -> int:
         """Delete health samples older than ``before``, ``BATCH`` rows per statement."""

@@ -32,25 +32,78 @@ variable                        default                     meaning
 ``I3LANI_TASK_LOCK_TIMEOUT``    30                          seconds before a dead node's task
                                                             is taken back
 ==============================  ==========================  =====================================
+
+Exact amounts, and how each one is rounded
+------------------------------------------
+No float stands between a configured number and money or an audience; floats hold durations
+only. The rules, mirrored by numbered comments in the code:
+
+1. **Read as written.** TON amounts (``I3LANI_PRICE_PER_1000``, ``I3LANI_MIN_PRICE``,
+   ``I3LANI_PLANS``' prices, ``I3LANI_MAX_BALANCE``, the gateway's rewards) become integer
+   nanotons digit by digit (:func:`actors.ton.parse_ton`): a plain decimal, at most 9
+   decimals (a nanoton is the smallest unit), no sign, no exponent. ``I3LANI_ACTIVE_SHARE``
+   becomes a :class:`~fractions.Fraction` from its digits: a decimal from 0 to 1 with at most
+   :data:`SHARE_DECIMALS` decimals (0.0001 is a hundredth of a percent; a finer share is not
+   something anyone measures). ``I3LANI_MIN_PRICE`` must be a whole number of
+   :data:`PRICE_STEP` (0.01 TON), because every channel price is. Anything else (``nan``,
+   ``inf``, ``4.5e-1``, ``-1``, a tenth decimal of TON, a fifth of a share, a minimum of
+   0.005 TON) is refused with one line naming the variable, before anything runs.
+2. **Active audience, rounded down** (:func:`active_subscribers`): ``floor(subscribers x
+   share)``, so 45 % of 2,223 (1,000.35) is 1,000 and 29 % of 2,900 is exactly 841. The
+   active count is what advertisers are sold: rounding down never counts a subscriber the
+   share does not give, and costs a channel's owner less than one subscriber's worth
+   (price per 1,000 / 1,000, 0.001 TON by default). It is also the rule every existing log
+   was written with, so the stats recorded under the default share (0.45, which floats
+   happened to compute exactly) stay what the audit expects.
+3. **Price, rounded up to 0.01 TON** (:func:`channel_price`): ``max(min price, active x
+   price per 1,000 / 1,000)``, the second term rounded up to the next multiple of 0.01 TON
+   (841 active at 2 TON per 1,000 is 1.682 TON: the price is 1.69 TON). Prices are quoted in
+   hundredths of a TON; rounding up means a channel is never priced below the configured
+   rate for the audience counted (the under-charge rounding down would make), and an
+   advertiser pays less than 0.01 TON over the exact figure, the same bound for everyone.
+4. **Nothing else is fractional.** Plan prices and rewards are charged and credited to the
+   nanoton as configured; an overpayment's surplus is the amount received minus the amount
+   asked, in nanotons; a balance is the sum of its credits; no amount is ever split. None of
+   these is rounded.
+
+The audit (:mod:`ops.audit`), the simulation's checker and the benchmarks call these same
+functions, so none of them can disagree with ChannelAnalytics on what a price should be.
 """
 
 from __future__ import annotations
 
-import math
 import os
+import re
 from collections.abc import Mapping
+from fractions import Fraction
 from typing import Final
 
 import msgspec
 
-from actors.ton import Address, InvalidAddress, InvalidAmount, parse_ton
+from actors.ton import Address, InvalidAddress, InvalidAmount, format_ton, parse_ton
 from events.errors import ConfigError
 
-__all__ = ["Plan", "Settings", "load_settings", "active_subscribers", "channel_price"]
+__all__ = [
+    "Plan",
+    "Settings",
+    "load_settings",
+    "active_subscribers",
+    "channel_price",
+    "share_text",
+    "PRICE_STEP",
+    "SHARE_DECIMALS",
+]
 
 NANOTONS_PER_TON: Final = 1_000_000_000
 PRICE_STEP: Final = 10_000_000
-"""Channel prices are rounded up to 0.01 TON."""
+"""Channel prices are whole multiples of 0.01 TON (rule 3): the price is rounded up to one,
+and ``I3LANI_MIN_PRICE`` must be one."""
+SHARE_DECIMALS: Final = 4
+"""``I3LANI_ACTIVE_SHARE`` has at most this many decimals (rule 1)."""
+DEFAULT_SHARE: Final = Fraction(45, 100)
+_SHARE_RE: Final = re.compile(r"[0-9]+(?:\.(?P<fraction>[0-9]+))?", re.ASCII)
+_DAYS_RE: Final = re.compile(r"[0-9]+", re.ASCII)
+_ID_RE: Final = re.compile(r"-?[0-9]+", re.ASCII)
 
 
 class Plan(msgspec.Struct, frozen=True):
@@ -77,7 +130,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     health_interval: float = 15 * 60.0
     seal_interval: float = 3600.0
     payment_window: float = 3600.0
-    active_share: float = 0.45
+    active_share: Fraction = DEFAULT_SHARE
+    """Exact, from the digits configured (rule 1); never a float."""
     price_per_1000_nanotons: int = NANOTONS_PER_TON
     min_price_nanotons: int = NANOTONS_PER_TON
     plans: tuple[Plan, ...] = (
@@ -94,6 +148,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         shown = {
             name: ("<set>" if getattr(self, name) else None)
             if name in ("tonapi_key", "bot_token")
+            else share_text(self.active_share)
+            if name == "active_share"
             else getattr(self, name)
             for name in self.__struct_fields__
         }
@@ -117,23 +173,53 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         return next((p for p in self.plans if p.name == name), None)
 
 
-def active_subscribers(subscribers: int, share: float) -> int:
-    """The active audience: ``floor(subscribers * share)``. Pure."""
-    return math.floor(subscribers * share)
+def active_subscribers(subscribers: int, share: Fraction) -> int:
+    """The active audience: ``floor(subscribers x share)``, exactly (rule 2). Pure.
+
+    Rounded **down** to a whole subscriber: 45 % of 2,223 (1,000.35) is 1,000. ``share`` is
+    the exact :class:`~fractions.Fraction` :func:`load_settings` reads (an ``int`` 0 or 1 does
+    too); a float has no ``numerator`` and fails, as it should: 0.29 as a float is not 0.29,
+    and 29 % of 2,900 came out as 840 through one.
+    """
+    if subscribers < 0:
+        raise ValueError(f"subscribers must not be negative, got {subscribers}")
+    # Rule 2: integer floor division of the exact product, no rounding before it.
+    return subscribers * share.numerator // share.denominator
 
 
 def channel_price(active_subscribers: int, settings: Settings) -> int:
-    """A channel's advertising price in nanotons, from its active subscribers. Pure.
+    """A channel's advertising price in nanotons, from its active subscribers (rule 3). Pure.
 
-    ``price = max(min_price, active * price_per_1000 / 1000)``, rounded **up** to 0.01 TON,
-    in integer arithmetic (never a float on money).
+    ``price = max(min_price, active x price_per_1000 / 1000)``, the second term rounded **up**
+    to the next multiple of :data:`PRICE_STEP` (0.01 TON), in integer arithmetic: 841 active
+    at 2 TON per 1,000 is 1.682 TON, priced 1.69 TON. ``min_price`` is itself a multiple of
+    0.01 TON (:func:`load_settings` refuses any other), so every price is.
     """
-    raw = -(-active_subscribers * settings.price_per_1000_nanotons // 1000)
-    stepped = -(-raw // PRICE_STEP) * PRICE_STEP
-    return max(settings.min_price_nanotons, stepped)
+    if active_subscribers < 0:
+        raise ValueError(f"active subscribers must not be negative, got {active_subscribers}")
+    # Rule 3: one ceiling division of the exact product, to the step of 0.01 TON.
+    steps = -(-active_subscribers * settings.price_per_1000_nanotons // (1000 * PRICE_STEP))
+    return max(settings.min_price_nanotons, steps * PRICE_STEP)
+
+
+def share_text(share: Fraction) -> str:
+    """A share as the decimal it was configured as: ``Fraction(29, 100)`` -> ``"0.29"``.
+
+    Exact for every share :func:`load_settings` accepts (their denominators divide 10**4);
+    any other is written as ``numerator/denominator``.
+    """
+    share = Fraction(share)
+    scale = 10**SHARE_DECIMALS
+    if (share * scale).denominator != 1:
+        return str(share)
+    whole, fraction = divmod(int(share * scale), scale)
+    if not fraction:
+        return str(whole)
+    return f"{whole}.{fraction:0{SHARE_DECIMALS}d}".rstrip("0")
 
 
 def _number(env: Mapping[str, str], name: str, default: float, *, low: float, high: float) -> float:
+    """A duration (seconds or days): the only settings kept as floats (rule 1)."""
     text = env.get(name)
     if text is None or text.strip() == "":
         return default
@@ -146,7 +232,32 @@ def _number(env: Mapping[str, str], name: str, default: float, *, low: float, hi
     return value
 
 
-def _ton(env: Mapping[str, str], name: str, default: int) -> int:
+def _share(env: Mapping[str, str], name: str, default: Fraction) -> Fraction:
+    """A share from 0 to 1 as the exact Fraction of its digits (rule 1)."""
+    text = env.get(name)
+    if text is None or text.strip() == "":
+        return default
+    text = text.strip()
+    match = _SHARE_RE.fullmatch(text)
+    if match is None:
+        raise ConfigError(
+            f"{name} must be a decimal from 0 to 1 such as 0.45 (a dot, no sign, no "
+            f"exponent), got {text!r}"
+        )
+    decimals = len(match["fraction"] or "")
+    if decimals > SHARE_DECIMALS:
+        raise ConfigError(
+            f"{name} has {decimals} decimals; a share takes at most {SHARE_DECIMALS} "
+            f"(0.0001 is 0.01 %), got {text!r}"
+        )
+    value = Fraction(text)  # exact: Fraction reads a decimal's digits, never through a float
+    if value > 1:
+        raise ConfigError(f"{name} must be between 0 and 1, got {text!r}")
+    return value
+
+
+def _ton(env: Mapping[str, str], name: str, default: int, *, step: int = 1) -> int:
+    """A positive TON amount as exact nanotons (rule 1), a whole number of ``step`` of them."""
     text = env.get(name)
     if text is None or text.strip() == "":
         return default
@@ -156,6 +267,11 @@ def _ton(env: Mapping[str, str], name: str, default: int) -> int:
         raise ConfigError(f"{name}: {exc}") from None
     if value <= 0:
         raise ConfigError(f"{name} must be a positive amount of TON, got {text!r}")
+    if value % step:
+        raise ConfigError(
+            f"{name} must be a whole number of {format_ton(step)} TON, as every channel price "
+            f"is, got {text!r}"
+        )
     return value
 
 
@@ -165,7 +281,7 @@ def _admin_ids(text: str) -> tuple[int, ...]:
         part = part.strip()
         if not part:
             continue
-        if not part.lstrip("-").isdigit():
+        if not _ID_RE.fullmatch(part):
             raise ConfigError(
                 f"ADMIN_IDS must be Telegram user ids separated by commas, got {part!r}"
             )
@@ -180,7 +296,7 @@ def _plans(text: str) -> tuple[Plan, ...]:
         if not part:
             continue
         pieces = part.split(":")
-        if len(pieces) != 3 or not pieces[0] or not pieces[1].isdigit():
+        if len(pieces) != 3 or not pieces[0] or not _DAYS_RE.fullmatch(pieces[1]):
             raise ConfigError(f"I3LANI_PLANS entries look like name:days:TON, got {part!r}")
         try:
             price = parse_ton(pieces[2])
@@ -220,11 +336,13 @@ def load_settings(env: Mapping[str, str] = os.environ) -> Settings:
         health_interval=_number(env, "I3LANI_HEALTH_INTERVAL", 900.0, low=0.05, high=day),
         seal_interval=_number(env, "I3LANI_SEAL_INTERVAL", 3600.0, low=0.05, high=day),
         payment_window=_number(env, "I3LANI_PAYMENT_WINDOW", 3600.0, low=1.0, high=30 * day),
-        active_share=_number(env, "I3LANI_ACTIVE_SHARE", 0.45, low=0.0, high=1.0),
+        active_share=_share(env, "I3LANI_ACTIVE_SHARE", defaults.active_share),
         price_per_1000_nanotons=_ton(
             env, "I3LANI_PRICE_PER_1000", defaults.price_per_1000_nanotons
         ),
-        min_price_nanotons=_ton(env, "I3LANI_MIN_PRICE", defaults.min_price_nanotons),
+        min_price_nanotons=_ton(
+            env, "I3LANI_MIN_PRICE", defaults.min_price_nanotons, step=PRICE_STEP
+        ),
         plans=_plans(env["I3LANI_PLANS"]) if env.get("I3LANI_PLANS") else defaults.plans,
         max_balance_nanotons=_ton(env, "I3LANI_MAX_BALANCE", defaults.max_balance_nanotons),
         task_retention_days=_number(env, "I3LANI_TASK_RETENTION", 7.0, low=0.0, high=3650.0),

@@ -7,16 +7,23 @@ Every ``I3LANI_PAYMENT_INTERVAL`` seconds (30 by default), and at once when a
    (:class:`~actors.tonapi.TonApiClient`, paging until a short page) — thin I/O;
 2. hands them to :func:`actors.payments.match_all`, which applies every rule of DOMAIN.md —
    pure;
-3. records the outcome (:meth:`PaymentMonitor.decide`, pure): ``PaymentConfirmed`` then
+3. records the outcome (:meth:`PaymentMonitor.decide`, pure): every transfer the scan passed,
+   once, whatever it matched (``TransferReceived``, ``TransferSent``: :mod:`actors.transfers`),
+   with a ``RefundDue`` for any money owed back; ``PaymentConfirmed`` then
    ``SubscriptionActivated``; ``PaymentUnderpaid``; ``LatePaymentReceived`` for a transfer after
-   expiry (kept for review); ``PaymentExpired`` for payments whose window closed; and the new
+   expiry (kept for review); ``PaymentExpired`` for payments whose window closed; the outcome of
+   refunds an operator marked sent, once the wallet's outgoing transaction shows on chain
+   (``RefundConfirmed``, or ``RefundUnconfirmed`` when it does not show the refund); and the new
    cursor as ``WalletScanned``, all in one transaction.
 
 Exactly once, concretely: each payment event is appended with the payment stream's exact
 expected version *and* an event id derived from what it records (``PaymentConfirmed`` from the
 payment id, the others from the transaction hash), so a second writer — a second node during a
 deploy overlap, a retry after a crash — gets a conflict or appends nothing; the database's
-unique event id is the last word. The supervisor's lease fences a stale node's appends.
+unique event id is the last word. Transfer records take their id from the transaction hash, a
+refund due from the transfer's (with an empty stream expected), a refund's outcome from the
+operator's mark it settles. The supervisor's lease fences a stale node's appends. The worker
+holds no key and never sends TON: refunds are sent by the wallet's owner.
 
 A TonAPI outage (429, 5xx, timeouts, garbage) is logged and leaves the cursor where it was:
 the next tick tries again, the HealthChecker reports TonAPI failing, and nothing crash-loops.
@@ -31,7 +38,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import ClassVar, Final
@@ -60,6 +67,7 @@ from actors.tasks import (
 from actors.ton import Address, InvalidAddress
 from actors.tonapi import MAX_PAGE_SIZE, TonApiClient, TonApiError, TonApiUnavailable
 from actors.tonapi_models import TonApiFormatError, Transaction
+from actors.transfers import TransferRecord, scan_stream, transfer_records
 from events import (
     Event,
     PaymentConfirmed,
@@ -69,9 +77,18 @@ from events import (
     SubscriptionActivated,
     WalletScanned,
 )
-from events.payments import LatePaymentReceived
-from events.streams import PAYMENT, payment_scan_stream, payment_stream
-from store import RecordedEvent
+from events.payments import (
+    LatePaymentReceived,
+    RefundConfirmed,
+    RefundDeclined,
+    RefundDue,
+    RefundSent,
+    RefundUnconfirmed,
+    TransferReceived,
+    TransferSent,
+)
+from events.streams import PAYMENT, payment_refund_stream, payment_stream
+from store import NO_STREAM, RecordedEvent
 from store.tasks import TaskContext
 
 __all__ = [
@@ -80,6 +97,9 @@ __all__ = [
     "PaymentView",
     "CheckPayments",
     "ScanResult",
+    "SettleRefund",
+    "OpenRefund",
+    "REFUND_SEARCH_GRACE",
     "payment_event_id",
     "scan_stream",
     "scan_cursor",
@@ -93,16 +113,14 @@ VERIFY_TIMEOUT: Final = 90.0
 """Seconds a payment_verification task waits for its check (the task type allows 120)."""
 UNKNOWN_MEMO_GRACE: Final = timedelta(minutes=10)
 """How long a transfer for a payment not known yet holds the scan cursor back."""
+REFUND_SEARCH_GRACE: Final = timedelta(minutes=10)
+"""A refund marked sent whose transaction the scans have not met once they passed a
+transaction this much younger than the mark (chain time against our clock) is unconfirmed."""
 
 
 def payment_event_id(*parts: object) -> uuid.UUID:
     """The deterministic id of a payment effect, e.g. ``("PaymentConfirmed", 42)``."""
     return uuid.uuid5(_NAMESPACE, "/".join(str(p) for p in parts))
-
-
-def scan_stream(wallet: Address) -> str:
-    """The stream holding a wallet's scan cursor: ``payment-scan-<wc>_<hash hex>``."""
-    return payment_scan_stream(f"{wallet.workchain}_{wallet.hash.hex()}")
 
 
 @dataclass(slots=True)
@@ -128,6 +146,18 @@ class PaymentView:
 
 
 @dataclass(slots=True)
+class OpenRefund:
+    """A refund still due, or marked sent and awaiting its transaction on chain."""
+
+    refund_id: str
+    wallet: str  # raw form: the wallet that received the transfer, and sends the refund
+    to: str  # raw form
+    version: int  # the refund stream's version
+    out_tx: str | None = None  # the transaction an operator named, while awaiting it
+    marked_at: datetime | None = None
+
+
+@dataclass(slots=True)
 class MonitorState:
     """The fold of the ``payment`` category.
 
@@ -137,9 +167,12 @@ class MonitorState:
     """
 
     payments: dict[int, PaymentView] = field(default_factory=dict)
-    used_hashes: set[str] = field(default_factory=set)
+    used_hashes: set[str] = field(default_factory=set)  # every transaction already recorded
     cursors: dict[str, int] = field(default_factory=dict)  # wallet (raw) -> last lt scanned
     pending_ids: set[int] = field(default_factory=set)
+    sent: dict[str, TransferSent] = field(default_factory=dict)  # outgoing, by tx hash
+    refunds: dict[str, OpenRefund] = field(default_factory=dict)  # open ones, by refund id
+    awaiting: dict[str, str] = field(default_factory=dict)  # named tx hash -> refund id
 
 
 class CheckPayments(msgspec.Struct, frozen=True):
@@ -147,13 +180,23 @@ class CheckPayments(msgspec.Struct, frozen=True):
 
 
 class ScanResult(msgspec.Struct, frozen=True, kw_only=True):
-    """What one wallet's scan found: the decisions, the new cursor, and the scan time."""
+    """What one wallet's scan found: the decisions, the transfers to record, the new cursor,
+    the scan time, and the chain's time of the newest transaction read (None: none read)."""
 
     wallet: str  # raw form
     decisions: list[Decision]
     last_lt: int | None
     transactions: int
     scanned_at: datetime
+    records: list[TransferRecord] = msgspec.field(default_factory=list)
+    chain_time: datetime | None = None
+
+
+class SettleRefund(msgspec.Struct, frozen=True):
+    """A refund was marked sent (at ``at``) with a transaction already recorded: settle it."""
+
+    refund_id: str
+    at: datetime
 
 
 def scan_cursor(
@@ -193,7 +236,11 @@ class PaymentMonitor(Actor[MonitorState]):
 
     name: ClassVar[str] = "PaymentMonitor"
     category: ClassVar[str | None] = PAYMENT
-    messages: ClassVar[tuple[type[msgspec.Struct], ...]] = (CheckPayments, ScanResult)
+    messages: ClassVar[tuple[type[msgspec.Struct], ...]] = (
+        CheckPayments,
+        ScanResult,
+        SettleRefund,
+    )
     io_messages: ClassVar[tuple[type[msgspec.Struct], ...]] = (CheckPayments,)
 
     def __init__(self, settings: Settings, *, tonapi: TonApiClient | None = None) -> None:
@@ -245,7 +292,40 @@ class PaymentMonitor(Actor[MonitorState]):
                 self._set(state, event.payment_id, recorded.version, None)
             case WalletScanned():
                 state.cursors[event.wallet] = max(state.cursors.get(event.wallet, 0), event.last_lt)
+            case TransferReceived():
+                state.used_hashes.add(event.tx_hash)
+            case TransferSent():
+                state.used_hashes.add(event.tx_hash)
+                state.sent[event.tx_hash] = event
+            case _:
+                self._evolve_refund(state, recorded)
         return state
+
+    @staticmethod
+    def _evolve_refund(state: MonitorState, recorded: RecordedEvent) -> None:
+        event = recorded.event
+        if isinstance(event, RefundDue):
+            state.refunds[event.refund_id] = OpenRefund(
+                refund_id=event.refund_id,
+                wallet=event.wallet,
+                to=event.to,
+                version=recorded.version,
+            )
+            return
+        if not isinstance(event, RefundSent | RefundConfirmed | RefundUnconfirmed | RefundDeclined):
+            return
+        refund = state.refunds.get(event.refund_id)
+        if refund is None:
+            return
+        refund.version = recorded.version
+        if refund.out_tx is not None:
+            state.awaiting.pop(refund.out_tx, None)
+        refund.out_tx = refund.marked_at = None
+        if isinstance(event, RefundSent):
+            refund.out_tx, refund.marked_at = event.tx_hash, event.requested_at
+            state.awaiting[event.tx_hash] = event.refund_id
+        elif isinstance(event, RefundConfirmed | RefundDeclined):
+            del state.refunds[event.refund_id]  # settled for good: nothing more to watch
 
     @staticmethod
     def _set(
@@ -260,16 +340,39 @@ class PaymentMonitor(Actor[MonitorState]):
             state.pending_ids.discard(payment_id)
 
     def react(self, state: MonitorState, recorded: RecordedEvent) -> Sequence[Message]:
-        if isinstance(recorded.event, PaymentCreated):
+        event = recorded.event
+        if isinstance(event, PaymentCreated):
             return [CheckPayments()]
+        if isinstance(event, RefundSent) and event.tx_hash in state.used_hashes:
+            return [SettleRefund(event.refund_id, recorded.recorded_at)]
         return ()
 
     def decide(self, state: MonitorState, message: Message) -> Sequence[Emit]:
+        if isinstance(message, SettleRefund):
+            refund = state.refunds.get(message.refund_id)
+            outcome = None if refund is None else _settle(state, refund, {}, message.at)
+            if refund is None or outcome is None:
+                return ()
+            return [_refund_emit(refund, outcome)]
         if not isinstance(message, ScanResult):
             return ()
         emits: list[Emit] = []
         versions: dict[int, int] = {}
         settled: set[int] = set()
+        now = message.scanned_at
+        # Every transfer the scan passed, once (a rescan finds them in used_hashes).
+        fresh: dict[str, TransferRecord] = {}
+        for record in message.records:
+            if record.tx_hash in state.used_hashes or record.tx_hash in fresh:
+                continue
+            fresh[record.tx_hash] = record
+            emits.append(
+                Emit(
+                    scan_stream(Address.parse(record.wallet)),
+                    record,
+                    event_id=payment_event_id(type(record).__name__, record.tx_hash),
+                )
+            )
 
         def emit(payment_id: int, event: Event, event_id: uuid.UUID) -> None:
             view = state.payments[payment_id]
@@ -279,7 +382,6 @@ class PaymentMonitor(Actor[MonitorState]):
             )
             versions[payment_id] = version + 1
 
-        now = message.scanned_at
         for decision in message.decisions:
             if isinstance(decision, Ignore) or decision.payment_id not in state.payments:
                 continue
@@ -319,7 +421,10 @@ class PaymentMonitor(Actor[MonitorState]):
                 PaymentExpired(payment_id=payment_id, expired_at=now),
                 payment_event_id("PaymentExpired", payment_id),
             )
-        if message.last_lt is not None and message.last_lt > state.cursors.get(message.wallet, 0):
+        emits += _refunds_due(fresh.values(), now)
+        emits += _refunds_settled(state, message, fresh)
+        cursor = state.cursors.get(message.wallet, 0)
+        if message.last_lt is not None and message.last_lt > cursor:
             wallet = Address.parse(message.wallet)
             emits.append(
                 Emit(
@@ -329,6 +434,7 @@ class PaymentMonitor(Actor[MonitorState]):
                         last_lt=message.last_lt,
                         transactions=message.transactions,
                         scanned_at=now,
+                        from_lt=cursor,
                     ),
                 )
             )
@@ -400,6 +506,14 @@ class PaymentMonitor(Actor[MonitorState]):
             }
             decisions = match_all(wallet, pending, state.used_hashes, transactions)
             last_lt = scan_cursor(transactions, decisions, scanned_at)
+            records = transfer_records(
+                wallet,
+                transactions,
+                decisions,
+                detected_at=scanned_at.astimezone(UTC),
+                cursor=last_lt if last_lt is not None else cursor,
+            )
+            newest = max((tx.utime for tx in transactions), default=None)
             results.append(
                 ScanResult(
                     wallet=raw,
@@ -407,6 +521,111 @@ class PaymentMonitor(Actor[MonitorState]):
                     last_lt=last_lt,
                     transactions=len(transactions),
                     scanned_at=scanned_at.astimezone(UTC),
+                    records=records,
+                    chain_time=None if newest is None else datetime.fromtimestamp(newest, UTC),
                 )
             )
         return results
+
+
+def _refunds_due(records: Iterable[TransferRecord], now: datetime) -> list[Emit]:
+    """A ``RefundDue`` for each newly recorded transfer that left money owing."""
+    return [
+        Emit(
+            payment_refund_stream(record.tx_hash),
+            RefundDue(
+                refund_id=record.tx_hash,
+                wallet=record.wallet,
+                to=record.payer,
+                amount_nanotons=record.refund_nanotons,
+                category=record.category,
+                payment_id=record.payment_id,
+                due_at=now,
+            ),
+            expected_version=NO_STREAM,
+            event_id=payment_event_id("RefundDue", record.tx_hash),
+        )
+        for record in records
+        if isinstance(record, TransferReceived) and record.refund_nanotons and record.payer
+    ]
+
+
+def _settle(
+    state: MonitorState,
+    refund: OpenRefund,
+    fresh: Mapping[str, TransferRecord],
+    now: datetime,
+) -> RefundConfirmed | RefundUnconfirmed | None:
+    """The outcome of the mark ``refund`` awaits, if the log or the records a scan is adding
+    (``fresh``) settle it: the wallet sent to the refund's address in that transaction, or did
+    not, or the transaction is one the wallet received. None: not met yet."""
+    out_tx = refund.out_tx
+    if out_tx is None:
+        return None
+    record = fresh.get(out_tx) or state.sent.get(out_tx)
+    if isinstance(record, TransferReceived) or (record is None and out_tx in state.used_hashes):
+        return RefundUnconfirmed(
+            refund_id=refund.refund_id,
+            tx_hash=out_tx,
+            reason=f"transaction {out_tx} is a transfer the wallet received, not one it sent",
+            detected_at=now,
+        )
+    if record is None:
+        return None
+    paid = sum(m.amount_nanotons for m in record.messages if m.destination == refund.to)
+    if record.success and paid:
+        return RefundConfirmed(
+            refund_id=refund.refund_id,
+            tx_hash=out_tx,
+            lt=record.lt,
+            amount_nanotons=paid,
+            confirmed_at=now,
+        )
+    why = "failed on chain" if not record.success else f"sent nothing to {refund.to}"
+    return RefundUnconfirmed(
+        refund_id=refund.refund_id,
+        tx_hash=out_tx,
+        reason=f"transaction {out_tx} {why}",
+        detected_at=now,
+    )
+
+
+def _refund_emit(refund: OpenRefund, outcome: RefundConfirmed | RefundUnconfirmed) -> Emit:
+    """The outcome of one mark: one event per mark (its id from the mark's version)."""
+    return Emit(
+        payment_refund_stream(refund.refund_id),
+        outcome,
+        expected_version=refund.version,
+        event_id=payment_event_id("RefundSettled", refund.refund_id, refund.version),
+    )
+
+
+def _refunds_settled(
+    state: MonitorState, message: ScanResult, fresh: Mapping[str, TransferRecord]
+) -> list[Emit]:
+    """Refunds marked sent that this scan settles: their transaction is recorded (now or
+    before), or was not met although the scan passed a transaction younger than the mark by
+    :data:`REFUND_SEARCH_GRACE` (chain time)."""
+    emits = []
+    for out_tx, refund_id in sorted(state.awaiting.items()):
+        refund = state.refunds.get(refund_id)
+        if refund is None:
+            continue
+        outcome = _settle(state, refund, fresh, message.scanned_at)
+        if (
+            outcome is None
+            and refund.wallet == message.wallet
+            and refund.marked_at is not None
+            and message.chain_time is not None
+            and message.chain_time > refund.marked_at + REFUND_SEARCH_GRACE
+        ):
+            outcome = RefundUnconfirmed(
+                refund_id=refund_id,
+                tx_hash=out_tx,
+                reason=f"no transaction {out_tx} in the wallet's transactions up to "
+                f"{message.chain_time:%Y-%m-%d %H:%M:%S}Z",
+                detected_at=message.scanned_at,
+            )
+        if outcome is not None:
+            emits.append(_refund_emit(refund, outcome))
+    return emits

@@ -163,12 +163,15 @@ class Late(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Ignore(msgspec.Struct, frozen=True, kw_only=True):
-    """Nothing to record for this transaction: ``reason`` is the code, ``detail`` one line."""
+    """Nothing to pay for with this transaction: ``reason`` is the code, ``detail`` one line;
+    ``payment_id`` the payment its memo names, when it names one (``ALREADY_CONFIRMED``,
+    ``UNKNOWN_PAYMENT``)."""
 
     reason: IgnoreReason
     detail: str
     tx_hash: str
     lt: int
+    payment_id: int | None = None
 
 
 Decision: TypeAlias = Confirm | Underpaid | Late | Ignore
@@ -215,8 +218,10 @@ def match_transaction(
     Pure: the same arguments always give the same decision.
     """
 
-    def ignore(reason: IgnoreReason, detail: str) -> Ignore:
-        return Ignore(reason=reason, detail=detail, tx_hash=tx.hash, lt=tx.lt)
+    def ignore(reason: IgnoreReason, detail: str, payment_id: int | None = None) -> Ignore:
+        return Ignore(
+            reason=reason, detail=detail, tx_hash=tx.hash, lt=tx.lt, payment_id=payment_id
+        )
 
     # 6. Idempotency first: a recorded hash is never looked at again.
     if tx.hash in used_hashes:
@@ -284,12 +289,13 @@ def match_transaction(
         return ignore(IgnoreReason.MEMO_MISMATCH, f"comment {comment[:64]!r} is not an i3lani memo")
     payment = pending.get(payment_id)
     if payment is None:
-        return ignore(IgnoreReason.UNKNOWN_PAYMENT, f"no tracked payment {payment_id}")
+        return ignore(IgnoreReason.UNKNOWN_PAYMENT, f"no tracked payment {payment_id}", payment_id)
     if payment.status is PaymentStatus.CONFIRMED:
         return ignore(
             IgnoreReason.ALREADY_CONFIRMED,
             f"payment {payment_id} is already confirmed; {msg.value} nanotons from "
-            f"{payer.to_raw()} may need a refund",
+            f"{payer.to_raw()} are owed back (a refund is due)",
+            payment_id,
         )
 
     # 7. In time, judged by the chain's time, not ours.

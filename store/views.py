@@ -39,6 +39,7 @@ __all__ = [
     "events_per_stream",
     "event_rate",
     "recent_streams",
+    "streams_with_types",
     "max_payload_int",
     "ping",
     "record_health_samples",
@@ -155,6 +156,14 @@ async def recent_streams(
         rows = await store._pool.fetch(
             query("admin_recent_streams"), shown, scan_limit, list(types), category
         )
+    return [RecentStream(row["stream"], row["last_position"]) for row in rows]
+
+
+async def streams_with_types(store: EventStore, types: Sequence[str]) -> list[RecentStream]:
+    """Every stream holding events of ``types``, oldest first, each with the position of its
+    newest such event (the refunds' streams, for the refund list)."""
+    with _translated("reading streams by event type"):
+        rows = await store._pool.fetch(query("streams_with_types"), list(types))
     return [RecentStream(row["stream"], row["last_position"]) for row in rows]
 
 

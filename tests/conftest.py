@@ -39,19 +39,24 @@ def tier_of(item: pytest.Item) -> str:
     return "pure"
 
 
-# The fault scenarios (marked `faults`) run for 20 to 60 s each and start worker processes
-# that need CPU. Run all at once they starve each other, and scheduled as they come the longest
-# start last and make the tail of the run. So under pytest-xdist (`make pytest`) they go in two
-# lanes: pytest-xdist's `load` scheduling first sends each worker a chunk of consecutive tests
-# (a quarter of its share), and each lane's scenarios open one worker's chunk, where they run
-# one after another while the other workers take everything else. Only the order changes:
-# were xdist to chunk otherwise, every test would still run, just in a slower schedule.
+# The fault scenarios (marked `faults`) and the other `heavy` tests (the deploy rehearsal) run
+# for 20 to 60 s each and start worker processes that need CPU. Run all at once they starve
+# each other, and scheduled as they come the longest start last and make the tail of the run.
+# So under pytest-xdist (`make pytest`) they go in two lanes: pytest-xdist's `load` scheduling
+# first sends each worker a chunk of consecutive tests (a quarter of its share), and each
+# lane's scenarios open one worker's chunk, where they run one after another while the other
+# workers take everything else. Only the order changes: were xdist to chunk otherwise, every
+# test would still run, just in a slower schedule.
 FAULT_LANES: int = 2
 
 
+def _in_a_lane(item: pytest.Item) -> bool:
+    return "faults" in item.keywords or "heavy" in item.keywords
+
+
 def _fault_lanes_first(items: list[pytest.Item], workers: int) -> list[pytest.Item]:
-    scenarios = [item for item in items if "faults" in item.keywords]
-    rest = [item for item in items if "faults" not in item.keywords]
+    scenarios = [item for item in items if _in_a_lane(item)]
+    rest = [item for item in items if not _in_a_lane(item)]
     lanes = min(FAULT_LANES, workers - 1)
     if not scenarios or lanes < 1:
         return items

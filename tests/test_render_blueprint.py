@@ -1,7 +1,10 @@
-"""render.yaml: the structure Render expects, and every command in it is a real CLI command."""
+"""render.yaml: the structure Render expects, every command in it is a real CLI command, it builds
+from the lock, on the Python that CI runs."""
 
 from __future__ import annotations
 
+import os
+import platform
 import shlex
 from pathlib import Path
 from typing import Any
@@ -84,3 +87,29 @@ def test_every_command_exists_in_the_cli(blueprint: dict[str, Any], field: str) 
 def test_migrations_run_before_start(blueprint: dict[str, Any]) -> None:
     for service in blueprint["services"]:
         assert service["preDeployCommand"] == "i3lani migrate"
+
+
+def test_both_services_build_from_the_lock(blueprint: dict[str, Any]) -> None:
+    # scripts/lock.py installs exactly uv.lock's production pins (and checks the lock against
+    # pyproject.toml first); tests/e2e/test_deploy_rehearsal.py runs it as Render does.
+    for service in blueprint["services"]:
+        assert service["buildCommand"] == "python scripts/lock.py install", service["name"]
+
+
+def test_render_runs_the_python_that_ci_and_make_run(blueprint: dict[str, Any]) -> None:
+    pinned = {
+        variable["value"]
+        for service in blueprint["services"]
+        for variable in service["envVars"]
+        if variable["key"] == "PYTHON_VERSION"
+    }
+    assert len(pinned) == 1, f"the services pin different Pythons: {sorted(pinned)}"
+    [version] = pinned
+    if platform.python_version() != version:
+        why = (
+            f"this Python is {platform.python_version()}, render.yaml's PYTHON_VERSION is "
+            f"{version}: CI runs {version}"
+        )
+        if os.environ.get("CI") == "true":
+            pytest.fail(why, pytrace=False)
+        pytest.skip(why)

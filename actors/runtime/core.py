@@ -72,6 +72,7 @@ from store import (
     RecordedEvent,
     Transaction,
 )
+from store.eventstore import MAX_EVENTS_PER_APPEND
 from store.memory import MemoryLog, MemoryTransaction
 
 __all__ = [
@@ -236,7 +237,12 @@ class _Group:
     items: list[NewEvent] = field(default_factory=list)
 
     def takes(self, emit: Emit) -> bool:
-        """Whether ``emit`` can join: its expectation is what the group leaves behind."""
+        """Whether ``emit`` can join: its expectation is what the group leaves behind, and the
+        group is not full (one append takes at most MAX_EVENTS_PER_APPEND events: a decision
+        with more for one stream, a scan recording a backlog of transfers, appends them in
+        several requests of its one transaction)."""
+        if len(self.items) >= MAX_EVENTS_PER_APPEND:
+            return False
         if emit.expected_version == ANY:
             return True
         after = len(self.items)

@@ -12,6 +12,7 @@ from typing import Any, Final, Literal, TextIO
 import anyio
 from anyio.abc import TaskStatus
 
+from actors.refunds import owed_for
 from actors.ton import format_ton
 from events import (
     ActorBackoffScheduled,
@@ -42,6 +43,16 @@ from events import (
     UserRegistered,
     WalletScanned,
 )
+from events.payments import (
+    RefundConfirmed,
+    RefundDeclined,
+    RefundDue,
+    RefundSent,
+    RefundUnconfirmed,
+    TransferReceived,
+    TransferSent,
+    TransfersReconciled,
+)
 from events.tasks import TaskDeadLettered, TaskFailed
 from store import EventStore, RecordedEvent
 from store.records import START, Cursor
@@ -59,14 +70,6 @@ class StreamLine:
     tone: Tone = "plain"
 
 
-@dataclass
-class _Transfer:
-    payment_id: int
-    tx_hash: str
-    lt: int
-    value: int
-
-
 def short(text: str, keep: int = 6) -> str:
     return text if len(text) <= keep + 3 else f"{text[:keep]}..."
 
@@ -77,6 +80,10 @@ def short_wallet(text: str) -> str:
 
 def ton(nanotons: int) -> str:
     return f"{format_ton(nanotons)} TON"
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}" + ("" if n == 1 else "s")
 
 
 def clock_time(moment: datetime) -> str:
@@ -97,6 +104,16 @@ _NOISE: Final[dict[type[Any], str]] = {
     WalletScanned: "wallet scans",
     HealthChecked: "health checks",
     CleanupCompleted: "cleanup passes",
+    TransferReceived: "transfers recorded (each told by its payment's line)",
+}
+_TOLD_BY_PAYMENT: Final = frozenset({"confirmed", "overpaid", "underpaid", "late"})
+_IGNORED: Final[dict[str, str]] = {
+    "bounced": "a bounce",
+    "aborted": "aborted",
+    "failed": "failed on chain",
+    "not-text-comment": "not a plain TON transfer",
+    "has-out-messages": "sent straight back",
+    "compute-skipped": "never processed by the wallet",
 }
 
 
@@ -104,27 +121,22 @@ _NOISE: Final[dict[type[Any], str]] = {
 class StreamView:
     """Turns recorded events into stream lines (``None``: not shown, counted in
     :attr:`skipped`). Remembers what it needs to word later events: payments' expiry, channels'
-    last counts, the last health verdict, and the demo's own transfers, so that a transfer the
-    PaymentMonitor scanned and deliberately left alone (a second payment) is said so."""
+    last counts, the last health verdict. Everything it says comes from the log: a transfer the
+    PaymentMonitor scanned and left unpaid (a second payment, an unknown memo) is told from its
+    ``TransferReceived``, the money owed back from its ``RefundDue``."""
 
     skipped: Counter[str] = field(default_factory=Counter)
     _expires: dict[int, datetime] = field(default_factory=dict)
     _channels: dict[str, str] = field(default_factory=dict)  # the last measurement, worded
     _healthy: bool | None = None
     _cleanup_shown: bool = False
-    _transfers: dict[str, _Transfer] = field(default_factory=dict)  # by tx hash
-    _recorded_hashes: set[str] = field(default_factory=set)
-
-    def expect_transfer(self, payment_id: int, tx_hash: str, lt: int, value: int) -> None:
-        """A transfer the demo made: reported once a wallet scan has passed it."""
-        self._transfers[tx_hash] = _Transfer(payment_id, tx_hash, lt, value)
 
     def describe(self, recorded: RecordedEvent) -> list[StreamLine]:
         event = recorded.event
         kind = type(event)
         if isinstance(event, WalletScanned):
             self.skipped[_NOISE[kind]] += 1
-            return self._scanned(event.last_lt)
+            return []
         if isinstance(event, HealthChecked):
             return self._health(event)
         if isinstance(event, CleanupCompleted):
@@ -136,7 +148,9 @@ class StreamView:
                 f"{n} {what.replace('_', ' ')}" for what, n in event.removed.items()
             )
             return [StreamLine("Cleanup", f"pass done: removed {removed}")]
-        if isinstance(event, ActorTicked):
+        if isinstance(event, ActorTicked) or (
+            isinstance(event, TransferReceived) and event.category in _TOLD_BY_PAYMENT
+        ):
             self.skipped[_NOISE[kind]] += 1
             return []
         if recorded.category == "task":
@@ -145,6 +159,8 @@ class StreamView:
             return []
         line = (
             self._payment(event)
+            or self._transfer(event)
+            or self._refund(event)
             or self._reward(event)
             or self._channel(event)
             or self._actor(event)
@@ -171,7 +187,6 @@ class StreamView:
                     f"pay by {clock_time(event.expires_at)}",
                 )
             case PaymentConfirmed():
-                self._recorded_hashes.add(event.tx_hash)
                 extra = (
                     f", {ton(event.overpaid_nanotons)} more than asked"
                     if event.overpaid_nanotons
@@ -190,7 +205,6 @@ class StreamView:
                     "good",
                 )
             case PaymentUnderpaid():
-                self._recorded_hashes.add(event.tx_hash)
                 return StreamLine(
                     f"payment {event.payment_id}",
                     f"UNDERPAID  {ton(event.amount_nanotons)} of "
@@ -198,11 +212,11 @@ class StreamView:
                     "warn",
                 )
             case LatePaymentReceived():
-                self._recorded_hashes.add(event.tx_hash)
                 return StreamLine(
                     f"payment {event.payment_id}",
                     f"LATE  {ton(event.amount_nanotons)} arrived after it expired  "
-                    f"tx {short(event.tx_hash)}: kept for manual review",
+                    f"tx {short(event.tx_hash)}: not confirmed, for an operator to refund or "
+                    "honour",
                     "warn",
                 )
             case PaymentExpired():
@@ -210,6 +224,89 @@ class StreamView:
                 when = f" (due by {clock_time(due)})" if due else ""
                 return StreamLine(
                     f"payment {event.payment_id}", f"EXPIRED without a full payment{when}", "warn"
+                )
+        return None
+
+    def _transfer(self, event: Any) -> StreamLine | None:
+        """Transfers no payment event tells: a second payment, an unknown or missing memo,
+        an ignored one, and what the wallet sent; the others are counted as noise."""
+        match event:
+            case TransferReceived(category="second-payment"):
+                return StreamLine(
+                    f"payment {event.payment_id}",
+                    f"another {ton(event.amount_nanotons)} (tx {short(event.tx_hash)}) recorded "
+                    "and NOT confirmed again: the payment is already paid",
+                    "warn",
+                )
+            case TransferReceived(category="unknown-memo" | "no-memo"):
+                memo = f"memo {event.memo!r}" if event.memo else "no memo"
+                return StreamLine(
+                    "wallet",
+                    f"{ton(event.amount_nanotons)} from {short_wallet(event.payer)} with {memo} "
+                    f"(tx {short(event.tx_hash)}): names no payment, recorded",
+                    "warn",
+                )
+            case TransferReceived(category="ignored"):
+                why = _IGNORED.get(event.reason, event.reason)
+                return StreamLine(
+                    "wallet",
+                    f"{ton(event.amount_nanotons)} (tx {short(event.tx_hash)}) recorded and "
+                    f"ignored: {why}",
+                    "warn",
+                )
+            case TransferSent():
+                to = ", ".join(short_wallet(m.destination) for m in event.messages)
+                total = sum(m.amount_nanotons for m in event.messages)
+                return StreamLine(
+                    "wallet", f"sent {ton(total)} to {to} (tx {short(event.tx_hash)}), recorded"
+                )
+            case TransfersReconciled():
+                verdict = (
+                    "every transfer matches"
+                    if not event.discrepancies
+                    else f"{event.discrepancies} DISCREPANCIES, the admins are alerted"
+                )
+                return StreamLine(
+                    "Cleanup",
+                    "wallet reconciled with TonAPI since the last pass: "
+                    f"{_count(event.transactions, 'transaction')} on chain, {event.recorded} "
+                    f"recorded: {verdict}",
+                    "good" if not event.discrepancies else "bad",
+                )
+        return None
+
+    def _refund(self, event: Any) -> StreamLine | None:
+        match event:
+            case RefundDue():
+                return StreamLine(
+                    f"refund {event.refund_id[:8]}",
+                    f"DUE  {ton(event.amount_nanotons)} back to {short_wallet(event.to)}: "
+                    f"{owed_for(event.category, event.payment_id)}",
+                    "warn",
+                )
+            case RefundSent():
+                return StreamLine(
+                    f"refund {event.refund_id[:8]}",
+                    f"marked refunded by {event.requested_by} with tx {short(event.tx_hash)}: "
+                    "the next wallet scan checks it",
+                )
+            case RefundConfirmed():
+                return StreamLine(
+                    f"refund {event.refund_id[:8]}",
+                    f"REFUNDED  {ton(event.amount_nanotons)} sent in tx {short(event.tx_hash)}, "
+                    "confirmed on chain",
+                    "good",
+                )
+            case RefundUnconfirmed():
+                return StreamLine(
+                    f"refund {event.refund_id[:8]}",
+                    f"NOT confirmed: {event.reason}; due again",
+                    "bad",
+                )
+            case RefundDeclined():
+                return StreamLine(
+                    f"refund {event.refund_id[:8]}",
+                    f"declined by {event.requested_by}: {event.reason}",
                 )
         return None
 
@@ -351,23 +448,6 @@ class StreamView:
             return [StreamLine("health", f"healthy: all {len(event.checks)} checks pass", "good")]
         failing = "; ".join(f"{c.name}: {c.detail or 'failed'}" for c in event.checks if not c.ok)
         return [StreamLine("health", f"FAILING: {short(failing, 140)}", "warn")]
-
-    def _scanned(self, last_lt: int) -> list[StreamLine]:
-        lines = []
-        for tx_hash, transfer in list(self._transfers.items()):
-            if transfer.lt > last_lt:
-                continue
-            del self._transfers[tx_hash]
-            if tx_hash not in self._recorded_hashes:
-                lines.append(
-                    StreamLine(
-                        f"payment {transfer.payment_id}",
-                        f"another {ton(transfer.value)} (tx {short(tx_hash)}) scanned and "
-                        "NOT confirmed again: the payment is already paid (a refund case)",
-                        "good",
-                    )
-                )
-        return lines
 
 
 _COLOURS: Final[dict[Tone, str]] = {

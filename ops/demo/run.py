@@ -11,7 +11,7 @@ import random
 import secrets
 import signal
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, TextIO
@@ -41,6 +41,7 @@ from events import (
     UserRegistered,
 )
 from events.errors import ConfigError, I3laniError
+from events.payments import TRANSFER_CATEGORIES, TransferReceived
 from ops.admin import admin_routes
 from ops.audit import AuditReport, run_audit
 from ops.demo.narration import Console, Follower, StreamView, Tone, clock_time, ton
@@ -192,9 +193,12 @@ class _Tally:
     crashes: list[str] = field(default_factory=list)
     restarts: list[str] = field(default_factory=list)
     confirmations: Counter[int] = field(default_factory=Counter)
+    paid_again: set[int] = field(default_factory=set)  # payments paid a second time
 
     def add(self, event: Any) -> None:
         match event:
+            case TransferReceived(category="second-payment") if event.payment_id is not None:
+                self.paid_again.add(event.payment_id)
             case UserRegistered():
                 self.users += 1
                 self.referred += event.referred_by is not None
@@ -257,13 +261,12 @@ def _n(count: int, plural: str) -> str:
     return f"{count} {plural}"
 
 
-def _summary(
-    tally: _Tally, report: AuditReport, doubles: Sequence[DoublePayment], view: StreamView
-) -> list[tuple[str, str, Tone]]:
-    """The summary's rows: label, text, tone."""
-    paid_twice = sum(1 for d in doubles if tally.confirmations[d.payment_id] == 1)
+def _summary(tally: _Tally, report: AuditReport, view: StreamView) -> list[tuple[str, str, Tone]]:
+    """The summary's rows: label, text, tone. From the log: the tally's pass over it, and the
+    audit's replay of it."""
+    paid_twice = sum(1 for p in tally.paid_again if tally.confirmations[p] == 1)
     confirmed = [_n(tally.overpaid, "overpaid")] if tally.overpaid else []
-    if doubles:
+    if tally.paid_again:
         confirmed.append(f"{paid_twice} of them paid twice and confirmed once")
     detail = f" ({', '.join(confirmed)})" if confirmed else ""
     unmeasured = len(tally.unmeasured - tally.priced)
@@ -280,6 +283,7 @@ def _summary(
             f"{tally.expired} expired",
             "plain",
         ),
+        *_money_rows(report),
         ("subscriptions", f"{tally.subscriptions} activated", "plain"),
         (
             "rewards",
@@ -305,6 +309,30 @@ def _summary(
         hidden = ", ".join(_n(n, what) for what, n in view.skipped.most_common())
         rows.append(("not shown", hidden, "plain"))
     return rows
+
+
+def _money_rows(report: AuditReport) -> list[tuple[str, str, Tone]]:
+    """Where the wallet's nanotons went, and the refunds, as the audit's books hold them."""
+    t = report.summary.transfers
+    counted = [c for c in TRANSFER_CATEGORIES if t.categories.get(c)]
+    kinds = ", ".join(f"{t.categories[c]} {c.replace('-', ' ')}" for c in counted)
+    open_refunds = t.refunds_due + t.refunds_sent
+    return [
+        (
+            "wallet",
+            f"{_n(t.received, 'transfers')} received, each recorded once ({kinds or 'none'}): "
+            f"{ton(t.received_nanotons)} in all, {ton(t.kept_nanotons)} paid payments, "
+            f"{ton(t.owed_nanotons)} owed back; {t.sent} sent",
+            "plain",
+        ),
+        (
+            "refunds",
+            f"{t.refunds} owed back: {t.refunds_refunded} refunded and confirmed on chain "
+            f"({ton(t.refunded_nanotons)}), {open_refunds} still open (`i3lani refunds` lists "
+            f"them), {t.refunds_declined} declined",
+            "plain" if not open_refunds else "warn",
+        ),
+    ]
 
 
 def _audit_lines(report: AuditReport) -> list[tuple[str, Tone]]:
@@ -547,6 +575,7 @@ async def _demo(
                 tonapi=tonapi,
                 bot_api=bot_api,
                 switch=switch,
+                admin_token=admin_token,
             )
             # Skipped when a signal came while the actors were starting.
             with stopper.phase(), anyio.move_on_after(options.duration):
@@ -587,7 +616,7 @@ async def _demo(
             "the figures are what happened until then",
             "warn",
         )
-    for label, text, tone in _summary(tally, report, outcome.doubles, view):
+    for label, text, tone in _summary(tally, report, view):
         console.say(f"  {label:<14} {text}", tone)
     console.say()
     for text, tone in _audit_lines(report):

@@ -38,6 +38,8 @@ ARRIVALS_SPAN: Final = 22.0
 """Demo seconds over which the users arrive (at most 2.5 s apart)."""
 SETTLE: Final = 5.0
 """Demo seconds between the last payment and the users checking their balances."""
+REFUND_AFTER: Final = 3.0
+"""Demo seconds after a second payment at which the operator refunds it (after a scan)."""
 
 _MIN_INTERVAL: Final = 0.05
 _PLANS: Final = ("week", "week", "week", "month", "month")
@@ -144,6 +146,8 @@ def plan_scenario(users: int, seed: int) -> Scenario:
         percent = {"overpay": rng.choice((125, 150)), "underpay": rng.choice((50, 70, 90))}
         second = 4.0 if role == "double" else None
         done = subscribe + pay_after + (second or 0.0)
+        if role == "double":  # the operator refunds it; a scan confirms it
+            done += REFUND_AFTER + PAYMENT_EVERY
         if role in ("abandon", "underpay"):
             done = max(done, subscribe + PAYMENT_WINDOW)  # until the payment expires
         last_payment = max(last_payment, done)

@@ -49,10 +49,14 @@ under it (two incarnations never interleave their writes); inside each commit, w
 actor (its task events, its writes under a lease) only from the node holding that actor's
 lease, unexpired; a task's outcome only from the node holding its latest claim, nothing after
 it finished; a channel added once; each measurement a count the channel really had, with its
-active share ``floor(subscribers * active_share)``; each price ``channel_price`` of the
-active count it names, changed only by the measurement just before it in the channel's
-stream, from the price it had, and whenever that measurement moves it. **Liveness**, at the
-end: every reward credited, every payment paid in full inside its window confirmed within
+active count ``active_subscribers(subscribers, active_share)``; each price ``channel_price``
+of the active count it names, changed only by the measurement just before it in the channel's
+stream, from the price it had, and whenever that measurement moves it; every transaction
+recorded as a transfer at most once, and only one the stand-in's chain has. **Liveness**, at
+the end: every transfer the chain delivered to the wallet recorded within ``LIVENESS_BOUND``,
+and the whole range scanned reconciled with the chain without a discrepancy
+(:func:`actors.transfers.reconcile`: each transfer once, in a category the chain allows);
+every reward credited, every payment paid in full inside its window confirmed within
 ``LIVENESS_BOUND`` of its transfer or of the end of the faults, every confirmed payment's user
 told (the notifier, through the Bot API stand-in), and every channel measured (or its lasting
 problem recorded) after the faults stopped, at its current count, within ``ANALYTICS_BOUND``.
@@ -81,13 +85,16 @@ from anyio.abc import TaskGroup
 
 from actors.catalog import child_specs
 from actors.channel_analytics import ChannelAnalytics
-from actors.config import Settings, active_subscribers, channel_price
+from actors.config import Settings, active_subscribers, channel_price, share_text
 from actors.control import issue_command, operator_command
 from actors.payment_monitor import PaymentMonitor
 from actors.runtime import ChildSpec, RestartType
 from actors.tasks import PAYMENT_VERIFICATION, REWARD_DISTRIBUTION
 from actors.telegram import TelegramClient, make_bot
+from actors.ton import Address
 from actors.tonapi import TonApiClient
+from actors.tonapi_models import decode_transactions
+from actors.transfers import fold_ledger, reconcile, reconcile_range
 from bot_gateway.notifier import run_notifier
 from bot_gateway.service import Gateway, TelegramUser, reward_id_for
 from events import (
@@ -109,6 +116,7 @@ from events import (
     environment,
 )
 from events.errors import I3laniError, StoreUnavailable
+from events.payments import TransferReceived, TransferSent
 from events.streams import channel_stream
 from ops.simulate.kernel import Frozen, current_loop, current_rng
 from ops.simulate.transports import InProcessServer, InProcessSession, InProcessTransport
@@ -406,6 +414,7 @@ class _World:
         self.payments: dict[int, PaymentCreated] = {}
         self.due: dict[int, float] = {}  # paid in full inside their window: when (sim time)
         self.foreign: set[str] = set()  # tx hashes that pay no payment (a wrong memo)
+        self.transferred: dict[str, float] = {}  # every transfer to the wallet: when (sim time)
         self.kills = self.cuts = self.commands = self.redeliveries = self.tonapi_faults = 0
         self.duplicates = self.clock_jumps = self.pauses = 0
         # nodes to stop at their next store write of a kind (see pause)
@@ -638,13 +647,15 @@ class _World:
         value = {"over": price + price // 3, "under": price // 2}.get(behaviour, price)
         memo = f"{created.memo}x" if behaviour == "wrong memo" else created.memo
         tx = self.tonapi.transfer(WALLET, source=PAYER, value=value, comment=memo)
+        self.transferred[tx["hash"]] = anyio.current_time()
         if behaviour == "wrong memo":
             self.foreign.add(tx["hash"])
         elif behaviour != "late" and value >= price:
             self.due[created.payment_id] = anyio.current_time()
         if behaviour == "twice":
             await anyio.sleep(rng.uniform(1, 120))
-            self.tonapi.transfer(WALLET, source=PAYER, value=value, comment=memo)
+            again = self.tonapi.transfer(WALLET, source=PAYER, value=value, comment=memo)
+            self.transferred[again["hash"]] = anyio.current_time()
 
     def clock_jump(self) -> str:
         """The hosts' wall clock steps (an NTP correction, a VM resumed), at most
@@ -850,6 +861,8 @@ class _Checker:
         self.unpriced: dict[str, ChannelStatsUpdated] = {}
         self.outcome: dict[str, tuple[datetime, ChannelStatsUpdated | ChannelStatsFailed]] = {}
         self.measurements = self.price_changes = self.measure_failures = 0
+        self.recorded: set[str] = set()  # transactions recorded as transfers
+        self.wallet_events: list[RecordedEvent] = []  # the wallet's stream, for reconciling
 
     def feed(self, recorded: RecordedEvent) -> None:
         """Raise InvariantViolated when ``recorded`` breaks a guarantee."""
@@ -865,6 +878,11 @@ class _Checker:
             self.newest[meta.lease] = meta.generation
         if isinstance(event, PaymentConfirmed):
             self._confirmation(event, recorded.recorded_at)
+        elif isinstance(event, TransferReceived | TransferSent):
+            self._transfer(event.tx_hash)
+            self.wallet_events.append(recorded)
+        elif recorded.stream.startswith("payment-scan-"):
+            self.wallet_events.append(recorded)
         elif isinstance(event, SubscriptionActivated):
             self.activated[event.payment_id] += 1
             if not self.confirmed[event.payment_id]:
@@ -892,6 +910,44 @@ class _Checker:
             event, ChannelAdded | ChannelStatsUpdated | ChannelPriceChanged | ChannelStatsFailed
         ):
             self._channel(recorded)
+
+    def _transfer(self, tx_hash: str) -> None:
+        """A transaction is recorded as a transfer once, and only one the chain has."""
+        if tx_hash in self.recorded:
+            raise InvariantViolated(f"transaction {tx_hash} recorded as a transfer twice")
+        if tx_hash not in self.world.transferred:
+            raise InvariantViolated(
+                f"transaction {tx_hash} recorded as a transfer; the chain never had it"
+            )
+        self.recorded.add(tx_hash)
+
+    def _books_live(self, by: float) -> None:
+        """Every transfer made before ``by`` (sim time) is recorded, and the range scanned
+        reconciles with the chain."""
+        world = self.world
+        made = world.transferred.items()
+        missing = sorted(h for h, at in made if at <= by and h not in self.recorded)
+        if missing:
+            raise InvariantViolated(
+                f"{len(missing)} of {len(world.transferred)} transfers to the wallet not "
+                f"recorded {LIVENESS_BOUND:g}s after they were made (liveness): {missing[:3]}"
+            )
+        wallet = Address.parse(WALLET)
+        ledger = fold_ledger(wallet.to_raw(), self.wallet_events)
+        bounds = reconcile_range(ledger)
+        if bounds is None:
+            return
+        chain = decode_transactions(
+            msgspec.json.encode({"transactions": world.tonapi.transactions(WALLET)})
+        )
+        result = reconcile(wallet, chain, ledger, from_lt=bounds[0], to_lt=bounds[1])
+        if not result.clean:
+            first = result.discrepancies[0]
+            raise InvariantViolated(
+                f"the wallet's transfers do not reconcile with the chain: "
+                f"{len(result.discrepancies)} discrepancies, the first {first.kind} tx "
+                f"{first.tx_hash}: {first.detail}"
+            )
 
     def _task(self, event: TaskClaimed | TaskSucceeded | TaskFailed | TaskDeadLettered) -> None:
         """A task's attempts follow one another, each recorded by the node that holds it, and
@@ -954,8 +1010,8 @@ class _Checker:
         if event.active_subscribers != active:
             raise InvariantViolated(
                 f"{event.channel} measured with {event.subscribers} subscribers, of whom "
-                f"{event.active_subscribers} active; the share {settings.active_share} gives "
-                f"{active}"
+                f"{event.active_subscribers} active; the share "
+                f"{share_text(settings.active_share)} gives {active}"
             )
         channel = self.world.channels.get(stream)
         if channel is None or event.subscribers not in channel.counts:
@@ -1051,6 +1107,7 @@ class _Checker:
             )
         settle = world.scenario.settle
         by = anyio.current_time() - LIVENESS_BOUND
+        self._books_live(by)
         unconfirmed = sorted(p for p, at in world.due.items() if at <= by and not self.confirmed[p])
         if unconfirmed:
             raise InvariantViolated(

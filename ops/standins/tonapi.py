@@ -76,6 +76,16 @@ class _TransferBody(msgspec.Struct, forbid_unknown_fields=True):
     tx_hash: str | None = None
 
 
+class _SendBody(msgspec.Struct, forbid_unknown_fields=True):
+    wallet: str
+    destination: str
+    value: int
+    comment: str | None = None
+    lt: int | None = None
+    utime: int | None = None
+    tx_hash: str | None = None
+
+
 class _RawBody(msgspec.Struct, forbid_unknown_fields=True):
     wallet: str
     tx: dict[str, Any]
@@ -182,10 +192,7 @@ class TonApiStandIn(StandIn):
             raise ValueError(f"out_msgs must not be negative, got {out_msgs}")
         if op not in get_args(TransferOp):
             raise ValueError(f"op must be one of {', '.join(get_args(TransferOp))}, got {op!r}")
-        if tx_hash is None:
-            tx_hash = self._rng.randbytes(32).hex()
-        elif len(tx_hash) != 64 or tx_hash.strip("0123456789abcdef"):
-            raise ValueError(f"tx_hash must be 64 lowercase hex digits, got {tx_hash!r}")
+        tx_hash = self._tx_hash(tx_hash)
         lt = self._allocate_lt(lt)
         utime = int(environment.now().timestamp()) if utime is None else utime
         in_msg: dict[str, Any] = {
@@ -231,7 +238,103 @@ class TonApiStandIn(StandIn):
             for index in range(out_msgs)
         ]
         credited = value if success and not aborted and not bounced else 0
-        balance = max(self._balances.get(account, 0) + credited - _FEES, 0)
+        return self._add(
+            account,
+            tx_hash,
+            lt,
+            utime,
+            in_msg,
+            outgoing,
+            change=credited,
+            success=success,
+            aborted=aborted,
+            compute_phase=compute_phase,
+        )
+
+    def send(
+        self,
+        wallet: str,
+        *,
+        destination: str,
+        value: int,
+        comment: str | None = None,
+        lt: int | None = None,
+        utime: int | None = None,
+        tx_hash: str | None = None,
+    ) -> dict[str, Any]:
+        """Record an outgoing transfer: ``wallet``'s owner sends ``value`` nanotons to
+        ``destination`` (a refund, say). As on chain, it is a transaction of ``wallet`` whose
+        incoming message is the owner's signed external message and whose one outgoing
+        message carries the TON (with ``comment`` as a text comment). Defaults as for
+        :meth:`transfer`."""
+        account = Address.parse(wallet)
+        receiver = Address.parse(destination)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"value is a positive int of nanotons, got {value!r}")
+        tx_hash = self._tx_hash(tx_hash)
+        lt = self._allocate_lt(lt)
+        utime = int(environment.now().timestamp()) if utime is None else utime
+        in_msg: dict[str, Any] = {
+            "msg_type": "ext_in_msg",
+            "created_lt": 0,
+            "ihr_disabled": False,
+            "bounce": False,
+            "bounced": False,
+            "value": 0,
+            "fwd_fee": 0,
+            "ihr_fee": 0,
+            "destination": _account_json(account),
+            "import_fee": 0,
+            "created_at": 0,
+            "hash": self._rng.randbytes(32).hex(),
+            "decoded_op_name": "wallet_signed_v4",
+        }
+        outgoing = {
+            "msg_type": "int_msg",
+            "created_lt": lt + 1,
+            "ihr_disabled": True,
+            "bounce": True,
+            "bounced": False,
+            "value": value,
+            "fwd_fee": _FWD_FEE,
+            "ihr_fee": 0,
+            "destination": _account_json(receiver),
+            "source": _account_json(account),
+            "import_fee": 0,
+            "created_at": utime,
+            "hash": self._rng.randbytes(32).hex(),
+            **_message_body("text_comment", comment, account, self._rng),
+        }
+        return self._add(
+            account,
+            tx_hash,
+            lt,
+            utime,
+            in_msg,
+            [outgoing],
+            change=-value - _FWD_FEE,
+            success=True,
+            aborted=False,
+            compute_phase={"skipped": False, "success": True, "exit_code": 0},
+        )
+
+    def _add(
+        self,
+        account: Address,
+        tx_hash: str,
+        lt: int,
+        utime: int,
+        in_msg: dict[str, Any],
+        out_msgs: list[dict[str, Any]],
+        *,
+        change: int,
+        success: bool,
+        aborted: bool,
+        compute_phase: dict[str, Any],
+    ) -> dict[str, Any]:
+        """Put a transaction of ``account`` on the chain, its balance moved by ``change`` (and
+        the fees), chained to the one before it; returns a copy."""
+        balance = max(self._balances.get(account, 0) + change - _FEES, 0)
         self._balances[account] = balance
         previous = self._previous(account, lt)
         self._seqno += 1
@@ -247,7 +350,7 @@ class TonApiStandIn(StandIn):
             "end_balance": balance,
             "transaction_type": "TransOrd",
             "in_msg": in_msg,
-            "out_msgs": outgoing,
+            "out_msgs": out_msgs,
             "block": f"(0,8000000000000000,{self._seqno})",
             "prev_trans_hash": previous["hash"] if previous else "0" * 64,
             "prev_trans_lt": previous["lt"] if previous else 0,
@@ -257,6 +360,14 @@ class TonApiStandIn(StandIn):
         }
         self._insert(account, tx)
         return copy.deepcopy(tx)
+
+    def _tx_hash(self, tx_hash: str | None) -> str:
+        """``tx_hash`` checked, or 64 random hex digits."""
+        if tx_hash is None:
+            return self._rng.randbytes(32).hex()
+        if len(tx_hash) != 64 or tx_hash.strip("0123456789abcdef"):
+            raise ValueError(f"tx_hash must be 64 lowercase hex digits, got {tx_hash!r}")
+        return tx_hash
 
     def add_raw(self, wallet: str, tx: dict[str, Any]) -> None:
         """Add ``tx`` to ``wallet``'s account exactly as given (a fixture, a duplicate...).
@@ -334,6 +445,7 @@ class TonApiStandIn(StandIn):
         app.router.add_get("/v2/blockchain/accounts/{account_id}/transactions", self._transactions)
         app.router.add_get("/v2/status", self._status)
         app.router.add_post("/_standin/transfer", control_route(self._control_transfer))
+        app.router.add_post("/_standin/send", control_route(self._control_send))
         app.router.add_post("/_standin/add_raw", control_route(self._control_add_raw))
         app.router.add_post("/_standin/fail", control_route(self._control_fail))
         app.router.add_post("/_standin/heal", control_route(self._control_heal))
@@ -447,6 +559,10 @@ class TonApiStandIn(StandIn):
     async def _control_transfer(self, request: web.Request) -> object:
         body = await control_body(request, _TransferBody)
         return self.transfer(**msgspec.structs.asdict(body))
+
+    async def _control_send(self, request: web.Request) -> object:
+        body = await control_body(request, _SendBody)
+        return self.send(**msgspec.structs.asdict(body))
 
     async def _control_add_raw(self, request: web.Request) -> object:
         body = await control_body(request, _RawBody)

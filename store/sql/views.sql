@@ -144,3 +144,14 @@ ALTER TABLE i3lani.events DISABLE TRIGGER events_append_only_row;
 
 -- name: events_trigger_enable
 ALTER TABLE i3lani.events ENABLE TRIGGER events_append_only_row;
+
+-- name: streams_with_types
+-- Every stream holding events of the types $1, oldest first, with the position of its newest
+-- such event (the refunds: each payment-refund-<hash> stream, for `i3lani refunds` and the
+-- dashboard, which re-read a stream only when that position moved). Served by
+-- events_type_idx: the rows read are the events of those types, few by nature.
+SELECT stream, max(global_position) AS last_position
+FROM i3lani.events
+WHERE type = ANY($1::text[])
+GROUP BY stream
+ORDER BY min(global_position);

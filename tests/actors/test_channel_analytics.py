@@ -6,6 +6,7 @@ import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from fractions import Fraction
 
 import anyio
 
@@ -54,9 +55,10 @@ def state_with(actor: ChannelAnalytics, *channels: str) -> AnalyticsState:
 
 
 def test_active_subscribers_is_the_floor_of_the_share() -> None:
-    assert active_subscribers(1000, 0.45) == 450
-    assert active_subscribers(3, 0.45) == 1
-    assert active_subscribers(0, 0.45) == 0
+    share = Fraction(45, 100)
+    assert active_subscribers(1000, share) == 450
+    assert active_subscribers(3, share) == 1
+    assert active_subscribers(0, share) == 0
 
 
 def test_stream_names() -> None:

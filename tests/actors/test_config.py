@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 import pytest
 
 from actors.config import Plan, Settings, channel_price, load_settings
@@ -18,7 +20,7 @@ def test_defaults_are_the_products() -> None:
     assert settings.analytics_interval == 6 * 3600
     assert settings.cleanup_interval == 24 * 3600
     assert settings.health_interval == 15 * 60
-    assert settings.active_share == 0.45
+    assert settings.active_share == Fraction(45, 100)
     assert settings.tonapi_url == "https://tonapi.io"
     assert settings.telegram_api_url is None
     assert settings.admin_ids == ()
@@ -43,7 +45,7 @@ def test_everything_is_read_from_the_environment() -> None:
     assert settings.telegram_api_url == "http://127.0.0.1:8"
     assert settings.admin_ids == (1, 2, 3)
     assert settings.payment_interval == 0.5
-    assert settings.active_share == 0.5
+    assert settings.active_share == Fraction(1, 2)
     assert settings.plans == (Plan("day", 1, TON // 4), Plan("year", 365, 30 * TON))
     assert settings.min_price_nanotons == 2 * TON
     assert settings.wallet_address().to_raw().startswith("0:408da3b2")

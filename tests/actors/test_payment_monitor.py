@@ -195,10 +195,12 @@ async def test_a_transfer_is_never_counted_twice(store: EventStore) -> None:
             await check(ref)
             await check(ref)  # a second poll: the cursor moved, nothing new
             # The same transaction again (TonAPI repeating itself past the cursor) and a
-            # second transfer for the paid payment: neither confirms anything again.
+            # second transfer for the paid payment: neither confirms anything again (the
+            # second is recorded as a transfer owing a refund).
             pay(tonapi, 1, PRICE)
             await check(ref)
-            assert len(runner.state.used_hashes) == 1
+            assert len(runner.state.used_hashes) == 2
+            assert len(runner.state.refunds) == 1
         assert await types_in(store, 1) == [
             "PaymentCreated",
             "PaymentConfirmed",

@@ -36,10 +36,12 @@ from actors.runtime import (
     TickSpec,
 )
 from actors.runtime.clock import Clock, ManualClock, SystemClock
+from actors.runtime.core import _rounds
 from events import DEFAULT_REGISTRY, ActorTicked, Event
 from events.errors import ConcurrencyConflict, StaleGeneration, StoreUnavailable
 from events.streams import tick_stream
-from store import ANY, EventStore, Expected, RecordedEvent, derived_id
+from store import ANY, EventStore, Expected, NewEvent, RecordedEvent, derived_id
+from store.eventstore import MAX_EVENTS_PER_APPEND
 from store.leases import Leases
 
 T0 = datetime(2026, 6, 1, 9, 0, tzinfo=UTC)
@@ -1001,3 +1003,20 @@ async def test_a_graceful_stop_of_an_idle_actor_returns_at_once(store: EventStor
         with anyio.fail_after(2):
             await incarnation.ended.wait()
         assert incarnation.error is None
+
+
+def test_a_decision_with_more_events_for_a_stream_than_one_append_takes_is_split() -> None:
+    """A scan recording a backlog of transfers: more than MAX_EVENTS_PER_APPEND events for
+    the wallet's stream go out in several requests, in order, in the one transaction."""
+    ticked = ActorTicked(actor="A", due_at=datetime.now(UTC), ticked_at=datetime.now(UTC))
+    many = MAX_EVENTS_PER_APPEND + 5
+    pending = [
+        (Emit("wallet-1", ticked), NewEvent(event=ticked, event_id=uuid.uuid4()))
+        for _ in range(many)
+    ]
+    pending.append((Emit("other-1", ticked), NewEvent(event=ticked, event_id=uuid.uuid4())))
+    rounds = _rounds(pending)
+    sizes = [[(g.stream, len(g.items)) for g in batch] for batch in rounds]
+    assert sizes == [[("wallet-1", MAX_EVENTS_PER_APPEND)], [("wallet-1", 5), ("other-1", 1)]]
+    flat = [item for batch in rounds for g in batch for item in g.items if g.stream == "wallet-1"]
+    assert flat == [item for _, item in pending[:many]]

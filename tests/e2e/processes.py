@@ -145,9 +145,25 @@ class Workers:
         environment.pop("I3LANI_NODE", None)
         if node is not None:
             environment["I3LANI_NODE"] = node
-        process = await anyio.open_process([I3LANI, "run", "--actors", actors], env=environment)
-        # Unnamed, a worker calls itself <host>:<pid> (ops.cli.node_name); the console script
-        # is the Python process itself, so its pid is the one we started.
+        worker = await self.spawn([I3LANI, "run", "--actors", actors], environment, node=node)
+        if ready:
+            await worker.wait_ready()
+        return worker
+
+    async def spawn(
+        self,
+        command: Sequence[str],
+        env: Mapping[str, str],
+        *,
+        node: str | None = None,
+        cwd: Path | None = None,
+    ) -> Worker:
+        """Start ``command`` with exactly ``env`` (not :attr:`env`), its output drained and
+        the process killed at the end like every worker's. ``node``: its name in the log;
+        None, ``<host>:<pid>``, what an unnamed ``i3lani`` process calls itself
+        (ops.cli.node_name): right when the process started is ``i3lani`` itself (the console
+        script, or a shell's ``-c`` that execs it)."""
+        process = await anyio.open_process(list(command), env=dict(env), cwd=cwd)
         worker = Worker(node=node or f"{socket.gethostname()}:{process.pid}", process=process)
         self.started.append(worker)
         for stream, buffer in ((process.stdout, worker.stdout), (process.stderr, worker.stderr)):
@@ -155,8 +171,6 @@ class Workers:
             done = anyio.Event()
             worker.drained.append(done)
             self._tg.start_soon(_drain, stream, buffer, done)
-        if ready:
-            await worker.wait_ready()
         return worker
 
     async def kill_all(self) -> None:

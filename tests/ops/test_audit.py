@@ -17,8 +17,8 @@ import asyncpg
 import msgspec
 import pytest
 
-from actors.channel_analytics import active_subscribers
-from actors.config import Settings, channel_price
+from actors.channel_analytics import ChannelAnalytics, ChannelMeasured, active_subscribers
+from actors.config import Settings, channel_price, load_settings
 from events import (
     ChannelAdded,
     ChannelPriceChanged,
@@ -200,10 +200,14 @@ def recorded(position: int, stream: str, event: Event) -> RecordedEvent:
 
 
 def replay(
-    log: list[tuple[str, Event]], *, user: int | None = None, stream: str | None = None
+    log: list[tuple[str, Event]],
+    *,
+    user: int | None = None,
+    stream: str | None = None,
+    settings: Settings = SETTINGS,
 ) -> AuditReport:
     """Replay ``log`` at positions 1, 2, ... (no database)."""
-    audit = Replay(SETTINGS, user=user, stream=stream)
+    audit = Replay(settings, user=user, stream=stream)
     audit.apply(recorded(i, stream, event) for i, (stream, event) in enumerate(log, start=1))
     audit.finish()
     return audit.report()
@@ -360,6 +364,54 @@ def test_6_stats_that_call_for_a_price_need_the_change_by_the_end() -> None:
         ("channel-news_channel", stats(10_000)),
     ]
     assert found(replay(log)) == [("price-mismatch", [2])]
+
+
+def test_6_the_audit_prices_as_the_actor_does_under_another_share() -> None:
+    """Issue 19: at a share of 0.29, 2 TON per 1,000 and a 0.5 TON minimum, 2,900 subscribers
+    are exactly 841 active, priced 1.682 TON rounded up to 1.69. ChannelAnalytics and the
+    audit call the same functions: the audit accepts what the actor wrote, and flags what the
+    float rule wrote (840 active, 1.68 TON) and a price off the rule."""
+    settings = load_settings(
+        {"I3LANI_ACTIVE_SHARE": "0.29", "I3LANI_PRICE_PER_1000": "2", "I3LANI_MIN_PRICE": "0.5"}
+    )
+    stream = "channel-news_channel"
+    added = ChannelAdded(channel="@news_channel", added_by=7, added_at=NOW)
+    actor = ChannelAnalytics(settings, telegram=None)
+    state = actor.evolve(actor.initial_state(), recorded(1, stream, added))
+    measured = ChannelMeasured(
+        channel="@news_channel", subscribers=2_900, problem=None, measured_at=NOW
+    )
+    written = [(emit.stream, emit.event) for emit in actor.decide(state, measured)]
+    new_stats, new_price = (event for _, event in written)
+    assert isinstance(new_stats, ChannelStatsUpdated)
+    assert isinstance(new_price, ChannelPriceChanged)
+    assert (new_stats.active_subscribers, new_price.new_price_nanotons) == (841, 1_690_000_000)
+    assert replay([(stream, added), *written], settings=settings).clean
+
+    def measured_as(active: int, new: int) -> list[tuple[str, Event]]:
+        return [
+            (stream, added),
+            (stream, msgspec.structs.replace(new_stats, active_subscribers=active)),
+            (
+                stream,
+                msgspec.structs.replace(
+                    new_price, active_subscribers=active, new_price_nanotons=new
+                ),
+            ),
+        ]
+
+    float_rule = replay(measured_as(840, 1_680_000_000), settings=settings)
+    assert found(float_rule) == [("price-mismatch", [2])]
+    assert "the active share 0.29 gives 841" in float_rule.discrepancies[0].message
+    under_charged = replay(measured_as(841, 1_680_000_000), settings=settings)
+    assert found(under_charged) == [("price-mismatch", [2, 3])]
+    assert "give 1.69 TON" in under_charged.discrepancies[0].message
+    # The audit prices with the configured settings, not the defaults: under those (45 %,
+    # 1 TON per 1,000, 1 TON at least) the actor's record is the wrong one.
+    assert found(replay([(stream, added), *written])) == [
+        ("price-mismatch", [2]),  # 45 % of 2,900 is 1,305, not 841
+        ("price-mismatch", [2, 3]),  # 841 active at 1 TON per 1,000 is 1 TON, not 1.69
+    ]
 
 
 def test_7_a_subscription_follows_its_confirmation_once() -> None:

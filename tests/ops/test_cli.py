@@ -452,7 +452,10 @@ async def test_run_with_a_malformed_setting_is_one_clear_line(cli: Cli) -> None:
     with anyio.fail_after(40):
         result = await anyio.run_process([I3LANI, "run"], env=env, check=False)
     assert result.returncode == 1
-    assert lines(result.stderr) == ["i3lani run: I3LANI_ACTIVE_SHARE must be a number, got 'lots'"]
+    assert lines(result.stderr) == [
+        "i3lani run: I3LANI_ACTIVE_SHARE must be a decimal from 0 to 1 such as 0.45 (a dot, no "
+        "sign, no exponent), got 'lots'"
+    ]
 
 
 async def test_status_lists_queued_work_and_dead_letters(cli: Cli, store: EventStore) -> None:

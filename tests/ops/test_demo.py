@@ -34,6 +34,7 @@ from events import (
     WalletScanned,
 )
 from events.errors import ConfigError
+from events.payments import RefundDue, TransferReceived
 from ops.cli import build_parser
 from ops.demo import (
     DemoOptions,
@@ -107,21 +108,53 @@ def _recorded(event: Event, stream: str, position: int = 1) -> RecordedEvent:
     )
 
 
-def test_the_stream_hides_noise_and_says_what_a_scan_left_alone() -> None:
+def test_the_stream_hides_noise_and_says_from_the_log_what_a_scan_left_unpaid() -> None:
     view = StreamView()
-    view.expect_transfer(7, "ab" * 32, lt=100, value=1_000_000_000)
     scan = WalletScanned(wallet="0:" + "00" * 32, last_lt=100, transactions=1, scanned_at=NOW)
-    lines = view.describe(_recorded(scan, "payment-scan-0_00"))
-    assert [line.label for line in lines] == ["payment 7"]
-    assert "NOT confirmed again" in lines[0].text
     assert view.describe(_recorded(scan, "payment-scan-0_00")) == []
+
+    def transfer(category: str, **fields: object) -> TransferReceived:
+        return TransferReceived(
+            wallet="0:" + "00" * 32,
+            tx_hash="ab" * 32,
+            lt=100,
+            received_at=NOW,
+            amount_nanotons=1_000_000_000,
+            payer="0:" + "cd" * 32,
+            category=category,  # type: ignore[arg-type]
+            detected_at=NOW,
+            **fields,  # type: ignore[arg-type]
+        )
+
+    again = transfer("second-payment", payment_id=7, refund_nanotons=1_000_000_000)
+    (line,) = view.describe(_recorded(again, "payment-scan-0_00"))
+    assert line.label == "payment 7"
+    assert "1 TON (tx ababab...) recorded and NOT confirmed again" in line.text
+    paid = transfer("confirmed", payment_id=8, kept_nanotons=1_000_000_000)
+    assert view.describe(_recorded(paid, "payment-scan-0_00")) == []  # its payment tells it
+    owed = RefundDue(
+        refund_id="ab" * 32,
+        wallet="0:" + "00" * 32,
+        to="0:" + "cd" * 32,
+        amount_nanotons=1_000_000_000,
+        category="second-payment",
+        payment_id=7,
+        due_at=NOW,
+    )
+    (line,) = view.describe(_recorded(owed, "payment-refund-" + "ab" * 32))
+    assert (line.label, line.text) == (
+        "refund abababab",
+        "DUE  1 TON back to 0:cdcd...dcdcd: second payment of payment 7, already paid",
+    )
     failed = ChannelStatsFailed(
         channel="@some_club", kind="bad_request", description="chat not found", failed_at=NOW
     )
     assert len(view.describe(_recorded(failed, "channel-some_club"))) == 1
     assert view.describe(_recorded(failed, "channel-some_club")) == []  # said already
-    assert view.skipped["wallet scans"] == 2
+    assert view.skipped["wallet scans"] == 1
+    assert view.skipped["transfers recorded (each told by its payment's line)"] == 1
     assert view.skipped["repeated channel measurements"] == 1
+    assert view.skipped["other events"] == 0
 
 
 @pytest.mark.parametrize(
@@ -255,19 +288,19 @@ async def test_a_demo_run_tells_the_whole_story(server_dsn: str, demo_database: 
     assert of(PaymentUnderpaid)
     assert of(LatePaymentReceived)
 
-    # The double payment: confirmed once, with the first transfer; the second was scanned
-    # (the cursor passed it) and recorded against nothing.
+    # The double payment: confirmed once, with the first transfer; the second recorded as a
+    # second payment, owing a refund that the demo's operator sent and the next scan confirmed.
     [double] = outcome.doubles
     confirmations = [
         e for e in events if isinstance(e, PaymentConfirmed) and e.payment_id == double.payment_id
     ]
     assert [c.tx_hash for c in confirmations] == [double.first_tx]
-    recorded_hashes = {
-        e.tx_hash
-        for e in events
-        if isinstance(e, PaymentConfirmed | PaymentUnderpaid | LatePaymentReceived)
-    }
-    assert double.second_tx not in recorded_hashes
+    recorded = {e.tx_hash: e.category for e in events if isinstance(e, TransferReceived)}
+    assert recorded[double.first_tx] == "confirmed"
+    assert recorded[double.second_tx] == "second-payment"
+    assert len(recorded) == len(of(TransferReceived)), "each transfer recorded once"
+    refund = [r.type for r in log if r.stream == f"payment-refund-{double.second_tx}"]
+    assert refund == ["RefundDue", "RefundSent", "RefundConfirmed"]
     assert any(isinstance(e, WalletScanned) and e.last_lt >= double.second_lt for e in events)
 
     # Exactly one crash, of the PaymentMonitor, then its restart by the supervisor.
@@ -280,7 +313,16 @@ async def test_a_demo_run_tells_the_whole_story(server_dsn: str, demo_database: 
     restarted = after[crash_at + 1 :]
     assert any(isinstance(e, ActorRestarted) and e.cause == "crash" for e in restarted)
     assert any(isinstance(e, ActorStarted) and e.generation > 1 for e in restarted)
-    for line in ("CRASHED after", "restarted after the crash", "UNDERPAID", "LATE", "paid twice"):
+    for line in (
+        "CRASHED after",
+        "restarted after the crash",
+        "UNDERPAID",
+        "LATE",
+        "paid twice",
+        "recorded and NOT confirmed again",
+        "REFUNDED",
+        "refunds        4 owed back: 1 refunded and confirmed on chain",
+    ):
         assert line in text, line
 
 
