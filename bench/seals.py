@@ -42,6 +42,7 @@ from bench.scale import (
 )
 from events import LogSealed
 from events.streams import tick_stream
+from ops.audit import run_audit
 from store import EventStore, NewEvent
 from store.queries import query
 from store.sealing import PAGE_SIZE, canonical_bytes, next_seals, verify_seals
@@ -301,4 +302,27 @@ async def _verification(
             totals["raw fetch + sha256"].rate,
         ),
         Row(SECTION_VERIFY, "sealing it (next_seals, one pass)", seal_rate, "events/s"),
+        await _audit_row(ctx, store),
     ]
+
+
+async def _audit_row(ctx: BenchContext, store: EventStore) -> Row:
+    """What an operator's ``i3lani audit --verify-seals`` costs: the replay, every invariant
+    and every seal, one pass in this process."""
+    ctx.log("seals: the audit with --verify-seals, one pass ...")
+    started = time.perf_counter()
+    report = await run_audit(store, Settings(), verify_seals=True)
+    seconds = time.perf_counter() - started
+    checked = report.summary.events_replayed + report.summary.events_unreadable
+    assert report.seals is not None
+    failure = None
+    if report.seals.findings:
+        failure = f"a clean log's seals did not verify: {report.discrepancies[0].message}"
+    return Row(
+        SECTION_VERIFY,
+        "run_audit(verify_seals=True), one pass: replay, invariants and seals",
+        checked / seconds,
+        "events/s",
+        details={"seconds": seconds, "events": checked, "seals": report.seals.seals_verified},
+        failure=failure,
+    )
