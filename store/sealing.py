@@ -47,7 +47,9 @@ events.
 What seals cannot show: an event appended after the last seal is not covered yet (the next
 seal covers it); and a rewrite of the whole log with every seal recomputed is consistent in
 itself: only a digest kept outside (``i3lani seal --export``, the Sealer's Telegram message)
-shows it (``i3lani audit --verify-seals --against DIGEST``).
+shows it (``i3lani audit --verify-seals --against DIGEST``). Seals rest on PostgreSQL rendering
+a stored ``jsonb`` value as the same text: it has since jsonb came (9.4); a release that
+changed it would make every sealed event read as changed, and would need a seal format v2.
 """
 
 from __future__ import annotations
