@@ -16,6 +16,7 @@ suite's story (payments, rewards, channels, ticks, with metadata):
 from __future__ import annotations
 
 import hashlib
+import os
 import statistics
 import subprocess
 import time
@@ -181,6 +182,13 @@ class _Worker:
                     return
                 await anyio.sleep(0.05)
 
+    def cpu_seconds(self) -> float:
+        """CPU time the worker process has used so far (user and system), from /proc."""
+        assert self.process is not None
+        with open(f"/proc/{self.process.pid}/stat", encoding="ascii") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     async def command(self, action: str) -> None:
         issued = await issue_command(
             self.store, operator_command(action, Sealer.name, requested_by="bench", reason="")
@@ -196,6 +204,7 @@ async def _appends(ctx: BenchContext, store: EventStore, dsn: str, *, writers: i
     event = sample_event()
     pairs = max(3, round(2 * ctx.seconds))
     sealed: dict[str, int] = {WORKER: 0, IN_PROCESS: 0}
+    worker_cpu, writers_cpu = [0.0], [0.0]  # CPU seconds: the worker's, the writers' process
 
     async def write(seconds: float) -> Sample:
         streams = [f"append-{uuid.uuid4().hex}" for _ in range(writers)]
@@ -212,9 +221,17 @@ async def _appends(ctx: BenchContext, store: EventStore, dsn: str, *, writers: i
         await _seal_all(store)  # what the other sides wrote is not this side's work
         before = await _sealed(store)
         await worker.command("start")
+        cpu = worker.cpu_seconds()
         sample = await write(TURN)
+        worker_cpu[0] += worker.cpu_seconds() - cpu
         await worker.command("stop")
         sealed[WORKER] += await _sealed(store) - before
+        return sample
+
+    async def alone() -> Sample:
+        cpu = time.process_time()
+        sample = await write(TURN)
+        writers_cpu[0] += time.process_time() - cpu
         return sample
 
     async def in_process() -> Sample:
@@ -239,7 +256,7 @@ async def _appends(ctx: BenchContext, store: EventStore, dsn: str, *, writers: i
             order = [WITHOUT, WORKER, IN_PROCESS]
             for side in order if pair % 2 == 0 else reversed(order):
                 if side == WITHOUT:
-                    turns[side] = await write(TURN)
+                    turns[side] = await alone()
                 elif side == WORKER:
                     turns[side] = await in_worker(worker)
                 else:
@@ -263,6 +280,8 @@ async def _appends(ctx: BenchContext, store: EventStore, dsn: str, *, writers: i
             "events_sealed_during_the_timed_turns": sealed[side],
         }
 
+    cpu_per_event = worker_cpu[0] / max(sealed[WORKER], 1) * 1e6
+    cpu_per_append = writers_cpu[0] / max(totals[WITHOUT].items, 1) * 1e6
     return [
         Row(
             SECTION_APPENDS,
@@ -282,6 +301,15 @@ async def _appends(ctx: BenchContext, store: EventStore, dsn: str, *, writers: i
             "the same without it",
             without,
             details=details(IN_PROCESS),
+        ),
+        Row(
+            SECTION_APPENDS,
+            f"{name}: CPU of the Sealer's worker process per event sealed",
+            cpu_per_event,
+            "µs",
+            "the writers' process, per append",
+            cpu_per_append,
+            details={"worker_cpu_seconds": worker_cpu[0], "events_sealed": sealed[WORKER]},
         ),
     ]
 
