@@ -15,8 +15,9 @@ suite's story (payments, rewards, channels, ticks, with metadata):
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
+import os
+import statistics
 import subprocess
 import time
 import uuid
@@ -25,13 +26,15 @@ from datetime import UTC, datetime
 from typing import Final
 
 import anyio
+from anyio.abc import Process
 
 from actors.config import Settings
+from actors.control import issue_command, operator_command
 from actors.runtime import ActorRunner
 from actors.runtime.clock import SystemClock
 from actors.sealer import SEAL_STREAM, Sealer
 from bench.eventstore import raw_connection, sample_event
-from bench.measure import BenchContext, Contender, Sample, interleave, run_tasks
+from bench.measure import ZERO, BenchContext, Contender, Sample, interleave, run_tasks
 from bench.report import Goal, Row
 from bench.scale import (
     fresh_database,
@@ -40,9 +43,10 @@ from bench.scale import (
     stop_process,
     worker_environment,
 )
-from events import LogSealed
-from events.streams import tick_stream
-from store import EventStore, NewEvent
+from events import ActorStarted, ActorStopped, Event, LogSealed
+from events.streams import actor_stream, tick_stream
+from ops.audit import run_audit
+from store import EventStore, NewEvent, views
 from store.queries import query
 from store.sealing import PAGE_SIZE, canonical_bytes, next_seals, verify_seals
 from store.stored import StoredEvent
@@ -53,6 +57,7 @@ DATABASE: Final = "i3lani_bench_seals"
 SECTION_APPENDS: Final = "seals: appends with the Sealer running (every 1 s) vs without it"
 SECTION_VERIFY: Final = "seals: verification of a sealed log"
 SEAL_EVERY: Final = 1.0
+TURN: Final = 1.0  # seconds of one side's turn at appending
 WITHOUT: Final = "without the Sealer"
 WORKER: Final = "the Sealer in a worker"
 IN_PROCESS: Final = "the Sealer in-process"
@@ -64,12 +69,14 @@ NOTES: Final = (
     "sealed before anything is timed). Appends: single events with an exact expected version, "
     "each writer its own stream, as in the event store figures. 'In a worker process': "
     f"`i3lani run --actors Sealer` (I3LANI_SEAL_INTERVAL={SEAL_EVERY:g}, ADMIN_IDS=1 so each "
-    "seal also enqueues its digest task), as deployed, started before each timed turn (once "
-    "its first tick is recorded) and stopped after it; goal: >= 0.95x the appends without it. "
-    "'In the writers' event loop': the same actor in the writers' own process (for "
-    "information: it shares their one core). Before each turn with a Sealer the log is sealed "
-    "up to date, untimed, so it seals only what its own turn appends; the sides take turns "
-    "(ABBA), twice the usual time in twice as many turns. Verification: "
+    "seal also enqueues its digest task), as deployed, up for the whole figure, its Sealer "
+    "started (by an operator command, then its first tick) before each of its turns and "
+    "stopped after; goal: >= 0.95x the appends without it. 'In the writers' event loop': the "
+    "same actor in the writers' own process (for information: it shares their one core). "
+    "Before each turn with a Sealer the log is sealed up to date, untimed, so it seals only "
+    f"what its own turn appends. The sides take {TURN:g} s turns, 2 x --seconds rounds of "
+    "the three in ABBA order (a noisy moment falls on every side), the ratio is of the "
+    "totals; each pair's ratio and their median are in the JSON. Verification: "
     "store.sealing.verify_seals over the "
     "whole log (every seal recomputed, the first difference located), in whole passes; "
     "references: the read_stored query on a raw asyncpg connection with the store's jsonb "
@@ -122,11 +129,82 @@ async def _seal_all(store: EventStore) -> float:
             return sealed / (time.perf_counter() - started)
 
 
+class _Worker:
+    """``i3lani run --actors Sealer`` in a process of its own, as deployed, whose Sealer is
+    stopped and started between turns by operator commands (the process stays up)."""
+
+    def __init__(self, store: EventStore, dsn: str) -> None:
+        self.store = store
+        self.dsn = dsn
+        self.process: Process | None = None
+
+    async def __aenter__(self) -> _Worker:
+        env = worker_environment(
+            self.dsn,
+            I3LANI_SEAL_INTERVAL=f"{SEAL_EVERY:g}",
+            ADMIN_IDS="1",
+            I3LANI_NODE="bench-sealer",
+            I3LANI_LOG_LEVEL="WARNING",
+        )
+        stopped = await views.desired_state(self.store, Sealer.name) == "stopped"
+        head = (await self.store.head()).position
+        self.process = await anyio.open_process(
+            [*i3lani_command(), "run", "--actors", Sealer.name],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        if stopped:  # left so by the figure before: the worker waits for an operator
+            await self.command("start")
+        else:
+            await self._lifecycle(ActorStarted, after=head)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self.process is not None:
+            await stop_process(self.process)
+
+    async def _lifecycle(self, kind: type[Event], *, after: int) -> None:
+        """Wait until the Sealer's lifecycle records ``kind`` after position ``after`` (and,
+        once started, its first tick)."""
+        ticks = await self.store.stream_version(tick_stream(Sealer.name))
+        with anyio.fail_after(60):
+            while True:
+                assert self.process is not None
+                if self.process.returncode is not None:
+                    raise RuntimeError("the Sealer's worker process exited")
+                last = await self.store.last_event(actor_stream(Sealer.name))
+                if last is not None and last.position > after and isinstance(last.event, kind):
+                    break
+                await anyio.sleep(0.05)
+            while kind is ActorStarted:
+                if await self.store.stream_version(tick_stream(Sealer.name)) > ticks:
+                    return
+                await anyio.sleep(0.05)
+
+    def cpu_seconds(self) -> float:
+        """CPU time the worker process has used so far (user and system), from /proc."""
+        assert self.process is not None
+        with open(f"/proc/{self.process.pid}/stat", encoding="ascii") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    async def command(self, action: str) -> None:
+        issued = await issue_command(
+            self.store, operator_command(action, Sealer.name, requested_by="bench", reason="")
+        )
+        await self._lifecycle(
+            ActorStarted if action == "start" else ActorStopped, after=issued.last_position
+        )
+
+
 async def _appends(ctx: BenchContext, store: EventStore, dsn: str, *, writers: int) -> list[Row]:
     title = f"appends, {writers} writer{'s' if writers > 1 else ''}"
     ctx.log(f"seals: {title} ...")
     event = sample_event()
-    sealed: dict[str, list[int]] = {WORKER: [], IN_PROCESS: []}
+    pairs = max(3, round(2 * ctx.seconds))
+    sealed: dict[str, int] = {WORKER: 0, IN_PROCESS: 0}
+    worker_cpu, writers_cpu = [0.0], [0.0]  # CPU seconds: the worker's, the writers' process
 
     async def write(seconds: float) -> Sample:
         streams = [f"append-{uuid.uuid4().hex}" for _ in range(writers)]
@@ -139,62 +217,71 @@ async def _appends(ctx: BenchContext, store: EventStore, dsn: str, *, writers: i
 
         return await run_tasks(seconds, writers, step)
 
-    async def in_worker(seconds: float) -> Sample:
+    async def in_worker(worker: _Worker) -> Sample:
         await _seal_all(store)  # what the other sides wrote is not this side's work
         before = await _sealed(store)
-        ticks = await store.stream_version(tick_stream(Sealer.name))
-        env = worker_environment(
-            dsn,
-            I3LANI_SEAL_INTERVAL=f"{SEAL_EVERY:g}",
-            ADMIN_IDS="1",
-            I3LANI_NODE="bench-sealer",
-            I3LANI_LOG_LEVEL="WARNING",
-        )
-        process = await anyio.open_process(
-            [*i3lani_command(), "run", "--actors", Sealer.name],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            with anyio.fail_after(60):  # started: its first tick is recorded
-                while await store.stream_version(tick_stream(Sealer.name)) == ticks:
-                    if process.returncode is not None:
-                        raise RuntimeError("the Sealer's worker exited before its first tick")
-                    await anyio.sleep(0.1)
-            sample = await write(seconds)
-        finally:
-            await stop_process(process)
-        sealed[WORKER].append(await _sealed(store) - before)
+        await worker.command("start")
+        cpu = worker.cpu_seconds()
+        sample = await write(TURN)
+        worker_cpu[0] += worker.cpu_seconds() - cpu
+        await worker.command("stop")
+        sealed[WORKER] += await _sealed(store) - before
         return sample
 
-    async def in_process(seconds: float) -> Sample:
+    async def alone() -> Sample:
+        cpu = time.process_time()
+        sample = await write(TURN)
+        writers_cpu[0] += time.process_time() - cpu
+        return sample
+
+    async def in_process() -> Sample:
         settings = Settings(seal_interval=SEAL_EVERY, admin_ids=(1,))
         runner = ActorRunner(Sealer(settings), store, SystemClock(), node="bench-seals")
         await _seal_all(store)
         before = await _sealed(store)
         async with anyio.create_task_group() as tg:
             await tg.start(runner.run)
-            sample = await write(seconds)
+            sample = await write(TURN)
             tg.cancel_scope.cancel()
-        sealed[IN_PROCESS].append(await _sealed(store) - before)
+        sealed[IN_PROCESS] += await _sealed(store) - before
         return sample
 
-    # Twice the time, in twice as many turns as the other figures: the sides differ by a few
-    # per cent, and a turn that meets a noisy moment (another process's fsyncs) must not
-    # decide alone.
-    turns = dataclasses.replace(ctx, seconds=2 * ctx.seconds, rounds=2 * ctx.rounds)
-    totals = await interleave(
-        turns,
-        title,
-        [
-            Contender(WITHOUT, write),
-            Contender(WORKER, in_worker),
-            Contender(IN_PROCESS, in_process),
-        ],
-    )
+    totals = {WITHOUT: ZERO, WORKER: ZERO, IN_PROCESS: ZERO}
+    ratios: dict[str, list[float]] = {WORKER: [], IN_PROCESS: []}
+    async with _Worker(store, dsn) as worker:
+        await worker.command("stop")
+        await write(ctx.warmup)
+        for pair in range(pairs):
+            turns: dict[str, Sample] = {}
+            order = [WITHOUT, WORKER, IN_PROCESS]
+            for side in order if pair % 2 == 0 else reversed(order):
+                if side == WITHOUT:
+                    turns[side] = await alone()
+                elif side == WORKER:
+                    turns[side] = await in_worker(worker)
+                else:
+                    turns[side] = await in_process()
+                totals[side] += turns[side]
+            for side in (WORKER, IN_PROCESS):
+                ratios[side].append(turns[side].rate / max(turns[WITHOUT].rate, 1e-9))
+            ctx.log(
+                f"  {title}: pair {pair + 1}/{pairs}: "
+                + ", ".join(f"{side} {turns[side].rate:,.0f}/s" for side in order)
+            )
     name = f"{writers} writer{'s (group commit)' if writers > 1 else ''}"
     without = totals[WITHOUT].rate
+
+    def details(side: str) -> dict[str, object]:
+        return {
+            "turn_seconds": TURN,
+            "pairs": pairs,
+            "median_ratio_of_pairs": statistics.median(ratios[side]),
+            "ratios_of_pairs": [round(r, 3) for r in ratios[side]],
+            "events_sealed_during_the_timed_turns": sealed[side],
+        }
+
+    cpu_per_event = worker_cpu[0] / max(sealed[WORKER], 1) * 1e6
+    cpu_per_append = writers_cpu[0] / max(totals[WITHOUT].items, 1) * 1e6
     return [
         Row(
             SECTION_APPENDS,
@@ -204,7 +291,7 @@ async def _appends(ctx: BenchContext, store: EventStore, dsn: str, *, writers: i
             "the same without it",
             without,
             goal=Goal.ratio_at_least(0.95),
-            details={"events_sealed_during_the_timed_turns": sealed[WORKER]},
+            details=details(WORKER),
         ),
         Row(
             SECTION_APPENDS,
@@ -213,7 +300,16 @@ async def _appends(ctx: BenchContext, store: EventStore, dsn: str, *, writers: i
             "appends/s",
             "the same without it",
             without,
-            details={"events_sealed_during_the_timed_turns": sealed[IN_PROCESS]},
+            details=details(IN_PROCESS),
+        ),
+        Row(
+            SECTION_APPENDS,
+            f"{name}: CPU of the Sealer's worker process per event sealed",
+            cpu_per_event,
+            "µs",
+            "the writers' process, per append",
+            cpu_per_append,
+            details={"worker_cpu_seconds": worker_cpu[0], "events_sealed": sealed[WORKER]},
         ),
     ]
 
@@ -301,4 +397,27 @@ async def _verification(
             totals["raw fetch + sha256"].rate,
         ),
         Row(SECTION_VERIFY, "sealing it (next_seals, one pass)", seal_rate, "events/s"),
+        await _audit_row(ctx, store),
     ]
+
+
+async def _audit_row(ctx: BenchContext, store: EventStore) -> Row:
+    """What an operator's ``i3lani audit --verify-seals`` costs: the replay, every invariant
+    and every seal, one pass in this process."""
+    ctx.log("seals: the audit with --verify-seals, one pass ...")
+    started = time.perf_counter()
+    report = await run_audit(store, Settings(), verify_seals=True)
+    seconds = time.perf_counter() - started
+    checked = report.summary.events_replayed + report.summary.events_unreadable
+    assert report.seals is not None
+    failure = None
+    if report.seals.findings:
+        failure = f"a clean log's seals did not verify: {report.discrepancies[0].message}"
+    return Row(
+        SECTION_VERIFY,
+        "run_audit(verify_seals=True), one pass: replay, invariants and seals",
+        checked / seconds,
+        "events/s",
+        details={"seconds": seconds, "events": checked, "seals": report.seals.seals_verified},
+        failure=failure,
+    )

@@ -47,7 +47,9 @@ events.
 What seals cannot show: an event appended after the last seal is not covered yet (the next
 seal covers it); and a rewrite of the whole log with every seal recomputed is consistent in
 itself: only a digest kept outside (``i3lani seal --export``, the Sealer's Telegram message)
-shows it (``i3lani audit --verify-seals --against DIGEST``).
+shows it (``i3lani audit --verify-seals --against DIGEST``). Seals rest on PostgreSQL rendering
+a stored ``jsonb`` value as the same text: it has since jsonb came (9.4); a release that
+changed it would make every sealed event read as changed, and would need a seal format v2.
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Final, Literal
 
 import anyio
+import anyio.lowlevel
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from events import LogSealed
@@ -104,6 +107,7 @@ PAGE_SIZE: Final = 2000
 as pages of 2,000 (a page's rows outlive the young generations and make the garbage collector
 walk the whole heap); 1,000 pays more round trips."""
 
+_RUN: Final = 200  # rows hashed between two turns of the event loop when sealing
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND: Final = timedelta(microseconds=1)
 _EVENT_HEAD: Final = struct.Struct(">cQQ16sQIqIIII")
@@ -257,8 +261,11 @@ async def next_seals(
         page = await log.read_stored(cursor, limit=limit)
         rows = page.rows
         while rows:
-            taken = builder.add(rows)
+            # A run of rows at a time, letting other tasks in between: a Sealer sharing its
+            # event loop (a worker's other actors) holds it for a fraction of a millisecond.
+            taken = builder.add(rows[:_RUN])
             rows = rows[taken:]
+            await anyio.lowlevel.checkpoint()
             if builder.full:
                 done = builder.seal(sealed_at)
                 seals.append(done)
@@ -357,6 +364,7 @@ class _Checking:
 
     seal: LogSealed
     seal_position: int
+    seal_cursor: Cursor  # where the LogSealed event itself is, in reading order
     after: Cursor
     last: Cursor
     after_key: tuple[int, int]  # (transaction id, position): rows compare as plain tuples
@@ -394,7 +402,7 @@ class SealVerifier:
     def __init__(self, against: SealDigest | None = None) -> None:
         self.against = against
         self.report = SealReport(against=None if against is None else str(against))
-        self._pending: deque[tuple[LogSealed, int]] = deque()
+        self._pending: deque[tuple[LogSealed, Cursor]] = deque()
         self._current: _Checking | None = None
         self._expected_number = 1
         self._stored_hash = ZERO_HASH  # the hash the last seal closed stores
@@ -404,10 +412,11 @@ class SealVerifier:
         self._previous_last = START
         self.seals_known = 0
         self.last_seal_cursor: Cursor | None = None  # the end of the last seal added
+        self.read_up_to = START  # the cursor of the last row fed
 
     # -- feeding ----------------------------------------------------------------------------
-    def add_seal(self, seal: LogSealed, stored_at: int) -> None:
-        """The next seal (in order), and the global position its event is stored at."""
+    def add_seal(self, seal: LogSealed, stored_at: Cursor) -> None:
+        """The next seal (in order), and where its own event is stored."""
         self._pending.append((seal, stored_at))
         self.seals_known += 1
         self.last_seal_cursor = _last_cursor(seal)
@@ -427,6 +436,8 @@ class SealVerifier:
         one go; only a run that differs is walked row by row to name the first difference."""
         current = self._current
         start, end = 0, len(rows)
+        if rows:
+            self.read_up_to = rows[-1].cursor
         while start < end:
             row = rows[start]
             key = (row.transaction_id, row.position)
@@ -528,7 +539,8 @@ class SealVerifier:
     def _open_next(self) -> _Checking | None:
         if not self._pending:
             return None
-        seal, stored_at = self._pending.popleft()
+        seal, seal_cursor = self._pending.popleft()
+        stored_at = seal_cursor.position
         self.report.seals += 1
         if seal.seal != self._expected_number:
             self._find(
@@ -565,6 +577,7 @@ class SealVerifier:
         return _Checking(
             seal=seal,
             seal_position=stored_at,
+            seal_cursor=seal_cursor,
             after=after,
             last=_last_cursor(seal),
             after_key=(after.transaction_id, after.position),
@@ -643,15 +656,22 @@ class SealVerifier:
 
     def finish(self, *, complete: bool) -> SealReport:
         """No more rows. ``complete``: they reached the end of the log, so a seal whose range
-        was not read to its end lost rows; otherwise (a cut, ``--as-of``) it is not judged."""
+        was not read to its end lost rows; otherwise (a cut, ``--as-of``) it is not judged.
+        Either way a seal whose own event lies beyond the last row read is not judged: it was
+        appended after the read went past (its range was not readable yet then)."""
         current = self._current
         if complete:
             while True:
                 if current is not None:
+                    if current.seal_cursor > self.read_up_to:
+                        self._not_judged(current)
+                        break
                     self._close(current)
                 current = self._open_next()
                 if current is None:
                     break
+        elif current is not None:
+            self._not_judged(current)
         self._current = None
         against = self.against
         if against is not None and self.report.digest_matched is None:
@@ -669,6 +689,13 @@ class SealVerifier:
                 seal=against.seal,
             )
         return self.report
+
+    def _not_judged(self, current: _Checking) -> None:
+        """``current`` (and every seal after it) is newer than the read: left out."""
+        self.report.seals -= 1
+        self.report.events -= current.index
+        self.report.unsealed += current.index
+        self._pending.clear()
 
     def _find(
         self,
@@ -693,8 +720,8 @@ def _hex(text: str) -> bytes:
 # -- reading the seals ------------------------------------------------------------------------
 async def seals_after(
     log: EventLog, version: int = 0, *, page: int = 100
-) -> AsyncIterator[tuple[LogSealed, int] | EventError]:
-    """Each seal after ``version`` with the position of its event, in order; an EventError
+) -> AsyncIterator[tuple[LogSealed, Cursor] | EventError]:
+    """Each seal after ``version`` with the cursor of its own event, in order; an EventError
     (then nothing more) where the seal stream stops decoding."""
     while True:
         try:
@@ -707,7 +734,7 @@ async def seals_after(
             if not isinstance(recorded.event, LogSealed):
                 yield EventError(f"seal-log v{version} is a {recorded.type}, not a LogSealed")
                 return
-            yield recorded.event, recorded.position
+            yield recorded.event, recorded.cursor
         if len(batch) < page:
             return
 

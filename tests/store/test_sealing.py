@@ -61,12 +61,18 @@ def sealed(
     return builder.seal(NOW)
 
 
+def stored_at(position: int) -> Cursor:
+    """Where a seal's own event is: these rows stand for the log but for the seal events, so
+    each seal is taken as read already (a real seal event follows its range)."""
+    return Cursor(0, position)
+
+
 def verify(
     seals: list[tuple[LogSealed, int]], rows: list[StoredEvent], **options: object
 ) -> SealReport:
     verifier = SealVerifier(**options)  # type: ignore[arg-type]
     for seal, at in seals:
-        verifier.add_seal(seal, at)
+        verifier.add_seal(seal, stored_at(at))
     verifier.feed(rows)
     return verifier.finish(complete=True)
 
@@ -219,8 +225,26 @@ def test_seals_that_do_not_follow_one_another_are_found() -> None:
 def test_a_cut_through_the_log_leaves_the_seal_it_cuts_unjudged() -> None:
     verifier = SealVerifier()
     for seal, at in SEALS:
-        verifier.add_seal(seal, at)
+        verifier.add_seal(seal, stored_at(at))
     verifier.feed(ROWS[:8])
     report = verifier.finish(complete=False)
     assert report.clean
-    assert (report.seals, report.events) == (2, 8)
+    assert (report.seals, report.events, report.unsealed) == (1, 6, 2)
+
+
+def test_a_seal_newer_than_the_read_is_not_judged() -> None:
+    """A seal appended after the read went past the end of the log covers rows the read did
+    not see: neither they nor the seal are judged (no "deleted" for a live log)."""
+    verifier = SealVerifier()
+    verifier.add_seal(FIRST, Cursor(6, 7))  # read: its event is among the rows
+    verifier.add_seal(SECOND, Cursor(11, 11))  # appended after the read ended at #8
+    verifier.feed([*ROWS[:6], row(7), row(8)])
+    report = verifier.finish(complete=True)
+    assert report.clean, report.findings
+    assert (report.seals, report.events, report.unsealed) == (1, 6, 2)
+    # The same seal, read: rows 9 and 10 are missing from under it.
+    verifier = SealVerifier()
+    verifier.add_seal(FIRST, Cursor(6, 7))
+    verifier.add_seal(SECOND, Cursor(8, 8))
+    verifier.feed([*ROWS[:6], row(7), row(8)])
+    assert findings(verifier.finish(complete=True)) == [("deleted", 2, 9)]
