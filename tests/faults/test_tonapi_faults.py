@@ -188,7 +188,15 @@ async def test_tonapi_misbehaving_then_healthy(
             tonapi.fail("timeout", times=2, hang=CLIENT_TIMEOUT * 3)
             tonapi.fail("garbage", times=None)
             await served(hanging, 2 + 3)
-            await served(hanging, 2, scans=True)
+
+            async def asked_again() -> bool:
+                # The first scan's asker asked again (the monitor and the reconciliation both
+                # scan; the range each asks from tells them apart: see the storm's check).
+                scans = [r for _, r in hanging.requests(log) if _scan(r)]
+                asker = scans[0].query.get("after_lt") if scans else None
+                return sum(r.query.get("after_lt") == asker for r in scans) >= 2
+
+            await wait_for(asked_again, 60, "the hung scan asked again")
 
             # 4. Valid JSON, fields of the wrong type (an lt as a string).
             spoiled = begin("wrong types")
@@ -243,19 +251,30 @@ async def test_tonapi_misbehaving_then_healthy(
         parked = [n for n, h in lifecycle.items() if any(isinstance(e, ActorParked) for e in h)]
         assert not parked, parked
 
-        # Paced retries: after every 429 the monitor waited RETRY_AFTER before asking again;
-        # only a new scan (the next tick) may follow at once, never two in a row.
-        storm_scans = [at for at, r in storm.requests(log) if _scan(r)]
-        storm_gaps = gaps(storm_scans)
+        # Paced retries: after every 429 each asker waited RETRY_AFTER before asking again;
+        # only a new scan (the next tick) may follow at once, never two in a row. Two ask for
+        # the wallet's transactions: the PaymentMonitor from its cursor and Cleanup's daily
+        # reconciliation from where the last one ended; neither can move during the storm,
+        # so the range each asks from tells them apart.
+        askers: dict[str, list[float]] = {}
+        for at, r in storm.requests(log):
+            if _scan(r):
+                askers.setdefault(r.query.get("after_lt", ""), []).append(at)
+        monitor_scans = max(askers.values(), key=len)
+        storm_gaps = gaps(monitor_scans)
         waited = [g for g in storm_gaps if g >= RETRY_AFTER * 0.9]
         assert len(waited) >= 3, storm_gaps
-        short = [g < RETRY_AFTER * 0.9 for g in storm_gaps]
-        assert not any(a and b for a, b in itertools.pairwise(short)), storm_gaps
+        for scans in askers.values():
+            short = [g < RETRY_AFTER * 0.9 for g in gaps(scans)]
+            assert not any(a and b for a, b in itertools.pairwise(short)), gaps(scans)
         # A hung request was given up after the client's timeout, then asked again.
         hung = hanging.requests(log)
         first = next(i for i, (_, r) in enumerate(hung) if _scan(r))
         assert first < 2, "the first scan of the phase was one of the two hung requests"
-        retried = next(at for at, r in hung[first + 1 :] if _scan(r))
+        asker = hung[first][1].query.get("after_lt")  # the same asker's next scan (see above)
+        retried = next(
+            at for at, r in hung[first + 1 :] if _scan(r) and r.query.get("after_lt") == asker
+        )
         timeout_gap = retried - hung[first][0]
         assert timeout_gap >= CLIENT_TIMEOUT * 0.95, timeout_gap
 
