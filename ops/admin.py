@@ -55,7 +55,7 @@ import msgspec
 from aiohttp import web
 
 from actors.control import ACTIONS, UnknownAction, issue_command, operator_command
-from actors.health import HEALTH_STREAM, LAG_LIMIT, checkpoint_lag
+from actors.health import LAG_LIMIT, checkpoint_lag, last_verdict
 from actors.names import ACTOR_NAMES, CATEGORIES, DEFAULT_ACTORS, UnknownActor
 from actors.runtime.status import ActorStatus, StatusState, actor_status
 from actors.tasks import task_types
@@ -69,7 +69,6 @@ from events import (
     ActorStarted,
     ActorStopped,
     HealthCheck,
-    HealthChecked,
     LatePaymentReceived,
     PaymentConfirmed,
     PaymentCreated,
@@ -691,10 +690,9 @@ async def _tasks(store: EventStore) -> TaskSummary:
 
 
 async def _health(store: EventStore) -> HealthView | None:
-    last = await store.last_event(HEALTH_STREAM, skip_unknown=True)
-    if last is None or not isinstance(last.event, HealthChecked):
+    verdict = await last_verdict(store)
+    if verdict is None:
         return None
-    verdict = last.event
     return HealthView(healthy=verdict.healthy, checked_at=verdict.checked_at, checks=verdict.checks)
 
 

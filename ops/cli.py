@@ -515,7 +515,7 @@ def _task_id(text: str) -> int:
 
 
 async def cmd_health(dsn: str, args: argparse.Namespace, out: TextIO) -> int:
-    from actors.health import HEALTH_STREAM
+    from actors.health import last_verdict
 
     await migrate(dsn)
     async with EventStore.open(dsn, min_connections=1, max_connections=3) as store:
@@ -527,15 +527,15 @@ async def cmd_health(dsn: str, args: argparse.Namespace, out: TextIO) -> int:
                 checked_at=report.checked_at,
             )
         else:
-            last = await store.last_event(HEALTH_STREAM, skip_unknown=True)
-            if last is None or not isinstance(last.event, HealthChecked):
+            last = await last_verdict(store)
+            if last is None:
                 print(
                     "no health check recorded yet (the HealthChecker records one every "
                     "I3LANI_HEALTH_INTERVAL seconds); `i3lani health --now` runs them here",
                     file=out,
                 )
                 return EXIT_ERROR
-            verdict = last.event
+            verdict = last
     if args.json:
         print(msgspec.json.encode(verdict).decode(), file=out)
         return EXIT_OK if verdict.healthy else EXIT_ERROR

@@ -70,6 +70,7 @@ from store.records import (
     Expected,
     Page,
     RecordedEvent,
+    TickRecord,
 )
 from store.subscription import Subscription
 
@@ -221,6 +222,12 @@ class NewEvent(msgspec.Struct, frozen=True, kw_only=True):
     event: Event
     event_id: uuid.UUID = msgspec.field(default_factory=environment.new_uuid)
     metadata: EventMetadata | None = None
+
+
+def _check_tick_name(name: str) -> None:
+    # PostgreSQL's CHECK refuses it too (ticks_name_check).
+    if not isinstance(name, str) or not 1 <= len(name) <= 200:
+        raise ValueError(f"a tick schedule's name is 1 to 200 characters, got {name!r}")
 
 
 def _check_stream(stream: str) -> None:
@@ -1169,6 +1176,49 @@ class EventStore(PagedReads):
                 name, expected, None if actual is None else Cursor(actual[0], actual[1])
             )
 
+    # -- tick schedules -----------------------------------------------------------------------
+    async def load_tick(self, name: str) -> TickRecord | None:
+        """Actor ``name``'s tick schedule as last saved, or None (table ``i3lani.ticks``)."""
+        with driver_errors(what="reading a tick schedule"):
+            record = await self._pool.fetchrow(query("load_tick"), name)
+        if record is None:
+            return None
+        return TickRecord(
+            due_at=record[0], ticked_at=record[1], node=record[2], generation=record[3]
+        )
+
+    async def save_tick(
+        self,
+        name: str,
+        due_at: datetime,
+        ticked_at: datetime,
+        *,
+        node: str | None = None,
+        fence: Fence | None = None,
+        connection: Connection | None = None,
+    ) -> None:
+        """Record that actor ``name``'s tick due at ``due_at`` ran at ``ticked_at`` on
+        ``node`` (default: the store's): the schedule resumes from it after a restart, a
+        deploy or on another node. Overwritten in place; with ``fence``, StaleGeneration unless
+        that lease generation is current."""
+        _check_tick_name(name)
+        if fence is not None:
+            fence.check()
+        conn: Any = connection if connection is not None else self._pool
+        with driver_errors(fence=fence, what="saving a tick schedule"):
+            stored = await conn.fetchval(
+                query("save_tick"),
+                name,
+                due_at,
+                ticked_at,
+                fence.lease if fence is not None else None,
+                fence.generation if fence is not None else None,
+                node if node is not None else self.node,
+            )
+        if stored is None:
+            assert fence is not None  # only a fence refuses it
+            raise StaleGeneration(fence.lease, fence.generation)
+
     # -- snapshots ----------------------------------------------------------------------------
     async def save_snapshot(self, stream: str, version: int, state: msgspec.Struct) -> None:
         """Keep ``state`` as of ``version`` of ``stream`` (derived data: safe to lose)."""
@@ -1327,6 +1377,21 @@ class Transaction:
         self.fenced(fence)
         await self.store.save_checkpoint(
             name, cursor, expected=expected, connection=self.connection, fence=fence
+        )
+
+    async def save_tick(
+        self,
+        name: str,
+        due_at: datetime,
+        ticked_at: datetime,
+        *,
+        node: str | None = None,
+        fence: Fence | None = None,
+    ) -> None:
+        """:meth:`EventStore.save_tick`, committed with this transaction's appends."""
+        self.fenced(fence)
+        await self.store.save_tick(
+            name, due_at, ticked_at, node=node, fence=fence, connection=self.connection
         )
 
     async def stored_ids(self, event_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:

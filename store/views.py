@@ -1,7 +1,7 @@
 """Read models and queries outside the event log's own API, as named functions of the store.
 
 The CLI's summary, the admin API's metrics and dashboard, the gateway's payment ids, the
-health probe and the health samples (a projection of ``HealthChecked``) all read or write
+health probe and the health samples (every health round, beside the log) all read or write
 here, so that no module outside ``store/`` runs SQL or meets the driver. The SQL is in
 ``store/sql/views.sql``; each function returns typed values, never driver records, and raises
 the store's errors (:class:`StoreUnavailable` for an outage, :class:`StoreError` for any other
@@ -42,6 +42,7 @@ __all__ = [
     "max_payload_int",
     "ping",
     "record_health_samples",
+    "latest_health_samples",
     "prune_health_samples",
 ]
 
@@ -175,15 +176,35 @@ async def ping(store: EventStore) -> None:
         await store._pool.fetchval(query("ping"))
 
 
-async def record_health_samples(tx: Transaction, samples: Sequence[HealthSample]) -> None:
-    """Write ``samples`` in ``tx`` (the transaction appending their ``HealthChecked``)."""
+async def record_health_samples(
+    where: EventStore | Transaction, samples: Sequence[HealthSample]
+) -> None:
+    """Write ``samples``: on the store's pool, or in a transaction of its."""
     if not samples:
         return
+    rows = [(s.checked_at, s.name, s.ok, s.latency_ms, s.detail) for s in samples]
     with _translated("recording health samples"):
-        await tx.connection.executemany(
-            query("health_samples_insert"),
-            [(s.checked_at, s.name, s.ok, s.latency_ms, s.detail) for s in samples],
+        if isinstance(where, Transaction):
+            await where.connection.executemany(query("health_samples_insert"), rows)
+        else:
+            await where._pool.executemany(query("health_samples_insert"), rows)
+
+
+async def latest_health_samples(store: EventStore) -> list[HealthSample]:
+    """The last health round recorded: every sample checked at the latest time, in the order
+    they were written (empty when there is none)."""
+    with _translated("reading the latest health samples"):
+        records = await store._pool.fetch(query("health_samples_latest"))
+    return [
+        HealthSample(
+            checked_at=r["checked_at"],
+            name=r["name"],
+            ok=r["ok"],
+            latency_ms=r["latency_ms"],
+            detail=r["detail"],
         )
+        for r in records
+    ]
 
 
 async def prune_health_samples(store: EventStore, before: datetime, *, batch_size: int) -> int:

@@ -188,6 +188,24 @@ ON CONFLICT (name) DO UPDATE
       AND c.transaction_id = $4::xid8 AND c.global_position = $5::bigint
 RETURNING name;
 
+-- name: save_tick
+-- Actor $1's tick schedule: its last tick ran for the slot due at $2, at $3 (the actor's clock),
+-- on node $6. Overwritten in place by every tick: a tick that changed nothing leaves nothing
+-- in the log (migration 0006). With a fence ($4/$5: lease name and generation, NULL = none) it
+-- is written only while that generation is current, the lease row read FOR SHARE as by fenced
+-- appends and checkpoints: no row back means the fence refused it.
+INSERT INTO i3lani.ticks AS t (name, due_at, ticked_at, node, generation)
+SELECT $1, $2, $3, $6, $5::bigint
+WHERE $4::text IS NULL OR EXISTS (
+    SELECT 1 FROM i3lani.leases WHERE name = $4::text AND generation = $5::bigint FOR SHARE)
+ON CONFLICT (name) DO UPDATE
+    SET due_at = excluded.due_at, ticked_at = excluded.ticked_at, node = excluded.node,
+        generation = excluded.generation, updated_at = now()
+RETURNING name;
+
+-- name: load_tick
+SELECT due_at, ticked_at, node, generation FROM i3lani.ticks WHERE name = $1;
+
 -- name: save_snapshot
 INSERT INTO i3lani.snapshots (stream, stream_version, state_type, state)
 VALUES ($1, $2, $3, $4)

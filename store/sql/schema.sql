@@ -83,6 +83,18 @@ CREATE TABLE i3lani.leases (
     CONSTRAINT leases_generation_check CHECK (generation >= 1)
 );
 
+CREATE TABLE i3lani.ticks (
+    name       text        PRIMARY KEY,
+    due_at     timestamptz NOT NULL,
+    ticked_at  timestamptz NOT NULL,
+    node       text,          -- who ran it, and under which grant of the actor's lease
+    generation bigint,
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT ticks_name_check CHECK (char_length(name) BETWEEN 1 AND 200)
+);
+COMMENT ON TABLE i3lani.ticks IS
+    'each actor''s tick schedule: the slot its last tick ran for (operational, not the log)';
+
 CREATE TABLE i3lani.tasks (
     id             bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     task_type      text        NOT NULL,

@@ -96,13 +96,22 @@ WHERE type = $1;
 SELECT 1;
 
 -- ---------------------------------------------------------------------------------------------
--- Health samples (table i3lani.health_samples): a projection of HealthChecked events, one row
--- per check, written in the transaction that appends the event and pruned by Cleanup.
+-- Health samples (table i3lani.health_samples): one row per check of every health round, the
+-- HealthChecker's telemetry beside the log (which records only a change of verdict, as
+-- HealthChecked), pruned by Cleanup.
 
 -- name: health_samples_insert
--- $1..$5 per check; run with executemany inside the appending transaction.
+-- $1..$5 per check; run with executemany.
 INSERT INTO i3lani.health_samples (checked_at, name, ok, latency_ms, detail)
 VALUES ($1, $2, $3, $4, $5);
+
+-- name: health_samples_latest
+-- The last round: every sample checked at the latest time (health_samples_checked_at_idx
+-- finds the time, then its rows), in the order they were written.
+SELECT checked_at, name, ok, latency_ms, detail
+FROM i3lani.health_samples
+WHERE checked_at = (SELECT max(checked_at) FROM i3lani.health_samples)
+ORDER BY id;
 
 -- name: health_samples_prune
 -- Delete up to $2 samples checked before $1, oldest ids first: each statement is short, and
