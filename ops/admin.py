@@ -346,6 +346,7 @@ async def collect_metrics(store: EventStore, now: datetime) -> list[MetricFamily
     restarts = {stream.removeprefix("actor-"): count for stream, count in restarted.items()}
     statuses = await shown_statuses(store, now)
     writer = await store.oldest_writer()
+    connections = await views.connection_use(store)
     counts = await TaskQueue(store, task_types()).counts()
     lags: list[tuple[Mapping[str, str], float]] = []
     for name, category in sorted(CATEGORIES.items()):
@@ -426,6 +427,30 @@ async def collect_metrics(store: EventStore, now: datetime) -> list[MetricFamily
             "counter",
             "Payments confirmed (PaymentConfirmed events).",
             [({}, by_type.get("PaymentConfirmed", 0))],
+        ),
+        MetricFamily(
+            "i3lani_connections",
+            "gauge",
+            "Database connections each i3lani process holds, by node and purpose (listen, "
+            "lease, work: pooled); each keeps to I3LANI_MAX_CONNECTIONS.",
+            [
+                ({"node": node.node or "", "purpose": purpose}, count)
+                for node in connections.nodes
+                for purpose, count in (
+                    ("listen", node.listen),
+                    ("lease", node.lease),
+                    ("work", node.work),
+                )
+            ],
+        ),
+        MetricFamily(
+            "i3lani_server_connections",
+            "gauge",
+            "The PostgreSQL server's client connections in use (every database) and its limit.",
+            [
+                ({"kind": "in_use"}, connections.server_in_use),
+                ({"kind": "max"}, connections.server_max),
+            ],
         ),
     ]
 

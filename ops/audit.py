@@ -101,6 +101,7 @@ from events import (
     SubscriptionActivated,
 )
 from store import START, Cursor, EventStore, RecordedEvent, migrate
+from store.budget import COMMAND_MAX_CONNECTIONS
 
 __all__ = [
     "CHECKS",
@@ -1102,7 +1103,7 @@ async def audit_command(dsn: str, args: argparse.Namespace, out: TextIO) -> int:
     await migrate(dsn)
 
     async def audit() -> AuditReport:
-        async with EventStore.open(dsn, min_connections=1, max_connections=2) as store:
+        async with EventStore.open(dsn, max_connections=COMMAND_MAX_CONNECTIONS) as store:
             return await run_audit(
                 store,
                 settings,

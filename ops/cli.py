@@ -59,6 +59,12 @@ from store import (
     redact_dsn,
     views,
 )
+from store.budget import (
+    COMMAND_MAX_CONNECTIONS,
+    DEFAULT_MAX_CONNECTIONS,
+    GATEWAY_MAX_CONNECTIONS,
+    max_connections_from_env,
+)
 from store.tasks import DeadTask, TaskQueue, TypeCounts
 from supervisor import Supervisor
 
@@ -235,7 +241,7 @@ async def cmd_migrate(dsn: str, args: argparse.Namespace, out: TextIO) -> int:
 
 async def cmd_summary(dsn: str, args: argparse.Namespace, out: TextIO) -> int:
     await migrate(dsn)
-    async with EventStore.open(dsn, min_connections=1, max_connections=2) as store:
+    async with EventStore.open(dsn, max_connections=COMMAND_MAX_CONNECTIONS) as store:
         totals = await views.summary(store)
     print(f"i3lani event log at {redact_dsn(dsn)}", file=out)
     if totals.events == 0:
@@ -284,7 +290,7 @@ async def cmd_events(dsn: str, args: argparse.Namespace, out: TextIO) -> int:
     def wanted(recorded: RecordedEvent) -> bool:
         return args.stream is None or recorded.stream == args.stream
 
-    async with EventStore.open(dsn, min_connections=1, max_connections=3) as store:
+    async with EventStore.open(dsn, max_connections=COMMAND_MAX_CONNECTIONS) as store:
         start = await store.cursor_at(args.after)
         if not args.follow:
             printed = 0
@@ -348,9 +354,12 @@ async def cmd_run(dsn: str, args: argparse.Namespace, out: TextIO) -> int:
     from actors.catalog import child_specs
 
     specs = child_specs(args.actors, load_settings())
+    budget = max_connections_from_env(DEFAULT_MAX_CONNECTIONS)
     await migrate(dsn)
     node = node_name()
-    async with EventStore.open(dsn, node=node, guard_sessions=True) as store:
+    async with EventStore.open(
+        dsn, node=node, guard_sessions=True, max_connections=budget
+    ) as store:
         supervisor = Supervisor(store, specs, node=node, lease_ttl=store.limits.lease_ttl)
         print(
             f"i3lani worker {node}: supervising {', '.join(s.name for s in specs)} "
@@ -389,7 +398,7 @@ def _span(seconds: float) -> str:
 async def cmd_status(dsn: str, args: argparse.Namespace, out: TextIO) -> int:
     await migrate(dsn)
     now = datetime.now(UTC)
-    async with EventStore.open(dsn, min_connections=1, max_connections=2) as store:
+    async with EventStore.open(dsn, max_connections=COMMAND_MAX_CONNECTIONS) as store:
         statuses = [await actor_status(store, name, now) for name in ACTOR_NAMES]
         # The demonstration actors are shown once they have run somewhere.
         statuses = [s for s in statuses if s.actor in DEFAULT_ACTORS or s.state != "never started"]
@@ -397,6 +406,7 @@ async def cmd_status(dsn: str, args: argparse.Namespace, out: TextIO) -> int:
         counts = await queue.counts()
         dead = await queue.dead_letters(limit=10)
         writer = await store.oldest_writer()
+        connections = await views.connection_use(store)
     if args.json:
         report = {
             "actors": statuses,
@@ -404,13 +414,42 @@ async def cmd_status(dsn: str, args: argparse.Namespace, out: TextIO) -> int:
             "dead_letters": dead,
             "oldest_writer": writer,
             "readers_held_back": writer is not None and writer.holds_back_readers,
+            "connections": connections,
         }
         print(msgspec.json.encode(report).decode(), file=out)
         return EXIT_OK
     _print_actors(statuses, now, out)
     _print_readers(writer, out)
+    _print_connections(connections, out)
     _print_tasks(list(counts.values()), dead, now, out)
     return EXIT_OK
+
+
+def _print_connections(use: views.ConnectionUse, out: TextIO) -> None:
+    """Who holds database connections: each i3lani process (by node), within its budget of
+    I3LANI_MAX_CONNECTIONS, and the server as a whole against its limit."""
+    print(file=out)
+    print(
+        f"CONNECTIONS: {use.server_in_use} of the server's {use.server_max} in use "
+        f"(every database and client); i3lani's, per process:",
+        file=out,
+    )
+    if not use.nodes:
+        print("  none but this command's", file=out)
+        return
+    for node in use.nodes:
+        parts = [
+            f"{count} {purpose}"
+            for purpose, count in (
+                ("LISTEN", node.listen),
+                ("lease", node.lease),
+                ("pooled", node.work),
+                ("other", node.other),
+            )
+            if count
+        ]
+        name = node.node or "(no node name: commands like this one)"
+        print(f"  {name:<36} {node.total:>3}  ({', '.join(parts)})", file=out)
 
 
 def _print_readers(writer: OpenTransaction | None, out: TextIO) -> None:
@@ -490,7 +529,7 @@ def _print_actors(statuses: Sequence[ActorStatus], now: datetime, out: TextIO) -
 
 async def cmd_retry_task(dsn: str, args: argparse.Namespace, out: TextIO) -> int:
     await migrate(dsn)
-    async with EventStore.open(dsn, min_connections=1, max_connections=2) as store:
+    async with EventStore.open(dsn, max_connections=COMMAND_MAX_CONNECTIONS) as store:
         queue = TaskQueue(store, task_types())
         who = f"cli:{getpass.getuser()}@{socket.gethostname()}"
         await queue.retry_dead(args.task_id, requested_by=who)
@@ -518,7 +557,7 @@ async def cmd_health(dsn: str, args: argparse.Namespace, out: TextIO) -> int:
     from actors.health import last_verdict
 
     await migrate(dsn)
-    async with EventStore.open(dsn, min_connections=1, max_connections=3) as store:
+    async with EventStore.open(dsn, max_connections=COMMAND_MAX_CONNECTIONS) as store:
         if args.now:
             report = await _check_now(store)
             verdict = HealthChecked(
@@ -581,7 +620,7 @@ async def cmd_control(dsn: str, args: argparse.Namespace, out: TextIO) -> int:
     who = f"cli:{getpass.getuser()}@{socket.gethostname()}"
     command = operator_command(args.command, args.actor, requested_by=who, reason=args.reason)
     await migrate(dsn)
-    async with EventStore.open(dsn, min_connections=1, max_connections=2) as store:
+    async with EventStore.open(dsn, max_connections=COMMAND_MAX_CONNECTIONS) as store:
         result = await issue_command(store, command)
         print(f"{args.command} {args.actor}: requested (command #{result.last_position})", file=out)
         if args.no_wait:
@@ -621,8 +660,9 @@ async def cmd_gateway(dsn: str, args: argparse.Namespace, out: TextIO) -> int:
     if args.mode == "webhook":
         check_webhook_secret(config.webhook_secret)
     port = args.port if args.port is not None else _port_from_env()
+    budget = max_connections_from_env(GATEWAY_MAX_CONNECTIONS)
     await migrate(dsn)
-    async with EventStore.open(dsn, node=node_name()) as store:
+    async with EventStore.open(dsn, node=node_name(), max_connections=budget) as store:
 
         async def serve() -> None:
             await run_gateway(

@@ -27,6 +27,7 @@ The store knows nothing of payments or actors; it stores whatever the registry c
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import uuid
@@ -54,6 +55,16 @@ from events.errors import (
     UnknownEventType,
 )
 from store._batching import GroupCommit, ThrottledNotify
+from store._wakeup import Listener, ListenHub, ListenStatistics
+from store.budget import (
+    DEFAULT_MAX_CONNECTIONS,
+    IDLE_LIFETIME,
+    BudgetedPool,
+    PoolStatistics,
+    check_budget,
+    max_connections_from_env,
+    pool_size,
+)
 from store.database import redact_dsn
 from store.driver import DRIVER_ERRORS, driver_errors, translate
 from store.limits import Purpose, SessionLimits, apply_socket_limits
@@ -93,6 +104,8 @@ MAX_STREAMS_PER_STATEMENT = 1000
 """Appends (distinct streams) per statement in :meth:`Transaction.append_many`."""
 _MAX_COMBINED_EVENTS = 1_000  # group commit: events per combined statement, at most
 _ANY_RETRIES = 20  # an ANY append that keeps losing races this often gives up loudly
+LINGER = 2.0
+"""Seconds a borrowed connection (the lone writer's, ...) stays unused before it goes back."""
 
 S = TypeVar("S", bound=msgspec.Struct)
 
@@ -216,6 +229,21 @@ class OpenTransaction(msgspec.Struct, frozen=True, kw_only=True):
         return self.events_waiting > 0
 
 
+class ConnectionStatistics(msgspec.Struct, frozen=True, kw_only=True):
+    """A store's connections at one moment (:meth:`EventStore.connection_statistics`): its
+    budget, its pool, and whether its LISTEN and lease connections are open. At most
+    ``budget`` in all: ``pool.size`` + 1 + 1."""
+
+    budget: int
+    pool: PoolStatistics
+    listening: bool
+    lease: bool
+
+    @property
+    def open(self) -> int:
+        return self.pool.size + int(self.listening) + int(self.lease)
+
+
 class NewEvent(msgspec.Struct, frozen=True, kw_only=True):
     """An event to append with a chosen id (for idempotent retries) and/or its own metadata."""
 
@@ -318,10 +346,71 @@ async def _no_reset(conn: asyncpg.Connection) -> None:
     transaction. Code given ``Transaction.connection`` must not change session state either."""
 
 
+class _Borrowed:
+    """A pooled connection kept by one job that runs one statement after another (the lone
+    writer's appends, the group commit's flushes): taken from the pool at its first use, kept
+    while uses follow closely (no pool round trip each time), given back once it has sat
+    unused for :data:`LINGER` seconds (:meth:`EventStore._give_back_idle`), so that an idle
+    process holds no connection for it, and at once after a use while others wait for a
+    connection. One use at a time."""
+
+    def __init__(self, store: EventStore) -> None:
+        self.store = store
+        self._cm: contextlib.AbstractAsyncContextManager[Connection] | None = None
+        self._conn: Connection | None = None
+        self._busy = False
+        self.used_at = 0.0
+
+    @property
+    def held(self) -> bool:
+        return self._conn is not None
+
+    @property
+    def idle(self) -> bool:
+        return not self._busy and anyio.current_time() - self.used_at >= LINGER
+
+    @contextlib.asynccontextmanager
+    async def use(self) -> AsyncIterator[Connection]:
+        """The connection for one use (waiting for one within the budget, if none is held). A
+        failure other than PostgreSQL's answer (a lost connection, a cancellation
+        mid-statement) drops it: its protocol state is not to be trusted."""
+        if self._conn is None or self._conn.is_closed():
+            self._drop()
+            cm = self.store._pool.acquire()
+            self._conn = await cm.__aenter__()
+            self._cm = cm
+            self.store._borrowed.set()
+        self._busy = True
+        try:
+            yield self._conn
+        except (StoreError, _RetryAppendError, asyncpg.PostgresError):
+            raise  # the connection is fine
+        except BaseException:
+            self._drop()
+            raise
+        finally:
+            self._busy = False
+            self.used_at = anyio.current_time()
+            if self.store._pool.waiting:
+                # Others wait for a connection: never keep one idle while they do.
+                await self.give_back()
+
+    def _drop(self) -> None:
+        """Terminate the connection (the pool takes its place back at once)."""
+        conn, self._conn, self._cm = self._conn, None, None
+        if conn is not None:
+            conn.terminate()
+
+    async def give_back(self) -> None:
+        cm, self._conn, self._cm = self._cm, None, None
+        if cm is not None:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+                await cm.__aexit__(None, None, None)
+
+
 class _Dedicated:
-    """A connection of the store's own, for one job at a time (direct appends, combined
-    appends, notifications, leases): no pool round trips. Reconnects on next use after a
-    failure."""
+    """A connection of the store's own, outside the pool, for lease statements: never
+    starved by a busy pool. Reconnects on next use after a failure."""
 
     def __init__(self, store: EventStore, purpose: Purpose = "work") -> None:
         self.store = store
@@ -333,6 +422,10 @@ class _Dedicated:
             self._conn = None
             self._conn = await self.store.connect(self.purpose)
         return self._conn
+
+    @property
+    def held(self) -> bool:
+        return self._conn is not None and not self._conn.is_closed()
 
     def discard(self) -> None:
         """Drop the connection (after an error or a cancellation mid-statement)."""
@@ -390,8 +483,8 @@ class EventStore(PagedReads):
         *,
         registry: EventRegistry = DEFAULT_REGISTRY,
         node: str | None = None,
-        min_connections: int = 2,
-        max_connections: int = 10,
+        min_connections: int = 1,
+        max_connections: int | None = None,
         group_commit: bool = True,
         limits: SessionLimits | None = None,
         guard_sessions: bool = False,
@@ -405,10 +498,17 @@ class EventStore(PagedReads):
         self.limits = limits
         self.registry = registry
         self.node = node
-        self._min = min_connections
-        self._max = max_connections
+        budget = (
+            max_connections
+            if max_connections is not None
+            else max_connections_from_env(DEFAULT_MAX_CONNECTIONS)
+        )
+        check_budget(budget)
+        self.max_connections = budget
+        """The most connections this store holds at once (see :mod:`store.budget`)."""
+        self._min = max(1, min(min_connections, pool_size(budget)))
         self._group_commit = group_commit
-        self._opened: asyncpg.Pool | None = None
+        self._opened: BudgetedPool | None = None
         self._tg: TaskGroup | None = None
         self._metadata_encoder = msgspec.json.Encoder()
         self._metadata_decoder = msgspec.json.Decoder(EventMetadata)
@@ -422,13 +522,15 @@ class EventStore(PagedReads):
         self._dirty_categories: set[str] = set()
         self._notify = ThrottledNotify(self._send_notifications, what="subscribers")
         self._closed = False
-        self._writer = _Dedicated(self)
-        self._batcher = _Dedicated(self)
-        self._notifier_conn = _Dedicated(self)
+        self._writer = _Borrowed(self)
+        self._batcher = _Borrowed(self)
+        self._borrowed = anyio.Event()  # set when one of them takes a connection
         # Lease statements: a connection of their own (never starved by a busy pool) with a
         # short lock_timeout (store/limits.py), one statement at a time.
         self._lease_conn = _Dedicated(self, "lease")
         self._lease_lock: anyio.Lock | None = None
+        # Every subscription and task processor of this store listens on one connection.
+        self._hub = ListenHub.for_database(dsn, limits)
         self._guard_sessions = guard_sessions
         self.stuck_sessions_ended = 0
         """Sessions the session guard ended (see :meth:`_session_guard`)."""
@@ -441,16 +543,19 @@ class EventStore(PagedReads):
     # -- lifecycle --------------------------------------------------------------------------
     async def __aenter__(self) -> Self:
         with driver_errors(connecting_to=redact_dsn(self.dsn)):
-            self._opened = await asyncpg.create_pool(
+            pool = await asyncpg.create_pool(
                 self.dsn,
                 min_size=self._min,
-                max_size=self._max,
+                max_size=pool_size(self.max_connections),
+                max_inactive_connection_lifetime=IDLE_LIFETIME,
                 init=self._setup_pooled,
                 reset=_no_reset,
                 **self.limits.connect_kwargs("work"),
             )
+        self._opened = BudgetedPool(pool, budget=self.max_connections)
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
+        self._tg.start_soon(self._give_back_idle)
         self._notify.start(self._tg)
         if self._group_commit:
             self._commit.start(self._tg)
@@ -477,8 +582,10 @@ class EventStore(PagedReads):
             await self._tg.__aexit__(None, None, None)
             self._commit.fail_queued()  # appends still queued when the store closes never ran
         with anyio.CancelScope(shield=True):
-            for dedicated in (self._writer, self._batcher, self._notifier_conn, self._lease_conn):
-                await dedicated.close()
+            await self._hub.close()
+            for borrowed in (self._writer, self._batcher):
+                await borrowed.give_back()
+            await self._lease_conn.close()
         if self._opened is not None:
             with anyio.CancelScope(shield=True), anyio.move_on_after(5) as scope:
                 await self._opened.close()
@@ -554,8 +661,30 @@ class EventStore(PagedReads):
                     self._lease_conn.discard()
                     raise
 
+    async def _give_back_idle(self) -> None:
+        """Give the borrowed connections back to the pool once unused for LINGER seconds;
+        asleep while none is held."""
+        borrowers = (self._writer, self._batcher)
+        while True:
+            await self._borrowed.wait()
+            await anyio.sleep(LINGER)
+            for borrowed in borrowers:
+                if borrowed.held and borrowed.idle:
+                    await borrowed.give_back()
+            if not any(borrowed.held for borrowed in borrowers):
+                self._borrowed = anyio.Event()
+
+    def connection_statistics(self) -> ConnectionStatistics:
+        """This store's connections at this moment, within its budget."""
+        return ConnectionStatistics(
+            budget=self.max_connections,
+            pool=self._pool.statistics(),
+            listening=self._hub.connected,
+            lease=self._lease_conn.held,
+        )
+
     @property
-    def _pool(self) -> asyncpg.Pool:
+    def _pool(self) -> BudgetedPool:
         """The store's connection pool: for store/ and its tests only (StoreError when the
         store is not open). Everything else goes through the store's methods."""
         if self._opened is None:
@@ -615,7 +744,7 @@ class EventStore(PagedReads):
         return result
 
     async def _append_with_retries(
-        self, request: _Request, dedicated: _Dedicated | None
+        self, request: _Request, dedicated: _Borrowed | None
     ) -> AppendResult:
         for attempt in range(_ANY_RETRIES):
             try:
@@ -634,16 +763,9 @@ class EventStore(PagedReads):
             f"gave up appending to {request.stream!r}: lost {_ANY_RETRIES} races in a row"
         )
 
-    async def _on_dedicated(self, dedicated: _Dedicated, request: _Request) -> AppendResult:
-        conn = await dedicated.get()
-        try:
+    async def _on_dedicated(self, dedicated: _Borrowed, request: _Request) -> AppendResult:
+        async with dedicated.use() as conn:
             return await self._append_on(conn, request, in_transaction=False)
-        except (StoreError, _RetryAppendError, asyncpg.PostgresError):
-            raise  # the connection is fine
-        except BaseException:
-            # Lost, or cancelled mid-statement: do not trust its protocol state.
-            dedicated.discard()
-            raise
 
     async def _append_on(
         self, conn: Connection, request: _Request, *, in_transaction: bool
@@ -875,8 +997,7 @@ class EventStore(PagedReads):
                 batch[0].result = await self._append_with_retries(batch[0], dedicated)
             else:
                 try:
-                    conn = await dedicated.get()
-                    try:
+                    async with dedicated.use() as conn:
                         outcomes = await self._append_many_on(conn, batch)
                         for request, outcome in zip(batch, outcomes, strict=True):
                             try:
@@ -890,11 +1011,6 @@ class EventStore(PagedReads):
                                     request.result = outcome
                             except StoreError as exc:
                                 request.error = exc
-                    except (StoreError, asyncpg.PostgresError):
-                        raise
-                    except BaseException:
-                        dedicated.discard()
-                        raise
                 except asyncpg.UniqueViolationError:
                     # A race with another process, or a retried event id: the statement wrote
                     # nothing. Let each request sort itself out on its own.
@@ -937,12 +1053,7 @@ class EventStore(PagedReads):
         categories = ",".join(sorted(self._dirty_categories))[:7000]
         self._dirty_categories = set()
         with driver_errors(what="a notification"):
-            conn = await self._notifier_conn.get()
-            try:
-                await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, categories)
-            except BaseException:
-                self._notifier_conn.discard()
-                raise
+            await self._pool.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, categories)
 
     # -- reading ------------------------------------------------------------------------------
     def _decode_all(
@@ -1086,6 +1197,25 @@ class EventStore(PagedReads):
                 query("held_back"), after.transaction_id, after.position, category
             )
         return held
+
+    def listener(
+        self,
+        channel: str,
+        *,
+        on_notify: Callable[[str], None],
+        on_lost: Callable[[], None] | None = None,
+        who: str,
+        poll_interval: float,
+    ) -> Listener:
+        """A follower of NOTIFY ``channel`` on this store's LISTEN connection, the one this
+        process opens for all its subscriptions and task processors (:mod:`store._wakeup`)."""
+        return self._hub.listener(
+            channel, on_notify=on_notify, on_lost=on_lost, who=who, poll_interval=poll_interval
+        )
+
+    def listen_statistics(self) -> ListenStatistics:
+        """The LISTEN connection at this moment: open or not, and its followers per channel."""
+        return self._hub.statistics()
 
     def subscribe(
         self,

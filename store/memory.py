@@ -65,9 +65,9 @@ commit of a transaction that made them.
     with the state of the leases at that very moment. It must not raise. Default: none.
 ``lost_ack``
     ``(operation) -> bool``, called after a write has committed (``"append"``, ``"commit"``,
-    ``"save_checkpoint"``, ``"save_tick"``, ``"lease"``): True makes the caller see :class:`StoreUnavailable`
-    although the write is done, as when the connection drops between PostgreSQL's commit and
-    its answer. Default: never.
+    ``"save_checkpoint"``, ``"save_tick"``, ``"lease"``): True makes the caller see
+    :class:`StoreUnavailable` although the write is done, as when the connection drops
+    between PostgreSQL's commit and its answer. Default: never.
 """
 
 from __future__ import annotations

@@ -34,6 +34,9 @@ __all__ = [
     "MinuteCount",
     "RecentStream",
     "HealthSample",
+    "ConnectionUse",
+    "NodeConnections",
+    "connection_use",
     "summary",
     "events_by_type",
     "events_per_stream",
@@ -89,6 +92,31 @@ class RecentStream(msgspec.Struct, frozen=True):
 
     stream: str
     last_position: int
+
+
+class NodeConnections(msgspec.Struct, frozen=True, kw_only=True):
+    """The connections one i3lani process holds, by what they are for (``application_name``
+    ``i3lani:<node>:<purpose>``); ``node`` None for processes without a node name (operator
+    commands)."""
+
+    node: str | None
+    listen: int = 0
+    lease: int = 0
+    work: int = 0
+    other: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.listen + self.lease + self.work + self.other
+
+
+class ConnectionUse(msgspec.Struct, frozen=True, kw_only=True):
+    """Connections now: the server's limit and its client sessions (all databases), and this
+    database's i3lani sessions per process."""
+
+    server_max: int
+    server_in_use: int
+    nodes: list[NodeConnections]
 
 
 class HealthSample(msgspec.Struct, frozen=True, kw_only=True):
@@ -167,6 +195,31 @@ async def max_payload_int(store: EventStore | MemoryLog, event_type: str, field:
     with _translated(f"reading the largest {field}"):
         largest: int = await store._pool.fetchval(query("max_payload_int"), event_type, field)
     return largest
+
+
+async def connection_use(store: EventStore) -> ConnectionUse:
+    """Who holds connections to the server now (``i3lani status``, ``/metrics``)."""
+    with _translated("counting connections"):
+        records = await store._pool.fetch(query("connection_use"))
+    nodes: dict[str | None, dict[str, int]] = {}
+    for record in records:
+        name = record["application_name"]
+        if name is None:
+            continue  # no i3lani session but this one
+        _, _, rest = name.partition(":")
+        node, _, purpose = rest.rpartition(":")
+        counts = nodes.setdefault(node or None, {})
+        key = purpose if purpose in ("listen", "lease", "work") else "other"
+        counts[key] = counts.get(key, 0) + record["sessions"]
+    first = records[0]
+    return ConnectionUse(
+        server_max=first["server_max"],
+        server_in_use=first["server_in_use"],
+        nodes=[
+            NodeConnections(node=node, **counts)
+            for node, counts in sorted(nodes.items(), key=lambda item: item[0] or "")
+        ],
+    )
 
 
 async def ping(store: EventStore) -> None:

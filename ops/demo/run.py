@@ -61,6 +61,7 @@ from ops.demo_options import (
 from ops.standins import BotApiStandIn, TonApiStandIn
 from store import EventStore, migrate, redact_dsn
 from store.admin import DatabaseRefused, create_database, database_exists, drop_database
+from store.budget import COMMAND_MAX_CONNECTIONS
 from store.database import with_database
 from store.records import START
 from supervisor import Supervisor
@@ -493,7 +494,7 @@ async def _demo(
         worker_store = await stack.enter_async_context(EventStore.open(dsn, node="demo"))
         gateway_store = await stack.enter_async_context(EventStore.open(dsn, node="demo"))
         watch_store = await stack.enter_async_context(
-            EventStore.open(dsn, min_connections=1, max_connections=3)
+            EventStore.open(dsn, max_connections=COMMAND_MAX_CONNECTIONS)
         )
         supervisor = Supervisor(
             worker_store,

@@ -91,6 +91,21 @@ SELECT coalesce(max((payload->>$2::text)::bigint), 0)
 FROM i3lani.events
 WHERE type = $1;
 
+-- name: connection_use
+-- The server's connection limit, its client sessions now (every database's: the limit is the
+-- server's), and this database's i3lani sessions by application_name (i3lani:<node>:<purpose>,
+-- store/limits.py), this statement's own left out.
+SELECT current_setting('max_connections')::int AS server_max,
+       (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')
+           AS server_in_use,
+       a.application_name, count(a.pid) AS sessions
+FROM (SELECT application_name, pid FROM pg_stat_activity
+      WHERE datname = current_database() AND application_name LIKE 'i3lani:%'
+        AND pid <> pg_backend_pid()) a
+RIGHT JOIN (SELECT 1) one ON true
+GROUP BY a.application_name
+ORDER BY a.application_name;
+
 -- name: ping
 -- One round trip and nothing else: is PostgreSQL there, and how quickly does it answer?
 SELECT 1;

@@ -39,7 +39,16 @@ from actors.runtime.clock import Clock, ManualClock, SystemClock
 from events import DEFAULT_REGISTRY, ActorTicked, Event
 from events.errors import ConcurrencyConflict, StaleGeneration, StoreUnavailable
 from events.streams import tick_stream
-from store import ANY, EventStore, Expected, Fence, RecordedEvent, TickRecord, derived_id
+from store import (
+    ANY,
+    NOTIFY_CHANNEL,
+    EventStore,
+    Expected,
+    Fence,
+    RecordedEvent,
+    TickRecord,
+    derived_id,
+)
 from store.leases import Leases
 
 T0 = datetime(2026, 6, 1, 9, 0, tzinfo=UTC)
@@ -336,24 +345,18 @@ class Incarnation:
             self.ended.set()
 
 
-async def listeners(store: EventStore) -> set[int]:
-    """Backends of this database that LISTEN for new events (subscriptions following live)."""
-    rows = await store._pool.fetch(
-        "SELECT pid FROM pg_stat_activity "
-        "WHERE datname = current_database() AND query LIKE 'LISTEN%'"
-    )
-    return {row["pid"] for row in rows}
+def listening(store: EventStore) -> int:
+    """This store's subscriptions that LISTEN now (on its one LISTEN connection)."""
+    return store.listen_statistics().followers.get(NOTIFY_CHANNEL, 0)
 
 
-async def wait_listening(store: EventStore, before: set[int]) -> None:
-    """Wait until a new LISTEN connection (not in ``before``) is up, and a moment more for
-    the client side to take it in."""
-    with anyio.fail_after(5):
-        while True:
-            if await listeners(store) - before:
-                break
-            await anyio.sleep(0.01)
-    await anyio.sleep(0.05)
+async def wait_listening(store: EventStore, before: int) -> None:
+    """Wait until one more subscription than ``before`` follows the log live."""
+
+    async def more() -> bool:
+        return listening(store) > before
+
+    await wait_for(more, what="the subscription to LISTEN")
 
 
 @asynccontextmanager
@@ -365,7 +368,7 @@ async def running(runner: ActorRunner[Any]) -> AsyncIterator[tuple[ActorRef, Inc
     test; the others start from a runner that is fully up.)
     """
     incarnation = Incarnation(runner)
-    before = await listeners(runner.store)
+    before = listening(runner.store)
     async with anyio.create_task_group() as tg:
         with anyio.fail_after(10):
             ref: ActorRef = await tg.start(incarnation.run)
@@ -564,7 +567,7 @@ async def test_start_returns_only_after_recovery_and_catch_up(
     async with anyio.create_task_group() as tg:
         tg.start_soon(end_the_older_transaction_soon)
         counter = runner_for(Counter(), store)
-        before = await listeners(store)
+        before = listening(store)
         with anyio.fail_after(10):
             await tg.start(counter.run)
         # No waiting: when start returns the state already holds every earlier event.
@@ -573,7 +576,7 @@ async def test_start_returns_only_after_recovery_and_catch_up(
         assert counted_at_start == sum(range(1, 41)), "start returned before the actor caught up"
 
         receipts = runner_for(Receipts(), store)
-        before = await listeners(store)
+        before = listening(store)
         with anyio.fail_after(10):
             await tg.start(receipts.run)
         jobs_at_start = receipts.state

@@ -605,6 +605,40 @@ async def test_status_marks_a_suspect_lease_and_readers_held_back(
     assert readers.startswith("READERS: not held back"), readers
 
 
+async def test_status_shows_each_process_connections(cli: Cli, dsn: str) -> None:
+    # A worker-shaped store: its pool in use, and a follower on its LISTEN connection.
+    async with (
+        EventStore.open(dsn, node="vm:77") as worker,
+        worker.subscribe(category="payment"),
+    ):
+        result = await cli("status")
+        report = json.loads((await cli("status", "--json")).stdout)
+    assert result.returncode == 0, result.stderr.decode()
+    text = lines(result.stdout)
+    [header] = [line for line in text if line.startswith("CONNECTIONS")]
+    assert "of the server's" in header
+    [row] = [line for line in text if line.strip().startswith("vm:77")]
+    assert "1 LISTEN" in row, row
+    assert "pooled" in row, row
+    [node] = [n for n in report["connections"]["nodes"] if n["node"] == "vm:77"]
+    assert node["listen"] == 1
+    assert 1 <= node["work"] <= 6
+    assert report["connections"]["server_in_use"] <= report["connections"]["server_max"]
+
+
+async def test_run_refuses_a_budget_of_connections_that_cannot_work(cli: Cli) -> None:
+    env = {**cli.environment(), "I3LANI_MAX_CONNECTIONS": "2"}
+    with anyio.fail_after(40):
+        result = await anyio.run_process(
+            [I3LANI, "run", "--actors", "Heartbeat"], env=env, check=False
+        )
+    assert result.returncode == 1
+    assert lines(result.stderr) == [
+        "i3lani run: I3LANI_MAX_CONNECTIONS must be between 3 and 1000 (one LISTEN connection, "
+        "one for leases, at least one for the rest), got 2"
+    ]
+
+
 async def test_run_refuses_a_timeout_that_would_outlast_the_lease(cli: Cli) -> None:
     env = {**cli.environment(), "I3LANI_IDLE_TX_TIMEOUT": "9"}
     with anyio.fail_after(40):

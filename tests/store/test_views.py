@@ -147,9 +147,7 @@ async def test_ping_answers_and_a_lost_database_is_a_store_error(server_dsn: str
     name = f"i3lani_ping_{uuid.uuid4().hex[:10]}"
     await create_database(server, name)
     try:
-        async with EventStore.open(
-            with_database(server_dsn, name), min_connections=1, max_connections=1
-        ) as store:
+        async with EventStore.open(with_database(server_dsn, name), max_connections=3) as store:
             await views.ping(store)
             await drop_database(server, name)  # ends the store's session too
             with pytest.raises(StoreError) as caught:
