@@ -38,7 +38,7 @@ from typing import Any
 import anyio
 import asyncpg
 
-from bench import actors, eventstore, hangs, payments, queue, scale, simulate
+from bench import actors, cost, eventstore, hangs, payments, queue, scale, simulate
 from bench.measure import BenchContext
 from bench.peers import find_pgbench
 from bench.report import Row, Verdict, render_table, row_to_json
@@ -61,6 +61,7 @@ SUITES: dict[str, Suite] = {
     "queue": Suite(queue.run, queue.NOTES),
     "payments": Suite(payments.run, payments.NOTES),
     "scale": Suite(scale.run, scale.NOTES),
+    "cost": Suite(cost.run, cost.NOTES),
     "hangs": Suite(hangs.run, hangs.NOTES),
     "simulate": Suite(simulate.run, simulate.NOTES, database=False),
 }

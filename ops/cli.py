@@ -47,7 +47,7 @@ from events import HealthChecked
 from events.errors import ConfigError, I3laniError, one_line
 from events.streams import ACTOR, actor_stream
 from ops import audit, demo_options
-from ops.format import event_json, event_line, format_time
+from ops.format import event_json, event_line, format_bytes, format_time
 from ops.simulate import cli as simulate_cli
 from store import (
     EventStore,
@@ -259,6 +259,7 @@ async def cmd_summary(dsn: str, args: argparse.Namespace, out: TextIO) -> int:
             f"to {format_time(totals.last_recorded_at)}",
             file=out,
         )
+        _print_size(totals, out)
         print("", file=out)
         print(f"  {'category':<12} {'type':<24} {'events':>9}  last recorded", file=out)
         for row in totals.by_type:
@@ -279,6 +280,40 @@ async def cmd_summary(dsn: str, args: argparse.Namespace, out: TextIO) -> int:
     else:
         print("  no subscriber has stored a checkpoint yet", file=out)
     return EXIT_OK
+
+
+LOG_LIMIT = 1024**3
+"""The storage a log is measured against in `i3lani summary`: the original deployment's whole
+Render database."""
+
+
+def _print_size(totals: views.Summary, out: TextIO) -> None:
+    """The log on disk and how fast it grows (``i3lani summary``)."""
+    per_event = totals.bytes_per_event or 0.0
+    print(
+        f"  size         {format_bytes(totals.log_bytes)} on disk (table "
+        f"{format_bytes(totals.table_bytes)}, indexes {format_bytes(totals.index_bytes)}): "
+        f"{per_event:,.0f} bytes per event; the database {format_bytes(totals.database_bytes)} "
+        "in all",
+        file=out,
+    )
+    now = datetime.now(UTC)
+    growth = totals.growth_per_day(now) or 0.0
+    recent = (
+        f"{totals.events_last_day:,} events in the last 24 h, "
+        f"{totals.events_last_week:,} in the last 7 days"
+    )
+    days = totals.growth_days(now)
+    basis = "" if days >= 7 else f", from the {_span(days * 86400)} the log has lived"
+    if growth <= 0:
+        print(f"  growth       none lately ({recent})", file=out)
+        return
+    left = max(LOG_LIMIT - totals.log_bytes, 0) / growth
+    print(
+        f"  growth       about {format_bytes(growth)} a day ({recent}{basis}); at this rate "
+        f"the log reaches 1 GB in {left:,.0f} days",
+        file=out,
+    )
 
 
 async def cmd_events(dsn: str, args: argparse.Namespace, out: TextIO) -> int:

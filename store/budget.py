@@ -7,8 +7,9 @@ process keeps to a budget, ``$I3LANI_MAX_CONNECTIONS`` (``N`` below; default 8 f
 
 * **one LISTEN connection**, shared by every subscription and task processor of the process
   (:class:`store._wakeup.ListenHub`), opened while anything follows the log;
-* **one connection for lease statements** (:mod:`store.leases`), opened by the first of them
-  (a worker's supervisor) and never starved by a busy pool, with its short lock timeout;
+* **one connection for lease statements** (:mod:`store.leases`) and the session guard that
+  ends frozen sessions (``i3lani run``), opened by the first of them and never starved by a
+  busy pool, with its short lock timeout;
 * **a pool of at most N - 2** for everything else: appends, transactions, reads, the task
   queue, NOTIFY. Jobs that run one statement after another (the lone writer's appends) keep a
   pooled connection between close uses and give it back once it has sat unused a moment, or

@@ -614,7 +614,9 @@ class EventStore(PagedReads):
         """End i3lani sessions frozen mid-statement with a transaction open (the one case the
         idle-transaction bound does not cover; see ``end_stuck_sessions`` in queries.sql),
         every half idle-transaction bound (at most every 0.5 s), so that a frozen or cut-off
-        node holds no lock and no reader back for longer than that bound plus the interval.
+        node holds no lock and no reader back for longer than that bound plus the interval. It
+        runs on the lease connection, outside the pool: a pool kept busy to its budget never
+        holds it up.
         On PostgreSQL 17+ ``transaction_timeout`` ends them too, but only after the statement
         bound, which is longer. Run by the processes that keep the system going
         (``i3lani run``), so that any one of them frees the others; a failure to look (no
@@ -624,8 +626,7 @@ class EventStore(PagedReads):
         while True:
             await anyio.sleep(interval)
             try:
-                with driver_errors():
-                    ended = await self._pool.fetch(query("end_stuck_sessions"), bound)
+                ended = await self._on_lease_connection("fetch", "end_stuck_sessions", bound)
             except StoreError as exc:
                 logger.warning(
                     "cannot look for stuck sessions: %s", exc, extra={"action": "guard_failed"}
@@ -647,13 +648,19 @@ class EventStore(PagedReads):
         """Run named query ``name`` on the store's lease connection (see
         :mod:`store.leases`): StoreUnavailable when PostgreSQL is unreachable or the statement
         ran out of time (a lock held elsewhere: ``__cause__`` says which)."""
+        return await self._on_lease_connection("fetchval", name, *args)
+
+    async def _on_lease_connection(self, method: str, name: str, *args: object) -> Any:
+        """Named query ``name`` on the connection outside the pool that lease statements and
+        the session guard share: the work that keeps nodes apart is never starved by a busy
+        pool, whatever the budget. One statement at a time."""
         if self._lease_lock is None:
             self._lease_lock = anyio.Lock()
         async with self._lease_lock:
             with driver_errors(what="a lease statement"):
                 conn = await self._lease_conn.get()
                 try:
-                    return await conn.fetchval(query(name), *args)
+                    return await getattr(conn, method)(query(name), *args)
                 except asyncpg.PostgresError:
                     raise  # the connection itself is fine
                 except BaseException:

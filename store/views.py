@@ -69,7 +69,12 @@ class CheckpointSummary(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Summary(msgspec.Struct, frozen=True, kw_only=True):
-    """The whole log at a glance (``i3lani summary``); the times are None when it is empty."""
+    """The whole log at a glance (``i3lani summary``); the times are None when it is empty.
+
+    Sizes are on disk: ``log_bytes`` the table with its TOAST and every index (what a
+    database plan's storage counts), ``table_bytes`` and ``index_bytes`` its parts,
+    ``database_bytes`` the whole database (the log, the task queue, health samples, the
+    catalog)."""
 
     events: int
     streams: int
@@ -78,6 +83,33 @@ class Summary(msgspec.Struct, frozen=True, kw_only=True):
     last_recorded_at: datetime | None
     by_type: list[TypeSummary]
     checkpoints: list[CheckpointSummary]
+    events_last_day: int = 0
+    events_last_week: int = 0
+    log_bytes: int = 0
+    table_bytes: int = 0
+    index_bytes: int = 0
+    database_bytes: int = 0
+
+    @property
+    def bytes_per_event(self) -> float | None:
+        """The log's size over its events (indexes included), None when it is empty."""
+        return self.log_bytes / self.events if self.events else None
+
+    def growth_days(self, now: datetime) -> float:
+        """The days :meth:`growth_per_day` is taken over: the last week, or the log's life
+        when it is younger (a minute at least)."""
+        if self.first_recorded_at is None:
+            return 0.0
+        return min(7.0, max((now - self.first_recorded_at).total_seconds() / 86400, 1 / 1440))
+
+    def growth_per_day(self, now: datetime) -> float | None:
+        """Bytes a day the log has grown by lately: the events of the last week (or of its
+        life, when younger) at its bytes per event, per day; None when it is empty."""
+        per_event = self.bytes_per_event
+        days = self.growth_days(now)
+        if per_event is None or not days:
+            return None
+        return self.events_last_week * per_event / days
 
 
 class MinuteCount(msgspec.Struct, frozen=True):
@@ -139,12 +171,15 @@ async def summary(store: EventStore) -> Summary:
     """Totals of the log, events per category and type, and every subscriber's checkpoint."""
     with _translated("reading the summary"):
         totals = await store._pool.fetchrow(query("summary_totals"))
+        sizes = await store._pool.fetchrow(query("summary_sizes"))
         by_type = await store._pool.fetch(query("summary_by_type"))
         checkpoints = await store._pool.fetch(query("checkpoints"))
     assert totals is not None  # an aggregate without GROUP BY always has its row
+    assert sizes is not None
     return msgspec.convert(
         {
             **dict(totals),
+            **dict(sizes),
             "by_type": [dict(row) for row in by_type],
             "checkpoints": [dict(row) for row in checkpoints],
         },

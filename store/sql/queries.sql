@@ -142,8 +142,9 @@ ORDER BY transaction_id, global_position
 LIMIT $3;
 
 -- name: read_category
--- read_all restricted to one category; same ordering argument, served by
--- events_category_commit_order_idx.
+-- read_all restricted to one category; same ordering argument, served by the same index
+-- (events_reading_order_idx: transaction_id, global_position, category), whose third column
+-- lets the scan skip other categories' entries without reading their rows.
 SELECT global_position, transaction_id, event_id, stream, stream_version, type, schema_version,
        payload, nullif(metadata, '{}'::jsonb), recorded_at
 FROM i3lani.events
@@ -166,6 +167,7 @@ SELECT EXISTS (
 );
 
 -- name: position_cursor
+-- One position's cursor, found through events_position_idx (BRIN: the block range holding it).
 SELECT transaction_id, global_position FROM i3lani.events WHERE global_position = $1;
 
 -- name: load_checkpoint

@@ -10,7 +10,7 @@ CREATE TABLE IF NOT EXISTS i3lani.schema_migrations (
 );
 
 CREATE TABLE i3lani.events (
-    global_position bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    global_position bigint GENERATED ALWAYS AS IDENTITY,  -- unique by construction (0006)
     transaction_id  xid8        NOT NULL DEFAULT pg_current_xact_id(),
     event_id        uuid        NOT NULL,
     stream          text        NOT NULL,
@@ -34,9 +34,12 @@ CREATE TABLE i3lani.events (
 COMMENT ON TABLE i3lani.events IS
     'i3lani event log: append-only (UPDATE, DELETE and TRUNCATE are refused by triggers)';
 
-CREATE INDEX events_commit_order_idx ON i3lani.events (transaction_id, global_position);
-CREATE INDEX events_category_commit_order_idx
-    ON i3lani.events (category, transaction_id, global_position);
+-- The reading order (queries.sql, read_all), the whole log's and each category's (0006).
+CREATE INDEX events_reading_order_idx
+    ON i3lani.events (transaction_id, global_position, category);
+-- Lookups by position: positions follow the table's physical order (0006).
+CREATE INDEX events_position_idx ON i3lani.events USING brin (global_position)
+    WITH (pages_per_range = 16);
 CREATE INDEX events_type_idx ON i3lani.events (type);
 
 CREATE FUNCTION i3lani.refuse_event_change() RETURNS trigger

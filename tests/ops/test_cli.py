@@ -178,6 +178,22 @@ async def test_summary_counts_events_per_type(cli: Cli, store: EventStore) -> No
     # The subscriber is two events behind: user-42 and payment-10.
     at = appended[1].last_position
     assert re.search(rf"^\s+cli-test-subscriber\s+{at}\s+2\s", text, re.MULTILINE), text
+    # The log's size on disk, indexes included, and how fast it grows.
+    size = re.search(
+        r"^  size +[\d.]+ kB on disk \(table [\d.]+ kB, indexes [\d.]+ kB\): ([\d,]+) bytes "
+        r"per event; the database [\d.]+ MB in all$",
+        text,
+        re.MULTILINE,
+    )
+    assert size is not None, text
+    growth = re.search(
+        r"^  growth +about [\d.]+ [kM]B a day \(4 events in the last 24 h, 4 in the last 7 "
+        r"days, from the \d+s the log has lived\); at this rate the log reaches 1 GB in "
+        r"[\d,]+ days$",
+        text,
+        re.MULTILINE,
+    )
+    assert growth is not None, text
 
 
 async def test_summary_does_not_print_the_password(cli: Cli, store: EventStore) -> None:
