@@ -309,9 +309,10 @@ def _print_size(totals: views.Summary, out: TextIO) -> None:
         print(f"  growth       none lately ({recent})", file=out)
         return
     left = max(LOG_LIMIT - totals.log_bytes, 0) / growth
+    when = "within a day" if left < 1.5 else f"in {left:,.0f} days"
     print(
         f"  growth       about {format_bytes(growth)} a day ({recent}{basis}); at this rate "
-        f"the log reaches 1 GB in {left:,.0f} days",
+        f"the log reaches 1 GB {when}",
         file=out,
     )
 
