@@ -334,8 +334,9 @@ class HealthChecker(Actor[HealthState]):
 
     async def _recorded_verdict(self, store: EventStore | MemoryLog, clock: Clock) -> HealthReport:
         """The verdict to decide on (:meth:`_verdict`), its checks written to the samples
-        first. If the database goes away between the checks and the samples, the verdict is
-        held, to be recorded first once it is back."""
+        first. If the database goes away before they are written, a verdict that says it was
+        unreachable goes back to be held (recorded first once it is back); any other is
+        dropped, as a round whose commit fails is (the next round checks again)."""
         report = await self._verdict(store, clock)
         assert isinstance(store, EventStore)  # _verdict refuses the in-memory log
         try:
@@ -343,7 +344,8 @@ class HealthChecker(Actor[HealthState]):
                 store, health_samples(report.checks, report.checked_at)
             )
         except StoreUnavailable:
-            self.held.keep(report)
+            if not report.passed("database"):
+                self.held.keep(report)
             raise
         return report
 

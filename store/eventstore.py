@@ -54,6 +54,7 @@ from events.errors import (
     StoreError,
     UnknownEventType,
 )
+from events.registry import same_payload
 from store._batching import GroupCommit, ThrottledNotify
 from store._wakeup import Listener, ListenHub, ListenStatistics
 from store.budget import (
@@ -968,9 +969,9 @@ class EventStore(PagedReads):
         for row, record in zip(request.rows, records, strict=True):
             if record["stream"] != request.stream:
                 raise EventIdReused(row.event_id, f"it is stored in stream {record['stream']!r}")
-            if record["type"] != row.type or msgspec.json.decode(
-                record["payload"]
-            ) != msgspec.json.decode(row.payload):
+            if record["type"] != row.type or not same_payload(
+                record["payload"], row.payload, row.type
+            ):
                 raise EventIdReused(row.event_id, f"stored as another {record['type']}")
         versions = [record["stream_version"] for record in records]
         if versions != list(range(versions[0], versions[0] + len(versions))):
