@@ -11,6 +11,9 @@
     i3lani restart|stop|start ACTOR [--reason TEXT]
     i3lani gateway [--mode webhook|polling] [--host H] [--port P]
                                     the Telegram bot: commands in, events appended
+    i3lani export --out FILE [--after N] [--upto N] | --verify FILE
+                                    a range of the log, as stored, to a compressed file;
+                                    or check one against its manifest and the log
     i3lani audit [--as-of POS|TIME] [--user ID] [--stream S] [--format table|json|csv] [--out F]
                                     replay the log, check invariants (exit 1 on discrepancies)
     i3lani demo [--duration S] [--speed F] [--users N] [--port P] [--seed S] [--database NAME]
@@ -33,6 +36,7 @@ import socket
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn, TextIO
 
 import anyio
@@ -143,6 +147,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     events.add_argument("--follow", action="store_true", help="keep printing new events")
     events.add_argument("--json", action="store_true", help="one JSON object per line")
+
+    export = commands.add_parser(
+        "export",
+        help="copy a range of the log, as stored, to a compressed file; or check one",
+    )
+    what = export.add_mutually_exclusive_group(required=True)
+    what.add_argument("--out", type=Path, metavar="FILE", help="write the range to FILE (.gz)")
+    what.add_argument(
+        "--verify", type=Path, metavar="FILE", help="check FILE against its manifest and the log"
+    )
+    export.add_argument(
+        "--after",
+        type=_positive_int,
+        default=0,
+        metavar="N",
+        help="start after global position N, in reading order (default: from the start)",
+    )
+    export.add_argument(
+        "--upto",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="end with the event at global position N, in reading order (default: the newest)",
+    )
 
     run = commands.add_parser("run", help="run the supervisor and its actors on this node")
     run.add_argument(
@@ -734,6 +762,38 @@ def _port_from_env() -> int:
     return port
 
 
+async def cmd_export(dsn: str, args: argparse.Namespace, out: TextIO) -> int:
+    from ops.export import export_range, verify_export
+
+    await migrate(dsn)
+    async with EventStore.open(dsn, max_connections=COMMAND_MAX_CONNECTIONS) as store:
+        if args.verify is not None:
+            verified = await verify_export(store, args.verify)
+            print(
+                f"verified {args.verify}: {verified.events:,} events, the same as the log's"
+                + (
+                    f" (positions {verified.first_position} to {verified.last_position})"
+                    if verified.events
+                    else ""
+                ),
+                file=out,
+            )
+            return EXIT_OK
+        after = await store.cursor_at(args.after)
+        upto = None if args.upto is None else await store.cursor_at(args.upto)
+        manifest = await export_range(store, args.out, after=after, upto=upto)
+        totals = await views.summary(store)
+    per_event = manifest.compressed_bytes / manifest.events if manifest.events else 0.0
+    stored = totals.bytes_per_event or 0.0
+    print(
+        f"exported {manifest.events:,} events (positions {manifest.first_position} to "
+        f"{manifest.last_position}) to {args.out}: {format_bytes(manifest.compressed_bytes)}, "
+        f"{per_event:,.0f} bytes per event compressed, {stored:,.0f} in the log",
+        file=out,
+    )
+    return EXIT_OK
+
+
 async def cmd_audit(dsn: str, args: argparse.Namespace, out: TextIO) -> int:
     return await audit.audit_command(dsn, args, out)
 
@@ -756,6 +816,7 @@ COMMANDS: dict[str, Callable[[str, argparse.Namespace, TextIO], Awaitable[int]]]
     "stop": cmd_control,
     "start": cmd_control,
     "audit": cmd_audit,
+    "export": cmd_export,
     "demo": cmd_demo,
     "gateway": cmd_gateway,
 }
