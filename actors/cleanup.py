@@ -6,14 +6,16 @@ Every ``I3LANI_CLEANUP_INTERVAL`` seconds (a day by default):
   deleted from the queue's working table, 1,000 at a time (their events stay in the log; dead
   letters stay until an operator deals with them);
 * old health samples: ``health_samples`` rows older than ``I3LANI_HEALTH_RETENTION`` days, in
-  batches (the ``HealthChecked`` events they came from stay);
+  batches (the ``HealthChecked`` events that recorded each change of verdict stay);
 * stale pending payments: a payment still pending a day after it expired (the PaymentMonitor
   expires payments after a successful scan; this catches what a long TonAPI outage left behind)
   gets ``PaymentExpired``, with the same event id the monitor would use and the payment
   stream's expected version, so it can never be expired twice or after a confirmation.
 
-The pass ends with ``CleanupCompleted`` (stream ``ops-cleanup``) holding the counts. The event
-log itself is append-only: PostgreSQL triggers refuse DELETE on it, whoever asks.
+A pass that removed something ends with ``CleanupCompleted`` (stream ``ops-cleanup``) holding
+the counts; one that found nothing to remove leaves nothing in the log (its tick is recorded in
+the actor's tick schedule all the same). The event log itself is append-only: PostgreSQL
+triggers refuse DELETE on it, whoever asks.
 
 The same daily pass reconciles the wallet (``WALLET_ADDRESS``) with the chain
 (:func:`actors.transfers.reconcile_wallet`): the range of ``lt`` scanned since the last
@@ -179,6 +181,8 @@ class Cleanup(Actor[CleanupState]):
                 )
             )
         removed = {**message.removed, "stale_payments": len(emits)}
+        if not any(removed.values()):
+            return emits  # a pass that removed nothing leaves nothing in the log
         emits.append(
             Emit(
                 CLEANUP_STREAM,

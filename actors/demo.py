@@ -1,7 +1,9 @@
 """The runtime's own actors, run by ``i3lani run`` until the product's actors arrive.
 
-* ``Heartbeat`` ticks every ``I3LANI_HEARTBEAT_SECONDS`` (default 5) and records each tick:
-  a visible sign that a node runs, and which one (``i3lani status``).
+* ``Heartbeat`` ticks every ``I3LANI_HEARTBEAT_SECONDS`` (default 5) and records each beat in
+  the log as ``ActorTicked`` (stream ``tick-Heartbeat``, with the node in its metadata): a
+  visible sign that a node runs, and which one. (The runtime itself records ticks in the
+  actors' tick schedules, not the log; the Heartbeat's beats are its work.)
 * ``Flaky`` ticks every second and crashes on every ``I3LANI_FLAKY_CRASH_EVERY``-th tick
   (default 3), to show restarts with backoff and, when it crashes too often, parking.
 """
@@ -10,11 +12,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from datetime import datetime
 from typing import ClassVar
 
 import msgspec
 
-from actors.runtime import Actor, ActorRunner, TickSpec
+from actors.runtime import Actor, ActorRunner, Emit, TickSpec
+from events import ActorTicked
+from events.streams import tick_stream
 
 __all__ = ["Heartbeat", "Flaky", "FlakyCrash"]
 
@@ -26,8 +31,14 @@ def _env_float(name: str, default: float) -> float:
         return default
 
 
+class Beat(msgspec.Struct, frozen=True):
+    """A beat to record, at ``at``."""
+
+    at: datetime
+
+
 class Heartbeat(Actor[None]):
-    """Ticks on schedule; it has no state of its own."""
+    """Ticks on schedule and records each beat; it has no state of its own."""
 
     name: ClassVar[str] = "Heartbeat"
     tick: TickSpec | None = TickSpec(
@@ -38,7 +49,13 @@ class Heartbeat(Actor[None]):
         return None
 
     async def on_tick(self, state: None, runner: ActorRunner[None]) -> Sequence[msgspec.Struct]:
-        return ()
+        return [Beat(at=runner.clock.now())]
+
+    def decide(self, state: None, message: msgspec.Struct) -> Sequence[Emit]:
+        if not isinstance(message, Beat):
+            return ()
+        beat = ActorTicked(actor=self.name, due_at=message.at, ticked_at=message.at)
+        return [Emit(tick_stream(self.name), beat)]
 
 
 class FlakyCrash(RuntimeError):

@@ -2,7 +2,9 @@
 
 Every ``I3LANI_HEALTH_INTERVAL`` seconds (15 min by default), and on demand (``CheckHealth``),
 it runs these checks (thin I/O, each with its own timeout so one hung service cannot hide the
-others) and records the verdict as ``HealthChecked``:
+others), writes every check to the ``health_samples`` table, and records a verdict that
+differs from the last one recorded (healthy or not, and which checks fail) as
+``HealthChecked``: a round that changed nothing adds nothing to the log.
 
 ============  ============================================================================
 check         fails when
@@ -27,8 +29,11 @@ check. An ``AlertRaised`` event (stream ``ops-alerts``) is appended with an ``ad
 in the same transaction; alerts other components raise (the supervisor parking an actor) are
 picked up from the log. The task sends the alert to every id in ``ADMIN_IDS`` through the Bot
 API, honouring ``retry_after``, retried by the queue with backoff and dead-lettered if
-Telegram never takes it. Each check is also written to the ``health_samples`` projection (for
-the dashboard), which Cleanup prunes.
+Telegram never takes it.
+
+The samples are the checker's telemetry (latencies, details, the time of every round), kept
+beside the log for ``I3LANI_HEALTH_RETENTION`` days and pruned by Cleanup; the last verdict
+shown to operators (:func:`last_verdict`) is the latest round of samples.
 """
 
 from __future__ import annotations
@@ -53,7 +58,7 @@ from actors.tasks import ADMIN_ALERT, AdminAlert, serve_tasks, task_types
 from actors.telegram import TelegramClient, make_bot
 from actors.tonapi import TonApiClient
 from events import AlertRaised, HealthCheck, HealthChecked
-from events.errors import I3laniError
+from events.errors import I3laniError, StoreUnavailable
 from events.streams import OPS, OPS_ALERTS, OPS_HEALTH, actor_stream
 from store import EventStore, Fence, RecordedEvent, Transaction, views
 from store.memory import MemoryLog, MemoryTransaction
@@ -72,6 +77,8 @@ __all__ = [
     "HEALTH_STREAM",
     "LAG_LIMIT",
     "checkpoint_lag",
+    "health_samples",
+    "last_verdict",
 ]
 
 logger = logging.getLogger(__name__)
@@ -241,14 +248,18 @@ class HealthChecker(Actor[HealthState]):
         if not isinstance(message, HealthReport):
             return ()
         healthy = all(c.ok for c in message.checks)
-        emits = [
-            Emit(
-                HEALTH_STREAM,
-                HealthChecked(
-                    healthy=healthy, checks=message.checks, checked_at=message.checked_at
-                ),
+        failing = tuple(c.name for c in message.checks if not c.ok)
+        emits: list[Emit] = []
+        if state.healthy is None or (healthy, failing) != (state.healthy, state.failing):
+            # A new verdict: recorded. The same verdict again lives only in the samples.
+            emits.append(
+                Emit(
+                    HEALTH_STREAM,
+                    HealthChecked(
+                        healthy=healthy, checks=message.checks, checked_at=message.checked_at
+                    ),
+                )
             )
-        ]
         transition = health_transition(state.healthy, state.failing, message.checks)
         if transition is not None:
             subject, text = transition
@@ -272,22 +283,7 @@ class HealthChecker(Actor[HealthState]):
         assert self.queue is not None
         for emit in emits:
             event = emit.event
-            if isinstance(event, HealthChecked):
-                assert isinstance(tx, Transaction)  # _verdict refuses the in-memory log
-                await views.record_health_samples(
-                    tx,
-                    [
-                        HealthSample(
-                            checked_at=event.checked_at,
-                            name=c.name,
-                            ok=c.ok,
-                            latency_ms=c.latency_ms,
-                            detail=c.detail,
-                        )
-                        for c in event.checks
-                    ],
-                )
-            elif isinstance(event, AlertRaised):
+            if isinstance(event, AlertRaised):
                 await self.queue.add_task(
                     ADMIN_ALERT,
                     AdminAlert(alert_id=event.alert_id, text=alert_text(event)),
@@ -318,7 +314,7 @@ class HealthChecker(Actor[HealthState]):
     async def on_tick(
         self, state: HealthState, runner: ActorRunner[HealthState]
     ) -> Sequence[Message]:
-        return [await self._verdict(runner.store, runner.clock)]
+        return [await self._recorded_verdict(runner.store, runner.clock)]
 
     async def perform(
         self, state: HealthState, message: Message, runner: ActorRunner[HealthState]
@@ -334,7 +330,24 @@ class HealthChecker(Actor[HealthState]):
                     fence=runner.fence,
                 )
             return ()
-        return [await self._verdict(runner.store, runner.clock)]
+        return [await self._recorded_verdict(runner.store, runner.clock)]
+
+    async def _recorded_verdict(self, store: EventStore | MemoryLog, clock: Clock) -> HealthReport:
+        """The verdict to decide on (:meth:`_verdict`), its checks written to the samples
+        first. If the database goes away before they are written, a verdict that says it was
+        unreachable goes back to be held (recorded first once it is back); any other is
+        dropped, as a round whose commit fails is (the next round checks again)."""
+        report = await self._verdict(store, clock)
+        assert isinstance(store, EventStore)  # _verdict refuses the in-memory log
+        try:
+            await views.record_health_samples(
+                store, health_samples(report.checks, report.checked_at)
+            )
+        except StoreUnavailable:
+            if not report.passed("database"):
+                self.held.keep(report)
+            raise
+        return report
 
     async def _verdict(self, store: EventStore | MemoryLog, clock: Clock) -> HealthReport:
         """The verdict to record now: this check's, unless one reached while the database was
@@ -457,6 +470,40 @@ class HealthChecker(Actor[HealthState]):
                 )
             )
         return checks
+
+
+def health_samples(checks: Sequence[HealthCheck], checked_at: datetime) -> list[HealthSample]:
+    """One round's checks as rows of the ``health_samples`` table. Pure."""
+    return [
+        HealthSample(
+            checked_at=checked_at,
+            name=c.name,
+            ok=c.ok,
+            latency_ms=c.latency_ms,
+            detail=c.detail,
+        )
+        for c in checks
+    ]
+
+
+async def last_verdict(store: EventStore | MemoryLog) -> HealthChecked | None:
+    """The last health round, as operators see it (``i3lani health``, the dashboard, the bot's
+    /health): the latest samples; for a database that has none (written before the samples
+    held every round, or pruned) or the in-memory log, the last ``HealthChecked`` of the log;
+    None when neither."""
+    samples = await views.latest_health_samples(store) if isinstance(store, EventStore) else []
+    if samples:
+        checks = [
+            HealthCheck(name=s.name, ok=s.ok, latency_ms=s.latency_ms, detail=s.detail)
+            for s in samples
+        ]
+        return HealthChecked(
+            healthy=all(c.ok for c in checks), checks=checks, checked_at=samples[0].checked_at
+        )
+    last = await store.last_event(HEALTH_STREAM, skip_unknown=True)
+    if last is not None and isinstance(last.event, HealthChecked):
+        return last.event
+    return None
 
 
 async def checkpoint_lag(

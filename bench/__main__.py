@@ -39,7 +39,7 @@ from typing import Any
 import anyio
 import asyncpg
 
-from bench import actors, eventstore, hangs, payments, queue, scale, seals, simulate
+from bench import actors, cost, eventstore, hangs, payments, queue, scale, seals, simulate
 from bench.measure import BenchContext
 from bench.peers import find_pgbench
 from bench.report import Row, Verdict, render_table, row_to_json
@@ -63,6 +63,7 @@ SUITES: dict[str, Suite] = {
     "payments": Suite(payments.run, payments.NOTES),
     "scale": Suite(scale.run, scale.NOTES),
     "seals": Suite(seals.run, seals.NOTES),
+    "cost": Suite(cost.run, cost.NOTES),
     "hangs": Suite(hangs.run, hangs.NOTES),
     "simulate": Suite(simulate.run, simulate.NOTES, database=False),
 }

@@ -53,7 +53,7 @@ async def _one(ctx: BenchContext, fault: Fault, at_commit: bool, seed: int) -> H
     server = with_database(ctx.dsn, "postgres")
     async with fresh_database(server, prefix="i3lani_bench_hang") as dsn:
         await migrate(dsn)
-        async with EventStore.open(dsn, min_connections=1, max_connections=4) as store:
+        async with EventStore.open(dsn, max_connections=6) as store:
             return await run_hang(
                 dsn,
                 env,

@@ -23,6 +23,7 @@ __all__ = [
 class GoalKind(enum.Enum):
     RATIO_AT_LEAST = "ratio_at_least"  # i3lani / reference >= target
     BELOW = "below"  # the i3lani figure itself < target (in the row's unit)
+    AT_MOST = "at_most"  # the i3lani figure itself <= target (a count: connections, events)
     HOLDS = "holds"  # a check: passes unless the row records a failure
 
 
@@ -49,6 +50,10 @@ class Goal:
         return cls(GoalKind.BELOW, target, unit)
 
     @classmethod
+    def at_most(cls, target: float, unit: str) -> Goal:
+        return cls(GoalKind.AT_MOST, target, unit)
+
+    @classmethod
     def holds(cls, what: str) -> Goal:
         """A check rather than a figure: ``what`` must hold (the row's ``failure`` says not)."""
         return cls(GoalKind.HOLDS, 1.0, what)
@@ -58,6 +63,8 @@ class Goal:
             return f">= {self.target:.2f}x"
         if self.kind is GoalKind.HOLDS:
             return self.unit
+        if self.kind is GoalKind.AT_MOST:
+            return f"<= {self.target:g} {self.unit}".rstrip()
         return f"< {self.target:g} {self.unit}".rstrip()
 
 
@@ -92,6 +99,8 @@ class Row:
             return Verdict.PASS
         if self.goal.kind is GoalKind.BELOW:
             return Verdict.PASS if self.value < self.goal.target else Verdict.MISS
+        if self.goal.kind is GoalKind.AT_MOST:
+            return Verdict.PASS if self.value <= self.goal.target else Verdict.MISS
         ratio = self.ratio
         if ratio is None:
             return Verdict.NOT_MEASURED

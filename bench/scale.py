@@ -439,7 +439,7 @@ async def _read_passes(ctx: BenchContext, dsn: str, count: int) -> tuple[float, 
     i3lani_time = raw_time = 0.0
     i3lani_rows = raw_rows = 0
     try:
-        async with EventStore.open(dsn, min_connections=1, max_connections=2) as store:
+        async with EventStore.open(dsn, max_connections=3) as store:
 
             async def i3lani_pass() -> int:
                 done = 0
@@ -692,7 +692,7 @@ async def _idle(ctx: BenchContext, database: str, window: float, settle: float) 
     async with (
         TonApiStandIn() as tonapi,
         BotApiStandIn() as bot_api,
-        EventStore.open(dsn, min_connections=1, max_connections=2) as store,
+        EventStore.open(dsn, max_connections=3) as store,
         anyio.create_task_group() as tg,
     ):
         env = worker_environment(

@@ -36,7 +36,7 @@ import msgspec
 
 from actors.config import Plan, Settings
 from actors.control import command_outlook, issue_command, operator_command
-from actors.health import HEALTH_STREAM
+from actors.health import last_verdict
 from actors.names import ACTOR_NAMES, DEFAULT_ACTORS
 from actors.runtime import tracing
 from actors.runtime.status import actor_status
@@ -57,7 +57,6 @@ from events import (
     ChannelAdded,
     Event,
     EventMetadata,
-    HealthChecked,
     PaymentCreated,
     RewardCredited,
     RewardEarned,
@@ -447,10 +446,9 @@ class Gateway:
         return None if recorded is None else recorded.position
 
     async def health(self) -> str:
-        last = await self.store.last_event(HEALTH_STREAM, skip_unknown=True)
-        if last is None or not isinstance(last.event, HealthChecked):
+        checked = await last_verdict(self.store)
+        if checked is None:
             return "No health check recorded yet: is the HealthChecker running? (/actors)"
-        checked = last.event
         now = self._clock()
         verdict = "healthy" if checked.healthy else "FAILING"
         lines = [f"{verdict} (checked {ago(checked.checked_at, now)})"]

@@ -24,6 +24,7 @@ errors (asyncpg, httpx) are translated once, at the boundary that meets them, wi
     ├── actors.telegram.TelegramUnavailable   the Bot API cannot be reached
     ├── actors.reward_processor.RewardRefused   a credit the rules refuse (balance cap)
     ├── actors.control.CommandRefused   an operator command nothing would act on (not recorded)
+    ├── ops.export.ExportError      an export that cannot be made or does not match the log
     └── StoreError                  the event store refused or failed an operation
         ├── ConcurrencyConflict     expected stream version did not hold
         ├── EventIdReused           an event id was appended before with other content

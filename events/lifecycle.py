@@ -90,7 +90,13 @@ class ActorBackoffScheduled(Event, frozen=True, tag="ActorBackoffScheduled"):
 
 
 class ActorTicked(Event, frozen=True, tag="ActorTicked"):
-    """A periodic tick ran (stream ``tick-<actor>``): the schedule resumes from ``due_at``."""
+    """A periodic tick ran (stream ``tick-<actor>``): the schedule resumes from ``due_at``.
+
+    No longer appended by the runtime: a tick's schedule is kept beside the log
+    (``i3lani.ticks``, migration 0007), so a tick that changed nothing adds nothing to it.
+    Kept so that logs written before still decode (the runtime resumes a schedule from the
+    last one of them), and for the ``Heartbeat`` demonstration actor, whose beats are its
+    work."""
 
     actor: ActorName
     due_at: UtcDateTime

@@ -78,7 +78,7 @@ import msgspec
 from aiohttp import web
 
 from actors.control import ACTIONS, UnknownAction, command_outlook, issue_command, operator_command
-from actors.health import HEALTH_STREAM, LAG_LIMIT, checkpoint_lag
+from actors.health import LAG_LIMIT, checkpoint_lag, last_verdict
 from actors.names import ACTOR_NAMES, CATEGORIES, DEFAULT_ACTORS, UnknownActor
 from actors.refunds import (
     REFUND_EVENTS,
@@ -105,7 +105,6 @@ from events import (
     ActorStarted,
     ActorStopped,
     HealthCheck,
-    HealthChecked,
     LatePaymentReceived,
     PaymentConfirmed,
     PaymentCreated,
@@ -529,6 +528,7 @@ async def collect_metrics(store: EventStore, now: datetime) -> list[MetricFamily
     restarts = {stream.removeprefix("actor-"): count for stream, count in restarted.items()}
     statuses = await shown_statuses(store, now)
     writer = await store.oldest_writer()
+    connections = await views.connection_use(store)
     counts = await TaskQueue(store, task_types()).counts()
     lags: list[tuple[Mapping[str, str], float]] = []
     for name, category in sorted(CATEGORIES.items()):
@@ -609,6 +609,30 @@ async def collect_metrics(store: EventStore, now: datetime) -> list[MetricFamily
             "counter",
             "Payments confirmed (PaymentConfirmed events).",
             [({}, by_type.get("PaymentConfirmed", 0))],
+        ),
+        MetricFamily(
+            "i3lani_connections",
+            "gauge",
+            "Database connections each i3lani process holds, by node and purpose (listen, "
+            "lease, work: pooled); each keeps to I3LANI_MAX_CONNECTIONS.",
+            [
+                ({"node": node.node or "", "purpose": purpose}, count)
+                for node in connections.nodes
+                for purpose, count in (
+                    ("listen", node.listen),
+                    ("lease", node.lease),
+                    ("work", node.work),
+                )
+            ],
+        ),
+        MetricFamily(
+            "i3lani_server_connections",
+            "gauge",
+            "The PostgreSQL server's client connections in use (every database) and its limit.",
+            [
+                ({"kind": "in_use"}, connections.server_in_use),
+                ({"kind": "max"}, connections.server_max),
+            ],
         ),
     ]
 
@@ -896,10 +920,9 @@ async def _tasks(store: EventStore) -> TaskSummary:
 
 
 async def _health(store: EventStore) -> HealthView | None:
-    last = await store.last_event(HEALTH_STREAM, skip_unknown=True)
-    if last is None or not isinstance(last.event, HealthChecked):
+    verdict = await last_verdict(store)
+    if verdict is None:
         return None
-    verdict = last.event
     return HealthView(healthy=verdict.healthy, checked_at=verdict.checked_at, checks=verdict.checks)
 
 

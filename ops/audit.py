@@ -138,6 +138,7 @@ from events.base import check_telegram_id
 from events.errors import I3laniError, one_line
 from ops.audit_transfers import TRANSFER_CHECKS, TransferBooks, TransferSummary, summary_rows
 from store import START, Cursor, EventStore, RecordedEvent, migrate
+from store.budget import COMMAND_MAX_CONNECTIONS
 from store.integrity import append_only_problems, append_only_triggers
 from store.sealing import SealDigest, SealFeeder, SealReport, SealVerifier
 from store.stored import Rejected, StoredDecoder, StoredEvent
@@ -1378,7 +1379,7 @@ async def _audit_command(dsn: str, args: argparse.Namespace, out: TextIO) -> int
     await migrate(dsn)
 
     async def audit() -> AuditReport:
-        async with EventStore.open(dsn, min_connections=1, max_connections=2) as store:
+        async with EventStore.open(dsn, max_connections=COMMAND_MAX_CONNECTIONS) as store:
             return await run_audit(
                 store,
                 settings,

@@ -11,6 +11,9 @@
     i3lani restart|stop|start ACTOR [--reason TEXT]
     i3lani gateway [--mode webhook|polling] [--host H] [--port P]
                                     the Telegram bot: commands in, events appended
+    i3lani export --out FILE [--after N] [--upto N] | --verify FILE
+                                    a range of the log, as stored, to a compressed file;
+                                    or check one against its manifest and the log
     i3lani audit [--as-of POS|TIME] [--user ID] [--stream S] [--format table|json|csv] [--out F]
                  [--verify-seals] [--against DIGEST]
                                     replay the log, check invariants (exit 1 on discrepancies)
@@ -48,6 +51,7 @@ import socket
 import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Final, NoReturn, TextIO
 
 import anyio
@@ -63,7 +67,7 @@ from events import HealthChecked
 from events.errors import ConfigError, I3laniError, one_line
 from events.streams import ACTOR, actor_stream
 from ops import audit, demo_options, dev_options, reconcile, refunds, seals
-from ops.format import event_json, event_line, format_time
+from ops.format import event_json, event_line, format_bytes, format_time
 from ops.simulate import cli as simulate_cli
 from store import (
     EventStore,
@@ -74,6 +78,12 @@ from store import (
     migrations,
     redact_dsn,
     views,
+)
+from store.budget import (
+    COMMAND_MAX_CONNECTIONS,
+    DEFAULT_MAX_CONNECTIONS,
+    GATEWAY_MAX_CONNECTIONS,
+    max_connections_from_env,
 )
 from store.database import configured_database_url, with_database
 from store.limits import SessionLimits
@@ -155,6 +165,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     events.add_argument("--follow", action="store_true", help="keep printing new events")
     events.add_argument("--json", action="store_true", help="one JSON object per line")
+
+    export = commands.add_parser(
+        "export",
+        help="copy a range of the log, as stored, to a compressed file; or check one",
+    )
+    what = export.add_mutually_exclusive_group(required=True)
+    what.add_argument("--out", type=Path, metavar="FILE", help="write the range to FILE (.gz)")
+    what.add_argument(
+        "--verify", type=Path, metavar="FILE", help="check FILE against its manifest and the log"
+    )
+    export.add_argument(
+        "--after",
+        type=_positive_int,
+        default=0,
+        metavar="N",
+        help="start after global position N, in reading order (default: from the start)",
+    )
+    export.add_argument(
+        "--upto",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="end with the event at global position N, in reading order (default: the newest)",
+    )
 
     run = commands.add_parser("run", help="run the supervisor and its actors on this node")
     run.add_argument(
@@ -297,7 +331,7 @@ async def cmd_migrate(dsn: str, args: argparse.Namespace, out: TextIO) -> int:
 
 async def cmd_summary(dsn: str, args: argparse.Namespace, out: TextIO) -> int:
     await migrate(dsn)
-    async with EventStore.open(dsn, min_connections=1, max_connections=2) as store:
+    async with EventStore.open(dsn, max_connections=COMMAND_MAX_CONNECTIONS) as store:
         totals = await views.summary(store)
     print(f"i3lani event log at {redact_dsn(dsn)}", file=out)
     if totals.events == 0:
@@ -315,6 +349,7 @@ async def cmd_summary(dsn: str, args: argparse.Namespace, out: TextIO) -> int:
             f"to {format_time(totals.last_recorded_at)}",
             file=out,
         )
+        _print_size(totals, out)
         print("", file=out)
         print(f"  {'category':<12} {'type':<24} {'events':>9}  last recorded", file=out)
         for row in totals.by_type:
@@ -337,6 +372,41 @@ async def cmd_summary(dsn: str, args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_OK
 
 
+LOG_LIMIT = 1024**3
+"""The storage a log is measured against in `i3lani summary`: the original deployment's whole
+Render database."""
+
+
+def _print_size(totals: views.Summary, out: TextIO) -> None:
+    """The log on disk and how fast it grows (``i3lani summary``)."""
+    per_event = totals.bytes_per_event or 0.0
+    print(
+        f"  size         {format_bytes(totals.log_bytes)} on disk (table "
+        f"{format_bytes(totals.table_bytes)}, indexes {format_bytes(totals.index_bytes)}): "
+        f"{per_event:,.0f} bytes per event; the database {format_bytes(totals.database_bytes)} "
+        "in all",
+        file=out,
+    )
+    now = datetime.now(UTC)
+    growth = totals.growth_per_day(now) or 0.0
+    recent = (
+        f"{totals.events_last_day:,} events in the last 24 h, "
+        f"{totals.events_last_week:,} in the last 7 days"
+    )
+    days = totals.growth_days(now)
+    basis = "" if days >= 7 else f", from the {_span(days * 86400)} the log has lived"
+    if growth <= 0:
+        print(f"  growth       none lately ({recent})", file=out)
+        return
+    left = max(LOG_LIMIT - totals.log_bytes, 0) / growth
+    when = "within a day" if left < 1.5 else f"in {left:,.0f} days"
+    print(
+        f"  growth       about {format_bytes(growth)} a day ({recent}{basis}); at this rate "
+        f"the log reaches 1 GB {when}",
+        file=out,
+    )
+
+
 async def cmd_events(dsn: str, args: argparse.Namespace, out: TextIO) -> int:
     def show(recorded: RecordedEvent) -> None:
         print(event_json(recorded).decode() if args.json else event_line(recorded), file=out)
@@ -346,7 +416,7 @@ async def cmd_events(dsn: str, args: argparse.Namespace, out: TextIO) -> int:
     def wanted(recorded: RecordedEvent) -> bool:
         return args.stream is None or recorded.stream == args.stream
 
-    async with EventStore.open(dsn, min_connections=1, max_connections=3) as store:
+    async with EventStore.open(dsn, max_connections=COMMAND_MAX_CONNECTIONS) as store:
         start = await store.cursor_at(args.after)
         if not args.follow:
             printed = 0
@@ -410,9 +480,12 @@ async def cmd_run(dsn: str, args: argparse.Namespace, out: TextIO) -> int:
     from actors.catalog import child_specs
 
     specs = child_specs(args.actors, load_settings())
+    budget = max_connections_from_env(DEFAULT_MAX_CONNECTIONS)
     await migrate(dsn)
     node = node_name()
-    async with EventStore.open(dsn, node=node, guard_sessions=True) as store:
+    async with EventStore.open(
+        dsn, node=node, guard_sessions=True, max_connections=budget
+    ) as store:
         supervisor = Supervisor(store, specs, node=node, lease_ttl=store.limits.lease_ttl)
         print(
             f"i3lani worker {node}: supervising {', '.join(s.name for s in specs)} "
@@ -451,7 +524,7 @@ def _span(seconds: float) -> str:
 async def cmd_status(dsn: str, args: argparse.Namespace, out: TextIO) -> int:
     await migrate(dsn)
     now = datetime.now(UTC)
-    async with EventStore.open(dsn, min_connections=1, max_connections=2) as store:
+    async with EventStore.open(dsn, max_connections=COMMAND_MAX_CONNECTIONS) as store:
         statuses = [await actor_status(store, name, now) for name in ACTOR_NAMES]
         # The demonstration actors are shown once they have run somewhere.
         statuses = [s for s in statuses if s.actor in DEFAULT_ACTORS or s.state != "never started"]
@@ -459,6 +532,7 @@ async def cmd_status(dsn: str, args: argparse.Namespace, out: TextIO) -> int:
         counts = await queue.counts()
         dead = await queue.dead_letters(limit=10)
         writer = await store.oldest_writer()
+        connections = await views.connection_use(store)
     if args.json:
         report = {
             "actors": statuses,
@@ -466,13 +540,42 @@ async def cmd_status(dsn: str, args: argparse.Namespace, out: TextIO) -> int:
             "dead_letters": dead,
             "oldest_writer": writer,
             "readers_held_back": writer is not None and writer.holds_back_readers,
+            "connections": connections,
         }
         print(msgspec.json.encode(report).decode(), file=out)
         return EXIT_OK
     _print_actors(statuses, now, out)
     _print_readers(writer, out)
+    _print_connections(connections, out)
     _print_tasks(list(counts.values()), dead, now, out)
     return EXIT_OK
+
+
+def _print_connections(use: views.ConnectionUse, out: TextIO) -> None:
+    """Who holds database connections: each i3lani process (by node), within its budget of
+    I3LANI_MAX_CONNECTIONS, and the server as a whole against its limit."""
+    print(file=out)
+    print(
+        f"CONNECTIONS: {use.server_in_use} of the server's {use.server_max} in use "
+        f"(every database and client); i3lani's, per process:",
+        file=out,
+    )
+    if not use.nodes:
+        print("  none but this command's", file=out)
+        return
+    for node in use.nodes:
+        parts = [
+            f"{count} {purpose}"
+            for purpose, count in (
+                ("LISTEN", node.listen),
+                ("lease", node.lease),
+                ("pooled", node.work),
+                ("other", node.other),
+            )
+            if count
+        ]
+        name = node.node or "(no node name: commands like this one)"
+        print(f"  {name:<36} {node.total:>3}  ({', '.join(parts)})", file=out)
 
 
 def _print_readers(writer: OpenTransaction | None, out: TextIO) -> None:
@@ -552,7 +655,7 @@ def _print_actors(statuses: Sequence[ActorStatus], now: datetime, out: TextIO) -
 
 async def cmd_retry_task(dsn: str, args: argparse.Namespace, out: TextIO) -> int:
     await migrate(dsn)
-    async with EventStore.open(dsn, min_connections=1, max_connections=2) as store:
+    async with EventStore.open(dsn, max_connections=COMMAND_MAX_CONNECTIONS) as store:
         queue = TaskQueue(store, task_types())
         who = f"cli:{getpass.getuser()}@{socket.gethostname()}"
         await queue.retry_dead(args.task_id, requested_by=who)
@@ -577,10 +680,10 @@ def _task_id(text: str) -> int:
 
 
 async def cmd_health(dsn: str, args: argparse.Namespace, out: TextIO) -> int:
-    from actors.health import HEALTH_STREAM
+    from actors.health import last_verdict
 
     await migrate(dsn)
-    async with EventStore.open(dsn, min_connections=1, max_connections=3) as store:
+    async with EventStore.open(dsn, max_connections=COMMAND_MAX_CONNECTIONS) as store:
         if args.now:
             report = await _check_now(store)
             verdict = HealthChecked(
@@ -589,15 +692,15 @@ async def cmd_health(dsn: str, args: argparse.Namespace, out: TextIO) -> int:
                 checked_at=report.checked_at,
             )
         else:
-            last = await store.last_event(HEALTH_STREAM, skip_unknown=True)
-            if last is None or not isinstance(last.event, HealthChecked):
+            last = await last_verdict(store)
+            if last is None:
                 print(
                     "no health check recorded yet (the HealthChecker records one every "
                     "I3LANI_HEALTH_INTERVAL seconds); `i3lani health --now` runs them here",
                     file=out,
                 )
                 return EXIT_ERROR
-            verdict = last.event
+            verdict = last
     if args.json:
         print(msgspec.json.encode(verdict).decode(), file=out)
         return EXIT_OK if verdict.healthy else EXIT_ERROR
@@ -646,7 +749,7 @@ async def cmd_control(dsn: str, args: argparse.Namespace, out: TextIO) -> int:
     who = f"cli:{getpass.getuser()}@{socket.gethostname()}"
     command = operator_command(args.command, args.actor, requested_by=who, reason=args.reason)
     await migrate(dsn)
-    async with EventStore.open(dsn, min_connections=1, max_connections=2) as store:
+    async with EventStore.open(dsn, max_connections=COMMAND_MAX_CONNECTIONS) as store:
         status = await actor_status(store, args.actor, datetime.now(UTC))
         outlook = command_outlook(command.action, status)
         if outlook.refused:
@@ -702,8 +805,9 @@ async def cmd_gateway(dsn: str, args: argparse.Namespace, out: TextIO) -> int:
     if args.mode == "webhook":
         check_webhook_secret(config.webhook_secret)
     port = args.port if args.port is not None else _port_from_env()
+    budget = max_connections_from_env(GATEWAY_MAX_CONNECTIONS)
     await migrate(dsn)
-    async with EventStore.open(dsn, node=node_name()) as store:
+    async with EventStore.open(dsn, node=node_name(), max_connections=budget) as store:
 
         async def serve() -> None:
             await run_gateway(
@@ -737,6 +841,38 @@ def _port_from_env(env: Mapping[str, str] = os.environ) -> int:
     if not 0 <= port <= 65535:
         raise ConfigError(f"PORT must be between 0 and 65535, got {port}")
     return port
+
+
+async def cmd_export(dsn: str, args: argparse.Namespace, out: TextIO) -> int:
+    from ops.export import export_range, verify_export
+
+    await migrate(dsn)
+    async with EventStore.open(dsn, max_connections=COMMAND_MAX_CONNECTIONS) as store:
+        if args.verify is not None:
+            verified = await verify_export(store, args.verify)
+            print(
+                f"verified {args.verify}: {verified.events:,} events, the same as the log's"
+                + (
+                    f" (positions {verified.first_position} to {verified.last_position})"
+                    if verified.events
+                    else ""
+                ),
+                file=out,
+            )
+            return EXIT_OK
+        after = await store.cursor_at(args.after)
+        upto = None if args.upto is None else await store.cursor_at(args.upto)
+        manifest = await export_range(store, args.out, after=after, upto=upto)
+        totals = await views.summary(store)
+    per_event = manifest.compressed_bytes / manifest.events if manifest.events else 0.0
+    stored = totals.bytes_per_event or 0.0
+    print(
+        f"exported {manifest.events:,} events (positions {manifest.first_position} to "
+        f"{manifest.last_position}) to {args.out}: {format_bytes(manifest.compressed_bytes)}, "
+        f"{per_event:,.0f} bytes per event compressed, {stored:,.0f} in the log",
+        file=out,
+    )
+    return EXIT_OK
 
 
 async def cmd_audit(dsn: str, args: argparse.Namespace, out: TextIO) -> int:
@@ -782,6 +918,7 @@ COMMANDS: dict[str, Callable[[str, argparse.Namespace, TextIO], Awaitable[int]]]
     "seal": cmd_seal,
     "refunds": cmd_refunds,
     "reconcile": cmd_reconcile,
+    "export": cmd_export,
     "demo": cmd_demo,
     "dev": cmd_dev,
     "gateway": cmd_gateway,

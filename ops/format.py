@@ -12,7 +12,7 @@ import msgspec
 from events import NANOTONS_PER_TON
 from store import RecordedEvent
 
-__all__ = ["format_ton", "format_time", "event_line", "event_json"]
+__all__ = ["format_ton", "format_bytes", "format_time", "event_line", "event_json"]
 
 
 def format_ton(nanotons: int) -> str:
@@ -20,6 +20,16 @@ def format_ton(nanotons: int) -> str:
     value = (Decimal(nanotons) / NANOTONS_PER_TON).normalize()
     text = format(value, "f")
     return f"{text} TON"
+
+
+def format_bytes(size: float) -> str:
+    """A size for people: ``812 bytes``, ``48.0 kB``, ``2.1 MB``, ``1.30 GB`` (powers of 1024)."""
+    if size < 1024:
+        return f"{size:,.0f} bytes"
+    for unit, scale in (("kB", 1024), ("MB", 1024**2)):
+        if size < 1024 * scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size / 1024**3:.2f} GB"
 
 
 def format_time(moment: datetime) -> str:

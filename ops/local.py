@@ -36,6 +36,7 @@ from ops.demo_options import RESERVED_DATABASES, check_database_name
 from ops.standins import BotApiStandIn, TonApiStandIn
 from store import EventStore, migrate, redact_dsn
 from store.admin import DatabaseRefused, create_database, database_exists, drop_database
+from store.budget import COMMAND_MAX_CONNECTIONS
 from store.database import with_database
 from supervisor import Supervisor
 
@@ -177,7 +178,7 @@ async def start_local_system(
     worker_store = await stack.enter_async_context(EventStore.open(dsn, node=node))
     gateway_store = await stack.enter_async_context(EventStore.open(dsn, node=node))
     watch_store = await stack.enter_async_context(
-        EventStore.open(dsn, min_connections=1, max_connections=3)
+        EventStore.open(dsn, max_connections=COMMAND_MAX_CONNECTIONS)
     )
     supervisor = Supervisor(worker_store, specs_for(settings), node=node, rng=rng)
     config = GatewayConfig(

@@ -28,7 +28,7 @@ import sys
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
@@ -38,6 +38,7 @@ import anyio
 import msgspec
 from anyio.abc import Process
 
+from actors.health import health_samples
 from actors.names import PRODUCT_ACTORS
 from actors.tasks import REWARD_DISTRIBUTION, RewardDistribution, task_types
 from events import (
@@ -47,7 +48,6 @@ from events import (
     ActorRestarted,
     ActorStarted,
     ActorStopped,
-    ActorTicked,
     Event,
     HealthCheck,
     HealthChecked,
@@ -69,7 +69,6 @@ from events.streams import (
     member_stream,
     payment_refund_stream,
     payment_stream,
-    tick_stream,
     user_stream,
 )
 from ops.admin import serve_admin_app
@@ -77,6 +76,7 @@ from store import EventStore, TaskProcessor, TaskQueue, TaskTypes, database_url,
 from store.admin import backdate_events, create_database, drop_database
 from store.database import with_database
 from store.tasks import RetryPolicy, TaskContext
+from store.views import HealthSample, record_health_samples
 
 __all__ = [
     "Chromium",
@@ -311,12 +311,20 @@ class _Timeline:
 
     now: datetime
     entries: list[tuple[datetime, str, Event]]
+    ticks: dict[str, datetime] = field(default_factory=dict)
+    """Each actor's last tick (its tick schedule, beside the log)."""
+    health: list[HealthSample] = field(default_factory=list)
+    """The last health round's samples (the table the dashboard reads them from)."""
 
     def at(self, minutes_ago: float) -> datetime:
         return self.now - timedelta(minutes=minutes_ago)
 
     def add(self, minutes_ago: float, stream: str, event: Event) -> None:
         self.entries.append((self.at(minutes_ago), stream, event))
+
+    def tick(self, minutes_ago: float, actor: str) -> None:
+        moment = self.at(minutes_ago)
+        self.ticks[actor] = max(moment, self.ticks.get(actor, moment))
 
 
 def _lifecycle(line: _Timeline) -> None:
@@ -413,11 +421,7 @@ def _lifecycle(line: _Timeline) -> None:
         ("RewardProcessor", 1.9),
         ("HealthChecker", 3.8),
     ):
-        line.add(
-            minutes_ago,
-            tick_stream(name),
-            ActorTicked(actor=name, due_at=line.at(minutes_ago), ticked_at=line.at(minutes_ago)),
-        )
+        line.tick(minutes_ago, name)
 
 
 def _activity(line: _Timeline) -> None:
@@ -429,11 +433,7 @@ def _activity(line: _Timeline) -> None:
     minute = 12.0
     while minute > 0:
         lt += 1_000
-        line.add(
-            minute,
-            tick_stream("PaymentMonitor"),
-            ActorTicked(actor="PaymentMonitor", due_at=line.at(minute), ticked_at=line.at(minute)),
-        )
+        line.tick(minute, "PaymentMonitor")
         line.add(
             minute - 0.001,
             scan_stream,
@@ -604,6 +604,7 @@ def _health(line: _Timeline) -> None:
         HealthCheck(name="lag:RewardProcessor", ok=True, detail="2 event(s) behind"),
     ]
     line.add(3.8, OPS_HEALTH, HealthChecked(healthy=False, checks=checks, checked_at=line.at(3.8)))
+    line.health = health_samples(checks, line.at(3.8))
 
 
 async def _tasks(store: EventStore) -> None:
@@ -661,6 +662,9 @@ async def seed_showcase(store: EventStore, dsn: str, now: datetime | None = None
         result = await store.append(stream, [event])
         positions.append(result.last_position)
         moments.append(moment)
+    for actor, moment in line.ticks.items():
+        await store.save_tick(actor, moment, moment)
+    await record_health_samples(store, line.health)
     await _tasks(store)
     await backdate_events(dsn, positions, moments)
 

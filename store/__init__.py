@@ -44,6 +44,7 @@ from store.records import (
     Expected,
     ExpectedVersion,
     RecordedEvent,
+    TickRecord,
 )
 from store.subscription import Subscription
 from store.tasks import (
@@ -89,6 +90,7 @@ __all__ = [
     "Expected",
     "ExpectedVersion",
     "RecordedEvent",
+    "TickRecord",
     "migrate",
     "migrations",
     "database_url",

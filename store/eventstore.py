@@ -27,6 +27,7 @@ The store knows nothing of payments or actors; it stores whatever the registry c
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import uuid
@@ -52,7 +53,18 @@ from events.errors import (
     StaleGeneration,
     StoreError,
 )
+from events.registry import same_payload
 from store._batching import GroupCommit, ThrottledNotify
+from store._wakeup import Listener, ListenHub, ListenStatistics
+from store.budget import (
+    DEFAULT_MAX_CONNECTIONS,
+    IDLE_LIFETIME,
+    BudgetedPool,
+    PoolStatistics,
+    check_budget,
+    max_connections_from_env,
+    pool_size,
+)
 from store.database import redact_dsn
 from store.driver import DRIVER_ERRORS, driver_errors, translate
 from store.limits import Purpose, SessionLimits, apply_socket_limits
@@ -69,6 +81,7 @@ from store.records import (
     Expected,
     Page,
     RecordedEvent,
+    TickRecord,
 )
 from store.stored import StoredDecoder, StoredEvent, StoredPage
 from store.subscription import Subscription
@@ -92,6 +105,8 @@ MAX_STREAMS_PER_STATEMENT = 1000
 """Appends (distinct streams) per statement in :meth:`Transaction.append_many`."""
 _MAX_COMBINED_EVENTS = 1_000  # group commit: events per combined statement, at most
 _ANY_RETRIES = 20  # an ANY append that keeps losing races this often gives up loudly
+LINGER = 2.0
+"""Seconds a borrowed connection (the lone writer's, ...) stays unused before it goes back."""
 
 S = TypeVar("S", bound=msgspec.Struct)
 
@@ -215,12 +230,33 @@ class OpenTransaction(msgspec.Struct, frozen=True, kw_only=True):
         return self.events_waiting > 0
 
 
+class ConnectionStatistics(msgspec.Struct, frozen=True, kw_only=True):
+    """A store's connections at one moment (:meth:`EventStore.connection_statistics`): its
+    budget, its pool, and whether its LISTEN and lease connections are open. At most
+    ``budget`` in all: ``pool.size`` + 1 + 1."""
+
+    budget: int
+    pool: PoolStatistics
+    listening: bool
+    lease: bool
+
+    @property
+    def open(self) -> int:
+        return self.pool.size + int(self.listening) + int(self.lease)
+
+
 class NewEvent(msgspec.Struct, frozen=True, kw_only=True):
     """An event to append with a chosen id (for idempotent retries) and/or its own metadata."""
 
     event: Event
     event_id: uuid.UUID = msgspec.field(default_factory=environment.new_uuid)
     metadata: EventMetadata | None = None
+
+
+def _check_tick_name(name: str) -> None:
+    # PostgreSQL's CHECK refuses it too (ticks_name_check).
+    if not isinstance(name, str) or not 1 <= len(name) <= 200:
+        raise ValueError(f"a tick schedule's name is 1 to 200 characters, got {name!r}")
 
 
 def _check_stream(stream: str) -> None:
@@ -311,10 +347,71 @@ async def _no_reset(conn: asyncpg.Connection) -> None:
     transaction. Code given ``Transaction.connection`` must not change session state either."""
 
 
+class _Borrowed:
+    """A pooled connection kept by one job that runs one statement after another (the lone
+    writer's appends, the group commit's flushes): taken from the pool at its first use, kept
+    while uses follow closely (no pool round trip each time), given back once it has sat
+    unused for :data:`LINGER` seconds (:meth:`EventStore._give_back_idle`), so that an idle
+    process holds no connection for it, and at once after a use while others wait for a
+    connection. One use at a time."""
+
+    def __init__(self, store: EventStore) -> None:
+        self.store = store
+        self._cm: contextlib.AbstractAsyncContextManager[Connection] | None = None
+        self._conn: Connection | None = None
+        self._busy = False
+        self.used_at = 0.0
+
+    @property
+    def held(self) -> bool:
+        return self._conn is not None
+
+    @property
+    def idle(self) -> bool:
+        return not self._busy and anyio.current_time() - self.used_at >= LINGER
+
+    @contextlib.asynccontextmanager
+    async def use(self) -> AsyncIterator[Connection]:
+        """The connection for one use (waiting for one within the budget, if none is held). A
+        failure other than PostgreSQL's answer (a lost connection, a cancellation
+        mid-statement) drops it: its protocol state is not to be trusted."""
+        if self._conn is None or self._conn.is_closed():
+            self._drop()
+            cm = self.store._pool.acquire()
+            self._conn = await cm.__aenter__()
+            self._cm = cm
+            self.store._borrowed.set()
+        self._busy = True
+        try:
+            yield self._conn
+        except (StoreError, _RetryAppendError, asyncpg.PostgresError):
+            raise  # the connection is fine
+        except BaseException:
+            self._drop()
+            raise
+        finally:
+            self._busy = False
+            self.used_at = anyio.current_time()
+            if self.store._pool.waiting:
+                # Others wait for a connection: never keep one idle while they do.
+                await self.give_back()
+
+    def _drop(self) -> None:
+        """Terminate the connection (the pool takes its place back at once)."""
+        conn, self._conn, self._cm = self._conn, None, None
+        if conn is not None:
+            conn.terminate()
+
+    async def give_back(self) -> None:
+        cm, self._conn, self._cm = self._cm, None, None
+        if cm is not None:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+                await cm.__aexit__(None, None, None)
+
+
 class _Dedicated:
-    """A connection of the store's own, for one job at a time (direct appends, combined
-    appends, notifications, leases): no pool round trips. Reconnects on next use after a
-    failure."""
+    """A connection of the store's own, outside the pool, for lease statements: never
+    starved by a busy pool. Reconnects on next use after a failure."""
 
     def __init__(self, store: EventStore, purpose: Purpose = "work") -> None:
         self.store = store
@@ -326,6 +423,10 @@ class _Dedicated:
             self._conn = None
             self._conn = await self.store.connect(self.purpose)
         return self._conn
+
+    @property
+    def held(self) -> bool:
+        return self._conn is not None and not self._conn.is_closed()
 
     def discard(self) -> None:
         """Drop the connection (after an error or a cancellation mid-statement)."""
@@ -383,8 +484,8 @@ class EventStore(PagedReads):
         *,
         registry: EventRegistry = DEFAULT_REGISTRY,
         node: str | None = None,
-        min_connections: int = 2,
-        max_connections: int = 10,
+        min_connections: int = 1,
+        max_connections: int | None = None,
         group_commit: bool = True,
         limits: SessionLimits | None = None,
         guard_sessions: bool = False,
@@ -398,10 +499,17 @@ class EventStore(PagedReads):
         self.limits = limits
         self.registry = registry
         self.node = node
-        self._min = min_connections
-        self._max = max_connections
+        budget = (
+            max_connections
+            if max_connections is not None
+            else max_connections_from_env(DEFAULT_MAX_CONNECTIONS)
+        )
+        check_budget(budget)
+        self.max_connections = budget
+        """The most connections this store holds at once (see :mod:`store.budget`)."""
+        self._min = max(1, min(min_connections, pool_size(budget)))
         self._group_commit = group_commit
-        self._opened: asyncpg.Pool | None = None
+        self._opened: BudgetedPool | None = None
         self._tg: TaskGroup | None = None
         self._metadata_encoder = msgspec.json.Encoder()
         self._decoder = StoredDecoder(registry)
@@ -415,13 +523,15 @@ class EventStore(PagedReads):
         self._dirty_categories: set[str] = set()
         self._notify = ThrottledNotify(self._send_notifications, what="subscribers")
         self._closed = False
-        self._writer = _Dedicated(self)
-        self._batcher = _Dedicated(self)
-        self._notifier_conn = _Dedicated(self)
+        self._writer = _Borrowed(self)
+        self._batcher = _Borrowed(self)
+        self._borrowed = anyio.Event()  # set when one of them takes a connection
         # Lease statements: a connection of their own (never starved by a busy pool) with a
         # short lock_timeout (store/limits.py), one statement at a time.
         self._lease_conn = _Dedicated(self, "lease")
         self._lease_lock: anyio.Lock | None = None
+        # Every subscription and task processor of this store listens on one connection.
+        self._hub = ListenHub.for_database(dsn, limits)
         self._guard_sessions = guard_sessions
         self.stuck_sessions_ended = 0
         """Sessions the session guard ended (see :meth:`_session_guard`)."""
@@ -434,16 +544,19 @@ class EventStore(PagedReads):
     # -- lifecycle --------------------------------------------------------------------------
     async def __aenter__(self) -> Self:
         with driver_errors(connecting_to=redact_dsn(self.dsn)):
-            self._opened = await asyncpg.create_pool(
+            pool = await asyncpg.create_pool(
                 self.dsn,
                 min_size=self._min,
-                max_size=self._max,
+                max_size=pool_size(self.max_connections),
+                max_inactive_connection_lifetime=IDLE_LIFETIME,
                 init=self._setup_pooled,
                 reset=_no_reset,
                 **self.limits.connect_kwargs("work"),
             )
+        self._opened = BudgetedPool(pool, budget=self.max_connections)
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
+        self._tg.start_soon(self._give_back_idle)
         self._notify.start(self._tg)
         if self._group_commit:
             self._commit.start(self._tg)
@@ -470,8 +583,10 @@ class EventStore(PagedReads):
             await self._tg.__aexit__(None, None, None)
             self._commit.fail_queued()  # appends still queued when the store closes never ran
         with anyio.CancelScope(shield=True):
-            for dedicated in (self._writer, self._batcher, self._notifier_conn, self._lease_conn):
-                await dedicated.close()
+            await self._hub.close()
+            for borrowed in (self._writer, self._batcher):
+                await borrowed.give_back()
+            await self._lease_conn.close()
         if self._opened is not None:
             with anyio.CancelScope(shield=True), anyio.move_on_after(5) as scope:
                 await self._opened.close()
@@ -500,7 +615,9 @@ class EventStore(PagedReads):
         """End i3lani sessions frozen mid-statement with a transaction open (the one case the
         idle-transaction bound does not cover; see ``end_stuck_sessions`` in queries.sql),
         every half idle-transaction bound (at most every 0.5 s), so that a frozen or cut-off
-        node holds no lock and no reader back for longer than that bound plus the interval.
+        node holds no lock and no reader back for longer than that bound plus the interval. It
+        runs on the lease connection, outside the pool: a pool kept busy to its budget never
+        holds it up.
         On PostgreSQL 17+ ``transaction_timeout`` ends them too, but only after the statement
         bound, which is longer. Run by the processes that keep the system going
         (``i3lani run``), so that any one of them frees the others; a failure to look (no
@@ -510,8 +627,7 @@ class EventStore(PagedReads):
         while True:
             await anyio.sleep(interval)
             try:
-                with driver_errors():
-                    ended = await self._pool.fetch(query("end_stuck_sessions"), bound)
+                ended = await self._on_lease_connection("fetch", "end_stuck_sessions", bound)
             except StoreError as exc:
                 logger.warning(
                     "cannot look for stuck sessions: %s", exc, extra={"action": "guard_failed"}
@@ -533,13 +649,19 @@ class EventStore(PagedReads):
         """Run named query ``name`` on the store's lease connection (see
         :mod:`store.leases`): StoreUnavailable when PostgreSQL is unreachable or the statement
         ran out of time (a lock held elsewhere: ``__cause__`` says which)."""
+        return await self._on_lease_connection("fetchval", name, *args)
+
+    async def _on_lease_connection(self, method: str, name: str, *args: object) -> Any:
+        """Named query ``name`` on the connection outside the pool that lease statements and
+        the session guard share: the work that keeps nodes apart is never starved by a busy
+        pool, whatever the budget. One statement at a time."""
         if self._lease_lock is None:
             self._lease_lock = anyio.Lock()
         async with self._lease_lock:
             with driver_errors(what="a lease statement"):
                 conn = await self._lease_conn.get()
                 try:
-                    return await conn.fetchval(query(name), *args)
+                    return await getattr(conn, method)(query(name), *args)
                 except asyncpg.PostgresError:
                     raise  # the connection itself is fine
                 except BaseException:
@@ -547,8 +669,30 @@ class EventStore(PagedReads):
                     self._lease_conn.discard()
                     raise
 
+    async def _give_back_idle(self) -> None:
+        """Give the borrowed connections back to the pool once unused for LINGER seconds;
+        asleep while none is held."""
+        borrowers = (self._writer, self._batcher)
+        while True:
+            await self._borrowed.wait()
+            await anyio.sleep(LINGER)
+            for borrowed in borrowers:
+                if borrowed.held and borrowed.idle:
+                    await borrowed.give_back()
+            if not any(borrowed.held for borrowed in borrowers):
+                self._borrowed = anyio.Event()
+
+    def connection_statistics(self) -> ConnectionStatistics:
+        """This store's connections at this moment, within its budget."""
+        return ConnectionStatistics(
+            budget=self.max_connections,
+            pool=self._pool.statistics(),
+            listening=self._hub.connected,
+            lease=self._lease_conn.held,
+        )
+
     @property
-    def _pool(self) -> asyncpg.Pool:
+    def _pool(self) -> BudgetedPool:
         """The store's connection pool: for store/ and its tests only (StoreError when the
         store is not open). Everything else goes through the store's methods."""
         if self._opened is None:
@@ -608,7 +752,7 @@ class EventStore(PagedReads):
         return result
 
     async def _append_with_retries(
-        self, request: _Request, dedicated: _Dedicated | None
+        self, request: _Request, dedicated: _Borrowed | None
     ) -> AppendResult:
         for attempt in range(_ANY_RETRIES):
             try:
@@ -627,16 +771,9 @@ class EventStore(PagedReads):
             f"gave up appending to {request.stream!r}: lost {_ANY_RETRIES} races in a row"
         )
 
-    async def _on_dedicated(self, dedicated: _Dedicated, request: _Request) -> AppendResult:
-        conn = await dedicated.get()
-        try:
+    async def _on_dedicated(self, dedicated: _Borrowed, request: _Request) -> AppendResult:
+        async with dedicated.use() as conn:
             return await self._append_on(conn, request, in_transaction=False)
-        except (StoreError, _RetryAppendError, asyncpg.PostgresError):
-            raise  # the connection is fine
-        except BaseException:
-            # Lost, or cancelled mid-statement: do not trust its protocol state.
-            dedicated.discard()
-            raise
 
     async def _append_on(
         self, conn: Connection, request: _Request, *, in_transaction: bool
@@ -832,9 +969,9 @@ class EventStore(PagedReads):
         for row, record in zip(request.rows, records, strict=True):
             if record["stream"] != request.stream:
                 raise EventIdReused(row.event_id, f"it is stored in stream {record['stream']!r}")
-            if record["type"] != row.type or msgspec.json.decode(
-                record["payload"]
-            ) != msgspec.json.decode(row.payload):
+            if record["type"] != row.type or not same_payload(
+                record["payload"], row.payload, row.type
+            ):
                 raise EventIdReused(row.event_id, f"stored as another {record['type']}")
         versions = [record["stream_version"] for record in records]
         if versions != list(range(versions[0], versions[0] + len(versions))):
@@ -868,8 +1005,7 @@ class EventStore(PagedReads):
                 batch[0].result = await self._append_with_retries(batch[0], dedicated)
             else:
                 try:
-                    conn = await dedicated.get()
-                    try:
+                    async with dedicated.use() as conn:
                         outcomes = await self._append_many_on(conn, batch)
                         for request, outcome in zip(batch, outcomes, strict=True):
                             try:
@@ -883,11 +1019,6 @@ class EventStore(PagedReads):
                                     request.result = outcome
                             except StoreError as exc:
                                 request.error = exc
-                    except (StoreError, asyncpg.PostgresError):
-                        raise
-                    except BaseException:
-                        dedicated.discard()
-                        raise
                 except asyncpg.UniqueViolationError:
                     # A race with another process, or a retried event id: the statement wrote
                     # nothing. Let each request sort itself out on its own.
@@ -930,12 +1061,7 @@ class EventStore(PagedReads):
         categories = ",".join(sorted(self._dirty_categories))[:7000]
         self._dirty_categories = set()
         with driver_errors(what="a notification"):
-            conn = await self._notifier_conn.get()
-            try:
-                await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, categories)
-            except BaseException:
-                self._notifier_conn.discard()
-                raise
+            await self._pool.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, categories)
 
     # -- reading ------------------------------------------------------------------------------
     def _decode_all(
@@ -1056,6 +1182,25 @@ class EventStore(PagedReads):
             )
         return held
 
+    def listener(
+        self,
+        channel: str,
+        *,
+        on_notify: Callable[[str], None],
+        on_lost: Callable[[], None] | None = None,
+        who: str,
+        poll_interval: float,
+    ) -> Listener:
+        """A follower of NOTIFY ``channel`` on this store's LISTEN connection, the one this
+        process opens for all its subscriptions and task processors (:mod:`store._wakeup`)."""
+        return self._hub.listener(
+            channel, on_notify=on_notify, on_lost=on_lost, who=who, poll_interval=poll_interval
+        )
+
+    def listen_statistics(self) -> ListenStatistics:
+        """The LISTEN connection at this moment: open or not, and its followers per channel."""
+        return self._hub.statistics()
+
     def subscribe(
         self,
         name: str | None = None,
@@ -1144,6 +1289,49 @@ class EventStore(PagedReads):
             raise CheckpointConflict(
                 name, expected, None if actual is None else Cursor(actual[0], actual[1])
             )
+
+    # -- tick schedules -----------------------------------------------------------------------
+    async def load_tick(self, name: str) -> TickRecord | None:
+        """Actor ``name``'s tick schedule as last saved, or None (table ``i3lani.ticks``)."""
+        with driver_errors(what="reading a tick schedule"):
+            record = await self._pool.fetchrow(query("load_tick"), name)
+        if record is None:
+            return None
+        return TickRecord(
+            due_at=record[0], ticked_at=record[1], node=record[2], generation=record[3]
+        )
+
+    async def save_tick(
+        self,
+        name: str,
+        due_at: datetime,
+        ticked_at: datetime,
+        *,
+        node: str | None = None,
+        fence: Fence | None = None,
+        connection: Connection | None = None,
+    ) -> None:
+        """Record that actor ``name``'s tick due at ``due_at`` ran at ``ticked_at`` on
+        ``node`` (default: the store's): the schedule resumes from it after a restart, a
+        deploy or on another node. Overwritten in place; with ``fence``, StaleGeneration unless
+        that lease generation is current."""
+        _check_tick_name(name)
+        if fence is not None:
+            fence.check()
+        conn: Any = connection if connection is not None else self._pool
+        with driver_errors(fence=fence, what="saving a tick schedule"):
+            stored = await conn.fetchval(
+                query("save_tick"),
+                name,
+                due_at,
+                ticked_at,
+                fence.lease if fence is not None else None,
+                fence.generation if fence is not None else None,
+                node if node is not None else self.node,
+            )
+        if stored is None:
+            assert fence is not None  # only a fence refuses it
+            raise StaleGeneration(fence.lease, fence.generation)
 
     # -- snapshots ----------------------------------------------------------------------------
     async def save_snapshot(self, stream: str, version: int, state: msgspec.Struct) -> None:
@@ -1303,6 +1491,21 @@ class Transaction:
         self.fenced(fence)
         await self.store.save_checkpoint(
             name, cursor, expected=expected, connection=self.connection, fence=fence
+        )
+
+    async def save_tick(
+        self,
+        name: str,
+        due_at: datetime,
+        ticked_at: datetime,
+        *,
+        node: str | None = None,
+        fence: Fence | None = None,
+    ) -> None:
+        """:meth:`EventStore.save_tick`, committed with this transaction's appends."""
+        self.fenced(fence)
+        await self.store.save_tick(
+            name, due_at, ticked_at, node=node, fence=fence, connection=self.connection
         )
 
     async def stored_ids(self, event_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:

@@ -65,9 +65,9 @@ commit of a transaction that made them.
     with the state of the leases at that very moment. It must not raise. Default: none.
 ``lost_ack``
     ``(operation) -> bool``, called after a write has committed (``"append"``, ``"commit"``,
-    ``"save_checkpoint"``, ``"lease"``): True makes the caller see :class:`StoreUnavailable`
-    although the write is done, as when the connection drops between PostgreSQL's commit and
-    its answer. Default: never.
+    ``"save_checkpoint"``, ``"save_tick"``, ``"lease"``): True makes the caller see
+    :class:`StoreUnavailable` although the write is done, as when the connection drops
+    between PostgreSQL's commit and its answer. Default: never.
 """
 
 from __future__ import annotations
@@ -96,6 +96,7 @@ from events.errors import (
     StoreError,
     StoreUnavailable,
 )
+from events.registry import same_payload
 from store.eventstore import (
     Append,
     Fence,
@@ -109,7 +110,7 @@ from store.eventstore import (
     _state_type,
 )
 from store.reading import PagedReads
-from store.records import ANY, START, AppendResult, Cursor, Expected, RecordedEvent
+from store.records import ANY, START, AppendResult, Cursor, Expected, RecordedEvent, TickRecord
 from store.stored import StoredDecoder, StoredEvent, StoredPage
 from store.subscription import Subscription
 
@@ -134,6 +135,7 @@ W = TypeVar("W", bound="SideWrites")
 READS: Final = frozenset(
     {
         "load_checkpoint",
+        "load_tick",
         "load_snapshot",
         "stream_version",
         "read_stream",
@@ -155,6 +157,7 @@ OPERATIONS: Final = READS | {
     "begin",
     "commit",
     "save_checkpoint",
+    "save_tick",
     "save_snapshot",
     "lease",
 }
@@ -162,6 +165,12 @@ OPERATIONS: Final = READS | {
 
 _NO_METADATA = EventMetadata()
 _EMPTY_METADATA = b"{}"
+
+
+def _check_tick_name(name: str) -> None:
+    # PostgreSQL's CHECK refuses it too (ticks_name_check).
+    if not isinstance(name, str) or not 1 <= len(name) <= 200:
+        raise ValueError(f"a tick schedule's name is 1 to 200 characters, got {name!r}")
 
 
 def _check_checkpoint_name(name: str) -> None:
@@ -261,6 +270,7 @@ class _Tx:
     transaction_id: int | None = None
     rows: list[_Stored] = field(default_factory=list)
     checkpoints: dict[str, Cursor] = field(default_factory=dict)
+    ticks: dict[str, TickRecord] = field(default_factory=dict)
     claims: set[Hashable] = field(default_factory=set)
     fences: set[Fence] = field(default_factory=set)
     side: dict[Hashable, SideWrites] = field(default_factory=dict)
@@ -321,6 +331,7 @@ class MemoryLog(PagedReads):
         self._open: dict[int, _Tx] = {}  # transactions that have written, by transaction id
         self._claims: dict[Hashable, _Tx] = {}
         self._checkpoints: dict[str, Cursor] = {}
+        self._ticks: dict[str, TickRecord] = {}
         self._snapshots: dict[str, tuple[int, str, bytes]] = {}
         self._leases: dict[str, int] = {}  # generation, by lease: what fences are checked on
         self._lease_rows: dict[str, _LeaseRow] = {}  # holder and times, for lease_fetchval
@@ -574,6 +585,7 @@ class MemoryLog(PagedReads):
             self._by_id[row.event_id] = row
             self._by_position[row.position] = row
         self._checkpoints.update(tx.checkpoints)
+        self._ticks.update(tx.ticks)
         for writes in tx.side.values():
             writes.commit()  # with the events, before anyone waiting on tx looks again
         tx.committed = True
@@ -729,9 +741,7 @@ class MemoryLog(PagedReads):
         for row, record in zip(request.rows, records, strict=True):
             if record.stream != request.stream:
                 raise EventIdReused(row.event_id, f"it is stored in stream {record.stream!r}")
-            if record.type != row.type or msgspec.json.decode(
-                record.payload
-            ) != msgspec.json.decode(row.payload):
+            if record.type != row.type or not same_payload(record.payload, row.payload, row.type):
                 raise EventIdReused(row.event_id, f"stored as another {record.type}")
         versions = [record.version for record in records]
         if versions != list(range(versions[0], versions[0] + len(versions))):
@@ -828,11 +838,19 @@ class MemoryLog(PagedReads):
         _check_checkpoint_name(name)
         if fence is not None:
             fence.check()
-        await self._enter("save_checkpoint")
+        await self._write_alone(
+            "save_checkpoint",
+            lambda tx: self._save_checkpoint_in(tx, name, cursor, expected, fence),
+        )
+
+    async def _write_alone(self, operation: str, write: Callable[[_Tx], None]) -> None:
+        """One write in a transaction of its own (PostgreSQL's single statement): waits for
+        a transaction holding what it needs, then commits."""
+        await self._enter(operation)
         while True:
             tx = _Tx(started_at=self.clock())
             try:
-                self._save_checkpoint_in(tx, name, cursor, expected, fence)
+                write(tx)
             except _Blocked as blocked:
                 await self._wait_for(blocked, None)
                 continue
@@ -840,7 +858,7 @@ class MemoryLog(PagedReads):
                 self._end(tx)
                 raise
             self._commit(tx)
-            self._acknowledge("save_checkpoint")
+            self._acknowledge(operation)
             return
 
     def _save_checkpoint_in(
@@ -854,6 +872,48 @@ class MemoryLog(PagedReads):
         self._claims[("checkpoint", name)] = tx
         tx.claims.add(("checkpoint", name))
         tx.checkpoints[name] = cursor
+        if fence is not None:
+            tx.fences.add(fence)
+
+    # -- tick schedules ---------------------------------------------------------------------
+    async def load_tick(self, name: str) -> TickRecord | None:
+        """Actor ``name``'s tick schedule as last saved, or None."""
+        await self._enter("load_tick")
+        return self._ticks.get(name)
+
+    async def save_tick(
+        self,
+        name: str,
+        due_at: datetime,
+        ticked_at: datetime,
+        *,
+        node: str | None = None,
+        fence: Fence | None = None,
+    ) -> None:
+        """Record actor ``name``'s last tick (overwritten in place), run on ``node`` (default:
+        the log's); with ``fence``, StaleGeneration unless that lease generation is current."""
+        _check_tick_name(name)
+        if fence is not None:
+            fence.check()
+        tick = self._tick(due_at, ticked_at, node, fence)
+        await self._write_alone("save_tick", lambda tx: self._save_tick_in(tx, name, tick, fence))
+
+    def _tick(
+        self, due_at: datetime, ticked_at: datetime, node: str | None, fence: Fence | None
+    ) -> TickRecord:
+        return TickRecord(
+            due_at=due_at,
+            ticked_at=ticked_at,
+            node=node if node is not None else self.node,
+            generation=fence.generation if fence is not None else None,
+        )
+
+    def _save_tick_in(self, tx: _Tx, name: str, tick: TickRecord, fence: Fence | None) -> None:
+        self._claim(tx, ("tick", name))
+        self._check_fence(fence)
+        self._claims[("tick", name)] = tx
+        tx.claims.add(("tick", name))
+        tx.ticks[name] = tick
         if fence is not None:
             tx.fences.add(fence)
 
@@ -1201,6 +1261,27 @@ class MemoryTransaction:
         while True:
             try:
                 self.log._save_checkpoint_in(self._state, name, cursor, expected, fence)
+                return
+            except _Blocked as blocked:
+                await self.log._wait_for(blocked, self._state)
+
+    async def save_tick(
+        self,
+        name: str,
+        due_at: datetime,
+        ticked_at: datetime,
+        *,
+        node: str | None = None,
+        fence: Fence | None = None,
+    ) -> None:
+        _check_tick_name(name)
+        if fence is not None:
+            fence.check()
+        await self._enter("save_tick")
+        while True:
+            try:
+                tick = self.log._tick(due_at, ticked_at, node, fence)
+                self.log._save_tick_in(self._state, name, tick, fence)
                 return
             except _Blocked as blocked:
                 await self.log._wait_for(blocked, self._state)

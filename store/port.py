@@ -1,8 +1,9 @@
 """The event log as the rest of the system sees it: the port both logs implement.
 
 :class:`EventLog` names exactly the operations actors, the supervisor, the gateway and ops use
-on the log (appending, reading, following, checkpoints, snapshots, transactions), and
-:class:`LogTransaction` those they use inside ``async with log.transaction() as tx``. Two
+on the log (appending, reading, following, checkpoints, tick schedules, snapshots,
+transactions), and :class:`LogTransaction` those they use inside
+``async with log.transaction() as tx``. Two
 implementations hold every guarantee of ``tests/store/`` (one contract suite runs on both):
 
 * :class:`store.eventstore.EventStore`: PostgreSQL, the production log;
@@ -20,12 +21,13 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager
+from datetime import datetime
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import msgspec
 
 from events import Event, EventMetadata, EventRegistry
-from store.records import AppendResult, Cursor, Expected, RecordedEvent
+from store.records import AppendResult, Cursor, Expected, RecordedEvent, TickRecord
 
 if TYPE_CHECKING:
     from store.eventstore import Append, Fence, NewEvent, Page, RecordedPosition
@@ -55,6 +57,16 @@ class LogTransaction(Protocol):
 
     async def save_checkpoint(
         self, name: str, cursor: Cursor, *, expected: Cursor | None, fence: Fence | None = None
+    ) -> None: ...
+
+    async def save_tick(
+        self,
+        name: str,
+        due_at: datetime,
+        ticked_at: datetime,
+        *,
+        node: str | None = None,
+        fence: Fence | None = None,
     ) -> None: ...
 
     async def stored_ids(self, event_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]: ...
@@ -168,6 +180,19 @@ class EventLog(Protocol):
         cursor: Cursor,
         *,
         expected: Cursor | None,
+        fence: Fence | None = None,
+    ) -> None: ...
+
+    # -- tick schedules (operational state beside the log, not events) -----------------------
+    async def load_tick(self, name: str) -> TickRecord | None: ...
+
+    async def save_tick(
+        self,
+        name: str,
+        due_at: datetime,
+        ticked_at: datetime,
+        *,
+        node: str | None = None,
         fence: Fence | None = None,
     ) -> None: ...
 

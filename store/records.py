@@ -23,6 +23,7 @@ __all__ = [
     "Cursor",
     "START",
     "Page",
+    "TickRecord",
 ]
 
 
@@ -114,3 +115,14 @@ class Page:
     events: list[RecordedEvent]
     cursor: Cursor
     fetched: int
+
+
+class TickRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """An actor's tick schedule as stored (table ``i3lani.ticks``, not the log): its last tick
+    ran for the slot due at ``due_at``, at ``ticked_at``, on ``node`` under ``generation`` of
+    the actor's lease (None: unfenced); the next one is scheduled from it."""
+
+    due_at: datetime
+    ticked_at: datetime
+    node: str | None = None
+    generation: int | None = None

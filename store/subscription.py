@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import deque
+from collections.abc import Callable
 from types import TracebackType
 from typing import Protocol, Self, cast
 
@@ -33,7 +34,6 @@ import anyio
 
 from events.errors import StoreUnavailable
 from store._wakeup import Listener, Wakeup
-from store.limits import SessionLimits
 from store.listener import NOTIFY_CHANNEL
 from store.records import START, Cursor, Page, RecordedEvent
 
@@ -68,15 +68,19 @@ class Log(CheckpointWriter, Protocol):
 
 
 class _Listenable(Protocol):
-    """What LISTEN needs of the PostgreSQL store: where it is, and the session limits. A log
-    without LISTEN (:class:`store.memory.MemoryLog`) overrides :meth:`Subscription._listen`
-    and :meth:`Subscription._close_listener` instead."""
+    """What LISTEN needs of the PostgreSQL store: its process's LISTEN connection (one, shared
+    by every follower). A log without LISTEN (:class:`store.memory.MemoryLog`) overrides
+    :meth:`Subscription._listen` and :meth:`Subscription._close_listener` instead."""
 
-    @property
-    def dsn(self) -> str: ...
-
-    @property
-    def limits(self) -> SessionLimits: ...
+    def listener(
+        self,
+        channel: str,
+        *,
+        on_notify: Callable[[str], None],
+        on_lost: Callable[[], None] | None = None,
+        who: str,
+        poll_interval: float,
+    ) -> Listener: ...
 
 
 class Subscription:
@@ -164,7 +168,9 @@ class Subscription:
                 continue
             self._retry_delay = _RETRY_MIN
             await self._listen()
-            await self._wake.wait(self.poll_interval)
+            await self._wake.wait(
+                self.poll_interval if self._listener is None else self._listener.poll_interval
+            )
         recorded = self._buffer.popleft()
         self.position = recorded.cursor
         return recorded
@@ -215,10 +221,8 @@ class Subscription:
     async def _listen(self) -> None:
         if self._listener is None:
             store = cast("_Listenable", self.store)
-            self._listener = Listener.for_channel(
-                store.dsn,
+            self._listener = store.listener(
                 NOTIFY_CHANNEL,
-                store.limits,
                 on_notify=self._on_notify,
                 on_lost=self._wake.set,
                 who=f"subscription {self.name or '(anonymous)'}",

@@ -1,7 +1,7 @@
 """Read models and queries outside the event log's own API, as named functions of the store.
 
 The CLI's summary, the admin API's metrics and dashboard, the gateway's payment ids, the
-health probe and the health samples (a projection of ``HealthChecked``) all read or write
+health probe and the health samples (every health round, beside the log) all read or write
 here, so that no module outside ``store/`` runs SQL or meets the driver. The SQL is in
 ``store/sql/views.sql``; each function returns typed values, never driver records, and raises
 the store's errors (:class:`StoreUnavailable` for an outage, :class:`StoreError` for any other
@@ -11,6 +11,7 @@ refusal), never the driver's.
 from __future__ import annotations
 
 import contextlib
+import uuid
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Literal, TypeVar
@@ -24,6 +25,7 @@ from store.driver import driver_errors
 from store.eventstore import EventStore, Transaction
 from store.memory import MemoryLog
 from store.queries import query
+from store.records import Cursor
 
 __all__ = [
     "DesiredState",
@@ -34,6 +36,11 @@ __all__ = [
     "MinuteCount",
     "RecentStream",
     "HealthSample",
+    "RawEvent",
+    "raw_page",
+    "ConnectionUse",
+    "NodeConnections",
+    "connection_use",
     "summary",
     "events_by_type",
     "events_per_stream",
@@ -43,6 +50,7 @@ __all__ = [
     "max_payload_int",
     "ping",
     "record_health_samples",
+    "latest_health_samples",
     "prune_health_samples",
 ]
 
@@ -66,7 +74,12 @@ class CheckpointSummary(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Summary(msgspec.Struct, frozen=True, kw_only=True):
-    """The whole log at a glance (``i3lani summary``); the times are None when it is empty."""
+    """The whole log at a glance (``i3lani summary``); the times are None when it is empty.
+
+    Sizes are on disk: ``log_bytes`` the table with its TOAST and every index (what a
+    database plan's storage counts), ``table_bytes`` and ``index_bytes`` its parts,
+    ``database_bytes`` the whole database (the log, the task queue, health samples, the
+    catalog)."""
 
     events: int
     streams: int
@@ -75,6 +88,33 @@ class Summary(msgspec.Struct, frozen=True, kw_only=True):
     last_recorded_at: datetime | None
     by_type: list[TypeSummary]
     checkpoints: list[CheckpointSummary]
+    events_last_day: int = 0
+    events_last_week: int = 0
+    log_bytes: int = 0
+    table_bytes: int = 0
+    index_bytes: int = 0
+    database_bytes: int = 0
+
+    @property
+    def bytes_per_event(self) -> float | None:
+        """The log's size over its events (indexes included), None when it is empty."""
+        return self.log_bytes / self.events if self.events else None
+
+    def growth_days(self, now: datetime) -> float:
+        """The days :meth:`growth_per_day` is taken over: the last week, or the log's life
+        when it is younger (a minute at least)."""
+        if self.first_recorded_at is None:
+            return 0.0
+        return min(7.0, max((now - self.first_recorded_at).total_seconds() / 86400, 1 / 1440))
+
+    def growth_per_day(self, now: datetime) -> float | None:
+        """Bytes a day the log has grown by lately: the events of the last week (or of its
+        life, when younger) at its bytes per event, per day; None when it is empty."""
+        per_event = self.bytes_per_event
+        days = self.growth_days(now)
+        if per_event is None or not days:
+            return None
+        return self.events_last_week * per_event / days
 
 
 class MinuteCount(msgspec.Struct, frozen=True):
@@ -89,6 +129,51 @@ class RecentStream(msgspec.Struct, frozen=True):
 
     stream: str
     last_position: int
+
+
+class NodeConnections(msgspec.Struct, frozen=True, kw_only=True):
+    """The connections one i3lani process holds, by what they are for (``application_name``
+    ``i3lani:<node>:<purpose>``); ``node`` None for processes without a node name (operator
+    commands)."""
+
+    node: str | None
+    listen: int = 0
+    lease: int = 0
+    work: int = 0
+    other: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.listen + self.lease + self.work + self.other
+
+
+class ConnectionUse(msgspec.Struct, frozen=True, kw_only=True):
+    """Connections now: the server's limit and its client sessions (all databases), and this
+    database's i3lani sessions per process."""
+
+    server_max: int
+    server_in_use: int
+    nodes: list[NodeConnections]
+
+
+class RawEvent(msgspec.Struct, frozen=True, kw_only=True):
+    """An event as the log stores it, undecoded: payload and metadata are its JSON (for
+    exports, which keep exactly what was stored)."""
+
+    position: int
+    transaction_id: int
+    event_id: uuid.UUID
+    stream: str
+    version: int
+    type: str
+    schema_version: int
+    payload: bytes
+    metadata: bytes
+    recorded_at: datetime
+
+    @property
+    def cursor(self) -> Cursor:
+        return Cursor(self.transaction_id, self.position)
 
 
 class HealthSample(msgspec.Struct, frozen=True, kw_only=True):
@@ -111,12 +196,15 @@ async def summary(store: EventStore) -> Summary:
     """Totals of the log, events per category and type, and every subscriber's checkpoint."""
     with _translated("reading the summary"):
         totals = await store._pool.fetchrow(query("summary_totals"))
+        sizes = await store._pool.fetchrow(query("summary_sizes"))
         by_type = await store._pool.fetch(query("summary_by_type"))
         checkpoints = await store._pool.fetch(query("checkpoints"))
     assert totals is not None  # an aggregate without GROUP BY always has its row
+    assert sizes is not None
     return msgspec.convert(
         {
             **dict(totals),
+            **dict(sizes),
             "by_type": [dict(row) for row in by_type],
             "checkpoints": [dict(row) for row in checkpoints],
         },
@@ -177,6 +265,55 @@ async def max_payload_int(store: EventStore | MemoryLog, event_type: str, field:
     return largest
 
 
+async def raw_page(store: EventStore, after: Cursor, limit: int) -> list[RawEvent]:
+    """Up to ``limit`` events after ``after``, in reading order (``read_all`` in
+    queries.sql: never one behind an open transaction), as stored."""
+    with _translated("reading the log"):
+        records = await store._pool.fetch(
+            query("read_all"), after.transaction_id, after.position, limit
+        )
+    return [
+        RawEvent(
+            position=r[0],
+            transaction_id=r[1],
+            event_id=r[2],
+            stream=r[3],
+            version=r[4],
+            type=r[5],
+            schema_version=r[6],
+            payload=r[7],
+            metadata=r[8] if r[8] is not None else b"{}",  # read_all gives NULL for {}
+            recorded_at=r[9],
+        )
+        for r in records
+    ]
+
+
+async def connection_use(store: EventStore) -> ConnectionUse:
+    """Who holds connections to the server now (``i3lani status``, ``/metrics``)."""
+    with _translated("counting connections"):
+        records = await store._pool.fetch(query("connection_use"))
+    nodes: dict[str | None, dict[str, int]] = {}
+    for record in records:
+        name = record["application_name"]
+        if name is None:
+            continue  # no i3lani session but this one
+        _, _, rest = name.partition(":")
+        node, _, purpose = rest.rpartition(":")
+        counts = nodes.setdefault(node or None, {})
+        key = purpose if purpose in ("listen", "lease", "work") else "other"
+        counts[key] = counts.get(key, 0) + record["sessions"]
+    first = records[0]
+    return ConnectionUse(
+        server_max=first["server_max"],
+        server_in_use=first["server_in_use"],
+        nodes=[
+            NodeConnections(node=node, **counts)
+            for node, counts in sorted(nodes.items(), key=lambda item: item[0] or "")
+        ],
+    )
+
+
 async def ping(store: EventStore) -> None:
     """One round trip to PostgreSQL: returns when it answered, raises StoreUnavailable when it
     cannot be reached."""
@@ -184,15 +321,35 @@ async def ping(store: EventStore) -> None:
         await store._pool.fetchval(query("ping"))
 
 
-async def record_health_samples(tx: Transaction, samples: Sequence[HealthSample]) -> None:
-    """Write ``samples`` in ``tx`` (the transaction appending their ``HealthChecked``)."""
+async def record_health_samples(
+    where: EventStore | Transaction, samples: Sequence[HealthSample]
+) -> None:
+    """Write ``samples``: on the store's pool, or in a transaction of its."""
     if not samples:
         return
+    rows = [(s.checked_at, s.name, s.ok, s.latency_ms, s.detail) for s in samples]
     with _translated("recording health samples"):
-        await tx.connection.executemany(
-            query("health_samples_insert"),
-            [(s.checked_at, s.name, s.ok, s.latency_ms, s.detail) for s in samples],
+        if isinstance(where, Transaction):
+            await where.connection.executemany(query("health_samples_insert"), rows)
+        else:
+            await where._pool.executemany(query("health_samples_insert"), rows)
+
+
+async def latest_health_samples(store: EventStore) -> list[HealthSample]:
+    """The last health round recorded: every sample checked at the latest time, in the order
+    they were written (empty when there is none)."""
+    with _translated("reading the latest health samples"):
+        records = await store._pool.fetch(query("health_samples_latest"))
+    return [
+        HealthSample(
+            checked_at=r["checked_at"],
+            name=r["name"],
+            ok=r["ok"],
+            latency_ms=r["latency_ms"],
+            detail=r["detail"],
         )
+        for r in records
+    ]
 
 
 async def prune_health_samples(store: EventStore, before: datetime, *, batch_size: int) -> int:

@@ -23,9 +23,12 @@ The runtime (:class:`ActorRunner`) does the I/O around them:
   ``evolve``. If the append fails the state is unchanged.
 * **Reactions.** New events of the category (from the gateway, other actors) arrive through a
   store subscription and are folded in log order; ``react`` may turn one into messages.
-* **Ticks**, when :attr:`Actor.tick` is set: each run is recorded as an ``ActorTicked`` event in
-  the same transaction as its effects, and the next one is scheduled from the last one recorded,
-  so a restart or a deploy neither skips nor doubles a due run. One tick runs at a time: a tick
+* **Ticks**, when :attr:`Actor.tick` is set: each run is recorded in the actor's tick schedule
+  (``save_tick``: one row per actor beside the log, overwritten in place, fenced by the lease
+  like every write of the actor's), in the same transaction as its effects when it had any,
+  and the next one is scheduled from the last one recorded, so a restart, a deploy or a
+  take-over by another node neither skips nor doubles a due run. A tick that changed nothing
+  adds nothing to the log. One tick runs at a time: a tick
   that outlasts its interval (a hung outside service) is followed by one catch-up tick (or the
   next slot, with ``missed="skip"``), not by a burst of the ticks that fell due meanwhile. A
   tick that meets an unreachable PostgreSQL (in its own I/O or at its commit) changes nothing
@@ -479,12 +482,20 @@ class ActorRunner(Generic[S]):
                     continue
                 await self._send.send(_Envelope("event", recorded=recorded))
 
+    async def _last_due(self) -> datetime | None:
+        """When the last tick recorded was due: from the tick schedule, or, for an actor that
+        has none yet, from the last ``ActorTicked`` of its tick stream (logs written before
+        the schedule left the log), so that the deploy bringing it in keeps the schedule."""
+        record = await self.store.load_tick(self.actor.name)
+        if record is not None:
+            return record.due_at
+        last = await self.store.last_event(self.tick_stream, skip_unknown=True)
+        if last is not None and isinstance(last.event, ActorTicked):
+            return last.event.due_at
+        return None
+
     async def _ticker(self, spec: TickSpec) -> None:
-        last = await self.store.last_event(self.tick_stream)
-        last_due = None
-        if last is not None:
-            assert isinstance(last.event, ActorTicked)
-            last_due = last.event.due_at
+        last_due = await self._last_due()
         while True:
             if self._tick_retry is not None:
                 # The last tick met an unreachable database: run it again, soon.
@@ -646,12 +657,13 @@ class ActorRunner(Generic[S]):
         emits: list[Emit] = []
         for message in messages:
             emits.extend(self.actor.decide(self.state, message))
-        tick = Emit(
-            self.tick_stream,
-            ActorTicked(actor=self.actor.name, due_at=due_at, ticked_at=self.clock.now()),
-        )
+        tick = (due_at, self.clock.now())
         try:
-            await self._commit([*emits, tick])
+            if emits:
+                await self._commit(emits, tick=tick)
+            else:
+                # Nothing changed: the schedule moves on, the log gets nothing.
+                await self.store.save_tick(self.actor.name, *tick, node=self.node, fence=self.fence)
         except StoreUnavailable as exc:
             self._tick_failed(due_at, exc)
             return
@@ -687,8 +699,10 @@ class ActorRunner(Generic[S]):
         *,
         causation: uuid.UUID | None = None,
         checkpoint: Cursor | None = None,
+        tick: tuple[datetime, datetime] | None = None,
     ) -> None:
-        """Append ``emits`` (and move the checkpoint) in one transaction, then apply them.
+        """Append ``emits`` (and move the checkpoint, and record the tick ``(due_at,
+        ticked_at)`` that decided them) in one transaction, then apply them.
 
         Emits with a derived ``event_id`` that is already stored (a retry after a crash) are
         not appended again, nor applied twice.
@@ -760,6 +774,8 @@ class ActorRunner(Generic[S]):
                     await tx.save_checkpoint(
                         self.checkpoint_name, checkpoint, expected=self.checkpoint, fence=self.fence
                     )
+                if tick is not None:
+                    await tx.save_tick(self.actor.name, *tick, node=self.node, fence=self.fence)
         except BaseException:
             self._own.difference_update(fresh)
             raise

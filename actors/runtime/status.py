@@ -2,9 +2,9 @@
 
 A read model: :func:`project_status` folds an actor's lifecycle events (the ``actor-<name>``
 stream the supervisor writes) into an :class:`ActorStatus`, purely; :func:`actor_status` reads
-those events, the actor's last tick, its lease and its desired state from the store and folds
-them. It sits in the runtime, below the supervisor that writes the events and the product
-actors and the gateway that read them.
+those events, the actor's last tick (its tick schedule), its lease and its desired state from
+the store and folds them. It sits in the runtime, below the supervisor that writes the events
+and the product actors and the gateway that read them.
 """
 
 from __future__ import annotations
@@ -116,10 +116,12 @@ def project_status(
 async def actor_status(store: EventStore | MemoryLog, name: str, now: datetime) -> ActorStatus:
     """The status of ``name``, projected from the log (and its lease, for liveness)."""
     lifecycle = await store.read_stream(actor_stream(name), skip_unknown=True)
-    tick = await store.last_event(tick_stream(name))
-    last_tick = (
-        tick.event.ticked_at if tick is not None and isinstance(tick.event, ActorTicked) else None
-    )
+    record = await store.load_tick(name)
+    last_tick = record.ticked_at if record is not None else None
+    if record is None:  # a log written before tick schedules left it
+        tick = await store.last_event(tick_stream(name), skip_unknown=True)
+        if tick is not None and isinstance(tick.event, ActorTicked):
+            last_tick = tick.event.ticked_at
     leases = {info.name: info for info in await Leases(store, "status").all()}
     return project_status(
         name,

@@ -142,8 +142,9 @@ ORDER BY transaction_id, global_position
 LIMIT $3;
 
 -- name: read_category
--- read_all restricted to one category; same ordering argument, served by
--- events_category_commit_order_idx.
+-- read_all restricted to one category; same ordering argument, served by the same index
+-- (events_reading_order_idx: transaction_id, global_position, category), whose third column
+-- lets the scan skip other categories' entries without reading their rows.
 SELECT global_position, transaction_id, event_id, stream, stream_version, type, schema_version,
        payload, nullif(metadata, '{}'::jsonb), recorded_at
 FROM i3lani.events
@@ -166,6 +167,7 @@ SELECT EXISTS (
 );
 
 -- name: position_cursor
+-- One position's cursor, found through events_position_idx (BRIN: the block range holding it).
 SELECT transaction_id, global_position FROM i3lani.events WHERE global_position = $1;
 
 -- name: load_checkpoint
@@ -187,6 +189,24 @@ ON CONFLICT (name) DO UPDATE
     WHERE $4::xid8 IS NOT NULL
       AND c.transaction_id = $4::xid8 AND c.global_position = $5::bigint
 RETURNING name;
+
+-- name: save_tick
+-- Actor $1's tick schedule: its last tick ran for the slot due at $2, at $3 (the actor's clock),
+-- on node $6. Overwritten in place by every tick: a tick that changed nothing leaves nothing
+-- in the log (migration 0007). With a fence ($4/$5: lease name and generation, NULL = none) it
+-- is written only while that generation is current, the lease row read FOR SHARE as by fenced
+-- appends and checkpoints: no row back means the fence refused it.
+INSERT INTO i3lani.ticks AS t (name, due_at, ticked_at, node, generation)
+SELECT $1, $2, $3, $6, $5::bigint
+WHERE $4::text IS NULL OR EXISTS (
+    SELECT 1 FROM i3lani.leases WHERE name = $4::text AND generation = $5::bigint FOR SHARE)
+ON CONFLICT (name) DO UPDATE
+    SET due_at = excluded.due_at, ticked_at = excluded.ticked_at, node = excluded.node,
+        generation = excluded.generation, updated_at = now()
+RETURNING name;
+
+-- name: load_tick
+SELECT due_at, ticked_at, node, generation FROM i3lani.ticks WHERE name = $1;
 
 -- name: save_snapshot
 INSERT INTO i3lani.snapshots (stream, stream_version, state_type, state)

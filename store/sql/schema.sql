@@ -10,7 +10,7 @@ CREATE TABLE IF NOT EXISTS i3lani.schema_migrations (
 );
 
 CREATE TABLE i3lani.events (
-    global_position bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    global_position bigint GENERATED ALWAYS AS IDENTITY,  -- unique by construction (0007)
     transaction_id  xid8        NOT NULL DEFAULT pg_current_xact_id(),
     event_id        uuid        NOT NULL,
     stream          text        NOT NULL,
@@ -34,9 +34,12 @@ CREATE TABLE i3lani.events (
 COMMENT ON TABLE i3lani.events IS
     'i3lani event log: append-only (UPDATE, DELETE and TRUNCATE are refused by triggers)';
 
-CREATE INDEX events_commit_order_idx ON i3lani.events (transaction_id, global_position);
-CREATE INDEX events_category_commit_order_idx
-    ON i3lani.events (category, transaction_id, global_position);
+-- The reading order (queries.sql, read_all), the whole log's and each category's (0007).
+CREATE INDEX events_reading_order_idx
+    ON i3lani.events (transaction_id, global_position, category);
+-- Lookups by position: positions follow the table's physical order (0007).
+CREATE INDEX events_position_idx ON i3lani.events USING brin (global_position)
+    WITH (pages_per_range = 16);
 CREATE INDEX events_type_idx ON i3lani.events (type);
 
 CREATE FUNCTION i3lani.refuse_event_change() RETURNS trigger
@@ -86,6 +89,18 @@ CREATE TABLE i3lani.leases (
     expires_at  timestamptz NOT NULL,
     CONSTRAINT leases_generation_check CHECK (generation >= 1)
 );
+
+CREATE TABLE i3lani.ticks (
+    name       text        PRIMARY KEY,
+    due_at     timestamptz NOT NULL,
+    ticked_at  timestamptz NOT NULL,
+    node       text,          -- who ran it, and under which grant of the actor's lease
+    generation bigint,
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT ticks_name_check CHECK (char_length(name) BETWEEN 1 AND 200)
+);
+COMMENT ON TABLE i3lani.ticks IS
+    'each actor''s tick schedule: the slot its last tick ran for (operational, not the log)';
 
 CREATE TABLE i3lani.tasks (
     id             bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,

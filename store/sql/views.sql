@@ -12,12 +12,24 @@ GROUP BY category, type
 ORDER BY category, type;
 
 -- name: summary_totals
+-- One pass over the log (it reads every row anyway): totals, and the events of the last day
+-- and week, for the growth per day.
 SELECT count(*) AS events,
        count(DISTINCT stream) AS streams,
        coalesce(max(global_position), 0) AS last_position,
        min(recorded_at) AS first_recorded_at,
-       max(recorded_at) AS last_recorded_at
+       max(recorded_at) AS last_recorded_at,
+       count(*) FILTER (WHERE recorded_at > now() - interval '1 day') AS events_last_day,
+       count(*) FILTER (WHERE recorded_at > now() - interval '7 days') AS events_last_week
 FROM i3lani.events;
+
+-- name: summary_sizes
+-- What the log takes on disk: the table with its TOAST and every index (what a database
+-- plan's storage counts), the table alone, its indexes; and the whole database.
+SELECT pg_total_relation_size('i3lani.events') AS log_bytes,
+       pg_relation_size('i3lani.events') AS table_bytes,
+       pg_indexes_size('i3lani.events') AS index_bytes,
+       pg_database_size(current_database()) AS database_bytes;
 
 -- name: checkpoints
 SELECT c.name, c.global_position, c.updated_at,
@@ -50,11 +62,14 @@ GROUP BY stream;
 -- name: admin_event_rate
 -- Events per minute over the last $1 minutes (the current one included), every minute present,
 -- oldest first. There is no index on recorded_at (nothing else needs one), so only the newest
--- $2 events are looked at, newest first along the primary key: a refresh costs at most $2 rows
--- however long the log is, and a window holding $2 events is a lower bound (the caller says
--- so). recorded_at is the appending transaction's start, as now() is this one's.
+-- $2 events are looked at, newest first along the reading order (events_reading_order_idx,
+-- read backwards): a refresh costs at most $2 rows however long the log is, and a window
+-- holding $2 events is a lower bound (the caller says so). recorded_at is the appending
+-- transaction's start, as now() is this one's.
 WITH recent AS (
-    SELECT recorded_at FROM i3lani.events ORDER BY global_position DESC LIMIT $2
+    SELECT recorded_at FROM i3lani.events
+    ORDER BY transaction_id DESC, global_position DESC
+    LIMIT $2
 )
 SELECT m.minute, count(r.recorded_at) AS events
 FROM generate_series(date_trunc('minute', now()) - make_interval(mins => $1::int - 1),
@@ -65,7 +80,7 @@ ORDER BY m.minute;
 
 -- name: admin_recent_streams
 -- The $1 streams of category $4 written to last, newest first, found among the newest $2 events
--- of that category (events_category_commit_order_idx, read backwards). $3 lists the types that
+-- of that category (events_reading_order_idx, read backwards, other categories skipped). $3 lists the types that
 -- count: for payments, a wallet scan is in the category but is not a payment.
 SELECT stream, max(global_position) AS last_position
 FROM (
@@ -91,18 +106,42 @@ SELECT coalesce(max((payload->>$2::text)::bigint), 0)
 FROM i3lani.events
 WHERE type = $1;
 
+-- name: connection_use
+-- The server's connection limit, its client sessions now (every database's: the limit is the
+-- server's), and this database's i3lani sessions by application_name (i3lani:<node>:<purpose>,
+-- store/limits.py), this statement's own left out.
+SELECT current_setting('max_connections')::int AS server_max,
+       (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')
+           AS server_in_use,
+       a.application_name, count(a.pid) AS sessions
+FROM (SELECT application_name, pid FROM pg_stat_activity
+      WHERE datname = current_database() AND application_name LIKE 'i3lani:%'
+        AND pid <> pg_backend_pid()) a
+RIGHT JOIN (SELECT 1) one ON true
+GROUP BY a.application_name
+ORDER BY a.application_name;
+
 -- name: ping
 -- One round trip and nothing else: is PostgreSQL there, and how quickly does it answer?
 SELECT 1;
 
 -- ---------------------------------------------------------------------------------------------
--- Health samples (table i3lani.health_samples): a projection of HealthChecked events, one row
--- per check, written in the transaction that appends the event and pruned by Cleanup.
+-- Health samples (table i3lani.health_samples): one row per check of every health round, the
+-- HealthChecker's telemetry beside the log (which records only a change of verdict, as
+-- HealthChecked), pruned by Cleanup.
 
 -- name: health_samples_insert
--- $1..$5 per check; run with executemany inside the appending transaction.
+-- $1..$5 per check; run with executemany.
 INSERT INTO i3lani.health_samples (checked_at, name, ok, latency_ms, detail)
 VALUES ($1, $2, $3, $4, $5);
+
+-- name: health_samples_latest
+-- The last round: every sample checked at the latest time (health_samples_checked_at_idx
+-- finds the time, then its rows), in the order they were written.
+SELECT checked_at, name, ok, latency_ms, detail
+FROM i3lani.health_samples
+WHERE checked_at = (SELECT max(checked_at) FROM i3lani.health_samples)
+ORDER BY id;
 
 -- name: health_samples_prune
 -- Delete up to $2 samples checked before $1, oldest ids first: each statement is short, and

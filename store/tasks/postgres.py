@@ -21,7 +21,6 @@ from events import EventMetadata
 from events.errors import StoreError
 from events.streams import TASK, task_stream
 from store._batching import GroupCommit, ThrottledNotify
-from store._wakeup import Listener
 from store.driver import DRIVER_ERRORS, driver_errors, translate
 from store.eventstore import EventStore, Fence, Transaction
 from store.queries import query
@@ -345,13 +344,8 @@ class PostgresTaskTable:
     def listener(
         self, *, on_notify: Callable[[str], None], who: str, poll_interval: float
     ) -> TaskListener:
-        return Listener.for_channel(
-            self.store.dsn,
-            TASKS_CHANNEL,
-            self.store.limits,
-            on_notify=on_notify,
-            who=who,
-            poll_interval=poll_interval,
+        return self.store.listener(
+            TASKS_CHANNEL, on_notify=on_notify, who=who, poll_interval=poll_interval
         )
 
     # -- operators ----------------------------------------------------------------------------

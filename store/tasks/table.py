@@ -190,9 +190,12 @@ class TaskListener(Protocol):
     """Wakes a processor when tasks are added (``on_notify`` with the seconds until they
     are due), kept when it can be had; the processor polls in any case."""
 
-    poll_interval: float
-    """Seconds between the processor's looks when nothing wakes it: the interval it asked
-    for, or longer where the table loses no wake-up (:meth:`store.memory.MemoryLog.stretched`)."""
+    @property
+    def poll_interval(self) -> float:
+        """Seconds until the processor's next look when nothing wakes it: the interval it
+        asked for (on PostgreSQL give or take a quarter, see :class:`store._wakeup.Listener`),
+        or longer where the table loses no wake-up (:meth:`store.memory.MemoryLog.stretched`)."""
+        ...
 
     async def listen(self) -> bool:
         """Start listening unless listening already; whether it started now."""

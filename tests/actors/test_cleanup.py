@@ -155,15 +155,25 @@ async def test_a_second_pass_finds_nothing_more(store: EventStore) -> None:
             return bool(await completed(store))
 
         await eventually(first)
-        # What a later pass reports (a tick's pruning found nothing).
-        await runner.ref.tell(
-            CleanupDone(removed={}, started_at=now, finished_at=now + timedelta(days=1))
-        )
-
-        async def second() -> bool:
-            return len(await completed(store)) == 2
-
-        await eventually(second)
-    records = await completed(store)
-    assert records[1].removed == {"stale_payments": 0}
+        # What a later pass reports (a tick's pruning found nothing), asked so that its
+        # decision is applied before the answer comes back.
+        later = CleanupDone(removed={}, started_at=now, finished_at=now + timedelta(days=1))
+        await runner.ref.ask(later)
+    # Nothing to remove, no payment to expire again: nothing more in the log.
+    assert len(await completed(store)) == 1
     assert [r.type for r in await store.read_stream("payment-1")].count("PaymentExpired") == 1
+
+
+def test_a_pass_that_removed_nothing_records_nothing() -> None:
+    actor = Cleanup(Settings())
+    now = datetime.now(UTC)
+    idle = CleanupDone(
+        removed={"finished_tasks": 0, "health_samples": 0}, started_at=now, finished_at=now
+    )
+    assert actor.decide(CleanupState(), idle) == []
+    busy = CleanupDone(
+        removed={"finished_tasks": 3, "health_samples": 0}, started_at=now, finished_at=now
+    )
+    [record] = actor.decide(CleanupState(), busy)
+    assert isinstance(record.event, CleanupCompleted)
+    assert record.event.removed == {"finished_tasks": 3, "health_samples": 0, "stale_payments": 0}

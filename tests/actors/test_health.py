@@ -15,8 +15,10 @@ from actors.health import (
     HEALTH_STREAM,
     CheckHealth,
     HealthChecker,
+    HealthReport,
     HealthState,
     health_transition,
+    last_verdict,
 )
 from actors.runtime import ActorRef, ActorRunner
 from actors.runtime.clock import SystemClock
@@ -100,15 +102,50 @@ async def test_healthy_checks_are_recorded_without_an_alert(store: EventStore) -
     async with TonApiStandIn() as tonapi, BotApiStandIn() as bot_api:
         async with checker(store, tonapi, bot_api) as (ref, _):
             await ref.ask(CheckHealth(), timeout=20)
-        found = await verdicts(store)
-        assert found
-        assert all(v.healthy for v in found)
-        assert {c.name for c in found[-1].checks} == {"database", "tonapi", "telegram", "tasks"}
-        assert all(c.latency_ms is not None for c in found[-1].checks)
+            await ref.ask(CheckHealth(), timeout=20)
+        # The first verdict is recorded; the same verdict again is not (the log keeps
+        # changes), but every round's checks are in the samples.
+        [found] = await verdicts(store)
+        assert found.healthy
+        assert {c.name for c in found.checks} == {"database", "tonapi", "telegram", "tasks"}
+        assert all(c.latency_ms is not None for c in found.checks)
         assert await alerts(store) == []
         assert bot_api.sent == []
+        rounds = await store._pool.fetchval(
+            "SELECT count(DISTINCT checked_at) FROM i3lani.health_samples"
+        )
         samples = await store._pool.fetchval("SELECT count(*) FROM i3lani.health_samples")
-        assert samples == 4 * len(found)
+        assert rounds >= 2  # the two asked for, and perhaps the start-up tick
+        assert samples == 4 * rounds
+        # What operators see is the latest round, not the last change recorded.
+        latest = await last_verdict(store)
+        assert latest is not None
+        assert latest.healthy
+        assert latest.checked_at > found.checked_at
+        assert [c.name for c in latest.checks] == [c.name for c in found.checks]
+
+
+def test_only_a_changed_verdict_is_recorded() -> None:
+    actor = HealthChecker(Settings(), actor_intervals={})
+    now = datetime.now(UTC)
+    ok = [HealthCheck(name="database", ok=True), HealthCheck(name="tonapi", ok=True)]
+    slow = [HealthCheck(name="database", ok=True), HealthCheck(name="tonapi", ok=False)]
+    worse = [HealthCheck(name="database", ok=False), HealthCheck(name="tonapi", ok=False)]
+
+    def recorded(state: HealthState, checks: list[HealthCheck]) -> list[str]:
+        return [
+            type(e.event).__name__
+            for e in actor.decide(state, HealthReport(checks=checks, checked_at=now))
+        ]
+
+    assert recorded(HealthState(), ok) == ["HealthChecked"]  # the first verdict
+    healthy = HealthState(healthy=True, failing=())
+    assert recorded(healthy, ok) == []  # the same again: the samples have it
+    assert recorded(healthy, slow) == ["HealthChecked", "AlertRaised"]
+    failing = HealthState(healthy=False, failing=("tonapi",))
+    assert recorded(failing, slow) == []  # still failing the same way
+    assert recorded(failing, worse) == ["HealthChecked"]  # failing otherwise: recorded
+    assert recorded(failing, ok) == ["HealthChecked", "AlertRaised"]  # recovered
 
 
 async def test_failing_then_recovered_alerts_the_admins_twice(store: EventStore) -> None:

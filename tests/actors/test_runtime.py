@@ -40,7 +40,17 @@ from actors.runtime.core import _rounds
 from events import DEFAULT_REGISTRY, ActorTicked, Event
 from events.errors import ConcurrencyConflict, StaleGeneration, StoreUnavailable
 from events.streams import tick_stream
-from store import ANY, EventStore, Expected, NewEvent, RecordedEvent, derived_id
+from store import (
+    ANY,
+    NOTIFY_CHANNEL,
+    EventStore,
+    Expected,
+    Fence,
+    NewEvent,
+    RecordedEvent,
+    TickRecord,
+    derived_id,
+)
 from store.eventstore import MAX_EVENTS_PER_APPEND
 from store.leases import Leases
 
@@ -80,6 +90,11 @@ class JobReceipt(Event, frozen=True, tag="RuntimeTestJobReceipt"):
     job: int
 
 
+@register
+class Stamped(Event, frozen=True, tag="RuntimeTestStamped"):
+    at: datetime
+
+
 # -- messages -----------------------------------------------------------------------------------
 class Increment(msgspec.Struct, frozen=True):
     by: int = 1
@@ -105,6 +120,10 @@ class Accept(msgspec.Struct, frozen=True):
 
 class Unknown(msgspec.Struct, frozen=True):
     pass
+
+
+class Stamp(msgspec.Struct, frozen=True):
+    at: datetime
 
 
 class DecisionFailed(RuntimeError):
@@ -192,8 +211,32 @@ class Ticker(Actor[None]):
     name: ClassVar[str] = "Ticker"
     tick: TickSpec | None = TickSpec(interval=60, missed="run_once")
 
+    def __init__(self) -> None:
+        self.ran: list[datetime] = []  # when each tick ran, by the actor's clock
+
     def initial_state(self) -> None:
         return None
+
+    async def on_tick(self, state: None, runner: ActorRunner[None]) -> Sequence[Message]:
+        self.ran.append(runner.clock.now())
+        return ()
+
+
+class Stamper(Actor[None]):
+    """Hourly; each tick stamps the time in the log (a tick with effects)."""
+
+    name: ClassVar[str] = "Stamper"
+    tick: TickSpec | None = TickSpec(interval=3600)
+
+    def initial_state(self) -> None:
+        return None
+
+    async def on_tick(self, state: None, runner: ActorRunner[None]) -> Sequence[Message]:
+        return [Stamp(at=runner.clock.now())]
+
+    def decide(self, state: None, message: Message) -> Sequence[Emit]:
+        assert isinstance(message, Stamp)
+        return [Emit("stamp-1", Stamped(at=message.at))]
 
 
 class SkippingTicker(Ticker):
@@ -305,24 +348,18 @@ class Incarnation:
             self.ended.set()
 
 
-async def listeners(store: EventStore) -> set[int]:
-    """Backends of this database that LISTEN for new events (subscriptions following live)."""
-    rows = await store._pool.fetch(
-        "SELECT pid FROM pg_stat_activity "
-        "WHERE datname = current_database() AND query LIKE 'LISTEN%'"
-    )
-    return {row["pid"] for row in rows}
+def listening(store: EventStore) -> int:
+    """This store's subscriptions that LISTEN now (on its one LISTEN connection)."""
+    return store.listen_statistics().followers.get(NOTIFY_CHANNEL, 0)
 
 
-async def wait_listening(store: EventStore, before: set[int]) -> None:
-    """Wait until a new LISTEN connection (not in ``before``) is up, and a moment more for
-    the client side to take it in."""
-    with anyio.fail_after(5):
-        while True:
-            if await listeners(store) - before:
-                break
-            await anyio.sleep(0.01)
-    await anyio.sleep(0.05)
+async def wait_listening(store: EventStore, before: int) -> None:
+    """Wait until one more subscription than ``before`` follows the log live."""
+
+    async def more() -> bool:
+        return listening(store) > before
+
+    await wait_for(more, what="the subscription to LISTEN")
 
 
 @asynccontextmanager
@@ -334,7 +371,7 @@ async def running(runner: ActorRunner[Any]) -> AsyncIterator[tuple[ActorRef, Inc
     test; the others start from a runner that is fully up.)
     """
     incarnation = Incarnation(runner)
-    before = await listeners(runner.store)
+    before = listening(runner.store)
     async with anyio.create_task_group() as tg:
         with anyio.fail_after(10):
             ref: ActorRef = await tg.start(incarnation.run)
@@ -533,7 +570,7 @@ async def test_start_returns_only_after_recovery_and_catch_up(
     async with anyio.create_task_group() as tg:
         tg.start_soon(end_the_older_transaction_soon)
         counter = runner_for(Counter(), store)
-        before = await listeners(store)
+        before = listening(store)
         with anyio.fail_after(10):
             await tg.start(counter.run)
         # No waiting: when start returns the state already holds every earlier event.
@@ -542,7 +579,7 @@ async def test_start_returns_only_after_recovery_and_catch_up(
         assert counted_at_start == sum(range(1, 41)), "start returned before the actor caught up"
 
         receipts = runner_for(Receipts(), store)
-        before = await listeners(store)
+        before = listening(store)
         with anyio.fail_after(10):
             await tg.start(receipts.run)
         jobs_at_start = receipts.state
@@ -826,94 +863,153 @@ async def test_own_events_are_not_reacted_to_after_a_restart_either(
 
 
 # -- ticks --------------------------------------------------------------------------------------
-async def ticks(store: EventStore, actor: str) -> list[ActorTicked]:
-    found = await events_in(store, tick_stream(actor))
-    assert all(isinstance(event, ActorTicked) for event in found)
-    return cast(list[ActorTicked], found)
+def at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
 
 
-async def wait_for_ticks(store: EventStore, actor: str, count: int) -> list[ActorTicked]:
-    async def enough() -> bool:
-        return len(await ticks(store, actor)) >= count
+async def wait_for_tick(store: EventStore, actor: str, due_at: datetime) -> TickRecord:
+    """Wait until ``actor``'s tick schedule records the tick due at ``due_at``."""
 
-    await wait_for(enough, what=f"{count} ticks of {actor}")
-    return await ticks(store, actor)
+    async def recorded() -> bool:
+        tick = await store.load_tick(actor)
+        return tick is not None and tick.due_at == due_at
+
+    await wait_for(recorded, what=f"{actor}'s tick due at {due_at:%H:%M:%S}")
+    tick = await store.load_tick(actor)
+    assert tick is not None
+    return tick
 
 
-async def test_a_tick_actor_records_each_tick(store: EventStore) -> None:
+async def log_size(store: EventStore) -> int:
+    return len([r async for r in store.read_all()])
+
+
+async def test_a_tick_actor_records_each_tick_in_its_schedule_not_the_log(
+    store: EventStore,
+) -> None:
     clock = ManualClock(T0)
-    runner = runner_for(Ticker(), store, clock)
+    actor = Ticker()
+    runner = runner_for(actor, store, clock)
     async with running(runner) as (_, incarnation):
         # Never ticked before: the first tick is due at once.
-        [first] = await wait_for_ticks(store, "Ticker", 1)
-        assert first == ActorTicked(actor="Ticker", due_at=T0, ticked_at=T0)
+        first = await wait_for_tick(store, "Ticker", T0)
+        assert first == TickRecord(due_at=T0, ticked_at=T0, node="n1")
         with anyio.fail_after(5):
             await clock.wait_for_sleepers(1)
         assert clock.next_wake() == 60
         await clock.advance(60)
-        recorded = await wait_for_ticks(store, "Ticker", 2)
-        assert [t.due_at for t in recorded] == [T0, T0 + timedelta(seconds=60)]
+        await wait_for_tick(store, "Ticker", at(60))
         await clock.advance(120)
-        recorded = await wait_for_ticks(store, "Ticker", 4)
-        assert [t.due_at for t in recorded] == [
-            T0 + timedelta(seconds=s) for s in (0, 60, 120, 180)
-        ]
+        await wait_for_tick(store, "Ticker", at(180))
+        assert actor.ran == [at(s) for s in (0, 60, 120, 180)]
         assert incarnation.error is None
-    [last] = await store.read_stream("tick-Ticker", after_version=3)
-    assert last.metadata.caused_by == "actor:Ticker"
+    # Four ticks that changed nothing: nothing in the log, the schedule row alone moved.
+    assert await log_size(store) == 0
+    assert await store.read_stream(tick_stream("Ticker")) == []
+
+
+async def test_a_tick_with_effects_records_them_and_the_tick_together(store: EventStore) -> None:
+    clock = ManualClock(T0)
+    runner = runner_for(Stamper(), store, clock)
+    async with running(runner) as (_, incarnation):
+        tick = await wait_for_tick(store, "Stamper", T0)
+        assert tick == TickRecord(due_at=T0, ticked_at=T0, node="n1")
+        assert await events_in(store, "stamp-1") == [Stamped(at=T0)]
+        assert incarnation.error is None
+
+
+async def test_a_tick_under_a_lost_lease_is_refused_and_moves_no_schedule(
+    store: EventStore,
+) -> None:
+    leases = Leases(store, "n1", ttl=30)
+    lease = await leases.acquire("Ticker")
+    assert lease is not None
+    await leases.release(lease)
+    again = await Leases(store, "n2", ttl=30).acquire("Ticker")  # a newer generation elsewhere
+    assert again is not None
+    with pytest.raises(StaleGeneration):
+        await store.save_tick("Ticker", T0, T0, node="n1", fence=Fence("Ticker", lease.generation))
+    assert await store.load_tick("Ticker") is None
+    await store.save_tick("Ticker", T0, T0, node="n2", fence=again.fence)
+    assert await store.load_tick("Ticker") == TickRecord(
+        due_at=T0, ticked_at=T0, node="n2", generation=again.generation
+    )
 
 
 async def test_a_restart_neither_skips_nor_doubles_a_tick(store: EventStore) -> None:
     clock = ManualClock(T0)
     async with running(runner_for(Ticker(), store, clock)):
-        await wait_for_ticks(store, "Ticker", 1)  # ticked at T0
+        await wait_for_tick(store, "Ticker", T0)  # ticked at T0
     await clock.advance(30)  # a restart half an interval later
-    async with running(runner_for(Ticker(), store, clock)):
+    actor = Ticker()
+    async with running(runner_for(actor, store, clock)):
         with anyio.fail_after(5):
             await clock.wait_for_sleepers(1)
         # Next due at T0 + 60, i.e. in 30 s: not at once, and not 60 s from the restart.
         assert clock.next_wake() == 30
-        assert len(await ticks(store, "Ticker")) == 1
+        assert actor.ran == []
         await clock.advance(29.5)
         await anyio.sleep(0.1)
-        assert len(await ticks(store, "Ticker")) == 1
+        assert actor.ran == []
         assert clock.next_wake() == 0.5
         await clock.advance(0.5)
-        recorded = await wait_for_ticks(store, "Ticker", 2)
-    assert [t.due_at for t in recorded] == [T0, T0 + timedelta(seconds=60)]
+        await wait_for_tick(store, "Ticker", at(60))
+        assert actor.ran == [at(60)]
+
+
+async def test_a_schedule_left_in_the_log_by_an_older_release_is_resumed(
+    store: EventStore,
+) -> None:
+    # A log written before tick schedules left it: the last ActorTicked says when the last
+    # tick was due, and the deploy that brings the schedule row in neither skips nor doubles.
+    await store.append(
+        tick_stream("Ticker"), [ActorTicked(actor="Ticker", due_at=T0, ticked_at=T0)]
+    )
+    clock = ManualClock(at(20))
+    actor = Ticker()
+    async with running(runner_for(actor, store, clock)):
+        with anyio.fail_after(5):
+            await clock.wait_for_sleepers(1)
+        assert clock.next_wake() == 40  # due at T0 + 60
+        await clock.advance(40)
+        await wait_for_tick(store, "Ticker", at(60))
+        assert actor.ran == [at(60)]
 
 
 async def test_a_missed_tick_with_run_once_runs_once_at_once(store: EventStore) -> None:
     clock = ManualClock(T0)
     async with running(runner_for(Ticker(), store, clock)):
-        await wait_for_ticks(store, "Ticker", 1)
+        await wait_for_tick(store, "Ticker", T0)
     await clock.advance(150)  # two and a half intervals without a tick
-    async with running(runner_for(Ticker(), store, clock)):
-        recorded = await wait_for_ticks(store, "Ticker", 2)
-        late = T0 + timedelta(seconds=150)
-        assert recorded[1] == ActorTicked(actor="Ticker", due_at=late, ticked_at=late)
+    actor = Ticker()
+    async with running(runner_for(actor, store, clock)):
+        late = at(150)
+        assert await wait_for_tick(store, "Ticker", late) == TickRecord(
+            due_at=late, ticked_at=late, node="n1"
+        )
         with anyio.fail_after(5):
             await clock.wait_for_sleepers(1)
         assert clock.next_wake() == 60  # one catch-up run, then the schedule goes on from it
         await anyio.sleep(0.1)
-        assert len(await ticks(store, "Ticker")) == 2
+        assert actor.ran == [late]
 
 
 async def test_a_missed_tick_with_skip_waits_for_the_next_slot(store: EventStore) -> None:
     clock = ManualClock(T0)
     async with running(runner_for(SkippingTicker(), store, clock)):
-        await wait_for_ticks(store, "SkippingTicker", 1)
+        await wait_for_tick(store, "SkippingTicker", T0)
     await clock.advance(150)
-    async with running(runner_for(SkippingTicker(), store, clock)):
+    actor = SkippingTicker()
+    async with running(runner_for(actor, store, clock)):
         with anyio.fail_after(5):
             await clock.wait_for_sleepers(1)
         assert clock.next_wake() == 30  # the slot at T0 + 180
         await anyio.sleep(0.1)
-        assert len(await ticks(store, "SkippingTicker")) == 1
+        assert actor.ran == []
         await clock.advance(30)
-        recorded = await wait_for_ticks(store, "SkippingTicker", 2)
-    assert recorded[1].due_at == T0 + timedelta(seconds=180)
-    assert recorded[1].ticked_at == T0 + timedelta(seconds=180)
+        tick = await wait_for_tick(store, "SkippingTicker", at(180))
+    assert tick.ticked_at == at(180)
+    assert actor.ran == [at(180)]
 
 
 async def test_a_tick_that_hangs_for_five_intervals_is_followed_by_one_catch_up_not_five(
@@ -932,18 +1028,16 @@ async def test_a_tick_that_hangs_for_five_intervals_is_followed_by_one_catch_up_
             await anyio.sleep(0.05)
         assert actor.calls == 1
         actor.gate.set()
-        recorded = await wait_for_ticks(store, "Hanging", 2)
-        late = T0 + timedelta(seconds=300)
-        assert recorded == [
-            ActorTicked(actor="Hanging", due_at=T0, ticked_at=late),
-            ActorTicked(actor="Hanging", due_at=late, ticked_at=late),  # the one catch-up
-        ]
+        late = at(300)
+        # The hung tick is recorded under its own slot, then the one catch-up under now.
+        assert await wait_for_tick(store, "Hanging", late) == TickRecord(
+            due_at=late, ticked_at=late, node="n1"
+        )
         with anyio.fail_after(5):
             await clock.wait_for_sleepers(1)
         assert clock.next_wake() == 60
         await anyio.sleep(0.1)
         assert actor.calls == 2
-        assert len(await ticks(store, "Hanging")) == 2
         assert incarnation.error is None
 
 
@@ -961,13 +1055,11 @@ async def test_a_tick_that_meets_an_unreachable_database_runs_again_soon(
 
             # The ticker sleeps for the backoff, not the hour's interval.
             await wait_for(backing_off, what=f"a {backoff} s backoff after attempt {attempt}")
-            assert await ticks(store, "Unreachable") == []
+            assert await store.load_tick("Unreachable") is None
             await clock.advance(backoff)
-        [done] = await wait_for_ticks(store, "Unreachable", 1)
+        done = await wait_for_tick(store, "Unreachable", T0)
         # Recorded under the slot it was due at; the next slot is an hour after that one.
-        assert done == ActorTicked(
-            actor="Unreachable", due_at=T0, ticked_at=T0 + timedelta(seconds=7)
-        )
+        assert done == TickRecord(due_at=T0, ticked_at=at(7), node="n1")
         with anyio.fail_after(5):
             await clock.wait_for_sleepers(1)
         assert clock.next_wake() == 3600 - 7
@@ -992,7 +1084,7 @@ async def test_a_graceful_stop_finishes_the_message_in_hand(store: EventStore) -
         assert incarnation.error is None
         assert runner.processed == 0
     # The tick in hand was completed, and recorded.
-    assert len(await ticks(store, "Gated")) == 1
+    assert await store.load_tick("Gated") == TickRecord(due_at=T0, ticked_at=T0, node="n1")
 
 
 async def test_a_graceful_stop_of_an_idle_actor_returns_at_once(store: EventStore) -> None:

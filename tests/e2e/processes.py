@@ -29,7 +29,7 @@ from events import (
     ActorStarted,
     ActorStopped,
 )
-from store import EventStore, RecordedEvent
+from store import EventStore, RecordedEvent, TickRecord
 from store.leases import LeaseInfo, Leases
 
 __all__ = [
@@ -320,6 +320,22 @@ def assert_one_at_a_time(history: Sequence[RecordedEvent]) -> list[ActorStarted]
         ):
             running = None
     return starts
+
+
+def assert_schedule_by_a_holder(history: Sequence[RecordedEvent], tick: TickRecord | None) -> None:
+    """The actor's tick schedule (overwritten by every tick, fenced by the lease) was last
+    written by a node under a generation it was granted: one of the actor's starts."""
+    if tick is None:
+        return  # never ticked (its first tick is still ahead)
+    grants = {
+        (recorded.event.node, recorded.event.generation)
+        for recorded in history
+        if isinstance(recorded.event, ActorStarted)
+    }
+    assert (tick.node, tick.generation) in grants, (
+        f"tick schedule last written by {tick.node} under generation {tick.generation}; the "
+        f"actor was started as {sorted(grants)}"
+    )
 
 
 def assert_ticks_follow_starts(

@@ -32,6 +32,7 @@ from events import (
 from store import EventStore, RecordedEvent
 from tests.e2e.processes import (
     assert_one_at_a_time,
+    assert_schedule_by_a_holder,
     assert_ticks_follow_starts,
     i3lani,
     lease_of,
@@ -512,6 +513,7 @@ async def test_a_deploy_overlap_hands_every_actor_to_the_new_worker(
             assert lease is not None
             assert (holder_node(lease.node), lease.generation) == (new.node, starts[-1].generation)
             assert_ticks_follow_starts(history, await store.read_stream(f"tick-{actor}"))
+            assert_schedule_by_a_holder(history, await store.load_tick(actor))
         code, _ = await new.terminate()
         assert code == 0, new.output()
 

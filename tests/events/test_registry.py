@@ -19,6 +19,7 @@ from events import (
     RewardEarned,
 )
 from events.errors import EventRegistrationError, InvalidEvent, UnknownEventType, UpcastError
+from events.registry import same_payload
 
 NOW = datetime(2026, 11, 29, 10, 0, tzinfo=UTC)
 
@@ -64,6 +65,20 @@ def test_encode_round_trips_through_decode() -> None:
     tag, version, payload = DEFAULT_REGISTRY.encode(event)
     assert (tag, version) == ("PaymentCreated", 1)
     assert DEFAULT_REGISTRY.decode(tag, version, payload) == event
+
+
+def test_the_tag_is_stored_in_the_type_column_not_in_the_payload() -> None:
+    event = payment()
+    tag, version, payload = DEFAULT_REGISTRY.encode(event)
+    assert b'"type"' not in payload  # the tag field msgspec writes first is left out
+    assert payload.startswith(b'{"payment_id":')
+    # As earlier releases stored it, with the tag: it decodes all the same.
+    tagged = msgspec.json.encode(event)
+    assert tagged.startswith(b'{"type":"PaymentCreated",')
+    assert DEFAULT_REGISTRY.decode(tag, version, tagged) == event
+    assert same_payload(tagged, payload, "PaymentCreated")
+    assert not same_payload(tagged, payload.replace(b'"payment_id":7', b'"payment_id":8'), tag)
+    assert not same_payload(b'{"type":"Other","x":1}', b'{"x":1}', "Mine")
 
 
 def test_an_application_registers_its_own_event_the_same_way() -> None:

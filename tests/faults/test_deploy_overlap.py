@@ -16,11 +16,10 @@ import pytest
 
 from actors.catalog import PRODUCT_ACTORS
 from events import ActorCrashed, ActorStarted, ActorStopped
-from events.streams import tick_stream
 from store import EventStore
 from tests.e2e.processes import (
     assert_one_at_a_time,
-    assert_ticks_follow_starts,
+    assert_schedule_by_a_holder,
     lease_of,
     lifecycle,
     running_workers,
@@ -144,7 +143,7 @@ async def test_a_deploy_overlap_hands_over_without_duplicate_effects(
                     new.node,
                     starts[-1].generation,
                 )
-                assert_ticks_follow_starts(history, await store.read_stream(tick_stream(actor)))
+                assert_schedule_by_a_holder(history, await store.load_tick(actor))
             taken_back = await store._pool.fetchval(
                 "SELECT count(*) FROM i3lani.events WHERE type = 'TaskFailed' "
                 "AND payload->>'node' = $1",

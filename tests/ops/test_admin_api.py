@@ -315,6 +315,8 @@ async def test_metrics_parse_and_reflect_the_log(
         ("i3lani_dead_letters", "gauge"),
         ("i3lani_subscription_lag_events", "gauge"),
         ("i3lani_payments_confirmed_total", "counter"),
+        ("i3lani_connections", "gauge"),
+        ("i3lani_server_connections", "gauge"),
     ]:
         assert f"# TYPE {name} {kind}\n" in text
         assert f"# HELP {name} " in text
@@ -323,6 +325,12 @@ async def test_metrics_parse_and_reflect_the_log(
     def value(name: str, **labels: str) -> float:
         return got[(name, frozenset(labels.items()))]
 
+    # The admin API's own store holds connections too, and the server counts them.
+    assert (
+        value("i3lani_server_connections", kind="max")
+        >= value("i3lani_server_connections", kind="in_use")
+        >= 1
+    )
     assert value("i3lani_events_total", type="PaymentConfirmed") == 2
     assert value("i3lani_events_total", type="PaymentCreated") == 3
     assert value("i3lani_events_total", type="ActorStarted") == 3

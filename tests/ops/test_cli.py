@@ -178,6 +178,22 @@ async def test_summary_counts_events_per_type(cli: Cli, store: EventStore) -> No
     # The subscriber is two events behind: user-42 and payment-10.
     at = appended[1].last_position
     assert re.search(rf"^\s+cli-test-subscriber\s+{at}\s+2\s", text, re.MULTILINE), text
+    # The log's size on disk, indexes included, and how fast it grows.
+    size = re.search(
+        r"^  size +[\d.]+ kB on disk \(table [\d.]+ kB, indexes [\d.]+ kB\): ([\d,]+) bytes "
+        r"per event; the database [\d.]+ MB in all$",
+        text,
+        re.MULTILINE,
+    )
+    assert size is not None, text
+    growth = re.search(
+        r"^  growth +about [\d.]+ [kM]B a day \(4 events in the last 24 h, 4 in the last 7 "
+        r"days, from the \d+s the log has lived\); at this rate the log reaches 1 GB "
+        r"(in [\d,]+ days|within a day)$",
+        text,
+        re.MULTILINE,
+    )
+    assert growth is not None, text
 
 
 async def test_summary_does_not_print_the_password(cli: Cli, store: EventStore) -> None:
@@ -689,6 +705,40 @@ async def test_status_marks_a_suspect_lease_and_readers_held_back(
     calm = await cli("status")
     [readers] = [line for line in lines(calm.stdout) if line.startswith("READERS")]
     assert readers.startswith("READERS: not held back"), readers
+
+
+async def test_status_shows_each_process_connections(cli: Cli, dsn: str) -> None:
+    # A worker-shaped store: its pool in use, and a follower on its LISTEN connection.
+    async with (
+        EventStore.open(dsn, node="vm:77") as worker,
+        worker.subscribe(category="payment"),
+    ):
+        result = await cli("status")
+        report = json.loads((await cli("status", "--json")).stdout)
+    assert result.returncode == 0, result.stderr.decode()
+    text = lines(result.stdout)
+    [header] = [line for line in text if line.startswith("CONNECTIONS")]
+    assert "of the server's" in header
+    [row] = [line for line in text if line.strip().startswith("vm:77")]
+    assert "1 LISTEN" in row, row
+    assert "pooled" in row, row
+    [node] = [n for n in report["connections"]["nodes"] if n["node"] == "vm:77"]
+    assert node["listen"] == 1
+    assert 1 <= node["work"] <= 6
+    assert report["connections"]["server_in_use"] <= report["connections"]["server_max"]
+
+
+async def test_run_refuses_a_budget_of_connections_that_cannot_work(cli: Cli) -> None:
+    env = {**cli.environment(), "I3LANI_MAX_CONNECTIONS": "2"}
+    with anyio.fail_after(40):
+        result = await anyio.run_process(
+            [I3LANI, "run", "--actors", "Heartbeat"], env=env, check=False
+        )
+    assert result.returncode == 1
+    assert lines(result.stderr) == [
+        "i3lani run: I3LANI_MAX_CONNECTIONS must be between 3 and 1000 (one LISTEN connection, "
+        "one for leases, at least one for the rest), got 2"
+    ]
 
 
 async def test_run_refuses_a_timeout_that_would_outlast_the_lease(cli: Cli) -> None:

@@ -258,7 +258,7 @@ async def test_a_demo_run_tells_the_whole_story(server_dsn: str, demo_database: 
     # transaction still open elsewhere on the server: transaction ids are server-wide).
     log: list[RecordedEvent] = []
     replayed = outcome.audit.summary.events_replayed
-    async with EventStore.open(outcome.dsn, min_connections=1, max_connections=2) as store:
+    async with EventStore.open(outcome.dsn, max_connections=3) as store:
 
         async def read_whole_log() -> bool:
             log[:] = [r async for r in store.read_all(skip_unknown=True)]

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 
 import anyio
 import asyncpg
+import msgspec
 import pytest
 
 from events import EventMetadata, PaymentCreated, PaymentExpired, RewardEarned
@@ -183,6 +184,24 @@ async def test_single_event_retry_with_exact_version_is_idempotent(
     assert retry.duplicate
     assert retry.first_position == first.first_position
     assert await count(log) == 2
+
+
+async def test_a_retry_of_an_event_an_earlier_release_stored_with_its_tag_is_a_retry(
+    log: EventLog, backend: Backend
+) -> None:
+    # Earlier releases stored the tag inside the payload too ({"type": "PaymentExpired", ...});
+    # this one stores it in the type column only. The same event, retried under its id by
+    # this release (a deploy's overlap), is the same event.
+    event_id = uuid.uuid4()
+    event = expired(7)
+    tagged = msgspec.json.encode(event)
+    assert tagged.startswith(b'{"type":"PaymentExpired",')
+    await backend.insert_raw(log, "payment-7", 1, "PaymentExpired", 1, tagged, event_id=event_id)
+    retry = await log.append("payment-7", [NewEvent(event=event, event_id=event_id)])
+    assert retry.duplicate
+    [stored] = await log.read_stream("payment-7")
+    assert stored.event == event
+    assert await count(log) == 1
 
 
 async def test_reusing_an_event_id_for_other_content_is_an_error(

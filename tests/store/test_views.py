@@ -74,6 +74,13 @@ async def test_summary_counts_types_and_checkpoints(store: EventStore) -> None:
         ("payment", "PaymentCreated", 2),
         ("payment", "PaymentExpired", 1),
     ]
+    # Sizes on disk: the table and its indexes, within the whole database.
+    assert summary.log_bytes >= summary.table_bytes + summary.index_bytes > 0
+    assert summary.database_bytes > summary.log_bytes
+    assert summary.bytes_per_event == summary.log_bytes / 4
+    assert (summary.events_last_day, summary.events_last_week) == (4, 4)
+    growth = summary.growth_per_day(summary.last_recorded_at + timedelta(hours=12))
+    assert growth == pytest.approx(summary.log_bytes / 0.5, rel=0.01)  # four events, half a day
     [checkpoint] = summary.checkpoints
     assert checkpoint.name == "reader"
     assert checkpoint.global_position == second.last_position
@@ -147,9 +154,7 @@ async def test_ping_answers_and_a_lost_database_is_a_store_error(server_dsn: str
     name = f"i3lani_ping_{uuid.uuid4().hex[:10]}"
     await create_database(server, name)
     try:
-        async with EventStore.open(
-            with_database(server_dsn, name), min_connections=1, max_connections=1
-        ) as store:
+        async with EventStore.open(with_database(server_dsn, name), max_connections=3) as store:
             await views.ping(store)
             await drop_database(server, name)  # ends the store's session too
             with pytest.raises(StoreError) as caught:
