@@ -59,7 +59,14 @@ from actors.catalog import PRODUCT_ACTORS
 from actors.config import Settings
 from bench.measure import BenchContext
 from bench.report import Goal, Row
-from bench.scale import _drain, _environment, _fresh_database, _i3lani, _stop, _wait_started
+from bench.scale import (
+    _drain,
+    _wait_started,
+    fresh_database,
+    i3lani_command,
+    stop_process,
+    worker_environment,
+)
 from bot_gateway.service import Gateway, TelegramUser
 from ops.standins import BotApiStandIn, TonApiStandIn
 from store import EventStore
@@ -208,7 +215,7 @@ async def _running(dsn: str, node: str, env: Mapping[str, str]) -> AsyncIterator
         EventStore.open(dsn, max_connections=3) as watcher,
         anyio.create_task_group() as tg,
     ):
-        environment = _environment(
+        environment = worker_environment(
             dsn,
             WALLET_ADDRESS=WALLET,
             BOT_TOKEN=bot_api.token,
@@ -217,7 +224,7 @@ async def _running(dsn: str, node: str, env: Mapping[str, str]) -> AsyncIterator
             I3LANI_NODE=node,
             **env,
         )
-        process = await anyio.open_process([*_i3lani(), "run"], env=environment)
+        process = await anyio.open_process([*i3lani_command(), "run"], env=environment)
         for stream in (process.stdout, process.stderr):
             assert stream is not None
             tg.start_soon(_drain, stream, output)
@@ -226,7 +233,7 @@ async def _running(dsn: str, node: str, env: Mapping[str, str]) -> AsyncIterator
             yield _Worker(process, tonapi, bot_api, output)
         finally:
             with anyio.CancelScope(shield=True):
-                await _stop(process)
+                await stop_process(process)
             tg.cancel_scope.cancel()
 
 
@@ -263,7 +270,7 @@ def events_per_day(
 
 async def _idle(ctx: BenchContext) -> _Idle:
     window = 30.0 if ctx.quick else WINDOW
-    dsn = await _fresh_database(ctx, IDLE_DATABASE)
+    dsn = await fresh_database(ctx, IDLE_DATABASE)
     node = "bench-cost-idle"
     intervals = {name: f"{seconds:g}" for name, seconds in IDLE_INTERVALS.values()}
     async with _running(dsn, node, intervals) as worker:
@@ -374,7 +381,7 @@ async def _count(conn: asyncpg.Connection, event_type: str) -> int:
 
 async def _mix(ctx: BenchContext) -> _Mix:
     users = 120 if ctx.quick else USERS
-    dsn = await _fresh_database(ctx, MIX_DATABASE)
+    dsn = await fresh_database(ctx, MIX_DATABASE)
     node = "bench-cost"
     rng = random.Random(17)
     settings = Settings(wallet=WALLET)
