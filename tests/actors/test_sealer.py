@@ -71,13 +71,14 @@ async def test_each_tick_seals_what_came_since_the_last_seal_in_a_chain() -> Non
         await append_events(log, 100, 10)
         await clock.wait_for_sleepers(1)
         await clock.advance(INTERVAL)
-        await eventually(lambda: sealed_through(log, 25 + 10 + 2))
+        await eventually(lambda: sealed_through(log, 25 + 10 + 1))
     first, second = await seals(log)
     assert (first.seal, first.count, first.total) == (1, 25, 25)
     assert first.previous_hash == "0" * 64
     assert first.positions == [(1, 25)]
-    # The second covers the ten new events and the first seal's own commit (seal + tick).
-    assert (second.seal, second.count) == (2, 12)
+    # The second covers the ten new events and the first seal's own commit (the seal alone:
+    # a tick's schedule is kept beside the log, not in it).
+    assert (second.seal, second.count) == (2, 11)
     assert second.previous_hash == first.hash
     assert (second.after_transaction_id, second.after_position) == (
         first.last_transaction_id,
@@ -97,13 +98,16 @@ async def test_an_empty_log_gets_no_seal() -> None:
     async with sealer(log, clock=clock):
         await clock.wait_for_sleepers(1)  # the first tick ran, found nothing to seal
         assert await seals(log) == []
-        # The next run seals what is there by then: the tick it recorded.
+        # Ticks leave nothing in the log (their schedule is kept beside it): still nothing.
         await clock.advance(INTERVAL)
-        await eventually(lambda: sealed_through(log, 1))
+        await clock.wait_for_sleepers(1)
+        assert await seals(log) == []
+        # The next run seals what is there by then.
+        await append_events(log, 1, 3)
+        await clock.advance(INTERVAL)
+        await eventually(lambda: sealed_through(log, 3))
     [only] = await seals(log)
-    assert only.count == 1
-    [tick] = await log.read_stream("tick-Sealer", limit=1)
-    assert only.positions == [(tick.position, 1)]
+    assert (only.count, only.positions) == (3, [(1, 3)])
 
 
 async def test_a_big_backlog_is_sealed_at_once_in_bounded_runs() -> None:
