@@ -96,6 +96,7 @@ from ops import cli
 from ops.admin import serve_admin_app
 from ops.standins import BotApiStandIn
 from store import EventStore
+from store.leases import Leases
 from store.tasks import InvalidTaskPayload, TaskError, TaskQueue, UnknownTaskType
 from tests.bot_gateway.conftest import ADMIN, PATH, SECRET, WALLET, message_update
 
@@ -903,6 +904,8 @@ async def test_restart_with_a_bad_actor_is_answered_and_appends_nothing(
 async def test_a_restart_reason_is_recorded_as_given_or_refused(
     webhook: Webhook, store: EventStore, reason: str
 ) -> None:
+    # A node runs Cleanup, so a restart is something it acts on (and is recorded).
+    await Leases(store, "vm:1", ttl=600).acquire("Cleanup")
     before = await counts(store)
     sent = len(webhook.bot_api.sent)
     status, _ = await webhook.post(_json_bytes(_update_from(f"/restart Cleanup {reason}", ADMIN)))
