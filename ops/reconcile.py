@@ -28,6 +28,7 @@ from actors.transfers import Reconciliation, reconcile_wallet
 from events import environment
 from ops.format import format_ton
 from store import EventStore, migrate
+from store.budget import COMMAND_MAX_CONNECTIONS
 
 __all__ = ["add_arguments", "parse_since", "render_table", "reconcile_command"]
 
@@ -108,7 +109,7 @@ async def reconcile_command(dsn: str, args: argparse.Namespace, out: TextIO) -> 
         raise ValueError("no wallet to reconcile: set WALLET_ADDRESS or give --wallet ADDRESS")
     await migrate(dsn)
     async with (
-        EventStore.open(dsn, min_connections=1, max_connections=2) as store,
+        EventStore.open(dsn, max_connections=COMMAND_MAX_CONNECTIONS) as store,
         TonApiClient(settings.tonapi_url, api_key=settings.tonapi_key) as client,
     ):
         result = await reconcile_wallet(store, client, wallet, since=since)

@@ -34,6 +34,7 @@ from actors.refunds import (
 )
 from ops.format import format_time, format_ton
 from store import EventStore, migrate
+from store.budget import COMMAND_MAX_CONNECTIONS
 
 __all__ = ["add_arguments", "refunds_command", "render_table", "detail"]
 
@@ -112,7 +113,7 @@ def _who() -> str:
 async def refunds_command(dsn: str, args: argparse.Namespace, out: TextIO) -> int:
     """``i3lani refunds``: list, or mark one refunded, or decline one. 0 when done."""
     await migrate(dsn)
-    async with EventStore.open(dsn, min_connections=1, max_connections=2) as store:
+    async with EventStore.open(dsn, max_connections=COMMAND_MAX_CONNECTIONS) as store:
         action = getattr(args, "refund_action", None)
         if action is None:
             refunds = await list_refunds(store)

@@ -24,6 +24,7 @@ from events.errors import I3laniError
 from events.streams import SEAL_LOG
 from ops.format import format_time
 from store import EventStore, migrate
+from store.budget import COMMAND_MAX_CONNECTIONS
 from store.sealing import SealDigest
 
 __all__ = ["add_arguments", "seal_command", "ExportedDigest"]
@@ -64,7 +65,7 @@ async def latest_seal(store: EventStore) -> LogSealed:
 
 async def seal_command(dsn: str, args: argparse.Namespace, out: TextIO) -> int:
     await migrate(dsn)
-    async with EventStore.open(dsn, min_connections=1, max_connections=2) as store:
+    async with EventStore.open(dsn, max_connections=COMMAND_MAX_CONNECTIONS) as store:
         seal = await latest_seal(store)
     digest = SealDigest.of(seal)
     if args.json:
