@@ -5,7 +5,8 @@
     i3lani events [--stream S | --category C] [--after N] [--follow] [--json]
     i3lani run [--actors A,B]       supervise the actors on this node until SIGTERM/SIGINT
     i3lani status [--json]          each actor's state, node, generation, restarts, errors;
-                                    the task queue's backlog and dead letters
+                                    readers held back, each process's connections, the task
+                                    queue's backlog and dead letters
     i3lani health [--now] [--json]  the last health verdict (or run the checks now)
     i3lani retry-task TASK_ID       re-queue a dead-lettered task
     i3lani restart|stop|start ACTOR [--reason TEXT]

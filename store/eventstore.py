@@ -370,30 +370,45 @@ class _Borrowed:
     def idle(self) -> bool:
         return not self._busy and anyio.current_time() - self.used_at >= LINGER
 
-    @contextlib.asynccontextmanager
-    async def use(self) -> AsyncIterator[Connection]:
-        """The connection for one use (waiting for one within the budget, if none is held). A
-        failure other than PostgreSQL's answer (a lost connection, a cancellation
-        mid-statement) drops it: its protocol state is not to be trusted."""
-        if self._conn is None or self._conn.is_closed():
+    async def take(self) -> Connection:
+        """The connection for one use (waiting for one within the budget, if none is held);
+        :meth:`put` after the use. The lone writer's path: no context manager per append."""
+        conn = self._conn
+        if conn is None or conn.is_closed():
             self._drop()
             cm = self.store._pool.acquire()
-            self._conn = await cm.__aenter__()
-            self._cm = cm
+            conn = await cm.__aenter__()
+            self._conn, self._cm = conn, cm
             self.store._borrowed.set()
         self._busy = True
-        try:
-            yield self._conn
-        except (StoreError, _RetryAppendError, asyncpg.PostgresError):
-            raise  # the connection is fine
-        except BaseException:
+        return conn
+
+    def put(self, error: BaseException | None) -> bool:
+        """After a use that ended with ``error`` (None: it went well): a failure other than
+        PostgreSQL's answer (a lost connection, a cancellation mid-statement) drops the
+        connection, its protocol state not to be trusted. Whether it must go back now: others
+        wait for a connection, and it is never kept idle while they do."""
+        self._busy = False
+        self.used_at = anyio.current_time()
+        if error is not None and not isinstance(
+            error, StoreError | _RetryAppendError | asyncpg.PostgresError
+        ):
             self._drop()
+            return False
+        return bool(self.store._pool.waiting)
+
+    @contextlib.asynccontextmanager
+    async def use(self) -> AsyncIterator[Connection]:
+        """:meth:`take` and :meth:`put` around a block."""
+        conn = await self.take()
+        error: BaseException | None = None
+        try:
+            yield conn
+        except BaseException as exc:
+            error = exc
             raise
         finally:
-            self._busy = False
-            self.used_at = anyio.current_time()
-            if self.store._pool.waiting:
-                # Others wait for a connection: never keep one idle while they do.
+            if self.put(error):
                 await self.give_back()
 
     def _drop(self) -> None:
@@ -772,8 +787,16 @@ class EventStore(PagedReads):
         )
 
     async def _on_dedicated(self, dedicated: _Borrowed, request: _Request) -> AppendResult:
-        async with dedicated.use() as conn:
+        conn = await dedicated.take()
+        error: BaseException | None = None
+        try:
             return await self._append_on(conn, request, in_transaction=False)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            if dedicated.put(error):
+                await dedicated.give_back()
 
     async def _append_on(
         self, conn: Connection, request: _Request, *, in_transaction: bool
