@@ -1414,6 +1414,25 @@ class _Admin:
         return content, b"event: overview\ndata: " + msgspec.json.encode(overview) + b"\n\n"
 
 
+@web.middleware
+async def _api_route_not_found(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """A path under ``/api/`` that no route matches (an actor name holding ``{``, say) answers
+    like every other refusal of the API, a JSON ``error`` of one line, not aiohttp's text."""
+    try:
+        return await handler(request)
+    except web.HTTPNotFound:
+        if not request.path.startswith("/api/"):
+            raise
+        return _error(404, "no such route in the admin API (see docs/admin-api.md)")
+    except web.HTTPMethodNotAllowed as exc:
+        if not request.path.startswith("/api/"):
+            raise
+        allowed = ", ".join(sorted(exc.allowed_methods))
+        return _error(405, f"{request.method} is not allowed here; allowed: {allowed}")
+
+
 def add_admin_routes(
     app: web.Application,
     store: EventStore,
@@ -1425,6 +1444,7 @@ def add_admin_routes(
     ``clock`` (Unix seconds) dates and expires the sessions."""
     admin = _Admin(store, AdminAuth(token, clock=clock))
     guard = admin.auth.guard
+    app.middlewares.append(_api_route_not_found)
     app.router.add_get("/metrics", guard(admin.metrics))
     app.router.add_get("/api/actors", guard(admin.actors))
     app.router.add_post("/api/actors/{name}/{action}", guard(admin.command, "write"))

@@ -1260,3 +1260,17 @@ async def test_a_dead_task_is_retried_by_whoever_asked(
     assert word.status_code == 404
     assert "whole number" in word.json()["error"]
     assert await store.head() == before
+
+
+async def test_a_path_no_api_route_matches_is_a_json_404_and_nothing_is_appended(
+    client: httpx.AsyncClient, store: EventStore
+) -> None:
+    # An actor name holding "{" matches no route at all (aiohttp's own 404 was plain text).
+    for method, path in (("POST", "/api/actors/%00%7B/restart"), ("GET", "/api/nothing")):
+        response = await client.request(method, path, headers=AUTH)
+        assert response.status_code == 404, path
+        assert response.json()["error"].startswith("no such route in the admin API"), path
+    response = await client.request("DELETE", "/api/actors", headers=AUTH)
+    assert response.status_code == 405
+    assert "allowed: GET" in response.json()["error"]
+    assert await ops_commands(store) == []
