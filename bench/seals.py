@@ -44,7 +44,7 @@ from bench.scale import (
     worker_environment,
 )
 from events import ActorStarted, ActorStopped, Event, LogSealed
-from events.streams import actor_stream, tick_stream
+from events.streams import actor_stream
 from ops.audit import run_audit
 from store import EventStore, NewEvent, views
 from store.queries import query
@@ -167,7 +167,7 @@ class _Worker:
     async def _lifecycle(self, kind: type[Event], *, after: int) -> None:
         """Wait until the Sealer's lifecycle records ``kind`` after position ``after`` (and,
         once started, its first tick)."""
-        ticks = await self.store.stream_version(tick_stream(Sealer.name))
+        ticked = await self.store.load_tick(Sealer.name)  # the schedule beside the log
         with anyio.fail_after(60):
             while True:
                 assert self.process is not None
@@ -178,7 +178,7 @@ class _Worker:
                     break
                 await anyio.sleep(0.05)
             while kind is ActorStarted:
-                if await self.store.stream_version(tick_stream(Sealer.name)) > ticks:
+                if await self.store.load_tick(Sealer.name) != ticked:
                     return
                 await anyio.sleep(0.05)
 
