@@ -286,7 +286,7 @@ async def test_telegram_misbehaving(dsn: str, store: EventStore, clean_env: dict
         admin_wait = sends[1] - sends[0]
         assert admin_wait >= ADMIN_RETRY_AFTER * 0.95, sends
         to_throttled = [m.text for m in bot_api.sent if m.chat_id == THROTTLED_ADMIN]
-        assert sum("FAILING" in t for t in to_throttled) == 1
+        assert sum("FAILING" in t for t in to_throttled) == 1, to_throttled
         assert sum("RECOVERED" in t for t in to_throttled) == 1
         assert not [m for m in bot_api.sent if m.chat_id == BLOCKED]
         assert len(_times(calls, "sendMessage", BLOCKED)) >= 2  # tried, refused, not retried
