@@ -33,7 +33,7 @@ import msgspec
 
 from events.errors import I3laniError
 from store import Cursor, EventStore
-from store.views import RawEvent, raw_page
+from store.stored import StoredEvent
 
 __all__ = [
     "FORMAT",
@@ -83,7 +83,7 @@ def manifest_path(path: Path) -> Path:
     return path.with_name(path.name + ".manifest.json")
 
 
-def line(row: RawEvent) -> bytes:
+def line(row: StoredEvent) -> bytes:
     """One event as stored, as one JSON line: payload and metadata are the log's own JSON."""
     return (
         msgspec.json.encode(
@@ -104,12 +104,14 @@ def line(row: RawEvent) -> bytes:
     )
 
 
-async def _pages(store: EventStore, after: Cursor, upto: Cursor) -> AsyncIterator[list[RawEvent]]:
+async def _pages(
+    store: EventStore, after: Cursor, upto: Cursor
+) -> AsyncIterator[list[StoredEvent]]:
     """The log's events after ``after`` up to ``upto`` (included), in reading order, a page
     at a time."""
     cursor = after
     while True:
-        rows = await raw_page(store, cursor, PAGE)
+        rows = (await store.read_stored(cursor, limit=PAGE)).rows  # what seals hash, as stored
         inside = [row for row in rows if row.cursor <= upto]
         if inside:
             yield inside

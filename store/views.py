@@ -11,7 +11,6 @@ refusal), never the driver's.
 from __future__ import annotations
 
 import contextlib
-import uuid
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Literal, TypeVar
@@ -25,7 +24,6 @@ from store.driver import driver_errors
 from store.eventstore import EventStore, Transaction
 from store.memory import MemoryLog
 from store.queries import query
-from store.records import Cursor
 
 __all__ = [
     "DesiredState",
@@ -36,8 +34,6 @@ __all__ = [
     "MinuteCount",
     "RecentStream",
     "HealthSample",
-    "RawEvent",
-    "raw_page",
     "ConnectionUse",
     "NodeConnections",
     "connection_use",
@@ -156,26 +152,6 @@ class ConnectionUse(msgspec.Struct, frozen=True, kw_only=True):
     nodes: list[NodeConnections]
 
 
-class RawEvent(msgspec.Struct, frozen=True, kw_only=True):
-    """An event as the log stores it, undecoded: payload and metadata are its JSON (for
-    exports, which keep exactly what was stored)."""
-
-    position: int
-    transaction_id: int
-    event_id: uuid.UUID
-    stream: str
-    version: int
-    type: str
-    schema_version: int
-    payload: bytes
-    metadata: bytes
-    recorded_at: datetime
-
-    @property
-    def cursor(self) -> Cursor:
-        return Cursor(self.transaction_id, self.position)
-
-
 class HealthSample(msgspec.Struct, frozen=True, kw_only=True):
     """One check of one health round (a row of ``i3lani.health_samples``)."""
 
@@ -263,30 +239,6 @@ async def max_payload_int(store: EventStore | MemoryLog, event_type: str, field:
     with _translated(f"reading the largest {field}"):
         largest: int = await store._pool.fetchval(query("max_payload_int"), event_type, field)
     return largest
-
-
-async def raw_page(store: EventStore, after: Cursor, limit: int) -> list[RawEvent]:
-    """Up to ``limit`` events after ``after``, in reading order (``read_all`` in
-    queries.sql: never one behind an open transaction), as stored."""
-    with _translated("reading the log"):
-        records = await store._pool.fetch(
-            query("read_all"), after.transaction_id, after.position, limit
-        )
-    return [
-        RawEvent(
-            position=r[0],
-            transaction_id=r[1],
-            event_id=r[2],
-            stream=r[3],
-            version=r[4],
-            type=r[5],
-            schema_version=r[6],
-            payload=r[7],
-            metadata=r[8] if r[8] is not None else b"{}",  # read_all gives NULL for {}
-            recorded_at=r[9],
-        )
-        for r in records
-    ]
 
 
 async def connection_use(store: EventStore) -> ConnectionUse:
