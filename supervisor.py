@@ -38,6 +38,7 @@ import anyio
 from anyio.abc import TaskStatus
 
 from actors.runtime import ActorRef, ActorRunner, ChildSpec, Clock, RestartType, SystemClock
+from actors.runtime.status import SHUTDOWN_REASON
 from events import (
     ActorBackoffScheduled,
     ActorCrashed,
@@ -578,7 +579,7 @@ class Supervisor:
             lease = await self._wait_for_lease(child)
             if lease is None:
                 if not isinstance(child.state, Stopped):
-                    child.move(Stopped("shutdown"))
+                    child.move(Stopped(SHUTDOWN_REASON))
                 return
             child.lease = lease
             child.command = None  # commands seen before we held the lease are stale
@@ -929,7 +930,7 @@ class Supervisor:
         if lost.is_set():
             return LeaseLost(_lost_why(child))
         if child.stop_requested or self._shutting_down:
-            return Cancelled("shutdown")
+            return Cancelled(SHUTDOWN_REASON)
         command, child.command = child.command, None
         return Commanded(command) if command is not None else Elapsed()
 
@@ -1013,7 +1014,7 @@ class Supervisor:
             if lost.is_set():
                 return LeaseLost(_lost_why(child))
             if child.stop_requested:  # set child by child, in reverse start order
-                return Cancelled("shutdown")
+                return Cancelled(SHUTDOWN_REASON)
             command, child.command = child.command, None
             if command is not None:
                 if command.action == "stop":

@@ -53,7 +53,7 @@ import msgspec
 from actors.config import Settings
 from actors.runtime import Actor, ActorRunner, Emit, Message, TickSpec
 from actors.runtime.clock import Clock
-from actors.runtime.status import actor_status
+from actors.runtime.status import SHUTDOWN_REASON, ActorStatus, actor_status
 from actors.tasks import ADMIN_ALERT, AdminAlert, serve_tasks, task_types
 from actors.telegram import TelegramClient, make_bot
 from actors.tonapi import TonApiClient
@@ -420,6 +420,13 @@ class HealthChecker(Actor[HealthState]):
             ok, detail = True, str(status.state)
             if status.desired == "stopped" and status.state in ("stopped", "never started"):
                 detail = "stopped by an operator"
+            elif self._handing_over(status, now):
+                # A node shut down (a deploy, a scale-down): another takes the actor over within
+                # moments. Alerting on it would page admins at every deploy, and the checker's
+                # own node may be the one shutting down.
+                assert status.since is not None
+                ago = (now - status.since).total_seconds()
+                detail = f"stopped at a node shutdown {ago:.0f}s ago; a node takes it over soon"
             elif status.state in ("never started", "starting") and self._starting_up(now):
                 detail = f"{status.state} (this checker started moments ago)"
             elif status.state != "running":
@@ -433,6 +440,16 @@ class HealthChecker(Actor[HealthState]):
                     detail = f"running, last tick {age:.0f}s ago"
             checks.append(HealthCheck(name=f"actor:{name}", ok=ok, detail=detail[:200]))
         return checks
+
+    def _handing_over(self, status: ActorStatus, now: datetime) -> bool:
+        """``status`` is an actor its node stopped at shutdown, less than the startup grace
+        ago: a hand-over, not a failure (past the grace, nobody took it over: failing)."""
+        return (
+            status.state == "stopped"
+            and status.stop_reason == SHUTDOWN_REASON
+            and status.since is not None
+            and (now - status.since).total_seconds() < self.startup_grace
+        )
 
     def _starting_up(self, now: datetime) -> bool:
         if self.started_at is None:  # checked from outside an incarnation: no grace

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import Final, Literal
 
 import msgspec
 
@@ -30,10 +30,12 @@ from store.leases import LeaseInfo, Leases
 from store.memory import MemoryLog
 from store.views import DesiredState, desired_state
 
-__all__ = ["ActorStatus", "StatusState", "actor_status", "project_status"]
+__all__ = ["SHUTDOWN_REASON", "ActorStatus", "StatusState", "actor_status", "project_status"]
 
 
 StatusState = Literal["starting", "running", "backing off", "parked", "stopped", "never started"]
+SHUTDOWN_REASON: Final = "shutdown"
+"""The reason an ActorStopped gives when the actor's node shut down (not an operator's stop)."""
 
 
 class ActorStatus(msgspec.Struct, kw_only=True):

@@ -5,9 +5,10 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import anyio
+import pytest
 
 from actors.config import Settings
 from actors.health import (
@@ -22,10 +23,13 @@ from actors.health import (
 )
 from actors.runtime import ActorRef, ActorRunner
 from actors.runtime.clock import SystemClock
+from actors.runtime.status import SHUTDOWN_REASON
 from actors.telegram import TelegramClient, make_bot
 from actors.tonapi import TonApiClient
-from events import AlertRaised, HealthCheck, HealthChecked
+from events import ActorStarted, ActorStopped, AlertRaised, HealthCheck, HealthChecked
+from events.streams import actor_stream
 from ops.standins import BotApiStandIn, TonApiStandIn
+from ops.standins.telegram import SentMessage
 from store import EventStore
 from tests.waiting import eventually
 
@@ -197,27 +201,71 @@ async def test_one_blocked_admin_does_not_stop_the_others(store: EventStore) -> 
         assert "PaymentMonitor parked" in bot_api.sent[0].text
 
 
-async def test_a_dead_actor_fails_its_liveness_check(store: EventStore) -> None:
+async def liveness_check(
+    store: EventStore, name: str, interval: float, *, startup_grace: float = 0.0
+) -> tuple[HealthChecked, HealthCheck, list[SentMessage]]:
+    """One health check of ``name`` by a checker that started just now: the verdict, the
+    actor's liveness check in it, and the messages sent to admins by the time it is checked."""
     async with TonApiStandIn() as tonapi, BotApiStandIn() as bot_api:
-        async with checker(store, tonapi, bot_api, intervals={"PaymentMonitor": 30}) as (ref, _):
+        async with checker(
+            store, tonapi, bot_api, intervals={name: interval}, startup_grace=startup_grace
+        ) as (ref, _):
             await ref.ask(CheckHealth(), timeout=20)
         last = (await verdicts(store))[-1]
-        assert not last.healthy
-        [liveness] = [c for c in last.checks if c.name == "actor:PaymentMonitor"]
-        assert not liveness.ok
-        assert "never started" in liveness.detail
+        [liveness] = [c for c in last.checks if c.name == f"actor:{name}"]
+        return last, liveness, list(bot_api.sent)
+
+
+async def test_a_dead_actor_fails_its_liveness_check(store: EventStore) -> None:
+    last, liveness, _ = await liveness_check(store, "PaymentMonitor", 30)
+    assert not last.healthy
+    assert not liveness.ok
+    assert "never started" in liveness.detail
 
 
 async def test_a_sibling_not_started_yet_is_not_failing_while_the_checker_starts_up(
     store: EventStore,
 ) -> None:
-    async with TonApiStandIn() as tonapi, BotApiStandIn() as bot_api:
-        async with checker(
-            store, tonapi, bot_api, intervals={"PaymentMonitor": 30}, startup_grace=60
-        ) as (ref, _):
-            await ref.ask(CheckHealth(), timeout=20)
-        last = (await verdicts(store))[-1]
-        [liveness] = [c for c in last.checks if c.name == "actor:PaymentMonitor"]
-        assert liveness.ok
-        assert liveness.detail.startswith("never started (this checker started")
-        assert not bot_api.sent  # no "failing" alert on a fresh deploy
+    _, liveness, sent = await liveness_check(store, "PaymentMonitor", 30, startup_grace=60)
+    assert liveness.ok
+    assert liveness.detail.startswith("never started (this checker started")
+    assert not sent  # no "failing" alert on a fresh deploy
+
+
+async def _stopped_at_shutdown(store: EventStore, name: str, ago: float) -> None:
+    stopped_at = datetime.now(UTC) - timedelta(seconds=ago)
+    await store.append(
+        actor_stream(name),
+        [
+            ActorStarted(actor=name, node="node-b", generation=1, started_at=stopped_at),
+            ActorStopped(
+                actor=name,
+                node="node-b",
+                generation=1,
+                reason=SHUTDOWN_REASON,
+                stopped_at=stopped_at,
+            ),
+        ],
+    )
+
+
+@pytest.mark.parametrize(
+    ("ago", "ok", "detail"),
+    [
+        # A deploy: the old node stopped the actor moments ago and the new one has not started
+        # it yet (or this checker's own node is the one shutting down): nobody is paged.
+        (5, True, "stopped at a node shutdown 5s ago; a node takes it over soon"),
+        # Past the grace nobody took it over: failing.
+        (120, False, "stopped"),
+    ],
+    ids=["handed-over", "not-taken-over"],
+)
+async def test_an_actor_its_node_stopped_at_shutdown_fails_only_when_nobody_takes_it_over(
+    store: EventStore, ago: float, ok: bool, detail: str
+) -> None:
+    await _stopped_at_shutdown(store, "RewardProcessor", ago=ago)
+    last, liveness, sent = await liveness_check(store, "RewardProcessor", 300, startup_grace=60)
+    assert (liveness.ok, liveness.detail) == (ok, detail)
+    assert last.healthy is ok
+    if ok:
+        assert not sent  # nobody paged at a deploy
