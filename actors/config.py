@@ -432,7 +432,8 @@ def _min_finality(env: Mapping[str, str]) -> MinFinality:
         )
     if text not in MIN_FINALITIES:
         raise ConfigError(
-            f"I3LANI_MIN_FINALITY must be confirmed or finalized, got {env['I3LANI_MIN_FINALITY']!r}"
+            "I3LANI_MIN_FINALITY must be confirmed or finalized, "
+            f"got {env['I3LANI_MIN_FINALITY']!r}"
         )
     return cast(MinFinality, text)
 

@@ -65,8 +65,8 @@ from actors.telegram import TelegramClient, make_bot
 from actors.tonapi import TonApiClient
 from actors.tonapi_stream import StreamStatus
 from events import AlertRaised, HealthCheck, HealthChecked
-from events.operations import WARNING_PREFIX
 from events.errors import I3laniError, StoreUnavailable
+from events.operations import WARNING_PREFIX
 from events.streams import OPS, OPS_ALERTS, OPS_HEALTH, actor_stream
 from store import EventStore, Fence, RecordedEvent, Transaction, views
 from store.memory import MemoryLog, MemoryTransaction

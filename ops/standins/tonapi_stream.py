@@ -57,8 +57,9 @@ __all__ = ["StreamHub", "StreamConnection", "STREAM_PATH", "FINALITIES"]
 logger = logging.getLogger(__name__)
 
 STREAM_PATH: Final = "/streaming/v2/sse"
-FINALITIES: Final = ("pending", "confirmed", "finalized")
-_RANK: Final = {name: rank for rank, name in enumerate(FINALITIES)}
+Level = Literal["pending", "confirmed", "finalized"]
+FINALITIES: Final[tuple[Level, ...]] = ("pending", "confirmed", "finalized")
+_RANK: Final[dict[str, int]] = {name: rank for rank, name in enumerate(FINALITIES)}
 _TYPES: Final = frozenset(
     {"transactions", "actions", "trace", "account_state_change", "jettons_change"}
 )
@@ -487,8 +488,10 @@ def _notice(
     trace: str,
 ) -> dict[str, Any]:
     """One ``transactions`` notification of ``tx``, as the streaming API shapes it."""
-    out_msgs = tx.get("out_msgs") if isinstance(tx.get("out_msgs"), list) else []
-    compute = tx.get("compute_phase") if isinstance(tx.get("compute_phase"), dict) else {}
+    found_out = tx.get("out_msgs")
+    out_msgs: list[Any] = found_out if isinstance(found_out, list) else []
+    found_compute = tx.get("compute_phase")
+    compute: dict[str, Any] = found_compute if isinstance(found_compute, dict) else {}
     raw = _upper_raw(account)
     involved: Iterable[str | None] = [
         raw,
