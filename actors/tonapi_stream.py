@@ -506,7 +506,7 @@ async def _refusal(response: httpx.Response) -> _Dropped:
     """A non-200 answer to the subscription, as a drop."""
     status = response.status_code
     body = b""
-    async for chunk in response.aiter_raw():
+    async for chunk in response.aiter_bytes():
         body += chunk
         if len(body) >= _ERROR_BODY_LIMIT:
             break

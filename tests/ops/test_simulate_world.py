@@ -183,9 +183,12 @@ def test_a_wrong_price_is_reported(off_by: int, violation: str) -> None:
         _run_with_a_bug(reprice)
 
 
+@pytest.mark.timeout(180)
 def test_channels_measured_only_once_are_reported() -> None:
     # A bug that measures only channels never measured before (each keeps its first count):
     # the liveness check must name a channel not measured again since the faults stopped.
+    # (First found at seed 8 since payment notices go out in per-user lanes, at seed 1
+    # before: each seed takes a few seconds, hence the longer timeout.)
     original = ChannelAnalytics.on_tick
 
     async def new_only(
@@ -276,6 +279,7 @@ class _UnfencedProcessor(TaskProcessor):
         super().__init__(*args, **kwargs)
 
 
+@pytest.mark.timeout(180)
 def test_the_stale_node_writing_task_events_bug_is_found_again() -> None:
     # The partition test found this bug (a node cut off past its lease still recorded task
     # outcomes); reintroduced, the simulation finds it when a node is stopped while it holds
@@ -284,7 +288,9 @@ def test_the_stale_node_writing_task_events_bug_is_found_again() -> None:
     # nodes stopped ten times as often and no other fault: it finds the bug at 3 of seeds 1 to
     # 20, the first at seed 1, since every transfer is recorded (6, the first at seed 2,
     # before: the schedules moved). Seed 1 finds it with the lease lapsed and not yet taken
-    # by the other node: the same stale write.
+    # by the other node: the same stale write. Since payment notices go out in per-user
+    # lanes (issue 15) the interleavings moved again: of seeds 1 to 10, seed 7 finds it first
+    # (seed 4 just before), about 7 s a seed.
     pauses_only = Scenario(
         pauses_per_hour=30.0,
         **{rate: 0 for rate in FAULTS.values() if rate != "pauses_per_hour"},
