@@ -22,7 +22,8 @@ Faults (methods, and ``/_standin/stream/*`` for other processes):
 * :meth:`StreamHub.drop`: every open stream is **closed** now; with ``cooldown``, connections in
   the following seconds get 429, as TonAPI still counts the old one;
 * :meth:`StreamHub.stall`: every stream, open or new, goes **silent** (no status, no keepalive,
-  no notice; what happens meanwhile is never sent) while the connection stays open;
+  no notice; what happens meanwhile is never sent) while the connection stays open; a stream
+  opened during the stall says ``subscribed`` once it ends;
 * :meth:`StreamHub.garbage`: **garbage lines** around every message (a line with no field, a
   ``data:`` that is not JSON, JSON of the wrong shape, bytes that are not UTF-8, an event
   field), and a notice of an unknown finality;
@@ -83,6 +84,7 @@ class StreamRequest(msgspec.Struct, frozen=True):
     types: list[str]
     authorization: str | None
     answered: int  # the HTTP status it got
+    at: float = 0.0  # when it came (time.monotonic())
 
 
 class _Body(msgspec.Struct, forbid_unknown_fields=False):
@@ -138,6 +140,8 @@ class StreamHub:
         """Every subscription request received, in order."""
         self.connections: set[StreamConnection] = set()
         """The streams open now."""
+        self.most_open = 0
+        """The most streams ever open at once."""
         self.notified: list[tuple[float, str, str]] = []
         """``(time.time(), finality, tx hash)`` of every notice written to a stream."""
         self._refusals: int | None = 0  # None: until healed
@@ -320,7 +324,9 @@ class StreamHub:
                 headers,
             )
         self.requests.append(
-            StreamRequest(body.addresses, body.min_finality, body.types, authorization, 200)
+            StreamRequest(
+                body.addresses, body.min_finality, body.types, authorization, 200, time.monotonic()
+            )
         )
         response = web.StreamResponse(
             status=200,
@@ -329,13 +335,18 @@ class StreamHub:
         await response.prepare(request)
         connection = StreamConnection(frozenset(accounts), _RANK[body.min_finality])
         self.connections.add(connection)
+        self.most_open = max(self.most_open, len(self.connections))
         try:
-            await self._write(response, {"status": "subscribed"})
+            # Opened during a stall: the status comes once the stall ends, as from a slow
+            # server (and what was notified meanwhile is lost).
+            greeted = await self._write(response, {"status": "subscribed"})
             while True:
                 try:
                     item = await asyncio.wait_for(connection.queue.get(), self.keepalive)
                 except TimeoutError:
                     if not self._stalled:
+                        if not greeted:
+                            greeted = await self._write(response, {"status": "subscribed"})
                         await response.write(b": keepalive\n\n")
                     continue
                 if item is _DROP:
@@ -350,9 +361,11 @@ class StreamHub:
             await response.write_eof()
         return response
 
-    async def _write(self, response: web.StreamResponse, message: dict[str, Any]) -> None:
+    async def _write(self, response: web.StreamResponse, message: dict[str, Any]) -> bool:
+        """Write ``message`` (with garbage around it, in that mode); False: stalled, not
+        written."""
         if self._stalled:
-            return
+            return False
         payload = b"data: " + msgspec.json.encode(message) + b"\n\n"
         if self._garbage:
             payload = b"".join(GARBAGE_LINES[:4]) + payload + b"".join(GARBAGE_LINES[4:])
@@ -360,6 +373,7 @@ class StreamHub:
         if message.get("type") == "transactions":
             for tx in message.get("transactions", ()):
                 self.notified.append((time.time(), message["finality"], _hex(tx.get("hash", ""))))
+        return True
 
     def _answer(
         self,
@@ -371,7 +385,9 @@ class StreamHub:
         error: str,
         headers: dict[str, str] | None = None,
     ) -> web.Response:
-        self.requests.append(StreamRequest(addresses, min_finality, types, authorization, status))
+        self.requests.append(
+            StreamRequest(addresses, min_finality, types, authorization, status, time.monotonic())
+        )
         response = json_response({"error": error}, status)
         response.headers.update(headers or {})
         return response
