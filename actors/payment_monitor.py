@@ -567,6 +567,8 @@ class PaymentMonitor(Actor[MonitorState]):
                         exc,
                         extra={"action": "payment_stream_scan_failed"},
                     )
+                if self.consecutive_failures:
+                    break  # TonAPI is failing: the ticks retry, not a burst of follow-ups
                 cursors = runner.state.cursors
                 awaited = {(a, lt) for a, lt in awaited if cursors.get(a, 0) < lt}
                 if not awaited or delay is None or hints.pending:

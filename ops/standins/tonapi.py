@@ -10,6 +10,7 @@ import copy
 import json
 import logging
 import random
+import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any, Final, Literal, NamedTuple, get_args
@@ -168,6 +169,10 @@ class TonApiStandIn(StandIn):
         # Hashes and ciphertexts are drawn from here, and utime defaults to the environment's
         # clock, so that a simulation's seed decides them too.
         self._rng = environment.new_rng()
+        self.index_lag = 0.0
+        """Seconds a new transaction stays off the REST endpoint after it is added (and
+        notified on the stream): TonAPI's index a moment behind its stream. 0: none."""
+        self._hidden_until: dict[int, float] = {}  # id() of a transaction -> monotonic time
 
     # -- the chain ------------------------------------------------------------------------------
 
@@ -416,6 +421,8 @@ class TonApiStandIn(StandIn):
     def _insert(self, account: Address, tx: dict[str, Any]) -> None:
         txs = self._chain.setdefault(account, [])
         bisect.insort_right(txs, tx, key=lambda item: item["lt"])
+        if self.index_lag > 0:
+            self._hidden_until[id(tx)] = time.monotonic() + self.index_lag
         self.stream.publish(account, tx)  # on the chain first: then notified
 
     async def _on_shutdown(self, app: web.Application) -> None:
@@ -554,11 +561,13 @@ class TonApiStandIn(StandIn):
                 {"error": f"decode params: query: sort_order: invalid value: {sort_order}"},
                 400,
             )
+        now = time.monotonic()
         selected = [
             tx
             for tx in self._chain.get(account, [])
             if (after_lt is None or tx["lt"] > after_lt)
             and (not before_lt or tx["lt"] < before_lt)  # 0 means "latest", as TonAPI does
+            and self._hidden_until.get(id(tx), 0.0) <= now  # indexed by now
         ]
         if sort_order == "desc":
             selected.reverse()

@@ -185,6 +185,20 @@ async def test_confirmed_finality_can_be_chosen(store: EventStore) -> None:
         await exactly_once(store)
 
 
+async def test_a_notice_ahead_of_the_index_is_scanned_for_again(store: EventStore) -> None:
+    # TonAPI's REST index shows the transfer 0.6 s after its notice: the scan the notice asks
+    # for finds nothing, the follow-ups (0.25, 0.5, 1 s later...) find it.
+    async with TonApiStandIn() as tonapi, monitor(store, tonapi) as actor:
+        await created_and_scanned(store, actor, 1)
+        tonapi.index_lag = 0.6
+        hints = actor.hints
+        pay(tonapi, 1)
+        took = await until(lambda: confirmed(store, 1), "confirmed by a follow-up scan")
+        assert 0.6 <= took < 2.0
+        assert actor.hints >= hints + 2
+        await exactly_once(store)
+
+
 async def test_a_pending_trace_withdrawn_wakes_nothing(store: EventStore) -> None:
     async with TonApiStandIn(finality_delay=0.2) as tonapi, monitor(store, tonapi) as actor:
         tonapi.stream.leak_levels()  # the pending notice reaches the monitor anyway
