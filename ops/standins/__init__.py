@@ -14,8 +14,8 @@ internet: small aiohttp servers on ``127.0.0.1`` (a free port unless told otherw
 ``fixtures/tonapi/*.json``) and serves ``GET /v2/blockchain/accounts/{id}/transactions`` and
 ``GET /v2/status``, and the TON Streaming API that notifies the chain's transactions as their
 finality rises (``POST /streaming/v2/sse``, with faults of its own: ``tonapi.stream``, see
-:mod:`~ops.standins.tonapi_stream`). :class:`BotApiStandIn` serves ``/bot{token}/{method}`` for ``getMe``,
-``getChatMemberCount``, ``sendMessage`` and the update plumbing (``getUpdates``,
+:mod:`~ops.standins.tonapi_stream`). :class:`BotApiStandIn` serves ``/bot{token}/{method}``
+for ``getMe``, ``getChatMemberCount``, ``sendMessage`` and the update plumbing (``getUpdates``,
 ``setWebhook``, ``deleteWebhook``, ``getWebhookInfo``), reading aiogram's form bodies as well
 as JSON.
 
