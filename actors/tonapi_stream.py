@@ -39,8 +39,10 @@ The API key is only ever in the ``Authorization`` header, never in a message or 
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
+import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -395,6 +397,7 @@ class TonApiStream:
                 headers=self._headers,
                 timeout=timeout,
                 transport=self._transport,
+                verify=_tls(self._base_url),
             ) as client:
                 while True:
                     self.status.set("connecting")
@@ -519,6 +522,19 @@ async def _refusal(response: httpx.Response) -> _Dropped:
         hint = "; check the API key" if status in (401, 403) else ""
         return _Dropped(f"refused: {reason}{hint}", final=True)
     return _Dropped(reason)
+
+
+@functools.cache
+def _default_tls() -> ssl.SSLContext:
+    """httpx's default TLS verification, built once per process (about 0.15 s of CPU each
+    time: an actor that restarts would pay it again at every incarnation)."""
+    return httpx.create_ssl_context()
+
+
+def _tls(base_url: str) -> ssl.SSLContext | bool:
+    """TLS verification for ``base_url``: the default for https; none to build for plain
+    http (a local stand-in), which never uses it."""
+    return _default_tls() if base_url.lower().startswith("https:") else False
 
 
 def _error_text(body: bytes) -> str | None:
