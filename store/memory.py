@@ -536,6 +536,8 @@ class MemoryLog(PagedReads):
         return self._metadata_encoder.encode(meta)
 
     def _decode(self, rows: Sequence[_Stored], skip_unknown: bool) -> list[RecordedEvent]:
+        if not rows:  # most polls find nothing new
+            return []
         return self._decoder.decode_or_raise(rows, skip_unknown=skip_unknown)
 
     # -- the visible log --------------------------------------------------------------------

@@ -965,9 +965,13 @@ class SimEnvironment:
         self._loop = loop
         self._start = _utc(start)
         self._rng = random.Random(seed)
+        self._last: tuple[float, datetime] = (0.0, self._start)  # now() at one elapsed time
 
     def now(self) -> datetime:
-        return self._start + timedelta(seconds=self._loop.elapsed)
+        elapsed = self._loop.elapsed
+        if self._last[0] != elapsed:  # the clock moved: many reads come at one instant
+            self._last = (elapsed, self._start + timedelta(seconds=elapsed))
+        return self._last[1]
 
     def monotonic(self) -> float:
         return self._loop.time()
