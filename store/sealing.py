@@ -61,7 +61,7 @@ import hashlib
 import re
 import struct
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -90,6 +90,7 @@ __all__ = [
     "SealReport",
     "SealVerifier",
     "next_seals",
+    "Incidental",
     "verify_seals",
     "stored_pages",
     "SealFeeder",
@@ -106,6 +107,9 @@ PAGE_SIZE: Final = 2000
 """Rows per read when sealing or verifying. Measured: pages of 5,000 rows verify half as fast
 as pages of 2,000 (a page's rows outlive the young generations and make the garbage collector
 walk the whole heap); 1,000 pays more round trips."""
+
+Incidental = Callable[[StoredEvent], Awaitable[bool]]
+"""Whether a row alone does not call for a seal (see :func:`next_seals`)."""
 
 _RUN: Final = 200  # rows hashed between two turns of the event loop when sealing
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
@@ -244,10 +248,16 @@ async def next_seals(
     sealed_at: datetime,
     max_events: int = 10 * MAX_EVENTS_PER_SEAL,
     page_size: int = PAGE_SIZE,
+    incidental: Incidental | None = None,
 ) -> tuple[list[LogSealed], bool]:
     """The seals that follow ``previous`` (None: the log has none yet) over what the log holds
     now, up to the gap-free horizon, at most ``max_events`` events in all; and whether more
-    is left to seal. Reads only (batched pages of raw rows); the caller appends the seals."""
+    is left to seal. Reads only (batched pages of raw rows); the caller appends the seals.
+
+    ``incidental`` tells the rows that do not call for a seal on their own (the Sealer's: its
+    seals and what their digests' delivery records): a range of such rows only is left for
+    the next seal, which covers them with the first other event, so that an idle log stays
+    idle. A range of ``max_events`` or more is sealed whatever it holds."""
     number = 1 if previous is None else previous.seal + 1
     digest = ZERO_HASH if previous is None else bytes.fromhex(previous.hash)
     after = START if previous is None else _last_cursor(previous)
@@ -256,10 +266,13 @@ async def next_seals(
     seals: list[LogSealed] = []
     cursor = after
     sealed = 0
+    wanted = incidental is None
     while sealed < max_events:
         limit = min(page_size, max_events - sealed)
         page = await log.read_stored(cursor, limit=limit)
         rows = page.rows
+        if not wanted:
+            wanted = await _calls_for_seal(rows, incidental)
         while rows:
             # A run of rows at a time, letting other tasks in between: a Sealer sharing its
             # event loop (a worker's other actors) holds it for a fraction of a millisecond.
@@ -275,12 +288,22 @@ async def next_seals(
         sealed += len(page.rows)
         cursor = page.cursor
         if len(page.rows) < limit:
-            if builder.count:
+            if builder.count and (wanted or seals):
                 seals.append(builder.seal(sealed_at))
             return seals, False
     if builder.count:
         seals.append(builder.seal(sealed_at))
     return seals, True
+
+
+async def _calls_for_seal(rows: Sequence[StoredEvent], incidental: Incidental | None) -> bool:
+    """Whether a row of ``rows`` is not incidental (stops at the first one)."""
+    if incidental is None:
+        return True
+    for row in rows:
+        if not await incidental(row):
+            return True
+    return False
 
 
 # -- digests ----------------------------------------------------------------------------------
