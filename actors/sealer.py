@@ -54,7 +54,7 @@ from events.streams import SEAL_LOG, TASK
 from store import EventLog, Fence, Transaction
 from store.memory import MemoryTransaction
 from store.sealing import MAX_EVENTS_PER_SEAL, SealDigest, next_seals
-from store.stored import StoredEvent
+from store.stored import HashedEvent
 from store.tasks import TaskQueue
 
 __all__ = [
@@ -86,7 +86,7 @@ class SealsOwnEvents:
         self.log = log
         self._tasks: dict[str, bool] = {}
 
-    async def __call__(self, row: StoredEvent) -> bool:
+    async def __call__(self, row: HashedEvent) -> bool:
         if row.stream == SEAL_STREAM:
             return True
         if not row.stream.startswith(f"{TASK}-"):

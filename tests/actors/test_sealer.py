@@ -341,7 +341,7 @@ async def test_an_outage_while_sealing_a_backlog_waits_for_the_next_tick(
     reads: list[str] = []
 
     def faults(operation: str) -> None:
-        if operation == "read_stored":
+        if operation == "read_hashed":
             reads.append(operation)
             if len(reads) == 2:  # the backlog's run (the first run read one page of 20)
                 raise StoreUnavailable("simulated outage")
