@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final
+from typing import Any, Final, Generic, TypeVar
 
 import msgspec
 from msgspec.structs import astuple
@@ -44,16 +44,25 @@ __all__ = [
 ]
 
 
-class StoredEvent(msgspec.Struct, frozen=True, gc=False):
-    """One row of the log as stored. ``payload`` and ``metadata`` are JSON bytes: in
-    PostgreSQL, the text its ``jsonb`` renders (keys in jsonb's order, one space after each
-    ``:`` and ``,``); ``metadata`` is ``{}`` when empty.
+class _Row(msgspec.Struct, frozen=True, gc=False):
+    """Where a row stands in the log's reading order."""
+
+    position: int
+    transaction_id: int
+
+    @property
+    def cursor(self) -> Cursor:
+        return Cursor(self.transaction_id, self.position)
+
+
+class StoredEvent(_Row, frozen=True, gc=False):
+    """One row of the log as stored (``position`` and ``transaction_id`` first). ``payload``
+    and ``metadata`` are JSON bytes: in PostgreSQL, the text its ``jsonb`` renders (keys in
+    jsonb's order, one space after each ``:`` and ``,``); ``metadata`` is ``{}`` when empty.
 
     (``gc=False``: no reference cycles, and a verification makes hundreds of thousands of
     these; tracked, they would make every garbage collection walk them.)"""
 
-    position: int
-    transaction_id: int
     event_id: uuid.UUID
     stream: str
     version: int
@@ -63,42 +72,37 @@ class StoredEvent(msgspec.Struct, frozen=True, gc=False):
     metadata: bytes
     recorded_at: datetime
 
-    @property
-    def cursor(self) -> Cursor:
-        return Cursor(self.transaction_id, self.position)
 
+class HashedEvent(_Row, frozen=True, gc=False):
+    """One row of the log as a seal takes it (``position`` and ``transaction_id`` first): its
+    stream and type, and its event hash (:func:`event_hash`; :mod:`store.sealing` defines the
+    bytes)."""
 
-@dataclass(frozen=True, slots=True)
-class StoredPage:
-    """Up to ``limit`` rows after a cursor, and the cursor after the last one (unchanged when
-    there were none)."""
-
-    rows: list[StoredEvent]
-    cursor: Cursor
-
-
-class HashedEvent(msgspec.Struct, frozen=True, gc=False):
-    """One row of the log as a seal takes it: where it stands, its stream and type, and its
-    event hash (SHA-256 of 0x00 and its canonical bytes, :mod:`store.sealing`), computed where
-    the rows are (``read_hashed``) so that only 32 bytes of each row travel."""
-
-    position: int
-    transaction_id: int
     stream: str
     type: str
     hash: bytes
 
-    @property
-    def cursor(self) -> Cursor:
-        return Cursor(self.transaction_id, self.position)
+
+_R = TypeVar("_R", StoredEvent, HashedEvent)
 
 
 @dataclass(frozen=True, slots=True)
-class HashedPage:
-    """Up to ``limit`` hashed rows after a cursor, and the cursor after the last one."""
+class _Page(Generic[_R]):
+    """Up to ``limit`` rows after a cursor, and the cursor after the last one (unchanged when
+    there were none)."""
 
-    rows: list[HashedEvent]
+    rows: list[_R]
     cursor: Cursor
+
+
+@dataclass(frozen=True, slots=True)
+class StoredPage(_Page[StoredEvent]):
+    """A page of ``read_stored``."""
+
+
+@dataclass(frozen=True, slots=True)
+class HashedPage(_Page[HashedEvent]):
+    """A page of ``read_hashed``."""
 
 
 # -- event hashes (store/sealing.py defines the canonical bytes) --------------------------------
