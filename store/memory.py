@@ -110,7 +110,7 @@ from store.eventstore import (
 )
 from store.reading import PagedReads
 from store.records import ANY, START, AppendResult, Cursor, Expected, RecordedEvent, TickRecord
-from store.stored import StoredDecoder, StoredEvent, StoredPage
+from store.stored import HashedPage, StoredDecoder, StoredEvent, StoredPage, hashed
 from store.subscription import Subscription
 
 if TYPE_CHECKING:
@@ -144,6 +144,7 @@ READS: Final = frozenset(
         "cursor_at",
         "read_page",
         "read_stored",
+        "read_hashed",
         "held_back",
         "stored_ids",
         "task_read",
@@ -1050,6 +1051,12 @@ class MemoryLog(PagedReads):
         await self._enter("read_stored")
         rows = self._readable(after, limit, None)
         return StoredPage(rows, rows[-1].cursor if rows else after)
+
+    async def read_hashed(self, after: Cursor, *, limit: int = 1000) -> HashedPage:
+        """The rows of ``read_stored``, each with its event hash: the Sealer's read."""
+        await self._enter("read_hashed")
+        rows = self._readable(after, limit, None)
+        return HashedPage([hashed(row) for row in rows], rows[-1].cursor if rows else after)
 
     def _readable(self, after: Cursor, limit: int, category: str | None) -> list[_Stored]:
         """Up to ``limit`` committed rows past ``after`` (of ``category``), in reading order,
