@@ -236,6 +236,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "shared_buffers": server.get("shared_buffers"),
             "asyncpg": _version("asyncpg"),
             "eventsourcing": _version("eventsourcing"),
+            "pgqueuer": _version("pgqueuer"),
+            "dbos": _version("dbos"),
             "pgbench": (shutil.which(pgbench) or pgbench) if pgbench else "not found",
         },
         "settings": {
@@ -285,7 +287,7 @@ def render(result: dict[str, Any]) -> str:
         f"machine:  {machine['cpus']} CPUs, {machine['platform']}, Python {machine['python']}, "
         + postgresql,
         f"software: asyncpg {machine['asyncpg']}, eventsourcing {machine['eventsourcing']}, "
-        f"pgbench {machine['pgbench']}",
+        f"PgQueuer {machine['pgqueuer']}, DBOS {machine['dbos']}, pgbench {machine['pgbench']}",
         f"database: {result['database']}",
         f"timing:   {settings['seconds_per_measurement']:g} s per measurement in "
         f"{settings['rounds']} interleaved round(s) after {settings['warmup_seconds']:g} s "
