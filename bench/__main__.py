@@ -42,7 +42,7 @@ import asyncpg
 from bench import actors, cost, eventstore, hangs, payments, queue, scale, seals, simulate
 from bench.measure import BenchContext
 from bench.peers import find_pgbench
-from bench.report import Row, Verdict, render_table, row_to_json
+from bench.report import MIN_ROUNDS, UNSTABLE_FACTOR, Row, Verdict, render_table, row_to_json
 from store.database import database_url, redact_dsn, with_database
 from store.migrate import migrate
 
@@ -203,7 +203,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             dsn=dsn or "",
             seconds=seconds,
             warmup=0.3 if quick else 1.0,
-            rounds=1 if quick else 2,
+            rounds=MIN_ROUNDS,
             quick=quick,
             read_events=read_events,
             pgbench=pgbench,
@@ -236,6 +236,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "shared_buffers": server.get("shared_buffers"),
             "asyncpg": _version("asyncpg"),
             "eventsourcing": _version("eventsourcing"),
+            "pgqueuer": _version("pgqueuer"),
+            "dbos": _version("dbos"),
             "pgbench": (shutil.which(pgbench) or pgbench) if pgbench else "not found",
         },
         "settings": {
@@ -285,11 +287,14 @@ def render(result: dict[str, Any]) -> str:
         f"machine:  {machine['cpus']} CPUs, {machine['platform']}, Python {machine['python']}, "
         + postgresql,
         f"software: asyncpg {machine['asyncpg']}, eventsourcing {machine['eventsourcing']}, "
-        f"pgbench {machine['pgbench']}",
+        f"PgQueuer {machine['pgqueuer']}, DBOS {machine['dbos']}, pgbench {machine['pgbench']}",
         f"database: {result['database']}",
         f"timing:   {settings['seconds_per_measurement']:g} s per measurement in "
         f"{settings['rounds']} interleaved round(s) after {settings['warmup_seconds']:g} s "
         f"warm-up; whole run {result['elapsed_seconds']:g} s",
+        "rounds:   each compared figure is the median of its rounds, their spread (min-max, "
+        f"i3lani / reference) beside it; rounds more than {UNSTABLE_FACTOR:g}x apart on either "
+        "side: UNSTABLE, no verdict",
         load,
     ]
     if background["seconds_with_busy_sessions_of_other_databases"]:
@@ -303,6 +308,7 @@ def render(result: dict[str, Any]) -> str:
         "",
         f"{verdicts.count(Verdict.PASS)} PASS, {verdicts.count(Verdict.MISS)} MISS"
         + (f", {verdicts.count(Verdict.FAIL)} FAIL" if Verdict.FAIL in verdicts else "")
+        + (f", {verdicts.count(Verdict.UNSTABLE)} UNSTABLE" if Verdict.UNSTABLE in verdicts else "")
         + (
             f", {verdicts.count(Verdict.NOT_MEASURED)} not measured"
             if Verdict.NOT_MEASURED in verdicts
