@@ -41,6 +41,7 @@ from typing import ClassVar, Final
 
 import msgspec
 
+from actors.clients import tonapi_client
 from actors.config import Settings
 from actors.payment_monitor import payment_event_id
 from actors.runtime import Actor, ActorRunner, Emit, Message, TickSpec
@@ -146,7 +147,7 @@ class Cleanup(Actor[CleanupState]):
         self.queue = TaskQueue(runner.store, task_types(self.settings), node=runner.node)
         if self._given_client is None and self.settings.wallet:
             self.tonapi = await stack.enter_async_context(
-                TonApiClient(self.settings.tonapi_url, api_key=self.settings.tonapi_key)
+                tonapi_client(self.settings, runner.store)
             )
 
     # -- pure --------------------------------------------------------------------------------

@@ -148,6 +148,7 @@ READS: Final = frozenset(
         "held_back",
         "stored_ids",
         "task_read",
+        "flow_read",
     }
 )
 """The operations that only read."""
@@ -160,6 +161,9 @@ OPERATIONS: Final = READS | {
     "save_tick",
     "save_snapshot",
     "lease",
+    "flow_take",
+    "flow_pause",
+    "task_limits",
 }
 """The names the ``yield_point`` and ``faults`` hooks are called with."""
 
