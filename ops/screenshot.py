@@ -75,7 +75,7 @@ from ops.admin import serve_admin_app
 from store import EventStore, TaskProcessor, TaskQueue, TaskTypes, database_url, migrate
 from store.admin import backdate_events, create_database, drop_database
 from store.database import with_database
-from store.flow import Limit, Scope, flow_table
+from store.flow import Limit, RateLimiter, Scope, flow_table
 from store.tasks import RetryPolicy, TaskContext
 from store.views import HealthSample, record_health_samples
 
@@ -645,16 +645,18 @@ async def _tasks(store: EventStore) -> None:
 async def _flow(store: EventStore) -> None:
     """The shared rate limits as a busy minute leaves them: the bot's overall scope and
     TonAPI's granted all along, a group's scope part used and paused by a 429, a chat's, and
-    the admin alerts kept to two at once on every node."""
-    table = flow_table(store)
+    the admin alerts kept to two at once on every node (about two seconds: the grants wait
+    their turn as they would live)."""
+    limiter = RateLimiter(flow_table(store))
     telegram = Scope("telegram", Limit(30, 1.0))
     group = Scope("telegram-group:-1001987654321", Limit(20, 60.0))
-    for n in range(26):
-        await table.take([telegram] if n % 4 else [telegram, group], margin=0.0)
-    await table.take([telegram, Scope("telegram-chat:58131002", Limit(1, 1.0))], margin=0.0)
-    for _ in range(14):
-        await table.take([Scope("tonapi", Limit(10, 1.0))], margin=0.0)
-    await table.pause([group], 45.0)
+    tonapi = Scope("tonapi", Limit(10, 1.0))
+    for n in range(40):
+        await limiter.acquire([telegram, group] if n in (0, 13, 26, 39) else [telegram])
+        if n % 4 == 0:
+            await limiter.acquire([tonapi])
+    await limiter.acquire([telegram, Scope("telegram-chat:58131002", Limit(1, 1.0))])
+    await limiter.pause([group], 45.0)
     await TaskQueue(store, task_types()).table.set_concurrency({"admin_alert": 2}, node=NODE)
 
 

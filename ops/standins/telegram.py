@@ -11,6 +11,7 @@ answering what goes over with 429 and ``retry_after``, as Telegram does.
 
 from __future__ import annotations
 
+import bisect
 import json
 import math
 import zlib
@@ -122,20 +123,25 @@ TELEGRAM_LIMITS: Final = TelegramLimits()
 
 
 class _Window:
-    """The arrival times of the messages a limit counts, within its window."""
+    """The arrival times of the messages a limit counts, within its window (kept in order:
+    two requests' bodies may be read in the other order than they came)."""
 
     def __init__(self, count: int, per: float) -> None:
         self.count = count
         self.per = per
-        self.times: deque[float] = deque()
+        self.times: list[float] = []
 
     def retry_after(self, now: float) -> int | None:
-        """Whole seconds to wait (at least 1) when a message now would go over, else None."""
-        while self.times and self.times[0] <= now - self.per:
-            self.times.popleft()
-        if len(self.times) < self.count:
+        """Whole seconds to wait (at least 1) when a message arriving at ``now`` would go
+        over, else None."""
+        inside = [at for at in self.times if now - self.per < at <= now]
+        self.times = [at for at in self.times if at > now - self.per]
+        if len(inside) < self.count:
             return None
-        return max(1, math.ceil(self.times[0] + self.per - now))
+        return max(1, math.ceil(inside[0] + self.per - now))
+
+    def add(self, at: float) -> None:
+        bisect.insort(self.times, at)
 
 
 class _LimitsBody(msgspec.Struct, forbid_unknown_fields=True):
@@ -340,6 +346,7 @@ class BotApiStandIn(StandIn):
         app.router.add_get("/_standin/calls", control_route(self._control_calls))
 
     async def _api(self, request: web.Request) -> web.Response:
+        arrived = environment.monotonic()  # before its body is read: when it came
         if request.match_info["token"] != self._token:
             return _ApiError(401, "Unauthorized").response()
         name = request.match_info["method"]
@@ -350,13 +357,13 @@ class BotApiStandIn(StandIn):
         known = self._handlers.get(name.lower())
         method, handler = known if known else (name, None)
         index = len(self.calls)
-        self.calls.append(BotApiCall(method, params, environment.monotonic()))
-        response = await self._respond(name, handler, params)
+        self.calls.append(BotApiCall(method, params, arrived))
+        response = await self._respond(name, handler, params, arrived)
         self.calls[index] = self.calls[index]._replace(status=response.status)
         return response
 
     async def _respond(
-        self, name: str, handler: _Handler | None, params: dict[str, Any]
+        self, name: str, handler: _Handler | None, params: dict[str, Any], arrived: float
     ) -> web.Response:
         fault = take_fault(self._method_faults.get(name.lower(), deque())) or take_fault(
             self._method_faults.get("*", deque())
@@ -365,21 +372,25 @@ class BotApiStandIn(StandIn):
             return _ApiError(500, "Internal Server Error").response()
         if fault is not None and fault.mode == "timeout":
             await self._hold(self.hang if fault.hang is None else fault.hang)
-        response = await self._answer(handler, params)
+        response = await self._answer(handler, params, arrived)
         if fault is not None and fault.mode == "garbage":
             return truncated(response)
         return response
 
-    async def _answer(self, handler: _Handler | None, params: dict[str, Any]) -> web.Response:
+    async def _answer(
+        self, handler: _Handler | None, params: dict[str, Any], arrived: float
+    ) -> web.Response:
         try:
-            result = await self._call(handler, params)
+            result = await self._call(handler, params, arrived)
         except _ApiError as exc:
             return exc.response()
         if isinstance(result, _WithDescription):
             return json_response({"ok": True, "result": result.result, "description": result.text})
         return json_response({"ok": True, "result": result})
 
-    async def _call(self, handler: _Handler | None, params: dict[str, Any]) -> object:
+    async def _call(
+        self, handler: _Handler | None, params: dict[str, Any], arrived: float
+    ) -> object:
         """The method's result; raises :class:`_ApiError` for an error answer."""
         if handler is None:
             raise _ApiError(404, "Not Found: method not found")
@@ -388,10 +399,10 @@ class BotApiStandIn(StandIn):
             if fault is not None:
                 raise fault
         if handler == self._send_message and self.limits is not None:
-            self._hold_to_limits(params)
+            self._hold_to_limits(params, arrived)
         return await handler(params)
 
-    def _hold_to_limits(self, params: dict[str, Any]) -> None:
+    def _hold_to_limits(self, params: dict[str, Any], now: float) -> None:
         """Refuse (429) a message that would go over :attr:`limits`; count it otherwise."""
         assert self.limits is not None
         chat = params.get("chat_id")
@@ -407,13 +418,12 @@ class BotApiStandIn(StandIn):
                 if group
                 else _Window(self.limits.per_chat, 1.0)
             )
-        now = environment.monotonic()
         for limit in (self._overall_window, window):
             wait = limit.retry_after(now)
             if wait is not None:
                 raise _ApiError(429, f"Too Many Requests: retry after {wait}", wait)
-        self._overall_window.times.append(now)
-        window.times.append(now)
+        self._overall_window.add(now)
+        window.add(now)
 
     # -- methods --------------------------------------------------------------------------------
 

@@ -31,7 +31,11 @@ COMMENT ON TABLE i3lani.rate_limits IS
     'flow control shared by every node: each scope''s latest grants and pause (operational)';
 
 -- Seconds until a scope can grant again (0: now), for a caller allowing max_count grants in
--- any window of window_seconds, spaced by margin seconds more (see rate_take). Pure.
+-- any window of window_seconds, spread over margin seconds more (see rate_take), and never two
+-- grants closer than half the window's average spacing: a burst is spread over at least half
+-- a window (30 messages over half a second, not one millisecond), so that requests do not
+-- queue up on their way and arrive bunched, while a grant that came late can still be caught
+-- up on. Pure.
 CREATE FUNCTION i3lani.rate_wait(grants float8[], max_count integer, window_seconds float8,
                                  paused_until timestamptz, margin float8, now_s float8)
     RETURNS float8
@@ -41,7 +45,9 @@ CREATE FUNCTION i3lani.rate_wait(grants float8[], max_count integer, window_seco
         coalesce(extract(epoch FROM paused_until)::float8 - now_s, 0::float8),
         CASE WHEN cardinality(grants) >= max_count
              THEN grants[cardinality(grants) - max_count + 1] + window_seconds + margin - now_s
-             ELSE 0::float8 END);
+             ELSE 0::float8 END,
+        coalesce(grants[cardinality(grants)] + window_seconds / max_count / 2 - now_s,
+                 0::float8));
 
 -- One grant from every scope of scopes (limits max_counts[k] per windows[k] seconds), or none:
 -- either granted, or refused with the seconds to wait and the scope that asked for the longest
