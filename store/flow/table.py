@@ -150,18 +150,14 @@ def window_wait(
     rule in SQL.
 
     ``grants`` are the times of the scope's latest grants, oldest first; a new one may go once
-    the ``limit.count``-th latest is ``limit.per + margin`` seconds old, the latest is half the
-    average spacing old (``limit.per / limit.count / 2``: a burst is spread over at least half
-    a window), and the scope is not paused. So no window of ``limit.per`` seconds
-    (``+ margin``) ever holds more than ``limit.count`` grants, whatever order the callers
-    come in."""
+    the ``limit.count``-th latest is ``limit.per + margin`` seconds old, and the scope is not
+    paused. So no window of ``limit.per`` seconds (``+ margin``) ever holds more than
+    ``limit.count`` grants, whatever order the callers come in."""
     wait = 0.0
     if paused_until is not None:
         wait = max(wait, paused_until - now)
     if len(grants) >= limit.count:
         wait = max(wait, grants[len(grants) - limit.count] + limit.per + margin - now)
-    if grants:
-        wait = max(wait, grants[-1] + limit.per / limit.count / 2 - now)
     return wait
 
 

@@ -469,11 +469,7 @@ COMMENT ON TABLE i3lani.rate_limits IS
     'flow control shared by every node: each scope''s latest grants and pause (operational)';
 
 -- Seconds until a scope can grant again (0: now), for a caller allowing max_count grants in
--- any window of window_seconds, spread over margin seconds more (see rate_take), and never two
--- grants closer than half the window's average spacing: a burst is spread over at least half
--- a window (30 messages over half a second, not one millisecond), so that requests do not
--- queue up on their way and arrive bunched, while a grant that came late can still be caught
--- up on. Pure.
+-- any window of window_seconds, spread over margin seconds more (see rate_take). Pure.
 CREATE FUNCTION i3lani.rate_wait(grants float8[], max_count integer, window_seconds float8,
                                  paused_until timestamptz, margin float8, now_s float8)
     RETURNS float8
@@ -483,9 +479,7 @@ CREATE FUNCTION i3lani.rate_wait(grants float8[], max_count integer, window_seco
         coalesce(extract(epoch FROM paused_until)::float8 - now_s, 0::float8),
         CASE WHEN cardinality(grants) >= max_count
              THEN grants[cardinality(grants) - max_count + 1] + window_seconds + margin - now_s
-             ELSE 0::float8 END,
-        coalesce(grants[cardinality(grants)] + window_seconds / max_count / 2 - now_s,
-                 0::float8));
+             ELSE 0::float8 END);
 
 -- One grant from every scope of scopes (limits max_counts[k] per windows[k] seconds), or none:
 -- either granted, or refused with the seconds to wait and the scope that asked for the longest
@@ -511,39 +505,32 @@ CREATE FUNCTION i3lani.rate_take(scopes text[], max_counts integer[], windows fl
 DECLARE
     now_s float8;
     longest record;
+    locked boolean := false;
 BEGIN
     INSERT INTO i3lani.rate_limits (scope, max_count, window_seconds)
     SELECT w.scope, w.max_count, w.window_seconds
     FROM unnest(scopes, max_counts, windows) AS w(scope, max_count, window_seconds)
     ORDER BY w.scope
     ON CONFLICT (scope) DO NOTHING;
-    now_s := extract(epoch FROM clock_timestamp());
-    SELECT w.scope,
-           i3lani.rate_wait(l.grants, w.max_count, w.window_seconds, l.paused_until, margin,
-                            now_s) AS seconds
-    INTO longest
-    FROM unnest(scopes, max_counts, windows) AS w(scope, max_count, window_seconds)
-    JOIN i3lani.rate_limits l ON l.scope = w.scope
-    ORDER BY 2 DESC, 1
-    LIMIT 1;
-    IF longest.seconds > 0 THEN
-        RETURN QUERY SELECT false, longest.seconds, longest.scope;
-        RETURN;
-    END IF;
-    PERFORM 1 FROM i3lani.rate_limits l WHERE l.scope = ANY(scopes) ORDER BY l.scope FOR UPDATE;
-    now_s := extract(epoch FROM clock_timestamp());
-    SELECT w.scope,
-           i3lani.rate_wait(l.grants, w.max_count, w.window_seconds, l.paused_until, margin,
-                            now_s) AS seconds
-    INTO longest
-    FROM unnest(scopes, max_counts, windows) AS w(scope, max_count, window_seconds)
-    JOIN i3lani.rate_limits l ON l.scope = w.scope
-    ORDER BY 2 DESC, 1
-    LIMIT 1;
-    IF longest.seconds > 0 THEN
-        RETURN QUERY SELECT false, longest.seconds, longest.scope;
-        RETURN;
-    END IF;
+    LOOP  -- a look without a lock, then (unless it refuses) the same look under the locks
+        now_s := extract(epoch FROM clock_timestamp());
+        SELECT w.scope,
+               i3lani.rate_wait(l.grants, w.max_count, w.window_seconds, l.paused_until,
+                                margin, now_s) AS seconds
+        INTO longest
+        FROM unnest(scopes, max_counts, windows) AS w(scope, max_count, window_seconds)
+        JOIN i3lani.rate_limits l ON l.scope = w.scope
+        ORDER BY 2 DESC, 1
+        LIMIT 1;
+        IF longest.seconds > 0 THEN
+            RETURN QUERY SELECT false, longest.seconds, longest.scope;
+            RETURN;
+        END IF;
+        EXIT WHEN locked;
+        PERFORM 1 FROM i3lani.rate_limits l WHERE l.scope = ANY(scopes) ORDER BY l.scope
+            FOR UPDATE;
+        locked := true;
+    END LOOP;
     UPDATE i3lani.rate_limits l
     SET grants = (l.grants || now_s)[greatest(1, cardinality(l.grants) + 2 - w.max_count):],
         max_count = w.max_count,
