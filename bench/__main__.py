@@ -4,8 +4,8 @@
     python -m bench --quick          # a smoke run, about a minute
     python -m bench --seconds 10 --json results.json
     python -m bench --suite scale    # one suite (repeatable): eventstore, actors, queue,
-                                     # payments, scale, seals, simulate, hangs (hangs only
-                                     # when named)
+                                     # payments, scale, seals, cost, broadcast, simulate,
+                                     # hangs (hangs only when named)
 
 The server is ``DATABASE_URL`` when set, else the embedded PostgreSQL. A database named
 ``i3lani_bench`` is dropped if it exists, created, migrated, used for every figure, and dropped
@@ -39,7 +39,18 @@ from typing import Any
 import anyio
 import asyncpg
 
-from bench import actors, cost, eventstore, hangs, payments, queue, scale, seals, simulate
+from bench import (
+    actors,
+    broadcast,
+    cost,
+    eventstore,
+    hangs,
+    payments,
+    queue,
+    scale,
+    seals,
+    simulate,
+)
 from bench.measure import BenchContext
 from bench.peers import find_pgbench
 from bench.report import MIN_ROUNDS, UNSTABLE_FACTOR, Row, Verdict, render_table, row_to_json
@@ -65,6 +76,7 @@ SUITES: dict[str, Suite] = {
     "seals": Suite(seals.run, seals.NOTES),
     "cost": Suite(cost.run, cost.NOTES),
     "hangs": Suite(hangs.run, hangs.NOTES),
+    "broadcast": Suite(broadcast.run, broadcast.NOTES),
     "simulate": Suite(simulate.run, simulate.NOTES, database=False),
 }
 OPT_IN = frozenset({"hangs"})
@@ -107,7 +119,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         "with the Sealer running vs without it, seal verification speed. hangs (run "
         "only when named, about 10 minutes): take-over and reader stall when a worker is frozen "
         "or cut off. simulate (no database): the deterministic simulator's seeds/minute, simulated "
-        "hours/minute and replay",
+        "hours/minute and replay. broadcast: 1,000 notices from three worker processes through a "
+        "Bot API stand-in holding Telegram's 30/s, with the rate limits shared vs each node on "
+        "its own",
     )
     parser.add_argument(
         "--keep-database", action="store_true", help=f"do not drop {DATABASE} at the end"

@@ -34,7 +34,9 @@ the same results), and the positions PostgreSQL spends on inserts a unique index
 outcome.
 
 **Side tables.** State PostgreSQL keeps in tables beside the log (the task queue's
-``i3lani.tasks``) lives in objects of its own, one per log (:meth:`MemoryLog.side_table`). Their
+``i3lani.tasks``, the shared rate limits of ``i3lani.rate_limits``:
+:class:`store.flow.memory.MemoryFlowTable`) lives in objects of its own, one per log
+(:meth:`MemoryLog.side_table`). Their
 writes join a transaction (:meth:`MemoryTransaction.side_writes`): applied in the same step as
 its events at the commit, dropped at a rollback, so a reader never sees one without the other.
 Row locks are the log's own claims (:meth:`MemoryTransaction.lock`,
@@ -148,6 +150,7 @@ READS: Final = frozenset(
         "held_back",
         "stored_ids",
         "task_read",
+        "flow_read",
     }
 )
 """The operations that only read."""
@@ -160,6 +163,9 @@ OPERATIONS: Final = READS | {
     "save_tick",
     "save_snapshot",
     "lease",
+    "flow_take",
+    "flow_pause",
+    "task_limits",
 }
 """The names the ``yield_point`` and ``faults`` hooks are called with."""
 

@@ -44,6 +44,7 @@ from ops.standins.telegram import (
     BotApiFaultMode,
     BotApiStandIn,
     SentMessage,
+    TelegramLimits,
 )
 from ops.standins.tonapi import TonApiFaultMode, TonApiRequest, TonApiStandIn, TransferOp
 
@@ -54,6 +55,7 @@ __all__ = [
     "TonApiRequest",
     "BotApiCall",
     "SentMessage",
+    "TelegramLimits",
     "TonApiStandIn",
     "BotApiStandIn",
     "DEFAULT_BOT_TOKEN",
