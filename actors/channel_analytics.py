@@ -30,9 +30,10 @@ from typing import ClassVar, Final
 
 import msgspec
 
+from actors.clients import telegram_bot
 from actors.config import Settings, active_subscribers, channel_price
 from actors.runtime import Actor, ActorRunner, Emit, Message, TickSpec
-from actors.telegram import ChatProblem, TelegramClient, make_bot
+from actors.telegram import ChatProblem, TelegramClient
 from events import ChannelAdded, ChannelPriceChanged, ChannelStatsFailed, ChannelStatsUpdated
 from events.streams import CHANNEL, channel_stream
 from store import RecordedEvent
@@ -98,7 +99,7 @@ class ChannelAnalytics(Actor[AnalyticsState]):
         self, stack: contextlib.AsyncExitStack, runner: ActorRunner[AnalyticsState]
     ) -> None:
         if self._given_client is None:
-            bot = make_bot(self.settings.require_bot_token(), self.settings.telegram_api_url)
+            bot = telegram_bot(self.settings, runner.store)
             self.telegram = await stack.enter_async_context(TelegramClient(bot))
 
     # -- pure --------------------------------------------------------------------------------

@@ -7,6 +7,10 @@ Every ``I3LANI_CLEANUP_INTERVAL`` seconds (a day by default):
   letters stay until an operator deals with them);
 * old health samples: ``health_samples`` rows older than ``I3LANI_HEALTH_RETENTION`` days, in
   batches (the ``HealthChecked`` events that recorded each change of verdict stay);
+* idle chats' rate limits: a chat's or group's row of the shared rate limits
+  (``i3lani.rate_limits``, :mod:`store.flow`) unused and unpaused for a day (one row per chat
+  ever messaged would only grow; a chat without a row starts afresh, as a day-old window says
+  anyway);
 * stale pending payments: a payment still pending a day after it expired (the PaymentMonitor
   expires payments after a successful scan; this catches what a long TonAPI outage left behind)
   gets ``PaymentExpired``, with the same event id the monitor would use and the payment
@@ -41,6 +45,7 @@ from typing import ClassVar, Final
 
 import msgspec
 
+from actors.clients import tonapi_client
 from actors.config import Settings
 from actors.payment_monitor import payment_event_id
 from actors.runtime import Actor, ActorRunner, Emit, Message, TickSpec
@@ -61,6 +66,7 @@ from events.errors import I3laniError
 from events.payments import LatePaymentReceived, PaymentUnderpaid, TransfersReconciled
 from events.streams import OPS_ALERTS, OPS_CLEANUP, PAYMENT, payment_stream
 from store import EventStore, RecordedEvent, views
+from store.flow import flow_table
 from store.tasks import TaskQueue
 
 __all__ = [
@@ -78,6 +84,8 @@ logger = logging.getLogger(__name__)
 CLEANUP_STREAM: Final = OPS_CLEANUP
 STALE_AFTER: Final = timedelta(days=1)
 BATCH: Final = 1000
+SCOPE_RETENTION: Final = timedelta(days=1)
+"""How long a chat's rate-limit row is kept unused (its window is a minute at most)."""
 ALERT_HASHES: Final = 10
 """Transactions an alert names at most (``i3lani reconcile`` lists every one)."""
 _NAMESPACE: Final = uuid.UUID("3f1d2c4b-8a7e-4e55-b0c9-2d6f1a8e9b31")
@@ -146,7 +154,7 @@ class Cleanup(Actor[CleanupState]):
         self.queue = TaskQueue(runner.store, task_types(self.settings), node=runner.node)
         if self._given_client is None and self.settings.wallet:
             self.tonapi = await stack.enter_async_context(
-                TonApiClient(self.settings.tonapi_url, api_key=self.settings.tonapi_key)
+                tonapi_client(self.settings, runner.store)
             )
 
     # -- pure --------------------------------------------------------------------------------
@@ -283,8 +291,13 @@ class Cleanup(Actor[CleanupState]):
         samples = await self._prune_samples(
             runner, started - timedelta(days=self.settings.health_retention_days)
         )
+        scopes = await flow_table(runner.store).prune(SCOPE_RETENTION.total_seconds())
         return CleanupDone(
-            removed={"finished_tasks": tasks, "health_samples": samples},
+            removed={
+                "finished_tasks": tasks,
+                "health_samples": samples,
+                "rate_limit_scopes": scopes,
+            },
             started_at=started,
             finished_at=runner.clock.now(),
         )

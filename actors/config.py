@@ -40,7 +40,16 @@ variable                        default                     meaning
 ``I3LANI_TASK_RETRY_DELAY``     30                          seconds before a task's first retry
 ``I3LANI_TASK_LOCK_TIMEOUT``    30                          seconds before a dead node's task
                                                             is taken back
+``I3LANI_TELEGRAM_RATE``        ``30/s``                    Bot API calls of every node together
+``I3LANI_TELEGRAM_CHAT_RATE``   ``1/s``                     calls about one private chat
+``I3LANI_TELEGRAM_GROUP_RATE``  ``20/min``                  calls about one group or channel
+``I3LANI_TONAPI_RATE``          ``10/s``                    TonAPI requests of every node
+``I3LANI_TASK_CONCURRENCY``     none                        ``type:N,...``: at most N tasks of a
+                                                            type running on every node together
 ==============================  ==========================  =====================================
+
+Rates are ``N/s``, ``N/min``, ``N/h`` or ``N/<seconds>s`` (``1/4s``), or ``off``; they are
+kept by every node together (:mod:`store.flow`), see :class:`~actors.telegram.TelegramRates`.
 
 Exact amounts, and how each one is rounded
 ------------------------------------------
@@ -89,9 +98,11 @@ from typing import Final, Literal, TypeVar, cast, get_args
 
 import msgspec
 
+from actors.names import TASK_TYPES
 from actors.ton import Address, InvalidAddress, InvalidAmount, format_ton, parse_ton
 from events.base import TELEGRAM_ID_LIMIT
 from events.errors import ConfigError
+from store.flow import Limit, parse_limit
 
 __all__ = [
     "Plan",
@@ -168,6 +179,17 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     health_retention_days: float = 30.0
     task_retry_delay: float = 30.0
     task_lock_timeout: float = 30.0
+    telegram_rate: Limit | None = Limit(30, 1.0)
+    """Bot API calls of every node together (Telegram's about 30 messages a second)."""
+    telegram_chat_rate: Limit | None = Limit(1, 1.0)
+    """Calls about one private chat (Telegram's one message a second per chat)."""
+    telegram_group_rate: Limit | None = Limit(20, 60.0)
+    """Calls about one group or channel, a chat with a negative id or an @username
+    (Telegram's 20 messages a minute per group)."""
+    tonapi_rate: Limit | None = Limit(10, 1.0)
+    """TonAPI requests of every node together (the key's tier; 1/4s without a key)."""
+    task_concurrency: tuple[tuple[str, int], ...] = ()
+    """(task type, N): at most N of its tasks running at once on every node together."""
 
     def __repr__(self) -> str:
         shown = {
@@ -196,6 +218,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
     def plan(self, name: str) -> Plan | None:
         return next((p for p in self.plans if p.name == name), None)
+
+    def concurrency_limit(self, task_type: str) -> int | None:
+        """How many tasks of ``task_type`` may run at once on every node (None: no limit)."""
+        return dict(self.task_concurrency).get(task_type)
 
 
 def active_subscribers(subscribers: int, share: Fraction) -> int:
@@ -374,6 +400,9 @@ def load_settings(env: Mapping[str, str] = os.environ) -> Settings:
     def ton(name: str, default: int, *, step: int = 1) -> int:
         return check.read(lambda: _ton(env, name, default, step=step), default)
 
+    def rate(name: str, default: Limit | None) -> Limit | None:
+        return check.read(lambda: _rate(env, name, default), default)
+
     settings = Settings(
         tonapi_url=(env.get("TONAPI_URL") or d.tonapi_url).rstrip("/"),
         tonapi_key=env.get("TONAPI_KEY") or None,
@@ -404,6 +433,13 @@ def load_settings(env: Mapping[str, str] = os.environ) -> Settings:
         health_retention_days=number("I3LANI_HEALTH_RETENTION", 30.0, low=0.0, high=3650.0),
         task_retry_delay=number("I3LANI_TASK_RETRY_DELAY", 30.0, low=0.0, high=day),
         task_lock_timeout=number("I3LANI_TASK_LOCK_TIMEOUT", 30.0, low=1.0, high=day),
+        telegram_rate=rate("I3LANI_TELEGRAM_RATE", d.telegram_rate),
+        telegram_chat_rate=rate("I3LANI_TELEGRAM_CHAT_RATE", d.telegram_chat_rate),
+        telegram_group_rate=rate("I3LANI_TELEGRAM_GROUP_RATE", d.telegram_group_rate),
+        tonapi_rate=rate("I3LANI_TONAPI_RATE", d.tonapi_rate),
+        task_concurrency=check.read(
+            lambda: _task_concurrency(env.get("I3LANI_TASK_CONCURRENCY", "")), ()
+        ),
     )
     check.done()
     return settings
@@ -436,6 +472,44 @@ def _min_finality(env: Mapping[str, str]) -> MinFinality:
             f"got {env['I3LANI_MIN_FINALITY']!r}"
         )
     return cast(MinFinality, text)
+
+
+def _rate(env: Mapping[str, str], name: str, default: Limit | None) -> Limit | None:
+    """A rate such as ``30/s`` or ``20/min`` (``off``: none)."""
+    text = env.get(name)
+    if text is None or text.strip() == "":
+        return default
+    try:
+        return parse_limit(text)
+    except ValueError as exc:
+        raise ConfigError(f"{name}: {exc}") from None
+
+
+def _task_concurrency(text: str) -> tuple[tuple[str, int], ...]:
+    limits: dict[str, int] = {}
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        task_type, colon, number = part.partition(":")
+        task_type, number = task_type.strip(), number.strip()
+        if not colon or not _DAYS_RE.fullmatch(number):
+            raise ConfigError(
+                f"I3LANI_TASK_CONCURRENCY entries look like type:N (admin_alert:2), got {part!r}"
+            )
+        if task_type not in TASK_TYPES:
+            raise ConfigError(
+                f"I3LANI_TASK_CONCURRENCY names {task_type!r}, not a task type; the task "
+                f"types are {', '.join(TASK_TYPES)}"
+            )
+        if task_type in limits:
+            raise ConfigError(f"I3LANI_TASK_CONCURRENCY names {task_type!r} twice")
+        if not 1 <= int(number) <= 10_000:
+            raise ConfigError(
+                f"I3LANI_TASK_CONCURRENCY {task_type!r}: a limit is 1 to 10000, got {number}"
+            )
+        limits[task_type] = int(number)
+    return tuple(limits.items())
 
 
 def _wallet(env: Mapping[str, str]) -> str | None:

@@ -56,12 +56,13 @@ from typing import ClassVar, Final
 import anyio
 import msgspec
 
+from actors.clients import telegram_bot, tonapi_client
 from actors.config import Settings
 from actors.runtime import Actor, ActorRunner, Emit, Message, TickSpec
 from actors.runtime.clock import Clock
 from actors.runtime.status import SHUTDOWN_REASON, ActorStatus, actor_status
 from actors.tasks import ADMIN_ALERT, AdminAlert, serve_tasks, task_types
-from actors.telegram import TelegramClient, make_bot
+from actors.telegram import TelegramClient
 from actors.tonapi import TonApiClient
 from actors.tonapi_stream import StreamStatus
 from events import AlertRaised, HealthCheck, HealthChecked
@@ -237,10 +238,10 @@ class HealthChecker(Actor[HealthState]):
         self.started_at = runner.clock.now()
         if self._given[0] is None:
             self.tonapi = await stack.enter_async_context(
-                TonApiClient(self.settings.tonapi_url, api_key=self.settings.tonapi_key)
+                tonapi_client(self.settings, runner.store)
             )
         if self._given[1] is None and self.settings.bot_token:
-            bot = make_bot(self.settings.bot_token, self.settings.telegram_api_url)
+            bot = telegram_bot(self.settings, runner.store, token=self.settings.bot_token)
             self.telegram = await stack.enter_async_context(TelegramClient(bot))
 
     # -- pure --------------------------------------------------------------------------------

@@ -9,7 +9,14 @@ from __future__ import annotations
 
 from events.errors import one_line
 
-__all__ = ["PRODUCT_ACTORS", "ACTOR_NAMES", "DEFAULT_ACTORS", "CATEGORIES", "UnknownActor"]
+__all__ = [
+    "PRODUCT_ACTORS",
+    "ACTOR_NAMES",
+    "DEFAULT_ACTORS",
+    "CATEGORIES",
+    "TASK_TYPES",
+    "UnknownActor",
+]
 
 PRODUCT_ACTORS: tuple[str, ...] = (
     "PaymentMonitor",
@@ -32,6 +39,10 @@ CATEGORIES: dict[str, str] = {
     "Cleanup": "payment",
 }
 """The category each actor follows (for the HealthChecker's subscription lag check)."""
+
+TASK_TYPES: tuple[str, ...] = ("payment_verification", "reward_distribution", "admin_alert")
+"""The product's task types (:mod:`actors.tasks` registers them): what
+``I3LANI_TASK_CONCURRENCY`` may name."""
 
 
 class UnknownActor(ValueError):

@@ -60,6 +60,7 @@ from typing import Any, ClassVar, Final
 import anyio
 import msgspec
 
+from actors.clients import tonapi_client
 from actors.config import Settings
 from actors.payments import (
     Confirm,
@@ -300,7 +301,7 @@ class PaymentMonitor(Actor[MonitorState]):
     ) -> None:
         if self._given_client is None:
             self.client = await stack.enter_async_context(
-                TonApiClient(self.settings.tonapi_url, api_key=self.settings.tonapi_key)
+                tonapi_client(self.settings, runner.store)
             )
 
     # -- pure --------------------------------------------------------------------------------

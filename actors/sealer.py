@@ -21,6 +21,11 @@ One run seals at most ``max_events_per_run`` events (10 seals of
 :data:`~store.sealing.MAX_EVENTS_PER_SEAL`); with more to seal (a large log sealed for the first
 time) it goes on at once with the next run instead of waiting for the next tick.
 
+An idle log stays idle: a run seals nothing when all the log holds past the last seal is the
+Sealer's own doing (its seals, and the events of their digests' ``admin_alert`` tasks: enqueued,
+claimed, delivered, retried). Those are covered by the next seal, which the first other event
+calls for; until then the last seal's digest, kept outside, vouches for everything before it.
+
 The digest (``i3lani seal --export`` prints the latest) goes to every id in ``ADMIN_IDS`` by
 Telegram: an ``admin_alert`` task is enqueued in the transaction that appends the seal, and
 delivered like the health alerts (by the HealthChecker's task processor: retried with backoff,
@@ -43,17 +48,19 @@ from actors.config import Settings
 from actors.runtime import Actor, ActorRunner, Emit, Message, TickSpec
 from actors.runtime.core import MailboxFull
 from actors.tasks import ADMIN_ALERT, AdminAlert, task_types
-from events import LogSealed
+from events import LogSealed, TaskEnqueued
 from events.errors import StoreUnavailable
-from events.streams import SEAL_LOG
-from store import Fence, Transaction
+from events.streams import SEAL_LOG, TASK
+from store import EventLog, Fence, Transaction
 from store.memory import MemoryTransaction
 from store.sealing import MAX_EVENTS_PER_SEAL, SealDigest, next_seals
+from store.stored import HashedEvent
 from store.tasks import TaskQueue
 
 __all__ = [
     "Sealer",
     "SealsComputed",
+    "SealsOwnEvents",
     "SealBacklog",
     "SEAL_STREAM",
     "seal_event_id",
@@ -64,6 +71,37 @@ logger = logging.getLogger(__name__)
 
 SEAL_STREAM: Final = SEAL_LOG
 _NAMESPACE: Final = uuid.UUID("5d0c3b8e-2f4a-4c61-9a57-1e8d6f3b2a90")
+
+
+_DIGEST_KEY: Final = "seal-"  # the dedupe key of seal n's digest task: seal-<n>
+
+
+class SealsOwnEvents:
+    """Tells, for one run, the rows the Sealer's own work wrote: seals and the events of
+    their digest tasks (an :data:`~store.sealing.Incidental`). A task's stream is told by its
+    ``TaskEnqueued``, its first event (read once per task stream, and only until the first row
+    of other work)."""
+
+    def __init__(self, log: EventLog) -> None:
+        self.log = log
+        self._tasks: dict[str, bool] = {}
+
+    async def __call__(self, row: HashedEvent) -> bool:
+        if row.stream == SEAL_STREAM:
+            return True
+        if not row.stream.startswith(f"{TASK}-"):
+            return False
+        known = self._tasks.get(row.stream)
+        if known is None:
+            known = self._tasks[row.stream] = await self._digest_stream(row.stream)
+        return known
+
+    async def _digest_stream(self, stream: str) -> bool:
+        first = await self.log.read_stream(stream, limit=1, skip_unknown=True)
+        if not first or not isinstance(enqueued := first[0].event, TaskEnqueued):
+            return False
+        key = enqueued.dedupe_key
+        return enqueued.task_type == ADMIN_ALERT and key is not None and key.startswith(_DIGEST_KEY)
 
 
 class SealsComputed(msgspec.Struct, frozen=True):
@@ -176,6 +214,7 @@ class Sealer(Actor[None]):
             previous,
             sealed_at=runner.clock.now(),
             max_events=self.max_events_per_run,
+            incidental=SealsOwnEvents(runner.store),
         )
         if more:
             with contextlib.suppress(MailboxFull):
@@ -195,7 +234,7 @@ class Sealer(Actor[None]):
                 await self.queue.add_task(
                     ADMIN_ALERT,
                     AdminAlert(alert_id=alert_id, text=digest_text(seal)),
-                    dedupe_key=f"seal-{seal.seal}",
+                    dedupe_key=f"{_DIGEST_KEY}{seal.seal}",
                     tx=tx,
                     fence=self.fence,
                 )

@@ -88,7 +88,9 @@ async def serve_tasks(
     until the actor stops gracefully (the tasks in hand are then finished and recorded, for up
     to :data:`PROCESSOR_STOP_TIMEOUT` seconds) or is cancelled (its tasks are taken back once
     their locks expire). Every write the processor makes (claims, heartbeats, outcomes) is
-    fenced by the actor's lease generation."""
+    fenced by the actor's lease generation. The type's concurrency limit across nodes
+    (``I3LANI_TASK_CONCURRENCY``) is set as the processor starts, or removed when none is
+    configured."""
     queue = TaskQueue(runner.store, task_types(settings), node=runner.node)
     processor = TaskProcessor(
         queue,
@@ -98,6 +100,7 @@ async def serve_tasks(
         lock_timeout=settings.task_lock_timeout,
         stop_timeout=PROCESSOR_STOP_TIMEOUT,
         fence=runner.fence,
+        limits={task_type: settings.concurrency_limit(task_type)},
     )
     processor.register_handler(task_type, handler)
     async with anyio.create_task_group() as tg:

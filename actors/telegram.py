@@ -14,6 +14,16 @@ with what the actors need, translating aiogram's exceptions once, here:
   chat that cannot be reached is logged and reported as ``False`` so that one admin who blocked
   the bot never stops the others from being told.
 
+**Flow control.** A Bot made with a limiter (``make_bot(..., limiter=, rates=)``) waits its
+turn in the rate limits every node shares (:mod:`store.flow`) before each call, through a
+request middleware of its session (:class:`FlowControl`), so the gateway's replies count as
+much as the actors' calls: every call takes from ``telegram`` (the bot's overall limit, about
+30 a second), and a call about a chat from that chat's scope too (``telegram-chat:<id>``, one a
+second; ``telegram-group:<id>`` for a group or channel, a negative id or an ``@username``, 20 a
+minute). A 429's ``retry_after`` pauses, on every node, the scope it most likely came from
+(:func:`pause_scopes`). :class:`TelegramClient` waits for its turn before its request timeout
+starts: waiting for a busy limit is not Telegram being slow.
+
 The token is a secret: it is part of every request URL, so any text that could carry it (an
 aiohttp error quoting the URL) is redacted before it reaches a log line or a message, and this
 module's exceptions are raised without chaining aiogram's.
@@ -27,8 +37,10 @@ Errors::
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextvars import ContextVar
 from types import TracebackType
 from typing import Final, Literal, Self
 from urllib.parse import quote
@@ -38,6 +50,10 @@ import msgspec
 from aiogram import Bot
 from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.session.base import BaseSession
+from aiogram.client.session.middlewares.base import (
+    BaseRequestMiddleware,
+    NextRequestMiddlewareType,
+)
 from aiogram.client.telegram import TelegramAPIServer
 from aiogram.exceptions import (
     ClientDecodeError,
@@ -50,16 +66,24 @@ from aiogram.exceptions import (
     TelegramRetryAfter,
     TelegramUnauthorizedError,
 )
+from aiogram.methods import Response, TelegramMethod
+from aiogram.methods.base import TelegramType
 from aiogram.utils.token import TokenValidationError
 
 from events.errors import ConfigError, I3laniError
+from store.flow import Limit, RateLimiter, Scope
 
 __all__ = [
     "TelegramUnavailable",
     "ChatProblem",
     "TelegramClient",
+    "TelegramRates",
+    "FlowControl",
     "make_bot",
     "chat_problem",
+    "call_scopes",
+    "pause_scopes",
+    "OVERALL_SCOPE",
 ]
 
 logger = logging.getLogger(__name__)
@@ -67,6 +91,11 @@ logger = logging.getLogger(__name__)
 _SEND_ATTEMPTS: Final = 3  # one send and up to two retries
 _TRANSIENT_BACKOFF: Final = 1.0  # seconds, times the attempt number, after a 5xx or timeout
 _REDACTED: Final = "<token>"
+
+OVERALL_SCOPE: Final = "telegram"
+"""The scope every Bot API call of every node takes from."""
+_CHAT_PREFIX: Final = "telegram-chat:"
+_GROUP_PREFIX: Final = "telegram-group:"
 
 
 class TelegramUnavailable(I3laniError):
@@ -88,13 +117,109 @@ class ChatProblem(msgspec.Struct, frozen=True):
     retry_after: float | None = None
 
 
-def make_bot(token: str, api_url: str | None = None, *, session: BaseSession | None = None) -> Bot:
+class TelegramRates(msgspec.Struct, frozen=True):
+    """The Bot API's limits as configured (None: not limited): every call of the bot
+    (``overall``), and per chat: a private chat's (``chat``, a positive id), a group's or
+    channel's (``group``, a negative id or an ``@username``)."""
+
+    overall: Limit | None = Limit(30, 1.0)
+    chat: Limit | None = Limit(1, 1.0)
+    group: Limit | None = Limit(20, 60.0)
+
+
+def _chat_scope(rates: TelegramRates, chat: object) -> Scope | None:
+    """The scope of the chat a call is about, or None (no chat, or not limited)."""
+    if chat is None or isinstance(chat, bool):
+        return None
+    key = str(chat).strip()
+    if key.startswith("@"):
+        name, limit = _GROUP_PREFIX + key.lower(), rates.group
+    else:
+        try:
+            number = int(key)
+        except ValueError:
+            return None
+        name, limit = (_GROUP_PREFIX, rates.group) if number < 0 else (_CHAT_PREFIX, rates.chat)
+        name += str(number)
+    if limit is None or len(name) > 200:
+        return None
+    return Scope(name, limit)
+
+
+def call_scopes(rates: TelegramRates, chat: object = None) -> list[Scope]:
+    """What a Bot API call about ``chat`` (None: about no chat) takes from: the bot's overall
+    scope, then the chat's. Pure."""
+    scopes = [] if rates.overall is None else [Scope(OVERALL_SCOPE, rates.overall)]
+    own = _chat_scope(rates, chat)
+    return scopes if own is None else [*scopes, own]
+
+
+def pause_scopes(rates: TelegramRates, chat: object = None) -> list[Scope]:
+    """What a 429 on a call about ``chat`` pauses, on every node. Pure.
+
+    A group's or channel's own scope: its 20 messages a minute is the usual cause there, and
+    the rest of the bot may go on. Otherwise the whole bot (and the chat): the limiter already
+    keeps each private chat to its one message a second, so a 429 there says the bot as a
+    whole is over Telegram's limit."""
+    own = _chat_scope(rates, chat)
+    if own is not None and own.name.startswith(_GROUP_PREFIX):
+        return [own]
+    return call_scopes(rates, chat)
+
+
+_ADMITTED: ContextVar[bool] = ContextVar("i3lani_telegram_admitted", default=False)
+"""Set while a :class:`TelegramClient` call that already waited its turn is on the wire."""
+
+
+class FlowControl(BaseRequestMiddleware):
+    """An aiogram request middleware: each call of the Bot waits its turn in the shared rate
+    limits first (:meth:`admit`), and a 429 pauses its scopes on every node."""
+
+    def __init__(self, limiter: RateLimiter, rates: TelegramRates) -> None:
+        self.limiter = limiter
+        self.rates = rates
+
+    async def admit(self, chat: object = None) -> None:
+        """Wait until a call about ``chat`` may go."""
+        await self.limiter.acquire(call_scopes(self.rates, chat))
+
+    async def __call__(
+        self,
+        make_request: NextRequestMiddlewareType[TelegramType],
+        bot: Bot,
+        method: TelegramMethod[TelegramType],
+    ) -> Response[TelegramType]:
+        chat = getattr(method, "chat_id", None)
+        if not _ADMITTED.get():
+            await self.admit(chat)
+        try:
+            return await make_request(bot, method)
+        except TelegramRetryAfter as exc:
+            await self.limiter.pause(pause_scopes(self.rates, chat), float(exc.retry_after))
+            raise
+
+
+def flow_control(bot: Bot) -> FlowControl | None:
+    """The :class:`FlowControl` of ``bot``'s session, if it has one."""
+    return next((m for m in bot.session.middleware if isinstance(m, FlowControl)), None)
+
+
+def make_bot(
+    token: str,
+    api_url: str | None = None,
+    *,
+    session: BaseSession | None = None,
+    limiter: RateLimiter | None = None,
+    rates: TelegramRates | None = None,
+) -> Bot:
     """An aiogram Bot for ``token``, against ``api_url`` when given (a Bot API server's base).
 
     Requests then go to ``{api_url}/bot{token}/{method}``. ``session`` replaces aiogram's
     HTTP session (a simulation's in-process one, which knows its own server: give it instead
-    of ``api_url``). Raises :class:`~events.errors.ConfigError` (without the token) when the
-    token or URL is malformed.
+    of ``api_url``). With ``limiter``, every call waits its turn in the shared rate limits
+    first, kept to ``rates`` (default: Telegram's), see :class:`FlowControl`. Raises
+    :class:`~events.errors.ConfigError` (without the token) when the token or URL is
+    malformed.
     """
     if session is not None and api_url is not None:
         raise ValueError("give make_bot an api_url or a session, not both: a session has its own")
@@ -104,16 +229,21 @@ def make_bot(token: str, api_url: str | None = None, *, session: BaseSession | N
         )
     try:
         if session is not None:
-            return Bot(token, session=session)
-        if api_url is None:
-            return Bot(token)
-        return Bot(token, session=AiohttpSession(api=TelegramAPIServer.from_base(api_url)))
+            bot = Bot(token, session=session)
+        elif api_url is None:
+            bot = Bot(token)
+        else:
+            bot = Bot(token, session=AiohttpSession(api=TelegramAPIServer.from_base(api_url)))
     except TokenValidationError:
         # aiogram's message does not quote the token, but its traceback frames would.
         raise ConfigError(
             "the Telegram bot token is malformed: it must look like <digits>:<text> without "
             "spaces, as @BotFather gives it"
         ) from None
+    if limiter is not None:
+        kept_to = rates if rates is not None else TelegramRates()
+        bot.session.middleware(FlowControl(limiter, kept_to))
+    return bot
 
 
 def _original_description(exc: TelegramAPIError) -> str:
@@ -175,6 +305,7 @@ class TelegramClient:
         if timeout <= 0:
             raise ValueError(f"timeout must be positive, got {timeout}")
         self._bot = bot
+        self._flow = flow_control(bot)
         self._sleep = sleep
         self._max_retry_after = max_retry_after
         self._timeout = timeout
@@ -215,6 +346,20 @@ class TelegramClient:
         problem = chat_problem(exc)
         return msgspec.structs.replace(problem, description=self._redact(problem.description))
 
+    @contextlib.asynccontextmanager
+    async def _admitted(self, chat: object = None) -> AsyncIterator[None]:
+        """Wait this call's turn in the shared rate limits (when the Bot has them), then let
+        the call inside go without waiting again: its request timeout counts only Telegram."""
+        if self._flow is None:
+            yield
+            return
+        await self._flow.admit(chat)
+        token = _ADMITTED.set(True)
+        try:
+            yield
+        finally:
+            _ADMITTED.reset(token)
+
     # -- calls ----------------------------------------------------------------------------------
 
     async def get_me(self) -> float:
@@ -222,10 +367,11 @@ class TelegramClient:
 
         Raises :class:`TelegramUnavailable` on any failure, including a refused token.
         """
-        started = anyio.current_time()
         try:
-            with anyio.fail_after(self._timeout):
-                await self._bot.get_me()
+            async with self._admitted():
+                started = anyio.current_time()
+                with anyio.fail_after(self._timeout):
+                    await self._bot.get_me()
         except _FAILURES as exc:
             problem = self._problem(exc)
             hint = (
@@ -246,8 +392,9 @@ class TelegramClient:
         ``unavailable``. No retry here: the caller schedules the next attempt.
         """
         try:
-            with anyio.fail_after(self._timeout):
-                return await self._bot.get_chat_member_count(chat_id=chat)
+            async with self._admitted(chat):
+                with anyio.fail_after(self._timeout):
+                    return await self._bot.get_chat_member_count(chat_id=chat)
         except _FAILURES as exc:
             problem = self._problem(exc)
             logger.debug(
@@ -278,8 +425,9 @@ class TelegramClient:
         while True:
             attempt += 1
             try:
-                with anyio.fail_after(self._timeout):
-                    await self._bot.send_message(chat_id=chat_id, text=text)
+                async with self._admitted(chat_id):
+                    with anyio.fail_after(self._timeout):
+                        await self._bot.send_message(chat_id=chat_id, text=text)
             except _FAILURES as exc:
                 problem = self._problem(exc)
             else:

@@ -16,6 +16,11 @@ Retries
     :class:`~actors.tonapi_models.TonApiFormatError` (never retried: a page that cannot be
     read whole is not half-trusted).
 
+Flow control
+    With a ``limiter`` and a ``rate`` (``I3LANI_TONAPI_RATE``), every attempt first waits its
+    turn in the ``tonapi`` scope every node shares (:mod:`store.flow`); a 429 pauses that
+    scope on every node, for its ``Retry-After`` or else for the backoff drawn.
+
 Cursor
     :meth:`TonApiClient.transactions_since` reads ascending from an ``lt`` cursor that the
     *caller* keeps. TonAPI's ``after_lt`` is treated as exclusive, but whether it really is
@@ -55,6 +60,7 @@ import msgspec
 from actors.tonapi_models import TonApiFormatError, Transaction, decode_transactions
 from events import environment
 from events.errors import I3laniError
+from store.flow import Limit, RateLimiter, Scope
 
 __all__ = [
     "TonApiError",
@@ -63,12 +69,15 @@ __all__ = [
     "TonApiClient",
     "retry_delay",
     "MAX_PAGE_SIZE",
+    "TONAPI_SCOPE",
 ]
 
 logger = logging.getLogger(__name__)
 
 MAX_PAGE_SIZE: Final = 1000
 """TonAPI's largest ``limit`` for the transactions endpoint."""
+TONAPI_SCOPE: Final = "tonapi"
+"""The shared rate limit every TonAPI request of every node takes from."""
 
 _RETRY_AFTER_CAP_FACTOR: Final = 4  # a server's Retry-After is believed up to backoff_max * 4
 _ERROR_TEXT_LIMIT: Final = 200  # characters of TonAPI's error text quoted in a message
@@ -168,7 +177,9 @@ class TonApiClient:
             new = await tonapi.transactions_since(wallet, cursor)
 
     ``transport`` replaces the network (``httpx.MockTransport`` in unit tests); ``sleep``
-    and ``rng`` are the clock and the jitter, injected so backoff is tested instantly.
+    and ``rng`` are the clock and the jitter, injected so backoff is tested instantly;
+    ``limiter`` and ``rate`` keep every request to the rate every node shares (see "Flow
+    control" above; without both, this client keeps to nothing but its own backoff).
     """
 
     def __init__(
@@ -183,6 +194,8 @@ class TonApiClient:
         transport: httpx.AsyncBaseTransport | None = None,
         sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
         rng: random.Random | None = None,
+        limiter: RateLimiter | None = None,
+        rate: Limit | None = None,
     ) -> None:
         if timeout <= 0:
             raise ValueError(f"timeout must be positive, got {timeout}")
@@ -204,6 +217,8 @@ class TonApiClient:
         self._backoff_max = backoff_max
         self._sleep = sleep
         self._rng = rng if rng is not None else environment.new_rng()
+        self._limiter = limiter if rate is not None else None
+        self._scopes = [Scope(TONAPI_SCOPE, rate)] if rate is not None else []
         self._client: httpx.AsyncClient | None = None
         self._state = _State.NEW
         self._request_count = 0
@@ -359,8 +374,11 @@ class TonApiClient:
         attempt = 0
         while True:
             attempt += 1
+            if self._limiter is not None:
+                await self._limiter.acquire(self._scopes)
             self._request_count += 1
             retry_after: float | None = None
+            throttled = False
             cause: Exception
             started = anyio.current_time()
             try:
@@ -392,8 +410,13 @@ class TonApiClient:
                 failure = f"HTTP {status}{said}"
                 cause = httpx.HTTPStatusError(failure, request=response.request, response=response)
                 if status == 429:
+                    throttled = True
                     retry_after = _parse_retry_after(response.headers.get("Retry-After"))
             if attempt > retries:
+                if throttled and self._limiter is not None:
+                    await self._limiter.pause(
+                        self._scopes, self._backoff_min if retry_after is None else retry_after
+                    )
                 raise TonApiUnavailable(
                     f"TonAPI is unavailable: GET {path} failed {attempt} time(s), "
                     f"last with {failure}; try again later"
@@ -406,6 +429,9 @@ class TonApiClient:
                 rng=self._rng,
                 retry_after=retry_after,
             )
+            if throttled and self._limiter is not None:
+                # Every node holds back, not only this one (its Retry-After, else our backoff).
+                await self._limiter.pause(self._scopes, delay)
             logger.warning(
                 "TonAPI GET %s: %s; retry %s of %s in %.2f s",
                 path,

@@ -4,8 +4,8 @@
     python -m bench --quick          # a smoke run, about a minute
     python -m bench --seconds 10 --json results.json
     python -m bench --suite scale    # one suite (repeatable): eventstore, actors, queue,
-                                     # payments, confirm, scale, seals, simulate, hangs
-                                     # (hangs only when named)
+                                     # payments, confirm, scale, seals, cost, broadcast,
+                                     # simulate, hangs (hangs only when named)
 
 The server is ``DATABASE_URL`` when set, else the embedded PostgreSQL. A database named
 ``i3lani_bench`` is dropped if it exists, created, migrated, used for every figure, and dropped
@@ -41,6 +41,7 @@ import asyncpg
 
 from bench import (
     actors,
+    broadcast,
     confirm,
     cost,
     eventstore,
@@ -53,7 +54,7 @@ from bench import (
 )
 from bench.measure import BenchContext
 from bench.peers import find_pgbench
-from bench.report import Row, Verdict, render_table, row_to_json
+from bench.report import MIN_ROUNDS, UNSTABLE_FACTOR, Row, Verdict, render_table, row_to_json
 from store.database import database_url, redact_dsn, with_database
 from store.migrate import migrate
 
@@ -77,6 +78,7 @@ SUITES: dict[str, Suite] = {
     "seals": Suite(seals.run, seals.NOTES),
     "cost": Suite(cost.run, cost.NOTES),
     "hangs": Suite(hangs.run, hangs.NOTES),
+    "broadcast": Suite(broadcast.run, broadcast.NOTES),
     "simulate": Suite(simulate.run, simulate.NOTES, database=False),
 }
 OPT_IN = frozenset({"hangs"})
@@ -121,7 +123,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         "with the Sealer running vs without it, seal verification speed. hangs (run "
         "only when named, about 10 minutes): take-over and reader stall when a worker is frozen "
         "or cut off. simulate (no database): the deterministic simulator's seeds/minute, simulated "
-        "hours/minute and replay",
+        "hours/minute and replay. broadcast: 1,000 notices from three worker processes through a "
+        "Bot API stand-in holding Telegram's 30/s, with the rate limits shared vs each node on "
+        "its own",
     )
     parser.add_argument(
         "--keep-database", action="store_true", help=f"do not drop {DATABASE} at the end"
@@ -217,7 +221,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             dsn=dsn or "",
             seconds=seconds,
             warmup=0.3 if quick else 1.0,
-            rounds=1 if quick else 2,
+            rounds=MIN_ROUNDS,
             quick=quick,
             read_events=read_events,
             pgbench=pgbench,
@@ -250,6 +254,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "shared_buffers": server.get("shared_buffers"),
             "asyncpg": _version("asyncpg"),
             "eventsourcing": _version("eventsourcing"),
+            "pgqueuer": _version("pgqueuer"),
+            "dbos": _version("dbos"),
             "pgbench": (shutil.which(pgbench) or pgbench) if pgbench else "not found",
         },
         "settings": {
@@ -299,11 +305,14 @@ def render(result: dict[str, Any]) -> str:
         f"machine:  {machine['cpus']} CPUs, {machine['platform']}, Python {machine['python']}, "
         + postgresql,
         f"software: asyncpg {machine['asyncpg']}, eventsourcing {machine['eventsourcing']}, "
-        f"pgbench {machine['pgbench']}",
+        f"PgQueuer {machine['pgqueuer']}, DBOS {machine['dbos']}, pgbench {machine['pgbench']}",
         f"database: {result['database']}",
         f"timing:   {settings['seconds_per_measurement']:g} s per measurement in "
         f"{settings['rounds']} interleaved round(s) after {settings['warmup_seconds']:g} s "
         f"warm-up; whole run {result['elapsed_seconds']:g} s",
+        "rounds:   each compared figure is the median of its rounds, their spread (min-max, "
+        f"i3lani / reference) beside it; rounds more than {UNSTABLE_FACTOR:g}x apart on either "
+        "side: UNSTABLE, no verdict",
         load,
     ]
     if background["seconds_with_busy_sessions_of_other_databases"]:
@@ -317,6 +326,7 @@ def render(result: dict[str, Any]) -> str:
         "",
         f"{verdicts.count(Verdict.PASS)} PASS, {verdicts.count(Verdict.MISS)} MISS"
         + (f", {verdicts.count(Verdict.FAIL)} FAIL" if Verdict.FAIL in verdicts else "")
+        + (f", {verdicts.count(Verdict.UNSTABLE)} UNSTABLE" if Verdict.UNSTABLE in verdicts else "")
         + (
             f", {verdicts.count(Verdict.NOT_MEASURED)} not measured"
             if Verdict.NOT_MEASURED in verdicts

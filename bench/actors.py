@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from importlib import metadata
 from pathlib import Path
 from typing import Any, ClassVar, TypeAlias
 
@@ -27,7 +28,8 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from actors.runtime import Actor, ActorRef, ActorRunner, ChildSpec, Emit
 from actors.runtime.clock import SystemClock
 from bench.measure import BenchContext, Contender, Sample, interleave, percentile, run_tasks
-from bench.report import Goal, Row
+from bench.peers import dbos_database, dbos_recovery
+from bench.report import Goal, Row, median
 from events import ActorBackoffScheduled, ActorCrashed, ActorRestarted, ActorStarted
 from events.streams import actor_stream
 from store import EventStore, RecordedEvent
@@ -68,6 +70,15 @@ NOTES = [
     "lease's time to live, which the dead node can no longer renew. Hand-over: the killed node "
     "started again as standby, then SIGTERM to the running one (it stops the actor and releases "
     "the lease; the standby polls for it every second). One sample each.",
+    f"actors, recovery beside DBOS {metadata.version('dbos')}: a DBOS process (its own, "
+    "bench/peer_dbos.py, system database on the same server) runs a workflow whose first step "
+    "is done and whose second waits; it gets SIGKILL and a new process is started at once "
+    "(what a restarting container does), timed until the recovered workflow's second step "
+    "runs (interpreter start-up, imports and DBOS.launch() included; median of the rounds). "
+    "Not the same recovery: DBOS resumes a dead executor's workflows when a process with its "
+    "executor id launches again; i3lani's other node takes the actor over without a restart, "
+    "once the dead node's lease has run out (its TTL dominates). A pending i3lani task held by a "
+    "killed node is taken again once its lock time (lock_timeout, 30 s by default) has passed.",
 ]
 
 _MAILBOX_TELL = f"actors: tell throughput, mailbox of {MAILBOX}, {TELLS} tells then 1 ask"
@@ -126,7 +137,9 @@ async def run(ctx: BenchContext) -> list[Row]:
         rows += await _tell(ctx, store)
         rows += await _ask(ctx, store)
         rows += await _crash_restart(ctx, store)
-        rows += await _failover(ctx, store)
+        failover = await _failover(ctx, store)
+    rows += failover
+    rows.append(await _dbos_recovery(ctx, failover[0]))
     return rows
 
 
@@ -473,6 +486,26 @@ def _restart_stages(lifecycle: Sequence[RecordedEvent], last: int) -> dict[str, 
         for values, seconds in zip(stages.values(), cycle, strict=True):
             values.append(seconds * 1000)
     return {name: percentile(values, 0.50) for name, values in stages.items()}
+
+
+# -- recovery beside DBOS ---------------------------------------------------------------------
+async def _dbos_recovery(ctx: BenchContext, failover: Row) -> Row:
+    ctx.log("DBOS: SIGKILL -> pending workflow resumed by a new process ...")
+    seconds: list[float] = []
+    async with dbos_database(ctx.dsn) as url:
+        for round_no in range(ctx.rounds):
+            seconds.append(await dbos_recovery(url))
+            ctx.log(f"  DBOS recovery: {seconds[-1]:.2f} s (round {round_no + 1}/{ctx.rounds})")
+    return Row(
+        failover.section,
+        failover.name,
+        failover.value,
+        "s",
+        "DBOS: SIGKILL -> its workflow resumed by a new process",
+        median(seconds),
+        reference_rounds=tuple(seconds),
+        details={"dbos_seconds": seconds},
+    )
 
 
 # -- failover between worker processes ------------------------------------------------------------

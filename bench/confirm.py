@@ -37,9 +37,12 @@ from pathlib import Path
 from typing import Final
 
 import anyio
+from aiogram import Bot
 from anyio.abc import ByteReceiveStream, Process, TaskGroup
 
-from actors.telegram import TelegramClient, make_bot
+from actors.clients import telegram_bot
+from actors.config import Settings
+from actors.telegram import TelegramClient
 from actors.ton import Address, memo_for
 from bench.measure import BenchContext, percentile
 from bench.report import Goal, Row
@@ -66,9 +69,11 @@ SECTION: Final = "payments, confirmation: transfer visible at the TonAPI stand-i
 NOTES = [
     "payments, confirmation: two arms in one run, each a real `i3lani run --actors "
     "PaymentMonitor` worker at the default 30 s poll interval against the TonAPI stand-in "
-    "(loopback, a notice per finality level at once), the gateway's payment notifier and the "
-    "Bot API stand-in in the bench process. With the stream: payments paid one at a time, "
-    "0.4-0.8 s apart (polling goes on too). Polling alone (I3LANI_TONAPI_STREAM=off): "
+    "(loopback, a notice per finality level at once), the gateway's payment notifier (its Bot "
+    "on the shared rate limits, as the gateway builds it) and the Bot API stand-in in the bench "
+    "process; both workers keep to the shared TonAPI rate (10/s by default). With the stream: "
+    "payments paid one at a time, 0.4-0.8 s apart (polling goes on too). Polling alone "
+    "(I3LANI_TONAPI_STREAM=off): "
     "transfers at random moments over two poll intervals. Confirmed = the PaymentConfirmed "
     "read back from the log by a subscriber in the bench process; notice = the 'is confirmed' "
     "sendMessage reaching the Bot API stand-in. Payments are created, and the scan each "
@@ -135,7 +140,7 @@ async def run(ctx: BenchContext) -> list[Row]:
         EventStore.open(ctx.dsn) as store,
         TonApiStandIn() as tonapi,
         BotApiStandIn(token=TOKEN) as bot_api,
-        TelegramClient(make_bot(TOKEN, bot_api.url)) as telegram,
+        TelegramClient(_gateway_bot(store, bot_api.url)) as telegram,
         anyio.create_task_group() as tg,
     ):
         sent = _StampedSent()
@@ -151,6 +156,12 @@ async def run(ctx: BenchContext) -> list[Row]:
                 arm.failure = f"{arm.name}: {exc}"
         tg.cancel_scope.cancel()
     return _rows(streamed, polled)
+
+
+def _gateway_bot(store: EventStore, url: str) -> Bot:
+    """The Bot as the gateway builds it for its notifier: on the shared rate limits, at the
+    default rates (30 messages a second, one a second per chat)."""
+    return telegram_bot(Settings(bot_token=TOKEN, telegram_api_url=url), store)
 
 
 async def _observe(store: EventStore, by_id: dict[int, _Arm]) -> None:

@@ -1,15 +1,16 @@
 """The cost figures (issue 17): what the log and the connections cost as the work grows.
 
-1. **An idle worker.** ``i3lani run`` with the five product actors on a fresh database against
+1. **An idle worker.** ``i3lani run`` with the six product actors on a fresh database against
    the TonAPI and Bot API stand-ins (served by this process), with short tick intervals
-   (2 to 7 s instead of 30 s to a day, so that a few minutes hold hundreds of ticks). Once every
+   (2 to 7 s instead of 30 s to a day, so that a few minutes hold hundreds of ticks), and an
+   admin (``ADMIN_IDS``) to whom each seal's digest goes as a task, as deployed. Once every
    actor has started and :data:`SETTLE` seconds have passed (the pool closes its start-up
    connections after a minute unused), for the window: the log's events, by who caused them;
    every actor's ticks, counted from its tick schedule (``i3lani.ticks``, polled twice a
    second: no interval is shorter than 2 s, so no tick is missed); and the worker's database
    connections, counted in ``pg_stat_activity`` by ``application_name`` (``i3lani:<node>:...``)
    every half second. **Extrapolation to a day**: each actor's events per tick, times the
-   ticks it makes in a day at its default interval (30 s, 5 min, 6 h, a day, 15 min); events
+   ticks it makes in a day at its default interval (30 s, 5 min, 6 h, a day, 15 min, 1 h); events
    no actor's tick caused (none is expected) count at their rate over the window. Reference:
    one ``ActorTicked`` per tick at the default intervals, what every tick appended before.
 
@@ -94,6 +95,7 @@ IDLE_INTERVALS: Final = {
     "ChannelAnalytics": ("I3LANI_ANALYTICS_INTERVAL", 5.0),
     "Cleanup": ("I3LANI_CLEANUP_INTERVAL", 7.0),
     "HealthChecker": ("I3LANI_HEALTH_INTERVAL", 4.0),
+    "Sealer": ("I3LANI_SEAL_INTERVAL", 6.0),
 }
 DEFAULT_INTERVALS: Final = {
     "PaymentMonitor": 30.0,
@@ -101,6 +103,7 @@ DEFAULT_INTERVALS: Final = {
     "ChannelAnalytics": 21600.0,
     "Cleanup": 86400.0,
     "HealthChecker": 900.0,
+    "Sealer": 3600.0,
 }
 MIX_ENV: Final = {
     "I3LANI_PAYMENT_INTERVAL": "1",
@@ -120,13 +123,14 @@ day (the default analytics interval). With no users, the log grows by one deploy
 lifecycle events of a worker's stop and start) and the idle worker's extrapolated events."""
 
 NOTES = [
-    "cost, idle worker: `i3lani run` (the five product actors, tick intervals 2 to 7 s) on a "
-    "fresh database against the stand-ins; after every actor started and a 70 s settling "
+    "cost, idle worker: `i3lani run` (the six product actors, tick intervals 2 to 7 s, "
+    "ADMIN_IDS=1 so that each seal sends its digest by a task) on a fresh database against the "
+    "stand-ins; after every actor started and a 70 s settling "
     "pause (past the pool's 60 s idle lifetime), over the window: events appended (by "
     "metadata caused_by), ticks run (each actor's tick schedule row, polled every 0.5 s), and "
     "the worker's connections (pg_stat_activity by application_name, every 0.5 s). Events per "
     "day = each actor's events per tick x its ticks per day at the default interval (30 s, "
-    "5 min, 6 h, 1 day, 15 min), plus any other event at its rate over the window. "
+    "5 min, 6 h, 1 day, 15 min, 1 h), plus any other event at its rate over the window. "
     "Reference: one ActorTicked per tick at the default intervals (what every tick appended "
     "before), computed from those intervals.",
     "cost, a realistic mix: the same worker (intervals 1 s, analytics 8 s) and, in the bench "
@@ -273,6 +277,7 @@ async def _idle(ctx: BenchContext) -> _Idle:
     dsn = await fresh_database(ctx, IDLE_DATABASE)
     node = "bench-cost-idle"
     intervals = {name: f"{seconds:g}" for name, seconds in IDLE_INTERVALS.values()}
+    intervals["ADMIN_IDS"] = "1"  # each seal's digest goes out by a task, as deployed
     async with _running(dsn, node, intervals) as worker:
         ctx.log(f"  cost: idle worker started; settling {SETTLE:g} s")
         await anyio.sleep(SETTLE)
@@ -595,7 +600,7 @@ async def run(ctx: BenchContext) -> list[Row]:
 
 def _idle_rows(idle: _Idle) -> list[Row]:
     section = (
-        f"cost: an idle `i3lani run` (five actors, short intervals), {idle.window:.0f} s window"
+        f"cost: an idle `i3lani run` (six actors, short intervals), {idle.window:.0f} s window"
     )
     return [
         Row(

@@ -10,21 +10,20 @@ from contextlib import aclosing
 from datetime import UTC, datetime, timedelta
 
 import anyio
-import anyio.to_thread
 import asyncpg
-from eventsourcing.persistence import StoredEvent
 
 from bench.measure import (
     BenchContext,
     Contender,
+    Rounds,
     Sample,
     interleave,
     percentile,
     run_tasks,
-    run_threads,
+    versus,
 )
-from bench.peers import EventsourcingPeer, run_pgbench
-from bench.report import Goal, Row
+from bench.peers import run_peer, run_pgbench
+from bench.report import Goal, Row, median
 from events import DEFAULT_REGISTRY, PaymentCreated
 from store import NO_STREAM, EventStore, NewEvent
 from store.eventstore import init_connection
@@ -43,10 +42,15 @@ NOTES = [
     "generate_series, one new stream per transaction, each row's payload made distinct (memo "
     "replaced) and parsed by the server, as i3lani's 100 distinct events are.",
     "eventsourcing: PostgresApplicationRecorder (the recorder with an ordered notification log, "
-    "as i3lani has), its own schema, psycopg pool; writers are threads. Its appends encode the "
-    "event with the same registry; its reads decode each state with the same msgspec decoder.",
+    "as i3lani has), its own schema, psycopg pool, run as its users run it: in a process of its "
+    "own (bench/peer_eventsourcing.py, one per round, warmed up in it), its writers threads of "
+    "that process. Its appends encode the event with the same registry; its reads decode each "
+    "state with the same msgspec decoder. Its read is split: fetch (select_notifications: the "
+    "query, psycopg's dict rows and its Notification objects) and decode, each timed on its "
+    "own; its raw read is the same SELECT on a plain psycopg connection, tuples undecoded.",
     "latency: from just before append() to the subscriber (store.subscribe, same process) "
-    "yielding the event; warm-up excluded.",
+    "yielding the event; warm-up excluded; the window cut into as many consecutive periods as "
+    "there are rounds, the figure the median of the periods' percentiles.",
 ]
 
 PEER_SCHEMA = "es_peer"
@@ -114,26 +118,25 @@ async def run(ctx: BenchContext) -> list[Row]:
         await conn.close()
     rows: list[Row] = []
     async with EventStore.open(ctx.dsn) as store:
-        peer = await anyio.to_thread.run_sync(
-            lambda: EventsourcingPeer(ctx.dsn, schema=PEER_SCHEMA, pool_size=8)
-        )
-        try:
-            rows += await _reads(ctx, store, peer)
-            rows += await _appends(ctx, store, peer, writers=1)
-            rows += await _appends(ctx, store, peer, writers=8)
-            rows += await _batched(ctx, store)
-            rows += await _latency(ctx, store)
-        finally:
-            await anyio.to_thread.run_sync(peer.close)
+        rows += await _reads(ctx, store)
+        rows += await _appends(ctx, store, writers=1)
+        rows += await _appends(ctx, store, writers=8)
+        rows += await _batched(ctx, store)
+        rows += await _latency(ctx, store)
     return rows
+
+
+_PEER = "bench.peer_eventsourcing"
+
+
+def _peer_request(ctx: BenchContext, command: str, **fields: object) -> dict[str, object]:
+    return {"command": command, "dsn": ctx.dsn, "schema": PEER_SCHEMA, **fields}
 
 
 # -- single-event appends -----------------------------------------------------------------------
 
 
-async def _appends(
-    ctx: BenchContext, store: EventStore, peer: EventsourcingPeer, *, writers: int
-) -> list[Row]:
+async def _appends(ctx: BenchContext, store: EventStore, *, writers: int) -> list[Row]:
     title = f"append, {writers} writer{'s' if writers > 1 else ''}"
     ctx.log(f"{title} ...")
     await _settle(ctx.dsn)
@@ -190,24 +193,15 @@ async def _appends(
         pgbench_runs.append({"tps": result.tps, "command": result.command})
         return Sample(result.tps * result.seconds, result.seconds)
 
-    def peer_step_for(ids: list[uuid.UUID], versions: list[int]) -> Callable[[int], int]:
-        def step(i: int) -> int:
-            # The same per-append work as i3lani: encode and validate the event.
-            topic, _, state = DEFAULT_REGISTRY.encode(EVENT)
-            versions[i] += 1
-            peer.append_one(ids[i], versions[i], topic, state)
-            return 1
-
-        return step
-
     async def eventsourcing(seconds: float) -> Sample:
-        step = peer_step_for([uuid.uuid4() for _ in range(writers)], [0] * writers)
-        return await run_threads(seconds, writers, step)
+        request = _peer_request(ctx, "append", writers=writers, seconds=seconds, warmup=ctx.warmup)
+        result = await run_peer(_PEER, request)
+        return Sample(result["items"], result["seconds"])
 
     contenders = [
         Contender("i3lani", i3lani),
         Contender("raw asyncpg", raw),
-        Contender("eventsourcing", eventsourcing),
+        Contender("eventsourcing", eventsourcing, warmup=False),  # warms up in its process
     ]
     if ctx.pgbench is not None:
         contenders.append(Contender("pgbench", pgbench, warmup=False))
@@ -217,39 +211,38 @@ async def _appends(
         for conn in conns:
             await conn.close()
 
-    value = totals["i3lani"].rate
-    pgbench_rate = totals["pgbench"].rate if "pgbench" in totals else None
+    mine = totals["i3lani"]
     many = writers > 1
     name = f"{writers} writers (group commit)" if many else "1 writer"
     unit = "appends/s"
     return [
-        Row(
+        versus(
             _APPENDS,
             name,
-            value,
             unit,
+            mine,
             f"raw asyncpg INSERT, {writers} conn{'s' if many else ''}",
-            totals["raw asyncpg"].rate,
+            totals["raw asyncpg"],
             goal=None if many else Goal.ratio_at_least(0.85),
         ),
-        Row(
+        versus(
             _APPENDS,
             name,
-            value,
             unit,
+            mine,
             f"pgbench INSERT, {writers} client{'s' if many else ''}",
-            pgbench_rate,
-            "tx/s",
+            totals.get("pgbench"),
+            reference_unit="tx/s",
             goal=Goal.ratio_at_least(0.60) if many else None,
             details={"runs": pgbench_runs},
         ),
-        Row(
+        versus(
             _APPENDS,
             name,
-            value,
             unit,
-            f"eventsourcing, {writers} thread{'s' if many else ''}",
-            totals["eventsourcing"].rate,
+            mine,
+            f"eventsourcing, own process, {writers} thread{'s' if many else ''}",
+            totals["eventsourcing"],
             goal=Goal.ratio_at_least(3.0),
         ),
     ]
@@ -307,16 +300,15 @@ async def _batched(ctx: BenchContext, store: EventStore) -> list[Row]:
     if ctx.pgbench is not None:
         contenders.append(Contender("pgbench", pgbench(distinct), warmup=False))
     totals = await interleave(ctx, title, contenders)
-    value = totals["i3lani"].rate
     return [
-        Row(
+        versus(
             _BATCHED,
             "1 writer",
-            value,
             "events/s",
+            totals["i3lani"],
             f"pgbench {BATCH}-row INSERT, 1 client",
-            totals["pgbench"].rate if "pgbench" in totals else None,
-            "rows/s",
+            totals.get("pgbench"),
+            reference_unit="rows/s",
             goal=Goal.ratio_at_least(0.50),
         ),
     ]
@@ -325,7 +317,7 @@ async def _batched(ctx: BenchContext, store: EventStore) -> list[Row]:
 # -- reads --------------------------------------------------------------------------------------
 
 
-async def _seed(ctx: BenchContext, store: EventStore, peer: EventsourcingPeer) -> None:
+async def _seed(ctx: BenchContext, store: EventStore) -> int:
     """``ctx.read_events`` events in streams of PAGE events, in i3lani and in the peer."""
     events = [sample_event(i) for i in range(1, PAGE + 1)]
     streams = -(-ctx.read_events // PAGE)
@@ -340,23 +332,12 @@ async def _seed(ctx: BenchContext, store: EventStore, peer: EventsourcingPeer) -
         for _ in range(4):
             tg.start_soon(i3lani_writer)
 
-    encoded = [DEFAULT_REGISTRY.encode(event) for event in events]
-
-    def peer_seed() -> None:
-        for _ in range(streams):
-            originator = uuid.uuid4()
-            peer.insert(
-                [
-                    StoredEvent(originator, version, topic, state)
-                    for version, (topic, _, state) in enumerate(encoded, start=1)
-                ]
-            )
-
-    await anyio.to_thread.run_sync(peer_seed)
+    seeded = await run_peer(_PEER, _peer_request(ctx, "seed", streams=streams, page=PAGE))
+    return int(seeded["events"])
 
 
-async def _reads(ctx: BenchContext, store: EventStore, peer: EventsourcingPeer) -> list[Row]:
-    await _seed(ctx, store, peer)
+async def _reads(ctx: BenchContext, store: EventStore) -> list[Row]:
+    peer_total = await _seed(ctx, store)
     conn = await raw_connection(ctx.dsn)
     try:
         total: int = await conn.fetchval("SELECT count(*) FROM i3lani.events")
@@ -408,22 +389,16 @@ async def _reads(ctx: BenchContext, store: EventStore, peer: EventsourcingPeer) 
                     position, transaction_id = records[-1][0], records[-1][1]
             return Sample(done, time.perf_counter() - start)
 
-        def peer_read(seconds: float) -> Sample:
-            decode = DEFAULT_REGISTRY.decode
-            done = 0
-            start = time.perf_counter()
-            deadline = start + seconds
-            after = 0
-            while time.perf_counter() < deadline:
-                page = peer.read_page(after, PAGE)
-                # The same decoding into typed events as i3lani does, with the same decoder.
-                decoded = [decode(note.topic, 1, note.state) for note in page]
-                done += len(decoded)
-                after = page[-1].id if len(page) == PAGE else 0
-            return Sample(done, time.perf_counter() - start)
+        # The peer's cost split, per round: fetch, decode, and its raw read.
+        split: dict[str, Rounds] = {"fetch": Rounds(), "decode": Rounds(), "raw": Rounds()}
 
         async def eventsourcing(seconds: float) -> Sample:
-            return await anyio.to_thread.run_sync(peer_read, seconds)
+            request = _peer_request(ctx, "read", page=PAGE, seconds=seconds, warmup=ctx.warmup)
+            result = await run_peer(_PEER, request)
+            for part in split:
+                split[part] = split[part].add(Sample(**result[part]))
+            fetch, decode = result["fetch"], result["decode"]
+            return Sample(decode["items"], fetch["seconds"] + decode["seconds"])
 
         totals = await interleave(
             ctx,
@@ -432,44 +407,60 @@ async def _reads(ctx: BenchContext, store: EventStore, peer: EventsourcingPeer) 
                 Contender("i3lani read_batches", i3lani_batches),
                 Contender("i3lani read_all", i3lani),
                 Contender("raw asyncpg", raw),
-                Contender("eventsourcing", eventsourcing),
+                Contender("eventsourcing", eventsourcing, warmup=False),
             ],
         )
     finally:
         await conn.close()
-    peer_total = await anyio.to_thread.run_sync(peer.count)
     section = f"event store: read from the start, {total:,} events, pages of {PAGE}"
-    batches = totals["i3lani read_batches"].rate
-    value = totals["i3lani read_all"].rate
+    batches, value = totals["i3lani read_batches"], totals["i3lani read_all"]
+    fetched = totals["raw asyncpg"]
+    peer = "eventsourcing, own process"
     return [
-        Row(
+        versus(
             section,
             "read_batches, typed events",
-            batches,
             "events/s",
+            batches,
             "raw asyncpg fetch, undecoded",
-            totals["raw asyncpg"].rate,
-            "rows/s",
+            fetched,
+            reference_unit="rows/s",
             goal=Goal.ratio_at_least(0.70),
         ),
-        Row(
+        versus(
             section,
             "read_all, typed events",
-            value,
             "events/s",
+            value,
             "raw asyncpg fetch, undecoded",
-            totals["raw asyncpg"].rate,
-            "rows/s",
+            fetched,
+            reference_unit="rows/s",
         ),
-        Row(
+        versus(
             section,
             "read_all, typed events",
-            value,
             "events/s",
-            "eventsourcing + same decode",
-            totals["eventsourcing"].rate,
+            value,
+            f"{peer}: fetch + same decode",
+            totals["eventsourcing"],
             goal=Goal.ratio_at_least(1.2),
             details={"peer_events": peer_total},
+        ),
+        versus(
+            section,
+            "read_batches, typed events",
+            "events/s",
+            batches,
+            f"{peer}: fetch only (its decode alone: {split['decode'].rate:,.0f}/s)",
+            split["fetch"],
+        ),
+        versus(
+            section,
+            "raw asyncpg fetch, undecoded",
+            "rows/s",
+            fetched,
+            f"{peer}: raw psycopg SELECT, undecoded",
+            split["raw"],
         ),
     ]
 
@@ -536,15 +527,31 @@ async def _latency(ctx: BenchContext, store: EventStore) -> list[Row]:
         "max_ms": max(ms, default=float("nan")),
         "notifications": notifications,
     }
+    # The window in ctx.rounds consecutive periods, each a round: the figure is the median of
+    # the periods' percentiles, and their spread shows whether the window was steady.
+    size = -(-len(ms) // ctx.rounds) if ms else 1
+    periods = [ms[i : i + size] for i in range(0, len(ms), size)]
+    p50s = tuple(percentile(period, 0.50) for period in periods)
+    p99s = tuple(percentile(period, 0.99) for period in periods)
+    details["pooled_p50_ms"] = percentile(ms, 0.50)
+    details["pooled_p99_ms"] = percentile(ms, 0.99)
     rows = [
-        Row(_LATENCY, f"p50 ({len(ms)} events)", percentile(ms, 0.50), "ms", details=details),
         Row(
             _LATENCY,
-            f"p99 ({len(ms)} events)",
-            percentile(ms, 0.99),
+            f"p50 ({len(ms)} events in {len(periods)} periods)",
+            median(p50s),
+            "ms",
+            details=details,
+            rounds=p50s,
+        ),
+        Row(
+            _LATENCY,
+            f"p99 ({len(ms)} events in {len(periods)} periods)",
+            median(p99s),
             "ms",
             goal=Goal.below(20, "ms"),
             details=details,
+            rounds=p99s,
         ),
     ]
     if lost:

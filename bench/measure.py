@@ -1,4 +1,8 @@
-"""Timing: fixed-duration runs of async tasks or threads, interleaved between contenders."""
+"""Timing: fixed-duration runs of async tasks or threads, interleaved between contenders.
+
+Every comparison is made in rounds (A B, B A, A B, ...): each contender's figure is the median
+of its rounds, their spread goes into the row, and rounds more than 2x apart make the row
+UNSTABLE instead of PASS or MISS (:mod:`bench.report`)."""
 
 from __future__ import annotations
 
@@ -12,14 +16,18 @@ from functools import partial
 import anyio
 import anyio.to_thread
 
+from bench.report import Goal, Row, median
+
 __all__ = [
     "BenchContext",
     "Contender",
+    "Rounds",
     "Sample",
     "interleave",
     "percentile",
     "run_tasks",
     "run_threads",
+    "versus",
 ]
 
 
@@ -57,6 +65,58 @@ class Sample:
 
 
 ZERO = Sample(0, 0)
+
+
+@dataclass(frozen=True, slots=True)
+class Rounds:
+    """One contender's samples, one per interleaved round; its figure is their median."""
+
+    samples: tuple[Sample, ...] = ()
+
+    def add(self, sample: Sample) -> Rounds:
+        return Rounds((*self.samples, sample))
+
+    @property
+    def rates(self) -> tuple[float, ...]:
+        return tuple(sample.rate for sample in self.samples)
+
+    @property
+    def rate(self) -> float:
+        """The median of the rounds' rates (NaN for none)."""
+        return median(self.rates)
+
+    @property
+    def items(self) -> float:
+        return sum(sample.items for sample in self.samples)
+
+
+def versus(
+    section: str,
+    name: str,
+    unit: str,
+    mine: Rounds,
+    reference_name: str,
+    reference: Rounds | None,
+    *,
+    reference_unit: str | None = None,
+    goal: Goal | None = None,
+    details: dict[str, object] | None = None,
+) -> Row:
+    """A row comparing two contenders' rounds: each side's median, with the rounds kept (their
+    spread is printed, and makes the verdict UNSTABLE when they are more than 2x apart)."""
+    return Row(
+        section,
+        name,
+        mine.rate,
+        unit,
+        reference_name,
+        None if reference is None else reference.rate,
+        reference_unit,
+        goal=goal,
+        details=dict(details or {}),
+        rounds=mine.rates,
+        reference_rounds=() if reference is None else reference.rates,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,10 +168,11 @@ async def run_threads(seconds: float, workers: int, step: Callable[[int], int]) 
 
 async def interleave(
     ctx: BenchContext, title: str, contenders: Sequence[Contender]
-) -> dict[str, Sample]:
+) -> dict[str, Rounds]:
     """Measure every contender for ``ctx.seconds`` in all, taking turns over ``ctx.rounds``
-    rounds (A B C, C B A, ...), so that a noisy moment does not fall on one side only."""
-    totals = {contender.name: ZERO for contender in contenders}
+    rounds (A B C, C B A, ...), so that a noisy moment does not fall on one side only; each
+    contender's rounds, in order."""
+    totals = {contender.name: Rounds() for contender in contenders}
     per_round = ctx.seconds / ctx.rounds
     for round_no in range(ctx.rounds):
         order = list(contenders) if round_no % 2 == 0 else list(reversed(contenders))
@@ -119,7 +180,7 @@ async def interleave(
             if round_no == 0 and contender.warmup and ctx.warmup > 0:
                 await contender.run(ctx.warmup)
             sample = await contender.run(per_round)
-            totals[contender.name] += sample
+            totals[contender.name] = totals[contender.name].add(sample)
             ctx.log(
                 f"  {title}: {contender.name}: {sample.rate:,.0f}/s "
                 f"(round {round_no + 1}/{ctx.rounds})"

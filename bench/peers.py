@@ -1,29 +1,172 @@
 """The references i3lani is measured against, other than raw asyncpg: ``pgbench`` running the
-same SQL, and the ``eventsourcing`` library's PostgreSQL recorder as the Python peer."""
+same SQL, and the Python peers (the ``eventsourcing`` library's PostgreSQL recorder, PgQueuer,
+DBOS), each run as its users run it: in a process of its own, started once per round with this
+interpreter (``python -m bench.peer_<name> '<request JSON>'``), its figures one JSON object on
+its stdout (:func:`run_peer`; the runner's side: :func:`read_request`, :func:`answer`)."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import shutil
+import subprocess
+import sys
+import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import anyio
+import asyncpg
+from anyio.abc import Process
 from eventsourcing.persistence import Notification, StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
 
-from store.database import pg_tool
+from store.database import pg_tool, with_database
 
 __all__ = [
+    "DBOS_DATABASE",
+    "DBOS_RUNNER",
     "EventsourcingPeer",
+    "PeerFailed",
     "PgbenchResult",
+    "answer",
     "connection_params",
+    "dbos_database",
+    "dbos_recovery",
     "find_pgbench",
+    "peer_command",
+    "read_request",
+    "run_peer",
     "run_pgbench",
 ]
+
+DBOS_RUNNER = "bench.peer_dbos"
+DBOS_DATABASE = "i3lani_bench_dbos"
+"""DBOS's system database, beside the benchmark's on the same server (created by DBOS at its
+first launch, as its users' is; dropped by :func:`dbos_database`)."""
+
+
+# -- peers in processes of their own ----------------------------------------------------------
+
+
+class PeerFailed(RuntimeError):
+    """A peer's process exited with an error, or printed no figures."""
+
+
+def peer_command(module: str, request: Mapping[str, Any]) -> list[str]:
+    """The command line running ``module``'s peer with ``request``: this interpreter (the
+    venv's), ``-m module``, the request as JSON."""
+    return [sys.executable, "-m", module, json.dumps(request)]
+
+
+def peer_environment() -> dict[str, str]:
+    """This process's environment, with the repository first on the path (the runners import
+    ``bench`` and ``events``, as the benchmark itself does)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    path = os.environ.get("PYTHONPATH", "")
+    return {**os.environ, "PYTHONPATH": root + (os.pathsep + path if path else "")}
+
+
+async def run_peer(module: str, request: Mapping[str, Any]) -> dict[str, Any]:
+    """Run the peer ``module`` (``bench.peer_<name>``) once with ``request`` and return the JSON
+    object it printed last on stdout; :class:`PeerFailed` with its stderr's tail otherwise."""
+    result = await anyio.run_process(
+        peer_command(module, request), check=False, env=peer_environment()
+    )
+    lines = result.stdout.decode("utf-8", "replace").strip().splitlines()
+    if result.returncode != 0 or not lines:
+        stderr = result.stderr.decode("utf-8", "replace").strip()
+        raise PeerFailed(
+            f"{module} {request.get('command')}: exit {result.returncode}: {stderr[-2000:]}"
+        )
+    answer_: dict[str, Any] = json.loads(lines[-1])
+    return answer_
+
+
+@asynccontextmanager
+async def dbos_database(dsn: str) -> AsyncIterator[str]:
+    """DBOS's system database URL on ``dsn``'s server, dropped before and after use (DBOS
+    creates it when it first launches)."""
+    url = with_database(dsn, DBOS_DATABASE)
+    drop = f"DROP DATABASE IF EXISTS {DBOS_DATABASE} WITH (FORCE)"
+
+    async def dropped() -> None:
+        conn = await asyncpg.connect(dsn)
+        try:
+            await conn.execute(drop)
+        finally:
+            await conn.close()
+
+    await dropped()
+    try:
+        yield url
+    finally:
+        with anyio.CancelScope(shield=True):
+            await dropped()
+
+
+async def _read_until(process: Process, marker: bytes, output: bytearray, seconds: float) -> None:
+    assert process.stdout is not None
+    with anyio.fail_after(seconds):
+        async for chunk in process.stdout:
+            output.extend(chunk)
+            if marker in output:
+                return
+    raise PeerFailed(f"the peer exited before printing {marker.decode()}: {output[-2000:]!r}")
+
+
+async def dbos_recovery(system_database_url: str) -> float:
+    """Seconds from SIGKILL of a DBOS process holding a workflow between its two steps until a
+    new process, started right after the kill, has run that workflow's next step."""
+    request = {"command": "recovery", "system_database_url": system_database_url}
+    env = peer_environment()
+    output = bytearray()
+
+    async def start(phase: str) -> Process:
+        return await anyio.open_process(
+            peer_command(DBOS_RUNNER, {**request, "phase": phase}),
+            env=env,
+            stderr=subprocess.DEVNULL,
+        )
+
+    first = await start("start")
+    async with first:
+        try:
+            await _read_until(first, b"READY", output, 60)
+        finally:
+            first.kill()
+        killed = time.perf_counter()
+        await first.wait()
+    output.clear()
+    second = await start("resume")
+    async with second:
+        try:
+            await _read_until(second, b"RESUMED", output, 60)
+            resumed = time.perf_counter() - killed
+            with anyio.fail_after(60):
+                await second.wait()
+        finally:
+            if second.returncode is None:
+                second.kill()
+    if second.returncode != 0:
+        raise PeerFailed(f"the recovering DBOS process exited {second.returncode}")
+    return resumed
+
+
+def read_request() -> dict[str, Any]:
+    """The runner's side: its request, the JSON object of its first argument."""
+    request: dict[str, Any] = json.loads(sys.argv[1])
+    return request
+
+
+def answer(result: Mapping[str, Any]) -> None:
+    """The runner's side: its figures, one JSON object on one line of stdout."""
+    print(json.dumps(result), flush=True)
 
 
 # -- pgbench --------------------------------------------------------------------------------

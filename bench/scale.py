@@ -65,7 +65,7 @@ from actors.channel_analytics import active_subscribers, channel_stream
 from actors.config import Settings, channel_price
 from actors.ton import memo_for
 from bench.eventstore import raw_connection
-from bench.measure import BenchContext, percentile
+from bench.measure import BenchContext, Rounds, Sample, percentile, versus
 from bench.report import Goal, Row
 from events import (
     DEFAULT_REGISTRY,
@@ -432,12 +432,12 @@ async def load_story(ctx: BenchContext, dsn: str, count: int) -> float:
 
 
 # -- reading --------------------------------------------------------------------------------------
-async def _read_passes(ctx: BenchContext, dsn: str, count: int) -> tuple[float, float, int]:
-    """(read_all events/s, raw rows/s, rows per pass): whole passes over the log, in turns."""
+async def _read_passes(ctx: BenchContext, dsn: str, count: int) -> tuple[Rounds, Rounds, int]:
+    """(read_all's rounds, the raw fetch's rounds, rows per pass): whole passes over the log,
+    one per round and contender, in turns."""
     sql = query("read_all")
     conn = await raw_connection(dsn)
-    i3lani_time = raw_time = 0.0
-    i3lani_rows = raw_rows = 0
+    passes = {"i3lani": Rounds(), "raw": Rounds()}
     try:
         async with EventStore.open(dsn, max_connections=3) as store:
 
@@ -467,15 +467,13 @@ async def _read_passes(ctx: BenchContext, dsn: str, count: int) -> tuple[float, 
                     rows = await (i3lani_pass() if name == "i3lani" else raw_pass())
                     seconds = time.perf_counter() - began
                     ctx.log(f"  scale: {name} pass: {rows:,} in {seconds:.2f} s")
-                    if name == "i3lani":
-                        i3lani_time, i3lani_rows = i3lani_time + seconds, i3lani_rows + rows
-                    else:
-                        raw_time, raw_rows = raw_time + seconds, raw_rows + rows
+                    passes[name] = passes[name].add(Sample(rows, seconds))
     finally:
         await conn.close()
+    i3lani_rows, raw_rows = passes["i3lani"].items, passes["raw"].items
     if i3lani_rows != raw_rows or raw_rows != count * ctx.rounds:
         raise RuntimeError(f"read {i3lani_rows} events and {raw_rows} rows of {count} per pass")
-    return i3lani_rows / i3lani_time, raw_rows / raw_time, count
+    return passes["i3lani"], passes["raw"], count
 
 
 # -- the audit, in a wrapper process --------------------------------------------------------------
@@ -763,7 +761,7 @@ async def run(ctx: BenchContext) -> list[Row]:
         ctx.log(f"scale: building a log of {count:,} events with COPY ...")
         load_seconds = await load_story(ctx, dsn, count)
         ctx.log(f"  scale: built in {load_seconds:.1f} s")
-        read_rate, raw_rate, rows = await _read_passes(ctx, dsn, count)
+        read, raw, rows = await _read_passes(ctx, dsn, count)
         ctx.log("scale: i3lani audit ...")
         audit, report = await _audit(dsn)
         ctx.log(
@@ -774,17 +772,15 @@ async def run(ctx: BenchContext) -> list[Row]:
         with anyio.CancelScope(shield=True):
             for name in (SCALE_DATABASE, IDLE_DATABASE):
                 await _admin(ctx.dsn, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    rows_of_log = _log_rows(
-        count, load_seconds, read_rate, raw_rate, rows, audit, report, empty_audit
-    )
+    rows_of_log = _log_rows(count, load_seconds, read, raw, rows, audit, report, empty_audit)
     return rows_of_log + _idle_rows(idle, window)
 
 
 def _log_rows(
     count: int,
     load_seconds: float,
-    read_rate: float,
-    raw_rate: float,
+    read: Rounds,
+    raw: Rounds,
     rows: int,
     audit: _Rusage,
     report: dict[str, Any],
@@ -792,6 +788,7 @@ def _log_rows(
 ) -> list[Row]:
     section = f"scale: a log of {count:,} events (payments, rewards, channels, ticks)"
     summary: dict[str, Any] = report["summary"]
+    raw_rate = raw.rate
     raw_seconds = rows / raw_rate
     replay_rate = float(summary["events_per_second"])
     details = {
@@ -799,14 +796,14 @@ def _log_rows(
         "summary": {k: v for k, v in summary.items() if isinstance(v, int)},
     }
     return [
-        Row(
+        versus(
             section,
             "read_all, typed events, whole passes",
-            read_rate,
             "events/s",
+            read,
             "raw asyncpg fetch, undecoded",
-            raw_rate,
-            "rows/s",
+            raw,
+            reference_unit="rows/s",
             goal=Goal.ratio_at_least(0.5),
             details=details,
         ),

@@ -38,9 +38,10 @@ from aiogram.webhook.aiohttp_server import setup_application
 from aiohttp import web
 from anyio.abc import TaskStatus
 
+from actors.clients import telegram_bot
 from actors.config import Settings
 from actors.runtime import tracing
-from actors.telegram import TelegramClient, make_bot
+from actors.telegram import TelegramClient
 from bot_gateway.config import GatewayConfig, check_webhook_secret, load_gateway_config
 from bot_gateway.notifier import run_notifier
 from bot_gateway.service import Gateway, TelegramUser
@@ -455,7 +456,7 @@ async def run_gateway(
         raise ValueError(f"mode must be 'webhook' or 'polling', got {mode!r}")
     own_bot = bot is None
     if bot is None:
-        bot = make_bot(settings.require_bot_token(), settings.telegram_api_url)
+        bot = telegram_bot(settings, store)
     gateway = Gateway(store, settings, config)
     try:
         async with anyio.create_task_group() as tg:

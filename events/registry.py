@@ -16,7 +16,7 @@ converted with full validation.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final, TypeVar
 
 import msgspec
@@ -126,6 +126,8 @@ class EventRegistry:
         self._by_tag: dict[str, _Entry] = {}
         self._by_cls: dict[type[Event], _Entry] = {}
         self._encoder = msgspec.json.Encoder()
+        # current_decoders(), built once per registration rather than once per read.
+        self._current: dict[str, tuple[int, Callable[[bytes | str], Event]]] | None = None
         for cls in types:
             self.register(cls)
 
@@ -152,6 +154,7 @@ class EventRegistry:
         entry = existing or _Entry(cls)
         self._by_tag[tag] = entry
         self._by_cls[cls] = entry
+        self._current = None
         return cls
 
     def upcaster(self, tag: str, *, from_version: int) -> Callable[[Upcaster], Upcaster]:
@@ -175,10 +178,16 @@ class EventRegistry:
     def __contains__(self, tag: object) -> bool:
         return tag in self._by_tag
 
-    def current_decoders(self) -> dict[str, tuple[int, Callable[[bytes | str], Event]]]:
+    def current_decoders(self) -> Mapping[str, tuple[int, Callable[[bytes | str], Event]]]:
         """tag -> (current schema version, payload decoder): the fast path for readers, used
-        when the stored version is the current one (else go through :meth:`decode`)."""
-        return {tag: (entry.version, entry.decoder.decode) for tag, entry in self._by_tag.items()}
+        when the stored version is the current one (else go through :meth:`decode`). Built
+        once per registration and shared: every read of either log asks for it (a fresh dict
+        each time was 3 % of a simulated run)."""
+        if self._current is None:
+            self._current = {
+                tag: (entry.version, entry.decoder.decode) for tag, entry in self._by_tag.items()
+            }
+        return self._current
 
     def tags(self) -> list[str]:
         return sorted(self._by_tag)

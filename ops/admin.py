@@ -115,6 +115,7 @@ from events import (
 from events.errors import InvalidEvent, StoreUnavailable
 from events.streams import actor_stream
 from store import EventStore, OpenTransaction, RecordedEvent, views
+from store.flow import flow_table
 from store.tasks import DeadTask, DuplicateTask, TaskNotDead, TaskNotFound, TaskQueue
 from store.views import MinuteCount
 
@@ -529,7 +530,10 @@ async def collect_metrics(store: EventStore, now: datetime) -> list[MetricFamily
     statuses = await shown_statuses(store, now)
     writer = await store.oldest_writer()
     connections = await views.connection_use(store)
-    counts = await TaskQueue(store, task_types()).counts()
+    queue = TaskQueue(store, task_types())
+    counts = await queue.counts()
+    concurrency = await queue.concurrency()
+    flow = await flow_table(store).usage()
     lags: list[tuple[Mapping[str, str], float]] = []
     for name, category in sorted(CATEGORIES.items()):
         behind = await checkpoint_lag(store, actor_stream(name), category)
@@ -597,6 +601,40 @@ async def collect_metrics(store: EventStore, now: datetime) -> list[MetricFamily
             "gauge",
             "Dead-lettered tasks waiting for an operator.",
             [({}, sum(c.dead for c in counts.values()))],
+        ),
+        MetricFamily(
+            "i3lani_task_concurrency",
+            "gauge",
+            "Task types with a concurrency limit across nodes: the limit, and the tasks of the "
+            "type running now (live).",
+            [
+                ({"type": c.task_type, "kind": kind}, value)
+                for c in concurrency.values()
+                for kind, value in (("limit", c.max_running), ("running", c.running))
+            ],
+        ),
+        MetricFamily(
+            "i3lani_rate_limit",
+            "gauge",
+            "Rate limits every node shares (the shared scopes, and the chats in use or paused): "
+            "the most grants in a window (max), the window in seconds, the grants in the last "
+            "window (used), the seconds it stays paused after a 429 (paused_seconds).",
+            [
+                ({"scope": u.scope, "kind": kind}, value)
+                for u in flow.scopes
+                for kind, value in (
+                    ("max", u.limit.count),
+                    ("window_seconds", u.limit.per),
+                    ("used", u.used),
+                    ("paused_seconds", round(u.paused_for, 3)),
+                )
+            ],
+        ),
+        MetricFamily(
+            "i3lani_rate_limit_429_total",
+            "counter",
+            "429s (flood control) met by any node, by scope, since the scope's row was made.",
+            [({"scope": u.scope}, u.pauses) for u in flow.scopes],
         ),
         MetricFamily(
             "i3lani_subscription_lag_events",
@@ -773,6 +811,37 @@ class TaskSummary(msgspec.Struct, frozen=True, kw_only=True):
     dead_total: int
 
 
+class FlowScopeRow(msgspec.Struct, frozen=True, kw_only=True):
+    """A rate limit every node shares, as the dashboard shows it: at most ``count`` grants in
+    ``per`` seconds (``limit``, as configured), ``used`` of them in the last window, paused
+    until ``paused_until`` after a 429 (the server's clock), and its totals."""
+
+    scope: str
+    limit: str
+    count: int
+    per: float
+    used: int
+    paused_until: datetime | None
+    granted: int
+    pauses: int
+
+
+class ConcurrencyRow(msgspec.Struct, frozen=True, kw_only=True):
+    task_type: str
+    max_running: int
+    running: int
+    set_by: str | None
+
+
+class FlowView(msgspec.Struct, frozen=True, kw_only=True):
+    """Flow control: the shared scopes and the chats in use or paused (``chat_scopes``:
+    every chat scope known), and the task types' concurrency limits."""
+
+    scopes: list[FlowScopeRow]
+    chat_scopes: int
+    concurrency: list[ConcurrencyRow]
+
+
 class HealthView(msgspec.Struct, frozen=True, kw_only=True):
     healthy: bool
     checked_at: datetime
@@ -817,6 +886,7 @@ class Overview(msgspec.Struct, frozen=True, kw_only=True):
     payments: list[PaymentRow]
     oldest_writer: OpenTransaction | None
     refunds: RefundsView | None = None
+    flow: FlowView | None = None
 
     def content(self) -> bytes:
         """What the snapshot shows, without its time and without the ages that grow by
@@ -919,6 +989,36 @@ async def _tasks(store: EventStore) -> TaskSummary:
     return TaskSummary(types=rows, dead_letters=dead, dead_total=dead_total)
 
 
+async def _flow(store: EventStore) -> FlowView:
+    usage = await flow_table(store).usage()
+    concurrency = await TaskQueue(store, task_types()).concurrency()
+    return FlowView(
+        scopes=[
+            FlowScopeRow(
+                scope=u.scope,
+                limit=u.limit.text(),
+                count=u.limit.count,
+                per=u.limit.per,
+                used=u.used,
+                paused_until=u.paused_until,
+                granted=u.granted,
+                pauses=u.pauses,
+            )
+            for u in usage.scopes
+        ],
+        chat_scopes=usage.chat_scopes,
+        concurrency=[
+            ConcurrencyRow(
+                task_type=c.task_type,
+                max_running=c.max_running,
+                running=c.running,
+                set_by=c.set_by,
+            )
+            for c in concurrency.values()
+        ],
+    )
+
+
 async def _health(store: EventStore) -> HealthView | None:
     verdict = await last_verdict(store)
     if verdict is None:
@@ -1004,6 +1104,7 @@ async def build_overview(
         payments=await (payments or _PaymentCache()).recent(store),
         oldest_writer=_writer_view(writer),
         refunds=refunds_view(await (refunds or _RefundCache()).all(store)),
+        flow=await _flow(store),
     )
 
 

@@ -87,8 +87,9 @@ from store.budget import (
     max_connections_from_env,
 )
 from store.database import configured_database_url, with_database
+from store.flow import FlowUsage, Limit, flow_table
 from store.limits import SessionLimits
-from store.tasks import DeadTask, TaskQueue, TypeCounts
+from store.tasks import ConcurrencyUse, DeadTask, TaskQueue, TypeCounts
 from supervisor import Supervisor
 
 if TYPE_CHECKING:
@@ -534,6 +535,8 @@ async def cmd_status(dsn: str, args: argparse.Namespace, out: TextIO) -> int:
         dead = await queue.dead_letters(limit=10)
         writer = await store.oldest_writer()
         connections = await views.connection_use(store)
+        flow = await flow_table(store).usage()
+        concurrency = await queue.concurrency()
     if args.json:
         report = {
             "actors": statuses,
@@ -542,6 +545,8 @@ async def cmd_status(dsn: str, args: argparse.Namespace, out: TextIO) -> int:
             "oldest_writer": writer,
             "readers_held_back": writer is not None and writer.holds_back_readers,
             "connections": connections,
+            "flow": flow,
+            "task_concurrency": list(concurrency.values()),
         }
         print(msgspec.json.encode(report).decode(), file=out)
         return EXIT_OK
@@ -549,7 +554,66 @@ async def cmd_status(dsn: str, args: argparse.Namespace, out: TextIO) -> int:
     _print_readers(writer, out)
     _print_connections(connections, out)
     _print_tasks(list(counts.values()), dead, now, out)
+    _print_flow(flow, list(concurrency.values()), out)
     return EXIT_OK
+
+
+def _configured_here() -> Settings | None:
+    """This shell's settings when they read cleanly (status never needs them: a worker that
+    refuses its settings must still be looked into)."""
+    try:
+        return load_settings()
+    except ConfigError:
+        return None
+
+
+def _limit_text(limit: Limit | None) -> str:
+    return "off" if limit is None else limit.text()
+
+
+def _print_flow(flow: FlowUsage, concurrency: Sequence[ConcurrencyUse], out: TextIO) -> None:
+    """The rate limits every node shares, each with its use in its last window and its
+    pause, and the task types' concurrency limits with their running tasks."""
+    print(file=out)
+    if not flow.scopes:
+        settings = _configured_here()
+        configured = (
+            ""
+            if settings is None
+            else f" (configured here: telegram {_limit_text(settings.telegram_rate)}, per chat "
+            f"{_limit_text(settings.telegram_chat_rate)}, per group "
+            f"{_limit_text(settings.telegram_group_rate)}, tonapi "
+            f"{_limit_text(settings.tonapi_rate)})"
+        )
+        print(f"FLOW CONTROL: no call has taken a grant yet{configured}", file=out)
+    else:
+        print("FLOW CONTROL (limits every node shares; use in each scope's last window)", file=out)
+        print(
+            f"{'SCOPE':<30} {'LIMIT':>8} {'USED':>5}  {'PAUSED':<14} {'GRANTED':>9} {'429s':>5}",
+            file=out,
+        )
+        for use in flow.scopes:
+            paused = f"{use.paused_for:.1f}s more" if use.paused_for > 0 else "-"
+            print(
+                f"{use.scope:<30} {use.limit.text():>8} {use.used:>5}  {paused:<14} "
+                f"{use.granted:>9,} {use.pauses:>5}",
+                file=out,
+            )
+        shown = sum(1 for use in flow.scopes if ":" in use.scope)
+        if flow.chat_scopes:
+            print(
+                f"  {flow.chat_scopes} chat(s) and group(s) with a limit of their own on "
+                f"record, {shown} in use or paused (shown)",
+                file=out,
+            )
+    if concurrency:
+        print(file=out)
+        print(f"{'TASK CONCURRENCY':<22} {'RUNNING':>8} {'LIMIT':>6}  SET BY", file=out)
+        for c in concurrency:
+            print(
+                f"{c.task_type:<22} {c.running:>8} {c.max_running:>6}  {c.set_by or '-'}",
+                file=out,
+            )
 
 
 def _print_connections(use: views.ConnectionUse, out: TextIO) -> None:
@@ -722,19 +786,17 @@ async def cmd_health(dsn: str, args: argparse.Namespace, out: TextIO) -> int:
 
 async def _check_now(store: EventStore) -> HealthReport:
     from actors.catalog import tick_intervals
+    from actors.clients import telegram_bot, tonapi_client
     from actors.health import HealthChecker
     from actors.runtime.clock import SystemClock
-    from actors.telegram import TelegramClient, make_bot
-    from actors.tonapi import TonApiClient
+    from actors.telegram import TelegramClient
 
     settings = load_settings()
     async with contextlib.AsyncExitStack() as stack:
-        tonapi = await stack.enter_async_context(
-            TonApiClient(settings.tonapi_url, api_key=settings.tonapi_key, retries=1)
-        )
+        tonapi = await stack.enter_async_context(tonapi_client(settings, store, retries=1))
         telegram = None
         if settings.bot_token:
-            bot = make_bot(settings.bot_token, settings.telegram_api_url)
+            bot = telegram_bot(settings, store, token=settings.bot_token)
             telegram = await stack.enter_async_context(TelegramClient(bot))
         checker = HealthChecker(
             settings,

@@ -21,9 +21,9 @@ from typing import Final, TextIO
 
 import msgspec
 
+from actors.clients import tonapi_client
 from actors.config import load_settings
 from actors.ton import Address
-from actors.tonapi import TonApiClient
 from actors.transfers import Reconciliation, reconcile_wallet
 from events import environment
 from ops.format import format_ton
@@ -110,7 +110,7 @@ async def reconcile_command(dsn: str, args: argparse.Namespace, out: TextIO) -> 
     await migrate(dsn)
     async with (
         EventStore.open(dsn, max_connections=COMMAND_MAX_CONNECTIONS) as store,
-        TonApiClient(settings.tonapi_url, api_key=settings.tonapi_key) as client,
+        tonapi_client(settings, store) as client,
     ):
         result = await reconcile_wallet(store, client, wallet, since=since)
     if result is None:

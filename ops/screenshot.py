@@ -75,6 +75,7 @@ from ops.admin import serve_admin_app
 from store import EventStore, TaskProcessor, TaskQueue, TaskTypes, database_url, migrate
 from store.admin import backdate_events, create_database, drop_database
 from store.database import with_database
+from store.flow import Limit, RateLimiter, Scope, flow_table
 from store.tasks import RetryPolicy, TaskContext
 from store.views import HealthSample, record_health_samples
 
@@ -641,11 +642,29 @@ async def _tasks(store: EventStore) -> None:
         )
 
 
+async def _flow(store: EventStore) -> None:
+    """The shared rate limits as a busy minute leaves them: the bot's overall scope and
+    TonAPI's granted all along, a group's scope part used and paused by a 429, a chat's, and
+    the admin alerts kept to two at once on every node (about two seconds: the grants wait
+    their turn as they would live)."""
+    limiter = RateLimiter(flow_table(store))
+    telegram = Scope("telegram", Limit(30, 1.0))
+    group = Scope("telegram-group:-1001987654321", Limit(20, 60.0))
+    tonapi = Scope("tonapi", Limit(10, 1.0))
+    for n in range(40):
+        await limiter.acquire([telegram, group] if n in (0, 13, 26, 39) else [telegram])
+        if n % 4 == 0:
+            await limiter.acquire([tonapi])
+    await limiter.acquire([telegram, Scope("telegram-chat:58131002", Limit(1, 1.0))])
+    await limiter.pause([group], 45.0)
+    await TaskQueue(store, task_types()).table.set_concurrency({"admin_alert": 2}, node=NODE)
+
+
 async def seed_showcase(store: EventStore, dsn: str, now: datetime | None = None) -> None:
     """Fill an empty scratch database with an hour of a small bot's life: the five actors (two
     crashes of PaymentMonitor, one of ChannelAnalytics, an operator restart), wallet scans,
     sign-ups and referral rewards, eleven payments in every state, a failing health check, a
-    dead letter and queued tasks.
+    dead letter and queued tasks, and the shared rate limits in use (one scope paused).
 
     Every event goes through the store; then, in this scratch database only, each one's
     ``recorded_at`` is set to the moment it tells of (the append-only trigger is switched off
@@ -666,6 +685,7 @@ async def seed_showcase(store: EventStore, dsn: str, now: datetime | None = None
         await store.save_tick(actor, moment, moment)
     await record_health_samples(store, line.health)
     await _tasks(store)
+    await _flow(store)
     await backdate_events(dsn, positions, moments)
 
 

@@ -34,7 +34,9 @@ the same results), and the positions PostgreSQL spends on inserts a unique index
 outcome.
 
 **Side tables.** State PostgreSQL keeps in tables beside the log (the task queue's
-``i3lani.tasks``) lives in objects of its own, one per log (:meth:`MemoryLog.side_table`). Their
+``i3lani.tasks``, the shared rate limits of ``i3lani.rate_limits``:
+:class:`store.flow.memory.MemoryFlowTable`) lives in objects of its own, one per log
+(:meth:`MemoryLog.side_table`). Their
 writes join a transaction (:meth:`MemoryTransaction.side_writes`): applied in the same step as
 its events at the commit, dropped at a rollback, so a reader never sees one without the other.
 Row locks are the log's own claims (:meth:`MemoryTransaction.lock`,
@@ -73,10 +75,9 @@ commit of a transaction that made them.
 from __future__ import annotations
 
 import bisect
-import itertools
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Hashable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -111,7 +112,7 @@ from store.eventstore import (
 )
 from store.reading import PagedReads
 from store.records import ANY, START, AppendResult, Cursor, Expected, RecordedEvent, TickRecord
-from store.stored import StoredDecoder, StoredEvent, StoredPage
+from store.stored import HashedPage, StoredDecoder, StoredEvent, StoredPage, hashed
 from store.subscription import Subscription
 
 if TYPE_CHECKING:
@@ -145,9 +146,11 @@ READS: Final = frozenset(
         "cursor_at",
         "read_page",
         "read_stored",
+        "read_hashed",
         "held_back",
         "stored_ids",
         "task_read",
+        "flow_read",
     }
 )
 """The operations that only read."""
@@ -160,6 +163,9 @@ OPERATIONS: Final = READS | {
     "save_tick",
     "save_snapshot",
     "lease",
+    "flow_take",
+    "flow_pause",
+    "task_limits",
 }
 """The names the ``yield_point`` and ``faults`` hooks are called with."""
 
@@ -323,6 +329,9 @@ class MemoryLog(PagedReads):
         # The log, in reading order (transaction id, position), with its indexes.
         self._rows: list[_Stored] = []
         self._keys: list[tuple[int, int]] = []
+        # Each category's rows and keys in the same order (PostgreSQL's reading-order index
+        # holds the category): a category's reader skips no other category's rows.
+        self._by_category: dict[str, tuple[list[tuple[int, int]], list[_Stored]]] = {}
         self._by_stream: dict[str, list[_Stored]] = {}
         self._by_id: dict[uuid.UUID, _Stored] = {}
         self._by_position: dict[int, _Stored] = {}
@@ -534,6 +543,8 @@ class MemoryLog(PagedReads):
         return self._metadata_encoder.encode(meta)
 
     def _decode(self, rows: Sequence[_Stored], skip_unknown: bool) -> list[RecordedEvent]:
+        if not rows:  # most polls find nothing new
+            return []
         return self._decoder.decode_or_raise(rows, skip_unknown=skip_unknown)
 
     # -- the visible log --------------------------------------------------------------------
@@ -581,6 +592,10 @@ class MemoryLog(PagedReads):
             index = bisect.bisect(self._keys, key)
             self._keys.insert(index, key)
             self._rows.insert(index, row)
+            keys, rows = self._by_category.setdefault(row.stream.split("-", 1)[0], ([], []))
+            index = bisect.bisect(keys, key)
+            keys.insert(index, key)
+            rows.insert(index, row)
             self._by_stream.setdefault(row.stream, []).append(row)
             self._by_id[row.event_id] = row
             self._by_position[row.position] = row
@@ -967,6 +982,17 @@ class MemoryLog(PagedReads):
         rows = [row for row in self._by_stream.get(stream, []) if row.version > after_version]
         return self._decode(rows if limit is None else rows[:limit], skip_unknown)
 
+    async def read_stream_of_types(
+        self, stream: str, types: Collection[str], *, skip_unknown: bool = False
+    ) -> list[RecordedEvent]:
+        """The stream's events whose stored type is one of ``types``, in version order: a
+        query that filters on the ``type`` column (``store.views.desired_state``'s), which
+        decodes none of the stream's other rows. The hooks run as for :meth:`read_stream`."""
+        _check_stream(stream)
+        await self._enter("read_stream")
+        rows = [row for row in self._by_stream.get(stream, []) if row.type in types]
+        return self._decode(rows, skip_unknown)
+
     async def last_event(self, stream: str, *, skip_unknown: bool = False) -> RecordedEvent | None:
         """The newest event of ``stream``, or None for an empty stream."""
         _check_stream(stream)
@@ -985,9 +1011,11 @@ class MemoryLog(PagedReads):
         decoded = self._decode([row] if row is not None else [], skip_unknown)
         return decoded[0] if decoded else None
 
-    def _visible_after(self, after: Cursor) -> int:
-        """Index in reading order of the first row past ``after``."""
-        return bisect.bisect(self._keys, (after.transaction_id, after.position))
+    def _in_order(self, category: str | None) -> tuple[list[tuple[int, int]], list[_Stored]]:
+        """The keys and rows of ``category`` (of the whole log for None), in reading order."""
+        if category is None:
+            return self._keys, self._rows
+        return self._by_category.get(category, ([], []))
 
     async def head(self) -> Cursor:
         """The cursor of the newest readable event (START for an empty log)."""
@@ -1030,25 +1058,25 @@ class MemoryLog(PagedReads):
         rows = self._readable(after, limit, None)
         return StoredPage(rows, rows[-1].cursor if rows else after)
 
+    async def read_hashed(self, after: Cursor, *, limit: int = 1000) -> HashedPage:
+        """The rows of ``read_stored``, each with its event hash: the Sealer's read."""
+        await self._enter("read_hashed")
+        rows = self._readable(after, limit, None)
+        return HashedPage([hashed(row) for row in rows], rows[-1].cursor if rows else after)
+
     def _readable(self, after: Cursor, limit: int, category: str | None) -> list[_Stored]:
         """Up to ``limit`` committed rows past ``after`` (of ``category``), in reading order,
         below the horizon."""
-        horizon = self._horizon()
-        rows: list[_Stored] = []
-        for row in itertools.islice(self._rows, self._visible_after(after), None):
-            if row.transaction_id >= horizon or len(rows) >= limit:
-                break
-            if category is None or row.stream.split("-", 1)[0] == category:
-                rows.append(row)
-        return rows
+        keys, rows = self._in_order(category)
+        start = bisect.bisect(keys, (after.transaction_id, after.position))
+        end = bisect.bisect_left(keys, (self._horizon(), 0), start)
+        return rows[start : min(end, start + limit)]
 
     async def held_back(self, after: Cursor, category: str | None = None) -> bool:
         """Whether committed events past ``after`` exist that a read has not returned."""
         await self._enter("held_back")
-        return any(
-            category is None or row.stream.split("-", 1)[0] == category
-            for row in itertools.islice(self._rows, self._visible_after(after), None)
-        )
+        keys, _ = self._in_order(category)
+        return bisect.bisect(keys, (after.transaction_id, after.position)) < len(keys)
 
     # -- following --------------------------------------------------------------------------
     def subscribe(

@@ -31,7 +31,7 @@ from store.records import AppendResult, Cursor, Expected, RecordedEvent, TickRec
 
 if TYPE_CHECKING:
     from store.eventstore import Append, Fence, NewEvent, Page, RecordedPosition
-    from store.stored import StoredPage
+    from store.stored import HashedPage, StoredPage
     from store.subscription import Subscription
 
 __all__ = ["EventLog", "LogTransaction"]
@@ -138,6 +138,11 @@ class EventLog(Protocol):
     async def read_stored(self, after: Cursor, *, limit: int = 1000) -> StoredPage:
         """Up to ``limit`` rows after ``after`` as stored (nothing decoded, nothing skipped), in
         reading order, within the same horizon as ``read_page``: what seals hash."""
+        ...
+
+    async def read_hashed(self, after: Cursor, *, limit: int = 1000) -> HashedPage:
+        """The rows ``read_stored`` returns, each as its event hash (:mod:`store.sealing`)
+        with its position, stream and type: what the Sealer needs, hashed where the rows are."""
         ...
 
     def read_batches(

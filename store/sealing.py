@@ -61,10 +61,10 @@ import hashlib
 import re
 import struct
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Final, Literal
 
 import anyio
@@ -76,7 +76,15 @@ from events.errors import EventError, one_line
 from events.streams import SEAL_LOG
 from store.port import EventLog
 from store.records import START, Cursor
-from store.stored import StoredEvent
+from store.stored import (
+    HashedEvent,
+    StoredEvent,
+    canonical_bytes,
+    event_hash,
+    hash_columns,
+    hashed,
+    hashed_bytes,
+)
 
 __all__ = [
     "MAX_EVENTS_PER_SEAL",
@@ -84,12 +92,15 @@ __all__ = [
     "ZERO_HASH",
     "canonical_bytes",
     "event_hash",
+    "hashed",
+    "hash_columns",
     "SealBuilder",
     "SealDigest",
     "SealFinding",
     "SealReport",
     "SealVerifier",
     "next_seals",
+    "Incidental",
     "verify_seals",
     "stored_pages",
     "SealFeeder",
@@ -107,42 +118,12 @@ PAGE_SIZE: Final = 2000
 as pages of 2,000 (a page's rows outlive the young generations and make the garbage collector
 walk the whole heap); 1,000 pays more round trips."""
 
+Incidental = Callable[[HashedEvent], Awaitable[bool]]
+"""Whether a row alone does not call for a seal (see :func:`next_seals`)."""
+
 _RUN: Final = 200  # rows hashed between two turns of the event loop when sealing
-_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND: Final = timedelta(microseconds=1)
-_EVENT_HEAD: Final = struct.Struct(">cQQ16sQIqIIII")
 _SEAL_HEAD: Final = struct.Struct(">cQ32sQQ")
 _SEAL_TAIL: Final = struct.Struct(">QQQQ")
-
-
-def canonical_bytes(row: StoredEvent) -> bytes:
-    """The event's canonical bytes (see the module docstring), without the 0x00 prefix."""
-    return _event_bytes(row)[1:]
-
-
-def _event_bytes(row: StoredEvent) -> bytes:
-    stream = row.stream.encode()
-    tag = row.type.encode()
-    payload, metadata = row.payload, row.metadata
-    head = _EVENT_HEAD.pack(
-        b"\x00",
-        row.position,
-        row.transaction_id,
-        row.event_id.bytes,
-        row.version,
-        row.schema_version,
-        (row.recorded_at - _EPOCH) // _MICROSECOND,
-        len(stream),
-        len(tag),
-        len(payload),
-        len(metadata),
-    )
-    return b"".join((head, stream, tag, payload, metadata))
-
-
-def event_hash(row: StoredEvent) -> bytes:
-    """SHA-256(0x00 | canonical bytes): the event's hash, as a seal includes it."""
-    return hashlib.sha256(_event_bytes(row)).digest()
 
 
 def _seal_hasher(seal: int, previous: bytes, after: Cursor) -> hashlib._Hash:
@@ -182,6 +163,11 @@ class SealBuilder:
         """Add rows (in reading order, after the last one added) until the seal is full; how
         many were taken."""
         room = MAX_EVENTS_PER_SEAL - self.count
+        return self.add_hashed([hashed(row) for row in rows[:room]])
+
+    def add_hashed(self, rows: Sequence[HashedEvent]) -> int:
+        """:meth:`add` for rows already hashed (``read_hashed``)."""
+        room = MAX_EVENTS_PER_SEAL - self.count
         taken = rows[:room]
         if not taken:
             return 0
@@ -190,7 +176,7 @@ class SealBuilder:
         start, length = self._run_start, self._run_length
         runs = self._runs
         for row in taken:
-            digest = hashlib.sha256(_event_bytes(row)).digest()
+            digest = row.hash
             update(digest)
             fingerprints += digest[:FINGERPRINT]
             position = row.position
@@ -244,10 +230,16 @@ async def next_seals(
     sealed_at: datetime,
     max_events: int = 10 * MAX_EVENTS_PER_SEAL,
     page_size: int = PAGE_SIZE,
+    incidental: Incidental | None = None,
 ) -> tuple[list[LogSealed], bool]:
     """The seals that follow ``previous`` (None: the log has none yet) over what the log holds
     now, up to the gap-free horizon, at most ``max_events`` events in all; and whether more
-    is left to seal. Reads only (batched pages of raw rows); the caller appends the seals."""
+    is left to seal. Reads only (batched pages of raw rows); the caller appends the seals.
+
+    ``incidental`` tells the rows that do not call for a seal on their own (the Sealer's: its
+    seals and what their digests' delivery records): a range of such rows only is left for
+    the next seal, which covers them with the first other event, so that an idle log stays
+    idle. A range of ``max_events`` or more is sealed whatever it holds."""
     number = 1 if previous is None else previous.seal + 1
     digest = ZERO_HASH if previous is None else bytes.fromhex(previous.hash)
     after = START if previous is None else _last_cursor(previous)
@@ -256,14 +248,17 @@ async def next_seals(
     seals: list[LogSealed] = []
     cursor = after
     sealed = 0
+    wanted = incidental is None
     while sealed < max_events:
         limit = min(page_size, max_events - sealed)
-        page = await log.read_stored(cursor, limit=limit)
+        page = await log.read_hashed(cursor, limit=limit)
         rows = page.rows
+        if not wanted:
+            wanted = await _calls_for_seal(rows, incidental)
         while rows:
             # A run of rows at a time, letting other tasks in between: a Sealer sharing its
             # event loop (a worker's other actors) holds it for a fraction of a millisecond.
-            taken = builder.add(rows[:_RUN])
+            taken = builder.add_hashed(rows[:_RUN])
             rows = rows[taken:]
             await anyio.lowlevel.checkpoint()
             if builder.full:
@@ -275,12 +270,22 @@ async def next_seals(
         sealed += len(page.rows)
         cursor = page.cursor
         if len(page.rows) < limit:
-            if builder.count:
+            if builder.count and (wanted or seals):
                 seals.append(builder.seal(sealed_at))
             return seals, False
     if builder.count:
         seals.append(builder.seal(sealed_at))
     return seals, True
+
+
+async def _calls_for_seal(rows: Sequence[HashedEvent], incidental: Incidental | None) -> bool:
+    """Whether a row of ``rows`` is not incidental (stops at the first one)."""
+    if incidental is None:
+        return True
+    for row in rows:
+        if not await incidental(row):
+            return True
+    return False
 
 
 # -- digests ----------------------------------------------------------------------------------
@@ -472,7 +477,7 @@ class SealVerifier:
 
     def _check_run(self, current: _Checking, rows: Sequence[StoredEvent]) -> None:
         sha256 = hashlib.sha256
-        digests = [sha256(_event_bytes(row)).digest() for row in rows]
+        digests = [sha256(hashed_bytes(row)).digest() for row in rows]
         joined = b"".join(digests)
         current.hasher.update(joined)
         if current.chained is not None:

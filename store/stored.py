@@ -6,15 +6,21 @@ metadata as the JSON bytes the log holds. Nothing is decoded, so a row no releas
 type renamed to one nobody knows, a payload that no longer fits its Struct) comes back like any
 other: the Sealer seals it, and :class:`StoredDecoder` turns it into a :class:`Rejected` for
 the audit instead of an exception that would end the replay.
+
+``read_hashed`` hands back the same rows as :class:`HashedEvent`: position, stream, type and the
+event hash (:func:`event_hash`; :mod:`store.sealing` defines the bytes), read in the columns
+that cost least to decode: what the Sealer needs of a row.
 """
 
 from __future__ import annotations
 
+import hashlib
+import struct
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final, Generic, TypeVar
 
 import msgspec
 from msgspec.structs import astuple
@@ -23,19 +29,40 @@ from events import EventMetadata, EventRegistry
 from events.errors import EventError, UnknownEventType, one_line
 from store.records import Cursor, RecordedEvent
 
-__all__ = ["StoredEvent", "StoredPage", "Rejected", "StoredDecoder"]
+__all__ = [
+    "StoredEvent",
+    "StoredPage",
+    "HashedEvent",
+    "HashedPage",
+    "Rejected",
+    "StoredDecoder",
+    "canonical_bytes",
+    "hashed_bytes",
+    "event_hash",
+    "hashed",
+    "hash_columns",
+]
 
 
-class StoredEvent(msgspec.Struct, frozen=True, gc=False):
-    """One row of the log as stored. ``payload`` and ``metadata`` are JSON bytes: in
-    PostgreSQL, the text its ``jsonb`` renders (keys in jsonb's order, one space after each
-    ``:`` and ``,``); ``metadata`` is ``{}`` when empty.
+class _Row(msgspec.Struct, frozen=True, gc=False):
+    """Where a row stands in the log's reading order."""
+
+    position: int
+    transaction_id: int
+
+    @property
+    def cursor(self) -> Cursor:
+        return Cursor(self.transaction_id, self.position)
+
+
+class StoredEvent(_Row, frozen=True, gc=False):
+    """One row of the log as stored (``position`` and ``transaction_id`` first). ``payload``
+    and ``metadata`` are JSON bytes: in PostgreSQL, the text its ``jsonb`` renders (keys in
+    jsonb's order, one space after each ``:`` and ``,``); ``metadata`` is ``{}`` when empty.
 
     (``gc=False``: no reference cycles, and a verification makes hundreds of thousands of
     these; tracked, they would make every garbage collection walk them.)"""
 
-    position: int
-    transaction_id: int
     event_id: uuid.UUID
     stream: str
     version: int
@@ -45,18 +72,110 @@ class StoredEvent(msgspec.Struct, frozen=True, gc=False):
     metadata: bytes
     recorded_at: datetime
 
-    @property
-    def cursor(self) -> Cursor:
-        return Cursor(self.transaction_id, self.position)
+
+class HashedEvent(_Row, frozen=True, gc=False):
+    """One row of the log as a seal takes it (``position`` and ``transaction_id`` first): its
+    stream and type, and its event hash (:func:`event_hash`; :mod:`store.sealing` defines the
+    bytes)."""
+
+    stream: str
+    type: str
+    hash: bytes
+
+
+_R = TypeVar("_R", StoredEvent, HashedEvent)
 
 
 @dataclass(frozen=True, slots=True)
-class StoredPage:
+class _Page(Generic[_R]):
     """Up to ``limit`` rows after a cursor, and the cursor after the last one (unchanged when
     there were none)."""
 
-    rows: list[StoredEvent]
+    rows: list[_R]
     cursor: Cursor
+
+
+@dataclass(frozen=True, slots=True)
+class StoredPage(_Page[StoredEvent]):
+    """A page of ``read_stored``."""
+
+
+@dataclass(frozen=True, slots=True)
+class HashedPage(_Page[HashedEvent]):
+    """A page of ``read_hashed``."""
+
+
+# -- event hashes (store/sealing.py defines the canonical bytes) --------------------------------
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND: Final = timedelta(microseconds=1)
+_EVENT_HEAD: Final = struct.Struct(">cQQ16sQIqIIII")
+
+
+def canonical_bytes(row: StoredEvent) -> bytes:
+    """The event's canonical bytes (see :mod:`store.sealing`), without the 0x00 prefix."""
+    return hashed_bytes(row)[1:]
+
+
+def hashed_bytes(row: StoredEvent) -> bytes:
+    """0x00 | the canonical bytes: what the event hash is the SHA-256 of."""
+    stream = row.stream.encode()
+    tag = row.type.encode()
+    payload, metadata = row.payload, row.metadata
+    head = _EVENT_HEAD.pack(
+        b"\x00",
+        row.position,
+        row.transaction_id,
+        row.event_id.bytes,
+        row.version,
+        row.schema_version,
+        (row.recorded_at - _EPOCH) // _MICROSECOND,
+        len(stream),
+        len(tag),
+        len(payload),
+        len(metadata),
+    )
+    return b"".join((head, stream, tag, payload, metadata))
+
+
+def hash_columns(records: Iterable[Iterable[Any]]) -> list[HashedEvent]:
+    """Rows in the columns of ``read_hashed`` (``sql/seals.sql``: position, transaction id,
+    stream, type, event id as 16 bytes, stream version, schema version, recorded_at in
+    microseconds since 1970, payload, metadata), hashed as :func:`event_hash` hashes a stored
+    row: the same canonical bytes, from columns that cost less to decode."""
+    pack = _EVENT_HEAD.pack
+    sha256 = hashlib.sha256
+    join = b"".join
+    rows: list[HashedEvent] = []
+    append = rows.append
+    for record in records:
+        position, txid, stream, tag, event_id, version, schema, micros, payload, metadata = record
+        encoded, tag_bytes = stream.encode(), tag.encode()
+        head = pack(
+            b"\x00",
+            position,
+            txid,
+            event_id,
+            version,
+            schema,
+            micros,
+            len(encoded),
+            len(tag_bytes),
+            len(payload),
+            len(metadata),
+        )
+        digest = sha256(join((head, encoded, tag_bytes, payload, metadata))).digest()
+        append(HashedEvent(position, txid, stream, tag, digest))
+    return rows
+
+
+def event_hash(row: StoredEvent) -> bytes:
+    """SHA-256(0x00 | canonical bytes): the event's hash, as a seal includes it."""
+    return hashlib.sha256(hashed_bytes(row)).digest()
+
+
+def hashed(row: StoredEvent) -> HashedEvent:
+    """The row as a seal takes it (what ``read_hashed`` returns, computed here)."""
+    return HashedEvent(row.position, row.transaction_id, row.stream, row.type, event_hash(row))
 
 
 @dataclass(frozen=True, slots=True)

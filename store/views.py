@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Literal, TypeVar
+from typing import Final, Literal, TypeVar
 
 import msgspec
 
@@ -354,10 +354,16 @@ async def desired_state(store: EventStore | MemoryLog, name: str) -> DesiredStat
     return "stopped" if record["action"] == "stop" else "running"
 
 
+_DESIRED_STATE_TYPES: Final = frozenset({"OperatorCommandIssued", "ActorParked"})
+"""The stored types ``desired_state`` reads (the query's filter on the ``type`` column)."""
+
+
 async def _desired_state_in_memory(log: MemoryLog, name: str) -> DesiredState:
     newest: tuple[tuple[int, int], DesiredState] | None = None
     for stream in (OPS_COMMANDS, actor_stream(name)):
-        for recorded in await log.read_stream(stream, skip_unknown=True):
+        for recorded in await log.read_stream_of_types(
+            stream, _DESIRED_STATE_TYPES, skip_unknown=True
+        ):
             event = recorded.event
             if isinstance(event, OperatorCommandIssued) and event.actor == name:
                 state: DesiredState = "stopped" if event.action == "stop" else "running"

@@ -67,6 +67,7 @@ views), and PostgreSQL's own behaviour, which the contract suite pins the in-mem
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hashlib
 import random
@@ -79,7 +80,6 @@ from datetime import datetime, timedelta
 from typing import Final, TypeVar
 
 import anyio
-import anyio.lowlevel
 import msgspec
 from anyio.abc import TaskGroup
 
@@ -539,16 +539,18 @@ class _World:
         """The store's scheduling hook: each write takes a random moment of simulated time;
         each read lets every other ready task run first, in the seed's order (half the cost
         of a timer, and reads interleave with writes all the same). A node to be stopped at
-        its next write of this kind is stopped here, before the write is sent."""
+        its next write of this kind is stopped here, before the write is sent. Every store
+        operation passes here, so it calls asyncio (which the kernel is) directly: anyio's
+        ``checkpoint`` and ``sleep`` are these calls behind a look-up of the running library."""
         if operation in READS:
-            await anyio.lowlevel.checkpoint()
+            await asyncio.sleep(0)
             return
         who = _node.get()
         if who is not None and who in self.stop_at and self._stops_here(who, operation):
             _, stopped = self.stop_at.pop(who)
             self.freeze(next(node for node in self.nodes if node.name == who))
             stopped.set()
-        await anyio.sleep(current_rng().expovariate(1 / STORE_LATENCY))
+        await asyncio.sleep(current_rng().expovariate(1 / STORE_LATENCY))
 
     def _stops_here(self, who: str, operation: str) -> bool:
         at = self.stop_at[who][0]

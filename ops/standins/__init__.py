@@ -48,6 +48,7 @@ from ops.standins.telegram import (
     BotApiFaultMode,
     BotApiStandIn,
     SentMessage,
+    TelegramLimits,
 )
 from ops.standins.tonapi import TonApiFaultMode, TonApiRequest, TonApiStandIn, TransferOp
 
@@ -58,6 +59,7 @@ __all__ = [
     "TonApiRequest",
     "BotApiCall",
     "SentMessage",
+    "TelegramLimits",
     "TonApiStandIn",
     "BotApiStandIn",
     "DEFAULT_BOT_TOKEN",

@@ -1,10 +1,19 @@
 """The Telegram Bot API stand-in: ``/bot{token}/{method}`` for the methods i3lani calls,
 reading aiogram's form bodies as well as JSON, with per-chat and global faults.
+
+Every call is kept in :attr:`BotApiStandIn.calls` with the moment it arrived (the stand-in's
+monotonic clock) and the status it was answered with, so a test or a benchmark can read from
+the stand-in's own log how many requests came in any one second, and how many got a 429.
+:meth:`BotApiStandIn.enforce_limits` makes it hold ``sendMessage`` to Telegram's limits itself
+(about 30 a second for the bot, one a second per chat, 20 a minute per group or channel),
+answering what goes over with 429 and ``retry_after``, as Telegram does.
 """
 
 from __future__ import annotations
 
+import bisect
 import json
+import math
 import zlib
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -39,11 +48,27 @@ class BotApiCall(NamedTuple):
     """A Bot API call the stand-in received with the right token.
 
     ``params`` merges the query string and the body (form or JSON); object-valued fields
-    that aiogram sends as JSON strings (``reply_markup``...) are decoded.
+    that aiogram sends as JSON strings (``reply_markup``...) are decoded. ``at`` is when it
+    arrived, on the stand-in's monotonic clock (``events.environment.monotonic()``: the
+    simulated one in a simulation); ``status`` the HTTP status it was answered with (0 while
+    it is being answered).
     """
 
     method: str
     params: dict[str, Any]
+    at: float = 0.0
+    status: int = 0
+
+
+class TelegramLimits(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Telegram's limits on ``sendMessage``, as the stand-in holds them: at most ``overall``
+    messages in any second for the bot, ``per_chat`` in any second for one private chat, and
+    ``per_group`` in any minute for one group or channel (a negative id or an ``@username``).
+    Messages refused do not count."""
+
+    overall: int = 30
+    per_chat: int = 1
+    per_group: int = 20
 
 
 class SentMessage(NamedTuple):
@@ -91,6 +116,36 @@ class _FailChatBody(msgspec.Struct, forbid_unknown_fields=True):
     description: str | None = None
     retry_after: int | None = None
     times: int | None = None
+
+
+TELEGRAM_LIMITS: Final = TelegramLimits()
+"""Telegram's own: 30 messages a second, one a second per chat, 20 a minute per group."""
+
+
+class _Window:
+    """The arrival times of the messages a limit counts, within its window (kept in order:
+    two requests' bodies may be read in the other order than they came)."""
+
+    def __init__(self, count: int, per: float) -> None:
+        self.count = count
+        self.per = per
+        self.times: list[float] = []
+
+    def retry_after(self, now: float) -> int | None:
+        """Whole seconds to wait (at least 1) when a message arriving at ``now`` would go
+        over, else None."""
+        inside = [at for at in self.times if now - self.per < at <= now]
+        self.times = [at for at in self.times if at > now - self.per]
+        if len(inside) < self.count:
+            return None
+        return max(1, math.ceil(inside[0] + self.per - now))
+
+    def add(self, at: float) -> None:
+        bisect.insort(self.times, at)
+
+
+class _LimitsBody(msgspec.Struct, forbid_unknown_fields=True):
+    limits: TelegramLimits | None = None
 
 
 class _BotFailBody(msgspec.Struct, forbid_unknown_fields=True):
@@ -169,7 +224,11 @@ class BotApiStandIn(StandIn):
         self.sent: list[SentMessage] = []
         """Messages delivered by ``sendMessage``, in order."""
         self.calls: list[BotApiCall] = []
-        """Every call received with the right token, in order."""
+        """Every call received with the right token, in order of arrival."""
+        self.limits: TelegramLimits | None = None
+        """The limits enforced on ``sendMessage`` (:meth:`enforce_limits`); None: none."""
+        self._overall_window = _Window(1, 1.0)
+        self._chat_windows: dict[str, _Window] = {}
         self.webhook_url = ""
         self.webhook_secret: str | None = None
         self._member_counts: dict[str, int] = {}
@@ -257,6 +316,18 @@ class BotApiStandIn(StandIn):
             Fault(mode, times, hang=hang)
         )
 
+    def enforce_limits(self, limits: TelegramLimits | None = TELEGRAM_LIMITS) -> None:
+        """Answer a ``sendMessage`` that would go over ``limits`` (default: Telegram's) with
+        429 and ``retry_after``; None: enforce nothing again (as a new stand-in does). Starts
+        the count afresh."""
+        self.limits = limits
+        self._overall_window = _Window(limits.overall if limits else 1, 1.0)
+        self._chat_windows = {}
+
+    def throttled(self) -> int:
+        """How many calls were answered 429 (flood control, enforced or injected)."""
+        return sum(1 for call in self.calls if call.status == 429)
+
     def heal(self) -> None:
         """Forget every chat and method fault."""
         self._chat_faults.clear()
@@ -270,10 +341,12 @@ class BotApiStandIn(StandIn):
         app.router.add_post("/_standin/fail_chat", control_route(self._control_fail_chat))
         app.router.add_post("/_standin/fail", control_route(self._control_fail))
         app.router.add_post("/_standin/heal", control_route(self._control_heal))
+        app.router.add_post("/_standin/limits", control_route(self._control_limits))
         app.router.add_get("/_standin/sent", control_route(self._control_sent))
         app.router.add_get("/_standin/calls", control_route(self._control_calls))
 
     async def _api(self, request: web.Request) -> web.Response:
+        arrived = environment.monotonic()  # before its body is read: when it came
         if request.match_info["token"] != self._token:
             return _ApiError(401, "Unauthorized").response()
         name = request.match_info["method"]
@@ -283,7 +356,15 @@ class BotApiStandIn(StandIn):
             return exc.response()
         known = self._handlers.get(name.lower())
         method, handler = known if known else (name, None)
-        self.calls.append(BotApiCall(method, params))
+        index = len(self.calls)
+        self.calls.append(BotApiCall(method, params, arrived))
+        response = await self._respond(name, handler, params, arrived)
+        self.calls[index] = self.calls[index]._replace(status=response.status)
+        return response
+
+    async def _respond(
+        self, name: str, handler: _Handler | None, params: dict[str, Any], arrived: float
+    ) -> web.Response:
         fault = take_fault(self._method_faults.get(name.lower(), deque())) or take_fault(
             self._method_faults.get("*", deque())
         )
@@ -291,21 +372,25 @@ class BotApiStandIn(StandIn):
             return _ApiError(500, "Internal Server Error").response()
         if fault is not None and fault.mode == "timeout":
             await self._hold(self.hang if fault.hang is None else fault.hang)
-        response = await self._answer(handler, params)
+        response = await self._answer(handler, params, arrived)
         if fault is not None and fault.mode == "garbage":
             return truncated(response)
         return response
 
-    async def _answer(self, handler: _Handler | None, params: dict[str, Any]) -> web.Response:
+    async def _answer(
+        self, handler: _Handler | None, params: dict[str, Any], arrived: float
+    ) -> web.Response:
         try:
-            result = await self._call(handler, params)
+            result = await self._call(handler, params, arrived)
         except _ApiError as exc:
             return exc.response()
         if isinstance(result, _WithDescription):
             return json_response({"ok": True, "result": result.result, "description": result.text})
         return json_response({"ok": True, "result": result})
 
-    async def _call(self, handler: _Handler | None, params: dict[str, Any]) -> object:
+    async def _call(
+        self, handler: _Handler | None, params: dict[str, Any], arrived: float
+    ) -> object:
         """The method's result; raises :class:`_ApiError` for an error answer."""
         if handler is None:
             raise _ApiError(404, "Not Found: method not found")
@@ -313,7 +398,32 @@ class BotApiStandIn(StandIn):
             fault = _take_chat_fault(self._chat_faults.get(_chat_key(params["chat_id"])))
             if fault is not None:
                 raise fault
+        if handler == self._send_message and self.limits is not None:
+            self._hold_to_limits(params, arrived)
         return await handler(params)
+
+    def _hold_to_limits(self, params: dict[str, Any], now: float) -> None:
+        """Refuse (429) a message that would go over :attr:`limits`; count it otherwise."""
+        assert self.limits is not None
+        chat = params.get("chat_id")
+        if chat is None or chat == "":
+            return  # refused as a bad request by the method itself
+        key = _chat_key(chat)
+        window = self._chat_windows.get(key)
+        if window is None:
+            chat_id = _chat_id(chat)
+            group = isinstance(chat_id, str) or chat_id < 0
+            window = self._chat_windows[key] = (
+                _Window(self.limits.per_group, 60.0)
+                if group
+                else _Window(self.limits.per_chat, 1.0)
+            )
+        for limit in (self._overall_window, window):
+            wait = limit.retry_after(now)
+            if wait is not None:
+                raise _ApiError(429, f"Too Many Requests: retry after {wait}", wait)
+        self._overall_window.add(now)
+        window.add(now)
 
     # -- methods --------------------------------------------------------------------------------
 
@@ -420,6 +530,11 @@ class BotApiStandIn(StandIn):
 
     async def _control_heal(self, request: web.Request) -> object:
         self.heal()
+        return {"ok": True}
+
+    async def _control_limits(self, request: web.Request) -> object:
+        body = await control_body(request, _LimitsBody)
+        self.enforce_limits(body.limits)
         return {"ok": True}
 
     async def _control_sent(self, request: web.Request) -> object:

@@ -503,10 +503,20 @@ FROM i3lani.expired_tasks($1::integer, $2::text[], $3::text, $4::bigint);
 
 -- name: task_next_due
 -- Seconds until the earliest queued task of types $1 is due; negative when one is due already;
--- NULL when none is queued. A processor that has caught up sleeps until then at most.
-SELECT extract(epoch FROM min(run_at) - now())::float8
-FROM i3lani.tasks
-WHERE status = 'queued' AND task_type = ANY($1::text[]);
+-- NULL when none is queued. A processor that has caught up sleeps until then at most. A type
+-- at its concurrency limit (task_concurrency, migration 0008) is left out: its due tasks wait
+-- for a running one to end, which the processor learns at its next poll (or at once, when the
+-- task that ends is its own), instead of asking again and again.
+SELECT extract(epoch FROM min(t.run_at) - now())::float8
+FROM i3lani.tasks t
+WHERE t.status = 'queued' AND t.task_type = ANY($1::text[])
+  AND t.task_type NOT IN (
+      SELECT c.task_type
+      FROM i3lani.task_concurrency c
+      WHERE c.task_type = ANY($1::text[])
+        AND c.max_running <= (SELECT count(*) FROM i3lani.tasks r
+                              WHERE r.status = 'running' AND r.locked_until >= now()
+                                AND r.task_type = c.task_type));
 
 -- name: task_counts
 -- What an operator watches, per task type: queued (due or not), due, running, running with an
@@ -586,3 +596,89 @@ WITH doomed AS (
     RETURNING t.id
 )
 SELECT count(*) AS deleted, max(id) AS last_id FROM deleted;
+
+-- name: task_concurrency_set
+-- The concurrency limits of task types $1 (at most $2[k] running at once on every node
+-- together), set by node $3: each row replaced (the last processor to start says what holds).
+INSERT INTO i3lani.task_concurrency (task_type, max_running, set_by, updated_at)
+SELECT l.task_type, l.max_running, $3::text, now()
+FROM unnest($1::text[], $2::integer[]) AS l(task_type, max_running)
+ON CONFLICT (task_type) DO UPDATE
+SET max_running = excluded.max_running, set_by = excluded.set_by, updated_at = excluded.updated_at
+WHERE (i3lani.task_concurrency.max_running, i3lani.task_concurrency.set_by)
+      IS DISTINCT FROM (excluded.max_running, excluded.set_by);
+
+-- name: task_concurrency_clear
+-- Task types $1 have no concurrency limit any more.
+DELETE FROM i3lani.task_concurrency WHERE task_type = ANY($1::text[]);
+
+-- name: task_concurrency
+-- Each limited task type: its limit, who set it, and how many of its tasks run now (live: a
+-- dead node's expired lock is not counted, as claimable_tasks counts them).
+SELECT c.task_type, c.max_running, c.set_by, c.updated_at,
+       (SELECT count(*) FROM i3lani.tasks t
+        WHERE t.status = 'running' AND t.locked_until >= now()
+          AND t.task_type = c.task_type)::integer AS running
+FROM i3lani.task_concurrency c
+ORDER BY c.task_type;
+
+-- Flow control (migration 0008): the rate limits every node shares.
+
+-- name: rate_take
+-- One grant from each of the scopes $1 (limits $2[k] per $3[k] seconds, spaced $4 seconds
+-- more), or none: see i3lani.rate_take for the locking. Row back: (granted, seconds to wait,
+-- the scope that refused).
+SELECT granted, wait_seconds, refused_by
+FROM i3lani.rate_take($1::text[], $2::integer[], $3::float8[], $4::float8);
+
+-- name: rate_pause
+-- Pause scopes $1 (limits $2[k] per $3[k] seconds, for a row made here) for $4 seconds from
+-- the server's clock: a 429's retry_after. A longer pause already set stays. One short
+-- statement, rows in scope order. The seconds each scope is paused for now come back.
+INSERT INTO i3lani.rate_limits AS l
+    (scope, max_count, window_seconds, paused_until, pauses, updated_at)
+SELECT p.scope, p.max_count, p.window_seconds,
+       clock_timestamp() + make_interval(secs => $4::float8), 1, clock_timestamp()
+FROM unnest($1::text[], $2::integer[], $3::float8[]) AS p(scope, max_count, window_seconds)
+ORDER BY p.scope
+ON CONFLICT (scope) DO UPDATE
+SET paused_until = greatest(l.paused_until, excluded.paused_until),
+    pauses = l.pauses + 1,
+    updated_at = excluded.updated_at
+RETURNING l.scope, extract(epoch FROM l.paused_until - clock_timestamp())::float8 AS paused_for;
+
+-- name: rate_usage
+-- What operators see: every scope shared by all (no ':' in its name: 'telegram', 'tonapi'),
+-- and of the per-chat ones those used in their last window or paused, at most $1 of them;
+-- each with its limit, its grants in the last window, how long it is still paused, and its
+-- totals. By the server's clock.
+WITH clock AS (SELECT extract(epoch FROM clock_timestamp())::float8 AS now_s)
+SELECT l.scope, l.max_count, l.window_seconds,
+       (SELECT count(*) FROM unnest(l.grants) AS g(at)
+        WHERE g.at > clock.now_s - l.window_seconds)::integer AS used,
+       greatest(0::float8, extract(epoch FROM l.paused_until)::float8 - clock.now_s)
+           AS paused_for,
+       l.granted, l.pauses, l.updated_at, l.paused_until
+FROM i3lani.rate_limits l, clock
+WHERE strpos(l.scope, ':') = 0
+   OR l.paused_until > clock_timestamp()
+   OR l.grants[cardinality(l.grants)] > clock.now_s - l.window_seconds
+ORDER BY strpos(l.scope, ':') > 0, l.scope
+LIMIT $1;
+
+-- name: rate_scope_count
+-- How many per-chat scopes (a ':' in the name) have a row.
+SELECT count(*)::integer FROM i3lani.rate_limits WHERE strpos(scope, ':') > 0;
+
+-- name: rate_prune
+-- Forget per-chat scopes (a ':' in the name) unused and unpaused for $1 seconds: their rows
+-- would only grow with every chat ever messaged, and a scope without a row starts afresh,
+-- which is what such an old window says anyway. How many went.
+WITH gone AS (
+    DELETE FROM i3lani.rate_limits
+    WHERE strpos(scope, ':') > 0
+      AND updated_at < clock_timestamp() - make_interval(secs => $1::float8)
+      AND (paused_until IS NULL OR paused_until < clock_timestamp())
+    RETURNING 1
+)
+SELECT count(*)::integer FROM gone;

@@ -16,6 +16,24 @@ WHERE (transaction_id, global_position) > ($1::xid8, $2::bigint)
 ORDER BY transaction_id, global_position
 LIMIT $3;
 
+-- name: read_hashed
+-- read_stored's rows, order and horizon, in the columns an event hash needs (store/sealing.py),
+-- each in the form that costs least to decode: the event id as its 16 bytes, recorded_at as
+-- microseconds since 1970 (exact: extract returns a numeric), payload and metadata as the UTF-8
+-- of the text jsonb renders (the same bytes read_stored returns). The Sealer hashes them
+-- (EventStore.read_hashed); against read_stored and hashing its rows, this takes about a third
+-- off the CPU a seal costs the machine, its process's and PostgreSQL's together (measured: 6.1
+-- against 8.9 µs an event). Hashing here in SQL instead cost 7.2: the concatenations cost
+-- PostgreSQL more than the decoding they spare.
+SELECT global_position, transaction_id, stream, type, uuid_send(event_id), stream_version,
+       schema_version, (extract(epoch FROM recorded_at) * 1000000)::bigint,
+       convert_to(payload::text, 'UTF8'), convert_to(metadata::text, 'UTF8')
+FROM i3lani.events
+WHERE (transaction_id, global_position) > ($1::xid8, $2::bigint)
+  AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+ORDER BY transaction_id, global_position
+LIMIT $3;
+
 -- name: append_only_triggers
 -- The user triggers on i3lani.events: their name, how they are enabled (pg_trigger.tgenabled:
 -- 'O' fires in the default session_replication_role only, 'A' always, 'R' on a replica only,

@@ -65,6 +65,15 @@ batches grow with the load. ``add_tasks`` adds many tasks in one statement. The 
 inserted by the same statements (with time-ordered ids, ``i3lani.uuid_v7``, which keep the
 log's id index appending at its end).
 
+**Concurrency across nodes.** A task type may have a limit (``i3lani.task_concurrency``,
+migration 0008; set by the processors that claim it, :class:`TaskProcessor` ``limits``): at
+most that many of its tasks running at once, on every node together. The claim itself keeps
+to it: claims of a limited type take turns under a transaction-level advisory lock of that
+type, and count its running tasks (live locks only) after taking it, so two nodes claiming at
+the same instant cannot both take the last slot; types without a limit are claimed as before,
+with no lock. A type at its limit is left out of the processor's "when is the next task due"
+and waits for its next poll, or for one of its own tasks of the type to end.
+
 **Failures.** A handler exception is never fatal to the processor. The task type's pure
 :class:`RetryPolicy` decides: retry after an exponential backoff with jitter, or dead-letter
 (attempts exhausted, or an error it does not retry). Each failure is recorded with its error
@@ -108,6 +117,7 @@ from store.tasks.processor import (
     TaskProcessor,
 )
 from store.tasks.queue import TASKS_CHANNEL, DeadTask, NewTask, TaskInfo, TaskQueue, TypeCounts
+from store.tasks.table import ConcurrencyUse
 from store.tasks.types import TaskType, TaskTypes
 
 __all__ = [
@@ -132,6 +142,7 @@ __all__ = [
     "TaskInfo",
     "TypeCounts",
     "DeadTask",
+    "ConcurrencyUse",
     # errors
     "TaskError",
     "UnknownTaskType",

@@ -36,7 +36,7 @@ transactions do (``"begin"``, ``"append_many"``, ``"commit"``).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -60,6 +60,7 @@ from store.tasks.table import (
     LIVE,
     MAX_BATCH,
     ClaimedTask,
+    ConcurrencyUse,
     Cycle,
     DeadTask,
     EnqueueRows,
@@ -108,6 +109,21 @@ def _row_lock(task_id: int) -> tuple[str, int]:
 
 def _key_lock(key: str) -> tuple[str, str]:
     return ("task-key", key)
+
+
+def _type_lock(task_type: str) -> tuple[str, str]:
+    """The lock a claim of a task type with a concurrency limit holds until its transaction
+    ends (PostgreSQL's transaction-level advisory lock in ``i3lani.claimable_tasks``)."""
+    return ("task-concurrency", task_type)
+
+
+@dataclass(frozen=True, slots=True)
+class _Limit:
+    """A row of ``i3lani.task_concurrency``."""
+
+    max_running: int
+    set_by: str | None
+    updated_at: datetime
 
 
 class _Writes:
@@ -172,6 +188,7 @@ class MemoryTaskTable:
         self._rows: dict[int, _Task] = {}  # committed rows
         self._next_id = 1
         self._listeners: set[_Listener] = set()
+        self._limits: dict[str, _Limit] = {}  # i3lani.task_concurrency
 
     @classmethod
     def of(cls, log: MemoryLog) -> MemoryTaskTable:
@@ -301,6 +318,44 @@ class MemoryTaskTable:
     async def check_fence(self, fence: Fence, tx: TaskTransaction) -> None:
         _memory(tx).fenced(fence)
 
+    # -- concurrency limits ---------------------------------------------------------------------
+    def _running(self, task_type: str, now: datetime) -> int:
+        """Committed running tasks of ``task_type`` whose lock is live (what a claim of a
+        limited type counts, after its type's lock)."""
+        return sum(
+            1
+            for row in self._rows.values()
+            if row.task_type == task_type
+            and row.status == "running"
+            and row.locked_until is not None
+            and row.locked_until >= now
+        )
+
+    async def set_concurrency(self, limits: Mapping[str, int | None], *, node: str) -> None:
+        await self.log.enter("task_limits")
+        now = self.log.clock()
+        for task_type, max_running in limits.items():
+            if max_running is None:
+                self._limits.pop(task_type, None)
+            elif max_running < 1:
+                raise ValueError(f"a concurrency limit is 1 or more, got {max_running}")
+            else:
+                self._limits[task_type] = _Limit(max_running, node, now)
+
+    async def concurrency(self) -> dict[str, ConcurrencyUse]:
+        await self.log.enter("task_read")
+        now = self.log.clock()
+        return {
+            task_type: ConcurrencyUse(
+                task_type=task_type,
+                max_running=limit.max_running,
+                running=self._running(task_type, now),
+                set_by=limit.set_by,
+                updated_at=limit.updated_at,
+            )
+            for task_type, limit in sorted(self._limits.items())
+        }
+
     # -- processing ---------------------------------------------------------------------------
     async def cycle(
         self,
@@ -319,7 +374,19 @@ class MemoryTaskTable:
             tx.fenced(fence)
             events: dict[int, tuple[int, list[Event]]] = {}
             recorded = await self._record(tx, outcomes, events)
-            claimed = self._claim(tx, want, task_types, node, lock_seconds, fence, events)
+            free: dict[str, int] = {}
+            if want > 0:
+                # A type with a concurrency limit: its lock, then its running tasks counted
+                # as committed (i3lani.claimable_tasks; an outcome this cycle records is not
+                # counted yet, as there).
+                for task_type in sorted(set(task_types) & self._limits.keys()):
+                    await tx.lock(_type_lock(task_type))
+                    limit = self._limits.get(task_type)
+                    if limit is not None:
+                        free[task_type] = limit.max_running - self._running(
+                            task_type, tx.started_at
+                        )
+            claimed = self._claim(tx, want, task_types, node, lock_seconds, fence, events, free)
             await self._append(tx, events, metadata)
         return Cycle(recorded, claimed)
 
@@ -403,11 +470,12 @@ class MemoryTaskTable:
         lock_seconds: float,
         fence: Fence | None,
         events: dict[int, tuple[int, list[Event]]],
+        free: Mapping[str, int],
     ) -> list[ClaimedTask]:
         """The second half of a cycle: take over the running tasks of an older generation of
         ``fence``'s lease, then claim due tasks, up to ``want`` in all, passing over rows
-        another transaction holds. Rows the first half changed are not looked at (one
-        snapshot)."""
+        another transaction holds, and at most ``free[type]`` of a type with a concurrency
+        limit. Rows the first half changed are not looked at (one snapshot)."""
         if want <= 0:
             return []
         now = tx.started_at
@@ -432,11 +500,16 @@ class MemoryTaskTable:
             (row for row in candidates if row.status == "queued" and row.run_at <= now),
             key=lambda row: row.claim_order,
         )
+        room = dict(free)
         for row in due:
             if len(picked) >= want:
                 break
+            if row.task_type in room and room[row.task_type] <= 0:
+                continue  # at its concurrency limit
             if tx.lock_now(_row_lock(row.id)):
                 picked.append((row, None))
+                if row.task_type in room:
+                    room[row.task_type] -= 1
         writes = self._writes(tx)
         locked_until = now + timedelta(seconds=lock_seconds)
         claimed: list[ClaimedTask] = []
@@ -559,7 +632,13 @@ class MemoryTaskTable:
 
     async def next_due(self, task_types: Sequence[str]) -> float | None:
         await self.log.enter("task_read")
-        types = set(task_types)
+        now = self.log.clock()
+        types = {
+            task_type
+            for task_type in task_types
+            if task_type not in self._limits
+            or self._running(task_type, now) < self._limits[task_type].max_running
+        }
         earliest = min(
             (
                 row.run_at
@@ -570,7 +649,7 @@ class MemoryTaskTable:
         )
         if earliest is None:
             return None
-        return (earliest - self.log.clock()).total_seconds()
+        return (earliest - now).total_seconds()
 
     def listener(
         self, *, on_notify: Callable[[str], None], who: str, poll_interval: float

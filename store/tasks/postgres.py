@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import bisect
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -28,6 +28,7 @@ from store.tasks.errors import DuplicateTask
 from store.tasks.table import (
     MAX_BATCH,
     ClaimedTask,
+    ConcurrencyUse,
     Cycle,
     DeadTask,
     EnqueueRows,
@@ -249,6 +250,32 @@ class PostgresTaskTable:
             await self.store._pool.execute(
                 "SELECT pg_notify($1, $2)", TASKS_CHANNEL, f"{delay:.3f}"
             )
+
+    # -- concurrency limits ---------------------------------------------------------------------
+    async def set_concurrency(self, limits: Mapping[str, int | None], *, node: str) -> None:
+        limited = {t: n for t, n in limits.items() if n is not None}
+        cleared = [t for t, n in limits.items() if n is None]
+        async with translated():
+            if limited:
+                await self.store._pool.execute(
+                    query("task_concurrency_set"), list(limited), list(limited.values()), node
+                )
+            if cleared:
+                await self.store._pool.execute(query("task_concurrency_clear"), cleared)
+
+    async def concurrency(self) -> dict[str, ConcurrencyUse]:
+        async with translated():
+            records = await self.store._pool.fetch(query("task_concurrency"))
+        return {
+            r["task_type"]: ConcurrencyUse(
+                task_type=r["task_type"],
+                max_running=r["max_running"],
+                running=r["running"],
+                set_by=r["set_by"],
+                updated_at=r["updated_at"],
+            )
+            for r in records
+        }
 
     # -- processing ---------------------------------------------------------------------------
     async def cycle(

@@ -8,7 +8,7 @@ import enum
 import logging
 import math
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar, overload
 
@@ -95,7 +95,7 @@ class _Claimed:
 
 class TaskProcessor:
     """Claims due tasks of the types it has handlers for and runs them, ``concurrency`` at a
-    time, until stopped. ``async with anyio.create_task_group() as tg: await
+    time (on this node), until stopped. ``async with anyio.create_task_group() as tg: await
     tg.start(processor.run)`` returns once it is listening; :meth:`stop` makes it finish the
     tasks in hand (up to ``stop_timeout`` seconds), record them and return; cancelling it
     instead leaves its tasks to be reclaimed once their locks expire.
@@ -107,6 +107,13 @@ class TaskProcessor:
     Heartbeats go through the same loop, so a processor never holds two statements' locks at
     once (and cannot deadlock with itself); expired locks of other nodes are reclaimed by a
     task of its own, which never waits for a lock (SKIP LOCKED).
+
+    ``limits`` sets how many tasks of a type may run at once on every node together (None for
+    a type: no limit), for each type this processor claims, once it starts: the last processor
+    to start says what holds (:meth:`~store.tasks.table.TaskTable.set_concurrency`). A type
+    this processor claims and ``limits`` leaves out has its limit removed; ``limits=None``
+    (the default) leaves the stored limits as they are. A type at its limit waits for one of
+    its tasks to end: at once when the task was this processor's, else until its next poll.
     """
 
     def __init__(
@@ -122,6 +129,7 @@ class TaskProcessor:
         stop_timeout: float = 20.0,
         rng: RandomSource | None = None,
         fence: Fence | None = None,
+        limits: Mapping[str, int | None] | None = None,
     ) -> None:
         if not node:
             raise ValueError("a processor needs a node name")
@@ -138,6 +146,14 @@ class TaskProcessor:
         self.lock_timeout = lock_timeout
         self.stop_timeout = stop_timeout
         self._only = None if types is None else [queue.types.get(t).name for t in types]
+        if limits is not None:
+            for name, limit in limits.items():
+                queue.types.get(name)  # UnknownTaskType for a type nobody registered
+                if limit is not None and (isinstance(limit, bool) or limit < 1):
+                    raise ValueError(f"a concurrency limit is 1 or more, got {limit!r}")
+        self._limits = None if limits is None else dict(limits)
+        self._limits_pending = True  # set them (or read them) once the driver runs
+        self._limited: set[str] = set()  # claimed types with a concurrency limit
         self._rng: RandomSource = rng if rng is not None else environment.new_rng()
         self._handlers: dict[str, tuple[TaskType[Any], Handler[Any]]] = {}
         self.fence = fence
@@ -276,6 +292,9 @@ class TaskProcessor:
             if self._state is ProcessorState.RUNNING and self._claiming:
                 want = min(self.batch_size, self.concurrency - self._in_flight)
             try:
+                if self._limits_pending:
+                    await self._sync_limits()
+                    continue
                 if now >= heartbeat_at:
                     heartbeat_at = now + self.lock_timeout / 3
                     await self._heartbeat()
@@ -346,6 +365,17 @@ class TaskProcessor:
 
     async def _next_due(self) -> float | None:
         return await self._table.next_due(self._claim_types)
+
+    async def _sync_limits(self) -> None:
+        """Set this processor's concurrency limits (when it was given some), then note which
+        of its types have one."""
+        if self._limits is not None:
+            await self._table.set_concurrency(
+                {t: self._limits.get(t) for t in self._claim_types}, node=self.node
+            )
+        stored = await self._table.concurrency()
+        self._limited = set(stored) & set(self._claim_types)
+        self._limits_pending = False
 
     def _count(self, status: str) -> None:
         if status == "succeeded":
@@ -448,6 +478,8 @@ class TaskProcessor:
         self, claimed: _Claimed, error: str | None, retry_delay: float | None, elapsed: float
     ) -> None:
         claimed.done = True
+        if claimed.task_type in self._limited:
+            self._claiming = True  # a slot of a limited type is free once this is recorded
         self._outcomes.append(
             Outcome(
                 claimed.task_id, claimed.attempt, self.node, error, retry_delay, round(elapsed, 3)

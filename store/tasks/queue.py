@@ -21,6 +21,7 @@ from store.tasks.memory import MemoryTaskTable
 from store.tasks.postgres import TASKS_CHANNEL, PostgresTaskTable
 from store.tasks.table import (
     MAX_BATCH,
+    ConcurrencyUse,
     DeadTask,
     EnqueueRows,
     TaskInfo,
@@ -238,6 +239,10 @@ class TaskQueue:
     async def counts(self) -> dict[str, TypeCounts]:
         """Unfinished work per task type (types with none are absent)."""
         return await self.table.counts()
+
+    async def concurrency(self) -> dict[str, ConcurrencyUse]:
+        """Each task type with a concurrency limit across nodes: the limit and its use now."""
+        return await self.table.concurrency()
 
     async def dead_letters(self, limit: int = 100) -> list[DeadTask]:
         """Dead tasks, the most recently dead first."""

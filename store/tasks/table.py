@@ -20,7 +20,7 @@ same transaction; the events' shapes are :mod:`events.tasks`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -43,6 +43,7 @@ __all__ = [
     "TaskInfo",
     "TypeCounts",
     "DeadTask",
+    "ConcurrencyUse",
     "LIVE",
     "MAX_BATCH",
 ]
@@ -102,6 +103,18 @@ class TaskInfo(msgspec.Struct, frozen=True, kw_only=True):
     created_at: datetime
     updated_at: datetime
     finished_at: datetime | None
+
+
+class ConcurrencyUse(msgspec.Struct, frozen=True, kw_only=True):
+    """A task type's concurrency limit: at most ``max_running`` of its tasks running at once on
+    every node together (set by ``set_by``, a node, at ``updated_at``), and how many run now
+    (live ones: a task whose node stopped heartbeating does not count)."""
+
+    task_type: str
+    max_running: int
+    running: int
+    set_by: str | None
+    updated_at: datetime
 
 
 # -- what goes in and out ------------------------------------------------------------------------
@@ -233,6 +246,16 @@ class TaskTable(Protocol):
         ``tx`` ends: fenced enqueues start with it."""
         ...
 
+    # -- concurrency limits ---------------------------------------------------------------------
+    async def set_concurrency(self, limits: Mapping[str, int | None], *, node: str) -> None:
+        """Set each task type's concurrency limit (None: no limit), as ``node`` configured it;
+        the last one set holds for every node. Claims keep to them from then on."""
+        ...
+
+    async def concurrency(self) -> dict[str, ConcurrencyUse]:
+        """Every task type with a concurrency limit, and its use now."""
+        ...
+
     # -- processing ---------------------------------------------------------------------------
     async def cycle(
         self,
@@ -248,7 +271,9 @@ class TaskTable(Protocol):
         """Record ``outcomes`` (refusing any whose task is no longer running that attempt
         under that holder), then claim up to ``want`` due tasks of ``task_types`` for
         ``node``, locked for ``lock_seconds``: one transaction. Under ``fence``, tasks claimed
-        under an older generation of its lease are taken over first, at no new attempt."""
+        under an older generation of its lease are taken over first, at no new attempt. A
+        type with a concurrency limit is claimed only while fewer of its tasks run (live)
+        than the limit, on every node together: such claims take turns, type by type."""
         ...
 
     async def heartbeat(
@@ -274,7 +299,7 @@ class TaskTable(Protocol):
 
     async def next_due(self, task_types: Sequence[str]) -> float | None:
         """Seconds until the earliest queued task of these types is due (negative when one
-        is due); None when none is queued."""
+        is due), leaving out types at their concurrency limit; None when none is queued."""
         ...
 
     def listener(

@@ -118,6 +118,11 @@ async def test_prunes_derived_data_and_expires_stale_payments_only(
             )
         ],
     )
+    await raw.executemany(
+        "INSERT INTO i3lani.rate_limits (scope, max_count, window_seconds, updated_at) "
+        "VALUES ($1, 1, 1, now() - make_interval(hours => $2))",
+        [("telegram", 48), ("telegram-chat:7", 30), ("telegram-chat:8", 1)],
+    )
     events_before: int = await raw.fetchval("SELECT count(*) FROM i3lani.events")
     async with cleanup(store):  # the first tick is due at once
 
@@ -126,7 +131,13 @@ async def test_prunes_derived_data_and_expires_stale_payments_only(
 
         await eventually(done, within=20)
     [record] = await completed(store)
-    assert record.removed == {"finished_tasks": 1500, "health_samples": 1200, "stale_payments": 1}
+    assert record.removed == {
+        "finished_tasks": 1500,
+        "health_samples": 1200,
+        "rate_limit_scopes": 1,  # chat 7's, idle for 30 hours; not chat 8's, nor the bot's
+        "stale_payments": 1,
+    }
+    assert await raw.fetchval("SELECT count(*) FROM i3lani.rate_limits") == 2
     assert await raw.fetchval("SELECT count(*) FROM i3lani.tasks") == 0
     assert await raw.fetchval("SELECT count(*) FROM i3lani.health_samples") == 3
     one = await store.read_stream("payment-1")

@@ -7,7 +7,10 @@ from fractions import Fraction
 import pytest
 
 from actors.config import Plan, Settings, channel_price, load_settings
+from actors.names import TASK_TYPES
+from actors.tasks import task_types
 from events.errors import ConfigError
+from store.flow import Limit
 
 WALLET = "EQBAjaOyi2wGWlk-EDkSabqqnF-MrrwMadnwqrurKpkla9nE"
 TON = 1_000_000_000
@@ -24,6 +27,11 @@ def test_defaults_are_the_products() -> None:
     assert settings.tonapi_url == "https://tonapi.io"
     assert settings.telegram_api_url is None
     assert settings.admin_ids == ()
+    assert settings.telegram_rate == Limit(30, 1.0)
+    assert settings.telegram_chat_rate == Limit(1, 1.0)
+    assert settings.telegram_group_rate == Limit(20, 60.0)
+    assert settings.tonapi_rate == Limit(10, 1.0)
+    assert settings.task_concurrency == ()
 
 
 def test_everything_is_read_from_the_environment() -> None:
@@ -39,6 +47,11 @@ def test_everything_is_read_from_the_environment() -> None:
             "I3LANI_ACTIVE_SHARE": "0.5",
             "I3LANI_PLANS": "day:1:0.25,year:365:30",
             "I3LANI_MIN_PRICE": "2",
+            "I3LANI_TELEGRAM_RATE": "25/s",
+            "I3LANI_TELEGRAM_CHAT_RATE": "1/2s",
+            "I3LANI_TELEGRAM_GROUP_RATE": "off",
+            "I3LANI_TONAPI_RATE": "1/4s",
+            "I3LANI_TASK_CONCURRENCY": "admin_alert:2, reward_distribution:8",
         }
     )
     assert settings.tonapi_url == "http://127.0.0.1:9"
@@ -49,6 +62,13 @@ def test_everything_is_read_from_the_environment() -> None:
     assert settings.plans == (Plan("day", 1, TON // 4), Plan("year", 365, 30 * TON))
     assert settings.min_price_nanotons == 2 * TON
     assert settings.wallet_address().to_raw().startswith("0:408da3b2")
+    assert settings.telegram_rate == Limit(25, 1.0)
+    assert settings.telegram_chat_rate == Limit(1, 2.0)
+    assert settings.telegram_group_rate is None
+    assert settings.tonapi_rate == Limit(1, 4.0)
+    assert settings.concurrency_limit("admin_alert") == 2
+    assert settings.concurrency_limit("reward_distribution") == 8
+    assert settings.concurrency_limit("payment_verification") is None
 
 
 @pytest.mark.parametrize(
@@ -61,12 +81,24 @@ def test_everything_is_read_from_the_environment() -> None:
         ({"I3LANI_PLANS": "week:seven:1"}, "I3LANI_PLANS entries look like name:days:TON"),
         ({"I3LANI_MIN_PRICE": "1.0000000001"}, "I3LANI_MIN_PRICE"),
         ({"I3LANI_MIN_PRICE": "0"}, "I3LANI_MIN_PRICE must be a positive amount"),
+        ({"I3LANI_TELEGRAM_RATE": "fast"}, "I3LANI_TELEGRAM_RATE: a rate looks like 30/s"),
+        ({"I3LANI_TELEGRAM_CHAT_RATE": "0/s"}, "I3LANI_TELEGRAM_CHAT_RATE: '0/s'"),
+        ({"I3LANI_TELEGRAM_GROUP_RATE": "20/day"}, "I3LANI_TELEGRAM_GROUP_RATE"),
+        ({"I3LANI_TONAPI_RATE": "10"}, "I3LANI_TONAPI_RATE"),
+        ({"I3LANI_TASK_CONCURRENCY": "admin_alert"}, "entries look like type:N"),
+        ({"I3LANI_TASK_CONCURRENCY": "alerts:2"}, "'alerts', not a task type"),
+        ({"I3LANI_TASK_CONCURRENCY": "admin_alert:0"}, "a limit is 1 to 10000"),
+        ({"I3LANI_TASK_CONCURRENCY": "admin_alert:1,admin_alert:2"}, "twice"),
     ],
 )
 def test_a_malformed_setting_is_one_clear_line(env: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=message) as caught:
         load_settings(env)
     assert "\n" not in str(caught.value)
+
+
+def test_every_task_type_may_be_given_a_concurrency_limit() -> None:
+    assert sorted(TASK_TYPES) == sorted(task_types().names())
 
 
 def test_secrets_never_show_in_repr() -> None:

@@ -14,13 +14,13 @@ from actors.config import Settings, load_settings
 from actors.runtime import ActorRunner, TickSpec
 from actors.runtime.clock import ManualClock
 from actors.sealer import SEAL_STREAM, Sealer, SealsComputed, digest_text, seal_event_id
-from actors.tasks import ADMIN_ALERT, task_types
+from actors.tasks import ADMIN_ALERT, AdminAlert, task_types
 from events import LogSealed, PaymentExpired
 from events.errors import ConcurrencyConflict, ConfigError, StaleGeneration, StoreUnavailable
 from store import Fence
 from store.memory import MemoryLog
 from store.sealing import MAX_EVENTS_PER_SEAL, SealDigest, verify_seals
-from store.tasks import TaskQueue
+from store.tasks import TaskContext, TaskProcessor, TaskQueue
 from tests.waiting import eventually
 
 pytestmark = pytest.mark.memory
@@ -235,6 +235,68 @@ async def test_each_digest_goes_to_the_admins_with_its_seal() -> None:
     assert enqueued.transaction_id == (await log.read_stream(SEAL_STREAM))[0].transaction_id
 
 
+async def deliver_digests(log: MemoryLog, settings: Settings, count: int) -> list[str]:
+    """Run the digest tasks as the HealthChecker's processor does, until tasks 1 to ``count``
+    succeeded; the texts delivered."""
+    queue = TaskQueue(log, task_types(settings))
+    delivered: list[str] = []
+
+    async def handle(alert: AdminAlert, context: TaskContext) -> None:
+        delivered.append(alert.text)
+
+    processor = TaskProcessor(queue, node="n1", poll_interval=0.05)
+    processor.register_handler(ADMIN_ALERT, handle)
+
+    async def succeeded() -> bool:
+        ends = [await log.last_event(f"task-{n}") for n in range(1, count + 1)]
+        return all(end is not None and end.type == "TaskSucceeded" for end in ends)
+
+    async with anyio.create_task_group() as tg:
+        await tg.start(processor.run)
+        await eventually(succeeded)
+        processor.stop()
+    return delivered
+
+
+async def test_an_idle_log_stays_idle_its_seals_and_digests_wait_for_the_next_event() -> None:
+    log = MemoryLog()
+    clock = ManualClock(NOW)
+    settings = Settings(seal_interval=INTERVAL, admin_ids=(42,))
+    await append_events(log, 1, 4)
+
+    async def tick() -> None:
+        await clock.wait_for_sleepers(1)
+        await clock.advance(INTERVAL)
+        await clock.wait_for_sleepers(1)
+
+    async with sealer(log, settings=settings, clock=clock):
+        await eventually(lambda: sealed_through(log, 4))
+        # A real event before the first digest is delivered: seal 2 covers it, seal 1 and
+        # the first digest's TaskEnqueued (so task-1's later events come without it).
+        await append_events(log, 10, 1)
+        await tick()
+        assert [(s.seal, s.count) for s in await seals(log)] == [(1, 4), (2, 3)]
+        delivered = await deliver_digests(log, settings, 2)
+        assert len(delivered) == 2
+        # Past seal 2: itself, its digest enqueued, both digests claimed and delivered: the
+        # Sealer's own doing only. Ticks seal nothing more.
+        for _ in range(3):
+            await tick()
+        assert len(await seals(log)) == 2
+        report = await verify_seals(log)
+        assert report.clean, report.findings
+        assert (report.seals, report.events, report.unsealed) == (2, 7, 6)
+        # The next other event calls for a seal, which covers all of them.
+        await append_events(log, 20, 1)
+        await tick()
+        await eventually(lambda: sealed_through(log, 7 + 6 + 1))
+    last = (await seals(log))[-1]
+    assert (last.seal, last.count) == (3, 7)
+    report = await verify_seals(log, against=SealDigest.of(last))
+    assert report.clean, report.findings
+    assert (report.digest_matched, report.unsealed) == (True, 2)  # seal 3 and its digest task
+
+
 def test_the_digest_message_says_what_to_keep_and_how_to_check() -> None:
     seal = LogSealed(
         seal=3,
@@ -279,7 +341,7 @@ async def test_an_outage_while_sealing_a_backlog_waits_for_the_next_tick(
     reads: list[str] = []
 
     def faults(operation: str) -> None:
-        if operation == "read_stored":
+        if operation == "read_hashed":
             reads.append(operation)
             if len(reads) == 2:  # the backlog's run (the first run read one page of 20)
                 raise StoreUnavailable("simulated outage")

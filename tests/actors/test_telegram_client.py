@@ -16,14 +16,22 @@ from aiogram.exceptions import TelegramRetryAfter
 from aiogram.methods import GetMe
 
 from actors.telegram import (
+    OVERALL_SCOPE,
     ChatProblem,
     TelegramClient,
+    TelegramRates,
     TelegramUnavailable,
+    call_scopes,
     chat_problem,
     make_bot,
+    pause_scopes,
 )
+from events import environment
 from events.errors import ConfigError, I3laniError
-from ops.standins import BotApiFaultMode, BotApiStandIn
+from ops.standins import BotApiFaultMode, BotApiStandIn, TelegramLimits
+from store.flow import FlowTable, Limit, RateLimiter, Scope
+from store.flow.memory import MemoryFlowTable
+from store.memory import MemoryLog
 from tests.waiting import FakeSleep
 
 # Parametrized async tests need anyio_backend in their closure: otherwise anyio's plugin
@@ -304,3 +312,128 @@ async def test_the_client_wraps_the_bot_and_closes_idempotently(bot_api: BotApiS
         assert client.bot is bot
         await client.get_me()
     await client.aclose()  # already closed: nothing to do
+
+
+# -- flow control -------------------------------------------------------------------------------
+
+RATES = TelegramRates(overall=Limit(5, 1.0), chat=Limit(1, 0.4), group=Limit(2, 60.0))
+
+
+def test_a_call_takes_from_the_bot_and_from_its_chat() -> None:
+    rates = TelegramRates()
+    assert call_scopes(rates) == [Scope("telegram", Limit(30, 1.0))]
+    assert call_scopes(rates, 7) == [
+        Scope("telegram", Limit(30, 1.0)),
+        Scope("telegram-chat:7", Limit(1, 1.0)),
+    ]
+    assert call_scopes(rates, "-1001")[1] == Scope("telegram-group:-1001", Limit(20, 60.0))
+    assert call_scopes(rates, "@Some_Channel")[1].name == "telegram-group:@some_channel"
+    assert call_scopes(TelegramRates(overall=None, chat=None), 7) == []
+    # A 429 about a group pauses the group; any other, the whole bot and the chat.
+    assert [s.name for s in pause_scopes(rates, -5)] == ["telegram-group:-5"]
+    assert [s.name for s in pause_scopes(rates, 5)] == ["telegram", "telegram-chat:5"]
+    assert [s.name for s in pause_scopes(rates)] == ["telegram"]
+
+
+def _flowing(bot_api: BotApiStandIn, table: FlowTable, rates: TelegramRates = RATES) -> Bot:
+    """A Bot kept to ``rates`` in ``table``. The margin covers how much longer one request
+    takes than another from its grant to the stand-in (more on a machine the whole suite
+    loads), so that arrivals keep to the limits the grants kept to."""
+    return make_bot(TOKEN, bot_api.url, limiter=RateLimiter(table, margin=0.15), rates=rates)
+
+
+async def _warm(bot: Bot) -> None:
+    """A first call: a new session's first request takes longer than the next ones."""
+    await bot.get_me()
+
+
+@pytest.mark.memory
+async def test_every_call_waits_its_turn_in_the_shared_limits(bot_api: BotApiStandIn) -> None:
+    table = MemoryFlowTable.of(MemoryLog())
+    async with TelegramClient(_flowing(bot_api, table)) as client:
+        await _warm(client.bot)
+        started = environment.monotonic()
+        async with anyio.create_task_group() as tg:
+            for chat in range(1, 11):
+                tg.start_soon(client.send_message, chat, "broadcast")
+        took = environment.monotonic() - started
+    assert len(bot_api.sent) == 10
+    assert took >= 1.0  # ten at five a second: two windows at least
+    # What the stand-in saw, second by second, is checked without a clock's noise by the
+    # simulated broadcast (tests/ops/test_flow_simulated.py).
+
+
+@pytest.mark.memory
+async def test_a_chat_waits_for_its_own_window(bot_api: BotApiStandIn) -> None:
+    async with TelegramClient(_flowing(bot_api, MemoryFlowTable.of(MemoryLog()))) as client:
+        await _warm(client.bot)
+        assert await client.send_message(7, "one")
+        assert await client.send_message(7, "two")
+    first, second = (call.at for call in bot_api.calls[1:])
+    assert second - first >= 0.39
+
+
+@pytest.mark.memory
+async def test_the_request_timeout_does_not_count_the_wait(bot_api: BotApiStandIn) -> None:
+    rates = TelegramRates(overall=None, chat=Limit(1, 0.6))
+    bot = _flowing(bot_api, MemoryFlowTable.of(MemoryLog()), rates)
+    async with TelegramClient(bot, timeout=0.3) as client:
+        assert await client.deliver(7, "one") is None
+        assert await client.deliver(7, "two") is None  # waited 0.6 s, then 0.3 s to send
+    assert [m.text for m in bot_api.sent] == ["one", "two"]
+
+
+@pytest.mark.memory
+async def test_the_bots_own_calls_wait_too(bot_api: BotApiStandIn) -> None:
+    """The dispatcher's replies (the Bot used directly, as aiogram's handlers do) go through
+    the same limits as the client's calls."""
+    bot = _flowing(bot_api, MemoryFlowTable.of(MemoryLog()))
+    try:
+        await _warm(bot)
+        await bot.send_message(chat_id=9, text="reply one")
+        await bot.send_message(chat_id=9, text="reply two")
+    finally:
+        await bot.session.close()
+    first, second = (call.at for call in bot_api.calls[1:])
+    assert second - first >= 0.39
+
+
+@pytest.mark.memory
+async def test_a_429_pauses_the_whole_bot_on_every_node(
+    bot_api: BotApiStandIn, fake_sleep: FakeSleep
+) -> None:
+    table = MemoryFlowTable.of(MemoryLog())
+    bot_api.fail_chat(111, 429, retry_after=2, times=1)
+    bot_api.fail_chat(-100, 429, retry_after=30, times=1)
+    bot = _flowing(bot_api, table)
+    async with TelegramClient(bot, sleep=fake_sleep, max_retry_after=10) as client:
+        assert not await client.send_message(-100, "to a group")  # 30 s: too long to wait
+        usage = {u.scope: u for u in (await table.usage()).scopes}
+        assert usage["telegram-group:-100"].paused_for > 25
+        assert usage[OVERALL_SCOPE].paused_for == 0  # a group's 429 is the group's own
+        delivered = await client.send_message(111, "to an admin")
+    assert fake_sleep.delays == [2.0]
+    assert delivered
+    usage = {u.scope: u for u in (await table.usage()).scopes}
+    assert usage[OVERALL_SCOPE].pauses == 1
+    assert usage["telegram-chat:111"].pauses == 1
+    # Another node, on the same table, waits the pause out before its own call.
+    other = _flowing(bot_api, table)
+    try:
+        await other.send_message(chat_id=222, text="from another node")
+    finally:
+        await other.session.close()
+    gaps = [call.at for call in bot_api.calls if call.params.get("chat_id") in ("111", "222")]
+    assert gaps[-1] - gaps[0] >= 1.9
+
+
+@pytest.mark.memory
+async def test_the_stand_in_holds_telegrams_limits(bot_api: BotApiStandIn) -> None:
+    bot_api.enforce_limits(TelegramLimits(overall=3, per_chat=1, per_group=2))
+    async with TelegramClient(make_bot(TOKEN, bot_api.url), sleep=FakeSleep()) as client:
+        results = [await client.deliver(chat, "x") for chat in (1, 2, 3, 4)]
+    assert [r is None for r in results] == [True, True, True, False]
+    assert bot_api.throttled() == 3  # the fourth, and its two retries
+    assert results[3] is not None
+    assert results[3].retry_after == 1
+    assert [call.status for call in bot_api.calls][:3] == [200, 200, 200]

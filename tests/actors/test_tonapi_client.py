@@ -26,6 +26,9 @@ from actors.tonapi import (
 from actors.tonapi_models import TonApiFormatError, decode_transactions
 from events.errors import I3laniError
 from ops.standins import TonApiFaultMode, TonApiStandIn
+from store.flow import Limit, RateLimiter, Scope
+from store.flow.memory import MemoryFlowTable
+from store.memory import MemoryLog
 from tests.waiting import FakeSleep
 
 # Parametrized async tests need anyio_backend in their closure: otherwise anyio's plugin
@@ -564,3 +567,69 @@ def test_construction_checks_its_settings() -> None:
         TonApiClient("https://tonapi.test", retries=-1)
     with pytest.raises(ValueError, match="backoff"):
         TonApiClient("https://tonapi.test", backoff_min=2, backoff_max=1)
+
+
+# -- flow control -----------------------------------------------------------------------------
+
+
+def _mock(handler: Callable[[httpx.Request], httpx.Response]) -> httpx.MockTransport:
+    return httpx.MockTransport(handler)
+
+
+@pytest.mark.memory
+async def test_every_request_waits_its_turn_in_the_shared_rate() -> None:
+    table = MemoryFlowTable.of(MemoryLog())
+    limiter = RateLimiter(table, margin=0.1)  # room for a request's own way to the transport
+    seen: list[float] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(anyio.current_time())
+        return httpx.Response(200, json={"rest_online": True})
+
+    async with TonApiClient(
+        "http://tonapi.test", transport=_mock(answer), limiter=limiter, rate=Limit(2, 0.3)
+    ) as client:
+        for _ in range(5):
+            await client.status()
+    assert seen[2] - seen[0] >= 0.29
+    assert seen[4] - seen[2] >= 0.29
+    assert limiter.statistics().grants == 5
+
+
+@pytest.mark.memory
+async def test_a_429_pauses_tonapi_for_every_node(fake_sleep: FakeSleep) -> None:
+    table = MemoryFlowTable.of(MemoryLog())
+    answers = iter([httpx.Response(429, headers={"Retry-After": "0.4"})])
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        return next(answers, httpx.Response(200, json={"rest_online": True}))
+
+    node_a = RateLimiter(table, margin=0.0)
+    async with TonApiClient(
+        "http://tonapi.test",
+        transport=_mock(answer),
+        sleep=fake_sleep,
+        limiter=node_a,
+        rate=Limit(10, 1.0),
+    ) as client:
+        await client.status()  # 429, then (after the shared pause) 200
+    assert fake_sleep.delays == [0.4]
+    (use,) = (await table.usage()).scopes
+    assert (use.scope, use.pauses) == ("tonapi", 1)
+    # Another node on the same table waits out what is left of the pause.
+    node_b = RateLimiter(table, margin=0.0)
+    await node_b.pause([Scope("tonapi", Limit(10, 1.0))], 0.3)
+    started = anyio.current_time()
+    await node_b.acquire([Scope("tonapi", Limit(10, 1.0))])
+    assert anyio.current_time() - started >= 0.28
+
+
+async def test_without_a_rate_the_client_keeps_to_its_own_backoff() -> None:
+    limiter = RateLimiter(None)
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"rest_online": True})
+
+    async with TonApiClient("http://tonapi.test", transport=_mock(answer), limiter=limiter) as c:
+        await c.status()
+    assert limiter.statistics().grants == 0

@@ -13,6 +13,7 @@ import signal
 import threading
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 import anyio
@@ -124,6 +125,33 @@ def test_timers_due_at_one_instant_run_in_a_seeded_order() -> None:
 
     assert run(main, seed=3).value == run(main, seed=3).value
     assert len({tuple(run(main, seed=seed).value) for seed in range(8)}) >= 2
+
+
+def test_a_sleep_is_one_step_and_sleepers_due_at_once_wake_in_a_seeded_order() -> None:
+    def sleeping(times: int) -> Callable[[], Awaitable[None]]:
+        async def main() -> None:
+            for _ in range(times):
+                await anyio.sleep(1.0)
+
+        return main
+
+    # The timer ending a sleep is not drawn as a step of its own: the sleeper's wake-up is.
+    assert run(sleeping(100), seed=0).steps - run(sleeping(0), seed=0).steps == 100
+
+    async def woken() -> list[int]:
+        order: list[int] = []
+
+        async def sleeper(index: int) -> None:
+            await anyio.sleep(1.0)
+            order.append(index)
+
+        async with anyio.create_task_group() as tg:
+            for index in range(6):
+                tg.start_soon(sleeper, index)
+        return order
+
+    assert run(woken, seed=3).value == run(woken, seed=3).value
+    assert len({tuple(run(woken, seed=seed).value) for seed in range(8)}) >= 2
 
 
 def test_the_trace_is_bounded_and_names_what_ran() -> None:

@@ -11,7 +11,7 @@ import msgspec
 from events import DEFAULT_REGISTRY, EventMetadata, PaymentExpired
 from store import START
 from store.port import EventLog
-from store.sealing import next_seals, verify_seals
+from store.sealing import hashed, next_seals, verify_seals
 from store.stored import StoredDecoder
 from tests.store.contract import Backend
 
@@ -88,3 +88,25 @@ async def test_seals_of_either_log_verify_against_it(log: EventLog, backend: Bac
     report = await verify_seals(log, page_size=2)
     assert report.clean, report.findings
     assert (report.seals, report.events, report.unsealed) == (1, 8, 1)
+
+
+async def test_hashed_rows_are_the_stored_rows_hashed_as_seals_define(
+    log: EventLog, backend: Backend
+) -> None:
+    # What PostgreSQL hashes (read_hashed) must be byte for byte what the verifier hashes.
+    meta = EventMetadata(caused_by="user:7", node="nœud-ü", correlation_id=None)
+    await log.append("payment-1", [expired(1)], metadata=meta)
+    await log.append("channel-ünïcödé_€", [expired(2)])
+    await insert_raw(backend, log, "payment-1", 2, "PaymentRefunded", {"note": 'ß ✓ "q"'})
+    await insert_raw(backend, log, "payment-9", 1, "PaymentExpired", {"payment_id": "x"})
+    stored = (await log.read_stored(START, limit=10)).rows
+    page = await log.read_hashed(START, limit=10)
+    assert len(page.rows) == len(stored) == 4
+    assert page.rows == [hashed(row) for row in stored]
+    assert [len(row.hash) for row in page.rows] == [32] * 4
+    assert page.cursor == stored[-1].cursor
+    assert [r.position for r in (await log.read_hashed(stored[1].cursor, limit=1)).rows] == [
+        stored[2].position
+    ]
+    assert (await log.read_hashed(page.cursor)).rows == []
+    assert (await log.read_hashed(page.cursor)).cursor == page.cursor
