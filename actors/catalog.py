@@ -18,6 +18,7 @@ from actors.names import (
     UnknownActor,
 )
 from actors.runtime import Actor, ChildSpec, RestartType
+from actors.tonapi_stream import StreamStatus
 from events.errors import ConfigError
 
 __all__ = [
@@ -72,14 +73,18 @@ def check_requirements(names: Sequence[str], settings: Settings) -> None:
         raise ConfigError(*missing)
 
 
-def _factory(name: str, settings: Settings, watched: Sequence[str]) -> Callable[[], Actor[Any]]:
+def _factory(
+    name: str, settings: Settings, watched: Sequence[str], stream: StreamStatus
+) -> Callable[[], Actor[Any]]:
     """How to make a fresh ``name``. Each actor's module is imported only when it is chosen:
     ChannelAnalytics and HealthChecker bring in aiogram, whose import builds the whole Bot
-    API's models (about 3 s of CPU), which a worker running other actors need not pay."""
+    API's models (about 3 s of CPU), which a worker running other actors need not pay.
+    ``stream`` is the PaymentMonitor's stream status, shown by the HealthChecker when both run
+    in this process."""
     if name == "PaymentMonitor":
         from actors.payment_monitor import PaymentMonitor
 
-        return lambda: PaymentMonitor(settings)
+        return lambda: PaymentMonitor(settings, stream_status=stream)
     if name == "RewardProcessor":
         from actors.reward_processor import RewardProcessor
 
@@ -101,6 +106,7 @@ def _factory(name: str, settings: Settings, watched: Sequence[str]) -> Callable[
             actor_intervals=tick_intervals(settings, watched),
             lagging_checkpoints={n: c for n, c in CATEGORIES.items() if n in watched},
             held=held,
+            stream_status=stream if "PaymentMonitor" in watched else None,
         )
     if name == "Sealer":
         from actors.sealer import Sealer
@@ -130,6 +136,8 @@ def child_specs(
     settings = settings or Settings()
     check_requirements(chosen, settings)
     watched = [name for name in chosen if name in PRODUCT_ACTORS]
+    stream = StreamStatus()  # one per process: the monitor reports, the checker shows
     return [
-        ChildSpec(name, _factory(name, settings, watched), RestartType.PERMANENT) for name in chosen
+        ChildSpec(name, _factory(name, settings, watched, stream), RestartType.PERMANENT)
+        for name in chosen
     ]

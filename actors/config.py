@@ -21,6 +21,15 @@ variable                        default                     meaning
 ``I3LANI_HEALTH_INTERVAL``      900                         HealthChecker tick, seconds
 ``I3LANI_SEAL_INTERVAL``        3600                        Sealer tick, seconds
 ``I3LANI_PAYMENT_WINDOW``       3600                        seconds before a payment expires
+``I3LANI_TONAPI_STREAM``        ``on``                      PaymentMonitor's fast path: TON
+                                                            Streaming API wake-ups (``off``:
+                                                            polling alone)
+``I3LANI_MIN_FINALITY``         ``finalized``               the finality a stream notice needs
+                                                            to wake a scan: ``confirmed`` or
+                                                            ``finalized`` (never ``pending``)
+``I3LANI_TONAPI_STREAM_SILENCE`` 45                         seconds without a byte (keepalives
+                                                            come every 15) before the stream is
+                                                            taken for dead and reconnected
 ``I3LANI_ACTIVE_SHARE``         0.45                        active share of subscribers
 ``I3LANI_PRICE_PER_1000``       1                           TON per 1,000 active subscribers
 ``I3LANI_MIN_PRICE``            1                           TON, the lowest channel price
@@ -85,7 +94,7 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from fractions import Fraction
-from typing import Final, TypeVar
+from typing import Final, Literal, TypeVar, cast, get_args
 
 import msgspec
 
@@ -105,6 +114,8 @@ __all__ = [
     "share_text",
     "PRICE_STEP",
     "SHARE_DECIMALS",
+    "MinFinality",
+    "MIN_FINALITIES",
 ]
 
 NANOTONS_PER_TON: Final = 1_000_000_000
@@ -118,6 +129,10 @@ _SHARE_RE: Final = re.compile(r"[0-9]+(?:\.(?P<fraction>[0-9]+))?", re.ASCII)
 _DAYS_RE: Final = re.compile(r"[0-9]+", re.ASCII)
 _ID_RE: Final = re.compile(r"-?[0-9]+", re.ASCII)
 _T = TypeVar("_T")
+MinFinality = Literal["confirmed", "finalized"]
+MIN_FINALITIES: Final[tuple[str, ...]] = get_args(MinFinality)
+_ON: Final = frozenset({"1", "on", "true", "yes"})
+_OFF: Final = frozenset({"0", "off", "false", "no"})
 
 
 class Plan(msgspec.Struct, frozen=True):
@@ -144,6 +159,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     health_interval: float = 15 * 60.0
     seal_interval: float = 3600.0
     payment_window: float = 3600.0
+    tonapi_stream: bool = True
+    """The PaymentMonitor's fast path: a TON Streaming API subscription whose notices wake a
+    scan at once (:mod:`actors.tonapi_stream`); polling goes on either way."""
+    min_finality: MinFinality = "finalized"
+    """The finality a notice needs to wake a scan: ``confirmed`` or ``finalized``."""
+    stream_silence: float = 45.0
+    """Seconds without a byte from the stream (3 keepalives missed) before reconnecting."""
     active_share: Fraction = DEFAULT_SHARE
     """Exact, from the digits configured (rule 1); never a float."""
     price_per_1000_nanotons: int = NANOTONS_PER_TON
@@ -395,6 +417,9 @@ def load_settings(env: Mapping[str, str] = os.environ) -> Settings:
         health_interval=number("I3LANI_HEALTH_INTERVAL", 900.0, low=0.05, high=day),
         seal_interval=number("I3LANI_SEAL_INTERVAL", 3600.0, low=0.05, high=day),
         payment_window=number("I3LANI_PAYMENT_WINDOW", 3600.0, low=1.0, high=30 * day),
+        tonapi_stream=check.read(lambda: _switch(env, "I3LANI_TONAPI_STREAM", True), True),
+        min_finality=check.read(lambda: _min_finality(env), d.min_finality),
+        stream_silence=number("I3LANI_TONAPI_STREAM_SILENCE", 45.0, low=0.1, high=3600.0),
         active_share=check.read(
             lambda: _share(env, "I3LANI_ACTIVE_SHARE", d.active_share), d.active_share
         ),
@@ -418,6 +443,35 @@ def load_settings(env: Mapping[str, str] = os.environ) -> Settings:
     )
     check.done()
     return settings
+
+
+def _switch(env: Mapping[str, str], name: str, default: bool) -> bool:
+    """An on/off setting: ``on``/``off`` (also ``1``/``0``, ``true``/``false``, ``yes``/``no``)."""
+    text = (env.get(name) or "").strip().lower()
+    if not text:
+        return default
+    if text in _ON or text in _OFF:
+        return text in _ON
+    raise ConfigError(f"{name} must be on or off, got {env[name]!r}")
+
+
+def _min_finality(env: Mapping[str, str]) -> MinFinality:
+    """``I3LANI_MIN_FINALITY``: ``confirmed`` or ``finalized``; ``pending`` is refused, since a
+    pending transfer is speculative and money decisions never wait on it."""
+    text = (env.get("I3LANI_MIN_FINALITY") or "").strip().lower()
+    if not text:
+        return "finalized"
+    if text == "pending":
+        raise ConfigError(
+            "I3LANI_MIN_FINALITY must be confirmed or finalized, not pending: a pending "
+            "transfer is speculative and can vanish, so money decisions never wait on it"
+        )
+    if text not in MIN_FINALITIES:
+        raise ConfigError(
+            "I3LANI_MIN_FINALITY must be confirmed or finalized, "
+            f"got {env['I3LANI_MIN_FINALITY']!r}"
+        )
+    return cast(MinFinality, text)
 
 
 def _rate(env: Mapping[str, str], name: str, default: Limit | None) -> Limit | None:

@@ -16,7 +16,13 @@ actor:<name>  the actor is crashed, backing off or parked, or its last tick is o
               twice its interval plus a minute (an operator's stop is not a failure)
 tasks         a due task has waited over 5 minutes, or dead letters wait for an operator
 lag:<name>    an actor's checkpoint is more than 1,000 events behind its category
+stream        never fails: a **warning** when the PaymentMonitor's TON stream (its fast
+              path) has not been subscribed for over a minute; polling alone still confirms
+              every payment. Shown when the PaymentMonitor runs in the checker's process
 ============  ============================================================================
+
+A warning (:attr:`~events.HealthCheck.warning`: an ``ok`` check whose detail begins with
+``warning:``) keeps the verdict healthy and raises no alert.
 
 The database is what a verdict is recorded in, so the verdict that says it is unreachable is
 held (:class:`HeldVerdict`) and recorded, with the time it was reached, as soon as the
@@ -58,8 +64,10 @@ from actors.runtime.status import SHUTDOWN_REASON, ActorStatus, actor_status
 from actors.tasks import ADMIN_ALERT, AdminAlert, serve_tasks, task_types
 from actors.telegram import TelegramClient
 from actors.tonapi import TonApiClient
+from actors.tonapi_stream import StreamStatus
 from events import AlertRaised, HealthCheck, HealthChecked
 from events.errors import I3laniError, StoreUnavailable
+from events.operations import WARNING_PREFIX
 from events.streams import OPS, OPS_ALERTS, OPS_HEALTH, actor_stream
 from store import EventStore, Fence, RecordedEvent, Transaction, views
 from store.memory import MemoryLog, MemoryTransaction
@@ -80,6 +88,8 @@ __all__ = [
     "checkpoint_lag",
     "health_samples",
     "last_verdict",
+    "stream_check",
+    "STREAM_GRACE",
 ]
 
 logger = logging.getLogger(__name__)
@@ -93,6 +103,9 @@ LAG_LIMIT: Final = 1000
 STARTUP_GRACE: Final = 60.0
 """Seconds after the checker starts during which a sibling not running yet is "starting", not
 failing: on a fresh deploy the checker may check before the supervisor has started the rest."""
+STREAM_GRACE: Final = 60.0
+"""Seconds the payment stream may be down or connecting (a reconnection's backoff, a 429's
+minute) before the stream check warns."""
 DATABASE_WAIT_MAX: Final = 2.0
 """Seconds between two tries at most, while a held verdict waits for the database."""
 _NAMESPACE: Final = uuid.UUID("0b7c1d0e-61a4-4f0c-8d3e-5f2a9b1c4e77")
@@ -192,11 +205,15 @@ class HealthChecker(Actor[HealthState]):
         telegram: TelegramClient | None = None,
         startup_grace: float = STARTUP_GRACE,
         held: HeldVerdict | None = None,
+        stream_status: StreamStatus | None = None,
     ) -> None:
         """``actor_intervals``: the tick interval of each actor whose liveness is checked;
         ``lagging_checkpoints``: actor name -> category, for the subscription lag checks;
         ``startup_grace``: see :data:`STARTUP_GRACE`; ``held``: shared with the other
-        incarnations of the process, see :class:`HeldVerdict`."""
+        incarnations of the process, see :class:`HeldVerdict`; ``stream_status``: the
+        PaymentMonitor's TON stream in this process, for the ``stream`` check (None: no such
+        check)."""
+        self.stream_status = stream_status
         self.startup_grace = startup_grace
         self.held = held if held is not None else HeldVerdict()
         self.started_at: datetime | None = None
@@ -387,6 +404,10 @@ class HealthChecker(Actor[HealthState]):
             checks.extend(await _timed_many("actors", lambda: self._actors(store, clock.now())))
             checks.append(await _timed("tasks", self._tasks))
             checks.extend(await _timed_many("lag", lambda: self._lag(store)))
+        if self.stream_status is not None:
+            checks.append(
+                stream_check(self.stream_status, clock.now(), self.settings.payment_interval)
+            )
         return HealthReport(checks=checks, checked_at=clock.now())
 
     async def _reachable(self, store: EventStore) -> str:
@@ -488,6 +509,27 @@ class HealthChecker(Actor[HealthState]):
                 )
             )
         return checks
+
+
+def stream_check(status: StreamStatus, now: datetime, payment_interval: float) -> HealthCheck:
+    """The ``stream`` check: always ok, with a warning when the PaymentMonitor's TON stream has
+    not been subscribed for over :data:`STREAM_GRACE` seconds. Pure."""
+    counts = f"{status.connects} subscription(s), {status.notices} notice(s)"
+    polling = f"polling every {payment_interval:g}s confirms payments meanwhile"
+    if status.state == "off":
+        detail = f"off (I3LANI_TONAPI_STREAM=off): polling alone, every {payment_interval:g}s"
+    elif status.state == "stopped":
+        detail = "PaymentMonitor is not running in this process"
+    elif status.state == "subscribed":
+        detail = f"subscribed; {counts}"
+    else:
+        down = status.down_for(now) or 0.0
+        why = f" ({status.reason})" if status.reason else ""
+        if down > STREAM_GRACE:
+            detail = f"{WARNING_PREFIX}not subscribed for {down:.0f}s{why}; {polling}"
+        else:
+            detail = f"{status.state} for {down:.0f}s{why}; {counts}"
+    return HealthCheck(name="stream", ok=True, detail=detail[:200])
 
 
 def health_samples(checks: Sequence[HealthCheck], checked_at: datetime) -> list[HealthSample]:

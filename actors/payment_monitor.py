@@ -25,6 +25,20 @@ refund due from the transfer's (with an empty stream expected), a refund's outco
 operator's mark it settles. The supervisor's lease fences a stale node's appends. The worker
 holds no key and never sends TON: refunds are sent by the wallet's owner.
 
+The fast path: beside its ticks, the monitor holds a TON Streaming API subscription for the
+wallets it watches (:mod:`actors.tonapi_stream`, ``I3LANI_TONAPI_STREAM``, on by default). A
+notice at the finality configured (``I3LANI_MIN_FINALITY``: ``finalized`` by default,
+``confirmed`` if asked, never ``pending``) is only a wake-up: it asks the monitor for a
+``CheckPayments``, the same scan from the stored cursor a tick runs, so the REST scan stays the
+only source of truth and every decision is made, and made once, the way a tick makes it. The
+stream's listener lives and dies with the incarnation (:meth:`PaymentMonitor.background`),
+writes nothing itself, and coalesces hints: however many come while a scan runs, one more scan
+follows. After every (re)connection it scans once (the stream recovers nothing it missed); a
+drop, a stall (silence past ``I3LANI_TONAPI_STREAM_SILENCE``), garbage or a 429 only delay
+the hints, with backoff and jitter, while polling goes on at its interval. A notice whose
+transaction the scan does not show yet (TonAPI's index a moment behind its stream) is scanned
+for again a few times, shortly (:data:`FOLLOW_UPS`).
+
 A TonAPI outage (429, 5xx, timeouts, garbage) is logged and leaves the cursor where it was:
 the next tick tries again, the HealthChecker reports TonAPI failing, and nothing crash-loops.
 Payments are only expired after a scan that succeeded, so an outage never expires a payment
@@ -41,8 +55,9 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import ClassVar, Final
+from typing import Any, ClassVar, Final
 
+import anyio
 import msgspec
 
 from actors.clients import tonapi_client
@@ -59,7 +74,7 @@ from actors.payments import (
     decision_event,
     match_all,
 )
-from actors.runtime import Actor, ActorRunner, Emit, Message, TickSpec
+from actors.runtime import Actor, ActorNotRunning, ActorRunner, Emit, Message, TickSpec
 from actors.tasks import (
     PAYMENT_VERIFICATION,
     PaymentVerification,
@@ -68,6 +83,7 @@ from actors.tasks import (
 from actors.ton import Address, InvalidAddress
 from actors.tonapi import MAX_PAGE_SIZE, TonApiClient, TonApiError, TonApiUnavailable
 from actors.tonapi_models import TonApiFormatError, Transaction
+from actors.tonapi_stream import StreamNotice, StreamStatus, TonApiStream
 from actors.transfers import TransferRecord, scan_stream, transfer_records
 from events import (
     Event,
@@ -117,6 +133,9 @@ UNKNOWN_MEMO_GRACE: Final = timedelta(minutes=10)
 REFUND_SEARCH_GRACE: Final = timedelta(minutes=10)
 """A refund marked sent whose transaction the scans have not met once they passed a
 transaction this much younger than the mark (chain time against our clock) is unconfirmed."""
+FOLLOW_UPS: Final = (0.25, 0.5, 1.0, 2.0)
+"""Seconds before each scan again after a stream hint whose transaction the scan did not show
+yet (TonAPI's REST index can be a moment behind its stream); then the ticks take over."""
 
 
 def payment_event_id(*parts: object) -> uuid.UUID:
@@ -244,7 +263,21 @@ class PaymentMonitor(Actor[MonitorState]):
     )
     io_messages: ClassVar[tuple[type[msgspec.Struct], ...]] = (CheckPayments,)
 
-    def __init__(self, settings: Settings, *, tonapi: TonApiClient | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        tonapi: TonApiClient | None = None,
+        stream: bool | None = None,
+        stream_status: StreamStatus | None = None,
+        stream_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        """``tonapi``: a client to use instead of one opened from the settings. ``stream``:
+        hold the TON Streaming API subscription (at ``settings.tonapi_url``); ``None`` (the
+        default) follows ``settings.tonapi_stream`` when the monitor opens its own client and
+        is off when a client is given (a test's or a simulation's transport). ``stream_status``
+        is shared with the HealthChecker of the process (:mod:`actors.catalog`);
+        ``stream_options`` go to :class:`~actors.tonapi_stream.TonApiStream` (backoff...)."""
         self.settings = settings
         self.wallet = settings.wallet_address()
         self.tick = TickSpec(interval=settings.payment_interval, missed="run_once")
@@ -252,6 +285,13 @@ class PaymentMonitor(Actor[MonitorState]):
         self.client: TonApiClient | None = tonapi
         self.last_error: str | None = None
         self.consecutive_failures = 0
+        self.stream_enabled = (
+            settings.tonapi_stream if stream is None and tonapi is None else bool(stream)
+        )
+        self.stream_status = stream_status if stream_status is not None else StreamStatus()
+        self._stream_options = dict(stream_options or {})
+        self.hints = 0
+        """Scans the stream asked for (hints coalesced while a scan ran count once)."""
 
     def initial_state(self) -> MonitorState:
         return MonitorState()
@@ -453,8 +493,9 @@ class PaymentMonitor(Actor[MonitorState]):
         return await self._scan(state, runner)
 
     async def background(self, runner: ActorRunner[MonitorState]) -> None:
-        """Runs ``payment_verification`` tasks: each is a check now, retried by the queue
-        while TonAPI is unavailable."""
+        """Runs ``payment_verification`` tasks (each is a check now, retried by the queue
+        while TonAPI is unavailable) and, when on, the stream's listener (:meth:`fast_path`):
+        both end with the incarnation."""
 
         async def verify(task: PaymentVerification, context: TaskContext) -> None:
             await runner.ref.ask(CheckPayments(), timeout=VERIFY_TIMEOUT)
@@ -463,7 +504,77 @@ class PaymentMonitor(Actor[MonitorState]):
                     f"payment {task.payment_id} not verified: {self.last_error}"
                 )
 
-        await serve_tasks(runner, self.settings, PAYMENT_VERIFICATION, verify)
+        if not self.stream_enabled:
+            self.stream_status.set("off")
+            await serve_tasks(runner, self.settings, PAYMENT_VERIFICATION, verify)
+            return
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self.fast_path, runner)
+                await serve_tasks(runner, self.settings, PAYMENT_VERIFICATION, verify)
+                tg.cancel_scope.cancel()
+        finally:
+            self.stream_status.set("stopped")
+
+    async def fast_path(self, runner: ActorRunner[MonitorState]) -> None:
+        """The stream's listener and the scans it asks for, until cancelled.
+
+        The listener only notes hints (:class:`_Hints`); a second task asks the monitor for a
+        ``CheckPayments`` through its mailbox, one at a time, so a burst of notices makes one
+        scan (and one more for those that came during it). The jitter and the waits come from
+        the runner's RNG and clock."""
+        hints = _Hints()
+        watched = {self.wallet.to_raw()}
+
+        def addresses() -> list[str]:
+            watched.clear()
+            watched.update(self.watched_wallets(runner.state))
+            return sorted(watched)
+
+        def on_subscribed() -> None:
+            hints.ask()  # the stream recovers nothing it missed: scan from the cursor
+
+        def on_notice(notice: StreamNotice) -> None:
+            hints.ask({(a, lt) for a, lt in notice.transactions if a in watched})
+
+        options: dict[str, Any] = {
+            "api_key": self.settings.tonapi_key,
+            "min_finality": self.settings.min_finality,
+            "silence": self.settings.stream_silence,
+            "status": self.stream_status,
+            "sleep": runner.clock.sleep,
+            "rng": runner.rng,
+            "clock": runner.clock.monotonic,
+            **self._stream_options,
+        }
+        stream = TonApiStream(self.settings.tonapi_url, addresses, **options)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(stream.run, on_subscribed, on_notice)
+            await self._scan_on_hints(runner, hints)
+
+    async def _scan_on_hints(self, runner: ActorRunner[MonitorState], hints: _Hints) -> None:
+        while True:
+            awaited = await hints.take()
+            for delay in (*FOLLOW_UPS, None):
+                self.hints += 1
+                try:
+                    await runner.ref.ask(CheckPayments(), timeout=VERIFY_TIMEOUT)
+                except ActorNotRunning:
+                    return
+                except Exception as exc:  # the scan's own failure is the tick's to report
+                    logger.info(
+                        "%s: a scan asked by the stream did not complete: %s",
+                        self.name,
+                        exc,
+                        extra={"action": "payment_stream_scan_failed"},
+                    )
+                if self.consecutive_failures:
+                    break  # TonAPI is failing: the ticks retry, not a burst of follow-ups
+                cursors = runner.state.cursors
+                awaited = {(a, lt) for a, lt in awaited if cursors.get(a, 0) < lt}
+                if not awaited or delay is None or hints.pending:
+                    break  # seen (or the ticks take over); new hints get a scan of their own
+                await runner.clock.sleep(delay)
 
     def watched_wallets(self, state: MonitorState) -> list[str]:
         """Our wallet, and any other wallet a pending payment names (raw forms)."""
@@ -527,6 +638,29 @@ class PaymentMonitor(Actor[MonitorState]):
                 )
             )
         return results
+
+
+class _Hints:
+    """Scans the stream asked for, coalesced: :meth:`ask` never blocks (the listener calls
+    it), :meth:`take` waits for one and returns the transactions the hints named."""
+
+    def __init__(self) -> None:
+        self._event = anyio.Event()
+        self._awaited: set[tuple[str, int]] = set()
+
+    @property
+    def pending(self) -> bool:
+        return self._event.is_set()
+
+    def ask(self, transactions: Iterable[tuple[str, int]] = ()) -> None:
+        self._awaited.update(transactions)
+        self._event.set()
+
+    async def take(self) -> set[tuple[str, int]]:
+        await self._event.wait()
+        self._event = anyio.Event()
+        awaited, self._awaited = self._awaited, set()
+        return awaited
 
 
 def _refunds_due(records: Iterable[TransferRecord], now: datetime) -> list[Emit]:

@@ -4,8 +4,8 @@
     python -m bench --quick          # a smoke run, about a minute
     python -m bench --seconds 10 --json results.json
     python -m bench --suite scale    # one suite (repeatable): eventstore, actors, queue,
-                                     # payments, scale, seals, cost, broadcast, simulate,
-                                     # hangs (hangs only when named)
+                                     # payments, confirm, scale, seals, cost, broadcast,
+                                     # simulate, hangs (hangs only when named)
 
 The server is ``DATABASE_URL`` when set, else the embedded PostgreSQL. A database named
 ``i3lani_bench`` is dropped if it exists, created, migrated, used for every figure, and dropped
@@ -42,6 +42,7 @@ import asyncpg
 from bench import (
     actors,
     broadcast,
+    confirm,
     cost,
     eventstore,
     hangs,
@@ -72,6 +73,7 @@ SUITES: dict[str, Suite] = {
     "actors": Suite(actors.run, actors.NOTES),
     "queue": Suite(queue.run, queue.NOTES),
     "payments": Suite(payments.run, payments.NOTES),
+    "confirm": Suite(confirm.run, confirm.NOTES),
     "scale": Suite(scale.run, scale.NOTES),
     "seals": Suite(seals.run, seals.NOTES),
     "cost": Suite(cost.run, cost.NOTES),
@@ -115,7 +117,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         action="append",
         choices=sorted(SUITES),
         help="run only this suite (repeatable; default: all). scale: a log of 1,000,000 events "
-        "(--quick: 100,000), read_all and `i3lani audit` on it, and an idle worker. seals: appends "
+        "(--quick: 100,000), read_all and `i3lani audit` on it, and an idle worker. confirm "
+        "(about 2 minutes): transfer -> PaymentConfirmed -> the user's Telegram notice, with "
+        "the TON stream and with polling alone at the default 30 s. seals: appends "
         "with the Sealer running vs without it, seal verification speed. hangs (run "
         "only when named, about 10 minutes): take-over and reader stall when a worker is frozen "
         "or cut off. simulate (no database): the deterministic simulator's seeds/minute, simulated "

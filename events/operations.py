@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Literal
+from typing import Annotated, Final, Literal
 
 import msgspec
 
@@ -12,6 +12,7 @@ from events.base import Event, NonEmptyStr, UtcDateTime
 __all__ = [
     "CleanupCompleted",
     "HealthCheck",
+    "WARNING_PREFIX",
     "HealthChecked",
     "OperatorCommandIssued",
     "AlertRaised",
@@ -26,13 +27,29 @@ class CleanupCompleted(Event, frozen=True, tag="CleanupCompleted"):
     finished_at: UtcDateTime
 
 
+WARNING_PREFIX: Final = "warning: "
+"""How a check that passed with a warning begins its detail (see :attr:`HealthCheck.warning`)."""
+
+
 class HealthCheck(msgspec.Struct, frozen=True, kw_only=True):
-    """One probe's outcome inside a HealthChecked event."""
+    """One probe's outcome inside a HealthChecked event.
+
+    A check is ``ok`` or failing; an ``ok`` one may carry a **warning** (something degraded
+    that the system copes with, such as the payment stream being down while polling goes on):
+    its detail then begins with :data:`WARNING_PREFIX`. A warning never makes a verdict
+    unhealthy and raises no alert; it is shown wherever checks are (``i3lani health``, the
+    dashboard). Kept in the detail, it needs no new field in the log nor column in the samples.
+    """
 
     name: NonEmptyStr
     ok: bool
     detail: str = ""
     latency_ms: Annotated[float, msgspec.Meta(ge=0)] | None = None
+
+    @property
+    def warning(self) -> bool:
+        """It passed, with a warning."""
+        return self.ok and self.detail.startswith(WARNING_PREFIX)
 
 
 class HealthChecked(Event, frozen=True, tag="HealthChecked"):

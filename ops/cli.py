@@ -771,11 +771,14 @@ async def cmd_health(dsn: str, args: argparse.Namespace, out: TextIO) -> int:
         return EXIT_OK if verdict.healthy else EXIT_ERROR
     now = datetime.now(UTC)
     word = "healthy" if verdict.healthy else "FAILING"
+    warnings = sum(c.warning for c in verdict.checks)
+    if warnings:
+        word += f", {warnings} warning{'s' if warnings > 1 else ''}"
     source = "checked just now" if args.now else f"checked {_ago(verdict.checked_at, now)}"
     print(f"{word} ({source}, {format_time(verdict.checked_at)})", file=out)
     width = max((len(c.name) for c in verdict.checks), default=5)
     for check in verdict.checks:
-        mark = "ok  " if check.ok else "FAIL"
+        mark = "warn" if check.warning else "ok  " if check.ok else "FAIL"
         latency = "" if check.latency_ms is None else f"{check.latency_ms:8.1f} ms  "
         print(f"  {mark} {check.name:<{width}}  {latency or ' ' * 13}{check.detail}", file=out)
     return EXIT_OK if verdict.healthy else EXIT_ERROR

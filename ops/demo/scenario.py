@@ -16,6 +16,7 @@ from actors.config import Settings
 from actors.payment_monitor import MonitorState, PaymentMonitor
 from actors.runtime import ActorRunner, ChildSpec, Message
 from actors.ton import Address
+from actors.tonapi_stream import StreamStatus
 
 ADMIN_ID: Final = 42
 """The Telegram id of the demo's one administrator (ADMIN_IDS): health alerts go there."""
@@ -239,8 +240,10 @@ class FaultSwitch:
 class CrashOncePaymentMonitor(PaymentMonitor):
     """The real PaymentMonitor (same name, same events), whose tick raises once when armed."""
 
-    def __init__(self, settings: Settings, switch: FaultSwitch) -> None:
-        super().__init__(settings)
+    def __init__(
+        self, settings: Settings, switch: FaultSwitch, stream_status: StreamStatus | None = None
+    ) -> None:
+        super().__init__(settings, stream_status=stream_status)
         self.switch = switch
 
     async def on_tick(
@@ -253,10 +256,15 @@ class CrashOncePaymentMonitor(PaymentMonitor):
 
 def demo_child_specs(settings: Settings, switch: FaultSwitch) -> list[ChildSpec]:
     """The five product actors as ``i3lani run`` supervises them, the PaymentMonitor built as
-    :class:`CrashOncePaymentMonitor`."""
+    :class:`CrashOncePaymentMonitor` (reporting its TON stream where the HealthChecker of the
+    process looks)."""
+    specs = child_specs(DEFAULT_ACTORS, settings)
+    monitor = next(spec for spec in specs if spec.name == PaymentMonitor.name).factory()
+    assert isinstance(monitor, PaymentMonitor)
+    status = monitor.stream_status
     return [
-        dataclasses.replace(spec, factory=lambda: CrashOncePaymentMonitor(settings, switch))
+        dataclasses.replace(spec, factory=lambda: CrashOncePaymentMonitor(settings, switch, status))
         if spec.name == PaymentMonitor.name
         else spec
-        for spec in child_specs(DEFAULT_ACTORS, settings)
+        for spec in specs
     ]

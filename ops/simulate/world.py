@@ -432,7 +432,10 @@ class _World:
         by ``i3lani run``; ChannelAnalytics on the in-process Bot API."""
         monitor = ChildSpec(
             "PaymentMonitor",
-            lambda: PaymentMonitor(self.settings, tonapi=self.client),
+            # The TON stream (the fast path) is off here: TonAPI is read in-process, with no
+            # socket to hold a stream on. It is only ever a hint that wakes a scan early;
+            # polling alone must confirm every payment, which the liveness check holds.
+            lambda: PaymentMonitor(self.settings, tonapi=self.client, stream=False),
             RestartType.PERMANENT,
         )
         analytics = ChildSpec(

@@ -12,8 +12,10 @@ internet: small aiohttp servers on ``127.0.0.1`` (a free port unless told otherw
 
 :class:`TonApiStandIn` holds a simulated chain (per account, transactions shaped exactly like
 ``fixtures/tonapi/*.json``) and serves ``GET /v2/blockchain/accounts/{id}/transactions`` and
-``GET /v2/status``. :class:`BotApiStandIn` serves ``/bot{token}/{method}`` for ``getMe``,
-``getChatMemberCount``, ``sendMessage`` and the update plumbing (``getUpdates``,
+``GET /v2/status``, and the TON Streaming API that notifies the chain's transactions as their
+finality rises (``POST /streaming/v2/sse``, with faults of its own: ``tonapi.stream``, see
+:mod:`~ops.standins.tonapi_stream`). :class:`BotApiStandIn` serves ``/bot{token}/{method}``
+for ``getMe``, ``getChatMemberCount``, ``sendMessage`` and the update plumbing (``getUpdates``,
 ``setWebhook``, ``deleteWebhook``, ``getWebhookInfo``), reading aiogram's form bodies as well
 as JSON.
 
@@ -25,6 +27,8 @@ Other processes drive them over HTTP, under ``/_standin/`` (JSON bodies, the sam
 as the Python methods)::
 
     TonAPI:   POST transfer, add_raw, fail, heal, rest_online;  GET requests, transactions
+              stream/: POST refuse, drop, stall, garbage, leak_levels, heal, phantom, settings;
+                       GET requests
     Bot API:  POST member_count, fail_chat, fail, heal;          GET sent, calls
 
 ``python -m ops.standins`` runs both until interrupted and prints their URLs as one JSON line.

@@ -1,5 +1,6 @@
 """The TonAPI stand-in: a simulated chain served as TonAPI's transactions and status
-endpoints, transactions shaped exactly like ``fixtures/tonapi/*.json``.
+endpoints, transactions shaped exactly like ``fixtures/tonapi/*.json``, and the TON Streaming
+API that notifies them (:attr:`TonApiStandIn.stream`, :mod:`ops.standins.tonapi_stream`).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import copy
 import json
 import logging
 import random
+import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any, Final, Literal, NamedTuple, get_args
@@ -31,6 +33,7 @@ from ops.standins.server import (
     take_fault,
     truncated,
 )
+from ops.standins.tonapi_stream import StreamHub
 
 logger = logging.getLogger(__name__)
 
@@ -138,9 +141,21 @@ class TonApiStandIn(StandIn):
     """TonAPI on 127.0.0.1: a simulated chain, its transactions endpoint and faults."""
 
     def __init__(
-        self, *, host: str = "127.0.0.1", port: int = 0, hang: float = DEFAULT_HANG
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        hang: float = DEFAULT_HANG,
+        keepalive: float = 15.0,
+        finality_delay: float = 0.0,
     ) -> None:
+        """``keepalive`` and ``finality_delay``: the streaming endpoint's, see
+        :class:`~ops.standins.tonapi_stream.StreamHub`."""
         super().__init__(host=host, port=port, hang=hang)
+        self.stream = StreamHub(keepalive=keepalive, finality_delay=finality_delay)
+        """``POST /streaming/v2/sse``: its subscriptions, notices and faults (they are apart
+        from the REST faults :meth:`fail` queues: a stream fault never takes a REST request's
+        turn, nor the other way round)."""
         self.requests: list[TonApiRequest] = []
         """Every TonAPI request received, in order."""
         self.rest_online = True
@@ -154,6 +169,10 @@ class TonApiStandIn(StandIn):
         # Hashes and ciphertexts are drawn from here, and utime defaults to the environment's
         # clock, so that a simulation's seed decides them too.
         self._rng = environment.new_rng()
+        self.index_lag = 0.0
+        """Seconds a new transaction stays off the REST endpoint after it is added (and
+        notified on the stream): TonAPI's index a moment behind its stream. 0: none."""
+        self._hidden_until: dict[int, float] = {}  # id() of a transaction -> monotonic time
 
     # -- the chain ------------------------------------------------------------------------------
 
@@ -402,6 +421,13 @@ class TonApiStandIn(StandIn):
     def _insert(self, account: Address, tx: dict[str, Any]) -> None:
         txs = self._chain.setdefault(account, [])
         bisect.insort_right(txs, tx, key=lambda item: item["lt"])
+        if self.index_lag > 0:
+            self._hidden_until[id(tx)] = time.monotonic() + self.index_lag
+        self.stream.publish(account, tx)  # on the chain first: then notified
+
+    async def _on_shutdown(self, app: web.Application) -> None:
+        self.stream.close()
+        await super()._on_shutdown(app)
 
     # -- faults ---------------------------------------------------------------------------------
 
@@ -452,6 +478,7 @@ class TonApiStandIn(StandIn):
         app.router.add_post("/_standin/rest_online", control_route(self._control_rest_online))
         app.router.add_get("/_standin/requests", control_route(self._control_requests))
         app.router.add_get("/_standin/transactions", control_route(self._control_transactions))
+        self.stream.add_routes(app, control_route)
 
     async def _serve(
         self,
@@ -534,11 +561,13 @@ class TonApiStandIn(StandIn):
                 {"error": f"decode params: query: sort_order: invalid value: {sort_order}"},
                 400,
             )
+        now = time.monotonic()
         selected = [
             tx
             for tx in self._chain.get(account, [])
             if (after_lt is None or tx["lt"] > after_lt)
             and (not before_lt or tx["lt"] < before_lt)  # 0 means "latest", as TonAPI does
+            and self._hidden_until.get(id(tx), 0.0) <= now  # indexed by now
         ]
         if sort_order == "desc":
             selected.reverse()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
@@ -12,7 +13,13 @@ from aiogram import Bot
 
 from actors.telegram import TelegramClient
 from bot_gateway import NOTIFIER_CHECKPOINT, run_notifier
-from events import PaymentConfirmed, PaymentExpired, PaymentUnderpaid, SubscriptionActivated
+from events import (
+    LatePaymentReceived,
+    PaymentConfirmed,
+    PaymentExpired,
+    PaymentUnderpaid,
+    SubscriptionActivated,
+)
 from ops.standins import BotApiStandIn
 from store import EventStore
 from tests.bot_gateway.conftest import Telegram
@@ -173,3 +180,91 @@ async def test_a_notice_the_bot_api_cannot_take_for_now_is_sent_once_it_can(
         return await store.load_checkpoint(NOTIFIER_CHECKPOINT) == await store.head()
 
     await eventually(checkpointed)
+
+
+async def test_confirmed_underpaid_and_late_notices_go_out_within_the_second(
+    telegram: Telegram, store: EventStore, bot_api: BotApiStandIn, bot: Bot
+) -> None:
+    """At the gateway's own settings (its poll interval of a second is only the fallback):
+    the append's notification wakes the notifier, so each notice follows its event at once."""
+    for user in (5, 6, 7):
+        await telegram.say(user, "/subscribe week")
+    async with anyio.create_task_group() as tg:
+        await tg.start(run_notifier, store, TelegramClient(bot))
+        now = datetime.now(UTC)
+        events = {
+            5: PaymentConfirmed(
+                payment_id=1,
+                tx_hash="ab" * 32,
+                lt=47_587_000_000_001,
+                amount_nanotons=TON,
+                payer=PAYER,
+                confirmed_at=now,
+            ),
+            6: PaymentUnderpaid(
+                payment_id=2,
+                tx_hash="cd" * 32,
+                lt=47_587_000_000_002,
+                amount_nanotons=TON // 2,
+                expected_nanotons=TON,
+                payer=PAYER,
+                detected_at=now,
+            ),
+            7: LatePaymentReceived(
+                payment_id=3,
+                tx_hash="ef" * 32,
+                lt=47_587_000_000_003,
+                amount_nanotons=TON,
+                payer=PAYER,
+                detected_at=now,
+            ),
+        }
+        for user, event in events.items():
+            await anyio.sleep(0.3)  # apart: each notice timed on its own
+            appended = time.monotonic()
+            await store.append(f"payment-{event.payment_id}", [event])
+            [_, text] = await texts_to(bot_api, user, 2)
+            took = time.monotonic() - appended
+            assert f"#{event.payment_id}" in text
+            assert took < 1.0, f"{type(event).__name__}'s notice took {took:.2f}s"
+        tg.cancel_scope.cancel()
+
+
+async def test_one_chat_under_flood_control_holds_back_no_one_else(
+    telegram: Telegram, store: EventStore, bot_api: BotApiStandIn, bot: Bot
+) -> None:
+    """Each user's notices have a lane of their own: a flood wait on one chat (Telegram's
+    one message a second per chat) leaves the next user's confirmation on time."""
+    await telegram.say(5, "/subscribe week")
+    await telegram.say(6, "/subscribe week")
+    bot_api.fail_chat(5, 429, "Too Many Requests: retry after 2", retry_after=2, times=1)
+    async with anyio.create_task_group() as tg:
+        await tg.start(run_notifier, store, TelegramClient(bot))
+        now = datetime.now(UTC)
+        await store.append("payment-1", [PaymentExpired(payment_id=1, expired_at=now)])
+        appended = time.monotonic()
+        await store.append(
+            "payment-2",
+            [
+                PaymentConfirmed(
+                    payment_id=2,
+                    tx_hash="ab" * 32,
+                    lt=47_587_000_000_001,
+                    amount_nanotons=TON,
+                    payer=PAYER,
+                    confirmed_at=now,
+                )
+            ],
+        )
+        [_, confirmed] = await texts_to(bot_api, 6, 2)
+        assert "Payment #2 is confirmed" in confirmed
+        assert time.monotonic() - appended < 1.0  # not behind user 5's two-second wait
+        [_, expired] = await texts_to(bot_api, 5, 2)  # user 5's, once the wait is over
+        assert "Payment #1" in expired
+
+        async def checkpointed() -> bool:
+            return await store.load_checkpoint(NOTIFIER_CHECKPOINT) == await store.head()
+
+        await eventually(checkpointed)
+        tg.cancel_scope.cancel()
+    assert len([m for m in bot_api.sent if m.chat_id == 6]) == 2  # nothing sent twice

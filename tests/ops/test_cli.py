@@ -20,8 +20,16 @@ import asyncpg
 import pytest
 from anyio.abc import ByteReceiveStream, Process
 
-from events import AlertRaised, EventMetadata, PaymentCreated, PaymentExpired, RewardEarned
-from store import AppendResult, Cursor, EventStore, migrations
+from actors.health import health_samples
+from events import (
+    AlertRaised,
+    EventMetadata,
+    HealthCheck,
+    PaymentCreated,
+    PaymentExpired,
+    RewardEarned,
+)
+from store import AppendResult, Cursor, EventStore, migrations, views
 from store.database import with_database
 from tests.waiting import eventually
 
@@ -752,3 +760,25 @@ async def test_run_refuses_a_timeout_that_would_outlast_the_lease(cli: Cli) -> N
         "i3lani run: I3LANI_IDLE_TX_TIMEOUT (9s) must be shorter than I3LANI_LEASE_TTL (8s): "
         "a frozen node would hold its locks past its lease"
     ]
+
+
+# -- health -----------------------------------------------------------------------------------
+async def test_health_marks_a_warning_and_counts_it_in_a_healthy_verdict(
+    cli: Cli, store: EventStore
+) -> None:
+    checks = [
+        HealthCheck(name="database", ok=True, latency_ms=1.5),
+        HealthCheck(
+            name="stream",
+            ok=True,
+            detail="warning: not subscribed for 90s (HTTP 429); polling every 30s confirms "
+            "payments meanwhile",
+        ),
+    ]
+    await views.record_health_samples(store, health_samples(checks, datetime.now(UTC)))
+    result = await cli("health")
+    assert result.returncode == 0, result.stderr
+    [verdict, database, stream] = lines(result.stdout)
+    assert verdict.startswith("healthy, 1 warning (checked ")
+    assert database.split()[:2] == ["ok", "database"]
+    assert stream.split()[:3] == ["warn", "stream", "warning:"]

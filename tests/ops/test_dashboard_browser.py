@@ -121,6 +121,12 @@ async def seed(store: EventStore) -> None:
                 checks=[
                     HealthCheck(name="database", ok=True, latency_ms=1.2),
                     HealthCheck(name="tonapi", ok=False, detail="TonAPI answered 502"),
+                    HealthCheck(
+                        name="stream",
+                        ok=True,
+                        detail="warning: not subscribed for 90s (HTTP 429); polling every "
+                        "30s confirms payments meanwhile",
+                    ),
                 ],
                 checked_at=NOW,
             )
@@ -182,6 +188,8 @@ async def test_the_dashboard_fills_in_from_the_live_stream(
             assert await page.evaluate(text_of('[data-payment="43"] .badge')) == "pending"
             assert await page.evaluate(text_of("#health-verdict")) == "FAILING"
             assert await page.evaluate(text_of('[data-check="tonapi"] .badge')) == "FAIL"
+            assert await page.evaluate(text_of('[data-check="database"] .badge')) == "ok"
+            assert await page.evaluate(text_of('[data-check="stream"] .badge')) == "warn"
             assert await page.evaluate("document.getElementById('banner').hidden") is True
 
             # A new event reaches the open page by itself.
