@@ -11,22 +11,26 @@ but its own backoff, as before flow control was shared.
 
 from __future__ import annotations
 
-from typing import Any
-
-from aiogram import Bot
+from typing import TYPE_CHECKING, Any
 
 from actors.config import Settings
-from actors.telegram import TelegramRates, make_bot
 from actors.tonapi import TonApiClient
 from store import EventStore
 from store.flow import RateLimiter
 from store.memory import MemoryLog
+
+if TYPE_CHECKING:  # aiogram's import builds every Bot API model: only workers that talk to it pay
+    from aiogram import Bot
+
+    from actors.telegram import TelegramRates
 
 __all__ = ["telegram_rates", "telegram_bot", "tonapi_client"]
 
 
 def telegram_rates(settings: Settings) -> TelegramRates:
     """The Bot API's limits as ``settings`` configure them."""
+    from actors.telegram import TelegramRates
+
     return TelegramRates(
         overall=settings.telegram_rate,
         chat=settings.telegram_chat_rate,
@@ -39,6 +43,8 @@ def telegram_bot(
 ) -> Bot:
     """A Bot for ``token`` (default: the configured one, which must be set) on the configured
     Bot API server, every call waiting its turn in ``log``'s shared rate limits."""
+    from actors.telegram import make_bot
+
     return make_bot(
         token if token is not None else settings.require_bot_token(),
         settings.telegram_api_url,
