@@ -47,7 +47,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Final, Literal
+from typing import Final, Literal, NoReturn
 
 import anyio
 import httpx
@@ -407,8 +407,6 @@ class TonApiStream:
                         await self._connect(client, on_subscribed, on_notice, subscribed_at)
                     except _Dropped as dropped:
                         drop = dropped
-                    else:  # pragma: no cover - _connect only ends by raising
-                        drop = _Dropped("the stream ended")
                     self.status.drops += 1
                     self.status.refusals += drop.throttled
                     if subscribed_at and self._clock() - subscribed_at[0] >= self._stable_after:
@@ -445,7 +443,7 @@ class TonApiStream:
         on_subscribed: Callable[[], None],
         on_notice: Callable[[StreamNotice], None],
         subscribed_at: list[float],
-    ) -> None:
+    ) -> NoReturn:
         """One connection, until it ends: always by raising :class:`_Dropped`."""
         body = msgspec.json.encode(
             {
