@@ -96,6 +96,8 @@ logger = logging.getLogger("actors.runtime")
 TICK_RETRY_MIN = 1.0
 """Seconds before a tick that met an unreachable PostgreSQL runs again; doubled each time."""
 TICK_RETRY_MAX = 60.0
+"""The cap of that backoff; the same backoff spaces the retries of a reaction's commit and of
+a reaction's I/O that met an unreachable PostgreSQL."""
 
 BACKGROUND_GRACE = 3.0
 """Seconds a graceful stop waits for :meth:`Actor.background` to return by itself."""
@@ -384,6 +386,9 @@ class ActorRunner(Generic[S]):
         self._background_done = anyio.Event()
         self._deferred: dict[Message, str | None] = {}  # and the trace that asked first
         self._deferred_since: float | None = None
+        self._deferred_not_before = 0.0  # after an outage: not before this monotonic time
+        # Reactions and messages that met an unreachable PostgreSQL, in a row.
+        self._outage_failures = 0
         # A tick that met an unreachable PostgreSQL: its due time, and failures in a row.
         self._tick_retry: datetime | None = None
         self._tick_failures = 0
@@ -566,6 +571,8 @@ class ActorRunner(Generic[S]):
     def _deferred_due(self) -> bool:
         if not self._deferred or self._deferred_since is None:
             return False
+        if self.clock.monotonic() < self._deferred_not_before:
+            return False  # an outage's backoff
         idle = self._receive.statistics().current_buffer_used == 0
         return idle or self.clock.monotonic() - self._deferred_since >= 1.0
 
@@ -617,9 +624,61 @@ class ActorRunner(Generic[S]):
                 continue
             emits.extend(self.actor.decide(self.state, message))
         if emits:
-            await self._commit(emits, causation=recorded.event_id, checkpoint=recorded.cursor)
+            await self._commit_reaction(emits, recorded)
         else:
             self._unsaved_checkpoint = recorded.cursor
+
+    async def _commit_reaction(self, emits: Sequence[Emit], recorded: RecordedEvent) -> None:
+        """Commit a reaction's ``emits`` with the checkpoint past ``recorded``; while PostgreSQL
+        is unreachable (a restart, a failover, or this node's session ended by a limit of
+        :mod:`store.limits` after a stall), try again with backoff instead of crashing.
+
+        The event is folded already and the reaction decided: only the commit is tried again.
+        The checkpoint moves in the same transaction as the events, so an attempt whose
+        acknowledgement was lost (it committed) shows as the checkpoint already past
+        ``recorded``: then nothing is appended again (the events come back through the
+        subscription, as anyone's). A graceful stop during the outage ends the runner with
+        the error: the checkpoint did not move past the event, so the next incarnation
+        reacts to it again.
+        """
+        retry = False
+        while True:
+            try:
+                if retry:
+                    stored = await self.store.load_checkpoint(self.checkpoint_name)
+                    if stored is not None and stored >= recorded.cursor:
+                        self.checkpoint = stored
+                        self._unsaved_checkpoint = None
+                        self._outage_failures = 0
+                        return
+                await self._commit(emits, causation=recorded.event_id, checkpoint=recorded.cursor)
+            except StoreUnavailable as exc:
+                if self._stopping:
+                    raise
+                delay = self._outage_backoff()
+                logger.warning(
+                    "%s: reaction to %s at %s not committed, the database is unreachable (%s);"
+                    " trying again in %.0f s",
+                    self.actor.name,
+                    recorded.type,
+                    recorded.position,
+                    exc,
+                    delay,
+                    extra={"action": "actor_reaction_retry"},
+                )
+                with anyio.CancelScope() as self._waiting:
+                    await self.clock.sleep(delay)
+                self._waiting = None
+                retry = True
+                continue
+            self._outage_failures = 0
+            return
+
+    def _outage_backoff(self) -> float:
+        """Seconds before the next try after a failure that met an unreachable PostgreSQL."""
+        self._outage_failures += 1
+        delay: float = TICK_RETRY_MIN * 2.0 ** (self._outage_failures - 1)
+        return min(delay, TICK_RETRY_MAX)
 
     async def _on_message(
         self, message: Message, reply: MemoryObjectSendStream[tuple[bool, Any]] | None
@@ -643,10 +702,36 @@ class ActorRunner(Generic[S]):
             if isinstance(exc, StaleGeneration):
                 raise  # another incarnation owns this actor now: this one must end
             return
+        except StoreUnavailable as exc:
+            # PostgreSQL is unreachable (or ended this node's session after a stall): nothing
+            # of the message was applied, and restarting the actor would not bring the
+            # database back. The asker hears the error; a reaction's I/O is asked again.
+            _answer(reply, False, exc)
+            self._message_failed(message, reply is None, exc)
+            return
         except Exception as exc:
             _answer(reply, False, exc)
             raise
+        self._outage_failures = 0
         _answer(reply, True, answer)
+
+    def _message_failed(self, message: Message, deferred: bool, error: StoreUnavailable) -> None:
+        delay = self._outage_backoff()
+        again = deferred and isinstance(message, self.actor.io_messages)
+        logger.warning(
+            "%s: %s not handled, the database is unreachable (%s)%s",
+            self.actor.name,
+            type(message).__name__,
+            error,
+            f"; trying again in {delay:.0f} s" if again else "",
+            extra={"action": "actor_message_refused"},
+        )
+        if again:
+            now = self.clock.monotonic()
+            self._deferred.setdefault(message, tracing.traceparent())
+            if self._deferred_since is None:
+                self._deferred_since = now
+            self._deferred_not_before = now + delay
 
     async def _on_tick(self, due_at: datetime) -> None:
         try:

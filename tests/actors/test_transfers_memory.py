@@ -1,5 +1,5 @@
-"""Each transfer recorded once when a commit's acknowledgement is lost and the monitor crashes
-right after it: the in-memory log (its ``lost_ack`` hook), the real PaymentMonitor and TonAPI
+"""Each transfer recorded once when a commit's acknowledgement is lost, whether the monitor
+goes on (it hears the error and scans again) or its node dies right after: the in-memory log (its ``lost_ack`` hook), the real PaymentMonitor and TonAPI
 client, the TonAPI stand-in answered in-process (no socket)."""
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ async def incarnation(log: MemoryLog, client: TonApiClient) -> AsyncIterator[Act
         try:
             await runner.run(task_status=task_status)
         except* StoreUnavailable:
-            pass  # crashed on the lost acknowledgement: restarted below, as in production
+            pass  # a crash would end it here (restarted below, as in production)
 
     async with anyio.create_task_group() as tg:
         yield await tg.start(run)
@@ -105,9 +105,10 @@ async def test_a_lost_acknowledgement_and_a_restart_record_each_transfer_once() 
                 tonapi.transfer(WALLET, source=PAYER, value=PRICE, comment=memo)["hash"]
                 for memo in ("i3lani_1", "i3lani_1", "i3lani_2", "no such memo")
             ]
-            # The commit recording them is in; the monitor hears it failed, and crashes.
+            # The commit recording them is in; the monitor hears it failed (not a crash).
             with pytest.raises(StoreUnavailable, match="acknowledged"):
                 await ref.ask(CheckPayments(), timeout=10)
+            await ref.ask(CheckPayments(), timeout=10)  # it goes on: nothing recorded twice
         async with incarnation(log, client) as ref:  # restarted: rebuilt from the log
             await ref.ask(CheckPayments(), timeout=10)
             await ref.ask(CheckPayments(), timeout=10)
