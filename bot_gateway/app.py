@@ -305,7 +305,17 @@ def _impossible(body: Any) -> str | None:
     return None
 
 
+WEBHOOK_SET: Final = web.AppKey("webhook_set", anyio.Event)
+"""Set once ``setWebhook`` has been answered (:func:`run_webhook`); an app built without it
+(polling, tests) has nothing to register and is ready as soon as it listens."""
+
+
 async def _healthz(request: web.Request) -> web.Response:
+    registered = request.app.get(WEBHOOK_SET)
+    if registered is not None and not registered.is_set():
+        # Render switches traffic to an instance once this answers 200: not before Telegram
+        # has been told where to deliver updates.
+        return web.Response(status=503, text="starting: the webhook is not registered yet")
     return web.Response(text="ok")
 
 
@@ -350,13 +360,15 @@ async def run_webhook(
     """Serve the webhook on ``host:port`` until cancelled; started with the listening URL.
 
     With ``public_url`` (``https://...``), ``setWebhook`` points Telegram at
-    ``public_url + path`` with the secret once the server listens. ``add_routes``: as for
-    :func:`build_app`.
+    ``public_url + path`` with the secret once the server listens; the health check answers
+    503 until Telegram has answered it. ``add_routes``: as for :func:`build_app`.
     """
     dispatcher = build_dispatcher(gateway)
     app = build_app(
         gateway, bot, secret=secret, path=path, dispatcher=dispatcher, add_routes=add_routes
     )
+    if public_url:
+        app[WEBHOOK_SET] = anyio.Event()
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
     await runner.setup()
     try:
@@ -369,6 +381,7 @@ async def run_webhook(
                 secret_token=secret,
                 allowed_updates=dispatcher.resolve_used_update_types(),
             )
+            app[WEBHOOK_SET].set()
         logger.info(
             "gateway webhook listening on %s:%s%s",
             bound_host,

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import uuid
 from datetime import UTC, datetime, timedelta
 
+import anyio
+import httpx
 from aiogram import Bot
 from aiohttp.test_utils import TestClient, TestServer
 
 from actors.config import Settings
 from actors.ton import Address
-from bot_gateway import Gateway, UserRegistered, build_app, member_stream
+from bot_gateway import Gateway, UserRegistered, build_app, member_stream, run_webhook
 from events import (
     ChannelAdded,
     HealthCheck,
@@ -33,6 +36,7 @@ from tests.bot_gateway.conftest import (
     message_update,
     photo_update,
 )
+from tests.faults.pgcontrol import free_port
 
 TON = 1_000_000_000
 
@@ -72,6 +76,45 @@ async def test_health_route(telegram: Telegram) -> None:
     response = await telegram.client.get("/healthz")
     assert response.status == 200
     assert await response.text() == "ok"
+
+
+async def test_health_answers_503_until_the_webhook_is_registered(
+    gateway: Gateway, bot: Bot, bot_api: BotApiStandIn
+) -> None:
+    """Render moves traffic to an instance once its health check passes: only after Telegram
+    has been told where to deliver (regression: the deploy rehearsal read no ``setWebhook``
+    from an instance already healthy)."""
+    bot_api.fail("setWebhook", "timeout", hang=1.0)  # Telegram slow to answer
+    port = free_port()
+    health = f"http://127.0.0.1:{port}/healthz"
+    seen: list[tuple[int, str, str]] = []  # status, text, the webhook then registered
+    async with anyio.create_task_group() as tg, httpx.AsyncClient(timeout=5) as client:
+        tg.start_soon(
+            functools.partial(
+                run_webhook,
+                gateway,
+                bot,
+                host="127.0.0.1",
+                port=port,
+                secret=SECRET,
+                path=PATH,
+                public_url="https://bot.example.test",
+            )
+        )
+        with anyio.fail_after(10):
+            while not seen or seen[-1][0] != 200:
+                try:
+                    response = await client.get(health)
+                except httpx.TransportError:
+                    await anyio.sleep(0.02)  # not listening yet
+                    continue
+                seen.append((response.status_code, response.text, bot_api.webhook_url))
+                await anyio.sleep(0.05)
+        tg.cancel_scope.cancel()
+    hook = f"https://bot.example.test{PATH}"
+    assert seen[0] == (503, "starting: the webhook is not registered yet", "")
+    assert seen[-1] == (200, "ok", hook)
+    assert {entry[2] for entry in seen if entry[0] == 200} == {hook}
 
 
 # -- /start and referrals ---------------------------------------------------------------------
