@@ -189,8 +189,15 @@ async def _freeze_before_a_write_commits(
     store: EventStore, proxy: PgProxy, pid: int, fault: Fault
 ) -> None:
     """Hold node A's next COMMIT of a transaction that *wrote* (it holds row locks and an xid
-    that readers wait on), then stop A (``pause``) or leave it cut off (``cut``). A read-only
-    transaction's COMMIT holds nothing back: it is let through and the next one awaited."""
+    that readers wait on), then stop A (``pause``) or leave it cut off (``cut``).
+
+    The proxy only catches the COMMIT of a transaction that ran a statement that may write
+    (``only_writes``); the server then says whether it did. A transaction that wrote nothing
+    after all (an UPDATE that matched no row: open, no xid) is let through and the next one
+    awaited. The server may already have ended the session (``idle_in_transaction_session_
+    timeout``, a quarter of the lease) when a loaded machine gets to look: the write was held
+    all the same, and that is the scenario (regression: looking only for an open writing
+    session, the loop never caught one on a loaded CI machine and timed out)."""
 
     def stop() -> None:
         os.kill(pid, signal.SIGSTOP)
@@ -200,16 +207,18 @@ async def _freeze_before_a_write_commits(
             if fault == "pause":
                 # Paused right before sending its COMMIT: what its other connections had sent
                 # before still reaches the server.
-                caught = proxy.cut_before_commit(stop, only_that_connection=True)
+                caught = proxy.cut_before_commit(stop, only_that_connection=True, only_writes=True)
             else:
-                caught = proxy.cut_before_commit()
+                caught = proxy.cut_before_commit(only_writes=True)
             await caught.wait()
-            writing = await store._pool.fetchval(
-                "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE $1"
-                " AND state = 'idle in transaction' AND backend_xid IS NOT NULL",
+            row = await store._pool.fetchrow(
+                "SELECT count(*) AS open, count(*) FILTER (WHERE backend_xid IS NOT NULL)"
+                " AS writing FROM pg_stat_activity WHERE application_name LIKE $1"
+                " AND state = 'idle in transaction'",
                 "i3lani:node-a:%",
             )
-            if writing:
+            assert row is not None
+            if row["writing"] or not row["open"]:
                 return
             proxy.heal()
             if fault == "pause":

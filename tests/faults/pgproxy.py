@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import Protocol, Self
@@ -100,13 +101,55 @@ class _UnixStream:
             await self._writer.wait_closed()
 
 
+_WRITE = re.compile(
+    rb"\b(insert|update|delete|merge)\b|\bfor\s+(no\s+key\s+)?update\b|\bi3lani\.\w+\s*\(",
+    re.IGNORECASE,
+)
+"""SQL that may write (and so give the transaction an xid and row locks): a DML statement, a
+row lock, or a call of one of i3lani's functions (some of which write). Generous on purpose:
+a transaction flagged by it is checked against the server (see tests/faults/hangs.py)."""
+
+
+def _cstring(body: bytes, start: int) -> tuple[bytes, int]:
+    end = body.find(b"\0", start)
+    end = len(body) if end < 0 else end
+    return body[start:end], end + 1
+
+
 class _Frontend:
-    """Splits the client->server stream into whole messages, flagging a ``COMMIT`` Query."""
+    """Splits the client->server stream into whole messages, flagging a ``COMMIT`` Query, and
+    follows whether the transaction in progress ran a statement that may write (:data:`_WRITE`,
+    through a simple Query, or a Bind of a statement whose Parse it saw)."""
 
     def __init__(self) -> None:
         self._buffer = bytearray()
         self._startup = True  # before the StartupMessage: packets have no type byte
         self._opaque = False  # encrypted or not understood: passed through as is
+        self._statements: dict[bytes, bool] = {}  # prepared statement name -> may write
+        self.wrote = False  # the transaction in progress ran a statement that may write
+
+    def _follow(self, message: bytes) -> bool:
+        """Note what ``message`` (a typed one) does to the transaction; True for a COMMIT."""
+        kind, body = message[:1], message[5:]
+        if kind == b"Q":
+            sql = body.rstrip(b"\0").lstrip()
+            head = sql[:20].upper()
+            if _is_commit(body):
+                return True
+            if head.startswith((b"BEGIN", b"START TRANSACTION", b"ROLLBACK", b"ABORT")):
+                self.wrote = False
+            elif _WRITE.search(sql):
+                self.wrote = True
+        elif kind == b"P":
+            name, at = _cstring(body, 0)
+            query, _ = _cstring(body, at)
+            self._statements[name] = bool(_WRITE.search(query))
+        elif kind == b"B":
+            _portal, at = _cstring(body, 0)
+            statement, _ = _cstring(body, at)
+            if self._statements.get(statement, False):
+                self.wrote = True
+        return False
 
     def feed(self, data: bytes) -> Iterator[tuple[bytes, bool]]:
         """Yield ``(bytes, is_commit)`` for every message completed by ``data``."""
@@ -136,7 +179,7 @@ class _Frontend:
                     self._opaque = True
                 yield message, False
             else:
-                yield message, message[:1] == b"Q" and _is_commit(message[5:])
+                yield message, self._follow(message)
 
 
 def _is_commit(sql: bytes) -> bool:
@@ -185,6 +228,7 @@ class PgProxy:
         self._action: Callable[[], object] | None = None
         self._armed = False
         self._whole = True  # the trigger cuts every connection, not only the committing one
+        self._writes_only = False  # the trigger ignores a transaction that wrote nothing
         self._links: set[_Link] = set()
         self._group: TaskGroup | None = None
 
@@ -221,15 +265,24 @@ class PgProxy:
             link.to_client.notify()
 
     def cut_before_commit(
-        self, action: Callable[[], object] | None = None, *, only_that_connection: bool = False
+        self,
+        action: Callable[[], object] | None = None,
+        *,
+        only_that_connection: bool = False,
+        only_writes: bool = False,
     ) -> anyio.Event:
         """Arm a one-shot trigger: on a client's next ``COMMIT``, hold it, :meth:`cut`, then
         call ``action``. Returns the event set when it fired (also ``proxy.commit_caught``).
 
         With ``only_that_connection``, only the committing connection is cut (both ways): what
         simulates a client *paused* right before sending its COMMIT, whose other connections'
-        bytes, already written, still reach the server as its kernel would deliver them."""
+        bytes, already written, still reach the server as its kernel would deliver them.
+
+        With ``only_writes``, only the COMMIT of a transaction that ran a statement that may
+        write is caught (the proxy decides at once, with no round trip to the server: a check
+        made afterwards can come too late, the server having ended the session)."""
         self._armed, self._action, self._whole = True, action, not only_that_connection
+        self._writes_only = only_writes
         self.commit_caught = anyio.Event()
         return self.commit_caught
 
@@ -296,8 +349,11 @@ class PgProxy:
                     pipe.buffer += data
                 else:
                     for message, is_commit in link.frontend.feed(data):
-                        if is_commit and self._armed:
+                        wanted = link.frontend.wrote or not self._writes_only
+                        if is_commit and self._armed and wanted:
                             self._trigger(link, pipe)
+                        if is_commit:
+                            link.frontend.wrote = False
                         pipe.buffer += message
                 pipe.notify()
         except _GONE:

@@ -155,6 +155,67 @@ async def test_cut_before_commit(dsn: str, raw: asyncpg.Connection) -> None:
                 conn.terminate()
 
 
+async def test_cut_before_commit_of_writes_only_lets_read_only_transactions_through(
+    dsn: str, raw: asyncpg.Connection
+) -> None:
+    """The proxy tells a transaction that may write (a prepared INSERT, seen through its Parse
+    and Bind) from one that only read, without asking the server."""
+    await raw.execute("CREATE TABLE proxy_probe (n int)")
+    with anyio.fail_after(LIMIT):
+        async with PgProxy.for_dsn(dsn) as proxy:
+            conn = await asyncpg.connect(proxy.dsn_for(dsn))
+            try:
+                insert = await conn.prepare("INSERT INTO proxy_probe VALUES ($1)")
+                caught = proxy.cut_before_commit(only_writes=True)
+                for _ in range(2):  # read-only: their COMMITs go through
+                    with anyio.fail_after(5):
+                        async with conn.transaction():
+                            await conn.fetchval("SELECT count(*) FROM proxy_probe")
+                assert not caught.is_set()
+                committed = anyio.Event()
+
+                async def transaction() -> None:
+                    async with conn.transaction():
+                        await insert.fetchval(7)  # Bind of the statement prepared above
+                    committed.set()
+
+                async with anyio.create_task_group() as group:
+                    group.start_soon(transaction)
+                    with anyio.fail_after(5):
+                        await caught.wait()
+                    assert proxy.is_cut
+                    await anyio.sleep(0.2)
+                    assert not committed.is_set()
+                    assert await raw.fetchval("SELECT count(*) FROM proxy_probe") == 0
+                    proxy.heal()
+                    with anyio.fail_after(5):
+                        await committed.wait()
+                assert await raw.fetchval("SELECT n FROM proxy_probe") == 7
+            finally:
+                conn.terminate()
+
+
+def test_frontend_parser_follows_writes_through_parse_and_bind() -> None:
+    def message(kind: bytes, body: bytes) -> bytes:
+        return kind + (len(body) + 4).to_bytes(4, "big") + body
+
+    parser = _Frontend()
+    list(parser.feed(startup("postgresql://u@h/db")))
+    steps = [
+        (query("BEGIN"), False),
+        (message(b"P", b"s1\0SELECT * FROM i3lani.events FOR UPDATE\0\0\0"), False),
+        (message(b"P", b"s2\0SELECT 1\0\0\0"), False),
+        (message(b"B", b"\0s2\0\0\0\0\0\0\0"), False),  # a read
+        (message(b"B", b"\0s1\0\0\0\0\0\0\0"), True),  # a row lock: may write
+        (query("ROLLBACK"), False),
+        (query("BEGIN"), False),
+        (query("SELECT i3lani.task_cycle(1)"), True),  # i3lani's functions may write
+    ]
+    for data, wrote in steps:
+        list(parser.feed(data))
+        assert parser.wrote is wrote, data
+
+
 async def test_cut_before_commit_of_one_connection_leaves_the_others_flowing(
     dsn: str, raw: asyncpg.Connection
 ) -> None:
