@@ -1,6 +1,7 @@
 """Each transfer recorded once when a commit's acknowledgement is lost, whether the monitor
-goes on (it hears the error and scans again) or its node dies right after: the in-memory log (its ``lost_ack`` hook), the real PaymentMonitor and TonAPI
-client, the TonAPI stand-in answered in-process (no socket)."""
+goes on (it hears the error and scans again) or its node dies right after: the in-memory log
+(its ``lost_ack`` hook), the real PaymentMonitor and TonAPI client, the TonAPI stand-in
+answered in-process (no socket)."""
 
 from __future__ import annotations
 
