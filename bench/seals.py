@@ -34,7 +34,16 @@ from actors.runtime import ActorRunner
 from actors.runtime.clock import SystemClock
 from actors.sealer import SEAL_STREAM, Sealer
 from bench.eventstore import raw_connection, sample_event
-from bench.measure import ZERO, BenchContext, Contender, Sample, interleave, run_tasks
+from bench.measure import (
+    ZERO,
+    BenchContext,
+    Contender,
+    Rounds,
+    Sample,
+    interleave,
+    run_tasks,
+    versus,
+)
 from bench.report import Goal, Row
 from bench.scale import (
     fresh_database,
@@ -75,8 +84,10 @@ NOTES: Final = (
     "same actor in the writers' own process (for information: it shares their one core). "
     "Before each turn with a Sealer the log is sealed up to date, untimed, so it seals only "
     f"what its own turn appends. The sides take {TURN:g} s turns, 2 x --seconds rounds of "
-    "the three in ABBA order (a noisy moment falls on every side), the ratio is of the "
-    "totals; each pair's ratio and their median are in the JSON. Verification: "
+    "the three in ABBA order (a noisy moment falls on every side); each side's figure is the "
+    "median of its turns, their spread printed (turns more than 2x apart: UNSTABLE, no "
+    "verdict), as in every suite; each pair's ratio, their median and the ratio of the "
+    "totals are in the JSON. Verification: "
     "store.sealing.verify_seals over the "
     "whole log (every seal recomputed, the first difference located), in whole passes; "
     "references: the read_stored query on a raw asyncpg connection with the store's jsonb "
@@ -247,6 +258,7 @@ async def _appends(ctx: BenchContext, store: EventStore, dsn: str, *, writers: i
         return sample
 
     totals = {WITHOUT: ZERO, WORKER: ZERO, IN_PROCESS: ZERO}
+    rounds = {WITHOUT: Rounds(), WORKER: Rounds(), IN_PROCESS: Rounds()}
     ratios: dict[str, list[float]] = {WORKER: [], IN_PROCESS: []}
     async with _Worker(store, dsn) as worker:
         await worker.command("stop")
@@ -262,6 +274,7 @@ async def _appends(ctx: BenchContext, store: EventStore, dsn: str, *, writers: i
                 else:
                     turns[side] = await in_process()
                 totals[side] += turns[side]
+                rounds[side] = rounds[side].add(turns[side])
             for side in (WORKER, IN_PROCESS):
                 ratios[side].append(turns[side].rate / max(turns[WITHOUT].rate, 1e-9))
             ctx.log(
@@ -269,7 +282,6 @@ async def _appends(ctx: BenchContext, store: EventStore, dsn: str, *, writers: i
                 + ", ".join(f"{side} {turns[side].rate:,.0f}/s" for side in order)
             )
     name = f"{writers} writer{'s (group commit)' if writers > 1 else ''}"
-    without = totals[WITHOUT].rate
 
     def details(side: str) -> dict[str, object]:
         return {
@@ -277,29 +289,30 @@ async def _appends(ctx: BenchContext, store: EventStore, dsn: str, *, writers: i
             "pairs": pairs,
             "median_ratio_of_pairs": statistics.median(ratios[side]),
             "ratios_of_pairs": [round(r, 3) for r in ratios[side]],
+            "ratio_of_totals": totals[side].rate / max(totals[WITHOUT].rate, 1e-9),
             "events_sealed_during_the_timed_turns": sealed[side],
         }
 
     cpu_per_event = worker_cpu[0] / max(sealed[WORKER], 1) * 1e6
     cpu_per_append = writers_cpu[0] / max(totals[WITHOUT].items, 1) * 1e6
     return [
-        Row(
+        versus(
             SECTION_APPENDS,
             f"{name}, the Sealer in a worker process",
-            totals[WORKER].rate,
             "appends/s",
+            rounds[WORKER],
             "the same without it",
-            without,
+            rounds[WITHOUT],
             goal=Goal.ratio_at_least(0.95),
             details=details(WORKER),
         ),
-        Row(
+        versus(
             SECTION_APPENDS,
             f"{name}, the Sealer in the writers' event loop",
-            totals[IN_PROCESS].rate,
             "appends/s",
+            rounds[IN_PROCESS],
             "the same without it",
-            without,
+            rounds[WITHOUT],
             details=details(IN_PROCESS),
         ),
         Row(
