@@ -545,6 +545,7 @@ class PaymentMonitor(Actor[MonitorState]):
             "sleep": runner.clock.sleep,
             "rng": runner.rng,
             "clock": runner.clock.monotonic,
+            **({} if self.client is None else {"turn": self.client.turn}),
             **self._stream_options,
         }
         stream = TonApiStream(self.settings.tonapi_url, addresses, **options)

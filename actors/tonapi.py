@@ -224,6 +224,13 @@ class TonApiClient:
         self._request_count = 0
         self._retry_count = 0
 
+    async def turn(self) -> None:
+        """Wait for a turn in the ``tonapi`` scope every node shares, as each request of this
+        client does (at once without a shared rate): for a request made by other means to
+        the same key, the TON stream's (re)connections."""
+        if self._limiter is not None:
+            await self._limiter.acquire(self._scopes)
+
     async def __aenter__(self) -> Self:
         if self._state is not _State.NEW:
             raise RuntimeError(

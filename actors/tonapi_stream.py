@@ -322,7 +322,9 @@ class TonApiStream:
 
     ``addresses`` is called at every (re)connection: the accounts to subscribe to then.
     ``transport``, ``sleep``, ``rng`` and ``clock`` replace the network, the waits between
-    attempts, the jitter and the monotonic clock, so tests and simulations drive it.
+    attempts, the jitter and the monotonic clock, so tests and simulations drive it. ``turn``
+    is awaited before every subscription attempt (:meth:`TonApiClient.turn
+    <actors.tonapi.TonApiClient.turn>`: the TonAPI rate every node shares).
     """
 
     def __init__(
@@ -342,6 +344,7 @@ class TonApiStream:
         sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.monotonic,
+        turn: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         if min_finality not in ("confirmed", "finalized"):
             raise ValueError(f"min_finality must be confirmed or finalized, got {min_finality!r}")
@@ -372,6 +375,7 @@ class TonApiStream:
         self._sleep = sleep
         self._rng = rng if rng is not None else environment.new_rng()
         self._clock = clock
+        self._turn = turn
 
     async def run(
         self,
@@ -400,6 +404,11 @@ class TonApiStream:
                 verify=_tls(self._base_url),
             ) as client:
                 while True:
+                    if self._turn is not None:
+                        # Each subscription is a request to the key: it waits its turn in
+                        # the rate every node shares (a 429 of the stream's own, "the old
+                        # connection still counts", pauses only the stream: see _Dropped).
+                        await self._turn()
                     self.status.set("connecting")
                     started = self._clock()
                     subscribed_at: list[float] = []

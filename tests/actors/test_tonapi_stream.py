@@ -15,6 +15,7 @@ import pytest
 
 from actors.config import load_settings
 from actors.health import STREAM_GRACE, stream_check
+from actors.tonapi import TONAPI_SCOPE, TonApiClient
 from actors.tonapi_stream import (
     SseParser,
     StreamNotice,
@@ -25,6 +26,9 @@ from actors.tonapi_stream import (
 )
 from events import HealthCheck
 from events.errors import ConfigError
+from store.flow import Limit, RateLimiter
+from store.flow.memory import MemoryFlowTable
+from store.memory import MemoryLog
 
 WALLET = "EQBAjaOyi2wGWlk-EDkSabqqnF-MrrwMadnwqrurKpkla9nE"
 RAW = "0:408da3b28b6c065a593e10391269baaa9c5f8caebc0c69d9f0aabbab2a99256b"
@@ -352,3 +356,53 @@ def test_status_times_are_utc() -> None:
     assert status.since is not None
     assert status.since.tzinfo is UTC
     assert status.down_for(datetime.now(UTC)) is not None
+
+
+async def test_every_subscription_attempt_first_waits_its_turn_in_the_shared_rate() -> None:
+    """A (re)connection is a request to the key: it takes its turn in the ``tonapi`` scope
+    every node shares, as the REST client's requests do (issue 15, point 4)."""
+    order: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        order.append("request")
+        return httpx.Response(503, text="busy")
+
+    async def turn() -> None:
+        order.append("turn")
+
+    delays: list[float] = []
+    now = [0.0]
+
+    async def sleep(seconds: float) -> None:
+        delays.append(seconds)
+        if len(delays) >= 3:
+            raise _Stop
+        await anyio.lowlevel.checkpoint()
+
+    stream = TonApiStream(
+        "http://tonapi.test",
+        lambda: [WALLET],
+        transport=httpx.MockTransport(handler),
+        sleep=sleep,
+        rng=random.Random(7),
+        clock=lambda: now[0],
+        turn=turn,
+    )
+    with pytest.raises(_Stop):
+        await stream.run(lambda: None, lambda notice: None)
+    assert order == ["turn", "request"] * 3
+
+
+@pytest.mark.memory
+async def test_the_rest_clients_turn_is_a_grant_of_the_shared_tonapi_scope() -> None:
+    log = MemoryLog()
+    limiter = RateLimiter(MemoryFlowTable.of(log), margin=0.0)
+    client = TonApiClient("http://tonapi.test", limiter=limiter, rate=Limit(10, 1.0))
+    await client.turn()
+    await client.turn()
+    usage = {s.scope: s for s in (await MemoryFlowTable.of(log).usage()).scopes}
+    assert usage[TONAPI_SCOPE].used == 2
+    assert limiter.statistics().grants == 2
+    unlimited = TonApiClient("http://tonapi.test", limiter=limiter, rate=None)
+    await unlimited.turn()  # no shared rate configured: at once, no grant
+    assert limiter.statistics().grants == 2
