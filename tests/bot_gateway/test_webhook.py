@@ -84,7 +84,7 @@ async def test_health_answers_503_until_the_webhook_is_registered(
     """Render moves traffic to an instance once its health check passes: only after Telegram
     has been told where to deliver (regression: the deploy rehearsal read no ``setWebhook``
     from an instance already healthy)."""
-    bot_api.fail("setWebhook", "timeout", hang=1.0)  # Telegram slow to answer
+    bot_api.fail("setWebhook", "timeout", hang=2.0)  # Telegram slow to answer
     port = free_port()
     health = f"http://127.0.0.1:{port}/healthz"
     seen: list[tuple[int, str, str]] = []  # status, text, the webhook then registered
