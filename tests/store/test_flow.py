@@ -268,6 +268,35 @@ async def test_bad_scope_lists_are_refused(table: FlowTable) -> None:
         await table.take([], margin=0.0)
 
 
+async def test_a_grants_asynchronous_commit_stays_in_its_transaction(store: EventStore) -> None:
+    """rate_take commits a grant without waiting for its WAL flush (migration 0009): for its
+    own transaction only, never for the pooled session that runs other statements next."""
+    async with store._pool.acquire() as conn:
+        await conn.execute("SET synchronous_commit TO on")  # the test server's default is off
+        row = await conn.fetchrow(
+            "SELECT * FROM i3lani.rate_take($1::text[], $2::integer[], $3::float8[], $4, $5)",
+            ["telegram"],
+            [30],
+            [1.0],
+            0.02,
+            True,
+        )
+        assert row is not None
+        assert row["granted"]
+        assert await conn.fetchval("SHOW synchronous_commit") == "on"
+        await conn.execute("RESET synchronous_commit")
+        # A node of the previous version calls it with four arguments: the window alone.
+        row = await conn.fetchrow(
+            "SELECT * FROM i3lani.rate_take($1::text[], $2::integer[], $3::float8[], $4)",
+            ["telegram"],
+            [30],
+            [1.0],
+            0.02,
+        )
+        assert row is not None
+        assert row["granted"]  # the schedule would have said to wait
+
+
 # -- the limiter ------------------------------------------------------------------------------
 
 

@@ -28,6 +28,10 @@
 -- A caller not asking for it (smooth false, the default: a node of the previous version still
 -- running during a deploy's overlap calls rate_take with four arguments) is judged by the window
 -- log alone, as before; its grants move the schedule too.
+--
+-- A grant's commit is also asynchronous now (synchronous_commit off for its transaction): the
+-- time from a grant to its request reaching Telegram included the flush of the grant's WAL,
+-- which varies with the disk's load, and that variation is what the margin has to cover.
 ALTER TABLE i3lani.rate_limits ADD COLUMN next_at float8;
 
 DROP FUNCTION i3lani.rate_take(text[], integer[], float8[], float8);
@@ -88,6 +92,12 @@ BEGIN
             FOR UPDATE;
         locked := true;
     END LOOP;
+    -- The grant's commit does not wait for its WAL to reach the disk (this transaction only):
+    -- the node hears of its grant a flush later otherwise, and a flush takes from under a
+    -- millisecond to tens of them on a busy disk, which the margin would have to cover. A
+    -- server crash may forget the last grants; the rows are operational state, and its
+    -- restart takes longer than a window of seconds anyway.
+    PERFORM set_config('synchronous_commit', 'off', true);
     UPDATE i3lani.rate_limits l
     SET grants = (l.grants || now_s)[greatest(1, cardinality(l.grants) + 2 - w.max_count):],
         next_at = greatest(l.next_at, now_s) + (w.window_seconds + margin) / w.max_count,
