@@ -193,8 +193,9 @@ def schedule_wait(next_at: float | None, limit: Limit, margin: float, now: float
 
 def next_schedule(next_at: float | None, limit: Limit, margin: float, now: float) -> float:
     """A scope's schedule after a grant at ``now``: one interval after the later of the two,
-    so it never runs more than an interval ahead of the last grant, and no burst is saved up
-    while the scope is idle. Every grant moves it, smoothed or not. Pure."""
+    so after a smoothed grant it is at most one and a half intervals ahead, and no burst is
+    saved up while the scope is idle. Every grant moves it, smoothed or not (grants judged by
+    the window alone push it on by an interval each). Pure."""
     start = now if next_at is None else max(next_at, now)
     return start + spacing_interval(limit, margin)
 

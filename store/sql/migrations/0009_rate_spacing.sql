@@ -19,9 +19,9 @@
 --   * a caller up to half an interval late for its turn (a sleep that overslept, a round trip)
 --     takes its turn from the schedule, not from its own late moment: lateness costs no rate,
 --     which is what made 0008 prefer a window log to a token bucket of capacity 1;
---   * the schedule never runs ahead by more than one interval and a grant never comes before
---     half an interval of it, so there is no burst to save up: an idle scope grants at once, and
---     the next grant waits for its turn.
+--   * the schedule starts from the grant itself once it has fallen behind (an idle scope), so
+--     there is no burst to save up: an idle scope grants at once, and the next grant waits for
+--     its turn.
 -- The window log stays as it was and is checked as before: the schedule only spreads the grants
 -- the window allows, so at most max_count grants in any window of window_seconds + margin
 -- still holds whatever the callers do (smoothed or not, nodes of this version or the last).
