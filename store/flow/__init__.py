@@ -9,12 +9,14 @@ log), which every Telegram and TonAPI call of every node waits for.
 **What is shared.** A *scope* (``telegram``, ``telegram-chat:<id>``, ``telegram-group:<id>``,
 ``tonapi``) allows at most ``count`` grants in any window of ``per`` seconds (a
 :class:`Limit`, configured as ``30/s`` or ``20/min``). Its row in ``i3lani.rate_limits``
-(migration 0008) keeps the times of its latest grants, by the database's clock, and the time
-until which a 429 paused it; a grant is one short statement (``i3lani.rate_take``) that takes
-from every scope of a call at once or from none, and answers how long to wait when it cannot.
+(migration 0008) keeps the times of its latest grants, by the database's clock, the time
+until which a 429 paused it, and a schedule that spaces the grants of a busy scope evenly
+(migration 0009: about ``per / count`` apart, never ``count`` at once); a grant is one short
+statement (``i3lani.rate_take``) that takes from every scope of a call at once or from none,
+and answers how long to wait when it cannot.
 No lock outlives that statement: nothing is held while a node talks to Telegram, so a node
 frozen after its grant holds nothing but the grant itself. The reasoning (a window log rather
-than a token bucket, the unlocked first look, the margin) is beside the SQL.
+than a token bucket, the unlocked first look, the margin, the schedule) is beside the SQL.
 
 **Not history.** Like leases and tick schedules, these rows are operational state: no event
 records a grant, a row may be deleted at any time, and per-chat rows unused for a day are
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 from store.flow.limiter import (
     DEFAULT_MARGIN,
+    DEFAULT_SMOOTH,
     FALLBACK_SHARE,
     GRANT_TIMEOUT,
     RETRY_SHARED,
@@ -42,13 +45,17 @@ from store.flow.limiter import (
 )
 from store.flow.table import (
     MAX_SCOPES,
+    SCHEDULE_TOLERANCE,
     FlowTable,
     FlowUsage,
     Grant,
     Limit,
     Scope,
     ScopeUse,
+    next_schedule,
     parse_limit,
+    schedule_wait,
+    spacing_interval,
     window_wait,
 )
 
@@ -64,8 +71,13 @@ __all__ = [
     "ScopeUse",
     "parse_limit",
     "window_wait",
+    "schedule_wait",
+    "next_schedule",
+    "spacing_interval",
     "MAX_SCOPES",
+    "SCHEDULE_TOLERANCE",
     "DEFAULT_MARGIN",
+    "DEFAULT_SMOOTH",
     "FALLBACK_SHARE",
     "GRANT_TIMEOUT",
     "RETRY_SHARED",

@@ -10,6 +10,13 @@ call, however long that takes: a refusal comes with the seconds to wait (compute
 from its window, by the database's clock), and the caller sleeps exactly that long and asks
 again. Nothing is raised for a busy scope and nothing is retried in a loop.
 
+**Spaced, not in bursts.** Grants are smoothed (``smooth=True``, the default): each scope's
+grants keep to its schedule in the table (migration 0009), one about every
+``(per + margin) / count`` seconds while the scope is busy, instead of ``count`` at once at a
+window's edge. Requests let go together queue on their way to Telegram and arrive tens of
+milliseconds apart, more than :data:`DEFAULT_MARGIN`; spaced, each arrives about as long after
+its grant as any other, so the margin covers the difference.
+
 **One asker per process and scope.** Callers of a process queue up (first come, first served)
 behind the first scope they name (``telegram``, ``tonapi``): only the head of that line asks the
 table, so a process with fifty messages to send makes one request per grant, not fifty, and
@@ -27,8 +34,8 @@ The first failure is logged once, as a warning, and the recovery once. A pause (
 kept here as well as in the table, so a node honours the 429s it met itself whatever happens
 to the table.
 
-``RateLimiter(None)`` keeps to the full limits in this process alone: what every node did
-before flow control was shared (the benchmark's reference).
+``RateLimiter(None)`` keeps to the full limits in this process alone; with ``smooth=False``,
+what every node did before flow control was shared (the benchmark's reference).
 """
 
 from __future__ import annotations
@@ -46,7 +53,14 @@ from events.errors import StoreError
 from store.eventstore import EventStore
 from store.flow.memory import MemoryFlowTable
 from store.flow.postgres import PostgresFlowTable
-from store.flow.table import FlowTable, Grant, Scope, window_wait
+from store.flow.table import (
+    FlowTable,
+    Grant,
+    Scope,
+    next_schedule,
+    schedule_wait,
+    window_wait,
+)
 from store.memory import MemoryLog
 
 __all__ = [
@@ -54,6 +68,7 @@ __all__ = [
     "flow_table",
     "LimiterStatistics",
     "DEFAULT_MARGIN",
+    "DEFAULT_SMOOTH",
     "FALLBACK_SHARE",
     "GRANT_TIMEOUT",
     "RETRY_SHARED",
@@ -67,6 +82,10 @@ DEFAULT_MARGIN: Final = 0.02
 milliseconds between calls and nodes (measured by ``python -m bench --suite broadcast``), and
 the margin keeps a late request and an early one out of one of Telegram's windows. It costs
 2 % of a 1-second limit's throughput."""
+DEFAULT_SMOOTH: Final = True
+"""Whether grants keep to each scope's schedule (:func:`store.flow.table.schedule_wait`): a
+busy 30/s scope then grants one call about every 34 ms rather than 30 within a few
+milliseconds and none for the rest of the second. An idle scope still grants at once."""
 FALLBACK_SHARE: Final = 0.25
 """The share of each limit a node keeps to on its own while the shared table is unreachable."""
 GRANT_TIMEOUT: Final = 2.0
@@ -98,6 +117,7 @@ class _Windows:
 
     def __init__(self) -> None:
         self._grants: dict[str, list[float]] = {}
+        self._next_at: dict[str, float] = {}
         self._paused: dict[str, float] = {}
 
     def pause(self, scopes: Sequence[Scope], until: float) -> None:
@@ -113,22 +133,28 @@ class _Windows:
                 wait, refused_by = until - now, scope.name
         return Grant(False, wait, refused_by) if refused_by is not None else None
 
-    def take(self, scopes: Sequence[Scope], share: float, margin: float, now: float) -> Grant:
+    def take(
+        self, scopes: Sequence[Scope], share: float, margin: float, smooth: bool, now: float
+    ) -> Grant:
         limits = [(s.name, s.limit if share >= 1 else s.limit.share(share)) for s in scopes]
         wait, refused_by = 0.0, None
-        for name, limit in sorted(limits):
+        for name, limit in sorted(limits, key=lambda pair: pair[0]):
             seconds = window_wait(self._grants.get(name, ()), limit, None, margin, now)
+            if smooth:
+                seconds = max(seconds, schedule_wait(self._next_at.get(name), limit, margin, now))
             if seconds > wait:
                 wait, refused_by = seconds, name
         if refused_by is not None:
             return Grant(False, wait, refused_by)
         for name, limit in limits:
             self._grants[name] = [*self._grants.get(name, ()), now][-limit.count :]
+            self._next_at[name] = next_schedule(self._next_at.get(name), limit, margin, now)
         return Grant(True)
 
     def forget(self) -> None:
         """Back to the table: the local windows start afresh at the next fallback."""
         self._grants.clear()
+        self._next_at.clear()
 
 
 def flow_table(log: EventStore | MemoryLog) -> FlowTable:
@@ -150,6 +176,7 @@ class RateLimiter:
         table: FlowTable | None,
         *,
         margin: float = DEFAULT_MARGIN,
+        smooth: bool = DEFAULT_SMOOTH,
         fallback_share: float = FALLBACK_SHARE,
         grant_timeout: float = GRANT_TIMEOUT,
         retry_shared: float = RETRY_SHARED,
@@ -162,6 +189,7 @@ class RateLimiter:
             raise ValueError("grant_timeout and retry_shared are positive numbers of seconds")
         self.table = table
         self.margin = margin
+        self.smooth = smooth
         self.fallback_share = fallback_share
         self.grant_timeout = grant_timeout
         self.retry_shared = retry_shared
@@ -228,7 +256,7 @@ class RateLimiter:
             return self._take_locally(scopes, self.fallback_share, now)
         try:
             with anyio.fail_after(self.grant_timeout):
-                grant = await self.table.take(scopes, margin=self.margin)
+                grant = await self.table.take(scopes, margin=self.margin, smooth=self.smooth)
         except (StoreError, TimeoutError) as exc:
             self._fall_back(exc)
             return self._take_locally(scopes, self.fallback_share, environment.monotonic())
@@ -236,7 +264,7 @@ class RateLimiter:
         return grant
 
     def _take_locally(self, scopes: Sequence[Scope], share: float, now: float) -> Grant:
-        grant = self._local.take(scopes, share, self.margin, now)
+        grant = self._local.take(scopes, share, self.margin, self.smooth, now)
         if grant.granted:
             self._local_grants += 1
         return grant

@@ -4,7 +4,8 @@
 One table per log (:meth:`MemoryLog.side_table`), shared by every client of the log as the
 database's table is. Each operation is one atomic step, as ``i3lani.rate_take`` is one
 statement, judged by the log's ``clock`` (the database's ``clock_timestamp()``) with the same
-rule (:func:`store.flow.table.window_wait`). Each passes the log's ``yield_point`` and
+rules (:func:`store.flow.table.window_wait`, and :func:`~store.flow.table.schedule_wait` for
+a smoothed grant). Each passes the log's ``yield_point`` and
 ``faults`` hooks first, as ``"flow_take"``, ``"flow_pause"`` or ``"flow_read"``, so a
 simulation can make the table unreachable. Not modelled: row locks (nothing waits: a step is
 atomic), and the driver errors PostgreSQL's table translates.
@@ -16,7 +17,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from store.flow.table import MAX_SCOPES, FlowUsage, Grant, Limit, Scope, ScopeUse, window_wait
+from store.flow.table import (
+    MAX_SCOPES,
+    FlowUsage,
+    Grant,
+    Limit,
+    Scope,
+    ScopeUse,
+    next_schedule,
+    schedule_wait,
+    window_wait,
+)
 from store.memory import MemoryLog
 
 __all__ = ["MemoryFlowTable"]
@@ -30,6 +41,7 @@ class _Row:
     updated_at: float
     grants: list[float] = field(default_factory=list)
     paused_until: float | None = None
+    next_at: float | None = None
     granted: int = 0
     pauses: int = 0
 
@@ -63,7 +75,7 @@ class MemoryFlowTable:
             row = self._rows[scope.name] = _Row(scope.limit, now)
         return row
 
-    async def take(self, scopes: Sequence[Scope], *, margin: float) -> Grant:
+    async def take(self, scopes: Sequence[Scope], *, margin: float, smooth: bool = False) -> Grant:
         _check(scopes)
         await self.log.enter("flow_take")
         now = self._now()
@@ -73,12 +85,15 @@ class MemoryFlowTable:
         wait, refused_by = 0.0, ordered[0].name
         for scope, row in zip(ordered, rows, strict=True):
             seconds = window_wait(row.grants, scope.limit, row.paused_until, margin, now)
+            if smooth:
+                seconds = max(seconds, schedule_wait(row.next_at, scope.limit, margin, now))
             if seconds > wait:
                 wait, refused_by = seconds, scope.name
         if wait > 0:
             return Grant(False, wait, refused_by)
         for scope, row in zip(ordered, rows, strict=True):
             row.grants = [*row.grants, now][-scope.limit.count :]
+            row.next_at = next_schedule(row.next_at, scope.limit, margin, now)
             row.limit = scope.limit
             row.granted += 1
             row.updated_at = now

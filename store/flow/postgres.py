@@ -1,6 +1,6 @@
 """The rate limits in PostgreSQL: :class:`PostgresFlowTable`, ``i3lani.rate_limits`` and the
 ``rate_*`` queries of ``sql/queries.sql`` (the locking is explained beside
-``i3lani.rate_take`` in migration 0008)."""
+``i3lani.rate_take`` in migrations 0008 and 0009)."""
 
 from __future__ import annotations
 
@@ -33,11 +33,11 @@ class PostgresFlowTable:
     def __init__(self, store: EventStore) -> None:
         self.store = store
 
-    async def take(self, scopes: Sequence[Scope], *, margin: float) -> Grant:
+    async def take(self, scopes: Sequence[Scope], *, margin: float, smooth: bool = False) -> Grant:
         names, counts, windows = _arrays(scopes)
         with driver_errors(what="taking a grant of the shared rate limits"):
             row = await self.store._pool.fetchrow(
-                query("rate_take"), names, counts, windows, float(margin)
+                query("rate_take"), names, counts, windows, float(margin), bool(smooth)
             )
         assert row is not None
         return Grant(row[0], max(0.0, row[1]), row[2])

@@ -6,7 +6,8 @@ Two implementations hold the same guarantees (the contract tests in ``tests/stor
 both):
 
 * :class:`store.flow.postgres.PostgresFlowTable`: ``i3lani.rate_limits`` and
-  ``i3lani.rate_take`` (migration 0008), judged by PostgreSQL's ``clock_timestamp()``;
+  ``i3lani.rate_take`` (migrations 0008 and 0009), judged by PostgreSQL's
+  ``clock_timestamp()``;
 * :class:`store.flow.memory.MemoryFlowTable`: the same rows beside a
   :class:`store.memory.MemoryLog`, judged by the log's clock.
 """
@@ -30,11 +31,21 @@ __all__ = [
     "FlowTable",
     "parse_limit",
     "window_wait",
+    "spacing_interval",
+    "schedule_wait",
+    "next_schedule",
     "MAX_SCOPES",
+    "SCHEDULE_TOLERANCE",
 ]
 
 MAX_SCOPES: Final = 8
 """Scopes one grant may take at once, at most (a Telegram message takes two)."""
+
+SCHEDULE_TOLERANCE: Final = 0.5
+"""How early a smoothed grant may come before its turn in its scope's schedule, in intervals
+(:func:`schedule_wait`): so no two grants of a busy scope are closer than half an interval, and
+a caller late for its turn by up to half an interval (a sleep, a round trip) costs the scope
+none of its rate. ``i3lani.rate_take`` has the same ``/ 2``."""
 
 _UNITS: Final = {"s": 1.0, "sec": 1.0, "min": 60.0, "h": 3600.0}
 _LIMIT_RE: Final = re.compile(r"(?P<count>[0-9]+)/(?P<every>[0-9]*\.?[0-9]*)(?P<unit>s|sec|min|h)")
@@ -161,15 +172,45 @@ def window_wait(
     return wait
 
 
+def spacing_interval(limit: Limit, margin: float) -> float:
+    """Seconds between a smoothed scope's grants when it is busy: its window (``+ margin``)
+    shared evenly among its ``count`` grants (34 ms for 30/s with a 20 ms margin)."""
+    return (limit.per + margin) / limit.count
+
+
+def schedule_wait(next_at: float | None, limit: Limit, margin: float, now: float) -> float:
+    """Seconds until a smoothed grant keeps to its scope's schedule (0: now). Pure; the
+    ``smooth`` branch of ``i3lani.rate_take`` is the same rule in SQL (migration 0009).
+
+    ``next_at`` is the scope's virtual schedule (GCRA's theoretical arrival time: None before
+    its first grant); a grant may come :data:`SCHEDULE_TOLERANCE` of an interval before it.
+    The schedule spreads only what :func:`window_wait` allows: a smoothed grant must pass
+    both."""
+    if next_at is None:
+        return 0.0
+    return max(0.0, next_at - SCHEDULE_TOLERANCE * spacing_interval(limit, margin) - now)
+
+
+def next_schedule(next_at: float | None, limit: Limit, margin: float, now: float) -> float:
+    """A scope's schedule after a grant at ``now``: one interval after the later of the two,
+    so after a smoothed grant it is at most one and a half intervals ahead, and no burst is
+    saved up while the scope is idle. Every grant moves it, smoothed or not (grants judged by
+    the window alone push it on by an interval each). Pure."""
+    start = now if next_at is None else max(next_at, now)
+    return start + spacing_interval(limit, margin)
+
+
 class FlowTable(Protocol):
     """The shared rate limits: one row per scope. Times are the table's own clock
     (PostgreSQL's ``clock_timestamp()``, or the memory log's ``clock``), never a node's.
     ``StoreError`` (``StoreUnavailable`` first of all) when the table cannot be reached."""
 
-    async def take(self, scopes: Sequence[Scope], *, margin: float) -> Grant:
+    async def take(self, scopes: Sequence[Scope], *, margin: float, smooth: bool = False) -> Grant:
         """One grant from every scope of ``scopes`` (distinct names), or none: all of them
         must allow it (see :func:`window_wait`, spaced ``margin`` seconds more than the
-        limits). One short step: nothing stays locked after it."""
+        limits; ``smooth``: and :func:`schedule_wait`, so a busy scope's grants come one by
+        one, about :func:`spacing_interval` apart, rather than ``count`` at once). One short
+        step: nothing stays locked after it."""
         ...
 
     async def pause(self, scopes: Sequence[Scope], seconds: float) -> float:

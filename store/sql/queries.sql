@@ -622,14 +622,14 @@ SELECT c.task_type, c.max_running, c.set_by, c.updated_at,
 FROM i3lani.task_concurrency c
 ORDER BY c.task_type;
 
--- Flow control (migration 0008): the rate limits every node shares.
+-- Flow control (migrations 0008, 0009): the rate limits every node shares.
 
 -- name: rate_take
 -- One grant from each of the scopes $1 (limits $2[k] per $3[k] seconds, spaced $4 seconds
--- more), or none: see i3lani.rate_take for the locking. Row back: (granted, seconds to wait,
--- the scope that refused).
+-- more; $5: on each scope's schedule too, migration 0009), or none: see i3lani.rate_take for
+-- the locking. Row back: (granted, seconds to wait, the scope that refused).
 SELECT granted, wait_seconds, refused_by
-FROM i3lani.rate_take($1::text[], $2::integer[], $3::float8[], $4::float8);
+FROM i3lani.rate_take($1::text[], $2::integer[], $3::float8[], $4::float8, $5::boolean);
 
 -- name: rate_pause
 -- Pause scopes $1 (limits $2[k] per $3[k] seconds, for a row made here) for $4 seconds from

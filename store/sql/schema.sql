@@ -443,7 +443,8 @@ CREATE INDEX health_samples_checked_at_idx ON i3lani.health_samples (checked_at)
 COMMENT ON TABLE i3lani.health_samples IS
     'HealthChecked events, one row per check (a projection; pruned by Cleanup)';
 
--- Flow control shared by every node (migration 0008).
+-- Flow control shared by every node (migrations 0008 and 0009: the schedule that spaces the
+-- grants, next_at, is explained in 0009).
 -- i3lani.rate_limits: one row per scope ('telegram', 'tonapi', 'telegram-chat:<id>',
 -- 'telegram-group:<id>'): at most max_count grants in any window of window_seconds. The row
 -- keeps the times of its latest max_count grants (a sliding window log, by the database's
@@ -462,6 +463,7 @@ CREATE TABLE i3lani.rate_limits (
     granted        bigint      NOT NULL DEFAULT 0,
     pauses         bigint      NOT NULL DEFAULT 0,
     updated_at     timestamptz NOT NULL DEFAULT now(),
+    next_at        float8,  -- the grants' schedule, epoch seconds (0009)
     CONSTRAINT rate_limits_scope_check CHECK (char_length(scope) BETWEEN 1 AND 200),
     CONSTRAINT rate_limits_limit_check CHECK (max_count >= 1 AND window_seconds > 0)
 );
@@ -492,13 +494,14 @@ CREATE FUNCTION i3lani.rate_wait(grants float8[], max_count integer, window_seco
 -- 3. A grant locks the rows FOR UPDATE in scope order (so two takers of overlapping scopes
 --    never deadlock), reads the time after the lock (a taker that queued behind another
 --    stamps its own moment, not a stale one), checks again, and appends that time to each
---    row's window, keeping the latest max_count.
+--    row's window, keeping the latest max_count, and moves each row's schedule on.
 -- The clock is clock_timestamp(), the server's, never a node's. margin spaces the grants a
 -- little more than the limit asks (a window of window_seconds + margin): the time from a grant
 -- to its request reaching Telegram varies by a few milliseconds between calls and nodes, and
--- without it a late request and an early one could meet in one of Telegram's windows.
+-- without it a late request and an early one could meet in one of Telegram's windows. smooth:
+-- the grants also keep to each scope's schedule (migration 0009's header).
 CREATE FUNCTION i3lani.rate_take(scopes text[], max_counts integer[], windows float8[],
-                                 margin float8)
+                                 margin float8, smooth boolean DEFAULT false)
     RETURNS TABLE (granted boolean, wait_seconds float8, refused_by text)
     LANGUAGE plpgsql VOLATILE
     AS $$
@@ -515,8 +518,13 @@ BEGIN
     LOOP  -- a look without a lock, then (unless it refuses) the same look under the locks
         now_s := extract(epoch FROM clock_timestamp());
         SELECT w.scope,
-               i3lani.rate_wait(l.grants, w.max_count, w.window_seconds, l.paused_until,
-                                margin, now_s) AS seconds
+               greatest(
+                   i3lani.rate_wait(l.grants, w.max_count, w.window_seconds, l.paused_until,
+                                    margin, now_s),
+                   CASE WHEN smooth
+                        THEN coalesce(l.next_at - (w.window_seconds + margin) / w.max_count / 2
+                                      - now_s, 0::float8)
+                        ELSE 0::float8 END) AS seconds
         INTO longest
         FROM unnest(scopes, max_counts, windows) AS w(scope, max_count, window_seconds)
         JOIN i3lani.rate_limits l ON l.scope = w.scope
@@ -531,8 +539,15 @@ BEGIN
             FOR UPDATE;
         locked := true;
     END LOOP;
+    -- The grant's commit does not wait for its WAL to reach the disk (this transaction only):
+    -- the node hears of its grant a flush later otherwise, and a flush takes from under a
+    -- millisecond to tens of them on a busy disk, which the margin would have to cover. A
+    -- server crash may forget the last grants; the rows are operational state, and its
+    -- restart takes longer than a window of seconds anyway.
+    PERFORM set_config('synchronous_commit', 'off', true);
     UPDATE i3lani.rate_limits l
     SET grants = (l.grants || now_s)[greatest(1, cardinality(l.grants) + 2 - w.max_count):],
+        next_at = greatest(l.next_at, now_s) + (w.window_seconds + margin) / w.max_count,
         max_count = w.max_count,
         window_seconds = w.window_seconds,
         granted = l.granted + 1,
