@@ -183,6 +183,8 @@ def _one(scenario: Scenario, seed: int, out: TextIO, trace: bool) -> SimResult[R
         f"{report.channels} channels ({report.measurements} measurements, "
         f"{report.price_changes} price changes, {report.measure_failures} failed), "
         f"{report.telegram_faults} Bot API faults; "
+        f"{report.verdicts} health verdicts, {report.alerts} alerts, "
+        f"{report.cleanups} cleanups ({report.samples_pruned} samples pruned); "
         f"{result.elapsed / 3600:.1f} h simulated in {time.perf_counter() - began:.1f} s; "
         f"log {report.log_digest[:16]}",
         file=out,

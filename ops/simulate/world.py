@@ -4,9 +4,12 @@ Everything here runs on :mod:`ops.simulate.kernel` (virtual time, seeded schedul
 one :class:`~store.memory.MemoryLog`, which stands for the PostgreSQL database every process
 shares. The production code runs unchanged:
 
-* **nodes**: each a :class:`supervisor.Supervisor` (``i3lani run``) supervising the
-  PaymentMonitor, the RewardProcessor and ChannelAnalytics, with its own node name, leases and
-  lease clocks;
+* **nodes**: each a :class:`supervisor.Supervisor` (``i3lani run``) supervising the five
+  actors (:data:`ACTORS`), with its own node name, leases and lease clocks. The
+  HealthChecker checks every 15 minutes, its samples a side table of the log
+  (:class:`~store.views.MemoryHealthSamples`), and alerts :data:`ADMIN` through the Bot API
+  stand-in; Cleanup runs every :data:`CLEANUP_INTERVAL` (configuration, as for
+  ChannelAnalytics), with :data:`OLD_SAMPLES` health samples past their retention to prune;
 * **users**: the bot gateway (:class:`bot_gateway.service.Gateway`) registering users that
   arrive at random moments, alone or in bursts through one referrer's link (a
   ``RewardEarned`` each); four in
@@ -60,9 +63,14 @@ every reward credited, every payment paid in full inside its window confirmed wi
 ``LIVENESS_BOUND`` of its transfer or of the end of the faults, every confirmed payment's user
 told (the notifier, through the Bot API stand-in), and every channel measured (or its lasting
 problem recorded) after the faults stopped, at its current count, within ``ANALYTICS_BOUND``.
+Cleanup and the HealthChecker (:meth:`_World._health_live`): the log never loses or reorders
+an event it committed; every health sample past its retention pruned, none of the run's
+own, no more counted than there were, and no payment of the run expired as stale; a health
+round within ``HEALTH_BOUND`` of the end, true of the quiet system.
 
-Not covered (see the README): the HealthChecker and Cleanup (they read PostgreSQL's own
-views), and PostgreSQL's own behaviour, which the contract suite pins the in-memory log to.
+Not covered (see the README): what only PostgreSQL has (sizes on disk, server sessions),
+which neither actor reads, and PostgreSQL's own behaviour, which the contract suite pins the
+in-memory log to.
 """
 
 from __future__ import annotations
@@ -83,13 +91,15 @@ import anyio
 import msgspec
 from anyio.abc import TaskGroup
 
-from actors.catalog import child_specs
+from actors.catalog import CATEGORIES, child_specs, tick_intervals
 from actors.channel_analytics import ChannelAnalytics
+from actors.cleanup import Cleanup
 from actors.config import Settings, active_subscribers, channel_price, share_text
 from actors.control import issue_command, operator_command
+from actors.health import HealthChecker, HeldVerdict, last_verdict
 from actors.payment_monitor import PaymentMonitor
 from actors.runtime import ChildSpec, RestartType
-from actors.tasks import PAYMENT_VERIFICATION, REWARD_DISTRIBUTION
+from actors.tasks import ADMIN_ALERT, PAYMENT_VERIFICATION, REWARD_DISTRIBUTION
 from actors.telegram import TelegramClient, make_bot
 from actors.ton import Address
 from actors.tonapi import TonApiClient
@@ -98,10 +108,13 @@ from actors.transfers import fold_ledger, reconcile, reconcile_range
 from bot_gateway.notifier import run_notifier
 from bot_gateway.service import Gateway, TelegramUser, reward_id_for
 from events import (
+    AlertRaised,
     ChannelAdded,
     ChannelPriceChanged,
     ChannelStatsFailed,
     ChannelStatsUpdated,
+    CleanupCompleted,
+    HealthChecked,
     PaymentConfirmed,
     PaymentCreated,
     RewardCredited,
@@ -121,15 +134,31 @@ from events.streams import channel_stream
 from ops.simulate.kernel import Frozen, current_loop, current_rng
 from ops.simulate.transports import InProcessServer, InProcessSession, InProcessTransport
 from ops.standins import BotApiFaultMode, BotApiStandIn, TonApiStandIn
+from store import views
 from store.memory import READS, MemoryLog
 from store.records import RecordedEvent
 from store.tasks.memory import MemoryTaskTable
+from store.views import HealthSample, MemoryHealthSamples
 from supervisor import Supervisor
 
 __all__ = ["Scenario", "Report", "InvariantViolated", "simulate", "ACTORS"]
 
-ACTORS: Final = ("PaymentMonitor", "RewardProcessor", "ChannelAnalytics")
+ACTORS: Final = (
+    "PaymentMonitor",
+    "RewardProcessor",
+    "ChannelAnalytics",
+    "HealthChecker",
+    "Cleanup",
+)
 """The actors every simulated node supervises."""
+ADMIN: Final = 990_001
+"""The operator whom the HealthChecker alerts (``ADMIN_IDS``): no user has this chat id."""
+CLEANUP_INTERVAL: Final = 900.0
+"""Cleanup's tick (``Settings.cleanup_interval``; a day by default): configuration, short
+enough that a run prunes several times, and again after the faults stop."""
+OLD_SAMPLES: Final = 40
+"""Health samples of an earlier life of the database, past their retention when the run
+starts: Cleanup must prune every one of them, and none of the run's own."""
 
 WALLET: Final = "UQBAjaOyi2wGWlk-EDkSabqqnF-MrrwMadnwqrurKpkla4QB"
 """The bot's wallet, configured in its user-friendly form (TonAPI answers with the raw one)."""
@@ -226,10 +255,10 @@ class Scenario:
             raise ValueError(f"nodes must be at least 1, got {self.nodes}")
         if self.hours <= 0:
             raise ValueError(f"hours must be positive, got {self.hours}")
-        if self.settle < max(LIVENESS_BOUND, ANALYTICS_BOUND):
+        bound = max(LIVENESS_BOUND, ANALYTICS_BOUND, HEALTH_BOUND)
+        if self.settle < bound:
             raise ValueError(
-                "settle must be at least the liveness bounds, "
-                f"{max(LIVENESS_BOUND, ANALYTICS_BOUND):g}s; got {self.settle}"
+                f"settle must be at least the liveness bounds, {bound:g}s; got {self.settle}"
             )
         for rate in ("store_fault_rate", "lost_ack_rate", "duplicate_rate", "reorder_rate"):
             value = getattr(self, rate)
@@ -264,6 +293,14 @@ class Report(msgspec.Struct, frozen=True, kw_only=True):
     measure_failures: int
     """``ChannelStatsFailed`` in the log."""
     telegram_faults: int
+    verdicts: int = 0
+    """``HealthChecked`` in the log: the HealthChecker's changes of verdict."""
+    alerts: int = 0
+    """``AlertRaised`` in the log."""
+    cleanups: int = 0
+    """``CleanupCompleted`` in the log."""
+    samples_pruned: int = 0
+    """Health samples Cleanup recorded it pruned (of ``OLD_SAMPLES`` past their retention)."""
     log_digest: str
     """sha256 over every event's stream, version, type and payload, in reading order."""
 
@@ -305,6 +342,7 @@ class _Faults:
 TASK_ACTORS: Final = {
     PAYMENT_VERIFICATION: "PaymentMonitor",
     REWARD_DISTRIBUTION: "RewardProcessor",
+    ADMIN_ALERT: "HealthChecker",
 }
 """The actor whose lease a task type's work is done under."""
 _TASK_EVENTS: Final = (TaskClaimed, TaskSucceeded, TaskFailed, TaskDeadLettered)
@@ -317,6 +355,10 @@ AFTER_COMMIT: Final = "after its commit"
 MAX_CLOCK_STEP: Final = 60.0
 MAX_CLOCK_OFFSET: Final = 300.0
 ANALYTICS_BOUND: Final = ANALYTICS_INTERVAL + 2 * MAX_CLOCK_OFFSET + 120.0
+HEALTH_BOUND: Final = 900.0 + 2 * MAX_CLOCK_OFFSET + 120.0
+"""Seconds within which the end of a run has seen a health round: the HealthChecker's tick
+(``Settings.health_interval``, 15 minutes), plus the wall clock's offsets as for
+``ANALYTICS_BOUND``, plus two minutes."""
 """Seconds within which ChannelAnalytics has measured a channel at its current count (or
 recorded the problem that keeps it from being measured) after the end of the faults, the
 channel's addition or its audience's last change, whichever is latest: one tick interval;
@@ -407,6 +449,8 @@ class _World:
             wallet=WALLET,
             tonapi_url="http://tonapi.invalid",
             analytics_interval=ANALYTICS_INTERVAL,
+            cleanup_interval=CLEANUP_INTERVAL,
+            admin_ids=(ADMIN,),
         )
         self.gateway = Gateway(self.log, self.settings)
         self.nodes = [_Node(f"node-{i}") for i in range(scenario.nodes)]
@@ -426,6 +470,7 @@ class _World:
         self.telegram_faults = 0
         self.calm_since: datetime | None = None  # when the faults stopped (true time)
         self.final: _Checker | None = None  # the end's check, for the report
+        self.seen: list[uuid.UUID] = []  # every event the follower checked, in reading order
 
     def specs(self) -> list[ChildSpec]:
         """A node's children: the PaymentMonitor on the in-process TonAPI, the rest as built
@@ -443,8 +488,25 @@ class _World:
             lambda: ChannelAnalytics(self.settings, telegram=self.telegram),
             RestartType.PERMANENT,
         )
-        others = [name for name in ACTORS if name not in ("PaymentMonitor", "ChannelAnalytics")]
-        return [monitor, analytics, *child_specs(others, self.settings)]
+        held = HeldVerdict()  # one per process (node incarnation), as in `i3lani run`
+        health = ChildSpec(
+            "HealthChecker",
+            lambda: HealthChecker(
+                self.settings,
+                actor_intervals=tick_intervals(self.settings, ACTORS),
+                lagging_checkpoints={n: c for n, c in CATEGORIES.items() if n in ACTORS},
+                tonapi=self.client,
+                telegram=self.telegram,
+                held=held,
+            ),
+            RestartType.PERMANENT,
+        )
+        cleanup = ChildSpec(
+            "Cleanup", lambda: Cleanup(self.settings, tonapi=self.client), RestartType.PERMANENT
+        )
+        built = {spec.name: spec for spec in (monitor, analytics, health, cleanup)}
+        others = child_specs([name for name in ACTORS if name not in built], self.settings)
+        return [built.get(name) or others.pop(0) for name in ACTORS]
 
     # -- nodes ------------------------------------------------------------------------------
     def start_node(self, tg: TaskGroup, node: _Node) -> None:
@@ -819,11 +881,64 @@ class _World:
             async with self.log.subscribe(skip_unknown=True) as subscription:
                 async for recorded in subscription:
                     checker.feed(recorded)
+                    self.seen.append(recorded.event_id)
         except InvariantViolated:
             self.resume_all()
             raise
         finally:
             _node.reset(token)
+
+    async def seed_old_samples(self) -> None:
+        """Health samples of an earlier life of the database, past their retention, for
+        Cleanup to prune (:data:`OLD_SAMPLES`); written before any node starts."""
+        old = self.clock.true_now() - timedelta(days=self.settings.health_retention_days + 10)
+        await views.record_health_samples(
+            self.log,
+            [HealthSample(checked_at=old, name="database", ok=True)] * OLD_SAMPLES,
+        )
+
+    async def _health_live(self, checker: _Checker) -> None:
+        """What Cleanup and the HealthChecker must have done by the end.
+
+        Cleanup pruned every health sample past its retention and none of the run's own
+        (the earlier life's are the first :data:`OLD_SAMPLES` rows), and counted no more than
+        there were. The HealthChecker's latest round (what operators see) is recent, and
+        tells the truth about the quiet system: every check passes but ``tasks`` when dead
+        letters wait for an operator, and then that one fails saying so."""
+        table = MemoryHealthSamples.of(self.log)
+        kept_old = [i for i in table._rows if i <= OLD_SAMPLES]
+        if kept_old:
+            raise InvariantViolated(
+                f"{len(kept_old)} of {OLD_SAMPLES} health samples past their retention still "
+                f"kept {self.scenario.settle:g}s after the faults stopped (Cleanup, liveness)"
+            )
+        pruned = sorted(set(range(OLD_SAMPLES + 1, table._next_id)) - set(table._rows))
+        if pruned:
+            raise InvariantViolated(
+                f"{len(pruned)} health samples of this run pruned, well inside their "
+                f"retention (the first id {pruned[0]})"
+            )
+        if checker.samples_pruned > OLD_SAMPLES:
+            raise InvariantViolated(
+                f"Cleanup recorded {checker.samples_pruned} health samples pruned; only "
+                f"{OLD_SAMPLES} were ever past their retention"
+            )
+        latest = await last_verdict(self.log)
+        now = self.clock.true_now()
+        if latest is None or latest.checked_at < now - timedelta(seconds=HEALTH_BOUND):
+            when = "never" if latest is None else f"last at {latest.checked_at:%H:%M:%S}"
+            raise InvariantViolated(
+                f"no health round within {HEALTH_BOUND:g}s of the end ({when}; liveness)"
+            )
+        for check in latest.checks:
+            dead = check.name == "tasks" and checker.dead_letters > 0
+            if check.ok == dead or (dead and "dead letter" not in check.detail):
+                expected = "failing, naming the dead letters" if dead else "passing"
+                raise InvariantViolated(
+                    f"the last health round says {check.name} "
+                    f"{'passes' if check.ok else 'fails'} ({check.detail!r}) in a quiet "
+                    f"system with {checker.dead_letters} dead letter(s): expected {expected}"
+                )
 
     async def final_check(self) -> tuple[int, int]:
         """Check the whole log from the start, and liveness; the credits and confirmations
@@ -831,10 +946,19 @@ class _World:
         token = _node.set(None)
         try:
             checker = _Checker(self)
+            ids: list[uuid.UUID] = []
             async for batch in self.log.read_batches(skip_unknown=True):
                 for recorded in batch:
                     checker.feed(recorded)
+                    ids.append(recorded.event_id)
+            if ids[: len(self.seen)] != self.seen:
+                raise InvariantViolated(
+                    "the log lost or reordered events it had committed: of the "
+                    f"{len(self.seen)} checked as they committed, the log now holds "
+                    f"{len(set(self.seen) & set(ids))}"
+                )
             checker.live()
+            await self._health_live(checker)
             self.final = checker
             return sum(checker.credited.values()), sum(checker.confirmed.values())
         finally:
@@ -867,6 +991,11 @@ class _Checker:
         self.outcome: dict[str, tuple[datetime, ChannelStatsUpdated | ChannelStatsFailed]] = {}
         self.measurements = self.price_changes = self.measure_failures = 0
         self.recorded: set[str] = set()  # transactions recorded as transfers
+        self.samples_pruned = 0  # health samples Cleanup recorded it pruned
+        self.cleanups = 0  # CleanupCompleted
+        self.verdicts = 0  # HealthChecked
+        self.alerts = 0  # AlertRaised
+        self.dead_letters = 0  # TaskDeadLettered
         self.wallet_events: list[RecordedEvent] = []  # the wallet's stream, for reconciling
 
     def feed(self, recorded: RecordedEvent) -> None:
@@ -911,6 +1040,19 @@ class _Checker:
             self._credit(event)
         elif isinstance(event, TaskClaimed | TaskSucceeded | TaskFailed | TaskDeadLettered):
             self._task(event)
+            self.dead_letters += isinstance(event, TaskDeadLettered)
+        elif isinstance(event, CleanupCompleted):
+            self.cleanups += 1
+            self.samples_pruned += event.removed.get("health_samples", 0)
+            if event.removed.get("stale_payments", 0):
+                raise InvariantViolated(
+                    f"Cleanup expired {event.removed['stale_payments']} stale payment(s); no "
+                    "payment of the run was pending a day past its expiry"
+                )
+        elif isinstance(event, HealthChecked):
+            self.verdicts += 1
+        elif isinstance(event, AlertRaised):
+            self.alerts += 1
         elif isinstance(
             event, ChannelAdded | ChannelStatsUpdated | ChannelPriceChanged | ChannelStatsFailed
         ):
@@ -1221,6 +1363,10 @@ async def _simulate(scenario: Scenario, say: Callable[[str], None], clock: _Step
         price_changes=world.final.price_changes,
         measure_failures=world.final.measure_failures,
         telegram_faults=world.telegram_faults,
+        verdicts=world.final.verdicts,
+        alerts=world.final.alerts,
+        cleanups=world.final.cleanups,
+        samples_pruned=world.final.samples_pruned,
         log_digest=digest,
     )
 
@@ -1244,6 +1390,7 @@ async def _play(scenario: Scenario, world: _World, say: Callable[[str], None]) -
     """The run itself; the final check's credits and confirmations."""
     rng = current_rng()
     faulty = scenario.hours * 3600.0
+    await world.seed_old_samples()
     async with anyio.create_task_group() as tg:
         world.tg = tg
         for node in world.nodes:

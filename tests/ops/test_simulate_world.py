@@ -22,6 +22,7 @@ from bot_gateway.service import Gateway
 from events import (
     ChannelPriceChanged,
     ChannelStatsUpdated,
+    CleanupCompleted,
     Event,
     EventMetadata,
     RewardCredited,
@@ -32,8 +33,8 @@ from events.streams import user_stream
 from ops.cli import main as cli
 from ops.simulate import SimResult, run
 from ops.simulate.cli import FAULTS
-from ops.simulate.world import InvariantViolated, Report, Scenario, simulate
-from store import NO_STREAM, NewEvent
+from ops.simulate.world import OLD_SAMPLES, InvariantViolated, Report, Scenario, simulate
+from store import NO_STREAM, NewEvent, views
 from store.memory import MemoryLog
 from store.tasks.processor import TaskProcessor
 
@@ -85,6 +86,11 @@ def test_a_fixed_seed_holds_every_guarantee(
     assert report.channels > 0
     assert report.measurements > 0
     assert report.price_changes > 0
+    # Cleanup pruned the samples past their retention (checked at the end: all of them, and
+    # none of the run's own); the HealthChecker recorded verdicts.
+    assert report.cleanups > 0
+    assert 0 < report.samples_pruned <= OLD_SAMPLES
+    assert report.verdicts > 0
     # Which users pay in full is drawn per seed: across the fixed seeds, some did.
     assert sum(result.value.confirmed for result in fixed_runs.values()) > 0
     assert sum(result.value.telegram_faults for result in fixed_runs.values()) > 0
@@ -150,6 +156,35 @@ def test_a_reward_credited_twice_is_reported() -> None:
     with pytest.raises(InvariantViolated, match="credited twice") as caught:
         _run_with_a_bug(credit_again)
     assert any(f"seed={FIXED_SEEDS[0]} " in note for note in caught.value.__notes__)
+
+
+async def _prune_the_runs_own_samples(log: MemoryLog) -> None:
+    """A Cleanup bug: the run's own samples pruned (a retention of nothing)."""
+    await views.prune_health_samples(log, datetime(3000, 1, 1, tzinfo=UTC), batch_size=100)
+
+
+async def _count_samples_never_kept(log: MemoryLog) -> None:
+    """A Cleanup bug: a pass recorded with more samples removed than ever were past their
+    retention (rows counted twice)."""
+    now = datetime.now(UTC)
+    done = CleanupCompleted(
+        removed={"health_samples": OLD_SAMPLES + 1}, started_at=now, finished_at=now
+    )
+    await log.append(f"bug-{uuid.uuid4().hex}", [done])
+
+
+@pytest.mark.parametrize(
+    ("bug", "violation"),
+    [
+        (_prune_the_runs_own_samples, "health samples of this run pruned"),
+        (_count_samples_never_kept, "only 40 were ever past their retention"),
+    ],
+)
+def test_a_cleanup_that_prunes_too_much_is_reported(
+    bug: Callable[[MemoryLog], Awaitable[None]], violation: str
+) -> None:
+    with pytest.raises(InvariantViolated, match=violation):
+        _run_with_a_bug(bug)
 
 
 @pytest.mark.parametrize(
