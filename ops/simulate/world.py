@@ -84,7 +84,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Final, TypeVar
 
 import anyio
@@ -245,6 +245,10 @@ class Scenario:
     """Share of Telegram updates delivered twice (the webhook's answer was lost)."""
     reorder_rate: float = 0.1
     """Share of subscribing users whose ``/subscribe`` is handled while their ``/start`` is."""
+    tonapi_outage_rate: float = 1.0
+    """Share of runs in which TonAPI is down for a long while (:data:`OUTAGE`, at most three
+    quarters of the faulty phase), at a moment drawn from the seed: long enough for health
+    rounds to see it, each of which must say TonAPI fails."""
     settle: float = 1800.0
     """Seconds of quiet after the faults stop within which all due work must be done."""
 
@@ -260,6 +264,8 @@ class Scenario:
             raise ValueError(
                 f"settle must be at least the liveness bounds, {bound:g}s; got {self.settle}"
             )
+        if not 0 <= self.tonapi_outage_rate <= 1:
+            raise ValueError(f"tonapi_outage_rate must be in [0, 1], got {self.tonapi_outage_rate}")
         for rate in ("store_fault_rate", "lost_ack_rate", "duplicate_rate", "reorder_rate"):
             value = getattr(self, rate)
             if not 0 <= value < 1:
@@ -301,6 +307,8 @@ class Report(msgspec.Struct, frozen=True, kw_only=True):
     """``CleanupCompleted`` in the log."""
     samples_pruned: int = 0
     """Health samples Cleanup recorded it pruned (of ``OLD_SAMPLES`` past their retention)."""
+    outage_rounds: int = 0
+    """Health rounds recorded during TonAPI's long outage, each of them saying TonAPI fails."""
     log_digest: str
     """sha256 over every event's stream, version, type and payload, in reading order."""
 
@@ -355,6 +363,13 @@ AFTER_COMMIT: Final = "after its commit"
 MAX_CLOCK_STEP: Final = 60.0
 MAX_CLOCK_OFFSET: Final = 300.0
 ANALYTICS_BOUND: Final = ANALYTICS_INTERVAL + 2 * MAX_CLOCK_OFFSET + 120.0
+OUTAGE: Final = 1200.0
+"""Seconds TonAPI is down in a run's long outage (``Scenario.tonapi_outage_rate``): more than
+a health interval (15 minutes) plus :data:`OUTAGE_MARGIN`."""
+OUTAGE_MARGIN: Final = 120.0
+"""Seconds into an outage after which every health round recorded must have seen it: a round
+that checked TonAPI just before it began may be recorded later, stopped meanwhile (a pause
+of up to a minute) or held by slow checks (10 s each at most)."""
 HEALTH_BOUND: Final = 900.0 + 2 * MAX_CLOCK_OFFSET + 120.0
 """Seconds within which the end of a run has seen a health round: the HealthChecker's tick
 (``Settings.health_interval``, 15 minutes), plus the wall clock's offsets as for
@@ -471,6 +486,7 @@ class _World:
         self.calm_since: datetime | None = None  # when the faults stopped (true time)
         self.final: _Checker | None = None  # the end's check, for the report
         self.seen: list[uuid.UUID] = []  # every event the follower checked, in reading order
+        self.outage_rounds = 0  # health rounds recorded during TonAPI's long outage
 
     def specs(self) -> list[ChildSpec]:
         """A node's children: the PaymentMonitor on the in-process TonAPI, the rest as built
@@ -887,6 +903,42 @@ class _World:
             raise
         finally:
             _node.reset(token)
+
+    async def tonapi_outage(self, faulty: float, say: Callable[[str], None]) -> None:
+        """TonAPI down (502 to every request) for :data:`OUTAGE` seconds, at most three
+        quarters of the faulty phase of ``faulty`` seconds, from a moment drawn from the seed.
+        Every health round recorded from :data:`OUTAGE_MARGIN` into it to its end must say
+        TonAPI fails, unless it could not reach the database (a held verdict from before)."""
+        rng = current_rng()
+        length = min(OUTAGE, 0.75 * faulty)
+        await anyio.sleep(rng.uniform(0.0, faulty - length))
+        say(f"{anyio.current_time():8.1f}s TonAPI down for {length:.0f}s")
+        self.tonapi.heal()  # nothing queued before it answers for it (a short hang)
+        self.tonapi.fail("502", None)
+        table = MemoryHealthSamples.of(self.log)
+        await anyio.sleep(OUTAGE_MARGIN)
+        first = table._next_id
+        await anyio.sleep(length - OUTAGE_MARGIN)
+        last = table._next_id
+        self.tonapi.heal()  # the faults queued behind it go too
+        say(f"{anyio.current_time():8.1f}s TonAPI back")
+        rounds: dict[datetime, dict[str, HealthSample]] = {}
+        for row_id, row in table._rows.items():
+            if first <= row_id < last:
+                rounds.setdefault(row.checked_at, {})[row.name] = row
+        for checked_at, checks in rounds.items():
+            if not checks.get("database", _FAILED).ok:
+                continue  # held while the database was out of reach: checked before
+            self.outage_rounds += 1
+            tonapi = checks.get("tonapi")
+            if tonapi is None or tonapi.ok:
+                self.violation = InvariantViolated(
+                    f"the health round of {checked_at:%H:%M:%S}, recorded "
+                    f"{OUTAGE_MARGIN:g}s or more into a TonAPI outage, says TonAPI "
+                    f"{'passes' if tonapi is not None else 'was not checked'}"
+                )
+                self.violated.set()
+                return
 
     async def seed_old_samples(self) -> None:
         """Health samples of an earlier life of the database, past their retention, for
@@ -1367,6 +1419,7 @@ async def _simulate(scenario: Scenario, say: Callable[[str], None], clock: _Step
         alerts=world.final.alerts,
         cleanups=world.final.cleanups,
         samples_pruned=world.final.samples_pruned,
+        outage_rounds=world.outage_rounds,
         log_digest=digest,
     )
 
@@ -1469,6 +1522,8 @@ async def _play(scenario: Scenario, world: _World, say: Callable[[str], None]) -
         tg.start_soon(world.follow, name="invariants")
         tg.start_soon(world.watch, name="commit-invariants")
         tg.start_soon(world.notify, name="notifier")
+        if rng.random() < scenario.tonapi_outage_rate:
+            tg.start_soon(world.tonapi_outage, faulty, say, name="tonapi-outage")
         await anyio.sleep(faulty)
         world.faults.faulty = False
         world.faults.cut.clear()
@@ -1482,6 +1537,12 @@ async def _play(scenario: Scenario, world: _World, say: Callable[[str], None]) -
         tally = await world.final_check()
         tg.cancel_scope.cancel()
     return tally
+
+
+_FAILED: Final = HealthSample(
+    checked_at=datetime.min.replace(tzinfo=UTC), name="database", ok=False
+)
+"""A check missing from a round, taken as failed."""
 
 
 def _any(first: object, second: object) -> bool:
