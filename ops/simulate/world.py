@@ -66,7 +66,9 @@ problem recorded) after the faults stopped, at its current count, within ``ANALY
 Cleanup and the HealthChecker (:meth:`_World._health_live`): the log never loses or reorders
 an event it committed; every health sample past its retention pruned, none of the run's
 own, no more counted than there were, and no payment of the run expired as stale; a health
-round within ``HEALTH_BOUND`` of the end, true of the quiet system.
+round within ``HEALTH_BOUND`` of the end, true of the quiet system; every alert delivered
+to :data:`ADMIN` within ``LIVENESS_BOUND`` of being raised and of the end of the faults,
+unless its task went to the dead letters.
 
 Not covered (see the README): what only PostgreSQL has (sizes on disk, server sessions),
 which neither actor reads, and PostgreSQL's own behaviour, which the contract suite pins the
@@ -96,7 +98,7 @@ from actors.channel_analytics import ChannelAnalytics
 from actors.cleanup import Cleanup
 from actors.config import Settings, active_subscribers, channel_price, share_text
 from actors.control import issue_command, operator_command
-from actors.health import HealthChecker, HeldVerdict, last_verdict
+from actors.health import HealthChecker, HeldVerdict, alert_text, last_verdict
 from actors.payment_monitor import PaymentMonitor
 from actors.runtime import ChildSpec, RestartType
 from actors.tasks import ADMIN_ALERT, PAYMENT_VERIFICATION, REWARD_DISTRIBUTION
@@ -956,7 +958,9 @@ class _World:
         (the earlier life's are the first :data:`OLD_SAMPLES` rows), and counted no more than
         there were. The HealthChecker's latest round (what operators see) is recent, and
         tells the truth about the quiet system: every check passes but ``tasks`` when dead
-        letters wait for an operator, and then that one fails saying so."""
+        letters wait for an operator, and then that one fails saying so. Every alert due
+        reached the admin, unless Telegram refused it until its task went to the dead
+        letters."""
         table = MemoryHealthSamples.of(self.log)
         kept_old = [i for i in table._rows if i <= OLD_SAMPLES]
         if kept_old:
@@ -975,8 +979,20 @@ class _World:
                 f"Cleanup recorded {checker.samples_pruned} health samples pruned; only "
                 f"{OLD_SAMPLES} were ever past their retention"
             )
-        latest = await last_verdict(self.log)
         now = self.clock.true_now()
+        assert self.calm_since is not None
+        due_by = now - timedelta(seconds=LIVENESS_BOUND)
+        for alert_id, (alert, raised_at) in sorted(checker.raised.items(), key=lambda a: a[1][1]):
+            if max(raised_at, self.calm_since) > due_by or alert_id in checker.undeliverable:
+                continue  # not due yet, or Telegram never took it (a dead letter says so)
+            text = alert_text(alert)
+            if not any(m.chat_id == ADMIN and m.text == text for m in self.bot_api.sent):
+                raise InvariantViolated(
+                    f"alert {alert_id} ({alert.kind}: {alert.subject}) never reached the admin "
+                    f"within {LIVENESS_BOUND:g}s of being raised and of the end of the faults, "
+                    "nor went to the dead letters (liveness)"
+                )
+        latest = await last_verdict(self.log)
         if latest is None or latest.checked_at < now - timedelta(seconds=HEALTH_BOUND):
             when = "never" if latest is None else f"last at {latest.checked_at:%H:%M:%S}"
             raise InvariantViolated(
@@ -1048,6 +1064,9 @@ class _Checker:
         self.verdicts = 0  # HealthChecked
         self.alerts = 0  # AlertRaised
         self.dead_letters = 0  # TaskDeadLettered
+        self.raised: dict[uuid.UUID, tuple[AlertRaised, datetime]] = {}  # alert: recorded at
+        self.alert_tasks: dict[int, uuid.UUID] = {}  # admin_alert task: its alert
+        self.undeliverable: set[uuid.UUID] = set()  # alerts whose task went to dead letters
         self.wallet_events: list[RecordedEvent] = []  # the wallet's stream, for reconciling
 
     def feed(self, recorded: RecordedEvent) -> None:
@@ -1090,9 +1109,15 @@ class _Checker:
             self.registered.add(event.user_id)
         elif isinstance(event, RewardCredited):
             self._credit(event)
+        elif isinstance(event, TaskEnqueued):
+            if event.task_type == ADMIN_ALERT:
+                self.alert_tasks[event.task_id] = uuid.UUID(str(event.payload["alert_id"]))
         elif isinstance(event, TaskClaimed | TaskSucceeded | TaskFailed | TaskDeadLettered):
             self._task(event)
-            self.dead_letters += isinstance(event, TaskDeadLettered)
+            if isinstance(event, TaskDeadLettered):
+                self.dead_letters += 1
+                if event.task_id in self.alert_tasks:
+                    self.undeliverable.add(self.alert_tasks[event.task_id])
         elif isinstance(event, CleanupCompleted):
             self.cleanups += 1
             self.samples_pruned += event.removed.get("health_samples", 0)
@@ -1105,6 +1130,7 @@ class _Checker:
             self.verdicts += 1
         elif isinstance(event, AlertRaised):
             self.alerts += 1
+            self.raised[event.alert_id] = (event, recorded.recorded_at)
         elif isinstance(
             event, ChannelAdded | ChannelStatsUpdated | ChannelPriceChanged | ChannelStatsFailed
         ):

@@ -19,6 +19,7 @@ from actors.channel_analytics import AnalyticsState, ChannelAnalytics
 from actors.config import PRICE_STEP, Settings, channel_price
 from actors.health import HealthChecker
 from actors.runtime import ActorRunner, Message
+from actors.tasks import AdminAlert
 from bot_gateway.service import Gateway
 from events import (
     ChannelPriceChanged,
@@ -37,6 +38,7 @@ from ops.simulate.cli import FAULTS
 from ops.simulate.world import OLD_SAMPLES, InvariantViolated, Report, Scenario, simulate
 from store import NO_STREAM, NewEvent, views
 from store.memory import MemoryLog
+from store.tasks import TaskContext
 from store.tasks.processor import TaskProcessor
 
 # Seconds each: in `make test` (and `make test-simulation`), not in `make check`.
@@ -189,6 +191,18 @@ def test_a_cleanup_that_prunes_too_much_is_reported(
 ) -> None:
     with pytest.raises(InvariantViolated, match=violation):
         _run_with_a_bug(bug)
+
+
+def test_an_alert_never_delivered_is_reported() -> None:
+    # A HealthChecker whose deliveries report success without sending anything: the alerts
+    # of the outage (failing, then recovered) never reach the admin.
+    async def lost(self: HealthChecker, alert: AdminAlert, context: TaskContext) -> None:
+        await anyio.lowlevel.checkpoint()
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(HealthChecker, "_deliver", lost)
+        with pytest.raises(InvariantViolated, match="never reached the admin"):
+            run(lambda: simulate(SHORT), seed=FIXED_SEEDS[0], max_time=3 * 3600)
 
 
 def test_a_health_check_blind_to_an_outage_is_reported() -> None:
