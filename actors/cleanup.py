@@ -62,10 +62,9 @@ from events import (
     PaymentExpired,
     SubscriptionActivated,
 )
-from events.errors import I3laniError
 from events.payments import LatePaymentReceived, PaymentUnderpaid, TransfersReconciled
 from events.streams import OPS_ALERTS, OPS_CLEANUP, PAYMENT, payment_stream
-from store import EventStore, RecordedEvent, views
+from store import RecordedEvent, views
 from store.flow import flow_table
 from store.tasks import TaskQueue
 
@@ -303,9 +302,6 @@ class Cleanup(Actor[CleanupState]):
         )
 
     async def _prune_samples(self, runner: ActorRunner[CleanupState], before: datetime) -> int:
-        """Delete health samples older than ``before``, ``BATCH`` rows per statement."""
-        if not isinstance(runner.store, EventStore):
-            raise I3laniError(
-                "Cleanup prunes PostgreSQL's derived tables: it does not run on the in-memory log"
-            )
+        """Delete health samples older than ``before``, ``BATCH`` rows per statement (in
+        PostgreSQL, or in the in-memory log's side table)."""
         return await views.prune_health_samples(runner.store, before, batch_size=BATCH)

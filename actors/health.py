@@ -40,13 +40,17 @@ Telegram never takes it.
 The samples are the checker's telemetry (latencies, details, the time of every round), kept
 beside the log for ``I3LANI_HEALTH_RETENTION`` days and pruned by Cleanup; the last verdict
 shown to operators (:func:`last_verdict`) is the latest round of samples.
+
+On the in-memory log (tests, ``i3lani simulate``) every check runs the same code: the
+database check pings the log (which a simulation can cut off), the samples are the log's
+side table, the lag is read from its checkpoints and category pages, and latencies are
+measured on :mod:`events.environment`'s monotonic clock (the simulation's virtual one).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -65,7 +69,7 @@ from actors.tasks import ADMIN_ALERT, AdminAlert, serve_tasks, task_types
 from actors.telegram import TelegramClient
 from actors.tonapi import TonApiClient
 from actors.tonapi_stream import StreamStatus
-from events import AlertRaised, HealthCheck, HealthChecked
+from events import AlertRaised, HealthCheck, HealthChecked, environment
 from events.errors import I3laniError, StoreUnavailable
 from events.operations import WARNING_PREFIX
 from events.streams import OPS, OPS_ALERTS, OPS_HEALTH, actor_stream
@@ -356,7 +360,6 @@ class HealthChecker(Actor[HealthState]):
         unreachable goes back to be held (recorded first once it is back); any other is
         dropped, as a round whose commit fails is (the next round checks again)."""
         report = await self._verdict(store, clock)
-        assert isinstance(store, EventStore)  # _verdict refuses the in-memory log
         try:
             await views.record_health_samples(
                 store, health_samples(report.checks, report.checked_at)
@@ -370,11 +373,6 @@ class HealthChecker(Actor[HealthState]):
     async def _verdict(self, store: EventStore | MemoryLog, clock: Clock) -> HealthReport:
         """The verdict to record now: this check's, unless one reached while the database was
         unreachable is held (see :class:`HeldVerdict`); that one goes first."""
-        if not isinstance(store, EventStore):
-            raise I3laniError(
-                "HealthChecker checks PostgreSQL itself (pings, sessions, lag): it does not "
-                "run on the in-memory log"
-            )
         report = await self.run_checks(store, clock)
         if not report.passed("database"):
             # Recording it needs the database: hold it until the database answers again.
@@ -383,14 +381,14 @@ class HealthChecker(Actor[HealthState]):
         held = self.held.take()
         return held if held is not None else report
 
-    async def _wait_for_database(self, store: EventStore, clock: Clock) -> None:
+    async def _wait_for_database(self, store: EventStore | MemoryLog, clock: Clock) -> None:
         """Return once a round trip to the database succeeds (at once when it is merely slow)."""
         delay = 0.1
         while not (await _timed("database", lambda: self._reachable(store))).ok:
             await clock.sleep(delay)
             delay = min(delay * 2, DATABASE_WAIT_MAX)
 
-    async def run_checks(self, store: EventStore, clock: Clock) -> HealthReport:
+    async def run_checks(self, store: EventStore | MemoryLog, clock: Clock) -> HealthReport:
         """Every check, now (I/O; never raises for a failing check: it is a result)."""
         if self.queue is None:
             self.queue = TaskQueue(store, task_types(self.settings))
@@ -410,14 +408,14 @@ class HealthChecker(Actor[HealthState]):
             )
         return HealthReport(checks=checks, checked_at=clock.now())
 
-    async def _reachable(self, store: EventStore) -> str:
+    async def _reachable(self, store: EventStore | MemoryLog) -> str:
         await views.ping(store)
         return ""
 
-    async def _database(self, store: EventStore) -> str:
-        started = time.perf_counter()
+    async def _database(self, store: EventStore | MemoryLog) -> str:
+        started = environment.monotonic()
         await views.ping(store)
-        took = time.perf_counter() - started
+        took = environment.monotonic() - started
         if took > SLOW_DATABASE:
             raise I3laniError(f"round trip took {took:.1f}s")
         return ""
@@ -433,7 +431,7 @@ class HealthChecker(Actor[HealthState]):
         await self.telegram.get_me()
         return ""
 
-    async def _actors(self, store: EventStore, now: datetime) -> list[HealthCheck]:
+    async def _actors(self, store: EventStore | MemoryLog, now: datetime) -> list[HealthCheck]:
         checks: list[HealthCheck] = []
         for name, interval in sorted(self.actor_intervals.items()):
             if name == self.name:
@@ -495,7 +493,7 @@ class HealthChecker(Actor[HealthState]):
         queued = sum(c.queued for c in counts)
         return f"{queued} queued"
 
-    async def _lag(self, store: EventStore) -> list[HealthCheck]:
+    async def _lag(self, store: EventStore | MemoryLog) -> list[HealthCheck]:
         checks: list[HealthCheck] = []
         for name, category in sorted(self.lag_categories.items()):
             behind = await checkpoint_lag(store, actor_stream(name), category)
@@ -549,9 +547,8 @@ def health_samples(checks: Sequence[HealthCheck], checked_at: datetime) -> list[
 async def last_verdict(store: EventStore | MemoryLog) -> HealthChecked | None:
     """The last health round, as operators see it (``i3lani health``, the dashboard, the bot's
     /health): the latest samples; for a database that has none (written before the samples
-    held every round, or pruned) or the in-memory log, the last ``HealthChecked`` of the log;
-    None when neither."""
-    samples = await views.latest_health_samples(store) if isinstance(store, EventStore) else []
+    held every round, or pruned), the last ``HealthChecked`` of the log; None when neither."""
+    samples = await views.latest_health_samples(store)
     if samples:
         checks = [
             HealthCheck(name=s.name, ok=s.ok, latency_ms=s.latency_ms, detail=s.detail)
@@ -567,7 +564,7 @@ async def last_verdict(store: EventStore | MemoryLog) -> HealthChecked | None:
 
 
 async def checkpoint_lag(
-    store: EventStore, checkpoint: str, category: str, *, limit: int = LAG_LIMIT
+    store: EventStore | MemoryLog, checkpoint: str, category: str, *, limit: int = LAG_LIMIT
 ) -> int | None:
     """How many events of ``category`` lie past the checkpoint ``checkpoint``, counted up to
     ``limit + 1`` (more than ``limit`` is reported as ``limit + 1``: the count stays cheap however
@@ -587,7 +584,7 @@ def _failure(name: str, exc: Exception, started: float) -> HealthCheck:
         name=name,
         ok=False,
         detail=message[:200],
-        latency_ms=round((time.perf_counter() - started) * 1000, 2),
+        latency_ms=round((environment.monotonic() - started) * 1000, 2),
     )
 
 
@@ -596,7 +593,7 @@ async def _timed_many(
 ) -> list[HealthCheck]:
     """Run a probe that yields several checks, with a timeout; its failure (the database went
     away meanwhile) becomes one failing check ``name``, never a crash."""
-    started = time.perf_counter()
+    started = environment.monotonic()
     try:
         with anyio.fail_after(CHECK_TIMEOUT):
             return await probe()
@@ -606,7 +603,7 @@ async def _timed_many(
 
 async def _timed(name: str, probe: Callable[[], Awaitable[str]]) -> HealthCheck:
     """Run one probe with a timeout; any failure becomes a failing check, never a crash."""
-    started = time.perf_counter()
+    started = environment.monotonic()
     try:
         with anyio.fail_after(CHECK_TIMEOUT):
             detail = await probe()
@@ -616,5 +613,5 @@ async def _timed(name: str, probe: Callable[[], Awaitable[str]]) -> HealthCheck:
         name=name,
         ok=True,
         detail=detail,
-        latency_ms=round((time.perf_counter() - started) * 1000, 2),
+        latency_ms=round((environment.monotonic() - started) * 1000, 2),
     )

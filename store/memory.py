@@ -35,7 +35,8 @@ outcome.
 
 **Side tables.** State PostgreSQL keeps in tables beside the log (the task queue's
 ``i3lani.tasks``, the shared rate limits of ``i3lani.rate_limits``:
-:class:`store.flow.memory.MemoryFlowTable`) lives in objects of its own, one per log
+:class:`store.flow.memory.MemoryFlowTable`, the health samples of ``i3lani.health_samples``:
+:class:`store.views.MemoryHealthSamples`) lives in objects of its own, one per log
 (:meth:`MemoryLog.side_table`). Their
 writes join a transaction (:meth:`MemoryTransaction.side_writes`): applied in the same step as
 its events at the commit, dropped at a rollback, so a reader never sees one without the other.
@@ -151,6 +152,8 @@ READS: Final = frozenset(
         "stored_ids",
         "task_read",
         "flow_read",
+        "ping",
+        "samples_read",
     }
 )
 """The operations that only read."""
@@ -381,6 +384,12 @@ class MemoryLog(PagedReads):
                 f"{operation}: the connection was lost before the commit was acknowledged "
                 "(it may have committed)"
             )
+
+    async def ping(self) -> None:
+        """One round trip to the log and nothing else (``store.views.ping``'s ``SELECT 1``):
+        it passes the ``"ping"`` hooks, so a simulation can make the log unreachable for it
+        (:class:`StoreUnavailable`) or slow, as a database is; otherwise it answers."""
+        await self._enter("ping")
 
     async def enter(self, operation: str) -> None:
         """Where an operation of a side table starts (one of :data:`OPERATIONS`): the

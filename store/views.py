@@ -6,12 +6,20 @@ here, so that no module outside ``store/`` runs SQL or meets the driver. The SQL
 ``store/sql/views.sql``; each function returns typed values, never driver records, and raises
 the store's errors (:class:`StoreUnavailable` for an outage, :class:`StoreError` for any other
 refusal), never the driver's.
+
+What the HealthChecker and Cleanup need (:func:`ping`, the health samples) works on the
+in-memory log too, so that both run in the deterministic simulation: the samples are a side
+table of the log there (:class:`MemoryHealthSamples`), and the contract tests
+(``tests/store/test_health_samples.py``) run each function on both. The operator views
+(the summary's sizes, the server's sessions) stay PostgreSQL's: the in-memory log has no
+disk and no sessions to count, and would only make numbers up.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Final, Literal, TypeVar
 
@@ -22,7 +30,7 @@ from events.base import Event
 from events.streams import OPS_COMMANDS, actor_stream
 from store.driver import driver_errors
 from store.eventstore import EventStore, Transaction
-from store.memory import MemoryLog
+from store.memory import MemoryLog, MemoryTransaction
 from store.queries import query
 
 __all__ = [
@@ -34,6 +42,7 @@ __all__ = [
     "MinuteCount",
     "RecentStream",
     "HealthSample",
+    "MemoryHealthSamples",
     "ConnectionUse",
     "NodeConnections",
     "connection_use",
@@ -266,18 +275,30 @@ async def connection_use(store: EventStore) -> ConnectionUse:
     )
 
 
-async def ping(store: EventStore) -> None:
+async def ping(store: EventStore | MemoryLog) -> None:
     """One round trip to PostgreSQL: returns when it answered, raises StoreUnavailable when it
-    cannot be reached."""
+    cannot be reached. On the in-memory log, :meth:`MemoryLog.ping` (unreachable only when a
+    simulation's fault hook says so)."""
+    if isinstance(store, MemoryLog):
+        await store.ping()
+        return
     with _translated("ping"):
         await store._pool.fetchval(query("ping"))
 
 
 async def record_health_samples(
-    where: EventStore | Transaction, samples: Sequence[HealthSample]
+    where: EventStore | Transaction | MemoryLog | MemoryTransaction,
+    samples: Sequence[HealthSample],
 ) -> None:
-    """Write ``samples``: on the store's pool, or in a transaction of its."""
+    """Write ``samples``: on the store's pool, or in a transaction of its (then they are kept
+    only if it commits)."""
     if not samples:
+        return
+    if isinstance(where, MemoryLog | MemoryTransaction):
+        if isinstance(where, MemoryTransaction):
+            await MemoryHealthSamples.of(where.log).insert(samples, tx=where)
+        else:
+            await MemoryHealthSamples.of(where).insert(samples)
         return
     rows = [(s.checked_at, s.name, s.ok, s.latency_ms, s.detail) for s in samples]
     with _translated("recording health samples"):
@@ -287,9 +308,11 @@ async def record_health_samples(
             await where._pool.executemany(query("health_samples_insert"), rows)
 
 
-async def latest_health_samples(store: EventStore) -> list[HealthSample]:
+async def latest_health_samples(store: EventStore | MemoryLog) -> list[HealthSample]:
     """The last health round recorded: every sample checked at the latest time, in the order
     they were written (empty when there is none)."""
+    if isinstance(store, MemoryLog):
+        return await MemoryHealthSamples.of(store).latest()
     with _translated("reading the latest health samples"):
         records = await store._pool.fetch(query("health_samples_latest"))
     return [
@@ -304,9 +327,15 @@ async def latest_health_samples(store: EventStore) -> list[HealthSample]:
     ]
 
 
-async def prune_health_samples(store: EventStore, before: datetime, *, batch_size: int) -> int:
+async def prune_health_samples(
+    store: EventStore | MemoryLog, before: datetime, *, batch_size: int
+) -> int:
     """Delete the health samples checked before ``before``, ``batch_size`` rows per statement
     (each its own short transaction); how many went."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if isinstance(store, MemoryLog):
+        return await MemoryHealthSamples.of(store).prune(before, batch_size=batch_size)
     removed = 0
     while True:
         with _translated("pruning health samples"):
@@ -317,6 +346,98 @@ async def prune_health_samples(store: EventStore, before: datetime, *, batch_siz
         removed += count
         if count < batch_size:
             return removed
+
+
+@dataclass(eq=False, slots=True)
+class _SampleWrites:
+    """One transaction's writes to :class:`MemoryHealthSamples` (a side table's writes:
+    applied at its commit, dropped at its rollback)."""
+
+    table: MemoryHealthSamples
+    inserted: list[HealthSample] = field(default_factory=list)
+    deleted: set[int] = field(default_factory=set)
+
+    def commit(self) -> None:
+        self.table._apply(self.inserted, self.deleted)
+
+    def discard(self) -> None:
+        self.inserted.clear()
+        self.deleted.clear()
+
+
+class MemoryHealthSamples:
+    """``i3lani.health_samples`` beside a :class:`MemoryLog`, for tests and deterministic
+    simulation; a log's one table is :meth:`of` it (:meth:`MemoryLog.side_table`).
+
+    Rows are numbered as the table's identity column numbers them, and read in that order.
+    Writes go through the log's transactions, as the task table's do: an insert joins the
+    caller's transaction or makes one of its own, and each pruning batch is one; so they pass
+    the log's ``"begin"`` and ``"commit"`` hooks (a simulation may fail them, or lose a
+    commit's acknowledgement after the rows are in), and a rolled-back write leaves nothing.
+    A deletion holds the row's lock (the log's claims) until its transaction ends, so two
+    prunings at once remove each row once. Reads pass the hooks as ``"samples_read"``. Not
+    modelled: rows inserted by two
+    transactions open at once are numbered in the order of their commits here, of their
+    inserts in PostgreSQL (one round's samples are always one insert); and the driver errors
+    PostgreSQL's table translates.
+    """
+
+    def __init__(self, log: MemoryLog) -> None:
+        self.log = log
+        self._rows: dict[int, HealthSample] = {}  # by id, in id order
+        self._next_id = 1
+
+    @classmethod
+    def of(cls, log: MemoryLog) -> MemoryHealthSamples:
+        """The health samples of ``log``."""
+        return log.side_table(cls, lambda: cls(log))
+
+    def _writes(self, tx: MemoryTransaction) -> _SampleWrites:
+        return tx.side_writes(MemoryHealthSamples, lambda: _SampleWrites(self))
+
+    def _apply(self, inserted: Sequence[HealthSample], deleted: set[int]) -> None:
+        for row_id in deleted:
+            self._rows.pop(row_id, None)
+        for sample in inserted:
+            self._rows[self._next_id] = sample
+            self._next_id += 1
+
+    async def insert(
+        self, samples: Sequence[HealthSample], *, tx: MemoryTransaction | None = None
+    ) -> None:
+        """Insert ``samples`` in ``tx`` (kept if it commits), or in a transaction of their own."""
+        if tx is not None:
+            self._writes(tx).inserted.extend(samples)
+            return
+        async with self.log.transaction() as own:
+            self._writes(own).inserted.extend(samples)
+
+    async def latest(self) -> list[HealthSample]:
+        """Every sample checked at the latest time, in id order (``health_samples_latest``)."""
+        await self.log.enter("samples_read")
+        if not self._rows:
+            return []
+        newest = max(row.checked_at for row in self._rows.values())
+        return [row for row in self._rows.values() if row.checked_at == newest]
+
+    async def prune(self, before: datetime, *, batch_size: int) -> int:
+        """Delete samples checked before ``before``, the oldest ids first, ``batch_size`` per
+        transaction, until a batch finds fewer; how many went (``health_samples_prune``)."""
+        removed = 0
+        while True:
+            async with self.log.transaction() as tx:
+                chosen = [i for i, row in self._rows.items() if row.checked_at < before]
+                deleted = self._writes(tx).deleted
+                for row_id in chosen[:batch_size]:
+                    # As the DELETE does: wait for a transaction deleting the row too, then
+                    # count it only if it is still there.
+                    await tx.lock(("health_sample", row_id))
+                    if row_id in self._rows:
+                        deleted.add(row_id)
+                count = len(deleted)
+            removed += count
+            if count < batch_size:
+                return removed
 
 
 # -- streams ---------------------------------------------------------------------------------

@@ -42,6 +42,7 @@ FAULTS: dict[str, str] = {
     "duplicates": "duplicate_rate",
     "reorders": "reorder_rate",
     "clock": "clock_jumps_per_hour",
+    "outage": "tonapi_outage_rate",
 }
 """``--without`` names, and the :class:`~ops.simulate.world.Scenario` rate each one zeroes."""
 MAX_SHRINK_RUNS = 40
@@ -183,6 +184,9 @@ def _one(scenario: Scenario, seed: int, out: TextIO, trace: bool) -> SimResult[R
         f"{report.channels} channels ({report.measurements} measurements, "
         f"{report.price_changes} price changes, {report.measure_failures} failed), "
         f"{report.telegram_faults} Bot API faults; "
+        f"{report.verdicts} health verdicts, {report.alerts} alerts, "
+        f"{report.cleanups} cleanups ({report.samples_pruned} samples pruned), "
+        f"{report.outage_rounds} health rounds in a TonAPI outage; "
         f"{result.elapsed / 3600:.1f} h simulated in {time.perf_counter() - began:.1f} s; "
         f"log {report.log_digest[:16]}",
         file=out,

@@ -4,9 +4,12 @@ Everything here runs on :mod:`ops.simulate.kernel` (virtual time, seeded schedul
 one :class:`~store.memory.MemoryLog`, which stands for the PostgreSQL database every process
 shares. The production code runs unchanged:
 
-* **nodes**: each a :class:`supervisor.Supervisor` (``i3lani run``) supervising the
-  PaymentMonitor, the RewardProcessor and ChannelAnalytics, with its own node name, leases and
-  lease clocks;
+* **nodes**: each a :class:`supervisor.Supervisor` (``i3lani run``) supervising the five
+  actors (:data:`ACTORS`), with its own node name, leases and lease clocks. The
+  HealthChecker checks every 15 minutes, its samples a side table of the log
+  (:class:`~store.views.MemoryHealthSamples`), and alerts :data:`ADMIN` through the Bot API
+  stand-in; Cleanup runs every :data:`CLEANUP_INTERVAL` (configuration, as for
+  ChannelAnalytics), with :data:`OLD_SAMPLES` health samples past their retention to prune;
 * **users**: the bot gateway (:class:`bot_gateway.service.Gateway`) registering users that
   arrive at random moments, alone or in bursts through one referrer's link (a
   ``RewardEarned`` each); four in
@@ -60,9 +63,16 @@ every reward credited, every payment paid in full inside its window confirmed wi
 ``LIVENESS_BOUND`` of its transfer or of the end of the faults, every confirmed payment's user
 told (the notifier, through the Bot API stand-in), and every channel measured (or its lasting
 problem recorded) after the faults stopped, at its current count, within ``ANALYTICS_BOUND``.
+Cleanup and the HealthChecker (:meth:`_World._health_live`): the log never loses or reorders
+an event it committed; every health sample past its retention pruned, none of the run's
+own, no more counted than there were, and no payment of the run expired as stale; a health
+round within ``HEALTH_BOUND`` of the end, true of the quiet system; every alert delivered
+to :data:`ADMIN` within ``LIVENESS_BOUND`` of being raised and of the end of the faults,
+unless its task went to the dead letters.
 
-Not covered (see the README): the HealthChecker and Cleanup (they read PostgreSQL's own
-views), and PostgreSQL's own behaviour, which the contract suite pins the in-memory log to.
+Not covered (see the README): what only PostgreSQL has (sizes on disk, server sessions),
+which neither actor reads, and PostgreSQL's own behaviour, which the contract suite pins the
+in-memory log to.
 """
 
 from __future__ import annotations
@@ -76,20 +86,22 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Final, TypeVar
 
 import anyio
 import msgspec
 from anyio.abc import TaskGroup
 
-from actors.catalog import child_specs
+from actors.catalog import CATEGORIES, child_specs, tick_intervals
 from actors.channel_analytics import ChannelAnalytics
+from actors.cleanup import Cleanup
 from actors.config import Settings, active_subscribers, channel_price, share_text
 from actors.control import issue_command, operator_command
+from actors.health import HealthChecker, HeldVerdict, alert_text, last_verdict
 from actors.payment_monitor import PaymentMonitor
 from actors.runtime import ChildSpec, RestartType
-from actors.tasks import PAYMENT_VERIFICATION, REWARD_DISTRIBUTION
+from actors.tasks import ADMIN_ALERT, PAYMENT_VERIFICATION, REWARD_DISTRIBUTION
 from actors.telegram import TelegramClient, make_bot
 from actors.ton import Address
 from actors.tonapi import TonApiClient
@@ -98,10 +110,13 @@ from actors.transfers import fold_ledger, reconcile, reconcile_range
 from bot_gateway.notifier import run_notifier
 from bot_gateway.service import Gateway, TelegramUser, reward_id_for
 from events import (
+    AlertRaised,
     ChannelAdded,
     ChannelPriceChanged,
     ChannelStatsFailed,
     ChannelStatsUpdated,
+    CleanupCompleted,
+    HealthChecked,
     PaymentConfirmed,
     PaymentCreated,
     RewardCredited,
@@ -121,15 +136,31 @@ from events.streams import channel_stream
 from ops.simulate.kernel import Frozen, current_loop, current_rng
 from ops.simulate.transports import InProcessServer, InProcessSession, InProcessTransport
 from ops.standins import BotApiFaultMode, BotApiStandIn, TonApiStandIn
+from store import views
 from store.memory import READS, MemoryLog
 from store.records import RecordedEvent
 from store.tasks.memory import MemoryTaskTable
+from store.views import HealthSample, MemoryHealthSamples
 from supervisor import Supervisor
 
 __all__ = ["Scenario", "Report", "InvariantViolated", "simulate", "ACTORS"]
 
-ACTORS: Final = ("PaymentMonitor", "RewardProcessor", "ChannelAnalytics")
+ACTORS: Final = (
+    "PaymentMonitor",
+    "RewardProcessor",
+    "ChannelAnalytics",
+    "HealthChecker",
+    "Cleanup",
+)
 """The actors every simulated node supervises."""
+ADMIN: Final = 990_001
+"""The operator whom the HealthChecker alerts (``ADMIN_IDS``): no user has this chat id."""
+CLEANUP_INTERVAL: Final = 900.0
+"""Cleanup's tick (``Settings.cleanup_interval``; a day by default): configuration, short
+enough that a run prunes several times, and again after the faults stop."""
+OLD_SAMPLES: Final = 40
+"""Health samples of an earlier life of the database, past their retention when the run
+starts: Cleanup must prune every one of them, and none of the run's own."""
 
 WALLET: Final = "UQBAjaOyi2wGWlk-EDkSabqqnF-MrrwMadnwqrurKpkla4QB"
 """The bot's wallet, configured in its user-friendly form (TonAPI answers with the raw one)."""
@@ -216,6 +247,10 @@ class Scenario:
     """Share of Telegram updates delivered twice (the webhook's answer was lost)."""
     reorder_rate: float = 0.1
     """Share of subscribing users whose ``/subscribe`` is handled while their ``/start`` is."""
+    tonapi_outage_rate: float = 1.0
+    """Share of runs in which TonAPI is down for a long while (:data:`OUTAGE`, at most three
+    quarters of the faulty phase), at a moment drawn from the seed: long enough for health
+    rounds to see it, each of which must say TonAPI fails."""
     settle: float = 1800.0
     """Seconds of quiet after the faults stop within which all due work must be done."""
 
@@ -226,11 +261,13 @@ class Scenario:
             raise ValueError(f"nodes must be at least 1, got {self.nodes}")
         if self.hours <= 0:
             raise ValueError(f"hours must be positive, got {self.hours}")
-        if self.settle < max(LIVENESS_BOUND, ANALYTICS_BOUND):
+        bound = max(LIVENESS_BOUND, ANALYTICS_BOUND, HEALTH_BOUND)
+        if self.settle < bound:
             raise ValueError(
-                "settle must be at least the liveness bounds, "
-                f"{max(LIVENESS_BOUND, ANALYTICS_BOUND):g}s; got {self.settle}"
+                f"settle must be at least the liveness bounds, {bound:g}s; got {self.settle}"
             )
+        if not 0 <= self.tonapi_outage_rate <= 1:
+            raise ValueError(f"tonapi_outage_rate must be in [0, 1], got {self.tonapi_outage_rate}")
         for rate in ("store_fault_rate", "lost_ack_rate", "duplicate_rate", "reorder_rate"):
             value = getattr(self, rate)
             if not 0 <= value < 1:
@@ -264,6 +301,16 @@ class Report(msgspec.Struct, frozen=True, kw_only=True):
     measure_failures: int
     """``ChannelStatsFailed`` in the log."""
     telegram_faults: int
+    verdicts: int = 0
+    """``HealthChecked`` in the log: the HealthChecker's changes of verdict."""
+    alerts: int = 0
+    """``AlertRaised`` in the log."""
+    cleanups: int = 0
+    """``CleanupCompleted`` in the log."""
+    samples_pruned: int = 0
+    """Health samples Cleanup recorded it pruned (of ``OLD_SAMPLES`` past their retention)."""
+    outage_rounds: int = 0
+    """Health rounds recorded during TonAPI's long outage, each of them saying TonAPI fails."""
     log_digest: str
     """sha256 over every event's stream, version, type and payload, in reading order."""
 
@@ -305,6 +352,7 @@ class _Faults:
 TASK_ACTORS: Final = {
     PAYMENT_VERIFICATION: "PaymentMonitor",
     REWARD_DISTRIBUTION: "RewardProcessor",
+    ADMIN_ALERT: "HealthChecker",
 }
 """The actor whose lease a task type's work is done under."""
 _TASK_EVENTS: Final = (TaskClaimed, TaskSucceeded, TaskFailed, TaskDeadLettered)
@@ -317,6 +365,17 @@ AFTER_COMMIT: Final = "after its commit"
 MAX_CLOCK_STEP: Final = 60.0
 MAX_CLOCK_OFFSET: Final = 300.0
 ANALYTICS_BOUND: Final = ANALYTICS_INTERVAL + 2 * MAX_CLOCK_OFFSET + 120.0
+OUTAGE: Final = 1200.0
+"""Seconds TonAPI is down in a run's long outage (``Scenario.tonapi_outage_rate``): more than
+a health interval (15 minutes) plus :data:`OUTAGE_MARGIN`."""
+OUTAGE_MARGIN: Final = 120.0
+"""Seconds into an outage after which every health round recorded must have seen it: a round
+that checked TonAPI just before it began may be recorded later, stopped meanwhile (a pause
+of up to a minute) or held by slow checks (10 s each at most)."""
+HEALTH_BOUND: Final = 900.0 + 2 * MAX_CLOCK_OFFSET + 120.0
+"""Seconds within which the end of a run has seen a health round: the HealthChecker's tick
+(``Settings.health_interval``, 15 minutes), plus the wall clock's offsets as for
+``ANALYTICS_BOUND``, plus two minutes."""
 """Seconds within which ChannelAnalytics has measured a channel at its current count (or
 recorded the problem that keeps it from being measured) after the end of the faults, the
 channel's addition or its audience's last change, whichever is latest: one tick interval;
@@ -407,6 +466,8 @@ class _World:
             wallet=WALLET,
             tonapi_url="http://tonapi.invalid",
             analytics_interval=ANALYTICS_INTERVAL,
+            cleanup_interval=CLEANUP_INTERVAL,
+            admin_ids=(ADMIN,),
         )
         self.gateway = Gateway(self.log, self.settings)
         self.nodes = [_Node(f"node-{i}") for i in range(scenario.nodes)]
@@ -426,6 +487,8 @@ class _World:
         self.telegram_faults = 0
         self.calm_since: datetime | None = None  # when the faults stopped (true time)
         self.final: _Checker | None = None  # the end's check, for the report
+        self.seen: list[uuid.UUID] = []  # every event the follower checked, in reading order
+        self.outage_rounds = 0  # health rounds recorded during TonAPI's long outage
 
     def specs(self) -> list[ChildSpec]:
         """A node's children: the PaymentMonitor on the in-process TonAPI, the rest as built
@@ -443,8 +506,25 @@ class _World:
             lambda: ChannelAnalytics(self.settings, telegram=self.telegram),
             RestartType.PERMANENT,
         )
-        others = [name for name in ACTORS if name not in ("PaymentMonitor", "ChannelAnalytics")]
-        return [monitor, analytics, *child_specs(others, self.settings)]
+        held = HeldVerdict()  # one per process (node incarnation), as in `i3lani run`
+        health = ChildSpec(
+            "HealthChecker",
+            lambda: HealthChecker(
+                self.settings,
+                actor_intervals=tick_intervals(self.settings, ACTORS),
+                lagging_checkpoints={n: c for n, c in CATEGORIES.items() if n in ACTORS},
+                tonapi=self.client,
+                telegram=self.telegram,
+                held=held,
+            ),
+            RestartType.PERMANENT,
+        )
+        cleanup = ChildSpec(
+            "Cleanup", lambda: Cleanup(self.settings, tonapi=self.client), RestartType.PERMANENT
+        )
+        built = {spec.name: spec for spec in (monitor, analytics, health, cleanup)}
+        others = child_specs([name for name in ACTORS if name not in built], self.settings)
+        return [built.get(name) or others.pop(0) for name in ACTORS]
 
     # -- nodes ------------------------------------------------------------------------------
     def start_node(self, tg: TaskGroup, node: _Node) -> None:
@@ -819,11 +899,114 @@ class _World:
             async with self.log.subscribe(skip_unknown=True) as subscription:
                 async for recorded in subscription:
                     checker.feed(recorded)
+                    self.seen.append(recorded.event_id)
         except InvariantViolated:
             self.resume_all()
             raise
         finally:
             _node.reset(token)
+
+    async def tonapi_outage(self, faulty: float, say: Callable[[str], None]) -> None:
+        """TonAPI down (502 to every request) for :data:`OUTAGE` seconds, at most three
+        quarters of the faulty phase of ``faulty`` seconds, from a moment drawn from the seed.
+        Every health round recorded from :data:`OUTAGE_MARGIN` into it to its end must say
+        TonAPI fails, unless it could not reach the database (a held verdict from before)."""
+        rng = current_rng()
+        length = min(OUTAGE, 0.75 * faulty)
+        await anyio.sleep(rng.uniform(0.0, faulty - length))
+        say(f"{anyio.current_time():8.1f}s TonAPI down for {length:.0f}s")
+        self.tonapi.heal()  # nothing queued before it answers for it (a short hang)
+        self.tonapi.fail("502", None)
+        table = MemoryHealthSamples.of(self.log)
+        await anyio.sleep(OUTAGE_MARGIN)
+        first = table._next_id
+        await anyio.sleep(length - OUTAGE_MARGIN)
+        last = table._next_id
+        self.tonapi.heal()  # the faults queued behind it go too
+        say(f"{anyio.current_time():8.1f}s TonAPI back")
+        rounds: dict[datetime, dict[str, HealthSample]] = {}
+        for row_id, row in table._rows.items():
+            if first <= row_id < last:
+                rounds.setdefault(row.checked_at, {})[row.name] = row
+        for checked_at, checks in rounds.items():
+            if not checks.get("database", _FAILED).ok:
+                continue  # held while the database was out of reach: checked before
+            self.outage_rounds += 1
+            tonapi = checks.get("tonapi")
+            if tonapi is None or tonapi.ok:
+                self.violation = InvariantViolated(
+                    f"the health round of {checked_at:%H:%M:%S}, recorded "
+                    f"{OUTAGE_MARGIN:g}s or more into a TonAPI outage, says TonAPI "
+                    f"{'passes' if tonapi is not None else 'was not checked'}"
+                )
+                self.violated.set()
+                return
+
+    async def seed_old_samples(self) -> None:
+        """Health samples of an earlier life of the database, past their retention, for
+        Cleanup to prune (:data:`OLD_SAMPLES`); written before any node starts."""
+        old = self.clock.true_now() - timedelta(days=self.settings.health_retention_days + 10)
+        await views.record_health_samples(
+            self.log,
+            [HealthSample(checked_at=old, name="database", ok=True)] * OLD_SAMPLES,
+        )
+
+    async def _health_live(self, checker: _Checker) -> None:
+        """What Cleanup and the HealthChecker must have done by the end.
+
+        Cleanup pruned every health sample past its retention and none of the run's own
+        (the earlier life's are the first :data:`OLD_SAMPLES` rows), and counted no more than
+        there were. The HealthChecker's latest round (what operators see) is recent, and
+        tells the truth about the quiet system: every check passes but ``tasks`` when dead
+        letters wait for an operator, and then that one fails saying so. Every alert due
+        reached the admin, unless Telegram refused it until its task went to the dead
+        letters."""
+        table = MemoryHealthSamples.of(self.log)
+        kept_old = [i for i in table._rows if i <= OLD_SAMPLES]
+        if kept_old:
+            raise InvariantViolated(
+                f"{len(kept_old)} of {OLD_SAMPLES} health samples past their retention still "
+                f"kept {self.scenario.settle:g}s after the faults stopped (Cleanup, liveness)"
+            )
+        pruned = sorted(set(range(OLD_SAMPLES + 1, table._next_id)) - set(table._rows))
+        if pruned:
+            raise InvariantViolated(
+                f"{len(pruned)} health samples of this run pruned, well inside their "
+                f"retention (the first id {pruned[0]})"
+            )
+        if checker.samples_pruned > OLD_SAMPLES:
+            raise InvariantViolated(
+                f"Cleanup recorded {checker.samples_pruned} health samples pruned; only "
+                f"{OLD_SAMPLES} were ever past their retention"
+            )
+        now = self.clock.true_now()
+        assert self.calm_since is not None
+        due_by = now - timedelta(seconds=LIVENESS_BOUND)
+        for alert_id, (alert, raised_at) in sorted(checker.raised.items(), key=lambda a: a[1][1]):
+            if max(raised_at, self.calm_since) > due_by or alert_id in checker.undeliverable:
+                continue  # not due yet, or Telegram never took it (a dead letter says so)
+            text = alert_text(alert)
+            if not any(m.chat_id == ADMIN and m.text == text for m in self.bot_api.sent):
+                raise InvariantViolated(
+                    f"alert {alert_id} ({alert.kind}: {alert.subject}) never reached the admin "
+                    f"within {LIVENESS_BOUND:g}s of being raised and of the end of the faults, "
+                    "nor went to the dead letters (liveness)"
+                )
+        latest = await last_verdict(self.log)
+        if latest is None or latest.checked_at < now - timedelta(seconds=HEALTH_BOUND):
+            when = "never" if latest is None else f"last at {latest.checked_at:%H:%M:%S}"
+            raise InvariantViolated(
+                f"no health round within {HEALTH_BOUND:g}s of the end ({when}; liveness)"
+            )
+        for check in latest.checks:
+            dead = check.name == "tasks" and checker.dead_letters > 0
+            if check.ok == dead or (dead and "dead letter" not in check.detail):
+                expected = "failing, naming the dead letters" if dead else "passing"
+                raise InvariantViolated(
+                    f"the last health round says {check.name} "
+                    f"{'passes' if check.ok else 'fails'} ({check.detail!r}) in a quiet "
+                    f"system with {checker.dead_letters} dead letter(s): expected {expected}"
+                )
 
     async def final_check(self) -> tuple[int, int]:
         """Check the whole log from the start, and liveness; the credits and confirmations
@@ -831,10 +1014,19 @@ class _World:
         token = _node.set(None)
         try:
             checker = _Checker(self)
+            ids: list[uuid.UUID] = []
             async for batch in self.log.read_batches(skip_unknown=True):
                 for recorded in batch:
                     checker.feed(recorded)
+                    ids.append(recorded.event_id)
+            if ids[: len(self.seen)] != self.seen:
+                raise InvariantViolated(
+                    "the log lost or reordered events it had committed: of the "
+                    f"{len(self.seen)} checked as they committed, the log now holds "
+                    f"{len(set(self.seen) & set(ids))}"
+                )
             checker.live()
+            await self._health_live(checker)
             self.final = checker
             return sum(checker.credited.values()), sum(checker.confirmed.values())
         finally:
@@ -867,6 +1059,14 @@ class _Checker:
         self.outcome: dict[str, tuple[datetime, ChannelStatsUpdated | ChannelStatsFailed]] = {}
         self.measurements = self.price_changes = self.measure_failures = 0
         self.recorded: set[str] = set()  # transactions recorded as transfers
+        self.samples_pruned = 0  # health samples Cleanup recorded it pruned
+        self.cleanups = 0  # CleanupCompleted
+        self.verdicts = 0  # HealthChecked
+        self.alerts = 0  # AlertRaised
+        self.dead_letters = 0  # TaskDeadLettered
+        self.raised: dict[uuid.UUID, tuple[AlertRaised, datetime]] = {}  # alert: recorded at
+        self.alert_tasks: dict[int, uuid.UUID] = {}  # admin_alert task: its alert
+        self.undeliverable: set[uuid.UUID] = set()  # alerts whose task went to dead letters
         self.wallet_events: list[RecordedEvent] = []  # the wallet's stream, for reconciling
 
     def feed(self, recorded: RecordedEvent) -> None:
@@ -909,8 +1109,28 @@ class _Checker:
             self.registered.add(event.user_id)
         elif isinstance(event, RewardCredited):
             self._credit(event)
+        elif isinstance(event, TaskEnqueued):
+            if event.task_type == ADMIN_ALERT:
+                self.alert_tasks[event.task_id] = uuid.UUID(str(event.payload["alert_id"]))
         elif isinstance(event, TaskClaimed | TaskSucceeded | TaskFailed | TaskDeadLettered):
             self._task(event)
+            if isinstance(event, TaskDeadLettered):
+                self.dead_letters += 1
+                if event.task_id in self.alert_tasks:
+                    self.undeliverable.add(self.alert_tasks[event.task_id])
+        elif isinstance(event, CleanupCompleted):
+            self.cleanups += 1
+            self.samples_pruned += event.removed.get("health_samples", 0)
+            if event.removed.get("stale_payments", 0):
+                raise InvariantViolated(
+                    f"Cleanup expired {event.removed['stale_payments']} stale payment(s); no "
+                    "payment of the run was pending a day past its expiry"
+                )
+        elif isinstance(event, HealthChecked):
+            self.verdicts += 1
+        elif isinstance(event, AlertRaised):
+            self.alerts += 1
+            self.raised[event.alert_id] = (event, recorded.recorded_at)
         elif isinstance(
             event, ChannelAdded | ChannelStatsUpdated | ChannelPriceChanged | ChannelStatsFailed
         ):
@@ -1221,6 +1441,11 @@ async def _simulate(scenario: Scenario, say: Callable[[str], None], clock: _Step
         price_changes=world.final.price_changes,
         measure_failures=world.final.measure_failures,
         telegram_faults=world.telegram_faults,
+        verdicts=world.final.verdicts,
+        alerts=world.final.alerts,
+        cleanups=world.final.cleanups,
+        samples_pruned=world.final.samples_pruned,
+        outage_rounds=world.outage_rounds,
         log_digest=digest,
     )
 
@@ -1244,6 +1469,7 @@ async def _play(scenario: Scenario, world: _World, say: Callable[[str], None]) -
     """The run itself; the final check's credits and confirmations."""
     rng = current_rng()
     faulty = scenario.hours * 3600.0
+    await world.seed_old_samples()
     async with anyio.create_task_group() as tg:
         world.tg = tg
         for node in world.nodes:
@@ -1322,6 +1548,8 @@ async def _play(scenario: Scenario, world: _World, say: Callable[[str], None]) -
         tg.start_soon(world.follow, name="invariants")
         tg.start_soon(world.watch, name="commit-invariants")
         tg.start_soon(world.notify, name="notifier")
+        if rng.random() < scenario.tonapi_outage_rate:
+            tg.start_soon(world.tonapi_outage, faulty, say, name="tonapi-outage")
         await anyio.sleep(faulty)
         world.faults.faulty = False
         world.faults.cut.clear()
@@ -1335,6 +1563,12 @@ async def _play(scenario: Scenario, world: _World, say: Callable[[str], None]) -
         tally = await world.final_check()
         tg.cancel_scope.cancel()
     return tally
+
+
+_FAILED: Final = HealthSample(
+    checked_at=datetime.min.replace(tzinfo=UTC), name="database", ok=False
+)
+"""A check missing from a round, taken as failed."""
 
 
 def _any(first: object, second: object) -> bool:

@@ -10,8 +10,9 @@ from datetime import UTC, datetime, timedelta
 import anyio
 import asyncpg
 import msgspec
+import pytest
 
-from actors.cleanup import CLEANUP_STREAM, Cleanup, CleanupDone, CleanupState
+from actors.cleanup import BATCH, CLEANUP_STREAM, Cleanup, CleanupDone, CleanupState
 from actors.config import Settings
 from actors.payment_monitor import payment_event_id
 from actors.runtime import ActorRunner
@@ -19,8 +20,10 @@ from actors.runtime.clock import SystemClock
 from actors.ton import memo_for
 from events import CleanupCompleted, PaymentConfirmed, PaymentCreated, PaymentExpired
 from events.streams import payment_stream
-from store import EventStore
+from store import EventStore, views
+from store.memory import MemoryLog
 from store.tasks import TaskContext, TaskProcessor, TaskQueue, TaskTypes
+from store.views import HealthSample
 from tests.waiting import eventually
 
 WALLET = "EQBAjaOyi2wGWlk-EDkSabqqnF-MrrwMadnwqrurKpkla9nE"
@@ -30,7 +33,7 @@ class Noop(msgspec.Struct, frozen=True):
     n: int
 
 
-async def create(store: EventStore, payment_id: int, expires_at: datetime) -> None:
+async def create(store: EventStore | MemoryLog, payment_id: int, expires_at: datetime) -> None:
     await store.append(
         payment_stream(payment_id),
         [
@@ -76,7 +79,7 @@ async def finished_tasks(store: EventStore, count: int) -> None:
 
 
 @contextlib.asynccontextmanager
-async def cleanup(store: EventStore) -> AsyncIterator[ActorRunner[CleanupState]]:
+async def cleanup(store: EventStore | MemoryLog) -> AsyncIterator[ActorRunner[CleanupState]]:
     async with anyio.create_task_group() as tg:
         runner = ActorRunner(Cleanup(Settings()), store, SystemClock(), node="node-a")
         await tg.start(runner.run)
@@ -84,7 +87,7 @@ async def cleanup(store: EventStore) -> AsyncIterator[ActorRunner[CleanupState]]
         tg.cancel_scope.cancel()
 
 
-async def completed(store: EventStore) -> list[CleanupCompleted]:
+async def completed(store: EventStore | MemoryLog) -> list[CleanupCompleted]:
     return [
         r.event
         for r in await store.read_stream(CLEANUP_STREAM)
@@ -188,3 +191,29 @@ def test_a_pass_that_removed_nothing_records_nothing() -> None:
     [record] = actor.decide(CleanupState(), busy)
     assert isinstance(record.event, CleanupCompleted)
     assert record.event.removed == {"finished_tasks": 3, "health_samples": 0, "stale_payments": 0}
+
+
+@pytest.mark.memory
+async def test_on_the_memory_log_old_samples_are_pruned_and_no_event_goes() -> None:
+    # The same actor on the in-memory log (as in `i3lani simulate`): the health samples are
+    # the log's side table, pruned in batches; the log itself only grows.
+    log = MemoryLog()
+    now = datetime.now(UTC)
+    old = HealthSample(checked_at=now - timedelta(days=40), name="database", ok=True)
+    await views.record_health_samples(log, [old] * (BATCH + 5))
+    kept = [HealthSample(checked_at=now, name="database", ok=True)]
+    await views.record_health_samples(log, kept)
+    await create(log, 1, now - timedelta(days=2))  # stale
+    before = [r.event_id async for r in log.read_all()]
+    async with cleanup(log):
+
+        async def done() -> bool:
+            return bool(await completed(log))
+
+        await eventually(done, within=20)
+    [record] = await completed(log)
+    assert record.removed["health_samples"] == BATCH + 5
+    assert record.removed["stale_payments"] == 1
+    assert await views.latest_health_samples(log) == kept
+    after = [r.event_id async for r in log.read_all()]
+    assert after[: len(before)] == before

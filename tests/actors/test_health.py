@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -27,10 +28,12 @@ from actors.runtime.status import SHUTDOWN_REASON
 from actors.telegram import TelegramClient, make_bot
 from actors.tonapi import TonApiClient
 from events import ActorStarted, ActorStopped, AlertRaised, HealthCheck, HealthChecked
+from events.errors import StoreUnavailable
 from events.streams import actor_stream
 from ops.standins import BotApiStandIn, TonApiStandIn
 from ops.standins.telegram import SentMessage
 from store import EventStore
+from store.memory import MemoryLog
 from tests.waiting import eventually
 
 ADMINS = (111, 222)
@@ -42,7 +45,7 @@ async def no_sleep(seconds: float) -> None:
 
 @contextlib.asynccontextmanager
 async def checker(
-    store: EventStore,
+    store: EventStore | MemoryLog,
     tonapi: TonApiStandIn,
     bot_api: BotApiStandIn,
     *,
@@ -71,7 +74,7 @@ async def checker(
         tg.cancel_scope.cancel()
 
 
-async def verdicts(store: EventStore) -> list[HealthChecked]:
+async def verdicts(store: EventStore | MemoryLog) -> list[HealthChecked]:
     return [
         r.event
         for r in await store.read_stream(HEALTH_STREAM)
@@ -79,7 +82,7 @@ async def verdicts(store: EventStore) -> list[HealthChecked]:
     ]
 
 
-async def alerts(store: EventStore) -> list[AlertRaised]:
+async def alerts(store: EventStore | MemoryLog) -> list[AlertRaised]:
     return [
         r.event for r in await store.read_stream(ALERTS_STREAM) if isinstance(r.event, AlertRaised)
     ]
@@ -177,6 +180,54 @@ async def test_failing_then_recovered_alerts_the_admins_twice(store: EventStore)
         seen = [v.healthy for v in await verdicts(store)]
         changes = [h for i, h in enumerate(seen) if i == 0 or seen[i - 1] != h]
         assert changes == [True, False, True]
+
+
+@pytest.mark.memory
+async def test_on_the_memory_log_an_unreachable_log_is_recorded_once_it_answers_again() -> None:
+    # The same checker on the in-memory log (as in `i3lani simulate`): while its ping fails,
+    # the verdict that says so is held; it is recorded, with its alert, once the log answers,
+    # and a later round records the recovery. The samples are the log's side table.
+    unreachable = anyio.Event()
+    down = False
+
+    def faults(operation: str) -> None:
+        if down and operation == "ping":
+            unreachable.set()
+            raise StoreUnavailable("the database cannot be reached (simulated)")
+
+    log = MemoryLog(faults=faults)
+    async with TonApiStandIn() as tonapi, BotApiStandIn() as bot_api:
+        async with checker(log, tonapi, bot_api) as (ref, _), anyio.create_task_group() as tg:
+            await ref.ask(CheckHealth(), timeout=20)  # healthy
+            down = True
+            tg.start_soon(functools.partial(ref.ask, CheckHealth(), timeout=20))
+            await unreachable.wait()
+            await anyio.sleep(0.3)  # it waits for the database, a try or two
+            assert all(v.healthy for v in await verdicts(log))
+            down = False
+
+            async def held_one_recorded() -> bool:
+                return any(not v.healthy for v in await verdicts(log))
+
+            await eventually(held_one_recorded)
+            await ref.ask(CheckHealth(), timeout=20)  # recovered
+
+            async def both_delivered() -> bool:
+                return len(bot_api.sent) >= 2 * len(ADMINS)
+
+            await eventually(both_delivered)
+        seen = await verdicts(log)
+        changes = [
+            v.healthy for i, v in enumerate(seen) if i == 0 or seen[i - 1].healthy != v.healthy
+        ]
+        assert changes == [True, False, True]  # the start-up tick may check too
+        [failing] = [v for v in seen if not v.healthy]
+        assert [c.name for c in failing.checks if not c.ok] == ["database"]
+        assert [a.subject for a in await alerts(log)] == ["failing", "recovered"]
+        latest = await last_verdict(log)
+        assert latest is not None
+        assert latest.healthy
+        assert {c.name for c in latest.checks} == {"database", "tonapi", "telegram", "tasks"}
 
 
 async def test_one_blocked_admin_does_not_stop_the_others(store: EventStore) -> None:

@@ -17,11 +17,14 @@ import pytest
 from actors import tasks as actor_tasks
 from actors.channel_analytics import AnalyticsState, ChannelAnalytics
 from actors.config import PRICE_STEP, Settings, channel_price
+from actors.health import HealthChecker
 from actors.runtime import ActorRunner, Message
+from actors.tasks import AdminAlert
 from bot_gateway.service import Gateway
 from events import (
     ChannelPriceChanged,
     ChannelStatsUpdated,
+    CleanupCompleted,
     Event,
     EventMetadata,
     RewardCredited,
@@ -32,9 +35,10 @@ from events.streams import user_stream
 from ops.cli import main as cli
 from ops.simulate import SimResult, run
 from ops.simulate.cli import FAULTS
-from ops.simulate.world import InvariantViolated, Report, Scenario, simulate
-from store import NO_STREAM, NewEvent
+from ops.simulate.world import OLD_SAMPLES, InvariantViolated, Report, Scenario, simulate
+from store import NO_STREAM, NewEvent, views
 from store.memory import MemoryLog
+from store.tasks import TaskContext
 from store.tasks.processor import TaskProcessor
 
 # Seconds each: in `make test` (and `make test-simulation`), not in `make check`.
@@ -85,6 +89,14 @@ def test_a_fixed_seed_holds_every_guarantee(
     assert report.channels > 0
     assert report.measurements > 0
     assert report.price_changes > 0
+    # Cleanup pruned the samples past their retention (checked at the end: all of them, and
+    # none of the run's own); the HealthChecker recorded verdicts.
+    assert report.cleanups > 0
+    assert 0 < report.samples_pruned <= OLD_SAMPLES
+    assert report.verdicts > 0
+    # Health rounds recorded during TonAPI's long outage all said it fails: across the fixed
+    # seeds, some were.
+    assert sum(result.value.outage_rounds for result in fixed_runs.values()) > 0
     # Which users pay in full is drawn per seed: across the fixed seeds, some did.
     assert sum(result.value.confirmed for result in fixed_runs.values()) > 0
     assert sum(result.value.telegram_faults for result in fixed_runs.values()) > 0
@@ -150,6 +162,59 @@ def test_a_reward_credited_twice_is_reported() -> None:
     with pytest.raises(InvariantViolated, match="credited twice") as caught:
         _run_with_a_bug(credit_again)
     assert any(f"seed={FIXED_SEEDS[0]} " in note for note in caught.value.__notes__)
+
+
+async def _prune_the_runs_own_samples(log: MemoryLog) -> None:
+    """A Cleanup bug: the run's own samples pruned (a retention of nothing)."""
+    await views.prune_health_samples(log, datetime(3000, 1, 1, tzinfo=UTC), batch_size=100)
+
+
+async def _count_samples_never_kept(log: MemoryLog) -> None:
+    """A Cleanup bug: a pass recorded with more samples removed than ever were past their
+    retention (rows counted twice)."""
+    now = datetime.now(UTC)
+    done = CleanupCompleted(
+        removed={"health_samples": OLD_SAMPLES + 1}, started_at=now, finished_at=now
+    )
+    await log.append(f"bug-{uuid.uuid4().hex}", [done])
+
+
+@pytest.mark.parametrize(
+    ("bug", "violation"),
+    [
+        (_prune_the_runs_own_samples, "health samples of this run pruned"),
+        (_count_samples_never_kept, "only 40 were ever past their retention"),
+    ],
+)
+def test_a_cleanup_that_prunes_too_much_is_reported(
+    bug: Callable[[MemoryLog], Awaitable[None]], violation: str
+) -> None:
+    with pytest.raises(InvariantViolated, match=violation):
+        _run_with_a_bug(bug)
+
+
+def test_an_alert_never_delivered_is_reported() -> None:
+    # A HealthChecker whose deliveries report success without sending anything: the alerts
+    # of the outage (failing, then recovered) never reach the admin.
+    async def lost(self: HealthChecker, alert: AdminAlert, context: TaskContext) -> None:
+        await anyio.lowlevel.checkpoint()
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(HealthChecker, "_deliver", lost)
+        with pytest.raises(InvariantViolated, match="never reached the admin"):
+            run(lambda: simulate(SHORT), seed=FIXED_SEEDS[0], max_time=3 * 3600)
+
+
+def test_a_health_check_blind_to_an_outage_is_reported() -> None:
+    # A HealthChecker whose TonAPI check passes without asking: the first round recorded
+    # during TonAPI's long outage gives it away.
+    async def blind(self: HealthChecker) -> str:
+        return ""
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(HealthChecker, "_tonapi", blind)
+        found = _first_violation(SHORT, range(1, 6))
+    assert "into a TonAPI outage, says TonAPI passes" in found
 
 
 @pytest.mark.parametrize(
@@ -305,10 +370,11 @@ def test_the_stale_node_writing_task_events_bug_is_found_again() -> None:
 def test_a_failing_seed_is_shrunk_to_a_smaller_scenario_that_still_fails() -> None:
     # The referrals bug needs no fault at all, only users joining at once: shrinking the
     # failing seed leaves most kinds of fault out, and the command it prints fails again.
-    # (Seed 4: it finds the bug before and after the notifier's per-user lanes; seed 3 stopped
-    # finding it once the simulator's schedules moved with issue 13's speed-up.)
+    # (Seed 2: seed 4 found it from the notifier's per-user lanes until the HealthChecker,
+    # Cleanup and TonAPI's long outage joined the world and moved the schedules; seed 3
+    # stopped finding it with issue 13's speed-up. Now seeds 2, 6, 9, 13 to 15 of 1 to 15.)
     out = io.StringIO()
-    start = ["simulate", "--seed", "4", "--users", "20", "--hours", "0.25", "--nodes", "1"]
+    start = ["simulate", "--seed", "2", "--users", "20", "--hours", "0.25", "--nodes", "1"]
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(Gateway, "_append_first", _append_first_before_8872215)
         assert cli([*start, "--shrink"], out) == 1
