@@ -285,7 +285,14 @@ async def test_the_dashboard_warns_of_a_suspect_lease_and_held_back_readers(
                 return int(found.group(1))
 
             before = open_for(warning)
-            await anyio.sleep(2.2)
+            # The page's own one-second timer moves them (on a loaded machine a headless
+            # page's timers run late: wait for the growth rather than sleep a fixed time).
+            await page.wait_for(
+                "(() => { const m = /open (\\d+)s/.exec("
+                "document.getElementById('readers').textContent); "
+                f"return m !== null && Number(m[1]) >= {before + 2}; }})()",
+                within=15,
+            )
             assert open_for(await page.evaluate(text_of("#readers"))) >= before + 2
 
             await transaction.rollback()
