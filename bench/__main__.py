@@ -185,12 +185,46 @@ def _version(package: str) -> str:
         return "?"
 
 
+class BenchBusy(Exception):
+    """Another benchmark holds the bench's databases on this server."""
+
+
+_BUSY = """
+SELECT pid, datname, coalesce(application_name, '') AS application
+FROM pg_stat_activity
+WHERE (datname = $1 OR datname LIKE $1 || '\\_%') AND pid <> pg_backend_pid()
+ORDER BY pid
+"""
+
+
+async def refuse_if_busy(server_dsn: str, database: str = DATABASE) -> None:
+    """Refuse, in one line, to start while sessions are open on ``database`` or the suites'
+    own ``database_*``: another benchmark run against the same server, whose databases the
+    ``DROP ... WITH (FORCE)`` below would pull from under it (two runs from one checkout
+    share its embedded server: both then died with "connection is closed")."""
+    conn = await asyncpg.connect(server_dsn)
+    try:
+        rows = await conn.fetch(_BUSY, database)
+    finally:
+        await conn.close()
+    if rows:
+        sessions = ", ".join(f"pid {r['pid']} on {r['datname']}" for r in rows[:5])
+        more = f" and {len(rows) - 5} more" if len(rows) > 5 else ""
+        raise BenchBusy(
+            f"another benchmark is using {database} on this server ({sessions}{more}): "
+            "wait for it to end, or run this one against another server (DATABASE_URL, or "
+            "another checkout's embedded one)"
+        )
+
+
 @asynccontextmanager
 async def _bench_database(keep: bool) -> AsyncIterator[str]:
     """:data:`DATABASE` on the server, dropped if it exists, created and migrated; dropped
-    again at the end unless ``keep``. Yields its DSN."""
+    again at the end unless ``keep``. Yields its DSN. Refuses to start while another run uses
+    them (:func:`refuse_if_busy`)."""
     async with database_url() as server_dsn:
         dsn = with_database(server_dsn, DATABASE)
+        await refuse_if_busy(server_dsn)
         await _admin(server_dsn, f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
         await _admin(server_dsn, f"CREATE DATABASE {DATABASE}")
         try:
@@ -357,7 +391,11 @@ def render(result: dict[str, Any]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    result = anyio.run(run, args)
+    try:
+        result = anyio.run(run, args)
+    except BenchBusy as exc:
+        print(f"python -m bench: {exc}", file=sys.stderr)
+        return 2
     print(render(result), flush=True)
     if args.json:
         document = {**result, "rows": [row_to_json(row) for row in result["rows"]]}
