@@ -104,6 +104,9 @@ def parse_soak(output: str) -> Soak:
     return Soak(seeds, tuple(failed), hours, summary)
 
 
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Group|Exit|Interrupt|Failure)\b.*")
+
+
 @dataclass(frozen=True, slots=True)
 class _Exit:
     """A finished child process."""
@@ -120,9 +123,14 @@ class _Exit:
         return f"{what} exited {self.returncode}: {self.last_error()}"
 
     def last_error(self) -> str:
-        """The last line on stderr (a traceback ends with the exception)."""
-        last = self.stderr.strip().splitlines()[-1:] or ["no output on stderr"]
-        return last[0]
+        """The exception a traceback on stderr ends with (inside an exception group's box
+        too, whose last line is only the box's edge), else stderr's last line."""
+        lines = self.stderr.strip().splitlines()
+        for line in reversed(lines):
+            text = line.strip().lstrip("|+ ").strip()
+            if _EXCEPTION_LINE.match(text):
+                return text
+        return lines[-1] if lines else "no output on stderr"
 
 
 def _child_environment() -> dict[str, str]:

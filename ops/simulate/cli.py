@@ -18,6 +18,7 @@ import logging
 import random
 import sys
 import time
+import traceback
 from typing import TYPE_CHECKING, TextIO
 
 from events.errors import I3laniError
@@ -106,7 +107,16 @@ def _fails(scenario: Scenario, seed: int) -> str | None:
         run(lambda: simulate(scenario), seed=seed, max_time=scenario_budget(scenario))
     except (I3laniError, SimulationError, AssertionError) as exc:
         return f"{type(exc).__name__}: {exc}".splitlines()[0]
+    except Exception as exc:  # a crash is a failure of the seed too: see _one
+        return f"crashed: {_crash(exc)}"
     return None
+
+
+def _crash(exc: BaseException) -> str:
+    """One line for an exception the run was not meant to raise: the innermost of a group."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return f"{type(exc).__name__}: {exc}".splitlines()[0]
 
 
 def _smaller(scenario: Scenario) -> list[Scenario]:
@@ -170,6 +180,14 @@ def _one(scenario: Scenario, seed: int, out: TextIO, trace: bool) -> SimResult[R
             print("  the faults and commands before it:", file=out)
             for line in lines[-20:]:
                 print(f"  {line}", file=out)
+        print(f"  replay: {replay_command(scenario, seed)} --trace", file=out, flush=True)
+        return None
+    except Exception as exc:
+        # Anything else the run raised is a bug the seed found too (in the production code or
+        # the world's), not a reason to end a soak without saying which seed it was.
+        print(f"seed {seed}: FAILED: crashed: {_crash(exc)}", file=out)
+        for line in traceback.format_exception(exc)[-12:]:
+            print(f"  {line.rstrip()}", file=out)
         print(f"  replay: {replay_command(scenario, seed)} --trace", file=out, flush=True)
         return None
     report = result.value

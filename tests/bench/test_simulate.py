@@ -9,7 +9,7 @@ import msgspec
 import pytest
 
 from bench.report import Goal, Row, Verdict
-from bench.simulate import parse_soak, replay_failure
+from bench.simulate import _Exit, parse_soak, replay_failure
 from bench.simulate_worker import Failed, Measured, decode_outcome, quiet_rates, scenario_for
 from ops.simulate.world import Scenario
 
@@ -97,3 +97,18 @@ def test_a_row_with_a_failure_fails_whatever_its_figure() -> None:
     assert check.verdict is Verdict.PASS
     assert check.goal is not None
     assert check.goal.describe() == "same digests"
+
+
+def test_a_crashed_soak_is_reported_by_its_exception_not_the_box_of_its_group() -> None:
+    stderr = (
+        "  + Exception Group Traceback (most recent call last):\n"
+        "  | ExceptionGroup: unhandled errors in a TaskGroup (1 sub-exception)\n"
+        "  +-+---------------- 1 ----------------\n"
+        "    | Traceback (most recent call last):\n"
+        '    |   File "world.py", line 1, in run\n'
+        "    | KeyError: 'payment-7'\n"
+        "    +------------------------------------\n"
+    )
+    assert _Exit(1, "", stderr, 1.0).last_error() == "KeyError: 'payment-7'"
+    assert _Exit(1, "", "plain last words\n", 1.0).last_error() == "plain last words"
+    assert _Exit(1, "", "", 1.0).last_error() == "no output on stderr"

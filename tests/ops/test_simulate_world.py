@@ -279,6 +279,33 @@ def test_the_command_prints_one_line_per_seed_and_the_rate() -> None:
     assert lines[2].endswith("seeds/minute")
 
 
+def test_a_seed_whose_run_crashes_is_a_failed_seed_with_its_replay(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A run that raises what no guarantee check raises (a bug in the production code or the
+    world's, in a task group) is reported as that seed's failure, and the soak goes on:
+    regression, a soak process ended with a traceback and no seed to replay."""
+    from ops.simulate import world
+
+    async def crashing(*args: object, **kwargs: object) -> None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_raise_lookup)
+
+    monkeypatch.setattr(world, "simulate", crashing)
+    out = io.StringIO()
+    code = cli(["simulate", "--seed", "7", "--seeds", "2", "--users", "10", "--hours", "0.25"], out)
+    text = out.getvalue()
+    assert code == 1, text
+    assert "seed 7: FAILED: crashed: LookupError: no such key in the world" in text
+    assert "seed 8: FAILED: crashed: LookupError" in text  # the next seed still ran
+    assert "replay: i3lani simulate --seed 7 --users 10 --hours 0.25 --trace" in text
+    assert text.splitlines()[-1].startswith("2 seed(s), 2 failed, in ")
+
+
+async def _raise_lookup() -> None:
+    raise LookupError("no such key in the world")
+
+
 def test_bad_arguments_are_one_line() -> None:
     with pytest.raises(ValueError, match="users must be at least 6"):
         Scenario(users=3)
