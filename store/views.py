@@ -294,11 +294,11 @@ async def record_health_samples(
     only if it commits)."""
     if not samples:
         return
-    if isinstance(where, MemoryLog | MemoryTransaction):
-        if isinstance(where, MemoryTransaction):
-            await MemoryHealthSamples.of(where.log).insert(samples, tx=where)
-        else:
-            await MemoryHealthSamples.of(where).insert(samples)
+    if isinstance(where, MemoryTransaction):
+        await MemoryHealthSamples.of(where.log).insert(samples, tx=where)
+        return
+    if isinstance(where, MemoryLog):
+        await MemoryHealthSamples.of(where).insert(samples)
         return
     rows = [(s.checked_at, s.name, s.ok, s.latency_ms, s.detail) for s in samples]
     with _translated("recording health samples"):
