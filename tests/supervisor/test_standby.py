@@ -19,20 +19,26 @@ TTL = 10.0
 INTERVAL = 1.0
 
 
+class CountedLeases(Leases):
+    """Leases that note the virtual time of each try."""
+
+    def __init__(self, log: MemoryLog, holder: str) -> None:
+        super().__init__(log, holder, ttl=TTL)
+        self.tries: list[float] = []
+
+    async def acquire(self, name: str) -> Lease | None:
+        self.tries.append(anyio.current_time())
+        return await super().acquire(name)
+
+
 def node(log: MemoryLog, name: str) -> tuple[Supervisor, list[float]]:
     """A supervisor of Solo, and the virtual times of its lease tries."""
     supervisor = Supervisor(
         log, [spec("Solo")], node=name, lease_ttl=TTL, acquire_interval=INTERVAL
     )
-    tries: list[float] = []
-    acquire = supervisor.leases.acquire
-
-    async def counted(lease: str) -> Lease | None:
-        tries.append(anyio.current_time())
-        return await acquire(lease)
-
-    supervisor.leases.acquire = counted  # type: ignore[method-assign]
-    return supervisor, tries
+    counted = CountedLeases(log, supervisor.holder)
+    supervisor.leases = counted
+    return supervisor, counted.tries
 
 
 def test_a_standby_asks_once_per_lease_and_takes_a_handed_back_lease_at_once() -> None:
