@@ -326,6 +326,9 @@ class _Faults:
 
     rate: float
     lost_ack_rate: float
+    # The run's current_rng(), asked for once: every store operation draws from it, and
+    # asking the loop looks the running loop up (on Python 3.11, a getpid() system call).
+    rng: random.Random = field(default_factory=current_rng)
     faulty: bool = True
     cut: set[str] = field(default_factory=set)
     injected: int = 0
@@ -337,7 +340,7 @@ class _Faults:
             return  # the simulation's own bookkeeping
         if who in self.cut:
             raise StoreUnavailable(f"{who} is cut off from the database (simulated)")
-        if self.faulty and current_rng().random() < self.rate:
+        if self.faulty and self.rng.random() < self.rate:
             self.injected += 1
             raise StoreUnavailable(f"{operation} failed for {who} (simulated fault)")
 
@@ -345,7 +348,7 @@ class _Faults:
         """Whether the answer to this committed write is lost on its way to the caller."""
         if _node.get() is None or not self.faulty:
             return False
-        if current_rng().random() < self.lost_ack_rate:
+        if self.rng.random() < self.lost_ack_rate:
             self.lost_acks += 1
             return True
         return False
@@ -632,7 +635,7 @@ class _World:
             _, stopped = self.stop_at.pop(who)
             self.freeze(next(node for node in self.nodes if node.name == who))
             stopped.set()
-        await asyncio.sleep(current_rng().expovariate(1 / STORE_LATENCY))
+        await asyncio.sleep(self.faults.rng.expovariate(1 / STORE_LATENCY))
 
     def _stops_here(self, who: str, operation: str) -> bool:
         at = self.stop_at[who][0]

@@ -211,9 +211,13 @@ class MemoryTaskTable:
         if tx is None:
             yield from sorted(self._rows.values(), key=lambda row: row.id)
             return
-        writes = self._writes(tx)
-        for task_id in sorted(self._rows.keys() | writes.rows.keys()):
-            row = self._row(tx, task_id)
+        # What _row(tx, id) answers for each id, without its two method calls per row (every
+        # reap, claim and dedupe check walks the whole table). Looked up as each row is
+        # yielded, not before: a caller may write rows of the table while it walks it.
+        writes = self._writes(tx).rows
+        committed = self._rows
+        for task_id in sorted(committed.keys() | writes.keys()):
+            row = writes[task_id] if task_id in writes else committed.get(task_id)
             if row is not None:
                 yield row
 
