@@ -18,7 +18,9 @@ of the log in the bench process (committed, and visible to others: an upper boun
 append), t2 when the notifier's "Payment #N is confirmed" reached the Bot API stand-in's
 ``sendMessage``. Payments are created before any transfer and the scan each creation asks for
 has passed, so only the stream or a tick can see a transfer. Every payment must be confirmed
-exactly once and told once, or the rows FAIL.
+exactly once and told once, or the rows FAIL. In a database of its own
+(``i3lani_bench_confirm``, made afresh and dropped after), so that the payments earlier
+suites of a full run leave in the bench's database are not read as its own.
 """
 
 from __future__ import annotations
@@ -46,16 +48,20 @@ from actors.telegram import TelegramClient
 from actors.ton import Address, memo_for
 from bench.measure import BenchContext, percentile
 from bench.report import Goal, Row
+from bench.scale import fresh_database
 from bot_gateway.notifier import run_notifier
 from events import PaymentConfirmed, PaymentCreated
 from events.streams import PAYMENT, payment_stream
 from ops.standins import BotApiStandIn, TonApiStandIn
 from ops.standins.telegram import SentMessage
 from store import EventStore
+from store.admin import drop_database
+from store.database import with_database
 
 __all__ = ["NOTES", "run"]
 
 SEED: Final = 20_261_215
+DATABASE: Final = "i3lani_bench_confirm"  # made afresh for the suite, dropped after it
 TOKEN: Final = "7000000001:bench-confirm-token"
 PAYER: Final = "0:ef59caea6ebbee8542839162aa654b76f416e712ce22752da647d7e22cf1097f"
 WALLETS: Final = {
@@ -136,8 +142,27 @@ async def run(ctx: BenchContext) -> list[Row]:
     )
     window = POLL_INTERVAL * (1 if ctx.quick else 2)
     by_id = {i: arm for arm in (streamed, polled) for i in arm.ids}
+    # A database of its own: the suites before it in a full run leave payments with these
+    # ids in the bench's (the payments suite's thousands), whose confirmations would be read
+    # as this run's and whose streams the new PaymentCreated would land in.
+    dsn = await fresh_database(ctx, DATABASE)
+    try:
+        return await _measure(ctx, dsn, rng, streamed, polled, by_id, window)
+    finally:
+        await drop_database(with_database(ctx.dsn, "postgres"), DATABASE)
+
+
+async def _measure(
+    ctx: BenchContext,
+    dsn: str,
+    rng: random.Random,
+    streamed: _Arm,
+    polled: _Arm,
+    by_id: dict[int, _Arm],
+    window: float,
+) -> list[Row]:
     async with (
-        EventStore.open(ctx.dsn) as store,
+        EventStore.open(dsn) as store,
         TonApiStandIn() as tonapi,
         BotApiStandIn(token=TOKEN) as bot_api,
         TelegramClient(_gateway_bot(store, bot_api.url)) as telegram,
@@ -151,7 +176,7 @@ async def run(ctx: BenchContext) -> list[Row]:
         for arm in (streamed, polled):
             ctx.log(f"  {arm.name}: {len(arm.ids)} transfers ...")
             try:
-                await _arm(ctx, tg, store, tonapi, arm, rng, window)
+                await _arm(ctx, dsn, tg, store, tonapi, arm, rng, window)
             except (TimeoutError, RuntimeError) as exc:
                 arm.failure = f"{arm.name}: {exc}"
         tg.cancel_scope.cancel()
@@ -191,6 +216,7 @@ async def _notices(sent: _StampedSent, by_id: dict[int, _Arm]) -> None:
 
 async def _arm(
     ctx: BenchContext,
+    dsn: str,
     tg: TaskGroup,
     store: EventStore,
     tonapi: TonApiStandIn,
@@ -201,7 +227,7 @@ async def _arm(
     env = {k: v for k, v in os.environ.items() if not k.startswith("I3LANI_") or k == "I3LANI_HOME"}
     env.update(
         {
-            "DATABASE_URL": ctx.dsn,
+            "DATABASE_URL": dsn,
             "TONAPI_URL": tonapi.url,
             "WALLET_ADDRESS": arm.wallet,
             "I3LANI_NODE": f"bench-confirm-{arm.name}",
