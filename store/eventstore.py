@@ -1253,9 +1253,14 @@ class EventStore(PagedReads):
         """Whether committed events past ``after`` exist that a read has not returned: held
         back by an older open transaction (readable when it ends), or committed since."""
         with driver_errors():
-            held: bool = await self._pool.fetchval(
-                query("held_back"), after.transaction_id, after.position, category
-            )
+            if category is None:
+                held: bool = await self._pool.fetchval(
+                    query("held_back"), after.transaction_id, after.position
+                )
+            else:
+                held = await self._pool.fetchval(
+                    query("held_back_category"), after.transaction_id, after.position, category
+                )
         return held
 
     def listener(
