@@ -165,13 +165,8 @@ class Row:
 
     @property
     def ratio(self) -> float | None:
-        if (
-            self.reference is None
-            or not math.isfinite(self.reference)
-            or self.reference <= 0
-            or not math.isfinite(self.value)
-        ):
-            return None  # no ratio to print or judge: a side that could not be measured
+        if self.reference is None or self.reference <= 0 or not math.isfinite(self.value):
+            return None
         return self.value / self.reference
 
     @property
