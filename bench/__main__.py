@@ -396,12 +396,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BenchBusy as exc:
         print(f"python -m bench: {exc}", file=sys.stderr)
         return 2
-    print(render(result), flush=True)
-    if args.json:
+    if args.json:  # first: a run of half an hour is not lost to a fault in printing it
         document = {**result, "rows": [row_to_json(row) for row in result["rows"]]}
         with open(args.json, "w", encoding="utf-8") as out:
             json.dump(document, out, indent=2, default=str)
             out.write("\n")
+    print(render(result), flush=True)
     return 1 if any(row.verdict is Verdict.FAIL for row in result["rows"]) else 0
 
 

@@ -165,8 +165,13 @@ class Row:
 
     @property
     def ratio(self) -> float | None:
-        if self.reference is None or self.reference <= 0 or not math.isfinite(self.value):
-            return None
+        if (
+            self.reference is None
+            or not math.isfinite(self.reference)
+            or self.reference <= 0
+            or not math.isfinite(self.value)
+        ):
+            return None  # no ratio to print or judge: a side that could not be measured
         return self.value / self.reference
 
     @property

@@ -78,6 +78,14 @@ def test_a_ratio_at_most_goal_is_for_latencies() -> None:
     assert Goal.ratio_at_most(0.1).describe() == "<= 0.10x"
 
 
+def test_a_reference_that_could_not_be_measured_gives_no_ratio_and_prints() -> None:
+    """A NaN reference (nothing measured) once ended a whole run in the table's printing."""
+    for reference in (math.nan, math.inf, 0.0, None):
+        row = Row("s", "f", 1.0, "x", "peer", reference, goal=Goal.ratio_at_least(1.0))
+        assert row.ratio is None
+        assert "f" in render_table([row])
+
+
 def test_a_row_without_rounds_prints_no_spread() -> None:
     assert format_rounds(Row("s", "f", 1.0, "x")) == "-"
     assert format_rounds(Row("s", "f", 1.0, "x", rounds=(1.0, 2.0))) == "1.0-2.0"
