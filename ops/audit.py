@@ -1069,7 +1069,7 @@ async def run_audit(
             rows: Sequence[StoredEvent] = page.rows
             done = limit is not None and (cursor.transaction_id, cursor.position) >= limit
             if not done and len(page.rows) == batch_size:
-                ahead = ReadAhead.start(tg, read, cursor)
+                ahead = await ReadAhead.begin(tg, read, cursor)
             if done and limit is not None:
                 rows = [r for r in rows if (r.transaction_id, r.position) <= limit]
             if seals is not None:

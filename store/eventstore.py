@@ -1194,7 +1194,7 @@ class EventStore(PagedReads):
             async for batch in super()._read_to_end(cursor, category, batch_size, skip_unknown):
                 yield batch
             return
-        ahead: ReadAhead[list[asyncpg.Record]] | None = self._read_ahead(
+        ahead: ReadAhead[list[asyncpg.Record]] | None = await self._read_ahead(
             cursor, category, batch_size
         )
         while ahead is not None:
@@ -1203,18 +1203,18 @@ class EventStore(PagedReads):
                 ahead = None  # the end of the log, as it is now
             else:
                 last = records[-1]
-                ahead = self._read_ahead(Cursor(last[1], last[0]), category, batch_size)
+                ahead = await self._read_ahead(Cursor(last[1], last[0]), category, batch_size)
             events = self._decode_all(records, skip_unknown)
             if events:
                 yield events
 
-    def _read_ahead(
+    async def _read_ahead(
         self, after: Cursor, category: str | None, limit: int
     ) -> ReadAhead[list[asyncpg.Record]]:
         """The rows of the page after ``after``, asked for now in the store's task group."""
         if self._closed or self._tg is None:
             raise StoreError("the store was closed while the log was being read")
-        return ReadAhead.start(self._tg, self._page_rows, after, category, limit)
+        return await ReadAhead.begin(self._tg, self._page_rows, after, category, limit)
 
     async def read_stored(self, after: Cursor, *, limit: int = 1000) -> StoredPage:
         """Up to ``limit`` rows after ``after`` as stored, in reading order (see

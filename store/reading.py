@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Generic, TypeVar, TypeVarTuple, Unpack
 
 import anyio
+import anyio.lowlevel
 from anyio.abc import TaskGroup
 
 from events.errors import StoreError
@@ -123,11 +124,20 @@ class ReadAhead(Generic[T]):
         self._error: Exception | None = None
 
     @classmethod
-    def start(
-        cls, tg: TaskGroup, read: Callable[[Unpack[Args]], Awaitable[T]], *args: *Args
+    async def begin(
+        cls, tg: TaskGroup, read: Callable[[*Args], Awaitable[T]], *args: *Args
     ) -> ReadAhead[T]:
+        """Start ``read(*args)`` in ``tg`` and let it send its query before returning. A task
+        started with ``start_soon`` runs only once the caller next gives the event loop a
+        turn, and a reader that goes on to decode and hand out a page without waiting for
+        anything gives it none: the query would leave only when the reader asks for its
+        result, overlapping nothing. One checkpoint runs the new task up to its first real
+        wait, which is the server's answer: taking an idle pooled connection and writing the
+        query to its socket do not wait (when every connection is busy the read waits its
+        turn, and the reader finds it later)."""
         ahead: ReadAhead[T] = cls()
         tg.start_soon(ahead._run, read, *args)
+        await anyio.lowlevel.checkpoint()
         return ahead
 
     async def _run(self, read: Callable[[Unpack[Args]], Awaitable[T]], *args: *Args) -> None:
