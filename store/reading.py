@@ -140,6 +140,14 @@ class ReadAhead(Generic[T]):
         await anyio.lowlevel.checkpoint()
         return ahead
 
+    @classmethod
+    def finished(cls, value: T) -> ReadAhead[T]:
+        """A read already done (read in turn, not ahead): :meth:`result` returns ``value``."""
+        ahead: ReadAhead[T] = cls()
+        ahead._value = value
+        ahead._done.set()
+        return ahead
+
     async def _run(self, read: Callable[[Unpack[Args]], Awaitable[T]], *args: *Args) -> None:
         try:
             self._value = await read(*args)

@@ -7,8 +7,9 @@ PostgreSQL only (not in the contract suite)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from datetime import UTC, datetime
+from typing import Any
 
 import anyio
 import anyio.lowlevel
@@ -17,6 +18,7 @@ import pytest
 from events import PaymentExpired
 from events.errors import StoreError
 from store import EventStore
+from store.reading import ReadAhead
 
 NOW = datetime(2026, 11, 29, 10, 0, tzinfo=UTC)
 
@@ -68,3 +70,29 @@ async def test_a_reader_whose_store_closes_gets_a_one_line_error(dsn: str) -> No
         assert "closed" in str(closed.value)
         assert "\n" not in str(closed.value)
         await batches.aclose()
+
+
+async def test_a_page_is_read_ahead_only_with_a_pooled_connection_to_spare(
+    dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reading ahead takes a second pooled connection: on a pool of one (the smallest budget)
+    every page is read in turn, on a bigger one the pages after the first are read ahead."""
+    begun: list[int] = []
+    run = ReadAhead._run
+
+    async def counted(
+        ahead: ReadAhead[Any], read: Callable[..., Awaitable[Any]], *args: Any
+    ) -> None:
+        begun.append(1)
+        await run(ahead, read, *args)
+
+    monkeypatch.setattr(ReadAhead, "_run", counted)
+    for budget, ahead in ((3, False), (6, True)):
+        begun.clear()
+        async with EventStore.open(dsn, max_connections=budget) as store:
+            if budget == 3:
+                for n in range(1, 21):
+                    await store.append(f"payment-{n}", [expired(n)])
+            read = [r.position async for r in store.read_all(batch_size=4)]
+        assert len(read) == 20
+        assert bool(begun) is ahead, budget
