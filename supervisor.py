@@ -445,6 +445,14 @@ class Supervisor:
         self.holder = f"{node}/{environment.new_uuid().hex[:8]}"
         self.leases = Leases(store, self.holder, ttl=lease_ttl)
         self.acquire_interval = acquire_interval
+        # Standing by for a lease held elsewhere: woken when it is handed back, asleep until
+        # it can expire meanwhile (see _wait_for_lease and store.leases, "Standing by").
+        self._releases = self.leases.release_listener(
+            self._lease_released,
+            on_lost=self._releases_missed,
+            who=f"supervisor {self.holder}",
+            poll_interval=acquire_interval,
+        )
         self.rng = rng or environment.new_rng()
         self._children = {spec.name: _Child(spec) for spec in specs}
         # Where each child's latest ActorStarted landed in the log: shutdown goes in reverse of
@@ -496,7 +504,10 @@ class Supervisor:
                 await anyio.sleep_forever()
             finally:
                 with anyio.CancelScope(shield=True):
-                    await self._stop_all()
+                    try:
+                        await self._stop_all()
+                    finally:
+                        await self._releases.close()
                 tg.cancel_scope.cancel()
 
     async def shutdown(self) -> None:
@@ -615,18 +626,44 @@ class Supervisor:
 
     async def _wait_for_lease(self, child: _Child) -> Lease | None:
         """Wait until the actor should run and we hold its lease; a Stopped child stays so
-        until operators want it running again (StandingBy)."""
+        until operators want it running again (StandingBy).
+
+        While another node holds the lease, the next try is when that node's grant can expire
+        (at least ``acquire_interval`` after this one), or as soon as it is handed back: a
+        live holder keeps its grant most of a lease ahead, so this asks about once per lease
+        instead of every ``acquire_interval``. A dead holder's lease is still taken within
+        ``acquire_interval`` of its expiry (``store.leases``, "Standing by"). Without a
+        working LISTEN (refused, or a connection lost) it asks every ``acquire_interval``,
+        as a handed-back lease would otherwise wait out its old expiry."""
         name = child.spec.name
         while not self._shutting_down and not child.stop_requested:
+            wait = self.acquire_interval
             desired = await self.desired_state(name)
             if desired == "running":
                 if isinstance(child.state, Stopped):
                     child.move(StandingBy())  # an operator's start
+                # Listening before the try: a release from now on pokes the wait below.
+                await self._releases.listen()
                 lease = await self.leases.acquire(name)
                 if lease is not None:
                     return lease
-            await child.wait_poked(self.acquire_interval)
+                if self._releases.listening:
+                    wait = max(wait, await self.leases.expires_in(name) or 0.0)
+            await child.wait_poked(wait)
         return None
+
+    def _lease_released(self, name: str) -> None:
+        """A node handed lease ``name`` back: its child, standing by for it, tries at once."""
+        child = self._children.get(name)
+        if child is not None and isinstance(child.state, StandingBy):
+            child.poke()
+
+    def _releases_missed(self) -> None:
+        """Releases may have been missed (the LISTEN connection dropped): every child standing
+        by tries again at once, and polls until listening again."""
+        for child in self._children.values():
+            if isinstance(child.state, StandingBy):
+                child.poke()
 
     async def _keep_lease(self, child: _Child, lost: anyio.Event) -> None:
         """Renew the child's current lease four times per time to live; when it is lost, or

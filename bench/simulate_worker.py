@@ -50,7 +50,7 @@ WORKLOADS: Final[tuple[Workload, ...]] = ("default", "quiet")
 
 STEPS_PER_HOUR: Final = 1_000_000
 """The step budget per simulated hour of the run's time budget (at least the kernel's default
-of 10,000,000): a quiet day takes about 48,000 steps an hour today, so a day fits with room
+of 10,000,000): a quiet day takes about 45,000 steps an hour today, so a day fits with room
 to spare, and a livelock still ends."""
 
 

@@ -140,8 +140,9 @@ from ops.audit_transfers import TRANSFER_CHECKS, TransferBooks, TransferSummary,
 from store import START, Cursor, EventStore, RecordedEvent, migrate
 from store.budget import COMMAND_MAX_CONNECTIONS
 from store.integrity import append_only_problems, append_only_triggers
+from store.reading import ReadAhead
 from store.sealing import SealDigest, SealFeeder, SealReport, SealVerifier
-from store.stored import Rejected, StoredDecoder, StoredEvent
+from store.stored import Rejected, StoredDecoder, StoredEvent, StoredPage
 
 __all__ = [
     "CHECKS",
@@ -1053,39 +1054,49 @@ async def run_audit(
     # The rows as stored, a page at a time: a row no event of this release reads (an unknown
     # type, a payload that does not decode) is a discrepancy, never a skip; and the seals, if
     # asked for, are recomputed from the very same rows. A short page is checked for events
-    # held back by a transaction still open.
-    while True:
-        page = await store.read_stored(cursor, limit=batch_size)
-        cursor = page.cursor
-        rows: Sequence[StoredEvent] = page.rows
-        done = limit is not None and (cursor.transaction_id, cursor.position) >= limit
-        if done and limit is not None:
-            rows = [r for r in rows if (r.transaction_id, r.position) <= limit]
-        if seals is not None:
-            await seals.feed(rows)
-        if until is not None:
-            rows = [r for r in rows if r.recorded_at <= until]
-        events, rejected = decoder.decode(rows)
-        replay.apply(events)
-        replay.reject(rejected)
-        if rows:
-            replay.last_position = rows[-1].position
-        if bar is not None:
-            bar.update(replay.events, cursor.position)
-        if done:
-            break
-        if len(page.rows) == batch_size:
-            continue
-        if not await store.held_back(cursor):
-            break
-        patience = patience if patience is not None else time.monotonic() + held_back_patience
-        if time.monotonic() > patience:
-            notes.append(
-                f"events after #{cursor.position} are held back by a write transaction still "
-                "open: they are not in this audit; run it again once it ends"
-            )
-            break
-        await anyio.sleep(0.05)
+    # held back by a transaction still open. The page after a full one is asked for before
+    # this one is checked (ReadAhead): the server reads it while the replay works.
+
+    async def read(after: Cursor) -> StoredPage:
+        return await store.read_stored(after, limit=batch_size)
+
+    async with anyio.create_task_group() as tg:
+        ahead: ReadAhead[StoredPage] | None = None
+        while True:
+            page = await (ahead.result() if ahead is not None else read(cursor))
+            ahead = None
+            cursor = page.cursor
+            rows: Sequence[StoredEvent] = page.rows
+            done = limit is not None and (cursor.transaction_id, cursor.position) >= limit
+            if not done and len(page.rows) == batch_size:
+                ahead = await ReadAhead.begin(tg, read, cursor)
+            if done and limit is not None:
+                rows = [r for r in rows if (r.transaction_id, r.position) <= limit]
+            if seals is not None:
+                await seals.feed(rows)
+            if until is not None:
+                rows = [r for r in rows if r.recorded_at <= until]
+            events, rejected = decoder.decode(rows)
+            replay.apply(events)
+            replay.reject(rejected)
+            if rows:
+                replay.last_position = rows[-1].position
+            if bar is not None:
+                bar.update(replay.events, cursor.position)
+            if done:
+                break
+            if len(page.rows) == batch_size:
+                continue
+            if not await store.held_back(cursor):
+                break
+            patience = patience if patience is not None else time.monotonic() + held_back_patience
+            if time.monotonic() > patience:
+                notes.append(
+                    f"events after #{cursor.position} are held back by a write transaction "
+                    "still open: they are not in this audit; run it again once it ends"
+                )
+                break
+            await anyio.sleep(0.05)
     if as_of is None:
         replay.finish()  # a cut through history may fall between stats and their price
     if bar is not None:

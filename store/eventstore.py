@@ -70,7 +70,7 @@ from store.driver import DRIVER_ERRORS, driver_errors, translate
 from store.limits import Purpose, SessionLimits, apply_socket_limits
 from store.listener import NOTIFY_CHANNEL
 from store.queries import query
-from store.reading import PagedReads
+from store.reading import PagedReads, ReadAhead
 from store.records import (
     ANY,
     NO_STREAM,
@@ -1162,19 +1162,68 @@ class EventStore(PagedReads):
         skip_unknown: bool = False,
     ) -> Page:
         """One page of the log after ``after``, in reading order, up to the present."""
-        with driver_errors():
-            if category is None:
-                records = await self._pool.fetch(
-                    query("read_all"), after.transaction_id, after.position, limit
-                )
-            else:
-                records = await self._pool.fetch(
-                    query("read_category"), after.transaction_id, after.position, limit, category
-                )
+        records = await self._page_rows(after, category, limit)
         if not records:
             return Page([], after, 0)
         last = records[-1]
         return Page(self._decode_all(records, skip_unknown), Cursor(last[1], last[0]), len(records))
+
+    async def _page_rows(
+        self, after: Cursor, category: str | None, limit: int
+    ) -> list[asyncpg.Record]:
+        """The rows of ``read_page``, undecoded."""
+        with driver_errors():
+            if category is None:
+                return await self._pool.fetch(
+                    query("read_all"), after.transaction_id, after.position, limit
+                )
+            return await self._pool.fetch(
+                query("read_category"), after.transaction_id, after.position, limit, category
+            )
+
+    async def _read_to_end(
+        self, cursor: Cursor, category: str | None, batch_size: int, skip_unknown: bool
+    ) -> AsyncIterator[list[RecordedEvent]]:
+        """The pages of a read without a limit (``read_batches``, ``read_all``), the next one
+        asked for before this one is decoded: the server reads and sends it (on its own core)
+        while this process decodes and the caller works, so a long read (an audit, a replay)
+        waits for the server only once. At most one page is read ahead; a caller that stops
+        early leaves it unread. (With a ``limit`` the next page's size depends on how many
+        events this one held, so such reads go a page after the other.)"""
+        if self._tg is None:  # not open: the read fails as any other would
+            async for batch in super()._read_to_end(cursor, category, batch_size, skip_unknown):
+                yield batch
+            return
+        ahead: ReadAhead[list[asyncpg.Record]] | None = await self._read_ahead(
+            cursor, category, batch_size
+        )
+        while ahead is not None:
+            records = await ahead.result()
+            if len(records) < batch_size:
+                ahead = None  # the end of the log, as it is now
+            else:
+                last = records[-1]
+                ahead = await self._read_ahead(Cursor(last[1], last[0]), category, batch_size)
+            events = self._decode_all(records, skip_unknown)
+            if events:
+                yield events
+
+    async def _read_ahead(
+        self, after: Cursor, category: str | None, limit: int
+    ) -> ReadAhead[list[asyncpg.Record]]:
+        """The rows of the page after ``after``, asked for now in the store's task group when
+        a pooled connection is spare; when it is not (others wait, or the read would take the
+        pool's last one), read now, in turn: reading ahead must not take the budget from the
+        writers and actors that share it (:mod:`store.budget`)."""
+        if self._closed or self._tg is None:
+            raise StoreError("the store was closed while the log was being read")
+        if not self._spare_connection():
+            return ReadAhead.finished(await self._page_rows(after, category, limit))
+        return await ReadAhead.begin(self._tg, self._page_rows, after, category, limit)
+
+    def _spare_connection(self) -> bool:
+        """Whether a read ahead would leave a pooled connection free for everybody else."""
+        return not self._pool.waiting and self._pool.in_use() + 1 < self._pool.max_size
 
     async def read_stored(self, after: Cursor, *, limit: int = 1000) -> StoredPage:
         """Up to ``limit`` rows after ``after`` as stored, in reading order (see

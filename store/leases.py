@@ -17,6 +17,18 @@ a safety margin (:func:`safety_margin`). The server counts the lease's expiry fr
 fenced write checks the clock right before it is sent (and a transaction again right before
 its COMMIT); the supervisor stops the actor when the clock runs out.
 
+**Standing by.** A node that wants a lease another node holds does not ask again every
+second: :meth:`Leases.expires_in` tells it when the holder's grant can expire at the earliest
+(by the database's clock, as seconds from now, so no clock of the nodes is trusted), and it
+asks again then, or as soon as the lease is handed back: :meth:`Leases.release_listener`
+follows the releases (NOTIFY ``i3lani_leases`` on PostgreSQL, sent by ``lease_release``; a
+callback on the in-memory log). A live holder renews four times per time to live, so its
+grant is always most of a time to live ahead and a standby asks about once per time to live;
+a dead holder's lease is taken within the standby's minimum interval of its expiry, the same
+bound as polling gave (the try before the expiry saw the expiry, or one earlier than it, and
+the next is due then). A notification lost with its connection is made up for: the listener
+says so (``on_lost``), and a node that cannot listen polls as before.
+
 **Bounded waits.** Lease statements run on the store's lease connection (never starved by a
 busy pool) whose ``lock_timeout`` is short (:mod:`store.limits`): a take-over that meets a row lock
 held by a frozen node's open transaction gives up at once and tries again on the next round,
@@ -26,7 +38,9 @@ which is shorter than the lease.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
+from typing import Final, Protocol
 
 import asyncpg
 import msgspec
@@ -38,7 +52,30 @@ from store.eventstore import EventStore, Fence, LeaseClock
 from store.memory import MemoryLog
 from store.queries import query
 
-__all__ = ["Lease", "LeaseInfo", "Leases", "safety_margin"]
+__all__ = [
+    "LEASES_CHANNEL",
+    "Lease",
+    "LeaseInfo",
+    "Leases",
+    "ReleaseListener",
+    "safety_margin",
+]
+
+LEASES_CHANNEL: Final = "i3lani_leases"
+"""The NOTIFY channel ``lease_release`` announces a handed-back lease's name on."""
+
+
+class ReleaseListener(Protocol):
+    """A follower of lease releases (:meth:`Leases.release_listener`): ``listen()`` before
+    each look (it starts listening, or tries again after a refusal; False when it was
+    listening already or cannot), ``listening`` whether a release would reach it now."""
+
+    @property
+    def listening(self) -> bool: ...
+
+    async def listen(self) -> bool: ...
+
+    async def close(self) -> None: ...
 
 
 def safety_margin(ttl: float) -> float:
@@ -124,6 +161,38 @@ class Leases:
         if lease.clock is not None:
             lease.clock.extend(sent + self.ttl - self.margin)
         return True
+
+    async def expires_in(self, name: str) -> float | None:
+        """Seconds until the current grant of ``name`` can expire, by the database's clock (0
+        once it has); None when nobody holds it. Asked after :meth:`acquire` was refused: the
+        earliest moment another try can succeed, unless the holder hands the lease back."""
+        remaining = await self._fetchval("lease_expires_in", name)
+        if remaining is None:
+            return None
+        assert isinstance(remaining, float)
+        return remaining
+
+    def release_listener(
+        self,
+        on_release: Callable[[str], None],
+        *,
+        on_lost: Callable[[], None],
+        who: str,
+        poll_interval: float,
+    ) -> ReleaseListener:
+        """Follow lease releases: ``on_release(name)`` for each lease handed back, by any node,
+        once :meth:`ReleaseListener.listen` was called; ``on_lost()`` when releases may have
+        been missed (the LISTEN connection dropped). ``who`` and ``poll_interval`` (how often
+        the follower asks while it cannot listen) are for the log line a refusal writes."""
+        if isinstance(self.store, MemoryLog):
+            return self.store.lease_listener(on_release)
+        return self.store.listener(
+            LEASES_CHANNEL,
+            on_notify=on_release,
+            on_lost=on_lost,
+            who=who,
+            poll_interval=poll_interval,
+        )
 
     async def release(self, lease: Lease) -> bool:
         """Hand the lease back so another node can take it at once."""

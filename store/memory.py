@@ -122,6 +122,7 @@ if TYPE_CHECKING:
 __all__ = [
     "OPERATIONS",
     "READS",
+    "MemoryLeaseListener",
     "MemoryLog",
     "MemorySubscription",
     "MemoryTransaction",
@@ -292,6 +293,29 @@ class _Tx:
         return max(mine, default=0)
 
 
+class MemoryLeaseListener:
+    """A follower of the log's lease releases (:meth:`MemoryLog.lease_listener`); the same
+    ``listen``/``listening``/``close`` as a PostgreSQL :class:`store._wakeup.Listener`."""
+
+    def __init__(self, log: MemoryLog, on_release: Callable[[str], None]) -> None:
+        self._log = log
+        self.on_release = on_release
+
+    @property
+    def listening(self) -> bool:
+        return self in self._log._lease_listeners
+
+    async def listen(self) -> bool:
+        """Follow the releases from now on: whether it started following now."""
+        if self.listening:
+            return False
+        self._log._lease_listeners[self] = None
+        return True
+
+    async def close(self) -> None:
+        self._log._lease_listeners.pop(self, None)
+
+
 class MemoryLog(PagedReads):
     """The event log in memory: the :class:`store.port.EventLog` port without PostgreSQL.
 
@@ -347,6 +371,8 @@ class MemoryLog(PagedReads):
         self._snapshots: dict[str, tuple[int, str, bytes]] = {}
         self._leases: dict[str, int] = {}  # generation, by lease: what fences are checked on
         self._lease_rows: dict[str, _LeaseRow] = {}  # holder and times, for lease_fetchval
+        # Told of each release, in the order they began to listen (a dict: no id() order).
+        self._lease_listeners: dict[MemoryLeaseListener, None] = {}
         self._subscriptions: set[MemorySubscription] = set()
         self._side_tables: dict[type[object], object] = {}
         self._closed = False
@@ -442,7 +468,11 @@ class MemoryLog(PagedReads):
         ``lease_renew(name, node, generation, ttl)``
             extend our live grant of that generation: its new expiry, or None.
         ``lease_release(name, node, generation)``
-            hand it back at once: the name, or None when it was not ours.
+            hand it back at once: the name, or None when it was not ours. Every
+            :meth:`lease_listener` is told the name, as PostgreSQL NOTIFYs ``i3lani_leases``.
+        ``lease_expires_in(name)``
+            seconds until the current grant expires (0 once it has), or None when nobody
+            holds it (never granted, or handed back).
         ``lease_generation(name)``
             the current generation, or None.
 
@@ -480,11 +510,24 @@ class MemoryLog(PagedReads):
             if row is None or row.node != node or self._leases.get(lease) != wanted:
                 return None
             row.node, row.expires_at = None, now
+            for listener in list(self._lease_listeners):  # committed: NOTIFY goes out
+                listener.on_release(lease)
             self._acknowledge("lease")
             return lease
+        if name == "lease_expires_in":
+            row = self._lease_rows.get(_str(args[0]))
+            if row is None or row.node is None:
+                return None
+            return max((row.expires_at - now).total_seconds(), 0.0)
         if name == "lease_generation":
             return self._leases.get(_str(args[0]))
         raise ValueError(f"unknown lease statement {name!r}")
+
+    def lease_listener(self, on_release: Callable[[str], None]) -> MemoryLeaseListener:
+        """A follower of lease releases (``lease_release``), told each released lease's name:
+        the in-memory counterpart of LISTEN ``i3lani_leases`` (:mod:`store.leases`), never
+        lost, so it always listens once :meth:`MemoryLeaseListener.listen` was called."""
+        return MemoryLeaseListener(self, on_release)
 
     def lease_holder(self, name: str) -> str | None:
         """Who holds lease ``name`` now, by the log's clock (None: free, released or

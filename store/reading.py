@@ -8,13 +8,21 @@ the end of the log are decided here once.
 
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Generic, TypeVar, TypeVarTuple, Unpack
 
+import anyio
+import anyio.lowlevel
+from anyio.abc import TaskGroup
+
+from events.errors import StoreError
 from store.records import START, Cursor, Page, RecordedEvent
 
-__all__ = ["PagedReads"]
+__all__ = ["PagedReads", "ReadAhead"]
+
+T = TypeVar("T")
+Args = TypeVarTuple("Args")
 
 
 class PagedReads(ABC):
@@ -49,7 +57,11 @@ class PagedReads(ABC):
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         cursor = after if isinstance(after, Cursor) else await self.cursor_at(after)
-        remaining = math.inf if limit is None else limit
+        if limit is None:
+            async for batch in self._read_to_end(cursor, category, batch_size, skip_unknown):
+                yield batch
+            return
+        remaining: float = limit
         while remaining > 0:
             size = int(min(batch_size, remaining))
             page = await self.read_page(
@@ -60,6 +72,21 @@ class PagedReads(ABC):
             remaining -= len(page.events)
             cursor = page.cursor
             if page.fetched < size:
+                return
+
+    async def _read_to_end(
+        self, cursor: Cursor, category: str | None, batch_size: int, skip_unknown: bool
+    ) -> AsyncIterator[list[RecordedEvent]]:
+        """Every page after ``cursor`` to the end of the log as it is now, one page after the
+        other; a log whose reads can overlap its reader's work overrides it."""
+        while True:
+            page = await self.read_page(
+                cursor, category=category, limit=batch_size, skip_unknown=skip_unknown
+            )
+            if page.events:
+                yield page.events
+            cursor = page.cursor
+            if page.fetched < batch_size:
                 return
 
     async def read_all(
@@ -82,3 +109,60 @@ class PagedReads(ABC):
         ):
             for recorded in batch:
                 yield recorded
+
+
+class ReadAhead(Generic[T]):
+    """One read of the log started before its reader needs it, in a task group that outlives
+    the reader: the server reads and sends the next page on its own core while this process
+    decodes and works through the page before. What the read returned or raised waits for the
+    reader, and nothing escapes into the task group: a reader that goes away leaves one page
+    nobody takes."""
+
+    def __init__(self) -> None:
+        self._done = anyio.Event()
+        self._value: T | None = None
+        self._error: Exception | None = None
+
+    @classmethod
+    async def begin(
+        cls, tg: TaskGroup, read: Callable[[*Args], Awaitable[T]], *args: *Args
+    ) -> ReadAhead[T]:
+        """Start ``read(*args)`` in ``tg`` and let it send its query before returning. A task
+        started with ``start_soon`` runs only once the caller next gives the event loop a
+        turn, and a reader that goes on to decode and hand out a page without waiting for
+        anything gives it none: the query would leave only when the reader asks for its
+        result, overlapping nothing. One checkpoint runs the new task up to its first real
+        wait, which is the server's answer: taking an idle pooled connection and writing the
+        query to its socket do not wait (when every connection is busy the read waits its
+        turn, and the reader finds it later)."""
+        ahead: ReadAhead[T] = cls()
+        tg.start_soon(ahead._run, read, *args)
+        await anyio.lowlevel.checkpoint()
+        return ahead
+
+    @classmethod
+    def finished(cls, value: T) -> ReadAhead[T]:
+        """A read already done (read in turn, not ahead): :meth:`result` returns ``value``."""
+        ahead: ReadAhead[T] = cls()
+        ahead._value = value
+        ahead._done.set()
+        return ahead
+
+    async def _run(self, read: Callable[[Unpack[Args]], Awaitable[T]], *args: *Args) -> None:
+        try:
+            self._value = await read(*args)
+        except Exception as exc:  # the reader's to raise, not the task group's
+            self._error = exc
+        finally:
+            self._done.set()
+
+    async def result(self) -> T:
+        """What the read returned; what it raised is raised here."""
+        await self._done.wait()
+        if self._error is not None:
+            raise self._error
+        if self._value is None:
+            raise StoreError(
+                "a read of the log was cancelled before it finished (the store closed)"
+            )
+        return self._value

@@ -197,6 +197,7 @@ class Rejected:
 
 _NO_METADATA = EventMetadata()
 _EMPTY = b"{}"
+_SEEN_METADATA: Final = 1024  # distinct metadata values a decoder remembers
 
 
 class StoredDecoder:
@@ -207,6 +208,21 @@ class StoredDecoder:
     def __init__(self, registry: EventRegistry) -> None:
         self.registry = registry
         self._metadata = msgspec.json.Decoder(EventMetadata)
+        # Metadata repeats: every event an actor's incarnation writes carries the same node,
+        # lease, generation and cause, so most rows' metadata bytes were seen a few rows
+        # before. EventMetadata is frozen, so one decoded value can stand for all of them.
+        self._seen_metadata: dict[bytes, EventMetadata] = {}
+
+    def _decode_metadata(self, meta: bytes) -> EventMetadata:
+        """``meta`` decoded, from the cache of recently seen metadata when it is there."""
+        seen = self._seen_metadata
+        metadata = seen.get(meta)
+        if metadata is None:
+            metadata = self._metadata.decode(meta)
+            if len(seen) >= _SEEN_METADATA:
+                seen.clear()  # unique metadata (a request's ids) must not grow it for ever
+            seen[meta] = metadata
+        return metadata
 
     def decode(
         self, rows: Iterable[StoredEvent | Iterable[Any]]
@@ -216,7 +232,8 @@ class StoredDecoder:
         record of the same fields in the same order (metadata None or ``{}`` when empty)."""
         fast = self.registry.current_decoders()
         decode_slow = self.registry.decode
-        decode_metadata = self._metadata.decode
+        seen_metadata = self._seen_metadata
+        decode_metadata = self._decode_metadata
         events: list[RecordedEvent] = []
         rejected: list[Rejected] = []
         append = events.append
@@ -233,7 +250,10 @@ class StoredDecoder:
                         event = decode_slow(tag, schema, payload, position=position)
                 else:
                     event = decode_slow(tag, schema, payload, position=position)
-                metadata = _NO_METADATA if meta is None or meta == _EMPTY else decode_metadata(meta)
+                if meta is None or meta == _EMPTY:
+                    metadata = _NO_METADATA
+                else:
+                    metadata = seen_metadata.get(meta) or decode_metadata(meta)
             except EventError as exc:
                 rejected.append(Rejected(_stored(row), exc))
                 continue

@@ -215,9 +215,11 @@ is later; every reward earned is credited within it of the end of the faults (th
 RewardProcessor runs every 5 minutes; the PaymentMonitor every 30 s). Channels, measured
 far less often, have their own bound (``ANALYTICS_BOUND``); ``settle`` covers both."""
 ACQUIRE_INTERVAL: Final = LEASE_TTL / 4
-"""How often a standing-by node tries for a lease it does not hold (``Supervisor``'s
-``acquire_interval``; 1 s by default). Its polls are most of an idle node's steps: at a
-quarter of the lease's life a dead holder's lease is still taken over within 1.25 TTL."""
+"""The least time between a standing-by node's tries for a lease it does not hold
+(``Supervisor``'s ``acquire_interval``; 1 s by default). It asks again when the holder's
+grant can expire (about every 7.5 s here, as a live holder renews every quarter of the
+lease), or at once when the lease is handed back; a dead holder's lease is taken within this
+interval of its expiry, so within 1.25 TTL of the holder's last renewal."""
 
 
 class InvariantViolated(I3laniError):

@@ -266,11 +266,24 @@ WHERE name = $1 AND node = $2 AND generation = $3 AND expires_at >= now()
 RETURNING expires_at;
 
 -- name: lease_release
--- Hand the lease back at once (SIGTERM, operator stop): another node may take it immediately.
-UPDATE i3lani.leases
-SET node = NULL, expires_at = now()
-WHERE name = $1 AND node = $2 AND generation = $3
-RETURNING name;
+-- Hand the lease back at once (SIGTERM, operator stop): another node may take it immediately,
+-- and is told so: NOTIFY i3lani_leases with the lease's name (sent when this commits), which
+-- wakes the nodes standing by for it instead of leaving them asleep until it would expire.
+WITH released AS (
+    UPDATE i3lani.leases
+    SET node = NULL, expires_at = now()
+    WHERE name = $1 AND node = $2 AND generation = $3
+    RETURNING name
+)
+SELECT name, pg_notify('i3lani_leases', name) FROM released;
+
+-- name: lease_expires_in
+-- Seconds until the current grant of the lease expires, by the database's clock (0 once it
+-- has); no row when nobody holds it. A node whose acquire was refused sleeps this long (or
+-- until a release wakes it) instead of asking again every second.
+SELECT greatest(extract(epoch FROM expires_at - now()), 0)::float8
+FROM i3lani.leases
+WHERE name = $1 AND node IS NOT NULL;
 
 -- name: lease_generation
 SELECT generation FROM i3lani.leases WHERE name = $1;

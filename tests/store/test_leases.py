@@ -94,3 +94,49 @@ async def test_an_expired_lease_can_be_taken_over_and_cannot_be_renewed(log: Eve
     assert taken is not None
     assert taken.node == "b"
     assert not await a.renew(held)
+
+
+async def test_expires_in_says_when_a_held_lease_can_expire_and_none_once_it_is_free(
+    log: EventLog,
+) -> None:
+    a, b = leases(log, "a"), leases(log, "b")
+    assert await b.expires_in("Solo") is None  # never granted
+    held = await a.acquire("Solo")
+    assert held is not None
+    remaining = await b.expires_in("Solo")
+    assert remaining is not None
+    assert 0 < remaining <= 30.0  # the time to live, by the database's clock
+    assert await a.release(held)
+    assert await b.expires_in("Solo") is None  # handed back: free at once
+
+
+async def test_a_release_is_announced_to_listeners_and_a_refused_one_is_not(log: EventLog) -> None:
+    a, b = leases(log, "a"), leases(log, "b")
+    heard: list[str] = []
+    duo_heard = anyio.Event()
+
+    def on_release(name: str) -> None:
+        heard.append(name)
+        if name == "Duo":
+            duo_heard.set()
+
+    listener = b.release_listener(
+        on_release, on_lost=lambda: None, who="test standby", poll_interval=1.0
+    )
+    assert await listener.listen()
+    assert listener.listening
+    assert not await listener.listen()  # listening already
+    try:
+        solo, duo = await a.acquire("Solo"), await a.acquire("Duo")
+        assert solo is not None
+        assert duo is not None
+        assert await a.renew(solo)  # a renewal announces nothing
+        assert await a.release(solo)
+        assert not await a.release(solo)  # refused: not ours any more, nothing announced
+        assert await a.release(duo)
+        with anyio.fail_after(10):  # a bound on a hang, not a timing: NOTIFY is asynchronous
+            await duo_heard.wait()
+    finally:
+        await listener.close()
+    assert heard == ["Solo", "Duo"]  # in commit order, once each
+    assert not listener.listening

@@ -71,6 +71,51 @@ async def test_read_all_from_start_after_position_and_by_category(log: EventLog)
         _ = [r async for r in log.read_all(after=999)]
 
 
+async def test_a_long_read_comes_page_by_page_in_order_and_may_stop_anywhere(
+    log: EventLog,
+) -> None:
+    """The PostgreSQL log reads a page ahead of its reader: whatever the page size, every
+    event comes once and in order, a reader that stops early leaves the log as it was, and
+    readers side by side each get the whole log."""
+    for first in range(1, 41, 4):
+        await log.append(f"payment-{first}", [expired(n) for n in range(first, first + 4)])
+    wanted = [expired(n) for n in range(1, 41)]
+    for size in (1, 3, 4, 39, 40, 41):
+        batches = [batch async for batch in log.read_batches(batch_size=size)]
+        assert [r.event for batch in batches for r in batch] == wanted
+        assert all(len(batch) <= size for batch in batches)
+    stopped = []
+    async for recorded in log.read_all(batch_size=5):
+        stopped.append(recorded.event)
+        if len(stopped) == 7:
+            break
+    assert stopped == wanted[:7]
+    payments = [r.event async for r in log.read_all(category="payment", batch_size=6)]
+    assert payments == wanted
+    side_by_side = [[r.event async for r in log.read_all(batch_size=3)] for _ in range(3)]
+    assert side_by_side == [wanted] * 3
+
+
+async def test_an_error_in_a_later_page_reaches_the_reader_after_the_earlier_pages(
+    log: EventLog, backend: Backend
+) -> None:
+    await log.append("payment-1", [expired(n) for n in range(1, 4)])
+    position = await insert_raw(backend, log, "payment-1", 4, "PaymentRefunded", 1, {"x": 1})
+    read: list[Event] = []
+
+    async def read_until_it_raises() -> None:
+        async for recorded in log.read_all(batch_size=2):
+            read.append(recorded.event)
+
+    with pytest.raises(UnknownEventType) as caught:
+        await read_until_it_raises()
+    assert read == [expired(1), expired(2)]  # the page before the bad one, whole
+    assert caught.value.position == position
+    assert [r.event async for r in log.read_all(batch_size=2, skip_unknown=True)] == [
+        expired(n) for n in range(1, 4)
+    ]
+
+
 async def test_unknown_type_raises_a_clear_error_naming_tag_and_position(
     log: EventLog, backend: Backend
 ) -> None:

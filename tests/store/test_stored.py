@@ -110,3 +110,32 @@ async def test_hashed_rows_are_the_stored_rows_hashed_as_seals_define(
     ]
     assert (await log.read_hashed(page.cursor)).rows == []
     assert (await log.read_hashed(page.cursor)).cursor == page.cursor
+
+
+def test_the_decoder_shares_repeated_metadata_and_stays_right_past_its_memory() -> None:
+    """Metadata bytes seen before decode to the value decoded then (frozen, so shareable);
+    past the decoder's memory of distinct values every row still gets its own metadata."""
+    decoder = StoredDecoder(DEFAULT_REGISTRY)
+    payload = msgspec.json.encode(expired(1))
+    metas = [EventMetadata(caused_by=f"user:{n % 1500}", node="n1") for n in range(3000)]
+    rows = [
+        (
+            n + 1,
+            1,
+            None,
+            "payment-1",
+            n + 1,
+            "PaymentExpired",
+            1,
+            payload,
+            msgspec.json.encode(m),
+            NOW,
+        )
+        for n, m in enumerate(metas)
+    ]
+    events, rejected = decoder.decode(rows)
+    assert rejected == []
+    assert [e.metadata for e in events] == metas
+    again, _ = decoder.decode(rows[:2])
+    assert again[0].metadata is events[0].metadata or again[0].metadata == metas[0]
+    assert [e.metadata for e in again] == metas[:2]
