@@ -461,10 +461,10 @@ async def test_a_crash_is_recorded_then_backed_off_then_restarted(store: EventSt
         int(crashed.traceback_digest, 16)  # hexadecimal
         assert crashed.uptime_seconds >= 0
         assert (backoff.attempt, backoff.delay_seconds) == (1, 0.05)
-        # (until and scheduled_at are two readings of the clock, microseconds apart)
-        assert abs(backoff.until - backoff.scheduled_at - timedelta(seconds=0.05)) < timedelta(
-            milliseconds=5
-        )
+        # The backoff counts from the crash; it was scheduled (the history read, the decision
+        # taken) after the crash, while it already ran.
+        assert backoff.until == crashed.crashed_at + timedelta(seconds=0.05)
+        assert crashed.crashed_at <= backoff.scheduled_at
         assert (restarted.cause, restarted.attempt, restarted.delay_seconds) == ("crash", 1, 0.05)
         assert restarted.restarted_at >= backoff.until - timedelta(milliseconds=5)
         assert again.node == "a"
@@ -512,6 +512,82 @@ async def test_the_backoff_delay_is_honoured_on_the_clock(store: EventStore) -> 
             assert restart_event.restarted_at == backoff_event.until
             if attempt < 3:
                 previous = await crash(supervisor, "Beta", previous=previous)
+
+
+async def test_a_restart_takes_two_commits_the_crash_with_its_backoff_the_restart_with_the_start(
+    store: EventStore,
+) -> None:
+    # Each lifecycle commit waits for a WAL flush: a restart records its four events in two,
+    # every event still there and in the same order.
+    supervisor = supervisor_for(store, [spec("Beta")])
+    async with supervising(supervisor):
+        await crash(supervisor, "Beta")
+        await wait_for_lifecycle(store, "Beta", count(ActorStarted, 2), what="Beta restarted")
+        recorded = await store.read_stream(actor_stream("Beta"), skip_unknown=True)
+    restart = ["ActorCrashed", "ActorBackoffScheduled", "ActorRestarted", "ActorStarted"]
+    assert [r.type for r in recorded] == ["ActorStarted", *restart]
+    _, crashed, backoff, restarted, started = recorded
+    assert crashed.transaction_id == backoff.transaction_id
+    assert restarted.transaction_id == started.transaction_id
+    assert backoff.transaction_id != restarted.transaction_id
+
+
+async def test_the_next_generation_is_granted_as_the_backoff_begins(
+    store: EventStore, raw: asyncpg.Connection
+) -> None:
+    # The grant comes before the backoff's sleep, not after it: while the actor backs off,
+    # the crashed incarnation's generation is already refused, nothing of the restart is in
+    # the log yet, and the next incarnation runs under the generation granted then.
+    clock = ManualClock(T0)
+    backoff = BackoffPolicy(min_delay=2.0, max_delay=2.0, jitter=0.0)
+    supervisor = supervisor_for(store, [spec("Beta")], clock=clock, backoff=backoff)
+    async with supervising(supervisor):
+        await crash(supervisor, "Beta")
+        events = await wait_for_lifecycle(
+            store, "Beta", count(ActorBackoffScheduled, 1), what="Beta backing off"
+        )
+        with anyio.fail_after(5):
+            await clock.wait_for_sleepers(1)
+        [crashed] = of_type(events, ActorCrashed)
+        [scheduled] = of_type(events, ActorBackoffScheduled)
+        # The backoff counts from the crash.
+        assert scheduled.until == crashed.crashed_at + timedelta(seconds=2.0)
+        granted = await raw.fetchval("SELECT generation FROM i3lani.leases WHERE name = 'Beta'")
+        assert granted == crashed.generation + 1
+        with pytest.raises(StaleGeneration):
+            await store.append(
+                "note-Beta", [NoteTaken(text="late")], fence=Fence("Beta", crashed.generation)
+            )
+        assert isinstance(supervisor.state("Beta"), BackingOff)
+        assert of_type(await lifecycle(store, "Beta"), ActorRestarted) == []
+
+        await clock.advance(2.0)
+        events = await wait_for_lifecycle(
+            store, "Beta", count(ActorStarted, 2), what="Beta restarted"
+        )
+        assert of_type(events, ActorStarted)[-1].generation == granted
+        assert of_type(events, ActorRestarted)[-1].restarted_at == scheduled.until
+        assert await store.stream_version("note-Beta") == 0
+
+
+async def test_a_restart_whose_incarnation_fails_to_start_is_recorded_before_its_crash(
+    store: EventStore,
+) -> None:
+    # A restart goes into the log with the next incarnation's first record: its start, or,
+    # when it fails to start, its crash. It is never lost, stays before that crash, and counts
+    # toward the restart intensity.
+    intensity = Intensity(max_restarts=2, within=60.0)
+    supervisor = supervisor_for(store, [ChildSpec("Fragile", FailsToStart)], intensity=intensity)
+    async with supervising(supervisor):
+        await wait_for_lifecycle(store, "Fragile", count(ActorParked, 1), what="Fragile parked")
+        recorded = await store.read_stream(actor_stream("Fragile"), skip_unknown=True)
+    failed_restart = ["ActorCrashed", "ActorBackoffScheduled", "ActorRestarted"]
+    assert [r.type for r in recorded] == [*failed_restart * 2, "ActorCrashed", "ActorParked"]
+    for restarted, crashed in ((recorded[2], recorded[3]), (recorded[5], recorded[6])):
+        assert restarted.transaction_id == crashed.transaction_id
+    parked = recorded[-1].event
+    assert isinstance(parked, ActorParked)
+    assert parked.restarts == 2
 
 
 # -- restart types -----------------------------------------------------------------------------
