@@ -190,6 +190,19 @@ def slow_ticker(name: str, entered: anyio.Event, seconds: float) -> Callable[[],
     return lambda: cls(entered, seconds)
 
 
+class SlowRestart(Worker):
+    """A Worker whose every incarnation but the first waits in setup until ``gate`` is set."""
+
+    name: ClassVar[str] = "SlowRestart"
+    gate: ClassVar[anyio.Event]
+    incarnations: ClassVar[int] = 0
+
+    async def setup(self, stack: Any, runner: ActorRunner[None]) -> None:
+        type(self).incarnations += 1
+        if type(self).incarnations > 1:
+            await type(self).gate.wait()
+
+
 # -- harness ------------------------------------------------------------------------------------
 FAST = BackoffPolicy(min_delay=0.05, max_delay=0.2, factor=2.0, jitter=0.0, reset_after=30.0)
 LENIENT = Intensity(max_restarts=100, within=60.0)
@@ -588,6 +601,49 @@ async def test_a_restart_whose_incarnation_fails_to_start_is_recorded_before_its
     parked = recorded[-1].event
     assert isinstance(parked, ActorParked)
     assert parked.restarts == 2
+
+
+async def test_an_actor_starting_after_its_backoff_reads_starting_not_backing_off(
+    store: EventStore,
+) -> None:
+    # Its restart is recorded with its start, once it is up: while a slow start runs, the log
+    # ends with the backoff, over by then. The status (what the HealthChecker reads) says
+    # "starting", since the end of the backoff, not "backing off" (a false alert).
+    SlowRestart.gate, SlowRestart.incarnations = anyio.Event(), 0
+    clock = ManualClock(T0)
+    backoff = BackoffPolicy(min_delay=2.0, max_delay=2.0, jitter=0.0)
+    specs = [ChildSpec("SlowRestart", SlowRestart)]
+    supervisor = supervisor_for(store, specs, clock=clock, backoff=backoff)
+    async with supervising(supervisor):
+        await crash(supervisor, "SlowRestart")
+        events = await wait_for_lifecycle(
+            store, "SlowRestart", count(ActorBackoffScheduled, 1), what="backing off"
+        )
+        [scheduled] = of_type(events, ActorBackoffScheduled)
+        with anyio.fail_after(5):
+            await clock.wait_for_sleepers(1)
+        status = await actor_status(store, "SlowRestart", clock.now())
+        assert (status.state, status.backing_off_until) == ("backing off", scheduled.until)
+
+        await clock.advance(2.0)
+
+        async def in_setup() -> bool:
+            return SlowRestart.incarnations == 2
+
+        await wait_for(in_setup, what="the second incarnation in its setup")
+        assert kinds(await lifecycle(store, "SlowRestart"))[-1] == "ActorBackoffScheduled"
+        status = await actor_status(store, "SlowRestart", clock.now())
+        assert (status.state, status.since, status.backing_off_until) == (
+            "starting",
+            scheduled.until,
+            None,
+        )
+        assert status.last_error == "CrashRequested: boom"
+
+        SlowRestart.gate.set()
+        await wait_for_lifecycle(store, "SlowRestart", count(ActorStarted, 2), what="started")
+        status = await actor_status(store, "SlowRestart", clock.now())
+        assert status.state == "running"
 
 
 # -- restart types -----------------------------------------------------------------------------
