@@ -270,6 +270,12 @@ class Fenced:
 
 ChildState = StandingBy | Starting | Running | BackingOff | Stopped | Fenced
 
+TIMER_GRAIN = 0.0015
+"""Seconds before a backoff's end that the supervisor stops sleeping on the event loop's timer
+and waits out the rest in turns of the loop (real time only, see
+:meth:`Supervisor._backoff_sleep`): the loop's selector waits in whole milliseconds,
+rounded up, so its timer wakes up to a millisecond late, plus the loop's own turn."""
+
 WATCH_SAFETY = 60.0
 """Seconds between looks at a running incarnation when nothing pokes it. Everything that ends
 one (its exit, a lost lease, a command, shutdown) pokes the child as it happens; this look is
@@ -308,10 +314,11 @@ def transition(current: ChildState, new: ChildState) -> ChildState:
 # -- how an incarnation, or a backoff, ended ------------------------------------------------------
 @dataclass(frozen=True)
 class Crashed:
-    """The incarnation raised ``error`` after running ``uptime`` seconds."""
+    """The incarnation raised ``error`` after running ``uptime`` seconds, at ``at``."""
 
     error: BaseException
     uptime: float
+    at: datetime
 
 
 @dataclass(frozen=True)
@@ -806,9 +813,10 @@ class Supervisor:
             child.restart_unrecorded = restarted
             child.move(Starting(lease.generation))
             return lease
-        # The backoff counts from here, the moment the end was noticed: the bookkeeping below
-        # (reading the history, the records, the next grant) happens while it runs.
-        ended_at = self.clock.now()
+        # The backoff counts from the crash (the moment its exception left the actor's
+        # runner), or from here for the other ends: the supervisor's bookkeeping after it
+        # (seeing the end, reading the history, the records, the next grant) runs during it.
+        ended_at = outcome.at if isinstance(outcome, Crashed) else self.clock.now()
         ended: list[Event] = []
         if isinstance(outcome, Crashed):
             crash = outcome.error
@@ -962,7 +970,20 @@ class Supervisor:
 
     async def _backoff_sleep(self, child: _Child, delay: float, lost: anyio.Event) -> BackoffEnd:
         """Sleep ``delay`` on the clock, cut short by an operator command, a stop or a lost
-        lease."""
+        lease.
+
+        On the real clock the event loop's timer wakes up to a millisecond late (the
+        selector's wait is rounded up to whole milliseconds), and a backoff's end is on a
+        restart's critical path: the timer is set :data:`TIMER_GRAIN` early, the watchers
+        are put away then, and the rest is waited out in turns of the loop (other tasks run
+        between them: at most about that much CPU, once per restart), then the command, stop
+        or lost lease that came meanwhile is honoured as during the sleep. A simulated or
+        manual clock sleeps exactly already, and there turns of the loop would not move time:
+        it just sleeps."""
+        clock = self.clock
+        deadline = clock.monotonic() + delay
+        real = isinstance(clock, SystemClock) and environment.current() is environment.SYSTEM
+        tail = min(delay, TIMER_GRAIN) if real else 0.0
         async with anyio.create_task_group() as tg:
 
             async def watch() -> None:
@@ -979,14 +1000,23 @@ class Supervisor:
 
             tg.start_soon(watch)
             tg.start_soon(watch_lease)
-            await self.clock.sleep(delay)
+            await clock.sleep(delay - tail)
             tg.cancel_scope.cancel()
+        interrupted = self._backoff_interrupted(child, lost)
+        if interrupted is None and tail > 0.0:
+            while clock.monotonic() < deadline:
+                await anyio.lowlevel.checkpoint()
+            interrupted = self._backoff_interrupted(child, lost)
+        return interrupted if interrupted is not None else Elapsed()
+
+    def _backoff_interrupted(self, child: _Child, lost: anyio.Event) -> BackoffEnd | None:
+        """What cut a backoff short (taking the command), or None: nothing did."""
         if lost.is_set():
             return LeaseLost(_lost_why(child))
         if child.stop_requested or self._shutting_down:
             return Cancelled(SHUTDOWN_REASON)
         command, child.command = child.command, None
-        return Commanded(command) if command is not None else Elapsed()
+        return Commanded(command) if command is not None else None
 
     async def _run_once(self, child: _Child, lease: Lease, lost: anyio.Event) -> Exit:
         """One incarnation: start it (Running once its start is recorded) and wait for how it
@@ -995,11 +1025,13 @@ class Supervisor:
         started_at = self.clock.monotonic()
         outcome: Exit = Finished()
         crash: BaseException | None = None
+        crashed_at = self.clock.now()
+        crash_uptime = 0.0
         ended = anyio.Event()
         reported = False
 
         async def incarnation(*, task_status: TaskStatus[ActorRef | None]) -> None:
-            nonlocal crash
+            nonlocal crash, crashed_at, crash_uptime
             try:
                 # Built here: an actor whose constructor or initial_state() raises crashes
                 # like any other, alone.
@@ -1015,6 +1047,7 @@ class Supervisor:
                 await runner.run(task_status=task_status)
             except Exception as exc:  # one actor's crash never disturbs the others
                 crash = _root_cause(exc)
+                crashed_at, crash_uptime = self.clock.now(), self.clock.monotonic() - started_at
                 if not reported:
                     task_status.started(None)
             finally:
@@ -1055,7 +1088,7 @@ class Supervisor:
                     await self._stop_runner(child, running, ended, tg.cancel_scope)
         child.runner = None
         if crash is not None:
-            return Crashed(crash, self.clock.monotonic() - started_at)
+            return Crashed(crash, crash_uptime, crashed_at)
         return outcome
 
     async def _wait_for_end(self, child: _Child, ended: anyio.Event, lost: anyio.Event) -> Exit:

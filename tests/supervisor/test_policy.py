@@ -657,5 +657,5 @@ def test_a_move_the_lifecycle_does_not_allow_is_refused_loudly(
 
 
 def test_an_exit_maps_to_its_otp_reason() -> None:
-    assert exit_reason(Crashed(RuntimeError("boom"), uptime=1.0)) is ExitReason.CRASH
+    assert exit_reason(Crashed(RuntimeError("boom"), uptime=1.0, at=T0)) is ExitReason.CRASH
     assert exit_reason(Finished()) is ExitReason.NORMAL
