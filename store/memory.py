@@ -699,7 +699,8 @@ class MemoryLog(PagedReads):
         if tx.transaction_id is not None:
             self._open.pop(tx.transaction_id, None)
             for subscription in list(self._subscriptions):
-                subscription._wake.set()  # what it held back may be readable now
+                if subscription.waiting_behind:
+                    subscription._wake.set()  # what it held back may be readable now
 
     # -- appending --------------------------------------------------------------------------
     async def append(
