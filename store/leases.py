@@ -38,7 +38,7 @@ which is shorter than the lease.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Final, Protocol
 
@@ -161,6 +161,30 @@ class Leases:
         if lease.clock is not None:
             lease.clock.extend(sent + self.ttl - self.margin)
         return True
+
+    async def renew_all(self, leases: Sequence[Lease]) -> set[str]:
+        """Extend every grant in ``leases`` (all ours) in one statement, and their clocks:
+        the names renewed. A name missing was lost (expired, taken over, or released)."""
+        if not leases:
+            return set()
+        if any(lease.node != self.node for lease in leases):
+            raise ValueError("renew_all renews this holder's own leases only")
+        if len({lease.name for lease in leases}) != len(leases):
+            raise ValueError("renew_all takes one generation of each lease")
+        sent = environment.monotonic()
+        renewed = await self._fetchval(
+            "lease_renew_many",
+            self.node,
+            [lease.name for lease in leases],
+            [lease.generation for lease in leases],
+            self.ttl,
+        )
+        assert isinstance(renewed, list)
+        names = {str(name) for name in renewed}
+        for lease in leases:
+            if lease.name in names and lease.clock is not None:
+                lease.clock.extend(sent + self.ttl - self.margin)
+        return names
 
     async def expires_in(self, name: str) -> float | None:
         """Seconds until the current grant of ``name`` can expire, by the database's clock (0
