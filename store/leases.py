@@ -27,7 +27,14 @@ grant is always most of a time to live ahead and a standby asks about once per t
 a dead holder's lease is taken within the standby's minimum interval of its expiry, the same
 bound as polling gave (the try before the expiry saw the expiry, or one earlier than it, and
 the next is due then). A notification lost with its connection is made up for: the listener
-says so (``on_lost``), and a node that cannot listen polls as before.
+says so (``on_lost``), and a node that cannot listen polls as before. When its wait runs out
+the holder has usually renewed, so the standby asks :meth:`Leases.expires_in` again first
+and tries only once the grant has expired.
+
+**Renewing.** A holder renews every lease it holds in one statement,
+:meth:`Leases.renew_all` (the supervisor's lease keeper, four times per time to live): the
+names it answers were renewed, and their clocks moved on; a lease missing from the answer
+was lost (taken over, expired, released).
 
 **Bounded waits.** Lease statements run on the store's lease connection (never starved by a
 busy pool) whose ``lock_timeout`` is short (:mod:`store.limits`): a take-over that meets a row lock
