@@ -57,7 +57,7 @@ from events import (
 )
 from events.errors import StaleGeneration, StoreError, StoreUnavailable
 from events.streams import OPS, OPS_ALERTS, OPS_COMMANDS, actor_stream
-from store import EventStore, NewEvent
+from store import EventStore, LeaseClock, NewEvent
 from store.leases import Lease, Leases
 from store.memory import MemoryLog
 from store.views import DesiredState, desired_state
@@ -406,6 +406,7 @@ class _Child:
     command: OperatorCommandIssued | None = None
     stop_requested: bool = False
     wake: anyio.Event = field(default_factory=anyio.Event)
+    poked: bool = False  # poke() since the last wait: a wake-up, not a wait's time limit
     # what others wait on
     started: anyio.Event = field(default_factory=anyio.Event)
     ended: anyio.Event = field(default_factory=anyio.Event)
@@ -423,12 +424,16 @@ class _Child:
         )
 
     def poke(self) -> None:
+        self.poked = True
         self.wake.set()
 
-    async def wait_poked(self, seconds: float) -> None:
-        with anyio.move_on_after(seconds):
-            await self.wake.wait()
+    async def wait_poked(self, seconds: float) -> bool:
+        """Wait ``seconds`` or until poked: whether it was poked. (The time limit sets the
+        event too, on a timer rather than through a cancel scope: the flag tells them apart.)"""
+        await environment.set_after(self.wake, seconds)
+        poked, self.poked = self.poked, False
         self.wake = anyio.Event()
+        return poked
 
 
 class Supervisor:
@@ -469,6 +474,10 @@ class Supervisor:
             poll_interval=acquire_interval,
         )
         self.rng = rng or environment.new_rng()
+        # The holds whose leases the keeper renews (_keep_leases), by child name; the keeper
+        # sleeps on _keeper_wake while there are none.
+        self._kept: dict[str, tuple[_Child, anyio.Event]] = {}
+        self._keeper_wake = anyio.Event()
         self._children = {spec.name: _Child(spec) for spec in specs}
         # Where each child's latest ActorStarted landed in the log: shutdown goes in reverse of
         # that order, the order the log itself shows (children start concurrently).
@@ -514,6 +523,7 @@ class Supervisor:
             for child in self._children.values():
                 tg.start_soon(self._child_loop, child)
             tg.start_soon(self._follow_commands)
+            tg.start_soon(self._keep_leases)
             task_status.started()
             try:
                 await anyio.sleep_forever()
@@ -663,10 +673,24 @@ class Supervisor:
         instead of every ``acquire_interval``. A dead holder's lease is still taken within
         ``acquire_interval`` of its expiry (``store.leases``, "Standing by"). Without a
         working LISTEN (refused, or a connection lost) it asks every ``acquire_interval``,
-        as a handed-back lease would otherwise wait out its old expiry."""
+        as a handed-back lease would otherwise wait out its old expiry.
+
+        When such a wait runs out, the grant it waited for has usually been renewed: a live
+        holder renews four times per time to live. So the look after it asks for the expiry
+        first, one statement, and sleeps again while the lease is still held; only a grant
+        that has expired (or a lease nobody holds) is tried for, after the desired state
+        (which matters only to a try: an operator's command pokes the child, which then
+        tries at once)."""
         name = child.spec.name
+        held_elsewhere = False  # refused, and the wait for the holder's expiry ran out
         while not self._shutting_down and not child.stop_requested:
             wait = self.acquire_interval
+            if held_elsewhere and self._releases.listening:
+                remaining = await self.leases.expires_in(name)
+                if remaining:  # still held (None: nobody holds it; 0: its grant expired)
+                    held_elsewhere = not await child.wait_poked(max(wait, remaining))
+                    continue
+            refused = False
             desired = await self.desired_state(name)
             if desired == "running":
                 if isinstance(child.state, Stopped):
@@ -678,7 +702,8 @@ class Supervisor:
                     return lease
                 if self._releases.listening:
                     wait = max(wait, await self.leases.expires_in(name) or 0.0)
-            await child.wait_poked(wait)
+                    refused = True
+            held_elsewhere = not await child.wait_poked(wait) and refused
         return None
 
     def _lease_released(self, name: str) -> None:
@@ -695,63 +720,108 @@ class Supervisor:
                 child.poke()
 
     async def _keep_lease(self, child: _Child, lost: anyio.Event) -> None:
-        """Renew the child's current lease four times per time to live; when it is lost, or
-        its clock runs out before a renewal gets through (a frozen database connection, a
-        network cut), fence the node off at once: the clock is revoked, so every write made
-        under it is refused before it is sent, and ``lost`` stops the actor.
+        """Keep the child's lease while this hold lasts: the node's lease keeper
+        (:meth:`_keep_leases`) renews it together with the node's others; this registers the
+        hold with it, for as long as it lasts."""
+        name = child.spec.name
+        kept = (child, lost)
+        self._kept[name] = kept
+        self._keeper_wake.set()
+        try:
+            await anyio.sleep_forever()
+        finally:
+            if self._kept.get(name) is kept:
+                del self._kept[name]
 
-        The clock (:class:`store.LeaseClock`) runs on this process's monotonic time from the
-        last renewal the database confirmed, so the actor stops here before the lease can
+    async def _keep_leases(self) -> None:
+        """Renew every lease this node holds four times per time to live, all in one
+        statement (:meth:`store.leases.Leases.renew_all`); when one is lost, or its clock runs
+        out before a renewal gets through (a frozen database connection, a network cut), fence
+        the node off for it at once: the clock is revoked, so every write made under it is
+        refused before it is sent, and the hold's ``lost`` event stops the actor.
+
+        Each clock (:class:`store.LeaseClock`) runs on this process's monotonic time from the
+        last renewal the database confirmed, so the actor stops here before its lease can
         expire on the server and be granted elsewhere, whether or not a renewal ever answers.
-        """
+
+        One statement for all: a node holding five leases used to send five renewals every
+        quarter of the time to live, each on its own timer; the database's work and the
+        node's wake-ups are now one per round, whatever the number of actors. A lease granted
+        between two rounds is renewed at the next one, within a quarter of its time to live,
+        which is when its own timer would have renewed it."""
         interval = self.leases.ttl / 4
         retry = min(0.5, interval)
         wait = interval
         while True:
-            lease = child.lease
-            if lease is None or lease.clock is None:
-                return
-            clock = lease.clock
-            await anyio.sleep(min(wait, clock.remaining()))
-            if child.lease is not lease:
-                continue  # a restart took the next generation meanwhile
-            why: str | None = None
-            if not clock.valid():
-                why = "no renewal got through before its clock ran out"
-            else:
-                try:
-                    with anyio.move_on_after(clock.remaining()):
-                        if await self.leases.renew(lease):
-                            wait = interval
-                            continue
-                        why = "it was taken over"
-                    if child.lease is not lease:
-                        # A restart took the next generation while this renewal was on its
-                        # way (refused, or queued behind the grant past its clock): a verdict
-                        # on a superseded grant says nothing about the current one.
-                        continue
-                    if why is None:
-                        why = "the renewal did not answer before its clock ran out"
-                except StoreUnavailable as exc:
-                    logger.warning(
-                        "%s: cannot renew lease (%s); %.1fs left",
-                        lease.name,
-                        exc,
-                        clock.remaining(),
-                        extra={"action": "lease_renew_failed"},
+            held = self._holds()
+            if not held:
+                self._keeper_wake = anyio.Event()
+                await self._keeper_wake.wait()
+                wait = interval  # a fresh grant: its clock has most of a time to live left
+                continue
+            soonest = min(clock.remaining() for *_, clock in held)
+            await anyio.sleep(min(wait, soonest))
+            live: list[tuple[_Child, anyio.Event, Lease, LeaseClock]] = []
+            for child, lost, lease, clock in self._holds():
+                if clock.valid():
+                    live.append((child, lost, lease, clock))
+                else:
+                    self._lose(
+                        child, lost, clock, lease, "no renewal got through before its clock ran out"
                     )
-                    wait = retry
+            if not live:
+                continue
+            try:
+                renewed: set[str] | None = None
+                with anyio.move_on_after(min(clock.remaining() for *_, clock in live)):
+                    renewed = await self.leases.renew_all([lease for _, _, lease, _ in live])
+            except StoreUnavailable as exc:
+                logger.warning(
+                    "cannot renew leases %s (%s); %.1fs left",
+                    ", ".join(lease.name for _, _, lease, _ in live),
+                    exc,
+                    min(clock.remaining() for *_, clock in live),
+                    extra={"action": "lease_renew_failed"},
+                )
+                wait = retry
+                continue
+            if renewed is None:
+                wait = 0.0  # the soonest clock ran out meanwhile: lost on the next look
+                continue
+            wait = interval
+            for child, lost, lease, clock in live:
+                if lease.name in renewed or not self._holding(child, lost, lease):
+                    # Renewed; or a restart took the next generation (or the hold ended)
+                    # while this renewal was on its way: a verdict on a superseded grant says
+                    # nothing about the current one.
                     continue
-            clock.revoke(f"the lease was lost: {why}")
-            logger.warning(
-                "%s: lease lost (%s); this node stops acting for it",
-                lease.name,
-                why,
-                extra={"action": "lease_lost"},
-            )
-            lost.set()
-            child.poke()
-            return
+                self._lose(child, lost, clock, lease, "it was taken over")
+
+    def _holds(self) -> list[tuple[_Child, anyio.Event, Lease, LeaseClock]]:
+        """The holds the keeper renews: each registered child's current lease and clock."""
+        held = []
+        for child, lost in self._kept.values():
+            lease = child.lease
+            if lease is not None and lease.clock is not None and not lost.is_set():
+                held.append((child, lost, lease, lease.clock))
+        return held
+
+    def _holding(self, child: _Child, lost: anyio.Event, lease: Lease) -> bool:
+        kept = self._kept.get(child.spec.name)
+        return kept is not None and kept[1] is lost and child.lease is lease
+
+    def _lose(
+        self, child: _Child, lost: anyio.Event, clock: LeaseClock, lease: Lease, why: str
+    ) -> None:
+        clock.revoke(f"the lease was lost: {why}")
+        logger.warning(
+            "%s: lease lost (%s); this node stops acting for it",
+            lease.name,
+            why,
+            extra={"action": "lease_lost"},
+        )
+        lost.set()
+        child.poke()
 
     async def _release(self, lease: Lease) -> None:
         with anyio.CancelScope(shield=True), anyio.move_on_after(3):
@@ -989,7 +1059,7 @@ class Supervisor:
             async def watch() -> None:
                 while True:
                     await child.wake.wait()
-                    child.wake = anyio.Event()
+                    child.wake, child.poked = anyio.Event(), False
                     if child.command is not None or child.stop_requested or self._shutting_down:
                         tg.cancel_scope.cancel()
                         return

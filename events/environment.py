@@ -21,6 +21,7 @@ loop reads.
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import time
 import uuid
@@ -29,6 +30,8 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Final, Protocol
+
+import anyio
 
 __all__ = [
     "Environment",
@@ -40,6 +43,7 @@ __all__ = [
     "monotonic",
     "new_uuid",
     "new_rng",
+    "set_after",
 ]
 
 
@@ -121,3 +125,25 @@ def new_uuid() -> uuid.UUID:
 def new_rng() -> random.Random:
     """A random source for a component not given one (:meth:`Environment.new_rng`)."""
     return _current.get().new_rng()
+
+
+async def set_after(event: anyio.Event, seconds: float) -> None:
+    """Wait until ``event`` is set, setting it itself once ``seconds`` have passed: a wait
+    with a time limit whose owner tells a wake-up from the limit by a flag of its own (see
+    :class:`store._wakeup.Wakeup`), and replaces the event after it.
+
+    What ``with anyio.move_on_after(seconds): await event.wait()`` does, on a timer of the
+    event loop instead of a cancel scope: a wait that runs out costs one timer callback, not
+    a cancellation (the scope's timeout, a ``CancelledError`` raised through the task, the
+    scope's delivery and clean-up, in all about four of the loop's steps and most of their
+    CPU). Such waits are most of what a quiet node does (standing by for a lease, polling
+    for work, following a quiet log), and in a simulation most of its steps. The timer is the
+    running loop's, so a simulated loop's virtual time drives it like any sleep."""
+    if event.is_set() or seconds == math.inf:
+        await event.wait()
+        return
+    handle = asyncio.get_running_loop().call_later(max(seconds, 0.0), event.set)
+    try:
+        await event.wait()
+    finally:
+        handle.cancel()

@@ -28,6 +28,7 @@ from typing import Any
 import anyio
 import msgspec
 
+from events import environment
 from events.errors import StoreError
 from store.limits import SessionLimits
 from store.listener import (
@@ -51,27 +52,33 @@ class Wakeup:
 
     def __init__(self) -> None:
         self._event: anyio.Event | None = None
+        self._set = False  # set() since the last arm(): what tells a wake-up from a time-out
 
     def arm(self) -> None:
         """Call before looking for work: a :meth:`set` from now on ends the next wait."""
         self._event = anyio.Event()
+        self._set = False
 
     def set(self) -> None:
+        self._set = True
         if self._event is None:
             self._event = anyio.Event()
         self._event.set()
 
     def is_set(self) -> bool:
-        return self._event is not None and self._event.is_set()
+        return self._set
 
     async def wait(self, at_most: float = math.inf) -> bool:
-        """Wait until :meth:`set` (True) or ``at_most`` seconds have passed (False)."""
+        """Wait until :meth:`set` (True) or ``at_most`` seconds have passed (False). The time
+        limit is a timer of the loop's that sets the event (:func:`events.environment.set_after`),
+        not a cancel scope: a wait that runs out is the common case, and this way it is cheap."""
         if self._event is None:
             self._event = anyio.Event()
-        with anyio.move_on_after(at_most):
-            await self._event.wait()
-            return True
-        return False
+        event = self._event
+        await environment.set_after(event, at_most)
+        if not self._set and self._event is event:
+            self._event = anyio.Event()  # set by the timer: the next wait waits again
+        return self._set
 
 
 Opener = Callable[[Callable[..., Any]], Awaitable[ListenConnection]]

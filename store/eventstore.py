@@ -1211,19 +1211,16 @@ class EventStore(PagedReads):
     async def _read_ahead(
         self, after: Cursor, category: str | None, limit: int
     ) -> ReadAhead[list[asyncpg.Record]]:
-        """The rows of the page after ``after``, asked for now in the store's task group when
-        a pooled connection is spare; when it is not (others wait, or the read would take the
-        pool's last one), read now, in turn: reading ahead must not take the budget from the
-        writers and actors that share it (:mod:`store.budget`)."""
+        """The rows of the page after ``after``, asked for now in the store's task group, unless
+        others wait for a pooled connection: then it is read now, in turn. A read ahead never
+        holds two connections (the page before has been fetched when it starts); it only keeps
+        one busy while this process decodes, which must not keep the writers and actors that
+        share the budget waiting (:mod:`store.budget`)."""
         if self._closed or self._tg is None:
             raise StoreError("the store was closed while the log was being read")
-        if not self._spare_connection():
+        if self._pool.waiting:
             return ReadAhead.finished(await self._page_rows(after, category, limit))
         return await ReadAhead.begin(self._tg, self._page_rows, after, category, limit)
-
-    def _spare_connection(self) -> bool:
-        """Whether a read ahead would leave a pooled connection free for everybody else."""
-        return not self._pool.waiting and self._pool.in_use() + 1 < self._pool.max_size
 
     async def read_stored(self, after: Cursor, *, limit: int = 1000) -> StoredPage:
         """Up to ``limit`` rows after ``after`` as stored, in reading order (see

@@ -27,7 +27,14 @@ grant is always most of a time to live ahead and a standby asks about once per t
 a dead holder's lease is taken within the standby's minimum interval of its expiry, the same
 bound as polling gave (the try before the expiry saw the expiry, or one earlier than it, and
 the next is due then). A notification lost with its connection is made up for: the listener
-says so (``on_lost``), and a node that cannot listen polls as before.
+says so (``on_lost``), and a node that cannot listen polls as before. When its wait runs out
+the holder has usually renewed, so the standby asks :meth:`Leases.expires_in` again first
+and tries only once the grant has expired.
+
+**Renewing.** A holder renews every lease it holds in one statement,
+:meth:`Leases.renew_all` (the supervisor's lease keeper, four times per time to live): the
+names it answers were renewed, and their clocks moved on; a lease missing from the answer
+was lost (taken over, expired, released).
 
 **Bounded waits.** Lease statements run on the store's lease connection (never starved by a
 busy pool) whose ``lock_timeout`` is short (:mod:`store.limits`): a take-over that meets a row lock
@@ -38,7 +45,7 @@ which is shorter than the lease.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Final, Protocol
 
@@ -161,6 +168,30 @@ class Leases:
         if lease.clock is not None:
             lease.clock.extend(sent + self.ttl - self.margin)
         return True
+
+    async def renew_all(self, leases: Sequence[Lease]) -> set[str]:
+        """Extend every grant in ``leases`` (all ours) in one statement, and their clocks:
+        the names renewed. A name missing was lost (expired, taken over, or released)."""
+        if not leases:
+            return set()
+        if any(lease.node != self.node for lease in leases):
+            raise ValueError("renew_all renews this holder's own leases only")
+        if len({lease.name for lease in leases}) != len(leases):
+            raise ValueError("renew_all takes one generation of each lease")
+        sent = environment.monotonic()
+        renewed = await self._fetchval(
+            "lease_renew_many",
+            self.node,
+            [lease.name for lease in leases],
+            [lease.generation for lease in leases],
+            self.ttl,
+        )
+        assert isinstance(renewed, list)
+        names = {str(name) for name in renewed}
+        for lease in leases:
+            if lease.name in names and lease.clock is not None:
+                lease.clock.extend(sent + self.ttl - self.margin)
+        return names
 
     async def expires_in(self, name: str) -> float | None:
         """Seconds until the current grant of ``name`` can expire, by the database's clock (0

@@ -467,6 +467,9 @@ class MemoryLog(PagedReads):
             against). The generation, or None when another holder has it.
         ``lease_renew(name, node, generation, ttl)``
             extend our live grant of that generation: its new expiry, or None.
+        ``lease_renew_many(node, names, generations, ttl)``
+            ``lease_renew`` of each name with the generation beside it, in one operation:
+            the names renewed, sorted.
         ``lease_release(name, node, generation)``
             hand it back at once: the name, or None when it was not ours. Every
             :meth:`lease_listener` is told the name, as PostgreSQL NOTIFYs ``i3lani_leases``.
@@ -504,6 +507,26 @@ class MemoryLog(PagedReads):
             row.renewed_at, row.expires_at = now, now + timedelta(seconds=ttl)
             self._acknowledge("lease")
             return row.expires_at
+        if name == "lease_renew_many":
+            node, ttl = _str(args[0]), _seconds(args[3])
+            names, generations = args[1], args[2]
+            assert isinstance(names, list)
+            assert isinstance(generations, list)
+            expires_at = now + timedelta(seconds=ttl)
+            renewed: list[str] = []
+            for lease, wanted in zip(names, generations, strict=True):
+                row = self._lease_rows.get(lease)
+                if (
+                    row is None
+                    or row.node != node
+                    or self._leases.get(lease) != wanted
+                    or row.expires_at < now
+                ):
+                    continue
+                row.renewed_at, row.expires_at = now, expires_at
+                renewed.append(lease)
+            self._acknowledge("lease")
+            return sorted(renewed)
         if name == "lease_release":
             lease, node, wanted = _str(args[0]), _str(args[1]), args[2]
             row = self._lease_rows.get(lease)
@@ -676,7 +699,8 @@ class MemoryLog(PagedReads):
         if tx.transaction_id is not None:
             self._open.pop(tx.transaction_id, None)
             for subscription in list(self._subscriptions):
-                subscription._wake.set()  # what it held back may be readable now
+                if subscription.waiting_behind:
+                    subscription._wake.set()  # what it held back may be readable now
 
     # -- appending --------------------------------------------------------------------------
     async def append(

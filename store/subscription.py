@@ -113,6 +113,9 @@ class Subscription:
         self.checkpoint: Cursor | None = None  # as stored (for named subscriptions)
         self.position: Cursor = self._fetch_cursor  # after the last event handed out
         self._wake = Wakeup()
+        self.waiting_behind = False
+        """Whether it waits for events an older open transaction holds back: a log that knows
+        when a transaction ends (the in-memory one) wakes such readers, and only them."""
         self._listener: Listener | None = None  # made at the first LISTEN (see _listen)
         self._retry_delay = _RETRY_MIN
         self.notifications = 0  # how many wake-ups came by NOTIFY (for tests and statistics)
@@ -162,8 +165,14 @@ class Subscription:
                 await self._back_off(exc)
                 continue
             if held:
-                # Committed events wait behind an older open transaction: look again soon.
-                await anyio.sleep(held_back_delay)
+                # Committed events wait behind an older open transaction: look again soon, or
+                # as soon as a wake-up comes (a log that knows when that transaction ends
+                # wakes the readers it holds back: see ``waiting_behind``).
+                self.waiting_behind = True
+                try:
+                    await self._wake.wait(held_back_delay)
+                finally:
+                    self.waiting_behind = False
                 held_back_delay = min(held_back_delay * 2, self.poll_interval)
                 continue
             self._retry_delay = _RETRY_MIN

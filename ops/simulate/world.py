@@ -534,11 +534,13 @@ class _World:
     # -- nodes ------------------------------------------------------------------------------
     def start_node(self, tg: TaskGroup, node: _Node) -> None:
         node.incarnation += 1
-        node.scope = anyio.CancelScope()
-        node.done = anyio.Event()
-        tg.start_soon(self._run_node, node, name=f"{node.name}#{node.incarnation}")
+        node.scope = scope = anyio.CancelScope()
+        node.done = done = anyio.Event()
+        # The scope and event are this incarnation's, passed along: a node killed and started
+        # again before this task first runs has its next incarnation's in ``node`` by then.
+        tg.start_soon(self._run_node, node, scope, done, name=f"{node.name}#{node.incarnation}")
 
-    async def _run_node(self, node: _Node) -> None:
+    async def _run_node(self, node: _Node, scope: anyio.CancelScope, done: anyio.Event) -> None:
         _node.set(node.name)
         supervisor = Supervisor(
             self.log,
@@ -547,12 +549,11 @@ class _World:
             lease_ttl=LEASE_TTL,
             acquire_interval=ACQUIRE_INTERVAL,
         )
-        assert node.scope is not None
         try:
-            with node.scope:
+            with scope:
                 await supervisor.run()
         finally:
-            node.done.set()
+            done.set()
 
     async def kill(self, tg: TaskGroup, node: _Node) -> None:
         """SIGKILL and restart: nothing the dying process does reaches the database."""

@@ -265,6 +265,21 @@ SET expires_at = now() + make_interval(secs => $4), renewed_at = now()
 WHERE name = $1 AND node = $2 AND generation = $3 AND expires_at >= now()
 RETURNING expires_at;
 
+-- name: lease_renew_many
+-- Extend every live grant of ours in one statement: a node renews all the leases it holds at
+-- once (the supervisor's lease keeper), not one statement per lease. $2 and $3 are the names
+-- and generations held, side by side. Returns the names renewed (sorted; empty when none was):
+-- a name missing was lost (expired, taken over, or released).
+WITH renewed AS (
+    UPDATE i3lani.leases AS l
+    SET expires_at = now() + make_interval(secs => $4), renewed_at = now()
+    FROM unnest($2::text[], $3::bigint[]) AS held(name, generation)
+    WHERE l.name = held.name AND l.node = $1 AND l.generation = held.generation
+      AND l.expires_at >= now()
+    RETURNING l.name
+)
+SELECT coalesce(array_agg(name ORDER BY name), '{}'::text[]) FROM renewed;
+
 -- name: lease_release
 -- Hand the lease back at once (SIGTERM, operator stop): another node may take it immediately,
 -- and is told so: NOTIFY i3lani_leases with the lease's name (sent when this commits), which

@@ -63,6 +63,43 @@ async def test_renewal_keeps_only_the_current_generation(log: EventLog) -> None:
     assert not await a.renew(old)
 
 
+async def test_one_statement_renews_every_live_grant_of_ours_and_names_them(
+    log: EventLog,
+) -> None:
+    """``renew_all``: what each ``renew`` would have said, for all of a node's leases at once:
+    the current generations of ours are renewed (and their clocks moved on); a superseded
+    generation, a lease taken over after it expired and a released one are not."""
+    a, b = leases(log, "a", ttl=TTL), leases(log, "b", ttl=TTL)
+    kept = await a.acquire("Kept")
+    old = await a.acquire("Again")
+    new = await a.acquire("Again")
+    released = await a.acquire("Released")
+    expiring = await a.acquire("Expiring")
+    assert kept is not None
+    assert old is not None
+    assert new is not None
+    assert released is not None
+    assert expiring is not None
+    assert await a.release(released)
+    assert await a.renew_all([]) == set()
+    assert await a.renew_all([kept, old, released, expiring]) == {"Kept", "Expiring"}
+    assert await a.renew_all([kept, new, released, expiring]) == {"Kept", "Again", "Expiring"}
+    with pytest.raises(ValueError, match="one generation"):
+        await a.renew_all([old, new])
+    await anyio.sleep(TTL * 0.75)
+    assert await a.renew_all([kept, new]) == {"Kept", "Again"}  # Expiring is left to expire
+    await anyio.sleep(TTL * 0.5)
+    assert kept.clock is not None
+    assert kept.clock.valid()  # moved on by the renewals
+    taken = await b.acquire("Expiring")
+    assert taken is not None
+    assert await a.renew_all([kept, new, expiring]) == {"Kept", "Again"}
+    assert await a.renew(kept)  # and each alone says the same
+    assert not await a.renew(expiring)
+    with pytest.raises(ValueError, match="own leases"):
+        await a.renew_all([taken])
+
+
 async def test_a_released_lease_is_free_at_once_and_fences_its_old_holder(
     log: EventLog,
 ) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 import anyio
 import pytest
 
+from events import environment
 from events.errors import StoreUnavailable
 from store._wakeup import (
     RETRY_LISTEN_AFTER,
@@ -232,3 +233,40 @@ async def test_a_wakeup_ends_a_wait() -> None:
             await anyio.wait_all_tasks_blocked()
             wakeup.set()
     assert woken == [True]
+
+
+async def test_a_wait_that_ran_out_leaves_the_next_wait_waiting_and_keeps_a_late_wakeup() -> None:
+    """The time limit sets the awaited event on a timer (no cancel scope): a wait that ran out
+    must not leave it set for the next wait, and a wake-up that comes after it is kept."""
+    wakeup = Wakeup()
+    wakeup.arm()
+    assert not await wakeup.wait(0.01)
+    assert not wakeup.is_set()
+    assert not await wakeup.wait(0.01)  # not ended at once by the first wait's timer
+    wakeup.set()  # while nobody waits: the next wait ends at once
+    with anyio.fail_after(1):
+        assert await wakeup.wait(10)
+    wakeup.arm()
+    assert not wakeup.is_set()
+
+
+async def test_a_cancelled_wait_leaves_no_timer_behind() -> None:
+    wakeup = Wakeup()
+    wakeup.arm()
+    with anyio.move_on_after(0.01):
+        await wakeup.wait(0.05)
+    await anyio.sleep(0.08)  # past the cancelled wait's limit: its timer must not fire
+    assert not wakeup.is_set()
+    assert not await wakeup.wait(0.01)
+
+
+async def test_set_after_sets_the_event_once_the_time_is_up_or_returns_when_it_is_set() -> None:
+    late = anyio.Event()
+    began = anyio.current_time()
+    await environment.set_after(late, 0.02)
+    assert late.is_set()
+    assert anyio.current_time() - began >= 0.02
+    early = anyio.Event()
+    early.set()
+    with anyio.fail_after(1):
+        await environment.set_after(early, 10)

@@ -7,7 +7,11 @@ at which it took the lease, so the take-over bounds are checked exactly and with
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Sequence
+
 import anyio
+import pytest
 
 from ops.simulate import run
 from store.leases import Lease, Leases
@@ -20,32 +24,45 @@ INTERVAL = 1.0
 
 
 class CountedLeases(Leases):
-    """Leases that note the virtual time of each try."""
+    """Leases that note the virtual time of each look: a try (``acquire``) or a question for
+    the holder's expiry alone (``expires_in`` after a wait that ran out: "E" in ``looks``)."""
 
     def __init__(self, log: MemoryLog, holder: str) -> None:
         super().__init__(log, holder, ttl=TTL)
         self.tries: list[float] = []
+        self.looks: list[tuple[str, float]] = []
 
     async def acquire(self, name: str) -> Lease | None:
         self.tries.append(anyio.current_time())
+        self.looks.append(("A", anyio.current_time()))
         return await super().acquire(name)
 
+    async def expires_in(self, name: str) -> float | None:
+        self.looks.append(("E", anyio.current_time()))
+        return await super().expires_in(name)
 
-def node(log: MemoryLog, name: str) -> tuple[Supervisor, list[float]]:
-    """A supervisor of Solo, and the virtual times of its lease tries."""
+
+def counted_node(log: MemoryLog, name: str) -> tuple[Supervisor, CountedLeases]:
+    """A supervisor of Solo, and its leases, which note its looks."""
     supervisor = Supervisor(
         log, [spec("Solo")], node=name, lease_ttl=TTL, acquire_interval=INTERVAL
     )
     counted = CountedLeases(log, supervisor.holder)
     supervisor.leases = counted
+    return supervisor, counted
+
+
+def node(log: MemoryLog, name: str) -> tuple[Supervisor, list[float]]:
+    """A supervisor of Solo, and the virtual times of its lease tries."""
+    supervisor, counted = counted_node(log, name)
     return supervisor, counted.tries
 
 
 def test_a_standby_asks_once_per_lease_and_takes_a_handed_back_lease_at_once() -> None:
-    async def main() -> tuple[list[float], float, float]:
+    async def main() -> tuple[list[tuple[str, float]], float, float]:
         log = MemoryLog()
         a, _ = node(log, "a")
-        b, tries = node(log, "b")
+        b, counted = counted_node(log, "b")
         async with anyio.create_task_group() as tg:
             a_scope = anyio.CancelScope()
 
@@ -63,16 +80,22 @@ def test_a_standby_asks_once_per_lease_and_takes_a_handed_back_lease_at_once() -
             await b.wait_started("Solo")
             taken = anyio.current_time()
             tg.cancel_scope.cancel()
-        return tries, handed_back, taken
+        return counted.looks, handed_back, taken
 
-    tries, handed_back, taken = run(main, seed=1).value
-    standing_by = [at for at in tries if at < handed_back]
+    looks, handed_back, taken = run(main, seed=1).value
+    standing_by = [(kind, at) for kind, at in looks if at < handed_back]
     # Polling every second would have asked 60 times; a live holder's grant is always 7.5 to
-    # 10 s ahead (renewed every TTL / 4), so b asks about once per 7.5 s.
-    assert 60.0 / TTL <= len(standing_by) <= 60.0 / (TTL * 3 / 4) + 2, standing_by
+    # 10 s ahead (renewed every TTL / 4), so b looks about once per 7.5 s.
+    assert 60.0 / TTL <= len(standing_by) <= 60.0 / (TTL * 3 / 4) + 3, standing_by
+    # One try, refused (and the expiry asked after it); from then on, each wait that ran out
+    # is followed by a question for the expiry alone, the holder having renewed meanwhile.
+    assert [kind for kind, _ in standing_by[:2]] == ["A", "E"], standing_by
+    later = standing_by[2:]
+    assert later, standing_by
+    assert all(kind == "E" for kind, _ in later), standing_by
     # Woken by the release, not by its next look: in the same virtual instant.
     assert taken == handed_back
-    assert tries[-1] == handed_back
+    assert looks[-1] == ("A", handed_back)
 
 
 def test_a_dead_holders_lease_is_taken_within_the_interval_of_its_expiry() -> None:
@@ -95,3 +118,45 @@ def test_a_dead_holders_lease_is_taken_within_the_interval_of_its_expiry() -> No
     expiry = granted + TTL
     assert expiry <= taken <= expiry + INTERVAL, (granted, taken)
     assert len(tries) <= 3, tries  # the refused try, then the one at its expiry (or next)
+
+
+def test_a_node_renews_all_its_leases_in_one_statement_a_round() -> None:
+    """Three actors on one node: one renewal statement every quarter of the time to live for
+    all three (not one each), and every lease is still live and held at the end."""
+
+    class Renewals(Leases):
+        def __init__(self, log: MemoryLog, holder: str) -> None:
+            super().__init__(log, holder, ttl=TTL)
+            self.rounds: list[tuple[float, tuple[str, ...]]] = []
+
+        async def renew(self, lease: Lease) -> bool:
+            raise AssertionError("a node renews its leases all at once")
+
+        async def renew_all(self, leases: Sequence[Lease]) -> set[str]:
+            self.rounds.append((anyio.current_time(), tuple(sorted(x.name for x in leases))))
+            return await super().renew_all(leases)
+
+    async def main() -> tuple[list[tuple[float, tuple[str, ...]]], list[str | None]]:
+        log = MemoryLog()
+        names = ("One", "Two", "Three")
+        supervisor = Supervisor(
+            log, [spec(n) for n in names], node="a", lease_ttl=TTL, acquire_interval=INTERVAL
+        )
+        renewals = Renewals(log, supervisor.holder)
+        supervisor.leases = renewals
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(supervisor.run)
+            for name in names:
+                await supervisor.wait_started(name)
+            await anyio.sleep(60.0)
+            holders = [log.lease_holder(name) for name in names]
+            tg.cancel_scope.cancel()
+        return renewals.rounds, holders
+
+    rounds, holders = run(main, seed=3).value
+    assert holders == [holders[0]] * 3
+    assert holders[0] is not None
+    assert 60.0 / (TTL / 4) - 1 <= len(rounds) <= 60.0 / (TTL / 4) + 1, rounds
+    assert all(names == ("One", "Three", "Two") for _, names in rounds), rounds
+    gaps = [b - a for (a, _), (b, _) in itertools.pairwise(rounds)]
+    assert all(gap == pytest.approx(TTL / 4, abs=0.1) for gap in gaps), gaps
