@@ -550,6 +550,14 @@ SELECT i3lani.check_fence($1::text, $2::bigint);
 SELECT id, task_type, attempts, max_attempts, locked_by, locked_until
 FROM i3lani.expired_tasks($1::integer, $2::text[], $3::text, $4::bigint);
 
+-- name: task_next_lock_expiry
+-- Seconds until the earliest lock of a running task of types $1 expires; negative when one has
+-- expired; NULL when none runs. A processor's reaper sleeps until then (a lock taken from now
+-- on lasts the whole lock time), and runs task_expired only once one has expired.
+SELECT extract(epoch FROM min(t.locked_until) - now())::float8
+FROM i3lani.tasks t
+WHERE t.status = 'running' AND t.task_type = ANY($1::text[]);
+
 -- name: task_next_due
 -- Seconds until the earliest queued task of types $1 is due; negative when one is due already;
 -- NULL when none is queued. A processor that has caught up sleeps until then at most. A type

@@ -634,6 +634,21 @@ class MemoryTaskTable:
             await self._append(tx, events, metadata)
         return recorded
 
+    async def next_lock_expiry(self, task_types: Sequence[str]) -> float | None:
+        await self.log.enter("task_read")
+        types = set(task_types)
+        earliest = min(
+            (
+                row.locked_until
+                for row in self._rows.values()
+                if row.status == "running" and row.task_type in types and row.locked_until
+            ),
+            default=None,
+        )
+        if earliest is None:
+            return None
+        return (earliest - self.log.clock()).total_seconds()
+
     async def next_due(self, task_types: Sequence[str]) -> float | None:
         await self.log.enter("task_read")
         now = self.log.clock()

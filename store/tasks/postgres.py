@@ -368,6 +368,13 @@ class PostgresTaskTable:
             )
         return due
 
+    async def next_lock_expiry(self, task_types: Sequence[str]) -> float | None:
+        async with translated():
+            expiry: float | None = await self.store._pool.fetchval(
+                query("task_next_lock_expiry"), list(task_types)
+            )
+        return expiry
+
     def listener(
         self, *, on_notify: Callable[[str], None], who: str, poll_interval: float
     ) -> TaskListener:

@@ -10,7 +10,7 @@ import math
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar, overload
+from typing import Any, Final, TypeVar, overload
 
 import anyio
 import msgspec
@@ -91,6 +91,11 @@ class _Claimed:
     max_attempts: int
     scope: anyio.CancelScope | None = None
     done: bool = False  # its outcome is queued: no longer lost if the lock goes
+
+
+EXPIRY_MARGIN: Final = 0.01
+"""Seconds a reaper waits past the earliest lock's expiry: a lock has expired once its time
+has passed, and the table's clock and this process's may be a moment apart."""
 
 
 class TaskProcessor:
@@ -514,10 +519,28 @@ class TaskProcessor:
 
     async def _reaper(self) -> None:
         """Record the attempts of tasks whose node stopped heartbeating as failed, and make
-        them claimable again (or dead)."""
+        them claimable again (or dead).
+
+        It sleeps until the earliest lock of a running task can have expired, by the table's
+        clock, and reaps only then: with no task running it asks again after a lock time
+        (a task claimed from now on holds its lock at least that long), so an idle processor
+        asks one cheap question per lock time instead of reaping in a transaction every third
+        of one. A lock that expired but stays (another node reaping it, or a task of an older
+        grant of this processor's lease, left to its take-over) is looked at again every third
+        of a lock time, as before."""
+        period = self.lock_timeout / 3
         while True:
+            wait = period * (0.8 + 0.4 * self._rng.random())
             try:
-                reaped = await self._reap()
+                expiry = await self._table.next_lock_expiry(self._claim_types)
+                if expiry is None:
+                    wait = self.lock_timeout * (0.8 + 0.2 * self._rng.random())
+                elif expiry >= 0:  # a lock expires once its time has passed, not at it
+                    later = expiry * (1.0 + 0.1 * self._rng.random()) + EXPIRY_MARGIN
+                    wait = min(later, self.lock_timeout)
+                elif await self._reap():
+                    self._claiming = True
+                    self._wake()
             except StaleGeneration:
                 raise
             except StoreError as exc:
@@ -527,11 +550,7 @@ class TaskProcessor:
                     exc,
                     extra={"action": "task_reap_failed"},
                 )
-                reaped = 0
-            if reaped:
-                self._claiming = True
-                self._wake()
-            await anyio.sleep(self.lock_timeout / 3 * (0.8 + 0.4 * self._rng.random()))
+            await anyio.sleep(wait)
 
     async def _reap(self) -> int:
         statuses = await self._table.reap(

@@ -302,6 +302,11 @@ class TaskTable(Protocol):
         is due), leaving out types at their concurrency limit; None when none is queued."""
         ...
 
+    async def next_lock_expiry(self, task_types: Sequence[str]) -> float | None:
+        """Seconds until the earliest lock of a running task of these types expires (negative
+        when one has), by the table's clock; None when none runs."""
+        ...
+
     def listener(
         self, *, on_notify: Callable[[str], None], who: str, poll_interval: float
     ) -> TaskListener:
