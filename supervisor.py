@@ -3,7 +3,10 @@
 Erlang/OTP's supervisor and Akka's backoff supervision keep their bookkeeping in memory and
 lose it with the process. Here every lifecycle step is an event in the ``actor-<name>`` stream
 (started, crashed, backoff scheduled, restarted, parked, stopped), so an actor's status, its
-restart history and its backoff survive the process, and are queryable with SQL.
+restart history and its backoff survive the process, and are queryable with SQL. A crash
+restart writes its four events in two commits (the crash with its backoff; the restart with
+the new incarnation's start); of its three commits (those two and the next generation's lease
+grant) only the restart's comes after the backoff (see :meth:`Supervisor._back_off`).
 
 The pure parts (what to do about an exit, how long to back off, when to park) are plain
 functions at the top of this module; each child's lifecycle on this node is an explicit state
@@ -267,6 +270,12 @@ class Fenced:
 
 ChildState = StandingBy | Starting | Running | BackingOff | Stopped | Fenced
 
+TIMER_GRAIN = 0.0015
+"""Seconds before a backoff's end that the supervisor stops sleeping on the event loop's timer
+and waits out the rest in turns of the loop (real time only, see
+:meth:`Supervisor._backoff_sleep`): the loop's selector waits in whole milliseconds,
+rounded up, so its timer wakes up to a millisecond late, plus the loop's own turn."""
+
 WATCH_SAFETY = 60.0
 """Seconds between looks at a running incarnation when nothing pokes it. Everything that ends
 one (its exit, a lost lease, a command, shutdown) pokes the child as it happens; this look is
@@ -305,10 +314,11 @@ def transition(current: ChildState, new: ChildState) -> ChildState:
 # -- how an incarnation, or a backoff, ended ------------------------------------------------------
 @dataclass(frozen=True)
 class Crashed:
-    """The incarnation raised ``error`` after running ``uptime`` seconds."""
+    """The incarnation raised ``error`` after running ``uptime`` seconds, at ``at``."""
 
     error: BaseException
     uptime: float
+    at: datetime
 
 
 @dataclass(frozen=True)
@@ -387,6 +397,11 @@ class _Child:
     runner: ActorRunner[Any] | None = None
     ref: ActorRef | None = None
     lease: Lease | None = None
+    restart_unrecorded: ActorRestarted | None = None
+    """The restart that leads to the incarnation about to start, decided but not in the log
+    yet: :meth:`Supervisor._record` appends it with this child's next lifecycle record (the
+    incarnation's ActorStarted, or its ActorCrashed if it fails to start), in one commit. Never
+    kept across leases: see :meth:`Supervisor._child_attempt`."""
     # inbox
     command: OperatorCommandIssued | None = None
     stop_requested: bool = False
@@ -525,27 +540,37 @@ class Supervisor:
         await self._stop_all()
 
     # -- recording ---------------------------------------------------------------------------
-    async def _record(self, name: str, event: Event, lease: Lease | None) -> int:
-        """Append a lifecycle event, fenced by our lease; retried while PostgreSQL is away
-        (with one event id, so a retry never records it twice). Returns its global position."""
-        item = NewEvent(event=event)
+    async def _record(self, child: _Child, events: Sequence[Event], lease: Lease | None) -> int:
+        """Append lifecycle ``events`` of ``child`` in one append (one commit), preceded by the
+        restart it still owes the log (:attr:`_Child.restart_unrecorded`), fenced by our lease;
+        retried while PostgreSQL is away (with the same event ids, so a retry never records
+        anything twice). Returns the global position of the last one.
+
+        Why several at once: each commit costs a round trip and a WAL flush (1 to 4 ms on the
+        benchmark's machine), and the steps of one restart used to be one commit each.
+        Grouping keeps every event and their order in the log; it only decides which of them
+        become durable together."""
+        name = child.spec.name
+        owed = [child.restart_unrecorded] if child.restart_unrecorded is not None else []
+        items = [NewEvent(event=event) for event in (*owed, *events)]
         metadata = EventMetadata(caused_by="supervisor", node=self.node)
         delay = 0.2
         while True:
             try:
                 result = await self.store.append(
                     actor_stream(name),
-                    [item],
+                    items,
                     metadata=metadata,
                     fence=lease.fence if lease else None,
                 )
+                child.restart_unrecorded = None
                 return result.last_position
             except StaleGeneration as exc:
                 raise _LeaseLost(str(exc)) from exc
             except StoreUnavailable as exc:
                 logger.warning(
                     "cannot record %s for %s (%s); retrying in %.1fs",
-                    type(event).__name__,
+                    ", ".join(type(item.event).__name__ for item in items),
                     name,
                     exc,
                     delay,
@@ -604,6 +629,10 @@ class Supervisor:
                 return
             child.lease = lease
             child.command = None  # commands seen before we held the lease are stale
+            # A restart decided under a lease since lost never made it into the log: the log
+            # still ends with the backoff (or the incarnation) before it, which the history
+            # read below resumes, and that restart is recorded again, by whoever performs it.
+            child.restart_unrecorded = None
             child.move(Starting(lease.generation))
             try:
                 async with anyio.create_task_group() as tg:
@@ -809,20 +838,17 @@ class Supervisor:
         if history and isinstance(history[-1], ActorBackoffScheduled):
             # A backoff scheduled before a deploy is honoured after it.
             pending = history[-1]
-            remaining = (pending.until - self.clock.now()).total_seconds()
             backing_off = BackingOff(pending.until, pending.attempt, pending.delay_seconds)
-            delay = remaining if remaining > 0 else None
-            resumed = await self._back_off(child, lease, lost, backing_off, delay)
+            resumed = await self._back_off(child, lease, lost, backing_off)
             if resumed is None:
                 return
             lease = resumed
         previous_node = _last_running_node(history)
         if previous_node is not None:
             # Left running, never stopped: its node died or lost the lease (this one, too).
-            await self._record(
-                name,
-                self._restarted(name, "failover", reason=f"previously on {previous_node}"),
-                lease,
+            # Recorded with the start of the incarnation it leads to.
+            child.restart_unrecorded = self._restarted(
+                name, "failover", reason=f"previously on {previous_node}"
             )
         next_lease: Lease | None = lease
         while next_lease is not None:
@@ -833,47 +859,37 @@ class Supervisor:
         self, child: _Child, lease: Lease, outcome: Exit, lost: anyio.Event
     ) -> Lease | None:
         """Record how an incarnation ended and move the child on: the lease to start the next
-        incarnation under (Starting), or None once it is Stopped or Fenced."""
+        incarnation under (Starting), or None once it is Stopped or Fenced.
+
+        Every outcome is recorded in one append: the crash together with what was decided
+        about it (the backoff, the parking, or the stop), since the decision needs nothing
+        from the log that the crash record would add (it is folded in here, in memory)."""
         name = child.spec.name
         if isinstance(outcome, LeaseLost):
             child.move(Fenced(outcome.why))
             return None
         if isinstance(outcome, Cancelled):
-            await self._record_stopped(name, lease, outcome.reason)
+            await self._record_stopped(child, lease, outcome.reason)
             child.move(Stopped(outcome.reason))
             return None
         if isinstance(outcome, RestartAsked):
-            # An operator restart: a new incarnation, a new generation.
+            # An operator restart: a new incarnation, a new generation; the restart is
+            # recorded with that incarnation's start (see _Child.restart_unrecorded).
             command = outcome.command
-            await self._record(
-                name,
-                self._restarted(
-                    name,
-                    "operator",
-                    requested_by=command.requested_by,
-                    reason=command.reason or None,
-                ),
-                lease,
+            restarted = self._restarted(
+                name, "operator", requested_by=command.requested_by, reason=command.reason or None
             )
             lease = await self._regrant(child, lease)
+            child.restart_unrecorded = restarted
             child.move(Starting(lease.generation))
             return lease
+        # The backoff counts from the crash (the moment its exception left the actor's
+        # runner), or from here for the other ends: the supervisor's bookkeeping after it
+        # (seeing the end, reading the history, the records, the next grant) runs during it.
+        ended_at = outcome.at if isinstance(outcome, Crashed) else self.clock.now()
+        ended: list[Event] = []
         if isinstance(outcome, Crashed):
             crash = outcome.error
-            await self._record(
-                name,
-                ActorCrashed(
-                    actor=name,
-                    node=self.node,
-                    generation=lease.generation,
-                    error_type=type(crash).__qualname__,
-                    message=str(crash)[:2000],
-                    traceback_digest=traceback_digest(crash),
-                    uptime_seconds=max(outcome.uptime, 0.0),
-                    crashed_at=self.clock.now(),
-                ),
-                lease,
-            )
             logger.error(
                 "%s crashed after %.1fs: %s: %s",
                 name,
@@ -882,49 +898,56 @@ class Supervisor:
                 crash,
                 extra={"action": "actor_crashed"},
             )
+            ended.append(
+                ActorCrashed(
+                    actor=name,
+                    node=self.node,
+                    generation=lease.generation,
+                    error_type=type(crash).__qualname__,
+                    message=str(crash)[:2000],
+                    traceback_digest=traceback_digest(crash),
+                    uptime_seconds=max(outcome.uptime, 0.0),
+                    crashed_at=ended_at,
+                )
+            )
         if not should_restart(child.spec.restart, exit_reason(outcome)):
             how = "crashed" if isinstance(outcome, Crashed) else "finished"
             reason = f"{child.spec.restart.value} actor {how}: not restarted"
-            await self._record_stopped(name, lease, reason)
+            await self._record(child, [*ended, self._stopped(lease, name, reason)], lease)
             await self._remember_stopped(name, reason)
             child.move(Stopped(reason))
             return None
-        decision = decide_restart(
-            await self.history(name), self.clock.now(), self.backoff, self.intensity, self.rng
-        )
+        # The history as it will stand once this exit is recorded: what the log holds, the
+        # restart still owed to it (an incarnation that failed to start), and this crash.
+        owed = [child.restart_unrecorded] if child.restart_unrecorded is not None else []
+        history = [*await self.history(name), *owed, *ended]
+        decision = decide_restart(history, ended_at, self.backoff, self.intensity, self.rng)
         if isinstance(decision, Park):
-            await self._record(
-                name,
-                ActorParked(
-                    actor=name,
-                    reason=decision.reason,
-                    restarts=decision.restarts,
-                    window_seconds=self.intensity.within,
-                    parked_at=self.clock.now(),
-                ),
-                lease,
+            parked = ActorParked(
+                actor=name,
+                reason=decision.reason,
+                restarts=decision.restarts,
+                window_seconds=self.intensity.within,
+                parked_at=self.clock.now(),
             )
+            await self._record(child, [*ended, parked], lease)
             await self._alert("actor_parked", name, f"{name} parked: {decision.reason}")
             child.move(Stopped(f"parked: {decision.reason}"))
             return None
-        now = self.clock.now()
         backing_off = BackingOff(
-            until=now + timedelta(seconds=decision.delay),
+            until=ended_at + timedelta(seconds=decision.delay),
             attempt=decision.attempt,
             delay=decision.delay,
         )
-        await self._record(
-            name,
-            ActorBackoffScheduled(
-                actor=name,
-                attempt=backing_off.attempt,
-                delay_seconds=backing_off.delay,
-                until=backing_off.until,
-                scheduled_at=now,
-            ),
-            lease,
+        scheduled = ActorBackoffScheduled(
+            actor=name,
+            attempt=backing_off.attempt,
+            delay_seconds=backing_off.delay,
+            until=backing_off.until,
+            scheduled_at=self.clock.now(),
         )
-        return await self._back_off(child, lease, lost, backing_off, decision.delay)
+        await self._record(child, [*ended, scheduled], lease)
+        return await self._back_off(child, lease, lost, backing_off)
 
     def _restarted(
         self,
@@ -946,35 +969,39 @@ class Supervisor:
             reason=reason,
         )
 
-    async def _record_stopped(self, name: str, lease: Lease, reason: str) -> None:
-        await self._record(
-            name,
-            ActorStopped(
-                actor=name,
-                node=self.node,
-                generation=lease.generation,
-                reason=reason,
-                stopped_at=self.clock.now(),
-            ),
-            lease,
+    def _stopped(self, lease: Lease, name: str, reason: str) -> ActorStopped:
+        return ActorStopped(
+            actor=name,
+            node=self.node,
+            generation=lease.generation,
+            reason=reason,
+            stopped_at=self.clock.now(),
         )
 
+    async def _record_stopped(self, child: _Child, lease: Lease, reason: str) -> None:
+        await self._record(child, [self._stopped(lease, child.spec.name, reason)], lease)
+
     async def _back_off(
-        self,
-        child: _Child,
-        lease: Lease,
-        lost: anyio.Event,
-        backing_off: BackingOff,
-        delay: float | None,
+        self, child: _Child, lease: Lease, lost: anyio.Event, backing_off: BackingOff
     ) -> Lease | None:
-        """Wait ``delay`` s BackingOff (None: it has already passed), then restart: the lease
-        to start the next incarnation under (Starting), or None once the child is Stopped or
-        Fenced."""
+        """Take the next incarnation's lease, then wait BackingOff until ``backing_off.until``
+        (at once if that has passed) and restart: the lease to start the next incarnation under
+        (Starting), or None once the child is Stopped or Fenced.
+
+        The grant comes first, while the backoff runs, and not after it: it is a commit of its
+        own (a durable generation bump, which fencing rests on) and would otherwise stand
+        between the end of the backoff and the restart. Taking it early is as sound: no
+        incarnation runs here meanwhile (the last one has ended, and the supervisor's own
+        records of its end are in), the new generation is durable before anything is written
+        under it, and it only fences off the old one sooner. The restart itself goes into the
+        log with the next incarnation's first record (see _Child.restart_unrecorded)."""
         name = child.spec.name
         child.move(backing_off)
+        lease = await self._regrant(child, lease)
+        remaining = (backing_off.until - self.clock.now()).total_seconds()
         end: BackoffEnd = Elapsed()
-        if delay is not None:
-            end = await self._backoff_sleep(child, delay, lost)
+        if remaining > 0:
+            end = await self._backoff_sleep(child, remaining, lost)
         if isinstance(end, LeaseLost):
             child.move(Fenced(end.why))
             return None
@@ -985,22 +1012,20 @@ class Supervisor:
             command = end.command
             why = f": {command.reason}" if command.reason else ""
             reason = f"stopped by {command.requested_by}{why}"
-            await self._record_stopped(name, lease, reason)
+            await self._record_stopped(child, lease, reason)
             child.move(Stopped(reason))
             return None
-        lease = await self._regrant(child, lease)
         if isinstance(end, Commanded):
-            restarted = self._restarted(
+            child.restart_unrecorded = self._restarted(
                 name,
                 "operator",
                 requested_by=end.command.requested_by,
                 reason=end.command.reason or None,
             )
         else:
-            restarted = self._restarted(
+            child.restart_unrecorded = self._restarted(
                 name, "crash", attempt=backing_off.attempt, delay=backing_off.delay
             )
-        await self._record(name, restarted, lease)
         child.move(Starting(lease.generation))
         return lease
 
@@ -1015,7 +1040,20 @@ class Supervisor:
 
     async def _backoff_sleep(self, child: _Child, delay: float, lost: anyio.Event) -> BackoffEnd:
         """Sleep ``delay`` on the clock, cut short by an operator command, a stop or a lost
-        lease."""
+        lease.
+
+        On the real clock the event loop's timer wakes up to a millisecond late (the
+        selector's wait is rounded up to whole milliseconds), and a backoff's end is on a
+        restart's critical path: the timer is set :data:`TIMER_GRAIN` early, the watchers
+        are put away then, and the rest is waited out in turns of the loop (other tasks run
+        between them: at most about that much CPU, once per restart), then the command, stop
+        or lost lease that came meanwhile is honoured as during the sleep. A simulated or
+        manual clock sleeps exactly already, and there turns of the loop would not move time:
+        it just sleeps."""
+        clock = self.clock
+        deadline = clock.monotonic() + delay
+        real = isinstance(clock, SystemClock) and environment.current() is environment.SYSTEM
+        tail = min(delay, TIMER_GRAIN) if real else 0.0
         async with anyio.create_task_group() as tg:
 
             async def watch() -> None:
@@ -1032,14 +1070,23 @@ class Supervisor:
 
             tg.start_soon(watch)
             tg.start_soon(watch_lease)
-            await self.clock.sleep(delay)
+            await clock.sleep(delay - tail)
             tg.cancel_scope.cancel()
+        interrupted = self._backoff_interrupted(child, lost)
+        if interrupted is None and tail > 0.0:
+            while clock.monotonic() < deadline:
+                await anyio.lowlevel.checkpoint()
+            interrupted = self._backoff_interrupted(child, lost)
+        return interrupted if interrupted is not None else Elapsed()
+
+    def _backoff_interrupted(self, child: _Child, lost: anyio.Event) -> BackoffEnd | None:
+        """What cut a backoff short (taking the command), or None: nothing did."""
         if lost.is_set():
             return LeaseLost(_lost_why(child))
         if child.stop_requested or self._shutting_down:
             return Cancelled(SHUTDOWN_REASON)
         command, child.command = child.command, None
-        return Commanded(command) if command is not None else Elapsed()
+        return Commanded(command) if command is not None else None
 
     async def _run_once(self, child: _Child, lease: Lease, lost: anyio.Event) -> Exit:
         """One incarnation: start it (Running once its start is recorded) and wait for how it
@@ -1048,11 +1095,13 @@ class Supervisor:
         started_at = self.clock.monotonic()
         outcome: Exit = Finished()
         crash: BaseException | None = None
+        crashed_at = self.clock.now()
+        crash_uptime = 0.0
         ended = anyio.Event()
         reported = False
 
         async def incarnation(*, task_status: TaskStatus[ActorRef | None]) -> None:
-            nonlocal crash
+            nonlocal crash, crashed_at, crash_uptime
             try:
                 # Built here: an actor whose constructor or initial_state() raises crashes
                 # like any other, alone.
@@ -1068,6 +1117,7 @@ class Supervisor:
                 await runner.run(task_status=task_status)
             except Exception as exc:  # one actor's crash never disturbs the others
                 crash = _root_cause(exc)
+                crashed_at, crash_uptime = self.clock.now(), self.clock.monotonic() - started_at
                 if not reported:
                     task_status.started(None)
             finally:
@@ -1080,17 +1130,15 @@ class Supervisor:
             try:
                 if crash is None and ref is not None:
                     # Recorded first, published after: nobody reaches an incarnation whose
-                    # start is not in the log (or whose lease was lost before it was).
-                    started_position = await self._record(
-                        name,
-                        ActorStarted(
-                            actor=name,
-                            node=self.node,
-                            generation=lease.generation,
-                            started_at=self.clock.now(),
-                        ),
-                        lease,
+                    # start is not in the log (or whose lease was lost before it was). The
+                    # restart that led to it, if any, goes in with it, in one commit.
+                    started = ActorStarted(
+                        actor=name,
+                        node=self.node,
+                        generation=lease.generation,
+                        started_at=self.clock.now(),
                     )
+                    started_position = await self._record(child, [started], lease)
                     child.move(Running(lease.generation))
                     child.ref = ref
                     child.started.set()
@@ -1110,7 +1158,7 @@ class Supervisor:
                     await self._stop_runner(child, running, ended, tg.cancel_scope)
         child.runner = None
         if crash is not None:
-            return Crashed(crash, self.clock.monotonic() - started_at)
+            return Crashed(crash, crash_uptime, crashed_at)
         return outcome
 
     async def _wait_for_end(self, child: _Child, ended: anyio.Event, lost: anyio.Event) -> Exit:

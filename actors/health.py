@@ -12,8 +12,9 @@ check         fails when
 database      a round trip to PostgreSQL fails or takes longer than 2 s
 tonapi        TonAPI's ``/v2/status`` fails (after the client's retries)
 telegram      the Bot API's ``getMe`` fails (or no ``BOT_TOKEN`` is configured)
-actor:<name>  the actor is crashed, backing off or parked, or its last tick is older than
-              twice its interval plus a minute (an operator's stop is not a failure)
+actor:<name>  the actor is not running (starting again after a crash or a backoff over,
+              backing off, parked, stopped), or its last tick is older than twice its
+              interval plus a minute (an operator's stop is not a failure)
 tasks         a due task has waited over 5 minutes, or dead letters wait for an operator
 lag:<name>    an actor's checkpoint is more than 1,000 events behind its category
 stream        never fails: a **warning** when the PaymentMonitor's TON stream (its fast

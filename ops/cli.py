@@ -695,10 +695,8 @@ def _print_actors(statuses: Sequence[ActorStatus], now: datetime, out: TextIO) -
     for status in statuses:
         state: str = status.state
         if status.state == "backing off" and status.backing_off_until is not None:
-            if status.backing_off_until > now:
-                state = f"backing off ({_ago(status.backing_off_until, now)})"
-            else:
-                state = "backing off (restart due)"
+            # Never past: a backoff whose time has come reads "starting" (project_status).
+            state = f"backing off ({_ago(status.backing_off_until, now)})"
         elif status.state == "running" and status.lease_live is False:
             state = "running? (lease expired)"
         elif status.state == "running" and status.lease_suspect:

@@ -69,7 +69,10 @@ def project_status(
     lease: LeaseInfo | None = None,
     desired: DesiredState = "running",
 ) -> ActorStatus:
-    """Fold an actor's lifecycle events into its status. Pure."""
+    """Fold an actor's lifecycle events into its status at ``now``. Pure.
+
+    A backoff is "backing off" until its ``until``, and "starting" from then on (since then)
+    until the next lifecycle event."""
     status = ActorStatus(actor=actor, last_tick=last_tick, desired=desired)
     hour_ago = now - timedelta(hours=1)
     for recorded in lifecycle:
@@ -106,6 +109,18 @@ def project_status(
                 event.reason,
             )
             status.backing_off_until = None
+    if (
+        status.state == "backing off"
+        and status.backing_off_until is not None
+        and status.backing_off_until <= now
+    ):
+        # The backoff is over: the restart is under way (or waits for a node to take the
+        # lease). Its ActorRestarted is appended only with the next incarnation's first
+        # record, ActorStarted or ActorCrashed, once that incarnation is up or has failed
+        # (see supervisor.Supervisor._back_off), so until then the log still ends with the
+        # backoff: read as such, a slow start would show as a backoff long since over.
+        status.state, status.since = "starting", status.backing_off_until
+        status.backing_off_until = None
     if desired == "parked":
         status.state = "parked"
     if lease is not None:

@@ -454,8 +454,12 @@ def test_status_follows_the_lifecycle() -> None:
     assert status.last_error_at == at(20)
 
     history.append(backoff_scheduled(20, attempt=1, delay=4.0))
-    status = status_of(history)
-    assert (status.state, status.backing_off_until) == ("backing off", at(24))
+    status = status_of(history, now=22)
+    assert (status.state, status.since, status.backing_off_until) == (
+        "backing off",
+        at(20),
+        at(24),
+    )
 
     history.append(restarted(24))
     status = status_of(history)
@@ -475,6 +479,31 @@ def test_status_follows_the_lifecycle() -> None:
     history.append(started(40, generation=5))
     status = status_of(history)
     assert (status.state, status.stop_reason) == ("running", None)
+
+
+def test_a_backoff_whose_time_has_come_reads_starting_until_the_restart_is_recorded() -> None:
+    # The supervisor appends ActorRestarted with the next incarnation's ActorStarted, once that
+    # incarnation is up: while it starts, the log still ends with the backoff. A health check
+    # then must not report "backing off" (the false alert of a slow start after a crash).
+    history: list[Event] = [
+        started(10, generation=3),
+        crashed(20, generation=3),
+        backoff_scheduled(20, attempt=1, delay=4.0),
+    ]
+    assert status_of(history, now=23.999).state == "backing off"
+    for now in (24, 26, 3600):
+        status = status_of(history, now=now)
+        assert (status.state, status.since, status.backing_off_until) == (
+            "starting",
+            at(24),
+            None,
+        )
+        assert status.last_error == "RuntimeError: boom"
+    # Recorded, the restart and the start move it on as before.
+    history += [restarted(26), started(26, generation=4)]
+    assert status_of(history, now=27).state == "running"
+    # A parked desired state still wins.
+    assert status_of(history[:3], now=30, desired="parked").state == "parked"
 
 
 def test_status_of_a_parked_actor() -> None:
@@ -628,5 +657,5 @@ def test_a_move_the_lifecycle_does_not_allow_is_refused_loudly(
 
 
 def test_an_exit_maps_to_its_otp_reason() -> None:
-    assert exit_reason(Crashed(RuntimeError("boom"), uptime=1.0)) is ExitReason.CRASH
+    assert exit_reason(Crashed(RuntimeError("boom"), uptime=1.0, at=T0)) is ExitReason.CRASH
     assert exit_reason(Finished()) is ExitReason.NORMAL

@@ -190,6 +190,19 @@ def slow_ticker(name: str, entered: anyio.Event, seconds: float) -> Callable[[],
     return lambda: cls(entered, seconds)
 
 
+class SlowRestart(Worker):
+    """A Worker whose every incarnation but the first waits in setup until ``gate`` is set."""
+
+    name: ClassVar[str] = "SlowRestart"
+    gate: ClassVar[anyio.Event]
+    incarnations: ClassVar[int] = 0
+
+    async def setup(self, stack: Any, runner: ActorRunner[None]) -> None:
+        type(self).incarnations += 1
+        if type(self).incarnations > 1:
+            await type(self).gate.wait()
+
+
 # -- harness ------------------------------------------------------------------------------------
 FAST = BackoffPolicy(min_delay=0.05, max_delay=0.2, factor=2.0, jitter=0.0, reset_after=30.0)
 LENIENT = Intensity(max_restarts=100, within=60.0)
@@ -461,10 +474,10 @@ async def test_a_crash_is_recorded_then_backed_off_then_restarted(store: EventSt
         int(crashed.traceback_digest, 16)  # hexadecimal
         assert crashed.uptime_seconds >= 0
         assert (backoff.attempt, backoff.delay_seconds) == (1, 0.05)
-        # (until and scheduled_at are two readings of the clock, microseconds apart)
-        assert abs(backoff.until - backoff.scheduled_at - timedelta(seconds=0.05)) < timedelta(
-            milliseconds=5
-        )
+        # The backoff counts from the crash; it was scheduled (the history read, the decision
+        # taken) after the crash, while it already ran.
+        assert backoff.until == crashed.crashed_at + timedelta(seconds=0.05)
+        assert crashed.crashed_at <= backoff.scheduled_at
         assert (restarted.cause, restarted.attempt, restarted.delay_seconds) == ("crash", 1, 0.05)
         assert restarted.restarted_at >= backoff.until - timedelta(milliseconds=5)
         assert again.node == "a"
@@ -512,6 +525,125 @@ async def test_the_backoff_delay_is_honoured_on_the_clock(store: EventStore) -> 
             assert restart_event.restarted_at == backoff_event.until
             if attempt < 3:
                 previous = await crash(supervisor, "Beta", previous=previous)
+
+
+async def test_a_restart_takes_two_commits_the_crash_with_its_backoff_the_restart_with_the_start(
+    store: EventStore,
+) -> None:
+    # Each lifecycle commit waits for a WAL flush: a restart records its four events in two,
+    # every event still there and in the same order.
+    supervisor = supervisor_for(store, [spec("Beta")])
+    async with supervising(supervisor):
+        await crash(supervisor, "Beta")
+        await wait_for_lifecycle(store, "Beta", count(ActorStarted, 2), what="Beta restarted")
+        recorded = await store.read_stream(actor_stream("Beta"), skip_unknown=True)
+    restart = ["ActorCrashed", "ActorBackoffScheduled", "ActorRestarted", "ActorStarted"]
+    assert [r.type for r in recorded] == ["ActorStarted", *restart]
+    _, crashed, backoff, restarted, started = recorded
+    assert crashed.transaction_id == backoff.transaction_id
+    assert restarted.transaction_id == started.transaction_id
+    assert backoff.transaction_id != restarted.transaction_id
+
+
+async def test_the_next_generation_is_granted_as_the_backoff_begins(
+    store: EventStore, raw: asyncpg.Connection
+) -> None:
+    # The grant comes before the backoff's sleep, not after it: while the actor backs off,
+    # the crashed incarnation's generation is already refused, nothing of the restart is in
+    # the log yet, and the next incarnation runs under the generation granted then.
+    clock = ManualClock(T0)
+    backoff = BackoffPolicy(min_delay=2.0, max_delay=2.0, jitter=0.0)
+    supervisor = supervisor_for(store, [spec("Beta")], clock=clock, backoff=backoff)
+    async with supervising(supervisor):
+        await crash(supervisor, "Beta")
+        events = await wait_for_lifecycle(
+            store, "Beta", count(ActorBackoffScheduled, 1), what="Beta backing off"
+        )
+        with anyio.fail_after(5):
+            await clock.wait_for_sleepers(1)
+        [crashed] = of_type(events, ActorCrashed)
+        [scheduled] = of_type(events, ActorBackoffScheduled)
+        # The backoff counts from the crash.
+        assert scheduled.until == crashed.crashed_at + timedelta(seconds=2.0)
+        granted = await raw.fetchval("SELECT generation FROM i3lani.leases WHERE name = 'Beta'")
+        assert granted == crashed.generation + 1
+        with pytest.raises(StaleGeneration):
+            await store.append(
+                "note-Beta", [NoteTaken(text="late")], fence=Fence("Beta", crashed.generation)
+            )
+        assert isinstance(supervisor.state("Beta"), BackingOff)
+        assert of_type(await lifecycle(store, "Beta"), ActorRestarted) == []
+
+        await clock.advance(2.0)
+        events = await wait_for_lifecycle(
+            store, "Beta", count(ActorStarted, 2), what="Beta restarted"
+        )
+        assert of_type(events, ActorStarted)[-1].generation == granted
+        assert of_type(events, ActorRestarted)[-1].restarted_at == scheduled.until
+        assert await store.stream_version("note-Beta") == 0
+
+
+async def test_a_restart_whose_incarnation_fails_to_start_is_recorded_before_its_crash(
+    store: EventStore,
+) -> None:
+    # A restart goes into the log with the next incarnation's first record: its start, or,
+    # when it fails to start, its crash. It is never lost, stays before that crash, and counts
+    # toward the restart intensity.
+    intensity = Intensity(max_restarts=2, within=60.0)
+    supervisor = supervisor_for(store, [ChildSpec("Fragile", FailsToStart)], intensity=intensity)
+    async with supervising(supervisor):
+        await wait_for_lifecycle(store, "Fragile", count(ActorParked, 1), what="Fragile parked")
+        recorded = await store.read_stream(actor_stream("Fragile"), skip_unknown=True)
+    failed_restart = ["ActorCrashed", "ActorBackoffScheduled", "ActorRestarted"]
+    assert [r.type for r in recorded] == [*failed_restart * 2, "ActorCrashed", "ActorParked"]
+    for restarted, crashed in ((recorded[2], recorded[3]), (recorded[5], recorded[6])):
+        assert restarted.transaction_id == crashed.transaction_id
+    parked = recorded[-1].event
+    assert isinstance(parked, ActorParked)
+    assert parked.restarts == 2
+
+
+async def test_an_actor_starting_after_its_backoff_reads_starting_not_backing_off(
+    store: EventStore,
+) -> None:
+    # Its restart is recorded with its start, once it is up: while a slow start runs, the log
+    # ends with the backoff, over by then. The status (what the HealthChecker reads) says
+    # "starting", since the end of the backoff, not "backing off" (a false alert).
+    SlowRestart.gate, SlowRestart.incarnations = anyio.Event(), 0
+    clock = ManualClock(T0)
+    backoff = BackoffPolicy(min_delay=2.0, max_delay=2.0, jitter=0.0)
+    specs = [ChildSpec("SlowRestart", SlowRestart)]
+    supervisor = supervisor_for(store, specs, clock=clock, backoff=backoff)
+    async with supervising(supervisor):
+        await crash(supervisor, "SlowRestart")
+        events = await wait_for_lifecycle(
+            store, "SlowRestart", count(ActorBackoffScheduled, 1), what="backing off"
+        )
+        [scheduled] = of_type(events, ActorBackoffScheduled)
+        with anyio.fail_after(5):
+            await clock.wait_for_sleepers(1)
+        status = await actor_status(store, "SlowRestart", clock.now())
+        assert (status.state, status.backing_off_until) == ("backing off", scheduled.until)
+
+        await clock.advance(2.0)
+
+        async def in_setup() -> bool:
+            return SlowRestart.incarnations == 2
+
+        await wait_for(in_setup, what="the second incarnation in its setup")
+        assert kinds(await lifecycle(store, "SlowRestart"))[-1] == "ActorBackoffScheduled"
+        status = await actor_status(store, "SlowRestart", clock.now())
+        assert (status.state, status.since, status.backing_off_until) == (
+            "starting",
+            scheduled.until,
+            None,
+        )
+        assert status.last_error == "CrashRequested: boom"
+
+        SlowRestart.gate.set()
+        await wait_for_lifecycle(store, "SlowRestart", count(ActorStarted, 2), what="started")
+        status = await actor_status(store, "SlowRestart", clock.now())
+        assert status.state == "running"
 
 
 # -- restart types -----------------------------------------------------------------------------
