@@ -52,7 +52,7 @@ from bench import (
     seals,
     simulate,
 )
-from bench.measure import BenchContext
+from bench.measure import BenchContext, run_suite
 from bench.peers import find_pgbench
 from bench.report import MIN_ROUNDS, UNSTABLE_FACTOR, Row, Verdict, render_table, row_to_json
 from store.database import database_url, redact_dsn, with_database
@@ -268,7 +268,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 tg.start_soon(_watch_others, dsn, others)
             for name in suites:
                 ctx.log(f"suite {name}")
-                rows += await SUITES[name].run(ctx)
+                rows += await run_suite(SUITES[name].run, name, ctx)
             tg.cancel_scope.cancel()
         load_end = os.getloadavg()[0]
     return {

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+import traceback
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -195,3 +196,33 @@ def percentile(values: Sequence[float], fraction: float) -> float:
     ordered = sorted(values)
     rank = min(len(ordered), max(1, math.ceil(fraction * len(ordered))))
     return ordered[rank - 1]
+
+
+async def run_suite(
+    run: Callable[[BenchContext], Awaitable[list[Row]]], name: str, ctx: BenchContext
+) -> list[Row]:
+    """The rows of suite ``name`` (``run``: its module's ``run``). A suite that raises gives
+    one FAIL row naming the error instead, and the run goes on: a fault in one suite (a peer
+    that would not start, a statement timed out) must not throw away the figures of every
+    other one, some twenty minutes of them."""
+    try:
+        return await run(ctx)
+    except Exception as exc:  # reported in the table and the JSON; the run goes on
+        ctx.log(f"suite {name} failed:\n{''.join(traceback.format_exception(exc))}")
+        return [
+            Row(
+                section=f"{name} (the suite did not finish)",
+                name="the suite ran to its end",
+                value=0.0,
+                unit="-",
+                failure=suite_failure(exc),
+            )
+        ]
+
+
+def suite_failure(exc: BaseException) -> str:
+    """One line for a suite's failure: its innermost error (an exception group's first)."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}"[:300]

@@ -8,7 +8,15 @@ import math
 import anyio
 import pytest
 
-from bench.measure import BenchContext, Contender, Rounds, Sample, interleave, versus
+from bench.measure import (
+    BenchContext,
+    Contender,
+    Rounds,
+    Sample,
+    interleave,
+    run_suite,
+    versus,
+)
 from bench.report import Goal, Row, Spread, Verdict, format_rounds, median, render_table
 
 
@@ -126,3 +134,32 @@ def test_interleave_alternates_the_order_and_keeps_every_round() -> None:
     assert order == ["a", "b", "b", "a", "a", "b"]
     assert totals["a"].rates == pytest.approx((10.0, 10.0, 10.0))
     assert totals["b"].rate == pytest.approx(20.0)
+
+
+def test_a_suite_that_raises_gives_one_fail_row_and_the_run_goes_on() -> None:
+    """A full run lost twenty minutes of figures to one suite's exception: now that suite
+    gives a FAIL row naming its innermost error, and the suites after it run."""
+
+    class Broken:
+        async def run(self, ctx: BenchContext) -> list[Row]:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(anyio.sleep, 0)
+                raise ExceptionGroup("peer", [TimeoutError("statement\n timed out")])
+            return []
+
+    logged: list[str] = []
+    ctx = BenchContext(
+        dsn="",
+        seconds=0.1,
+        warmup=0,
+        rounds=3,
+        quick=True,
+        read_events=1,
+        pgbench=None,
+        log=logged.append,
+    )
+    [row] = anyio.run(run_suite, Broken().run, "broken", ctx)
+    assert row.verdict is Verdict.FAIL
+    assert row.failure == "TimeoutError: statement timed out"
+    assert "Traceback" in logged[0]
+    assert "FAIL" in render_table([row])
