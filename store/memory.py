@@ -496,13 +496,8 @@ class MemoryLog(PagedReads):
             return generation
         if name == "lease_renew":
             lease, node, wanted, ttl = _str(args[0]), _str(args[1]), args[2], _seconds(args[3])
-            row = self._lease_rows.get(lease)
-            if (
-                row is None
-                or row.node != node
-                or self._leases.get(lease) != wanted
-                or row.expires_at < now
-            ):
+            row = self._live_grant(lease, node, wanted, now)
+            if row is None:
                 return None
             row.renewed_at, row.expires_at = now, now + timedelta(seconds=ttl)
             self._acknowledge("lease")
@@ -515,13 +510,8 @@ class MemoryLog(PagedReads):
             expires_at = now + timedelta(seconds=ttl)
             renewed: list[str] = []
             for lease, wanted in zip(names, generations, strict=True):
-                row = self._lease_rows.get(lease)
-                if (
-                    row is None
-                    or row.node != node
-                    or self._leases.get(lease) != wanted
-                    or row.expires_at < now
-                ):
+                row = self._live_grant(lease, node, wanted, now)
+                if row is None:
                     continue
                 row.renewed_at, row.expires_at = now, expires_at
                 renewed.append(lease)
@@ -545,6 +535,21 @@ class MemoryLog(PagedReads):
         if name == "lease_generation":
             return self._leases.get(_str(args[0]))
         raise ValueError(f"unknown lease statement {name!r}")
+
+    def _live_grant(
+        self, lease: str, node: str, generation: object, now: datetime
+    ) -> _LeaseRow | None:
+        """``node``'s grant of ``lease`` at ``generation``, if it is the current one and has
+        not expired by ``now`` (what a renewal may extend); None otherwise."""
+        row = self._lease_rows.get(lease)
+        if (
+            row is None
+            or row.node != node
+            or self._leases.get(lease) != generation
+            or row.expires_at < now
+        ):
+            return None
+        return row
 
     def lease_listener(self, on_release: Callable[[str], None]) -> MemoryLeaseListener:
         """A follower of lease releases (``lease_release``), told each released lease's name:
