@@ -4,6 +4,7 @@ than 2x apart marked UNSTABLE instead of given a verdict (bench/report.py, bench
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import anyio
 import pytest
@@ -18,6 +19,20 @@ from bench.measure import (
     versus,
 )
 from bench.report import Goal, Row, Spread, Verdict, format_rounds, median, render_table
+
+
+def bench_context(*, seconds: float, log: Callable[[str], None] = lambda _: None) -> BenchContext:
+    """A context with no database: three rounds, no warm-up."""
+    return BenchContext(
+        dsn="",
+        seconds=seconds,
+        warmup=0.0,
+        rounds=3,
+        quick=False,
+        read_events=0,
+        pgbench=None,
+        log=log,
+    )
 
 
 def test_median_of_odd_and_even_counts() -> None:
@@ -120,16 +135,7 @@ def test_interleave_alternates_the_order_and_keeps_every_round() -> None:
 
         return Contender(name, run, warmup=False)
 
-    ctx = BenchContext(
-        dsn="",
-        seconds=3.0,
-        warmup=0.0,
-        rounds=3,
-        quick=False,
-        read_events=0,
-        pgbench=None,
-        log=lambda _: None,
-    )
+    ctx = bench_context(seconds=3.0)
     totals = anyio.run(interleave, ctx, "t", [contender("a", 10.0), contender("b", 20.0)])
     assert order == ["a", "b", "b", "a", "a", "b"]
     assert totals["a"].rates == pytest.approx((10.0, 10.0, 10.0))
@@ -148,16 +154,7 @@ def test_a_suite_that_raises_gives_one_fail_row_and_the_run_goes_on() -> None:
             return []
 
     logged: list[str] = []
-    ctx = BenchContext(
-        dsn="",
-        seconds=0.1,
-        warmup=0,
-        rounds=3,
-        quick=True,
-        read_events=1,
-        pgbench=None,
-        log=logged.append,
-    )
+    ctx = bench_context(seconds=0.1, log=logged.append)
     [row] = anyio.run(run_suite, Broken().run, "broken", ctx)
     assert row.verdict is Verdict.FAIL
     assert row.failure == "TimeoutError: statement timed out"
