@@ -128,7 +128,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         "its own",
     )
     parser.add_argument(
-        "--keep-database", action="store_true", help=f"do not drop {DATABASE} at the end"
+        "--keep-database",
+        action="store_true",
+        help=f"do not drop {DATABASE} (nor the suites' own databases) at the end",
     )
     args = parser.parse_args(argv)
     if args.seconds is not None and args.seconds <= 0:
@@ -259,6 +261,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             quick=quick,
             read_events=read_events,
             pgbench=pgbench,
+            keep_databases=args.keep_database,
         )
         rows: list[Row] = []
         others: list[int] = []

@@ -587,14 +587,17 @@ async def run(ctx: BenchContext) -> list[Row]:
         ctx.log("cost: a realistic mix through the gateway's handlers and a worker ...")
         mix = await _mix(ctx)
     finally:
-        with anyio.CancelScope(shield=True):
-            server = with_database(ctx.dsn, "postgres")
-            conn = await asyncpg.connect(server)
-            try:
-                for name in (IDLE_DATABASE, MIX_DATABASE):
-                    await conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-            finally:
-                await conn.close()
+        if ctx.keep_databases:
+            ctx.log(f"cost: kept {IDLE_DATABASE} and {MIX_DATABASE} (--keep-database)")
+        else:
+            with anyio.CancelScope(shield=True):
+                server = with_database(ctx.dsn, "postgres")
+                conn = await asyncpg.connect(server)
+                try:
+                    for name in (IDLE_DATABASE, MIX_DATABASE):
+                        await conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+                finally:
+                    await conn.close()
     return _idle_rows(idle) + _mix_rows(mix, idle)
 
 

@@ -48,6 +48,7 @@ class BenchContext:
     read_events: int  # the log size the read figures scan
     pgbench: str | None  # the pgbench program, None when there is none
     log: Callable[[str], None] = field(default=_stderr)  # progress, to stderr
+    keep_databases: bool = False  # --keep-database: suites leave their own databases too
 
 
 @dataclass(frozen=True, slots=True)
