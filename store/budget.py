@@ -28,14 +28,20 @@ the session limits (:mod:`store.limits`), and no caller holds a pooled connectio
 waits for another, so a wait ends as soon as a statement does.
 
 Idle, a process holds fewer: the pool keeps one connection and closes the others once they
-have sat unused for :data:`IDLE_LIFETIME` seconds.
+have sat unused for :data:`IDLE_LIFETIME` seconds. And it opens another only for a wait that
+lasts: a caller that finds every open connection busy waits up to :data:`GROW_AFTER` for one
+to come back before a new one is opened. The timers of an idle worker's followers and ticks
+meet now and then; a statement takes a millisecond or two, so such a meeting is served by the
+connections already open instead of leaving the pool a connection larger for the next
+minute (each such connection, used now and then, never sat unused long enough to close).
+Sustained demand still grows the pool, a few milliseconds later.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Final
 
@@ -53,6 +59,7 @@ __all__ = [
     "MIN_CONNECTIONS",
     "RESERVED",
     "IDLE_LIFETIME",
+    "GROW_AFTER",
     "LOG_EVERY",
     "BudgetedPool",
     "PoolStatistics",
@@ -76,6 +83,9 @@ MIN_CONNECTIONS: Final = RESERVED + 1
 MAX_CONNECTIONS: Final = 1000
 IDLE_LIFETIME: Final = 60.0
 """Seconds a pooled connection may sit unused before the pool closes it (down to one)."""
+GROW_AFTER: Final = 0.01
+"""Seconds a caller waits for a busy open connection to come back before the pool opens
+another (below its maximum)."""
 LOG_EVERY: Final = 10.0
 """Seconds between two log lines about waits for a connection, at most (of each kind)."""
 SLOW_WAIT: Final = 1.0
@@ -130,14 +140,25 @@ class BudgetedPool:
     the calls the store makes of a pool (``acquire``, ``fetch`` ...), with a full pool's waits
     logged and counted. ``budget`` is the whole process's, for the log line."""
 
-    def __init__(self, pool: asyncpg.Pool, *, budget: int) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        budget: int,
+        reclaim: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         self._pool = pool
+        self._reclaim = reclaim  # gives back connections held but unused (the store's borrowers)
         self.budget = budget
         self._waiting = 0
         self._waits = 0
         self._longest = 0.0
         self._logged_at: float | None = None
         self._warned_at: float | None = None
+        self._returned = anyio.Event()  # set when a connection comes back to the pool
+        self.growth_waits = 0
+        """Callers that found every open connection busy and waited (up to GROW_AFTER) for
+        one to come back instead of opening another."""
 
     @property
     def waiting(self) -> int:
@@ -163,11 +184,38 @@ class BudgetedPool:
 
     @asynccontextmanager
     async def acquire(self) -> AsyncIterator[PoolConnectionProxy[Any]]:
-        """A pooled connection for the block; when all are in use, wait for one (logged)."""
-        if self.in_use() < self.max_size and not self._waiting:
-            async with self._pool.acquire() as conn:
+        """A pooled connection for the block; when all are in use, wait for one (logged).
+        When every open one is busy, a new one is opened only after :data:`GROW_AFTER`."""
+        try:
+            if self.in_use() < self.max_size and not self._waiting:
+                if self._pool.get_idle_size() == 0 and self._pool.get_size() > 0:
+                    await self._wait_before_growing()
+                async with self._pool.acquire() as conn:
+                    yield conn
+                return
+            async with self._acquire_waiting() as conn:
                 yield conn
-            return
+        finally:
+            self._returned.set()
+
+    async def _wait_before_growing(self) -> None:
+        """Take back the connections held but unused, then wait up to GROW_AFTER for an open
+        connection to come back (see the module docstring)."""
+        if self._reclaim is not None:
+            await self._reclaim()
+        self.growth_waits += 1
+        deadline = anyio.current_time() + GROW_AFTER
+        while self._pool.get_idle_size() == 0 and self.in_use() < self.max_size:
+            left = deadline - anyio.current_time()
+            if left <= 0:
+                return
+            if self._returned.is_set():
+                self._returned = anyio.Event()
+            with anyio.move_on_after(left):
+                await self._returned.wait()
+
+    @asynccontextmanager
+    async def _acquire_waiting(self) -> AsyncIterator[PoolConnectionProxy[Any]]:
         began = anyio.current_time()
         self._waiting += 1
         self._waits += 1

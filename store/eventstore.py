@@ -367,6 +367,10 @@ class _Borrowed:
         return self._conn is not None
 
     @property
+    def busy(self) -> bool:
+        return self._busy
+
+    @property
     def idle(self) -> bool:
         return not self._busy and anyio.current_time() - self.used_at >= LINGER
 
@@ -568,7 +572,7 @@ class EventStore(PagedReads):
                 reset=_no_reset,
                 **self.limits.connect_kwargs("work"),
             )
-        self._opened = BudgetedPool(pool, budget=self.max_connections)
+        self._opened = BudgetedPool(pool, budget=self.max_connections, reclaim=self._reclaim)
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
         self._tg.start_soon(self._give_back_idle)
@@ -696,6 +700,13 @@ class EventStore(PagedReads):
                     await borrowed.give_back()
             if not any(borrowed.held for borrowed in borrowers):
                 self._borrowed = anyio.Event()
+
+    async def _reclaim(self) -> None:
+        """Give back the borrowed connections not in use this moment: a caller that finds
+        the pool's open connections all taken gets one of those before the pool grows."""
+        for borrowed in (self._writer, self._batcher):
+            if borrowed.held and not borrowed.busy:
+                await borrowed.give_back()
 
     def connection_statistics(self) -> ConnectionStatistics:
         """This store's connections at this moment, within its budget."""

@@ -17,7 +17,7 @@ import pytest
 
 from events import ActorTicked
 from events.errors import ConfigError
-from store import EventStore, NewTask, TaskProcessor, TaskQueue, TaskTypes
+from store import EventStore, NewTask, TaskProcessor, TaskQueue, TaskTypes, budget
 from store.budget import (
     COMMAND_MAX_CONNECTIONS,
     DEFAULT_MAX_CONNECTIONS,
@@ -157,3 +157,66 @@ async def test_an_idle_store_gives_its_borrowed_connections_back(dsn: str) -> No
 
         # ...and gives it back once it has sat unused (the pool closes it after a minute).
         await eventually(given_back, within=LINGER * 3)
+
+
+async def test_the_pool_opens_another_connection_only_for_a_wait_that_lasts(
+    dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The timers of an idle worker's followers and ticks meet now and then: a caller that
+    # finds the one open connection busy for a moment gets it when it comes back, and the
+    # pool stays one connection; a wait that lasts past GROW_AFTER opens another. (GROW_AFTER
+    # is stretched here so that a loaded machine cannot make a moment last.)
+    monkeypatch.setattr(budget, "GROW_AFTER", 1.0)
+    async with EventStore.open(dsn, node=f"grow-{uuid.uuid4().hex[:6]}") as store:
+        pool = store._pool
+        async with pool.acquire() as first:
+            await first.fetchval("SELECT 1")
+        assert pool.statistics().size == 1
+
+        async def hold(seconds: float, held: anyio.Event) -> None:
+            async with pool.acquire() as conn:
+                held.set()
+                await conn.execute("SELECT pg_sleep($1)", seconds)
+
+        async def waited_for_one() -> float:
+            began = anyio.current_time()
+            async with pool.acquire() as conn:
+                await conn.fetchval("SELECT 1")
+            return anyio.current_time() - began
+
+        async with anyio.create_task_group() as tg:
+            held = anyio.Event()
+            tg.start_soon(hold, 0.01, held)
+            await held.wait()
+            waited = await waited_for_one()
+        assert waited < 1.0
+        assert pool.statistics().size == 1  # served by the connection that came back
+        assert pool.growth_waits == 1
+
+        monkeypatch.setattr(budget, "GROW_AFTER", 0.05)
+        async with anyio.create_task_group() as tg:
+            held = anyio.Event()
+            tg.start_soon(hold, 2.0, held)
+            await held.wait()
+            waited = await waited_for_one()
+        assert 0.05 <= waited < 2.0  # grown after GROW_AFTER, not once the holder was done
+        assert pool.statistics().size == 2
+
+
+async def test_a_connection_held_unused_by_the_lone_writer_is_taken_back_before_the_pool_grows(
+    dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(budget, "GROW_AFTER", 5.0)  # waiting it out would show
+    async with EventStore.open(dsn, node=f"reclaim-{uuid.uuid4().hex[:6]}") as store:
+        await store.append("reclaim-1", [tick(1)])  # the lone writer keeps its connection
+        pool = store._pool
+        assert pool.statistics().size == 1
+        assert pool.in_use() == 1
+        began = anyio.current_time()
+        async with pool.acquire() as conn:
+            assert await conn.fetchval("SELECT 1") == 1
+        assert anyio.current_time() - began < 2.0  # it was taken back, not waited for
+        assert pool.statistics().size == 1
+        assert pool.in_use() == 0
+        await store.append("reclaim-1", [tick(2)])  # and the writer borrows it again
+        assert await store.stream_version("reclaim-1") == 2
