@@ -5,8 +5,9 @@ lose it with the process. Here every lifecycle step is an event in the ``actor-<
 (started, crashed, backoff scheduled, restarted, parked, stopped), so an actor's status, its
 restart history and its backoff survive the process, and are queryable with SQL. A crash
 restart writes its four events in two commits (the crash with its backoff; the restart with
-the new incarnation's start); of its three commits (those two and the next generation's lease
-grant) only the restart's comes after the backoff (see :meth:`Supervisor._back_off`).
+the new incarnation's start); all three of its commits (those two and the next generation's
+lease grant) are made during the backoff, the restart's by an incarnation made ready just ahead
+of the backoff's end and let begin at it (see :meth:`Supervisor._back_off`).
 
 The pure parts (what to do about an exit, how long to back off, when to park) are plain
 functions at the top of this module; each child's lifecycle on this node is an explicit state
@@ -276,6 +277,11 @@ and waits out the rest in turns of the loop (real time only, see
 :meth:`Supervisor._backoff_sleep`): the loop's selector waits in whole milliseconds,
 rounded up, so its timer wakes up to a millisecond late, plus the loop's own turn."""
 
+PRESTART = 0.025
+"""Seconds before a backoff's end, at least, that the next incarnation starts getting ready
+(real time only, see :meth:`Supervisor._back_off`): more when the last one took longer to get
+ready, never more than half the backoff."""
+
 WATCH_SAFETY = 60.0
 """Seconds between looks at a running incarnation when nothing pokes it. Everything that ends
 one (its exit, a lost lease, a command, shutdown) pokes the child as it happens; this look is
@@ -397,6 +403,13 @@ class _Child:
     runner: ActorRunner[Any] | None = None
     ref: ActorRef | None = None
     lease: Lease | None = None
+    start_at: tuple[float, datetime] | None = None
+    """When the incarnation about to start may begin, on the clock's monotonic time and by its
+    wall clock: the end of its backoff, which it gets ready ahead of (see
+    :meth:`Supervisor._back_off`); None: at once."""
+    ready_seconds: float = 0.0
+    """How long the last incarnation took to get ready (built, recovered, its start recorded):
+    how far ahead of a backoff's end the next one starts getting ready."""
     restart_unrecorded: ActorRestarted | None = None
     """The restart that leads to the incarnation about to start, decided but not in the log
     yet: :meth:`Supervisor._record` appends it with this child's next lifecycle record (the
@@ -958,13 +971,14 @@ class Supervisor:
         delay: float = 0.0,
         requested_by: str | None = None,
         reason: str | None = None,
+        at: datetime | None = None,
     ) -> ActorRestarted:
         return ActorRestarted(
             actor=name,
             cause=cause,
             attempt=attempt,
             delay_seconds=delay,
-            restarted_at=self.clock.now(),
+            restarted_at=self.clock.now() if at is None else at,
             requested_by=requested_by,
             reason=reason,
         )
@@ -994,14 +1008,30 @@ class Supervisor:
         incarnation runs here meanwhile (the last one has ended, and the supervisor's own
         records of its end are in), the new generation is durable before anything is written
         under it, and it only fences off the old one sooner. The restart itself goes into the
-        log with the next incarnation's first record (see _Child.restart_unrecorded)."""
+        log with the next incarnation's first record (see _Child.restart_unrecorded).
+
+        On the real clock, the wait ends a little ahead of the backoff's end (:data:`PRESTART`,
+        or half again as long as the last incarnation took to get ready; at most half the
+        backoff), and the next incarnation gets ready in that time: built, its state
+        recovered, its start recorded, with ``started_at`` and ``restarted_at`` the backoff's
+        end. It is held at a gate until that end (:meth:`_run_once`): nothing of its own
+        runs before it (no reaction, tick or message), and so the restart takes no commit
+        past the backoff. A command that comes in that last moment is taken once it has
+        begun (a stop stops it, a restart restarts it again)."""
         name = child.spec.name
         child.move(backing_off)
         lease = await self._regrant(child, lease)
         remaining = (backing_off.until - self.clock.now()).total_seconds()
         end: BackoffEnd = Elapsed()
+        start_at: tuple[float, datetime] | None = None
         if remaining > 0:
-            end = await self._backoff_sleep(child, remaining, lost)
+            lead = 0.0
+            if self._real_time():
+                lead = min(
+                    remaining, max(PRESTART, 1.5 * child.ready_seconds), backing_off.delay / 2
+                )
+            start_at = (self.clock.monotonic() + remaining, backing_off.until)
+            end = await self._backoff_sleep(child, remaining - lead, lost, exact=lead == 0.0)
         if isinstance(end, LeaseLost):
             child.move(Fenced(end.why))
             return None
@@ -1023,11 +1053,31 @@ class Supervisor:
                 reason=end.command.reason or None,
             )
         else:
+            # Made ready ahead, it restarts at the backoff's end: so its records say.
             child.restart_unrecorded = self._restarted(
-                name, "crash", attempt=backing_off.attempt, delay=backing_off.delay
+                name,
+                "crash",
+                attempt=backing_off.attempt,
+                delay=backing_off.delay,
+                at=backing_off.until if start_at is not None else None,
             )
+            child.start_at = start_at
         child.move(Starting(lease.generation))
         return lease
+
+    def _real_time(self) -> bool:
+        """Whether this supervisor runs on the real clock (no simulation, no manual clock)."""
+        return isinstance(self.clock, SystemClock) and environment.current() is environment.SYSTEM
+
+    async def _sleep_until(self, deadline: float) -> None:
+        """Sleep until ``deadline`` on the real clock's monotonic time, the last
+        :data:`TIMER_GRAIN` in turns of the loop (see :meth:`_backoff_sleep`)."""
+        clock = self.clock
+        early = deadline - TIMER_GRAIN - clock.monotonic()
+        if early > 0:
+            await clock.sleep(early)
+        while clock.monotonic() < deadline:
+            await anyio.lowlevel.checkpoint()
 
     async def _regrant(self, child: _Child, lease: Lease) -> Lease:
         new = await self.leases.acquire(lease.name)
@@ -1038,7 +1088,9 @@ class Supervisor:
         child.lease = new
         return new
 
-    async def _backoff_sleep(self, child: _Child, delay: float, lost: anyio.Event) -> BackoffEnd:
+    async def _backoff_sleep(
+        self, child: _Child, delay: float, lost: anyio.Event, *, exact: bool = True
+    ) -> BackoffEnd:
         """Sleep ``delay`` on the clock, cut short by an operator command, a stop or a lost
         lease.
 
@@ -1049,11 +1101,11 @@ class Supervisor:
         between them: at most about that much CPU, once per restart), then the command, stop
         or lost lease that came meanwhile is honoured as during the sleep. A simulated or
         manual clock sleeps exactly already, and there turns of the loop would not move time:
-        it just sleeps."""
+        it just sleeps. So does a wait that is not ``exact``: one that ends ahead of the
+        backoff's end, the rest of which :meth:`_run_once` waits out (see :meth:`_back_off`)."""
         clock = self.clock
         deadline = clock.monotonic() + delay
-        real = isinstance(clock, SystemClock) and environment.current() is environment.SYSTEM
-        tail = min(delay, TIMER_GRAIN) if real else 0.0
+        tail = min(delay, TIMER_GRAIN) if exact and self._real_time() else 0.0
         async with anyio.create_task_group() as tg:
 
             async def watch() -> None:
@@ -1090,9 +1142,15 @@ class Supervisor:
 
     async def _run_once(self, child: _Child, lease: Lease, lost: anyio.Event) -> Exit:
         """One incarnation: start it (Running once its start is recorded) and wait for how it
-        ends. Only the start is recorded here; :meth:`_after_exit` records the end."""
+        ends. Only the start is recorded here; :meth:`_after_exit` records the end. After a
+        backoff (``child.start_at``), it is made ready and its start recorded ahead of the
+        backoff's end, and let begin at that end (see :meth:`_back_off`)."""
         name = child.spec.name
         started_at = self.clock.monotonic()
+        start_at, child.start_at = child.start_at, None
+        # Ahead of the backoff's end: the incarnation gets ready, its start is recorded, and
+        # the gate lets it begin at the end (see _back_off).
+        gate = anyio.Event() if start_at is not None else None
         outcome: Exit = Finished()
         crash: BaseException | None = None
         crashed_at = self.clock.now()
@@ -1114,7 +1172,7 @@ class Supervisor:
                     rng=self.rng,
                 )
                 child.runner = runner
-                await runner.run(task_status=task_status)
+                await runner.run(task_status=task_status, gate=gate)
             except Exception as exc:  # one actor's crash never disturbs the others
                 crash = _root_cause(exc)
                 crashed_at, crash_uptime = self.clock.now(), self.clock.monotonic() - started_at
@@ -1136,9 +1194,13 @@ class Supervisor:
                         actor=name,
                         node=self.node,
                         generation=lease.generation,
-                        started_at=self.clock.now(),
+                        started_at=self.clock.now() if start_at is None else start_at[1],
                     )
                     started_position = await self._record(child, [started], lease)
+                    child.ready_seconds = self.clock.monotonic() - started_at
+                    if gate is not None and start_at is not None:
+                        await self._sleep_until(start_at[0])
+                        gate.set()
                     child.move(Running(lease.generation))
                     child.ref = ref
                     child.started.set()
@@ -1150,7 +1212,9 @@ class Supervisor:
                 child.ended.set()
                 child.ended = anyio.Event()
                 running = child.runner
-                if not ended.is_set() and lost.is_set():
+                if not ended.is_set() and gate is not None and not gate.is_set():
+                    tg.cancel_scope.cancel()  # ready but never let begin: nothing of its own ran
+                elif not ended.is_set() and lost.is_set():
                     # Not ours any more: no graceful stop (its writes would be refused
                     # anyway), and nothing it is waiting on may outlive the lease.
                     tg.cancel_scope.cancel()

@@ -30,7 +30,7 @@ from actors.runtime.clock import SystemClock
 from bench.measure import BenchContext, Contender, Sample, interleave, percentile, run_tasks
 from bench.peers import dbos_database, dbos_recovery
 from bench.report import Goal, Row, median
-from events import ActorBackoffScheduled, ActorCrashed, ActorRestarted, ActorStarted
+from events import ActorBackoffScheduled, ActorCrashed, ActorStarted
 from events.streams import actor_stream
 from store import EventStore, RecordedEvent
 from store.leases import Leases
@@ -57,13 +57,14 @@ NOTES = [
     f"{BACKOFF * 1000:g} ms, no jitter) restarting an actor that raises on a Crash message; "
     "from tell(Crash) to supervisor.ref() being the new incarnation's ref, minus the backoff. "
     "The backoff counts from the crash (its exception leaving the runner), and the "
-    "bookkeeping before its end runs during it (the supervisor seeing the end, reading the "
+    "bookkeeping before its end runs during it: the supervisor seeing the end, reading the "
     "history, ActorCrashed with ActorBackoffScheduled in one commit, the lease re-grant in "
-    "another; the backoff's last 1.5 ms are waited out in turns of the event loop, whose "
-    "timer wakes up to 1 ms late); beyond it are the Crash reaching the actor and its runner "
-    "ending, the new incarnation's start and one commit (ActorRestarted with ActorStarted), "
-    "in the log before the ref is handed out. Each crash is told once the previous "
-    "ActorStarted is recorded. Reference, when erl "
+    "another, and, from 25 ms before the end (supervisor.PRESTART), the new incarnation made "
+    "ready (built, recovered) and its start recorded (ActorRestarted with ActorStarted, one "
+    "commit), the incarnation held at a gate until the end; the last 1.5 ms are waited out in "
+    "turns of the event loop, whose timer wakes up to 1 ms late. Beyond the backoff are the "
+    "Crash reaching the actor and its runner ending, and the gate opening and the ref handed "
+    "out. Each crash is told once the previous ActorStarted is recorded. Reference, when erl "
     "and erlc are installed: an Erlang/OTP supervisor (one_for_one, a permanent gen_server "
     "child that exits on a cast, logger off) in the same run, from the cast to whereis() giving "
     "the new pid; OTP restarts at once (no backoff) and keeps its bookkeeping in memory, so the "
@@ -467,50 +468,49 @@ def _restart_stages(
     lifecycle: Sequence[RecordedEvent], told: Sequence[datetime], published: Sequence[datetime]
 ) -> dict[str, float]:
     """From the supervisor's own timestamps of the last restart cycles (ActorCrashed,
-    ActorBackoffScheduled, ActorRestarted, ActorStarted), one per Crash told at ``told`` and
-    whose new incarnation was handed out at ``published`` (the bench's wall clock, the same
-    as the supervisor's): the p50 of each stage, in ms. The backoff itself (crashed -> until)
-    is left out; the bookkeeping that runs during it shows in "crashed -> backoff scheduled"
-    (reading the history) only in part."""
+    ActorBackoffScheduled, ActorStarted, and when the start's commit began: its
+    ``recorded_at``), one per Crash told at ``told`` and whose new incarnation was handed out
+    at ``published`` (the bench's wall clock, the same as the supervisor's and the server's
+    here): the p50 of each stage, in ms. The backoff itself (crashed -> until) is left out;
+    the bookkeeping that runs during it shows in "crashed -> backoff scheduled" (reading the
+    history) only in part, and the start's commit, made ready ahead of the backoff's end, as
+    how far ahead of it that commit began."""
     stages: dict[str, list[float]] = {
         "told -> crashed": [],
         "crashed -> backoff scheduled": [],
-        "backoff over -> restarted": [],
-        "restarted -> started": [],
-        "started -> ref handed out (its commit)": [],
+        "start's commit began, before the backoff's end": [],
+        "backoff over -> started": [],
+        "started -> ref handed out": [],
     }
     crashed: ActorCrashed | None = None
     scheduled: ActorBackoffScheduled | None = None
-    restarted: ActorRestarted | None = None
     cycles: list[tuple[datetime, datetime, datetime, datetime, datetime]] = []
     for recorded in lifecycle:
         event = recorded.event
         if isinstance(event, ActorCrashed):
-            crashed, scheduled, restarted = event, None, None
+            crashed, scheduled = event, None
         elif isinstance(event, ActorBackoffScheduled):
             scheduled = event
-        elif isinstance(event, ActorRestarted):
-            restarted = event
-        elif isinstance(event, ActorStarted) and crashed and scheduled and restarted:
+        elif isinstance(event, ActorStarted) and crashed and scheduled:
             cycles.append(
                 (
                     crashed.crashed_at,
                     scheduled.scheduled_at,
                     scheduled.until,
-                    restarted.restarted_at,
+                    recorded.recorded_at,
                     event.started_at,
                 )
             )
             crashed = None
     last = cycles[-len(told) :] if told else []
-    for (crashed_at, scheduled_at, until, restarted_at, started_at), told_at, out in zip(
+    for (crashed_at, scheduled_at, until, committed_at, started_at), told_at, out in zip(
         last, told, published, strict=True
     ):
         spans = (
             crashed_at - told_at,
             scheduled_at - crashed_at,
-            restarted_at - until,
-            started_at - restarted_at,
+            until - committed_at,
+            started_at - until,
             out - started_at,
         )
         for values, span in zip(stages.values(), spans, strict=True):

@@ -415,15 +415,31 @@ class ActorRunner(Generic[S]):
         )
 
     # -- the incarnation ---------------------------------------------------------------------
-    async def run(self, *, task_status: TaskStatus[ActorRef] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Recover, report started, then run until cancelled (or an error crashes it)."""
+    async def run(
+        self,
+        *,
+        task_status: TaskStatus[ActorRef] = anyio.TASK_STATUS_IGNORED,
+        gate: anyio.Event | None = None,
+    ) -> None:
+        """Recover, report started, then run until cancelled (or an error crashes it).
+
+        With ``gate``, the incarnation gets ready ahead of its time: it recovers its state
+        (the log read and folded), reports started, and waits for ``gate`` before it does
+        anything of its own: reacting to the events past its checkpoint, ticks, messages
+        (those told meanwhile wait in the mailbox). A supervisor restarting it after a
+        backoff uses this to have its start recorded by the backoff's end."""
         async with contextlib.AsyncExitStack() as stack:
             stack.enter_context(self._send)
             stack.enter_context(self._receive)
             stack.callback(self._refuse_leftovers)
             await self.actor.setup(stack, self)
-            await self._recover()
-            task_status.started(self.ref)
+            pending = await self._recover()
+            if gate is not None:
+                task_status.started(self.ref)
+                await gate.wait()
+            await self._react_to(pending)
+            if gate is None:
+                task_status.started(self.ref)
             async with anyio.create_task_group() as tg:
                 if self.actor.category is not None:
                     tg.start_soon(self._follow)
@@ -438,10 +454,12 @@ class ActorRunner(Generic[S]):
                     await self._background_done.wait()
                 tg.cancel_scope.cancel()
 
-    async def _recover(self) -> None:
+    async def _recover(self) -> list[RecordedEvent]:
+        """Fold the log into the state, up to the checkpoint; the events past it, to react to
+        (:meth:`_react_to`)."""
         category = self.actor.category
         if category is None:
-            return
+            return []
         self.checkpoint = await self.store.load_checkpoint(self.checkpoint_name)
         start = START
         if self.actor.snapshot_every and self.actor.state_type is not None:
@@ -466,8 +484,13 @@ class ActorRunner(Generic[S]):
             if not await self.store.held_back(cursor, category):
                 break
             await anyio.sleep(0.01)
-        # Events past the checkpoint were never reacted to: do it now, before reporting started
-        # (except our own: we never react to what we wrote ourselves).
+        return pending
+
+    async def _react_to(self, pending: list[RecordedEvent]) -> None:
+        """Events past the checkpoint were never reacted to: do it now, before anything else
+        (except our own: we never react to what we wrote ourselves)."""
+        if self.actor.category is None:
+            return
         mine = f"actor:{self.actor.name}"
         for recorded in pending:
             if recorded.metadata.caused_by == mine:

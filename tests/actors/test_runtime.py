@@ -837,6 +837,39 @@ async def test_after_a_crash_a_new_runner_reacts_only_to_what_it_had_not_reacted
     assert await count_in(raw, "receipt") == {f"receipt-{j}": 1 for j in (1, 2, 3, 4)}
 
 
+async def test_a_gated_runner_recovers_and_reports_started_but_reacts_only_once_let_begin(
+    store: EventStore, raw: asyncpg.Connection
+) -> None:
+    # A supervisor gets a crash restart's next incarnation ready ahead of its backoff's end:
+    # recovered and reported started, it does nothing of its own until the gate opens, not
+    # even the reactions owed to events past its checkpoint.
+    await store.append("job-1", [JobSubmitted(job=1)])
+    await store.append("job-2", [JobSubmitted(job=2)])
+    runner = runner_for(Receipts(), store)
+    gate = anyio.Event()
+
+    async def run(*, task_status: TaskStatus[ActorRef]) -> None:
+        await runner.run(task_status=task_status, gate=gate)
+
+    async with anyio.create_task_group() as tg:
+        with anyio.fail_after(10):
+            await tg.start(run)
+        await anyio.sleep(0.2)  # time enough to react, were it to
+        assert runner.state == ()  # nothing past the (absent) checkpoint folded yet
+        assert await count_in(raw, "receipt") == {}
+        assert await store.load_checkpoint("actor-Receipts") is None
+
+        gate.set()
+
+        async def two_receipts() -> bool:
+            return len(await count_in(raw, "receipt")) == 2
+
+        await wait_for(two_receipts, what="the owed receipts once the gate opened")
+        assert runner.state == (1, 2)
+        assert await count_in(raw, "receipt") == {"receipt-1": 1, "receipt-2": 1}
+        tg.cancel_scope.cancel()
+
+
 async def test_own_events_are_not_reacted_to_after_a_restart_either(
     store: EventStore, raw: asyncpg.Connection
 ) -> None:

@@ -57,6 +57,7 @@ from supervisor import (
     BackoffPolicy,
     Intensity,
     Running,
+    Starting,
     Stopped,
     Supervisor,
 )
@@ -201,6 +202,16 @@ class SlowRestart(Worker):
         type(self).incarnations += 1
         if type(self).incarnations > 1:
             await type(self).gate.wait()
+
+
+class SlowReady(Worker):
+    """A Worker whose every incarnation takes READY seconds in setup to get ready."""
+
+    name: ClassVar[str] = "SlowReady"
+    READY: ClassVar[float] = 0.3
+
+    async def setup(self, stack: Any, runner: ActorRunner[None]) -> None:
+        await anyio.sleep(self.READY)
 
 
 # -- harness ------------------------------------------------------------------------------------
@@ -644,6 +655,54 @@ async def test_an_actor_starting_after_its_backoff_reads_starting_not_backing_of
         await wait_for_lifecycle(store, "SlowRestart", count(ActorStarted, 2), what="started")
         status = await actor_status(store, "SlowRestart", clock.now())
         assert status.state == "running"
+
+
+async def test_a_crash_restart_is_made_ready_ahead_of_the_backoffs_end_and_begins_at_it(
+    store: EventStore,
+) -> None:
+    # On the real clock the next incarnation gets ready before the backoff is over (built,
+    # recovered, its start recorded), so that the restart takes no commit past the backoff;
+    # it is held until the end: no ref handed out, nothing of its own run. A command that
+    # comes meanwhile is taken once it has begun.
+    backoff = BackoffPolicy(min_delay=1.0, max_delay=1.0, jitter=0.0)
+    supervisor = supervisor_for(store, [ChildSpec("SlowReady", SlowReady)], backoff=backoff)
+    async with supervising(supervisor):
+        await crash(supervisor, "SlowReady")
+        events = await wait_for_lifecycle(
+            store, "SlowReady", count(ActorStarted, 2), what="the restart recorded"
+        )
+        seen_at = datetime.now(UTC)
+        [scheduled] = of_type(events, ActorBackoffScheduled)
+        # Ready 0.3 s, so it began getting ready half again as long ahead of the end: its
+        # start is in the log well before the end, and it waits there.
+        assert seen_at < scheduled.until - timedelta(seconds=0.05)
+        assert supervisor.ref("SlowReady") is None
+        assert isinstance(supervisor.state("SlowReady"), Starting)
+        restarted = of_type(events, ActorRestarted)[-1]
+        started = of_type(events, ActorStarted)[-1]
+        assert restarted.restarted_at == started.started_at == scheduled.until
+        recorded = await store.read_stream(actor_stream("SlowReady"), skip_unknown=True)
+        assert recorded[-1].recorded_at < scheduled.until
+
+        ref = await running_ref(supervisor, "SlowReady")
+        assert datetime.now(UTC) >= scheduled.until
+        assert await ref.ask(Ping()) == "pong from SlowReady"
+
+        # Again, and a stop while it waits to begin.
+        await crash(supervisor, "SlowReady")
+        events = await wait_for_lifecycle(
+            store, "SlowReady", count(ActorStarted, 3), what="the second restart recorded"
+        )
+        scheduled = of_type(events, ActorBackoffScheduled)[-1]
+        assert datetime.now(UTC) < scheduled.until - timedelta(seconds=0.05)
+        await command(store, "stop", "SlowReady", reason="while it waited to begin")
+        events = await wait_for_lifecycle(
+            store, "SlowReady", count(ActorStopped, 1), what="the stop taken once it began"
+        )
+    assert kinds(events)[-3:] == ["ActorRestarted", "ActorStarted", "ActorStopped"]
+    [stopped] = of_type(events, ActorStopped)
+    assert stopped.reason == "stopped by alice: while it waited to begin"
+    assert stopped.stopped_at >= scheduled.until
 
 
 # -- restart types -----------------------------------------------------------------------------
