@@ -83,8 +83,10 @@ class Worker:
             f"--- stderr ---\n{self.stderr.decode(errors='replace')}"
         )
 
-    async def wait_ready(self, seconds: float = 20) -> None:
-        """Wait until the worker says it supervises (its schema is migrated, its pool open)."""
+    async def wait_ready(self, seconds: float = 60) -> None:
+        """Wait until the worker says it supervises (its schema is migrated, its pool open).
+        A minute, as the scenarios that say so give it: a worker's start (an interpreter,
+        its imports, a migration check) took over 20 s beside the whole suite on 2 cores."""
         with anyio.fail_after(seconds):
             while b"supervising" not in self.stdout:
                 if not self.alive:
