@@ -39,6 +39,7 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 import anyio
+import msgspec
 from anyio.abc import TaskStatus
 
 from actors.runtime import ActorRef, ActorRunner, ChildSpec, Clock, RestartType, SystemClock
@@ -1190,11 +1191,19 @@ class Supervisor:
                     # Recorded first, published after: nobody reaches an incarnation whose
                     # start is not in the log (or whose lease was lost before it was). The
                     # restart that led to it, if any, goes in with it, in one commit.
+                    begins = self.clock.now()
+                    if start_at is not None and start_at[1] > begins:
+                        begins = start_at[1]  # ready ahead: it begins at the backoff's end
+                    elif start_at is not None and child.restart_unrecorded is not None:
+                        # Ready only after the backoff's end: the restart is as late.
+                        child.restart_unrecorded = msgspec.structs.replace(
+                            child.restart_unrecorded, restarted_at=begins
+                        )
                     started = ActorStarted(
                         actor=name,
                         node=self.node,
                         generation=lease.generation,
-                        started_at=self.clock.now() if start_at is None else start_at[1],
+                        started_at=begins,
                     )
                     started_position = await self._record(child, [started], lease)
                     child.ready_seconds = self.clock.monotonic() - started_at

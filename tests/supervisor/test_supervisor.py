@@ -705,6 +705,25 @@ async def test_a_crash_restart_is_made_ready_ahead_of_the_backoffs_end_and_begin
     assert stopped.stopped_at >= scheduled.until
 
 
+async def test_an_incarnation_ready_only_after_its_backoffs_end_is_dated_when_it_began(
+    store: EventStore,
+) -> None:
+    # Getting ready takes 0.3 s, and half a 0.2 s backoff is all the lead it may have: it
+    # begins after the backoff's end, and its records say when, not when it was due.
+    backoff = BackoffPolicy(min_delay=0.2, max_delay=0.2, jitter=0.0)
+    supervisor = supervisor_for(store, [ChildSpec("SlowReady", SlowReady)], backoff=backoff)
+    async with supervising(supervisor):
+        await crash(supervisor, "SlowReady")
+        events = await wait_for_lifecycle(
+            store, "SlowReady", count(ActorStarted, 2), what="the restart recorded"
+        )
+    [scheduled] = of_type(events, ActorBackoffScheduled)
+    restarted = of_type(events, ActorRestarted)[-1]
+    started = of_type(events, ActorStarted)[-1]
+    assert started.started_at > scheduled.until + timedelta(seconds=0.1)
+    assert restarted.restarted_at == started.started_at
+
+
 # -- restart types -----------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "restart", [RestartType.PERMANENT, RestartType.TRANSIENT, RestartType.TEMPORARY]
