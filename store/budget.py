@@ -203,6 +203,8 @@ class BudgetedPool:
         connection to come back (see the module docstring)."""
         if self._reclaim is not None:
             await self._reclaim()
+            if self._pool.get_idle_size() > 0:
+                return
         self.growth_waits += 1
         deadline = anyio.current_time() + GROW_AFTER
         while self._pool.get_idle_size() == 0 and self.in_use() < self.max_size:

@@ -657,6 +657,22 @@ async def test_an_actor_starting_after_its_backoff_reads_starting_not_backing_of
         assert status.state == "running"
 
 
+@asynccontextmanager
+async def slow_ready_restarted(
+    store: EventStore, backoff_seconds: float
+) -> AsyncIterator[tuple[Supervisor, list[Event]]]:
+    """SlowReady supervised under a fixed backoff and crashed once; its lifecycle once the
+    restart is recorded, the supervisor still running."""
+    backoff = BackoffPolicy(min_delay=backoff_seconds, max_delay=backoff_seconds, jitter=0.0)
+    supervisor = supervisor_for(store, [ChildSpec("SlowReady", SlowReady)], backoff=backoff)
+    async with supervising(supervisor):
+        await crash(supervisor, "SlowReady")
+        events = await wait_for_lifecycle(
+            store, "SlowReady", count(ActorStarted, 2), what="the restart recorded"
+        )
+        yield supervisor, events
+
+
 async def test_a_crash_restart_is_made_ready_ahead_of_the_backoffs_end_and_begins_at_it(
     store: EventStore,
 ) -> None:
@@ -664,13 +680,7 @@ async def test_a_crash_restart_is_made_ready_ahead_of_the_backoffs_end_and_begin
     # recovered, its start recorded), so that the restart takes no commit past the backoff;
     # it is held until the end: no ref handed out, nothing of its own run. A command that
     # comes meanwhile is taken once it has begun.
-    backoff = BackoffPolicy(min_delay=1.0, max_delay=1.0, jitter=0.0)
-    supervisor = supervisor_for(store, [ChildSpec("SlowReady", SlowReady)], backoff=backoff)
-    async with supervising(supervisor):
-        await crash(supervisor, "SlowReady")
-        events = await wait_for_lifecycle(
-            store, "SlowReady", count(ActorStarted, 2), what="the restart recorded"
-        )
+    async with slow_ready_restarted(store, 1.0) as (supervisor, events):
         seen_at = datetime.now(UTC)
         [scheduled] = of_type(events, ActorBackoffScheduled)
         # Ready 0.3 s, so it began getting ready half again as long ahead of the end: its
@@ -710,13 +720,8 @@ async def test_an_incarnation_ready_only_after_its_backoffs_end_is_dated_when_it
 ) -> None:
     # Getting ready takes 0.3 s, and half a 0.2 s backoff is all the lead it may have: it
     # begins after the backoff's end, and its records say when, not when it was due.
-    backoff = BackoffPolicy(min_delay=0.2, max_delay=0.2, jitter=0.0)
-    supervisor = supervisor_for(store, [ChildSpec("SlowReady", SlowReady)], backoff=backoff)
-    async with supervising(supervisor):
-        await crash(supervisor, "SlowReady")
-        events = await wait_for_lifecycle(
-            store, "SlowReady", count(ActorStarted, 2), what="the restart recorded"
-        )
+    async with slow_ready_restarted(store, 0.2) as (_, events):
+        pass
     [scheduled] = of_type(events, ActorBackoffScheduled)
     restarted = of_type(events, ActorRestarted)[-1]
     started = of_type(events, ActorStarted)[-1]
