@@ -33,7 +33,7 @@ import random
 import signal
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -186,7 +186,11 @@ async def _started_on(store: EventStore, node: str, after: Mapping[str, int]) ->
 
 
 async def _freeze_before_a_write_commits(
-    store: EventStore, proxy: PgProxy, pid: int, fault: Fault
+    store: EventStore,
+    proxy: PgProxy,
+    pid: int,
+    fault: Fault,
+    work: Callable[[], Awaitable[object]],
 ) -> None:
     """Hold node A's next COMMIT of a transaction that *wrote* (it holds row locks and an xid
     that readers wait on), then stop A (``pause``) or leave it cut off (``cut``).
@@ -197,32 +201,44 @@ async def _freeze_before_a_write_commits(
     awaited. The server may already have ended the session (``idle_in_transaction_session_
     timeout``, a quarter of the lease) when a loaded machine gets to look: the write was held
     all the same, and that is the scenario (regression: looking only for an open writing
-    session, the loop never caught one on a loaded CI machine and timed out)."""
+    session, the loop never caught one on a loaded CI machine and timed out).
+
+    Each time the trap is armed, ``work`` hands A something new to write (regression: on a
+    loaded CI machine A had done all the work seeded before the trap was armed, and its idle
+    writes are single statements with no COMMIT to catch: the trap waited 60 s for nothing)."""
 
     def stop() -> None:
         os.kill(pid, signal.SIGSTOP)
 
-    with anyio.fail_after(60):
-        while True:
-            if fault == "pause":
-                # Paused right before sending its COMMIT: what its other connections had sent
-                # before still reaches the server.
-                caught = proxy.cut_before_commit(stop, only_that_connection=True, only_writes=True)
-            else:
-                caught = proxy.cut_before_commit(only_writes=True)
+    deadline = time.monotonic() + 60
+    while True:
+        if fault == "pause":
+            # Paused right before sending its COMMIT: what its other connections had sent
+            # before still reaches the server.
+            caught = proxy.cut_before_commit(stop, only_that_connection=True, only_writes=True)
+        else:
+            caught = proxy.cut_before_commit(only_writes=True)
+        await work()
+        with anyio.move_on_after(max(0.0, deadline - time.monotonic())):
             await caught.wait()
+        if not caught.is_set():
+            holders = {actor: await holder_of(store, actor) for actor in PRODUCT_ACTORS}
+            raise AssertionError(
+                f"node-a committed no write in 60 s; holders {holders}\n{await _diagnosis(store)}"
+            )
+        with anyio.fail_after(30):
             row = await store._pool.fetchrow(
                 "SELECT count(*) AS open, count(*) FILTER (WHERE backend_xid IS NOT NULL)"
                 " AS writing FROM pg_stat_activity WHERE application_name LIKE $1"
                 " AND state = 'idle in transaction'",
                 "i3lani:node-a:%",
             )
-            assert row is not None
-            if row["writing"] or not row["open"]:
-                return
-            proxy.heal()
-            if fault == "pause":
-                os.kill(pid, signal.SIGCONT)
+        assert row is not None
+        if row["writing"] or not row["open"]:
+            return
+        proxy.heal()
+        if fault == "pause":
+            os.kill(pid, signal.SIGCONT)
 
 
 async def _diagnosis(store: EventStore) -> str:
@@ -288,7 +304,9 @@ async def run_hang(
             async with ReaderProbe(store).running() as probe:
                 await anyio.sleep(0.5)  # a baseline for the probe
                 if at_commit and fault != "kill":
-                    await _freeze_before_a_write_commits(store, proxy, a.pid, fault)
+                    await _freeze_before_a_write_commits(
+                        store, proxy, a.pid, fault, lambda: seeder.rewards(scale)
+                    )
                 else:
                     await anyio.sleep(rng.uniform(0.0, lease_ttl / 2))
                     if fault == "pause":
