@@ -322,7 +322,7 @@ async def test_the_web_service_deploys_and_a_second_instance_takes_over(
 ) -> None:
     web = blueprint_services()["web"]
     async with deployed(release, web, server_dsn) as (env, _, bot_api, instances):
-        first_port, second_port = free_port(), free_port()
+        first_port = free_port()
         health = web["healthCheckPath"]
         old = await start(release, web, instances, {**env, "PORT": str(first_port)})
         await healthy(old, f"http://127.0.0.1:{first_port}{health}")
@@ -330,6 +330,7 @@ async def test_the_web_service_deploys_and_a_second_instance_takes_over(
         assert webhooks == [f"{EXTERNAL_URL}{GatewayConfig().webhook_path}"]
         await say_start(first_port, 1001, bot_api)
 
+        second_port = free_port()
         new = await start(release, web, instances, {**env, "PORT": str(second_port)})
         await healthy(new, f"http://127.0.0.1:{second_port}{health}")
         took = await stop_within(old, web)

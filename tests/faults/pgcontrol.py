@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import random
 import shutil
 import socket
 import tempfile
@@ -56,11 +57,36 @@ class PostgresControlError(RuntimeError):
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nothing listens on right now (the kernel's pick)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((host, 0))
-        port: int = probe.getsockname()[1]
-        return port
+    """A TCP port nothing uses right now, for a server started a moment later (or stopped and
+    started again on it), picked at random *below* the kernel's ephemeral range.
+
+    Regression: the kernel's own pick (a bind to port 0) comes from the ephemeral range, which
+    every outgoing connection draws its local port from. Beside the whole suite (thousands of
+    connections a second on four workers) such a port was taken by one of them in the seconds
+    before the server bound it: a second web instance of the deploy rehearsal exited before it
+    was healthy."""
+    low = _ephemeral_low() - _BELOW_EPHEMERAL
+    while True:
+        port = random.randrange(low, low + _BELOW_EPHEMERAL)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind((host, port))
+            except OSError:
+                continue
+            return port
+
+
+_BELOW_EPHEMERAL: Final = 10_000
+
+
+def _ephemeral_low() -> int:
+    """The lowest port the kernel hands out as a connection's local port (Linux's setting;
+    32768, its default, elsewhere)."""
+    try:
+        text = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text()
+        return max(int(text.split()[0]), _BELOW_EPHEMERAL + 1024)
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 async def _service_user() -> str | None:
