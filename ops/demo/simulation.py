@@ -23,6 +23,9 @@ from ops.demo.scenario import LATE_MARGIN, REFUND_AFTER, FaultSwitch, Scenario, 
 from ops.standins import BotApiStandIn, TonApiStandIn
 
 _SECRET_HEADER: Final = "X-Telegram-Bot-Api-Secret-Token"
+REFUND_PATIENCE: Final = 15.0
+"""Seconds the operator keeps looking for the refund a second payment is owed (wall clock,
+whatever the speed) before saying none is due yet."""
 
 
 # -- the simulated users ------------------------------------------------------------------------
@@ -203,7 +206,10 @@ class Simulation:
         simulated chain: the worker holds no key) and marked refunded with the transaction's
         hash (``POST /api/refunds/{id}/refunded``). The next wallet scan confirms it."""
         owed: list[dict[str, Any]] = []
-        for _ in range(5):  # the scan that records the second payment may still be coming
+        # The scan that records the second payment may still be coming: a few scans later on
+        # a busy machine, or once the crashed PaymentMonitor is back.
+        give_up_at = anyio.current_time() + max(5 * self.settings.payment_interval, REFUND_PATIENCE)
+        while True:
             try:
                 listed = await self.client.get("/api/refunds", headers=self.admin)
                 owed = [
@@ -214,7 +220,7 @@ class Simulation:
             except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
                 self.console.note(f"the operator could not list the refunds: {exc}", "warn")
                 return
-            if owed:
+            if owed or anyio.current_time() >= give_up_at:
                 break
             await anyio.sleep(self.settings.payment_interval)
         if not owed:

@@ -318,7 +318,7 @@ async def test_a_demo_run_tells_the_whole_story(server_dsn: str, demo_database: 
         "REFUNDED",
         "refunds        4 owed back: 1 refunded and confirmed on chain",
     ):
-        assert line in text, line
+        assert line in text, f"{line!r} is not in the demo's output:\n{text}"
 
 
 @pytest.mark.slow
