@@ -162,10 +162,15 @@ async def test_the_stream_misbehaving_then_healthy(
             assert max(figures["garbage"]) < POLL / 2, figures["garbage"]
             tonapi.stream.heal()
 
-            # 5. Refused outright: polling alone.
+            # 5. Refused outright: polling alone, until the worker has been refused again
+            # (its backoff, grown by the faults above, can outlast the payments' confirmation).
+            refusals = _refusals(tonapi)
             tonapi.stream.refuse(None, retry_after=0.5)
             tonapi.stream.drop()
             figures["refused"] = await _delays(store, await _pay(tonapi, seeder, 3), 60)
+            await wait_for(
+                lambda: _true(_refusals(tonapi) > refusals), 60, "a refused reconnection"
+            )
             assert tonapi.stream.connections == set()
             tonapi.stream.heal()
 
@@ -216,3 +221,7 @@ async def test_the_stream_misbehaving_then_healthy(
 
 async def _true(value: bool) -> bool:
     return value
+
+
+def _refusals(tonapi: TonApiStandIn) -> int:
+    return sum(r.answered == 429 for r in tonapi.stream.requests)
