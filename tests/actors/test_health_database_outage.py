@@ -79,6 +79,17 @@ async def alerts(store: EventStore) -> list[AlertRaised]:
     ]
 
 
+async def _delivery_state(store: EventStore, bot: BotApiStandIn) -> str:
+    """The alert tasks and what the Bot API was sent: for a delivery that did not come."""
+    rows = await store._pool.fetch(
+        "SELECT id, status, attempts, run_at, locked_by, locked_until, last_error, finished_at"
+        " FROM i3lani.tasks ORDER BY id"
+    )
+    tasks = "\n".join(f"  task {dict(row)}" for row in rows)
+    sent = "\n".join(f"  sent {m.text!r}" for m in bot.sent)
+    return f"now {datetime.now(UTC)}\ntasks:\n{tasks}\nBot API:\n{sent}"
+
+
 @pytest.mark.process  # a private PostgreSQL server, stopped and started
 @pytest.mark.slow
 async def test_an_unreachable_database_is_recorded_once_it_is_back() -> None:
@@ -114,7 +125,10 @@ async def test_an_unreachable_database_is_recorded_once_it_is_back() -> None:
             async def delivered() -> bool:
                 return sum("RECOVERED" in m.text for m in bot.sent) == len(ADMINS)
 
-            await eventually(delivered, within=20)
+            try:
+                await eventually(delivered, within=20)
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}\n{await _delivery_state(store, bot)}") from None
             found = await verdicts(store)
             raised = await alerts(store)
         # The start-up tick checks too, so count the verdicts' changes, not the verdicts.
