@@ -147,13 +147,16 @@ NOTES = [
 
 
 # -- sampling -------------------------------------------------------------------------------------
-async def _connections(conn: asyncpg.Connection, node: str) -> int:
+async def _connections(conn: asyncpg.Connection, node: str) -> list[str]:
+    """The node's connections now, each as ``purpose state: query`` (its last statement): what
+    a peak is made of, in the JSON details."""
     await conn.execute("SELECT pg_stat_clear_snapshot()")
-    count: int = await conn.fetchval(
-        "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE $1",
+    rows = await conn.fetch(
+        "SELECT split_part(application_name, ':', 3) AS purpose, state, left(query, 60) AS query"
+        " FROM pg_stat_activity WHERE application_name LIKE $1 ORDER BY 1, 2, 3",
         f"i3lani:{node}:%",
     )
-    return count
+    return [f"{r['purpose']} {r['state']}: {r['query']}" for r in rows]
 
 
 @dataclass(slots=True)
@@ -163,12 +166,15 @@ class _Peak:
     node: str
     most: int = 0
     samples: int = 0
+    at_most: list[str] = field(default_factory=list)
 
     async def watch(self, dsn: str, every: float) -> None:
         conn = await asyncpg.connect(dsn)
         try:
             while True:
-                self.most = max(self.most, await _connections(conn, self.node))
+                now = await _connections(conn, self.node)
+                if len(now) > self.most:
+                    self.most, self.at_most = len(now), now
                 self.samples += 1
                 await anyio.sleep(every)
         finally:
@@ -289,6 +295,7 @@ async def _idle(ctx: BenchContext) -> _Idle:
             seen: dict[str, Any] = {}
             ticks = dict.fromkeys(PRODUCT_ACTORS, 0)
             most = samples = 0
+            at_most: list[str] = []
             began = time.perf_counter()
             while time.perf_counter() < began + window:
                 for record in await stats.fetch("SELECT name, due_at FROM i3lani.ticks"):
@@ -296,7 +303,9 @@ async def _idle(ctx: BenchContext) -> _Idle:
                     if name in seen and seen[name] != due and name in ticks:
                         ticks[name] += 1
                     seen[name] = due
-                most = max(most, await _connections(stats, node))
+                now = await _connections(stats, node)
+                if len(now) > most:
+                    most, at_most = len(now), now
                 samples += 1
                 if worker.process.returncode is not None:
                     raise RuntimeError("the idle worker exited during the window")
@@ -344,6 +353,7 @@ async def _idle(ctx: BenchContext) -> _Idle:
             "window_s": round(elapsed, 1),
             "short_intervals_s": {a: s for a, (_, s) in IDLE_INTERVALS.items()},
             "connection_samples": samples,
+            "connections_at_the_most": at_most,
             "lifecycle_events_of_a_start_and_stop": deploy_events,
         },
     )
@@ -530,6 +540,7 @@ async def _mix(ctx: BenchContext) -> _Mix:
         samples=worker_peak.samples,
         details={
             "users": users,
+            "worker_connections_at_the_most": worker_peak.at_most,
             "by_type": {
                 r["type"]: {"events": r["n"], "row_bytes": int(r["row_bytes"])} for r in types
             },
@@ -624,7 +635,10 @@ def _idle_rows(idle: _Idle) -> list[Row]:
             "its budget (I3LANI_MAX_CONNECTIONS default)",
             DEFAULT_MAX_CONNECTIONS,
             goal=Goal.at_most(5, "conns"),
-            details={"samples": idle.samples},
+            details={
+                "samples": idle.samples,
+                "at_the_most": idle.details["connections_at_the_most"],
+            },
         ),
     ]
 
