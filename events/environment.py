@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import os
 import random
 import time
 import uuid
@@ -45,7 +44,6 @@ __all__ = [
     "new_uuid",
     "new_rng",
     "set_after",
-    "uuid7",
 ]
 
 
@@ -61,8 +59,7 @@ class Environment(Protocol):
         ...
 
     def new_uuid(self) -> uuid.UUID:
-        """A new unique UUID: event ids, command ids, holder ids (opaque: nothing reads a
-        meaning into one)."""
+        """A new random (version 4) UUID: event ids, command ids, holder ids."""
         ...
 
     def new_rng(self) -> random.Random:
@@ -71,7 +68,7 @@ class Environment(Protocol):
 
 
 class SystemEnvironment:
-    """The real thing: the system clocks, :func:`uuid7` and an OS-seeded ``random.Random``."""
+    """The real thing: the system clocks, ``uuid.uuid4`` and an OS-seeded ``random.Random``."""
 
     def now(self) -> datetime:
         return datetime.now(UTC)
@@ -84,27 +81,10 @@ class SystemEnvironment:
         return loop.time()
 
     def new_uuid(self) -> uuid.UUID:
-        return uuid7()
+        return uuid.uuid4()
 
     def new_rng(self) -> random.Random:
         return random.Random()
-
-
-def uuid7(unix_ms: int | None = None) -> uuid.UUID:
-    """A version 7 UUID (RFC 9562): the Unix time in milliseconds, then 74 random bits.
-
-    Event ids are time-ordered so that each append adds to the right edge of the log's unique
-    index on them (``events_event_id_key``), whose pages then fill as the index's fill factor
-    allows, instead of the ~70 % that random (version 4) ids leave: about 10 bytes less per
-    stored event (``python -m bench --suite cost``). The store's own SQL (task events) draws
-    the same kind, ``i3lani.uuid_v7()``. ``unix_ms`` is for tests."""
-    ms = time.time_ns() // 1_000_000 if unix_ms is None else unix_ms
-    if not 0 <= ms < 1 << 48:
-        raise ValueError(f"a version 7 UUID holds 48 bits of milliseconds, got {ms}")
-    rand = int.from_bytes(os.urandom(10), "big")  # 80 bits; 74 kept
-    value = (ms << 80) | (0x7 << 76) | ((rand >> 68) & 0xFFF) << 64
-    value |= (0b10 << 62) | (rand & ((1 << 62) - 1))
-    return uuid.UUID(int=value)
 
 
 SYSTEM: Final = SystemEnvironment()
@@ -138,8 +118,7 @@ def monotonic() -> float:
 
 
 def new_uuid() -> uuid.UUID:
-    """A new unique UUID (:meth:`Environment.new_uuid`): a time-ordered version 7 one
-    (:func:`uuid7`) outside a simulation."""
+    """A new version-4 UUID (:meth:`Environment.new_uuid`)."""
     return _current.get().new_uuid()
 
 
