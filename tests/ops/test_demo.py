@@ -308,6 +308,9 @@ async def test_a_demo_run_tells_the_whole_story(server_dsn: str, demo_database: 
     restarted = after[crash_at + 1 :]
     assert any(isinstance(e, ActorRestarted) and e.cause == "crash" for e in restarted)
     assert any(isinstance(e, ActorStarted) and e.generation > 1 for e in restarted)
+    transfers = outcome.audit.summary.transfers
+    assert transfers.refunds >= 4, text
+    assert transfers.refunds_refunded == 1, text
     for line in (
         "CRASHED after",
         "restarted after the crash",
@@ -316,7 +319,10 @@ async def test_a_demo_run_tells_the_whole_story(server_dsn: str, demo_database: 
         "paid twice",
         "recorded and NOT confirmed again",
         "REFUNDED",
-        "refunds        4 owed back: 1 refunded and confirmed on chain",
+        # The scenario owes four back (the underpayment, the late payment, the second payment,
+        # the surplus); on a busy machine a user whose bot reply came slowly pays after the
+        # window too, and one more is owed. The one the operator sends back is confirmed.
+        f"refunds        {transfers.refunds} owed back: 1 refunded and confirmed on chain",
     ):
         assert line in text, f"{line!r} is not in the demo's output:\n{text}"
 
