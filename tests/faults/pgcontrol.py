@@ -62,9 +62,9 @@ def free_port(host: str = "127.0.0.1") -> int:
 
     Regression: the kernel's own pick (a bind to port 0) comes from the ephemeral range, which
     every outgoing connection draws its local port from. Beside the whole suite (thousands of
-    connections a second on four workers) such a port was taken by one of them in the seconds
-    before the server bound it: a second web instance of the deploy rehearsal exited before it
-    was healthy."""
+    connections a second on four workers) one of them can take such a port in the seconds
+    before the server binds it: the likely reason a second web instance of the deploy
+    rehearsal exited before it was healthy in CI."""
     low = _ephemeral_low() - _BELOW_EPHEMERAL
     while True:
         port = random.randrange(low, low + _BELOW_EPHEMERAL)
