@@ -168,14 +168,17 @@ class _Peak:
     samples: int = 0
     at_most: list[str] = field(default_factory=list)
 
+    def see(self, connections: list[str]) -> None:
+        """One sample: ``connections`` as :func:`_connections` lists them."""
+        if len(connections) > self.most:
+            self.most, self.at_most = len(connections), connections
+        self.samples += 1
+
     async def watch(self, dsn: str, every: float) -> None:
         conn = await asyncpg.connect(dsn)
         try:
             while True:
-                now = await _connections(conn, self.node)
-                if len(now) > self.most:
-                    self.most, self.at_most = len(now), now
-                self.samples += 1
+                self.see(await _connections(conn, self.node))
                 await anyio.sleep(every)
         finally:
             with anyio.CancelScope(shield=True):
@@ -294,8 +297,7 @@ async def _idle(ctx: BenchContext) -> _Idle:
             )
             seen: dict[str, Any] = {}
             ticks = dict.fromkeys(PRODUCT_ACTORS, 0)
-            most = samples = 0
-            at_most: list[str] = []
+            peak = _Peak(node)
             began = time.perf_counter()
             while time.perf_counter() < began + window:
                 for record in await stats.fetch("SELECT name, due_at FROM i3lani.ticks"):
@@ -303,10 +305,7 @@ async def _idle(ctx: BenchContext) -> _Idle:
                     if name in seen and seen[name] != due and name in ticks:
                         ticks[name] += 1
                     seen[name] = due
-                now = await _connections(stats, node)
-                if len(now) > most:
-                    most, at_most = len(now), now
-                samples += 1
+                peak.see(await _connections(stats, node))
                 if worker.process.returncode is not None:
                     raise RuntimeError("the idle worker exited during the window")
                 await anyio.sleep(0.5)
@@ -334,14 +333,14 @@ async def _idle(ctx: BenchContext) -> _Idle:
     reference = sum(DAY / interval for interval in DEFAULT_INTERVALS.values())
     ctx.log(
         f"  cost: idle: {sum(events.values())} events, {sum(ticks.values())} ticks in "
-        f"{elapsed:.0f} s, at most {most} connections"
+        f"{elapsed:.0f} s, at most {peak.most} connections"
     )
     return _Idle(
         window=elapsed,
         ticks=ticks,
         events=events,
-        connections=most,
-        samples=samples,
+        connections=peak.most,
+        samples=peak.samples,
         per_day=per_day,
         reference_per_day=reference,
         deploy_events=deploy_events,
@@ -352,8 +351,8 @@ async def _idle(ctx: BenchContext) -> _Idle:
             "events_per_day_by_actor": {k: round(v, 2) for k, v in per_actor.items()},
             "window_s": round(elapsed, 1),
             "short_intervals_s": {a: s for a, (_, s) in IDLE_INTERVALS.items()},
-            "connection_samples": samples,
-            "connections_at_the_most": at_most,
+            "connection_samples": peak.samples,
+            "connections_at_the_most": peak.at_most,
             "lifecycle_events_of_a_start_and_stop": deploy_events,
         },
     )
