@@ -329,6 +329,12 @@ class TaskProcessor:
                     backoff,
                     extra={"action": "task_processor_retry"},
                 )
+                # Claim again once PostgreSQL answers. The failed statement may have come
+                # between a claim that came back short and the look for the next due task
+                # (caught up, but no poll set yet), and notifications sent while it was away
+                # were lost with the LISTEN connection: without this the processor would
+                # wait for a wake-up that never comes.
+                self._claiming = True
                 await self._poke.wait(backoff)
                 backoff = min(backoff * 2, _RETRY_MAX)
                 continue

@@ -23,7 +23,7 @@ import msgspec
 import pytest
 
 from events import EventMetadata, RewardEarned
-from events.errors import StoreError
+from events.errors import StoreError, StoreUnavailable
 from events.tasks import (
     TaskClaimed,
     TaskDeadLettered,
@@ -428,6 +428,62 @@ async def test_a_task_added_in_a_transaction_wakes_processors_only_at_commit(
 
 async def _true(value: bool) -> bool:
     return value
+
+
+class _DeafListener:
+    """A LISTEN connection that is gone: nothing it is told reaches the processor."""
+
+    def __init__(self, poll_interval: float) -> None:
+        self.poll_interval = poll_interval
+
+    async def listen(self) -> bool:
+        return False
+
+    async def close(self) -> None:
+        pass
+
+
+class _TableThatDropsOut:
+    """The queue's table, but deaf, and unreachable for the processor's first look for the
+    next due task: the connection died between a claim that came back short and that look."""
+
+    def __init__(self, table: Any) -> None:
+        self._table = table
+        self.failed = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._table, name)
+
+    def listener(self, *, on_notify: Any, who: str, poll_interval: float) -> _DeafListener:
+        return _DeafListener(poll_interval)
+
+    async def next_due(self, task_types: Any) -> float | None:
+        if not self.failed:
+            self.failed += 1
+            raise StoreUnavailable("PostgreSQL is unreachable (injected)")
+        result: float | None = await self._table.next_due(task_types)
+        return result
+
+
+async def test_a_processor_that_lost_the_database_after_a_claim_claims_again(
+    queue: TaskQueue,
+) -> None:
+    # Regression: the processor marked itself caught up (nothing to claim until its next
+    # poll) before asking when the next task is due; that question failing left it with no
+    # poll set, and with its LISTEN connection gone too it never claimed again. Seen as an
+    # alert not sent after PostgreSQL came back (tests/actors/test_health_database_outage.py).
+    table = queue.table = _TableThatDropsOut(queue.table)  # type: ignore[assignment]
+    ran = anyio.Event()
+
+    async def handle(payload: Ping, ctx: TaskContext) -> None:
+        ran.set()
+
+    async with running(queue, {"ping": handle}, poll_interval=0.2):
+        await wait_for(lambda: _true(table.failed == 1), seconds=5)
+        await queue.add_task("ping", {"n": 1})  # heard by nobody: only a poll finds it
+        with anyio.move_on_after(10):
+            await ran.wait()
+    assert ran.is_set(), "the task added after the outage was never claimed"
 
 
 # -- failures ---------------------------------------------------------------------------------
