@@ -329,17 +329,19 @@ class TaskProcessor:
                     backoff,
                     extra={"action": "task_processor_retry"},
                 )
-                # Claim again once PostgreSQL answers. The failed statement may have come
-                # between a claim that came back short and the look for the next due task
-                # (caught up, but no poll set yet), and notifications sent while it was away
-                # were lost with the LISTEN connection: without this the processor would
-                # wait for a wake-up that never comes.
-                self._claiming = True
+                self._claim_after_error()
                 await self._poke.wait(backoff)
                 backoff = min(backoff * 2, _RETRY_MAX)
                 continue
             deadline = min(self._claim_at, heartbeat_at, stop_deadline)
             await self._poke.wait(deadline - now)
+
+    def _claim_after_error(self) -> None:
+        """Claim again once PostgreSQL answers. The failed statement may have come between a
+        claim that came back short and the look for the next due task (caught up, but no poll
+        set yet), and notifications sent while it was away were lost with the LISTEN
+        connection: without this the processor would wait for a wake-up that never comes."""
+        self._claiming = True
 
     async def _cycle(self, want: int) -> int:
         """One statement: record the outcomes in hand, claim up to ``want`` tasks and hand them
