@@ -300,6 +300,7 @@ class MemoryLeaseListener:
     def __init__(self, log: MemoryLog, on_release: Callable[[str], None]) -> None:
         self._log = log
         self.on_release = on_release
+        self.owner: Hashable = None  # whose LISTEN connection it listens on
 
     @property
     def listening(self) -> bool:
@@ -309,6 +310,7 @@ class MemoryLeaseListener:
         """Follow the releases from now on: whether it started following now."""
         if self.listening:
             return False
+        self.owner = self._log.listening_owner()
         self._log._lease_listeners[self] = None
         return True
 
@@ -327,6 +329,15 @@ class MemoryLog(PagedReads):
     loses no wake-up, so a simulation stretches their polls: it runs faster, and a wake-up
     that the code itself fails to arm shows up as work left undone instead of as a second's
     delay. None keeps every caller's own interval.
+
+    ``caller``: who is calling (a simulation's node), for the loss of LISTEN connections. On
+    PostgreSQL a process's followers listen on one connection, lost when the database goes
+    away: notifications sent meanwhile are not heard, and each follower hears again only once
+    it listens again. With ``caller`` set, a fault (``faults`` raising
+    :class:`StoreUnavailable`) makes this log forget the listening of that caller's followers
+    (subscriptions, task processors, lease followers, each tagged with its caller when it
+    listens) as that connection would, and wakes the subscriptions as their ``on_lost`` does
+    there. None: listening is never lost.
     """
 
     def __init__(
@@ -340,6 +351,7 @@ class MemoryLog(PagedReads):
         lost_ack: Callable[[str], bool] = _never,
         on_commit: Callable[[list[RecordedEvent]], None] | None = None,
         safety_poll: float | None = None,
+        caller: Callable[[], Hashable] | None = None,
     ) -> None:
         if safety_poll is not None and not safety_poll > 0:
             raise ValueError(f"safety_poll must be a positive number of seconds, got {safety_poll}")
@@ -351,6 +363,9 @@ class MemoryLog(PagedReads):
         self.faults = faults
         self.lost_ack = lost_ack
         self.on_commit = on_commit
+        self.caller = caller
+        # What each caller's LISTEN connection is lost with (lose_listening), side tables' too.
+        self._on_listen_lost: list[Callable[[Hashable], None]] = []
         self._metadata_encoder = msgspec.json.Encoder()
         self._decoder = StoredDecoder(registry)
         # The log, in reading order (transaction id, position), with its indexes.
@@ -401,7 +416,32 @@ class MemoryLog(PagedReads):
         await self.yield_point(operation)
         if self._closed:
             raise StoreError("the memory log is closed")
-        self.faults(operation)
+        try:
+            self.faults(operation)
+        except StoreUnavailable:
+            if self.caller is not None:
+                self.lose_listening(self.caller())
+            raise
+
+    def listening_owner(self) -> Hashable:
+        """Whose LISTEN connection a follower that starts listening now uses (``caller``)."""
+        return None if self.caller is None else self.caller()
+
+    def on_listen_lost(self, lose: Callable[[Hashable], None]) -> None:
+        """Have ``lose(owner)`` called when ``owner``'s LISTEN connection is lost (a side
+        table's followers: see :meth:`lose_listening`)."""
+        self._on_listen_lost.append(lose)
+
+    def lose_listening(self, owner: Hashable) -> None:
+        """``owner``'s LISTEN connection is gone: its followers hear nothing until they
+        listen again; its subscriptions are woken, as PostgreSQL's ``on_lost`` wakes them."""
+        for listener in [f for f in self._lease_listeners if f.owner == owner]:
+            del self._lease_listeners[listener]
+        for subscription in [s for s in self._subscriptions if s.owner == owner]:
+            self._subscriptions.discard(subscription)
+            subscription._wake.set()
+        for lose in self._on_listen_lost:
+            lose(owner)
 
     def _acknowledge(self, operation: str) -> None:
         """After a commit: the ``lost_ack`` hook may make the caller believe it failed."""
@@ -1426,9 +1466,12 @@ class MemorySubscription(Subscription):
             skip_unknown=skip_unknown,
         )
         self._log = log
+        self.owner: Hashable = None  # whose LISTEN connection it listens on
 
     async def _listen(self) -> None:
-        self._log._subscriptions.add(self)
+        if self not in self._log._subscriptions:
+            self.owner = self._log.listening_owner()
+            self._log._subscriptions.add(self)
 
     async def _close_listener(self) -> None:
         self._log._subscriptions.discard(self)

@@ -464,6 +464,8 @@ class _World:
             lost_ack=self._after_commit,
             yield_point=self._latency,
             safety_poll=SAFETY_POLL,
+            # A fault loses the LISTEN connection of the node it hits, as an outage does.
+            caller=_node.get,
         )
         self.tonapi = tonapi
         self.client = client

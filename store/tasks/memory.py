@@ -36,7 +36,7 @@ transactions do (``"begin"``, ``"append_many"``, ``"commit"``).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -162,10 +162,12 @@ class _Listener:
         self.table = table
         self.on_notify = on_notify
         self.poll_interval = table.log.stretched(poll_interval)
+        self.owner: Hashable = None  # whose LISTEN connection it listens on
 
     async def listen(self) -> bool:
         if self in self.table._listeners:
             return False
+        self.owner = self.table.log.listening_owner()
         self.table._listeners.add(self)
         return True
 
@@ -188,12 +190,19 @@ class MemoryTaskTable:
         self._rows: dict[int, _Task] = {}  # committed rows
         self._next_id = 1
         self._listeners: set[_Listener] = set()
+        log.on_listen_lost(self._lose_listening)
         self._limits: dict[str, _Limit] = {}  # i3lani.task_concurrency
 
     @classmethod
     def of(cls, log: MemoryLog) -> MemoryTaskTable:
         """The task table of ``log``."""
         return log.side_table(cls, lambda: cls(log))
+
+    def _lose_listening(self, owner: Hashable) -> None:
+        """``owner``'s LISTEN connection is gone: its processors hear no new task until they
+        listen again (:meth:`MemoryLog.lose_listening`)."""
+        for listener in [f for f in self._listeners if f.owner == owner]:
+            self._listeners.discard(listener)
 
     # -- rows as a transaction sees them -----------------------------------------------------
     def _writes(self, tx: MemoryTransaction) -> _Writes:

@@ -14,6 +14,7 @@ from events import PaymentExpired
 from events.errors import ConcurrencyConflict, StoreError, StoreUnavailable
 from store import NO_STREAM, START, AppendResult, NewEvent
 from store.memory import OPERATIONS, MemoryLog
+from store.tasks.memory import MemoryTaskTable
 
 pytestmark = pytest.mark.memory
 
@@ -69,6 +70,58 @@ async def test_a_store_that_is_down_refuses_and_writes_nothing_until_it_is_back(
     assert await log.read_stream("payment-1") == []
     first = await log.append("payment-1", [item])
     assert not first.duplicate
+
+
+async def test_a_fault_loses_the_listening_of_the_caller_it_hits_and_only_theirs() -> None:
+    # As on PostgreSQL, where a process's followers listen on one connection that an outage
+    # takes with it: they hear nothing until they listen again.
+    who = ["a"]
+    down: set[str] = set()
+
+    def faults(operation: str) -> None:
+        if who[0] in down:
+            raise StoreUnavailable(f"{who[0]} is cut off during {operation}")
+
+    log = MemoryLog(faults=faults, caller=lambda: who[0])
+    table = MemoryTaskTable.of(log)
+    heard: dict[str, list[str]] = {"a": [], "b": []}
+    tasks, leases, subscriptions = {}, {}, {}
+    for name in ("a", "b"):
+        who[0] = name
+        tasks[name] = table.listener(on_notify=heard[name].append, who=name, poll_interval=1)
+        assert await tasks[name].listen()
+        leases[name] = log.lease_listener(lambda lease: None)
+        assert await leases[name].listen()
+        subscriptions[name] = log.subscribe()
+        await subscriptions[name]._listen()
+    down.add("a")
+    who[0] = "a"
+    with pytest.raises(StoreUnavailable):
+        await log.ping()
+    assert not leases["a"].listening
+    assert leases["b"].listening
+    assert subscriptions["a"] not in log._subscriptions
+    assert subscriptions["a"]._wake.is_set()  # woken, as on_lost wakes it on PostgreSQL
+    assert subscriptions["b"] in log._subscriptions
+    assert not subscriptions["b"]._wake.is_set()
+    assert not await tasks["b"].listen()  # still listening
+    down.clear()
+    assert await tasks["a"].listen()  # it listens again only when it asks to
+
+
+async def test_without_a_caller_a_fault_loses_no_listening() -> None:
+    down = [True]
+
+    def faults(operation: str) -> None:
+        if down[0]:
+            raise StoreUnavailable(f"simulated outage during {operation}")
+
+    log = MemoryLog(faults=faults)
+    listener = log.lease_listener(lambda lease: None)
+    assert await listener.listen()
+    with pytest.raises(StoreUnavailable):
+        await log.ping()
+    assert listener.listening
 
 
 async def test_a_failed_commit_keeps_nothing_of_the_transaction() -> None:
