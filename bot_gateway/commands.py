@@ -14,6 +14,7 @@ import msgspec
 
 from actors.config import Plan, Settings
 from actors.ton import format_ton
+from events.registry import unstorable_text
 
 __all__ = [
     "Refusal",
@@ -88,7 +89,12 @@ def parse_actor(args: str | None, names: tuple[str, ...]) -> tuple[str, str] | R
     actor = next((n for n in names if n.casefold() == first.casefold()), None)
     if actor is None:
         return Refusal(f"There is no actor {_quoted(first)}. {usage}")
-    return actor, rest.strip()
+    reason = rest.strip()
+    unstorable = unstorable_text(reason)
+    if unstorable is not None:
+        # Refused here with what is wrong, not by the log with an error on our side.
+        return Refusal(f"The reason cannot be recorded: {unstorable[1]}. {usage}")
+    return actor, reason
 
 
 def _quoted(text: str) -> str:

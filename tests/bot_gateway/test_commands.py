@@ -63,6 +63,22 @@ def test_actor_and_reason() -> None:
     assert "PaymentMonitor, Cleanup" in refusal.text
 
 
+@pytest.mark.parametrize(
+    ("reason", "why"),
+    [
+        ("stuck\x00", "a NUL character (U+0000) cannot be stored"),
+        ("stuck \ud801", "a lone surrogate is not valid Unicode"),
+    ],
+)
+def test_a_reason_the_log_cannot_hold_is_refused_with_what_is_wrong(reason: str, why: str) -> None:
+    # Before, the log refused it and the admin was told "something went wrong on our side".
+    refusal = parse_actor(f"Cleanup {reason}", ("Cleanup",))
+    assert isinstance(refusal, Refusal)
+    assert refusal.text == (
+        f"The reason cannot be recorded: {why}. Send /restart <actor> [reason]; actors: Cleanup."
+    )
+
+
 def test_ago() -> None:
     assert ago(NOW - timedelta(seconds=5), NOW) == "5s ago"
     assert ago(NOW - timedelta(minutes=3), NOW) == "3m ago"
