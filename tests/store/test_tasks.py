@@ -466,13 +466,14 @@ class _TableThatDropsOut:
 
 
 async def test_a_processor_that_lost_the_database_after_a_claim_claims_again(
-    queue: TaskQueue,
+    queue: TaskQueue, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Regression: the processor marked itself caught up (nothing to claim until its next
     # poll) before asking when the next task is due; that question failing left it with no
     # poll set, and with its LISTEN connection gone too it never claimed again. Seen as an
     # alert not sent after PostgreSQL came back (tests/actors/test_health_database_outage.py).
-    table = queue.table = _TableThatDropsOut(queue.table)  # type: ignore[assignment]
+    table = _TableThatDropsOut(queue.table)
+    monkeypatch.setattr(queue, "table", table)
     ran = anyio.Event()
 
     async def handle(payload: Ping, ctx: TaskContext) -> None:
