@@ -1157,10 +1157,13 @@ class Supervisor:
         crashed_at = self.clock.now()
         crash_uptime = 0.0
         ended = anyio.Event()
-        reported = False
 
         async def incarnation(*, task_status: TaskStatus[ActorRef | None]) -> None:
             nonlocal crash, crashed_at, crash_uptime
+            # Whether the runner has reported its start, known here: the parent resumes from
+            # tg.start() only when the scheduler runs it, which may be after a crash that
+            # follows the report at once (its background work failing straight away).
+            report = _StartReport(task_status)
             try:
                 # Built here: an actor whose constructor or initial_state() raises crashes
                 # like any other, alone.
@@ -1173,11 +1176,11 @@ class Supervisor:
                     rng=self.rng,
                 )
                 child.runner = runner
-                await runner.run(task_status=task_status, gate=gate)
+                await runner.run(task_status=report, gate=gate)
             except Exception as exc:  # one actor's crash never disturbs the others
                 crash = _root_cause(exc)
                 crashed_at, crash_uptime = self.clock.now(), self.clock.monotonic() - started_at
-                if not reported:
+                if not report.reported:
                     task_status.started(None)
             finally:
                 ended.set()
@@ -1185,7 +1188,6 @@ class Supervisor:
 
         async with anyio.create_task_group() as tg:
             ref = await tg.start(incarnation)
-            reported = True
             try:
                 if crash is None and ref is not None:
                     # Recorded first, published after: nobody reaches an incarnation whose
@@ -1319,6 +1321,19 @@ class Supervisor:
                 await child.finished.wait()
             if not child.finished.is_set() and child.scope is not None:
                 child.scope.cancel()
+
+
+class _StartReport:
+    """The task status of an incarnation, passed on to its runner: remembers whether the
+    runner reported its start (``started`` may be called once only)."""
+
+    def __init__(self, status: TaskStatus[ActorRef | None]) -> None:
+        self._status = status
+        self.reported = False
+
+    def started(self, value: ActorRef | None = None) -> None:
+        self.reported = True
+        self._status.started(value)
 
 
 def _root_cause(exc: BaseException) -> BaseException:
