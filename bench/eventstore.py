@@ -88,7 +88,7 @@ EVENT = sample_event()
 
 
 async def raw_connection(dsn: str) -> asyncpg.Connection:
-    """A plain connection with the store's jsonb codec: payloads stay bytes, undecoded."""
+    """A plain connection with the store's JSON codecs: payloads stay bytes, undecoded."""
     conn = await asyncpg.connect(dsn)
     await init_connection(conn)
     return conn
@@ -176,7 +176,7 @@ async def _appends(ctx: BenchContext, store: EventStore, *, writers: int) -> lis
         "INSERT INTO i3lani.events"
         " (event_id, stream, stream_version, type, schema_version, payload, metadata)"
         " VALUES (gen_random_uuid(), 'pgb-' || :run || '-' || :client_id, :n,"
-        f" '{tag}', {schema_version}, :payload::jsonb, '{{}}'::jsonb);\n"
+        f" '{tag}', {schema_version}, :payload::json, '{{}}'::json);\n"
     )
     pgbench_runs: list[dict[str, object]] = []
 
@@ -272,14 +272,14 @@ async def _batched(ctx: BenchContext, store: EventStore) -> list[Row]:
             "INSERT INTO i3lani.events"
             " (event_id, stream, stream_version, type, schema_version, payload, metadata)"
             f" SELECT gen_random_uuid(), s.stream, g, '{tag}', {schema_version}, {payload_sql},"
-            " '{}'::jsonb"
+            " '{}'::json"
             " FROM (SELECT 'pgbb-' || gen_random_uuid()::text AS stream) AS s,"
             f" generate_series(1, {BATCH}) AS g;\n"
         )
 
     # Like i3lani's 100 distinct events: a distinct payload per row, each parsed by the server.
     # (Casting one payload per statement and copying it into every row measured the same.)
-    distinct = script(f"replace(:payload, '{memo}', '\"i3lani_' || g || '\"')::jsonb")
+    distinct = script(f"replace(:payload, '{memo}', '\"i3lani_' || g || '\"')::json")
 
     def pgbench(text: str) -> Callable[[float], Awaitable[Sample]]:
         async def run(seconds: float) -> Sample:

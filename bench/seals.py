@@ -90,7 +90,7 @@ NOTES: Final = (
     "totals are in the JSON. Verification: "
     "store.sealing.verify_seals over the "
     "whole log (every seal recomputed, the first difference located), in whole passes; "
-    "references: the read_stored query on a raw asyncpg connection with the store's jsonb "
+    "references: the read_stored query on a raw asyncpg connection with the store's JSON "
     "codec, rows left undecoded, same page size; and that fetch plus hashlib.sha256 of each "
     "row's canonical bytes. Goal: 100,000 events/s (the reference column is the goal: 1.00x "
     "meets it).",

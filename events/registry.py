@@ -51,8 +51,9 @@ def _split_validation_error(
 
 
 def unstorable_text(value: Any, path: str = "") -> tuple[str, str] | None:
-    """(field, reason) of the first text in ``value`` (JSON builtins) that PostgreSQL's jsonb
-    cannot hold: a NUL character, or a lone surrogate (not UTF-8); None when there is none."""
+    """(field, reason) of the first text in ``value`` (JSON builtins) that PostgreSQL cannot
+    hold as text: a NUL character (its json keeps the escape, but jsonb and every extraction
+    of the field as text refuse it), or a lone surrogate (not UTF-8); None when there is none."""
     if isinstance(value, str):
         if "\x00" in value:
             return path or "(payload)", "a NUL character (U+0000) cannot be stored"
@@ -228,9 +229,10 @@ class EventRegistry:
             raise InvalidEvent(tag, field, reason) from exc
         except (TypeError, OverflowError) as exc:  # a value msgspec cannot encode at all
             raise InvalidEvent(tag, "(payload)", str(exc)) from exc
-        # PostgreSQL's jsonb refuses \u0000: refused here, before the event can fail (or, in a
-        # group commit, take down) the statement that appends it. The cheap test may also match
-        # an escaped backslash followed by "u0000"; the walk decides.
+        # PostgreSQL's text refuses \u0000 (jsonb, and ->> on the log's json): refused here, so
+        # that no stored event can fail a statement that reads a field of it, or a task payload
+        # made from it. The cheap test may also match an escaped backslash followed by "u0000";
+        # the walk decides.
         if b"\\u0000" in payload:
             unstorable = unstorable_text(msgspec.json.decode(payload))
             if unstorable is not None:

@@ -463,10 +463,18 @@ class _Dedicated:
 
 
 async def init_connection(conn: asyncpg.Connection) -> None:
-    """Set the store's jsonb codec on ``conn`` (its pool does it on every connection): jsonb in
-    binary format is a version byte followed by the JSON text, so msgspec's bytes go straight
-    through in both directions, with no str round trip. Benchmarks use it for raw reads of the
-    same rows."""
+    """Set the store's JSON codecs on ``conn`` (its pool does it on every connection): json in
+    binary format is the JSON text itself, jsonb a version byte followed by it, so msgspec's
+    bytes go straight through in both directions, with no str round trip. The log's payload
+    and metadata are json (migration 0010), the tasks' payloads jsonb. Benchmarks use it for
+    raw reads of the same rows."""
+    await conn.set_type_codec(
+        "json",
+        schema="pg_catalog",
+        encoder=_same,
+        decoder=_same,
+        format="binary",
+    )
     await conn.set_type_codec(
         "jsonb",
         schema="pg_catalog",
@@ -476,10 +484,14 @@ async def init_connection(conn: asyncpg.Connection) -> None:
     )
 
 
+def _same(data: bytes) -> bytes:
+    return data
+
+
 async def setup_connection(
     conn: asyncpg.Connection, limits: SessionLimits, purpose: Purpose = "work"
 ) -> None:
-    """Everything a new connection of the store's gets: the jsonb codec, the client side of
+    """Everything a new connection of the store's gets: the JSON codecs, the client side of
     the session limits (TCP keepalive, user timeout) and, where the server has it, the
     transaction bound. The server side of the limits comes with the connect itself
     (:meth:`SessionLimits.server_settings`)."""

@@ -18,11 +18,11 @@ Canonical bytes of an event (version 1), every integer big-endian::
     1970-01-01T00:00:00Z) | u32 length of stream | u32 length of type | u32 length of payload
     | u32 length of metadata | stream (UTF-8) | type (UTF-8) | payload | metadata
 
-``payload`` and ``metadata`` are the JSON bytes the log stores: in PostgreSQL the text its
-``jsonb`` renders (jsonb keeps one canonical form of a value: keys sorted, duplicates
-dropped, one space after ``:`` and ``,``), ``{}`` for empty metadata. Every stored column is in
-it but ``category``, which PostgreSQL derives from ``stream``: a change of any stored byte
-changes the event's bytes.
+``payload`` and ``metadata`` are the JSON bytes the log stores: the text as appended, which
+PostgreSQL's ``json`` keeps byte for byte (an event stored before migration 0010 holds the text
+its ``jsonb`` rendered, the bytes its seal hashed), ``{}`` for empty metadata. Every stored
+column is in it but ``category``, which PostgreSQL derives from ``stream``: a change of any
+stored byte changes the event's bytes.
 
 Hashes (SHA-256; the 0x00 / 0x01 prefixes keep an event's hash and a seal's apart, as RFC 6962
 does for leaves and nodes)::
@@ -47,9 +47,9 @@ events.
 What seals cannot show: an event appended after the last seal is not covered yet (the next
 seal covers it); and a rewrite of the whole log with every seal recomputed is consistent in
 itself: only a digest kept outside (``i3lani seal --export``, the Sealer's Telegram message)
-shows it (``i3lani audit --verify-seals --against DIGEST``). Seals rest on PostgreSQL rendering
-a stored ``jsonb`` value as the same text: it has since jsonb came (9.4); a release that
-changed it would make every sealed event read as changed, and would need a seal format v2.
+shows it (``i3lani audit --verify-seals --against DIGEST``). Seals rest on PostgreSQL returning
+a stored ``json`` value as the text it was given, which its documentation promises ("an exact
+copy of the input text"); they no longer depend on how a release renders ``jsonb``.
 """
 
 from __future__ import annotations

@@ -166,7 +166,7 @@ def found(report: AuditReport) -> list[tuple[str, list[int]]]:
 
 async def set_payload(raw: asyncpg.Connection, position: int, path: str, value: str) -> None:
     await raw.execute(
-        f"UPDATE i3lani.events SET payload = jsonb_set(payload, '{{{path}}}', $2::jsonb) "
+        f"UPDATE i3lani.events SET payload = jsonb_set(payload::jsonb, '{{{path}}}', $2::jsonb) "
         "WHERE global_position = $1",
         position,
         value,

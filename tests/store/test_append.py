@@ -70,7 +70,7 @@ async def test_envelope_is_stored_with_metadata(log: EventLog) -> None:
 async def test_auditors_can_query_payloads_with_sql(
     store: EventStore, raw: asyncpg.Connection
 ) -> None:
-    # PostgreSQL only: the payload and metadata are jsonb.
+    # PostgreSQL only: the payload and metadata are json, which SQL reads by key.
     meta = EventMetadata(caused_by="user:42")
     await store.append("payment-7", [expired(7)], metadata=meta)
     row = await raw.fetchrow(

@@ -5,13 +5,18 @@ PostgreSQL only (not in the contract suite): the schema is PostgreSQL's."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 
 import anyio
 import asyncpg
+import msgspec
 import pytest
 
-from store import migrate, migrations
+from events import EventMetadata, HealthCheck, HealthChecked, UserRegistered
+from events.streams import SEAL_LOG
+from store import START, EventStore, migrate, migrations
 from store.queries import sql_file
+from store.sealing import SealDigest, next_seals, verify_seals
 from tests.pg import fresh_database
 
 # Everything that makes up the schema, in a form that compares equal when two databases
@@ -104,3 +109,66 @@ async def test_two_processes_migrating_at_once_apply_each_migration_once(empty_d
 def test_migrations_are_numbered_without_gaps() -> None:
     versions = [m.version for m in migrations()]
     assert versions == list(range(1, len(versions) + 1))
+
+
+async def test_seals_made_over_jsonb_verify_after_the_log_becomes_json(empty_dsn: str) -> None:
+    # Migration 0010 turns payload and metadata from jsonb into json: each stored event keeps
+    # the text jsonb rendered for it, so a seal made before verifies after; a new event is
+    # stored as the exact text appended (msgspec's compact JSON), and sealed as such.
+    conn = await asyncpg.connect(empty_dsn)
+    try:
+        await conn.execute(sql_file("bootstrap.sql"))
+        for migration in migrations():
+            if migration.version >= 10:
+                break
+            await conn.execute(migration.sql)
+            await conn.execute(
+                "INSERT INTO i3lani.schema_migrations (version, name) VALUES ($1, $2)",
+                migration.version,
+                migration.name,
+            )
+    finally:
+        await conn.close()
+    when = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
+    # What jsonb changes: key order, numbers' form (4.10 is written 4.1 by msgspec, 1e3 stays
+    # as jsonb renders it), spacing, and non-ASCII text.
+    check = HealthCheck(name="tonapi", ok=True, detail="latency ↑ ünïcode", latency_ms=4.1)
+    before = [
+        UserRegistered(user_id=42, registered_at=when, username="مستخدم"),
+        HealthChecked(
+            healthy=True, checks=[check, HealthCheck(name="db", ok=False)], checked_at=when
+        ),
+    ]
+    async with EventStore.open(empty_dsn) as store:
+        await store.append("user-42", before, metadata=EventMetadata(caused_by="user:42"))
+        seals, more = await next_seals(store, None, sealed_at=when)
+        assert len(seals) == 1
+        assert not more
+        await store.append(SEAL_LOG, seals)
+        jsonb_era = [(r.payload, r.metadata) for r in (await store.read_stored(START)).rows]
+        assert b'": ' in jsonb_era[0][0], "jsonb's rendering (a space after each colon)"
+
+    applied = await migrate(empty_dsn)
+    assert [m.version for m in applied] == [10]
+
+    async with EventStore.open(empty_dsn) as store:
+        rows = (await store.read_stored(START)).rows
+        assert [(r.payload, r.metadata) for r in rows] == jsonb_era  # byte for byte
+        report = await verify_seals(store, against=SealDigest.of(seals[-1]))
+        assert report.clean, report.findings
+        assert (report.seals, report.events, report.digest_matched) == (1, 2, True)
+
+        after = UserRegistered(user_id=43, registered_at=when, username="ثاني")
+        await store.append("user-43", [after])
+        newest = (await store.read_stored(START)).rows[-1]
+        # The text as appended: msgspec's compact JSON of the event, its tag aside (the type
+        # column holds it), in the field order of the Struct.
+        fields = msgspec.json.decode(msgspec.json.encode(after))
+        del fields["type"]
+        assert newest.payload == msgspec.json.encode(fields)
+        assert [e.event for e in await store.read_stream("user-43")] == [after]
+        more_seals, _ = await next_seals(store, seals[-1], sealed_at=when)
+        await store.append(SEAL_LOG, more_seals)
+        report = await verify_seals(store, against=SealDigest.of(more_seals[-1]))
+        assert report.clean, report.findings
+        assert (report.seals, report.digest_matched) == (2, True)
