@@ -465,8 +465,8 @@ class _Dedicated:
 async def init_connection(conn: asyncpg.Connection) -> None:
     """Set the store's JSON codecs on ``conn`` (its pool does it on every connection): json in
     binary format is the JSON text itself, jsonb a version byte followed by it, so msgspec's
-    bytes go straight through in both directions, with no str round trip. The log's payload
-    and metadata are json (migration 0010), the tasks' payloads jsonb. Benchmarks use it for
+    bytes go straight through in both directions, with no str round trip. The log's payloads
+    are json (migration 0010), its metadata and the tasks' payloads jsonb. Benchmarks use it for
     raw reads of the same rows."""
     await conn.set_type_codec(
         "json",

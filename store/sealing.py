@@ -18,9 +18,10 @@ Canonical bytes of an event (version 1), every integer big-endian::
     1970-01-01T00:00:00Z) | u32 length of stream | u32 length of type | u32 length of payload
     | u32 length of metadata | stream (UTF-8) | type (UTF-8) | payload | metadata
 
-``payload`` and ``metadata`` are the JSON bytes the log stores: the text as appended, which
+``payload`` and ``metadata`` are the JSON bytes the log stores: the payload as appended, which
 PostgreSQL's ``json`` keeps byte for byte (an event stored before migration 0010 holds the text
-its ``jsonb`` rendered, the bytes its seal hashed), ``{}`` for empty metadata. Every stored
+its ``jsonb`` rendered, the bytes its seal hashed); the metadata as its ``jsonb`` renders it
+(one canonical form: keys sorted, one space after ``:`` and ``,``), ``{}`` when empty. Every stored
 column is in it but ``category``, which PostgreSQL derives from ``stream``: a change of any
 stored byte changes the event's bytes.
 
@@ -49,7 +50,9 @@ seal covers it); and a rewrite of the whole log with every seal recomputed is co
 itself: only a digest kept outside (``i3lani seal --export``, the Sealer's Telegram message)
 shows it (``i3lani audit --verify-seals --against DIGEST``). Seals rest on PostgreSQL returning
 a stored ``json`` value as the text it was given, which its documentation promises ("an exact
-copy of the input text"); they no longer depend on how a release renders ``jsonb``.
+copy of the input text"), and on it rendering a stored ``jsonb`` value (metadata) as the same
+text, as it has since jsonb came (9.4); a release that changed that would make every sealed
+event with metadata read as changed, and would need a seal format v2.
 """
 
 from __future__ import annotations

@@ -57,9 +57,9 @@ class _Row(msgspec.Struct, frozen=True, gc=False):
 
 class StoredEvent(_Row, frozen=True, gc=False):
     """One row of the log as stored (``position`` and ``transaction_id`` first). ``payload``
-    and ``metadata`` are JSON bytes: the text as appended (PostgreSQL's ``json`` keeps it byte
-    for byte; an event stored before migration 0010 holds the text its ``jsonb`` rendered);
-    ``metadata`` is ``{}`` when empty.
+    and ``metadata`` are JSON bytes: ``payload`` the text as appended (PostgreSQL's ``json``
+    keeps it byte for byte; an event stored before migration 0010 holds the text its ``jsonb``
+    rendered), ``metadata`` the text its ``jsonb`` renders, ``{}`` when empty.
 
     (``gc=False``: no reference cycles, and a verification makes hundreds of thousands of
     these; tracked, they would make every garbage collection walk them.)"""

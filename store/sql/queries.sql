@@ -80,7 +80,7 @@ WITH fences AS (
     SELECT ev.event_id, a.stream, a.version + ev.n, ev.type, ev.schema_version, ev.payload,
            ev.metadata
     FROM unnest($4::bigint[], $5::bigint[], $6::uuid[], $7::text[], $8::integer[], $9::json[],
-                $10::json[])
+                $10::jsonb[])
          AS ev(request, n, event_id, type, schema_version, payload, metadata)
     JOIN accepted a ON a.idx = ev.request
     ORDER BY ev.request, ev.n
@@ -134,7 +134,7 @@ LIMIT $3;
 -- the README asks for a server without other long-running writers. (A serialising lock or a single sequencer would give
 -- commit-ordered positions at the cost of one writer at a time; we keep writers parallel.)
 SELECT global_position, transaction_id, event_id, stream, stream_version, type, schema_version,
-       payload, CASE WHEN metadata::text <> '{}' THEN metadata END, recorded_at
+       payload, nullif(metadata, '{}'::jsonb), recorded_at
 FROM i3lani.events
 WHERE (transaction_id, global_position) > ($1::xid8, $2::bigint)
   AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
@@ -146,7 +146,7 @@ LIMIT $3;
 -- (events_reading_order_idx: transaction_id, global_position, category), whose third column
 -- lets the scan skip other categories' entries without reading their rows.
 SELECT global_position, transaction_id, event_id, stream, stream_version, type, schema_version,
-       payload, CASE WHEN metadata::text <> '{}' THEN metadata END, recorded_at
+       payload, nullif(metadata, '{}'::jsonb), recorded_at
 FROM i3lani.events
 WHERE category = $4
   AND (transaction_id, global_position) > ($1::xid8, $2::bigint)
@@ -433,7 +433,7 @@ WITH input AS MATERIALIZED (
 ), logged AS (
     INSERT INTO i3lani.events
         (event_id, stream, stream_version, type, schema_version, payload, metadata)
-    SELECT i3lani.uuid_v7(), 'task-' || i.task_id, 1, 'TaskEnqueued', 1, row_to_json(i), $7::json
+    SELECT i3lani.uuid_v7(), 'task-' || i.task_id, 1, 'TaskEnqueued', 1, row_to_json(i), $7::jsonb
     FROM inserted i
     ORDER BY i.task_id
 ), notified AS (
@@ -462,7 +462,7 @@ WITH inserted AS (
 ), logged AS (
     INSERT INTO i3lani.events
         (event_id, stream, stream_version, type, schema_version, payload, metadata)
-    SELECT i3lani.uuid_v7(), 'task-' || i.task_id, 1, 'TaskEnqueued', 1, row_to_json(i), $7::json
+    SELECT i3lani.uuid_v7(), 'task-' || i.task_id, 1, 'TaskEnqueued', 1, row_to_json(i), $7::jsonb
     FROM inserted i
 ), notified AS (
     SELECT pg_notify('i3lani_tasks', $4::float8::text) FROM inserted WHERE $8::boolean
@@ -624,7 +624,7 @@ WITH old AS (
     SELECT i3lani.uuid_v7(), 'task-' || r.id, r.stream_version, 'TaskRequeued', 1,
            jsonb_build_object('task_id', r.id, 'previous_attempts', r.previous_attempts,
                               'run_at', r.run_at, 'requested_by', $2::text),
-           $3::json
+           $3::jsonb
     FROM requeued r
 ), notified AS (
     SELECT pg_notify('i3lani_tasks', '0') FROM requeued

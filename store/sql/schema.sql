@@ -19,7 +19,7 @@ CREATE TABLE i3lani.events (
     type            text        NOT NULL,
     schema_version  integer     NOT NULL,
     payload         json        NOT NULL,  -- the text as written (0010)
-    metadata        json        NOT NULL DEFAULT '{}'::json,
+    metadata        jsonb       NOT NULL DEFAULT '{}'::jsonb,
     recorded_at     timestamptz NOT NULL DEFAULT now(),
     CONSTRAINT events_event_id_key UNIQUE (event_id),
     CONSTRAINT events_stream_version_key UNIQUE (stream, stream_version),
@@ -28,7 +28,7 @@ CREATE TABLE i3lani.events (
     CONSTRAINT events_type_check CHECK (char_length(type) BETWEEN 1 AND 200),
     CONSTRAINT events_schema_version_check CHECK (schema_version >= 1),
     CONSTRAINT events_payload_check CHECK (json_typeof(payload) = 'object'),
-    CONSTRAINT events_metadata_check CHECK (json_typeof(metadata) = 'object')
+    CONSTRAINT events_metadata_check CHECK (jsonb_typeof(metadata) = 'object')
 );
 
 COMMENT ON TABLE i3lani.events IS

@@ -6,8 +6,8 @@
 -- name: read_stored
 -- read_all's rows, order and horizon (see read_all in queries.sql: no row can ever appear
 -- behind the last one read), with nothing left out or decoded: metadata comes back as stored
--- ('{}' when empty), payload and metadata as the text stored (json). The Sealer seals exactly
--- these rows; the verifier reads them again the same way.
+-- ('{}' when empty), payload as stored (json), metadata as jsonb renders it. The Sealer seals
+-- exactly these rows; the verifier reads them again the same way.
 SELECT global_position, transaction_id, event_id, stream, stream_version, type, schema_version,
        payload, metadata, recorded_at
 FROM i3lani.events
@@ -20,7 +20,7 @@ LIMIT $3;
 -- read_stored's rows, order and horizon, in the columns an event hash needs (store/sealing.py),
 -- each in the form that costs least to decode: the event id as its 16 bytes, recorded_at as
 -- microseconds since 1970 (exact: extract returns a numeric), payload and metadata as the UTF-8
--- of the stored text (the same bytes read_stored returns). The Sealer hashes them
+-- of their text (the same bytes read_stored returns). The Sealer hashes them
 -- (EventStore.read_hashed); against read_stored and hashing its rows, this takes about a third
 -- off the CPU a seal costs the machine, its process's and PostgreSQL's together (measured: 6.1
 -- against 8.9 µs an event). Hashing here in SQL instead cost 7.2: the concatenations cost

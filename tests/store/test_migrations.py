@@ -4,6 +4,7 @@ PostgreSQL only (not in the contract suite): the schema is PostgreSQL's."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
@@ -12,7 +13,7 @@ import asyncpg
 import msgspec
 import pytest
 
-from events import EventMetadata, HealthCheck, HealthChecked, UserRegistered
+from events import DEFAULT_REGISTRY, EventMetadata, HealthCheck, HealthChecked, UserRegistered
 from events.streams import SEAL_LOG
 from store import START, EventStore, migrate, migrations
 from store.queries import sql_file
@@ -111,15 +112,13 @@ def test_migrations_are_numbered_without_gaps() -> None:
     assert versions == list(range(1, len(versions) + 1))
 
 
-async def test_seals_made_over_jsonb_verify_after_the_log_becomes_json(empty_dsn: str) -> None:
-    # Migration 0010 turns payload and metadata from jsonb into json: each stored event keeps
-    # the text jsonb rendered for it, so a seal made before verifies after; a new event is
-    # stored as the exact text appended (msgspec's compact JSON), and sealed as such.
-    conn = await asyncpg.connect(empty_dsn)
+async def migrated_up_to(dsn: str, last: int) -> None:
+    """``dsn`` with the migrations up to ``last`` applied, as a release that had no others."""
+    conn = await asyncpg.connect(dsn)
     try:
         await conn.execute(sql_file("bootstrap.sql"))
         for migration in migrations():
-            if migration.version >= 10:
+            if migration.version > last:
                 break
             await conn.execute(migration.sql)
             await conn.execute(
@@ -129,6 +128,13 @@ async def test_seals_made_over_jsonb_verify_after_the_log_becomes_json(empty_dsn
             )
     finally:
         await conn.close()
+
+
+async def test_seals_made_over_jsonb_verify_after_the_log_becomes_json(empty_dsn: str) -> None:
+    # Migration 0010 turns the payload from jsonb into json: each stored event keeps the text
+    # jsonb rendered for it, so a seal made before verifies after; a new event is stored as
+    # the exact text appended (msgspec's compact JSON), and sealed as such.
+    await migrated_up_to(empty_dsn, 9)
     when = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
     # What jsonb changes: key order, numbers' form (4.10 is written 4.1 by msgspec, 1e3 stays
     # as jsonb renders it), spacing, and non-ASCII text.
@@ -172,3 +178,66 @@ async def test_seals_made_over_jsonb_verify_after_the_log_becomes_json(empty_dsn
         report = await verify_seals(store, against=SealDigest.of(more_seals[-1]))
         assert report.clean, report.findings
         assert (report.seals, report.digest_matched) == (2, True)
+
+
+# The statements of the release before 0010 that touch the payload: its read_all (metadata
+# through nullif against jsonb) and its appends (payloads sent as jsonb), on a connection with
+# its codecs (jsonb only).
+PREVIOUS_READ_ALL = """
+SELECT global_position, transaction_id, event_id, stream, stream_version, type, schema_version,
+       payload, nullif(metadata, '{}'::jsonb), recorded_at
+FROM i3lani.events
+WHERE (transaction_id, global_position) > ($1::xid8, $2::bigint)
+  AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+ORDER BY transaction_id, global_position
+LIMIT $3"""
+PREVIOUS_APPEND = """
+INSERT INTO i3lani.events (event_id, stream, stream_version, type, schema_version, payload,
+                           metadata)
+SELECT * FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::text[], $5::integer[],
+                     $6::jsonb[], $7::jsonb[])"""
+
+
+async def test_workers_of_the_previous_release_read_and_append_after_0010(empty_dsn: str) -> None:
+    # During a deploy's overlap the previous release's workers go on against the migrated
+    # log: what they append and what they read must still work.
+    await migrated_up_to(empty_dsn, 9)
+    await migrate(empty_dsn)
+    when = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
+    ours = UserRegistered(user_id=42, registered_at=when, username="مستخدم")
+    theirs = UserRegistered(user_id=43, registered_at=when)
+    async with EventStore.open(empty_dsn) as store:
+        await store.append("user-42", [ours], metadata=EventMetadata(caused_by="user:42"))
+    previous = await asyncpg.connect(empty_dsn)
+    try:
+        await previous.set_type_codec(
+            "jsonb",
+            schema="pg_catalog",
+            encoder=lambda data: b"\x01" + data,
+            decoder=lambda data: data[1:],
+            format="binary",
+        )
+        tag, version, payload = DEFAULT_REGISTRY.encode(theirs)
+        await previous.execute(
+            PREVIOUS_APPEND,
+            [uuid.uuid4()],
+            ["user-43"],
+            [1],
+            [tag],
+            [version],
+            [payload],
+            [b'{"caused_by": "user:43"}'],
+        )
+        rows = await previous.fetch(PREVIOUS_READ_ALL, 0, 0, 10)
+    finally:
+        await previous.close()
+    # Its decoder takes the payload as text (json has no codec of its own there).
+    assert [row["type"] for row in rows] == ["UserRegistered", "UserRegistered"]
+    assert [DEFAULT_REGISTRY.decode(r["type"], 1, r["payload"]) for r in rows] == [ours, theirs]
+    assert [row[8] for row in rows] == [b'{"caused_by": "user:42"}', b'{"caused_by": "user:43"}']
+    async with EventStore.open(empty_dsn) as store:
+        assert [e.event for e in await store.read_stream("user-43")] == [theirs]
+        assert [e.metadata.caused_by for e in await store.read_batches().__anext__()] == [
+            "user:42",
+            "user:43",
+        ]
