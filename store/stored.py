@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import struct
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Generic, TypeVar
@@ -230,47 +230,80 @@ class StoredDecoder:
     ) -> tuple[list[RecordedEvent], list[Rejected]]:
         """``(events, rejected)``, both in the rows' order: a row that is no event this release
         reads is kept apart with its error, never raised. A row is a :class:`StoredEvent` or a
-        record of the same fields in the same order (metadata None or ``{}`` when empty)."""
+        record of the same fields in the same order (metadata None or ``{}`` when empty).
+
+        Rows of a known type at its current schema version whose payload and metadata decode
+        take a tight loop; the first that does not (an upcast, an unknown type, bytes that do
+        not decode) is left to :meth:`_decode_one`, and the loop goes on after it."""
+        source: Sequence[Any] = rows if isinstance(rows, list) else list(rows)
+        records = source
+        if source and isinstance(source[0], StoredEvent):
+            records = [astuple(row) for row in source]
         fast = self.registry.current_decoders()
-        decode_slow = self.registry.decode
         seen_metadata = self._seen_metadata
         decode_metadata = self._decode_metadata
         events: list[RecordedEvent] = []
         rejected: list[Rejected] = []
         append = events.append
-        for row in rows:
-            fields = astuple(row) if isinstance(row, StoredEvent) else row
-            position, txid, event_id, stream, version, tag, schema, payload, meta, at = fields
-            entry = fast.get(tag)
-            try:
-                if entry is not None and schema >= entry[0]:
-                    try:
-                        event = entry[1](payload)
-                    except msgspec.MsgspecError:
-                        # The slow path raises the UpcastError that names the position.
-                        event = decode_slow(tag, schema, payload, position=position)
-                else:
-                    event = decode_slow(tag, schema, payload, position=position)
-                if meta is None or meta == _EMPTY:
-                    metadata = _NO_METADATA
-                else:
-                    metadata = seen_metadata.get(meta) or decode_metadata(meta)
-            except EventError as exc:
-                rejected.append(Rejected(_stored(row), exc))
-                continue
-            except msgspec.MsgspecError as exc:
-                error = EventError(
-                    f"stored {tag} at global position {position}: its metadata does not "
-                    f"decode: {exc}"
+        done, count = 0, len(records)
+        while done < count:
+            for position, txid, event_id, stream, version, tag, schema, payload, meta, at in (
+                records[done:] if done else records
+            ):
+                entry = fast.get(tag)
+                if entry is None or schema < entry[0]:
+                    break
+                try:
+                    event = entry[1](payload)
+                    if meta is None or meta == _EMPTY:
+                        metadata = _NO_METADATA
+                    else:
+                        metadata = seen_metadata.get(meta) or decode_metadata(meta)
+                except msgspec.MsgspecError:
+                    break
+                append(
+                    RecordedEvent(
+                        position, txid, event_id, stream, version, tag, schema, event, metadata, at
+                    )
                 )
-                rejected.append(Rejected(_stored(row), error))
-                continue
-            append(
-                RecordedEvent(
-                    position, txid, event_id, stream, version, tag, schema, event, metadata, at
-                )
-            )
+            else:
+                break
+            # Every row before this one gave an event or a rejection: it is the next.
+            irregular = len(events) + len(rejected)
+            self._decode_one(records[irregular], source[irregular], events, rejected)
+            done = irregular + 1
         return events, rejected
+
+    def _decode_one(
+        self,
+        fields: Sequence[Any],
+        row: StoredEvent | Iterable[Any],
+        events: list[RecordedEvent],
+        rejected: list[Rejected],
+    ) -> None:
+        """One row the tight loop of :meth:`decode` left: an event through the registry's slow
+        path (an upcast, or the error that names the position), or a rejection."""
+        position, txid, event_id, stream, version, tag, schema, payload, meta, at = fields
+        try:
+            event = self.registry.decode(tag, schema, payload, position=position)
+            if meta is None or meta == _EMPTY:
+                metadata = _NO_METADATA
+            else:
+                metadata = self._seen_metadata.get(meta) or self._decode_metadata(meta)
+        except EventError as exc:
+            rejected.append(Rejected(_stored(row), exc))
+            return
+        except msgspec.MsgspecError as exc:
+            error = EventError(
+                f"stored {tag} at global position {position}: its metadata does not decode: {exc}"
+            )
+            rejected.append(Rejected(_stored(row), error))
+            return
+        events.append(
+            RecordedEvent(
+                position, txid, event_id, stream, version, tag, schema, event, metadata, at
+            )
+        )
 
     def decode_or_raise(
         self, rows: Iterable[StoredEvent | Iterable[Any]], *, skip_unknown: bool

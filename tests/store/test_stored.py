@@ -4,15 +4,15 @@ decoded or skipped; and :class:`StoredDecoder`, which keeps the rows that do not
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
 import msgspec
 
-from events import DEFAULT_REGISTRY, EventMetadata, PaymentExpired
+from events import DEFAULT_REGISTRY, Event, EventMetadata, EventRegistry, PaymentExpired
 from store import START
 from store.port import EventLog
 from store.sealing import hashed, next_seals, verify_seals
-from store.stored import StoredDecoder
+from store.stored import StoredDecoder, StoredEvent
 from tests.store.contract import Backend
 
 NOW = datetime(2026, 11, 29, 10, 0, tzinfo=UTC)
@@ -139,3 +139,61 @@ def test_the_decoder_shares_repeated_metadata_and_stays_right_past_its_memory() 
     again, _ = decoder.decode(rows[:2])
     assert again[0].metadata is events[0].metadata or again[0].metadata == metas[0]
     assert [e.metadata for e in again] == metas[:2]
+
+
+class Renamed(Event, frozen=True, tag="Renamed"):
+    """v1 named the field ``n``."""
+
+    schema_version: ClassVar[int] = 2
+    number: int
+
+
+def test_a_page_of_irregular_rows_keeps_its_order_and_decodes_every_regular_row() -> None:
+    # The tight loop stops at each row it cannot take (an upcast, an unknown type, a payload
+    # or metadata that does not decode), the slow path takes that one row, and the loop goes
+    # on: every row comes out once, as an event or a rejection, in the page's order.
+    registry = EventRegistry([PaymentExpired, Renamed])
+
+    @registry.upcaster("Renamed", from_version=1)
+    def rename(raw: dict[str, Any]) -> dict[str, Any]:
+        return {"number": raw["n"]}
+
+    good = msgspec.json.encode(expired(1))
+    meta = msgspec.json.encode(EventMetadata(caused_by="user:1"))
+    kinds = [
+        ("PaymentExpired", 1, good, meta),  # 1 regular
+        ("Vanished", 1, b"{}", None),  # 2 unknown type
+        ("PaymentExpired", 1, good, None),  # 3 regular
+        ("Renamed", 1, b'{"n": 7}', meta),  # 4 upcast from v1
+        ("Renamed", 2, b'{"number": 8}', b"{}"),  # 5 regular, empty metadata
+        ("PaymentExpired", 1, b'{"payment_id": "x"}', None),  # 6 payload does not decode
+        ("PaymentExpired", 1, good, b'{"generation": "x"}'),  # 7 metadata does not decode
+        ("Renamed", 1, b'{"n": 9}', None),  # 8 upcast again, last row
+    ]
+    rows = [
+        (n, 1, None, "s-1", n, tag, schema, payload, meta, NOW)
+        for n, (tag, schema, payload, meta) in enumerate(kinds, start=1)
+    ]
+    decoder = StoredDecoder(registry)
+    for page in (rows, iter(rows), [as_stored(r) for r in rows]):
+        events, rejected = decoder.decode(page)
+        assert [e.position for e in events] == [1, 3, 4, 5, 8]
+        assert [e.event for e in events] == [
+            expired(1),
+            expired(1),
+            Renamed(number=7),
+            Renamed(number=8),
+            Renamed(number=9),
+        ]
+        assert [e.metadata.caused_by for e in events] == ["user:1", None, "user:1", None, None]
+        assert [r.row.position for r in rejected] == [2, 6, 7]
+        assert rejected[0].unknown_type
+        assert "metadata does not decode" in rejected[2].reason
+
+
+def as_stored(fields: tuple[Any, ...]) -> StoredEvent:
+    """A record as :class:`StoredEvent` (what ``read_stored`` returns), metadata ``{}`` when
+    empty."""
+    values = list(fields)
+    values[8] = values[8] if values[8] is not None else b"{}"
+    return StoredEvent(*values)
