@@ -4,7 +4,7 @@
 -- Nothing reads the log by a payload's content but two lookups by one key (an operator's
 -- commands for an actor, the largest payment id), which json serves as well as jsonb did. What
 -- jsonb cost: its binary form is larger than the compact text msgspec writes (an entry header
--- per key and value, numbers as numeric): about 35 bytes an event on the benchmark's mix; every
+-- per key and value, numbers as numeric): about 40 bytes an event on the benchmark's mix; every
 -- append parsed the text into that form and every read rendered it back to text. json keeps
 -- the text as written, checked to be valid JSON: what is read back is byte for byte what was
 -- appended, which is also what a seal hashes.
@@ -12,7 +12,7 @@
 -- Events already stored become the text jsonb rendered for them, the bytes every reader and
 -- every seal has seen: seals made before this migration verify unchanged after it.
 --
--- metadata stays jsonb for now (about 15 bytes an event more): workers of the previous
+-- metadata stays jsonb for now (about 10 bytes an event more): workers of the previous
 -- version, still running during a deploy's overlap, read the log with
 -- nullif(metadata, '{}'::jsonb), which a json column refuses (no json = jsonb operator). They
 -- read a json payload unchanged (as text, which their decoder takes) and append theirs as
