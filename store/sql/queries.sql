@@ -133,8 +133,12 @@ LIMIT $3;
 -- wrong) by long write transactions anywhere on it. i3lani's own writes are short statements;
 -- the README asks for a server without other long-running writers. (A serialising lock or a single sequencer would give
 -- commit-ordered positions at the cost of one writer at a time; we keep writers parallel.)
+--
+-- The metadata comes back as stored, `{}` included (the decoder caches it like any other): no
+-- operator of jsonb's here, so this statement reads the log as well once a later release has
+-- moved the metadata to `json` (as 0010 moved the payload), during the deploy's overlap too.
 SELECT global_position, transaction_id, event_id, stream, stream_version, type, schema_version,
-       payload, nullif(metadata, '{}'::jsonb), recorded_at
+       payload, metadata, recorded_at
 FROM i3lani.events
 WHERE (transaction_id, global_position) > ($1::xid8, $2::bigint)
   AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
@@ -146,7 +150,7 @@ LIMIT $3;
 -- (events_reading_order_idx: transaction_id, global_position, category), whose third column
 -- lets the scan skip other categories' entries without reading their rows.
 SELECT global_position, transaction_id, event_id, stream, stream_version, type, schema_version,
-       payload, nullif(metadata, '{}'::jsonb), recorded_at
+       payload, metadata, recorded_at
 FROM i3lani.events
 WHERE category = $4
   AND (transaction_id, global_position) > ($1::xid8, $2::bigint)

@@ -15,10 +15,12 @@ import pytest
 
 from events import DEFAULT_REGISTRY, EventMetadata, HealthCheck, HealthChecked, UserRegistered
 from events.streams import SEAL_LOG
-from store import START, EventStore, migrate, migrations
+from store import START, Append, EventStore, NewEvent, TaskQueue, migrate, migrations
 from store.queries import sql_file
 from store.sealing import SealDigest, next_seals, verify_seals
+from store.tasks import TaskContext
 from tests.pg import fresh_database
+from tests.store.test_tasks import Ping, make_types, running, status_of, wait_for
 
 # Everything that makes up the schema, in a form that compares equal when two databases
 # have the same tables, columns, constraints, indexes, triggers, functions and comments.
@@ -241,3 +243,100 @@ async def test_workers_of_the_previous_release_read_and_append_after_0010(empty_
             "user:42",
             "user:43",
         ]
+
+
+# The migration a later release may run to store the metadata as appended too, as 0010 did
+# for the payload. This release's statements must work on either column type: they will be
+# the previous release during that deploy's overlap.
+NEXT_METADATA_AS_JSON = """
+ALTER TABLE i3lani.events
+    ALTER COLUMN metadata DROP DEFAULT,
+    DROP CONSTRAINT events_metadata_check,
+    ALTER COLUMN metadata TYPE json USING metadata::json,
+    ALTER COLUMN metadata SET DEFAULT '{}'::json,
+    ADD CONSTRAINT events_metadata_check CHECK (json_typeof(metadata) = 'object')"""
+
+
+async def test_this_release_reads_and_writes_the_log_once_its_metadata_is_json(
+    empty_dsn: str,
+) -> None:
+    await migrate(empty_dsn)
+    when = datetime(2026, 12, 8, 12, 0, tzinfo=UTC)
+    first = UserRegistered(user_id=42, registered_at=when)
+    bare = UserRegistered(user_id=44, registered_at=when)
+    async with EventStore.open(empty_dsn) as store:
+        await store.append("user-42", [first], metadata=EventMetadata(caused_by="user:42"))
+        await store.append("member-44", [bare])  # no metadata: stored as {}
+        seals, _ = await next_seals(store, None, sealed_at=when)
+        await store.append(SEAL_LOG, seals)
+    conn = await asyncpg.connect(empty_dsn)
+    try:
+        await conn.execute(NEXT_METADATA_AS_JSON)
+        kinds = await conn.fetchval("SELECT pg_typeof(metadata)::text FROM i3lani.events LIMIT 1")
+    finally:
+        await conn.close()
+    assert kinds == "json"
+
+    later = UserRegistered(user_id=43, registered_at=when, username="ثالث")
+    retried = NewEvent(event=later, metadata=EventMetadata(caused_by="user:43"))
+    async with EventStore.open(empty_dsn) as store:
+        # Appends: the exact-version path and a retry with the same ids (the stored row is
+        # compared with the retried one), any version, a batch in a transaction.
+        done = await store.append("user-43", [retried], expected_version=0)
+        again = await store.append("user-43", [retried], expected_version=0)
+        assert (again.duplicate, again.first_position) == (True, done.first_position)
+        await store.append(
+            "user-47",
+            [UserRegistered(user_id=47, registered_at=when)],
+            metadata=EventMetadata(caused_by="user:47"),
+        )
+        async with store.transaction() as tx:
+            await tx.append_many(
+                [
+                    Append("user-45", [UserRegistered(user_id=45, registered_at=when)]),
+                    Append("user-46", [UserRegistered(user_id=46, registered_at=when)]),
+                ]
+            )
+        # Every read: the whole log, a category, a stream, one event.
+        everything = [e async for e in store.read_all()]
+        assert [e.metadata.caused_by for e in everything if e.stream.startswith("user-")] == [
+            "user:42",
+            "user:43",
+            "user:47",
+            None,
+            None,
+        ]
+        assert [e.event for e in everything if e.stream == "member-44"] == [bare]
+        users = [e.stream async for e in store.read_all(category="user")]
+        assert users == ["user-42", "user-43", "user-47", "user-45", "user-46"]
+        [stored] = await store.read_stream("user-43")
+        assert (stored.event, stored.metadata.caused_by) == (later, "user:43")
+        one = await store.read_event(retried.event_id)
+        assert one is not None
+        assert one.event == later
+
+        # The task queue writes its events in SQL, with jsonb metadata parameters.
+        queue = TaskQueue(store, make_types())
+        task_id = await queue.add_task("ping", Ping(n=1))
+        seen: list[int] = []
+
+        async def ping(task: Ping, _: TaskContext) -> None:
+            seen.append(task.n)
+
+        async def succeeded() -> bool:
+            return await status_of(queue, task_id) == "succeeded"
+
+        async with running(queue, {"ping": ping}):
+            await wait_for(succeeded)
+        assert seen == [1]
+        kinds_of_task = [type(e.event).__name__ for e in await store.read_stream(f"task-{task_id}")]
+        assert kinds_of_task == ["TaskEnqueued", "TaskClaimed", "TaskSucceeded"]
+
+        # Seals made over jsonb verify, and sealing goes on over json.
+        report = await verify_seals(store, against=SealDigest.of(seals[-1]))
+        assert report.clean, report.findings
+        more, _ = await next_seals(store, seals[-1], sealed_at=when)
+        await store.append(SEAL_LOG, more)
+        report = await verify_seals(store, against=SealDigest.of(more[-1]))
+        assert report.clean, report.findings
+        assert report.digest_matched
