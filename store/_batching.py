@@ -13,8 +13,10 @@ their own; a lone request goes straight out.
 sent beside them, never inside the committing transaction (a NOTIFY there takes PostgreSQL's
 global notify lock at every commit and serialises all writers). The first commit after a quiet
 spell is announced at once; under load, notifications go out at most every ``interval``, each
-covering every commit since the last. A failed NOTIFY is logged: listeners also poll, so it
-only delays them.
+covering every commit since the last, and while the load lasts the pause doubles, up to
+``max_interval``: each NOTIFY is a transaction of its own that wakes every listening session of
+the server, and a lone writer appending back to back spent about a tenth of its time on them.
+A failed NOTIFY is logged: listeners also poll, so it only delays them.
 """
 
 from __future__ import annotations
@@ -31,12 +33,22 @@ from anyio.abc import TaskGroup
 from events.errors import StoreError
 from store._wakeup import Wakeup
 
-__all__ = ["GroupCommit", "Request", "ThrottledNotify", "NOTIFY_INTERVAL"]
+__all__ = [
+    "GroupCommit",
+    "Request",
+    "ThrottledNotify",
+    "NOTIFY_INTERVAL",
+    "NOTIFY_MAX_INTERVAL",
+    "next_pause",
+]
 
 logger = logging.getLogger(__name__)
 
 NOTIFY_INTERVAL = 0.003
 """Seconds between two notifications on one channel, at the most often."""
+NOTIFY_MAX_INTERVAL = 0.010
+"""The longest pause between two notifications while commits keep coming: how much later than
+at a quiet time a listener may learn of a commit under sustained load."""
 
 
 class Request(Protocol):
@@ -117,9 +129,18 @@ class GroupCommit(Generic[R]):
             request.done.set()
 
 
+def next_pause(pause: float, busy: bool, interval: float, max_interval: float) -> float:
+    """The pause after a notification, given the last one (``pause``) and whether commits came
+    during it (``busy``): doubled while they keep coming, up to ``max_interval``; back to
+    ``interval`` after a pause with none."""
+    return min(pause * 2, max_interval) if busy else interval
+
+
 class ThrottledNotify:
     """Announce commits with ``send`` (which takes what is pending and sends one NOTIFY),
-    beside the commits: the first at once, then at most one every ``interval`` seconds.
+    beside the commits: the first at once, then at most one every ``interval`` seconds, the
+    pause doubling up to ``max_interval`` (default: the larger of ``interval`` and
+    :data:`NOTIFY_MAX_INTERVAL`) while commits keep coming (:func:`next_pause`).
     ``what`` names the listeners in the warning a failed NOTIFY logs."""
 
     def __init__(
@@ -128,10 +149,16 @@ class ThrottledNotify:
         *,
         what: str,
         interval: float = NOTIFY_INTERVAL,
+        max_interval: float | None = None,
     ) -> None:
+        if max_interval is not None and max_interval < interval:
+            raise ValueError(f"max_interval ({max_interval}) is less than interval ({interval})")
         self._send = send
         self._what = what
         self.interval = interval
+        if max_interval is None:
+            max_interval = max(interval, NOTIFY_MAX_INTERVAL)
+        self.max_interval = max_interval
         self._wanted = Wakeup()
         self._sending: anyio.Lock | None = None
         self.running = False
@@ -150,12 +177,15 @@ class ThrottledNotify:
     async def run(self) -> None:
         """Send the notifications, throttled, until cancelled."""
         self.running = True
+        pause = self.interval
         try:
             while True:
                 await self._wanted.wait()
                 await self.flush()
-                # Under load, one notification covers every commit of the last moment.
-                await anyio.sleep(self.interval)
+                # Under load, one notification covers every commit of the last moment, and
+                # more of them while the load lasts.
+                await anyio.sleep(pause)
+                pause = next_pause(pause, self._wanted.is_set(), self.interval, self.max_interval)
         finally:
             self.running = False
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -11,7 +12,13 @@ import anyio.lowlevel
 import pytest
 
 from events.errors import StoreError, StoreUnavailable
-from store._batching import NOTIFY_INTERVAL, GroupCommit, ThrottledNotify
+from store._batching import (
+    NOTIFY_INTERVAL,
+    NOTIFY_MAX_INTERVAL,
+    GroupCommit,
+    ThrottledNotify,
+    next_pause,
+)
 from tests.waiting import eventually
 
 
@@ -136,6 +143,46 @@ async def test_the_first_notification_goes_at_once_then_they_are_throttled() -> 
         tg.cancel_scope.cancel()
     assert len(sender.sent) == 2
     assert sender.sent[1] - sender.sent[0] >= 0.3
+
+
+def test_the_pause_doubles_while_commits_keep_coming_and_resets_after_a_quiet_one() -> None:
+    pauses = [NOTIFY_INTERVAL]
+    for _ in range(4):
+        pauses.append(next_pause(pauses[-1], True, NOTIFY_INTERVAL, NOTIFY_MAX_INTERVAL))
+    assert pauses == [0.003, 0.006, NOTIFY_MAX_INTERVAL, NOTIFY_MAX_INTERVAL, NOTIFY_MAX_INTERVAL]
+    assert next_pause(NOTIFY_MAX_INTERVAL, False, NOTIFY_INTERVAL, NOTIFY_MAX_INTERVAL) == 0.003
+
+
+async def test_sustained_commits_are_announced_less_often_a_quiet_one_at_once() -> None:
+    sender = Sender()
+    notify = ThrottledNotify(sender.send, what="listeners", interval=0.05, max_interval=0.2)
+    assert (notify.interval, notify.max_interval) == (0.05, 0.2)
+    async with anyio.create_task_group() as tg:
+        notify.start(tg)
+        began = anyio.current_time()
+        while anyio.current_time() - began < 1.0:  # a commit every 10 ms for a second
+            notify.mark()
+            await anyio.sleep(0.01)
+        await anyio.sleep(0.5)  # quiet: the last commits' notification goes out meanwhile
+        busy = list(sender.sent)
+        quiet_at = anyio.current_time()
+        notify.mark()  # the first commit after a quiet spell: announced at once
+        await wait_for(lambda: len(sender.sent) == len(busy) + 1)
+        tg.cancel_scope.cancel()
+    gaps = [b - a for a, b in itertools.pairwise(busy)]
+    # 0.05, 0.1, then 0.2 each: at most 1 + 1 + 1 + 5 notifications for the second and the
+    # last commits' (a slow machine sends fewer), where a fixed 0.05 s pause sends about 20.
+    assert 3 <= len(busy) <= 8, busy
+    assert gaps[0] >= 0.05
+    assert gaps[1] >= 0.1
+    assert all(gap >= 0.2 for gap in gaps[2:]), gaps
+    assert sender.sent[-1] >= quiet_at
+
+
+def test_the_longest_pause_is_never_shorter_than_the_shortest() -> None:
+    with pytest.raises(ValueError, match="max_interval"):
+        ThrottledNotify(Sender().send, what="listeners", interval=0.5, max_interval=0.1)
+    assert ThrottledNotify(Sender().send, what="listeners", interval=0.3).max_interval == 0.3
 
 
 async def test_nothing_is_sent_without_a_commit() -> None:
