@@ -22,6 +22,7 @@ A failed NOTIFY is logged: listeners also poll, so it only delays them.
 from __future__ import annotations
 
 import logging
+import math
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -130,9 +131,9 @@ class GroupCommit(Generic[R]):
 
 
 def next_pause(pause: float, busy: bool, interval: float, max_interval: float) -> float:
-    """The pause after a notification, given the last one (``pause``) and whether commits came
-    during it (``busy``): doubled while they keep coming, up to ``max_interval``; back to
-    ``interval`` after a pause with none."""
+    """The pause after the next notification, given this one's (``pause``) and whether two
+    commits came within ``interval`` of each other since the last look (``busy``): doubled
+    while they do, up to ``max_interval``; back to ``interval`` once they did not."""
     return min(pause * 2, max_interval) if busy else interval
 
 
@@ -161,10 +162,16 @@ class ThrottledNotify:
         self.max_interval = max_interval
         self._wanted = Wakeup()
         self._sending: anyio.Lock | None = None
+        self._last_mark = -math.inf
+        self._close = False  # two commits came within ``interval`` of each other
         self.running = False
 
     def mark(self) -> None:
         """Something committed: a notification is due."""
+        now = anyio.current_time()
+        if now - self._last_mark < self.interval:
+            self._close = True
+        self._last_mark = now
         self._wanted.set()
 
     def start(self, tg: TaskGroup | None) -> bool:
@@ -183,9 +190,12 @@ class ThrottledNotify:
                 await self._wanted.wait()
                 await self.flush()
                 # Under load, one notification covers every commit of the last moment, and
-                # more of them while the load lasts.
+                # more of them while the load lasts. Load is commits closer together than the
+                # shortest pause, whatever the pause is now: commits 5 ms apart are announced
+                # one by one, however busy the moment before was.
                 await anyio.sleep(pause)
-                pause = next_pause(pause, self._wanted.is_set(), self.interval, self.max_interval)
+                busy, self._close = self._close, False
+                pause = next_pause(pause, busy, self.interval, self.max_interval)
         finally:
             self.running = False
 

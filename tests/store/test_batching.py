@@ -179,6 +179,28 @@ async def test_sustained_commits_are_announced_less_often_a_quiet_one_at_once() 
     assert sender.sent[-1] >= quiet_at
 
 
+async def test_commits_further_apart_than_the_shortest_pause_are_announced_one_by_one() -> None:
+    # After a busy spell has widened the pause, commits 0.1 s apart (the shortest pause is
+    # 0.02 s) are each announced, not batched by the wide pause (which would keep finding a
+    # commit in each of its 0.2 s and stay wide).
+    sender = Sender()
+    notify = ThrottledNotify(sender.send, what="listeners", interval=0.02, max_interval=0.2)
+    async with anyio.create_task_group() as tg:
+        notify.start(tg)
+        began = anyio.current_time()
+        while anyio.current_time() - began < 0.5:  # busy: a commit every 5 ms
+            notify.mark()
+            await anyio.sleep(0.005)
+        busy = len(sender.sent)
+        for _ in range(6):
+            notify.mark()
+            await anyio.sleep(0.1)
+        await anyio.sleep(0.3)
+        tg.cancel_scope.cancel()
+    # The first may still go out with the busy spell's last notification; the others alone.
+    assert len(sender.sent) - busy >= 5, sender.sent
+
+
 def test_the_longest_pause_is_never_shorter_than_the_shortest() -> None:
     with pytest.raises(ValueError, match="max_interval"):
         ThrottledNotify(Sender().send, what="listeners", interval=0.5, max_interval=0.1)
