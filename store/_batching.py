@@ -13,10 +13,11 @@ their own; a lone request goes straight out.
 sent beside them, never inside the committing transaction (a NOTIFY there takes PostgreSQL's
 global notify lock at every commit and serialises all writers). The first commit after a quiet
 spell is announced at once; under load, notifications go out at most every ``interval``, each
-covering every commit since the last, and while the load lasts the pause doubles, up to
-``max_interval``: each NOTIFY is a transaction of its own that wakes every listening session of
-the server, and a lone writer appending back to back spent about a tenth of its time on them.
-A failed NOTIFY is logged: listeners also poll, so it only delays them.
+covering every commit since the last, and while commits come closer together than that the
+pause doubles, up to ``max_interval``: each NOTIFY is a transaction of its own that wakes
+every listening session of the server, and a lone writer appending back to back spent about a
+tenth of its time on them. A failed NOTIFY is logged: listeners also poll, so it only delays
+them.
 """
 
 from __future__ import annotations
@@ -141,7 +142,8 @@ class ThrottledNotify:
     """Announce commits with ``send`` (which takes what is pending and sends one NOTIFY),
     beside the commits: the first at once, then at most one every ``interval`` seconds, the
     pause doubling up to ``max_interval`` (default: the larger of ``interval`` and
-    :data:`NOTIFY_MAX_INTERVAL`) while commits keep coming (:func:`next_pause`).
+    :data:`NOTIFY_MAX_INTERVAL`) while commits come closer together than ``interval``
+    (:func:`next_pause`).
     ``what`` names the listeners in the warning a failed NOTIFY logs."""
 
     def __init__(

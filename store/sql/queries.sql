@@ -134,7 +134,7 @@ LIMIT $3;
 -- the README asks for a server without other long-running writers. (A serialising lock or a single sequencer would give
 -- commit-ordered positions at the cost of one writer at a time; we keep writers parallel.)
 --
--- The metadata comes back as stored, `{}` included (the decoder caches it like any other): no
+-- The metadata comes back as stored, `{}` included (the decoder takes it as no metadata): no
 -- operator of jsonb's here, so this statement reads the log as well once a later release has
 -- moved the metadata to `json` (as 0010 moved the payload), during the deploy's overlap too.
 SELECT global_position, transaction_id, event_id, stream, stream_version, type, schema_version,
