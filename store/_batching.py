@@ -165,14 +165,14 @@ class ThrottledNotify:
         self._wanted = Wakeup()
         self._sending: anyio.Lock | None = None
         self._last_mark = -math.inf
-        self._close = False  # two commits came within ``interval`` of each other
+        self._crowded = False  # two commits came within ``interval`` of each other
         self.running = False
 
     def mark(self) -> None:
         """Something committed: a notification is due."""
         now = anyio.current_time()
         if now - self._last_mark < self.interval:
-            self._close = True
+            self._crowded = True
         self._last_mark = now
         self._wanted.set()
 
@@ -196,7 +196,7 @@ class ThrottledNotify:
                 # shortest pause, whatever the pause is now: commits 5 ms apart are announced
                 # one by one, however busy the moment before was.
                 await anyio.sleep(pause)
-                busy, self._close = self._close, False
+                busy, self._crowded = self._crowded, False
                 pause = next_pause(pause, busy, self.interval, self.max_interval)
         finally:
             self.running = False
